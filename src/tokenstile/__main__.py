@@ -1,0 +1,3 @@
+from tokenstile.cli import main
+
+main()
