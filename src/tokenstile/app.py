@@ -1,0 +1,154 @@
+"""The ASGI application: proxy routes go straight to the gateway (plain ASGI, no framework on
+the hot path); everything else (health, metrics, models, admin, dashboard) is Starlette."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from tokenstile import __version__
+from tokenstile.clock import SYSTEM_CLOCK, Clock
+from tokenstile.config import Config, load_config
+from tokenstile.errors import GatewayError, render_error
+from tokenstile.gateway.asgi import Receive, Scope, Send
+from tokenstile.gateway.pipeline import Gateway
+from tokenstile.gateway.runtime import Runtime
+from tokenstile.gateway.upstream import upstream_headers, upstream_url
+from tokenstile.types import ApiKind, WireFormat
+
+log = logging.getLogger("tokenstile")
+
+PROXY_ROUTES: dict[str, tuple[ApiKind, WireFormat]] = {
+    "/v1/chat/completions": ("chat", "openai"),
+    "/v1/completions": ("completions", "openai"),
+    "/v1/embeddings": ("embeddings", "openai"),
+    "/v1/responses": ("responses", "openai"),
+}
+
+
+class TokenstileApp:
+    """Dispatches proxy POSTs to the gateway and the rest to a Starlette app."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.gateway = Gateway(runtime)
+        self.web = _web_app(self)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            route = PROXY_ROUTES.get(scope["path"])
+            if route is not None and scope["method"] == "POST":
+                await self.gateway.handle(route[0], route[1], scope, receive, send)
+                return
+        await self.web(scope, receive, send)
+
+
+def _wire_for(path: str) -> WireFormat:
+    return "anthropic" if path.startswith("/v1/messages") else "openai"
+
+
+def _error(wire: WireFormat, err: GatewayError) -> Response:
+    return Response(err.body(wire), status_code=err.status, media_type="application/json",
+                    headers=err.headers)
+
+
+def _web_app(app: TokenstileApp) -> Starlette:
+    rt = app.runtime
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        await rt.start()
+        try:
+            yield
+        finally:
+            await rt.stop()
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "version": __version__})
+
+    async def readyz(request: Request) -> Response:
+        checks: dict[str, Any] = {}
+        ok = True
+        try:
+            await rt.counters.ping()
+            checks["counters"] = "ok"
+        except Exception as exc:
+            checks["counters"] = f"unavailable: {type(exc).__name__}"
+            ok = False
+        checks["ledger_backlog"] = rt.ledger.backlog
+        return JSONResponse({"status": "ready" if ok else "degraded", "checks": checks},
+                            status_code=200 if ok else 503)
+
+    async def metrics(request: Request) -> Response:
+        rt.metrics.ledger_backlog.set(rt.ledger.backlog)
+        return Response(rt.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    async def models(request: Request) -> Response:
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        try:
+            caller, provider_key = await rt.auth.authenticate(headers)
+        except GatewayError as err:
+            return _error("openai", err)
+        listed: dict[str, dict[str, Any]] = {}
+        for name, upstream in rt.router.upstreams.items():
+            if upstream.kind == "anthropic" or not (provider_key or upstream.api_key):
+                continue
+            data = await rt.upstream.get_json(
+                name, upstream, upstream_url(upstream, "models"),
+                upstream_headers(upstream, {}, provider_key))
+            if isinstance(data, dict) and isinstance(data.get("data"), list):
+                for item in data["data"]:
+                    if isinstance(item, dict) and isinstance(item.get("id"), str):
+                        listed.setdefault(item["id"], item)
+        for route in rt.config.routes:
+            if not any(ch in route.match for ch in "*?["):
+                listed.setdefault(route.match, {"id": route.match, "object": "model",
+                                                "created": 0, "owned_by": route.upstream})
+        allowed = caller.allowed_models
+        from fnmatch import fnmatchcase
+
+        data_out = [item for model_id, item in sorted(listed.items())
+                    if not allowed or any(fnmatchcase(model_id, p) for p in allowed)]
+        return JSONResponse({"object": "list", "data": data_out})
+
+    async def unknown_v1(request: Request) -> Response:
+        path = request.url.path
+        wire = _wire_for(path)
+        if path in PROXY_ROUTES:
+            body = render_error(wire, 405, f"tokenstile: {path} accepts POST, not "
+                                f"{request.method}", code="method_not_allowed")
+            return Response(body, status_code=405, media_type="application/json",
+                            headers={"allow": "POST"})
+        body = render_error(wire, 404, f"tokenstile: unknown route {request.method} {path}; "
+                            "see the README for the routes tokenstile serves",
+                            code="unknown_route")
+        return Response(body, status_code=404, media_type="application/json")
+
+    routes = [
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics),
+        Route("/v1/models", models),
+        Route("/v1/{rest:path}", unknown_v1,
+              methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+def create_app(config: Config | None = None, *, clock: Clock = SYSTEM_CLOCK,
+               runtime: Runtime | None = None) -> TokenstileApp:
+    if runtime is None:
+        runtime = Runtime.build(config or load_config(), clock=clock)
+    return TokenstileApp(runtime)
+
+
+def create_app_from_env() -> TokenstileApp:
+    """Factory for ``uvicorn --factory`` and worker processes: config from the environment."""
+    return create_app(load_config())

@@ -1,0 +1,294 @@
+"""The ``tokenstile`` command: serve, demo, check, keys, usage, version."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import orjson
+
+from tokenstile import __version__
+from tokenstile.config import Config, ConfigError, load_config
+from tokenstile.stores.database import (
+    Database,
+    KeyRecord,
+    UsageQuery,
+    database_from_url,
+    hash_key,
+    new_key_id,
+    new_key_secret,
+)
+from tokenstile.tables import integer, render_table, usd
+
+T = TypeVar("T")
+config_option = click.option(
+    "--config", "-c", "config_path", type=click.Path(dir_okay=False), default=None,
+    help="YAML configuration file (default: $TOKENSTILE_CONFIG, else built-in defaults).",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+def _load(config_path: str | None) -> Config:
+    try:
+        return load_config(config_path)
+    except ConfigError as err:
+        click.echo(f"error: {err.source}: the configuration is not valid", err=True)
+        for line in err.errors:
+            click.echo(f"  {line}", err=True)
+        sys.exit(2)
+
+
+def _with_db(config: Config, work: Callable[[Database], Awaitable[T]]) -> T:
+    async def run() -> T:
+        db = database_from_url(config.storage.database)
+        await db.open()
+        try:
+            return await work(db)
+        finally:
+            await db.close()
+
+    return asyncio.run(run())
+
+
+def parse_since(text: str, now: float | None = None) -> float:
+    """``7d``, ``12h``, ``30m``, ``2w`` ago, or an ISO date/time (UTC unless it says)."""
+    now = time.time() if now is None else now
+    match = re.fullmatch(r"(\d+)([smhdw])", text.strip())
+    if match:
+        scale = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[match.group(2)]
+        return now - int(match.group(1)) * scale
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(f"expected a duration like 7d or 12h, or an ISO date; "
+                                 f"got {text!r}") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """tokenstile: an LLM gateway that counts, attributes, budgets and records every call."""
+
+
+@main.command()
+def version() -> None:
+    """Print the version."""
+    click.echo(f"tokenstile {__version__}")
+
+
+@main.command()
+@config_option
+def check(config_path: str | None) -> None:
+    """Validate a configuration file and print every error with the path of the bad field."""
+    config = _load(config_path)
+    source = config_path or os.environ.get("TOKENSTILE_CONFIG") or "<defaults>"
+    upstreams = ", ".join(f"{name} ({u.kind} at {u.base_url})"
+                          for name, u in config.upstreams.items())
+    click.echo(f"{source}: ok")
+    click.echo(f"  upstreams: {upstreams}")
+    click.echo(f"  counters:  {config.storage.counters}")
+    click.echo(f"  database:  {config.storage.database}")
+
+
+@main.command()
+@config_option
+@click.option("--host", default=None, help="Address to listen on (default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port to listen on (default 8700).")
+@click.option("--workers", type=int, default=None, help="Worker processes (default 1).")
+def serve(config_path: str | None, host: str | None, port: int | None,
+          workers: int | None) -> None:
+    """Run the gateway."""
+    import uvicorn
+
+    config = _load(config_path)
+    if config_path:
+        os.environ["TOKENSTILE_CONFIG"] = str(Path(config_path).resolve())
+    host = host or config.server.host
+    port = config.server.port if port is None else port
+    workers = workers or config.server.workers
+    click.echo(f"tokenstile {__version__} serving on http://{host}:{port}/v1 "
+               f"({workers} worker{'s' if workers > 1 else ''})", err=True)
+    uvicorn.run("tokenstile.app:create_app_from_env", factory=True, host=host, port=port,
+                workers=workers, loop="uvloop", http="httptools", access_log=False,
+                log_level="warning", timeout_graceful_shutdown=10)
+
+
+# -- keys ------------------------------------------------------------------------------------
+
+
+@main.group()
+def keys() -> None:
+    """Create, list, revoke and rotate tokenstile keys."""
+
+
+def _parse_expiry(text: str | None) -> float | None:
+    if text is None:
+        return None
+    match = re.fullmatch(r"(\d+)([smhdw])", text.strip())
+    if match:
+        scale = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[match.group(2)]
+        return time.time() + int(match.group(1)) * scale
+    return parse_since(text, now=0.0)
+
+
+@keys.command("create")
+@config_option
+@click.option("--project", "-p", required=True, help="Project the key's calls count against.")
+@click.option("--user", "-u", default=None, help="User the key belongs to.")
+@click.option("--org", "organization", default=None, help="Organization (default: config's).")
+@click.option("--team", default=None)
+@click.option("--tier", default=None, help="User tier, e.g. premium or free.")
+@click.option("--feature", default=None, help="Bind the key to one feature.")
+@click.option("--name", default=None, help="A label to recognise the key by.")
+@click.option("--models", default=None, help="Comma-separated models or globs it may use.")
+@click.option("--expires", default=None, help="Expiry: a duration (30d) or an ISO date.")
+@click.option("--passthrough", is_flag=True, help="May forward its own provider key.")
+@json_option
+def keys_create(config_path: str | None, project: str, user: str | None,
+                organization: str | None, team: str | None, tier: str | None,
+                feature: str | None, name: str | None, models: str | None,
+                expires: str | None, passthrough: bool, as_json: bool) -> None:
+    """Create a key; its secret is printed once and stored only as a hash."""
+    config = _load(config_path)
+    secret = new_key_secret()
+    record = KeyRecord(
+        id=new_key_id(), hash=hash_key(secret), prefix=secret[:7], name=name,
+        organization=organization or config.organization.name, project=project, team=team,
+        user=user, tier=tier, feature=feature,
+        allowed_models=[m.strip() for m in models.split(",") if m.strip()] if models else None,
+        passthrough=passthrough, created_at=time.time(), expires_at=_parse_expiry(expires),
+    )
+    _with_db(config, lambda db: db.create_key(record))
+    if as_json:
+        click.echo(orjson.dumps({**record.public(), "key": secret}).decode())
+        return
+    click.echo(secret)
+    click.echo(f"created {record.id} for project {project!r}"
+               + (f", user {user!r}" if user else "")
+               + "; the key is shown only this once", err=True)
+
+
+@keys.command("list")
+@config_option
+@click.option("--all", "include_revoked", is_flag=True, help="Include revoked keys.")
+@json_option
+def keys_list(config_path: str | None, include_revoked: bool, as_json: bool) -> None:
+    """List keys (never their secrets)."""
+    config = _load(config_path)
+    records = _with_db(config, lambda db: db.list_keys(include_revoked))
+    rows = [r.public() for r in records]
+    if as_json:
+        click.echo(orjson.dumps(rows).decode())
+        return
+    for row in rows:
+        row["state"] = "revoked" if row["revoked_at"] else "active"
+        row["created"] = datetime.fromtimestamp(row["created_at"], UTC).strftime(
+            "%Y-%m-%d %H:%M")
+    click.echo(render_table(rows, [("id", "ID"), ("prefix", "PREFIX"), ("name", "NAME"),
+                                   ("organization", "ORG"), ("project", "PROJECT"),
+                                   ("user", "USER"), ("tier", "TIER"), ("state", "STATE"),
+                                   ("created", "CREATED")], empty="(no keys)"))
+
+
+@keys.command("revoke")
+@config_option
+@click.argument("key_id")
+def keys_revoke(config_path: str | None, key_id: str) -> None:
+    """Revoke a key by its id; it stops working within a second everywhere."""
+    config = _load(config_path)
+    record = _with_db(config, lambda db: db.update_key(key_id, revoked_at=time.time()))
+    if record is None:
+        click.echo(f"error: no key with id {key_id!r}", err=True)
+        sys.exit(1)
+    click.echo(f"revoked {key_id}")
+
+
+@keys.command("rotate")
+@config_option
+@click.argument("key_id")
+def keys_rotate(config_path: str | None, key_id: str) -> None:
+    """Give a key a new secret (same id, same bindings); the old secret stops working."""
+    config = _load(config_path)
+    secret = new_key_secret()
+    record = _with_db(config, lambda db: db.update_key(key_id, hash=hash_key(secret),
+                                                        prefix=secret[:7]))
+    if record is None:
+        click.echo(f"error: no key with id {key_id!r}", err=True)
+        sys.exit(1)
+    click.echo(secret)
+    click.echo(f"rotated {key_id}; the new key is shown only this once", err=True)
+
+
+# -- usage -----------------------------------------------------------------------------------
+
+USAGE_COLUMNS = [("requests", "REQUESTS"), ("input_tokens", "INPUT"),
+                 ("cached_input_tokens", "CACHED"), ("output_tokens", "OUTPUT"),
+                 ("cost", "COST"), ("blocked", "BLOCKED")]
+
+
+def format_usage(rows: list[dict[str, Any]], group_by: list[str], bucket: str | None) -> str:
+    shown = []
+    for row in rows:
+        item = dict(row)
+        item["cost"] = usd(row["cost_nano"])
+        for name in ("input_tokens", "cached_input_tokens", "output_tokens"):
+            item[name] = integer(row[name])
+        shown.append(item)
+    columns = ([("bucket", bucket.upper())] if bucket else []) + \
+        [(g, g.upper().replace("_", " ")) for g in group_by] + USAGE_COLUMNS
+    return render_table(shown, columns, empty="(no usage recorded in this range)")
+
+
+@main.command()
+@config_option
+@click.option("--by", "group_by", default="project",
+              help="Group by: comma-separated of project, user, model, feature, … or none.")
+@click.option("--since", default="30d", help="Start: a duration (7d, 12h) or an ISO date.")
+@click.option("--until", default=None, help="End: an ISO date (default now).")
+@click.option("--bucket", type=click.Choice(["hour", "day", "month"]), default=None)
+@click.option("--project", default=None, help="Only this project.")
+@json_option
+def usage(config_path: str | None, group_by: str, since: str, until: str | None,
+          bucket: str | None, project: str | None, as_json: bool) -> None:
+    """Summarise recorded usage from the ledger."""
+    config = _load(config_path)
+    aliases = {"model": "served_model", "key": "key_id", "org": "organization"}
+    groups = [] if group_by in ("", "none") else \
+        [aliases.get(g.strip(), g.strip()) for g in group_by.split(",") if g.strip()]
+    query = UsageQuery(since=parse_since(since),
+                       until=parse_since(until) if until else None,
+                       group_by=groups, bucket=bucket, tz=config.server.timezone,
+                       filters={"project": project} if project else {})
+    try:
+        query.validate()
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    rows = _with_db(config, lambda db: db.usage(query))
+    if as_json:
+        click.echo(orjson.dumps(rows).decode())
+        return
+    click.echo(format_usage(rows, groups, bucket))
+
+
+@main.command()
+@click.option("--requests", "count", type=int, default=6, help="How many scripted calls.")
+@click.option("--keep", is_flag=True, help="Keep the demo database afterwards.")
+def demo(count: int, keep: bool) -> None:
+    """Run the gateway against a built-in fake upstream and show what it records."""
+    from tokenstile.demo import run_demo
+
+    sys.exit(run_demo(count=count, keep=keep, echo=click.echo))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,380 @@
+"""The configuration: one YAML file, validated by pydantic, with ``${ENV}`` interpolation.
+
+With no file at all a zero-config default serves: OpenAI upstream from ``OPENAI_API_KEY`` /
+``OPENAI_BASE_URL`` (and Anthropic from ``ANTHROPIC_API_KEY`` / ``ANTHROPIC_BASE_URL``), SQLite
+at ``./tokenstile.db``. The budget sections accept the shapes users already write (the
+``organization`` / ``projects`` / ``users`` / ``alerts`` of a ``token_limits.yaml``) next to
+the general ``limits`` list.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from tokenstile.types import SCOPES, UNITS
+
+DEFAULT_PORT = 8700
+DEFAULT_DB_URL = "sqlite:///./tokenstile.db"
+OPENAI_DEFAULT_BASE = "https://api.openai.com/v1"
+ANTHROPIC_DEFAULT_BASE = "https://api.anthropic.com"
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; ``errors`` holds one line per problem."""
+
+    def __init__(self, source: str, errors: list[str]) -> None:
+        self.source = source
+        self.errors = errors
+        super().__init__(f"{source}: " + "; ".join(errors))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(DEFAULT_PORT, ge=0, le=65535)
+    workers: int = Field(1, ge=1, le=256)
+    admin_key: str | None = None
+    admin_host: str | None = None
+    admin_port: int | None = Field(None, ge=0, le=65535)
+    timezone: str = "UTC"
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    max_json_depth: int = Field(64, ge=4, le=10_000)
+    max_messages: int = Field(4096, ge=1)
+    log_bodies: bool = False
+    reservation_lease_s: float = Field(60.0, gt=0)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+
+class StorageConfig(_Strict):
+    counters: str = DEFAULT_DB_URL
+    database: str = DEFAULT_DB_URL
+
+
+class AuthConfig(_Strict):
+    """How callers prove who they are.
+
+    ``keys``: only tokenstile keys. ``passthrough``: callers send their own provider key,
+    which is forwarded; they are attributed to ``passthrough_project``. ``both``: a
+    tokenstile key when it looks like one, else passthrough.
+    """
+
+    mode: Literal["keys", "passthrough", "both"] = "keys"
+    passthrough_organization: str = "default"
+    passthrough_project: str = "passthrough"
+    key_cache_ttl_s: float = Field(1.0, ge=0, le=60)
+    migration_mode: bool = False
+
+
+class UpstreamConfig(_Strict):
+    kind: Literal["openai", "azure", "anthropic"] = "openai"
+    base_url: str
+    api_key: str | None = None
+    api_version: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    connect_timeout_s: float = Field(10.0, gt=0)
+    read_timeout_s: float = Field(600.0, gt=0)
+    max_connections: int = Field(512, ge=1)
+    keepalive_s: float = Field(15.0, gt=0)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError(f"expected an http(s) URL, got {value!r}")
+        return value.rstrip("/")
+
+
+class RouteConfig(_Strict):
+    """Send models matching ``match`` (exact or glob) to ``upstream``, optionally renamed."""
+
+    match: str
+    upstream: str
+    model: str | None = None
+
+
+class PriceConfig(_Strict):
+    """USD per million tokens."""
+
+    input: float = Field(ge=0)
+    output: float = Field(0, ge=0)
+    cached_input: float | None = Field(None, ge=0)
+    cache_write: float | None = Field(None, ge=0)
+    per_request: float = Field(0, ge=0)
+
+
+Action = Literal["warn", "throttle", "downgrade", "block"]
+
+
+class ThresholdConfig(_Strict):
+    """A fraction of a budget and what happens when usage crosses it."""
+
+    threshold: float = Field(gt=0, le=10)
+    action: Action = "warn"
+    channels: list[str] = Field(default_factory=list)
+    reduction: float | None = Field(None, gt=0, le=1)
+    fallback: Literal["cache", "downgrade", "error"] | list[str] | None = None
+    downgrade_to: str | None = None
+
+
+class ScheduleConfig(_Strict):
+    """A different amount for certain hours or days (local to the server time zone)."""
+
+    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] | None = None
+    hours: str | None = None  # "09-18"
+    amount: float = Field(ge=0)
+
+    @field_validator("hours")
+    @classmethod
+    def _hours(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"\d{1,2}-\d{1,2}", value):
+            raise ValueError("expected hours as 'HH-HH', e.g. '09-18'")
+        return value
+
+
+class LimitConfig(_Strict):
+    """The general form of every limit: scope × window × unit × amount, plus thresholds."""
+
+    name: str | None = None
+    scope: str = "global"
+    match: str | list[str] = "*"
+    when: dict[str, str | list[str]] = Field(default_factory=dict)
+    window: str = "day"
+    unit: str = "tokens"
+    amount: float = Field(ge=0)
+    thresholds: list[ThresholdConfig] | None = None
+    failure_mode: Literal["closed", "open"] | None = None
+    shadow: bool = False
+    low_priority_fraction: float | None = Field(None, gt=0, le=1)
+    schedule: list[ScheduleConfig] = Field(default_factory=list)
+
+    @field_validator("scope")
+    @classmethod
+    def _scope(cls, value: str) -> str:
+        if value not in SCOPES:
+            raise ValueError(f"unknown scope {value!r}; expected one of {', '.join(SCOPES)}")
+        return value
+
+    @field_validator("unit")
+    @classmethod
+    def _unit(cls, value: str) -> str:
+        if value not in UNITS:
+            raise ValueError(f"unknown unit {value!r}; expected one of {', '.join(UNITS)}")
+        return value
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, value: str) -> str:
+        if value in ("request", "minute", "hour", "day", "week", "month"):
+            return value
+        if re.fullmatch(r"rolling:\d+[smhd]", value):
+            return value
+        raise ValueError(
+            f"unknown window {value!r}; expected request, minute, hour, day, week, month "
+            "or rolling:<n><s|m|h|d> (e.g. rolling:24h)"
+        )
+
+
+class OrganizationConfig(_Strict):
+    name: str = "default"
+    monthly_budget: int | None = Field(None, ge=0)
+    daily_cap: int | None = Field(None, ge=0)
+    monthly_budget_usd: float | None = Field(None, ge=0)
+    daily_budget_usd: float | None = Field(None, ge=0)
+
+
+class ProjectConfig(_Strict):
+    daily_limit: int | None = Field(None, ge=0)
+    monthly_limit: int | None = Field(None, ge=0)
+    request_limit: int | None = Field(None, ge=0)
+    daily_budget_usd: float | None = Field(None, ge=0)
+    monthly_budget_usd: float | None = Field(None, ge=0)
+    priority: Literal["high", "normal", "low"] = "normal"
+    organization: str | None = None
+    enabled: bool = True
+
+
+class TierConfig(_Strict):
+    """Per-user limits for the users of one tier (``tier_premium`` and ``premium`` alike)."""
+
+    daily_limit: int | None = Field(None, ge=0)
+    monthly_limit: int | None = Field(None, ge=0)
+    rate_limit: int | None = Field(None, ge=0)
+    tokens_per_minute: int | None = Field(None, ge=0)
+    daily_budget_usd: float | None = Field(None, ge=0)
+
+
+class FeatureConfig(_Strict):
+    """A feature's per-request budget: ``max_input`` and ``max_output`` tokens, its model."""
+
+    max_input: int | None = Field(None, ge=1)
+    max_output: int | None = Field(None, ge=1)
+    model: str | None = None
+    over_budget: Literal["reject", "trim", "summarize"] = "reject"
+    daily_limit: int | None = Field(None, ge=0)
+    daily_budget_usd: float | None = Field(None, ge=0)
+    enabled: bool = True
+
+
+class GlobalConfig(_Strict):
+    tokens_per_minute: int | None = Field(None, ge=0)
+    requests_per_minute: int | None = Field(None, ge=0)
+    daily_budget_usd: float | None = Field(None, ge=0)
+    monthly_budget_usd: float | None = Field(None, ge=0)
+
+
+class Config(_Strict):
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    upstreams: dict[str, UpstreamConfig] = Field(default_factory=dict)
+    routes: list[RouteConfig] = Field(default_factory=list)
+    prices: dict[str, PriceConfig] = Field(default_factory=dict)
+    organization: OrganizationConfig = Field(default_factory=OrganizationConfig)
+    projects: dict[str, ProjectConfig] = Field(default_factory=dict)
+    users: dict[str, TierConfig] = Field(default_factory=dict)
+    features: dict[str, FeatureConfig] = Field(default_factory=dict)
+    limits: list[LimitConfig] = Field(default_factory=list)
+    alerts: list[ThresholdConfig] = Field(default_factory=list)
+    policies: dict[str, Any] = Field(default_factory=dict)
+    global_: GlobalConfig = Field(default_factory=GlobalConfig, alias="global")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _interpolate(node: Any, env: Mapping[str, str], path: str, errors: list[str]) -> Any:
+    if isinstance(node, str):
+
+        def replace(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            errors.append(f"{path or '<root>'}: environment variable {name} is not set")
+            return ""
+
+        return _ENV_REF.sub(replace, node)
+    if isinstance(node, dict):
+        return {k: _interpolate(v, env, f"{path}.{k}" if path else str(k), errors)
+                for k, v in node.items()}
+    if isinstance(node, list):
+        return [_interpolate(v, env, f"{path}[{i}]", errors) for i, v in enumerate(node)]
+    return node
+
+
+def _format_validation_error(exc: ValidationError) -> list[str]:
+    lines = []
+    for err in exc.errors():
+        parts: list[str] = []
+        for item in err["loc"]:
+            if isinstance(item, int):
+                parts.append(f"[{item}]")
+            else:
+                parts.append(("." if parts else "") + str(item))
+        where = "".join(parts) or "<root>"
+        got = err.get("input")
+        shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
+        message = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{where}: {message}{shown}")
+    return lines
+
+
+def default_upstreams(env: Mapping[str, str]) -> dict[str, UpstreamConfig]:
+    """The upstreams the SDKs themselves would use, from the same environment variables."""
+    return {
+        "openai": UpstreamConfig(
+            kind="openai",
+            base_url=env.get("OPENAI_BASE_URL") or OPENAI_DEFAULT_BASE,
+            api_key=env.get("OPENAI_API_KEY") or None,
+        ),
+        "anthropic": UpstreamConfig(
+            kind="anthropic",
+            base_url=env.get("ANTHROPIC_BASE_URL") or ANTHROPIC_DEFAULT_BASE,
+            api_key=env.get("ANTHROPIC_API_KEY") or None,
+        ),
+    }
+
+
+def parse_config(
+    data: Any, source: str = "<config>", env: Mapping[str, str] | None = None
+) -> Config:
+    """Validate a loaded YAML document; raise ConfigError listing every problem with its path."""
+    env = os.environ if env is None else env
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, ["<root>: expected a mapping of sections"])
+    errors: list[str] = []
+    data = _interpolate(data, env, "", errors)
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        errors.extend(_format_validation_error(exc))
+        raise ConfigError(source, errors) from None
+    errors.extend(_semantic_errors(config))
+    if errors:
+        raise ConfigError(source, errors)
+    if not config.upstreams:
+        config = config.model_copy(update={"upstreams": default_upstreams(env)})
+    return config
+
+
+def _semantic_errors(config: Config) -> list[str]:
+    errors = []
+    for i, route in enumerate(config.routes):
+        if config.upstreams and route.upstream not in config.upstreams:
+            names = ", ".join(sorted(config.upstreams)) or "none"
+            errors.append(
+                f"routes[{i}].upstream: unknown upstream {route.upstream!r} (configured: {names})"
+            )
+        elif not config.upstreams and route.upstream not in ("openai", "anthropic"):
+            errors.append(
+                f"routes[{i}].upstream: unknown upstream {route.upstream!r} "
+                "(no upstreams configured; the defaults are openai and anthropic)"
+            )
+    return errors
+
+
+def load_config(path: str | os.PathLike[str] | None = None,
+                env: Mapping[str, str] | None = None) -> Config:
+    """Load from ``path``, else ``$TOKENSTILE_CONFIG``, else the zero-config default."""
+    env = os.environ if env is None else env
+    chosen = path or env.get("TOKENSTILE_CONFIG")
+    if not chosen:
+        return parse_config({}, "<defaults>", env)
+    file = Path(chosen)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(file), [f"cannot read the file: {exc.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(str(file), [f"{where}invalid YAML: {problem}"]) from None
+    return parse_config(data, str(file), env)

@@ -1,0 +1,102 @@
+"""Authentication: the credential a caller sends → who is calling (and which provider key).
+
+tokenstile keys (``ts-…``) are looked up by their SHA-256 hash, cached for
+``auth.key_cache_ttl_s`` (one second by default) so a revoked key stops working everywhere
+within that time. In passthrough mode a caller's own provider key is forwarded instead.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+
+from tokenstile.clock import Clock
+from tokenstile.config import AuthConfig
+from tokenstile.errors import GatewayError, forbidden, unauthorized
+from tokenstile.stores.database import KEY_PREFIX, Database, KeyRecord, hash_key
+from tokenstile.types import Caller
+
+_CACHE_LIMIT = 50_000
+
+
+def bearer(headers: Mapping[str, str]) -> str | None:
+    value = headers.get("authorization")
+    if value is None:
+        return None
+    scheme, _, token = value.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+class Authenticator:
+    def __init__(self, config: AuthConfig, db: Database, clock: Clock,
+                 admin_key: str | None = None) -> None:
+        self._config = config
+        self._db = db
+        self._clock = clock
+        self._admin_key = admin_key
+        self._cache: dict[str, tuple[KeyRecord | None, float]] = {}
+
+    def reconfigure(self, config: AuthConfig, admin_key: str | None) -> None:
+        self._config = config
+        self._admin_key = admin_key
+        self._cache.clear()
+
+    def forget(self) -> None:
+        """Drop cached lookups (after a key is revoked in this process)."""
+        self._cache.clear()
+
+    async def authenticate(self, headers: Mapping[str, str]) -> tuple[Caller, str | None]:
+        """Return the caller and, in passthrough, the provider key to forward."""
+        presented = bearer(headers) or headers.get("x-api-key") or None
+        tokenstile_key = headers.get("x-tokenstile-key")
+        if self._config.migration_mode and not tokenstile_key:
+            tokenstile_key = headers.get("x-usagepanda-api-key")
+        if tokenstile_key is None and presented and presented.startswith(KEY_PREFIX):
+            tokenstile_key, presented = presented, None
+        if tokenstile_key:
+            record = await self._lookup(tokenstile_key)
+            caller = record.caller()
+            if presented:
+                if not record.passthrough or self._config.mode == "keys":
+                    raise forbidden(
+                        "this key may not forward its own provider key; send only the "
+                        "tokenstile key", code="passthrough_not_allowed")
+                return caller, presented
+            return caller, None
+        if presented is None:
+            raise unauthorized(
+                "no API key; send a tokenstile key as 'Authorization: Bearer ts-…'")
+        if self._admin_key and hmac.compare_digest(presented.encode(),
+                                                   self._admin_key.encode()):
+            return Caller(organization="default", project="admin", is_admin=True), None
+        if self._config.mode in ("passthrough", "both"):
+            caller = Caller(
+                organization=self._config.passthrough_organization,
+                project=self._config.passthrough_project,
+                passthrough=True,
+            )
+            return caller, presented
+        raise unauthorized(
+            "the API key is not a tokenstile key; create one with "
+            "'tokenstile keys create --project P --user U'")
+
+    async def _lookup(self, secret: str) -> KeyRecord:
+        digest = hash_key(secret)
+        now = self._clock.monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None and now - cached[1] < self._config.key_cache_ttl_s:
+            record = cached[0]
+        else:
+            record = await self._db.key_by_hash(digest)
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[digest] = (record, now)
+        if record is None:
+            raise unauthorized("unknown API key")
+        if not record.active(self._clock.now()):
+            state = "revoked" if record.revoked_at is not None else "expired"
+            raise GatewayError(401, f"this API key was {state}", type="authentication_error",
+                               code=f"key_{state}")
+        return record

@@ -1,0 +1,83 @@
+"""Everything one request accumulates as it walks the request path."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from tokenstile.types import ApiKind, Caller, CanonicalRequest, LedgerRow, Usage, WireFormat
+
+
+def new_request_id() -> str:
+    return "req_" + secrets.token_hex(12)
+
+
+@dataclass(slots=True)
+class RequestContext:
+    id: str
+    api: ApiKind
+    wire: WireFormat
+    ts: float
+    started: float
+    headers: dict[str, str]
+    caller: Caller | None = None
+    req: CanonicalRequest | None = None
+    provider_key: str | None = None
+    upstream: str | None = None
+    served_model: str | None = None
+    status: int = 200
+    outcome: str = "ok"
+    block_reason: str | None = None
+    flags: list[str] = field(default_factory=list)
+    degraded: list[str] = field(default_factory=list)
+    usage: Usage | None = None
+    estimated: bool = False
+    cost_nano: int = 0
+    saved_nano: int = 0
+    cache: str | None = None
+    ttfb_ms: float | None = None
+    response_headers: dict[str, str] = field(default_factory=dict)
+    ticket: Any = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def ledger_row(self, latency_ms: float) -> LedgerRow:
+        caller = self.caller or Caller()
+        req = self.req
+        usage = self.usage or Usage()
+        tags = dict(req.tags) if req else {}
+        return LedgerRow(
+            id=self.id,
+            ts=self.ts,
+            key_id=caller.key_id,
+            organization=caller.organization,
+            project=caller.project,
+            team=caller.team or tags.get("team"),
+            user=caller.user,
+            end_user=req.end_user if req else None,
+            feature=(req.feature if req else None) or caller.feature,
+            tags=tags,
+            api=self.api,
+            requested_model=req.model if req else None,
+            served_model=self.served_model,
+            upstream=self.upstream,
+            input_tokens=usage.input_tokens,
+            cached_input_tokens=usage.cached_input_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+            output_tokens=usage.output_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            cost_nano=self.cost_nano,
+            estimated=self.estimated,
+            status=self.status,
+            outcome=self.outcome,
+            block_reason=self.block_reason,
+            flags=list(self.flags),
+            latency_ms=round(latency_ms, 3),
+            ttfb_ms=None if self.ttfb_ms is None else round(self.ttfb_ms, 3),
+            streamed=bool(req and req.stream),
+            trace_id=req.trace_id if req else None,
+            degraded=list(self.degraded),
+            cache=self.cache,
+            saved_nano=self.saved_nano,
+            detail=dict(self.detail),
+        )

@@ -1,0 +1,299 @@
+"""The request path, top to bottom: authenticate, parse, count, policies, admit, forward,
+relay and count, settle. Each stage is one call into the module that owns it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import aiohttp
+import orjson
+
+from tokenstile import tokens
+from tokenstile.errors import GatewayError, bad_request, forbidden
+from tokenstile.gateway import asgi
+from tokenstile.gateway.context import RequestContext, new_request_id
+from tokenstile.gateway.runtime import Runtime
+from tokenstile.gateway.upstream import (
+    RELAYED_RESPONSE_HEADERS,
+    UpstreamTimeout,
+    upstream_headers,
+    upstream_url,
+)
+from tokenstile.providers.base import StreamObserver
+from tokenstile.providers.sse import EventSplitter
+from tokenstile.types import ApiKind, Usage, WireFormat
+
+log = logging.getLogger("tokenstile.gateway")
+
+MAX_UPSTREAM_BODY = 256 * 1024 * 1024
+
+
+class Gateway:
+    """Serves the proxy routes. ``runtime`` holds the config and every shared service."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+
+    async def handle(self, api: ApiKind, wire: WireFormat, scope: asgi.Scope,
+                     receive: asgi.Receive, send: asgi.Send) -> None:
+        rt = self.rt
+        ctx = RequestContext(
+            id=new_request_id(), api=api, wire=wire, ts=rt.clock.now(),
+            started=rt.clock.monotonic(), headers=asgi.header_dict(scope),
+        )
+        responded = asgi.ResponseTracker(send)
+        try:
+            await self._serve(ctx, receive, responded)
+        except asgi.ClientDisconnected:
+            ctx.status, ctx.outcome = 499, "client_disconnect"
+        except GatewayError as err:
+            ctx.status = err.status
+            if ctx.outcome == "ok":
+                ctx.outcome = "blocked" if err.status in (403, 422, 429) else "error"
+            ctx.block_reason = ctx.block_reason or (err.code or err.type)
+            if not responded.started:
+                await asgi.send_json(responded, err.status, err.body(wire),
+                                     {**ctx.response_headers, **err.headers}, ctx.id)
+        except Exception:
+            log.exception("request %s failed inside the gateway", ctx.id)
+            ctx.status, ctx.outcome, ctx.block_reason = 500, "error", "internal_error"
+            if not responded.started:
+                err = GatewayError(500, f"internal error in the gateway (request {ctx.id})",
+                                   type="api_error", code="internal_error")
+                await asgi.send_json(responded, 500, err.body(wire), {}, ctx.id)
+        finally:
+            await self._finish(ctx)
+
+    # -- stages ------------------------------------------------------------------------------
+
+    async def _serve(self, ctx: RequestContext, receive: asgi.Receive,
+                     send: asgi.ResponseTracker) -> None:
+        rt = self.rt
+        raw = await asgi.read_body(receive, rt.config.server.max_body_bytes)
+        ctx.caller, ctx.provider_key = await rt.auth.authenticate(ctx.headers)
+        adapter = rt.adapters[ctx.wire]
+        body = parse_json_object(raw, rt.config.server.max_json_depth)
+        req = ctx.req = adapter.parse(ctx.api, body)
+        attribute(ctx)
+        check_model_access(ctx)
+        req.input_tokens = adapter.count_input(req)
+        rt.policies.before(ctx)
+        target = rt.router.resolve(req.model)
+        ctx.upstream, ctx.served_model = target.upstream, target.model
+        if target.model != req.model:
+            req.body = {**req.body, "model": target.model}
+        ctx.ticket = await rt.admission.reserve(ctx)
+        upstream_body = orjson.dumps(adapter.upstream_body(req))
+        headers = upstream_headers(target.config, ctx.headers, ctx.provider_key)
+        url = upstream_url(target.config, ctx.api)
+        resp = await rt.upstream.post(target.upstream, target.config, url, upstream_body,
+                                      headers)
+        try:
+            ctx.ttfb_ms = (rt.clock.monotonic() - ctx.started) * 1000
+            relayed = {k: v for k in RELAYED_RESPONSE_HEADERS
+                       if (v := resp.headers.get(k)) is not None}
+            ctx.response_headers.update(relayed)
+            if resp.status >= 400:
+                await self._relay_error(ctx, resp, send)
+            elif req.stream and "text/event-stream" in resp.headers.get("content-type", ""):
+                await self._relay_stream(ctx, resp, receive, send, adapter.observer(req))
+            else:
+                await self._relay_body(ctx, resp, send)
+        finally:
+            resp.release()
+
+    async def _relay_body(self, ctx: RequestContext, resp: aiohttp.ClientResponse,
+                          send: asgi.ResponseTracker) -> None:
+        assert ctx.req is not None
+        try:
+            payload = await resp.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self._bill_estimate(ctx, "")
+            raise UpstreamTimeout(ctx.upstream or "?") if isinstance(exc, TimeoutError) \
+                else GatewayError(502, "the upstream connection broke before the answer was "
+                                       "complete", type="api_error", code="upstream_cut") from None
+        try:
+            parsed = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            parsed = None
+        usage = self.rt.adapters[ctx.wire].usage_from_body(ctx.api, parsed)
+        if usage is None:
+            self._bill_estimate(ctx, "")
+        else:
+            ctx.usage = usage
+        ctx.status = resp.status
+        await asgi.send_raw(send, resp.status, payload,
+                            resp.headers.get("content-type", "application/json"),
+                            self._headers(ctx), ctx.id)
+
+    async def _relay_error(self, ctx: RequestContext, resp: aiohttp.ClientResponse,
+                           send: asgi.ResponseTracker) -> None:
+        """Upstream errors pass through with their status and body; they cost nothing."""
+        try:
+            payload = await resp.read()
+        except (aiohttp.ClientError, TimeoutError):
+            payload = b""
+        ctx.status, ctx.outcome = resp.status, "upstream_error"
+        ctx.usage = Usage()
+        if not payload:
+            err = GatewayError(resp.status, f"upstream {ctx.upstream!r} answered "
+                               f"{resp.status} with no body", type="api_error",
+                               code="upstream_error")
+            payload = err.body(ctx.wire)
+        await asgi.send_raw(send, resp.status, payload,
+                            resp.headers.get("content-type", "application/json"),
+                            self._headers(ctx), ctx.id)
+
+    async def _relay_stream(self, ctx: RequestContext, resp: aiohttp.ClientResponse,
+                            receive: asgi.Receive, send: asgi.ResponseTracker,
+                            observer: StreamObserver) -> None:
+        """Relay whole SSE events as they arrive; stop (and bill) if the client leaves."""
+        ctx.status = resp.status
+        await send.start(resp.status, [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-cache"),
+            *asgi.encode_headers(self._headers(ctx), ctx.id),
+        ])
+        splitter = EventSplitter()
+
+        async def pump() -> None:
+            async for chunk in resp.content.iter_any():
+                out = [relay for event in splitter.feed(chunk)
+                       if (relay := observer.on_event(event)) is not None]
+                if out:
+                    await send.body(b"".join(out), more=True)
+            tail = splitter.rest()
+            if tail.strip():
+                relay = observer.on_event(tail)
+                if relay:
+                    await send.body(relay, more=True)
+
+        pumping = asyncio.ensure_future(pump())
+        watching = asyncio.ensure_future(asgi.wait_for_disconnect(receive))
+        try:
+            await asyncio.wait((pumping, watching), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watching.cancel()
+        if not pumping.done():
+            pumping.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pumping
+            ctx.outcome, ctx.status = "client_disconnect", 499
+            self._settle_stream_usage(ctx, observer)
+            return
+        error = pumping.exception()
+        self._settle_stream_usage(ctx, observer)
+        if error is not None:
+            if not isinstance(error, aiohttp.ClientError | TimeoutError):
+                raise error
+            ctx.outcome = "upstream_cut"
+            err = GatewayError(502, "the upstream stream broke off before it was complete",
+                               type="api_error", code="upstream_cut")
+            with contextlib.suppress(Exception):
+                await send.body(asgi.sse_error(ctx.wire, err), more=True)
+        await send.body(b"", more=False)
+
+    def _settle_stream_usage(self, ctx: RequestContext, observer: StreamObserver) -> None:
+        if observer.usage is not None:
+            ctx.usage = observer.usage
+        else:
+            self._bill_estimate(ctx, observer.output_text())
+
+    def _bill_estimate(self, ctx: RequestContext, output_text: str) -> None:
+        """No usage from the provider: bill our own count of what was sent and received."""
+        assert ctx.req is not None
+        ctx.estimated = True
+        ctx.usage = Usage(input_tokens=ctx.req.input_tokens,
+                          output_tokens=tokens.count_text(ctx.req.model, output_text)
+                          if output_text else 0)
+
+    def _headers(self, ctx: RequestContext) -> dict[str, str]:
+        headers = dict(ctx.response_headers)
+        if ctx.served_model and ctx.req and ctx.served_model != ctx.req.model:
+            headers["x-tokenstile-served-model"] = ctx.served_model
+        return headers
+
+    async def _finish(self, ctx: RequestContext) -> None:
+        """Settle the reservation, price the call, write its ledger row."""
+        rt = self.rt
+        if ctx.usage is not None and ctx.usage.total_tokens and ctx.served_model:
+            cost = rt.pricer.cost_nano(ctx.served_model, ctx.usage)
+            if cost is None:
+                ctx.flags.append("unpriced_model")
+                cost = 0
+            ctx.cost_nano = cost
+        try:
+            await rt.admission.settle(ctx)
+        except Exception:
+            log.exception("settling request %s failed", ctx.id)
+            ctx.flags.append("settle_failed")
+        if ctx.caller is None:
+            rt.metrics.unauthenticated(ctx)
+            return
+        latency_ms = (rt.clock.monotonic() - ctx.started) * 1000
+        row = ctx.ledger_row(latency_ms)
+        rt.ledger.submit(row)
+        rt.metrics.observe(row)
+
+
+def parse_json_object(raw: bytes, max_depth: int) -> dict[str, Any]:
+    if not raw.strip():
+        raise bad_request("the request body is empty; expected a JSON object",
+                          code="invalid_json")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise bad_request(f"the request body is not valid JSON ({exc.msg} at position "
+                          f"{exc.pos})", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise bad_request(f"the request body must be a JSON object, got "
+                          f"{type(body).__name__}", code="invalid_json")
+    if json_depth(body, max_depth) > max_depth:
+        raise bad_request(f"the request body is nested deeper than {max_depth} levels",
+                          code="json_too_deep")
+    return body
+
+
+def json_depth(node: Any, limit: int) -> int:
+    """Depth of a JSON tree, stopping as soon as ``limit`` is passed."""
+    depth = 0
+    level: list[Any] = [node]
+    while level and depth <= limit:
+        depth += 1
+        following: list[Any] = []
+        for item in level:
+            if isinstance(item, dict):
+                following.extend(v for v in item.values() if isinstance(v, dict | list))
+            elif isinstance(item, list):
+                following.extend(v for v in item if isinstance(v, dict | list))
+        level = following
+    return depth
+
+
+def attribute(ctx: RequestContext) -> None:
+    """Feature, tags and trace id from headers; the key's own binding wins for feature."""
+    req, caller, headers = ctx.req, ctx.caller, ctx.headers
+    assert req is not None and caller is not None
+    req.feature = caller.feature or headers.get("x-tokenstile-feature") or None
+    raw_tags = headers.get("x-tokenstile-tags")
+    if raw_tags:
+        for pair in raw_tags.split(",")[:32]:
+            name, sep, value = pair.partition("=")
+            if sep and name.strip():
+                req.tags[name.strip()[:64]] = value.strip()[:256]
+    trace = headers.get("x-tokenstile-trace-id") or headers.get("x-usagepanda-trace-id")
+    req.trace_id = trace[:128] if trace else None
+
+
+def check_model_access(ctx: RequestContext) -> None:
+    from fnmatch import fnmatchcase
+
+    assert ctx.req is not None and ctx.caller is not None
+    allowed = ctx.caller.allowed_models
+    if allowed and not any(fnmatchcase(ctx.req.model, pattern) for pattern in allowed):
+        ctx.block_reason = "model_not_allowed"
+        raise forbidden(f"this key may not use the model {ctx.req.model!r}; it may use "
+                        f"{', '.join(allowed)}", code="model_not_allowed")

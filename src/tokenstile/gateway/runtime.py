@@ -1,0 +1,84 @@
+"""The process-wide services one gateway needs, built from a Config and torn down cleanly."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from tokenstile.clock import SYSTEM_CLOCK, Clock
+from tokenstile.config import Config
+from tokenstile.gateway.auth import Authenticator
+from tokenstile.gateway.routing import Router
+from tokenstile.gateway.upstream import UpstreamClient
+from tokenstile.ledger import LedgerWriter
+from tokenstile.limits.admission import Admission
+from tokenstile.metrics import Metrics
+from tokenstile.policies.engine import PolicyEngine
+from tokenstile.prices import Pricer, parse_price_override
+from tokenstile.providers.openai import OpenAIAdapter
+from tokenstile.stores.counters import CounterStore, counter_store_from_url
+from tokenstile.stores.database import Database, database_from_url
+from tokenstile.tokens import ensure_offline_encodings
+
+if TYPE_CHECKING:
+    from tokenstile.providers.base import Adapter
+    from tokenstile.types import WireFormat
+
+log = logging.getLogger("tokenstile")
+
+
+@dataclass
+class Runtime:
+    config: Config
+    clock: Clock
+    db: Database
+    counters: CounterStore
+    auth: Authenticator
+    router: Router
+    upstream: UpstreamClient
+    ledger: LedgerWriter
+    pricer: Pricer
+    metrics: Metrics
+    policies: PolicyEngine
+    admission: Admission
+    adapters: dict[WireFormat, Adapter] = field(default_factory=dict)
+    started: bool = False
+
+    @classmethod
+    def build(cls, config: Config, clock: Clock = SYSTEM_CLOCK,
+              db: Database | None = None, counters: CounterStore | None = None) -> Runtime:
+        ensure_offline_encodings()
+        db = db or database_from_url(config.storage.database)
+        counters = counters or counter_store_from_url(config.storage.counters)
+        pricer = pricer_for(config)
+        router = Router(config)
+        exact_routes = {r.match for r in config.routes}
+        metrics = Metrics(lambda model: model in exact_routes or pricer.known(model))
+        adapters: dict[WireFormat, Adapter] = {"openai": OpenAIAdapter()}
+        return cls(
+            config=config, clock=clock, db=db, counters=counters,
+            auth=Authenticator(config.auth, db, clock, config.server.admin_key),
+            router=router, upstream=UpstreamClient(), ledger=LedgerWriter(db),
+            pricer=pricer, metrics=metrics, policies=PolicyEngine(config),
+            admission=Admission(config), adapters=adapters,
+        )
+
+    async def start(self) -> None:
+        await self.db.open()
+        self.ledger.start()
+        self.started = True
+
+    async def stop(self) -> None:
+        """Finish the ledger first (nothing is lost on a clean shutdown), then close."""
+        await self.ledger.close()
+        await self.upstream.close()
+        await self.counters.close()
+        await self.db.close()
+        self.started = False
+
+
+def pricer_for(config: Config) -> Pricer:
+    overrides = {name: parse_price_override(price.model_dump(exclude_none=True))
+                 for name, price in config.prices.items()}
+    return Pricer(overrides)

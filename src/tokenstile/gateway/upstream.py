@@ -1,0 +1,136 @@
+"""Talking to upstreams: one pooled aiohttp session per process.
+
+aiohttp does not retry a POST on a keep-alive connection the upstream has just closed, so
+``post`` retries exactly once when the failure happened before any response byte arrived.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+
+from tokenstile.config import UpstreamConfig
+from tokenstile.errors import GatewayError
+from tokenstile.types import ApiKind
+
+_OPENAI_PATHS: dict[str, str] = {
+    "chat": "/chat/completions",
+    "completions": "/completions",
+    "embeddings": "/embeddings",
+    "responses": "/responses",
+    "moderations": "/moderations",
+    "models": "/models",
+}
+_ANTHROPIC_PATHS: dict[str, str] = {
+    "messages": "/v1/messages",
+    "count_tokens": "/v1/messages/count_tokens",
+    "models": "/v1/models",
+}
+# Client headers worth forwarding; everything else (cookies, auth, hop-by-hop) stays here.
+FORWARDED_REQUEST_HEADERS = ("openai-beta", "anthropic-version", "anthropic-beta", "accept")
+RELAYED_RESPONSE_HEADERS = (
+    "x-request-id", "request-id", "openai-processing-ms", "openai-version", "retry-after",
+    "retry-after-ms",
+)
+ANTHROPIC_VERSION = "2023-06-01"
+
+
+class UpstreamUnreachable(GatewayError):
+    def __init__(self, upstream: str, reason: str) -> None:
+        super().__init__(502, f"upstream {upstream!r} could not be reached ({reason}); "
+                              "try again shortly", type="api_error", code="upstream_unreachable")
+
+
+class UpstreamTimeout(GatewayError):
+    def __init__(self, upstream: str) -> None:
+        super().__init__(504, f"upstream {upstream!r} did not answer in time", type="api_error",
+                         code="upstream_timeout")
+
+
+def upstream_url(config: UpstreamConfig, api: ApiKind | str) -> str:
+    if config.kind == "anthropic":
+        url = config.base_url.removesuffix("/v1") + _ANTHROPIC_PATHS[api]
+    else:
+        url = config.base_url + _OPENAI_PATHS[api]
+    if config.kind == "azure" and config.api_version:
+        url += f"?api-version={config.api_version}"
+    return url
+
+
+def upstream_headers(config: UpstreamConfig, client_headers: Mapping[str, str],
+                     provider_key: str | None) -> dict[str, str]:
+    headers = {"content-type": "application/json"}
+    for name in FORWARDED_REQUEST_HEADERS:
+        value = client_headers.get(name)
+        if value is not None:
+            headers[name] = value
+    key = provider_key or config.api_key
+    if config.kind == "anthropic":
+        headers.setdefault("anthropic-version", ANTHROPIC_VERSION)
+        if key:
+            headers["x-api-key"] = key
+    elif config.kind == "azure":
+        if key:
+            headers["api-key"] = key
+    elif key:
+        headers["authorization"] = f"Bearer {key}"
+    headers.update(config.headers)
+    return headers
+
+
+class UpstreamClient:
+    def __init__(self) -> None:
+        self._sessions: dict[tuple[float, int], aiohttp.ClientSession] = {}
+
+    def _session(self, config: UpstreamConfig) -> aiohttp.ClientSession:
+        key = (config.keepalive_s, config.max_connections)
+        session = self._sessions.get(key)
+        if session is None or session.closed:
+            connector = aiohttp.TCPConnector(
+                limit=config.max_connections, limit_per_host=config.max_connections,
+                keepalive_timeout=config.keepalive_s, ttl_dns_cache=300,
+                enable_cleanup_closed=False,
+            )
+            session = aiohttp.ClientSession(connector=connector, auto_decompress=True,
+                                            skip_auto_headers=("User-Agent",))
+            self._sessions[key] = session
+        return session
+
+    async def post(self, name: str, config: UpstreamConfig, url: str, body: bytes,
+                   headers: Mapping[str, str]) -> aiohttp.ClientResponse:
+        """Send the request; return the response once its status line and headers are in."""
+        timeout = aiohttp.ClientTimeout(total=None, connect=config.connect_timeout_s,
+                                        sock_read=config.read_timeout_s)
+        session = self._session(config)
+        for attempt in (1, 2):
+            try:
+                return await session.post(url, data=body, headers=headers, timeout=timeout)
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                if attempt == 2 or isinstance(exc, aiohttp.ClientConnectorError):
+                    raise UpstreamUnreachable(name, type(exc).__name__) from None
+            except aiohttp.ClientConnectorError as exc:
+                raise UpstreamUnreachable(name, type(exc).__name__) from None
+            except TimeoutError:
+                raise UpstreamTimeout(name) from None
+            except aiohttp.ClientError as exc:
+                raise UpstreamUnreachable(name, type(exc).__name__) from None
+        raise AssertionError("unreachable")
+
+    async def get_json(self, name: str, config: UpstreamConfig, url: str,
+                       headers: Mapping[str, str]) -> Any:
+        timeout = aiohttp.ClientTimeout(total=min(config.read_timeout_s, 10.0),
+                                        connect=config.connect_timeout_s)
+        try:
+            async with self._session(config).get(url, headers=headers, timeout=timeout) as resp:
+                if resp.status != 200:
+                    return None
+                return await resp.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return None
+
+    async def close(self) -> None:
+        for session in self._sessions.values():
+            await session.close()
+        self._sessions.clear()

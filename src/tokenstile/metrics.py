@@ -1,0 +1,95 @@
+"""Prometheus metrics, with label values kept to bounded sets.
+
+Model labels are kept only for models the gateway can price or route explicitly (others are
+``other``); per-user and per-key labels are never used, so a stranger cannot grow the
+series count by inventing names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from tokenstile.types import LedgerRow
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+                    30, 60, 120)
+
+
+class Metrics:
+    def __init__(self, model_known: Callable[[str], bool] | None = None) -> None:
+        self.registry = CollectorRegistry()
+        self._model_known = model_known or (lambda model: False)
+        self._known_models: dict[str, str] = {}
+        r = self.registry
+        self.requests = Counter("tokenstile_requests", "Requests served, by outcome",
+                                ["api", "model", "project", "outcome"], registry=r)
+        self.tokens = Counter("tokenstile_tokens", "Tokens billed",
+                              ["kind", "model", "project"], registry=r)
+        self.cost = Counter("tokenstile_cost_usd", "Cost billed in USD",
+                            ["model", "project"], registry=r)
+        self.blocks = Counter("tokenstile_blocks", "Requests refused, by reason",
+                              ["reason"], registry=r)
+        self.degradations = Counter("tokenstile_degradations", "Degraded answers, by kind",
+                                    ["kind"], registry=r)
+        self.upstream_errors = Counter("tokenstile_upstream_errors",
+                                       "Upstream errors by upstream and status",
+                                       ["upstream", "status"], registry=r)
+        self.store_errors = Counter("tokenstile_store_errors",
+                                    "Counter-store and database errors", ["store"], registry=r)
+        self.unauthenticated_total = Counter("tokenstile_unauthenticated",
+                                             "Requests refused before authentication",
+                                             registry=r)
+        self.latency = Histogram("tokenstile_request_latency_seconds",
+                                 "Time from request to last byte", ["api"],
+                                 buckets=_LATENCY_BUCKETS, registry=r)
+        self.ttfb = Histogram("tokenstile_time_to_first_byte_seconds",
+                              "Time from request to the upstream's first byte", ["api"],
+                              buckets=_LATENCY_BUCKETS, registry=r)
+        self.queue_depth = Gauge("tokenstile_throttle_queue_depth",
+                                 "Requests waiting in throttle queues", registry=r)
+        self.ledger_backlog = Gauge("tokenstile_ledger_backlog",
+                                    "Ledger rows waiting to be written", registry=r)
+        self.cache = Counter("tokenstile_cache", "Response cache lookups", ["result"],
+                             registry=r)
+        self.alerts = Counter("tokenstile_alerts", "Alerts fired", ["kind"], registry=r)
+
+    def _model(self, model: str | None) -> str:
+        if not model:
+            return "none"
+        label = self._known_models.get(model)
+        if label is None:
+            label = model if self._model_known(model) else "other"
+            if len(self._known_models) < 10_000:
+                self._known_models[model] = label
+        return label
+
+    def observe(self, row: LedgerRow) -> None:
+        model = self._model(row.served_model or row.requested_model)
+        project = row.project or "none"
+        self.requests.labels(row.api, model, project, row.outcome).inc()
+        if row.input_tokens or row.output_tokens:
+            self.tokens.labels("input", model, project).inc(row.input_tokens)
+            self.tokens.labels("output", model, project).inc(row.output_tokens)
+            if row.cached_input_tokens:
+                self.tokens.labels("cached", model, project).inc(row.cached_input_tokens)
+        if row.cost_nano:
+            self.cost.labels(model, project).inc(row.cost_nano / 1e9)
+        if row.outcome == "blocked" and row.block_reason:
+            self.blocks.labels(row.block_reason).inc()
+        elif row.outcome == "upstream_error":
+            self.upstream_errors.labels(row.upstream or "none", str(row.status)).inc()
+        for kind in row.degraded:
+            self.degradations.labels(kind).inc()
+        if row.cache:
+            self.cache.labels(row.cache).inc()
+        self.latency.labels(row.api).observe(row.latency_ms / 1000)
+        if row.ttfb_ms is not None:
+            self.ttfb.labels(row.api).observe(row.ttfb_ms / 1000)
+
+    def unauthenticated(self, ctx: object) -> None:
+        self.unauthenticated_total.inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

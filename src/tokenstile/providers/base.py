@@ -1,0 +1,106 @@
+"""What every provider adapter offers the request path."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from tokenstile.errors import bad_request
+from tokenstile.types import ApiKind, CanonicalRequest, Usage, WireFormat
+
+
+class StreamObserver(Protocol):
+    """Watches a relayed stream event by event: usage, generated text, what to pass on."""
+
+    usage: Usage | None
+
+    def on_event(self, event: bytes) -> bytes | None:
+        """Return the bytes to relay for this event (None drops it)."""
+        ...
+
+    def output_text(self) -> str:
+        """The text generated so far, for counting when the provider reports no usage."""
+        ...
+
+
+class Adapter(Protocol):
+    wire: WireFormat
+
+    def parse(self, api: ApiKind, body: dict[str, Any]) -> CanonicalRequest: ...
+
+    def count_input(self, req: CanonicalRequest) -> int: ...
+
+    def upstream_body(self, req: CanonicalRequest) -> dict[str, Any]: ...
+
+    def usage_from_body(self, api: ApiKind, payload: Any) -> Usage | None: ...
+
+    def observer(self, req: CanonicalRequest) -> StreamObserver: ...
+
+
+def require_str(body: dict[str, Any], field: str) -> str:
+    value = body.get(field)
+    if value is None:
+        raise bad_request(f"'{field}' is required", param=field, code="missing_required_parameter")
+    if not isinstance(value, str) or not value:
+        raise bad_request(f"'{field}' must be a non-empty string", param=field)
+    return value
+
+
+def optional_int(body: dict[str, Any], field: str, minimum: int = 0) -> int | None:
+    value = body.get(field)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise bad_request(f"'{field}' must be an integer, got {type(value).__name__}", param=field)
+    if value < minimum:
+        raise bad_request(f"'{field}' must be at least {minimum}, got {value}", param=field)
+    return value
+
+
+def optional_bool(body: dict[str, Any], field: str) -> bool:
+    value = body.get(field, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise bad_request(f"'{field}' must be a boolean, got {type(value).__name__}", param=field)
+    return value
+
+
+def optional_str(body: dict[str, Any], field: str) -> str | None:
+    value = body.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise bad_request(f"'{field}' must be a string, got {type(value).__name__}", param=field)
+    return value
+
+
+def string_tags(value: Any) -> dict[str, str]:
+    """``metadata`` as tags: string keys and values only, bounded in size."""
+    if not isinstance(value, dict):
+        return {}
+    tags: dict[str, str] = {}
+    for key, item in list(value.items())[:32]:
+        if isinstance(key, str) and isinstance(item, str | int | float | bool):
+            tags[key[:64]] = str(item)[:256]
+    return tags
+
+
+def collect_text(node: Any, out: list[str], depth: int = 0) -> None:
+    """Every human-readable string in a content tree (text parts, tool arguments)."""
+    if depth > 32:
+        return
+    if isinstance(node, str):
+        out.append(node)
+    elif isinstance(node, list):
+        for item in node:
+            collect_text(item, out, depth + 1)
+    elif isinstance(node, dict):
+        for key in ("text", "content", "arguments", "input", "output", "thinking"):
+            if key in node:
+                collect_text(node[key], out, depth + 1)
+        function = node.get("function")
+        if isinstance(function, dict):
+            collect_text(function.get("arguments"), out, depth + 1)
+        tool_calls = node.get("tool_calls")
+        if tool_calls is not None:
+            collect_text(tool_calls, out, depth + 1)

@@ -1,0 +1,266 @@
+"""OpenAI's wire format: chat completions, completions, embeddings and the Responses API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from tokenstile import tokens
+from tokenstile.errors import bad_request
+from tokenstile.providers.base import (
+    collect_text,
+    optional_bool,
+    optional_int,
+    optional_str,
+    require_str,
+    string_tags,
+)
+from tokenstile.providers.sse import event_fields
+from tokenstile.types import ApiKind, CanonicalRequest, Usage, WireFormat
+
+# Output caps the upstream applies when a request names none.
+LEGACY_COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+
+_CAP_FIELDS: dict[str, tuple[str, ...]] = {
+    "chat": ("max_completion_tokens", "max_tokens"),
+    "completions": ("max_tokens",),
+    "responses": ("max_output_tokens",),
+    "embeddings": (),
+}
+
+
+def _parse_messages(body: dict[str, Any]) -> tuple[list[dict[str, Any]], str, str]:
+    messages = body.get("messages")
+    if messages is None:
+        raise bad_request("'messages' is required", param="messages",
+                          code="missing_required_parameter")
+    if not isinstance(messages, list) or not messages:
+        raise bad_request("'messages' must be a non-empty array", param="messages")
+    texts: list[str] = []
+    system: list[str] = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise bad_request(f"'messages[{i}]' must be an object", param=f"messages[{i}]")
+        role = message.get("role")
+        if not isinstance(role, str):
+            raise bad_request(f"'messages[{i}].role' must be a string",
+                              param=f"messages[{i}].role")
+        target = system if role in ("system", "developer") else texts
+        collect_text(message, target)
+    return messages, "\n".join(texts), "\n".join(system)
+
+
+class OpenAIAdapter:
+    wire: WireFormat = "openai"
+
+    def parse(self, api: ApiKind, body: dict[str, Any]) -> CanonicalRequest:
+        model = require_str(body, "model")
+        stream = optional_bool(body, "stream")
+        cap: int | None = None
+        cap_field: str | None = None
+        for name in _CAP_FIELDS.get(api, ()):
+            value = optional_int(body, name, minimum=1)
+            if value is not None and cap is None:
+                cap, cap_field = value, name
+        input_text = ""
+        system_text = ""
+        if api == "chat":
+            _, input_text, system_text = _parse_messages(body)
+            for field in ("tools", "functions"):
+                if body.get(field) is not None and not isinstance(body[field], list):
+                    raise bad_request(f"'{field}' must be an array", param=field)
+        elif api == "completions":
+            prompt = body.get("prompt")
+            if prompt is None:
+                raise bad_request("'prompt' is required", param="prompt",
+                                  code="missing_required_parameter")
+            if not isinstance(prompt, str | list):
+                raise bad_request("'prompt' must be a string or an array", param="prompt")
+            pieces: list[str] = []
+            collect_text(prompt, pieces)
+            input_text = "\n".join(pieces)
+            if cap is None:
+                cap = LEGACY_COMPLETIONS_DEFAULT_MAX_TOKENS
+        elif api == "embeddings":
+            value = body.get("input")
+            if value is None:
+                raise bad_request("'input' is required", param="input",
+                                  code="missing_required_parameter")
+            if not isinstance(value, str | list):
+                raise bad_request("'input' must be a string or an array", param="input")
+            pieces = []
+            collect_text(value, pieces)
+            input_text = "\n".join(pieces)
+            cap = 0
+        elif api == "responses":
+            value = body.get("input")
+            if value is not None and not isinstance(value, str | list):
+                raise bad_request("'input' must be a string or an array", param="input")
+            pieces = []
+            collect_text(value, pieces)
+            input_text = "\n".join(pieces)
+            system_text = optional_str(body, "instructions") or ""
+        multiplier = 1
+        for name in ("n", "best_of"):
+            count = optional_int(body, name, minimum=1)
+            if count is not None:
+                multiplier = max(multiplier, count)
+        if cap is not None and multiplier > 1:
+            cap *= multiplier
+        end_user = optional_str(body, "user") or optional_str(body, "safety_identifier")
+        return CanonicalRequest(
+            api=api,
+            wire="openai",
+            model=model,
+            body=body,
+            stream=stream,
+            output_cap=cap,
+            output_cap_field=cap_field,
+            end_user=end_user,
+            input_text=input_text,
+            system_text=system_text,
+            tags=string_tags(body.get("metadata")),
+        )
+
+    def count_input(self, req: CanonicalRequest) -> int:
+        body = req.body
+        if req.api == "chat":
+            return tokens.count_chat(req.model, body["messages"], body.get("tools"),
+                                     body.get("functions"))
+        if req.api == "completions":
+            return tokens.count_prompt(req.model, body.get("prompt"))
+        if req.api == "embeddings":
+            return tokens.count_embedding_input(req.model, body.get("input"))
+        if req.api == "responses":
+            return tokens.count_responses_input(req.model, body.get("input"),
+                                                body.get("instructions"), body.get("tools"))
+        return tokens.count_text(req.model, req.input_text)
+
+    def upstream_body(self, req: CanonicalRequest) -> dict[str, Any]:
+        """Ask for usage on streams even when the client did not (it is stripped again)."""
+        body = req.body
+        if req.stream and req.api in ("chat", "completions"):
+            options = body.get("stream_options")
+            if not (isinstance(options, dict) and options.get("include_usage") is True):
+                body = dict(body)
+                merged = dict(options) if isinstance(options, dict) else {}
+                merged["include_usage"] = True
+                body["stream_options"] = merged
+        return body
+
+    def usage_from_body(self, api: ApiKind, payload: Any) -> Usage | None:
+        if not isinstance(payload, dict):
+            return None
+        return usage_from_openai(payload.get("usage"))
+
+    def observer(self, req: CanonicalRequest) -> OpenAIStreamObserver:
+        options = req.body.get("stream_options")
+        client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
+        if req.api == "responses":
+            return ResponsesStreamObserver()
+        return OpenAIStreamObserver(strip_usage=not client_wants_usage)
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def usage_from_openai(usage: Any) -> Usage | None:
+    """Chat/completions (``prompt_tokens``…) and Responses (``input_tokens``…) usage blocks."""
+    if not isinstance(usage, dict):
+        return None
+    if "input_tokens" in usage or "output_tokens" in usage:
+        input_details = usage.get("input_tokens_details") or {}
+        output_details = usage.get("output_tokens_details") or {}
+        return Usage(
+            input_tokens=_int(usage.get("input_tokens")),
+            output_tokens=_int(usage.get("output_tokens")),
+            cached_input_tokens=_int(input_details.get("cached_tokens"))
+            if isinstance(input_details, dict) else 0,
+            reasoning_tokens=_int(output_details.get("reasoning_tokens"))
+            if isinstance(output_details, dict) else 0,
+        )
+    prompt_details = usage.get("prompt_tokens_details") or {}
+    completion_details = usage.get("completion_tokens_details") or {}
+    return Usage(
+        input_tokens=_int(usage.get("prompt_tokens")),
+        output_tokens=_int(usage.get("completion_tokens")),
+        cached_input_tokens=_int(prompt_details.get("cached_tokens"))
+        if isinstance(prompt_details, dict) else 0,
+        reasoning_tokens=_int(completion_details.get("reasoning_tokens"))
+        if isinstance(completion_details, dict) else 0,
+    )
+
+
+class OpenAIStreamObserver:
+    """Chat and completions streams: ``data: {chunk}`` events, usage in a final chunk."""
+
+    __slots__ = ("_pieces", "_strip", "usage")
+
+    def __init__(self, strip_usage: bool) -> None:
+        self._strip = strip_usage
+        self._pieces: list[str] = []
+        self.usage: Usage | None = None
+
+    def on_event(self, event: bytes) -> bytes | None:
+        _, data = event_fields(event)
+        if not data.startswith(b"{"):
+            return event
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return event
+        if not isinstance(chunk, dict):
+            return event
+        choices = chunk.get("choices")
+        if isinstance(choices, list):
+            for choice in choices:
+                if isinstance(choice, dict):
+                    collect_text(choice.get("delta") or choice.get("text"), self._pieces)
+        usage = chunk.get("usage")
+        if usage is not None:
+            self.usage = usage_from_openai(usage)
+            if self._strip and not choices:
+                return None
+        if self._strip and b'"usage":null' in event:
+            event = event.replace(b',"usage":null', b"").replace(b'"usage":null,', b"")
+        return event
+
+    def output_text(self) -> str:
+        return "".join(self._pieces)
+
+
+class ResponsesStreamObserver:
+    """Responses API streams: typed events; usage arrives with ``response.completed``."""
+
+    __slots__ = ("_pieces", "usage")
+
+    def __init__(self) -> None:
+        self._pieces: list[str] = []
+        self.usage: Usage | None = None
+
+    def on_event(self, event: bytes) -> bytes | None:
+        name, data = event_fields(event)
+        if not data.startswith(b"{"):
+            return event
+        try:
+            payload = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return event
+        if not isinstance(payload, dict):
+            return event
+        kind = payload.get("type") or name
+        if kind in ("response.output_text.delta", "response.function_call_arguments.delta",
+                    "response.reasoning_summary_text.delta", "response.refusal.delta"):
+            delta = payload.get("delta")
+            if isinstance(delta, str):
+                self._pieces.append(delta)
+        elif kind in ("response.completed", "response.incomplete", "response.failed"):
+            response = payload.get("response")
+            if isinstance(response, dict):
+                self.usage = usage_from_openai(response.get("usage")) or self.usage
+        return event
+
+    def output_text(self) -> str:
+        return "".join(self._pieces)

@@ -1,0 +1,162 @@
+"""The database: the ledger (source of truth for usage), API keys and runtime overrides.
+
+Chosen by URL like the counter store: ``sqlite:///path`` (default) or ``postgresql://…``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from tokenstile.stores.counters import StoreConfigError
+from tokenstile.types import Caller, LedgerRow
+
+KEY_PREFIX = "ts-"
+
+# Columns a usage query may group by; anything else is refused before it reaches SQL.
+GROUPABLE = (
+    "organization", "project", "team", "user", "end_user", "feature", "key_id", "api",
+    "requested_model", "served_model", "upstream", "outcome", "status",
+)
+BUCKETS = ("hour", "day", "month")
+
+
+def hash_key(secret: str) -> str:
+    """Keys are 256-bit random strings, so one SHA-256 is enough to store them safely."""
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def new_key_secret() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def new_key_id() -> str:
+    return "key_" + secrets.token_hex(8)
+
+
+@dataclass(slots=True)
+class KeyRecord:
+    id: str
+    hash: str
+    prefix: str
+    name: str | None = None
+    organization: str = "default"
+    project: str | None = None
+    team: str | None = None
+    user: str | None = None
+    tier: str | None = None
+    feature: str | None = None
+    allowed_models: list[str] | None = None
+    passthrough: bool = False
+    limits: dict[str, Any] = field(default_factory=dict)
+    created_at: float = 0.0
+    expires_at: float | None = None
+    revoked_at: float | None = None
+
+    def active(self, now: float) -> bool:
+        if self.revoked_at is not None:
+            return False
+        return self.expires_at is None or now < self.expires_at
+
+    def caller(self) -> Caller:
+        return Caller(
+            organization=self.organization,
+            project=self.project,
+            team=self.team,
+            user=self.user,
+            tier=self.tier,
+            key_id=self.id,
+            key_name=self.name,
+            feature=self.feature,
+            allowed_models=tuple(self.allowed_models) if self.allowed_models else None,
+            passthrough=self.passthrough,
+        )
+
+    def public(self) -> dict[str, Any]:
+        """Everything about a key that may be shown: never the secret, never its hash."""
+        return {
+            "id": self.id, "prefix": self.prefix, "name": self.name,
+            "organization": self.organization, "project": self.project, "team": self.team,
+            "user": self.user, "tier": self.tier, "feature": self.feature,
+            "allowed_models": self.allowed_models, "passthrough": self.passthrough,
+            "limits": self.limits, "created_at": self.created_at,
+            "expires_at": self.expires_at, "revoked_at": self.revoked_at,
+        }
+
+
+@dataclass(slots=True)
+class UsageQuery:
+    since: float | None = None
+    until: float | None = None
+    group_by: Sequence[str] = ()
+    bucket: str | None = None
+    filters: dict[str, str] = field(default_factory=dict)
+    tz: str = "UTC"
+    limit: int = 1000
+
+    def validate(self) -> None:
+        for name in [*self.group_by, *self.filters]:
+            if name not in GROUPABLE:
+                raise ValueError(f"cannot group or filter by {name!r}; "
+                                 f"expected one of {', '.join(GROUPABLE)}")
+        if self.bucket is not None and self.bucket not in BUCKETS:
+            raise ValueError(f"unknown bucket {self.bucket!r}; expected one of "
+                             f"{', '.join(BUCKETS)}")
+
+
+class Database(Protocol):
+    url: str
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def insert_ledger(self, rows: Sequence[LedgerRow]) -> None: ...
+
+    async def ledger_rows(self, limit: int = 100, **filters: Any) -> list[LedgerRow]: ...
+
+    async def usage(self, query: UsageQuery) -> list[dict[str, Any]]: ...
+
+    async def create_key(self, record: KeyRecord) -> None: ...
+
+    async def key_by_hash(self, key_hash: str) -> KeyRecord | None: ...
+
+    async def key_by_id(self, key_id: str) -> KeyRecord | None: ...
+
+    async def list_keys(self, include_revoked: bool = False) -> list[KeyRecord]: ...
+
+    async def update_key(self, key_id: str, **changes: Any) -> KeyRecord | None: ...
+
+
+_REGISTRY = {
+    "sqlite": "tokenstile.stores.db_sqlite:SqliteDatabase",
+    "postgresql": "tokenstile.stores.db_postgres:PostgresDatabase",
+    "postgres": "tokenstile.stores.db_postgres:PostgresDatabase",
+}
+
+
+def database_from_url(url: str) -> Database:
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    target = _REGISTRY.get(scheme)
+    if target is None:
+        raise StoreConfigError(
+            f"unknown database URL {url!r}: expected sqlite:///path or postgresql://…"
+        )
+    module_name, class_name = target.split(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    db: Database = cls(url)
+    return db
+
+
+def sqlite_path(url: str) -> str:
+    """``sqlite:///./x.db`` → ``./x.db``; ``sqlite:////abs/x.db`` → ``/abs/x.db``."""
+    if not url.startswith("sqlite:///"):
+        raise StoreConfigError(f"expected sqlite:///path, got {url!r}")
+    path = url[len("sqlite:///"):].split("?", 1)[0]
+    if not path:
+        raise StoreConfigError(f"the SQLite URL {url!r} names no file")
+    return path

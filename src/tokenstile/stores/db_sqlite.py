@@ -1,0 +1,315 @@
+"""The default database: one SQLite file (WAL), all statements on one worker thread."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
+
+import orjson
+
+from tokenstile.stores.database import GROUPABLE, KeyRecord, UsageQuery, sqlite_path
+from tokenstile.types import LedgerRow
+
+T = TypeVar("T")
+
+LEDGER_COLUMNS = (
+    "id", "ts", "key_id", "organization", "project", "team", "user", "end_user", "feature",
+    "tags", "api", "requested_model", "served_model", "upstream", "input_tokens",
+    "cached_input_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens",
+    "cost_nano", "estimated", "status", "outcome", "block_reason", "flags", "latency_ms",
+    "ttfb_ms", "streamed", "trace_id", "degraded", "cache", "saved_nano", "detail",
+)
+_JSON_COLUMNS = {"tags", "flags", "degraded", "detail"}
+_BOOL_COLUMNS = {"estimated", "streamed"}
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS ledger (
+    id TEXT PRIMARY KEY, ts REAL NOT NULL, key_id TEXT, organization TEXT, project TEXT,
+    team TEXT, user TEXT, end_user TEXT, feature TEXT, tags TEXT, api TEXT,
+    requested_model TEXT, served_model TEXT, upstream TEXT,
+    input_tokens INTEGER NOT NULL DEFAULT 0, cached_input_tokens INTEGER NOT NULL DEFAULT 0,
+    cache_write_tokens INTEGER NOT NULL DEFAULT 0, output_tokens INTEGER NOT NULL DEFAULT 0,
+    reasoning_tokens INTEGER NOT NULL DEFAULT 0, cost_nano INTEGER NOT NULL DEFAULT 0,
+    estimated INTEGER NOT NULL DEFAULT 0, status INTEGER NOT NULL, outcome TEXT NOT NULL,
+    block_reason TEXT, flags TEXT, latency_ms REAL, ttfb_ms REAL,
+    streamed INTEGER NOT NULL DEFAULT 0, trace_id TEXT, degraded TEXT, cache TEXT,
+    saved_nano INTEGER NOT NULL DEFAULT 0, detail TEXT
+);
+CREATE INDEX IF NOT EXISTS ledger_ts ON ledger (ts);
+CREATE INDEX IF NOT EXISTS ledger_project_ts ON ledger (project, ts);
+CREATE INDEX IF NOT EXISTS ledger_outcome_ts ON ledger (outcome, ts);
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, prefix TEXT NOT NULL, name TEXT,
+    organization TEXT NOT NULL, project TEXT, team TEXT, user TEXT, tier TEXT, feature TEXT,
+    allowed_models TEXT, passthrough INTEGER NOT NULL DEFAULT 0, limits TEXT,
+    created_at REAL NOT NULL, expires_at REAL, revoked_at REAL
+);
+CREATE TABLE IF NOT EXISTS overrides (
+    kind TEXT NOT NULL, target TEXT NOT NULL, value TEXT NOT NULL, updated_at REAL NOT NULL,
+    PRIMARY KEY (kind, target)
+);
+"""
+
+_KEY_COLUMNS = (
+    "id", "hash", "prefix", "name", "organization", "project", "team", "user", "tier",
+    "feature", "allowed_models", "passthrough", "limits", "created_at", "expires_at",
+    "revoked_at",
+)
+
+
+@lru_cache(maxsize=64)
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+def _bucket(ts: float, kind: str, tz: str) -> str:
+    local = datetime.fromtimestamp(ts, _zone(tz))
+    if kind == "hour":
+        return local.strftime("%Y-%m-%dT%H:00")
+    if kind == "day":
+        return local.strftime("%Y-%m-%d")
+    return local.strftime("%Y-%m")
+
+
+def row_to_params(row: LedgerRow) -> tuple[Any, ...]:
+    values: list[Any] = []
+    for name in LEDGER_COLUMNS:
+        value = getattr(row, name)
+        if name in _JSON_COLUMNS:
+            value = orjson.dumps(value).decode() if value else None
+        elif name in _BOOL_COLUMNS:
+            value = int(bool(value))
+        values.append(value)
+    return tuple(values)
+
+
+def params_to_row(values: Sequence[Any]) -> LedgerRow:
+    data: dict[str, Any] = {}
+    for name, value in zip(LEDGER_COLUMNS, values, strict=True):
+        if name in _JSON_COLUMNS:
+            empty: Any = {} if name in ("tags", "detail") else []
+            value = orjson.loads(value) if value else empty
+        elif name in _BOOL_COLUMNS:
+            value = bool(value)
+        data[name] = value
+    return LedgerRow(**data)
+
+
+def _key_from_row(values: Sequence[Any]) -> KeyRecord:
+    data = dict(zip(_KEY_COLUMNS, values, strict=True))
+    data["allowed_models"] = orjson.loads(data["allowed_models"]) if data["allowed_models"] \
+        else None
+    data["limits"] = orjson.loads(data["limits"]) if data["limits"] else {}
+    data["passthrough"] = bool(data["passthrough"])
+    return KeyRecord(**data)
+
+
+class SqliteDatabase:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.path = sqlite_path(url)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ts-db")
+        self._conn: sqlite3.Connection | None = None
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+
+        def call() -> T:
+            if self._conn is None:
+                self._conn = self._connect()
+            return fn(self._conn)
+
+        return await loop.run_in_executor(self._executor, call)
+
+    def _connect(self) -> sqlite3.Connection:
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=10000")
+        conn.create_function("ts_bucket", 3, _bucket, deterministic=True)
+        conn.executescript(SCHEMA)
+        return conn
+
+    async def open(self) -> None:
+        await self._run(lambda conn: None)
+
+    async def close(self) -> None:
+        def shut(conn: sqlite3.Connection) -> None:
+            conn.close()
+            self._conn = None
+
+        if self._conn is not None:
+            await self._run(shut)
+        self._executor.shutdown(wait=True)
+
+    # ledger -------------------------------------------------------------------------------
+
+    async def insert_ledger(self, rows: Sequence[LedgerRow]) -> None:
+        params = [row_to_params(row) for row in rows]
+        placeholders = ",".join("?" * len(LEDGER_COLUMNS))
+        sql = (f"INSERT OR IGNORE INTO ledger ({','.join(LEDGER_COLUMNS)}) "
+               f"VALUES ({placeholders})")
+
+        def write(conn: sqlite3.Connection) -> None:
+            with conn:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.executemany(sql, params)
+
+        await self._run(write)
+
+    async def ledger_rows(self, limit: int = 100, **filters: Any) -> list[LedgerRow]:
+        where, args = _where(filters)
+        sql = (f"SELECT {','.join(LEDGER_COLUMNS)} FROM ledger {where} "
+               f"ORDER BY ts DESC, id DESC LIMIT ?")
+
+        def read(conn: sqlite3.Connection) -> list[LedgerRow]:
+            return [params_to_row(r) for r in conn.execute(sql, (*args, limit))]
+
+        return await self._run(read)
+
+    async def usage(self, query: UsageQuery) -> list[dict[str, Any]]:
+        query.validate()
+        selects: list[str] = []
+        groups: list[str] = []
+        args: list[Any] = []
+        if query.bucket:
+            selects.append("ts_bucket(ts, ?, ?) AS bucket")
+            args.extend([query.bucket, query.tz])
+            groups.append("bucket")
+        for name in query.group_by:
+            selects.append(name)
+            groups.append(name)
+        conditions: dict[str, Any] = dict(query.filters)
+        if query.since is not None:
+            conditions["since"] = query.since
+        if query.until is not None:
+            conditions["until"] = query.until
+        where, where_args = _where(conditions)
+        args.extend(where_args)
+        totals = (
+            "COUNT(*) AS requests, SUM(input_tokens) AS input_tokens, "
+            "SUM(cached_input_tokens) AS cached_input_tokens, "
+            "SUM(output_tokens) AS output_tokens, SUM(reasoning_tokens) AS reasoning_tokens, "
+            "SUM(cost_nano) AS cost_nano, SUM(saved_nano) AS saved_nano, "
+            "SUM(CASE WHEN outcome = 'blocked' THEN 1 ELSE 0 END) AS blocked"
+        )
+        sql = f"SELECT {', '.join([*selects, totals])} FROM ledger {where}"
+        if groups:
+            sql += f" GROUP BY {', '.join(groups)} ORDER BY " + (
+                "bucket, " if query.bucket else "") + "cost_nano DESC"
+        sql += " LIMIT ?"
+        args.append(query.limit)
+        names = [*(["bucket"] if query.bucket else []), *query.group_by, "requests",
+                 "input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens",
+                 "cost_nano", "saved_nano", "blocked"]
+
+        def read(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            out = []
+            for values in conn.execute(sql, args):
+                item = dict(zip(names, values, strict=True))
+                for k in names[len(names) - 8:]:
+                    item[k] = item[k] or 0
+                if item["requests"]:
+                    out.append(item)
+            return out
+
+        return await self._run(read)
+
+    # keys ---------------------------------------------------------------------------------
+
+    async def create_key(self, record: KeyRecord) -> None:
+        values = (
+            record.id, record.hash, record.prefix, record.name, record.organization,
+            record.project, record.team, record.user, record.tier, record.feature,
+            orjson.dumps(record.allowed_models).decode() if record.allowed_models else None,
+            int(record.passthrough), orjson.dumps(record.limits).decode(),
+            record.created_at, record.expires_at, record.revoked_at,
+        )
+        sql = (f"INSERT INTO api_keys ({','.join(_KEY_COLUMNS)}) "
+               f"VALUES ({','.join('?' * len(_KEY_COLUMNS))})")
+
+        def write(conn: sqlite3.Connection) -> None:
+            with conn:
+                conn.execute(sql, values)
+
+        await self._run(write)
+
+    async def _one_key(self, column: str, value: str) -> KeyRecord | None:
+        sql = f"SELECT {','.join(_KEY_COLUMNS)} FROM api_keys WHERE {column} = ?"
+
+        def read(conn: sqlite3.Connection) -> KeyRecord | None:
+            row = conn.execute(sql, (value,)).fetchone()
+            return _key_from_row(row) if row else None
+
+        return await self._run(read)
+
+    async def key_by_hash(self, key_hash: str) -> KeyRecord | None:
+        return await self._one_key("hash", key_hash)
+
+    async def key_by_id(self, key_id: str) -> KeyRecord | None:
+        return await self._one_key("id", key_id)
+
+    async def list_keys(self, include_revoked: bool = False) -> list[KeyRecord]:
+        where = "" if include_revoked else "WHERE revoked_at IS NULL"
+        sql = f"SELECT {','.join(_KEY_COLUMNS)} FROM api_keys {where} ORDER BY created_at"
+
+        def read(conn: sqlite3.Connection) -> list[KeyRecord]:
+            return [_key_from_row(r) for r in conn.execute(sql)]
+
+        return await self._run(read)
+
+    async def update_key(self, key_id: str, **changes: Any) -> KeyRecord | None:
+        allowed = {"name", "revoked_at", "expires_at", "hash", "prefix", "limits",
+                   "allowed_models", "feature", "tier", "passthrough"}
+        unknown = set(changes) - allowed
+        if unknown:
+            raise ValueError(f"cannot change {', '.join(sorted(unknown))} of a key")
+        values = []
+        for name, value in changes.items():
+            if name in ("limits", "allowed_models") and value is not None:
+                value = orjson.dumps(value).decode()
+            values.append(value)
+        assignments = ", ".join(f"{name} = ?" for name in changes)
+
+        def write(conn: sqlite3.Connection) -> None:
+            with conn:
+                conn.execute(f"UPDATE api_keys SET {assignments} WHERE id = ?",
+                             (*values, key_id))
+
+        if changes:
+            await self._run(write)
+        return await self.key_by_id(key_id)
+
+
+def _where(filters: dict[str, Any]) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    args: list[Any] = []
+    for name, value in filters.items():
+        if value is None:
+            continue
+        if name == "since":
+            clauses.append("ts >= ?")
+        elif name == "until":
+            clauses.append("ts < ?")
+        elif name == "flagged":
+            clauses.append("(outcome != 'ok' OR (flags IS NOT NULL AND flags != '[]'))")
+            continue
+        elif name == "policy":
+            clauses.append("(block_reason LIKE ? OR flags LIKE ?)")
+            args.extend([f"%{value}%", f"%{value}%"])
+            continue
+        elif name in GROUPABLE:
+            clauses.append(f"{name} = ?")
+        else:
+            raise ValueError(f"cannot filter by {name!r}")
+        args.append(value)
+    return ("WHERE " + " AND ".join(clauses)) if clauses else "", args
