@@ -1,0 +1,1104 @@
+"""A lean, fast fake of the OpenAI and Anthropic HTTP APIs, for tests, demos and benchmarks.
+
+Why it exists: the gateway must be tested against real HTTP (the official SDKs on one side,
+its aiohttp client on the other) with exact, known token usage and scriptable failures,
+and benchmarked against a baseline that costs almost nothing. It is a raw ASGI app (no
+framework on the hot path, orjson for JSON) meant to run under uvicorn with uvloop and
+httptools.
+
+Replies are words of a 16-word vocabulary, each one o200k_base token, so usage is exact.
+Input tokens are counted with o200k_base plus OpenAI's chat overhead: that count is the
+truth the gateway must bill from, whatever it estimated.
+
+Failures are scripted by directives in the last user message, e.g. ``[[fake:status=429,
+retry_after=2]]`` or ``[[fake:cut_after=5]]`` (see ``Directives``), by server-wide
+defaults, or by a queue of per-request behaviours (``FakeUpstream.script``).
+
+Run as a process: ``python -m tokenstile.testing.fake_upstream --port N``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import contextvars
+import itertools
+import logging
+import os
+import socket
+import struct
+import sys
+import threading
+import time
+import zlib
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+from urllib.parse import parse_qs
+
+import orjson
+import uvicorn
+
+from ._fake_core import (
+    NORMAL,
+    DirectiveError,
+    Directives,
+    count_anthropic_input,
+    count_messages,
+    count_prompt,
+    count_responses_input,
+    count_text,
+    count_tools,
+    directive_layer,
+    first_int,
+    last_prompt_text,
+    last_user_text,
+    parse_directives,
+    plan_reply,
+    reply_text,
+)
+from ._fake_wire import (
+    StreamParts,
+    Turn,
+    anthropic_error,
+    anthropic_message,
+    anthropic_stream,
+    chat_body,
+    chat_stream,
+    completion_body,
+    completion_stream,
+    openai_error,
+    responses_body,
+    responses_stream,
+)
+from .server_thread import RunningServer, bind_socket, http_url, start_in_thread
+
+__all__ = [
+    "DEFAULT_MODELS",
+    "Directives",
+    "FakeRecord",
+    "FakeSettings",
+    "FakeUpstream",
+    "RunningServer",
+    "Tally",
+    "count_text",
+    "main",
+    "reply_text",
+    "start_in_thread",
+]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Json = dict[str, Any]
+DirectiveSpec = str | Mapping[str, object] | Directives | None
+
+DEFAULT_MODELS: tuple[str, ...] = (
+    "gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "o4-mini", "gpt-3.5-turbo-instruct",
+    "text-embedding-3-small", "omni-moderation-latest",
+    "claude-sonnet-4-6", "claude-haiku-4-5", "claude-opus-4-5",
+)
+
+# ---------------------------------------------------------------------------------------
+# Tally
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class FakeRecord:
+    """One request as the fake saw and answered it.
+
+    Token fields are what the fake reported (or, for a cut stream, what it had emitted):
+    ``input_tokens`` includes cached and cache-write tokens, ``output_tokens`` includes
+    reasoning tokens. Errors, models, moderations and count_tokens report zero usage.
+    ``outcome`` is one of: completed, error, cut (the fake dropped the connection),
+    stream_error (an in-stream error event), client_disconnected.
+    """
+
+    request_id: str
+    route: str
+    method: str
+    model: str
+    stream: bool
+    status: int
+    outcome: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    api_key: str | None = None
+    directives: dict[str, object] = field(default_factory=dict)
+    body: Any = None
+    started_at: float = 0.0
+    duration_ms: float = 0.0
+    raw_headers: list[tuple[bytes, bytes]] = field(default_factory=list, repr=False)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Request headers, lower-cased names (decoded on demand: off the hot path)."""
+        return {k.decode("latin-1"): v.decode("latin-1") for k, v in self.raw_headers}
+
+    def to_json(self) -> Json:
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "raw_headers"}
+        out.update(headers=self.headers, completed=self.completed, cut=self.cut)
+        return out
+
+    @property
+    def completed(self) -> bool:
+        return self.outcome == "completed"
+
+    @property
+    def cut(self) -> bool:
+        """The stream ended early: dropped by the fake, or the client went away."""
+        return self.outcome in ("cut", "client_disconnected")
+
+
+class Tally:
+    """Totals and per-request records; updated on the server's loop, read from any thread.
+
+    ``records`` returns a copy. Token totals sum the usage the fake reported.
+    """
+
+    def __init__(self, max_records: int = 100_000) -> None:
+        self._cond = threading.Condition()
+        self._records: deque[FakeRecord] = deque(maxlen=max_records)
+        self.requests = 0
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.cached_tokens = 0
+        self.cache_write_tokens = 0
+        self.reasoning_tokens = 0
+        self.errors = 0
+        self.cut = 0
+        self.in_flight = 0
+
+    @property
+    def records(self) -> list[FakeRecord]:
+        with self._cond:
+            return list(self._records)
+
+    @property
+    def last(self) -> FakeRecord | None:
+        with self._cond:
+            return self._records[-1] if self._records else None
+
+    def begin(self) -> None:
+        with self._cond:
+            self.in_flight += 1
+
+    def add(self, record: FakeRecord) -> None:
+        with self._cond:
+            self.in_flight -= 1
+            self._records.append(record)
+            self.requests += 1
+            self.input_tokens += record.input_tokens
+            self.output_tokens += record.output_tokens
+            self.cached_tokens += record.cached_tokens
+            self.cache_write_tokens += record.cache_write_tokens
+            self.reasoning_tokens += record.reasoning_tokens
+            if record.status >= 400:
+                self.errors += 1
+            if record.cut:
+                self.cut += 1
+            self._cond.notify_all()
+
+    def reset(self) -> None:
+        with self._cond:
+            self._records.clear()
+            self.requests = self.input_tokens = self.output_tokens = 0
+            self.cached_tokens = self.cache_write_tokens = self.reasoning_tokens = 0
+            self.errors = self.cut = 0
+            self._cond.notify_all()
+
+    def wait_for(self, predicate: Callable[[Tally], bool], timeout: float = 5.0) -> bool:
+        """Block until ``predicate(tally)`` holds (records land after a client hangs up)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: predicate(self), timeout)
+
+    def totals(self) -> dict[str, int]:
+        with self._cond:
+            return {
+                "requests": self.requests,
+                "input_tokens": self.input_tokens,
+                "output_tokens": self.output_tokens,
+                "cached_tokens": self.cached_tokens,
+                "cache_write_tokens": self.cache_write_tokens,
+                "reasoning_tokens": self.reasoning_tokens,
+                "errors": self.errors,
+                "cut": self.cut,
+                "in_flight": self.in_flight,
+            }
+
+    def snapshot(self, with_records: bool = True) -> Json:
+        out: Json = dict(self.totals())
+        if with_records:
+            out["records"] = [r.to_json() for r in self.records]
+        return out
+
+
+# ---------------------------------------------------------------------------------------
+# Settings
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class FakeSettings:
+    """Server-wide behaviour; may be changed between requests."""
+
+    default_output_tokens: int = 12
+    require_key: str | None = None  # answer 401 unless this key is presented
+    defaults: dict[str, object] = field(default_factory=dict)  # directives for every call
+    embedding_dim: int = 8
+    moderation_trigger: str = "forbidden"
+    models: tuple[str, ...] = DEFAULT_MODELS
+    max_records: int = 100_000
+    record_bodies: bool = True  # keep each request's parsed JSON body on its record
+
+
+# ---------------------------------------------------------------------------------------
+# Per-request plumbing
+# ---------------------------------------------------------------------------------------
+
+# Set when the fake drops a connection on purpose, so uvicorn's "returned without
+# completing response" error for that request is not logged (a ContextVar set inside the
+# app is still visible when uvicorn logs, in the same per-request task).
+_DELIBERATE_CUT: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "fake_upstream_cut", default=False
+)
+
+
+class _QuietDeliberateCuts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (_DELIBERATE_CUT.get() and str(record.msg).startswith("ASGI callable"))
+
+
+_filter_lock = threading.Lock()
+_filter_installed = False
+
+
+def _install_log_filter() -> None:
+    global _filter_installed
+    with _filter_lock:
+        if not _filter_installed:
+            logging.getLogger("uvicorn.error").addFilter(_QuietDeliberateCuts())
+            _filter_installed = True
+
+
+class _Watch:
+    """Notices the client hanging up while the fake waits (delays, hangs, slow streams)."""
+
+    __slots__ = ("_gone", "_receive", "_task")
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._gone = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                self._gone.set()
+                return
+
+    @property
+    def gone(self) -> bool:
+        return self._gone.is_set()
+
+    async def sleep(self, seconds: float) -> bool:
+        """Sleep; False if the client left meanwhile."""
+        if self._gone.is_set():
+            return False
+        try:
+            async with asyncio.timeout(seconds):
+                await self._gone.wait()
+        except TimeoutError:
+            return True
+        return False
+
+    async def wait_gone(self) -> None:
+        await self._gone.wait()
+
+    def close(self) -> None:
+        self._task.cancel()
+
+
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+]
+
+
+class _Req:
+    """One HTTP request in flight, and what will go on its record."""
+
+    __slots__ = (
+        "anthropic", "api_key", "body", "directives", "headers", "method", "model",
+        "raw_headers", "receive", "recorded", "rid", "route", "send", "started",
+        "started_wall", "stream", "watch",
+    )
+
+    def __init__(
+        self, scope: Scope, receive: Receive, send: Send, route: str, rid: str
+    ) -> None:
+        self.receive = receive
+        self.send = send
+        self.route = route
+        self.method: str = scope["method"]
+        self.rid = rid
+        self.raw_headers: list[tuple[bytes, bytes]] = scope["headers"]
+        self.api_key: str | None = None
+        self.anthropic = route.startswith("/v1/messages")
+        for name, value in self.raw_headers:
+            if name == b"x-api-key":
+                self.api_key = value.decode("latin-1")
+            elif name == b"authorization" and self.api_key is None:
+                text = value.decode("latin-1")
+                self.api_key = text[7:] if text[:7].lower() == "bearer " else text
+            elif name == b"anthropic-version":
+                self.anthropic = True
+        self.body: Any = None
+        self.model = ""
+        self.stream = False
+        self.directives: Directives = NORMAL
+        self.recorded = False
+        self.watch: _Watch | None = None
+        self.started = time.perf_counter()
+        self.started_wall = time.time()
+
+    def watcher(self) -> _Watch:
+        if self.watch is None:
+            self.watch = _Watch(self.receive)
+        return self.watch
+
+    def id_headers(self) -> list[tuple[bytes, bytes]]:
+        rid = self.rid.encode()
+        return [(b"x-request-id", rid), (b"request-id", rid)]
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    """The whole request body, or None if the client left first."""
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        return None
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        return body
+    parts = [body]
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        parts.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+def _embedding(seed_text: str, dim: int) -> list[float]:
+    """A deterministic unit vector for ``seed_text``, exact in float32."""
+    seed = zlib.crc32(seed_text.encode())
+    raw = [((seed * (i + 1) * 2654435761) % 20011) / 10005.5 - 1.0 for i in range(dim)]
+    norm = sum(x * x for x in raw) ** 0.5 or 1.0
+    packed = struct.pack(f"<{dim}f", *(x / norm for x in raw))
+    return list(struct.unpack(f"<{dim}f", packed))
+
+
+_MODERATION_CATEGORIES = (
+    "harassment", "harassment/threatening", "hate", "hate/threatening", "illicit",
+    "illicit/violent", "self-harm", "self-harm/instructions", "self-harm/intent", "sexual",
+    "sexual/minors", "violence", "violence/graphic",
+)
+_IMAGE_CATEGORIES = frozenset({
+    "self-harm", "self-harm/instructions", "self-harm/intent", "sexual", "violence",
+    "violence/graphic",
+})
+
+# ---------------------------------------------------------------------------------------
+# The app
+# ---------------------------------------------------------------------------------------
+
+
+class FakeUpstream:
+    """The fake OpenAI + Anthropic server: settings, a tally, and ``app`` (ASGI)."""
+
+    def __init__(self, settings: FakeSettings | None = None, **overrides: Any) -> None:
+        self.settings = settings or FakeSettings()
+        for key, value in overrides.items():
+            if key == "defaults":
+                value = directive_layer(value)
+            setattr(self.settings, key, value)
+        self.settings.defaults = directive_layer(self.settings.defaults)
+        self.tally = Tally(self.settings.max_records)
+        self._script: deque[dict[str, object]] = deque()
+        self._ids = itertools.count(1)
+        self._id_prefix = os.urandom(4).hex()
+        self._routes: dict[tuple[str, str], Callable[[_Req], Awaitable[None]]] = {
+            ("POST", "/v1/chat/completions"): self._chat,
+            ("POST", "/v1/completions"): self._completions,
+            ("POST", "/v1/responses"): self._responses,
+            ("POST", "/v1/embeddings"): self._embeddings,
+            ("POST", "/v1/moderations"): self._moderations,
+            ("POST", "/v1/messages"): self._messages,
+            ("POST", "/v1/messages/count_tokens"): self._count_tokens,
+            ("GET", "/v1/models"): self._models,
+        }
+        _install_log_filter()
+
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            await self._asgi(scope, receive, send)
+
+        # A plain function, not a bound method: uvicorn's interface auto-detection takes a
+        # bound method for ASGI2.
+        self.app: Callable[[Scope, Receive, Send], Awaitable[None]] = app
+        """The ASGI callable."""
+
+    # -- control ------------------------------------------------------------------------
+
+    def script(self, behaviours: Iterable[DirectiveSpec]) -> None:
+        """Queue behaviours, one per upcoming model request (``None`` = behave normally).
+
+        Each is directive text (``"[[fake:status=500]]"``), a mapping or ``Directives``;
+        directives in the request text still win over a scripted entry.
+        """
+        layers = [directive_layer(b) for b in behaviours]
+        self._script.extend(layers)
+
+    def set_defaults(self, spec: DirectiveSpec) -> None:
+        """Directives applied to every request (under script entries and request text)."""
+        self.settings.defaults = directive_layer(spec)
+
+    def reset(self) -> None:
+        """Clear the tally and the script queue (settings stay)."""
+        self._script.clear()
+        self.tally.reset()
+
+    @property
+    def pending_script(self) -> int:
+        return len(self._script)
+
+    def serve(self, host: str = "127.0.0.1", port: int = 0, **config: Any) -> RunningServer:
+        """A not-yet-started ``RunningServer`` for this fake (use ``with``)."""
+        return RunningServer(self.app, host, port, **config)
+
+    # -- ASGI ---------------------------------------------------------------------------
+
+    async def _asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+
+    def _new_id(self) -> str:
+        return f"{self._id_prefix}{next(self._ids):010d}"
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        if len(path) > 1 and path.endswith("/"):
+            path = path.rstrip("/")
+        if path.startswith("/_fake/"):
+            await self._admin(scope, receive, send, path)
+            return
+        method: str = scope["method"]
+        handler = self._routes.get((method, path))
+        if handler is None and method == "GET" and path.startswith("/v1/models/"):
+            handler = self._model
+        r = _Req(scope, receive, send, path, "req_" + self._new_id())
+        self.tally.begin()
+        try:
+            require = self.settings.require_key
+            if require is not None and r.api_key != require:
+                await self._error(r, 401, self._auth_message(r))
+                return
+            if handler is None:
+                known = any(p == path for _, p in self._routes)
+                status = 405 if known else 404
+                await self._error(r, status, f"Unknown request URL: {method} {path}.")
+                return
+            if method == "POST":
+                raw = await _read_body(receive)
+                if raw is None:
+                    self._record(r, 0, "client_disconnected")
+                    return
+                try:
+                    r.body = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    r.body = None
+                if not isinstance(r.body, dict):
+                    await self._error(r, 400, "We could not parse the JSON body of your request.")
+                    return
+                model = r.body.get("model")
+                r.model = model if isinstance(model, str) else ""
+                r.stream = r.body.get("stream") is True
+            await handler(r)
+        finally:
+            if r.watch is not None:
+                r.watch.close()
+            if not r.recorded:
+                self._record(r, 0, "client_disconnected")
+
+    @staticmethod
+    def _auth_message(r: _Req) -> str:
+        if r.anthropic:
+            return "invalid x-api-key"
+        shown = (r.api_key or "")[:6]
+        return f"Incorrect API key provided: {shown}***. You can find your API key elsewhere."
+
+    # -- recording and sending ----------------------------------------------------------
+
+    def _record(
+        self,
+        r: _Req,
+        status: int,
+        outcome: str,
+        turn: Turn | None = None,
+        output_tokens: int | None = None,
+        input_tokens: int = 0,
+    ) -> None:
+        if r.recorded:
+            return
+        r.recorded = True
+        rec = FakeRecord(
+            request_id=r.rid,
+            route=r.route,
+            method=r.method,
+            model=r.model,
+            stream=r.stream,
+            status=status,
+            outcome=outcome,
+            api_key=r.api_key,
+            directives=r.directives.as_dict() if r.directives is not NORMAL else {},
+            raw_headers=r.raw_headers,
+            body=r.body if self.settings.record_bodies else None,
+            input_tokens=input_tokens,
+            started_at=r.started_wall,
+            duration_ms=(time.perf_counter() - r.started) * 1000.0,
+        )
+        if turn is not None:
+            rec.input_tokens = turn.input_tokens
+            rec.cached_tokens = turn.cached_tokens
+            rec.cache_write_tokens = turn.cache_write_tokens
+            rec.reasoning_tokens = turn.reply.reasoning_tokens
+            rec.output_tokens = turn.output_tokens if output_tokens is None else output_tokens
+        self.tally.add(rec)
+
+    async def _send_json(
+        self,
+        r: _Req,
+        status: int,
+        payload: Json,
+        extra: list[tuple[bytes, bytes]] | None = None,
+        cut: bool = False,
+    ) -> None:
+        data = orjson.dumps(payload)
+        headers = [*_JSON_HEADERS, (b"content-length", str(len(data)).encode()), *r.id_headers()]
+        if extra:
+            headers.extend(extra)
+        await r.send({"type": "http.response.start", "status": status, "headers": headers})
+        if cut:
+            # Half the body, then the connection drops: the client sees a truncated read.
+            _DELIBERATE_CUT.set(True)
+            await r.send({"type": "http.response.body", "body": data[: len(data) // 2],
+                          "more_body": True})
+            return
+        await r.send({"type": "http.response.body", "body": data})
+
+    async def _error(self, r: _Req, status: int, message: str, retry_after: float | None = None
+                     ) -> None:
+        """Answer with the provider's error shape; usage of an error is zero."""
+        extra: list[tuple[bytes, bytes]] = []
+        if retry_after is not None:
+            value = int(retry_after) if float(retry_after).is_integer() else retry_after
+            extra.append((b"retry-after", str(value).encode()))
+        if r.anthropic:
+            payload = anthropic_error(status, message, r.rid)
+        else:
+            payload = openai_error(status, message)
+        self._record(r, status, "error")
+        await self._send_json(r, status, payload, extra)
+
+    async def _prelude(self, r: _Req, directive_text: str) -> Directives | None:
+        """Resolve directives and act out delays, hangs and error statuses.
+
+        Returns None when the request has been fully answered already.
+        """
+        layers: list[Mapping[str, object]] = []
+        if self.settings.defaults:
+            layers.append(self.settings.defaults)
+        if self._script:
+            with contextlib.suppress(IndexError):  # another request took the last entry
+                layers.append(self._script.popleft())
+        try:
+            if "[[fake:" in directive_text:
+                layers.append(parse_directives(directive_text))
+            d = Directives.merged(*layers) if layers else NORMAL
+        except DirectiveError as exc:
+            await self._error(r, 400, str(exc))
+            return None
+        r.directives = d
+        if d.delay_ms and not await r.watcher().sleep(d.delay_ms / 1000.0):
+            self._record(r, 0, "client_disconnected")
+            return None
+        if d.hang:
+            await r.watcher().wait_gone()
+            self._record(r, 0, "client_disconnected")
+            return None
+        if d.status is not None and d.status >= 400:
+            await self._error(r, d.status, f"Fake upstream error (status {d.status}).",
+                              d.retry_after)
+            return None
+        return d
+
+    def _turn(
+        self,
+        r: _Req,
+        d: Directives,
+        *,
+        object_id: str,
+        item_prefix: str,
+        call_prefix: str,
+        counted_input: int,
+        max_tokens: int | None,
+        tools: object,
+        include_usage: bool = False,
+    ) -> Turn:
+        reply = plan_reply(
+            d,
+            max_tokens=max_tokens,
+            default_output_tokens=self.settings.default_output_tokens,
+            tools=tools,
+        )
+        counted = d.input_tokens if d.input_tokens is not None else counted_input
+        uid = self._new_id()
+        assert r.body is not None
+        return Turn(
+            id=object_id + uid,
+            item_id=item_prefix + uid,
+            call_id=call_prefix + uid,
+            model=r.model,
+            created=int(time.time()),
+            input_tokens=max(counted, d.cached_tokens + d.cache_write_tokens),
+            cached_tokens=d.cached_tokens,
+            cache_write_tokens=d.cache_write_tokens,
+            reply=reply,
+            request=r.body,
+            include_usage=include_usage,
+            no_usage=d.no_usage and not r.anthropic,
+        )
+
+    async def _answer(
+        self,
+        r: _Req,
+        d: Directives,
+        turn: Turn,
+        render_body: Callable[[Turn], Json],
+        render_stream: Callable[[Turn], StreamParts],
+    ) -> None:
+        if not r.stream:
+            cut = d.cut_after is not None
+            self._record(r, 200, "cut" if cut else "completed", turn)
+            await self._send_json(r, 200, render_body(turn), cut=cut)
+            return
+        await self._stream(r, d, turn, render_stream(turn))
+
+    async def _stream(self, r: _Req, d: Directives, turn: Turn, parts: StreamParts) -> None:
+        """Send an SSE stream, acting out cut / error / stall / slow-chunk directives."""
+        n = len(parts.pieces)
+        stop, ending = n, "complete"
+        for limit, kind in ((d.cut_after, "cut"), (d.error_after, "error"),
+                            (d.stall_after, "stall")):
+            if limit is not None and limit <= n and (ending == "complete" or limit < stop):
+                stop, ending = limit, kind
+        send = r.send
+        await send({
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [*_SSE_HEADERS, *r.id_headers()],
+        })
+        delay = d.chunk_delay_ms / 1000.0
+        if delay <= 0:
+            if ending == "complete":
+                self._record(r, 200, "completed", turn)
+                await send({"type": "http.response.body",
+                            "body": parts.head + b"".join(parts.pieces) + parts.tail})
+                return
+            await send({"type": "http.response.body",
+                        "body": parts.head + b"".join(parts.pieces[:stop]), "more_body": True})
+        else:
+            watch = r.watcher()
+            await send({"type": "http.response.body", "body": parts.head, "more_body": True})
+            for i in range(stop):
+                if not await watch.sleep(delay):
+                    self._record(r, 200, "client_disconnected", turn,
+                                 turn.reply.tokens_after(i))
+                    return
+                await send({"type": "http.response.body", "body": parts.pieces[i],
+                            "more_body": True})
+            if ending == "complete":
+                if not await watch.sleep(delay):
+                    self._record(r, 200, "client_disconnected", turn,
+                                 turn.reply.tokens_after(stop))
+                    return
+                self._record(r, 200, "completed", turn)
+                await send({"type": "http.response.body", "body": parts.tail})
+                return
+        emitted = turn.reply.tokens_after(stop)
+        if ending == "cut":
+            self._record(r, 200, "cut", turn, emitted)
+            _DELIBERATE_CUT.set(True)
+            return  # uvicorn closes the connection mid-body
+        if ending == "error":
+            self._record(r, 200, "stream_error", turn, emitted)
+            await send({"type": "http.response.body", "body": parts.error(stop)})
+            return
+        await r.watcher().wait_gone()  # stall
+        self._record(r, 200, "client_disconnected", turn, emitted)
+
+    # -- OpenAI -------------------------------------------------------------------------
+
+    async def _require(self, r: _Req, *keys: str) -> bool:
+        assert r.body is not None
+        for key in keys:
+            if r.body.get(key) is None:
+                await self._error(r, 400, f"Missing required parameter: '{key}'.")
+                return False
+        return True
+
+    async def _chat(self, r: _Req) -> None:
+        body = r.body
+        assert body is not None
+        if not await self._require(r, "model", "messages"):
+            return
+        messages = body["messages"]
+        d = await self._prelude(r, last_user_text(messages))
+        if d is None:
+            return
+        tools = body.get("tools")
+        options = body.get("stream_options")
+        turn = self._turn(
+            r, d,
+            object_id="chatcmpl-", item_prefix="msg_", call_prefix="call_",
+            counted_input=count_messages(messages) + count_tools(tools),
+            max_tokens=first_int(body, ("max_completion_tokens", "max_tokens")),
+            tools=tools,
+            include_usage=isinstance(options, dict) and options.get("include_usage") is True,
+        )
+        await self._answer(r, d, turn, chat_body, chat_stream)
+
+    async def _completions(self, r: _Req) -> None:
+        body = r.body
+        assert body is not None
+        if not await self._require(r, "model", "prompt"):
+            return
+        prompt = body["prompt"]
+        d = await self._prelude(r, last_prompt_text(prompt))
+        if d is None:
+            return
+        options = body.get("stream_options")
+        turn = self._turn(
+            r, d,
+            object_id="cmpl-", item_prefix="", call_prefix="",
+            counted_input=count_prompt(prompt),
+            max_tokens=first_int(body, ("max_tokens",)),
+            tools=None,
+            include_usage=isinstance(options, dict) and options.get("include_usage") is True,
+        )
+        await self._answer(r, d, turn, completion_body, completion_stream)
+
+    async def _responses(self, r: _Req) -> None:
+        body = r.body
+        assert body is not None
+        if not await self._require(r, "model"):
+            return
+        items = body.get("input")
+        d = await self._prelude(r, last_user_text(items))
+        if d is None:
+            return
+        tools = body.get("tools")
+        turn = self._turn(
+            r, d,
+            object_id="resp_", item_prefix="msg_", call_prefix="call_",
+            counted_input=count_responses_input(body.get("instructions"), items, tools),
+            max_tokens=first_int(body, ("max_output_tokens",)),
+            tools=tools,
+        )
+        if turn.reply.finish == "tool":
+            turn.item_id = "fc_" + turn.item_id[4:]
+        await self._answer(r, d, turn, responses_body, responses_stream)
+
+    async def _embeddings(self, r: _Req) -> None:
+        body = r.body
+        assert body is not None
+        if not await self._require(r, "model", "input"):
+            return
+        raw = body["input"]
+        d = await self._prelude(r, last_prompt_text(raw))
+        if d is None:
+            return
+        if isinstance(raw, str) or (isinstance(raw, list) and raw and isinstance(raw[0], int)):
+            inputs: list[object] = [raw]
+        elif isinstance(raw, list) and raw:
+            inputs = list(raw)
+        else:
+            await self._error(r, 400, "'input' must be a non-empty string or array.")
+            return
+        dimensions = first_int(body, ("dimensions",)) or self.settings.embedding_dim
+        as_base64 = body.get("encoding_format") == "base64"
+        data = []
+        for index, item in enumerate(inputs):
+            seed = item if isinstance(item, str) else orjson.dumps(item).decode()
+            vector = _embedding(seed, dimensions)
+            embedding: object = (
+                base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode()
+                if as_base64 else vector
+            )
+            data.append({"object": "embedding", "index": index, "embedding": embedding})
+        tokens = count_prompt(inputs) if d.input_tokens is None else d.input_tokens
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        self._record(r, 200, "completed", input_tokens=tokens)
+        await self._send_json(
+            r, 200, {"object": "list", "data": data, "model": r.model, "usage": usage}
+        )
+
+    async def _moderations(self, r: _Req) -> None:
+        body = r.body
+        assert body is not None
+        if not await self._require(r, "input"):
+            return
+        raw = body["input"]
+        r.model = r.model or "omni-moderation-latest"
+        d = await self._prelude(r, last_prompt_text(raw))
+        if d is None:
+            return
+        groups: list[list[object]]
+        if isinstance(raw, list) and raw and all(isinstance(x, dict) for x in raw):
+            groups = [list(raw)]  # one multi-modal input
+        elif isinstance(raw, list):
+            groups = [[x] for x in raw]
+        else:
+            groups = [[raw]]
+        trigger = self.settings.moderation_trigger.lower()
+        results = []
+        for group in groups:
+            text = " ".join(
+                x if isinstance(x, str) else str(x.get("text", "")) if isinstance(x, dict) else ""
+                for x in group
+            )
+            has_image = any(isinstance(x, dict) and x.get("type") == "image_url" for x in group)
+            flagged = bool(trigger) and trigger in text.lower()
+            categories = {c: flagged and c == "violence" for c in _MODERATION_CATEGORIES}
+            scores = {
+                c: (0.97 if flagged and c == "violence" else 0.0001)
+                for c in _MODERATION_CATEGORIES
+            }
+            applied = {
+                c: (["text", "image"] if has_image and c in _IMAGE_CATEGORIES else ["text"])
+                for c in _MODERATION_CATEGORIES
+            }
+            results.append({
+                "flagged": flagged,
+                "categories": categories,
+                "category_scores": scores,
+                "category_applied_input_types": applied,
+            })
+        self._record(r, 200, "completed")
+        await self._send_json(
+            r, 200, {"id": "modr-" + self._new_id(), "model": r.model, "results": results}
+        )
+
+    def _model_entry(self, name: str, anthropic: bool) -> Json:
+        if anthropic:
+            return {
+                "type": "model",
+                "id": name,
+                "display_name": name.replace("-", " ").title(),
+                "created_at": "2025-01-01T00:00:00Z",
+            }
+        owner = "anthropic" if name.startswith("claude") else "openai"
+        return {"id": name, "object": "model", "created": 1_700_000_000, "owned_by": owner}
+
+    async def _models(self, r: _Req) -> None:
+        names = self.settings.models
+        entries = [self._model_entry(n, r.anthropic) for n in names]
+        payload: Json
+        if r.anthropic:
+            payload = {
+                "data": entries,
+                "has_more": False,
+                "first_id": names[0] if names else None,
+                "last_id": names[-1] if names else None,
+            }
+        else:
+            payload = {"object": "list", "data": entries}
+        self._record(r, 200, "completed")
+        await self._send_json(r, 200, payload)
+
+    async def _model(self, r: _Req) -> None:
+        name = r.route[len("/v1/models/"):]
+        r.model = name
+        if name not in self.settings.models:
+            await self._error(r, 404, f"The model '{name}' does not exist")
+            return
+        self._record(r, 200, "completed")
+        await self._send_json(r, 200, self._model_entry(name, r.anthropic))
+
+    # -- Anthropic ----------------------------------------------------------------------
+
+    async def _anthropic_require(self, r: _Req, *keys: str) -> bool:
+        assert r.body is not None
+        for key in keys:
+            if r.body.get(key) is None:
+                await self._error(r, 400, f"{key}: Field required")
+                return False
+        return True
+
+    async def _messages(self, r: _Req) -> None:
+        body = r.body
+        assert body is not None
+        if not await self._anthropic_require(r, "model", "messages", "max_tokens"):
+            return
+        messages = body["messages"]
+        d = await self._prelude(r, last_user_text(messages))
+        if d is None:
+            return
+        tools = body.get("tools")
+        turn = self._turn(
+            r, d,
+            object_id="msg_", item_prefix="", call_prefix="toolu_",
+            counted_input=count_anthropic_input(body.get("system"), messages, tools),
+            max_tokens=first_int(body, ("max_tokens",)),
+            tools=tools,
+        )
+        await self._answer(r, d, turn, anthropic_message, anthropic_stream)
+
+    async def _count_tokens(self, r: _Req) -> None:
+        body = r.body
+        assert body is not None
+        if not await self._anthropic_require(r, "model", "messages"):
+            return
+        messages = body["messages"]
+        d = await self._prelude(r, last_user_text(messages))
+        if d is None:
+            return
+        counted = count_anthropic_input(body.get("system"), messages, body.get("tools"))
+        if d.input_tokens is not None:
+            counted = d.input_tokens
+        self._record(r, 200, "completed")
+        await self._send_json(r, 200, {"input_tokens": counted})
+
+    # -- control over HTTP --------------------------------------------------------------
+
+    async def _admin(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        method = scope["method"]
+        status, payload = 200, None
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        if path == "/_fake/tally" and method == "GET":
+            with_records = query.get("records", ["1"])[-1] not in ("0", "false", "no")
+            payload = self.tally.snapshot(with_records)
+        elif path == "/_fake/reset" and method == "POST":
+            self.reset()
+            payload = {"ok": True}
+        elif path in ("/_fake/script", "/_fake/defaults") and method == "POST":
+            raw = await _read_body(receive)
+            try:
+                spec = orjson.loads(raw or b"null")
+                if path == "/_fake/script":
+                    self.script(spec if isinstance(spec, list) else [spec])
+                    payload = {"ok": True, "pending": len(self._script)}
+                else:
+                    self.set_defaults(spec)
+                    payload = {"ok": True, "defaults": self.settings.defaults}
+            except (orjson.JSONDecodeError, DirectiveError, TypeError, AttributeError) as exc:
+                status, payload = 400, {"error": {"message": str(exc)}}
+        elif path == "/_fake/health":
+            payload = {"ok": True}
+        else:
+            status, payload = 404, {"error": {"message": f"unknown control route {path}"}}
+        data = orjson.dumps(payload)
+        await send({
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*_JSON_HEADERS, (b"content-length", str(len(data)).encode())],
+        })
+        await send({"type": "http.response.body", "body": data})
+
+
+# ---------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------
+
+
+class _AnnouncingServer(uvicorn.Server):
+    """Prints the one ready line other processes wait for, once the socket accepts."""
+
+    def __init__(self, config: uvicorn.Config, url: str) -> None:
+        super().__init__(config)
+        self._url = url
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            print(f"listening on {self._url}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tokenstile.testing.fake_upstream --port N [--host 127.0.0.1]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m tokenstile.testing.fake_upstream",
+        description="Fake OpenAI + Anthropic upstream for tests and benchmarks.",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--output-tokens", type=int, default=12,
+                        help="reply length when neither max_tokens nor a directive says")
+    parser.add_argument("--require-key", default=None,
+                        help="answer 401 unless this API key is presented")
+    parser.add_argument("--defaults", default=None,
+                        help='directives for every request, e.g. "[[fake:delay_ms=5]]"')
+    parser.add_argument("--embedding-dim", type=int, default=8)
+    parser.add_argument("--moderation-trigger", default="forbidden")
+    parser.add_argument("--max-records", type=int, default=100_000)
+    parser.add_argument("--no-bodies", action="store_true",
+                        help="do not keep request bodies on tally records")
+    parser.add_argument("--log-level", default="warning")
+    args = parser.parse_args(argv)
+
+    fake = FakeUpstream(
+        default_output_tokens=args.output_tokens,
+        require_key=args.require_key,
+        defaults=args.defaults,
+        embedding_dim=args.embedding_dim,
+        moderation_trigger=args.moderation_trigger,
+        max_records=args.max_records,
+        record_bodies=not args.no_bodies,
+    )
+    sock = bind_socket(args.host, args.port)
+    port = int(sock.getsockname()[1])
+    config = uvicorn.Config(
+        fake.app,
+        host=args.host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level=args.log_level,
+    )
+    _AnnouncingServer(config, http_url(args.host, port)).run(sockets=[sock])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
