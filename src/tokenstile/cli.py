@@ -10,7 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import click
 import orjson
@@ -26,7 +26,7 @@ from tokenstile.stores.database import (
     new_key_id,
     new_key_secret,
 )
-from tokenstile.tables import integer, render_table, usd
+from tokenstile.tables import format_usage_rows, render_table
 
 T = TypeVar("T")
 config_option = click.option(
@@ -231,24 +231,6 @@ def keys_rotate(config_path: str | None, key_id: str) -> None:
 
 # -- usage -----------------------------------------------------------------------------------
 
-USAGE_COLUMNS = [("requests", "REQUESTS"), ("input_tokens", "INPUT"),
-                 ("cached_input_tokens", "CACHED"), ("output_tokens", "OUTPUT"),
-                 ("cost", "COST"), ("blocked", "BLOCKED")]
-
-
-def format_usage(rows: list[dict[str, Any]], group_by: list[str], bucket: str | None) -> str:
-    shown = []
-    for row in rows:
-        item = dict(row)
-        item["cost"] = usd(row["cost_nano"])
-        for name in ("input_tokens", "cached_input_tokens", "output_tokens"):
-            item[name] = integer(row[name])
-        shown.append(item)
-    columns = ([("bucket", bucket.upper())] if bucket else []) + \
-        [(g, g.upper().replace("_", " ")) for g in group_by] + USAGE_COLUMNS
-    return render_table(shown, columns, empty="(no usage recorded in this range)")
-
-
 @main.command()
 @config_option
 @click.option("--by", "group_by", default="project",
@@ -277,7 +259,7 @@ def usage(config_path: str | None, group_by: str, since: str, until: str | None,
     if as_json:
         click.echo(orjson.dumps(rows).decode())
         return
-    click.echo(format_usage(rows, groups, bucket))
+    click.echo(format_usage_rows(rows, groups, bucket))
 
 
 @main.command()

@@ -52,6 +52,8 @@ class ServerConfig(_Strict):
     max_messages: int = Field(4096, ge=1)
     log_bodies: bool = False
     reservation_lease_s: float = Field(60.0, gt=0)
+    default_output_tokens: int = Field(4096, ge=1)
+    low_priority_fraction: float = Field(0.8, gt=0, le=1)
 
     @field_validator("timezone")
     @classmethod

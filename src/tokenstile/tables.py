@@ -56,3 +56,23 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:,.2f}"
     return str(value)
+
+
+USAGE_COLUMNS = [("requests", "REQUESTS"), ("input_tokens", "INPUT"),
+                 ("cached_input_tokens", "CACHED"), ("output_tokens", "OUTPUT"),
+                 ("cost", "COST"), ("blocked", "BLOCKED")]
+
+
+def format_usage_rows(rows: Sequence[Mapping[str, Any]], group_by: Sequence[str],
+                      bucket: str | None = None) -> str:
+    """The usage table ``tokenstile usage`` and the demo print."""
+    shown = []
+    for row in rows:
+        item = dict(row)
+        item["cost"] = usd(row["cost_nano"])
+        for name in ("input_tokens", "cached_input_tokens", "output_tokens"):
+            item[name] = integer(row[name])
+        shown.append(item)
+    columns = ([("bucket", bucket.upper())] if bucket else []) + \
+        [(g, g.upper().replace("_", " ")) for g in group_by] + USAGE_COLUMNS
+    return render_table(shown, columns, empty="(no usage recorded in this range)")

@@ -61,9 +61,9 @@ class Gateway:
             log.exception("request %s failed inside the gateway", ctx.id)
             ctx.status, ctx.outcome, ctx.block_reason = 500, "error", "internal_error"
             if not responded.started:
-                err = GatewayError(500, f"internal error in the gateway (request {ctx.id})",
-                                   type="api_error", code="internal_error")
-                await asgi.send_json(responded, 500, err.body(wire), {}, ctx.id)
+                internal = GatewayError(500, f"internal error in the gateway (request {ctx.id})",
+                                        type="api_error", code="internal_error")
+                await asgi.send_json(responded, 500, internal.body(wire), {}, ctx.id)
         finally:
             await self._finish(ctx)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -17,7 +19,7 @@ from tokenstile.metrics import Metrics
 from tokenstile.policies.engine import PolicyEngine
 from tokenstile.prices import Pricer, parse_price_override
 from tokenstile.providers.openai import OpenAIAdapter
-from tokenstile.stores.counters import CounterStore, counter_store_from_url
+from tokenstile.stores.counters import CounterStore, StoreUnavailable, counter_store_from_url
 from tokenstile.stores.database import Database, database_from_url
 from tokenstile.tokens import ensure_offline_encodings
 
@@ -44,6 +46,8 @@ class Runtime:
     admission: Admission
     adapters: dict[WireFormat, Adapter] = field(default_factory=dict)
     started: bool = False
+    loop: asyncio.AbstractEventLoop | None = None
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
     def build(cls, config: Config, clock: Clock = SYSTEM_CLOCK,
@@ -61,16 +65,32 @@ class Runtime:
             auth=Authenticator(config.auth, db, clock, config.server.admin_key),
             router=router, upstream=UpstreamClient(), ledger=LedgerWriter(db),
             pricer=pricer, metrics=metrics, policies=PolicyEngine(config),
-            admission=Admission(config), adapters=adapters,
+            admission=Admission(config, counters, pricer, clock), adapters=adapters,
         )
 
     async def start(self) -> None:
+        """Open the stores, charge reservations a dead gateway left behind, start upkeep."""
+        self.loop = asyncio.get_running_loop()
         await self.db.open()
         self.ledger.start()
+        try:
+            recovered = await self.admission.recover(self.ledger.submit)
+            if recovered:
+                log.warning("charged %d unsettled reservations at their estimate", recovered)
+        except StoreUnavailable:
+            log.warning("counter store unreachable at start; recovery will retry")
+        self._tasks.append(asyncio.create_task(self.admission.maintain(self.ledger.submit),
+                                               name="tokenstile-leases"))
         self.started = True
 
     async def stop(self) -> None:
         """Finish the ledger first (nothing is lost on a clean shutdown), then close."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
         await self.ledger.close()
         await self.upstream.close()
         await self.counters.close()

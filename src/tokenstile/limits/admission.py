@@ -1,21 +1,485 @@
-"""Admission: reserve the worst case on every applicable counter, then settle the actual."""
+"""Admission: reserve the worst case on every applicable counter, then settle the actual.
+
+The worst case of a request is its input tokens plus its output cap, priced. It is reserved
+on every counter that applies in ONE atomic store call (all or nothing), so concurrent
+requests and many gateway processes can never overshoot a hard limit together. When the
+request names no output cap, the gateway supplies one (and writes it into the body) so the
+worst case is finite; if the budget cannot take the default cap, the cap shrinks to what
+is left. After the response, the reservation is replaced by what was used.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import asyncio
+import contextlib
+import hashlib
+import logging
+import math
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+import orjson
 
 from tokenstile.config import Config
+from tokenstile.errors import GatewayError
+from tokenstile.limits.model import Limit, compile_limits
+from tokenstile.limits.windows import (
+    describe_reset,
+    rolling_bucket_labels,
+    ttl_seconds,
+    window_end,
+    window_label,
+)
+from tokenstile.stores.counters import Charge, CounterStore, ReserveOutcome, StoreUnavailable
+from tokenstile.types import Caller, CanonicalRequest, LedgerRow, Unit, nano_to_usd
 
 if TYPE_CHECKING:
+    from tokenstile.clock import Clock
     from tokenstile.gateway.context import RequestContext
+    from tokenstile.prices import Pricer
+
+log = logging.getLogger("tokenstile.admission")
+
+MIN_SUPPLIED_CAP = 16
+_WINDOW_WORDS = {"minute": "per-minute", "hour": "hourly", "day": "daily", "week": "weekly",
+                 "month": "monthly", "rolling": "rolling", "request": "per-request"}
+_UNIT_WORDS = {"tokens": "tokens", "input_tokens": "input tokens",
+               "output_tokens": "output tokens", "requests": "requests", "usd": "USD"}
+_SCOPE_WORDS = {"global": "the gateway", "organization": "organization", "project": "project",
+                "team": "team", "user": "user", "tier": "tier", "key": "key",
+                "feature": "feature", "model": "model", "end_user": "end user"}
+
+
+@dataclass(slots=True)
+class Applied:
+    """One limit as it applies to one request, with its counter (if it has one)."""
+
+    limit: Limit
+    scope_id: str
+    hard: int
+    key: str = ""
+    charge_index: int = -1
+    used: int = 0
+    amount: int = 0
+
+
+@dataclass(slots=True)
+class Ticket:
+    rid: str
+    charges: list[Charge]
+    units: list[Unit]
+    applied: list[Applied] = field(default_factory=list)
+    metered: bool = True
+    settled: bool = False
+
+
+def describe_scope(limit: Limit, scope_id: str) -> str:
+    if limit.scope == "global":
+        return "the gateway"
+    return f"{_SCOPE_WORDS[limit.scope]} {scope_id!r}"
+
+
+def format_amount(unit: Unit, value: int) -> str:
+    if unit == "usd":
+        return f"${nano_to_usd(value):,.2f}"
+    return f"{value:,}"
+
+
+def reset_text(seconds: float) -> str:
+    """OpenAI's reset format: ``1s``, ``6m0s``, ``1h2m3s``."""
+    total = max(0, math.ceil(seconds))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"
+
+
+def _key_part(value: str) -> str:
+    cleaned = value.replace("%", "%25").replace(":", "%3A").replace("{", "%7B") \
+        .replace("}", "%7D")
+    if len(cleaned) > 80:
+        return "h" + hashlib.sha256(value.encode()).hexdigest()[:32]
+    return cleaned
+
+
+def output_cap_field(req: CanonicalRequest) -> str:
+    if req.api == "responses":
+        return "max_output_tokens"
+    if req.api == "chat" and req.model.startswith(("o1", "o3", "o4", "gpt-5")):
+        return "max_completion_tokens"
+    return "max_tokens"
+
+
+def set_output_cap(req: CanonicalRequest, cap: int) -> None:
+    """Write the cap into the body that will be forwarded (the client's copy is untouched)."""
+    name = req.output_cap_field or output_cap_field(req)
+    req.body = {**req.body, name: cap}
+    req.output_cap, req.output_cap_field = cap, name
 
 
 class Admission:
-    def __init__(self, config: Config) -> None:
-        self.config = config
+    def __init__(self, config: Config, counters: CounterStore, pricer: Pricer,
+                 clock: Clock) -> None:
+        self.counters = counters
+        self.pricer = pricer
+        self.clock = clock
+        self.live: set[str] = set()
+        self.reconfigure(config)
 
-    async def reserve(self, ctx: RequestContext) -> Any:
-        return None
+    def reconfigure(self, config: Config) -> None:
+        self.config = config
+        self.limits = compile_limits(config)
+        self.lease_s = config.server.reservation_lease_s
+        self.default_cap = config.server.default_output_tokens
+        self.project_priority = {name: p.priority for name, p in config.projects.items()}
+
+    # -- reserve ----------------------------------------------------------------------------
+
+    def applicable(self, caller: Caller, req: CanonicalRequest) -> list[Applied]:
+        attrs: dict[str, str | None] = {
+            "global": "global", "organization": caller.organization,
+            "project": caller.project, "team": caller.team or req.tags.get("team"),
+            "user": caller.user, "tier": caller.tier, "key": caller.key_id,
+            "feature": req.feature, "model": req.model, "end_user": req.end_user,
+        }
+        now = self.clock.now()
+        low = self.project_priority.get(caller.project or "") == "low"
+        out = []
+        for limit in self.limits:
+            scope_id = limit.scope_id(caller, attrs)
+            if scope_id is None:
+                continue
+            hard = limit.amount_at(now) * limit.hard_fraction
+            if low and limit.scope in ("organization", "global"):
+                hard *= limit.low_priority_fraction or self.config.server.low_priority_fraction
+            out.append(Applied(limit, scope_id, int(hard)))
+        return out
+
+    def _worst_case(self, unit: Unit, req: CanonicalRequest, model: str, cap: int) -> int:
+        if unit == "tokens":
+            return req.input_tokens + cap
+        if unit == "input_tokens":
+            return req.input_tokens
+        if unit == "output_tokens":
+            return cap
+        if unit == "requests":
+            return 1
+        cost = self.pricer.estimate_nano(model, req.input_tokens, cap)
+        if cost is None:
+            raise GatewayError(
+                422, f"no price is known for the model {model!r}, so its cost cannot be "
+                     "checked against a USD budget; add it under 'prices:' in the config",
+                code="model_unpriced", param="model")
+        return cost
+
+    def _check_per_request(self, ctx: RequestContext, applied: list[Applied]) -> None:
+        """Per-request limits: output caps are clamped or supplied, the rest refuse."""
+        req = ctx.req
+        assert req is not None
+        for item in applied:
+            limit = item.limit
+            if limit.window.kind != "request" or limit.shadow:
+                continue
+            if limit.unit == "output_tokens" and (req.output_cap is None
+                                                  or req.output_cap > item.hard):
+                previous = req.output_cap
+                set_output_cap(req, item.hard)
+                ctx.flags.append(f"max_tokens_set:{limit.name}" if previous is None
+                                 else f"max_tokens_clamped:{limit.name}")
+        needs_cap = any(a.limit.unit in ("tokens", "output_tokens", "usd") for a in applied)
+        if req.output_cap is None and needs_cap and req.api in ("chat", "responses",
+                                                                "messages"):
+            cap = self.default_cap
+            for item in applied:
+                if item.limit.window.kind == "request" and item.limit.unit == "tokens":
+                    cap = min(cap, item.hard - req.input_tokens)
+            if cap >= 1:
+                set_output_cap(req, cap)
+                ctx.flags.append("max_tokens_supplied")
+        cap = req.output_cap or 0
+        model = ctx.served_model or req.model
+        for item in applied:
+            limit = item.limit
+            if limit.window.kind != "request" or limit.unit == "output_tokens":
+                continue
+            need = self._worst_case(limit.unit, req, model, cap)
+            if need > item.hard:
+                if limit.shadow:
+                    ctx.flags.append(f"shadow:{limit.name}")
+                    continue
+                ctx.block_reason = f"request_limit:{limit.name}"
+                what = _UNIT_WORDS[limit.unit]
+                raise GatewayError(
+                    422, f"this request needs {format_amount(limit.unit, need)} {what} "
+                         f"(input {req.input_tokens:,} + output cap {cap:,}) but "
+                         f"{describe_scope(limit, item.scope_id)} allows "
+                         f"{format_amount(limit.unit, item.hard)} per request; lower "
+                         "max_tokens or shorten the input",
+                    code="request_limit_exceeded", param="max_tokens")
+
+    def _charges(self, ctx: RequestContext, applied: list[Applied]) -> tuple[list[Charge],
+                                                                             list[Unit]]:
+        req = ctx.req
+        assert req is not None
+        now = self.clock.now()
+        model = ctx.served_model or req.model
+        cap = req.output_cap or 0
+        by_key: dict[str, int] = {}
+        charges: list[Charge] = []
+        units: list[Unit] = []
+        for item in applied:
+            limit = item.limit
+            if limit.window.kind == "request":
+                continue
+            window = limit.window
+            prefix = f"{limit.scope}:{_key_part(item.scope_id)}:{limit.unit}:"
+            if window.kind == "rolling":
+                labels = rolling_bucket_labels(window, now)
+                key = prefix + labels[0]
+                window_keys = tuple(prefix + label for label in labels)
+            else:
+                key = prefix + f"{window.kind}:{window_label(window, now)}"
+                window_keys = ()
+            item.key = key
+            item.amount = self._worst_case(limit.unit, req, model, cap)
+            cap_value = None if limit.shadow else item.hard
+            index = by_key.get(key)
+            if index is None:
+                by_key[key] = item.charge_index = len(charges)
+                charges.append(Charge(key, item.amount, cap_value, ttl_seconds(window, now),
+                                      window_keys))
+                units.append(limit.unit)
+            else:
+                item.charge_index = index
+                old = charges[index]
+                tighter = old.limit if cap_value is None else (
+                    cap_value if old.limit is None else min(old.limit, cap_value))
+                charges[index] = Charge(old.key, old.amount, tighter,
+                                        max(old.ttl, ttl_seconds(window, now)),
+                                        old.window_keys)
+        return charges, units
+
+    async def reserve(self, ctx: RequestContext) -> Ticket | None:
+        assert ctx.req is not None and ctx.caller is not None
+        applied = self.applicable(ctx.caller, ctx.req)
+        if not applied:
+            return None
+        self._check_per_request(ctx, applied)
+        charges, units = self._charges(ctx, applied)
+        if not charges:
+            return None
+        ticket = Ticket(rid=ctx.id, charges=charges, units=units, applied=applied)
+        outcome = await self._reserve_once(ctx, ticket)
+        if outcome is None:
+            return ticket
+        if not outcome.admitted and self._shrink_supplied_cap(ctx, ticket, outcome.used,
+                                                              outcome.failed):
+            charges, units = self._charges(ctx, applied)
+            ticket = Ticket(rid=ctx.id, charges=charges, units=units, applied=applied)
+            outcome = await self._reserve_once(ctx, ticket)
+            if outcome is None:
+                return ticket
+        for item in applied:
+            if item.charge_index >= 0:
+                item.used = outcome.used[item.charge_index]
+        if not outcome.admitted:
+            raise self._exhausted(ctx, ticket, outcome.failed)
+        self.live.add(ticket.rid)
+        for item in applied:
+            if item.limit.shadow and item.charge_index >= 0 and \
+                    item.used + item.amount > item.hard:
+                ctx.flags.append(f"shadow:{item.limit.name}")
+        ctx.response_headers.update(self.headers(ticket))
+        return ticket
+
+    async def _reserve_once(self, ctx: RequestContext, ticket: Ticket) -> ReserveOutcome | None:
+        """One round trip; None means the store is down and every limit here fails open."""
+        record = orjson.dumps(asdict(self._pending_row(ctx, ticket)))
+        try:
+            return await self.counters.reserve(ticket.rid, ticket.charges,
+                                               self.clock.now() + self.lease_s, record)
+        except StoreUnavailable as exc:
+            closed = [a for a in ticket.applied
+                      if a.charge_index >= 0 and a.limit.failure_mode == "closed"]
+            if closed:
+                ctx.block_reason = "counter_store_unavailable"
+                raise GatewayError(
+                    503, f"the counter store is unreachable ({exc}) and the limit "
+                         f"{closed[0].limit.name!r} fails closed; try again shortly",
+                    type="api_error", code="store_unavailable",
+                    headers={"retry-after": "1"}) from None
+            ticket.metered = False
+            ctx.flags.append("unmetered")
+            return None
+
+    def _shrink_supplied_cap(self, ctx: RequestContext, ticket: Ticket, used: Sequence[int],
+                             failed: Sequence[int]) -> bool:
+        """A cap the gateway supplied may shrink to what the budget has left."""
+        req = ctx.req
+        assert req is not None
+        if "max_tokens_supplied" not in ctx.flags or req.output_cap is None:
+            return False
+        room = req.output_cap
+        for index in failed:
+            unit = ticket.units[index]
+            limit = ticket.charges[index].limit
+            if limit is None or unit not in ("tokens", "output_tokens"):
+                return False
+            left = limit - used[index] - (req.input_tokens if unit == "tokens" else 0)
+            room = min(room, left)
+        if room < MIN_SUPPLIED_CAP:
+            return False
+        set_output_cap(req, room)
+        return True
+
+    def _exhausted(self, ctx: RequestContext, ticket: Ticket, failed: Sequence[int]
+                   ) -> GatewayError:
+        index = failed[0]
+        item = min((a for a in ticket.applied if a.charge_index == index),
+                   key=lambda a: a.hard)
+        limit = item.limit
+        now = self.clock.now()
+        reset_at = window_end(limit.window, now)
+        window = _WINDOW_WORDS[limit.window.kind]
+        unit = _UNIT_WORDS[limit.unit]
+        used = format_amount(limit.unit, item.used)
+        hard = format_amount(limit.unit, item.hard)
+        ctx.block_reason = f"budget:{limit.name}"
+        message = (f"{describe_scope(limit, item.scope_id)} has used {used} of its {hard} "
+                   f"{window} {unit}; this request needs "
+                   f"{format_amount(limit.unit, item.amount)} more; resets at "
+                   f"{describe_reset(limit.window, now)}")
+        retry_after = max(1, math.ceil(reset_at - now))
+        headers = {"retry-after": str(retry_after), **self.headers(ticket, failed_index=index)}
+        code = "rate_limit_exceeded" if limit.window.kind in ("minute", "rolling") \
+            and limit.unit == "requests" else "budget_exceeded"
+        return GatewayError(429, message, type="rate_limit_error", code=code,
+                            headers=headers)
+
+    def headers(self, ticket: Ticket, failed_index: int | None = None) -> dict[str, str]:
+        """``x-ratelimit-*`` for the tightest request and token limits, and the remaining
+        budget of the tightest scope."""
+        now = self.clock.now()
+        out: dict[str, str] = {}
+        best: dict[str, tuple[float, Applied]] = {}
+        for item in ticket.applied:
+            if item.charge_index < 0 or item.limit.shadow or item.hard <= 0:
+                continue
+            spent = item.used + (0 if item.charge_index == failed_index else item.amount)
+            remaining = max(0, item.hard - spent)
+            ratio = remaining / item.hard
+            unit = item.limit.unit
+            group = "requests" if unit == "requests" else "usd" if unit == "usd" else "tokens"
+            if group not in best or ratio < best[group][0]:
+                best[group] = (ratio, item)
+            if "tightest" not in best or ratio < best["tightest"][0]:
+                best["tightest"] = (ratio, item)
+        for group in ("requests", "tokens"):
+            if group in best:
+                item = best[group][1]
+                spent = item.used + (0 if item.charge_index == failed_index else item.amount)
+                out[f"x-ratelimit-limit-{group}"] = str(item.hard)
+                out[f"x-ratelimit-remaining-{group}"] = str(max(0, item.hard - spent))
+                out[f"x-ratelimit-reset-{group}"] = reset_text(
+                    window_end(item.limit.window, now) - now)
+        if "tokens" in best:
+            item = best["tokens"][1]
+            spent = item.used + (0 if item.charge_index == failed_index else item.amount)
+            out["x-tokenstile-budget-remaining-tokens"] = str(max(0, item.hard - spent))
+        if "usd" in best:
+            item = best["usd"][1]
+            spent = item.used + (0 if item.charge_index == failed_index else item.amount)
+            left = nano_to_usd(max(0, item.hard - spent))
+            out["x-tokenstile-budget-remaining-usd"] = f"{left:.6f}"
+        if "tightest" in best:
+            item = best["tightest"][1]
+            limit = item.limit
+            out["x-tokenstile-budget-scope"] = (
+                f"{limit.scope}:{item.scope_id}:{limit.window.kind}:{limit.unit}")
+        return out
+
+    def _pending_row(self, ctx: RequestContext, ticket: Ticket) -> LedgerRow:
+        """The row to write if this reservation is never settled (the gateway died)."""
+        req = ctx.req
+        assert req is not None
+        row = ctx.ledger_row(0.0)
+        row.input_tokens = req.input_tokens
+        row.output_tokens = req.output_cap or 0
+        row.cost_nano = self.pricer.estimate_nano(ctx.served_model or req.model,
+                                                  req.input_tokens, req.output_cap or 0) or 0
+        row.estimated = True
+        row.outcome = "unsettled"
+        row.status = 0
+        row.flags = [*row.flags, "charged_at_estimate"]
+        return row
+
+    # -- settle -----------------------------------------------------------------------------
+
+    def actual(self, unit: Unit, ctx: RequestContext) -> int:
+        usage = ctx.usage
+        if unit == "requests":
+            return 1
+        if usage is None:
+            return 0
+        if unit == "tokens":
+            return usage.input_tokens + usage.output_tokens
+        if unit == "input_tokens":
+            return usage.input_tokens
+        if unit == "output_tokens":
+            return usage.output_tokens
+        return ctx.cost_nano
 
     async def settle(self, ctx: RequestContext) -> None:
-        return None
+        ticket = ctx.ticket
+        if not isinstance(ticket, Ticket) or ticket.settled:
+            return
+        ticket.settled = True
+        self.live.discard(ticket.rid)
+        if not ticket.metered:
+            return
+        deltas = [(charge.key, self.actual(unit, ctx) - charge.amount)
+                  for charge, unit in zip(ticket.charges, ticket.units, strict=True)]
+        try:
+            known = await self.counters.settle(ticket.rid, deltas)
+        except StoreUnavailable:
+            ctx.flags.append("settle_deferred")
+            log.warning("counter store unreachable while settling %s", ticket.rid)
+            return
+        if not known:
+            ctx.flags.append("settled_after_expiry")
+
+    # -- leases and recovery ----------------------------------------------------------------
+
+    async def maintain(self, on_expired: Callable[[LedgerRow], None],
+                       interval: float | None = None) -> None:
+        """Renew live leases and claim reservations whose gateway died, until cancelled."""
+        interval = interval or max(0.2, self.lease_s / 3)
+        while True:
+            with contextlib.suppress(Exception):
+                await self.recover(on_expired)
+            if self.live:
+                with contextlib.suppress(StoreUnavailable):
+                    await self.counters.renew(list(self.live), self.clock.now() + self.lease_s)
+            await asyncio.sleep(interval)
+
+    async def recover(self, on_expired: Callable[[LedgerRow], None]) -> int:
+        """Charge reservations whose lease ran out at their estimate; return how many."""
+        claimed = await self.counters.claim_expired(self.clock.now())
+        for item in claimed:
+            try:
+                data = orjson.loads(item.record)
+                row = LedgerRow(**data)
+            except (orjson.JSONDecodeError, TypeError):
+                row = LedgerRow(id=item.rid, ts=self.clock.now(), outcome="unsettled",
+                                estimated=True, status=0, flags=["charged_at_estimate"])
+            on_expired(row)
+        return len(claimed)
+
+
+def new_reservation_id() -> str:
+    return "res_" + secrets.token_hex(12)

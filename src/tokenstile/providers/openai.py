@@ -154,7 +154,7 @@ class OpenAIAdapter:
             return None
         return usage_from_openai(payload.get("usage"))
 
-    def observer(self, req: CanonicalRequest) -> OpenAIStreamObserver:
+    def observer(self, req: CanonicalRequest) -> OpenAIStreamObserver | ResponsesStreamObserver:
         options = req.body.get("stream_options")
         client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
         if req.api == "responses":

@@ -1,0 +1,110 @@
+"""Shared fixtures: a fake upstream (real HTTP) and gateways built from small configs."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from tokenstile.app import TokenstileApp
+from tokenstile.clock import Clock, SystemClock
+from tokenstile.config import parse_config
+from tokenstile.gateway.runtime import Runtime
+from tokenstile.stores.database import KeyRecord, hash_key, new_key_id, new_key_secret
+from tokenstile.testing.fake_upstream import FakeUpstream
+from tokenstile.testing.server_thread import RunningServer
+from tokenstile.types import LedgerRow
+
+T = TypeVar("T")
+UPSTREAM_KEY = "sk-upstream-secret-0123456789abcdef"
+
+
+class FakeHandle:
+    def __init__(self, fake: FakeUpstream, url: str) -> None:
+        self.fake = fake
+        self.url = url
+        self.v1 = url + "/v1"
+
+
+@pytest.fixture(scope="session")
+def fake_server() -> Iterator[FakeHandle]:
+    fake = FakeUpstream()
+    with fake.serve() as server:
+        yield FakeHandle(fake, server.url)
+
+
+@pytest.fixture
+def fake(fake_server: FakeHandle) -> FakeHandle:
+    fake_server.fake.reset()
+    return fake_server
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+class Gateway:
+    """A real gateway on a free port, its runtime reachable from the test thread."""
+
+    def __init__(self, config: dict[str, Any], clock: Clock | None = None) -> None:
+        self.config = parse_config(config, "<test>", env={})
+        self.runtime = Runtime.build(self.config, clock=clock or SystemClock())
+        self.app = TokenstileApp(self.runtime)
+        self.server = RunningServer(self.app)
+        self.url = self.server.start()
+        self.v1 = self.url + "/v1"
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
+        assert self.runtime.loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self.runtime.loop).result(timeout)
+
+    def key(self, project: str = "demo", user: str | None = "alice", **fields: Any) -> str:
+        secret = new_key_secret()
+        record = KeyRecord(id=new_key_id(), hash=hash_key(secret), prefix=secret[:7],
+                           organization=fields.pop("organization", "default"),
+                           project=project, user=user, created_at=0.0, **fields)
+        self.run(self.runtime.db.create_key(record))
+        return secret
+
+    def rows(self, **filters: Any) -> list[LedgerRow]:
+        self.run(self.runtime.ledger.flush())
+        rows = self.run(self.runtime.db.ledger_rows(limit=10_000, **filters))
+        return list(reversed(rows))
+
+    def close(self) -> None:
+        self.server.stop()
+
+
+@pytest.fixture
+def make_gateway(fake: FakeHandle, tmp_path: Path) -> Iterator[Any]:
+    started: list[Gateway] = []
+
+    def make(extra: dict[str, Any] | None = None, clock: Clock | None = None) -> Gateway:
+        base = {
+            "upstreams": {"openai": {"kind": "openai", "base_url": fake.v1,
+                                     "api_key": UPSTREAM_KEY}},
+            "storage": {"counters": "memory://",
+                        "database": f"sqlite:///{tmp_path}/ts-{len(started)}.db"},
+        }
+        gateway = Gateway(deep_merge(base, extra or {}), clock=clock)
+        started.append(gateway)
+        return gateway
+
+    yield make
+    for gateway in started:
+        gateway.close()
+
+
+@pytest.fixture
+def gateway(make_gateway: Any) -> Any:
+    return make_gateway()
