@@ -55,6 +55,11 @@ class GatewayError(Exception):
         return render_error(wire, self.status, self.message, self.type, self.code, self.param)
 
 
+class StreamBlocked(GatewayError):
+    """Raised by a stream observer to cut a stream: the client gets an error event, and the
+    tokens generated before the cut are billed."""
+
+
 def render_error(
     wire: WireFormat,
     status: int,

@@ -9,6 +9,15 @@ from typing import Any
 from tokenstile.types import ApiKind, Caller, CanonicalRequest, LedgerRow, Usage, WireFormat
 
 
+@dataclass(frozen=True, slots=True)
+class AutoReply:
+    """A complete answer produced without calling the upstream (body, or SSE chunks)."""
+
+    chunks: tuple[bytes, ...]
+    content_type: str = "application/json"
+    status: int = 200
+
+
 def new_request_id() -> str:
     return "req_" + secrets.token_hex(12)
 
@@ -39,6 +48,7 @@ class RequestContext:
     ttfb_ms: float | None = None
     response_headers: dict[str, str] = field(default_factory=dict)
     ticket: Any = None
+    auto_reply: AutoReply | None = None
     detail: dict[str, Any] = field(default_factory=dict)
 
     def ledger_row(self, latency_ms: float) -> LedgerRow:

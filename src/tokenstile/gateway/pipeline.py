@@ -12,7 +12,7 @@ import aiohttp
 import orjson
 
 from tokenstile import tokens
-from tokenstile.errors import GatewayError, bad_request, forbidden
+from tokenstile.errors import GatewayError, StreamBlocked, bad_request, forbidden
 from tokenstile.gateway import asgi
 from tokenstile.gateway.context import RequestContext, new_request_id
 from tokenstile.gateway.runtime import Runtime
@@ -80,7 +80,10 @@ class Gateway:
         attribute(ctx)
         check_model_access(ctx)
         req.input_tokens = adapter.count_input(req)
-        rt.policies.before(ctx)
+        await rt.policies.before(ctx)
+        if ctx.auto_reply is not None:
+            await self._send_auto_reply(ctx, send)
+            return
         target = rt.router.resolve(req.model)
         ctx.upstream, ctx.served_model = target.upstream, target.model
         if target.model != req.model:
@@ -99,7 +102,8 @@ class Gateway:
             if resp.status >= 400:
                 await self._relay_error(ctx, resp, send)
             elif req.stream and "text/event-stream" in resp.headers.get("content-type", ""):
-                await self._relay_stream(ctx, resp, receive, send, adapter.observer(req))
+                observer = rt.policies.wrap_stream(ctx, adapter.observer(req))
+                await self._relay_stream(ctx, resp, receive, send, observer)
             else:
                 await self._relay_body(ctx, resp, send)
         finally:
@@ -125,6 +129,7 @@ class Gateway:
         else:
             ctx.usage = usage
         ctx.status = resp.status
+        payload = self.rt.policies.after_body(ctx, payload, parsed)
         await asgi.send_raw(send, resp.status, payload,
                             resp.headers.get("content-type", "application/json"),
                             self._headers(ctx), ctx.id)
@@ -187,14 +192,30 @@ class Gateway:
         error = pumping.exception()
         self._settle_stream_usage(ctx, observer)
         if error is not None:
-            if not isinstance(error, aiohttp.ClientError | TimeoutError):
+            if isinstance(error, StreamBlocked):
+                ctx.outcome, ctx.status = "blocked", error.status
+                ctx.block_reason = ctx.block_reason or error.code
+                err: GatewayError = error
+            elif isinstance(error, aiohttp.ClientError | TimeoutError):
+                ctx.outcome = "upstream_cut"
+                err = GatewayError(502, "the upstream stream broke off before it was complete",
+                                   type="api_error", code="upstream_cut")
+            else:
                 raise error
-            ctx.outcome = "upstream_cut"
-            err = GatewayError(502, "the upstream stream broke off before it was complete",
-                               type="api_error", code="upstream_cut")
             with contextlib.suppress(Exception):
                 await send.body(asgi.sse_error(ctx.wire, err), more=True)
         await send.body(b"", more=False)
+
+    async def _send_auto_reply(self, ctx: RequestContext, send: asgi.ResponseTracker) -> None:
+        """A policy answered without the upstream: send its reply; it costs nothing."""
+        reply = ctx.auto_reply
+        assert reply is not None
+        ctx.usage, ctx.outcome, ctx.status = Usage(), "auto_reply", reply.status
+        await send.start(reply.status, [(b"content-type", reply.content_type.encode()),
+                                        *asgi.encode_headers(self._headers(ctx), ctx.id)])
+        for chunk in reply.chunks[:-1]:
+            await send.body(chunk, more=True)
+        await send.body(reply.chunks[-1] if reply.chunks else b"", more=False)
 
     def _settle_stream_usage(self, ctx: RequestContext, observer: StreamObserver) -> None:
         if observer.usage is not None:
