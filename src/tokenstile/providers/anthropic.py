@@ -1,0 +1,352 @@
+"""Anthropic's wire format: the Messages API and its free token-counting endpoint.
+
+Claude's tokenizer is not public, so the input count made before a call is an estimate
+(o200k text × ``tokens.CLAUDE_FACTOR``, see ``tokens.count_anthropic``). It only sizes the
+reservation; the provider's own ``usage`` replaces it once the call has been answered.
+
+Anthropic reports ``input_tokens`` *without* cache reads and cache writes, while tokenstile's
+``Usage`` follows OpenAI and counts them inside ``input_tokens``: every usage block read here
+is converted, so a cached prompt is neither billed twice nor under-counted against budgets.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from tokenstile import tokens
+from tokenstile.errors import bad_request
+from tokenstile.providers.base import optional_bool, optional_int, require_str
+from tokenstile.providers.sse import event_fields
+from tokenstile.types import ApiKind, CanonicalRequest, Usage, WireFormat
+
+ROLES = ("user", "assistant")
+
+# Stream events that carry neither usage nor generated text: skipped without parsing.
+_QUIET_EVENTS = frozenset({"ping", "content_block_stop", "message_stop"})
+
+_MAX_DEPTH = 16
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def dumps_text(value: Any) -> str:
+    """Compact JSON for a value that came from JSON; never raises (huge ints, odd types)."""
+    try:
+        return orjson.dumps(value).decode()
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def content_text(node: Any, out: list[str], depth: int = 0) -> None:
+    """Model-visible text of Anthropic content: text, tool inputs and results, thinking,
+    plain-text documents. Images and base64 payloads are skipped."""
+    if depth > _MAX_DEPTH:
+        return
+    if isinstance(node, str):
+        if node:
+            out.append(node)
+        return
+    if isinstance(node, list):
+        for item in node:
+            content_text(item, out, depth + 1)
+        return
+    if not isinstance(node, dict):
+        return
+    kind = node.get("type")
+    if kind == "text":
+        content_text(node.get("text"), out, depth + 1)
+    elif kind in ("tool_use", "server_tool_use"):
+        value = node.get("input")
+        if value is not None:
+            out.append(value if isinstance(value, str) else dumps_text(value))
+    elif kind == "tool_result" or kind == "search_result":
+        content_text(node.get("title"), out, depth + 1)
+        content_text(node.get("content"), out, depth + 1)
+    elif kind == "thinking":
+        content_text(node.get("thinking"), out, depth + 1)
+    elif kind == "document":
+        content_text(node.get("title"), out, depth + 1)
+        content_text(node.get("context"), out, depth + 1)
+        source = node.get("source")
+        if isinstance(source, dict):
+            if source.get("type") == "text":
+                content_text(source.get("data"), out, depth + 1)
+            elif source.get("type") == "content":
+                content_text(source.get("content"), out, depth + 1)
+
+
+def _parse_system(body: dict[str, Any]) -> str:
+    system = body.get("system")
+    if system is None:
+        return ""
+    if isinstance(system, str):
+        return system
+    if not isinstance(system, list):
+        raise bad_request("'system' must be a string or an array of text blocks", param="system")
+    texts: list[str] = []
+    for i, block in enumerate(system):
+        if (not isinstance(block, dict) or block.get("type") != "text"
+                or not isinstance(block.get("text"), str)):
+            raise bad_request(f"'system[{i}]' must be a text block "
+                              '({"type": "text", "text": "..."})', param=f"system[{i}]")
+        texts.append(block["text"])
+    return "\n".join(texts)
+
+
+def _parse_messages(body: dict[str, Any]) -> str:
+    messages = body.get("messages")
+    if messages is None:
+        raise bad_request("'messages' is required", param="messages",
+                          code="missing_required_parameter")
+    if not isinstance(messages, list) or not messages:
+        raise bad_request("'messages' must be a non-empty array", param="messages")
+    texts: list[str] = []
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise bad_request(f"'{where}' must be an object", param=where)
+        role = message.get("role")
+        if role not in ROLES:
+            raise bad_request(f"'{where}.role' must be 'user' or 'assistant', got {role!r} "
+                              "(put system prompts in the top-level 'system' field)",
+                              param=f"{where}.role")
+        content = message.get("content")
+        if content is None:
+            raise bad_request(f"'{where}.content' is required", param=f"{where}.content",
+                              code="missing_required_parameter")
+        if isinstance(content, list):
+            for j, block in enumerate(content):
+                if not isinstance(block, dict) or not isinstance(block.get("type"), str):
+                    raise bad_request(f"'{where}.content[{j}]' must be a content block "
+                                      "object with a 'type'", param=f"{where}.content[{j}]")
+        elif not isinstance(content, str):
+            raise bad_request(f"'{where}.content' must be a string or an array of content "
+                              "blocks", param=f"{where}.content")
+        content_text(content, texts)
+    return "\n".join(texts)
+
+
+def _parse_end_user(body: dict[str, Any]) -> str | None:
+    metadata = body.get("metadata")
+    if metadata is None:
+        return None
+    if not isinstance(metadata, dict):
+        raise bad_request("'metadata' must be an object", param="metadata")
+    user_id = metadata.get("user_id")
+    if user_id is not None and not isinstance(user_id, str):
+        raise bad_request("'metadata.user_id' must be a string", param="metadata.user_id")
+    return user_id or None
+
+
+class AnthropicAdapter:
+    """``/v1/messages`` and ``/v1/messages/count_tokens``."""
+
+    wire: WireFormat = "anthropic"
+
+    def parse(self, api: ApiKind, body: dict[str, Any]) -> CanonicalRequest:
+        model = require_str(body, "model")
+        if api == "messages":
+            if body.get("max_tokens") is None:
+                raise bad_request("'max_tokens' is required: Anthropic's Messages API needs an "
+                                  "output cap on every request", param="max_tokens",
+                                  code="missing_required_parameter")
+            # 0 is valid upstream: it warms the prompt cache without generating anything.
+            cap: int | None = optional_int(body, "max_tokens", minimum=0)
+            cap_field: str | None = "max_tokens"
+            stream = optional_bool(body, "stream")
+        else:
+            cap, cap_field, stream = 0, None, False
+        system_text = _parse_system(body)
+        input_text = _parse_messages(body)
+        tools = body.get("tools")
+        if tools is not None:
+            if not isinstance(tools, list):
+                raise bad_request("'tools' must be an array", param="tools")
+            for i, tool in enumerate(tools):
+                if not isinstance(tool, dict):
+                    raise bad_request(f"'tools[{i}]' must be an object", param=f"tools[{i}]")
+        return CanonicalRequest(
+            api=api,
+            wire="anthropic",
+            model=model,
+            body=body,
+            stream=stream,
+            output_cap=cap,
+            output_cap_field=cap_field,
+            end_user=_parse_end_user(body),
+            input_text=input_text,
+            system_text=system_text,
+        )
+
+    def count_input(self, req: CanonicalRequest) -> int:
+        """An estimate for Claude (o200k × factor), reconciled to provider usage afterwards."""
+        body = req.body
+        return tokens.count_anthropic(req.model, body.get("messages"), body.get("system"),
+                                      body.get("tools"))
+
+    def upstream_body(self, req: CanonicalRequest) -> dict[str, Any]:
+        """Anthropic streams always carry usage, so the body goes as the client sent it."""
+        return req.body
+
+    def usage_from_body(self, api: ApiKind, payload: Any) -> Usage | None:
+        """Provider usage of a Messages response; None when it has none (we then count).
+
+        Token counting is free, so a count_tokens answer bills zero tokens (not None, which
+        would make the gateway bill its own estimate of the input).
+        """
+        if api == "count_tokens":
+            return Usage()
+        if not isinstance(payload, dict):
+            return None
+        return usage_from_anthropic(payload.get("usage"))
+
+    def observer(self, req: CanonicalRequest) -> AnthropicStreamObserver:
+        return AnthropicStreamObserver(req.model)
+
+
+def usage_from_anthropic(usage: Any) -> Usage | None:
+    """One Anthropic ``usage`` block in tokenstile's (OpenAI's) convention."""
+    if not isinstance(usage, dict):
+        return None
+    tracker = UsageTracker()
+    tracker.update(usage)
+    return tracker.usage()
+
+
+class UsageTracker:
+    """Anthropic usage as it accumulates over a stream.
+
+    ``message_start`` carries input, cache and an initial output count; ``message_delta``
+    carries the cumulative output count and, in newer API versions, the input and cache
+    fields again (larger when server tools ran). Taking the max of each field is right for
+    all of these and never bills less than was reported.
+    """
+
+    __slots__ = ("cache_read", "cache_write", "final", "input", "output", "seen", "thinking")
+
+    def __init__(self) -> None:
+        self.input = 0
+        self.cache_read = 0
+        self.cache_write = 0
+        self.output = 0
+        self.thinking = 0
+        self.seen = False
+        self.final = False
+
+    def update(self, usage: Any, *, final: bool = False) -> None:
+        if not isinstance(usage, dict):
+            return
+        self.seen = True
+        self.final = self.final or final
+        self.input = max(self.input, _int(usage.get("input_tokens")))
+        self.cache_read = max(self.cache_read, _int(usage.get("cache_read_input_tokens")))
+        self.cache_write = max(self.cache_write, _int(usage.get("cache_creation_input_tokens")))
+        self.output = max(self.output, _int(usage.get("output_tokens")))
+        details = usage.get("output_tokens_details")
+        if isinstance(details, dict):
+            self.thinking = max(self.thinking, _int(details.get("thinking_tokens")))
+
+    def usage(self, output_floor: int = 0) -> Usage:
+        output = max(self.output, output_floor)
+        return Usage(
+            input_tokens=self.input + self.cache_read + self.cache_write,
+            output_tokens=output,
+            cached_input_tokens=self.cache_read,
+            cache_write_tokens=self.cache_write,
+            reasoning_tokens=min(self.thinking, output),
+        )
+
+
+def stream_usage(tracker: UsageTracker, model: str, output_text: str) -> Usage | None:
+    """Usage of a stream so far; None before any usage arrived (the gateway then counts).
+
+    A stream cut after ``message_start`` has exact input numbers but only the initial
+    output count, so the text generated since is counted to stand in for the rest.
+    """
+    if not tracker.seen:
+        return None
+    if tracker.final or not output_text:
+        return tracker.usage()
+    return tracker.usage(tokens.count_text(model, output_text))
+
+
+def delta_text(delta: Any) -> str | None:
+    """The generated text in one ``content_block_delta`` (text, tool JSON or thinking)."""
+    if not isinstance(delta, dict):
+        return None
+    kind = delta.get("type")
+    if kind == "text_delta":
+        value = delta.get("text")
+    elif kind == "input_json_delta":
+        value = delta.get("partial_json")
+    elif kind == "thinking_delta":
+        value = delta.get("thinking")
+    else:
+        return None
+    return value if isinstance(value, str) else None
+
+
+def load_event(event: bytes) -> tuple[str | None, dict[str, Any] | None]:
+    """The type and JSON payload of one SSE event (payload None when it is not an object)."""
+    name, data = event_fields(event)
+    if name in _QUIET_EVENTS or not data.startswith(b"{"):
+        return name, None
+    try:
+        payload = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return name, None
+    if not isinstance(payload, dict):
+        return name, None
+    kind = payload.get("type")
+    return (kind if isinstance(kind, str) else name), payload
+
+
+class AnthropicStreamObserver:
+    """Messages streams (``event: X`` / ``data: {...}``): relays every event unchanged."""
+
+    __slots__ = ("_model", "_pieces", "_tracker", "_usage_override")
+
+    def __init__(self, model: str) -> None:
+        self._model = model
+        self._pieces: list[str] = []
+        self._tracker = UsageTracker()
+        self._usage_override: Usage | None = None
+
+    @property
+    def usage(self) -> Usage | None:
+        if self._usage_override is not None:
+            return self._usage_override
+        return stream_usage(self._tracker, self._model, self.output_text())
+
+    @usage.setter
+    def usage(self, value: Usage | None) -> None:
+        self._usage_override = value
+
+    def on_event(self, event: bytes) -> bytes | None:
+        kind, payload = load_event(event)
+        if payload is None:
+            return event
+        if kind == "content_block_delta":
+            text = delta_text(payload.get("delta"))
+            if text:
+                self._pieces.append(text)
+        elif kind == "content_block_start":
+            block = payload.get("content_block")
+            if isinstance(block, dict) and block.get("type") == "text":
+                text = block.get("text")
+                if isinstance(text, str) and text:
+                    self._pieces.append(text)
+        elif kind == "message_start":
+            message = payload.get("message")
+            if isinstance(message, dict):
+                self._tracker.update(message.get("usage"))
+        elif kind == "message_delta":
+            self._tracker.update(payload.get("usage"), final=True)
+        return event
+
+    def output_text(self) -> str:
+        return "".join(self._pieces)
