@@ -12,7 +12,7 @@ import pytest
 
 from tokenstile.app import TokenstileApp
 from tokenstile.clock import Clock, SystemClock
-from tokenstile.config import parse_config
+from tokenstile.config import Config, parse_config
 from tokenstile.gateway.runtime import Runtime
 from tokenstile.stores.database import KeyRecord, hash_key, new_key_id, new_key_secret
 from tokenstile.testing.fake_upstream import FakeUpstream
@@ -56,8 +56,9 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 class Gateway:
     """A real gateway on a free port, its runtime reachable from the test thread."""
 
-    def __init__(self, config: dict[str, Any], clock: Clock | None = None) -> None:
-        self.config = parse_config(config, "<test>", env={})
+    def __init__(self, config: dict[str, Any] | Config, clock: Clock | None = None) -> None:
+        self.config = config if isinstance(config, Config) else \
+            parse_config(config, "<test>", env={})
         self.runtime = Runtime.build(self.config, clock=clock or SystemClock())
         self.app = TokenstileApp(self.runtime)
         self.server = RunningServer(self.app)
@@ -89,7 +90,12 @@ class Gateway:
 def make_gateway(fake: FakeHandle, tmp_path: Path) -> Iterator[Any]:
     started: list[Gateway] = []
 
-    def make(extra: dict[str, Any] | None = None, clock: Clock | None = None) -> Gateway:
+    def make(extra: dict[str, Any] | Config | None = None,
+             clock: Clock | None = None) -> Gateway:
+        if isinstance(extra, Config):
+            gateway = Gateway(extra, clock=clock)
+            started.append(gateway)
+            return gateway
         base = {
             "upstreams": {"openai": {"kind": "openai", "base_url": fake.v1,
                                      "api_key": UPSTREAM_KEY}},

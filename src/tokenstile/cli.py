@@ -10,7 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import click
 import orjson
@@ -260,6 +260,79 @@ def usage(config_path: str | None, group_by: str, since: str, until: str | None,
         click.echo(orjson.dumps(rows).decode())
         return
     click.echo(format_usage_rows(rows, groups, bucket))
+
+
+@main.command()
+@click.argument("state", type=click.Choice(["off", "on"]))
+@click.argument("scope", type=click.Choice(["feature", "project", "key", "model"]))
+@click.argument("name")
+@click.option("--reason", default=None, help="Shown to callers while it is off.")
+@config_option
+def switch(state: str, scope: str, name: str, reason: str | None,
+           config_path: str | None) -> None:
+    """Switch a feature, project, key or model off or on; every gateway sees it within a
+    second, without a restart."""
+    from tokenstile.limits.overrides import switch_target
+    from tokenstile.stores.database import Override
+
+    config = _load(config_path)
+    target = switch_target(scope, name)
+    value: dict[str, Any] = {"enabled": state == "on"}
+    if reason:
+        value["reason"] = reason
+    override = Override("switch", target, value, time.time(), "cli")
+    _with_db(config, lambda db: db.set_override(override))
+    click.echo(f"{scope} {name!r} switched {state}")
+
+
+def _amount_text(value: int, money: bool) -> str:
+    return f"${value / 1e9:,.2f}" if money else f"{value:,}"
+
+
+@main.command()
+@config_option
+@click.option("--id", "ids", multiple=True,
+              help="Also show per-id limits for SCOPE=ID (e.g. --id user=alice).")
+@json_option
+def budgets(config_path: str | None, ids: tuple[str, ...], as_json: bool) -> None:
+    """Every limit with its usage in the current window and when it resets."""
+    from tokenstile.limits.model import compile_limits
+    from tokenstile.limits.overrides import apply_limit_overrides
+    from tokenstile.limits.status import budget_status
+    from tokenstile.stores.counters import counter_store_from_url
+
+    config = _load(config_path)
+    known: dict[str, list[str]] = {"organization": [config.organization.name]}
+    for item in ids:
+        scope, _, value = item.partition("=")
+        known.setdefault(scope, []).append(value)
+
+    async def work(db: Database) -> list[dict[str, Any]]:
+        overrides = await db.list_overrides()
+        limits = apply_limit_overrides(compile_limits(config), overrides)
+        counters = counter_store_from_url(config.storage.counters)
+        try:
+            rows = await budget_status(limits, counters, time.time(), known,
+                                       frozenset(o.target for o in overrides
+                                                 if o.kind == "limit"))
+        finally:
+            await counters.close()
+        return [r.as_dict() for r in rows]
+
+    rows = _with_db(config, work)
+    if as_json:
+        click.echo(orjson.dumps(rows).decode())
+        return
+    for row in rows:
+        money = row["unit"] == "usd"
+        row["limit"] = _amount_text(row["hard"], money) + (" *" if row["overridden"] else "")
+        row["usage"] = _amount_text(row["used"], money)
+        row["pct"] = f"{row['utilization'] * 100:.1f}%"
+        row["who"] = f"{row['scope']}:{row['scope_id']}"
+    click.echo(render_table(rows, [("name", "LIMIT"), ("who", "SCOPE"), ("window", "WINDOW"),
+                                   ("unit", "UNIT"), ("usage", "USED"), ("limit", "OF"),
+                                   ("pct", "%"), ("resets", "RESETS")],
+                            empty="(no budgets configured)"))
 
 
 @main.command()

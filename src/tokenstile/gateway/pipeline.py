@@ -79,6 +79,7 @@ class Gateway:
         req = ctx.req = adapter.parse(ctx.api, body)
         attribute(ctx)
         check_model_access(ctx)
+        rt.overrides.check(ctx)
         req.input_tokens = adapter.count_input(req)
         await rt.policies.before(ctx)
         if ctx.auto_reply is not None:

@@ -15,6 +15,7 @@ from tokenstile.gateway.routing import Router
 from tokenstile.gateway.upstream import UpstreamClient
 from tokenstile.ledger import LedgerWriter
 from tokenstile.limits.admission import Admission
+from tokenstile.limits.overrides import Overrides
 from tokenstile.metrics import Metrics
 from tokenstile.policies.engine import PolicyEngine
 from tokenstile.prices import Pricer, parse_price_override
@@ -44,6 +45,7 @@ class Runtime:
     metrics: Metrics
     policies: PolicyEngine
     admission: Admission
+    overrides: Overrides
     adapters: dict[WireFormat, Adapter] = field(default_factory=dict)
     started: bool = False
     loop: asyncio.AbstractEventLoop | None = None
@@ -60,12 +62,15 @@ class Runtime:
         exact_routes = {r.match for r in config.routes}
         metrics = Metrics(lambda model: model in exact_routes or pricer.known(model))
         adapters: dict[WireFormat, Adapter] = {"openai": OpenAIAdapter()}
+        admission = Admission(config, counters, pricer, clock)
+        overrides = Overrides(db, config)
+        overrides.listeners.append(admission.apply_overrides)
         return cls(
             config=config, clock=clock, db=db, counters=counters,
             auth=Authenticator(config.auth, db, clock, config.server.admin_key),
             router=router, upstream=UpstreamClient(), ledger=LedgerWriter(db),
             pricer=pricer, metrics=metrics, policies=PolicyEngine(config),
-            admission=Admission(config, counters, pricer, clock), adapters=adapters,
+            admission=admission, overrides=overrides, adapters=adapters,
         )
 
     async def start(self) -> None:
@@ -73,6 +78,8 @@ class Runtime:
         self.loop = asyncio.get_running_loop()
         await self.db.open()
         self.ledger.start()
+        await self.overrides.refresh()
+        self._tasks.append(asyncio.create_task(self.overrides.run(), name="tokenstile-overrides"))
         try:
             recovered = await self.admission.recover(self.ledger.submit)
             if recovered:

@@ -25,6 +25,7 @@ import orjson
 from tokenstile.config import Config
 from tokenstile.errors import GatewayError
 from tokenstile.limits.model import Limit, compile_limits
+from tokenstile.limits.overrides import apply_limit_overrides
 from tokenstile.limits.windows import (
     describe_reset,
     rolling_bucket_labels,
@@ -33,6 +34,7 @@ from tokenstile.limits.windows import (
     window_label,
 )
 from tokenstile.stores.counters import Charge, CounterStore, ReserveOutcome, StoreUnavailable
+from tokenstile.stores.database import Override
 from tokenstile.types import Caller, CanonicalRequest, LedgerRow, Unit, nano_to_usd
 
 if TYPE_CHECKING:
@@ -107,6 +109,20 @@ def _key_part(value: str) -> str:
     return cleaned
 
 
+def counter_key(limit: Limit, scope_id: str, now: float) -> tuple[str, tuple[str, ...]]:
+    """The counter a limit charges at ``now`` and, for rolling windows, every bucket summed.
+
+    Keys read ``scope:id:unit:window:label``; limits that agree on all of these share one
+    counter (and the tighter amount wins).
+    """
+    prefix = f"{limit.scope}:{_key_part(scope_id)}:{limit.unit}:"
+    window = limit.window
+    if window.kind == "rolling":
+        labels = rolling_bucket_labels(window, now)
+        return prefix + labels[0], tuple(prefix + label for label in labels)
+    return prefix + f"{window.kind}:{window_label(window, now)}", ()
+
+
 def output_cap_field(req: CanonicalRequest) -> str:
     if req.api == "responses":
         return "max_output_tokens"
@@ -129,11 +145,18 @@ class Admission:
         self.pricer = pricer
         self.clock = clock
         self.live: set[str] = set()
+        self._overrides: list[Override] = []
         self.reconfigure(config)
+
+    def apply_overrides(self, overrides: list[Override]) -> None:
+        """Runtime budget amounts and shadow flags from the database replace the file's."""
+        self._overrides = overrides
+        self.limits = apply_limit_overrides(self.base_limits, overrides)
 
     def reconfigure(self, config: Config) -> None:
         self.config = config
-        self.limits = compile_limits(config)
+        self.base_limits = compile_limits(config)
+        self.limits = apply_limit_overrides(self.base_limits, self._overrides)
         self.lease_s = config.server.reservation_lease_s
         self.default_cap = config.server.default_output_tokens
         self.project_priority = {name: p.priority for name, p in config.projects.items()}
@@ -218,7 +241,7 @@ class Admission:
                     422, f"this request needs {format_amount(limit.unit, need)} {what} "
                          f"(input {req.input_tokens:,} + output cap {cap:,}) but "
                          f"{describe_scope(limit, item.scope_id)} allows "
-                         f"{format_amount(limit.unit, item.hard)} per request; lower "
+                         f"{format_amount(limit.unit, item.hard)} {what} per request; lower "
                          "max_tokens or shorten the input",
                     code="request_limit_exceeded", param="max_tokens")
 
@@ -237,14 +260,7 @@ class Admission:
             if limit.window.kind == "request":
                 continue
             window = limit.window
-            prefix = f"{limit.scope}:{_key_part(item.scope_id)}:{limit.unit}:"
-            if window.kind == "rolling":
-                labels = rolling_bucket_labels(window, now)
-                key = prefix + labels[0]
-                window_keys = tuple(prefix + label for label in labels)
-            else:
-                key = prefix + f"{window.kind}:{window_label(window, now)}"
-                window_keys = ()
+            key, window_keys = counter_key(limit, item.scope_id, now)
             item.key = key
             item.amount = self._worst_case(limit.unit, req, model, cap)
             cap_value = None if limit.shadow else item.hard

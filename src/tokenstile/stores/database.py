@@ -88,6 +88,26 @@ class KeyRecord:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class Override:
+    """A runtime change stored in the database: a kill switch, a budget amount, shadow mode.
+
+    ``kind`` is ``switch`` (target ``feature:chat``, ``project:p``, ``key:key_…``,
+    ``model:gpt-4o``; value ``{"enabled": false, "reason": …}``), ``limit`` (target a limit
+    name; value ``{"amount": n}``) or ``shadow`` (target a limit or policy name; value
+    ``{"shadow": true}``).
+    """
+
+    kind: str
+    target: str
+    value: dict[str, Any]
+    updated_at: float = 0.0
+    author: str | None = None
+
+
+OVERRIDE_KINDS = ("switch", "limit", "shadow")
+
+
 @dataclass(slots=True)
 class UsageQuery:
     since: float | None = None
@@ -130,6 +150,12 @@ class Database(Protocol):
     async def list_keys(self, include_revoked: bool = False) -> list[KeyRecord]: ...
 
     async def update_key(self, key_id: str, **changes: Any) -> KeyRecord | None: ...
+
+    async def list_overrides(self) -> list[Override]: ...
+
+    async def set_override(self, override: Override) -> None: ...
+
+    async def delete_override(self, kind: str, target: str) -> bool: ...
 
 
 _REGISTRY = {

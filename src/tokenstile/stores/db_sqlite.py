@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
-from tokenstile.stores.database import GROUPABLE, KeyRecord, UsageQuery, sqlite_path
+from tokenstile.stores.database import GROUPABLE, KeyRecord, Override, UsageQuery, sqlite_path
 from tokenstile.types import LedgerRow
 
 T = TypeVar("T")
@@ -53,7 +53,7 @@ CREATE TABLE IF NOT EXISTS api_keys (
 );
 CREATE TABLE IF NOT EXISTS overrides (
     kind TEXT NOT NULL, target TEXT NOT NULL, value TEXT NOT NULL, updated_at REAL NOT NULL,
-    PRIMARY KEY (kind, target)
+    author TEXT, PRIMARY KEY (kind, target)
 );
 """
 
@@ -288,6 +288,39 @@ class SqliteDatabase:
         if changes:
             await self._run(write)
         return await self.key_by_id(key_id)
+
+
+    # overrides ----------------------------------------------------------------------------
+
+    async def list_overrides(self) -> list[Override]:
+        def read(conn: sqlite3.Connection) -> list[Override]:
+            rows = conn.execute("SELECT kind, target, value, updated_at, author FROM overrides "
+                                "ORDER BY kind, target")
+            return [Override(k, t, orjson.loads(v), u, a) for k, t, v, u, a in rows]
+
+        return await self._run(read)
+
+    async def set_override(self, override: Override) -> None:
+        values = (override.kind, override.target, orjson.dumps(override.value).decode(),
+                  override.updated_at, override.author)
+
+        def write(conn: sqlite3.Connection) -> None:
+            with conn:
+                conn.execute("INSERT INTO overrides (kind, target, value, updated_at, author) "
+                             "VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, target) DO UPDATE SET "
+                             "value = excluded.value, updated_at = excluded.updated_at, "
+                             "author = excluded.author", values)
+
+        await self._run(write)
+
+    async def delete_override(self, kind: str, target: str) -> bool:
+        def write(conn: sqlite3.Connection) -> bool:
+            with conn:
+                cur = conn.execute("DELETE FROM overrides WHERE kind = ? AND target = ?",
+                                   (kind, target))
+                return cur.rowcount > 0
+
+        return await self._run(write)
 
 
 def _where(filters: dict[str, Any]) -> tuple[str, list[Any]]:

@@ -1,0 +1,85 @@
+"""Where every budget stands now: amount, usage in the current window, reset time.
+
+Shared by ``tokenstile budgets``, the admin API and the dashboard, so all three show the
+same numbers. Limits that apply to each id of a scope separately (``match: "*"``, e.g. a
+per-user daily limit) are reported for the ids given, or the configured organization.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tokenstile.limits.admission import counter_key
+from tokenstile.limits.model import Limit
+from tokenstile.limits.windows import describe_reset, window_end
+from tokenstile.stores.counters import CounterStore
+from tokenstile.types import nano_to_usd
+
+
+@dataclass(slots=True)
+class BudgetStatus:
+    name: str
+    scope: str
+    scope_id: str
+    window: str
+    unit: str
+    amount: int
+    hard: int
+    used: int
+    reset_at: float
+    resets: str
+    thresholds: list[dict[str, Any]]
+    shadow: bool
+    overridden: bool
+
+    @property
+    def utilization(self) -> float:
+        return self.used / self.hard if self.hard else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {name: getattr(self, name) for name in self.__slots__}
+        out["utilization"] = round(self.utilization, 6)
+        out["remaining"] = max(0, self.hard - self.used)
+        if self.unit == "usd":
+            for name in ("amount", "hard", "used", "remaining"):
+                out[f"{name}_usd"] = nano_to_usd(out[name])
+        return out
+
+
+def _ids_for(limit: Limit, known: Mapping[str, Sequence[str]]) -> list[str]:
+    if limit.scope == "global":
+        return ["global"]
+    if limit.match is not None:
+        return sorted(limit.match)
+    return list(known.get(limit.scope, ()))
+
+
+async def budget_status(limits: Iterable[Limit], counters: CounterStore, now: float,
+                        known_ids: Mapping[str, Sequence[str]],
+                        overridden: frozenset[str] = frozenset()) -> list[BudgetStatus]:
+    rows: list[tuple[Limit, str, tuple[str, ...]]] = []
+    for limit in limits:
+        if limit.window.kind == "request":
+            continue
+        for scope_id in _ids_for(limit, known_ids):
+            key, window_keys = counter_key(limit, scope_id, now)
+            rows.append((limit, scope_id, window_keys or (key,)))
+    flat = [k for _, _, keys in rows for k in keys]
+    values = dict(zip(flat, await counters.read(flat), strict=True)) if flat else {}
+    out = []
+    for limit, scope_id, keys in rows:
+        reset_at = window_end(limit.window, now)
+        window = limit.window.kind if limit.window.kind != "rolling" else \
+            f"rolling:{limit.window.length_s}s"
+        out.append(BudgetStatus(
+            name=limit.name, scope=limit.scope, scope_id=scope_id, window=window,
+            unit=limit.unit, amount=limit.amount_at(now),
+            hard=int(limit.amount_at(now) * limit.hard_fraction),
+            used=sum(values.get(k, 0) for k in keys), reset_at=reset_at,
+            resets=describe_reset(limit.window, now),
+            thresholds=[{"threshold": t.fraction, "action": t.action} for t in limit.thresholds],
+            shadow=limit.shadow, overridden=limit.name in overridden,
+        ))
+    return out
