@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,8 +19,13 @@ class AutoReply:
     status: int = 200
 
 
+_ids = itertools.count()
+_ID_PREFIX = secrets.token_hex(6)
+
+
 def new_request_id() -> str:
-    return "req_" + secrets.token_hex(12)
+    """Unique across processes (a random per-process prefix) without a syscall per call."""
+    return f"req_{_ID_PREFIX}{next(_ids):012x}"
 
 
 @dataclass(slots=True)

@@ -22,7 +22,7 @@ from tokenstile.prices import Pricer, parse_price_override
 from tokenstile.providers.openai import OpenAIAdapter
 from tokenstile.stores.counters import CounterStore, StoreUnavailable, counter_store_from_url
 from tokenstile.stores.database import Database, database_from_url
-from tokenstile.tokens import ensure_offline_encodings
+from tokenstile.tokens import encoding_for, ensure_offline_encodings
 
 if TYPE_CHECKING:
     from tokenstile.providers.base import Adapter
@@ -76,6 +76,7 @@ class Runtime:
     async def start(self) -> None:
         """Open the stores, charge reservations a dead gateway left behind, start upkeep."""
         self.loop = asyncio.get_running_loop()
+        await asyncio.to_thread(warm_up)
         await self.db.open()
         self.ledger.start()
         await self.overrides.refresh()
@@ -103,6 +104,13 @@ class Runtime:
         await self.counters.close()
         await self.db.close()
         self.started = False
+
+
+def warm_up() -> None:
+    """Load the tokenizers and the price table now, not inside the first request."""
+    for model in ("gpt-4o", "gpt-4"):
+        encoding_for(model).encode_ordinary("warm up")
+    Pricer().known("gpt-4o")
 
 
 def pricer_for(config: Config) -> Pricer:

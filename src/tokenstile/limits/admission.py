@@ -17,7 +17,7 @@ import logging
 import math
 import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import orjson
@@ -27,9 +27,12 @@ from tokenstile.errors import GatewayError
 from tokenstile.limits.model import Limit, compile_limits
 from tokenstile.limits.overrides import apply_limit_overrides
 from tokenstile.limits.windows import (
+    TTL_MARGIN_S,
+    Window,
     describe_reset,
     rolling_bucket_labels,
     ttl_seconds,
+    window_bounds,
     window_end,
     window_label,
 )
@@ -120,7 +123,34 @@ def counter_key(limit: Limit, scope_id: str, now: float) -> tuple[str, tuple[str
     if window.kind == "rolling":
         labels = rolling_bucket_labels(window, now)
         return prefix + labels[0], tuple(prefix + label for label in labels)
-    return prefix + f"{window.kind}:{window_label(window, now)}", ()
+    return prefix + current_label(window, now), ()
+
+
+_labels: dict[Window, tuple[float, float, str]] = {}
+
+
+def _current(window: Window, now: float) -> tuple[float, float, str]:
+    """Bounds and ``kind:label`` of the calendar window holding ``now``, cached until it
+    ends (zone arithmetic is the costliest part of building a charge)."""
+    cached = _labels.get(window)
+    if cached is not None and cached[0] <= now < cached[1]:
+        return cached
+    start, end = window_bounds(window, now)
+    cached = (start, end, f"{window.kind}:{window_label(window, now)}")
+    if len(_labels) > 1024:
+        _labels.clear()
+    _labels[window] = cached
+    return cached
+
+
+def current_label(window: Window, now: float) -> str:
+    return _current(window, now)[2]
+
+
+def charge_ttl(window: Window, now: float) -> int:
+    if window.kind == "rolling":
+        return ttl_seconds(window, now)
+    return max(1, math.ceil(_current(window, now)[1] - now)) + TTL_MARGIN_S
 
 
 def output_cap_field(req: CanonicalRequest) -> str:
@@ -267,7 +297,7 @@ class Admission:
             index = by_key.get(key)
             if index is None:
                 by_key[key] = item.charge_index = len(charges)
-                charges.append(Charge(key, item.amount, cap_value, ttl_seconds(window, now),
+                charges.append(Charge(key, item.amount, cap_value, charge_ttl(window, now),
                                       window_keys))
                 units.append(limit.unit)
             else:
@@ -276,7 +306,7 @@ class Admission:
                 tighter = old.limit if cap_value is None else (
                     cap_value if old.limit is None else min(old.limit, cap_value))
                 charges[index] = Charge(old.key, old.amount, tighter,
-                                        max(old.ttl, ttl_seconds(window, now)),
+                                        max(old.ttl, charge_ttl(window, now)),
                                         old.window_keys)
         return charges, units
 
@@ -315,7 +345,7 @@ class Admission:
 
     async def _reserve_once(self, ctx: RequestContext, ticket: Ticket) -> ReserveOutcome | None:
         """One round trip; None means the store is down and every limit here fails open."""
-        record = orjson.dumps(asdict(self._pending_row(ctx, ticket)))
+        record = orjson.dumps(self._pending_row(ctx, ticket))
         try:
             return await self.counters.reserve(ticket.rid, ticket.charges,
                                                self.clock.now() + self.lease_s, record)

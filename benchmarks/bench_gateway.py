@@ -1,0 +1,199 @@
+"""Gateway overhead against a direct call to the same upstream, measured in one run.
+
+The fake upstream, the latency client and wrk share core 1; the gateway runs alone on core
+0 (one worker). For each scenario it reports:
+
+- added latency at concurrency 1: p50/p99 of (via gateway) minus the same of (direct),
+  non-streamed, from sequential requests;
+- requests/s at concurrency 50 (wrk), non-streamed and streamed, as a ratio to direct.
+
+Scenarios: no limits; budgets on the SQLite counter store (the default); budgets on Redis.
+
+    python benchmarks/bench_gateway.py            # ~1 minute
+    python benchmarks/bench_gateway.py --quick    # a few seconds per measurement
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CHAT = {"model": "gpt-4o-mini", "max_tokens": 12,
+        "messages": [{"role": "user", "content": "Say something short."}]}
+STREAM = {**CHAT, "stream": True}
+
+
+def pinned(core: int, argv: list[str]) -> list[str]:
+    return ["taskset", "-c", str(core), *argv] if shutil.which("taskset") else argv
+
+
+def start_fake() -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        pinned(1, [sys.executable, "-m", "tokenstile.testing.fake_upstream", "--port", "0",
+                   "--no-bodies"]),
+        stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    match = re.search(r"http://\S+", line)
+    if not match:
+        proc.kill()
+        raise RuntimeError(f"fake upstream did not start: {line!r}")
+    return proc, match.group(0)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_gateway(directory: Path, fake_url: str, counters: str, limits: bool
+                  ) -> tuple[subprocess.Popen[bytes], str, str]:
+    database = f"sqlite:///{directory / 'bench.db'}"
+    config: dict[str, Any] = {
+        "upstreams": {"openai": {"base_url": fake_url + "/v1", "api_key": "sk-bench"}},
+        "storage": {"counters": counters, "database": database},
+    }
+    if limits:
+        config["organization"] = {"daily_cap": 10**12}
+        config["projects"] = {"bench": {"daily_limit": 10**12, "request_limit": 100_000}}
+        config["users"] = {"standard": {"rate_limit": 10**9}}
+    path = directory / "bench.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "TOKENSTILE_CONFIG": str(path)}
+    created = subprocess.run(
+        ["tokenstile", "keys", "create", "--project", "bench", "--user", "u", "--tier",
+         "standard", "--json"], env=env, capture_output=True, text=True, check=True)
+    key = orjson.loads(created.stdout)["key"]
+    port = free_port()
+    proc = subprocess.Popen(pinned(0, ["tokenstile", "serve", "--port", str(port)]), env=env,
+                            stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            import urllib.request
+
+            with urllib.request.urlopen(url + "/healthz", timeout=1):
+                return proc, url, key
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("gateway did not start")
+
+
+async def latencies(url: str, key: str, count: int) -> list[float]:
+    body = orjson.dumps(CHAT)
+    headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
+    out = []
+    connector = aiohttp.TCPConnector(limit=1)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        for i in range(count + 200):
+            start = time.perf_counter()
+            async with session.post(url + "/v1/chat/completions", data=body,
+                                    headers=headers) as resp:
+                await resp.read()
+                if resp.status != 200:
+                    raise RuntimeError(f"status {resp.status}")
+            if i >= 200:
+                out.append((time.perf_counter() - start) * 1000)
+    return out
+
+
+def wrk(url: str, key: str, body: dict[str, Any], seconds: int, directory: Path) -> float:
+    script = directory / "post.lua"
+    script.write_text(
+        'wrk.method = "POST"\n'
+        f"wrk.body = {orjson.dumps(orjson.dumps(body).decode()).decode()}\n"
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f'wrk.headers["Authorization"] = "Bearer {key}"\n')
+    result = subprocess.run(
+        pinned(1, ["wrk", "-t1", "-c50", f"-d{seconds}s", "-s", str(script),
+                   url + "/v1/chat/completions"]), capture_output=True, text=True, check=True)
+    match = re.search(r"Requests/sec:\s+([\d.]+)", result.stdout)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", result.stdout)
+    if non2xx:
+        raise RuntimeError(f"wrk saw {non2xx.group(1)} error responses")
+    return float(match.group(1)) if match else 0.0
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--seconds", type=int, default=8)
+    args = parser.parse_args()
+    if args.quick:
+        args.requests, args.seconds = 800, 3
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is needed for the throughput figures: apt-get install wrk")
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {1})
+    redis_url = "redis://127.0.0.1:6379/0?prefix=bench" + str(os.getpid())
+    scenarios = [("no limits", "memory://", False),
+                 ("budgets, SQLite counters", "sqlite:///{dir}/counters.db", True),
+                 ("budgets, Redis counters", redis_url, True)]
+    fake, fake_url = start_fake()
+    results = []
+    try:
+        direct_lat = asyncio.run(latencies(fake_url, "sk-bench", args.requests))
+        direct_rps = wrk(fake_url, "sk-bench", CHAT, args.seconds, Path(tempfile.gettempdir()))
+        direct_sse = wrk(fake_url, "sk-bench", STREAM, args.seconds,
+                         Path(tempfile.gettempdir()))
+        for name, counters, limits in scenarios:
+            directory = Path(tempfile.mkdtemp(prefix="tokenstile-bench-"))
+            proc, url, key = start_gateway(directory, fake_url,
+                                           counters.format(dir=directory), limits)
+            try:
+                lat = asyncio.run(latencies(url, key, args.requests))
+                rps = wrk(url, key, CHAT, args.seconds, directory)
+                sse = wrk(url, key, STREAM, args.seconds, directory)
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(20)
+                shutil.rmtree(directory, ignore_errors=True)
+            results.append((name, lat, rps, sse))
+    finally:
+        fake.send_signal(signal.SIGTERM)
+        fake.wait(10)
+    d50, d99 = statistics.median(direct_lat), pct(direct_lat, 0.99)
+    print(f"direct to the fake upstream: p50 {d50:.3f} ms, p99 {d99:.3f} ms, "
+          f"{direct_rps:,.0f} req/s, streamed {direct_sse:,.0f} req/s")
+    print(f"{'scenario':<28} {'added p50':>10} {'added p99':>10} {'req/s':>8} {'ratio':>6} "
+          f"{'SSE req/s':>10} {'ratio':>6}")
+    base50 = None
+    for name, lat, rps, sse in results:
+        a50, a99 = statistics.median(lat) - d50, pct(lat, 0.99) - d99
+        base50 = a50 if base50 is None else base50
+        print(f"{name:<28} {a50:>8.3f}ms {a99:>8.3f}ms {rps:>8,.0f} {rps / direct_rps:>6.2f} "
+              f"{sse:>10,.0f} {sse / direct_sse:>6.2f}")
+    for name, lat, _, _ in results[1:]:
+        extra = statistics.median(lat) - d50 - (base50 or 0.0)
+        print(f"admission cost over no limits ({name}): {extra:.3f} ms p50")
+
+
+if __name__ == "__main__":
+    main()
