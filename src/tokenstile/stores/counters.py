@@ -9,13 +9,23 @@ its ``window_keys`` plus ``amount`` must stay within ``limit``; if any charge fa
 is written. The reservation is remembered under its id with a lease deadline and an opaque
 ``record`` (the pending ledger row), so that a reservation whose gateway died can be found
 after its lease runs out and charged at its estimate (``claim_expired``).
+
+Counters that outlive their ``ttl`` disappear (read as 0). A settle that arrives after its
+window's counter is gone drops that delta: the window is over, and the ledger keeps the
+truth. Values never go below zero on settle, so a counter rebuilt without a reservation can
+only over-count, never open room for an overshoot.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import importlib
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
+from urllib.parse import parse_qsl, urlsplit
+
+if TYPE_CHECKING:
+    from tokenstile.clock import Clock
 
 
 class StoreUnavailable(Exception):
@@ -33,7 +43,7 @@ class Charge:
     ``key`` is incremented by ``amount``. Admission compares ``sum(window_keys) + amount`` with
     ``limit`` (``window_keys`` defaults to ``(key,)``; rolling windows list their buckets).
     ``limit=None`` counts without capping. ``ttl`` (seconds) lets the store drop the key once
-    its window is over.
+    its window is over; a store only ever extends a key's expiry (``ttl <= 0`` sets none).
     """
 
     key: str
@@ -61,6 +71,8 @@ class ReserveOutcome:
 
 @dataclass(frozen=True, slots=True)
 class ExpiredReservation:
+    """A reservation whose lease ran out: its ``record`` and the (key, amount) it reserved."""
+
     rid: str
     record: bytes
     deltas: tuple[tuple[str, int], ...]
@@ -72,22 +84,36 @@ class CounterStore(Protocol):
     async def reserve(
         self, rid: str, charges: Sequence[Charge], lease_until: float, record: bytes
     ) -> ReserveOutcome:
-        """Atomically check and add every charge, or none; remember the reservation."""
+        """Atomically check and add every charge, or none; remember the reservation.
+
+        Each capped charge must satisfy ``sum(keys_to_sum) + added <= limit``, where
+        ``added`` is everything this call adds to those keys (just ``amount`` unless charges
+        share keys). A ``rid`` that is already held is not charged twice: the call reports
+        ``admitted=True`` and changes nothing, so a retry after a lost reply is safe.
+        """
         ...
 
     async def settle(self, rid: str, deltas: Sequence[tuple[str, int]]) -> bool:
         """Add each (key, delta) (delta = actual - reserved, may be negative) and forget the
         reservation. Returns False (and changes nothing) if the reservation is unknown, e.g.
-        already claimed as expired."""
+        already claimed as expired. Deltas for keys that no longer exist are dropped, and a
+        value that would go negative stops at zero.
+
+        ``settle(rid, [(key, -amount), ...])`` releases a reservation; after a reserve that
+        raised StoreUnavailable it is also the safe way to undo a reserve that may have
+        landed.
+        """
         ...
 
     async def renew(self, rids: Sequence[str], lease_until: float) -> None:
-        """Push the lease deadline of live reservations forward."""
+        """Push the lease deadline of live reservations forward (never backward); unknown
+        ids are ignored."""
         ...
 
     async def claim_expired(self, now: float, limit: int = 100) -> list[ExpiredReservation]:
-        """Atomically remove and return reservations whose lease ended before ``now``; their
-        charges stay counted (they are billed at the estimate)."""
+        """Atomically remove and return reservations whose lease ended before ``now`` (at most
+        ``limit``, earliest deadline first); their charges stay counted (they are billed at
+        the estimate)."""
         ...
 
     async def add(self, deltas: Sequence[tuple[str, int, int]]) -> None:
@@ -105,6 +131,120 @@ class CounterStore(Protocol):
     async def close(self) -> None: ...
 
 
+class Check(NamedTuple):
+    """One charge as a backend evaluates it: indexes of the keys it sums, what this
+    reservation adds to them, and the cap."""
+
+    limit: int | None
+    sums: tuple[int, ...]
+    added: int
+
+
+class ReservationPlan(NamedTuple):
+    """Charges reduced to what a backend executes, so every backend shares one semantics.
+
+    ``keys`` lists every key read, the written ones first: ``writes[i]`` is the
+    ``(amount, ttl)`` added to ``keys[i]``. ``deltas`` are the charges' (key, amount) pairs,
+    remembered with the reservation.
+    """
+
+    keys: tuple[str, ...]
+    writes: tuple[tuple[int, int], ...]
+    checks: tuple[Check, ...]
+    deltas: tuple[tuple[str, int], ...]
+
+    def evaluate(self, values: Sequence[int]) -> tuple[list[int], list[int]]:
+        """``(used, failed)`` given the current value of each of ``keys``."""
+        used: list[int] = []
+        failed: list[int] = []
+        for index, (limit, sums, added) in enumerate(self.checks):
+            total = values[sums[0]] if len(sums) == 1 else sum(values[k] for k in sums)
+            used.append(total)
+            if limit is not None and total + added > limit:
+                failed.append(index)
+        return used, failed
+
+    def already_held(self, values: Sequence[int]) -> ReserveOutcome:
+        """The outcome for a repeated ``rid``: nothing changes, ``used`` excludes ourselves."""
+        used = [sum(values[k] for k in c.sums) - c.added for c in self.checks]
+        return ReserveOutcome(admitted=True, used=used)
+
+
+def plan_reservation(charges: Sequence[Charge]) -> ReservationPlan:
+    """Validate charges and work out increments per key and what each check adds."""
+    amounts: dict[str, int] = {}
+    ttls: dict[str, int] = {}
+    for charge in charges:
+        key, amount = charge.key, charge.amount
+        if amount < 0:
+            raise ValueError(f"charge amounts must be >= 0, got {amount} for {key}")
+        if key in amounts:
+            amounts[key] += amount
+            ttls[key] = max(ttls[key], charge.ttl)
+        else:
+            amounts[key] = amount
+            ttls[key] = charge.ttl
+    index = {key: i for i, key in enumerate(amounts)}
+    checks = []
+    for charge in charges:
+        if not charge.window_keys:
+            checks.append(Check(charge.limit, (index[charge.key],), amounts[charge.key]))
+            continue
+        window = dict.fromkeys(charge.window_keys)
+        for key in window:
+            if key not in index:
+                index[key] = len(index)
+        added = sum(amounts.get(key, 0) for key in window)
+        checks.append(Check(charge.limit, tuple(index[key] for key in window), added))
+    return ReservationPlan(
+        tuple(index),
+        tuple(zip(amounts.values(), ttls.values(), strict=True)),
+        tuple(checks),
+        tuple((charge.key, charge.amount) for charge in charges),
+    )
+
+
+def merge_deltas(deltas: Iterable[tuple[str, int]]) -> dict[str, int]:
+    """Sum deltas per key, keeping first-seen order."""
+    merged: dict[str, int] = {}
+    for key, delta in deltas:
+        merged[key] = merged.get(key, 0) + delta
+    return merged
+
+
+def url_options(url: str, allowed: Iterable[str]) -> dict[str, str]:
+    """The query parameters of a store URL; unknown names are a configuration error."""
+    options = dict(parse_qsl(urlsplit(url).query, keep_blank_values=True))
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise StoreConfigError(
+            f"unknown option(s) {', '.join(unknown)} in counter store URL {redact_url(url)!r}: "
+            f"expected {', '.join(sorted(allowed)) or 'none'}"
+        )
+    return options
+
+
+def option_float(options: dict[str, str], name: str, default: float) -> float:
+    if name not in options:
+        return default
+    try:
+        value = float(options[name])
+    except ValueError:
+        raise StoreConfigError(f"option {name}={options[name]!r} is not a number") from None
+    if value <= 0:
+        raise StoreConfigError(f"option {name} must be > 0, got {value}")
+    return value
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
 CounterStoreFactory = Callable[[str], CounterStore]
 _REGISTRY: dict[str, str] = {
     "memory": "tokenstile.stores.counters_memory:MemoryCounterStore",
@@ -114,16 +254,19 @@ _REGISTRY: dict[str, str] = {
 }
 
 
-def counter_store_from_url(url: str) -> CounterStore:
-    """Build a counter store from its URL: ``memory://``, ``sqlite:///path``, ``redis://…``."""
-    import importlib
+def counter_store_from_url(url: str, *, clock: Clock | None = None) -> CounterStore:
+    """Build a counter store from its URL: ``memory://``, ``sqlite:///path``, ``redis://…``.
 
+    ``clock`` times key expiry in the memory and SQLite stores (Redis uses its own clock).
+    """
     scheme = url.split("://", 1)[0] if "://" in url else ""
     target = _REGISTRY.get(scheme)
     if target is None:
         known = ", ".join(f"{s}://" for s in _REGISTRY)
-        raise StoreConfigError(f"unknown counter store URL {url!r}: expected one of {known}")
+        raise StoreConfigError(
+            f"unknown counter store URL {redact_url(url)!r}: expected one of {known}"
+        )
     module_name, class_name = target.split(":")
     cls = getattr(importlib.import_module(module_name), class_name)
-    store: CounterStore = cls(url)
+    store: CounterStore = cls(url, clock=clock)
     return store

@@ -1,0 +1,215 @@
+"""``redis://host:port/db``: counters shared by gateways on many machines.
+
+Each operation is one Lua script run by EVALSHA (reserve.lua, settle.lua, claim.lua,
+add.lua beside this file), so reserve's check-then-add is atomic on the server and costs one
+round trip. Every key carries one hash tag (``{ts}`` by default, ``?prefix=name`` for
+``{name}``) so that in Redis Cluster all keys a script touches share a slot:
+``{ts}:c:<counter>``, ``{ts}:r`` (rid -> reserved deltas and record) and ``{ts}:l``
+(rids by lease deadline).
+
+Calls never hang: the pool waits at most ``timeout`` seconds for a free connection
+(default 1), sockets time out after ``socket_connect_timeout`` / ``socket_timeout``
+(default 1 each), and a guard around every call turns anything slower into
+StoreUnavailable. A dropped connection is retried once on a fresh one; that is safe because
+a repeated reserve of the same rid is not charged twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from functools import cache
+from importlib import resources
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import orjson
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+from tokenstile.clock import Clock
+from tokenstile.stores.counters import (
+    Charge,
+    ExpiredReservation,
+    ReserveOutcome,
+    StoreConfigError,
+    StoreUnavailable,
+    merge_deltas,
+    plan_reservation,
+    redact_url,
+)
+
+_PASSED_THROUGH = {
+    "db",
+    "socket_timeout",
+    "socket_connect_timeout",
+    "socket_keepalive",
+    "max_connections",
+    "timeout",
+    "health_check_interval",
+    "client_name",
+    "protocol",
+}
+_DEFAULTS: dict[str, Any] = {
+    "socket_timeout": 1.0,
+    "socket_connect_timeout": 1.0,
+    "max_connections": 64,
+    "timeout": 1.0,
+}
+
+
+@cache
+def _script(name: str) -> str:
+    return resources.files("tokenstile.stores").joinpath(name).read_text(encoding="utf-8")
+
+
+def _hash_tag(value: str) -> str:
+    if not value or any(ch in value for ch in "{}"):
+        raise StoreConfigError(f"prefix must be a non-empty name without braces, got {value!r}")
+    return "{" + value + "}"
+
+
+class RedisCounterStore:
+    """Counters in Redis strings, reservations in one hash plus one sorted set."""
+
+    def __init__(self, url: str, *, clock: Clock | None = None) -> None:
+        # ``clock`` is accepted for a uniform constructor; Redis expires keys by its own clock.
+        del clock
+        self.url = url
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss"):
+            raise StoreConfigError(f"expected redis://host:port/db, got {redact_url(url)!r}")
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        options = dict(query)
+        unknown = sorted(
+            k for k in options if k not in _PASSED_THROUGH | {"prefix"} and not k.startswith("ssl")
+        )
+        if unknown:
+            raise StoreConfigError(
+                f"unknown option(s) {', '.join(unknown)} in counter store URL {redact_url(url)!r}"
+            )
+        tag = _hash_tag(options.get("prefix", "ts"))
+        self._counter_prefix = f"{tag}:c:"
+        self._held_key = f"{tag}:r"
+        self._lease_key = f"{tag}:l"
+        kwargs = {k: v for k, v in _DEFAULTS.items() if k not in options}
+        client_url = parts._replace(
+            query=urlencode([(k, v) for k, v in query if k != "prefix"])
+        ).geturl()
+        try:
+            self._pool = BlockingConnectionPool.from_url(
+                client_url,
+                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+                **kwargs,
+            )
+        except ValueError as exc:
+            raise StoreConfigError(f"bad counter store URL {redact_url(url)!r}: {exc}") from None
+        conn = self._pool.connection_kwargs
+        pool_wait = float(getattr(self._pool, "timeout", None) or 1.0)
+        per_try = float(conn.get("socket_connect_timeout") or 1.0) + float(
+            conn.get("socket_timeout") or 1.0
+        )
+        self._guard = pool_wait + 2 * per_try + 0.5
+        self._client = Redis.from_pool(self._pool)
+        self._reserve = self._client.register_script(_script("reserve.lua"))
+        self._settle = self._client.register_script(_script("settle.lua"))
+        self._claim = self._client.register_script(_script("claim.lua"))
+        self._add = self._client.register_script(_script("add.lua"))
+        self._closed = False
+
+    def _key(self, key: str) -> str:
+        return self._counter_prefix + key
+
+    async def _call(self, what: str, op: Callable[[], Awaitable[Any]]) -> Any:
+        """Await ``op`` within the guard, mapping every failure to StoreUnavailable."""
+        if self._closed:
+            raise StoreUnavailable("the Redis counter store is closed")
+        try:
+            async with asyncio.timeout(self._guard):
+                return await op()
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis counter store {what} failed: {exc}") from None
+        except (OSError, TimeoutError):
+            raise StoreUnavailable(
+                f"Redis counter store did not answer {what} within {self._guard:.1f} s"
+            ) from None
+
+    async def reserve(
+        self, rid: str, charges: Sequence[Charge], lease_until: float, record: bytes
+    ) -> ReserveOutcome:
+        plan = plan_reservation(charges)
+        payload = orjson.dumps(plan.deltas) + b"\n" + record
+        spec = orjson.dumps(
+            (
+                [(str(amount), str(ttl * 1000)) for amount, ttl in plan.writes],
+                [
+                    (c.limit if c.limit is not None else False, c.added, *(i + 1 for i in c.sums))
+                    for c in plan.checks
+                ],
+            )
+        )
+        args = (rid, repr(lease_until), payload, spec)
+        keys = [self._held_key, self._lease_key, *(self._key(k) for k in plan.keys)]
+        reply = await self._call("reserve", lambda: self._reserve(keys=keys, args=args))
+        status, n = int(reply[0]), len(plan.checks)
+        used = [int(v) for v in reply[1 : 1 + n]]
+        if status == 0:
+            return ReserveOutcome(False, used, [int(v) for v in reply[1 + n :]])
+        return ReserveOutcome(True, used)
+
+    async def settle(self, rid: str, deltas: Sequence[tuple[str, int]]) -> bool:
+        merged = {k: d for k, d in merge_deltas(deltas).items() if d != 0}
+        keys = [self._held_key, self._lease_key, *(self._key(k) for k in merged)]
+        reply = await self._call(
+            "settle", lambda: self._settle(keys=keys, args=[rid, *merged.values()])
+        )
+        return bool(int(reply))
+
+    async def renew(self, rids: Sequence[str], lease_until: float) -> None:
+        if not rids:
+            return
+        mapping = dict.fromkeys(rids, lease_until)
+        await self._call(
+            "renew", lambda: self._client.zadd(self._lease_key, mapping, xx=True, gt=True)
+        )
+
+    async def claim_expired(self, now: float, limit: int = 100) -> list[ExpiredReservation]:
+        if limit <= 0:
+            return []
+        keys = [self._held_key, self._lease_key]
+        reply = await self._call("claim", lambda: self._claim(keys=keys, args=[repr(now), limit]))
+        out = []
+        for i in range(0, len(reply), 2):
+            rid = reply[i].decode() if isinstance(reply[i], bytes) else str(reply[i])
+            head, _, record = bytes(reply[i + 1]).partition(b"\n")
+            deltas = tuple((str(k), int(a)) for k, a in orjson.loads(head))
+            out.append(ExpiredReservation(rid, record, deltas))
+        return out
+
+    async def add(self, deltas: Sequence[tuple[str, int, int]]) -> None:
+        if not deltas:
+            return
+        keys = [self._key(key) for key, _, _ in deltas]
+        args: list[Any] = []
+        for _, amount, ttl in deltas:
+            args += (amount, ttl * 1000)
+        await self._call("add", lambda: self._add(keys=keys, args=args))
+
+    async def read(self, keys: Sequence[str]) -> list[int]:
+        if not keys:
+            return []
+        names = [self._key(k) for k in keys]
+        values = await self._call("read", lambda: self._client.mget(names))
+        return [0 if v is None else int(v) for v in values]
+
+    async def ping(self) -> None:
+        await self._call("ping", self._client.ping)
+
+    async def close(self) -> None:
+        self._closed = True
+        with contextlib.suppress(RedisError, OSError):
+            await self._client.aclose()
