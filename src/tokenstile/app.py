@@ -30,6 +30,8 @@ PROXY_ROUTES: dict[str, tuple[ApiKind, WireFormat]] = {
     "/v1/completions": ("completions", "openai"),
     "/v1/embeddings": ("embeddings", "openai"),
     "/v1/responses": ("responses", "openai"),
+    "/v1/messages": ("messages", "anthropic"),
+    "/v1/messages/count_tokens": ("count_tokens", "anthropic"),
 }
 
 

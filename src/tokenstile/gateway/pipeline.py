@@ -22,8 +22,9 @@ from tokenstile.gateway.upstream import (
     upstream_headers,
     upstream_url,
 )
-from tokenstile.providers.base import StreamObserver
+from tokenstile.providers.base import Bridge, StreamObserver
 from tokenstile.providers.sse import EventSplitter
+from tokenstile.providers.translate import bridge_for
 from tokenstile.types import ApiKind, Usage, WireFormat
 
 log = logging.getLogger("tokenstile.gateway")
@@ -89,10 +90,22 @@ class Gateway:
         ctx.upstream, ctx.served_model = target.upstream, target.model
         if target.model != req.model:
             req.body = {**req.body, "model": target.model}
-        ctx.ticket = await rt.admission.reserve(ctx)
-        upstream_body = orjson.dumps(adapter.upstream_body(req))
+        bridge: Bridge | None = None
+        if target.wire != ctx.wire:
+            # e.g. chat completions served by Claude: translated both ways, and reserved at
+            # the Claude estimate of the translated request.
+            bridge = bridge_for(ctx.api, ctx.wire, target.wire, target.upstream, req.body,
+                                rt.config.server.default_output_tokens)
+            req.input_tokens = bridge.count_input()
+        if req.api != "count_tokens":  # token counting is free: nothing to reserve
+            ctx.ticket = await rt.admission.reserve(ctx)
+        if bridge is None:
+            upstream_body = orjson.dumps(adapter.upstream_body(req))
+            url = upstream_url(target.config, ctx.api, target.model)
+        else:
+            upstream_body = orjson.dumps(bridge.upstream_body(req))
+            url = upstream_url(target.config, bridge.upstream_api)
         headers = upstream_headers(target.config, ctx.headers, ctx.provider_key)
-        url = upstream_url(target.config, ctx.api)
         resp = await rt.upstream.post(target.upstream, target.config, url, upstream_body,
                                       headers)
         try:
@@ -101,17 +114,17 @@ class Gateway:
                        if (v := resp.headers.get(k)) is not None}
             ctx.response_headers.update(relayed)
             if resp.status >= 400:
-                await self._relay_error(ctx, resp, send)
+                await self._relay_error(ctx, resp, send, bridge)
             elif req.stream and "text/event-stream" in resp.headers.get("content-type", ""):
-                observer = rt.policies.wrap_stream(ctx, adapter.observer(req))
+                observer = rt.policies.wrap_stream(ctx, (bridge or adapter).observer(req))
                 await self._relay_stream(ctx, resp, receive, send, observer)
             else:
-                await self._relay_body(ctx, resp, send)
+                await self._relay_body(ctx, resp, send, bridge)
         finally:
             resp.release()
 
     async def _relay_body(self, ctx: RequestContext, resp: aiohttp.ClientResponse,
-                          send: asgi.ResponseTracker) -> None:
+                          send: asgi.ResponseTracker, bridge: Bridge | None = None) -> None:
         assert ctx.req is not None
         try:
             payload = await resp.read()
@@ -124,7 +137,11 @@ class Gateway:
             parsed = orjson.loads(payload)
         except orjson.JSONDecodeError:
             parsed = None
-        usage = self.rt.adapters[ctx.wire].usage_from_body(ctx.api, parsed)
+        if bridge is None:
+            usage = self.rt.adapters[ctx.wire].usage_from_body(ctx.api, parsed)
+        else:
+            usage = bridge.usage_from_body(parsed)
+            payload, parsed = bridge.response_body(payload, parsed)
         if usage is None:
             self._bill_estimate(ctx, "")
         else:
@@ -136,8 +153,9 @@ class Gateway:
                             self._headers(ctx), ctx.id)
 
     async def _relay_error(self, ctx: RequestContext, resp: aiohttp.ClientResponse,
-                           send: asgi.ResponseTracker) -> None:
-        """Upstream errors pass through with their status and body; they cost nothing."""
+                           send: asgi.ResponseTracker, bridge: Bridge | None = None) -> None:
+        """Upstream errors pass through with their status and body (translated to the
+        client's format when bridged); they cost nothing."""
         try:
             payload = await resp.read()
         except (aiohttp.ClientError, TimeoutError):
@@ -149,9 +167,12 @@ class Gateway:
                                f"{resp.status} with no body", type="api_error",
                                code="upstream_error")
             payload = err.body(ctx.wire)
-        await asgi.send_raw(send, resp.status, payload,
-                            resp.headers.get("content-type", "application/json"),
-                            self._headers(ctx), ctx.id)
+        elif bridge is not None:
+            payload = bridge.error_body(resp.status, payload)
+        content_type = "application/json" if bridge is not None else \
+            resp.headers.get("content-type", "application/json")
+        await asgi.send_raw(send, resp.status, payload, content_type, self._headers(ctx),
+                            ctx.id)
 
     async def _relay_stream(self, ctx: RequestContext, resp: aiohttp.ClientResponse,
                             receive: asgi.Receive, send: asgi.ResponseTracker,

@@ -1,4 +1,10 @@
-"""Which upstream serves a model, and under which name."""
+"""Which upstream serves a model, and under which name.
+
+Routes in the config win (exact names first, then globs in order). Without one, ``claude*``
+models go to the Anthropic upstream (the one named ``anthropic``, else the first of kind
+``anthropic``) and every other model to the first OpenAI-compatible upstream: the zero-config
+defaults then behave like the two SDKs reading ``OPENAI_*`` and ``ANTHROPIC_*``.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ from fnmatch import fnmatchcase
 
 from tokenstile.config import Config, UpstreamConfig
 from tokenstile.errors import not_found
+from tokenstile.types import WireFormat
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,12 +22,20 @@ class Target:
     config: UpstreamConfig
     model: str
 
+    @property
+    def wire(self) -> WireFormat:
+        """The wire format the upstream speaks (Azure speaks OpenAI's)."""
+        return "anthropic" if self.config.kind == "anthropic" else "openai"
+
 
 class Router:
     def __init__(self, config: Config) -> None:
         self._upstreams = dict(config.upstreams)
         self._exact = {r.match: r for r in config.routes if not _is_pattern(r.match)}
         self._patterns = [r for r in config.routes if _is_pattern(r.match)]
+        self._anthropic = _default_anthropic(self._upstreams)
+        self._openai = next((name for name, u in self._upstreams.items()
+                             if u.kind in ("openai", "azure")), None)
         self._cache: dict[str, Target] = {}
 
     @property
@@ -42,13 +57,20 @@ class Router:
             route = next((r for r in self._patterns if fnmatchcase(model, r.match)), None)
         if route is not None:
             return Target(route.upstream, self._upstreams[route.upstream], route.model or model)
-        if model.startswith("claude") and "anthropic" in self._upstreams:
-            return Target("anthropic", self._upstreams["anthropic"], model)
-        for name, upstream in self._upstreams.items():
-            if upstream.kind in ("openai", "azure"):
-                return Target(name, upstream, model)
+        if model.startswith("claude") and self._anthropic is not None:
+            return Target(self._anthropic, self._upstreams[self._anthropic], model)
+        if self._openai is not None:
+            return Target(self._openai, self._upstreams[self._openai], model)
         raise not_found(f"no upstream serves the model {model!r}; add a route for it",
                         code="model_not_found")
+
+
+def _default_anthropic(upstreams: dict[str, UpstreamConfig]) -> str | None:
+    named = upstreams.get("anthropic")
+    if named is not None and named.kind == "anthropic":
+        return "anthropic"
+    first = next((name for name, u in upstreams.items() if u.kind == "anthropic"), None)
+    return first or ("anthropic" if named is not None else None)
 
 
 def _is_pattern(text: str) -> bool:

@@ -19,6 +19,7 @@ from tokenstile.limits.overrides import Overrides
 from tokenstile.metrics import Metrics
 from tokenstile.policies.engine import PolicyEngine
 from tokenstile.prices import Pricer, parse_price_override
+from tokenstile.providers.anthropic import AnthropicAdapter
 from tokenstile.providers.openai import OpenAIAdapter
 from tokenstile.stores.counters import CounterStore, StoreUnavailable, counter_store_from_url
 from tokenstile.stores.database import Database, database_from_url
@@ -61,7 +62,8 @@ class Runtime:
         router = Router(config)
         exact_routes = {r.match for r in config.routes}
         metrics = Metrics(lambda model: model in exact_routes or pricer.known(model))
-        adapters: dict[WireFormat, Adapter] = {"openai": OpenAIAdapter()}
+        adapters: dict[WireFormat, Adapter] = {"openai": OpenAIAdapter(),
+                                               "anthropic": AnthropicAdapter()}
         admission = Admission(config, counters, pricer, clock)
         overrides = Overrides(db, config)
         overrides.listeners.append(admission.apply_overrides)

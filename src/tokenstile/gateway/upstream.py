@@ -2,12 +2,24 @@
 
 aiohttp does not retry a POST on a keep-alive connection the upstream has just closed, so
 ``post`` retries exactly once when the failure happened before any response byte arrived.
+
+Three kinds of upstream differ only in URLs and headers here:
+
+- ``openai`` (and anything OpenAI-compatible: vLLM, Ollama, OpenRouter…): ``base_url`` ends
+  in ``/v1``; the key goes as ``Authorization: Bearer``.
+- ``azure``: the key goes as ``api-key``. A ``base_url`` ending in ``/openai`` addresses
+  deployments, ``/openai/deployments/<model>/chat/completions?api-version=…``, the model
+  being the (route-renamed) deployment name; one ending in ``/v1`` is Azure's v1 API (model
+  in the body); one naming a deployment is used as it is.
+- ``anthropic``: ``x-api-key`` and ``anthropic-version`` (the client's own, else
+  ``ANTHROPIC_VERSION``); ``base_url`` with or without ``/v1``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
@@ -28,13 +40,17 @@ _ANTHROPIC_PATHS: dict[str, str] = {
     "count_tokens": "/v1/messages/count_tokens",
     "models": "/v1/models",
 }
-# Client headers worth forwarding; everything else (cookies, auth, hop-by-hop) stays here.
-FORWARDED_REQUEST_HEADERS = ("openai-beta", "anthropic-version", "anthropic-beta", "accept")
+# Client headers worth forwarding, by upstream wire; everything else (cookies, auth,
+# hop-by-hop, the other provider's headers) stays here.
+FORWARDED_REQUEST_HEADERS = ("openai-beta", "accept")
+FORWARDED_ANTHROPIC_HEADERS = ("anthropic-version", "anthropic-beta", "accept")
 RELAYED_RESPONSE_HEADERS = (
     "x-request-id", "request-id", "openai-processing-ms", "openai-version", "retry-after",
     "retry-after-ms",
 )
 ANTHROPIC_VERSION = "2023-06-01"
+# Azure requires an api-version on its deployment URLs; this GA version when none is set.
+AZURE_API_VERSION = "2024-10-21"
 
 
 class UpstreamUnreachable(GatewayError):
@@ -49,25 +65,39 @@ class UpstreamTimeout(GatewayError):
                          code="upstream_timeout")
 
 
-def upstream_url(config: UpstreamConfig, api: ApiKind | str) -> str:
+def upstream_url(config: UpstreamConfig, api: ApiKind | str, model: str | None = None) -> str:
+    """The URL for ``api`` on this upstream; ``model`` names the Azure deployment."""
     if config.kind == "anthropic":
-        url = config.base_url.removesuffix("/v1") + _ANTHROPIC_PATHS[api]
+        return config.base_url.removesuffix("/v1") + _ANTHROPIC_PATHS[api]
+    if config.kind != "azure":
+        return config.base_url + _OPENAI_PATHS[api]
+    return _azure_url(config, api, model)
+
+
+def _azure_url(config: UpstreamConfig, api: ApiKind | str, model: str | None) -> str:
+    base, path = config.base_url, _OPENAI_PATHS[api]
+    version = config.api_version
+    if base.endswith("/v1") or "/deployments/" in base:
+        url = base + path
+    elif model and api in ("chat", "completions", "embeddings"):
+        url = f"{base}/deployments/{quote(model, safe='')}{path}"
+        version = version or AZURE_API_VERSION
     else:
-        url = config.base_url + _OPENAI_PATHS[api]
-    if config.kind == "azure" and config.api_version:
-        url += f"?api-version={config.api_version}"
-    return url
+        url = base + path
+        version = version or AZURE_API_VERSION
+    return f"{url}?api-version={quote(version, safe='')}" if version else url
 
 
 def upstream_headers(config: UpstreamConfig, client_headers: Mapping[str, str],
                      provider_key: str | None) -> dict[str, str]:
     headers = {"content-type": "application/json"}
-    for name in FORWARDED_REQUEST_HEADERS:
+    anthropic = config.kind == "anthropic"
+    for name in FORWARDED_ANTHROPIC_HEADERS if anthropic else FORWARDED_REQUEST_HEADERS:
         value = client_headers.get(name)
         if value is not None:
             headers[name] = value
     key = provider_key or config.api_key
-    if config.kind == "anthropic":
+    if anthropic:
         headers.setdefault("anthropic-version", ANTHROPIC_VERSION)
         if key:
             headers["x-api-key"] = key

@@ -36,6 +36,35 @@ class Adapter(Protocol):
     def observer(self, req: CanonicalRequest) -> StreamObserver: ...
 
 
+class Bridge(Protocol):
+    """Serves a request in one wire format from an upstream that speaks another.
+
+    Built once the target upstream is known (before admission, so a request that cannot be
+    translated is refused before it reserves anything). The gateway then asks it for the
+    body to forward and hands it every upstream answer to translate back.
+    """
+
+    upstream_api: ApiKind
+
+    def count_input(self) -> int:
+        """Input tokens of the translated request, to reserve against budgets."""
+        ...
+
+    def upstream_body(self, req: CanonicalRequest) -> dict[str, Any]:
+        """The translated body, with the output cap admission settled on."""
+        ...
+
+    def usage_from_body(self, payload: Any) -> Usage | None: ...
+
+    def response_body(self, payload: bytes, parsed: Any) -> tuple[bytes, Any]:
+        """A whole upstream answer in the client's format: (bytes, parsed JSON)."""
+        ...
+
+    def error_body(self, status: int, payload: bytes) -> bytes: ...
+
+    def observer(self, req: CanonicalRequest) -> StreamObserver: ...
+
+
 def require_str(body: dict[str, Any], field: str) -> str:
     value = body.get(field)
     if value is None:

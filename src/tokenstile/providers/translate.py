@@ -40,16 +40,24 @@ from typing import Any
 
 import orjson
 
-from tokenstile.errors import bad_request, render_error
+from tokenstile import tokens
+from tokenstile.errors import GatewayError, bad_request, render_error
 from tokenstile.providers.anthropic import (
     UsageTracker,
     delta_text,
     dumps_text,
     load_event,
     stream_usage,
+    usage_from_anthropic,
 )
-from tokenstile.providers.base import optional_bool, optional_int, optional_str, require_str
-from tokenstile.types import Usage
+from tokenstile.providers.base import (
+    Bridge,
+    optional_bool,
+    optional_int,
+    optional_str,
+    require_str,
+)
+from tokenstile.types import ApiKind, CanonicalRequest, Usage, WireFormat
 
 DEFAULT_MAX_TOKENS = 4096
 
@@ -774,3 +782,86 @@ def openai_error_to_anthropic(status: int, body: bytes) -> bytes:
     if not isinstance(message, str) or not message:
         message = _fallback_message(status, body)
     return render_error("anthropic", status, message)
+
+
+# --- the gateway's bridge -----------------------------------------------------------------
+
+_API_NAMES: dict[str, str] = {
+    "chat": "chat completions", "completions": "completions", "embeddings": "embeddings",
+    "responses": "Responses", "messages": "Messages", "count_tokens": "token counting",
+}
+
+
+class ChatOverMessages:
+    """An OpenAI chat completions request served by an Anthropic upstream (a ``Bridge``).
+
+    The request is translated when the bridge is built, so an untranslatable one is refused
+    before anything is reserved. If a later stage (admission setting or clamping the output
+    cap) replaces ``req.body``, it is translated again: what is forwarded always reflects
+    the final body.
+    """
+
+    upstream_api: ApiKind = "messages"
+
+    __slots__ = ("_default_cap", "_source", "_translated")
+
+    def __init__(self, body: dict[str, Any], default_max_tokens: int = DEFAULT_MAX_TOKENS
+                 ) -> None:
+        self._default_cap = default_max_tokens
+        self._source = body
+        self._translated = chat_to_messages(body, default_max_tokens)
+
+    @property
+    def model(self) -> str:
+        model: str = self._translated["model"]
+        return model
+
+    def count_input(self) -> int:
+        """Claude's input estimate (o200k × factor), reconciled to usage after the call."""
+        body = self._translated
+        return tokens.count_anthropic(body["model"], body["messages"], body.get("system"),
+                                      body.get("tools"))
+
+    def upstream_body(self, req: CanonicalRequest) -> dict[str, Any]:
+        if req.body is not self._source:
+            self._source = req.body
+            self._translated = chat_to_messages(req.body, self._default_cap)
+        return self._translated
+
+    def usage_from_body(self, payload: Any) -> Usage | None:
+        return usage_from_anthropic(payload.get("usage")) if isinstance(payload, dict) else None
+
+    def response_body(self, payload: bytes, parsed: Any) -> tuple[bytes, Any]:
+        if not isinstance(parsed, dict) or parsed.get("type") != "message":
+            return payload, parsed
+        model = parsed.get("model")
+        chat = message_to_chat(parsed, model if isinstance(model, str) and model
+                               else self.model)
+        return orjson.dumps(chat), chat
+
+    def error_body(self, status: int, payload: bytes) -> bytes:
+        return anthropic_error_to_openai(status, payload)
+
+    def observer(self, req: CanonicalRequest) -> StreamTranslator:
+        return StreamTranslator.for_request(req.body, self.model)
+
+
+def bridge_for(api: ApiKind, client_wire: WireFormat, upstream_wire: WireFormat,
+               upstream: str, body: dict[str, Any], default_max_tokens: int) -> Bridge:
+    """The bridge serving ``api`` (sent in ``client_wire``) from an upstream speaking
+    ``upstream_wire``, or a 400 saying why there is none."""
+    model = body.get("model")
+    if client_wire == "openai" and upstream_wire == "anthropic":
+        if api == "chat":
+            return ChatOverMessages(body, default_max_tokens)
+        raise GatewayError(
+            400, f"the {_API_NAMES.get(api, api)} API is not supported by the anthropic "
+                 f"upstream {upstream!r} that serves the model {model!r}; call Claude models "
+                 "through /v1/chat/completions or /v1/messages",
+            code="unsupported_api")
+    raise GatewayError(
+        400, f"the {_API_NAMES.get(api, api)} API (/v1/messages) needs an anthropic upstream, "
+             f"but the model {model!r} is served by the OpenAI-compatible upstream "
+             f"{upstream!r}; call it through /v1/chat/completions, or route the model to an "
+             "upstream of kind anthropic",
+        code="unsupported_api")
