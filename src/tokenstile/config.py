@@ -244,6 +244,38 @@ class GlobalConfig(_Strict):
     monthly_budget_usd: float | None = Field(None, ge=0)
 
 
+class CircuitBreakerConfig(_Strict):
+    """An upstream that fails ``failures`` times in a row is skipped for ``cooldown_s``."""
+
+    failures: int = Field(5, ge=1)
+    cooldown_s: float = Field(30.0, gt=0)
+
+
+class ResilienceConfig(_Strict):
+    """Retries (backoff with jitter, honouring Retry-After) and fallbacks on upstream trouble.
+
+    A retry happens only before any byte of the answer reached the client.
+    """
+
+    retries: int = Field(2, ge=0, le=10)
+    backoff_s: float = Field(0.25, ge=0)
+    max_backoff_s: float = Field(8.0, ge=0)
+    retry_on: list[int] = Field(default_factory=lambda: [429, 500, 502, 503, 504])
+    first_byte_timeout_s: float | None = Field(None, gt=0)
+    fallbacks: dict[str, list[str]] = Field(default_factory=dict)
+    circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
+
+
+class DegradationConfig(_Strict):
+    """Answers with less instead of errors: cheaper models, paced traffic, trimmed input."""
+
+    downgrade: dict[str, str] = Field(default_factory=dict)
+    throttle_max_wait_s: float = Field(10.0, ge=0)
+    throttle_queue: int = Field(1000, ge=0)
+    summarize_model: str | None = None
+    truncate: Literal["start", "middle"] = "middle"
+
+
 class Config(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
@@ -258,6 +290,8 @@ class Config(_Strict):
     limits: list[LimitConfig] = Field(default_factory=list)
     alerts: list[ThresholdConfig] = Field(default_factory=list)
     policies: dict[str, Any] = Field(default_factory=dict)
+    resilience: ResilienceConfig = Field(default_factory=ResilienceConfig)
+    degradation: DegradationConfig = Field(default_factory=DegradationConfig)
     global_: GlobalConfig = Field(default_factory=GlobalConfig, alias="global")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

@@ -1,0 +1,1 @@
+"""Graceful degradation: answers with less instead of errors."""
