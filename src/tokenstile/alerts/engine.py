@@ -1,0 +1,498 @@
+"""Alert delivery off the hot path: a queue, retries, dedupe, and a history of what was sent.
+
+A request that crosses a threshold hands its alert to ``AlertEngine.submit`` in O(1) and
+goes on; one background task takes alerts from the queue and delivers each to its
+channels concurrently (a slow SMTP server does not hold up a webhook), retrying failures
+with exponential backoff and jitter up to a bounded number of attempts.
+
+Dedupe is by ``Alert.dedupe_key`` and survives restarts when the history is SQLite: the
+first process to record a key delivers it; a later alert with the same key (the same
+threshold crossed again in the same window, by a concurrent request or another worker
+process) is only recorded as seen. The one exception is a channel whose delivery of that
+key failed for good: a later alert with the key retries that channel. The trade-off is
+at-most-once across a crash: a process that dies between recording an alert and
+delivering it leaves that alert recorded but unsent, rather than risking duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import secrets
+import sqlite3
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import orjson
+
+from tokenstile.alerts.channels import Channel, DeliveryError
+from tokenstile.alerts.rules import SEVERITIES, Alert, Severity
+from tokenstile.clock import SYSTEM_CLOCK, Clock
+from tokenstile.stores.counters import StoreConfigError
+from tokenstile.stores.database import sqlite_path
+
+log = logging.getLogger("tokenstile.alerts")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """The outcome of delivering one alert to one channel, after all its attempts."""
+
+    channel: str
+    ok: bool
+    attempts: int
+    ts: float
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class AlertRecord:
+    """An alert as the history holds it, with every delivery made for its key."""
+
+    id: str
+    alert: Alert
+    deliveries: list[Delivery] = field(default_factory=list)
+    new: bool = False
+    """True when this call recorded the key for the first time."""
+
+    def delivered_to(self) -> set[str]:
+        return {d.channel for d in self.deliveries if d.ok}
+
+    def failed_for_good(self) -> set[str]:
+        return {d.channel for d in self.deliveries if not d.ok} - self.delivered_to()
+
+    def to_dict(self) -> dict[str, Any]:
+        out = self.alert.to_dict()
+        out.pop("channels", None)
+        out["id"] = self.id
+        out["deliveries"] = [asdict(d) for d in self.deliveries]
+        return out
+
+
+class AlertHistory(Protocol):
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def record(self, alert: Alert) -> AlertRecord:
+        """Store the alert unless its dedupe key is known; return what is stored."""
+        ...
+
+    async def add_delivery(self, dedupe_key: str, delivery: Delivery) -> None: ...
+
+    async def get(self, dedupe_key: str) -> AlertRecord | None: ...
+
+    async def recent(self, limit: int = 50, since: float | None = None) -> list[AlertRecord]:
+        """Newest first, for the admin API and the dashboard."""
+        ...
+
+
+def new_alert_id() -> str:
+    return "alr_" + secrets.token_hex(10)
+
+
+class MemoryAlertHistory:
+    """One process, tests: a dict by dedupe key, bounded to the newest ``max_records``."""
+
+    def __init__(self, max_records: int = 10_000) -> None:
+        self._records: OrderedDict[str, AlertRecord] = OrderedDict()
+        self._max = max_records
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def record(self, alert: Alert) -> AlertRecord:
+        found = self._records.get(alert.dedupe_key)
+        if found is not None:
+            return AlertRecord(found.id, found.alert, list(found.deliveries), new=False)
+        stored = AlertRecord(new_alert_id(), alert, [], new=True)
+        self._records[alert.dedupe_key] = stored
+        while len(self._records) > self._max:
+            self._records.popitem(last=False)
+        return AlertRecord(stored.id, alert, [], new=True)
+
+    async def add_delivery(self, dedupe_key: str, delivery: Delivery) -> None:
+        found = self._records.get(dedupe_key)
+        if found is not None:
+            found.deliveries.append(delivery)
+
+    async def get(self, dedupe_key: str) -> AlertRecord | None:
+        found = self._records.get(dedupe_key)
+        return None if found is None else AlertRecord(found.id, found.alert,
+                                                      list(found.deliveries))
+
+    async def recent(self, limit: int = 50, since: float | None = None) -> list[AlertRecord]:
+        items = [r for r in self._records.values() if since is None or r.alert.ts >= since]
+        items.sort(key=lambda r: r.alert.ts, reverse=True)
+        return [AlertRecord(r.id, r.alert, list(r.deliveries)) for r in items[:limit]]
+
+
+ALERTS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS alerts (
+    id TEXT PRIMARY KEY, ts REAL NOT NULL, kind TEXT NOT NULL, severity TEXT NOT NULL,
+    title TEXT NOT NULL, message TEXT NOT NULL, dedupe_key TEXT NOT NULL UNIQUE,
+    data TEXT NOT NULL, deliveries TEXT NOT NULL DEFAULT '[]'
+);
+CREATE INDEX IF NOT EXISTS alerts_ts ON alerts (ts);
+"""
+
+_COLUMNS = "id, ts, kind, severity, title, message, dedupe_key, data, deliveries"
+
+
+def _severity(value: str) -> Severity:
+    for s in SEVERITIES:
+        if s == value:
+            return s
+    return "warning"
+
+
+def _record_from_row(row: Sequence[Any], new: bool = False) -> AlertRecord:
+    id_, ts, kind, severity, title, message, key, data, deliveries = row
+    alert = Alert(kind=kind, severity=_severity(severity), title=title, message=message,
+                  dedupe_key=key, data=orjson.loads(data) if data else {}, ts=ts)
+    return AlertRecord(id_, alert, [Delivery(**d) for d in orjson.loads(deliveries or "[]")],
+                       new=new)
+
+
+class SqliteAlertHistory:
+    """The ``alerts`` table in the ledger's SQLite file, on one worker thread.
+
+    Every process of one machine shares the file, so a key recorded by one worker is
+    known to all, and to the next start.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.path = sqlite_path(url)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ts-alerts")
+        self._conn: sqlite3.Connection | None = None
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+
+        def call() -> T:
+            if self._conn is None:
+                self._conn = self._connect()
+            return fn(self._conn)
+
+        return await loop.run_in_executor(self._executor, call)
+
+    def _connect(self) -> sqlite3.Connection:
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=10000")
+        conn.executescript(ALERTS_SCHEMA)
+        return conn
+
+    async def open(self) -> None:
+        await self._run(lambda conn: None)
+
+    async def close(self) -> None:
+        def shut(conn: sqlite3.Connection) -> None:
+            conn.close()
+            self._conn = None
+
+        if self._conn is not None:
+            await self._run(shut)
+        self._executor.shutdown(wait=True)
+
+    async def record(self, alert: Alert) -> AlertRecord:
+        values = (new_alert_id(), alert.ts, alert.kind, alert.severity, alert.title,
+                  alert.message, alert.dedupe_key,
+                  orjson.dumps(alert.data, default=str).decode(), "[]")
+
+        def write(conn: sqlite3.Connection) -> AlertRecord:
+            with conn:
+                conn.execute("BEGIN IMMEDIATE")
+                cur = conn.execute(f"INSERT OR IGNORE INTO alerts ({_COLUMNS}) "
+                                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
+                inserted = cur.rowcount == 1
+                row = conn.execute(f"SELECT {_COLUMNS} FROM alerts WHERE dedupe_key = ?",
+                                   (alert.dedupe_key,)).fetchone()
+            return _record_from_row(row, new=inserted)
+
+        return await self._run(write)
+
+    async def add_delivery(self, dedupe_key: str, delivery: Delivery) -> None:
+        item = orjson.dumps(asdict(delivery)).decode()
+
+        def write(conn: sqlite3.Connection) -> None:
+            with conn:
+                conn.execute("UPDATE alerts SET deliveries = json_insert(deliveries, '$[#]', "
+                             "json(?)) WHERE dedupe_key = ?", (item, dedupe_key))
+
+        await self._run(write)
+
+    async def get(self, dedupe_key: str) -> AlertRecord | None:
+        def read(conn: sqlite3.Connection) -> AlertRecord | None:
+            row = conn.execute(f"SELECT {_COLUMNS} FROM alerts WHERE dedupe_key = ?",
+                               (dedupe_key,)).fetchone()
+            return None if row is None else _record_from_row(row)
+
+        return await self._run(read)
+
+    async def recent(self, limit: int = 50, since: float | None = None) -> list[AlertRecord]:
+        sql = f"SELECT {_COLUMNS} FROM alerts"
+        args: list[Any] = []
+        if since is not None:
+            sql += " WHERE ts >= ?"
+            args.append(since)
+        sql += " ORDER BY ts DESC, id DESC LIMIT ?"
+        args.append(max(0, int(limit)))
+
+        def read(conn: sqlite3.Connection) -> list[AlertRecord]:
+            return [_record_from_row(r) for r in conn.execute(sql, args)]
+
+        return await self._run(read)
+
+    async def prune(self, before: float) -> int:
+        """Forget alerts older than ``before``; their keys may then fire again."""
+        def write(conn: sqlite3.Connection) -> int:
+            with conn:
+                return conn.execute("DELETE FROM alerts WHERE ts < ?", (before,)).rowcount
+
+        return await self._run(write)
+
+
+def history_from_url(url: str) -> AlertHistory:
+    """``memory://`` or ``sqlite:///path`` (the ledger's file)."""
+    if url.startswith("memory://"):
+        return MemoryAlertHistory()
+    if url.startswith("sqlite:///"):
+        return SqliteAlertHistory(url)
+    scheme = url.split("://", 1)[0] if "://" in url else url
+    raise StoreConfigError(f"alert history cannot be kept in {scheme!r} storage yet: "
+                           "expected sqlite:///path or memory://")
+
+
+@dataclass(slots=True)
+class EngineStats:
+    submitted: int = 0
+    dropped: int = 0
+    deduped: int = 0
+    delivered: int = 0
+    failed: int = 0
+    history_errors: int = 0
+
+
+class AlertEngine:
+    """Deliver alerts in the background: ``submit`` never blocks and never raises.
+
+    ``channels`` maps names (as thresholds and rules refer to them) to channels;
+    ``default_channels`` are used for alerts that name none (default: every channel).
+    The engine owns the history and the channels: ``start`` opens, ``close`` closes.
+    """
+
+    def __init__(
+        self,
+        channels: Mapping[str, Channel],
+        history: AlertHistory,
+        clock: Clock = SYSTEM_CLOCK,
+        *,
+        default_channels: Sequence[str] | None = None,
+        max_attempts: int = 5,
+        base_delay_s: float = 1.0,
+        max_delay_s: float = 60.0,
+        max_pending: int = 10_000,
+        concurrency: int = 8,
+        rng: random.Random | None = None,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    ) -> None:
+        self.channels = dict(channels)
+        self.history = history
+        self.clock = clock
+        self.default_channels = tuple(self.channels if default_channels is None
+                                      else default_channels)
+        self.max_attempts = max(1, max_attempts)
+        self.base_delay_s = base_delay_s
+        self.max_delay_s = max_delay_s
+        self.max_pending = max_pending
+        self.stats = EngineStats()
+        self._rng = rng or random.Random()
+        self._sleep = sleep
+        self._pending: deque[Alert] = deque()
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._slots = asyncio.Semaphore(max(1, concurrency))
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._inflight: set[str] = set()
+        self._done: OrderedDict[str, None] = OrderedDict()
+        self._runner: asyncio.Task[None] | None = None
+        self._closing = False
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._runner is None:
+            await self.history.open()
+            self._runner = asyncio.create_task(self._run(), name="tokenstile-alerts")
+
+    async def close(self, timeout_s: float = 10.0) -> None:
+        """Deliver what is queued, for at most ``timeout_s``; then stop and close."""
+        self._closing = True
+        self._wakeup.set()
+        if self._runner is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._drained()), timeout_s)
+            except TimeoutError:
+                log.warning("alert delivery cut short at shutdown: %d queued, %d in flight",
+                            len(self._pending), len(self._tasks))
+            self._runner.cancel()
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(self._runner, *self._tasks, return_exceptions=True)
+            self._runner = None
+        for channel in self.channels.values():
+            with contextlib.suppress(Exception):
+                await channel.close()
+        await self.history.close()
+
+    async def _drained(self) -> None:
+        while self._pending or self._tasks:
+            self._idle.clear()
+            await self._idle.wait()
+
+    async def flush(self, timeout_s: float = 10.0) -> None:
+        """Wait until every alert submitted so far has been handled."""
+        self._wakeup.set()
+        await asyncio.wait_for(self._drained(), timeout_s)
+
+    # -- intake ---------------------------------------------------------------------------
+
+    def submit(self, alert: Alert) -> bool:
+        """Queue an alert (O(1)); False when the queue is full or the engine is closing."""
+        if self._closing or len(self._pending) >= self.max_pending:
+            self.stats.dropped += 1
+            log.warning("alert queue full or closing; dropped %s", alert.dedupe_key)
+            return False
+        self.stats.submitted += 1
+        self._pending.append(alert)
+        self._wakeup.set()
+        return True
+
+    def submit_all(self, alerts: Iterable[Alert | None]) -> None:
+        for alert in alerts:
+            if alert is not None:
+                self.submit(alert)
+
+    @property
+    def backlog(self) -> int:
+        return len(self._pending) + len(self._tasks)
+
+    async def recent(self, limit: int = 50, since: float | None = None) -> list[AlertRecord]:
+        return await self.history.recent(limit, since)
+
+    # -- delivery -------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            if not self._pending:
+                if not self._tasks:
+                    self._idle.set()
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            await self._slots.acquire()
+            alert = self._pending.popleft()
+            task = asyncio.create_task(self._process(alert))
+            self._tasks.add(task)
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("alert processing failed", exc_info=task.exception())
+        if not self._tasks and not self._pending:
+            self._idle.set()
+        self._wakeup.set()
+
+    def _remember(self, key: str) -> None:
+        self._done[key] = None
+        self._done.move_to_end(key)
+        while len(self._done) > 50_000:
+            self._done.popitem(last=False)
+
+    async def _process(self, alert: Alert) -> None:
+        key = alert.dedupe_key
+        if key in self._done or key in self._inflight:
+            self.stats.deduped += 1
+            return
+        self._inflight.add(key)
+        try:
+            wanted = alert.channels or self.default_channels
+            try:
+                record: AlertRecord | None = await self.history.record(alert)
+            except Exception:
+                # Over-notify rather than stay silent when the history is unavailable.
+                self.stats.history_errors += 1
+                log.exception("cannot record alert %s; delivering without dedupe", key)
+                record = None
+            if record is None or record.new:
+                targets = list(dict.fromkeys(wanted))
+            else:
+                retry = record.failed_for_good()
+                targets = [c for c in dict.fromkeys(wanted) if c in retry]
+            if not targets:
+                self.stats.deduped += 1
+                self._remember(key)
+                return
+            results = await asyncio.gather(*(self._deliver(alert, name) for name in targets))
+            for delivery in results:
+                if delivery.ok:
+                    self.stats.delivered += 1
+                else:
+                    self.stats.failed += 1
+                    log.warning("alert %s not delivered to %s after %d attempts: %s", key,
+                                delivery.channel, delivery.attempts, delivery.error)
+                if record is not None:
+                    try:
+                        await self.history.add_delivery(key, delivery)
+                    except Exception:
+                        self.stats.history_errors += 1
+                        log.exception("cannot record the delivery of alert %s", key)
+            if all(d.ok for d in results):
+                self._remember(key)
+        finally:
+            self._inflight.discard(key)
+
+    def backoff(self, attempt: int) -> float:
+        """Delay after failed attempt ``attempt`` (1-based): exponential, half jittered."""
+        delay = min(self.max_delay_s, self.base_delay_s * 2.0 ** max(0, attempt - 1))
+        return delay / 2 + self._rng.uniform(0, delay / 2)
+
+    async def _deliver(self, alert: Alert, name: str) -> Delivery:
+        channel = self.channels.get(name)
+        if channel is None:
+            return Delivery(name, False, 0, self.clock.now(),
+                            f"no alert channel named {name!r} is configured")
+        error = ""
+        attempt = 0
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                await channel.send(alert)
+                return Delivery(name, True, attempt, self.clock.now())
+            except DeliveryError as exc:
+                error = str(exc)
+                if not exc.retryable:
+                    break
+            except Exception as exc:  # a channel bug must not kill the engine
+                error = f"alert channel {name!r}: {type(exc).__name__}: {exc}"
+            if attempt < self.max_attempts:
+                await self._sleep(self.backoff(attempt))
+        return Delivery(name, False, attempt, self.clock.now(), error)
