@@ -5,6 +5,9 @@ goes on; one background task takes alerts from the queue and delivers each to it
 channels concurrently (a slow SMTP server does not hold up a webhook), retrying failures
 with exponential backoff and jitter up to a bounded number of attempts.
 
+``PeriodicRules`` runs the rules that read the ledger (anomalies, hourly cost, efficiency,
+projections, the daily summary) on a timer and submits what fires.
+
 Dedupe is by ``Alert.dedupe_key`` and survives restarts when the history is SQLite: the
 first process to record a key delivers it; a later alert with the same key (the same
 threshold crossed again in the same window, by a concurrent request or another worker
@@ -25,17 +28,34 @@ import sqlite3
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
+from zoneinfo import ZoneInfo
 
 import orjson
 
 from tokenstile.alerts.channels import Channel, DeliveryError
-from tokenstile.alerts.rules import SEVERITIES, Alert, Severity
+from tokenstile.alerts.forecast import forecast_period, month_period
+from tokenstile.alerts.rules import (
+    SEVERITIES,
+    Alert,
+    AnomalySettings,
+    Severity,
+    SummaryInput,
+    anomaly_alert,
+    daily_summary,
+    efficiency_alert,
+    hourly_cost_alert,
+    projection_alert,
+)
 from tokenstile.clock import SYSTEM_CLOCK, Clock
+from tokenstile.limits.model import Limit
+from tokenstile.limits.windows import Window, window_label, window_start
 from tokenstile.stores.counters import StoreConfigError
-from tokenstile.stores.database import sqlite_path
+from tokenstile.stores.database import Database, UsageQuery, sqlite_path
+from tokenstile.types import usd_to_nano
 
 log = logging.getLogger("tokenstile.alerts")
 
@@ -348,7 +368,7 @@ class AlertEngine:
         self._wakeup.set()
         if self._runner is not None:
             try:
-                await asyncio.wait_for(asyncio.shield(self._drained()), timeout_s)
+                await asyncio.wait_for(self._drained(), timeout_s)
             except TimeoutError:
                 log.warning("alert delivery cut short at shutdown: %d queued, %d in flight",
                             len(self._pending), len(self._tasks))
@@ -496,3 +516,254 @@ class AlertEngine:
             if attempt < self.max_attempts:
                 await self._sleep(self.backoff(attempt))
         return Delivery(name, False, attempt, self.clock.now(), error)
+
+
+# --- periodic rules ----------------------------------------------------------------------
+
+_SCOPE_COLUMNS = {"organization": "organization", "project": "project", "team": "team",
+                  "user": "user", "key": "key_id", "feature": "feature",
+                  "model": "requested_model", "end_user": "end_user"}
+_DIMENSION_COLUMNS = {"feature": "feature", "model": "served_model", "project": "project",
+                      "user": "user", "team": "team", "organization": "organization"}
+
+
+def unit_value(row: Mapping[str, Any] | None, unit: str) -> int:
+    """A ``Database.usage`` row measured in a limit's unit (nano-USD for ``usd``)."""
+    if row is None:
+        return 0
+    if unit == "usd":
+        return int(row.get("cost_nano") or 0)
+    if unit == "input_tokens":
+        return int(row.get("input_tokens") or 0)
+    if unit == "output_tokens":
+        return int(row.get("output_tokens") or 0)
+    if unit == "requests":
+        return int(row.get("requests") or 0)
+    return int(row.get("input_tokens") or 0) + int(row.get("output_tokens") or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSettings:
+    """What the periodic rules watch; each part is off when its setting is empty.
+
+    Buckets before the first hour with any usage are not history: a new installation's
+    first busy hour is not an anomaly against a week of zeros.
+
+    ``efficiency`` maps ``feature:<name>`` or ``model:<name>`` to the highest acceptable
+    average tokens per request over the current local day. ``anomaly_by`` adds per-value
+    anomaly series for ledger dimensions (``project``, ``feature``, ``model`` …) next to
+    the global one.
+    """
+
+    tz: str = "UTC"
+    hourly_cost_usd: float | None = None
+    anomaly: AnomalySettings | None = field(default_factory=AnomalySettings)
+    anomaly_units: tuple[str, ...] = ("usd", "tokens")
+    anomaly_floors: Mapping[str, float] = field(default_factory=lambda: {
+        "usd": float(usd_to_nano(1)), "tokens": 100_000.0})
+    """Per unit (nano-USD for ``usd``): an hour below this is never an anomaly."""
+    anomaly_by: tuple[str, ...] = ()
+    efficiency: Mapping[str, float] = field(default_factory=dict)
+    efficiency_min_requests: int = 20
+    projection: bool = True
+    projection_every_s: float = 900.0
+    daily_summary: bool = True
+    summary_top: int = 5
+    channels: tuple[str, ...] = ()
+
+
+class PeriodicRules:
+    """The rules that look at the ledger rather than one request: anomalies, hourly cost,
+    efficiency, month-end projections and the daily summary.
+
+    ``evaluate`` runs one pass (a few grouped ledger queries) and submits what fires;
+    ``run`` repeats it every ``interval_s`` until cancelled. Dedupe keys make a pass that
+    repeats an alert harmless, so the interval only sets how soon news arrives.
+    """
+
+    def __init__(self, db: Database, engine: AlertEngine, limits: Sequence[Limit] = (),
+                 settings: RuleSettings | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.db = db
+        self.engine = engine
+        self.limits = list(limits)
+        self.settings = settings or RuleSettings()
+        self.clock = clock
+        self._zone = ZoneInfo(self.settings.tz)
+        self._last_projection: float | None = None
+        self._summarized: str | None = None
+
+    async def run(self, interval_s: float = 60.0) -> None:
+        while True:
+            try:
+                await self.evaluate()
+            except Exception:
+                log.exception("periodic alert rules failed; trying again in %.0fs", interval_s)
+            await asyncio.sleep(interval_s)
+
+    async def evaluate(self) -> list[Alert]:
+        now = self.clock.now()
+        alerts = [*await self._hourly(now), *await self._efficiency(now),
+                  *await self._projections(now), *await self._summary(now)]
+        self.engine.submit_all(alerts)
+        return alerts
+
+    def _hour_key(self, t: float) -> str:
+        """The label the ledger's hour buckets use for the hour containing ``t``."""
+        return datetime.fromtimestamp(t, self._zone).strftime("%Y-%m-%dT%H:00")
+
+    async def _hourly(self, now: float) -> list[Alert]:
+        s = self.settings
+        if s.anomaly is None and s.hourly_cost_usd is None:
+            return []
+        hour = Window("hour", tz=s.tz)
+        start = window_start(hour, now)
+        span = (s.anomaly.max_history if s.anomaly else 0) + 1
+        starts = [start - k * 3600 for k in range(span, -1, -1)]  # oldest … current
+        keys = [self._hour_key(t) for t in starts]
+        since = starts[0]
+        out: list[Alert] = []
+        groups: list[tuple[str, str | None]] = [("global", None)]
+        groups += [(dim, _DIMENSION_COLUMNS[dim]) for dim in s.anomaly_by
+                   if dim in _DIMENSION_COLUMNS]
+        for dim, column in groups:
+            rows = await self.db.usage(UsageQuery(
+                since=since, until=now + 1, bucket="hour", tz=s.tz,
+                group_by=[column] if column else [], limit=1_000_000))
+            by_subject: dict[str, dict[str, Mapping[str, Any]]] = {}
+            for row in rows:
+                subject = "global" if column is None else f"{dim}:{row.get(column) or '-'}"
+                by_subject.setdefault(subject, {})[row["bucket"]] = row
+            for subject, buckets in by_subject.items():
+                if column is None and s.hourly_cost_usd is not None:
+                    alert = hourly_cost_alert(
+                        cost_nano=unit_value(buckets.get(keys[-1]), "usd"),
+                        threshold_nano=usd_to_nano(s.hourly_cost_usd),
+                        hour_label=window_label(hour, now), now=now, channels=s.channels)
+                    if alert is not None:
+                        out.append(alert)
+                if s.anomaly is None:
+                    continue
+                first = next((i for i, k in enumerate(keys) if k in buckets), len(keys))
+                for unit in s.anomaly_units:
+                    series = [float(unit_value(buckets.get(k), unit)) for k in keys]
+                    settings = replace(s.anomaly, floor=max(
+                        s.anomaly.floor, s.anomaly_floors.get(unit, 0.0)))
+                    # The hour just completed, and the current one so far: a runaway shows
+                    # before its hour ends, and both share the hour's dedupe key.
+                    for end, t in ((len(series) - 1, starts[-2]), (len(series), starts[-1])):
+                        alert = anomaly_alert(
+                            subject=subject, unit=unit, baseline=series[first:end - 1],
+                            value=series[end - 1], bucket_label=window_label(hour, t),
+                            now=now, settings=settings, channels=s.channels)
+                        if alert is not None:
+                            out.append(alert)
+        return out
+
+    async def _efficiency(self, now: float) -> list[Alert]:
+        s = self.settings
+        if not s.efficiency:
+            return []
+        day = Window("day", tz=s.tz)
+        label = window_label(day, now)
+        wanted: dict[str, dict[str, float]] = {}
+        for key, level in s.efficiency.items():
+            dim, _, name = key.partition(":")
+            if dim in _DIMENSION_COLUMNS and name:
+                wanted.setdefault(dim, {})[name] = level
+        out: list[Alert] = []
+        for dim, names in wanted.items():
+            column = _DIMENSION_COLUMNS[dim]
+            rows = await self.db.usage(UsageQuery(
+                since=window_start(day, now), until=now + 1, group_by=[column],
+                limit=1_000_000))
+            for row in rows:
+                value = row.get(column)
+                if value is None or str(value) not in names:
+                    continue
+                alert = efficiency_alert(
+                    dimension=dim, name=str(value), tokens=unit_value(row, "tokens"),
+                    requests=int(row["requests"]), max_average=names[str(value)],
+                    window_label=label, now=now, min_requests=s.efficiency_min_requests,
+                    channels=s.channels)
+                if alert is not None:
+                    out.append(alert)
+        return out
+
+    async def _projections(self, now: float) -> list[Alert]:
+        s = self.settings
+        mono = self.clock.monotonic()
+        if not s.projection or (self._last_projection is not None
+                                and mono - self._last_projection < s.projection_every_s):
+            return []
+        self._last_projection = mono
+        out: list[Alert] = []
+        for limit in self.limits:
+            if limit.window.kind != "month" or limit.when or (
+                    limit.scope != "global" and limit.scope not in _SCOPE_COLUMNS):
+                continue
+            out.extend(await self._project(limit, now))
+        return out
+
+    async def _project(self, limit: Limit, now: float) -> list[Alert]:
+        tz = limit.window.tz
+        period = month_period(now, tz)
+        month_start = window_start(limit.window, now)
+        since = window_start(limit.window, month_start - 1)
+        column = _SCOPE_COLUMNS.get(limit.scope)
+        rows = await self.db.usage(UsageQuery(
+            since=since, until=now + 1, bucket="day", tz=tz,
+            group_by=[column] if column else [], limit=1_000_000))
+        series: dict[str, dict[date, float]] = {}
+        for row in rows:
+            scope_id = "global" if column is None else row.get(column)
+            if scope_id is None or (limit.match is not None and scope_id not in limit.match):
+                continue
+            day = date.fromisoformat(row["bucket"])
+            series.setdefault(str(scope_id), {})[day] = float(unit_value(row, limit.unit))
+        budget = limit.amount_at(now)
+        label = window_label(limit.window, now)
+        out: list[Alert] = []
+        for scope_id, values in series.items():
+            today_value = values.pop(period.today, 0.0)
+            forecast = forecast_period(
+                sorted(values.items()), today=period.today, today_value=today_value,
+                today_fraction=period.today_fraction, period=(period.start, period.end),
+                budget=budget)
+            alert = projection_alert(
+                limit_name=limit.name, scope=limit.scope, scope_id=scope_id, unit=limit.unit,
+                budget=budget, forecast=forecast, label=label, now=now,
+                channels=self.settings.channels)
+            if alert is not None:
+                out.append(alert)
+        return out
+
+    async def _summary(self, now: float) -> list[Alert]:
+        s = self.settings
+        if not s.daily_summary:
+            return []
+        day = Window("day", tz=s.tz)
+        today_start = window_start(day, now)
+        yesterday_start = window_start(day, today_start - 1)
+        label = datetime.fromtimestamp(yesterday_start, self._zone).date().isoformat()
+        key = f"daily_summary:{label}"
+        if self._summarized == label:
+            return []
+        self._summarized = label
+        try:
+            if await self.engine.history.get(key) is not None:
+                return []
+        except Exception:
+            log.exception("cannot read the alert history")
+
+        async def usage(*group_by: str) -> list[dict[str, Any]]:
+            return await self.db.usage(UsageQuery(
+                since=yesterday_start, until=today_start, group_by=group_by, tz=s.tz,
+                limit=s.summary_top if group_by else 1))
+
+        totals = await usage()
+        if not totals:
+            return []
+        summary = SummaryInput(totals[0], await usage("project"), await usage("served_model"),
+                               await usage("user"))
+        return [daily_summary(summary, day_label=label, now=now, top=s.summary_top,
+                              channels=s.channels)]
