@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from tokenstile.policies.schema import PoliciesConfig
 from tokenstile.types import SCOPES, UNITS
 
 DEFAULT_PORT = 8700
@@ -289,7 +290,7 @@ class Config(_Strict):
     features: dict[str, FeatureConfig] = Field(default_factory=dict)
     limits: list[LimitConfig] = Field(default_factory=list)
     alerts: list[ThresholdConfig] = Field(default_factory=list)
-    policies: dict[str, Any] = Field(default_factory=dict)
+    policies: PoliciesConfig = Field(default_factory=PoliciesConfig)
     resilience: ResilienceConfig = Field(default_factory=ResilienceConfig)
     degradation: DegradationConfig = Field(default_factory=DegradationConfig)
     global_: GlobalConfig = Field(default_factory=GlobalConfig, alias="global")
@@ -391,6 +392,12 @@ def _semantic_errors(config: Config) -> list[str]:
                 f"routes[{i}].upstream: unknown upstream {route.upstream!r} "
                 "(no upstreams configured; the defaults are openai and anthropic)"
             )
+    for where, policy_set in config.policies.scopes():
+        moderation = policy_set.auto_moderate
+        if moderation is not None and moderation.upstream is not None and \
+                config.upstreams and moderation.upstream not in config.upstreams:
+            errors.append(f"policies.{where}auto_moderate.upstream: unknown upstream "
+                          f"{moderation.upstream!r}")
     return errors
 
 

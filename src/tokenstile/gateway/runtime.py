@@ -18,6 +18,7 @@ from tokenstile.limits.admission import Admission
 from tokenstile.limits.overrides import Overrides
 from tokenstile.metrics import Metrics
 from tokenstile.policies.engine import PolicyEngine
+from tokenstile.policies.moderation import UpstreamModerator
 from tokenstile.prices import Pricer, parse_price_override
 from tokenstile.providers.anthropic import AnthropicAdapter
 from tokenstile.providers.openai import OpenAIAdapter
@@ -67,11 +68,13 @@ class Runtime:
         admission = Admission(config, counters, pricer, clock)
         overrides = Overrides(db, config)
         overrides.listeners.append(admission.apply_overrides)
+        upstream = UpstreamClient()
         return cls(
             config=config, clock=clock, db=db, counters=counters,
             auth=Authenticator(config.auth, db, clock, config.server.admin_key),
-            router=router, upstream=UpstreamClient(), ledger=LedgerWriter(db),
-            pricer=pricer, metrics=metrics, policies=PolicyEngine(config),
+            router=router, upstream=upstream, ledger=LedgerWriter(db),
+            pricer=pricer, metrics=metrics,
+            policies=PolicyEngine(config, UpstreamModerator(router, upstream)),
             admission=admission, overrides=overrides, adapters=adapters,
         )
 

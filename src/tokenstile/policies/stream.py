@@ -1,0 +1,197 @@
+"""Response policies on a streamed answer.
+
+Wraps the provider's stream observer (which still sees every event untouched, so usage
+and the billed output text are what the upstream sent). Text-bearing events are held back
+just long enough to know whether their text is part of something to redact or block; they
+are then relayed in their original order with their text rewritten. Events that carry the
+whole text again at the end (the Responses API's ``*.done`` and ``response.completed``)
+get the same redaction. A block raises ``StreamBlocked`` before the offending text leaves.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from tokenstile.policies.scanner import ChannelScanner, Finder, Span, scan_whole
+from tokenstile.providers.base import StreamObserver
+from tokenstile.providers.sse import event_fields
+from tokenstile.types import Usage
+
+_TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed",
+                       "error", "message_stop"})
+
+
+@dataclass(slots=True)
+class _Event:
+    raw: bytes
+    name: str | None = None
+    obj: Any = None
+    waiting: int = 0
+    changed: bool = False
+
+    def render(self) -> bytes:
+        if not self.changed:
+            return self.raw
+        head = b"event: " + self.name.encode() + b"\n" if self.name else b""
+        return head + b"data: " + orjson.dumps(self.obj) + b"\n\n"
+
+
+@dataclass(slots=True)
+class _Parsed:
+    slots: list[tuple[Hashable, Any, Any]] = field(default_factory=list)  # channel, owner, key
+    finals: set[Hashable] = field(default_factory=set)
+    whole: list[tuple[Any, Any]] = field(default_factory=list)  # full texts to redact
+    terminal: bool = False
+
+
+class PolicyStreamObserver:
+    __slots__ = ("_api", "_finders", "_inner", "_next", "_on_spans", "_pieces", "_queue",
+                 "_scanners")
+
+    def __init__(self, inner: StreamObserver, api: str, finders: list[Finder],
+                 on_spans: Callable[[list[Span]], None]) -> None:
+        self._inner = inner
+        self._api = api
+        self._finders = finders
+        self._on_spans = on_spans
+        self._scanners: dict[Hashable, ChannelScanner] = {}
+        self._queue: deque[_Event] = deque()
+        self._pieces: dict[int, tuple[_Event, Any, Any]] = {}
+        self._next = 0
+
+    @property
+    def usage(self) -> Usage | None:
+        return self._inner.usage
+
+    @usage.setter
+    def usage(self, value: Usage | None) -> None:
+        self._inner.usage = value
+
+    def output_text(self) -> str:
+        return self._inner.output_text()
+
+    def on_event(self, event: bytes) -> bytes | None:
+        relay = self._inner.on_event(event)
+        if relay is None:
+            return None
+        name, data = event_fields(relay)
+        entry = _Event(relay, name)
+        self._queue.append(entry)
+        obj: Any = None
+        if data.startswith(b"{"):
+            try:
+                obj = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                obj = None
+        if not isinstance(obj, dict):
+            if data.strip() == b"[DONE]":
+                self._advance(set(self._scanners), set(self._scanners))
+            return self._drain()
+        entry.obj = obj
+        parsed = _parse(self._api, obj)
+        touched: set[Hashable] = set(parsed.finals)
+        for channel, owner, key in parsed.slots:
+            scanner = self._scanners.get(channel)
+            if scanner is None:
+                scanner = self._scanners[channel] = ChannelScanner(self._finders)
+            self._pieces[self._next] = (entry, owner, key)
+            scanner.push(self._next, owner[key])
+            self._next += 1
+            entry.waiting += 1
+            touched.add(channel)
+        finals = set(self._scanners) if parsed.terminal else parsed.finals
+        self._advance(touched | finals, finals)
+        for owner, key in parsed.whole:
+            text, spans = scan_whole(owner[key], self._finders)
+            self._on_spans(spans)
+            if text != owner[key]:
+                owner[key] = text
+                entry.changed = True
+        return self._drain()
+
+    def _advance(self, channels: set[Hashable], finals: set[Hashable]) -> None:
+        for channel in channels:
+            scanner = self._scanners.get(channel)
+            if scanner is None:
+                continue
+            released, spans = scanner.advance(channel in finals)
+            if spans:
+                self._on_spans(spans)
+            for piece, text in released:
+                entry, owner, key = self._pieces.pop(piece)
+                if owner[key] != text:
+                    owner[key] = text
+                    entry.changed = True
+                entry.waiting -= 1
+
+    def _drain(self) -> bytes | None:
+        out: list[bytes] = []
+        while self._queue and self._queue[0].waiting == 0:
+            out.append(self._queue.popleft().render())
+        return b"".join(out) if out else None
+
+
+def _parse(api: str, obj: dict[str, Any]) -> _Parsed:
+    """Which strings of one event are generated text, and which channels it ends."""
+    parsed = _Parsed()
+    kind = obj.get("type")
+    if ("error" in obj and kind is None) or kind in _TERMINAL:
+        parsed.terminal = True
+    if api in ("chat", "completions"):
+        for position, choice in enumerate(obj.get("choices") or ()):
+            if not isinstance(choice, dict):
+                continue
+            channel = ("choice", choice.get("index", position))
+            delta = choice.get("delta")
+            if isinstance(delta, dict) and isinstance(delta.get("content"), str):
+                parsed.slots.append((channel, delta, "content"))
+            elif isinstance(choice.get("text"), str):
+                parsed.slots.append((channel, choice, "text"))
+            if choice.get("finish_reason") is not None:
+                parsed.finals.add(channel)
+    elif api == "responses":
+        _parse_responses(obj, kind, parsed)
+    elif api == "messages":
+        index = obj.get("index")
+        delta = obj.get("delta")
+        if kind == "content_block_delta" and isinstance(delta, dict) and \
+                isinstance(delta.get("text"), str):
+            parsed.slots.append((("block", index), delta, "text"))
+        elif kind == "content_block_stop":
+            parsed.finals.add(("block", index))
+    return parsed
+
+
+def _parse_responses(obj: dict[str, Any], kind: Any, parsed: _Parsed) -> None:
+    channel = (obj.get("output_index"), obj.get("content_index"))
+    if kind == "response.output_text.delta" and isinstance(obj.get("delta"), str):
+        parsed.slots.append((channel, obj, "delta"))
+    elif kind == "response.output_text.done" and isinstance(obj.get("text"), str):
+        parsed.finals.add(channel)
+        parsed.whole.append((obj, "text"))
+    elif kind == "response.content_part.done":
+        parsed.finals.add(channel)
+        part = obj.get("part")
+        if isinstance(part, dict) and isinstance(part.get("text"), str):
+            parsed.whole.append((part, "text"))
+    elif kind == "response.output_item.done":
+        _whole_item(obj.get("item"), obj.get("output_index"), parsed)
+    elif kind in _TERMINAL:
+        response = obj.get("response")
+        output = response.get("output") if isinstance(response, dict) else None
+        for index, item in enumerate(output if isinstance(output, list) else ()):
+            _whole_item(item, index, parsed)
+
+
+def _whole_item(item: Any, index: Any, parsed: _Parsed) -> None:
+    if not isinstance(item, dict) or not isinstance(item.get("content"), list):
+        return
+    for position, part in enumerate(item["content"]):
+        if isinstance(part, dict) and isinstance(part.get("text"), str):
+            parsed.finals.add((index, position))
+            parsed.whole.append((part, "text"))

@@ -1,0 +1,94 @@
+"""Where the words are: the user-written strings of a request body and the generated
+strings of a response body, as (container, key) slots that can be read and replaced."""
+
+from __future__ import annotations
+
+from typing import Any
+
+Slot = tuple[Any, Any]  # (dict or list, key or index) holding a str
+
+
+def _parts(content: Any, out: list[Slot], owner: Any, key: Any) -> None:
+    if isinstance(content, str):
+        out.append((owner, key))
+    elif isinstance(content, list):
+        for part in content:
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                out.append((part, "text"))
+
+
+def request_slots(api: str, body: dict[str, Any]) -> list[Slot]:
+    """Strings the caller's users wrote: every non-system message, the prompt, the input.
+    (The system prompt is the application's own text, not user input.)"""
+    out: list[Slot] = []
+    if api in ("chat", "messages"):
+        for message in body.get("messages") or ():
+            if isinstance(message, dict) and message.get("role") not in ("system",
+                                                                          "developer"):
+                _parts(message.get("content"), out, message, "content")
+    elif api in ("completions", "embeddings", "responses"):
+        field = "prompt" if api == "completions" else "input"
+        value = body.get(field)
+        if isinstance(value, str):
+            out.append((body, field))
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                if isinstance(item, str):
+                    out.append((value, index))
+                elif isinstance(item, dict) and item.get("role") not in ("system",
+                                                                          "developer"):
+                    _parts(item.get("content"), out, item, "content")
+    return out
+
+
+def last_user_text(api: str, body: dict[str, Any]) -> str | None:
+    """The message an auto-reply answers: the last user message, or the prompt."""
+    if api == "completions":
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1:
+            prompt = prompt[0]
+        return prompt if isinstance(prompt, str) else None
+    items: Any = body.get("messages") if api == "chat" else body.get("input")
+    if isinstance(items, str):
+        return items
+    if not isinstance(items, list):
+        return None
+    for item in reversed(items):
+        if isinstance(item, dict) and item.get("role") == "user":
+            content = item.get("content")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):
+                return "".join(p["text"] for p in content
+                               if isinstance(p, dict) and isinstance(p.get("text"), str))
+            return None
+    return None
+
+
+def response_slots(api: str, payload: Any) -> list[tuple[Any, Any, Any]]:
+    """Generated strings of a whole answer, each with the channel it belongs to (a choice
+    index, or an output item and content part)."""
+    out: list[tuple[Any, Any, Any]] = []
+    if not isinstance(payload, dict):
+        return out
+    if api in ("chat", "completions"):
+        for position, choice in enumerate(payload.get("choices") or ()):
+            if not isinstance(choice, dict):
+                continue
+            channel = choice.get("index", position)
+            message = choice.get("message")
+            if isinstance(message, dict) and isinstance(message.get("content"), str):
+                out.append((channel, message, "content"))
+            elif isinstance(choice.get("text"), str):
+                out.append((channel, choice, "text"))
+    elif api == "responses":
+        for i, item in enumerate(payload.get("output") or ()):
+            if isinstance(item, dict) and isinstance(item.get("content"), list):
+                for j, part in enumerate(item["content"]):
+                    if isinstance(part, dict) and isinstance(part.get("text"), str):
+                        out.append(((i, j), part, "text"))
+    elif api == "messages":
+        for j, block in enumerate(payload.get("content") or ()):
+            if isinstance(block, dict) and isinstance(block.get("text"), str):
+                out.append((j, block, "text"))
+    return out
