@@ -14,6 +14,7 @@ from tokenstile.alerts.channels import (
     EmailChannel,
     LogChannel,
     WebhookChannel,
+    build_channel,
     redact_url,
 )
 from tokenstile.alerts.rules import Alert
@@ -146,3 +147,23 @@ async def test_log_channel(caplog: pytest.LogCaptureFixture) -> None:
     [record] = caplog.records
     assert record.levelno == logging.WARNING
     assert "90% of its daily budget" in record.getMessage()
+
+
+def test_build_channel_from_plain_config() -> None:
+    slack = build_channel("ops", {"kind": "slack", "url": "https://hooks.example.com/x"})
+    assert isinstance(slack, WebhookChannel) and slack.format == "slack" and slack.name == "ops"
+    hook = build_channel("h", {"url": "http://127.0.0.1:1/x", "headers": {"a": "b"},
+                               "timeout_s": 3})
+    assert isinstance(hook, WebhookChannel) and hook.format == "json" and hook.timeout_s == 3
+    mail = build_channel("mail", {"kind": "email", "host": "smtp.example.com", "port": 587,
+                                  "sender": "ts@example.com", "recipients": "ops@example.com",
+                                  "starttls": True})
+    assert isinstance(mail, EmailChannel) and mail.recipients == ["ops@example.com"]
+    assert mail.starttls and mail.port == 587
+    assert isinstance(build_channel("log", {"kind": "log"}), LogChannel)
+    with pytest.raises(ValueError, match="needs a url"):
+        build_channel("x", {"kind": "webhook"})
+    with pytest.raises(ValueError, match="needs host, sender"):
+        build_channel("x", {"kind": "email", "recipients": ["a@b"]})
+    with pytest.raises(ValueError, match="unknown kind 'pager'"):
+        build_channel("x", {"kind": "pager"})

@@ -14,6 +14,7 @@ from tokenstile.alerts.engine import (
     PeriodicRules,
     RuleSettings,
     SqliteAlertHistory,
+    month_forecast,
     unit_value,
 )
 from tokenstile.alerts.rules import Alert, AnomalySettings
@@ -144,3 +145,14 @@ def test_unit_value() -> None:
     assert [unit_value(r, u) for u in ("tokens", "input_tokens", "output_tokens",
                                         "requests", "usd")] == [15, 10, 5, 3, 7]
     assert unit_value(None, "usd") == 0
+
+
+async def test_month_forecast_for_the_dashboard(db: SqliteDatabase) -> None:
+    await steady_history(db, hours=24 * 9)
+    forecast = await month_forecast(db, NOW.timestamp(), "UTC", unit="tokens",
+                                    filters={"project": "demo"}, budget=50_000)
+    # 24,000 tokens a day from 1 March: about 31 × 24,000 by the end of the month.
+    assert forecast.projected_total == pytest.approx(31 * 24_000, rel=0.05)
+    assert forecast.days_until_exhausted is not None
+    nothing = await month_forecast(db, NOW.timestamp(), filters={"project": "other"})
+    assert nothing.projected_total == 0.0

@@ -211,3 +211,42 @@ class LogChannel:
 
     async def close(self) -> None:
         return None
+
+
+def build_channel(name: str, spec: Mapping[str, Any]) -> Channel:
+    """A channel from a plain mapping, as a configuration section holds it.
+
+    ``{"kind": "webhook", "url": …, "format": "json"|"slack", "headers": {…}}``,
+    ``{"kind": "slack", "url": …}``, ``{"kind": "email", "host": …, "port": 25,
+    "sender": …, "recipients": […], "starttls": false, "ssl": false, "username": …,
+    "password": …}``, ``{"kind": "log"}``; every kind takes ``timeout_s`` except log.
+    """
+    options = dict(spec)
+    kind = options.pop("kind", "webhook")
+    timeout = float(options.pop("timeout_s", 10.0 if kind in ("webhook", "slack") else 15.0))
+    if kind in ("webhook", "slack"):
+        if "url" not in options:
+            raise ValueError(f"alert channel {name!r}: a {kind} channel needs a url")
+        fmt = "slack" if kind == "slack" else options.pop("format", "json")
+        if fmt not in ("json", "slack"):
+            raise ValueError(f"alert channel {name!r}: unknown webhook format {fmt!r}; "
+                             "expected json or slack")
+        return WebhookChannel(str(options["url"]), "slack" if fmt == "slack" else "json",
+                              options.get("headers") or {},
+                              name=name, timeout_s=timeout)
+    if kind == "email":
+        missing = [k for k in ("host", "sender", "recipients") if not options.get(k)]
+        if missing:
+            raise ValueError(f"alert channel {name!r}: an email channel needs "
+                             f"{', '.join(missing)}")
+        recipients = options["recipients"]
+        return EmailChannel(
+            str(options["host"]), int(options.get("port") or 25), str(options["sender"]),
+            [recipients] if isinstance(recipients, str) else list(recipients),
+            starttls=bool(options.get("starttls")), use_ssl=bool(options.get("ssl")),
+            username=options.get("username"), password=options.get("password"), name=name,
+            timeout_s=timeout)
+    if kind == "log":
+        return LogChannel(str(options.get("logger") or "tokenstile.alerts"), name=name)
+    raise ValueError(f"alert channel {name!r}: unknown kind {kind!r}; expected webhook, "
+                     "slack, email or log")

@@ -37,7 +37,7 @@ from zoneinfo import ZoneInfo
 import orjson
 
 from tokenstile.alerts.channels import Channel, DeliveryError
-from tokenstile.alerts.forecast import forecast_period, month_period
+from tokenstile.alerts.forecast import Forecast, Period, forecast_period, month_period
 from tokenstile.alerts.rules import (
     SEVERITIES,
     Alert,
@@ -542,6 +542,27 @@ def unit_value(row: Mapping[str, Any] | None, unit: str) -> int:
     return int(row.get("input_tokens") or 0) + int(row.get("output_tokens") or 0)
 
 
+def _forecast(values: Mapping[date, float], period: Period, budget: float | None) -> Forecast:
+    history = sorted((d, v) for d, v in values.items() if d != period.today)
+    return forecast_period(history, today=period.today,
+                           today_value=values.get(period.today, 0.0),
+                           today_fraction=period.today_fraction,
+                           period=(period.start, period.end), budget=budget)
+
+
+async def month_forecast(db: Database, now: float, tz: str = "UTC", *, unit: str = "usd",
+                         filters: Mapping[str, str] | None = None,
+                         budget: float | None = None) -> Forecast:
+    """This month's forecast for one slice of the ledger (``filters`` by ledger column):
+    the dashboard's ``projected_monthly``. Reads the current and previous months' days."""
+    window = Window("month", tz=tz)
+    since = window_start(window, window_start(window, now) - 1)
+    rows = await db.usage(UsageQuery(since=since, until=now + 1, bucket="day", tz=tz,
+                                     filters=dict(filters or {}), limit=1_000))
+    values = {date.fromisoformat(r["bucket"]): float(unit_value(r, unit)) for r in rows}
+    return _forecast(values, month_period(now, tz), budget)
+
+
 @dataclass(frozen=True, slots=True)
 class RuleSettings:
     """What the periodic rules watch; each part is off when its setting is empty.
@@ -724,11 +745,7 @@ class PeriodicRules:
         label = window_label(limit.window, now)
         out: list[Alert] = []
         for scope_id, values in series.items():
-            today_value = values.pop(period.today, 0.0)
-            forecast = forecast_period(
-                sorted(values.items()), today=period.today, today_value=today_value,
-                today_fraction=period.today_fraction, period=(period.start, period.end),
-                budget=budget)
+            forecast = _forecast(values, period, budget)
             alert = projection_alert(
                 limit_name=limit.name, scope=limit.scope, scope_id=scope_id, unit=limit.unit,
                 budget=budget, forecast=forecast, label=label, now=now,
