@@ -157,11 +157,15 @@ def limit_threshold_alerts(limit: Limit, scope_id: str, before: float, after: fl
                            now: float) -> list[Alert]:
     """``budget_threshold_alerts`` for a compiled ``Limit`` at ``now``: its amount in force
     (schedules apply), its window label and its thresholds."""
-    if not limit.window.counted:
+    if not limit.window.counted or after <= before:
         return []
+    amount = limit.amount_at(now)
+    fractions = [t.fraction for t in limit.thresholds] or DEFAULT_FRACTIONS
+    if not thresholds_crossed(amount, before, after, fractions):
+        return []  # the common case on every settle: no label or reset text to compute
     return budget_threshold_alerts(
         limit_name=limit.name, scope=limit.scope, scope_id=scope_id, unit=limit.unit,
-        amount=limit.amount_at(now), window_kind=limit.window.kind,
+        amount=amount, window_kind=limit.window.kind,
         label=window_label(limit.window, now), before=before, after=after, now=now,
         thresholds=limit.thresholds, resets=describe_reset(limit.window, now),
     )
