@@ -263,6 +263,28 @@ def usage(config_path: str | None, group_by: str, since: str, until: str | None,
 
 
 @main.command()
+@config_option
+@click.option("--policy", default=None, help="Only requests this policy blocked or flagged.")
+@click.option("--key", "key_id", default=None, help="Only this key (its id).")
+@click.option("--project", default=None, help="Only this project.")
+@click.option("--since", default="7d", help="Start: a duration (7d, 12h) or an ISO date.")
+@click.option("--until", default=None, help="End: an ISO date (default now).")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
+@json_option
+def flagged(config_path: str | None, policy: str | None, key_id: str | None,
+            project: str | None, since: str, until: str | None, limit: int,
+            as_json: bool) -> None:
+    """List blocked, rewritten and flagged requests with their reasons, newest first."""
+    from tokenstile.policies import flagged as listing
+
+    config = _load(config_path)
+    items = _with_db(config, lambda db: listing.flagged(
+        db, limit, policy=policy, key_id=key_id, project=project, since=parse_since(since),
+        until=parse_since(until) if until else None))
+    click.echo(orjson.dumps(items).decode() if as_json else listing.render(items))
+
+
+@main.command()
 @click.argument("state", type=click.Choice(["off", "on"]))
 @click.argument("scope", type=click.Choice(["feature", "project", "key", "model"]))
 @click.argument("name")
