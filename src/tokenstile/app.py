@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from tokenstile import __version__
+from tokenstile.admin.api import mounted_admin
+from tokenstile.admin.listener import start_admin_listener
 from tokenstile.clock import SYSTEM_CLOCK, Clock
 from tokenstile.config import Config, load_config
 from tokenstile.errors import GatewayError, render_error
@@ -67,9 +70,12 @@ def _web_app(app: TokenstileApp) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         await rt.start()
+        admin_listener = await start_admin_listener(rt)
         try:
             yield
         finally:
+            if admin_listener is not None:
+                await admin_listener.stop()
             await rt.stop()
 
     async def healthz(request: Request) -> Response:
@@ -85,6 +91,7 @@ def _web_app(app: TokenstileApp) -> Starlette:
             checks["counters"] = f"unavailable: {type(exc).__name__}"
             ok = False
         checks["ledger_backlog"] = rt.ledger.backlog
+        checks["config"] = rt.config_status()
         return JSONResponse({"status": "ready" if ok else "degraded", "checks": checks},
                             status_code=200 if ok else 503)
 
@@ -138,6 +145,7 @@ def _web_app(app: TokenstileApp) -> Starlette:
         Route("/readyz", readyz),
         Route("/metrics", metrics),
         Route("/v1/models", models),
+        Mount("/admin", app=mounted_admin(rt)),
         Route("/v1/{rest:path}", unknown_v1,
               methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]),
     ]
@@ -153,4 +161,6 @@ def create_app(config: Config | None = None, *, clock: Clock = SYSTEM_CLOCK,
 
 def create_app_from_env() -> TokenstileApp:
     """Factory for ``uvicorn --factory`` and worker processes: config from the environment."""
-    return create_app(load_config())
+    app = create_app(load_config())
+    app.runtime.config_path = os.environ.get("TOKENSTILE_CONFIG") or None
+    return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 from typing import Any
 
@@ -37,9 +38,21 @@ class Gateway:
 
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
+        self._bound: Gateway | None = None
 
     async def handle(self, api: ApiKind, wire: WireFormat, scope: asgi.Scope,
                      receive: asgi.Receive, send: asgi.Send) -> None:
+        """Serve one request under the config in force when it arrived, even if the config
+        is reloaded while it runs: it holds that config's ``Runtime.view`` throughout."""
+        bound = self._bound
+        if bound is None or bound.rt is not self.rt.view:
+            bound = copy.copy(self)
+            bound.rt, bound._bound = self.rt.view, None
+            self._bound = bound
+        await bound._handle(api, wire, scope, receive, send)
+
+    async def _handle(self, api: ApiKind, wire: WireFormat, scope: asgi.Scope,
+                      receive: asgi.Receive, send: asgi.Send) -> None:
         rt = self.rt
         ctx = RequestContext(
             id=new_request_id(), api=api, wire=wire, ts=rt.clock.now(),

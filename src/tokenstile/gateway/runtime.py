@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from tokenstile.clock import SYSTEM_CLOCK, Clock
 from tokenstile.config import Config
 from tokenstile.gateway.auth import Authenticator
+from tokenstile.gateway.reload import ConfigReloader, keep_start_settings, restart_only_changes
 from tokenstile.gateway.routing import Router
 from tokenstile.gateway.upstream import UpstreamClient
 from tokenstile.ledger import LedgerWriter
@@ -52,6 +55,18 @@ class Runtime:
     started: bool = False
     loop: asyncio.AbstractEventLoop | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    config_path: str | None = None
+    reloader: ConfigReloader | None = None
+    # The services of the current config, fixed for the requests that start under it.
+    view: Runtime = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._pin()
+
+    def _pin(self) -> None:
+        view = copy.copy(self)
+        view.view = view
+        self.view = view
 
     @classmethod
     def build(cls, config: Config, clock: Clock = SYSTEM_CLOCK,
@@ -71,7 +86,7 @@ class Runtime:
         upstream = UpstreamClient()
         return cls(
             config=config, clock=clock, db=db, counters=counters,
-            auth=Authenticator(config.auth, db, clock, config.server.admin_key),
+            auth=Authenticator(config.auth, db, clock, admin_key_for(config)),
             router=router, upstream=upstream, ledger=LedgerWriter(db),
             pricer=pricer, metrics=metrics,
             policies=PolicyEngine(config, UpstreamModerator(router, upstream)),
@@ -86,6 +101,11 @@ class Runtime:
         self.ledger.start()
         await self.overrides.refresh()
         self._tasks.append(asyncio.create_task(self.overrides.run(), name="tokenstile-overrides"))
+        self.reloader = ConfigReloader(self, self.config_path)
+        if self.config_path:
+            self.reloader.install_signal_handler()
+            self._tasks.append(asyncio.create_task(self.reloader.watch(),
+                                                   name="tokenstile-config-watch"))
         try:
             recovered = await self.admission.recover(self.ledger.submit)
             if recovered:
@@ -104,11 +124,43 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        if self.reloader is not None:
+            self.reloader.remove_signal_handler()
         await self.ledger.close()
         await self.upstream.close()
         await self.counters.close()
         await self.db.close()
         self.started = False
+
+    def reconfigure(self, config: Config) -> list[str]:
+        """Apply a validated config to the running services, keeping counters, reservations,
+        connections and caches; return the start-time settings that wait for a restart.
+
+        Requests already running keep the view they started with (``view``).
+        """
+        pending = restart_only_changes(self.config, config)
+        config = keep_start_settings(self.config, config)
+        pricer = pricer_for(config)
+        self.auth.reconfigure(config.auth, admin_key_for(config))
+        self.admission.pricer = pricer
+        self.admission.reconfigure(config)
+        self.overrides.reconfigure(config)
+        self.config, self.pricer = config, pricer
+        self.router = Router(config)
+        self.policies = PolicyEngine(config, UpstreamModerator(self.router, self.upstream))
+        self._pin()
+        return pending
+
+    def config_status(self) -> dict[str, object]:
+        """The config's source, generation and last reload error (for /readyz)."""
+        if self.reloader is None:
+            return {"status": "ok", "source": self.config_path, "generation": 1}
+        return self.reloader.status.as_dict()
+
+
+def admin_key_for(config: Config) -> str | None:
+    """The admin key: ``server.admin_key``, else ``$TOKENSTILE_ADMIN_KEY``."""
+    return config.server.admin_key or os.environ.get("TOKENSTILE_ADMIN_KEY") or None
 
 
 def warm_up() -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -23,6 +23,8 @@ GROUPABLE = (
     "requested_model", "served_model", "upstream", "outcome", "status",
 )
 BUCKETS = ("hour", "day", "month")
+# Key fields a key listing may filter on.
+KEY_FILTERS = ("organization", "project", "team", "user", "tier", "feature")
 
 
 def hash_key(secret: str) -> str:
@@ -147,7 +149,14 @@ class Database(Protocol):
 
     async def key_by_id(self, key_id: str) -> KeyRecord | None: ...
 
-    async def list_keys(self, include_revoked: bool = False) -> list[KeyRecord]: ...
+    async def list_keys(self, include_revoked: bool = False,
+                        filters: Mapping[str, str] | None = None) -> list[KeyRecord]:
+        """Keys by creation; ``filters`` match any of ``KEY_FILTERS`` exactly."""
+        ...
+
+    async def key_limits(self) -> list[tuple[str, dict[str, Any]]]:
+        """(id, limits) of the unrevoked keys that carry limits of their own."""
+        ...
 
     async def update_key(self, key_id: str, **changes: Any) -> KeyRecord | None: ...
 

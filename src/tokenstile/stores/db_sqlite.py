@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from functools import lru_cache
@@ -14,7 +14,14 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
-from tokenstile.stores.database import GROUPABLE, KeyRecord, Override, UsageQuery, sqlite_path
+from tokenstile.stores.database import (
+    GROUPABLE,
+    KEY_FILTERS,
+    KeyRecord,
+    Override,
+    UsageQuery,
+    sqlite_path,
+)
 from tokenstile.types import LedgerRow
 
 T = TypeVar("T")
@@ -258,12 +265,29 @@ class SqliteDatabase:
     async def key_by_id(self, key_id: str) -> KeyRecord | None:
         return await self._one_key("id", key_id)
 
-    async def list_keys(self, include_revoked: bool = False) -> list[KeyRecord]:
-        where = "" if include_revoked else "WHERE revoked_at IS NULL"
+    async def list_keys(self, include_revoked: bool = False,
+                        filters: Mapping[str, str] | None = None) -> list[KeyRecord]:
+        clauses = [] if include_revoked else ["revoked_at IS NULL"]
+        args: list[str] = []
+        for name, value in (filters or {}).items():
+            if name not in KEY_FILTERS:
+                raise ValueError(f"cannot filter keys by {name!r}")
+            clauses.append(f"{name} = ?")
+            args.append(value)
+        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
         sql = f"SELECT {','.join(_KEY_COLUMNS)} FROM api_keys {where} ORDER BY created_at"
 
         def read(conn: sqlite3.Connection) -> list[KeyRecord]:
-            return [_key_from_row(r) for r in conn.execute(sql)]
+            return [_key_from_row(r) for r in conn.execute(sql, args)]
+
+        return await self._run(read)
+
+    async def key_limits(self) -> list[tuple[str, dict[str, Any]]]:
+        sql = ("SELECT id, limits FROM api_keys WHERE revoked_at IS NULL AND limits IS NOT NULL "
+               "AND limits NOT IN ('{}', 'null') ORDER BY id")
+
+        def read(conn: sqlite3.Connection) -> list[tuple[str, dict[str, Any]]]:
+            return [(key_id, orjson.loads(raw)) for key_id, raw in conn.execute(sql)]
 
         return await self._run(read)
 
@@ -336,6 +360,8 @@ def _where(filters: dict[str, Any]) -> tuple[str, list[Any]]:
         elif name == "flagged":
             clauses.append("(outcome != 'ok' OR (flags IS NOT NULL AND flags != '[]'))")
             continue
+        elif name == "id":
+            clauses.append("id = ?")
         elif name == "policy":
             clauses.append("(block_reason LIKE ? OR flags LIKE ?)")
             args.extend([f"%{value}%", f"%{value}%"])

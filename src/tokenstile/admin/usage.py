@@ -1,0 +1,124 @@
+"""What was spent and what was stopped: usage summaries (JSON or CSV), flagged requests,
+one request's ledger row, and where every budget stands now."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+from typing import Any
+
+from starlette.responses import Response
+
+from tokenstile.admin.endpoint import Call, Endpoint
+from tokenstile.admin.http import ApiError, not_found
+from tokenstile.admin.schemas import BudgetParams, FlaggedParams, UsageParams, as_utc
+from tokenstile.admin.settings import LIST
+from tokenstile.limits.status import budget_status
+from tokenstile.stores.counters import StoreUnavailable
+from tokenstile.stores.database import UsageQuery
+from tokenstile.types import LedgerRow, nano_to_usd
+
+DEFAULT_RANGE_S = 30 * 86400
+_USAGE_FILTERS = ("organization", "project", "team", "user", "feature", "key_id",
+                  "served_model", "outcome")
+
+
+def row_out(row: LedgerRow) -> dict[str, Any]:
+    out = dataclasses.asdict(row)
+    out["cost_usd"] = nano_to_usd(row.cost_nano)
+    return out
+
+
+def _range(call: Call, since: Any, until: Any) -> tuple[float, float | None]:
+    start, end = as_utc(since), as_utc(until)
+    now = call.rt.clock.now()
+    return (start.timestamp() if start else now - DEFAULT_RANGE_S,
+            end.timestamp() if end else None)
+
+
+def to_csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+async def usage(call: Call) -> Any:
+    q = call.query(UsageParams)
+    since, until = _range(call, q.since, q.until)
+    filters = {name: value for name in _USAGE_FILTERS
+               if (value := getattr(q, name)) is not None}
+    query = UsageQuery(since=since, until=until, group_by=list(q.group_by), bucket=q.bucket,
+                       filters=filters, tz=call.rt.config.server.timezone, limit=q.limit)
+    try:
+        rows = await call.rt.db.usage(query)
+    except ValueError as exc:
+        raise ApiError(422, str(exc), code="invalid_query") from None
+    for row in rows:
+        row["cost_usd"] = nano_to_usd(row["cost_nano"])
+    if q.format == "csv":
+        columns = [*(["bucket"] if q.bucket else []), *q.group_by, "requests", "input_tokens",
+                   "cached_input_tokens", "output_tokens", "reasoning_tokens", "cost_usd",
+                   "cost_nano", "saved_nano", "blocked"]
+        return Response(to_csv(rows, columns), media_type="text/csv; charset=utf-8",
+                        headers={"content-disposition": 'attachment; filename="usage.csv"'})
+    return {"since": since, "until": until, "group_by": list(q.group_by), "bucket": q.bucket,
+            "data": rows}
+
+
+async def flagged(call: Call) -> dict[str, Any]:
+    q = call.query(FlaggedParams)
+    since, until = _range(call, q.since, q.until)
+    filters = {name: value for name in ("project", "user", "feature", "key_id", "outcome",
+                                        "policy") if (value := getattr(q, name)) is not None}
+    rows = await call.rt.db.ledger_rows(limit=q.limit, flagged=True, since=since, until=until,
+                                        **filters)
+    return {"data": [row_out(r) for r in rows]}
+
+
+async def show_request(call: Call) -> dict[str, Any]:
+    request_id = call.params["request_id"]
+    rows = await call.rt.db.ledger_rows(limit=1, id=request_id)
+    if not rows:
+        raise not_found("request", request_id)
+    return row_out(rows[0])
+
+
+async def budgets(call: Call) -> dict[str, Any]:
+    rt = call.rt
+    known: dict[str, list[str]] = {"organization": [rt.config.organization.name]}
+    for pair in call.query(BudgetParams).id:
+        scope, _, value = pair.partition("=")
+        known.setdefault(scope, []).append(value)
+    overridden = frozenset(o.target for o in rt.overrides.items if o.kind == "limit")
+    file_amounts = {limit.name: limit.amount for limit in rt.admission.base_limits}
+    try:
+        rows = await budget_status(rt.admission.limits, rt.counters, rt.clock.now(), known,
+                                   overridden)
+    except StoreUnavailable as exc:
+        raise ApiError(503, f"the counter store is unreachable ({exc})",
+                       code="store_unavailable") from None
+    out = []
+    for row in rows:
+        item = row.as_dict()
+        item["file_amount"] = file_amounts.get(row.name, row.amount)
+        out.append(item)
+    return {"data": out}
+
+
+CSV_OR_JSON = {"type": "object", "properties": {"data": {"type": "array"}}}
+ENDPOINTS = [
+    Endpoint("GET", "/usage", usage,
+             "Usage grouped by any ledger column and/or time bucket; format=csv exports",
+             "usage", response=CSV_OR_JSON, query=UsageParams, csv=True),
+    Endpoint("GET", "/flagged", flagged,
+             "Blocked, failed, degraded and flagged requests, newest first", "usage",
+             response=LIST, query=FlaggedParams),
+    Endpoint("GET", "/requests/{request_id}", show_request, "One request's ledger row",
+             "usage", response={"type": "object"}, errors=(404,)),
+    Endpoint("GET", "/budgets", budgets,
+             "Every budget: usage in the current window, amount in force and the file's, "
+             "reset time", "budgets", response=LIST, query=BudgetParams, errors=(503,)),
+]
