@@ -255,16 +255,17 @@ class CircuitBreakerConfig(_Strict):
 class ResilienceConfig(_Strict):
     """Retries (backoff with jitter, honouring Retry-After) and fallbacks on upstream trouble.
 
-    A retry happens only before any byte of the answer reached the client.
+    A retry happens only before any byte of the answer reached the client. Off by default:
+    upstream errors pass through unchanged unless retries or fallbacks are configured.
     """
 
-    retries: int = Field(2, ge=0, le=10)
+    retries: int = Field(0, ge=0, le=10)
     backoff_s: float = Field(0.25, ge=0)
     max_backoff_s: float = Field(8.0, ge=0)
     retry_on: list[int] = Field(default_factory=lambda: [429, 500, 502, 503, 504])
     first_byte_timeout_s: float | None = Field(None, gt=0)
     fallbacks: dict[str, list[str]] = Field(default_factory=dict)
-    circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
+    circuit_breaker: CircuitBreakerConfig | None = None
 
 
 class DegradationConfig(_Strict):

@@ -16,6 +16,13 @@ from tokenstile import tokens
 from tokenstile.errors import GatewayError, StreamBlocked, bad_request, forbidden
 from tokenstile.gateway import asgi
 from tokenstile.gateway.context import RequestContext, new_request_id
+from tokenstile.gateway.resilience import (
+    Attempt,
+    backoff_delay,
+    model_chain,
+    parse_retry_after,
+)
+from tokenstile.gateway.routing import Target
 from tokenstile.gateway.runtime import Runtime
 from tokenstile.gateway.upstream import (
     RELAYED_RESPONSE_HEADERS,
@@ -26,7 +33,7 @@ from tokenstile.gateway.upstream import (
 from tokenstile.providers.base import Bridge, StreamObserver
 from tokenstile.providers.sse import EventSplitter
 from tokenstile.providers.translate import bridge_for
-from tokenstile.types import ApiKind, Usage, WireFormat
+from tokenstile.types import ApiKind, CanonicalRequest, Usage, WireFormat
 
 log = logging.getLogger("tokenstile.gateway")
 
@@ -103,24 +110,13 @@ class Gateway:
         ctx.upstream, ctx.served_model = target.upstream, target.model
         if target.model != req.model:
             req.body = {**req.body, "model": target.model}
-        bridge: Bridge | None = None
         if target.wire != ctx.wire:
-            # e.g. chat completions served by Claude: translated both ways, and reserved at
-            # the Claude estimate of the translated request.
-            bridge = bridge_for(ctx.api, ctx.wire, target.wire, target.upstream, req.body,
-                                rt.config.server.default_output_tokens)
-            req.input_tokens = bridge.count_input()
+            # e.g. chat completions served by Claude: reserved at the Claude estimate of the
+            # translated request.
+            req.input_tokens = self._bridge(ctx, target).count_input()
         if req.api != "count_tokens":  # token counting is free: nothing to reserve
             ctx.ticket = await rt.admission.reserve(ctx)
-        if bridge is None:
-            upstream_body = orjson.dumps(adapter.upstream_body(req))
-            url = upstream_url(target.config, ctx.api, target.model)
-        else:
-            upstream_body = orjson.dumps(bridge.upstream_body(req))
-            url = upstream_url(target.config, bridge.upstream_api)
-        headers = upstream_headers(target.config, ctx.headers, ctx.provider_key)
-        resp = await rt.upstream.post(target.upstream, target.config, url, upstream_body,
-                                      headers)
+        resp, target, bridge = await self._open_upstream(ctx, target)
         try:
             ctx.ttfb_ms = (rt.clock.monotonic() - ctx.started) * 1000
             relayed = {k: v for k in RELAYED_RESPONSE_HEADERS
@@ -135,6 +131,121 @@ class Gateway:
                 await self._relay_body(ctx, resp, send, bridge)
         finally:
             resp.release()
+
+    def _bridge(self, ctx: RequestContext, target: Target) -> Bridge:
+        assert ctx.req is not None
+        return bridge_for(ctx.api, ctx.wire, target.wire, target.upstream, ctx.req.body,
+                          self.rt.config.server.default_output_tokens)
+
+    async def _open_upstream(self, ctx: RequestContext, first: Target
+                             ) -> tuple[aiohttp.ClientResponse, Target, Bridge | None]:
+        """Send the request; on 429/5xx/timeouts retry with backoff, then go down the
+        fallback chain. Returns the response to relay (possibly a final error)."""
+        rt, req = self.rt, ctx.req
+        assert req is not None
+        config = rt.config.resilience
+        requested = req.model
+        attempts: list[Attempt] = []
+        last_error: GatewayError | None = None
+        for index, model in enumerate(model_chain(requested, config)):
+            target = first if index == 0 else rt.router.resolve(model)
+            if index and not self._fallback_fits(ctx, target):
+                continue
+            if not rt.breakers.allow(target.upstream):
+                attempts.append(Attempt(target.upstream, target.model, error="circuit_open"))
+                last_error = GatewayError(
+                    503, f"upstream {target.upstream!r} is failing and is being left alone "
+                         "for a while (circuit open); try again shortly", type="api_error",
+                    code="upstream_circuit_open", headers={"retry-after": "5"})
+                continue
+            bridge = self._bridge(ctx, target) if target.wire != ctx.wire else None
+            body = {**req.body, "model": target.model}
+            candidate = replace_body(req, body)
+            payload = orjson.dumps(bridge.upstream_body(candidate) if bridge is not None
+                                   else rt.adapters[ctx.wire].upstream_body(candidate))
+            url = upstream_url(target.config, bridge.upstream_api if bridge else ctx.api,
+                               target.model)
+            headers = upstream_headers(target.config, ctx.headers, ctx.provider_key)
+            retry = 0
+            while True:
+                attempt = Attempt(target.upstream, target.model)
+                attempts.append(attempt)
+                started = rt.clock.monotonic()
+                retry_after: float | None = None
+                try:
+                    resp = await self._post(target, url, payload, headers)
+                except GatewayError as err:
+                    attempt.error, attempt.ms = err.code, (rt.clock.monotonic() - started) * 1000
+                    rt.breakers.failure(target.upstream)
+                    last_error = err
+                else:
+                    attempt.status = resp.status
+                    attempt.ms = (rt.clock.monotonic() - started) * 1000
+                    if resp.status >= 500:
+                        rt.breakers.failure(target.upstream)
+                    else:
+                        rt.breakers.success(target.upstream)
+                    if resp.status not in config.retry_on:
+                        self._record_attempts(ctx, attempts, target, requested)
+                        return resp, target, bridge
+                    retry_after = parse_retry_after(resp.headers)
+                    final = retry >= config.retries and index == len(
+                        model_chain(requested, config)) - 1
+                    if final:
+                        self._record_attempts(ctx, attempts, target, requested)
+                        return resp, target, bridge
+                    resp.release()
+                    last_error = None
+                retry += 1
+                delay = backoff_delay(retry, config, retry_after)
+                if delay is None:
+                    break
+                await asyncio.sleep(delay)
+        self._record_attempts(ctx, attempts, None, requested)
+        raise last_error or GatewayError(
+            502, f"no upstream could answer for the model {requested!r}", type="api_error",
+            code="upstream_unavailable")
+
+    async def _post(self, target: Target, url: str, payload: bytes,
+                    headers: dict[str, str]) -> aiohttp.ClientResponse:
+        limit = self.rt.config.resilience.first_byte_timeout_s
+        call = self.rt.upstream.post(target.upstream, target.config, url, payload, headers)
+        if limit is None:
+            return await call
+        try:
+            return await asyncio.wait_for(call, limit)
+        except TimeoutError:
+            raise UpstreamTimeout(target.upstream) from None
+
+    def _fallback_fits(self, ctx: RequestContext, target: Target) -> bool:
+        """A fallback may not cost more than the reservation made for the first choice.
+
+        One on another wire format (chat served by Claude) is counted with another tokenizer,
+        so it is only taken when no limit holds a reservation for this request.
+        """
+        req = ctx.req
+        assert req is not None
+        if target.wire != ctx.wire:
+            return ctx.api == "chat" and ctx.ticket is None
+        ticket = ctx.ticket
+        if ticket is None or "usd" not in getattr(ticket, "units", ()):
+            return True
+        first = self.rt.pricer.estimate_nano(ctx.served_model or req.model, req.input_tokens,
+                                             req.output_cap or 0)
+        other = self.rt.pricer.estimate_nano(target.model, req.input_tokens,
+                                             req.output_cap or 0)
+        return first is not None and other is not None and other <= first
+
+    def _record_attempts(self, ctx: RequestContext, attempts: list[Attempt],
+                         target: Target | None, requested: str) -> None:
+        if len(attempts) > 1:
+            ctx.detail["attempts"] = [a.as_dict() for a in attempts]
+        if target is None:
+            return
+        ctx.upstream, ctx.served_model = target.upstream, target.model
+        assert ctx.req is not None
+        if self.rt.router.resolve(requested).model != target.model:
+            ctx.degraded.append("fallback")
 
     async def _relay_body(self, ctx: RequestContext, resp: aiohttp.ClientResponse,
                           send: asgi.ResponseTracker, bridge: Bridge | None = None) -> None:
@@ -201,10 +312,14 @@ class Gateway:
 
         async def pump() -> None:
             async for chunk in resp.content.iter_any():
-                out = [relay for event in splitter.feed(chunk)
-                       if (relay := observer.on_event(event)) is not None]
-                if out:
-                    await send.body(b"".join(out), more=True)
+                out: list[bytes] = []
+                try:  # what was relayed before a StreamBlocked still goes out
+                    for event in splitter.feed(chunk):
+                        if (relay := observer.on_event(event)) is not None:
+                            out.append(relay)
+                finally:
+                    if out:
+                        await send.body(b"".join(out), more=True)
             tail = splitter.rest()
             if tail.strip():
                 relay = observer.on_event(tail)
@@ -293,6 +408,13 @@ class Gateway:
         row = ctx.ledger_row(latency_ms)
         rt.ledger.submit(row)
         rt.metrics.observe(row)
+
+
+def replace_body(req: CanonicalRequest, body: dict[str, Any]) -> CanonicalRequest:
+    """The request with another body (same counts and caps), for one upstream attempt."""
+    from dataclasses import replace
+
+    return replace(req, body=body)
 
 
 def parse_json_object(raw: bytes, max_depth: int) -> dict[str, Any]:

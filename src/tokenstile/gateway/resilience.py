@@ -56,8 +56,8 @@ def backoff_delay(attempt: int, config: ResilienceConfig, retry_after: float | N
     if attempt > config.retries:
         return None
     if retry_after is not None:
-        return retry_after if retry_after <= config.max_backoff_s else None
-    ceiling = min(config.max_backoff_s, config.backoff_s * (2 ** (attempt - 1)))
+        return float(retry_after) if retry_after <= config.max_backoff_s else None
+    ceiling = min(config.max_backoff_s, config.backoff_s * 2.0 ** (attempt - 1))
     return ceiling * rand()
 
 
@@ -82,11 +82,13 @@ class CircuitBreakers:
     """Per-upstream consecutive-failure counting; an open circuit is skipped until its
     cooldown ends, then one request is let through to probe it (half-open)."""
 
-    config: CircuitBreakerConfig
+    config: CircuitBreakerConfig | None
     clock: Clock
     _circuits: dict[str, _Circuit] = field(default_factory=dict)
 
     def allow(self, upstream: str) -> bool:
+        if self.config is None:
+            return True
         circuit = self._circuits.get(upstream)
         if circuit is None or circuit.open_until == 0.0:
             return True
@@ -102,6 +104,8 @@ class CircuitBreakers:
             circuit.open_until = 0.0
 
     def failure(self, upstream: str) -> None:
+        if self.config is None:
+            return
         circuit = self._circuits.setdefault(upstream, _Circuit())
         circuit.failures += 1
         if circuit.failures >= self.config.failures:

@@ -14,6 +14,7 @@ from tokenstile.clock import SYSTEM_CLOCK, Clock
 from tokenstile.config import Config
 from tokenstile.gateway.auth import Authenticator
 from tokenstile.gateway.reload import ConfigReloader, keep_start_settings, restart_only_changes
+from tokenstile.gateway.resilience import CircuitBreakers
 from tokenstile.gateway.routing import Router
 from tokenstile.gateway.upstream import UpstreamClient
 from tokenstile.ledger import LedgerWriter
@@ -51,6 +52,7 @@ class Runtime:
     policies: PolicyEngine
     admission: Admission
     overrides: Overrides
+    breakers: CircuitBreakers
     adapters: dict[WireFormat, Adapter] = field(default_factory=dict)
     started: bool = False
     loop: asyncio.AbstractEventLoop | None = None
@@ -91,6 +93,7 @@ class Runtime:
             pricer=pricer, metrics=metrics,
             policies=PolicyEngine(config, UpstreamModerator(router, upstream)),
             admission=admission, overrides=overrides, adapters=adapters,
+            breakers=CircuitBreakers(config.resilience.circuit_breaker, clock),
         )
 
     async def start(self) -> None:
@@ -145,6 +148,7 @@ class Runtime:
         self.admission.pricer = pricer
         self.admission.reconfigure(config)
         self.overrides.reconfigure(config)
+        self.breakers.config = config.resilience.circuit_breaker
         self.config, self.pricer = config, pricer
         self.router = Router(config)
         self.policies = PolicyEngine(config, UpstreamModerator(self.router, self.upstream))
