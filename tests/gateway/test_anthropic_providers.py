@@ -14,6 +14,7 @@ import aiohttp
 import anthropic
 import openai
 import pytest
+import yaml
 
 from tests.conftest import FakeHandle
 from tests.gateway.test_anthropic_sdk import ANTHROPIC_KEY, anthropic_upstream
@@ -292,3 +293,23 @@ async def test_a_budget_shared_by_openai_and_anthropic_calls_never_overshoots(
     assert sum(r.input_tokens + r.output_tokens for r in rows) == served
     assert not any(r.estimated for r in rows if r.status == 200)
     assert ANTHROPIC_KEY not in str([r.detail for r in rows])
+
+
+def test_the_readme_providers_example_is_a_valid_config() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Anthropic and other providers", 1)[1].split("\n## ", 1)[0]
+    [example] = [block for block in re.findall(r"```yaml\n(.*?)```", section, re.S)
+                 if "upstreams:" in block]
+    env = {"OPENAI_API_KEY": "sk-o", "ANTHROPIC_API_KEY": "sk-a", "AZURE_OPENAI_API_KEY": "az"}
+    config = parse_config(yaml.safe_load(example), "README", env=env)
+    routes = Router(config)
+    assert {name: u.kind for name, u in config.upstreams.items()} == {
+        "openai": "openai", "anthropic": "anthropic", "azure": "azure", "vllm": "openai",
+        "ollama": "openai"}
+    assert routes.resolve("claude-opus-4-5").upstream == "anthropic"
+    assert routes.resolve("smart").wire == "anthropic"
+    gpt = routes.resolve("gpt-4o")
+    assert upstream_url(gpt.config, "chat", gpt.model) == (
+        "https://my-resource.openai.azure.com/openai/deployments/prod-gpt-4o/chat/completions"
+        "?api-version=2024-10-21")
+    assert routes.resolve("llama3.1:8b").upstream == "ollama"

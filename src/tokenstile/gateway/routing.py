@@ -21,11 +21,13 @@ class Target:
     upstream: str
     config: UpstreamConfig
     model: str
+    wire: WireFormat = "openai"
+    """The wire format the upstream speaks (Azure speaks OpenAI's)."""
 
-    @property
-    def wire(self) -> WireFormat:
-        """The wire format the upstream speaks (Azure speaks OpenAI's)."""
-        return "anthropic" if self.config.kind == "anthropic" else "openai"
+    @classmethod
+    def of(cls, upstream: str, config: UpstreamConfig, model: str) -> Target:
+        return cls(upstream, config, model,
+                   "anthropic" if config.kind == "anthropic" else "openai")
 
 
 class Router:
@@ -56,11 +58,12 @@ class Router:
         if route is None:
             route = next((r for r in self._patterns if fnmatchcase(model, r.match)), None)
         if route is not None:
-            return Target(route.upstream, self._upstreams[route.upstream], route.model or model)
+            return Target.of(route.upstream, self._upstreams[route.upstream],
+                             route.model or model)
         if model.startswith("claude") and self._anthropic is not None:
-            return Target(self._anthropic, self._upstreams[self._anthropic], model)
+            return Target.of(self._anthropic, self._upstreams[self._anthropic], model)
         if self._openai is not None:
-            return Target(self._openai, self._upstreams[self._openai], model)
+            return Target.of(self._openai, self._upstreams[self._openai], model)
         raise not_found(f"no upstream serves the model {model!r}; add a route for it",
                         code="model_not_found")
 

@@ -823,9 +823,19 @@ class ChatOverMessages:
                                       body.get("tools"))
 
     def upstream_body(self, req: CanonicalRequest) -> dict[str, Any]:
-        if req.body is not self._source:
-            self._source = req.body
-            self._translated = chat_to_messages(req.body, self._default_cap)
+        body = req.body
+        if body is self._source:
+            return self._translated
+        if _same_except(body, self._source, ("model", "max_tokens", "max_completion_tokens")):
+            # A copy with another model or cap (admission, a fallback): patch, don't redo.
+            cap = optional_int(body, "max_completion_tokens", minimum=1)
+            if cap is None:
+                cap = optional_int(body, "max_tokens", minimum=1)
+            self._translated = {**self._translated, "model": require_str(body, "model"),
+                                "max_tokens": self._default_cap if cap is None else cap}
+        else:
+            self._translated = chat_to_messages(body, self._default_cap)
+        self._source = body
         return self._translated
 
     def usage_from_body(self, payload: Any) -> Usage | None:
@@ -844,6 +854,12 @@ class ChatOverMessages:
 
     def observer(self, req: CanonicalRequest) -> StreamTranslator:
         return StreamTranslator.for_request(req.body, self.model)
+
+
+def _same_except(a: dict[str, Any], b: dict[str, Any], fields: tuple[str, ...]) -> bool:
+    """Shallow: the same keys (give or take ``fields``) holding the same objects."""
+    keys = a.keys() | b.keys()
+    return all(a.get(k) is b.get(k) for k in keys if k not in fields)
 
 
 def bridge_for(api: ApiKind, client_wire: WireFormat, upstream_wire: WireFormat,
