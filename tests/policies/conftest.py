@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -52,3 +55,14 @@ def message(caught: pytest.ExceptionInfo[Any]) -> str:
     text = error_body(caught)["error"]["message"]
     assert isinstance(text, str)
     return text
+
+
+def post_json(url: str, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, Any]:
+    """A bare HTTP call, for requests the SDK would not send (no Authorization)."""
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"content-type": "application/json", **headers})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
