@@ -60,18 +60,17 @@ def validation_error(where: str, exc: ValidationError) -> ApiError:
 
 
 def parse_body(raw: bytes, model: type[BaseModel]) -> BaseModel:
-    if not raw.strip():
-        data: Any = {}
-    else:
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise ApiError(400, f"the request body is not valid JSON ({exc.msg})",
-                           code="invalid_json") from None
+    """A JSON object validated strictly: ``0`` is not ``false``, ``"5"`` is not ``5``."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        what = "empty" if not raw.strip() else f"not valid JSON ({exc.msg})"
+        raise ApiError(400, f"the request body is {what}; expected a JSON object",
+                       code="invalid_json") from None
     if not isinstance(data, dict):
         raise ApiError(422, "the request body must be a JSON object", code="invalid_body")
     try:
-        return model.model_validate(data)
+        return model.model_validate_json(raw, strict=True)
     except ValidationError as exc:
         raise validation_error("body", exc) from None
 

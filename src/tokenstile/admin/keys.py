@@ -18,7 +18,7 @@ from tokenstile.admin.schemas import (
     KeyOut,
     KeyUpdate,
     KeyWithSecret,
-    as_utc,
+    timestamp,
 )
 from tokenstile.stores.database import KeyRecord, hash_key, new_key_id, new_key_secret
 
@@ -62,8 +62,8 @@ async def create_key(call: Call) -> dict[str, Any]:
     body = call.body(KeyCreate)
     rt = call.rt
     now = rt.clock.now()
-    expires = as_utc(body.expires_at)
-    if expires is not None and expires.timestamp() <= now:
+    expires = timestamp(body.expires_at)
+    if expires is not None and expires <= now:
         raise ApiError(422, "expires_at is in the past", code="invalid_body")
     secret = new_key_secret()
     record = KeyRecord(
@@ -72,7 +72,7 @@ async def create_key(call: Call) -> dict[str, Any]:
         team=body.team, user=body.user, tier=body.tier, feature=body.feature,
         allowed_models=body.allowed_models or None, passthrough=body.passthrough,
         limits=_limits(body.limits), created_at=now,
-        expires_at=expires.timestamp() if expires else None,
+        expires_at=expires,
     )
     await rt.db.create_key(record)
     return {**key_out(record, now), "key": secret}
@@ -89,8 +89,7 @@ async def update_key(call: Call) -> dict[str, Any]:
     for name in body.model_fields_set:
         value = getattr(body, name)
         if name == "expires_at":
-            when = as_utc(value)
-            value = when.timestamp() if when is not None else None
+            value = timestamp(value)
         elif name == "limits":
             value = _limits(value or {})
         elif name == "passthrough" and value is None:

@@ -71,7 +71,7 @@ def _operation(endpoint: Endpoint, schemas: _Schemas) -> dict[str, Any]:
     path_params = _PARAM.findall(endpoint.path)
     parameters: list[dict[str, Any]] = [
         {"name": name, "in": "path", "required": True,
-         "schema": {"type": "string", "minLength": 1, "pattern": "^[^/]+$"}}
+         "schema": {"type": "string", "minLength": 1, "pattern": "^[^/\\x00-\\x1f]+$"}}
         for name in path_params]
     if endpoint.query is not None:
         parameters.extend(schemas.params(endpoint.query))

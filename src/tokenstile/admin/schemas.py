@@ -25,6 +25,13 @@ def as_utc(value: datetime | None) -> datetime | None:
     return value
 
 
+def timestamp(value: datetime | float | None) -> float | None:
+    """Unix seconds from an ISO date-time (UTC unless it says) or Unix seconds."""
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+    return value
+
+
 # -- keys ------------------------------------------------------------------------------------
 
 
@@ -59,8 +66,8 @@ class KeyCreate(_Model):
     name: Name | None = None
     allowed_models: list[ModelPattern] | None = Field(None, max_length=200)
     passthrough: bool = False
-    expires_at: datetime | None = Field(
-        None, description="When the key stops working (ISO 8601, or Unix seconds).")
+    expires_at: datetime | float | None = Field(
+        None, description="When the key stops working: ISO 8601 with a time, or Unix seconds.")
     limits: KeyLimits = Field(default_factory=dict, max_length=32)
 
 
@@ -73,7 +80,7 @@ class KeyUpdate(_Model):
     feature: Name | None = None
     allowed_models: list[ModelPattern] | None = Field(None, max_length=200)
     passthrough: bool | None = None
-    expires_at: datetime | None = None
+    expires_at: datetime | float | None = None
     limits: KeyLimits | None = Field(None, max_length=32)
 
 
