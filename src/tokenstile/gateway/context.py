@@ -74,7 +74,7 @@ class RequestContext:
             feature=(req.feature if req else None) or caller.feature,
             tags=tags,
             api=self.api,
-            requested_model=req.model if req else None,
+            requested_model=self.detail.get("requested_model") or (req.model if req else None),
             served_model=self.served_model,
             upstream=self.upstream,
             input_tokens=usage.input_tokens,

@@ -30,6 +30,7 @@ from tokenstile.gateway.upstream import (
     upstream_headers,
     upstream_url,
 )
+from tokenstile.limits.admission import BudgetExhausted
 from tokenstile.providers.base import Bridge, StreamObserver
 from tokenstile.providers.sse import EventSplitter
 from tokenstile.providers.translate import bridge_for
@@ -106,16 +107,12 @@ class Gateway:
         if ctx.auto_reply is not None:
             await self._send_auto_reply(ctx, send)
             return
-        target = rt.router.resolve(req.model)
-        ctx.upstream, ctx.served_model = target.upstream, target.model
-        if target.model != req.model:
-            req.body = {**req.body, "model": target.model}
-        if target.wire != ctx.wire:
-            # e.g. chat completions served by Claude: reserved at the Claude estimate of the
-            # translated request.
-            req.input_tokens = self._bridge(ctx, target).count_input()
+        await rt.degrader.fit_input(ctx, lambda: adapter.count_input(req), self._summarize)
+        rt.degrader.downgrade(ctx)
+        target = self._route(ctx)
         if req.api != "count_tokens":  # token counting is free: nothing to reserve
-            ctx.ticket = await rt.admission.reserve(ctx)
+            target = await self._admit(ctx, target)
+            await rt.degrader.throttle(ctx)
         resp, target, bridge = await self._open_upstream(ctx, target)
         try:
             ctx.ttfb_ms = (rt.clock.monotonic() - ctx.started) * 1000
@@ -131,6 +128,85 @@ class Gateway:
                 await self._relay_body(ctx, resp, send, bridge)
         finally:
             resp.release()
+
+    def _route(self, ctx: RequestContext) -> Target:
+        req = ctx.req
+        assert req is not None
+        target = self.rt.router.resolve(req.model)
+        ctx.upstream, ctx.served_model = target.upstream, target.model
+        if target.model != req.model:
+            req.body = {**req.body, "model": target.model}
+        if target.wire != ctx.wire:
+            # e.g. chat completions served by Claude: reserved at the Claude estimate of the
+            # translated request.
+            req.input_tokens = self._bridge(ctx, target).count_input()
+        return target
+
+    async def _admit(self, ctx: RequestContext, target: Target) -> Target:
+        """Reserve; when a budget is exhausted, try its fallbacks before refusing."""
+        rt, req = self.rt, ctx.req
+        assert req is not None
+        try:
+            ctx.ticket = await rt.admission.reserve(ctx)
+            return target
+        except BudgetExhausted as exhausted:
+            for option in rt.degrader.fallbacks(exhausted.limit):
+                cheaper = rt.degrader.cheaper(req.model) if option == "downgrade" else None
+                if cheaper is None:
+                    continue
+                rt.degrader.switch_model(ctx, cheaper, f"{exhausted.limit.name} exhausted")
+                target = self._route(ctx)
+                ctx.block_reason = None
+                try:
+                    ctx.ticket = await rt.admission.reserve(ctx)
+                    return target
+                except BudgetExhausted:
+                    continue
+            raise
+
+    async def _summarize(self, parent: RequestContext, messages: list[dict[str, Any]]) -> str:
+        """Older turns summarized by the cheaper model through this gateway: billed to the
+        same caller and feature, with a ledger row of its own."""
+        rt = self.rt
+        assert parent.req is not None
+        model = rt.config.degradation.summarize_model or \
+            rt.degrader.cheaper(parent.req.model) or parent.req.model
+        transcript = "\n".join(f"{m.get('role')}: {m.get('content')}" for m in messages)
+        body = {"model": model, "max_tokens": 400, "messages": [
+            {"role": "system", "content": "Summarize the conversation below in a few "
+             "sentences. Keep facts, names, numbers, decisions and open questions."},
+            {"role": "user", "content": transcript}]}
+        sub = RequestContext(id=new_request_id(), api="chat", wire="openai",
+                             ts=rt.clock.now(), started=rt.clock.monotonic(), headers={})
+        sub.caller, sub.provider_key = parent.caller, parent.provider_key
+        adapter = rt.adapters["openai"]
+        sub.req = adapter.parse("chat", body)
+        sub.req.feature, sub.req.tags = parent.req.feature, dict(parent.req.tags)
+        sub.req.input_tokens = adapter.count_input(sub.req)
+        sub.detail["summary_for"] = parent.id
+        try:
+            sub.ticket = await rt.admission.reserve(sub, per_request=False)
+            resp, _, bridge = await self._open_upstream(sub, self._route(sub))
+            try:
+                payload = await resp.read()
+                sub.status = resp.status
+            finally:
+                resp.release()
+            parsed = orjson.loads(payload) if resp.status == 200 else None
+            if bridge is not None and parsed is not None:
+                sub.usage = bridge.usage_from_body(parsed)
+                payload, parsed = bridge.response_body(payload, parsed)
+            elif parsed is not None:
+                sub.usage = adapter.usage_from_body("chat", parsed)
+            try:
+                return str(parsed["choices"][0]["message"]["content"])  # type: ignore[index]
+            except (TypeError, KeyError, IndexError):
+                sub.outcome = "upstream_error"
+                raise GatewayError(502, f"the summary model {model!r} gave no summary; "
+                                   "the input is over its budget", type="api_error",
+                                   code="summary_failed") from None
+        finally:
+            await self._finish(sub)
 
     def _bridge(self, ctx: RequestContext, target: Target) -> Bridge:
         assert ctx.req is not None
@@ -383,8 +459,11 @@ class Gateway:
 
     def _headers(self, ctx: RequestContext) -> dict[str, str]:
         headers = dict(ctx.response_headers)
-        if ctx.served_model and ctx.req and ctx.served_model != ctx.req.model:
+        requested = ctx.detail.get("requested_model") or (ctx.req.model if ctx.req else None)
+        if ctx.served_model and requested and ctx.served_model != requested:
             headers["x-tokenstile-served-model"] = ctx.served_model
+        if ctx.degraded:
+            headers["x-tokenstile-degraded"] = ",".join(ctx.degraded)
         return headers
 
     async def _finish(self, ctx: RequestContext) -> None:

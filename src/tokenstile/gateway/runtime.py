@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from tokenstile.clock import SYSTEM_CLOCK, Clock
 from tokenstile.config import Config
+from tokenstile.degrade.stage import Degrader
 from tokenstile.gateway.auth import Authenticator
 from tokenstile.gateway.reload import ConfigReloader, keep_start_settings, restart_only_changes
 from tokenstile.gateway.resilience import CircuitBreakers
@@ -53,6 +54,7 @@ class Runtime:
     admission: Admission
     overrides: Overrides
     breakers: CircuitBreakers
+    degrader: Degrader
     adapters: dict[WireFormat, Adapter] = field(default_factory=dict)
     started: bool = False
     loop: asyncio.AbstractEventLoop | None = None
@@ -94,6 +96,7 @@ class Runtime:
             policies=PolicyEngine(config, UpstreamModerator(router, upstream)),
             admission=admission, overrides=overrides, adapters=adapters,
             breakers=CircuitBreakers(config.resilience.circuit_breaker, clock),
+            degrader=Degrader(config, admission, clock),
         )
 
     async def start(self) -> None:
@@ -149,6 +152,7 @@ class Runtime:
         self.admission.reconfigure(config)
         self.overrides.reconfigure(config)
         self.breakers.config = config.resilience.circuit_breaker
+        self.degrader.reconfigure(config)
         self.config, self.pricer = config, pricer
         self.router = Router(config)
         self.policies = PolicyEngine(config, UpstreamModerator(self.router, self.upstream))

@@ -70,6 +70,17 @@ class Applied:
     amount: int = 0
 
 
+class BudgetExhausted(GatewayError):
+    """A window budget has no room for this request; carries the limit so a fallback (a
+    cached answer, a cheaper model) can be tried before the client gets the 429."""
+
+    def __init__(self, limit: Limit, scope_id: str, message: str, code: str,
+                 headers: dict[str, str]) -> None:
+        super().__init__(429, message, type="rate_limit_error", code=code, headers=headers)
+        self.limit = limit
+        self.scope_id = scope_id
+
+
 @dataclass(slots=True)
 class Ticket:
     rid: str
@@ -175,6 +186,7 @@ class Admission:
         self.pricer = pricer
         self.clock = clock
         self.live: set[str] = set()
+        self.utilization: dict[str, float] = {}
         self._overrides: list[Override] = []
         self.reconfigure(config)
 
@@ -212,6 +224,21 @@ class Admission:
                 hard *= limit.low_priority_fraction or self.config.server.low_priority_fraction
             out.append(Applied(limit, scope_id, int(hard)))
         return out
+
+    def _remember_utilization(self, applied: Sequence[Applied]) -> None:
+        """Each counter's share in use after the last admission here, so soft thresholds
+        (downgrade) can be applied before the next reservation without another round trip."""
+        if len(self.utilization) > 100_000:
+            self.utilization.clear()
+        for item in applied:
+            if item.charge_index >= 0 and item.hard > 0:
+                self.utilization[item.key] = (item.used + item.amount) / item.hard
+
+    def last_utilization(self, item: Applied) -> float:
+        if item.limit.window.kind == "request":
+            return 0.0
+        key, _ = counter_key(item.limit, item.scope_id, self.clock.now())
+        return self.utilization.get(key, 0.0)
 
     def _worst_case(self, unit: Unit, req: CanonicalRequest, model: str, cap: int) -> int:
         if unit == "tokens":
@@ -266,14 +293,22 @@ class Admission:
                     ctx.flags.append(f"shadow:{limit.name}")
                     continue
                 ctx.block_reason = f"request_limit:{limit.name}"
-                what = _UNIT_WORDS[limit.unit]
-                raise GatewayError(
-                    422, f"this request needs {format_amount(limit.unit, need)} {what} "
-                         f"(input {req.input_tokens:,} + output cap {cap:,}) but "
-                         f"{describe_scope(limit, item.scope_id)} allows "
-                         f"{format_amount(limit.unit, item.hard)} {what} per request; lower "
-                         "max_tokens or shorten the input",
-                    code="request_limit_exceeded", param="max_tokens")
+                raise self._too_large(limit, item, need, req.input_tokens, cap)
+
+    @staticmethod
+    def _too_large(limit: Limit, item: Applied, need: int, input_tokens: int,
+                   cap: int) -> GatewayError:
+        what = _UNIT_WORDS[limit.unit]
+        allows = (f"{describe_scope(limit, item.scope_id)} allows "
+                  f"{format_amount(limit.unit, item.hard)} {what} per request")
+        if limit.unit == "input_tokens":
+            return GatewayError(422, f"this request has {input_tokens:,} input tokens but "
+                                f"{allows}; shorten the input", code="request_limit_exceeded",
+                                param="messages")
+        return GatewayError(
+            422, f"this request needs {format_amount(limit.unit, need)} {what} (input "
+                 f"{input_tokens:,} + output cap {cap:,}) but {allows}; lower max_tokens or "
+                 "shorten the input", code="request_limit_exceeded", param="max_tokens")
 
     def _charges(self, ctx: RequestContext, applied: list[Applied]) -> tuple[list[Charge],
                                                                              list[Unit]]:
@@ -310,12 +345,15 @@ class Admission:
                                         old.window_keys)
         return charges, units
 
-    async def reserve(self, ctx: RequestContext) -> Ticket | None:
+    async def reserve(self, ctx: RequestContext, per_request: bool = True) -> Ticket | None:
+        """Check per-request limits (unless ``per_request`` is false, for the gateway's own
+        calls), then reserve the worst case on every window limit in one round trip."""
         assert ctx.req is not None and ctx.caller is not None
         applied = self.applicable(ctx.caller, ctx.req)
         if not applied:
             return None
-        self._check_per_request(ctx, applied)
+        if per_request:
+            self._check_per_request(ctx, applied)
         charges, units = self._charges(ctx, applied)
         if not charges:
             return None
@@ -336,6 +374,7 @@ class Admission:
         if not outcome.admitted:
             raise self._exhausted(ctx, ticket, outcome.failed)
         self.live.add(ticket.rid)
+        self._remember_utilization(applied)
         for item in applied:
             if item.limit.shadow and item.charge_index >= 0 and \
                     item.used + item.amount > item.hard:
@@ -384,7 +423,7 @@ class Admission:
         return True
 
     def _exhausted(self, ctx: RequestContext, ticket: Ticket, failed: Sequence[int]
-                   ) -> GatewayError:
+                   ) -> BudgetExhausted:
         index = failed[0]
         item = min((a for a in ticket.applied if a.charge_index == index),
                    key=lambda a: a.hard)
@@ -404,8 +443,7 @@ class Admission:
         headers = {"retry-after": str(retry_after), **self.headers(ticket, failed_index=index)}
         code = "rate_limit_exceeded" if limit.window.kind in ("minute", "rolling") \
             and limit.unit == "requests" else "budget_exceeded"
-        return GatewayError(429, message, type="rate_limit_error", code=code,
-                            headers=headers)
+        return BudgetExhausted(limit, item.scope_id, message, code, headers)
 
     def headers(self, ticket: Ticket, failed_index: int | None = None) -> dict[str, str]:
         """``x-ratelimit-*`` for the tightest request and token limits, and the remaining
@@ -479,6 +517,14 @@ class Admission:
         if unit == "output_tokens":
             return usage.output_tokens
         return ctx.cost_nano
+
+    async def release(self, ctx: RequestContext) -> None:
+        """Give a reservation back whole (the request will not be forwarded)."""
+        used, ctx.usage = ctx.usage, None
+        try:
+            await self.settle(ctx)
+        finally:
+            ctx.usage = used
 
     async def settle(self, ctx: RequestContext) -> None:
         ticket = ctx.ticket
