@@ -10,7 +10,7 @@ import importlib
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from tokenstile.stores.counters import StoreConfigError
 from tokenstile.types import Caller, LedgerRow
@@ -165,6 +165,15 @@ class Database(Protocol):
     async def set_override(self, override: Override) -> None: ...
 
     async def delete_override(self, kind: str, target: str) -> bool: ...
+
+
+@runtime_checkable
+class LabelUsage(Protocol):
+    """An optional capability: usage per tag (``team=search``) or per degradation
+    (``trimmed``), as ``usage`` groups by a column. The dashboard's tag breakdown asks for it;
+    a database without it shows no tag breakdown."""
+
+    async def usage_by_label(self, query: UsageQuery, label: str) -> list[dict[str, Any]]: ...
 
 
 _REGISTRY = {

@@ -22,6 +22,7 @@ from tokenstile.stores.database import (
     UsageQuery,
     sqlite_path,
 )
+from tokenstile.stores.usage_sqlite import LABELS, ensure_rollup, hour_bucket, usage_from
 from tokenstile.types import LedgerRow
 
 T = TypeVar("T")
@@ -143,7 +144,9 @@ class SqliteDatabase:
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=10000")
         conn.create_function("ts_bucket", 3, _bucket, deterministic=True)
+        conn.create_function("hour_bucket", 3, hour_bucket, deterministic=True)
         conn.executescript(SCHEMA)
+        ensure_rollup(conn)
         return conn
 
     async def open(self) -> None:
@@ -185,49 +188,22 @@ class SqliteDatabase:
 
     async def usage(self, query: UsageQuery) -> list[dict[str, Any]]:
         query.validate()
-        selects: list[str] = []
-        groups: list[str] = []
-        args: list[Any] = []
-        if query.bucket:
-            selects.append("ts_bucket(ts, ?, ?) AS bucket")
-            args.extend([query.bucket, query.tz])
-            groups.append("bucket")
-        for name in query.group_by:
-            selects.append(name)
-            groups.append(name)
-        conditions: dict[str, Any] = dict(query.filters)
-        if query.since is not None:
-            conditions["since"] = query.since
-        if query.until is not None:
-            conditions["until"] = query.until
-        where, where_args = _where(conditions)
-        args.extend(where_args)
-        totals = (
-            "COUNT(*) AS requests, SUM(input_tokens) AS input_tokens, "
-            "SUM(cached_input_tokens) AS cached_input_tokens, "
-            "SUM(output_tokens) AS output_tokens, SUM(reasoning_tokens) AS reasoning_tokens, "
-            "SUM(cost_nano) AS cost_nano, SUM(saved_nano) AS saved_nano, "
-            "SUM(CASE WHEN outcome = 'blocked' THEN 1 ELSE 0 END) AS blocked"
-        )
-        sql = f"SELECT {', '.join([*selects, totals])} FROM ledger {where}"
-        if groups:
-            sql += f" GROUP BY {', '.join(groups)} ORDER BY " + (
-                "bucket, " if query.bucket else "") + "cost_nano DESC"
-        sql += " LIMIT ?"
-        args.append(query.limit)
-        names = [*(["bucket"] if query.bucket else []), *query.group_by, "requests",
-                 "input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens",
-                 "cost_nano", "saved_nano", "blocked"]
 
         def read(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-            out = []
-            for values in conn.execute(sql, args):
-                item = dict(zip(names, values, strict=True))
-                for k in names[len(names) - 8:]:
-                    item[k] = item[k] or 0
-                if item["requests"]:
-                    out.append(item)
-            return out
+            return usage_from(conn, query)
+
+        return await self._run(read)
+
+    async def usage_by_label(self, query: UsageQuery, label: str) -> list[dict[str, Any]]:
+        """Usage per tag (``team=search``) or per degradation (``trimmed``): ``query``'s
+        groups, buckets and filters, plus one group ``label`` (``tag`` or ``degraded``). A
+        request with two tags counts under both."""
+        query.validate()
+        if label not in LABELS:
+            raise ValueError(f"unknown label {label!r}; expected one of {', '.join(LABELS)}")
+
+        def read(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            return usage_from(conn, query, label)
 
         return await self._run(read)
 

@@ -1,0 +1,337 @@
+"""Usage queries on SQLite: an hourly rollup kept by a trigger, read together with the ledger.
+
+Why: the dashboard and the periodic alert rules aggregate a month of ledger rows many times
+an hour, and scanning a million rows for each figure takes seconds. So every ledger row,
+as it is inserted, is also added into ``usage_hourly``: one row per UTC hour ×
+organization × project × dimension value, for the total and for each of the served model,
+user, feature and team, each tag (``team=search``) and each degradation (``trimmed``).
+The trigger fires only for rows actually inserted, so a retried batch (``INSERT OR
+IGNORE``) is never counted twice.
+
+A query the rollup can answer — grouped and filtered by organization, project and at most
+one of those dimensions, bucketed (if at all) in a time zone whose offsets are whole hours —
+reads the whole hours of its range from the rollup and the partial hours at either end
+from the ledger, so its answer is exactly the ledger's. Any other query reads the ledger.
+A missing value (NULL in the ledger) is stored as ``''`` in the rollup and read back as
+``None``; a value that really is the empty string is reported as ``None`` too.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from tokenstile.stores.database import GROUPABLE, UsageQuery
+
+ROLLUP_DIMENSIONS = ("served_model", "user", "feature", "team")
+LABELS = ("tag", "degraded")
+_KEYS = ("organization", "project")
+TOTALS = ("requests", "input_tokens", "cached_input_tokens", "output_tokens",
+          "reasoning_tokens", "cost_nano", "saved_nano", "blocked")
+_MEASURES = ("input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens",
+             "cost_nano", "saved_nano")
+HOUR = 3600
+
+# floor(ts / 3600) * 3600, exact even where the division rounds up across an hour boundary.
+_HOUR_OF = ("((CAST({ts} / 3600 AS INTEGER) - (CAST({ts} / 3600 AS INTEGER) * 3600 > {ts}))"
+            " * 3600)")
+_SOURCES = [("''", "''", ""), *[(f"'{d}'", f"COALESCE({{row}}{d}, '')", "")
+                                 for d in ROLLUP_DIMENSIONS],
+            ("'tag'", "j.key || '=' || j.value", "json_each({row}tags) AS j"),
+            ("'degraded'", "j.value", "json_each({row}degraded) AS j")]
+_COLUMNS = ("hour, dim, organization, project, value, requests, input_tokens, "
+            "cached_input_tokens, output_tokens, reasoning_tokens, cost_nano, saved_nano, "
+            "blocked")
+
+ROLLUP_TABLE = """
+CREATE TABLE usage_hourly (
+    dim TEXT NOT NULL, hour INTEGER NOT NULL, organization TEXT NOT NULL,
+    project TEXT NOT NULL, value TEXT NOT NULL, requests INTEGER NOT NULL,
+    input_tokens INTEGER NOT NULL, cached_input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL, reasoning_tokens INTEGER NOT NULL,
+    cost_nano INTEGER NOT NULL, saved_nano INTEGER NOT NULL, blocked INTEGER NOT NULL,
+    PRIMARY KEY (dim, hour, organization, project, value)
+) WITHOUT ROWID
+"""
+
+
+def _trigger() -> str:
+    selects = []
+    for dim, value, source in _SOURCES:
+        src = source.format(row="NEW.")
+        selects.append(f"SELECT {dim} AS dim, {value.format(row='NEW.')} AS value"
+                       + (f" FROM {src}" if src else ""))
+    measures = ", ".join(f"NEW.{m}" for m in _MEASURES)
+    updates = ", ".join(f"{t} = {t} + excluded.{t}" for t in TOTALS)
+    return (
+        "CREATE TRIGGER ledger_usage_hourly AFTER INSERT ON ledger BEGIN "
+        f"INSERT INTO usage_hourly ({_COLUMNS}) "
+        f"SELECT {_HOUR_OF.format(ts='NEW.ts')}, d.dim, COALESCE(NEW.organization, ''), "
+        f"COALESCE(NEW.project, ''), d.value, 1, {measures}, NEW.outcome = 'blocked' "
+        f"FROM ({' UNION ALL '.join(selects)}) AS d WHERE 1 "
+        "ON CONFLICT (dim, hour, organization, project, value) DO UPDATE SET "
+        f"{updates}; END"
+    )
+
+
+def _rebuild() -> str:
+    parts = []
+    for dim, value, source in _SOURCES:
+        src = source.format(row="l.")
+        parts.append(
+            f"SELECT {_HOUR_OF.format(ts='l.ts')} AS hour, {dim} AS dim, "
+            "COALESCE(l.organization, '') AS organization, COALESCE(l.project, '') AS project, "
+            f"{value.format(row='l.')} AS value, "
+            + ", ".join(f"l.{m} AS {m}" for m in _MEASURES)
+            + ", l.outcome = 'blocked' AS blocked FROM ledger AS l"
+            + (f", {src}" if src else ""))
+    sums = ", ".join(f"SUM({m})" for m in (*_MEASURES, "blocked"))
+    return (f"INSERT INTO usage_hourly ({_COLUMNS}) SELECT hour, dim, organization, project, "
+            f"value, COUNT(*), {sums} FROM ({' UNION ALL '.join(parts)}) "
+            "GROUP BY dim, hour, organization, project, value")
+
+
+def ensure_rollup(conn: sqlite3.Connection) -> None:
+    """Create the rollup and its trigger, filled from the rows already in the ledger.
+
+    Inside one write transaction, so two processes opening an old database at once
+    cannot both fill it.
+    """
+    if _exists(conn):
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if not _exists(conn):
+            conn.execute(ROLLUP_TABLE)
+            conn.execute(_trigger())
+            conn.execute(_rebuild())
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def rebuild_rollup(conn: sqlite3.Connection) -> None:
+    """Recompute the rollup from the ledger (after a bulk load with the trigger dropped)."""
+    with conn:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("DELETE FROM usage_hourly")
+        conn.execute(_rebuild())
+
+
+def drop_trigger(conn: sqlite3.Connection) -> None:
+    """For bulk loads: stop maintaining the rollup row by row (``restore_trigger`` after)."""
+    conn.execute("DROP TRIGGER IF EXISTS ledger_usage_hourly")
+
+
+def restore_trigger(conn: sqlite3.Connection) -> None:
+    conn.execute("DROP TRIGGER IF EXISTS ledger_usage_hourly")
+    conn.execute(_trigger())
+    rebuild_rollup(conn)
+
+
+def _exists(conn: sqlite3.Connection) -> bool:
+    found = conn.execute("SELECT count(*) FROM sqlite_master WHERE name IN "
+                         "('usage_hourly', 'ledger_usage_hourly')").fetchone()
+    return bool(found and found[0] == 2)
+
+
+# --- buckets ---------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=64)
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+def bucket_label(ts: float, kind: str, tz: str) -> str:
+    local = datetime.fromtimestamp(ts, _zone(tz))
+    if kind == "hour":
+        return local.strftime("%Y-%m-%dT%H:00")
+    if kind == "day":
+        return local.strftime("%Y-%m-%d")
+    return local.strftime("%Y-%m")
+
+
+@lru_cache(maxsize=100_000)
+def hour_bucket(hour: int, kind: str, tz: str) -> str:
+    """``bucket_label`` of a rollup hour; few distinct hours, so cached."""
+    return bucket_label(hour, kind, tz)
+
+
+@lru_cache(maxsize=64)
+def hour_aligned(tz: str) -> bool:
+    """True when the zone's offset from UTC was a whole number of hours every day from
+    1980 to 2070: then every local hour, day and month starts on a UTC hour."""
+    zone = _zone(tz)
+    day = datetime(1980, 1, 1, 12, tzinfo=UTC)
+    end = datetime(2070, 1, 1, tzinfo=UTC)
+    while day < end:
+        offset = day.astimezone(zone).utcoffset()
+        if offset is None or offset.total_seconds() % HOUR:
+            return False
+        day += timedelta(days=1)
+    return True
+
+
+# --- queries ---------------------------------------------------------------------------------
+
+
+def _floor_hour(ts: float) -> int:
+    hour = int(ts // HOUR) * HOUR
+    while hour > ts:
+        hour -= HOUR
+    while hour + HOUR <= ts:
+        hour += HOUR
+    return hour
+
+
+def _plan(query: UsageQuery, label: str | None) -> str | None:
+    """The rollup dimension that answers ``query`` (``''`` for totals), or None."""
+    if query.bucket and not hour_aligned(query.tz):
+        return None
+    columns = {*query.group_by, *query.filters} - set(_KEYS)
+    if label is not None:
+        return None if columns else label
+    if not columns:
+        return ""
+    (column,) = columns if len(columns) == 1 else (None,)
+    return column if column in ROLLUP_DIMENSIONS else None
+
+
+def _names(query: UsageQuery, label: str | None) -> list[str]:
+    return [*(["bucket"] if query.bucket else []), *query.group_by,
+            *([label] if label else []), *TOTALS]
+
+
+def _ledger_sql(query: UsageQuery, label: str | None, since: float | None,
+                until: float | None) -> tuple[str, list[Any]]:
+    selects: list[str] = []
+    groups: list[str] = []
+    args: list[Any] = []
+    if query.bucket:
+        selects.append("ts_bucket(ledger.ts, ?, ?) AS bucket")
+        args.extend([query.bucket, query.tz])
+        groups.append("bucket")
+    for name in query.group_by:
+        if name not in GROUPABLE:  # validate() refused it already; never reach SQL
+            raise ValueError(f"cannot group by {name!r}")
+        selects.append(f"ledger.{name}")
+        groups.append(f"ledger.{name}")
+    source = "ledger"
+    if label == "tag":
+        source += ", json_each(ledger.tags) AS j"
+        selects.append("j.key || '=' || j.value AS label")
+        groups.append("label")
+    elif label == "degraded":
+        source += ", json_each(ledger.degraded) AS j"
+        selects.append("j.value AS label")
+        groups.append("label")
+    clauses: list[str] = []
+    for name, value in query.filters.items():
+        if name not in GROUPABLE:
+            raise ValueError(f"cannot filter by {name!r}")
+        clauses.append(f"ledger.{name} = ?")
+        args.append(value)
+    if since is not None:
+        clauses.append("ledger.ts >= ?")
+        args.append(since)
+    if until is not None:
+        clauses.append("ledger.ts < ?")
+        args.append(until)
+    totals = ("COUNT(*), " + ", ".join(f"SUM(ledger.{m})" for m in _MEASURES)
+              + ", SUM(CASE WHEN ledger.outcome = 'blocked' THEN 1 ELSE 0 END)")
+    sql = f"SELECT {', '.join([*selects, totals])} FROM {source}"
+    if clauses:
+        sql += " WHERE " + " AND ".join(clauses)
+    if groups:
+        sql += f" GROUP BY {', '.join(groups)}"
+    return sql, args
+
+
+def _rollup_sql(query: UsageQuery, dim: str, label: str | None, since: int | None,
+                until: int | None) -> tuple[str, list[Any]]:
+    selects: list[str] = []
+    groups: list[str] = []
+    args: list[Any] = []
+    if query.bucket:
+        selects.append("hour_bucket(hour, ?, ?) AS bucket")
+        args.extend([query.bucket, query.tz])
+        groups.append("bucket")
+    for name in [*query.group_by, *([label] if label else [])]:
+        column = name if name in _KEYS else "value"
+        selects.append(column)
+        groups.append(column)
+    clauses = ["dim = ?"]
+    args.append(dim)
+    for name, value in query.filters.items():
+        clauses.append(f"{name if name in _KEYS else 'value'} = ?")
+        args.append(value)
+    if since is not None:
+        clauses.append("hour >= ?")
+        args.append(since)
+    if until is not None:
+        clauses.append("hour < ?")
+        args.append(until)
+    totals = ", ".join(f"SUM({t})" for t in TOTALS)
+    sql = (f"SELECT {', '.join([*selects, totals])} FROM usage_hourly "
+           f"WHERE {' AND '.join(clauses)}")
+    if groups:
+        sql += f" GROUP BY {', '.join(groups)}"
+    return sql, args
+
+
+def _items(cursor: sqlite3.Cursor, names: Sequence[str]) -> list[dict[str, Any]]:
+    keys = len(names) - len(TOTALS)
+    out = []
+    for values in cursor:
+        item = dict(zip(names, values, strict=True))
+        for name in names[keys:]:
+            item[name] = item[name] or 0
+        for name in names[:keys]:
+            if item[name] == "":
+                item[name] = None
+        out.append(item)
+    return out
+
+
+def usage_from(conn: sqlite3.Connection, query: UsageQuery,
+               label: str | None = None) -> list[dict[str, Any]]:
+    """``Database.usage`` (and, with ``label``, ``usage_by_label``) on one connection."""
+    names = _names(query, label)
+    dim = _plan(query, label)
+    lo, hi = query.since, query.until
+    first = None if lo is None else _floor_hour(lo) + (0 if _floor_hour(lo) == lo else HOUR)
+    last = None if hi is None else _floor_hour(hi)
+    if dim is None or (first is not None and last is not None and first >= last):
+        items = _items(conn.execute(*_ledger_sql(query, label, lo, hi)), names)
+    else:
+        items = _items(conn.execute(*_rollup_sql(query, dim, label, first, last)), names)
+        edges: list[tuple[float, float]] = []
+        if lo is not None and first is not None and lo < first:
+            edges.append((lo, first))
+        if hi is not None and last is not None and last < hi:
+            edges.append((last, hi))
+        for since, until in edges:
+            items += _items(conn.execute(*_ledger_sql(query, label, since, until)), names)
+        items = _merged(items, len(names) - len(TOTALS))
+    items = [item for item in items if item["requests"]]
+    items.sort(key=lambda i: (i["bucket"] if query.bucket else "", -i["cost_nano"]))
+    return items[:query.limit]
+
+
+def _merged(items: list[dict[str, Any]], keys: int) -> list[dict[str, Any]]:
+    out: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for item in items:
+        key = tuple(item.values())[:keys]
+        seen = out.get(key)
+        if seen is None:
+            out[key] = item
+        else:
+            for name in TOTALS:
+                seen[name] += item[name]
+    return list(out.values())
