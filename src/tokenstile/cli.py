@@ -88,16 +88,72 @@ def version() -> None:
 
 @main.command()
 @config_option
-def check(config_path: str | None) -> None:
-    """Validate a configuration file and print every error with the path of the bad field."""
-    config = _load(config_path)
-    source = config_path or os.environ.get("TOKENSTILE_CONFIG") or "<defaults>"
-    upstreams = ", ".join(f"{name} ({u.kind} at {u.base_url})"
-                          for name, u in config.upstreams.items())
-    click.echo(f"{source}: ok")
-    click.echo(f"  upstreams: {upstreams}")
-    click.echo(f"  counters:  {config.storage.counters}")
-    click.echo(f"  database:  {config.storage.database}")
+@url_option
+@admin_key_option
+def check(config_path: str | None, url: str | None, admin_key: str | None) -> None:
+    """Validate a configuration file and print every error with the path of the bad field;
+    with --url, also show the running gateway's config and its last reload error."""
+    client = _remote(url, admin_key)
+    if client is None or config_path:
+        config = _load(config_path)
+        source = config_path or os.environ.get("TOKENSTILE_CONFIG") or "<defaults>"
+        upstreams = ", ".join(f"{name} ({u.kind} at {u.base_url})"
+                              for name, u in config.upstreams.items())
+        click.echo(f"{source}: ok")
+    from tokenstile.config import config_warnings
+
+    for warning in config_warnings(config):
+        click.echo(f"  warning: {warning}")
+        click.echo(f"  upstreams: {upstreams}")
+        click.echo(f"  counters:  {config.storage.counters}")
+        click.echo(f"  database:  {config.storage.database}")
+    if client is None:
+        return
+    status = _api(client, "GET", "/status")["config"]
+    click.echo(f"gateway {client.base.removesuffix('/admin')}: config "
+               f"{status['source'] or '<defaults>'}, generation {status['generation']}")
+    for name in status["pending_restart"]:
+        click.echo(f"  {name} changed: applies at the next restart")
+    if status["status"] != "ok":
+        click.echo("error: the last reload was refused; the previous config keeps serving",
+                   err=True)
+        for line in status["errors"]:
+            click.echo(f"  {line}", err=True)
+        sys.exit(2)
+
+
+@main.command()
+@config_option
+@click.option("--database", "url", default=None,
+              help="Database URL (default: the configuration's storage.database).")
+def migrate(config_path: str | None, url: str | None) -> None:
+    """Create or upgrade the database schema and print its version.
+
+    Gateways also migrate when they start (under a lock, so many can start at once); run
+    this to do it ahead of a deploy, or with a more privileged user.
+    """
+    from tokenstile.stores.counters import StoreConfigError, StoreUnavailable
+    from tokenstile.stores.spool import database_label
+
+    url = url or _load(config_path).storage.database
+
+    async def run() -> str:
+        db = database_from_url(url)
+        try:
+            step = getattr(db, "migrate", None)
+            if step is None:  # SQLite: the schema is created on open, without versions
+                await db.open()
+                return "schema up to date"
+            return f"schema version {await step()}"
+        finally:
+            await db.close()
+
+    try:
+        outcome = asyncio.run(run())
+    except (StoreConfigError, StoreUnavailable) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"{database_label(url)}: {outcome}")
 
 
 @main.command()

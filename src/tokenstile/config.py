@@ -278,6 +278,40 @@ class DegradationConfig(_Strict):
     truncate: Literal["start", "middle"] = "middle"
 
 
+class AlertChannelConfig(_Strict):
+    """Where alerts go: a webhook (generic JSON or Slack-compatible), e-mail, or the log."""
+
+    kind: Literal["webhook", "slack", "email", "log"] = "webhook"
+    url: str | None = None
+    format: Literal["json", "slack"] = "json"
+    headers: dict[str, str] = Field(default_factory=dict)
+    host: str | None = None
+    port: int = Field(25, ge=1, le=65535)
+    sender: str | None = None
+    recipients: list[str] = Field(default_factory=list)
+    starttls: bool = False
+    ssl: bool = False
+    username: str | None = None
+    password: str | None = None
+    timeout_s: float | None = Field(None, gt=0)
+
+
+class AlertingConfig(_Strict):
+    """Alert delivery and the rules that watch the ledger (thresholds live on budgets)."""
+
+    channels: dict[str, AlertChannelConfig] = Field(default_factory=dict)
+    default_channels: list[str] | None = None
+    interval_s: float = Field(60.0, gt=0)
+    hourly_cost_usd: float | None = Field(None, gt=0)
+    anomaly: bool = True
+    anomaly_by: list[str] = Field(default_factory=list)
+    anomaly_floor_usd: float = Field(1.0, ge=0)
+    anomaly_floor_tokens: int = Field(100_000, ge=0)
+    efficiency: dict[str, float] = Field(default_factory=dict)
+    projection: bool = True
+    daily_summary: bool = True
+
+
 class Config(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
@@ -291,6 +325,7 @@ class Config(_Strict):
     features: dict[str, FeatureConfig] = Field(default_factory=dict)
     limits: list[LimitConfig] = Field(default_factory=list)
     alerts: list[ThresholdConfig] = Field(default_factory=list)
+    alerting: AlertingConfig = Field(default_factory=AlertingConfig)
     policies: PoliciesConfig = Field(default_factory=PoliciesConfig)
     resilience: ResilienceConfig = Field(default_factory=ResilienceConfig)
     degradation: DegradationConfig = Field(default_factory=DegradationConfig)
@@ -400,6 +435,32 @@ def _semantic_errors(config: Config) -> list[str]:
             errors.append(f"policies.{where}auto_moderate.upstream: unknown upstream "
                           f"{moderation.upstream!r}")
     return errors
+
+
+def referenced_channels(config: Config) -> dict[str, str]:
+    """Alert channel names used anywhere, with where each is first used."""
+    named: dict[str, str] = {}
+    for i, threshold in enumerate(config.alerts):
+        for channel in threshold.channels:
+            named.setdefault(channel, f"alerts[{i}].channels")
+    for i, limit in enumerate(config.limits):
+        for j, threshold in enumerate(limit.thresholds or ()):
+            for channel in threshold.channels:
+                named.setdefault(channel, f"limits[{i}].thresholds[{j}].channels")
+    for channel in config.alerting.default_channels or ():
+        named.setdefault(channel, "alerting.default_channels")
+    return named
+
+
+def config_warnings(config: Config) -> list[str]:
+    """Things that work but are probably not what was meant (``tokenstile check`` prints
+    them): e.g. an alert channel that is named but never defined goes to the log."""
+    warnings = []
+    for channel, where in referenced_channels(config).items():
+        if channel not in config.alerting.channels:
+            warnings.append(f"{where}: alert channel {channel!r} is not defined under "
+                            "alerting.channels; its alerts go to the log")
+    return warnings
 
 
 def load_config(path: str | os.PathLike[str] | None = None,

@@ -477,6 +477,7 @@ class Gateway:
             ctx.cost_nano = cost
         try:
             await rt.admission.settle(ctx)
+            rt.alert_thresholds(ctx)
         except Exception:
             log.exception("settling request %s failed", ctx.id)
             ctx.flags.append("settle_failed")

@@ -10,8 +10,11 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from tokenstile.alerts.channels import Channel, LogChannel, build_channel
+from tokenstile.alerts.engine import AlertEngine, PeriodicRules, RuleSettings, history_from_url
+from tokenstile.alerts.rules import AnomalySettings, limit_blocked_alert, limit_threshold_alerts
 from tokenstile.clock import SYSTEM_CLOCK, Clock
-from tokenstile.config import Config
+from tokenstile.config import Config, referenced_channels
 from tokenstile.degrade.stage import Degrader
 from tokenstile.gateway.auth import Authenticator
 from tokenstile.gateway.reload import ConfigReloader, keep_start_settings, restart_only_changes
@@ -19,7 +22,8 @@ from tokenstile.gateway.resilience import CircuitBreakers
 from tokenstile.gateway.routing import Router
 from tokenstile.gateway.upstream import UpstreamClient
 from tokenstile.ledger import LedgerWriter
-from tokenstile.limits.admission import Admission
+from tokenstile.limits.admission import Admission, Ticket
+from tokenstile.limits.model import Limit
 from tokenstile.limits.overrides import Overrides
 from tokenstile.metrics import Metrics
 from tokenstile.policies.engine import PolicyEngine
@@ -30,8 +34,10 @@ from tokenstile.providers.openai import OpenAIAdapter
 from tokenstile.stores.counters import CounterStore, StoreUnavailable, counter_store_from_url
 from tokenstile.stores.database import Database, database_from_url
 from tokenstile.tokens import encoding_for, ensure_offline_encodings
+from tokenstile.types import usd_to_nano
 
 if TYPE_CHECKING:
+    from tokenstile.gateway.context import RequestContext
     from tokenstile.providers.base import Adapter
     from tokenstile.types import WireFormat
 
@@ -55,6 +61,7 @@ class Runtime:
     overrides: Overrides
     breakers: CircuitBreakers
     degrader: Degrader
+    alerts: AlertEngine
     adapters: dict[WireFormat, Adapter] = field(default_factory=dict)
     started: bool = False
     loop: asyncio.AbstractEventLoop | None = None
@@ -97,6 +104,7 @@ class Runtime:
             admission=admission, overrides=overrides, adapters=adapters,
             breakers=CircuitBreakers(config.resilience.circuit_breaker, clock),
             degrader=Degrader(config, admission, clock),
+            alerts=alert_engine_for(config, clock),
         )
 
     async def start(self) -> None:
@@ -106,6 +114,12 @@ class Runtime:
         await self.db.open()
         self.ledger.start()
         await self.overrides.refresh()
+        await self.alerts.start()
+        self.admission.on_blocked = self._alert_blocked
+        self._tasks.append(asyncio.create_task(
+            PeriodicRules(self.db, self.alerts, self.admission.limits,
+                          rule_settings(self.config), self.clock)
+            .run(self.config.alerting.interval_s), name="tokenstile-alert-rules"))
         self._tasks.append(asyncio.create_task(self.overrides.run(), name="tokenstile-overrides"))
         self.reloader = ConfigReloader(self, self.config_path)
         if self.config_path:
@@ -133,6 +147,7 @@ class Runtime:
         if self.reloader is not None:
             self.reloader.remove_signal_handler()
         await self.ledger.close()
+        await self.alerts.close(5.0)
         await self.upstream.close()
         await self.counters.close()
         await self.db.close()
@@ -159,11 +174,57 @@ class Runtime:
         self._pin()
         return pending
 
+    def _alert_blocked(self, limit: Limit, scope_id: str, used: int, needed: int) -> None:
+        self.alerts.submit(limit_blocked_alert(limit, scope_id, used, needed, self.clock.now()))
+
+    def alert_thresholds(self, ctx: RequestContext) -> None:
+        """After a settle: budget thresholds this request's usage crossed (off the hot path:
+        the engine delivers in the background, once per threshold and window)."""
+        ticket = ctx.ticket
+        if not isinstance(ticket, Ticket) or not ticket.metered:
+            return
+        now = self.clock.now()
+        for item in ticket.applied:
+            if item.charge_index >= 0 and not item.limit.shadow:
+                after = item.used + self.admission.actual(item.limit.unit, ctx)
+                self.alerts.submit_all(limit_threshold_alerts(
+                    item.limit, item.scope_id, item.used, after, now))
+
     def config_status(self) -> dict[str, object]:
         """The config's source, generation and last reload error (for /readyz)."""
         if self.reloader is None:
             return {"status": "ok", "source": self.config_path, "generation": 1}
         return self.reloader.status.as_dict()
+
+
+def alert_engine_for(config: Config, clock: Clock) -> AlertEngine:
+    """Channels from ``alerting.channels``; names used but not defined go to the log."""
+    channels: dict[str, Channel] = {
+        name: build_channel(name, spec.model_dump(exclude_none=True))
+        for name, spec in config.alerting.channels.items()}
+    for name in referenced_channels(config):
+        channels.setdefault(name, LogChannel())
+    if not channels:
+        channels["log"] = LogChannel()
+    url = config.storage.database
+    history = history_from_url(url if url.startswith("sqlite:///") else "memory://")
+    return AlertEngine(channels, history, clock,
+                       default_channels=config.alerting.default_channels)
+
+
+def rule_settings(config: Config) -> RuleSettings:
+    alerting = config.alerting
+    return RuleSettings(
+        tz=config.server.timezone,
+        hourly_cost_usd=alerting.hourly_cost_usd,
+        anomaly=AnomalySettings() if alerting.anomaly else None,
+        anomaly_by=tuple(alerting.anomaly_by),
+        anomaly_floors={"usd": float(usd_to_nano(alerting.anomaly_floor_usd)),
+                        "tokens": float(alerting.anomaly_floor_tokens)},
+        efficiency=dict(alerting.efficiency),
+        projection=alerting.projection,
+        daily_summary=alerting.daily_summary,
+    )
 
 
 def admin_key_for(config: Config) -> str | None:

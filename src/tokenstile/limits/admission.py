@@ -187,6 +187,7 @@ class Admission:
         self.clock = clock
         self.live: set[str] = set()
         self.utilization: dict[str, float] = {}
+        self.on_blocked: Callable[[Limit, str, int, int], None] | None = None
         self._overrides: list[Override] = []
         self.reconfigure(config)
 
@@ -443,6 +444,8 @@ class Admission:
         headers = {"retry-after": str(retry_after), **self.headers(ticket, failed_index=index)}
         code = "rate_limit_exceeded" if limit.window.kind in ("minute", "rolling") \
             and limit.unit == "requests" else "budget_exceeded"
+        if self.on_blocked is not None:
+            self.on_blocked(limit, item.scope_id, item.used, item.amount)
         return BudgetExhausted(limit, item.scope_id, message, code, headers)
 
     def headers(self, ticket: Ticket, failed_index: int | None = None) -> dict[str, str]:
