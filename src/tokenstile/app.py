@@ -3,6 +3,7 @@ the hot path); everything else (health, metrics, models, admin, dashboard) is St
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -24,6 +25,7 @@ from tokenstile.gateway.asgi import Receive, Scope, Send
 from tokenstile.gateway.pipeline import Gateway
 from tokenstile.gateway.runtime import Runtime
 from tokenstile.gateway.upstream import upstream_headers, upstream_url
+from tokenstile.providers.models import model_item, model_list, openai_entries
 from tokenstile.types import ApiKind, WireFormat
 
 log = logging.getLogger("tokenstile")
@@ -99,33 +101,56 @@ def _web_app(app: TokenstileApp) -> Starlette:
         rt.metrics.ledger_backlog.set(rt.ledger.backlog)
         return Response(rt.metrics.render(), media_type="text/plain; version=0.0.4")
 
-    async def models(request: Request) -> Response:
-        headers = {k.lower(): v for k, v in request.headers.items()}
-        try:
-            caller, provider_key = await rt.auth.authenticate(headers)
-        except GatewayError as err:
-            return _error("openai", err)
-        listed: dict[str, dict[str, Any]] = {}
+    async def catalog(provider_key: str | None, wire: WireFormat) -> list[dict[str, Any]]:
+        """What the upstreams list, merged, plus the exact model names of the routes."""
+        fetches = []
         for name, upstream in rt.router.upstreams.items():
-            if upstream.kind == "anthropic" or not (provider_key or upstream.api_key):
+            upstream_wire: WireFormat = "anthropic" if upstream.kind == "anthropic" \
+                else "openai"
+            # A caller's own provider key goes only to its own provider's upstreams.
+            if provider_key is not None and upstream_wire != wire:
                 continue
-            data = await rt.upstream.get_json(
-                name, upstream, upstream_url(upstream, "models"),
-                upstream_headers(upstream, {}, provider_key))
-            if isinstance(data, dict) and isinstance(data.get("data"), list):
-                for item in data["data"]:
-                    if isinstance(item, dict) and isinstance(item.get("id"), str):
-                        listed.setdefault(item["id"], item)
+            if not (provider_key or upstream.api_key):
+                continue
+            url = upstream_url(upstream, "models")
+            if upstream_wire == "anthropic":
+                url += "?limit=1000"
+            fetches.append((name, rt.upstream.get_json(
+                name, upstream, url, upstream_headers(upstream, {}, provider_key))))
+        answers = await asyncio.gather(*(fetch for _, fetch in fetches))
+        listed: dict[str, dict[str, Any]] = {}
+        for (name, _), answer in zip(fetches, answers, strict=True):
+            for item in openai_entries(answer, name):
+                listed.setdefault(item["id"], item)
         for route in rt.config.routes:
             if not any(ch in route.match for ch in "*?["):
                 listed.setdefault(route.match, {"id": route.match, "object": "model",
                                                 "created": 0, "owned_by": route.upstream})
-        allowed = caller.allowed_models
+        return [item for _, item in sorted(listed.items())]
+
+    async def models(request: Request) -> Response:
+        """``GET /v1/models`` (and one model by id), in the shape of the SDK that asks: the
+        ``anthropic`` SDK sends ``anthropic-version``."""
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        wire: WireFormat = "anthropic" if "anthropic-version" in headers else "openai"
+        try:
+            caller, provider_key = await rt.auth.authenticate(headers)
+        except GatewayError as err:
+            return _error(wire, err)
         from fnmatch import fnmatchcase
 
-        data_out = [item for model_id, item in sorted(listed.items())
-                    if not allowed or any(fnmatchcase(model_id, p) for p in allowed)]
-        return JSONResponse({"object": "list", "data": data_out})
+        allowed = caller.allowed_models
+        entries = [item for item in await catalog(provider_key, wire)
+                   if not allowed or any(fnmatchcase(item["id"], p) for p in allowed)]
+        model_id = request.path_params.get("model_id")
+        if model_id is None:
+            return JSONResponse(model_list(wire, entries))
+        found = next((item for item in entries if item["id"] == model_id), None)
+        if found is None:
+            body = render_error(wire, 404, f"tokenstile: no model {model_id!r} is available "
+                                "to this key", code="model_not_found")
+            return Response(body, status_code=404, media_type="application/json")
+        return JSONResponse(model_item(wire, found))
 
     async def unknown_v1(request: Request) -> Response:
         path = request.url.path
@@ -145,6 +170,7 @@ def _web_app(app: TokenstileApp) -> Starlette:
         Route("/readyz", readyz),
         Route("/metrics", metrics),
         Route("/v1/models", models),
+        Route("/v1/models/{model_id:path}", models),
         Mount("/admin", app=mounted_admin(rt)),
         Route("/v1/{rest:path}", unknown_v1,
               methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]),

@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 import anthropic
+import openai
 import pytest
 
 from tests.conftest import FakeHandle, Gateway
@@ -423,3 +424,28 @@ def test_input_estimates_reserve_and_provider_usage_settles(
     [status] = gateway.run(budget_status(rt.admission.limits, rt.counters, rt.clock.now(),
                                          {"project": ["p"]}))
     assert status.used == row.input_tokens + row.output_tokens
+
+
+# --- models -------------------------------------------------------------------------------
+
+
+def test_models_are_listed_in_the_shape_of_the_sdk_that_asks(
+        claude: Gateway, fake: FakeHandle) -> None:
+    key = claude.key(allowed_models=["claude-*"])
+    api = client(claude, key)
+    ids = [m.id for m in api.models.list()]
+    assert MODEL in ids and all(i.startswith("claude-") for i in ids)
+    one = api.models.retrieve(MODEL)
+    assert (one.type, one.id) == ("model", MODEL)
+    with pytest.raises(anthropic.NotFoundError) as caught:
+        api.models.retrieve("gpt-4o")
+    assert_anthropic_error(caught.value.body, "not_found_error")
+    asked = [r for r in fake.fake.tally.records if r.route == "/v1/models"]
+    to_anthropic = [r for r in asked if r.headers.get("x-api-key") == ANTHROPIC_KEY]
+    assert to_anthropic and all(r.headers["anthropic-version"] for r in to_anthropic)
+    # the openai SDK sees Claude models too: it can call them through translation
+    listed = openai.OpenAI(base_url=claude.v1, api_key=key, max_retries=0).models.list()
+    assert MODEL in [m.id for m in listed]
+    with pytest.raises(anthropic.AuthenticationError) as denied:
+        client(claude, "ts-unknown").models.list()
+    assert_anthropic_error(denied.value.body, "authentication_error")
