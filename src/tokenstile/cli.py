@@ -16,6 +16,7 @@ import click
 import orjson
 
 from tokenstile import __version__
+from tokenstile.admin.remote import AdminClient, RemoteError
 from tokenstile.config import Config, ConfigError, load_config
 from tokenstile.stores.database import (
     Database,
@@ -56,6 +57,37 @@ def _with_db(config: Config, work: Callable[[Database], Awaitable[T]]) -> T:
             await db.close()
 
     return asyncio.run(run())
+
+
+# -- a running gateway through its admin API -------------------------------------------------
+
+url_option = click.option(
+    "--url", envvar="TOKENSTILE_URL", default=None,
+    help="Talk to a running gateway's admin API at this URL ($TOKENSTILE_URL) instead of "
+         "the database.")
+admin_key_option = click.option(
+    "--admin-key", envvar="TOKENSTILE_ADMIN_KEY", default=None,
+    help="The gateway's admin key, with --url ($TOKENSTILE_ADMIN_KEY).")
+
+
+def _remote(url: str | None, admin_key: str | None) -> AdminClient | None:
+    """The admin API client when ``--url`` is given, else None (work on the database)."""
+    if not url:
+        return None
+    if not admin_key:
+        click.echo("error: --url needs the admin key: --admin-key or $TOKENSTILE_ADMIN_KEY",
+                   err=True)
+        sys.exit(2)
+    return AdminClient(url, admin_key)
+
+
+def _api(client: AdminClient, method: str, path: str, body: dict[str, Any] | None = None,
+         **params: Any) -> Any:
+    try:
+        return client.call(method, path, body, params)
+    except RemoteError as err:
+        click.echo(f"error: {err.message}", err=True)
+        sys.exit(1)
 
 
 def parse_since(text: str, now: float | None = None) -> float:
@@ -100,10 +132,10 @@ def check(config_path: str | None, url: str | None, admin_key: str | None) -> No
         upstreams = ", ".join(f"{name} ({u.kind} at {u.base_url})"
                               for name, u in config.upstreams.items())
         click.echo(f"{source}: ok")
-    from tokenstile.config import config_warnings
+        from tokenstile.config import config_warnings
 
-    for warning in config_warnings(config):
-        click.echo(f"  warning: {warning}")
+        for warning in config_warnings(config):
+            click.echo(f"  warning: {warning}")
         click.echo(f"  upstreams: {upstreams}")
         click.echo(f"  counters:  {config.storage.counters}")
         click.echo(f"  database:  {config.storage.database}")
@@ -210,26 +242,39 @@ def _parse_expiry(text: str | None) -> float | None:
 @click.option("--expires", default=None, help="Expiry: a duration (30d) or an ISO date.")
 @click.option("--passthrough", is_flag=True, help="May forward its own provider key.")
 @json_option
+@url_option
+@admin_key_option
 def keys_create(config_path: str | None, project: str, user: str | None,
                 organization: str | None, team: str | None, tier: str | None,
                 feature: str | None, name: str | None, models: str | None,
-                expires: str | None, passthrough: bool, as_json: bool) -> None:
+                expires: str | None, passthrough: bool, as_json: bool, url: str | None,
+                admin_key: str | None) -> None:
     """Create a key; its secret is printed once and stored only as a hash."""
-    config = _load(config_path)
-    secret = new_key_secret()
-    record = KeyRecord(
-        id=new_key_id(), hash=hash_key(secret), prefix=secret[:7], name=name,
-        organization=organization or config.organization.name, project=project, team=team,
-        user=user, tier=tier, feature=feature,
-        allowed_models=[m.strip() for m in models.split(",") if m.strip()] if models else None,
-        passthrough=passthrough, created_at=time.time(), expires_at=_parse_expiry(expires),
-    )
-    _with_db(config, lambda db: db.create_key(record))
+    allowed = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    client = _remote(url, admin_key)
+    if client is not None:
+        created = _api(client, "POST", "/keys", {
+            "project": project, "user": user, "organization": organization, "team": team,
+            "tier": tier, "feature": feature, "name": name, "allowed_models": allowed,
+            "passthrough": passthrough, "expires_at": _parse_expiry(expires)})
+        shown, key_id, secret = created, created["id"], created["key"]
+    else:
+        config = _load(config_path)
+        secret = new_key_secret()
+        record = KeyRecord(
+            id=new_key_id(), hash=hash_key(secret), prefix=secret[:7], name=name,
+            organization=organization or config.organization.name, project=project,
+            team=team, user=user, tier=tier, feature=feature, allowed_models=allowed,
+            passthrough=passthrough, created_at=time.time(),
+            expires_at=_parse_expiry(expires),
+        )
+        _with_db(config, lambda db: db.create_key(record))
+        shown, key_id = {**record.public(), "key": secret}, record.id
     if as_json:
-        click.echo(orjson.dumps({**record.public(), "key": secret}).decode())
+        click.echo(orjson.dumps(shown).decode())
         return
     click.echo(secret)
-    click.echo(f"created {record.id} for project {project!r}"
+    click.echo(f"created {key_id} for project {project!r}"
                + (f", user {user!r}" if user else "")
                + "; the key is shown only this once", err=True)
 
@@ -237,17 +282,28 @@ def keys_create(config_path: str | None, project: str, user: str | None,
 @keys.command("list")
 @config_option
 @click.option("--all", "include_revoked", is_flag=True, help="Include revoked keys.")
+@click.option("--project", default=None, help="Only this project's keys.")
 @json_option
-def keys_list(config_path: str | None, include_revoked: bool, as_json: bool) -> None:
+@url_option
+@admin_key_option
+def keys_list(config_path: str | None, include_revoked: bool, project: str | None,
+              as_json: bool, url: str | None, admin_key: str | None) -> None:
     """List keys (never their secrets)."""
-    config = _load(config_path)
-    records = _with_db(config, lambda db: db.list_keys(include_revoked))
-    rows = [r.public() for r in records]
+    client = _remote(url, admin_key)
+    if client is not None:
+        rows = _api(client, "GET", "/keys", state="all" if include_revoked else "active",
+                    project=project)["data"]
+    else:
+        config = _load(config_path)
+        filters = {"project": project} if project else None
+        records = _with_db(config, lambda db: db.list_keys(include_revoked, filters))
+        now = time.time()
+        rows = [{**r.public(), "state": "revoked" if r.revoked_at else
+                 "active" if r.active(now) else "expired"} for r in records]
     if as_json:
         click.echo(orjson.dumps(rows).decode())
         return
     for row in rows:
-        row["state"] = "revoked" if row["revoked_at"] else "active"
         row["created"] = datetime.fromtimestamp(row["created_at"], UTC).strftime(
             "%Y-%m-%d %H:%M")
     click.echo(render_table(rows, [("id", "ID"), ("prefix", "PREFIX"), ("name", "NAME"),
@@ -259,28 +315,42 @@ def keys_list(config_path: str | None, include_revoked: bool, as_json: bool) -> 
 @keys.command("revoke")
 @config_option
 @click.argument("key_id")
-def keys_revoke(config_path: str | None, key_id: str) -> None:
+@url_option
+@admin_key_option
+def keys_revoke(config_path: str | None, key_id: str, url: str | None,
+                admin_key: str | None) -> None:
     """Revoke a key by its id; it stops working within a second everywhere."""
-    config = _load(config_path)
-    record = _with_db(config, lambda db: db.update_key(key_id, revoked_at=time.time()))
-    if record is None:
-        click.echo(f"error: no key with id {key_id!r}", err=True)
-        sys.exit(1)
+    client = _remote(url, admin_key)
+    if client is not None:
+        _api(client, "POST", f"/keys/{_path(key_id)}/revoke")
+    else:
+        config = _load(config_path)
+        record = _with_db(config, lambda db: db.update_key(key_id, revoked_at=time.time()))
+        if record is None:
+            click.echo(f"error: no key with id {key_id!r}", err=True)
+            sys.exit(1)
     click.echo(f"revoked {key_id}")
 
 
 @keys.command("rotate")
 @config_option
 @click.argument("key_id")
-def keys_rotate(config_path: str | None, key_id: str) -> None:
+@url_option
+@admin_key_option
+def keys_rotate(config_path: str | None, key_id: str, url: str | None,
+                admin_key: str | None) -> None:
     """Give a key a new secret (same id, same bindings); the old secret stops working."""
-    config = _load(config_path)
-    secret = new_key_secret()
-    record = _with_db(config, lambda db: db.update_key(key_id, hash=hash_key(secret),
-                                                        prefix=secret[:7]))
-    if record is None:
-        click.echo(f"error: no key with id {key_id!r}", err=True)
-        sys.exit(1)
+    client = _remote(url, admin_key)
+    if client is not None:
+        secret = _api(client, "POST", f"/keys/{_path(key_id)}/rotate")["key"]
+    else:
+        config = _load(config_path)
+        secret = new_key_secret()
+        record = _with_db(config, lambda db: db.update_key(key_id, hash=hash_key(secret),
+                                                            prefix=secret[:7]))
+        if record is None:
+            click.echo(f"error: no key with id {key_id!r}", err=True)
+            sys.exit(1)
     click.echo(secret)
     click.echo(f"rotated {key_id}; the new key is shown only this once", err=True)
 
@@ -295,23 +365,41 @@ def keys_rotate(config_path: str | None, key_id: str) -> None:
 @click.option("--until", default=None, help="End: an ISO date (default now).")
 @click.option("--bucket", type=click.Choice(["hour", "day", "month"]), default=None)
 @click.option("--project", default=None, help="Only this project.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV (for spreadsheets).")
 @json_option
+@url_option
+@admin_key_option
 def usage(config_path: str | None, group_by: str, since: str, until: str | None,
-          bucket: str | None, project: str | None, as_json: bool) -> None:
+          bucket: str | None, project: str | None, as_csv: bool, as_json: bool,
+          url: str | None, admin_key: str | None) -> None:
     """Summarise recorded usage from the ledger."""
-    config = _load(config_path)
     aliases = {"model": "served_model", "key": "key_id", "org": "organization"}
     groups = [] if group_by in ("", "none") else \
         [aliases.get(g.strip(), g.strip()) for g in group_by.split(",") if g.strip()]
-    query = UsageQuery(since=parse_since(since),
-                       until=parse_since(until) if until else None,
-                       group_by=groups, bucket=bucket, tz=config.server.timezone,
-                       filters={"project": project} if project else {})
-    try:
-        query.validate()
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-    rows = _with_db(config, lambda db: db.usage(query))
+    start, end = parse_since(since), parse_since(until) if until else None
+    client = _remote(url, admin_key)
+    if client is not None:
+        answer = _api(client, "GET", "/usage", since=start, until=end, group_by=groups,
+                      bucket=bucket, project=project, format="csv" if as_csv else "json")
+        if as_csv:
+            click.echo(answer, nl=False)
+            return
+        rows = answer["data"]
+    else:
+        config = _load(config_path)
+        query = UsageQuery(since=start, until=end, group_by=groups, bucket=bucket,
+                           tz=config.server.timezone,
+                           filters={"project": project} if project else {})
+        try:
+            query.validate()
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+        rows = _with_db(config, lambda db: db.usage(query))
+    if as_csv:
+        from tokenstile.admin.usage import usage_csv
+
+        click.echo(usage_csv(rows, groups, bucket), nl=False)
+        return
     if as_json:
         click.echo(orjson.dumps(rows).decode())
         return
@@ -327,16 +415,24 @@ def usage(config_path: str | None, group_by: str, since: str, until: str | None,
 @click.option("--until", default=None, help="End: an ISO date (default now).")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
 @json_option
+@url_option
+@admin_key_option
 def flagged(config_path: str | None, policy: str | None, key_id: str | None,
             project: str | None, since: str, until: str | None, limit: int,
-            as_json: bool) -> None:
+            as_json: bool, url: str | None, admin_key: str | None) -> None:
     """List blocked, rewritten and flagged requests with their reasons, newest first."""
     from tokenstile.policies import flagged as listing
 
-    config = _load(config_path)
-    items = _with_db(config, lambda db: listing.flagged(
-        db, limit, policy=policy, key_id=key_id, project=project, since=parse_since(since),
-        until=parse_since(until) if until else None))
+    start, end = parse_since(since), parse_since(until) if until else None
+    client = _remote(url, admin_key)
+    if client is not None:
+        items = _api(client, "GET", "/flagged", policy=policy, key_id=key_id,
+                     project=project, since=start, until=end, limit=limit)["data"]
+    else:
+        config = _load(config_path)
+        items = _with_db(config, lambda db: listing.flagged(
+            db, limit, policy=policy, key_id=key_id, project=project, since=start,
+            until=end))
     click.echo(orjson.dumps(items).decode() if as_json else listing.render(items))
 
 
@@ -346,40 +442,34 @@ def flagged(config_path: str | None, policy: str | None, key_id: str | None,
 @click.argument("name")
 @click.option("--reason", default=None, help="Shown to callers while it is off.")
 @config_option
+@url_option
+@admin_key_option
 def switch(state: str, scope: str, name: str, reason: str | None,
-           config_path: str | None) -> None:
+           config_path: str | None, url: str | None, admin_key: str | None) -> None:
     """Switch a feature, project, key or model off or on; every gateway sees it within a
     second, without a restart."""
     from tokenstile.limits.overrides import switch_target
     from tokenstile.stores.database import Override
 
-    config = _load(config_path)
-    target = switch_target(scope, name)
     value: dict[str, Any] = {"enabled": state == "on"}
     if reason:
         value["reason"] = reason
-    override = Override("switch", target, value, time.time(), "cli")
-    _with_db(config, lambda db: db.set_override(override))
+    client = _remote(url, admin_key)
+    if client is not None:
+        _api(client, "PUT", f"/overrides/switch/{scope}/{_path(name)}", value)
+    else:
+        config = _load(config_path)
+        override = Override("switch", switch_target(scope, name), value, time.time(), "cli")
+        _with_db(config, lambda db: db.set_override(override))
     click.echo(f"{scope} {name!r} switched {state}")
 
 
-def _amount_text(value: int, money: bool) -> str:
-    return f"${value / 1e9:,.2f}" if money else f"{value:,}"
-
-
-@main.command()
-@config_option
-@click.option("--id", "ids", multiple=True,
-              help="Also show per-id limits for SCOPE=ID (e.g. --id user=alice).")
-@json_option
-def budgets(config_path: str | None, ids: tuple[str, ...], as_json: bool) -> None:
-    """Every limit with its usage in the current window and when it resets."""
+def _local_budgets(config: Config, ids: tuple[str, ...]) -> list[dict[str, Any]]:
     from tokenstile.limits.model import compile_limits
     from tokenstile.limits.overrides import apply_limit_overrides
     from tokenstile.limits.status import budget_status
     from tokenstile.stores.counters import counter_store_from_url
 
-    config = _load(config_path)
     known: dict[str, list[str]] = {"organization": [config.organization.name]}
     for item in ids:
         scope, _, value = item.partition("=")
@@ -397,7 +487,34 @@ def budgets(config_path: str | None, ids: tuple[str, ...], as_json: bool) -> Non
             await counters.close()
         return [r.as_dict() for r in rows]
 
-    rows = _with_db(config, work)
+    return _with_db(config, work)
+
+
+def _path(name: str) -> str:
+    from urllib.parse import quote
+
+    return quote(name, safe="")
+
+
+def _amount_text(value: int, money: bool) -> str:
+    return f"${value / 1e9:,.2f}" if money else f"{value:,}"
+
+
+@main.command()
+@config_option
+@click.option("--id", "ids", multiple=True,
+              help="Also show per-id limits for SCOPE=ID (e.g. --id user=alice).")
+@json_option
+@url_option
+@admin_key_option
+def budgets(config_path: str | None, ids: tuple[str, ...], as_json: bool, url: str | None,
+            admin_key: str | None) -> None:
+    """Every limit with its usage in the current window and when it resets."""
+    client = _remote(url, admin_key)
+    if client is not None:
+        rows = _api(client, "GET", "/budgets", id=list(ids))["data"]
+    else:
+        rows = _local_budgets(_load(config_path), ids)
     if as_json:
         click.echo(orjson.dumps(rows).decode())
         return

@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tokenstile.admin import keys, overrides, settings, usage
+from tokenstile.admin import dashboard_api, keys, overrides, settings, usage
 from tokenstile.admin.endpoint import Call, Endpoint, route
 from tokenstile.admin.http import ApiError, json_response
 from tokenstile.admin.openapi import openapi_document
@@ -36,6 +36,7 @@ ENDPOINTS: list[Endpoint] = [
     *keys.ENDPOINTS,
     *overrides.ENDPOINTS,
     *usage.ENDPOINTS,
+    *dashboard_api.ENDPOINTS,
 ]
 
 

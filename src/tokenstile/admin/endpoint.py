@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tokenstile.admin.auth import Principal, authenticate
+from tokenstile.admin.auth import Principal, authenticate, authenticate_reader
 from tokenstile.admin.http import ApiError, json_response, parse_body, parse_query
 
 if TYPE_CHECKING:
@@ -68,6 +68,8 @@ class Endpoint:
     errors: tuple[int, ...] = ()
     public: bool = False
     csv: bool = False
+    readers: bool = False
+    """Project keys may call it too, and see only their own project's numbers."""
 
     @property
     def operation_id(self) -> str:
@@ -78,7 +80,12 @@ def route(endpoint: Endpoint, admin_key: Callable[[Runtime], str | None],
           rt: Runtime) -> Route:
     async def serve(request: Request) -> Response:
         try:
-            principal = None if endpoint.public else authenticate(request, admin_key(rt))
+            if endpoint.public:
+                principal = None
+            elif endpoint.readers:
+                principal = await authenticate_reader(request, rt, admin_key(rt))
+            else:
+                principal = authenticate(request, admin_key(rt), rt.clock.now())
             call = Call(request, rt, principal, dict(request.path_params))
             if endpoint.query is not None:
                 call.parsed_query = parse_query(request.query_params.multi_items(),

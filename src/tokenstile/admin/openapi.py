@@ -102,7 +102,8 @@ def _operation(endpoint: Endpoint, schemas: _Schemas) -> dict[str, Any]:
     if endpoint.body is not None:
         op["requestBody"] = {"required": True, "content": {
             "application/json": {"schema": schemas.of(endpoint.body)}}}
-    op["security"] = [] if endpoint.public else [{"adminKey": []}]
+    op["security"] = [] if endpoint.public else [{"adminKey": []}] + (
+        [{"projectKey": []}] if endpoint.readers else [])
     return op
 
 
@@ -120,5 +121,8 @@ def openapi_document(endpoints: Iterable[Endpoint]) -> dict[str, Any]:
                                 "'Authorization: Bearer <admin key>'."},
         "paths": paths,
         "components": {"schemas": schemas.components, "securitySchemes": {
-            "adminKey": {"type": "http", "scheme": "bearer"}}},
+            "adminKey": {"type": "http", "scheme": "bearer"},
+            "projectKey": {"type": "http", "scheme": "bearer",
+                           "description": "A tokenstile key (ts-…): reads its own project's "
+                                          "dashboard only"}}},
     }

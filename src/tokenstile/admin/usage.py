@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+from collections.abc import Sequence
 from typing import Any
 
 from starlette.responses import Response
@@ -15,6 +16,7 @@ from tokenstile.admin.http import ApiError, not_found
 from tokenstile.admin.schemas import BudgetParams, FlaggedParams, UsageParams, as_utc
 from tokenstile.admin.settings import LIST
 from tokenstile.limits.status import budget_status
+from tokenstile.policies.flagged import flagged as listing
 from tokenstile.stores.counters import StoreUnavailable
 from tokenstile.stores.database import UsageQuery
 from tokenstile.types import LedgerRow, nano_to_usd
@@ -37,11 +39,16 @@ def _range(call: Call, since: Any, until: Any) -> tuple[float, float | None]:
             end.timestamp() if end else None)
 
 
-def to_csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
+def usage_csv(rows: list[dict[str, Any]], group_by: Sequence[str], bucket: str | None) -> str:
+    """Usage rows as CSV: the grouping columns, then the totals (USD and nano-USD)."""
+    columns = [*(["bucket"] if bucket else []), *group_by, "requests", "input_tokens",
+               "cached_input_tokens", "output_tokens", "reasoning_tokens", "cost_usd",
+               "cost_nano", "saved_nano", "blocked"]
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    for row in rows:
+        writer.writerow({**row, "cost_usd": nano_to_usd(row.get("cost_nano") or 0)})
     return out.getvalue()
 
 
@@ -59,23 +66,21 @@ async def usage(call: Call) -> Any:
     for row in rows:
         row["cost_usd"] = nano_to_usd(row["cost_nano"])
     if q.format == "csv":
-        columns = [*(["bucket"] if q.bucket else []), *q.group_by, "requests", "input_tokens",
-                   "cached_input_tokens", "output_tokens", "reasoning_tokens", "cost_usd",
-                   "cost_nano", "saved_nano", "blocked"]
-        return Response(to_csv(rows, columns), media_type="text/csv; charset=utf-8",
+        return Response(usage_csv(rows, q.group_by, q.bucket),
+                        media_type="text/csv; charset=utf-8",
                         headers={"content-disposition": 'attachment; filename="usage.csv"'})
     return {"since": since, "until": until, "group_by": list(q.group_by), "bucket": q.bucket,
             "data": rows}
 
 
 async def flagged(call: Call) -> dict[str, Any]:
+    """The same listing as ``tokenstile flagged``."""
     q = call.query(FlaggedParams)
     since, until = _range(call, q.since, q.until)
-    filters = {name: value for name in ("project", "user", "feature", "key_id", "outcome",
-                                        "policy") if (value := getattr(q, name)) is not None}
-    rows = await call.rt.db.ledger_rows(limit=q.limit, flagged=True, since=since, until=until,
-                                        **filters)
-    return {"data": [row_out(r) for r in rows]}
+    filters = {name: getattr(q, name) for name in ("project", "user", "feature", "key_id",
+                                                   "outcome", "policy")}
+    items = await listing(call.rt.db, q.limit, since=since, until=until, **filters)
+    return {"data": items}
 
 
 async def show_request(call: Call) -> dict[str, Any]:

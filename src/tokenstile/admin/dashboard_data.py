@@ -1,0 +1,619 @@
+"""What the dashboard shows, as plain data: one function per page.
+
+The HTML pages and their JSON twins in the admin API call the same function, so a page and
+its API answer cannot disagree. Every figure is read for a ``Scope``: the whole gateway or
+one organization for an admin, one project for a project key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from tokenstile.admin.keys import key_out
+from tokenstile.admin.settings import limit_view
+from tokenstile.alerts.engine import month_forecast
+from tokenstile.alerts.forecast import Forecast
+from tokenstile.alerts.recommend import CacheStats, FeatureCap, ModelUsage, TrimStats, recommend
+from tokenstile.gateway.runtime import Runtime
+from tokenstile.limits.model import compile_limits
+from tokenstile.limits.overrides import SWITCH_SCOPES, apply_limit_overrides
+from tokenstile.limits.status import BudgetStatus, budget_status
+from tokenstile.limits.windows import Window, window_start
+from tokenstile.stores.counters import StoreUnavailable
+from tokenstile.stores.database import LabelUsage, UsageQuery
+from tokenstile.types import LedgerRow, nano_to_usd
+
+TOTALS = ("requests", "input_tokens", "cached_input_tokens", "output_tokens",
+          "reasoning_tokens", "cost_nano", "saved_nano", "blocked")
+# Breakdown dimensions → ledger column (``tag`` is read through ``LabelUsage``).
+DIMENSIONS: dict[str, str] = {"project": "project", "model": "served_model", "user": "user",
+                              "feature": "feature", "team": "team", "tag": "tag"}
+FLAG_KINDS = ("blocked", "rewritten", "degraded", "audited", "error")
+ERROR_OUTCOMES = frozenset({"error", "upstream_error", "client_disconnect", "upstream_cut",
+                            "unsettled"})
+RANGES: dict[str, str] = {"today": "Today", "24h": "Last 24 hours", "7d": "Last 7 days",
+                          "month": "This month", "30d": "Last 30 days",
+                          "last_month": "Last month", "90d": "Last 90 days"}
+BREAKDOWN_TOP = 6
+RECOMMEND_DAYS = 14
+HOURLY_POINTS = 48
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """Whose numbers to show: everything (both None), an organization, or a project."""
+
+    organization: str | None = None
+    project: str | None = None
+
+    def filters(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        if self.organization is not None:
+            out["organization"] = self.organization
+        if self.project is not None:
+            out["project"] = self.project
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"organization": self.organization, "project": self.project}
+
+    def admits(self, row: LedgerRow) -> bool:
+        return all(getattr(row, name) == value for name, value in self.filters().items())
+
+
+@dataclass(slots=True)
+class Context:
+    """One dashboard request's view of the gateway: runtime, scope and the time it is."""
+
+    rt: Runtime
+    scope: Scope
+    now: float = 0.0
+    tz: str = "UTC"
+    _memo: dict[Any, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, rt: Runtime, scope: Scope) -> Context:
+        return cls(rt, scope, rt.clock.now(), rt.config.server.timezone)
+
+    async def usage(self, since: float | None, until: float | None = None,
+                    group_by: Iterable[str] = (), bucket: str | None = None,
+                    limit: int = 100_000) -> list[dict[str, Any]]:
+        query = UsageQuery(since=since, until=until, group_by=list(group_by), bucket=bucket,
+                           filters=self.scope.filters(), tz=self.tz, limit=limit)
+        if "tag" in query.group_by:
+            db = self.rt.db
+            if not isinstance(db, LabelUsage):
+                return []
+            query.group_by = [g for g in query.group_by if g != "tag"]
+            return await db.usage_by_label(query, "tag")
+        return await self.rt.db.usage(query)
+
+    def start_of(self, kind: str, at: float | None = None) -> float:
+        return window_start(Window(kind, tz=self.tz), self.now if at is None else at)
+
+
+# --- figures -----------------------------------------------------------------------------------
+
+
+def figures(row: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A usage row as the dashboard reports it: counts, tokens, exact nano-USD and USD."""
+    row = row or {}
+    out = {name: int(row.get(name) or 0) for name in TOTALS}
+    out["tokens"] = out["input_tokens"] + out["output_tokens"]
+    out["cost_usd"] = nano_to_usd(out["cost_nano"])
+    return out
+
+
+def _forecast_dict(usd: Forecast, tokens: Forecast) -> dict[str, Any]:
+    return {
+        "cost_usd": nano_to_usd(round(usd.projected_total)),
+        "cost_low_usd": nano_to_usd(round(usd.low)),
+        "cost_high_usd": nano_to_usd(round(usd.high)),
+        "daily_burn_usd": nano_to_usd(round(usd.daily_burn)),
+        "tokens": round(tokens.projected_total), "tokens_low": round(tokens.low),
+        "tokens_high": round(tokens.high), "method": usd.method,
+        "days_until_exhausted": usd.days_until_exhausted,
+    }
+
+
+def _level(utilization: float, thresholds: list[dict[str, Any]]) -> str:
+    """ok, notice (past the first threshold), warning (90 %), critical (at the hard limit)."""
+    if utilization >= 1.0:
+        return "critical"
+    if utilization >= 0.9:
+        return "warning"
+    if any(utilization >= t["threshold"] for t in thresholds):
+        return "notice"
+    return "ok"
+
+
+def budget_out(row: BudgetStatus, file_amount: int | None) -> dict[str, Any]:
+    item = row.as_dict()
+    item["file_amount"] = row.amount if file_amount is None else file_amount
+    item["level"] = _level(row.utilization, row.thresholds)
+    if row.unit == "usd":
+        item["file_amount_usd"] = nano_to_usd(item["file_amount"])
+    return item
+
+
+async def budget_rows(ctx: Context, seen_projects: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """Every budget of the scope with its usage in the current window."""
+    rt = ctx.rt
+    scope = ctx.scope
+    known: dict[str, list[str]] = {
+        "organization": [scope.organization or rt.config.organization.name]}
+    projects = [scope.project] if scope.project else \
+        sorted({*rt.config.projects, *(p for p in seen_projects if p)})
+    known["project"] = projects
+    if scope.project is None:
+        known["feature"] = sorted(rt.config.features)
+    overridden = frozenset(o.target for o in rt.overrides.items if o.kind == "limit")
+    file_amounts = {limit.name: limit.amount for limit in rt.admission.base_limits}
+    rows = await budget_status(rt.admission.limits, rt.counters, ctx.now, known, overridden)
+    if scope.project is not None:
+        rows = [r for r in rows if r.scope == "project" and r.scope_id == scope.project]
+    return [budget_out(r, file_amounts.get(r.name)) for r in rows]
+
+
+def _pick(budgets: list[dict[str, Any]], window: str, scope: Scope) -> dict[str, Any] | None:
+    """The budget the seed's ``limits.daily`` / ``limits.monthly`` stand for."""
+    order = ["project"] if scope.project else ["organization", "global"]
+    candidates = [b for b in budgets if b["window"] == window and b["scope"] in order]
+    units = ["usd", "tokens", "input_tokens", "output_tokens", "requests"]
+    candidates.sort(key=lambda b: (order.index(b["scope"]), units.index(b["unit"])
+                                   if b["unit"] in units else 9))
+    return candidates[0] if candidates else None
+
+
+def _breakdown_rows(rows: list[dict[str, Any]], column: str, top: int | None = None
+                    ) -> list[dict[str, Any]]:
+    total = sum(int(r.get("cost_nano") or 0) for r in rows) or 0
+    out = []
+    for row in rows:
+        item = {"name": row.get(column), **figures(row)}
+        item["share"] = round(item["cost_nano"] / total, 6) if total else 0.0
+        out.append(item)
+    out.sort(key=lambda i: (-i["cost_nano"], -i["tokens"], str(i["name"])))
+    return out[:top] if top is not None else out
+
+
+# --- overview ------------------------------------------------------------------------------------
+
+
+async def overview(ctx: Context) -> dict[str, Any]:
+    """The seed's dashboard: usage today, this month and projected; limits; breakdowns;
+    alerts and recommendations; plus every budget and the burn rate over time."""
+    today_start, month_start = ctx.start_of("day"), ctx.start_of("month")
+    today = figures(next(iter(await ctx.usage(today_start)), None))
+    month = figures(next(iter(await ctx.usage(month_start)), None))
+    by_project = await ctx.usage(month_start, group_by=["project"])
+    budgets = await _budgets_or_none(ctx, [str(r["project"]) for r in by_project
+                                           if r.get("project")])
+    monthly = _pick(budgets or [], "month", ctx.scope)
+    filters = ctx.scope.filters()
+    usd_budget = monthly["amount"] if monthly and monthly["unit"] == "usd" else None
+    tok_budget = monthly["amount"] if monthly and monthly["unit"] == "tokens" else None
+    usd = await month_forecast(ctx.rt.db, ctx.now, ctx.tz, unit="usd", filters=filters,
+                               budget=usd_budget)
+    tokens = await month_forecast(ctx.rt.db, ctx.now, ctx.tz, unit="tokens", filters=filters,
+                                  budget=tok_budget)
+    projected = _forecast_dict(usd, tokens)
+    if monthly is not None and monthly["unit"] == "tokens":
+        projected["days_until_exhausted"] = tokens.days_until_exhausted
+    daily = _pick(budgets or [], "day", ctx.scope)
+    by_model = await ctx.usage(month_start, group_by=["served_model"])
+    by_user = await ctx.usage(month_start, group_by=["user"])
+    return {
+        "scope": ctx.scope.as_dict(),
+        "generated_at": ctx.now,
+        "timezone": ctx.tz,
+        "current_usage": {"today": {**today, "since": today_start},
+                          "this_month": {**month, "since": month_start},
+                          "projected_monthly": projected},
+        "limits": {"daily": daily, "monthly": monthly, "utilization": {
+            "daily": daily["utilization"] if daily else None,
+            "monthly": monthly["utilization"] if monthly else None}},
+        "budgets": budgets,
+        "burn_rate": {"hourly": await hourly_burn(ctx),
+                      "daily": await daily_burn(ctx, usd, tokens)},
+        "breakdown": {"by_project": _breakdown_rows(by_project, "project", 10),
+                      "by_model": _breakdown_rows(by_model, "served_model", 10),
+                      "by_user": _breakdown_rows(by_user, "user", 10)},
+        "alerts": await alerts(ctx, budgets or [], projected, monthly),
+        "recommendations": await recommendations_list(ctx),
+    }
+
+
+async def _budgets_or_none(ctx: Context, seen: list[str]) -> list[dict[str, Any]] | None:
+    """Budgets, or None when the counter store cannot be read (the page says so)."""
+    try:
+        return await budget_rows(ctx, seen)
+    except StoreUnavailable:
+        return None
+
+
+def hour_starts(since: float, until: float) -> list[float]:
+    first = since - since % 3600
+    return [first + 3600 * i for i in range(int((until - first) // 3600) + 1)
+            if first + 3600 * i < until]
+
+
+def local_label(ts: float, kind: str, tz: str) -> str:
+    from zoneinfo import ZoneInfo
+
+    local = datetime.fromtimestamp(ts, ZoneInfo(tz))
+    return local.strftime({"hour": "%Y-%m-%dT%H:00", "day": "%Y-%m-%d",
+                           "month": "%Y-%m"}[kind])
+
+
+def bucket_labels(since: float, until: float, kind: str, tz: str) -> list[str]:
+    """Every bucket label from ``since`` to ``until``, empty ones included, in order."""
+    labels: list[str] = []
+    step = 900.0 if kind == "hour" else 3600.0  # fine enough for any zone's offsets
+    t = since
+    while t < until:
+        label = local_label(t, kind, tz)
+        if not labels or labels[-1] != label:
+            labels.append(label)
+        t += step
+    return labels
+
+
+def _series(rows: list[dict[str, Any]], labels: list[str]) -> list[dict[str, Any]]:
+    by_bucket = {r["bucket"]: r for r in rows}
+    return [{"bucket": label, **{k: v for k, v in figures(by_bucket.get(label)).items()
+                                 if k in ("requests", "tokens", "cost_nano", "cost_usd",
+                                          "blocked")}}
+            for label in labels]
+
+
+async def hourly_burn(ctx: Context) -> list[dict[str, Any]]:
+    """Spend per hour over the last 48 hours (the current hour so far last)."""
+    current = ctx.start_of("hour")
+    since = current - (HOURLY_POINTS - 1) * 3600
+    rows = await ctx.usage(since, bucket="hour")
+    return _series(rows, bucket_labels(since, ctx.now + 1, "hour", ctx.tz))
+
+
+async def daily_burn(ctx: Context, usd: Forecast, tokens: Forecast) -> list[dict[str, Any]]:
+    """Spend per day of this month; the days still to come carry the forecast."""
+    month_start = ctx.start_of("month")
+    next_month = ctx.start_of("month", month_start + 40 * 86400)
+    rows = await ctx.usage(month_start, bucket="day")
+    labels = bucket_labels(month_start, next_month, "day", ctx.tz)
+    series = _series(rows, labels)
+    today = local_label(ctx.now, "day", ctx.tz)
+    position = labels.index(today) if today in labels else len(labels)
+    for i, item in enumerate(series):
+        item["projected_cost_usd"] = None
+        item["projected_tokens"] = None
+        step = i - position
+        if 0 <= step < len(usd.path):
+            extra_usd = usd.path[step]
+            extra_tokens = tokens.path[step] if step < len(tokens.path) else 0.0
+            item["projected_cost_usd"] = nano_to_usd(round(extra_usd))
+            item["projected_tokens"] = round(extra_tokens)
+    return series
+
+
+# --- alerts -----------------------------------------------------------------------------------
+
+
+async def alerts(ctx: Context, budgets: list[dict[str, Any]], projected: dict[str, Any],
+                 monthly: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Active alerts (budgets past a threshold now, a month forecast over budget) first,
+    then what the alert engine recorded in the last week, newest first."""
+    out: list[dict[str, Any]] = []
+    for b in budgets:
+        crossed = [t["threshold"] for t in b["thresholds"] if b["utilization"] >= t["threshold"]]
+        if not crossed and b["utilization"] < 1.0:
+            continue
+        severity = {"critical": "critical", "warning": "warning"}.get(b["level"], "info")
+        out.append({
+            "kind": "budget", "severity": severity, "active": True, "ts": ctx.now,
+            "title": f"{b['name']} at {b['utilization'] * 100:.0f} %",
+            "message": f"{_amount(b, 'used')} of {_amount(b, 'hard')} used "
+                       f"({b['scope']} {b['scope_id']}); resets {b['resets']}",
+            "data": {"limit": b["name"], "scope": b["scope"], "scope_id": b["scope_id"],
+                     "utilization": b["utilization"]}})
+    if monthly is not None:
+        projected_amount = projected["cost_usd"] if monthly["unit"] == "usd" \
+            else projected["tokens"]
+        amount = monthly.get("amount_usd", monthly["amount"])
+        if amount and projected_amount > amount:
+            unit = "$" if monthly["unit"] == "usd" else ""
+            out.append({
+                "kind": "projection", "severity": "warning", "active": True, "ts": ctx.now,
+                "title": f"{monthly['name']} is forecast to run out this month",
+                "message": f"projected {unit}{projected_amount:,.2f} against "
+                           f"{unit}{amount:,.2f}",
+                "data": {"limit": monthly["name"], "projected": projected_amount,
+                         "amount": amount}})
+    with contextlib.suppress(Exception):  # the history is a view; never fail the page on it
+        for record in await ctx.rt.alerts.recent(limit=50, since=ctx.now - 7 * 86400):
+            item = record.to_dict()
+            if ctx.scope.project is None or _about_project(item, ctx.scope.project):
+                out.append({**item, "active": False})
+    return out
+
+
+def _amount(budget: Mapping[str, Any], name: str) -> str:
+    if budget["unit"] == "usd":
+        return f"${budget[name + '_usd']:,.2f}"
+    return f"{budget[name]:,} {budget['unit'].replace('_', ' ')}"
+
+
+def _about_project(alert: Mapping[str, Any], project: str) -> bool:
+    data = alert.get("data") or {}
+    return (data.get("scope") == "project" and data.get("scope_id") == project) or \
+        data.get("subject") == f"project:{project}" or \
+        (data.get("dimension") == "project" and data.get("name") == project)
+
+
+# --- recommendations --------------------------------------------------------------------------
+
+
+async def recommendations_list(ctx: Context) -> list[dict[str, Any]]:
+    return (await recommendations(ctx))["data"]
+
+
+async def recommendations(ctx: Context, days: int = RECOMMEND_DAYS) -> dict[str, Any]:
+    """Advice from the last ``days`` days of usage, each with its monthly saving."""
+    since = ctx.start_of("day") - (days - 1) * 86400
+    daily = await ctx.usage(since, bucket="day")
+    if not daily:
+        return {"since": since, "days": 0.0, "data": []}
+    first = min(r["bucket"] for r in daily)
+    first_ts = datetime.fromisoformat(first).replace(tzinfo=UTC).timestamp()
+    span = max(1.0, (ctx.now - max(since, first_ts - 86400)) / 86400)
+    span = min(span, float(days))
+    models: list[ModelUsage] = [
+        {"model": str(r["served_model"]), "requests": int(r["requests"]),
+         "input_tokens": int(r["input_tokens"]), "output_tokens": int(r["output_tokens"]),
+         "cost_nano": int(r["cost_nano"]), "days": span,
+         "cached_input_tokens": int(r["cached_input_tokens"])}
+        for r in await ctx.usage(since, group_by=["served_model"]) if r.get("served_model")]
+    caps = {name: f.max_output for name, f in ctx.rt.config.features.items() if f.max_output}
+    features: list[FeatureCap] = [
+        {"feature": str(r["feature"]), "requests": int(r["requests"]),
+         "output_tokens": int(r["output_tokens"]), "max_tokens": caps[str(r["feature"])]}
+        for r in await ctx.usage(since, group_by=["feature"]) if r.get("feature") in caps]
+    trims: list[TrimStats] = []
+    db = ctx.rt.db
+    if isinstance(db, LabelUsage):
+        query = UsageQuery(since=since, group_by=["project"], filters=ctx.scope.filters(),
+                           tz=ctx.tz)
+        trimmed = {r["project"]: int(r["requests"])
+                   for r in await db.usage_by_label(query, "degraded")
+                   if r.get("degraded") == "trimmed"}
+        for row in await ctx.usage(since, group_by=["project"]):
+            if row.get("project") in trimmed:
+                trims.append({"scope": f"project {row['project']}",
+                              "requests": int(row["requests"]),
+                              "trimmed": trimmed[row["project"]]})
+    caches: list[CacheStats] = []
+    found = recommend(features=features, models=models, trims=trims, caches=caches,
+                      pricer=ctx.rt.pricer)
+    return {"since": since, "days": round(span, 3), "data": [r.to_dict() for r in found]}
+
+
+# --- breakdown ---------------------------------------------------------------------------------
+
+
+def resolve_range(ctx: Context, name: str | None, since: float | None, until: float | None
+                  ) -> tuple[str, float, float]:
+    """A named range (or explicit bounds) → (name, since, until)."""
+    if since is not None or until is not None:
+        end = until if until is not None else ctx.now
+        start = since if since is not None else end - 30 * 86400
+        return "custom", start, end
+    name = name if name in RANGES else "month"
+    end = ctx.now
+    if name == "today":
+        return name, ctx.start_of("day"), end
+    if name == "month":
+        return name, ctx.start_of("month"), end
+    if name == "last_month":
+        this = ctx.start_of("month")
+        return name, ctx.start_of("month", this - 1), this
+    seconds = {"24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400, "90d": 90 * 86400}[name]
+    return name, end - seconds, end
+
+
+async def breakdown(ctx: Context, by: str, range_name: str | None = None,
+                    since: float | None = None, until: float | None = None) -> dict[str, Any]:
+    """Usage by one dimension over a range: a table and, for the largest few, a series."""
+    column = DIMENSIONS[by]
+    name, start, end = resolve_range(ctx, range_name, since, until)
+    rows = await ctx.usage(start, end, group_by=[column])
+    table = _breakdown_rows(rows, column)
+    bucket = "hour" if end - start <= 2 * 86400 else "day"
+    labels = bucket_labels(start, end, bucket, ctx.tz)
+    top = [item["name"] for item in table[:BREAKDOWN_TOP]]
+    series_rows = await ctx.usage(start, end, group_by=[column], bucket=bucket)
+    values: dict[Any, dict[str, int]] = {}
+    for row in series_rows:
+        key = row.get(column) if row.get(column) in top else "__other__"
+        per = values.setdefault(key, {})
+        per[row["bucket"]] = per.get(row["bucket"], 0) + int(row["cost_nano"])
+    groups = [{"name": n, "cost_usd": [nano_to_usd(values.get(n, {}).get(b, 0))
+                                       for b in labels]} for n in top]
+    if "__other__" in values:
+        groups.append({"name": "other", "other": True, "cost_usd": [
+            nano_to_usd(values["__other__"].get(b, 0)) for b in labels]})
+    total = figures({t: sum(int(r.get(t) or 0) for r in rows) for t in TOTALS})
+    return {"scope": ctx.scope.as_dict(), "by": by, "range": name, "since": start, "until": end,
+            "timezone": ctx.tz, "total": total if by != "tag" else None, "data": table,
+            "available": by != "tag" or isinstance(ctx.rt.db, LabelUsage),
+            "series": {"bucket": bucket, "labels": labels, "groups": groups}}
+
+
+# --- flagged requests ----------------------------------------------------------------------
+
+
+def flag_kinds(row: LedgerRow) -> list[str]:
+    """What happened to a request, in the dashboard's words."""
+    kinds: list[str] = []
+    policies = [p for p in row.detail.get("policies", []) if isinstance(p, dict)]
+    if row.outcome == "blocked" or row.block_reason:
+        kinds.append("blocked")
+    if any(p.get("action") == "rewrite" and not p.get("shadow") for p in policies) or \
+            any(f.startswith("max_tokens_set:") for f in row.flags):
+        kinds.append("rewritten")
+    if row.degraded:
+        kinds.append("degraded")
+    noted = [f for f in row.flags if not f.startswith("max_tokens_set:")]
+    rewrites = {f"{p.get('policy')}:{p.get('note')}" for p in policies
+                if p.get("action") == "rewrite" and not p.get("shadow")}
+    if any(f not in rewrites and not f.endswith(":blocked") for f in noted):
+        kinds.append("audited")
+    if row.outcome in ERROR_OUTCOMES:
+        kinds.append("error")
+    return kinds
+
+
+def reasons(row: LedgerRow) -> list[str]:
+    out = [row.block_reason] if row.block_reason else []
+    out += [f for f in row.flags if f != row.block_reason]
+    out += [f"degraded:{d}" for d in row.degraded]
+    return out
+
+
+def request_out(row: LedgerRow, tz: str) -> dict[str, Any]:
+    from tokenstile.admin.usage import row_out
+
+    out = row_out(row)
+    out["kinds"] = flag_kinds(row)
+    out["reasons"] = reasons(row)
+    out["tokens"] = row.input_tokens + row.output_tokens
+    out["time"] = datetime.fromtimestamp(row.ts, _zone(tz)).strftime("%Y-%m-%d %H:%M:%S")
+    return out
+
+
+def _zone(tz: str) -> Any:
+    from zoneinfo import ZoneInfo
+
+    return ZoneInfo(tz)
+
+
+@dataclass(frozen=True, slots=True)
+class FlaggedFilter:
+    kind: str | None = None
+    project: str | None = None
+    user: str | None = None
+    feature: str | None = None
+    key_id: str | None = None
+    policy: str | None = None
+    range: str | None = None
+    since: float | None = None
+    until: float | None = None
+    limit: int = 100
+
+
+async def flagged(ctx: Context, f: FlaggedFilter) -> dict[str, Any]:
+    """Blocked, rewritten, degraded, audited and failed requests, newest first."""
+    name, start, end = resolve_range(ctx, f.range or "30d", f.since, f.until)
+    filters: dict[str, Any] = {k: v for k, v in (("project", f.project), ("user", f.user),
+                                                 ("feature", f.feature), ("key_id", f.key_id),
+                                                 ("policy", f.policy)) if v}
+    filters.update(ctx.scope.filters())
+    if f.project and ctx.scope.project and f.project != ctx.scope.project:
+        return {"scope": ctx.scope.as_dict(), "range": name, "since": start, "until": end,
+                "data": []}
+    fetch = min(max(f.limit * 5, 500), 20_000)
+    rows = [] if f.kind == "degraded" else await ctx.rt.db.ledger_rows(
+        limit=fetch, flagged=True, since=start, until=end, **filters)
+    if f.kind in (None, "degraded") and not f.policy:
+        with contextlib.suppress(ValueError):  # a database without the filter
+            seen = {r.id for r in rows}
+            rows += [r for r in await ctx.rt.db.ledger_rows(
+                limit=fetch, degraded=True, since=start, until=end, **filters)
+                if r.id not in seen]
+    rows.sort(key=lambda r: (r.ts, r.id), reverse=True)
+    items = [request_out(r, ctx.tz) for r in rows]
+    items = [i for i in items if i["kinds"] and (f.kind is None or f.kind in i["kinds"])]
+    counts = {kind: sum(kind in i["kinds"] for i in items) for kind in FLAG_KINDS}
+    return {"scope": ctx.scope.as_dict(), "range": name, "since": start, "until": end,
+            "kind": f.kind, "counts": counts, "data": items[:f.limit]}
+
+
+async def request_detail(ctx: Context, request_id: str) -> dict[str, Any] | None:
+    rows = await ctx.rt.db.ledger_rows(limit=1, id=request_id)
+    if not rows or not ctx.scope.admits(rows[0]):
+        return None
+    out = request_out(rows[0], ctx.tz)
+    out["bodies_logged"] = ctx.rt.config.server.log_bodies
+    return out
+
+
+# --- budgets, switches, keys -------------------------------------------------------------------
+
+
+def _switch(rt: Runtime, scope: str, name: str, file_enabled: bool) -> dict[str, Any]:
+    target = f"{scope}:{name}"
+    runtime = next((o for o in rt.overrides.items
+                    if o.kind == "switch" and o.target == target), None)
+    return {"scope": scope, "name": name, "enabled": not rt.overrides.is_off(scope, name),
+            "file_enabled": file_enabled,
+            "runtime": None if runtime is None else {
+                **runtime.value, "updated_at": runtime.updated_at, "author": runtime.author}}
+
+
+async def budgets(ctx: Context) -> dict[str, Any]:
+    """Every limit with its usage, thresholds and reset; overrides; kill switches."""
+    rt = ctx.rt
+    month = await ctx.usage(ctx.start_of("month"), group_by=["project"])
+    rows = await _budgets_or_none(ctx, [str(r["project"]) for r in month if r.get("project")])
+    base = compile_limits(rt.config)
+    effective = apply_limit_overrides(base, rt.overrides.items)
+    views = [limit_view(b, e) for b, e in zip(base, effective, strict=True)]
+    if ctx.scope.project is not None:
+        views = [v for v in views if v["scope"] == "project"
+                 and (v["match"] is None or ctx.scope.project in v["match"])]
+    switches = []
+    projects = [ctx.scope.project] if ctx.scope.project else sorted(rt.config.projects)
+    for name in projects:
+        cfg = rt.config.projects.get(name)
+        switches.append(_switch(rt, "project", name, cfg.enabled if cfg else True))
+    if ctx.scope.project is None:
+        for name, feature in sorted(rt.config.features.items()):
+            switches.append(_switch(rt, "feature", name, feature.enabled))
+        listed = {(s["scope"], s["name"]) for s in switches}
+        for o in rt.overrides.items:
+            scope, _, name = o.target.partition(":")
+            if o.kind == "switch" and scope in SWITCH_SCOPES and (scope, name) not in listed:
+                switches.append(_switch(rt, scope, name, True))
+    overrides = [] if ctx.scope.project else [
+        {"kind": o.kind, "target": o.target, "value": o.value, "updated_at": o.updated_at,
+         "author": o.author} for o in rt.overrides.items]
+    return {"scope": ctx.scope.as_dict(), "budgets": rows, "limits": views,
+            "switches": switches, "overrides": overrides,
+            "counters_available": rows is not None}
+
+
+async def keys(ctx: Context, state: str = "all") -> dict[str, Any]:
+    filters = {"project": ctx.scope.project} if ctx.scope.project else {}
+    if ctx.scope.organization:
+        filters["organization"] = ctx.scope.organization
+    records = await ctx.rt.db.list_keys(include_revoked=True, filters=filters)
+    rows = [key_out(r, ctx.now) for r in reversed(records)]
+    counts = {s: sum(r["state"] == s for r in rows) for s in ("active", "revoked", "expired")}
+    if state != "all":
+        rows = [r for r in rows if r["state"] == state]
+    return {"scope": ctx.scope.as_dict(), "counts": counts, "data": rows,
+            "projects": sorted(ctx.rt.config.projects)}
+
+
+def month_bounds_label(ctx: Context) -> str:
+    start = datetime.fromtimestamp(ctx.start_of("month"), _zone(ctx.tz))
+    return start.strftime("%B %Y")
+
+
+def days_in_month(ctx: Context) -> int:
+    start = datetime.fromtimestamp(ctx.start_of("month"), _zone(ctx.tz))
+    nxt = (start.replace(day=28) + timedelta(days=4)).replace(day=1)
+    return (nxt - start).days
