@@ -350,3 +350,41 @@ class AnthropicStreamObserver:
 
     def output_text(self) -> str:
         return "".join(self._pieces)
+
+
+# --- answers made by the gateway ----------------------------------------------------------
+
+
+def canned_message(model: str, text: str, ident: str) -> dict[str, Any]:
+    """A complete Messages answer with ``text`` and zero usage (for answers a policy gives
+    without calling the upstream)."""
+    return {
+        "id": f"msg_{ident}", "type": "message", "role": "assistant", "model": model,
+        "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 0, "output_tokens": 0, "cache_creation_input_tokens": 0,
+                  "cache_read_input_tokens": 0},
+    }
+
+
+def canned_stream(model: str, text: str, ident: str) -> tuple[bytes, ...]:
+    """The same answer as the event stream the ``anthropic`` SDK reads."""
+    start = canned_message(model, "", ident)
+    start.update(content=[], stop_reason=None)
+    events: list[tuple[str, dict[str, Any]]] = [
+        ("message_start", {"type": "message_start", "message": start}),
+        ("content_block_start", {"type": "content_block_start", "index": 0,
+                                 "content_block": {"type": "text", "text": ""}}),
+    ]
+    if text:
+        events.append(("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                               "delta": {"type": "text_delta", "text": text}}))
+    events += [
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        ("message_delta", {"type": "message_delta",
+                           "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                           "usage": {"output_tokens": 0}}),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+    return tuple(b"event: " + name.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+                 for name, payload in events)
