@@ -6,6 +6,7 @@ import copy
 import random
 from typing import Any
 
+import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -226,3 +227,37 @@ def _same_types(x: Any, y: Any) -> bool:
     if isinstance(x, float):
         return repr(x) == repr(y)  # -0.0 is spelled differently from 0.0
     return bool(x == y)
+
+
+def test_answers_stored_after_admission_wrote_a_cap() -> None:
+    from tokenstile.cache.key import key_to_store
+
+    req = openai("chat", {"model": "gpt-4o-mini",
+                          "messages": [{"role": "user", "content": "hi"}]})
+    lookup = cache_key(req)
+    req.body = {**req.body, "max_completion_tokens": 4096}  # supplied by admission
+    forwarded = cache_key(req)
+    assert forwarded != lookup
+
+    def body(finish: str) -> bytes:
+        return orjson.dumps({"choices": [{"index": 0, "finish_reason": finish,
+                                          "message": {"content": "x"}}]})
+
+    assert key_to_store(lookup, req, body("stop")) == lookup
+    assert key_to_store(lookup, req, body("length")) == forwarded
+    assert key_to_store(forwarded, req, body("length")) == forwarded
+    assert key_to_store(None, openai("responses", {"model": "m", "input": "x",
+                                                   "background": True}), b"{}") is None
+
+
+def test_cut_by_output_cap() -> None:
+    from tokenstile.cache.answer import cut_by_output_cap
+
+    assert cut_by_output_cap("messages", "anthropic", b'{"stop_reason":"max_tokens"}')
+    assert not cut_by_output_cap("messages", "anthropic", b'{"stop_reason":"end_turn"}')
+    assert cut_by_output_cap("responses", "openai", orjson.dumps(
+        {"status": "incomplete", "incomplete_details": {"reason": "max_output_tokens"}}))
+    assert not cut_by_output_cap("responses", "openai", b'{"status":"completed"}')
+    assert cut_by_output_cap("completions", "openai", b'{"choices":[{"finish_reason":"length"}]}')
+    assert not cut_by_output_cap("embeddings", "openai", b"nonsense")
+    assert cut_by_output_cap("chat", "openai", b"nonsense")

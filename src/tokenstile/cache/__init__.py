@@ -14,11 +14,12 @@ from tokenstile.cache.answer import (
     CorruptEntry,
     HitAccounting,
     account_hit,
+    cut_by_output_cap,
     wants_stream_usage,
 )
 from tokenstile.cache.assemble import StreamAssembler, assemble_from_stream, assembler_for
 from tokenstile.cache.directives import RESPONSE_HEADER, CacheStatus, CacheUse, cache_use
-from tokenstile.cache.key import cache_key, normalized_body, uncacheable_reason
+from tokenstile.cache.key import cache_key, key_to_store, normalized_body, uncacheable_reason
 from tokenstile.cache.recorder import StreamRecorder
 from tokenstile.cache.replay import (
     content_type,
@@ -55,7 +56,9 @@ __all__ = [
     "cache_key",
     "cache_use",
     "content_type",
+    "cut_by_output_cap",
     "group_events",
+    "key_to_store",
     "normalized_body",
     "open_response_cache",
     "replay",

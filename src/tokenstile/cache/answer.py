@@ -140,3 +140,29 @@ def wants_stream_usage(req: CanonicalRequest) -> bool:
     """Whether a streamed OpenAI client asked for the final usage chunk."""
     options = req.body.get("stream_options")
     return isinstance(options, dict) and options.get("include_usage") is True
+
+
+def cut_by_output_cap(api: ApiKind, wire: WireFormat, body: bytes) -> bool:
+    """Whether the answer stopped because it reached its output cap (or cannot be read).
+
+    Such an answer depends on the exact cap, so it may only be stored under the key of the
+    body as forwarded; an answer that ended by itself is the same whatever cap it had.
+    """
+    if api in ("embeddings", "count_tokens"):
+        return False
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return True
+    if not isinstance(payload, dict):
+        return True
+    if wire == "anthropic":
+        return bool(payload.get("stop_reason") == "max_tokens")
+    if api == "responses":
+        details = payload.get("incomplete_details")
+        return payload.get("status") == "incomplete" and (
+            not isinstance(details, dict) or details.get("reason") == "max_output_tokens")
+    choices = payload.get("choices")
+    if not isinstance(choices, list):
+        return True
+    return any(not isinstance(c, dict) or c.get("finish_reason") == "length" for c in choices)

@@ -40,6 +40,7 @@ from typing import Any
 
 import orjson
 
+from tokenstile.cache.answer import cut_by_output_cap
 from tokenstile.types import CanonicalRequest
 
 KEY_VERSION = b"tokenstile-response-cache-v1\n"
@@ -155,3 +156,19 @@ def cache_key(req: CanonicalRequest, namespace: str = "") -> str | None:
     except orjson.JSONEncodeError:
         return None
     return hashlib.sha256(KEY_VERSION + encoded).hexdigest()
+
+
+def key_to_store(lookup_key: str | None, req: CanonicalRequest, body: bytes,
+                 namespace: str = "") -> str | None:
+    """Where to store the answer ``body`` to ``req``, looked up earlier as ``lookup_key``.
+
+    Admission may write an output cap into the body after the lookup (a default cap for a
+    request that named none, or a smaller one that fits the budget). An answer that ended by
+    itself does not depend on that cap and is stored under the key the next identical
+    request will look up; an answer cut by the cap is stored only under the key of the body
+    as forwarded, so that it is never served to a request that allowed a longer answer.
+    """
+    forwarded = cache_key(req, namespace)
+    if forwarded is None or lookup_key is None or forwarded == lookup_key:
+        return forwarded
+    return forwarded if cut_by_output_cap(req.api, req.wire, body) else lookup_key
