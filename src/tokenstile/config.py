@@ -312,6 +312,38 @@ class AlertingConfig(_Strict):
     daily_summary: bool = True
 
 
+class CacheRuleConfig(_Strict):
+    """Which requests use the cache: ``always`` (read and write), ``on_block`` (write, and
+    read only when a hard budget blocks the request), or ``off``. First match wins."""
+
+    match: dict[str, str] = Field(default_factory=dict)
+    mode: Literal["always", "on_block", "off"] = "always"
+    ttl_s: float | None = Field(None, gt=0)
+    apis: list[str] | None = None
+
+    @field_validator("match")
+    @classmethod
+    def _selectors(cls, value: dict[str, str]) -> dict[str, str]:
+        allowed = {"organization", "project", "team", "user", "tier", "key", "feature", "model"}
+        unknown = sorted(set(value) - allowed)
+        if unknown:
+            raise ValueError(f"unknown selector {unknown[0]!r}; expected one of "
+                             f"{', '.join(sorted(allowed))}")
+        return value
+
+
+class CacheConfig(_Strict):
+    """Exact-match response cache. A hit costs nothing and is recorded with what it saved."""
+
+    store: str = "sqlite:///./tokenstile-cache.db"
+    ttl_s: float = Field(3600.0, gt=0)
+    max_entry_bytes: int = Field(1024 * 1024, ge=1024)
+    retry_after_s: float = Field(5.0, gt=0)
+    share: Literal["global", "organization", "project", "key"] = "organization"
+    rules: list[CacheRuleConfig] = Field(
+        default_factory=lambda: [CacheRuleConfig(mode="always")])
+
+
 class Config(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
@@ -329,6 +361,7 @@ class Config(_Strict):
     policies: PoliciesConfig = Field(default_factory=PoliciesConfig)
     resilience: ResilienceConfig = Field(default_factory=ResilienceConfig)
     degradation: DegradationConfig = Field(default_factory=DegradationConfig)
+    cache: CacheConfig | None = None
     global_: GlobalConfig = Field(default_factory=GlobalConfig, alias="global")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

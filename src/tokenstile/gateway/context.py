@@ -55,6 +55,8 @@ class RequestContext:
     response_headers: dict[str, str] = field(default_factory=dict)
     ticket: Any = None
     auto_reply: AutoReply | None = None
+    cache_plan: Any = None
+    cache_body: bytes | None = None
     detail: dict[str, Any] = field(default_factory=dict)
 
     def ledger_row(self, latency_ms: float) -> LedgerRow:

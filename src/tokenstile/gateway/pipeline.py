@@ -13,6 +13,14 @@ import aiohttp
 import orjson
 
 from tokenstile import tokens
+from tokenstile.cache import (
+    CachedAnswer,
+    StreamRecorder,
+    account_hit,
+    group_events,
+    replay_events,
+    wants_stream_usage,
+)
 from tokenstile.errors import GatewayError, StreamBlocked, bad_request, forbidden
 from tokenstile.gateway import asgi
 from tokenstile.gateway.context import RequestContext, new_request_id
@@ -110,8 +118,17 @@ class Gateway:
         await rt.degrader.fit_input(ctx, lambda: adapter.count_input(req), self._summarize)
         rt.degrader.downgrade(ctx)
         target = self._route(ctx)
+        plan = ctx.cache_plan = rt.caching.plan(ctx)
+        if plan is not None and plan.read_now:
+            answer = await rt.caching.get(plan)
+            if answer is not None:
+                await self._send_cached(ctx, answer, send)
+                return
         if req.api != "count_tokens":  # token counting is free: nothing to reserve
-            target = await self._admit(ctx, target)
+            admitted = await self._admit(ctx, target, send)
+            if admitted is None:
+                return  # answered from the cache instead of refused
+            target = admitted
             await rt.degrader.throttle(ctx)
         resp, target, bridge = await self._open_upstream(ctx, target)
         try:
@@ -122,8 +139,19 @@ class Gateway:
             if resp.status >= 400:
                 await self._relay_error(ctx, resp, send, bridge)
             elif req.stream and "text/event-stream" in resp.headers.get("content-type", ""):
-                observer = rt.policies.wrap_stream(ctx, (bridge or adapter).observer(req))
-                await self._relay_stream(ctx, resp, receive, send, observer)
+                observer = (bridge or adapter).observer(req)
+                recorder = None
+                if plan is not None and plan.write:
+                    observer = recorder = StreamRecorder(
+                        observer, bridge.upstream_api if bridge else ctx.api, target.wire)
+                await self._relay_stream(ctx, resp, receive, send,
+                                         rt.policies.wrap_stream(ctx, observer))
+                if recorder is not None and ctx.outcome == "ok":
+                    answer_body = recorder.body()
+                    if answer_body is not None and bridge is not None:
+                        answer_body = bridge.response_body(answer_body,
+                                                           orjson.loads(answer_body))[0]
+                    ctx.cache_body = answer_body
             else:
                 await self._relay_body(ctx, resp, send, bridge)
         finally:
@@ -142,8 +170,10 @@ class Gateway:
             req.input_tokens = self._bridge(ctx, target).count_input()
         return target
 
-    async def _admit(self, ctx: RequestContext, target: Target) -> Target:
-        """Reserve; when a budget is exhausted, try its fallbacks before refusing."""
+    async def _admit(self, ctx: RequestContext, target: Target,
+                     send: asgi.ResponseTracker) -> Target | None:
+        """Reserve; when a budget is exhausted, try its fallbacks (a cached answer, a cheaper
+        model) before refusing. None means the request was answered from the cache."""
         rt, req = self.rt, ctx.req
         assert req is not None
         try:
@@ -151,6 +181,15 @@ class Gateway:
             return target
         except BudgetExhausted as exhausted:
             for option in rt.degrader.fallbacks(exhausted.limit):
+                plan = ctx.cache_plan
+                if option == "cache" and plan is not None and plan.read_on_block:
+                    answer = await rt.caching.get(plan)
+                    if answer is not None:
+                        ctx.block_reason = None
+                        ctx.degraded.append("cached")
+                        ctx.detail["cached_because"] = exhausted.limit.name
+                        await self._send_cached(ctx, answer, send)
+                        return None
                 cheaper = rt.degrader.cheaper(req.model) if option == "downgrade" else None
                 if cheaper is None:
                     continue
@@ -163,6 +202,40 @@ class Gateway:
                 except BudgetExhausted:
                     continue
             raise
+
+    async def _send_cached(self, ctx: RequestContext, answer: CachedAnswer,
+                           send: asgi.ResponseTracker) -> None:
+        """Serve a stored answer (replayed as a stream when one was asked for); it costs
+        nothing and the ledger records what it saved. Response policies run again."""
+        rt, req = self.rt, ctx.req
+        assert req is not None
+        hit = account_hit(answer, rt.clock.now())
+        ctx.usage, ctx.cost_nano, ctx.saved_nano = hit.usage, 0, hit.saved_nano
+        ctx.served_model, ctx.cache, ctx.outcome = hit.served_model, "hit", "ok"
+        ctx.detail.update(hit.detail)
+        ctx.response_headers["x-tokenstile-cache"] = "hit"
+        if not req.stream:
+            payload = rt.policies.after_body(ctx, answer.body, orjson.loads(answer.body))
+            await asgi.send_raw(send, 200, payload, "application/json", self._headers(ctx),
+                                ctx.id)
+            return
+        observer = rt.policies.wrap_stream(ctx, rt.adapters[ctx.wire].observer(req))
+        await send.start(200, [(b"content-type", b"text/event-stream; charset=utf-8"),
+                               (b"cache-control", b"no-cache"),
+                               *asgi.encode_headers(self._headers(ctx), ctx.id)])
+        try:
+            events = [out for event in replay_events(answer.api, answer.wire, answer.body,
+                                                     wants_stream_usage(req))
+                      if (out := observer.on_event(event)) is not None]
+        except StreamBlocked as blocked:
+            ctx.outcome, ctx.status = "blocked", blocked.status
+            ctx.block_reason = ctx.block_reason or blocked.code
+            await send.body(asgi.sse_error(ctx.wire, blocked), more=True)
+        else:
+            for chunk in group_events(events):
+                await send.body(chunk, more=True)
+        ctx.usage = hit.usage  # the observer saw the stored usage; the hit is free
+        await send.body(b"", more=False)
 
     async def _summarize(self, parent: RequestContext, messages: list[dict[str, Any]]) -> str:
         """Older turns summarized by the cheaper model through this gateway: billed to the
@@ -347,6 +420,9 @@ class Gateway:
         else:
             ctx.usage = usage
         ctx.status = resp.status
+        plan = ctx.cache_plan
+        if plan is not None and plan.write and resp.status == 200 and isinstance(parsed, dict):
+            ctx.cache_body = payload  # as answered, before response policies
         payload = self.rt.policies.after_body(ctx, payload, parsed)
         await asgi.send_raw(send, resp.status, payload,
                             resp.headers.get("content-type", "application/json"),
@@ -475,6 +551,12 @@ class Gateway:
                 ctx.flags.append("unpriced_model")
                 cost = 0
             ctx.cost_nano = cost
+        if ctx.cache_body is not None and ctx.status == 200 and ctx.outcome == "ok" and \
+                ctx.cache_plan is not None:
+            try:
+                await rt.caching.store(ctx, ctx.cache_plan, ctx.cache_body)
+            except Exception:
+                log.exception("caching the answer of %s failed", ctx.id)
         try:
             await rt.admission.settle(ctx)
             rt.alert_thresholds(ctx)

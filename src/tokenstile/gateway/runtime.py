@@ -17,6 +17,8 @@ from tokenstile.clock import SYSTEM_CLOCK, Clock
 from tokenstile.config import Config, referenced_channels
 from tokenstile.degrade.stage import Degrader
 from tokenstile.gateway.auth import Authenticator
+from tokenstile.gateway.caching import CacheStage
+from tokenstile.gateway.key_limits import KeyLimits, compile_key_limits, is_key_limit
 from tokenstile.gateway.reload import ConfigReloader, keep_start_settings, restart_only_changes
 from tokenstile.gateway.resilience import CircuitBreakers
 from tokenstile.gateway.routing import Router
@@ -62,6 +64,7 @@ class Runtime:
     breakers: CircuitBreakers
     degrader: Degrader
     alerts: AlertEngine
+    caching: CacheStage
     adapters: dict[WireFormat, Adapter] = field(default_factory=dict)
     started: bool = False
     loop: asyncio.AbstractEventLoop | None = None
@@ -106,6 +109,7 @@ class Runtime:
             degrader=Degrader(config, admission, clock),
             alerts=alert_engine_for(config, clock),
         )
+            caching=CacheStage(config, clock),
 
     async def start(self) -> None:
         """Open the stores, charge reservations a dead gateway left behind, start upkeep."""
@@ -154,6 +158,7 @@ class Runtime:
         self.started = False
 
     def reconfigure(self, config: Config) -> list[str]:
+        await self.caching.close()
         """Apply a validated config to the running services, keeping counters, reservations,
         connections and caches; return the start-time settings that wait for a restart.
 

@@ -1,0 +1,124 @@
+"""The response cache in the request path: which requests use it, and how.
+
+A request's plan is made once, after routing and before admission: its lookup key, TTL and
+what the client allows (``x-tokenstile-cache: skip|refresh|no-store``). ``always`` rules
+answer hits before anything is reserved; ``on_block`` rules answer from the cache only when
+a hard budget would refuse the request. Answers are written after the response is sent.
+
+With no ``cache:`` section, a config whose budgets name ``fallback: cache`` gets an
+in-memory ``on_block`` cache, so the fallback it asks for exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from tokenstile.cache import (
+    CachedAnswer,
+    CacheUse,
+    GuardedCache,
+    cache_key,
+    cache_use,
+    key_to_store,
+    open_response_cache,
+)
+from tokenstile.clock import Clock
+from tokenstile.config import CacheConfig, CacheRuleConfig, Config
+
+if TYPE_CHECKING:
+    from tokenstile.gateway.context import RequestContext
+
+
+@dataclass(frozen=True, slots=True)
+class CachePlan:
+    lookup: str | None
+    namespace: str
+    ttl_s: float
+    mode: str
+    use: CacheUse
+
+    @property
+    def read_now(self) -> bool:
+        return self.mode == "always" and self.use.read and self.lookup is not None
+
+    @property
+    def read_on_block(self) -> bool:
+        return self.use.read and self.lookup is not None
+
+    @property
+    def write(self) -> bool:
+        return self.use.write and self.lookup is not None
+
+
+def effective_cache_config(config: Config) -> CacheConfig | None:
+    if config.cache is not None:
+        return config.cache
+    fallbacks = [t.fallback for t in config.alerts] + [
+        t.fallback for limit in config.limits for t in limit.thresholds or ()]
+    wants = any(f == "cache" or (isinstance(f, list) and "cache" in f) for f in fallbacks)
+    if not wants:
+        return None
+    return CacheConfig(store="memory://", rules=[CacheRuleConfig(mode="on_block")])
+
+
+class CacheStage:
+    def __init__(self, config: Config, clock: Clock) -> None:
+        self.clock = clock
+        self.config = effective_cache_config(config)
+        self.cache: GuardedCache | None = None
+        if self.config is not None:
+            self.cache = open_response_cache(
+                self.config.store, clock=clock, max_entry_bytes=self.config.max_entry_bytes,
+                retry_after_s=self.config.retry_after_s)
+
+    def _rule(self, ctx: RequestContext) -> CacheRuleConfig | None:
+        assert self.config is not None and ctx.caller is not None and ctx.req is not None
+        caller, req = ctx.caller, ctx.req
+        attrs = {"organization": caller.organization, "project": caller.project,
+                 "team": caller.team, "user": caller.user, "tier": caller.tier,
+                 "key": caller.key_id, "feature": req.feature, "model": req.model}
+        for rule in self.config.rules:
+            if all(attrs.get(name) == value for name, value in rule.match.items()):
+                if rule.mode == "off" or (rule.apis is not None and ctx.api not in rule.apis):
+                    return None
+                return rule
+        return None
+
+    def plan(self, ctx: RequestContext) -> CachePlan | None:
+        if self.cache is None or self.config is None:
+            return None
+        rule = self._rule(ctx)
+        if rule is None:
+            return None
+        assert ctx.caller is not None and ctx.req is not None
+        share = self.config.share
+        namespace = "" if share == "global" else str(
+            {"organization": ctx.caller.organization, "project": ctx.caller.project,
+             "key": ctx.caller.key_id}[share])
+        plan = CachePlan(cache_key(ctx.req, namespace), namespace,
+                         rule.ttl_s or self.config.ttl_s, rule.mode, cache_use(ctx.headers))
+        ctx.cache = "miss" if plan.read_on_block else "skip"
+        ctx.response_headers["x-tokenstile-cache"] = ctx.cache
+        return plan
+
+    async def get(self, plan: CachePlan) -> CachedAnswer | None:
+        if self.cache is None or plan.lookup is None:
+            return None
+        return await self.cache.get(plan.lookup)
+
+    async def store(self, ctx: RequestContext, plan: CachePlan, body: bytes) -> None:
+        """Keep a successful answer (in the client's format, before response policies)."""
+        if self.cache is None or not plan.write or ctx.req is None or ctx.usage is None:
+            return
+        key = key_to_store(plan.lookup, ctx.req, body, plan.namespace)
+        if key is None:
+            return
+        answer = CachedAnswer(api=ctx.api, wire=ctx.wire, body=body,
+                              model=ctx.served_model or ctx.req.model, usage=ctx.usage,
+                              cost_nano=ctx.cost_nano, created_at=ctx.ts, ttl_s=plan.ttl_s)
+        await self.cache.put(key, answer, plan.ttl_s)
+
+    async def close(self) -> None:
+        if self.cache is not None:
+            await self.cache.close()
