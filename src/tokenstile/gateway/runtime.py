@@ -18,7 +18,6 @@ from tokenstile.config import Config, referenced_channels
 from tokenstile.degrade.stage import Degrader
 from tokenstile.gateway.auth import Authenticator
 from tokenstile.gateway.caching import CacheStage
-from tokenstile.gateway.key_limits import KeyLimits, compile_key_limits, is_key_limit
 from tokenstile.gateway.reload import ConfigReloader, keep_start_settings, restart_only_changes
 from tokenstile.gateway.resilience import CircuitBreakers
 from tokenstile.gateway.routing import Router
