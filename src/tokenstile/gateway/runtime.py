@@ -107,8 +107,8 @@ class Runtime:
             breakers=CircuitBreakers(config.resilience.circuit_breaker, clock),
             degrader=Degrader(config, admission, clock),
             alerts=alert_engine_for(config, clock),
-        )
             caching=CacheStage(config, clock),
+        )
 
     async def start(self) -> None:
         """Open the stores, charge reservations a dead gateway left behind, start upkeep."""
