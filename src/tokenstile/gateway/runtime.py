@@ -151,13 +151,13 @@ class Runtime:
             self.reloader.remove_signal_handler()
         await self.ledger.close()
         await self.alerts.close(5.0)
+        await self.caching.close()
         await self.upstream.close()
         await self.counters.close()
         await self.db.close()
         self.started = False
 
     def reconfigure(self, config: Config) -> list[str]:
-        await self.caching.close()
         """Apply a validated config to the running services, keeping counters, reservations,
         connections and caches; return the start-time settings that wait for a restart.
 
