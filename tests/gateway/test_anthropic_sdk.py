@@ -449,3 +449,18 @@ def test_models_are_listed_in_the_shape_of_the_sdk_that_asks(
     with pytest.raises(anthropic.AuthenticationError) as denied:
         client(claude, "ts-unknown").models.list()
     assert_anthropic_error(denied.value.body, "authentication_error")
+
+
+def test_an_unreachable_anthropic_upstream_is_an_anthropic_502(
+        make_gateway: Any, fake: FakeHandle) -> None:
+    gateway = make_gateway({"upstreams": {"anthropic": {
+        "kind": "anthropic", "base_url": "http://127.0.0.1:1", "api_key": ANTHROPIC_KEY,
+        "connect_timeout_s": 2}}})
+    with pytest.raises(anthropic.InternalServerError) as caught:
+        client(gateway, gateway.key()).messages.create(model=MODEL, max_tokens=5,
+                                                       messages=HELLO)
+    assert caught.value.status_code == 502
+    message = assert_anthropic_error(caught.value.body, "api_error")
+    assert "could not be reached" in message and ANTHROPIC_KEY not in message
+    [row] = gateway.rows()
+    assert (row.status, row.cost_nano) == (502, 0)
