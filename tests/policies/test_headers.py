@@ -216,11 +216,14 @@ def looser(policy: str, value: str, base: Rules) -> bool:
         return current is not None and ACTION_RANK[action] < ACTION_RANK[current.action]
     if text in OFF:
         return current is not None
+    asked: dict[str, int] = {}
     for item in text.split(","):
         name, _, action = item.partition(":")
         name = "jailbreak" if name == "dan" else name
+        asked[name] = max(asked.get(name, 0), ACTION_RANK[action])  # the stricter one counts
+    for name, rank in asked.items():
         setting = current.setting(name) if current is not None else None
-        if setting is not None and ACTION_RANK[action] < ACTION_RANK[setting.action]:
+        if setting is not None and rank < ACTION_RANK[setting.action]:
             return True
     return False
 

@@ -92,8 +92,9 @@ def test_a_block_raises_before_the_word_leaves() -> None:
                                     finders(gamma="block"), on_spans(seen))
     out = []
     with pytest.raises(Blocked):
-        for piece in ["alpha ", "beta ", "gam", "ma ", "delta"]:
-            if (relayed := observer.on_event(chat_event(piece))) is not None:
+        for event in [*(chat_event(p) for p in ["alpha ", "beta ", "gam", "ma ", "delta"]),
+                      chat_event(None, finish="stop"), b"data: [DONE]\n\n"]:
+            if (relayed := observer.on_event(event)) is not None:
                 out.append(relayed)
     assert b"gam" not in b"".join(out)
     assert seen[0].hit.action == "block"

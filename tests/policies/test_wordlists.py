@@ -116,12 +116,12 @@ def test_a_prefix_of_a_longer_word_is_not_redacted_early() -> None:
     assert stream_through(finders, ["the ass", " holds"]) == "the [x] holds"
 
 
-def test_held_back_text_waits_only_for_the_longest_entry() -> None:
+def test_held_back_text_is_released_once_it_cannot_be_part_of_a_match() -> None:
     scanner = ChannelScanner(finders_for({"abc": "redact"}))
     scanner.push(0, "x" * 20)
-    assert scanner.advance(final=False)[0] == []  # the last 4 characters could start "abc"
+    assert scanner.advance(final=False)[0] == []
     scanner.push(1, "y" * 20)
-    assert scanner.advance(final=False)[0] == [(0, "x" * 20)]
+    assert scanner.advance(final=False)[0] == [(0, "x" * 20)]  # the last 4 could start "abc"
     assert scanner.advance(final=True)[0] == [(1, "y" * 20)]
 
 

@@ -25,7 +25,7 @@ from tokenstile.policies.rules import (
     WordRule,
 )
 from tokenstile.policies.schema import parse_list_spec
-from tokenstile.policies.tighten import tighten
+from tokenstile.policies.tighten import tighten_one
 
 PREFIXES = ("x-tokenstile-", "x-usagepanda-")
 SUFFIXES: dict[str, str] = {
@@ -81,44 +81,39 @@ def _switch(header: str, value: str) -> bool:
     raise _invalid(header, value, "true or false")
 
 
-def candidate(base: Rules, header: str, policy: str, value: str,
-              compiler: WordCompiler) -> Rules:
-    """The rules as the header would have them (not yet checked against ``base``)."""
+def candidate(current: Any, header: str, policy: str, value: str,
+              compiler: WordCompiler) -> Any:
+    """The policy's setting as the header would have it, given its ``current`` one (not
+    yet checked against it)."""
     if policy == "max_tokens":
         n = _number(header, value)
-        mode = base.max_tokens.mode if base.max_tokens else "block"
-        return replace(base, max_tokens=MaxTokensRule(n, header, mode) if n else None)
+        return MaxTokensRule(n, header, current.mode if current else "block") if n else None
     if policy in ("max_prompt_chars", "max_input_tokens"):
         n = _number(header, value)
-        limit: dict[str, Any] = {policy: LimitRule(n, header) if n else None}
-        return replace(base, **limit)
+        return LimitRule(n, header) if n else None
     if policy == "retries":
-        return replace(base, retries=_number(header, value, allow_off=False))
+        return _number(header, value, allow_off=False)
     if policy == "enforce_user_ids":
-        on = _switch(header, value)
-        current = base.enforce_user_ids
-        return replace(base, enforce_user_ids=UserIdsRule(
-            header, current.header if current else None) if on else None)
+        return UserIdsRule(header, current.header if current else None) \
+            if _switch(header, value) else None
     if policy == "auto_moderate":
-        on = _switch(header, value)
-        moderation = base.auto_moderate
-        rule = replace(moderation, source=header, shadow=False) if moderation \
+        if not _switch(header, value):
+            return None
+        return replace(current, source=header, shadow=False) if current \
             else ModerationRule(header)
-        return replace(base, auto_moderate=rule if on else None)
     if policy == "prompt_reflection":
         text = value.strip().lower()
         action = "block" if text in _ON else "none" if text in _OFF else text
         if action not in ("none", "audit", "redact", "block"):
             raise _invalid(header, value, "none, audit, redact or block")
-        present = base.prompt_reflection
-        reflection = replace(present, action=action, source=header, shadow=False) \
-            if present else ReflectionRule(header, action)
-        return replace(base, prompt_reflection=None if action == "none" else reflection)
-    words: dict[str, Any] = {policy: _word_candidate(base, header, policy, value, compiler)}
-    return replace(base, **words)
+        if action == "none":
+            return None
+        return replace(current, action=action, source=header, shadow=False) if current \
+            else ReflectionRule(header, action)
+    return _word_candidate(current, header, policy, value, compiler)
 
 
-def _word_candidate(base: Rules, header: str, policy: str, value: str,
+def _word_candidate(current: WordRule | None, header: str, policy: str, value: str,
                     compiler: WordCompiler) -> WordRule | None:
     if value.strip().lower() in _OFF:
         return None
@@ -131,7 +126,6 @@ def _word_candidate(base: Rules, header: str, policy: str, value: str,
     if unknown:
         raise _invalid(header, value, f"built-in or configured word lists; unknown: "
                                       f"{', '.join(unknown)}")
-    current = getattr(base, policy)
     mask = current.mask if current is not None else "****"
     lists = tuple(ListSetting(name, action) for name, action in spec.items())
     return compiler.rule(policy, lists, mask, header)
@@ -140,14 +134,17 @@ def _word_candidate(base: Rules, header: str, policy: str, value: str,
 def apply_headers(base: Rules, headers: Mapping[str, str],
                   compiler: WordCompiler) -> tuple[Rules, list[Loosening]]:
     """``base`` tightened by every policy header present; the loosening ones listed."""
-    rules = base
+    changes: dict[str, Any] = {}
     loosened: list[Loosening] = []
     for header, policy in HEADERS:
         value = headers.get(header)
         if value is None:
             continue
-        wanted = candidate(rules, header, policy, value, compiler)
-        rules, looser = tighten(rules, wanted, compiler, (policy,))
+        current = changes[policy] if policy in changes else getattr(base, policy)
+        wanted = candidate(current, header, policy, value, compiler)
+        result, looser = tighten_one(policy, current, wanted, compiler)
         if looser:
             loosened.append(Loosening(header, value[:64], policy))
-    return rules, loosened
+        if result is not current:
+            changes[policy] = result
+    return (base._replace(**changes) if changes else base), loosened

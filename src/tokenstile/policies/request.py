@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from fnmatch import fnmatchcase
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -24,6 +25,7 @@ _TEXT_FIELDS = ("messages", "prompt", "input")
 _PROMPT_PARAM = {"chat": "messages", "messages": "messages", "completions": "prompt"}
 
 
+@lru_cache(maxsize=4096)
 def check_models(rule: ModelsRule, model: str) -> Decision | None:
     blocked = any(fnmatchcase(model, pattern) for pattern in rule.block)
     outside = [group for group in rule.allow
@@ -146,9 +148,13 @@ def match_auto_reply(rules: tuple[AutoReplyRule, ...], api: str,
     for rule in rules:
         if rule.apis is not None and api not in rule.apis:
             continue
-        if rule.match is not None and said == " ".join(rule.match.split()).casefold():
+        if rule.match is not None and said == _folded(rule.match):
             return rule
-        if rule.pattern is not None and fnmatchcase(said, " ".join(
-                rule.pattern.split()).casefold()):
+        if rule.pattern is not None and fnmatchcase(said, _folded(rule.pattern)):
             return rule
     return None
+
+
+@lru_cache(maxsize=1024)
+def _folded(text: str) -> str:
+    return " ".join(text.split()).casefold()

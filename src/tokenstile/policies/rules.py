@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from tokenstile.policies.builtin_lists import BUILTIN_LISTS
 from tokenstile.policies.scanner import Hit
@@ -100,9 +100,9 @@ class ReflectionRule:
     shadow: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Rules:
-    """Every policy for one request, in the order the engine runs them."""
+class Rules(NamedTuple):
+    """Every policy for one request, in the order the engine runs them (a tuple: copying it
+    with one policy changed, as every policy header does, is cheap)."""
 
     models: ModelsRule | None = None
     enforce_user_ids: UserIdsRule | None = None

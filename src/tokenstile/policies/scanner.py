@@ -18,6 +18,9 @@ from tokenstile.policies.wordlists import WordMatcher, merge_ranges
 
 # How much already-released text is kept for the left word boundary of the next match.
 _CONTEXT = 1
+# Text gathered beyond the held-back window before it is checked and released: a few
+# tokens of extra delay, a few times fewer checks.
+_BATCH = 24
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +138,11 @@ class ChannelScanner:
     def advance(self, final: bool) -> tuple[list[tuple[int, str]], list[Span]]:
         """Release what can be released: ``(piece id, text to send)`` in order, and the
         spans settled for the first time (positions relative to this call's buffer)."""
-        buf, ctx = self._buf, self._context
+        buf = self._buf
+        if not final and len(buf) <= self._hold + _BATCH:  # too little to be worth a look
+            released, _ = self._boundary(0)
+            return [(piece, "") for piece, _ in released], []
+        ctx = self._context
         text = ctx + buf
         off = len(ctx)
         found: list[tuple[int, Span]] = []
@@ -153,29 +160,36 @@ class ChannelScanner:
             if key not in self._reported:
                 self._reported.add(key)
                 fresh.append(span)
-        released, boundary = self._boundary(cut)
+        released, boundary = self._boundary(max(cut, 0))
         if not released:
             return [], fresh
-        settled = [span for _, span in found if span.settled]
-        ranges = redaction_ranges(settled)
-        if self._drop:
-            ranges.append((-1, self._drop))
-        merged = merge_ranges(ranges)
-        masks = _mask_for(settled)
         out: list[tuple[int, str]] = []
         at = 0
-        for piece, length in released:
-            out.append((piece, _rewrite(buf, at, at + length, merged, masks)))
-            at += length
-        self._drop = max([0, *(end - boundary for start, end in merged if start < boundary)])
-        for index, span in found:
-            if span.settled and span.start < boundary:
-                self._resume[index] = max(self._resume[index], span.end)
+        if found or self._drop:
+            settled = [span for _, span in found if span.settled]
+            ranges = redaction_ranges(settled)
+            if self._drop:
+                ranges.append((-1, self._drop))
+            merged = merge_ranges(ranges)
+            masks = _mask_for(settled)
+            for piece, length in released:
+                out.append((piece, _rewrite(buf, at, at + length, merged, masks)))
+                at += length
+            self._drop = max([0, *(end - boundary for start, end in merged
+                                   if start < boundary)])
+            for index, span in found:
+                if span.settled and span.start < boundary:
+                    self._resume[index] = max(self._resume[index], span.end)
+        else:
+            for piece, length in released:
+                out.append((piece, buf[at:at + length]))
+                at += length
         self._resume = [max(0, r - boundary) for r in self._resume]
         self._context = (ctx + buf[:boundary])[-_CONTEXT:]
         self._buf = buf[boundary:]
         self._base += boundary
-        self._reported = {k for k in self._reported if k[2] > self._base}
+        if self._reported:
+            self._reported = {k for k in self._reported if k[2] > self._base}
         return out, fresh
 
     def _boundary(self, cut: int) -> tuple[list[tuple[int, int]], int]:

@@ -234,7 +234,8 @@ _CONTAINERS = {"wordlists", "organizations", "projects", "keys", "features"}
 
 
 def parse_list_spec(text: str) -> dict[str, WordAction]:
-    """``"profanity:block, jailbreak:redact, custom"`` → names and actions (default block)."""
+    """``"profanity:block, jailbreak:redact, custom"`` → names and actions (default block;
+    a list named twice gets the stricter action)."""
     lists: dict[str, WordAction] = {}
     for item in text.split(","):
         name, _, action = item.strip().partition(":")
@@ -244,5 +245,9 @@ def parse_list_spec(text: str) -> dict[str, WordAction]:
         if action not in WORD_ACTIONS:
             raise ValueError(f"unknown word-list action {action!r} for {name!r}; expected "
                              "audit, redact or block")
-        lists[LIST_ALIASES.get(name, name)] = action  # type: ignore[assignment]
+        name = LIST_ALIASES.get(name, name)
+        previous = lists.get(name)
+        chosen = next(a for a in WORD_ACTIONS if a == action)
+        if previous is None or WORD_ACTIONS.index(chosen) > WORD_ACTIONS.index(previous):
+            lists[name] = chosen
     return lists

@@ -11,7 +11,6 @@ looser than the same setting enforced.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import replace
 from typing import Any
 
 from tokenstile.policies.rules import (
@@ -28,7 +27,7 @@ from tokenstile.policies.rules import (
     WordRule,
 )
 
-POLICIES = tuple(Rules.__dataclass_fields__)
+POLICIES = Rules._fields
 
 
 def _shadow_ok(candidate: bool, base: bool) -> bool:
@@ -117,29 +116,32 @@ def combine_words(c: WordRule | None, b: WordRule | None, policy: str,
     return compiler.rule(policy, merged, c.mask, c.source), loosened
 
 
+def tighten_one(name: str, b: Any, c: Any, compiler: WordCompiler) -> tuple[Any, bool]:
+    """One policy's setting ``b`` tightened by ``c``; and whether ``c`` was looser."""
+    if b == c:
+        return b, False
+    if name == "models":
+        return combine_models(c, b)
+    if name in ("request_wordlists", "response_wordlists"):
+        return combine_words(c, b, name, compiler)
+    if name == "auto_replies":
+        return b + tuple(rule for rule in c if rule not in b), False
+    if _STRICTER[name](c, b):
+        return c, False
+    return b, True
+
+
 def tighten(base: Rules, candidate: Rules, compiler: WordCompiler,
             policies: Iterable[str] = POLICIES) -> tuple[Rules, list[str]]:
     """``base`` tightened by ``candidate`` in ``policies``; also the policies where the
     candidate was looser (and was therefore ignored, in whole or in part)."""
     changes: dict[str, Any] = {}
     loosened: list[str] = []
-    result: Any
     for name in policies:
-        b, c = getattr(base, name), getattr(candidate, name)
-        if b == c:
-            continue
-        if name == "models":
-            result, looser = combine_models(c, b)
-        elif name in ("request_wordlists", "response_wordlists"):
-            result, looser = combine_words(c, b, name, compiler)
-        elif name == "auto_replies":
-            result, looser = b + tuple(rule for rule in c if rule not in b), False
-        elif _STRICTER[name](c, b):
-            result, looser = c, False
-        else:
-            result, looser = b, True
+        b = getattr(base, name)
+        result, looser = tighten_one(name, b, getattr(candidate, name), compiler)
         if looser:
             loosened.append(name)
         if result is not b:
             changes[name] = result
-    return (replace(base, **changes) if changes else base), loosened
+    return (base._replace(**changes) if changes else base), loosened

@@ -14,7 +14,7 @@ import re
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from tokenstile.policies.builtin_lists import BUILTIN_LISTS
 
@@ -28,16 +28,53 @@ def normalize(text: str) -> str:
     return " ".join(unicodedata.normalize("NFC", text).split()).casefold()
 
 
-def _pattern(entry: str) -> tuple[str, int]:
-    words = unicodedata.normalize("NFC", entry).split()
-    body = rf"\s{{1,{MAX_GAP}}}".join(re.escape(w) for w in words)
-    joined = " ".join(words)
-    if _WORD.match(joined[0]):
-        body = r"(?<!\w)" + body
-    if _WORD.match(joined[-1]):
-        body += r"(?!\w)"
-    longest = sum(len(w) for w in words) + MAX_GAP * (len(words) - 1)
-    return body, longest
+_GAP = rf"\s{{1,{MAX_GAP}}}"
+
+
+def _atoms(entry: str) -> list[str]:
+    """An entry as regex pieces: one per character (escaped), one per gap between words."""
+    out: list[str] = []
+    for index, word in enumerate(entry.split()):
+        if index:
+            out.append(_GAP)
+        out.extend(re.escape(ch) for ch in word)
+    return out
+
+
+def _longest(entry: str) -> int:
+    words = entry.split()
+    return sum(len(w) for w in words) + MAX_GAP * (len(words) - 1)
+
+
+def _trie_pattern(entries: list[str], lower: bool) -> str:
+    """One pattern for all entries, shaped as a trie so each position is tried once rather
+    than once per entry; at every branch the longer continuation is tried first."""
+    root: dict[str, Any] = {}
+    for entry in entries:
+        node = root
+        for atom in _atoms(entry.lower() if lower else entry):
+            node = node.setdefault(atom, {})
+        node[""] = bool(_WORD.match(entry[-1]))  # "" marks an end; True: needs a boundary
+
+    def render(node: dict[str, Any]) -> str:
+        alts = [atom + render(child) for atom, child in node.items() if atom]
+        if "" in node:
+            alts.append(r"(?!\w)" if node[""] else "")
+        return alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
+
+    return render(root)
+
+
+def _compile(entries: list[str], lower: bool) -> re.Pattern[str] | None:
+    """The entries as one pattern: matched case-sensitively against lower-cased text
+    (``lower``, the fast path), or ignoring case against the text itself."""
+    worded = [e for e in entries if _WORD.match(e[0])]
+    other = [e for e in entries if not _WORD.match(e[0])]
+    parts = ([r"(?<!\w)" + _trie_pattern(worded, lower)] if worded else []) + (
+        [_trie_pattern(other, lower)] if other else [])
+    if not parts:
+        return None
+    return re.compile("|".join(parts), 0 if lower else re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,26 +87,22 @@ class Match(Generic[T]):
 class WordMatcher(Generic[T]):
     """Finds any of ``entries`` (text → the value reported with a match) in a text."""
 
-    __slots__ = ("_by_key", "_each", "_regex", "hold")
+    __slots__ = ("_by_key", "_each", "_folding", "_regex", "hold")
 
     def __init__(self, entries: Mapping[str, T]) -> None:
         self._by_key: dict[str, T] = {}
-        parts: list[tuple[int, str, str]] = []
-        self.hold = 0
+        spelled: list[str] = []
         for entry, value in entries.items():
-            if not entry.split():
-                continue
-            key = normalize(entry)
-            if key in self._by_key:
-                continue
-            self._by_key[key] = value
-            body, longest = _pattern(entry)
-            parts.append((longest, key, body))
-            self.hold = max(self.hold, longest)
-        parts.sort(key=lambda p: -p[0])  # longest first: "fucking" before "fuck"
-        self._regex = re.compile("|".join(p[2] for p in parts), re.IGNORECASE) \
-            if parts else None
-        self._each = [(re.compile(body, re.IGNORECASE), key) for _, key, body in parts]
+            text = " ".join(unicodedata.normalize("NFC", entry).split())
+            key = normalize(text)
+            if key and key not in self._by_key:
+                self._by_key[key] = value
+                spelled.append(text)
+        self.hold = max((_longest(e) for e in spelled), default=0)
+        self._regex = _compile(spelled, lower=True)
+        self._folding = _compile(spelled, lower=False)
+        self._each = [(re.compile("".join(_atoms(e)), re.IGNORECASE), normalize(e))
+                      for e in spelled]
 
     def __bool__(self) -> bool:
         return self._regex is not None
@@ -77,10 +110,15 @@ class WordMatcher(Generic[T]):
     def find(self, text: str, pos: int = 0) -> list[Match[T]]:
         """Every non-overlapping match at or after ``pos`` (characters before ``pos`` still
         count as the left boundary)."""
-        if self._regex is None:
+        if self._regex is None or self._folding is None:
             return []
-        return [Match(m.start(), m.end(), self._value(m.group()))
-                for m in self._regex.finditer(text, pos)]
+        lowered = text.lower()
+        if len(lowered) == len(text):  # lower-casing only ever lengthens: same positions
+            found = self._regex.finditer(lowered, pos)
+        else:
+            found = self._folding.finditer(text, pos)
+        return [Match(m.start(), m.end(), self._value(text[m.start():m.end()]))
+                for m in found]
 
     def _value(self, found: str) -> T:
         value = self._by_key.get(normalize(found))
