@@ -26,9 +26,12 @@ from tokenstile.gateway.pipeline import Gateway
 from tokenstile.gateway.runtime import Runtime
 from tokenstile.gateway.upstream import upstream_headers, upstream_url
 from tokenstile.providers.models import model_item, model_list, openai_entries
+from tokenstile.stores.counters import StoreUnavailable
 from tokenstile.types import ApiKind, WireFormat
 
 log = logging.getLogger("tokenstile")
+
+READY_PROBE_S = 1.5
 
 PROXY_ROUTES: dict[str, tuple[ApiKind, WireFormat]] = {
     "/v1/chat/completions": ("chat", "openai"),
@@ -46,6 +49,7 @@ class TokenstileApp:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.gateway = Gateway(runtime)
+        runtime.admission.on_store_error = lambda _: runtime.metrics.store_error("counters")
         self.web = _web_app(self)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -84,18 +88,23 @@ def _web_app(app: TokenstileApp) -> Starlette:
         return JSONResponse({"status": "ok", "version": __version__})
 
     async def readyz(request: Request) -> Response:
+        """Ready, or ``degraded`` naming the stores that are down. Still 200 when degraded:
+        every request keeps getting a clear answer (fail-closed limits refuse with 503
+        ``store_unavailable``, fail-open ones admit unmetered), and a load balancer taking
+        every gateway out over a shared store would turn those into connection errors."""
         checks: dict[str, Any] = {}
-        ok = True
+        degraded: list[str] = []
         try:
-            await rt.counters.ping()
-            checks["counters"] = "ok"
-        except Exception as exc:
-            checks["counters"] = f"unavailable: {type(exc).__name__}"
-            ok = False
+            await asyncio.wait_for(rt.admission.probe(), READY_PROBE_S)
+            checks["counters"] = rt.admission.store_status()
+        except (StoreUnavailable, TimeoutError):
+            degraded.append("counters")
+            checks["counters"] = {**rt.admission.store_status(), "status": "unavailable"}
+        checks["counters"]["store"] = rt.counters.url.partition(":")[0]
         checks["ledger_backlog"] = rt.ledger.backlog
         checks["config"] = rt.config_status()
-        return JSONResponse({"status": "ready" if ok else "degraded", "checks": checks},
-                            status_code=200 if ok else 503)
+        return JSONResponse({"status": "degraded" if degraded else "ready",
+                             "degraded": degraded, "checks": checks})
 
     async def metrics(request: Request) -> Response:
         rt.metrics.ledger_backlog.set(rt.ledger.backlog)

@@ -88,6 +88,10 @@ class Metrics:
         if row.ttfb_ms is not None:
             self.ttfb.labels(row.api).observe(row.ttfb_ms / 1000)
 
+    def store_error(self, store: str) -> None:
+        """A call to a store failed (``counters``: Redis or SQLite counters)."""
+        self.store_errors.labels(store).inc()
+
     def unauthenticated(self, ctx: object) -> None:
         self.unauthenticated_total.inc()
 

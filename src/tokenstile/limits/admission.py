@@ -6,6 +6,12 @@ requests and many gateway processes can never overshoot a hard limit together. W
 request names no output cap, the gateway supplies one (and writes it into the body) so the
 worst case is finite; if the budget cannot take the default cap, the cap shrinks to what
 is left. After the response, the reservation is replaced by what was used.
+
+When the counter store cannot be reached, each limit fails closed (503, the default for
+hard budgets) or open (admitted unmetered, the row flagged ``unmetered``). While the store
+is down, calls fail fast after one failure instead of each waiting out the store's timeout;
+settles and releases that could not reach it are kept and applied when it answers again,
+so an outage neither loses usage nor leaves a refused request's reservation behind.
 """
 
 from __future__ import annotations
@@ -16,9 +22,11 @@ import hashlib
 import logging
 import math
 import secrets
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
@@ -47,7 +55,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tokenstile.admission")
 
+T = TypeVar("T")
+
 MIN_SUPPLIED_CAP = 16
+# After a failed store call, further calls fail at once for this long (one probe at a time
+# after it), so an outage costs each request microseconds, not the store's timeout.
+STORE_RETRY_S = 0.5
+# Settles and releases kept while the store is down; past this, the oldest are dropped
+# (their leases run out and they are charged at their estimate: never under-counted).
+MAX_UNSETTLED = 100_000
 _WINDOW_WORDS = {"minute": "per-minute", "hour": "hourly", "day": "daily", "week": "weekly",
                  "month": "monthly", "rolling": "rolling", "request": "per-request"}
 _UNIT_WORDS = {"tokens": "tokens", "input_tokens": "input tokens",
@@ -79,6 +95,15 @@ class BudgetExhausted(GatewayError):
         super().__init__(429, message, type="rate_limit_error", code=code, headers=headers)
         self.limit = limit
         self.scope_id = scope_id
+
+
+@dataclass(slots=True)
+class Unsettled:
+    """Counter changes that could not reach the store yet: ``deltas`` settle a reservation;
+    ``adds`` (usage admitted unmetered) are applied instead when the store never held it."""
+
+    deltas: list[tuple[str, int]]
+    adds: list[tuple[str, int, int]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -188,7 +213,16 @@ class Admission:
         self.live: set[str] = set()
         self.utilization: dict[str, float] = {}
         self.on_blocked: Callable[[Limit, str, int, int], None] | None = None
+        self.on_store_error: Callable[[str], None] | None = None
         self._overrides: list[Override] = []
+        # The counter store as admission last saw it (for fail-fast and /readyz).
+        self.store_errors = 0
+        self.store_error: str | None = None
+        self.store_down_since: float | None = None
+        self._healthy_since = time.monotonic()
+        self._retry_at = 0.0
+        self._probing = False
+        self.unsettled: dict[str, Unsettled] = {}
         self.reconfigure(config)
 
     def apply_overrides(self, overrides: list[Override]) -> None:
@@ -386,19 +420,24 @@ class Admission:
     async def _reserve_once(self, ctx: RequestContext, ticket: Ticket) -> ReserveOutcome | None:
         """One round trip; None means the store is down and every limit here fails open."""
         record = orjson.dumps(self._pending_row(ctx, ticket))
+        sent = not self._failing_fast()
         try:
-            return await self.counters.reserve(ticket.rid, ticket.charges,
-                                               self.clock.now() + self.lease_s, record)
-        except StoreUnavailable as exc:
+            return await self._store("reserve", lambda: self.counters.reserve(
+                ticket.rid, ticket.charges, self.clock.now() + self.lease_s, record))
+        except StoreUnavailable:
+            if sent:  # the reserve may have landed with its reply lost: release it later
+                self._keep_unsettled(ticket.rid, Unsettled(
+                    [(c.key, -c.amount) for c in ticket.charges]))
             closed = [a for a in ticket.applied
                       if a.charge_index >= 0 and a.limit.failure_mode == "closed"]
             if closed:
                 ctx.block_reason = "counter_store_unavailable"
                 raise GatewayError(
-                    503, f"the counter store is unreachable ({exc}) and the limit "
-                         f"{closed[0].limit.name!r} fails closed; try again shortly",
+                    503, f"the counter store that checks budgets is unreachable, and the "
+                         f"limit {closed[0].limit.name!r} fails closed (it refuses what it "
+                         "cannot check); try again in a few seconds",
                     type="api_error", code="store_unavailable",
-                    headers={"retry-after": "1"}) from None
+                    headers={"retry-after": "2"}) from None
             ticket.metered = False
             ctx.flags.append("unmetered")
             return None
@@ -534,37 +573,155 @@ class Admission:
         if not isinstance(ticket, Ticket) or ticket.settled:
             return
         ticket.settled = True
-        self.live.discard(ticket.rid)
-        if not ticket.metered:
-            return
         deltas = [(charge.key, self.actual(unit, ctx) - charge.amount)
                   for charge, unit in zip(ticket.charges, ticket.units, strict=True)]
+        if not ticket.metered:
+            # Admitted unmetered: once the store answers, release the reservation if it
+            # landed after all, else add what was used, so the budget still sees it.
+            adds = [(charge.key, self.actual(unit, ctx), charge.ttl)
+                    for charge, unit in zip(ticket.charges, ticket.units, strict=True)]
+            self._keep_unsettled(ticket.rid, Unsettled(
+                deltas, [a for a in adds if a[1] > 0]))
+            return
         try:
-            known = await self.counters.settle(ticket.rid, deltas)
+            known = await self._store("settle",
+                                      lambda: self.counters.settle(ticket.rid, deltas))
         except StoreUnavailable:
             ctx.flags.append("settle_deferred")
-            log.warning("counter store unreachable while settling %s", ticket.rid)
+            self._keep_unsettled(ticket.rid, Unsettled(deltas))
             return
+        self.live.discard(ticket.rid)
         if not known:
             ctx.flags.append("settled_after_expiry")
+
+    # -- the store's health ----------------------------------------------------------------
+
+    def _failing_fast(self) -> bool:
+        return self.store_down_since is not None and (
+            self._probing or time.monotonic() < self._retry_at)
+
+    async def _store(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """One call on the counter store. While it is down, calls fail at once, except one
+        probe every ``STORE_RETRY_S``; each real failure is counted (``on_store_error``)."""
+        if self.store_down_since is not None:
+            if self._failing_fast():
+                raise StoreUnavailable(f"the counter store is unavailable ({self.store_error})")
+            self._probing = probe = True
+        else:
+            probe = False
+        try:
+            result = await call()
+        except StoreUnavailable as exc:
+            self._store_failed(what, exc)
+            raise
+        finally:
+            if probe:
+                self._probing = False
+        if self.store_down_since is not None:
+            log.warning("the counter store answers again after %.1f s",
+                        time.time() - self.store_down_since)
+            self.store_down_since, self.store_error = None, None
+            self._healthy_since = time.monotonic()
+        return result
+
+    def _store_failed(self, what: str, exc: StoreUnavailable) -> None:
+        self.store_errors += 1
+        self._retry_at = time.monotonic() + STORE_RETRY_S
+        if self.store_down_since is None:
+            self.store_down_since = time.time()
+            log.warning("counter store unavailable (%s): limits fail closed or open as "
+                        "configured until it answers", exc)
+        self.store_error = f"{what}: {exc}"
+        if self.on_store_error is not None:
+            self.on_store_error(what)
+
+    async def probe(self) -> None:
+        """Ping the store (``/readyz``); a success ends an outage at once."""
+        await self._store("ping", self.counters.ping)
+
+    def store_status(self) -> dict[str, Any]:
+        """The counter store as admission sees it, and what its limits do while it is down."""
+        closed = sorted({a.name for a in self.limits if a.window.kind != "request"
+                         and a.failure_mode == "closed"})
+        opened = sorted({a.name for a in self.limits if a.window.kind != "request"
+                         and a.failure_mode == "open"})
+        status: dict[str, Any] = {
+            "status": "ok" if self.store_down_since is None else "unavailable",
+            "errors": self.store_errors, "unsettled": len(self.unsettled),
+            "fail_closed": len(closed), "fail_open": opened,
+        }
+        if self.store_down_since is not None:
+            status["down_for_s"] = round(time.time() - self.store_down_since, 1)
+            status["error"] = self.store_error
+        return status
+
+    def _keep_unsettled(self, rid: str, item: Unsettled) -> None:
+        """Apply later (``maintain``); the lease stays renewed meanwhile, so the reservation
+        is not charged at its estimate while its actual usage is known here."""
+        if len(self.unsettled) >= MAX_UNSETTLED:
+            dropped = next(iter(self.unsettled))
+            self.unsettled.pop(dropped)
+            self.live.discard(dropped)
+            log.error("too many settles wait for the counter store; %s is left to its "
+                      "lease (charged at its estimate)", dropped)
+        self.unsettled[rid] = item
+        self.live.add(rid)
+
+    async def flush_unsettled(self) -> int:
+        """Apply what waited for the store, oldest first; stop at the first failure."""
+        done = 0
+        for rid, item in list(self.unsettled.items()):
+            known = await self._store("settle", partial(self.counters.settle, rid, item.deltas))
+            if not known and item.adds:
+                await self._store("add", partial(self.counters.add, item.adds))
+            self.unsettled.pop(rid, None)
+            self.live.discard(rid)
+            done += 1
+        return done
 
     # -- leases and recovery ----------------------------------------------------------------
 
     async def maintain(self, on_expired: Callable[[LedgerRow], None],
                        interval: float | None = None) -> None:
-        """Renew live leases and claim reservations whose gateway died, until cancelled."""
+        """Until cancelled: apply what waited for the store, renew live leases and claim
+        reservations whose gateway died.
+
+        After an outage, claims wait until the store has answered for 1.5 intervals, so
+        every gateway has renewed its live leases first (an outage longer than a lease must
+        not charge requests that are still running).
+        """
         interval = interval or max(0.2, self.lease_s / 3)
+        upkeep_at = 0.0
         while True:
-            with contextlib.suppress(Exception):
-                await self.recover(on_expired)
-            if self.live:
+            if self.unsettled:
                 with contextlib.suppress(StoreUnavailable):
-                    await self.counters.renew(list(self.live), self.clock.now() + self.lease_s)
-            await asyncio.sleep(interval)
+                    await self.flush_unsettled()
+            if time.monotonic() >= upkeep_at:
+                upkeep_at = time.monotonic() + interval
+                if self.live:
+                    with contextlib.suppress(StoreUnavailable):
+                        await self._store("renew", lambda: self.counters.renew(
+                            list(self.live), self.clock.now() + self.lease_s))
+                if self.store_down_since is None and \
+                        time.monotonic() - self._healthy_since >= 1.5 * interval:
+                    with contextlib.suppress(Exception):
+                        await self.recover(on_expired)
+            busy = self.unsettled or self.store_down_since is not None
+            await asyncio.sleep(min(interval, STORE_RETRY_S) if busy else interval)
 
     async def recover(self, on_expired: Callable[[LedgerRow], None]) -> int:
-        """Charge reservations whose lease ran out at their estimate; return how many."""
-        claimed = await self.counters.claim_expired(self.clock.now())
+        """Charge reservations whose lease ran out at their estimate; return how many.
+
+        One of this gateway's own (still running, or waiting to settle) is not charged: its
+        own row comes from the request, and the counters keep the estimate.
+        """
+        claimed = await self._store("claim", lambda: self.counters.claim_expired(
+            self.clock.now()))
+        mine = {item.rid for item in claimed if item.rid in self.live}
+        for rid in mine:
+            self.unsettled.pop(rid, None)
+            self.live.discard(rid)
+        claimed = [item for item in claimed if item.rid not in mine]
         for item in claimed:
             try:
                 data = orjson.loads(item.record)
