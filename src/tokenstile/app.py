@@ -13,10 +13,10 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Route
 
 from tokenstile import __version__
-from tokenstile.admin.api import mounted_admin
+from tokenstile.admin.api import AdminMount
 from tokenstile.admin.listener import start_admin_listener
 from tokenstile.clock import SYSTEM_CLOCK, Clock
 from tokenstile.config import Config, load_config
@@ -180,7 +180,7 @@ def _web_app(app: TokenstileApp) -> Starlette:
         Route("/metrics", metrics),
         Route("/v1/models", models),
         Route("/v1/models/{model_id:path}", models),
-        Mount("/admin", app=mounted_admin(rt)),
+        AdminMount(rt),
         Route("/v1/{rest:path}", unknown_v1,
               methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]),
     ]

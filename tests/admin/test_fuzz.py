@@ -36,9 +36,9 @@ def test_the_admin_api_survives_schemathesis(make_gateway: Any, tmp_path: Path) 
     done = subprocess.run(
         [schemathesis_cli(), "run", gateway.url + "/admin/openapi.json",
          "--header", f"Authorization: Bearer {ADMIN_KEY}", "--checks", ",".join(CHECKS),
-         "--max-examples", "10", "--seed", "7", "--workers", "1", "--no-color",
+         "--max-examples", "5", "--seed", "1", "--workers", "1", "--no-color",
          "--request-timeout", "10"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=240,
+        cwd=tmp_path, capture_output=True, text=True, timeout=280,
         env={**os.environ, "SCHEMATHESIS_TELEMETRY": "false"})
     assert done.returncode == 0, done.stdout[-8000:] + done.stderr[-2000:]
     assert "27 passed" in done.stdout or "failed" not in done.stdout

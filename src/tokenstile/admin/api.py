@@ -6,12 +6,14 @@ When ``server.admin_port`` is set the API is served only on that separate listen
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Mount
 
 from tokenstile.admin import dashboard_api, keys, overrides, settings, usage
 from tokenstile.admin.endpoint import Call, Endpoint, route
@@ -76,3 +78,12 @@ class PublicAdmin:
 def mounted_admin(rt: Runtime) -> PublicAdmin:
     """What the public app mounts at ``/admin``."""
     return PublicAdmin(rt, admin_app(rt))
+
+
+class AdminMount(Mount):
+    """``Mount("/admin", …)`` that also takes paths with control characters (newlines and
+    all), so every answer under ``/admin`` is the admin API's JSON, even a 404."""
+
+    def __init__(self, rt: Runtime) -> None:
+        super().__init__("/admin", app=mounted_admin(rt))
+        self.path_regex = re.compile(self.path_regex.pattern, re.DOTALL)

@@ -45,6 +45,13 @@ async def _record(call: Call) -> KeyRecord:
     return record
 
 
+async def _changed(call: Call) -> None:
+    """Apply a key change in this process now (others follow within a second)."""
+    call.rt.auth.forget()
+    if call.rt.key_limits is not None:
+        await call.rt.key_limits.refresh()
+
+
 async def list_keys(call: Call) -> dict[str, Any]:
     q = call.query(KeyListQuery)
     now = call.rt.clock.now()
@@ -75,6 +82,7 @@ async def create_key(call: Call) -> dict[str, Any]:
         expires_at=expires,
     )
     await rt.db.create_key(record)
+    await _changed(call)
     return {**key_out(record, now), "key": secret}
 
 
@@ -101,7 +109,7 @@ async def update_key(call: Call) -> dict[str, Any]:
         raise ApiError(409, f"key {record.id!r} is revoked; create a new one",
                        code="key_revoked")
     updated = await call.rt.db.update_key(record.id, **changes)
-    call.rt.auth.forget()
+    await _changed(call)
     if updated is None:
         raise not_found("key", record.id)
     return key_out(updated, call.rt.clock.now())
@@ -112,7 +120,7 @@ async def revoke_key(call: Call) -> dict[str, Any]:
     now = call.rt.clock.now()
     if record.revoked_at is None:
         record = await call.rt.db.update_key(record.id, revoked_at=now) or record
-    call.rt.auth.forget()
+    await _changed(call)
     return key_out(record, now)
 
 

@@ -18,6 +18,7 @@ from tokenstile.config import Config, referenced_channels
 from tokenstile.degrade.stage import Degrader
 from tokenstile.gateway.auth import Authenticator
 from tokenstile.gateway.caching import CacheStage
+from tokenstile.gateway.key_limits import KeyLimits, compile_key_limits, is_key_limit
 from tokenstile.gateway.reload import ConfigReloader, keep_start_settings, restart_only_changes
 from tokenstile.gateway.resilience import CircuitBreakers
 from tokenstile.gateway.routing import Router
@@ -70,6 +71,7 @@ class Runtime:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     config_path: str | None = None
     reloader: ConfigReloader | None = None
+    key_limits: KeyLimits | None = None
     # The services of the current config, fixed for the requests that start under it.
     view: Runtime = field(init=False, repr=False, compare=False)
 
@@ -124,6 +126,11 @@ class Runtime:
                           rule_settings(self.config), self.clock)
             .run(self.config.alerting.interval_s), name="tokenstile-alert-rules"))
         self._tasks.append(asyncio.create_task(self.overrides.run(), name="tokenstile-overrides"))
+        self.key_limits = KeyLimits(self.db)
+        self.key_limits.listeners.append(self._apply_key_limits)
+        await self.key_limits.refresh()
+        self._tasks.append(asyncio.create_task(self.key_limits.run(),
+                                               name="tokenstile-key-limits"))
         self.reloader = ConfigReloader(self, self.config_path)
         if self.config_path:
             self.reloader.install_signal_handler()
@@ -173,10 +180,20 @@ class Runtime:
         self.breakers.config = config.resilience.circuit_breaker
         self.degrader.reconfigure(config)
         self.config, self.pricer = config, pricer
+        self._apply_key_limits()
         self.router = Router(config)
         self.policies = PolicyEngine(config, UpstreamModerator(self.router, self.upstream))
         self._pin()
         return pending
+
+    def _apply_key_limits(self) -> None:
+        """The limits keys carry join the config's (again after each reload)."""
+        items = self.key_limits.items if self.key_limits is not None else []
+        base = [limit for limit in self.admission.base_limits if not is_key_limit(limit)]
+        extra = compile_key_limits(items, self.config.server.timezone)
+        if extra or len(base) != len(self.admission.base_limits):
+            self.admission.base_limits = [*base, *extra]
+            self.admission.apply_overrides(self.overrides.items)
 
     def _alert_blocked(self, limit: Limit, scope_id: str, used: int, needed: int) -> None:
         self.alerts.submit(limit_blocked_alert(limit, scope_id, used, needed, self.clock.now()))
