@@ -95,13 +95,24 @@ def _resolve(fut: asyncio.Future[Any], result: Any, error: BaseException | None)
         fut.set_exception(error)
 
 
-class _Worker:
-    """One thread that runs a store's calls one after another."""
+Outcome = tuple[Any, BaseException | None]
+BatchRunner = Callable[[list[Callable[[], Any]]], list[Outcome]]
+MAX_BATCH = 64
 
-    def __init__(self, name: str) -> None:
+
+class _Worker:
+    """One thread that runs a store's calls one after another.
+
+    With a ``batch_runner``, calls that queued up while the thread was busy are handed over
+    together (up to ``MAX_BATCH``), so a store can run them in one transaction: under
+    concurrency, one commit serves many admissions (group commit).
+    """
+
+    def __init__(self, name: str, batch_runner: BatchRunner | None = None) -> None:
         self._queue: queue.SimpleQueue[
             tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], Callable[[], Any]] | None
         ] = queue.SimpleQueue()
+        self._batch_runner = batch_runner
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
 
     def submit(self, fn: Callable[[], T]) -> asyncio.Future[T]:
@@ -116,16 +127,39 @@ class _Worker:
         self._queue.put(None)
 
     def _serve(self) -> None:
-        while (item := self._queue.get()) is not None:
-            loop, fut, fn = item
-            if fut.cancelled():
-                continue  # the caller gave up (timed out) before it started: skip it
-            try:
-                result, error = fn(), None
-            except BaseException as exc:
-                result, error = None, exc
-            with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting
-                loop.call_soon_threadsafe(_resolve, fut, result, error)
+        stopping = False
+        while not stopping:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            while len(batch) < MAX_BATCH and self._batch_runner is not None:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stopping = True
+                    break
+                batch.append(more)
+            # the caller gave up (timed out) before it started: skip it
+            live = [entry for entry in batch if not entry[1].cancelled()]
+            if not live:
+                continue
+            if len(live) > 1 and self._batch_runner is not None:
+                outcomes = self._batch_runner([fn for _, _, fn in live])
+            else:
+                outcomes = [_outcome(live[0][2])]
+            for (loop, fut, _), (result, error) in zip(live, outcomes, strict=True):
+                with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting
+                    loop.call_soon_threadsafe(_resolve, fut, result, error)
+
+
+def _outcome(fn: Callable[[], Any]) -> Outcome:
+    try:
+        return fn(), None
+    except BaseException as exc:
+        return None, exc
 
 
 class SqliteCounterStore:
@@ -138,7 +172,9 @@ class SqliteCounterStore:
         self._busy_ms = int(option_float(options, "busy_timeout", 2000.0))
         self._timeout = option_float(options, "timeout", self._busy_ms / 1000 + 1.0)
         self._clock = clock or SYSTEM_CLOCK
-        self._worker = _Worker(f"ts-counters:{os.path.basename(self.path)}")
+        self._worker = _Worker(f"ts-counters:{os.path.basename(self.path)}",
+                               batch_runner=self._run_batch)
+        self._in_batch = False
         self._conn: sqlite3.Connection | None = None  # used on the worker thread only
         self._next_purge = 0.0
         self._closed = False
@@ -181,9 +217,42 @@ class SqliteCounterStore:
         self._next_purge = self._clock.now() + _PURGE_EVERY_S
         return conn
 
+    def _run_batch(self, fns: list[Callable[[], Any]]) -> list[Outcome]:
+        """Calls that queued up together, in one write transaction: each in a savepoint of
+        its own, so one that fails is rolled back alone and the others still commit."""
+        try:
+            conn = self._open() if self._conn is None else self._conn
+            conn.execute("BEGIN IMMEDIATE")
+        except (sqlite3.Error, OSError) as exc:
+            unavailable = StoreUnavailable(f"SQLite counter store {self.path}: {exc}")
+            return [(None, unavailable) for _ in fns]
+        outcomes: list[Outcome] = []
+        self._in_batch = True
+        try:
+            for fn in fns:
+                conn.execute("SAVEPOINT op")
+                result, error = _outcome(fn)
+                conn.execute("ROLLBACK TO op" if error is not None else "RELEASE op")
+                if error is not None:
+                    conn.execute("RELEASE op")
+                outcomes.append((result, error))
+            self._maybe_purge(conn)
+            conn.execute("COMMIT")
+        except (sqlite3.Error, OSError) as exc:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            failed = StoreUnavailable(f"SQLite counter store {self.path}: {exc}")
+            return [(None, failed) for _ in fns]
+        finally:
+            self._in_batch = False
+        return outcomes
+
     def _write(self, conn: sqlite3.Connection, fn: Callable[[], T]) -> T:
         """Run ``fn`` inside one write transaction (which now and then also purges expired
-        counters, while it holds the lock anyway)."""
+        counters, while it holds the lock anyway); inside a batch, in the batch's."""
+        if self._in_batch:
+            return fn()
         conn.execute("BEGIN IMMEDIATE")
         try:
             result = fn()
