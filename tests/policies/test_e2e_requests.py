@@ -11,6 +11,7 @@ import pytest
 
 from tests.conftest import FakeHandle
 from tests.policies.conftest import MODEL, PolicyGateway, error_body, message
+from tokenstile.stores.database import Override
 
 Make = Callable[..., PolicyGateway]
 
@@ -260,3 +261,25 @@ def test_embeddings_pass_word_lists(policy_gateway: Make, fake: FakeHandle) -> N
     assert len(result.data) == 2
     assert fake.fake.tally.last is not None
     assert fake.fake.tally.last.body["input"] == ["fine", "oh ****"]
+
+
+def test_runtime_shadow_override_puts_a_policy_in_shadow_and_out(policy_gateway: Make) -> None:
+    gw = policy_gateway({"max_tokens": 10,
+                         "request_wordlists": {"lists": {"profanity": "block"},
+                                               "shadow": True}})
+    runtime = gw.gateway.runtime
+
+    def override(target: str, shadow: bool) -> None:
+        gw.gateway.run(runtime.db.set_override(Override("shadow", target, {"shadow": shadow})))
+        gw.gateway.run(runtime.overrides.refresh())
+
+    override("max_tokens", True)
+    override("policy:request_wordlists", False)
+    reply = gw.chat("fine", max_tokens=50)
+    assert reply.usage is not None and reply.usage.completion_tokens == 12
+    with pytest.raises(openai.UnprocessableEntityError) as caught:
+        gw.chat("damn", max_tokens=50)
+    assert caught.value.code == "wordlist_blocked"
+    assert [r.flags for r in gw.rows()] == [
+        ["max_tokens:shadow:blocked"],
+        ["max_tokens:shadow:blocked", "request_wordlists:blocked"]]

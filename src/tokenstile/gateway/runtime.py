@@ -104,7 +104,7 @@ class Runtime:
             auth=Authenticator(config.auth, db, clock, admin_key_for(config)),
             router=router, upstream=upstream, ledger=LedgerWriter(db),
             pricer=pricer, metrics=metrics,
-            policies=PolicyEngine(config, UpstreamModerator(router, upstream)),
+            policies=PolicyEngine(config, UpstreamModerator(router, upstream), overrides),
             admission=admission, overrides=overrides, adapters=adapters,
             breakers=CircuitBreakers(config.resilience.circuit_breaker, clock),
             degrader=Degrader(config, admission, clock),
@@ -182,7 +182,8 @@ class Runtime:
         self.config, self.pricer = config, pricer
         self._apply_key_limits()
         self.router = Router(config)
-        self.policies = PolicyEngine(config, UpstreamModerator(self.router, self.upstream))
+        self.policies = PolicyEngine(config, UpstreamModerator(self.router, self.upstream),
+                                     self.overrides)
         self._pin()
         return pending
 

@@ -30,14 +30,16 @@ from tokenstile.policies.request import (
     word_decisions,
 )
 from tokenstile.policies.resolve import Resolver
-from tokenstile.policies.rules import NO_RULES, Rules, WordCompiler
+from tokenstile.policies.rules import NO_RULES, SHADOWABLE, Rules, WordCompiler, with_shadow
 from tokenstile.policies.scanner import Finder, Span, WordFinder, scan_whole
 from tokenstile.policies.stream import PolicyStreamObserver
 from tokenstile.policies.texts import response_slots
 
 if TYPE_CHECKING:
     from tokenstile.gateway.context import RequestContext
+    from tokenstile.limits.overrides import Overrides
     from tokenstile.providers.base import StreamObserver
+    from tokenstile.stores.database import Override
     from tokenstile.types import CanonicalRequest
 
 _MODERATED_APIS = frozenset({"chat", "completions", "responses", "messages"})
@@ -66,8 +68,12 @@ def request_decisions(rules: Rules, req: CanonicalRequest,
 class PolicyEngine:
     """Evaluates the configured policies against one request and its response."""
 
-    def __init__(self, config: Config, moderator: Moderator | None = None) -> None:
+    def __init__(self, config: Config, moderator: Moderator | None = None,
+                 overrides: Overrides | None = None) -> None:
         self.moderator = moderator
+        self._overrides = overrides
+        self._seen: object = None
+        self._forced: dict[str, bool] = {}
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
@@ -85,9 +91,14 @@ class PolicyEngine:
         assert ctx.caller is not None and ctx.req is not None
         rules, by_feature = (self._resolver.rules(ctx.caller, ctx.req.feature)
                              if self._configured else (NO_RULES, ()))
-        if HEADER_NAMES.isdisjoint(ctx.headers):
-            return rules, [], by_feature
-        rules, by_header = apply_headers(rules, ctx.headers, self._compiler)
+        by_header: list[Loosening] = []
+        if not HEADER_NAMES.isdisjoint(ctx.headers):
+            rules, by_header = apply_headers(rules, ctx.headers, self._compiler)
+        if self._overrides is not None and self._overrides.items is not self._seen:
+            self._seen = self._overrides.items
+            self._forced = shadow_overrides(self._overrides.items)
+        if self._forced:
+            rules = with_shadow(rules, self._forced, self._compiler)
         return rules, by_header, by_feature
 
     # -- before the call --------------------------------------------------------------------
@@ -237,6 +248,18 @@ class PolicyEngine:
             report.record(ctx, decision)
         if blocks:
             raise report.blocked(ctx, blocks, streamed=streamed)
+
+
+def shadow_overrides(items: list[Override]) -> dict[str, bool]:
+    """Policies a runtime override puts into shadow mode or out of it (target: the policy
+    name, optionally as ``policy:<name>``)."""
+    forced: dict[str, bool] = {}
+    for item in items:
+        name = item.target.removeprefix("policy:")
+        shadow = item.value.get("shadow")
+        if item.kind == "shadow" and name in SHADOWABLE and isinstance(shadow, bool):
+            forced[name] = shadow
+    return forced
 
 
 def _choices(body: dict[str, Any]) -> int:

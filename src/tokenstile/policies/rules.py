@@ -8,7 +8,7 @@ header name) so an error can say "the limit of 10 for this key". A policy that i
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 from tokenstile.policies.builtin_lists import BUILTIN_LISTS
@@ -210,3 +210,24 @@ def to_rule(name: str, value: object, source: str, compiler: WordCompiler) -> An
         assert isinstance(value, list)
         return tuple(value)
     return value  # retries
+
+
+SHADOWABLE = frozenset(Rules._fields) - {"auto_replies", "retries"}
+
+
+def with_shadow(rules: Rules, forced: Mapping[str, bool], compiler: WordCompiler) -> Rules:
+    """``rules`` with the named policies put into shadow mode (True) or out of it (False),
+    as a runtime override says."""
+    changes: dict[str, Any] = {}
+    for name, shadow in forced.items():
+        rule = getattr(rules, name)
+        if rule is None:
+            continue
+        if isinstance(rule, WordRule):
+            lists = tuple(ListSetting(s.name, s.action, shadow) for s in rule.lists)
+            changed: Any = compiler.rule(name, lists, rule.mask, rule.source)
+        else:
+            changed = replace(rule, shadow=shadow)
+        if changed != rule:
+            changes[name] = changed
+    return rules._replace(**changes) if changes else rules
