@@ -185,6 +185,11 @@ class FlaggedParams(_Model):
     limit: int = Field(100, ge=1, le=10_000)
 
 
+class AlertParams(_Model):
+    since: datetime | None = None
+    limit: int = Field(50, ge=1, le=1000)
+
+
 class BudgetParams(_Model):
     id: list[Annotated[str, Field(pattern=r"^[a-z_]+=[^\x00-\x1f]{1,200}$")]] = Field(
         default_factory=list, max_length=100,

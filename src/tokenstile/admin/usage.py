@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 from tokenstile.admin.endpoint import Call, Endpoint
 from tokenstile.admin.http import ApiError, not_found
-from tokenstile.admin.schemas import BudgetParams, FlaggedParams, UsageParams, as_utc
+from tokenstile.admin.schemas import AlertParams, BudgetParams, FlaggedParams, UsageParams, as_utc
 from tokenstile.admin.settings import LIST
 from tokenstile.limits.status import budget_status
 from tokenstile.policies.flagged import flagged as listing
@@ -113,6 +113,15 @@ async def budgets(call: Call) -> dict[str, Any]:
     return {"data": out}
 
 
+async def alerts(call: Call) -> dict[str, Any]:
+    """Alerts fired (budget thresholds, blocks, periodic rules), newest first, with their
+    deliveries."""
+    q = call.query(AlertParams)
+    since = as_utc(q.since)
+    records = await call.rt.alerts.history.recent(q.limit, since.timestamp() if since else None)
+    return {"data": [record.to_dict() for record in records]}
+
+
 CSV_OR_JSON = {"type": "object", "properties": {"data": {"type": "array"}}}
 ENDPOINTS = [
     Endpoint("GET", "/usage", usage,
@@ -126,4 +135,6 @@ ENDPOINTS = [
     Endpoint("GET", "/budgets", budgets,
              "Every budget: usage in the current window, amount in force and the file's, "
              "reset time", "budgets", response=LIST, query=BudgetParams, errors=(503,)),
+    Endpoint("GET", "/alerts", alerts, "Alerts fired, newest first, with their deliveries",
+             "usage", response=LIST, query=AlertParams),
 ]
