@@ -1,0 +1,96 @@
+"""Alert history in PostgreSQL: dedupe keys shared by every gateway of a deployment.
+
+The same behaviour as ``SqliteAlertHistory`` (the first process to record a key delivers
+it; later ones see it as known), on the ``alerts`` table the PostgreSQL migrations create.
+It keeps a small pool of its own (two connections) so that alert traffic never waits
+behind ledger writes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import asyncpg
+import orjson
+
+from tokenstile.alerts.engine import AlertRecord, Delivery, new_alert_id
+from tokenstile.alerts.rules import SEVERITIES, Alert, Severity
+from tokenstile.stores.db_postgres import PostgresDatabase, clean_text, json_text
+
+_COLUMNS = "id, ts, kind, severity, title, message, dedupe_key, data, deliveries"
+
+
+def _severity(value: str) -> Severity:
+    for s in SEVERITIES:
+        if s == value:
+            return s
+    return "warning"
+
+
+def _record(row: asyncpg.Record, new: bool = False) -> AlertRecord:
+    alert = Alert(kind=row["kind"], severity=_severity(row["severity"]), title=row["title"],
+                  message=row["message"], dedupe_key=row["dedupe_key"],
+                  data=orjson.loads(row["data"]) if row["data"] else {}, ts=row["ts"])
+    deliveries = [Delivery(**d) for d in orjson.loads(row["deliveries"] or "[]")]
+    return AlertRecord(row["id"], alert, deliveries, new=new)
+
+
+class PostgresAlertHistory:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._db = PostgresDatabase(url, pool_max=2)
+
+    async def open(self) -> None:
+        await self._db.open()
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def record(self, alert: Alert) -> AlertRecord:
+        """Insert unless the dedupe key is known; one statement, so two gateways racing
+        on the same key cannot both see it as new."""
+        data = orjson.loads(orjson.dumps(alert.data, default=str))
+        async with self._db.connection() as conn:
+            inserted = await conn.fetchrow(
+                f"INSERT INTO alerts ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, "
+                f"'[]'::jsonb) ON CONFLICT (dedupe_key) DO NOTHING RETURNING {_COLUMNS}",
+                new_alert_id(), float(alert.ts), clean_text(alert.kind), clean_text(alert.severity),
+                clean_text(alert.title), clean_text(alert.message), clean_text(alert.dedupe_key),
+                json_text(data))
+            if inserted is not None:
+                return _record(inserted, new=True)
+            row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM alerts WHERE dedupe_key = $1",
+                                      clean_text(alert.dedupe_key))
+        assert row is not None  # unique keys are never deleted except by prune
+        return _record(row)
+
+    async def add_delivery(self, dedupe_key: str, delivery: Delivery) -> None:
+        async with self._db.connection() as conn:
+            await conn.execute("UPDATE alerts SET deliveries = deliveries || "
+                               "jsonb_build_array($1::jsonb) WHERE dedupe_key = $2",
+                               json_text(asdict(delivery)), clean_text(dedupe_key))
+
+    async def get(self, dedupe_key: str) -> AlertRecord | None:
+        async with self._db.connection() as conn:
+            row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM alerts WHERE dedupe_key = $1",
+                                      clean_text(dedupe_key))
+        return None if row is None else _record(row)
+
+    async def recent(self, limit: int = 50, since: float | None = None) -> list[AlertRecord]:
+        args: list[Any] = []
+        sql = f"SELECT {_COLUMNS} FROM alerts"
+        if since is not None:
+            args.append(float(since))
+            sql += " WHERE ts >= $1"
+        args.append(max(0, int(limit)))
+        sql += f" ORDER BY ts DESC, id DESC LIMIT ${len(args)}"
+        async with self._db.connection() as conn:
+            rows = await conn.fetch(sql, *args)
+        return [_record(r) for r in rows]
+
+    async def prune(self, before: float) -> int:
+        """Forget alerts older than ``before``; their keys may then fire again."""
+        async with self._db.connection() as conn:
+            status = await conn.execute("DELETE FROM alerts WHERE ts < $1", float(before))
+        return int(status.split()[-1])

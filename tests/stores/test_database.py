@@ -1,0 +1,708 @@
+"""One Database suite, every backend: SQLite (a temporary file) and real PostgreSQL.
+
+PostgreSQL is a server other test runs share: this run creates its own database
+``tokenstile_test_<random>`` (dropped at the end) and gives every test a schema of its own.
+Override the server with TOKENSTILE_TEST_POSTGRES (a URL to a database this run may use
+to create and drop another one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
+from datetime import datetime
+from functools import cache
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import asyncpg
+import openai
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tokenstile.alerts.engine import Delivery, SqliteAlertHistory
+from tokenstile.alerts.rules import Alert
+from tokenstile.cli import main as cli
+from tokenstile.stores.alerts_postgres import PostgresAlertHistory
+from tokenstile.stores.counters import StoreConfigError, StoreUnavailable
+from tokenstile.stores.database import (
+    Database,
+    KeyRecord,
+    Override,
+    UsageQuery,
+    database_from_url,
+)
+from tokenstile.stores.db_postgres import PostgresDatabase
+from tokenstile.stores.db_sqlite import SqliteDatabase
+from tokenstile.stores.pg_migrations import LATEST, MIGRATIONS
+from tokenstile.types import LedgerRow
+
+PG_ADMIN_URL = os.environ.get("TOKENSTILE_TEST_POSTGRES",
+                              "postgresql://postgres@127.0.0.1:5432/test")
+BACKENDS = ["sqlite", "postgresql"]
+TOTALS = ("requests", "input_tokens", "cached_input_tokens", "output_tokens",
+          "reasoning_tokens", "cost_nano", "saved_nano", "blocked")
+
+
+# --- fixtures --------------------------------------------------------------------------------
+
+
+@cache
+def pg_unreachable_reason() -> str | None:
+    async def probe() -> None:
+        conn = await asyncpg.connect(PG_ADMIN_URL, timeout=2)
+        await conn.close()
+
+    try:
+        asyncio.run(probe())
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        return f"PostgreSQL at {PG_ADMIN_URL} is not reachable ({exc})"
+    return None
+
+
+def _with_database(url: str, name: str) -> str:
+    base, _, _ = url.partition("?")
+    return base.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """A database of this test run's own, dropped at the end."""
+    reason = pg_unreachable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    name = f"tokenstile_test_{uuid.uuid4().hex[:12]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(PG_ADMIN_URL, timeout=5)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    yield _with_database(PG_ADMIN_URL, name)
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def pg_url(pg_database: str) -> str:
+    """A fresh schema in this run's database."""
+    return f"{pg_database}?schema=t_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/ledger.db"
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+@pytest.fixture
+async def db(db_url: str) -> AsyncIterator[Database]:
+    made = database_from_url(db_url)
+    await made.open()
+    yield made
+    await made.close()
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+# --- sample data and an independent oracle ------------------------------------------------
+
+
+def ts(text: str) -> float:
+    """An ISO instant (with its offset) as epoch seconds."""
+    return datetime.fromisoformat(text).timestamp()
+
+
+def sample_rows() -> list[LedgerRow]:
+    """Rows around month ends and both DST changes of 2024, with distinct costs."""
+    instants = [
+        "2024-01-31T23:30:00+00:00", "2024-01-31T18:45:00+00:00", "2024-02-01T00:10:00+00:00",
+        "2024-03-10T06:59:59+00:00", "2024-03-10T07:00:00+00:00", "2024-03-10T07:30:00+00:00",
+        "2024-03-31T00:59:59+00:00", "2024-03-31T01:00:00+00:00", "2024-03-31T01:30:00+00:00",
+        "2024-11-03T05:30:00+00:00", "2024-11-03T06:30:00+00:00", "2024-11-03T07:15:00+00:00",
+        "2024-12-31T18:29:59.5+00:00", "2024-12-31T18:30:00+00:00", "2025-01-01T00:00:00+00:00",
+    ]
+    projects = ["alpha", "beta", None]
+    users = ["alice", "bob", "carol", None]
+    outcomes = ["ok", "ok", "blocked", "error", "ok"]
+    rows = []
+    for i, instant in enumerate(instants):
+        outcome = outcomes[i % len(outcomes)]
+        rows.append(LedgerRow(
+            id=f"row-{i:03d}", ts=ts(instant), key_id=f"key_{i % 2}", organization="acme",
+            project=projects[i % 3], team="core" if i % 2 else None, user=users[i % 4],
+            end_user=f"eu-{i % 5}", feature=["chat", "search"][i % 2],
+            tags={"env": "prod", "n": str(i)} if i % 3 else {},
+            api="chat" if i % 4 else "embeddings",
+            requested_model="gpt-4o", served_model="gpt-4o-mini" if i % 2 else "gpt-4o",
+            upstream="openai", input_tokens=100 + i, cached_input_tokens=i,
+            cache_write_tokens=i % 3, output_tokens=10 * i, reasoning_tokens=i % 4,
+            cost_nano=1_000_003 * (i + 1) + i * i, estimated=i % 5 == 0,
+            status={"ok": 200, "blocked": 429, "error": 502}[outcome], outcome=outcome,
+            block_reason="budget:daily" if outcome == "blocked" else None,
+            flags=["pii:email"] if i % 4 == 1 else [], latency_ms=12.5 + i, ttfb_ms=None
+            if i % 3 == 0 else 3.25, streamed=i % 2 == 0, trace_id=f"tr-{i}",
+            degraded=["trimmed"] if i == 7 else [], cache="hit" if i == 3 else None,
+            saved_nano=5 if i == 3 else 0, detail={"attempts": i % 2 + 1, "why": "ok"}
+            if i % 2 else {},
+        ))
+    return rows
+
+
+def bucket_of(value: float, kind: str, tz: str) -> str:
+    local = datetime.fromtimestamp(value, ZoneInfo(tz))
+    return local.strftime({"hour": "%Y-%m-%dT%H:00", "day": "%Y-%m-%d", "month": "%Y-%m"}[kind])
+
+
+def oracle(rows: Sequence[LedgerRow], query: UsageQuery) -> list[dict[str, Any]]:
+    """What ``usage`` must answer, computed in Python (before ordering and the limit)."""
+    groups: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in rows:
+        if query.since is not None and row.ts < query.since:
+            continue
+        if query.until is not None and row.ts >= query.until:
+            continue
+        if any(str(getattr(row, k)) != str(v) for k, v in query.filters.items()):
+            continue
+        key: tuple[Any, ...] = tuple(getattr(row, g) for g in query.group_by)
+        if query.bucket:
+            key = (bucket_of(row.ts, query.bucket, query.tz), *key)
+        item = groups.setdefault(key, {
+            **({"bucket": key[0]} if query.bucket else {}),
+            **dict(zip(query.group_by, key[1:] if query.bucket else key, strict=True)),
+            **dict.fromkeys(TOTALS, 0)})
+        item["requests"] += 1
+        for name in TOTALS[1:-1]:
+            item[name] += getattr(row, name)
+        item["blocked"] += row.outcome == "blocked"
+    return list(groups.values())
+
+
+def unordered(items: list[dict[str, Any]]) -> list[tuple[tuple[str, str], ...]]:
+    return sorted(tuple(sorted((k, repr(v)) for k, v in item.items())) for item in items)
+
+
+def assert_usage_order(items: list[dict[str, Any]], bucketed: bool) -> None:
+    keys = [((item["bucket"] if bucketed else ""), -item["cost_nano"]) for item in items]
+    assert keys == sorted(keys)
+
+
+# --- ledger ----------------------------------------------------------------------------------
+
+
+async def test_ledger_rows_round_trip_exactly(db: Database) -> None:
+    rows = sample_rows()
+    await db.insert_ledger(rows)
+    back = await db.ledger_rows(limit=100)
+    assert back == sorted(rows, key=lambda r: (r.ts, r.id), reverse=True)
+    assert all(isinstance(r.ts, float) and isinstance(r.cost_nano, int) for r in back)
+    assert all(isinstance(r.estimated, bool) and isinstance(r.streamed, bool) for r in back)
+
+
+async def test_insert_is_idempotent_on_id(db: Database) -> None:
+    rows = sample_rows()
+    await db.insert_ledger(rows[:10])
+    changed = LedgerRow(id=rows[0].id, ts=rows[0].ts, cost_nano=999_999_999_999)
+    await db.insert_ledger([*rows[5:], changed, rows[6]])  # a retried, overlapping batch
+    back = await db.ledger_rows(limit=100)
+    assert len(back) == len(rows) == len({r.id for r in back})
+    first = next(r for r in back if r.id == rows[0].id)
+    assert first == rows[0]  # the first write wins: a retry never re-bills
+    total = await db.usage(UsageQuery())
+    assert total[0]["cost_nano"] == sum(r.cost_nano for r in rows)
+    await db.insert_ledger([])
+
+
+async def test_ledger_rows_filters(db: Database) -> None:
+    rows = sample_rows()
+    await db.insert_ledger(rows)
+
+    async def ids(limit: int = 100, **filters: Any) -> list[str]:
+        return [r.id for r in await db.ledger_rows(limit=limit, **filters)]
+
+    newest_first = [r.id for r in sorted(rows, key=lambda r: (r.ts, r.id), reverse=True)]
+    assert await ids() == newest_first
+    assert await ids(limit=3) == newest_first[:3]
+    assert await ids(project="alpha") == [i for i in newest_first
+                                          if rows[int(i[-3:])].project == "alpha"]
+    assert await ids(user="bob", feature="search") == [
+        i for i in newest_first if rows[int(i[-3:])].user == "bob"
+        and rows[int(i[-3:])].feature == "search"]
+    since, until = ts("2024-03-10T07:00:00+00:00"), ts("2024-03-31T01:00:00+00:00")
+    assert await ids(since=since, until=until) == [
+        i for i in newest_first if since <= rows[int(i[-3:])].ts < until]
+    assert await ids(project=None, since=None) == newest_first  # None means no filter
+    flagged = [i for i in newest_first
+               if rows[int(i[-3:])].outcome != "ok" or rows[int(i[-3:])].flags]
+    assert await ids(flagged=True) == flagged
+    assert await ids(policy="budget") == [i for i in newest_first
+                                          if rows[int(i[-3:])].block_reason]
+    assert await ids(policy="PII:E") == [i for i in newest_first if rows[int(i[-3:])].flags]
+    assert await ids(status="429") == await ids(status=429) == await ids(outcome="blocked")
+    assert await ids(status="abc") == []
+    assert await ids(project="x' OR '1'='1") == []
+    hostile: dict[str, Any] = {"project; DROP TABLE ledger": "x"}
+    with pytest.raises(ValueError, match="cannot filter"):
+        await db.ledger_rows(100, **hostile)
+    assert await ids(id="row-003") == ["row-003"]
+    assert len(await db.ledger_rows(limit=100)) == len(rows)
+
+
+async def test_ledger_rows_break_ts_ties_by_id_bytewise(db: Database) -> None:
+    same = 1_700_000_000.25
+    ids = ["a-1", "B-2", "b-3", "_x", "é"]
+    await db.insert_ledger([LedgerRow(id=i, ts=same) for i in ids])
+    assert [r.id for r in await db.ledger_rows()] == sorted(ids, reverse=True)
+
+
+# --- usage -----------------------------------------------------------------------------------
+
+
+USAGE_CASES = [
+    UsageQuery(),
+    UsageQuery(group_by=["project"]),
+    UsageQuery(group_by=["project", "user"]),
+    UsageQuery(group_by=["served_model", "outcome", "status"]),
+    UsageQuery(group_by=["user"], filters={"project": "alpha"}),
+    UsageQuery(bucket="hour", tz="America/New_York"),
+    UsageQuery(bucket="day", tz="America/New_York", group_by=["feature"]),
+    UsageQuery(bucket="day", tz="Asia/Kolkata"),
+    UsageQuery(bucket="month", tz="Asia/Kolkata", group_by=["api"]),
+    UsageQuery(bucket="hour", tz="Europe/Berlin", since=ts("2024-03-31T00:00:00+00:00"),
+               until=ts("2024-04-01T00:00:00+00:00")),
+    UsageQuery(bucket="month", tz="Pacific/Chatham", group_by=["team", "key_id"]),
+    UsageQuery(bucket="day", tz="UTC", filters={"outcome": "blocked", "status": "429"}),
+    UsageQuery(since=ts("2030-01-01T00:00:00+00:00")),
+]
+
+
+@pytest.mark.parametrize("query", USAGE_CASES, ids=lambda q: f"{q.bucket}-{q.tz}-"
+                         f"{'+'.join(q.group_by)}-{'+'.join(q.filters)}")
+async def test_usage_matches_the_oracle(db: Database, query: UsageQuery) -> None:
+    rows = sample_rows()
+    await db.insert_ledger(rows)
+    got = await db.usage(query)
+    assert unordered(got) == unordered(oracle(rows, query))
+    assert_usage_order(got, bool(query.bucket))
+    for item in got:
+        assert all(type(item[name]) is int for name in TOTALS)
+
+
+async def test_usage_limit_and_types(db: Database) -> None:
+    rows = sample_rows()
+    await db.insert_ledger(rows)
+    query = UsageQuery(group_by=["end_user"], limit=2)
+    got = await db.usage(query)
+    expected = sorted(oracle(rows, query), key=lambda i: -i["cost_nano"])[:2]
+    assert got == expected
+    assert await db.usage(UsageQuery(group_by=["project"], filters={"project": "nobody"})) == []
+
+
+async def test_usage_refuses_unknown_columns_before_sql(db: Database) -> None:
+    await db.insert_ledger(sample_rows())
+    for bad in (UsageQuery(group_by=["project; DROP TABLE ledger"]),
+                UsageQuery(group_by=["cost_nano"]),
+                UsageQuery(filters={"1=1 OR project": "x"}),
+                UsageQuery(bucket="week")):
+        with pytest.raises(ValueError):
+            await db.usage(bad)
+    assert len(await db.ledger_rows(limit=100)) == len(sample_rows())
+
+
+@pytest.mark.parametrize("tz", ["UTC", "America/New_York", "Asia/Kolkata", "Australia/Lord_Howe"])
+async def test_buckets_at_dst_edges(db: Database, tz: str) -> None:
+    """Every second-boundary around both 2024 DST changes lands in the same bucket on
+    every backend as in Python's zoneinfo."""
+    rows = []
+    for n, start in enumerate(("2024-03-10T06:00:00+00:00", "2024-11-03T05:00:00+00:00",
+                               "2024-04-06T14:00:00+00:00", "2024-10-05T15:00:00+00:00")):
+        base = ts(start)
+        for k in range(0, 3 * 3600, 900):
+            for delta in (-1.0, -0.25, 0.0, 0.5):
+                rows.append(LedgerRow(id=f"{n}-{k}-{delta}", ts=base + k + delta, cost_nano=1))
+    await db.insert_ledger(rows)
+    query = UsageQuery(bucket="hour", tz=tz, limit=10_000)
+    got = await db.usage(query)
+    assert unordered(got) == unordered(oracle(rows, query))
+
+
+# --- backends agree on random data -------------------------------------------------------
+
+ROW_STRATEGY: st.SearchStrategy[dict[str, Any]] = st.builds(
+    dict,
+    ts=st.floats(min_value=ts("2024-01-01T00:00:00+00:00"),
+                 max_value=ts("2025-01-01T00:00:00+00:00"), allow_nan=False),
+    project=st.sampled_from(["a", "b", "B", None]),
+    user=st.sampled_from(["u1", "u2", None]),
+    outcome=st.sampled_from(["ok", "blocked", "error"]),
+    input_tokens=st.integers(0, 10**9),
+    output_tokens=st.integers(0, 10**6),
+    cost_nano=st.integers(0, 10**15),
+)
+
+
+def test_backends_agree_on_random_ledgers(tmp_path: Path, pg_url: str) -> None:
+    loop = asyncio.new_event_loop()
+    sqlite = SqliteDatabase(f"sqlite:///{tmp_path}/agree.db")
+    pg = PostgresDatabase(pg_url)
+
+    async def gather(*coros: Any) -> list[Any]:
+        return list(await asyncio.gather(*coros))
+
+    loop.run_until_complete(gather(sqlite.open(), pg.open()))
+
+    @settings(max_examples=40, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                     HealthCheck.too_slow])
+    @given(specs=st.lists(ROW_STRATEGY, max_size=25),
+           group_by=st.lists(st.sampled_from(["project", "user", "outcome"]), unique=True,
+                             max_size=2),
+           bucket=st.sampled_from([None, "hour", "day", "month"]),
+           tz=st.sampled_from(["UTC", "America/Los_Angeles", "Asia/Kathmandu",
+                               "Europe/London"]),
+           since=st.none() | st.floats(ts("2024-01-01T00:00:00+00:00"),
+                                       ts("2025-01-01T00:00:00+00:00")))
+    def check(specs: list[dict[str, Any]], group_by: list[str], bucket: str | None, tz: str,
+              since: float | None) -> None:
+        org = uuid.uuid4().hex
+        rows = [LedgerRow(id=f"{org}-{i}", organization=org, **spec)
+                for i, spec in enumerate(specs)]
+        query = UsageQuery(group_by=group_by, bucket=bucket, tz=tz, since=since,
+                           filters={"organization": org}, limit=10_000)
+
+        async def both() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+            await asyncio.gather(sqlite.insert_ledger(rows), pg.insert_ledger(rows))
+            one, two = await asyncio.gather(sqlite.usage(query), pg.usage(query))
+            return one, two
+
+        from_sqlite, from_pg = loop.run_until_complete(both())
+        assert unordered(from_pg) == unordered(from_sqlite) == unordered(oracle(rows, query))
+
+    try:
+        check()
+    finally:
+        loop.run_until_complete(gather(sqlite.close(), pg.close()))
+        loop.close()
+
+
+# --- keys ------------------------------------------------------------------------------------
+
+
+def key(n: int, **fields: Any) -> KeyRecord:
+    return KeyRecord(id=f"key_{n:04d}", hash=f"hash-{n}", prefix=f"ts-{n:04d}",
+                     created_at=1000.0 + n, **fields)
+
+
+async def test_keys_crud(db: Database) -> None:
+    full = key(1, name="ci bot", organization="acme", project="p", team="t", user="alice",
+               tier="premium", feature="chat", allowed_models=["gpt-4o*", "claude-*"],
+               passthrough=True, limits={"tokens_per_day": 1000, "nested": {"a": [1, 2]}},
+               expires_at=5000.0)
+    bare = key(2)
+    await db.create_key(bare)
+    await db.create_key(full)
+    assert await db.key_by_hash("hash-1") == full
+    assert await db.key_by_id("key_0002") == bare
+    assert await db.key_by_hash("nope") is None and await db.key_by_id("nope") is None
+    assert [k.id for k in await db.list_keys()] == ["key_0001", "key_0002"]
+
+    revoked = await db.update_key("key_0002", revoked_at=2000.5, name="old")
+    assert revoked is not None and revoked.revoked_at == 2000.5 and revoked.name == "old"
+    assert not revoked.active(now=3000.0)
+    assert [k.id for k in await db.list_keys()] == ["key_0001"]
+    assert [k.id for k in await db.list_keys(include_revoked=True)] == ["key_0001", "key_0002"]
+
+    rotated = await db.update_key("key_0001", hash="hash-new", prefix="ts-new")
+    assert rotated is not None and rotated.prefix == "ts-new"
+    assert await db.key_by_hash("hash-1") is None
+    assert await db.key_by_hash("hash-new") == rotated
+
+    changed = await db.update_key("key_0001", limits={"x": 1}, allowed_models=None,
+                                  passthrough=False, tier=None, feature="search")
+    assert changed is not None
+    assert (changed.limits, changed.allowed_models, changed.passthrough, changed.tier,
+            changed.feature) == ({"x": 1}, None, False, None, "search")
+    assert await db.update_key("key_0001") == changed
+    assert await db.update_key("missing", name="x") is None
+    with pytest.raises(ValueError, match="cannot change"):
+        await db.update_key("key_0001", organization="evil")
+    with pytest.raises(Exception):  # noqa: B017 - each backend raises its own kind
+        await db.create_key(key(3, hash="hash-new"))  # hashes are unique
+    with pytest.raises(Exception):  # noqa: B017
+        await db.create_key(key(1))
+
+
+async def test_key_listing_filters_and_limits(db: Database) -> None:
+    await db.create_key(key(1, project="p", user="alice", limits={"rpm": 10}))
+    await db.create_key(key(2, project="p", user="bob", limits={}))
+    await db.create_key(key(3, project="q", user="alice", limits={"tpd": 5}))
+    await db.create_key(key(4, project="p", user="alice", limits={"rpm": 1}))
+    await db.update_key("key_0004", revoked_at=1.0)
+    assert [k.id for k in await db.list_keys(filters={"project": "p"})] == ["key_0001",
+                                                                            "key_0002"]
+    assert [k.id for k in await db.list_keys(True, {"project": "p", "user": "alice"})] == [
+        "key_0001", "key_0004"]
+    assert await db.list_keys(filters={"user": "x' OR '1'='1"}) == []
+    with pytest.raises(ValueError, match="cannot filter keys"):
+        await db.list_keys(filters={"hash": "x"})
+    assert await db.key_limits() == [("key_0001", {"rpm": 10}), ("key_0003", {"tpd": 5})]
+
+
+async def test_key_public_view_has_no_secret_material(db: Database) -> None:
+    await db.create_key(key(7, name="n"))
+    record = await db.key_by_id("key_0007")
+    assert record is not None
+    public = record.public()
+    assert "hash" not in public and public["prefix"] == "ts-0007" and public["limits"] == {}
+
+
+# --- overrides -------------------------------------------------------------------------------
+
+
+async def test_overrides_crud(db: Database) -> None:
+    assert await db.list_overrides() == []
+    one = Override("switch", "feature:chat", {"enabled": False, "reason": "incident"}, 10.0,
+                   "ops")
+    two = Override("limit", "daily-tokens", {"amount": 5000}, 11.0)
+    three = Override("switch", "Project:B", {"enabled": False}, 12.0, "cli")
+    for item in (one, two, three):
+        await db.set_override(item)
+    assert await db.list_overrides() == [two, three, one]  # by kind, then target, bytewise
+    replaced = Override("switch", "feature:chat", {"enabled": True}, 20.0, "ops2")
+    await db.set_override(replaced)
+    assert await db.list_overrides() == [two, three, replaced]
+    assert await db.delete_override("switch", "feature:chat") is True
+    assert await db.delete_override("switch", "feature:chat") is False
+    assert await db.list_overrides() == [two, three]
+
+
+# --- PostgreSQL only: migrations, outages, hostile text ----------------------------------
+
+
+async def _versions(url: str) -> list[int]:
+    pg = PostgresDatabase(url)
+    async with pg.connection() as conn:
+        rows = await conn.fetch("SELECT version FROM tokenstile_schema_version ORDER BY 1")
+    await pg.close()
+    return [r["version"] for r in rows]
+
+
+async def test_migrations_are_idempotent(pg_url: str) -> None:
+    for _ in range(3):
+        pg = PostgresDatabase(pg_url)
+        await pg.open()
+        assert await pg.schema_version() == LATEST
+        assert await pg.migrate() == LATEST
+        await pg.close()
+    assert await _versions(pg_url) == [m.version for m in MIGRATIONS]
+
+
+async def test_migrations_race_safely(pg_url: str) -> None:
+    """Many gateways starting at once on an empty schema: one migrates, all open."""
+    many = [PostgresDatabase(pg_url) for _ in range(6)]
+    await asyncio.wait_for(asyncio.gather(*(pg.open() for pg in many)), 60)
+    await asyncio.gather(*(pg.insert_ledger([LedgerRow(id=f"r{i}", ts=1.0)])
+                           for i, pg in enumerate(many)))
+    assert len(await many[0].ledger_rows()) == 6
+    await asyncio.gather(*(pg.close() for pg in many))
+    assert await _versions(pg_url) == [m.version for m in MIGRATIONS]
+
+
+async def test_missing_steps_run_in_order(pg_url: str) -> None:
+    pg = PostgresDatabase(pg_url)
+    await pg.open()
+    async with pg.connection() as conn:
+        await conn.execute("DROP TABLE alerts")
+        await conn.execute("DELETE FROM tokenstile_schema_version WHERE version >= 2")
+    await pg.close()
+    again = PostgresDatabase(pg_url)
+    await again.open()
+    async with again.connection() as conn:
+        assert await conn.fetchval("SELECT to_regclass('alerts')::text") == "alerts"
+    await again.close()
+    assert await _versions(pg_url) == [m.version for m in MIGRATIONS]
+
+
+async def test_migrate_false_refuses_an_old_schema(pg_url: str) -> None:
+    strict = PostgresDatabase(pg_url + "&migrate=false")
+    with pytest.raises(StoreConfigError, match="tokenstile migrate"):
+        await strict.open()
+    assert await strict.migrate() == LATEST
+    await strict.close()
+    again = PostgresDatabase(pg_url + "&migrate=false")
+    await again.open()
+    await again.close()
+
+
+def test_migrate_command(tmp_path: Path, pg_url: str) -> None:
+    config = tmp_path / "tokenstile.yaml"
+    config.write_text(f"storage:\n  database: \"{pg_url}\"\n  counters: memory://\n")
+    runner = CliRunner()
+    for _ in range(2):
+        result = runner.invoke(cli, ["migrate", "--config", str(config)])
+        assert result.exit_code == 0, result.output
+        assert f"schema version {LATEST}" in result.output
+    result = runner.invoke(cli, ["migrate", "--database", f"sqlite:///{tmp_path}/x.db"])
+    assert result.exit_code == 0 and "schema up to date" in result.output
+    down = f"postgresql://postgres:hunter2@127.0.0.1:{closed_port()}/x"
+    result = runner.invoke(cli, ["migrate", "--database", down])
+    assert result.exit_code == 1 and "unavailable" in result.output
+    assert "hunter2" not in result.output
+
+
+async def test_unreachable_server_fails_fast_with_store_unavailable() -> None:
+    pg = PostgresDatabase(f"postgresql://postgres:secret-pw@127.0.0.1:{closed_port()}/test"
+                          "?connect_timeout=1")
+    started = time.monotonic()
+    calls = [pg.open(), pg.insert_ledger([LedgerRow(id="x", ts=1.0)]), pg.ledger_rows(),
+             pg.usage(UsageQuery()), pg.key_by_hash("h"), pg.list_overrides()]
+    for call in calls:
+        with pytest.raises(StoreUnavailable) as info:
+            await call
+        assert "secret-pw" not in str(info.value)
+    assert time.monotonic() - started < 10
+    await pg.close()
+
+
+async def test_pool_recovers_after_connections_are_killed(pg_url: str) -> None:
+    pg = PostgresDatabase(pg_url)
+    await pg.open()
+    await pg.insert_ledger([LedgerRow(id="before", ts=1.0)])
+    admin = await asyncpg.connect(pg_url.split("?")[0])
+    try:
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = "
+            "current_database() AND application_name = 'tokenstile' AND pid <> "
+            "pg_backend_pid()")
+    finally:
+        await admin.close()
+    outcomes = []
+    for _ in range(3):  # the first call may meet the dead connection; none may hang
+        try:
+            await pg.insert_ledger([LedgerRow(id="after", ts=2.0)])
+            outcomes.append("ok")
+            break
+        except StoreUnavailable:
+            outcomes.append("unavailable")
+    assert outcomes[-1] == "ok"
+    assert {r.id for r in await pg.ledger_rows()} == {"before", "after"}
+    await pg.close()
+
+
+async def test_nul_characters_do_not_poison_a_batch(db_url: str) -> None:
+    """PostgreSQL text cannot hold NUL: it is replaced, and the rest of the row kept."""
+    db = database_from_url(db_url)
+    await db.open()
+    row = LedgerRow(id="nul", ts=1.0, end_user="a\x00b", tags={"k\x00": "v\x00"},
+                    flags=["x\x00"], detail={"text": "\\u0000 stays literal"})
+    await db.insert_ledger([row, LedgerRow(id="fine", ts=2.0)])
+    back = {r.id: r for r in await db.ledger_rows()}
+    assert set(back) == {"nul", "fine"}
+    got = back["nul"]
+    assert got.detail == {"text": "\\u0000 stays literal"}
+    if isinstance(db, PostgresDatabase):
+        assert (got.end_user, got.tags, got.flags) == ("a\ufffdb", {"k\ufffd": "v\ufffd"},
+                                                       ["x\ufffd"])
+    else:
+        assert got == row
+    await db.close()
+
+
+async def test_postgres_refusals_are_value_errors(pg_url: str) -> None:
+    pg = PostgresDatabase(pg_url)
+    with pytest.raises(ValueError):
+        await pg.insert_ledger([LedgerRow(id="big", ts=1.0, cost_nano=2**70)])
+    with pytest.raises(ValueError):
+        await pg.insert_ledger([LedgerRow(id="null-outcome", ts=1.0,
+                                          outcome=None)])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="time zone"):
+        await pg.usage(UsageQuery(bucket="day", tz="Mars/Olympus"))
+    assert await pg.ledger_rows() == []
+    await pg.close()
+
+
+# --- alert history ---------------------------------------------------------------------------
+
+
+def alert(key: str, ts_: float = 100.0) -> Alert:
+    return Alert(kind="budget", severity="warning", title="t", message="m", dedupe_key=key,
+                 data={"n": 1, "when": datetime(2024, 1, 1)}, ts=ts_)  # type: ignore[dict-item]
+
+
+async def test_alert_history(db_url: str) -> None:
+    history: Any = (PostgresAlertHistory(db_url) if db_url.startswith("postgresql")
+                    else SqliteAlertHistory(db_url))
+    await history.open()
+    first = await history.record(alert("a", 100.0))
+    again = await history.record(alert("a", 200.0))
+    await history.record(alert("b", 300.0))
+    await history.add_delivery("a", Delivery("hook", False, 2, 101.0, "down"))
+    await history.add_delivery("a", Delivery("hook", True, 1, 102.0))
+    assert first.new and not again.new and again.id == first.id
+    assert [r.alert.dedupe_key for r in await history.recent(limit=10)] == ["b", "a"]
+    assert [r.alert.dedupe_key for r in await history.recent(since=150.0)] == ["b"]
+    a = await history.get("a")
+    assert a is not None and a.alert.ts == 100.0
+    assert a.alert.data == {"n": 1, "when": "2024-01-01T00:00:00"}
+    assert [d.ok for d in a.deliveries] == [False, True]
+    assert a.delivered_to() == {"hook"} and a.failed_for_good() == set()
+    assert await history.get("zzz") is None
+    assert await history.prune(before=250.0) == 1
+    assert [r.alert.dedupe_key for r in await history.recent()] == ["b"]
+    await history.close()
+
+
+async def test_alert_dedupe_across_gateways(pg_url: str) -> None:
+    many = [PostgresAlertHistory(pg_url) for _ in range(4)]
+    await asyncio.gather(*(h.open() for h in many))
+    records = await asyncio.gather(*(h.record(alert("shared")) for h in many))
+    assert sum(r.new for r in records) == 1 and len({r.id for r in records}) == 1
+    await asyncio.gather(*(h.close() for h in many))
+
+
+# --- end to end ------------------------------------------------------------------------------
+
+
+def test_gateway_writes_its_ledger_to_postgres(make_gateway: Any, pg_url: str) -> None:
+    gateway = make_gateway({"storage": {"database": pg_url}})
+    secret = gateway.key(project="scale", user="pat")
+    client = openai.OpenAI(base_url=gateway.v1, api_key=secret, max_retries=0)
+    reply = client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "count me"}], max_tokens=5)
+    client.close()
+    assert reply.usage is not None
+    [row] = gateway.rows()
+    assert (row.project, row.user, row.outcome) == ("scale", "pat", "ok")
+    assert row.output_tokens == reply.usage.completion_tokens
+    assert row.input_tokens == reply.usage.prompt_tokens and row.cost_nano > 0
+
+    async def direct() -> list[asyncpg.Record]:
+        base, _, query = pg_url.partition("?")
+        schema = query.split("=", 1)[1]
+        conn = await asyncpg.connect(base, server_settings={"search_path": schema})
+        try:
+            return list(await conn.fetch('SELECT id, project, "user", output_tokens, '
+                                         "cost_nano FROM ledger"))
+        finally:
+            await conn.close()
+
+    [stored] = asyncio.run(direct())
+    assert (stored["id"], stored["project"], stored["user"]) == (row.id, "scale", "pat")
+    assert (stored["output_tokens"], stored["cost_nano"]) == (row.output_tokens,
+                                                               row.cost_nano)
