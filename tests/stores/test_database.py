@@ -35,6 +35,7 @@ from tokenstile.stores.counters import StoreConfigError, StoreUnavailable
 from tokenstile.stores.database import (
     Database,
     KeyRecord,
+    LabelUsage,
     Override,
     UsageQuery,
     database_from_url,
@@ -170,8 +171,18 @@ def bucket_of(value: float, kind: str, tz: str) -> str:
     return local.strftime({"hour": "%Y-%m-%dT%H:00", "day": "%Y-%m-%d", "month": "%Y-%m"}[kind])
 
 
-def oracle(rows: Sequence[LedgerRow], query: UsageQuery) -> list[dict[str, Any]]:
-    """What ``usage`` must answer, computed in Python (before ordering and the limit)."""
+def labels_of(row: LedgerRow, label: str | None) -> list[Any]:
+    if label is None:
+        return [None]
+    if label == "tag":
+        return [f"{k}={v}" for k, v in row.tags.items()]
+    return list(row.degraded)
+
+
+def oracle(rows: Sequence[LedgerRow], query: UsageQuery,
+           label: str | None = None) -> list[dict[str, Any]]:
+    """What ``usage`` (or ``usage_by_label``) must answer, computed in Python (before
+    ordering and the limit)."""
     groups: dict[tuple[Any, ...], dict[str, Any]] = {}
     for row in rows:
         if query.since is not None and row.ts < query.since:
@@ -180,18 +191,24 @@ def oracle(rows: Sequence[LedgerRow], query: UsageQuery) -> list[dict[str, Any]]
             continue
         if any(str(getattr(row, k)) != str(v) for k, v in query.filters.items()):
             continue
-        key: tuple[Any, ...] = tuple(getattr(row, g) for g in query.group_by)
-        if query.bucket:
-            key = (bucket_of(row.ts, query.bucket, query.tz), *key)
-        item = groups.setdefault(key, {
-            **({"bucket": key[0]} if query.bucket else {}),
-            **dict(zip(query.group_by, key[1:] if query.bucket else key, strict=True)),
-            **dict.fromkeys(TOTALS, 0)})
-        item["requests"] += 1
-        for name in TOTALS[1:-1]:
-            item[name] += getattr(row, name)
-        item["blocked"] += row.outcome == "blocked"
+        for value in labels_of(row, label):
+            add(groups, row, query, label, value)
     return list(groups.values())
+
+
+def add(groups: dict[tuple[Any, ...], dict[str, Any]], row: LedgerRow, query: UsageQuery,
+        label: str | None, value: Any) -> None:
+    names = [*(["bucket"] if query.bucket else []), *query.group_by,
+             *([label] if label else [])]
+    key: tuple[Any, ...] = (
+        *([bucket_of(row.ts, query.bucket, query.tz)] if query.bucket else []),
+        *(getattr(row, g) for g in query.group_by), *([value] if label else []))
+    item = groups.setdefault(key, {**dict(zip(names, key, strict=True)),
+                                   **dict.fromkeys(TOTALS, 0)})
+    item["requests"] += 1
+    for name in TOTALS[1:-1]:
+        item[name] += getattr(row, name)
+    item["blocked"] += row.outcome == "blocked"
 
 
 def unordered(items: list[dict[str, Any]]) -> list[tuple[tuple[str, str], ...]]:
@@ -302,6 +319,32 @@ async def test_usage_matches_the_oracle(db: Database, query: UsageQuery) -> None
     assert_usage_order(got, bool(query.bucket))
     for item in got:
         assert all(type(item[name]) is int for name in TOTALS)
+
+
+LABEL_CASES = [
+    UsageQuery(),
+    UsageQuery(group_by=["project"]),
+    UsageQuery(bucket="day", tz="Asia/Kolkata", group_by=["feature"]),
+    UsageQuery(bucket="month", tz="America/New_York", filters={"project": "alpha"}),
+    UsageQuery(since=ts("2024-03-10T07:00:00+00:00"), until=ts("2024-11-03T06:30:00+00:00")),
+]
+
+
+@pytest.mark.parametrize("label", ["tag", "degraded"])
+@pytest.mark.parametrize("query", LABEL_CASES, ids=lambda q: f"{q.bucket}-{q.tz}-"
+                         f"{'+'.join(q.group_by)}-{'+'.join(q.filters)}")
+async def test_usage_by_label_matches_the_oracle(db: Database, query: UsageQuery,
+                                                 label: str) -> None:
+    rows = sample_rows()
+    rows[4].degraded = ["trimmed", "fallback"]
+    rows[9].tags = {"env": "dev", "team": "search"}
+    await db.insert_ledger(rows)
+    assert isinstance(db, LabelUsage)
+    got = await db.usage_by_label(query, label)
+    assert unordered(got) == unordered(oracle(rows, query, label))
+    assert_usage_order(got, bool(query.bucket))
+    with pytest.raises(ValueError, match="label"):
+        await db.usage_by_label(query, "tags; DROP TABLE ledger")
 
 
 async def test_usage_limit_and_types(db: Database) -> None:

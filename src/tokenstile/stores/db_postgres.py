@@ -65,6 +65,7 @@ _KEY_COLUMNS = (
 )
 _KEY_UPDATABLE = frozenset({"name", "revoked_at", "expires_at", "hash", "prefix", "limits",
                             "allowed_models", "feature", "tier", "passthrough"})
+LABELS = ("tag", "degraded")
 _BUCKET_FORMATS = {"hour": 'YYYY-MM-DD"T"HH24:00', "day": "YYYY-MM-DD", "month": "YYYY-MM"}
 _TOTALS = (
     "COUNT(*) AS requests, SUM(input_tokens)::bigint AS input_tokens, "
@@ -386,31 +387,57 @@ class PostgresDatabase:
 
     async def usage(self, query: UsageQuery) -> list[dict[str, Any]]:
         """Totals grouped by validated column names only, bucketed in ``query.tz``."""
+        return await self._usage(query, None)
+
+    async def usage_by_label(self, query: UsageQuery, label: str) -> list[dict[str, Any]]:
+        """``usage`` plus one group ``label``: each tag (``team=search``) or each
+        degradation (``trimmed``); a row with two tags counts under both."""
+        if label not in LABELS:
+            raise ValueError(f"unknown label {label!r}; expected one of {', '.join(LABELS)}")
+        return await self._usage(query, label)
+
+    async def _usage(self, query: UsageQuery, label: str | None) -> list[dict[str, Any]]:
         query.validate()
         args: list[Any] = []
-        selects: list[str] = []
+        keys: list[str] = []   # grouped in the inner query, as k0, k1, …
+        shown: list[str] = []  # what the outer query returns for each
         if query.bucket:
             args.append(_check_zone(query.tz))
-            fmt = _BUCKET_FORMATS[query.bucket]
-            selects.append(f"to_char(to_timestamp(ts) AT TIME ZONE $1::text, '{fmt}') "
-                           "AS bucket")
+            # bucket is one of BUCKETS (validated), each a date_trunc unit
+            keys.append(f"date_trunc('{query.bucket}', to_timestamp(ts) AT TIME ZONE "
+                        "$1::text)")
+            shown.append(f"to_char(k0, '{_BUCKET_FORMATS[query.bucket]}')")
         for name in query.group_by:
             if name not in GROUPABLE:  # validate() already refused it; never reach SQL
                 raise ValueError(f"cannot group by {name!r}")
-            selects.append(q(name))
+            # As the SQLite backend does: an empty string groups with NULL, as None.
+            keys.append(q(name) if name == "status" else f"NULLIF({q(name)}, '')")
+        source = "ledger"
+        if label == "tag":
+            source += (" CROSS JOIN LATERAL jsonb_each_text(CASE WHEN jsonb_typeof(tags) = "
+                       "'object' THEN tags END) AS j")
+            keys.append("NULLIF(j.key || '=' || j.value, '')")
+        elif label == "degraded":
+            source += (" CROSS JOIN LATERAL jsonb_array_elements_text(CASE WHEN "
+                       "jsonb_typeof(degraded) = 'array' THEN degraded END) AS j(value)")
+            keys.append("NULLIF(j.value, '')")
+        shown += [f"k{i}" for i in range(len(shown), len(keys))]
         conditions: dict[str, Any] = dict(query.filters)
         if query.since is not None:
             conditions["since"] = query.since
         if query.until is not None:
             conditions["until"] = query.until
         where = _where(conditions, args)
-        sql = f"SELECT {', '.join([*selects, _TOTALS])} FROM ledger {where}"
-        if selects:
-            sql += " GROUP BY " + ", ".join(str(i + 1) for i in range(len(selects)))
-            sql += " ORDER BY " + ("1, " if query.bucket else "") + "cost_nano DESC"
+        inner = ", ".join(f"{key} AS k{i}" for i, key in enumerate(keys))
+        sql = f"SELECT {', '.join([*([inner] if keys else []), _TOTALS])} FROM {source} {where}"
+        if keys:
+            sql += " GROUP BY " + ", ".join(str(i + 1) for i in range(len(keys)))
+            sql = (f"SELECT {', '.join([*shown, *_TOTAL_NAMES])} FROM ({sql}) AS g "
+                   "ORDER BY " + ("k0, " if query.bucket else "") + "cost_nano DESC")
         args.append(int(query.limit))
         sql += f" LIMIT ${len(args)}"
-        names = [*(["bucket"] if query.bucket else []), *query.group_by, *_TOTAL_NAMES]
+        names = [*(["bucket"] if query.bucket else []), *query.group_by,
+                 *([label] if label else []), *_TOTAL_NAMES]
         async with self.connection() as conn:
             records = await conn.fetch(sql, *args)
         out = []
@@ -543,6 +570,8 @@ def _where(filters: dict[str, Any], args: list[Any]) -> str:
         elif name == "until":
             args.append(float(value))
             clauses.append(f"ts < ${len(args)}")
+        elif name == "degraded":
+            clauses.append("(degraded IS NOT NULL AND degraded <> '[]'::jsonb)")
         elif name == "id":
             args.append(clean_text(value))
             clauses.append(f"id = ${len(args)}")
