@@ -796,9 +796,9 @@ class ChatOverMessages:
     """An OpenAI chat completions request served by an Anthropic upstream (a ``Bridge``).
 
     The request is translated when the bridge is built, so an untranslatable one is refused
-    before anything is reserved. If a later stage (admission setting or clamping the output
-    cap) replaces ``req.body``, it is translated again: what is forwarded always reflects
-    the final body.
+    before anything is reserved. If a later stage replaces ``req.body`` (admission setting
+    the output cap, a fallback naming another model), the translation follows: patched when
+    only the model or cap changed, else redone, so what is forwarded reflects the final body.
     """
 
     upstream_api: ApiKind = "messages"
@@ -875,8 +875,9 @@ def bridge_for(api: ApiKind, client_wire: WireFormat, upstream_wire: WireFormat,
                  f"upstream {upstream!r} that serves the model {model!r}; call Claude models "
                  "through /v1/chat/completions or /v1/messages",
             code="unsupported_api")
+    path = "/v1/messages/count_tokens" if api == "count_tokens" else "/v1/messages"
     raise GatewayError(
-        400, f"the {_API_NAMES.get(api, api)} API (/v1/messages) needs an anthropic upstream, "
+        400, f"the {_API_NAMES.get(api, api)} API ({path}) needs an anthropic upstream, "
              f"but the model {model!r} is served by the OpenAI-compatible upstream "
              f"{upstream!r}; call it through /v1/chat/completions, or route the model to an "
              "upstream of kind anthropic",
