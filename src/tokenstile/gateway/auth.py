@@ -51,8 +51,10 @@ class Authenticator:
         """Return the caller and, in passthrough, the provider key to forward."""
         presented = bearer(headers) or headers.get("x-api-key") or None
         tokenstile_key = headers.get("x-tokenstile-key")
+        migrating = False
         if self._config.migration_mode and not tokenstile_key:
             tokenstile_key = headers.get("x-usagepanda-api-key")
+            migrating = tokenstile_key is not None
         if tokenstile_key is None and presented and presented.startswith(KEY_PREFIX):
             tokenstile_key, presented = presented, None
         if tokenstile_key:
@@ -60,6 +62,10 @@ class Authenticator:
             caller = record.caller()
             if presented:
                 if not record.passthrough or self._config.mode == "keys":
+                    if migrating:
+                        # A client moving from Usage Panda still sends its old provider key
+                        # in Authorization: not forwarded (the gateway's key is), not refused.
+                        return caller, None
                     raise forbidden(
                         "this key may not forward its own provider key; send only the "
                         "tokenstile key", code="passthrough_not_allowed")

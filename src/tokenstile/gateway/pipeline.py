@@ -38,15 +38,17 @@ from tokenstile.gateway.upstream import (
     upstream_headers,
     upstream_url,
 )
-from tokenstile.limits.admission import BudgetExhausted
+from tokenstile.limits.admission import BudgetExhausted, Ticket
 from tokenstile.providers.base import Bridge, StreamObserver
 from tokenstile.providers.sse import EventSplitter
 from tokenstile.providers.translate import bridge_for
-from tokenstile.types import ApiKind, CanonicalRequest, Usage, WireFormat
+from tokenstile.types import ApiKind, CanonicalRequest, LedgerRow, Usage, WireFormat
 
 log = logging.getLogger("tokenstile.gateway")
 
 MAX_UPSTREAM_BODY = 256 * 1024 * 1024
+# How long a finished request keeps its reservation while its ledger row is written.
+ROW_WAIT_S = 2.0
 
 
 class Gateway:
@@ -55,6 +57,8 @@ class Gateway:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
         self._bound: Gateway | None = None
+        self._written: dict[str, asyncio.Future[None]] = {}
+        runtime.ledger.listeners.append(self._rows_written)
 
     async def handle(self, api: ApiKind, wire: WireFormat, scope: asgi.Scope,
                      receive: asgi.Receive, send: asgi.Send) -> None:
@@ -293,6 +297,9 @@ class Gateway:
         rt, req = self.rt, ctx.req
         assert req is not None
         config = rt.config.resilience
+        retries = ctx.detail.get("retries")
+        if isinstance(retries, int) and retries != config.retries:
+            config = config.model_copy(update={"retries": retries})  # a policy's own count
         requested = req.model
         attempts: list[Attempt] = []
         last_error: GatewayError | None = None
@@ -543,7 +550,7 @@ class Gateway:
         return headers
 
     async def _finish(self, ctx: RequestContext) -> None:
-        """Settle the reservation, price the call, write its ledger row."""
+        """Price the call, write its ledger row, then settle the reservation."""
         rt = self.rt
         if ctx.usage is not None and ctx.usage.total_tokens and ctx.served_model:
             cost = rt.pricer.cost_nano(ctx.served_model, ctx.usage)
@@ -557,19 +564,51 @@ class Gateway:
                 await rt.caching.store(ctx, ctx.cache_plan, ctx.cache_body)
             except Exception:
                 log.exception("caching the answer of %s failed", ctx.id)
-        try:
-            await rt.admission.settle(ctx)
-            rt.alert_thresholds(ctx)
-        except Exception:
-            log.exception("settling request %s failed", ctx.id)
-            ctx.flags.append("settle_failed")
         if ctx.caller is None:
+            await self._settle(ctx)
             rt.metrics.unauthenticated(ctx)
             return
         latency_ms = (rt.clock.monotonic() - ctx.started) * 1000
         row = ctx.ledger_row(latency_ms)
+        # The reservation is what bills this call if the gateway dies before its row is
+        # written (claimed and charged at its estimate), so it is settled only then.
+        ticket = ctx.ticket
+        held = isinstance(ticket, Ticket) and ticket.metered and not ticket.settled
+        waiter = self._expect_row(row.id) if held else None
         rt.ledger.submit(row)
         rt.metrics.observe(row)
+        if waiter is not None:
+            await self._until_written(row.id, waiter)
+        await self._settle(ctx)
+
+    async def _settle(self, ctx: RequestContext) -> None:
+        try:
+            await self.rt.admission.settle(ctx)
+            self.rt.alert_thresholds(ctx)
+        except Exception:
+            log.exception("settling request %s failed", ctx.id)
+
+    def _expect_row(self, row_id: str) -> asyncio.Future[None]:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._written[row_id] = waiter
+        return waiter
+
+    async def _until_written(self, row_id: str, waiter: asyncio.Future[None]) -> None:
+        """Until the ledger has written the row, at most ``ROW_WAIT_S`` (during a database
+        outage the ledger keeps rows in its spool instead)."""
+        try:
+            await asyncio.wait_for(waiter, ROW_WAIT_S)
+        except TimeoutError:
+            pass
+        finally:
+            self._written.pop(row_id, None)
+
+    def _rows_written(self, rows: list[LedgerRow]) -> None:
+        if self._written:
+            for row in rows:
+                waiter = self._written.pop(row.id, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
 
 
 def replace_body(req: CanonicalRequest, body: dict[str, Any]) -> CanonicalRequest:
