@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from tokenstile import __version__
 from tokenstile.admin.api import AdminMount
+from tokenstile.admin.dashboard import dashboard_routes
 from tokenstile.admin.listener import start_admin_listener
 from tokenstile.clock import SYSTEM_CLOCK, Clock
 from tokenstile.config import Config, load_config
@@ -181,6 +182,7 @@ def _web_app(app: TokenstileApp) -> Starlette:
         Route("/v1/models", models),
         Route("/v1/models/{model_id:path}", models),
         AdminMount(rt),
+        *dashboard_routes(rt, public=True),
         Route("/v1/{rest:path}", unknown_v1,
               methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]),
     ]

@@ -144,8 +144,8 @@ def test_a_database_without_the_rollup_gets_one_filled_from_its_ledger(tmp_path:
 
     asyncio.run(first())
     conn = sqlite3.connect(path)
-    conn.execute("DROP TRIGGER ledger_usage_hourly")
     conn.execute("DROP TABLE usage_hourly")
+    conn.commit()
     conn.close()
 
     async def second() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -52,7 +52,7 @@ class DashboardFlaggedParams(ScopeParams):
     range: RangeName = "30d"
     since: datetime | float | None = None
     until: datetime | float | None = None
-    limit: int = Field(100, ge=1, le=1000)
+    limit: int = Field(50, ge=1, le=1000)
 
 
 class DashboardKeysParams(ScopeParams):

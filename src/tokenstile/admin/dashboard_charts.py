@@ -23,11 +23,11 @@ def nice_ceiling(value: float) -> float:
     if value <= 0:
         return 1.0
     exponent = math.floor(math.log10(value))
-    for step in (1, 2, 2.5, 5, 10):
-        top = step * 10 ** exponent
-        if top >= value * (1 - 1e-12):
-            return top
-    return 10 ** (exponent + 1)
+    scale = 10.0 ** exponent
+    for step in (1.0, 2.0, 2.5, 5.0):
+        if step * scale >= value * (1 - 1e-12):
+            return step * scale
+    return 10.0 * scale
 
 
 def money(value: float) -> str:
@@ -61,7 +61,7 @@ def _axis_label(value: float, unit: str) -> str:
             return "$0"
         if value >= 1:
             return f"${compact(value)}" if value >= 1000 else f"${value:g}"
-        return f"${value:.2g}"
+        return f"${value:g}"
     return compact(value)
 
 
@@ -88,7 +88,7 @@ def columns_chart(columns: Sequence[Column], *, title: str, description: str,
     """A column chart (stacked when there are several series) with a y axis."""
     classes = list(series_classes or [f"c{i % SERIES_CLASSES}" for i in range(len(series))])
     totals = [sum(c.values) + (c.projected or 0.0) for c in columns]
-    top = nice_ceiling(max(totals, default=0.0))
+    top = 4 * nice_ceiling(max(totals, default=0.0) / 4)
     plot_w, plot_h = _W - _LEFT - _RIGHT, _H - _TOP - _BOTTOM
     n = max(len(columns), 1)
     slot = plot_w / n

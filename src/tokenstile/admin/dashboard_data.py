@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from tokenstile.admin.keys import key_out
 from tokenstile.admin.settings import limit_view
@@ -81,9 +81,11 @@ class Context:
 
     async def usage(self, since: float | None, until: float | None = None,
                     group_by: Iterable[str] = (), bucket: str | None = None,
-                    limit: int = 100_000) -> list[dict[str, Any]]:
+                    limit: int = 100_000, filters: Mapping[str, str] | None = None
+                    ) -> list[dict[str, Any]]:
         query = UsageQuery(since=since, until=until, group_by=list(group_by), bucket=bucket,
-                           filters=self.scope.filters(), tz=self.tz, limit=limit)
+                           filters={**(filters or {}), **self.scope.filters()}, tz=self.tz,
+                           limit=limit)
         if "tag" in query.group_by:
             db = self.rt.db
             if not isinstance(db, LabelUsage):
@@ -92,7 +94,8 @@ class Context:
             return await db.usage_by_label(query, "tag")
         return await self.rt.db.usage(query)
 
-    def start_of(self, kind: str, at: float | None = None) -> float:
+    def start_of(self, kind: Literal["hour", "day", "month"], at: float | None = None
+                 ) -> float:
         return window_start(Window(kind, tz=self.tz), self.now if at is None else at)
 
 
@@ -102,7 +105,7 @@ class Context:
 def figures(row: Mapping[str, Any] | None) -> dict[str, Any]:
     """A usage row as the dashboard reports it: counts, tokens, exact nano-USD and USD."""
     row = row or {}
-    out = {name: int(row.get(name) or 0) for name in TOTALS}
+    out: dict[str, Any] = {name: int(row.get(name) or 0) for name in TOTALS}
     out["tokens"] = out["input_tokens"] + out["output_tokens"]
     out["cost_usd"] = nano_to_usd(out["cost_nano"])
     return out
@@ -358,7 +361,8 @@ def _about_project(alert: Mapping[str, Any], project: str) -> bool:
 
 
 async def recommendations_list(ctx: Context) -> list[dict[str, Any]]:
-    return (await recommendations(ctx))["data"]
+    found: list[dict[str, Any]] = (await recommendations(ctx))["data"]
+    return found
 
 
 async def recommendations(ctx: Context, days: int = RECOMMEND_DAYS) -> dict[str, Any]:
@@ -434,22 +438,49 @@ async def breakdown(ctx: Context, by: str, range_name: str | None = None,
     bucket = "hour" if end - start <= 2 * 86400 else "day"
     labels = bucket_labels(start, end, bucket, ctx.tz)
     top = [item["name"] for item in table[:BREAKDOWN_TOP]]
-    series_rows = await ctx.usage(start, end, group_by=[column], bucket=bucket)
-    values: dict[Any, dict[str, int]] = {}
-    for row in series_rows:
-        key = row.get(column) if row.get(column) in top else "__other__"
-        per = values.setdefault(key, {})
-        per[row["bucket"]] = per.get(row["bucket"], 0) + int(row["cost_nano"])
-    groups = [{"name": n, "cost_usd": [nano_to_usd(values.get(n, {}).get(b, 0))
-                                       for b in labels]} for n in top]
-    if "__other__" in values:
-        groups.append({"name": "other", "other": True, "cost_usd": [
-            nano_to_usd(values["__other__"].get(b, 0)) for b in labels]})
+    groups = await _series_groups(ctx, column, top, start, end, bucket, labels)
     total = figures({t: sum(int(r.get(t) or 0) for r in rows) for t in TOTALS})
     return {"scope": ctx.scope.as_dict(), "by": by, "range": name, "since": start, "until": end,
             "timezone": ctx.tz, "total": total if by != "tag" else None, "data": table,
             "available": by != "tag" or isinstance(ctx.rt.db, LabelUsage),
             "series": {"bucket": bucket, "labels": labels, "groups": groups}}
+
+
+async def _series_groups(ctx: Context, column: str, top: list[Any], start: float, end: float,
+                         bucket: str, labels: list[str]) -> list[dict[str, Any]]:
+    """Spend per bucket for each of the ``top`` values, and for the rest together.
+
+    One query per value (each reads one value's rows from the rollup) rather than one
+    grouped query: a dimension with thousands of values (users) stays cheap. Tags overlap
+    (a request has several), so they get no "other" series.
+    """
+    def per_bucket(rows: list[dict[str, Any]]) -> dict[str, int]:
+        return {r["bucket"]: int(r["cost_nano"]) for r in rows}
+
+    def usd(values: Mapping[str, int]) -> list[float]:
+        return [nano_to_usd(values.get(b, 0)) for b in labels]
+
+    groups: list[dict[str, Any]] = []
+    if column == "tag":
+        rows = await ctx.usage(start, end, group_by=["tag"], bucket=bucket)
+        for name in top:
+            groups.append({"name": name, "cost_usd": usd(per_bucket(
+                [r for r in rows if r.get("tag") == name]))})
+        return groups
+    shown: dict[str, int] = {}
+    for name in top:
+        if name is None:
+            continue
+        values = per_bucket(await ctx.usage(start, end, bucket=bucket,
+                                            filters={column: str(name)}))
+        for key, amount in values.items():
+            shown[key] = shown.get(key, 0) + amount
+        groups.append({"name": name, "cost_usd": usd(values)})
+    total = per_bucket(await ctx.usage(start, end, bucket=bucket))
+    rest = {key: amount - shown.get(key, 0) for key, amount in total.items()}
+    if any(amount > 0 for amount in rest.values()):
+        groups.append({"name": "other", "other": True, "cost_usd": usd(rest)})
+    return groups
 
 
 # --- flagged requests ----------------------------------------------------------------------
@@ -525,20 +556,22 @@ async def flagged(ctx: Context, f: FlaggedFilter) -> dict[str, Any]:
         return {"scope": ctx.scope.as_dict(), "range": name, "since": start, "until": end,
                 "data": []}
     fetch = min(max(f.limit * 5, 500), 20_000)
-    rows = [] if f.kind == "degraded" else await ctx.rt.db.ledger_rows(
-        limit=fetch, flagged=True, since=start, until=end, **filters)
-    if f.kind in (None, "degraded") and not f.policy:
+    rows = await ctx.rt.db.ledger_rows(limit=fetch, flagged=True, since=start, until=end,
+                                       **filters)
+    if not f.policy:
         with contextlib.suppress(ValueError):  # a database without the filter
             seen = {r.id for r in rows}
             rows += [r for r in await ctx.rt.db.ledger_rows(
                 limit=fetch, degraded=True, since=start, until=end, **filters)
                 if r.id not in seen]
     rows.sort(key=lambda r: (r.ts, r.id), reverse=True)
-    items = [request_out(r, ctx.tz) for r in rows]
-    items = [i for i in items if i["kinds"] and (f.kind is None or f.kind in i["kinds"])]
+    items = [item for item in (request_out(r, ctx.tz) for r in rows) if item["kinds"]]
     counts = {kind: sum(kind in i["kinds"] for i in items) for kind in FLAG_KINDS}
+    if f.kind is not None:
+        items = [i for i in items if f.kind in i["kinds"]]
     return {"scope": ctx.scope.as_dict(), "range": name, "since": start, "until": end,
-            "kind": f.kind, "counts": counts, "data": items[:f.limit]}
+            "kind": f.kind, "counts": counts, "more": len(items) > f.limit,
+            "data": items[:f.limit]}
 
 
 async def request_detail(ctx: Context, request_id: str) -> dict[str, Any] | None:

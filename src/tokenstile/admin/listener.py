@@ -17,6 +17,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from tokenstile.admin.api import admin_app
+from tokenstile.admin.dashboard import dashboard_routes
 from tokenstile.gateway.runtime import Runtime
 
 log = logging.getLogger("tokenstile.admin")
@@ -46,7 +47,8 @@ class AdminListener:
         server = rt.config.server
         self.host = server.admin_host or server.host
         self.port = server.admin_port or 0
-        app = Starlette(routes=[Mount("/admin", app=admin_app(rt))])
+        app = Starlette(routes=[Mount("/admin", app=admin_app(rt)),
+                                *dashboard_routes(rt, public=False)])
         self.server = _Server(uvicorn.Config(app, lifespan="off", access_log=False,
                                              log_level="warning"))
         self._task: asyncio.Task[None] | None = None

@@ -22,7 +22,14 @@ from tokenstile.stores.database import (
     UsageQuery,
     sqlite_path,
 )
-from tokenstile.stores.usage_sqlite import LABELS, ensure_rollup, hour_bucket, usage_from
+from tokenstile.stores.usage_sqlite import (
+    LABELS,
+    add_to_rollup,
+    ensure_rollup,
+    hour_bucket,
+    new_rows,
+    usage_from,
+)
 from tokenstile.types import LedgerRow
 
 T = TypeVar("T")
@@ -172,7 +179,9 @@ class SqliteDatabase:
         def write(conn: sqlite3.Connection) -> None:
             with conn:
                 conn.execute("BEGIN IMMEDIATE")
+                fresh = new_rows(conn, rows)
                 conn.executemany(sql, params)
+                add_to_rollup(conn, fresh)
 
         await self._run(write)
 
@@ -335,6 +344,9 @@ def _where(filters: dict[str, Any]) -> tuple[str, list[Any]]:
             clauses.append("ts < ?")
         elif name == "flagged":
             clauses.append("(outcome != 'ok' OR (flags IS NOT NULL AND flags != '[]'))")
+            continue
+        elif name == "degraded":  # served with less: trimmed, downgraded, fallback …
+            clauses.append("(degraded IS NOT NULL AND degraded != '[]')")
             continue
         elif name == "id":
             clauses.append("id = ?")

@@ -1,12 +1,13 @@
 """Usage queries on SQLite: an hourly rollup kept by a trigger, read together with the ledger.
 
 Why: the dashboard and the periodic alert rules aggregate a month of ledger rows many times
-an hour, and scanning a million rows for each figure takes seconds. So every ledger row,
-as it is inserted, is also added into ``usage_hourly``: one row per UTC hour ×
-organization × project × dimension value, for the total and for each of the served model,
-user, feature and team, each tag (``team=search``) and each degradation (``trimmed``).
-The trigger fires only for rows actually inserted, so a retried batch (``INSERT OR
-IGNORE``) is never counted twice.
+an hour, and scanning a million rows for each figure takes seconds. So every batch of
+ledger rows, in the transaction that inserts it, is also added into ``usage_hourly``: one
+row per UTC hour × organization × project × dimension value, for the total and for each of
+the served model, user, feature and team, each tag (``team=search``) and each degradation
+(``trimmed``). The batch is summed in Python first (a batch from one busy hour touches a
+few hundred rollup rows, not seven per ledger row), and rows whose id is already in the
+ledger are left out, so a retried batch (``INSERT OR IGNORE``) is never counted twice.
 
 A query the rollup can answer — grouped and filtered by organization, project and at most
 one of those dimensions, bucketed (if at all) in a time zone whose offsets are whole hours —
@@ -26,6 +27,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from tokenstile.stores.database import GROUPABLE, UsageQuery
+from tokenstile.types import LedgerRow
 
 ROLLUP_DIMENSIONS = ("served_model", "user", "feature", "team")
 LABELS = ("tag", "degraded")
@@ -59,44 +61,29 @@ CREATE TABLE usage_hourly (
 """
 
 
-def _trigger() -> str:
-    selects = []
-    for dim, value, source in _SOURCES:
-        src = source.format(row="NEW.")
-        selects.append(f"SELECT {dim} AS dim, {value.format(row='NEW.')} AS value"
-                       + (f" FROM {src}" if src else ""))
-    measures = ", ".join(f"NEW.{m}" for m in _MEASURES)
-    updates = ", ".join(f"{t} = {t} + excluded.{t}" for t in TOTALS)
-    return (
-        "CREATE TRIGGER ledger_usage_hourly AFTER INSERT ON ledger BEGIN "
-        f"INSERT INTO usage_hourly ({_COLUMNS}) "
-        f"SELECT {_HOUR_OF.format(ts='NEW.ts')}, d.dim, COALESCE(NEW.organization, ''), "
-        f"COALESCE(NEW.project, ''), d.value, 1, {measures}, NEW.outcome = 'blocked' "
-        f"FROM ({' UNION ALL '.join(selects)}) AS d WHERE 1 "
-        "ON CONFLICT (dim, hour, organization, project, value) DO UPDATE SET "
-        f"{updates}; END"
-    )
+_UPSERT = (f"INSERT INTO usage_hourly ({_COLUMNS}) VALUES ({', '.join('?' * 13)}) "
+           "ON CONFLICT (dim, hour, organization, project, value) DO UPDATE SET "
+           + ", ".join(f"{t} = {t} + excluded.{t}" for t in TOTALS))
 
 
-def _rebuild() -> str:
-    parts = []
+def _rebuild_statements() -> list[str]:
+    """One ``INSERT … SELECT … GROUP BY`` per dimension (cheaper than one big union)."""
+    out = []
+    sums = ", ".join(f"SUM(l.{m})" for m in _MEASURES)
     for dim, value, source in _SOURCES:
         src = source.format(row="l.")
-        parts.append(
-            f"SELECT {_HOUR_OF.format(ts='l.ts')} AS hour, {dim} AS dim, "
-            "COALESCE(l.organization, '') AS organization, COALESCE(l.project, '') AS project, "
-            f"{value.format(row='l.')} AS value, "
-            + ", ".join(f"l.{m} AS {m}" for m in _MEASURES)
-            + ", l.outcome = 'blocked' AS blocked FROM ledger AS l"
-            + (f", {src}" if src else ""))
-    sums = ", ".join(f"SUM({m})" for m in (*_MEASURES, "blocked"))
-    return (f"INSERT INTO usage_hourly ({_COLUMNS}) SELECT hour, dim, organization, project, "
-            f"value, COUNT(*), {sums} FROM ({' UNION ALL '.join(parts)}) "
-            "GROUP BY dim, hour, organization, project, value")
+        hour = _HOUR_OF.format(ts="l.ts")
+        out.append(
+            f"INSERT INTO usage_hourly ({_COLUMNS}) SELECT {hour} AS h, {dim}, "
+            "COALESCE(l.organization, '') AS o, COALESCE(l.project, '') AS p, "
+            f"{value.format(row='l.')} AS v, COUNT(*), {sums}, "
+            "SUM(l.outcome = 'blocked') FROM ledger AS l" + (f", {src}" if src else "")
+            + " GROUP BY h, o, p, v")
+    return out
 
 
 def ensure_rollup(conn: sqlite3.Connection) -> None:
-    """Create the rollup and its trigger, filled from the rows already in the ledger.
+    """Create the rollup, filled from the rows already in the ledger.
 
     Inside one write transaction, so two processes opening an old database at once
     cannot both fill it.
@@ -107,8 +94,8 @@ def ensure_rollup(conn: sqlite3.Connection) -> None:
     try:
         if not _exists(conn):
             conn.execute(ROLLUP_TABLE)
-            conn.execute(_trigger())
-            conn.execute(_rebuild())
+            for statement in _rebuild_statements():
+                conn.execute(statement)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -116,28 +103,64 @@ def ensure_rollup(conn: sqlite3.Connection) -> None:
 
 
 def rebuild_rollup(conn: sqlite3.Connection) -> None:
-    """Recompute the rollup from the ledger (after a bulk load with the trigger dropped)."""
-    with conn:
-        conn.execute("BEGIN IMMEDIATE")
+    """Recompute the rollup from the ledger (after a bulk load that bypassed it)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
         conn.execute("DELETE FROM usage_hourly")
-        conn.execute(_rebuild())
-
-
-def drop_trigger(conn: sqlite3.Connection) -> None:
-    """For bulk loads: stop maintaining the rollup row by row (``restore_trigger`` after)."""
-    conn.execute("DROP TRIGGER IF EXISTS ledger_usage_hourly")
-
-
-def restore_trigger(conn: sqlite3.Connection) -> None:
-    conn.execute("DROP TRIGGER IF EXISTS ledger_usage_hourly")
-    conn.execute(_trigger())
-    rebuild_rollup(conn)
+        for statement in _rebuild_statements():
+            conn.execute(statement)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 def _exists(conn: sqlite3.Connection) -> bool:
-    found = conn.execute("SELECT count(*) FROM sqlite_master WHERE name IN "
-                         "('usage_hourly', 'ledger_usage_hourly')").fetchone()
-    return bool(found and found[0] == 2)
+    found = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND "
+                         "name = 'usage_hourly'").fetchone()
+    return bool(found and found[0])
+
+
+def new_rows(conn: sqlite3.Connection, rows: Sequence[LedgerRow]) -> list[LedgerRow]:
+    """The rows an ``INSERT OR IGNORE`` of ``rows`` will really insert: the first of each
+    id, and none whose id is already in the ledger. Call inside the write transaction."""
+    first: dict[str, LedgerRow] = {}
+    for row in rows:
+        first.setdefault(row.id, row)
+    ids = list(first)
+    for i in range(0, len(ids), 500):
+        chunk = ids[i:i + 500]
+        marks = ",".join("?" * len(chunk))
+        for (known,) in conn.execute(f"SELECT id FROM ledger WHERE id IN ({marks})", chunk):
+            first.pop(known, None)
+    return list(first.values())
+
+
+def _text(value: object) -> str:
+    return "" if value is None else str(value)
+
+
+def add_to_rollup(conn: sqlite3.Connection, rows: Sequence[LedgerRow]) -> None:
+    """Add freshly inserted ledger rows into the rollup (inside their write transaction)."""
+    sums: dict[tuple[str, int, str, str, str], list[int]] = {}
+    for row in rows:
+        hour = _floor_hour(row.ts)
+        org, project = _text(row.organization), _text(row.project)
+        measures = (1, row.input_tokens, row.cached_input_tokens, row.output_tokens,
+                    row.reasoning_tokens, row.cost_nano, row.saved_nano,
+                    int(row.outcome == "blocked"))
+        keys = [("", ""), *((dim, _text(getattr(row, dim))) for dim in ROLLUP_DIMENSIONS),
+                *(("tag", f"{k}={v}") for k, v in (row.tags or {}).items()),
+                *(("degraded", _text(d)) for d in row.degraded or ())]
+        for dim, value in keys:
+            total = sums.get((dim, hour, org, project, value))
+            if total is None:
+                sums[(dim, hour, org, project, value)] = list(measures)
+            else:
+                for i, amount in enumerate(measures):
+                    total[i] += amount
+    conn.executemany(_UPSERT, [(hour, dim, org, project, value, *total)
+                               for (dim, hour, org, project, value), total in sums.items()])
 
 
 # --- buckets ---------------------------------------------------------------------------------
@@ -182,7 +205,7 @@ def hour_aligned(tz: str) -> bool:
 
 
 def _floor_hour(ts: float) -> int:
-    hour = int(ts // HOUR) * HOUR
+    hour = int(ts // HOUR) * HOUR  # then exact, whatever the float division rounded to
     while hour > ts:
         hour -= HOUR
     while hour + HOUR <= ts:
