@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args, get_origin
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -91,4 +91,6 @@ def parse_query(items: list[tuple[str, str]], model: type[BaseModel]) -> BaseMod
 
 
 def _is_list(annotation: Any) -> bool:
-    return "list[" in str(annotation)
+    """``list[X]``, or ``list[X] | None``."""
+    return get_origin(annotation) is list or any(get_origin(arg) is list
+                                                 for arg in get_args(annotation))

@@ -145,6 +145,7 @@ class Runtime:
         self._tasks.append(asyncio.create_task(self.admission.maintain(self.ledger.submit),
                                                name="tokenstile-leases"))
         self.started = True
+        self._pin()  # the view requests hold: what start() set up
 
     async def stop(self) -> None:
         """Finish the ledger first (nothing is lost on a clean shutdown), then close."""
