@@ -16,14 +16,12 @@ import importlib
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
-from urllib.parse import parse_qsl, urlsplit
 
 from tokenstile.cache.answer import CachedAnswer, CorruptEntry
 from tokenstile.clock import SYSTEM_CLOCK
 from tokenstile.stores.counters import StoreConfigError, StoreUnavailable, redact_url
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
 
     from tokenstile.clock import Clock
 
@@ -199,31 +197,3 @@ class GuardedCache:
             await self.backend.close()
         except Exception:
             log.exception("closing the response cache %s failed", redact_url(self.url))
-
-
-# -- URL options, shared by the backends -----------------------------------------------------
-
-
-def url_options(url: str, allowed: Iterable[str]) -> dict[str, str]:
-    """The query parameters of a cache URL; unknown names are a configuration error."""
-    options = dict(parse_qsl(urlsplit(url).query, keep_blank_values=True))
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise StoreConfigError(
-            f"unknown option(s) {', '.join(unknown)} in response cache URL "
-            f"{redact_url(url)!r}: expected {', '.join(sorted(allowed)) or 'none'}"
-        )
-    return options
-
-
-def option_number(options: dict[str, str], name: str, default: float) -> float:
-    """A positive number option, or ``default`` when it is absent."""
-    if name not in options:
-        return default
-    try:
-        value = float(options[name])
-    except ValueError:
-        raise StoreConfigError(f"option {name}={options[name]!r} is not a number") from None
-    if value <= 0:
-        raise StoreConfigError(f"option {name} must be > 0, got {value}")
-    return value

@@ -12,8 +12,8 @@ from collections import OrderedDict
 from typing import NamedTuple
 
 from tokenstile.cache.answer import CachedAnswer
-from tokenstile.cache.store import StoreConfigError, option_number, url_options
 from tokenstile.clock import SYSTEM_CLOCK, Clock
+from tokenstile.stores.urls import StoreConfigError, option_number, url_options
 
 
 class _Entry(NamedTuple):
@@ -30,7 +30,7 @@ class MemoryResponseCache:
     def __init__(self, url: str = "memory://", *, clock: Clock | None = None) -> None:
         if not url.startswith("memory://"):
             raise StoreConfigError(f"expected memory:// for the response cache, got {url!r}")
-        options = url_options(url, ("max_entries", "max_bytes"))
+        options = url_options(url, ("max_entries", "max_bytes"), "response cache")
         self.url = url
         self.max_entries = int(option_number(options, "max_entries", 10_000))
         self.max_bytes = int(option_number(options, "max_bytes", 64 * 1024 * 1024))

@@ -24,9 +24,10 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from tokenstile.cache.answer import CachedAnswer
-from tokenstile.cache.store import StoreConfigError, StoreUnavailable, option_number, url_options
+from tokenstile.cache.store import StoreUnavailable
 from tokenstile.clock import SYSTEM_CLOCK, Clock
 from tokenstile.stores.counters_sqlite import _Worker
+from tokenstile.stores.urls import StoreConfigError, option_number, url_options
 
 T = TypeVar("T")
 
@@ -60,7 +61,7 @@ class SqliteResponseCache:
     def __init__(self, url: str, *, clock: Clock | None = None) -> None:
         self.url = url
         self.path = sqlite_cache_path(url)
-        options = url_options(url, ("busy_timeout", "timeout"))
+        options = url_options(url, ("busy_timeout", "timeout"), "response cache")
         self._busy_ms = int(option_number(options, "busy_timeout", 500.0))
         self._timeout = option_number(options, "timeout", 1.0)
         self._clock = clock or SYSTEM_CLOCK

@@ -22,7 +22,11 @@ import importlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple, Protocol
-from urllib.parse import parse_qsl, urlsplit
+
+from tokenstile.stores.urls import StoreConfigError as StoreConfigError
+from tokenstile.stores.urls import option_number as option_number
+from tokenstile.stores.urls import redact_url as redact_url
+from tokenstile.stores.urls import url_options as url_options
 
 if TYPE_CHECKING:
     from tokenstile.clock import Clock
@@ -30,10 +34,6 @@ if TYPE_CHECKING:
 
 class StoreUnavailable(Exception):
     """The store could not be reached or did not answer in time."""
-
-
-class StoreConfigError(ValueError):
-    """A store URL names an unknown scheme or is malformed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,39 +210,6 @@ def merge_deltas(deltas: Iterable[tuple[str, int]]) -> dict[str, int]:
     for key, delta in deltas:
         merged[key] = merged.get(key, 0) + delta
     return merged
-
-
-def url_options(url: str, allowed: Iterable[str]) -> dict[str, str]:
-    """The query parameters of a store URL; unknown names are a configuration error."""
-    options = dict(parse_qsl(urlsplit(url).query, keep_blank_values=True))
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise StoreConfigError(
-            f"unknown option(s) {', '.join(unknown)} in counter store URL {redact_url(url)!r}: "
-            f"expected {', '.join(sorted(allowed)) or 'none'}"
-        )
-    return options
-
-
-def option_float(options: dict[str, str], name: str, default: float) -> float:
-    if name not in options:
-        return default
-    try:
-        value = float(options[name])
-    except ValueError:
-        raise StoreConfigError(f"option {name}={options[name]!r} is not a number") from None
-    if value <= 0:
-        raise StoreConfigError(f"option {name} must be > 0, got {value}")
-    return value
-
-
-def redact_url(url: str) -> str:
-    """The URL without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
 
 
 CounterStoreFactory = Callable[[str], CounterStore]

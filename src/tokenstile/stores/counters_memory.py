@@ -37,7 +37,7 @@ class MemoryCounterStore:
     def __init__(self, url: str = "memory://", *, clock: Clock | None = None) -> None:
         if not url.startswith("memory://") or url.split("?", 1)[0] != "memory://":
             raise StoreConfigError(f"a memory counter store URL is just 'memory://', not {url!r}")
-        url_options(url, ())
+        url_options(url, (), "counter store")
         self.url = url
         self._clock = clock or SYSTEM_CLOCK
         self._values: dict[str, int] = {}

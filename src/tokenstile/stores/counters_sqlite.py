@@ -36,7 +36,7 @@ from tokenstile.stores.counters import (
     StoreConfigError,
     StoreUnavailable,
     merge_deltas,
-    option_float,
+    option_number,
     plan_reservation,
     url_options,
 )
@@ -168,9 +168,9 @@ class SqliteCounterStore:
     def __init__(self, url: str, *, clock: Clock | None = None) -> None:
         self.url = url
         self.path = sqlite_counter_path(url)
-        options = url_options(url, ("busy_timeout", "timeout"))
-        self._busy_ms = int(option_float(options, "busy_timeout", 2000.0))
-        self._timeout = option_float(options, "timeout", self._busy_ms / 1000 + 1.0)
+        options = url_options(url, ("busy_timeout", "timeout"), "counter store")
+        self._busy_ms = int(option_number(options, "busy_timeout", 2000.0))
+        self._timeout = option_number(options, "timeout", self._busy_ms / 1000 + 1.0)
         self._clock = clock or SYSTEM_CLOCK
         self._worker = _Worker(f"ts-counters:{os.path.basename(self.path)}",
                                batch_runner=self._run_batch)
