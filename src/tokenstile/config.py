@@ -262,7 +262,7 @@ class ResilienceConfig(_Strict):
     retries: int = Field(0, ge=0, le=10)
     backoff_s: float = Field(0.25, ge=0)
     max_backoff_s: float = Field(8.0, ge=0)
-    retry_on: list[int] = Field(default_factory=lambda: [429, 500, 502, 503, 504])
+    retry_on: list[int] = Field(default_factory=lambda: [429, 500, 502, 503, 504, 529])
     first_byte_timeout_s: float | None = Field(None, gt=0)
     fallbacks: dict[str, list[str]] = Field(default_factory=dict)
     circuit_breaker: CircuitBreakerConfig | None = None
