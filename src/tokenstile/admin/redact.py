@@ -1,5 +1,6 @@
 """The effective configuration as it may be shown: provider keys, the admin key, header
-values and passwords in store URLs are replaced, so no secret leaves through the admin API."""
+values, passwords in store URLs and webhook paths are replaced, so no secret leaves through
+the admin API."""
 
 from __future__ import annotations
 
@@ -34,6 +35,16 @@ def redact_url(value: str) -> str:
     return out
 
 
+def redact_webhook(value: str) -> str:
+    """Webhook URLs carry their secret in the path (Slack's do): keep only where they go."""
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return REDACTED
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return f"{parts.scheme}://{host}/{REDACTED}" if parts.scheme and host else REDACTED
+
+
 def redact(node: Any, name: str = "") -> Any:
     if isinstance(node, dict):
         if name == "headers":
@@ -44,6 +55,8 @@ def redact(node: Any, name: str = "") -> Any:
     if isinstance(node, str):
         if _SECRET_NAME.search(name):
             return REDACTED if node else node
+        if name == "url":
+            return redact_webhook(node)
         if _URL.match(node):
             return redact_url(node)
     return node
