@@ -27,6 +27,7 @@ import contextlib
 import logging
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -397,57 +398,48 @@ class PostgresDatabase:
         return await self._usage(query, label)
 
     async def _usage(self, query: UsageQuery, label: str | None) -> list[dict[str, Any]]:
+        """From the hourly rollup where it can answer (whole hours of the range; groups and
+        filters on organization, project and at most one rollup dimension; a time zone
+        whose offsets are whole hours), the partial hours at either end from the ledger;
+        else from the ledger alone. Both give the same answer."""
         query.validate()
-        args: list[Any] = []
-        keys: list[str] = []   # grouped in the inner query, as k0, k1, …
-        shown: list[str] = []  # what the outer query returns for each
         if query.bucket:
-            args.append(_check_zone(query.tz))
-            # bucket is one of BUCKETS (validated), each a date_trunc unit
-            keys.append(f"date_trunc('{query.bucket}', to_timestamp(ts) AT TIME ZONE "
-                        "$1::text)")
-            shown.append(f"to_char(k0, '{_BUCKET_FORMATS[query.bucket]}')")
-        for name in query.group_by:
-            if name not in GROUPABLE:  # validate() already refused it; never reach SQL
-                raise ValueError(f"cannot group by {name!r}")
-            # As the SQLite backend does: an empty string groups with NULL, as None.
-            keys.append(q(name) if name == "status" else f"NULLIF({q(name)}, '')")
-        source = "ledger"
-        if label == "tag":
-            source += (" CROSS JOIN LATERAL jsonb_each_text(CASE WHEN jsonb_typeof(tags) = "
-                       "'object' THEN tags END) AS j")
-            keys.append("NULLIF(j.key || '=' || j.value, '')")
-        elif label == "degraded":
-            source += (" CROSS JOIN LATERAL jsonb_array_elements_text(CASE WHEN "
-                       "jsonb_typeof(degraded) = 'array' THEN degraded END) AS j(value)")
-            keys.append("NULLIF(j.value, '')")
-        shown += [f"k{i}" for i in range(len(shown), len(keys))]
-        conditions: dict[str, Any] = dict(query.filters)
-        if query.since is not None:
-            conditions["since"] = query.since
-        if query.until is not None:
-            conditions["until"] = query.until
-        where = _where(conditions, args)
-        inner = ", ".join(f"{key} AS k{i}" for i, key in enumerate(keys))
-        sql = f"SELECT {', '.join([*([inner] if keys else []), _TOTALS])} FROM {source} {where}"
-        if keys:
-            sql += " GROUP BY " + ", ".join(str(i + 1) for i in range(len(keys)))
-            sql = (f"SELECT {', '.join([*shown, *_TOTAL_NAMES])} FROM ({sql}) AS g "
-                   "ORDER BY " + ("k0, " if query.bucket else "") + "cost_nano DESC")
-        args.append(int(query.limit))
-        sql += f" LIMIT ${len(args)}"
+            _check_zone(query.tz)
         names = [*(["bucket"] if query.bucket else []), *query.group_by,
                  *([label] if label else []), *_TOTAL_NAMES]
+        dim = _rollup_plan(query, label)
+        lo, hi = query.since, query.until
+        first = None if lo is None else _ceil_hour(lo)
+        last = None if hi is None else _floor_hour(hi)
+        if dim is None or (first is not None and last is not None and first >= last):
+            args: list[Any] = []
+            sql = _ledger_usage_sql(query, label, lo, hi, args)
+            if len(names) > len(_TOTAL_NAMES):
+                sql += " ORDER BY " + ("k0, " if query.bucket else "") + "cost_nano DESC"
+            args.append(int(query.limit))
+            sql += f" LIMIT ${len(args)}"
+            async with self.connection() as conn:
+                records = await conn.fetch(sql, *args)
+            return [item for item in _items(records, names) if item["requests"]]
+        statements: list[tuple[str, list[Any]]] = []
+        args = []
+        statements.append((_rollup_usage_sql(query, dim, label, first, last, args), args))
+        edges = []
+        if lo is not None and first is not None and lo < first:
+            edges.append((lo, float(first)))
+        if hi is not None and last is not None and last < hi:
+            edges.append((float(last), hi))
+        for since, until in edges:
+            args = []
+            statements.append((_ledger_usage_sql(query, label, since, until, args), args))
+        items: list[dict[str, Any]] = []
         async with self.connection() as conn:
-            records = await conn.fetch(sql, *args)
-        out = []
-        for record in records:
-            item = dict(zip(names, record.values(), strict=True))
-            for name in _TOTAL_NAMES:
-                item[name] = item[name] or 0
-            if item["requests"]:
-                out.append(item)
-        return out
+            for sql, args in statements:
+                items += _items(await conn.fetch(sql, *args), names)
+        merged = [item for item in _merged(items, len(names) - len(_TOTAL_NAMES))
+                  if item["requests"]]
+        merged.sort(key=lambda i: (i["bucket"] if query.bucket else "", -i["cost_nano"]))
+        return merged[: query.limit]
 
     # -- keys -------------------------------------------------------------------------------
 
@@ -556,6 +548,142 @@ _STAGE_LEDGER = (f"CREATE TEMP TABLE IF NOT EXISTS {_STAGING} (LIKE ledger) "
 _INSERT_STAGED = (f"INSERT INTO ledger ({', '.join(map(q, LEDGER_COLUMNS))}) "
                   f"SELECT {', '.join(map(q, LEDGER_COLUMNS))} FROM {_STAGING} "
                   "ON CONFLICT (id) DO NOTHING")
+
+
+HOUR = 3600
+ROLLUP_DIMENSIONS = ("served_model", "user", "feature", "team")
+_ROLLUP_KEYS = ("organization", "project")
+
+
+def _floor_hour(ts: float) -> int:
+    hour = int(ts // HOUR) * HOUR
+    while hour > ts:
+        hour -= HOUR
+    while hour + HOUR <= ts:
+        hour += HOUR
+    return hour
+
+
+def _ceil_hour(ts: float) -> int:
+    hour = _floor_hour(ts)
+    return hour if hour == ts else hour + HOUR
+
+
+@lru_cache(maxsize=64)
+def _hour_aligned(tz: str) -> bool:
+    """True when the zone's offset was a whole number of hours every day from 1980 to
+    2070: then every local hour, day and month starts on a UTC hour, and a rollup hour
+    lies in exactly one bucket."""
+    zone = ZoneInfo(tz)
+    day = datetime(1980, 1, 1, 12, tzinfo=UTC)
+    end = datetime(2070, 1, 1, tzinfo=UTC)
+    while day < end:
+        offset = day.astimezone(zone).utcoffset()
+        if offset is None or offset.total_seconds() % HOUR:
+            return False
+        day += timedelta(days=1)
+    return True
+
+
+def _rollup_plan(query: UsageQuery, label: str | None) -> str | None:
+    """The rollup dimension that answers ``query`` (``''`` for plain totals), or None."""
+    if query.bucket and not _hour_aligned(query.tz):
+        return None
+    columns = {*query.group_by, *query.filters} - set(_ROLLUP_KEYS)
+    if label is not None:
+        return None if columns else label
+    if not columns:
+        return ""
+    (column,) = columns if len(columns) == 1 else (None,)
+    return column if column in ROLLUP_DIMENSIONS else None
+
+
+def _ledger_usage_sql(query: UsageQuery, label: str | None, since: float | None,
+                      until: float | None, args: list[Any]) -> str:
+    """Totals from the ledger, grouped (keys ``k0``, ``k1``, … inside, shown as the
+    caller's names outside), without order or limit."""
+    keys: list[str] = []   # grouped in the inner query, as k0, k1, …
+    shown: list[str] = []  # what the outer query returns for each
+    if query.bucket:
+        args.append(query.tz)
+        # bucket is one of BUCKETS (validated), each a date_trunc unit
+        keys.append(f"date_trunc('{query.bucket}', to_timestamp(ts) AT TIME ZONE "
+                    f"${len(args)}::text)")
+        shown.append(f"to_char(k0, '{_BUCKET_FORMATS[query.bucket]}')")
+    for name in query.group_by:
+        if name not in GROUPABLE:  # validate() already refused it; never reach SQL
+            raise ValueError(f"cannot group by {name!r}")
+        # As the rollup does: an empty string groups with NULL, as None.
+        keys.append(q(name) if name == "status" else f"NULLIF({q(name)}, '')")
+    source = "ledger"
+    if label == "tag":
+        source += (" CROSS JOIN LATERAL jsonb_each_text(CASE WHEN jsonb_typeof(tags) = "
+                   "'object' THEN tags END) AS j")
+        keys.append("NULLIF(j.key || '=' || j.value, '')")
+    elif label == "degraded":
+        source += (" CROSS JOIN LATERAL jsonb_array_elements_text(CASE WHEN "
+                   "jsonb_typeof(degraded) = 'array' THEN degraded END) AS j(value)")
+        keys.append("NULLIF(j.value, '')")
+    shown += [f"k{i}" for i in range(len(shown), len(keys))]
+    conditions: dict[str, Any] = dict(query.filters)
+    conditions["since"], conditions["until"] = since, until
+    where = _where(conditions, args)
+    inner = ", ".join(f"{key} AS k{i}" for i, key in enumerate(keys))
+    sql = f"SELECT {', '.join([*([inner] if keys else []), _TOTALS])} FROM {source} {where}"
+    if not keys:
+        return sql
+    sql += " GROUP BY " + ", ".join(str(i + 1) for i in range(len(keys)))
+    return f"SELECT {', '.join([*shown, *_TOTAL_NAMES])} FROM ({sql}) AS g"
+
+
+def _rollup_usage_sql(query: UsageQuery, dim: str, label: str | None, first: int | None,
+                      last: int | None, args: list[Any]) -> str:
+    keys: list[str] = []
+    if query.bucket:
+        args.append(query.tz)
+        keys.append(f"to_char(date_trunc('{query.bucket}', to_timestamp(hour) AT TIME ZONE "
+                    f"${len(args)}::text), '{_BUCKET_FORMATS[query.bucket]}')")
+    for name in [*query.group_by, *([label] if label else [])]:
+        keys.append(f"NULLIF({name if name in _ROLLUP_KEYS else 'value'}, '')")
+    args.append(dim)
+    clauses = [f"dim = ${len(args)}"]
+    for name, value in query.filters.items():
+        args.append(clean_text(value))
+        clauses.append(f"{name if name in _ROLLUP_KEYS else 'value'} = ${len(args)}")
+    if first is not None:
+        args.append(first)
+        clauses.append(f"hour >= ${len(args)}")
+    if last is not None:
+        args.append(last)
+        clauses.append(f"hour < ${len(args)}")
+    totals = ", ".join(f"SUM({name})::bigint" for name in _TOTAL_NAMES)
+    sql = f"SELECT {', '.join([*keys, totals])} FROM usage_hourly WHERE {' AND '.join(clauses)}"
+    if keys:
+        sql += " GROUP BY " + ", ".join(str(i + 1) for i in range(len(keys)))
+    return sql
+
+
+def _items(records: Sequence[asyncpg.Record], names: Sequence[str]) -> list[dict[str, Any]]:
+    out = []
+    for record in records:
+        item = dict(zip(names, record.values(), strict=True))
+        for name in _TOTAL_NAMES:
+            item[name] = item[name] or 0
+        out.append(item)
+    return out
+
+
+def _merged(items: list[dict[str, Any]], keys: int) -> list[dict[str, Any]]:
+    out: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for item in items:
+        key = tuple(item.values())[:keys]
+        seen = out.get(key)
+        if seen is None:
+            out[key] = item
+        else:
+            for name in _TOTAL_NAMES:
+                seen[name] += item[name]
+    return list(out.values())
 
 
 def _where(filters: dict[str, Any], args: list[Any]) -> str:

@@ -23,6 +23,77 @@ class Migration:
     sql: str
 
 
+ROLLUP_DIMENSIONS = ("served_model", "user", "feature", "team")
+
+# floor(ts / 3600) * 3600, exact even where the division rounds up across an hour boundary.
+_HOUR_OF = ("(floor(n.ts / 3600)::bigint * 3600 - CASE WHEN floor(n.ts / 3600) * 3600 > n.ts "
+            "THEN 3600 ELSE 0 END)")
+_MEASURES = ("input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens",
+             "cost_nano", "saved_nano", "blocked")
+_KEY = "dim, hour, organization, project, value"
+
+
+def _aggregate(source: str) -> str:
+    """Add the rows of ``source`` (the ledger, or a statement's new rows) to the rollup:
+    one row per UTC hour × organization × project × dimension value, for the totals
+    (``dim = ''``), each of ``ROLLUP_DIMENSIONS``, each tag (``team=search``) and each
+    degradation. NULL is stored as ''. Upserted in key order, so that concurrent batches
+    lock rollup rows in the same order and cannot deadlock."""
+    dims = "\n".join(f"        UNION ALL SELECT '{d}', coalesce(n.\"{d}\", '')"
+                      for d in ROLLUP_DIMENSIONS)
+    sums = ", ".join(f"sum({m})" for m in _MEASURES)
+    updates = ", ".join(f"{m} = u.{m} + excluded.{m}" for m in ("requests", *_MEASURES))
+    return f"""
+INSERT INTO usage_hourly AS u ({_KEY}, requests, {", ".join(_MEASURES)})
+SELECT {_KEY}, count(*), {sums} FROM (
+    SELECT d.dim, {_HOUR_OF} AS hour, coalesce(n.organization, '') AS organization,
+           coalesce(n.project, '') AS project, d.value, n.input_tokens,
+           n.cached_input_tokens, n.output_tokens, n.reasoning_tokens, n.cost_nano,
+           n.saved_nano, (n.outcome = 'blocked')::int AS blocked
+    FROM {source} AS n
+    CROSS JOIN LATERAL (
+        SELECT '' AS dim, '' AS value
+{dims}
+        UNION ALL SELECT 'tag', t.key || '=' || t.value FROM jsonb_each_text(
+            CASE WHEN jsonb_typeof(n.tags) = 'object' THEN n.tags END) AS t
+        UNION ALL SELECT 'degraded', g.value FROM jsonb_array_elements_text(
+            CASE WHEN jsonb_typeof(n.degraded) = 'array' THEN n.degraded END) AS g(value)
+    ) AS d
+) AS e
+GROUP BY {_KEY} ORDER BY {_KEY}
+ON CONFLICT ({_KEY}) DO UPDATE SET {updates}"""
+
+
+def _rollup_sql() -> str:
+    """Why: the dashboard and the alert rules aggregate a month of ledger many times an
+    hour; a statement trigger keeps this rollup, so those reads touch hours, not rows.
+    Transition tables hold only rows actually inserted, so a retried batch (``ON CONFLICT
+    DO NOTHING``) is never counted twice."""
+    measures = ",\n    ".join(f"{m} bigint NOT NULL" for m in ("requests", *_MEASURES))
+    return f"""
+CREATE TABLE usage_hourly (
+    dim text COLLATE "C" NOT NULL,
+    hour bigint NOT NULL,
+    organization text COLLATE "C" NOT NULL,
+    project text COLLATE "C" NOT NULL,
+    value text COLLATE "C" NOT NULL,
+    {measures},
+    PRIMARY KEY ({_KEY})
+);
+CREATE FUNCTION tokenstile_usage_hourly() RETURNS trigger LANGUAGE plpgsql
+SET search_path FROM CURRENT AS $fn$
+BEGIN
+{_aggregate("new_rows")};
+    RETURN NULL;
+END
+$fn$;
+CREATE TRIGGER ledger_usage_hourly AFTER INSERT ON ledger
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT
+    EXECUTE FUNCTION tokenstile_usage_hourly();
+{_aggregate("ledger")};
+"""
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "ledger, api keys, overrides", """
 CREATE TABLE ledger (
@@ -80,6 +151,7 @@ CREATE TABLE alerts (
 );
 CREATE INDEX alerts_ts ON alerts (ts);
 """),
+    Migration(3, "hourly usage rollup", _rollup_sql()),
 )
 
 LATEST = MIGRATIONS[-1].version
