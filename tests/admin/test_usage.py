@@ -36,6 +36,9 @@ def test_usage_flagged_request_and_alerts(make_gateway: Any) -> None:
     assert key not in str(row)
     assert admin.get("/usage", group_by="colour", expect=422)["error"]["code"] == \
         "invalid_query"
+    spent = admin.get("/forecast", unit="tokens", project="tight")
+    assert spent["spent"] == rows[0]["input_tokens"] + rows[0]["output_tokens"]
+    assert admin.get("/forecast", project="other")["spent_usd"] == 0
     deadline = time.monotonic() + 5
     while not (alerts := admin.get("/alerts")["data"]):
         assert time.monotonic() < deadline, "no alert recorded for the block"

@@ -185,6 +185,16 @@ class FlaggedParams(_Model):
     limit: int = Field(100, ge=1, le=10_000)
 
 
+class ForecastQuery(_Model):
+    unit: Literal["usd", "tokens"] = "usd"
+    organization: Name | None = None
+    project: Name | None = None
+    team: Name | None = None
+    user: Name | None = None
+    feature: Name | None = None
+    key_id: Name | None = None
+
+
 class AlertParams(_Model):
     since: datetime | None = None
     limit: int = Field(50, ge=1, le=1000)

@@ -13,8 +13,16 @@ from starlette.responses import Response
 
 from tokenstile.admin.endpoint import Call, Endpoint
 from tokenstile.admin.http import ApiError, not_found
-from tokenstile.admin.schemas import AlertParams, BudgetParams, FlaggedParams, UsageParams, as_utc
+from tokenstile.admin.schemas import (
+    AlertParams,
+    BudgetParams,
+    FlaggedParams,
+    ForecastQuery,
+    UsageParams,
+    as_utc,
+)
 from tokenstile.admin.settings import LIST
+from tokenstile.alerts.engine import month_forecast
 from tokenstile.limits.status import budget_status
 from tokenstile.policies.flagged import flagged as listing
 from tokenstile.stores.counters import StoreUnavailable
@@ -122,6 +130,21 @@ async def alerts(call: Call) -> dict[str, Any]:
     return {"data": [record.to_dict() for record in records]}
 
 
+async def forecast(call: Call) -> dict[str, Any]:
+    """Where this month is heading, for the whole ledger or one slice of it."""
+    q = call.query(ForecastQuery)
+    filters = {name: value for name in ("organization", "project", "team", "user", "feature",
+                                        "key_id") if (value := getattr(q, name)) is not None}
+    rt = call.rt
+    result = await month_forecast(rt.db, rt.clock.now(), rt.config.server.timezone,
+                                  unit=q.unit, filters=filters)
+    out: dict[str, Any] = {"unit": q.unit, **result.to_dict()}
+    if q.unit == "usd":  # the series is in nano-USD
+        for name in ("projected_total", "low", "high", "spent", "daily_burn"):
+            out[f"{name}_usd"] = nano_to_usd(round(getattr(result, name)))
+    return out
+
+
 CSV_OR_JSON = {"type": "object", "properties": {"data": {"type": "array"}}}
 ENDPOINTS = [
     Endpoint("GET", "/usage", usage,
@@ -135,6 +158,9 @@ ENDPOINTS = [
     Endpoint("GET", "/budgets", budgets,
              "Every budget: usage in the current window, amount in force and the file's, "
              "reset time", "budgets", response=LIST, query=BudgetParams, errors=(503,)),
+    Endpoint("GET", "/forecast", forecast,
+             "This month's projected total (with a low-high range) and daily burn",
+             "usage", response={"type": "object"}, query=ForecastQuery),
     Endpoint("GET", "/alerts", alerts, "Alerts fired, newest first, with their deliveries",
              "usage", response=LIST, query=AlertParams),
 ]
