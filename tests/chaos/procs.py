@@ -20,6 +20,17 @@ from typing import IO, Any
 import orjson
 import yaml
 
+import tokenstile
+
+# Child processes run the same tokenstile as this process (whatever is installed).
+_SRC = str(Path(tokenstile.__file__).resolve().parents[1])
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, **(extra or {}),
+            "PYTHONPATH": _SRC + (os.pathsep + path if path else "")}
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -141,7 +152,7 @@ class FakeUpstreamProcess:
     def __init__(self, *extra: str) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tokenstile.testing.fake_upstream", "--port", "0", *extra],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=child_env())
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().strip()
         if not line.startswith("listening on "):
@@ -178,7 +189,7 @@ class GatewayProcess:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = log_path
-        self.env = {**os.environ, **(env or {}), "TOKENSTILE_CONFIG": str(config_path)}
+        self.env = child_env({**(env or {}), "TOKENSTILE_CONFIG": str(config_path)})
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self.starts = 0
@@ -240,7 +251,7 @@ def write_config(path: Path, config: dict[str, Any]) -> Path:
 def cli(config_path: Path, *args: str, env: dict[str, str] | None = None) -> str:
     """``python -m tokenstile ARGS`` on this config; its stdout."""
     done = subprocess.run([sys.executable, "-m", "tokenstile", *args],
-                          env={**os.environ, **(env or {}), "TOKENSTILE_CONFIG": str(config_path)},
+                          env=child_env({**(env or {}), "TOKENSTILE_CONFIG": str(config_path)}),
                           capture_output=True, text=True, timeout=120)
     if done.returncode != 0:
         raise RuntimeError(f"tokenstile {' '.join(args)} failed: {done.stderr[-2000:]}")

@@ -409,7 +409,10 @@ class Gateway:
         try:
             payload = await resp.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
-            self._bill_estimate(ctx, "")
+            # A non-streamed answer is generated whole before it is sent: the provider
+            # charges for it although it never arrived, so it is billed at its cap.
+            self._bill_estimate(ctx, "", at_cap=True)
+            ctx.outcome = "upstream_cut"
             raise UpstreamTimeout(ctx.upstream or "?") if isinstance(exc, TimeoutError) \
                 else GatewayError(502, "the upstream connection broke before the answer was "
                                        "complete", type="api_error", code="upstream_cut") from None
@@ -532,13 +535,17 @@ class Gateway:
         else:
             self._bill_estimate(ctx, observer.output_text())
 
-    def _bill_estimate(self, ctx: RequestContext, output_text: str) -> None:
-        """No usage from the provider: bill our own count of what was sent and received."""
+    def _bill_estimate(self, ctx: RequestContext, output_text: str,
+                       at_cap: bool = False) -> None:
+        """No usage from the provider: bill our own count of what was sent and received
+        (``at_cap``: an answer lost on the way is billed at its output cap)."""
         assert ctx.req is not None
         ctx.estimated = True
-        ctx.usage = Usage(input_tokens=ctx.req.input_tokens,
-                          output_tokens=tokens.count_text(ctx.req.model, output_text)
-                          if output_text else 0)
+        output = tokens.count_text(ctx.req.model, output_text) if output_text else 0
+        if at_cap and ctx.req.output_cap:
+            output = max(output, ctx.req.output_cap)
+            ctx.flags.append("billed_at_cap")
+        ctx.usage = Usage(input_tokens=ctx.req.input_tokens, output_tokens=output)
 
     def _headers(self, ctx: RequestContext) -> dict[str, str]:
         headers = dict(ctx.response_headers)
