@@ -31,21 +31,26 @@ _HOUR_OF = ("(floor(n.ts / 3600)::bigint * 3600 - CASE WHEN floor(n.ts / 3600) *
 _MEASURES = ("input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens",
              "cost_nano", "saved_nano", "blocked")
 _KEY = "dim, hour, organization, project, value"
+SHARDS = 16
 
 
-def _aggregate(source: str) -> str:
+def _aggregate(source: str, shard: str) -> str:
     """Add the rows of ``source`` (the ledger, or a statement's new rows) to the rollup:
     one row per UTC hour × organization × project × dimension value, for the totals
     (``dim = ''``), each of ``ROLLUP_DIMENSIONS``, each tag (``team=search``) and each
-    degradation. NULL is stored as ''. Upserted in key order, so that concurrent batches
-    lock rollup rows in the same order and cannot deadlock."""
+    degradation. NULL is stored as ''.
+
+    Each batch adds into one of ``SHARDS`` copies of its rows (``shard``, picked at random
+    per batch; readers sum them), so that gateways writing the same hour and project at
+    once rarely wait for each other's row locks; and it upserts in key order, so that two
+    batches that do meet lock rows in the same order and cannot deadlock."""
     dims = "\n".join(f"        UNION ALL SELECT '{d}', coalesce(n.\"{d}\", '')"
                       for d in ROLLUP_DIMENSIONS)
     sums = ", ".join(f"sum({m})" for m in _MEASURES)
     updates = ", ".join(f"{m} = u.{m} + excluded.{m}" for m in ("requests", *_MEASURES))
     return f"""
-INSERT INTO usage_hourly AS u ({_KEY}, requests, {", ".join(_MEASURES)})
-SELECT {_KEY}, count(*), {sums} FROM (
+INSERT INTO usage_hourly AS u ({_KEY}, shard, requests, {", ".join(_MEASURES)})
+SELECT {_KEY}, {shard}, count(*), {sums} FROM (
     SELECT d.dim, {_HOUR_OF} AS hour, coalesce(n.organization, '') AS organization,
            coalesce(n.project, '') AS project, d.value, n.input_tokens,
            n.cached_input_tokens, n.output_tokens, n.reasoning_tokens, n.cost_nano,
@@ -61,7 +66,7 @@ SELECT {_KEY}, count(*), {sums} FROM (
     ) AS d
 ) AS e
 GROUP BY {_KEY} ORDER BY {_KEY}
-ON CONFLICT ({_KEY}) DO UPDATE SET {updates}"""
+ON CONFLICT ({_KEY}, shard) DO UPDATE SET {updates}"""
 
 
 def _rollup_sql() -> str:
@@ -77,20 +82,23 @@ CREATE TABLE usage_hourly (
     organization text COLLATE "C" NOT NULL,
     project text COLLATE "C" NOT NULL,
     value text COLLATE "C" NOT NULL,
+    shard smallint NOT NULL,
     {measures},
-    PRIMARY KEY ({_KEY})
+    PRIMARY KEY ({_KEY}, shard)
 );
 CREATE FUNCTION tokenstile_usage_hourly() RETURNS trigger LANGUAGE plpgsql
 SET search_path FROM CURRENT AS $fn$
+DECLARE
+    batch_shard smallint := floor(random() * {SHARDS});
 BEGIN
-{_aggregate("new_rows")};
+{_aggregate("new_rows", "batch_shard")};
     RETURN NULL;
 END
 $fn$;
 CREATE TRIGGER ledger_usage_hourly AFTER INSERT ON ledger
     REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT
     EXECUTE FUNCTION tokenstile_usage_hourly();
-{_aggregate("ledger")};
+{_aggregate("ledger", "0")};
 """
 
 
