@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import openai
@@ -12,6 +14,7 @@ import pytest
 import requests
 
 from tests.conftest import Gateway
+from tokenstile.clock import FakeClock
 from tokenstile.types import LedgerRow
 
 ADMIN_KEY = "adm-dash-0123456789abcdef0123456789"
@@ -76,6 +79,64 @@ def synthetic_rows(now: float, days: int = 40, per_day: int = 40, seed: int = 7
                 block_reason="budget:projects.search.daily_budget_usd" if blocked else None,
                 degraded=degraded, latency_ms=rng.uniform(200, 2000)))
     return rows
+
+
+NOW = datetime(2026, 11, 20, 15, 30, tzinfo=UTC)
+DAY_START = datetime(2026, 11, 20, tzinfo=UTC).timestamp()
+MONTH_START = datetime(2026, 11, 1, tzinfo=UTC).timestamp()
+
+
+class Traffic:
+    """A gateway at a fixed time with a month of synthetic usage, two project keys, and a
+    few real requests sent through the openai SDK."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.search = gateway.key(project="search", user="alice", name="search app")
+        self.support = gateway.key(project="support", user="bob", name="support bot")
+        gateway.run(gateway.runtime.db.insert_ledger(synthetic_rows(NOW.timestamp())))
+        for _ in range(3):
+            chat(gateway, self.search, feature="chat")
+        chat(gateway, self.support, model="gpt-4o")
+        wait_for_rows(gateway, 4)
+
+    def rows(self, **filters: Any) -> list[LedgerRow]:
+        return self.gateway.rows(**filters)
+
+
+def wait_for_rows(gateway: Gateway, count: int, timeout: float = 10.0) -> list[LedgerRow]:
+    """The rows of real requests, once ``count`` of them are written (a row is handed to
+    the ledger writer just after its answer is sent, so a test can be there first)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = [r for r in gateway.rows() if not r.id.startswith("syn-")]
+        if len(rows) >= count or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.02)
+
+
+def totals(rows: Iterable[LedgerRow], since: float | None = None,
+           project: str | None = None) -> dict[str, int]:
+    """What the dashboard must report for these rows, computed here from the ledger."""
+    picked = [r for r in rows if (since is None or r.ts >= since)
+              and (project is None or r.project == project)]
+    return {"requests": len(picked), "cost_nano": sum(r.cost_nano for r in picked),
+            "tokens": sum(r.input_tokens + r.output_tokens for r in picked),
+            "blocked": sum(r.outcome == "blocked" for r in picked)}
+
+
+def grouped(rows: Iterable[LedgerRow], column: str, since: float) -> dict[Any, int]:
+    out: dict[Any, int] = {}
+    for row in rows:
+        if row.ts >= since:
+            key = getattr(row, column)
+            out[key] = out.get(key, 0) + row.cost_nano
+    return out
+
+
+@pytest.fixture
+def traffic(make_gateway: Any) -> Traffic:
+    return Traffic(make_gateway(CONFIG, clock=FakeClock(NOW)))
 
 
 @pytest.fixture

@@ -87,6 +87,8 @@ def _pct(value: float | None, digits: int | None = None) -> str:
     if value is None:
         return "–"
     percent = value * 100
+    if 0 < percent < 0.1 and digits is None:
+        return "<0.1 %"
     if digits is None:
         digits = 1 if 0 < abs(percent) < 10 else 0
     return f"{percent:.{digits}f} %"
@@ -390,6 +392,7 @@ class DashboardWeb:
         classes = [("c6" if g.get("other") else f"c{i % 6}") for i, g in enumerate(groups)]
         chart = charts.columns_chart(
             columns, title=f"Spend by {by} over time", series=names, series_classes=classes,
+            width=1200.0, height=280.0,
             description=f"Spend per {'hour' if hourly else 'day'} for the largest {by} values, "
                         "stacked; the table below lists every value.")
         extra = {"by": by, "range": view["range"]}
@@ -641,8 +644,10 @@ def dashboard_routes(rt: Runtime, public: bool) -> list[BaseRoute]:
     from tokenstile.admin.dashboard_api import api_routes
 
     web: Any = DashboardWeb(rt)
-    api: Any = api_routes(rt)[0].app
+    api: BaseRoute = api_routes(rt)[0]
     if public:
-        web, api = Elsewhere(rt, web), Elsewhere(rt, api)
+        web = Elsewhere(rt, web)
+        api = Route("/api/dashboard", Elsewhere(rt, api_routes(rt)[0].app),
+                    methods=["GET", "HEAD"])
     return [Route(BASE, lambda request: RedirectResponse(BASE + "/", 307)),
-            Mount(BASE, app=web), Route("/api/dashboard", api, methods=["GET", "HEAD"])]
+            Mount(BASE, app=web), api]

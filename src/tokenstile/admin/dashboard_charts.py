@@ -77,23 +77,24 @@ class Column:
     """A forecast drawn as a hatched bar on top (or instead, for days to come)."""
 
 
-_W, _H = 720.0, 220.0
 _LEFT, _RIGHT, _TOP, _BOTTOM = 56.0, 12.0, 12.0, 28.0
 
 
 def columns_chart(columns: Sequence[Column], *, title: str, description: str,
                   series: Sequence[str] = ("",), unit: str = "usd",
                   fmt: Callable[[float], str] = money,
-                  series_classes: Sequence[str] | None = None) -> Markup:
-    """A column chart (stacked when there are several series) with a y axis."""
+                  series_classes: Sequence[str] | None = None,
+                  width: float = 720.0, height: float = 220.0) -> Markup:
+    """A column chart (stacked when there are several series) with a y axis; ``width`` and
+    ``height`` set the drawing's proportions (it scales to its box, text included)."""
     classes = list(series_classes or [f"c{i % SERIES_CLASSES}" for i in range(len(series))])
     totals = [sum(c.values) + (c.projected or 0.0) for c in columns]
     top = 4 * nice_ceiling(max(totals, default=0.0) / 4)
-    plot_w, plot_h = _W - _LEFT - _RIGHT, _H - _TOP - _BOTTOM
+    plot_w, plot_h = width - _LEFT - _RIGHT, height - _TOP - _BOTTOM
     n = max(len(columns), 1)
     slot = plot_w / n
     bar = max(1.0, slot * 0.72)
-    parts = [f'<svg class="chart" viewBox="0 0 {_W:g} {_H:g}" role="img" '
+    parts = [f'<svg class="chart" viewBox="0 0 {width:g} {height:g}" role="img" '
              f'aria-labelledby="{_id(title)}-t {_id(title)}-d" '
              f'preserveAspectRatio="xMidYMid meet">',
              f'<title id="{_id(title)}-t">{escape(title)}</title>',
@@ -101,7 +102,7 @@ def columns_chart(columns: Sequence[Column], *, title: str, description: str,
     for i in range(5):
         value = top * i / 4
         y = _TOP + plot_h - plot_h * i / 4
-        parts.append(f'<line class="grid" x1="{_LEFT:g}" x2="{_W - _RIGHT:g}" '
+        parts.append(f'<line class="grid" x1="{_LEFT:g}" x2="{width - _RIGHT:g}" '
                      f'y1="{y:.1f}" y2="{y:.1f}"/>')
         parts.append(f'<text class="axis" x="{_LEFT - 6:g}" y="{y + 4:.1f}" '
                      f'text-anchor="end">{escape(_axis_label(value, unit))}</text>')
@@ -127,9 +128,9 @@ def columns_chart(columns: Sequence[Column], *, title: str, description: str,
                          f'{escape(column.label)} forecast {escape(fmt(column.projected))}'
                          '</title></rect>')
         if column.tick:
-            parts.append(f'<text class="axis" x="{x + bar / 2:.2f}" y="{_H - 8:g}" '
+            parts.append(f'<text class="axis" x="{x + bar / 2:.2f}" y="{height - 8:g}" '
                          f'text-anchor="middle">{escape(column.tick)}</text>')
-    parts.append(f'<line class="baseline" x1="{_LEFT:g}" x2="{_W - _RIGHT:g}" '
+    parts.append(f'<line class="baseline" x1="{_LEFT:g}" x2="{width - _RIGHT:g}" '
                  f'y1="{_TOP + plot_h:g}" y2="{_TOP + plot_h:g}"/>')
     parts.append("</svg>")
     return Markup("".join(parts))

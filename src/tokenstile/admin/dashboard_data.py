@@ -433,12 +433,14 @@ async def breakdown(ctx: Context, by: str, range_name: str | None = None,
     """Usage by one dimension over a range: a table and, for the largest few, a series."""
     column = DIMENSIONS[by]
     name, start, end = resolve_range(ctx, range_name, since, until)
-    rows = await ctx.usage(start, end, group_by=[column])
+    # a range that ends now takes in everything recorded so far, this instant's rows too
+    upto = None if end >= ctx.now else end
+    rows = await ctx.usage(start, upto, group_by=[column])
     table = _breakdown_rows(rows, column)
     bucket = "hour" if end - start <= 2 * 86400 else "day"
     labels = bucket_labels(start, end, bucket, ctx.tz)
     top = [item["name"] for item in table[:BREAKDOWN_TOP]]
-    groups = await _series_groups(ctx, column, top, start, end, bucket, labels)
+    groups = await _series_groups(ctx, column, top, start, upto, bucket, labels)
     total = figures({t: sum(int(r.get(t) or 0) for r in rows) for t in TOTALS})
     return {"scope": ctx.scope.as_dict(), "by": by, "range": name, "since": start, "until": end,
             "timezone": ctx.tz, "total": total if by != "tag" else None, "data": table,
@@ -446,8 +448,9 @@ async def breakdown(ctx: Context, by: str, range_name: str | None = None,
             "series": {"bucket": bucket, "labels": labels, "groups": groups}}
 
 
-async def _series_groups(ctx: Context, column: str, top: list[Any], start: float, end: float,
-                         bucket: str, labels: list[str]) -> list[dict[str, Any]]:
+async def _series_groups(ctx: Context, column: str, top: list[Any], start: float,
+                         end: float | None, bucket: str, labels: list[str]
+                         ) -> list[dict[str, Any]]:
     """Spend per bucket for each of the ``top`` values, and for the rest together.
 
     One query per value (each reads one value's rows from the rollup) rather than one
@@ -548,6 +551,7 @@ class FlaggedFilter:
 async def flagged(ctx: Context, f: FlaggedFilter) -> dict[str, Any]:
     """Blocked, rewritten, degraded, audited and failed requests, newest first."""
     name, start, end = resolve_range(ctx, f.range or "30d", f.since, f.until)
+    upto = None if end >= ctx.now else end
     filters: dict[str, Any] = {k: v for k, v in (("project", f.project), ("user", f.user),
                                                  ("feature", f.feature), ("key_id", f.key_id),
                                                  ("policy", f.policy)) if v}
@@ -556,13 +560,13 @@ async def flagged(ctx: Context, f: FlaggedFilter) -> dict[str, Any]:
         return {"scope": ctx.scope.as_dict(), "range": name, "since": start, "until": end,
                 "data": []}
     fetch = min(max(f.limit * 5, 500), 20_000)
-    rows = await ctx.rt.db.ledger_rows(limit=fetch, flagged=True, since=start, until=end,
+    rows = await ctx.rt.db.ledger_rows(limit=fetch, flagged=True, since=start, until=upto,
                                        **filters)
     if not f.policy:
         with contextlib.suppress(ValueError):  # a database without the filter
             seen = {r.id for r in rows}
             rows += [r for r in await ctx.rt.db.ledger_rows(
-                limit=fetch, degraded=True, since=start, until=end, **filters)
+                limit=fetch, degraded=True, since=start, until=upto, **filters)
                 if r.id not in seen]
     rows.sort(key=lambda r: (r.ts, r.id), reverse=True)
     items = [item for item in (request_out(r, ctx.tz) for r in rows) if item["kinds"]]
