@@ -194,3 +194,42 @@ def test_the_circuit_opens_after_repeated_failures(make_gateway: Any, fake: Fake
                                     messages=[{"role": "user", "content": "hi"}])
     assert caught.value.status_code == 503 and "circuit open" in caught.value.message
     assert fake.fake.tally.requests == 2  # the third never reached the failing upstream
+
+
+async def test_queue_depth_is_a_metric(make_gateway: Any, fake: FakeHandle) -> None:
+    import asyncio
+
+    import aiohttp
+
+    clock = FakeClock()
+    gateway = make_gateway({
+        "limits": [{"name": "daily", "scope": "project", "window": "day",
+                    "unit": "requests", "amount": 1000, "thresholds": [
+                        {"threshold": 0.001, "action": "throttle", "reduction": 0.1}]}],
+        "degradation": {"throttle_max_wait_s": 30},
+    }, clock=clock)
+    key = gateway.key()
+    body = {"model": "gpt-4o-mini", "max_tokens": 2,
+            "messages": [{"role": "user", "content": "hi"}]}
+
+    async def one(session: aiohttp.ClientSession) -> None:
+        async with session.post(gateway.v1 + "/chat/completions", json=body,
+                                headers={"authorization": f"Bearer {key}"}) as resp:
+            await resp.read()
+
+    async with aiohttp.ClientSession() as session:
+        waiting = [asyncio.create_task(one(session)) for _ in range(4)]
+        depth = 0.0
+        for _ in range(100):
+            async with session.get(gateway.url + "/metrics") as resp:
+                text = await resp.text()
+            line = next(ln for ln in text.splitlines()
+                        if ln.startswith("tokenstile_throttle_queue_depth "))
+            depth = float(line.split()[1])
+            if depth > 0:
+                break
+            await asyncio.sleep(0.05)
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
+    assert depth >= 1
