@@ -351,3 +351,20 @@ def test_the_dashboard_goes_with_the_admin_api_to_its_own_address(make_gateway: 
     key = gateway.key(project="search")
     chat(gateway, key)
     assert wait_for_rows(gateway, 1)
+
+
+def test_names_from_the_ledger_are_escaped_everywhere(dash: Gateway,
+                                                       admin_web: requests.Session) -> None:
+    from tokenstile.types import LedgerRow
+
+    evil = '<img src=x onerror="alert(1)">'
+    now = dash.runtime.clock.now()
+    dash.run(dash.runtime.db.insert_ledger([LedgerRow(
+        id="evil-1", ts=now - 60, project=evil, user=evil, feature=evil, served_model=evil,
+        tags={"team": evil}, cost_nano=5, outcome="blocked", status=429, block_reason=evil,
+        flags=[evil])]))
+    for path in ("/dashboard/", "/dashboard/breakdown?by=user", "/dashboard/breakdown?by=tag",
+                 "/dashboard/breakdown?by=model", "/dashboard/flagged",
+                 "/dashboard/requests/evil-1"):
+        text = page(admin_web, dash.url + path)
+        assert evil not in text and "<img" not in text, path
