@@ -206,8 +206,10 @@ def serve(config_path: str | None, host: str | None, port: int | None,
     workers = workers or config.server.workers
     click.echo(f"tokenstile {__version__} serving on http://{host}:{port}/v1 "
                f"({workers} worker{'s' if workers > 1 else ''})", err=True)
+    from tokenstile.gateway.http_guard import PROTOCOL  # httptools with header bounds
+
     uvicorn.run("tokenstile.app:create_app_from_env", factory=True, host=host, port=port,
-                workers=workers, loop="uvloop", http="httptools", access_log=False,
+                workers=workers, loop="uvloop", http=PROTOCOL, access_log=False,
                 log_level="warning", timeout_graceful_shutdown=10)
 
 

@@ -51,6 +51,11 @@ class ServerConfig(_Strict):
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     max_json_depth: int = Field(64, ge=4, le=10_000)
     max_messages: int = Field(4096, ge=1)
+    # Hostile clients: request line + headers (431 past it), time to send the headers and
+    # the body (408 past them; a client sending a byte a second is cut off).
+    max_header_bytes: int = Field(64 * 1024, ge=1024)
+    header_timeout_s: float = Field(10.0, gt=0)
+    body_timeout_s: float = Field(60.0, gt=0)
     log_bodies: bool = False
     reservation_lease_s: float = Field(60.0, gt=0)
     default_output_tokens: int = Field(4096, ge=1)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
 import orjson
@@ -33,7 +34,44 @@ def header_dict(scope: Scope) -> dict[str, str]:
     return headers
 
 
-async def read_body(receive: Receive, limit: int) -> bytes:
+def header_size(scope: Scope) -> int:
+    """Bytes of the request's path, query and headers (the server has no bound of its own
+    on what reaches the app)."""
+    size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+    for name, value in scope.get("headers", ()):
+        size += len(name) + len(value) + 4
+    return size
+
+
+def headers_too_large(limit: int) -> GatewayError:
+    return GatewayError(431, f"the request headers are larger than {limit:,} bytes",
+                        code="request_headers_too_large", headers={"connection": "close"})
+
+
+def check_body_headers(headers: Mapping[str, str], limit: int) -> None:
+    """Refuse before reading: a declared length past the limit, or a compressed body."""
+    declared = headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise GatewayError(413, f"the request body is larger than {limit:,} bytes",
+                           code="request_too_large", headers={"connection": "close"})
+    encoding = headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise GatewayError(415, f"content-encoding {encoding[:40]!r} is not supported; send "
+                                "the JSON body uncompressed", code="unsupported_content_encoding")
+
+
+async def read_body(receive: Receive, limit: int, timeout_s: float | None = None) -> bytes:
+    """The whole body, at most ``limit`` bytes (413), within ``timeout_s`` seconds (408: a
+    client trickling its body would otherwise hold the request open for ever)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _read_body(receive, limit)
+    except TimeoutError:
+        raise GatewayError(408, f"the request body did not arrive within {timeout_s:g} s",
+                           code="request_timeout", headers={"connection": "close"}) from None
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -45,7 +83,7 @@ async def read_body(receive: Receive, limit: int) -> bytes:
             size += len(chunk)
             if size > limit:
                 raise GatewayError(413, f"the request body is larger than {limit:,} bytes",
-                                   code="request_too_large")
+                                   code="request_too_large", headers={"connection": "close"})
             chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)

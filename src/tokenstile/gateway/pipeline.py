@@ -80,6 +80,8 @@ class Gateway:
         )
         responded = asgi.ResponseTracker(send)
         try:
+            if asgi.header_size(scope) > rt.config.server.max_header_bytes:
+                raise asgi.headers_too_large(rt.config.server.max_header_bytes)
             await self._serve(ctx, receive, responded)
         except asgi.ClientDisconnected:
             ctx.status, ctx.outcome = 499, "client_disconnect"
@@ -106,10 +108,13 @@ class Gateway:
     async def _serve(self, ctx: RequestContext, receive: asgi.Receive,
                      send: asgi.ResponseTracker) -> None:
         rt = self.rt
-        raw = await asgi.read_body(receive, rt.config.server.max_body_bytes)
+        server = rt.config.server
+        asgi.check_body_headers(ctx.headers, server.max_body_bytes)
+        raw = await asgi.read_body(receive, server.max_body_bytes, server.body_timeout_s)
         ctx.caller, ctx.provider_key = await rt.auth.authenticate(ctx.headers)
         adapter = rt.adapters[ctx.wire]
-        body = parse_json_object(raw, rt.config.server.max_json_depth)
+        body = parse_json_object(raw, server.max_json_depth, ctx.headers.get("content-type"))
+        check_message_count(body, server.max_messages)
         req = ctx.req = adapter.parse(ctx.api, body)
         attribute(ctx)
         check_model_access(ctx)
@@ -625,15 +630,19 @@ def replace_body(req: CanonicalRequest, body: dict[str, Any]) -> CanonicalReques
     return replace(req, body=body)
 
 
-def parse_json_object(raw: bytes, max_depth: int) -> dict[str, Any]:
+def parse_json_object(raw: bytes, max_depth: int,
+                      content_type: str | None = None) -> dict[str, Any]:
     if not raw.strip():
         raise bad_request("the request body is empty; expected a JSON object",
                           code="invalid_json")
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        sent = (content_type or "").partition(";")[0].strip().lower()
+        hint = f"; it was sent as {sent[:60]!r}, expected application/json" if sent and \
+            not sent.endswith("json") else ""
         raise bad_request(f"the request body is not valid JSON ({exc.msg} at position "
-                          f"{exc.pos})", code="invalid_json") from None
+                          f"{exc.pos}){hint}", code="invalid_json") from None
     if not isinstance(body, dict):
         raise bad_request(f"the request body must be a JSON object, got "
                           f"{type(body).__name__}", code="invalid_json")
@@ -641,6 +650,17 @@ def parse_json_object(raw: bytes, max_depth: int) -> dict[str, Any]:
         raise bad_request(f"the request body is nested deeper than {max_depth} levels",
                           code="json_too_deep")
     return body
+
+
+def check_message_count(body: dict[str, Any], limit: int) -> None:
+    """``server.max_messages`` bounds every list a request is made of, before any of them
+    is parsed or counted."""
+    for name in ("messages", "input", "prompt"):
+        items = body.get(name)
+        if isinstance(items, list) and len(items) > limit:
+            raise bad_request(f"'{name}' has {len(items):,} items; this gateway accepts at "
+                              f"most {limit:,} (server.max_messages)", param=name,
+                              code="too_many_messages")
 
 
 def json_depth(node: Any, limit: int) -> int:
