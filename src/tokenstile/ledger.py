@@ -185,8 +185,9 @@ class LedgerWriter:
         if items:
             try:
                 await self.spool.remove([item.seq for item in items])
-            except Exception:  # written twice at worst, and the insert is idempotent
+            except Exception:  # written again later, and the insert is idempotent
                 log.exception("cannot remove written rows from the ledger spool")
+                self._schedule_probe()  # not in a tight loop
             self._spool_room = not self.spool.full
         else:
             del self._pending[: len(rows)]
