@@ -160,3 +160,13 @@ def test_any_history_gives_a_sane_forecast(values: list[float], today_value: flo
     assert math.isfinite(f.projected_total) and math.isfinite(f.high)
     assert f.spent <= f.low <= f.projected_total <= f.high
     assert f.days_until_exhausted is None or f.days_until_exhausted >= 0
+
+
+@pytest.mark.parametrize("zeros", [1, 3, 10])
+@pytest.mark.parametrize("ones", [5, 20, 40])
+def test_a_history_that_starts_at_zero_gives_a_finite_range(zeros: int, ones: int) -> None:
+    values = [0.0] * zeros + [1.0] * ones
+    today = date(2025, 1, 1)
+    f = forecast_period(days(today - timedelta(days=len(values)), values), today=today,
+                        today_value=0.0, today_fraction=0.0, budget=1e9)
+    assert math.isfinite(f.high) and f.spent <= f.low <= f.projected_total <= f.high

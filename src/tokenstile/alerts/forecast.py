@@ -251,7 +251,8 @@ class _Fit:
 def _fit(values: Sequence[float], smoother: Smoother, clip: float) -> _Fit:
     """Level and trend from the first one or two weeks, then Holt's updates with clipping."""
     positive = [v for v in values if v > 0]
-    offset = 0.01 * statistics.median(positive) if positive else 1.0
+    # The floor keeps log(0 + offset) defined when the only positive values are tiny.
+    offset = max(0.01 * statistics.median(positive), 1e-9) if positive else 1.0
     ys = [math.log(v + offset) for v in values] if smoother.log else list(values)
     first = ys[: min(7, len(ys))]
     base = statistics.median(first)
@@ -371,8 +372,10 @@ def forecast_period(
     a = chosen.smoother.alpha
     steps = len(remaining_days) + (1 - fraction)
     spread = 1.645 * sigma * math.sqrt(steps + steps ** 2 * a / (2 - a))
-    if len(errors) >= 5:
-        relative = _quantile([abs(e) for e in errors], params.coverage)
+    # A window whose actual sum was 0 gives an infinite relative error: leave those out.
+    finite = [abs(e) for e in errors if math.isfinite(e)]
+    if len(finite) >= 5:
+        relative = _quantile(finite, params.coverage)
         spread = max(spread, future * relative * math.sqrt(max(1.0, horizon / check)))
     low = max(spent, projected - spread)
     high = projected + spread
