@@ -103,6 +103,7 @@ def _web_app(app: TokenstileApp) -> Starlette:
             checks["counters"] = {**rt.admission.store_status(), "status": "unavailable"}
         checks["counters"]["store"] = rt.counters.url.partition(":")[0]
         checks["ledger_backlog"] = rt.ledger.backlog
+        checks["ledger"] = rt.ledger.stats()
         checks["config"] = rt.config_status()
         return JSONResponse({"status": "degraded" if degraded else "ready",
                              "degraded": degraded, "checks": checks})

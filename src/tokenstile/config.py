@@ -76,6 +76,7 @@ class ServerConfig(_Strict):
 class StorageConfig(_Strict):
     counters: str = DEFAULT_DB_URL
     database: str = DEFAULT_DB_URL
+    spool_dir: str | None = None  # where ledger rows wait while the database is down
 
 
 class AuthConfig(_Strict):

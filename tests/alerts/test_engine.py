@@ -318,5 +318,8 @@ async def test_recent_through_the_engine() -> None:
 def test_history_from_url(tmp_path: Path) -> None:
     assert isinstance(history_from_url("memory://"), MemoryAlertHistory)
     assert isinstance(history_from_url(f"sqlite:///{tmp_path}/x.db"), SqliteAlertHistory)
+    from tokenstile.stores.alerts_postgres import PostgresAlertHistory
+
+    assert isinstance(history_from_url("postgresql://u@h/db"), PostgresAlertHistory)
     with pytest.raises(StoreConfigError, match="postgresql"):
-        history_from_url("postgresql://u@h/db")
+        history_from_url("mysql://u@h/db")

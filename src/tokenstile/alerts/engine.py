@@ -289,14 +289,19 @@ class SqliteAlertHistory:
 
 
 def history_from_url(url: str) -> AlertHistory:
-    """``memory://`` or ``sqlite:///path`` (the ledger's file)."""
+    """``memory://``, ``sqlite:///path`` or ``postgresql://…`` (the ledger's database, so
+    every gateway sharing it deduplicates alerts together)."""
     if url.startswith("memory://"):
         return MemoryAlertHistory()
     if url.startswith("sqlite:///"):
         return SqliteAlertHistory(url)
+    if url.startswith(("postgresql://", "postgres://")):
+        from tokenstile.stores.alerts_postgres import PostgresAlertHistory
+
+        return PostgresAlertHistory(url)
     scheme = url.split("://", 1)[0] if "://" in url else url
-    raise StoreConfigError(f"alert history cannot be kept in {scheme!r} storage yet: "
-                           "expected sqlite:///path or memory://")
+    raise StoreConfigError(f"alert history cannot be kept in {scheme!r} storage: "
+                           "expected sqlite:///path, postgresql://… or memory://")
 
 
 @dataclass(slots=True)

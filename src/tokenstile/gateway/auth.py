@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from tokenstile.clock import Clock
 from tokenstile.config import AuthConfig
 from tokenstile.errors import GatewayError, forbidden, unauthorized
+from tokenstile.stores.counters import StoreUnavailable
 from tokenstile.stores.database import KEY_PREFIX, Database, KeyRecord, hash_key
 from tokenstile.types import Caller
 
@@ -95,7 +96,13 @@ class Authenticator:
         if cached is not None and now - cached[1] < self._config.key_cache_ttl_s:
             record = cached[0]
         else:
-            record = await self._db.key_by_hash(digest)
+            try:
+                record = await self._db.key_by_hash(digest)
+            except StoreUnavailable:
+                raise GatewayError(
+                    503, "the key database is unreachable, so this key cannot be checked; "
+                         "try again shortly", type="api_error", code="database_unavailable",
+                    headers={"retry-after": "2"}) from None
             if len(self._cache) >= _CACHE_LIMIT:
                 self._cache.clear()
             self._cache[digest] = (record, now)

@@ -35,6 +35,7 @@ from tokenstile.providers.anthropic import AnthropicAdapter
 from tokenstile.providers.openai import OpenAIAdapter
 from tokenstile.stores.counters import CounterStore, StoreUnavailable, counter_store_from_url
 from tokenstile.stores.database import Database, database_from_url
+from tokenstile.stores.spool import LedgerSpool
 from tokenstile.tokens import encoding_for, ensure_offline_encodings
 from tokenstile.types import usd_to_nano
 
@@ -102,7 +103,9 @@ class Runtime:
         return cls(
             config=config, clock=clock, db=db, counters=counters,
             auth=Authenticator(config.auth, db, clock, admin_key_for(config)),
-            router=router, upstream=upstream, ledger=LedgerWriter(db),
+            router=router, upstream=upstream,
+            ledger=LedgerWriter(db, spool=LedgerSpool.for_database(db.url,
+                                                                   config.storage.spool_dir)),
             pricer=pricer, metrics=metrics,
             policies=PolicyEngine(config, UpstreamModerator(router, upstream), overrides),
             admission=admission, overrides=overrides, adapters=adapters,
@@ -229,8 +232,7 @@ def alert_engine_for(config: Config, clock: Clock) -> AlertEngine:
         channels.setdefault(name, LogChannel())
     if not channels:
         channels["log"] = LogChannel()
-    url = config.storage.database
-    history = history_from_url(url if url.startswith("sqlite:///") else "memory://")
+    history = history_from_url(config.storage.database)
     return AlertEngine(channels, history, clock,
                        default_channels=config.alerting.default_channels)
 
