@@ -52,7 +52,7 @@ def refused(exc: BaseException) -> bool:
 
 
 class LedgerWriter:
-    def __init__(self, db: Database, batch_size: int = 500, linger_s: float = 0.05,
+    def __init__(self, db: Database, batch_size: int = 500, linger_s: float = 0.005,
                  spool: LedgerSpool | None = None, max_retry_delay_s: float = 5.0,
                  close_drain_s: float = 5.0) -> None:
         self._db = db

@@ -30,7 +30,7 @@ def test_a_keys_own_limits_are_enforced(make_file_gateway: Any,
     call(gateway, created["key"])
     with pytest.raises(openai.RateLimitError) as limited:
         call(gateway, created["key"])
-    assert f"key '{created['id']}' has used 2 of its 2 per-minute requests" \
+    assert f"key '{created['id']}' has used or reserved 2 of its 2 per-minute requests" \
         in limited.value.message
     call(gateway, other["key"])  # other keys are not affected
     name = f"keys.{created['id']}.per_minute"

@@ -99,7 +99,7 @@ def test_the_seed_token_limits_yaml_loads_and_is_enforced(
         api.chat.completions.create(model="gpt-4o-mini", messages=CHAT, max_tokens=1)
     with pytest.raises(openai.RateLimitError) as limited:
         api.chat.completions.create(model="gpt-4o-mini", messages=CHAT, max_tokens=1)
-    assert "user 'dana' has used 30 of its 30 per-minute requests" in limited.value.message
+    assert "user 'dana' has used or reserved 30 of its 30 per-minute requests" in limited.value.message
     assert limited.value.response.headers["x-ratelimit-remaining-requests"] == "0"
     assert 1 <= int(limited.value.response.headers["retry-after"]) <= 60
     assert fake.fake.tally.requests == 30
@@ -128,7 +128,7 @@ def test_budget_exhaustion_names_scope_window_used_and_reset(
     with pytest.raises(openai.RateLimitError) as caught:
         api.chat.completions.create(model="gpt-4o-mini", messages=CHAT, max_tokens=290)
     message = caught.value.message
-    assert f"tokenstile: project 'production' has used {used} of its 300 daily tokens" \
+    assert f"tokenstile: project 'production' has used or reserved {used} of its 300 daily tokens" \
         in message
     assert "resets at 00:00 Europe/Berlin" in message
     body: Any = caught.value.body

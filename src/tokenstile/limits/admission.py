@@ -197,11 +197,18 @@ def output_cap_field(req: CanonicalRequest) -> str:
     return "max_tokens"
 
 
+def answers(body: dict[str, Any]) -> int:
+    """Answers one request asks for (``n``, ``best_of``): each may use the whole cap."""
+    values = [v for k in ("n", "best_of") if isinstance(v := body.get(k), int) and v > 1]
+    return max(values, default=1)
+
+
 def set_output_cap(req: CanonicalRequest, cap: int) -> None:
-    """Write the cap into the body that will be forwarded (the client's copy is untouched)."""
+    """Write the cap (per answer) into the body that will be forwarded (the client's copy is
+    untouched); the worst case, ``req.output_cap``, counts every answer asked for."""
     name = req.output_cap_field or output_cap_field(req)
     req.body = {**req.body, name: cap}
-    req.output_cap, req.output_cap_field = cap, name
+    req.output_cap, req.output_cap_field = cap * answers(req.body), name
 
 
 class Admission:
@@ -303,7 +310,7 @@ class Admission:
             if limit.unit == "output_tokens" and (req.output_cap is None
                                                   or req.output_cap > item.hard):
                 previous = req.output_cap
-                set_output_cap(req, item.hard)
+                set_output_cap(req, max(1, item.hard // answers(req.body)))
                 ctx.flags.append(f"max_tokens_set:{limit.name}" if previous is None
                                  else f"max_tokens_clamped:{limit.name}")
         needs_cap = any(a.limit.unit in ("tokens", "output_tokens", "usd") for a in applied)
@@ -312,7 +319,7 @@ class Admission:
             cap = self.default_cap
             for item in applied:
                 if item.limit.window.kind == "request" and item.limit.unit == "tokens":
-                    cap = min(cap, item.hard - req.input_tokens)
+                    cap = min(cap, (item.hard - req.input_tokens) // answers(req.body))
             if cap >= 1:
                 set_output_cap(req, cap)
                 ctx.flags.append("max_tokens_supplied")
@@ -457,6 +464,7 @@ class Admission:
                 return False
             left = limit - used[index] - (req.input_tokens if unit == "tokens" else 0)
             room = min(room, left)
+        room //= answers(req.body)
         if room < MIN_SUPPLIED_CAP:
             return False
         set_output_cap(req, room)
@@ -475,8 +483,9 @@ class Admission:
         used = format_amount(limit.unit, item.used)
         hard = format_amount(limit.unit, item.hard)
         ctx.block_reason = f"budget:{limit.name}"
-        message = (f"{describe_scope(limit, item.scope_id)} has used {used} of its {hard} "
-                   f"{window} {unit}; this request needs "
+        # "reserved": requests still in flight hold their worst case until they settle.
+        message = (f"{describe_scope(limit, item.scope_id)} has used or reserved {used} of "
+                   f"its {hard} {window} {unit}; this request needs "
                    f"{format_amount(limit.unit, item.amount)} more; resets at "
                    f"{describe_reset(limit.window, now)}")
         retry_after = max(1, math.ceil(reset_at - now))
