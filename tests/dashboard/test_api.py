@@ -191,3 +191,19 @@ def test_the_openapi_document_lists_the_twins_for_project_keys(traffic: Traffic)
         operation = doc["paths"][path][endpoint.method.lower()]
         assert {"projectKey": []} in operation["security"], path
     assert doc["components"]["securitySchemes"]["projectKey"]["scheme"] == "bearer"
+
+
+def test_the_overview_answers_when_the_forecast_fails(traffic: Traffic,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from tokenstile.admin import dashboard_data
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise ValueError("math domain error")
+
+    monkeypatch.setattr(dashboard_data, "month_forecast", broken)
+    answer = get(traffic, "/api/dashboard")
+    projected = answer["current_usage"]["projected_monthly"]
+    month = answer["current_usage"]["this_month"]
+    assert projected["method"] == "straight-line"
+    elapsed = (NOW.timestamp() - MONTH_START) / 86400
+    assert projected["cost_usd"] == pytest.approx(month["cost_usd"] / elapsed * 30, rel=1e-6)

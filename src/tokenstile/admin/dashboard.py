@@ -604,7 +604,8 @@ def _method(projected: dict[str, Any]) -> str:
     """The forecast method in words (``damped-trend+weekday`` → trend, weekly rhythm)."""
     method = str(projected.get("method") or "")
     words = {"level": "steady daily burn", "damped-trend": "trend in daily burn",
-             "damped-growth": "growth in daily burn", "run-rate": "today's run rate"}
+             "damped-growth": "growth in daily burn", "run-rate": "today's run rate",
+             "straight-line": "the month's average day"}
     base, _, extra = method.partition("+")
     text = words.get(base, base or "forecast")
     return f"from {text}" + (", with the weekly rhythm" if extra == "weekday" else "")

@@ -8,15 +8,19 @@ one organization for an admin, one project for a project key.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
+from functools import lru_cache
 from typing import Any, Literal
+from zoneinfo import ZoneInfo
 
 from tokenstile.admin.keys import key_out
 from tokenstile.admin.settings import limit_view
+from tokenstile.admin.usage import row_out
 from tokenstile.alerts.engine import month_forecast
-from tokenstile.alerts.forecast import Forecast
+from tokenstile.alerts.forecast import Forecast, month_period, straight_line
 from tokenstile.alerts.recommend import CacheStats, FeatureCap, ModelUsage, TrimStats, recommend
 from tokenstile.gateway.runtime import Runtime
 from tokenstile.limits.model import compile_limits
@@ -39,6 +43,7 @@ RANGES: dict[str, str] = {"today": "Today", "24h": "Last 24 hours", "7d": "Last 
                           "month": "This month", "30d": "Last 30 days",
                           "last_month": "Last month", "90d": "Last 90 days"}
 BREAKDOWN_TOP = 6
+log = logging.getLogger("tokenstile.dashboard")
 RECOMMEND_DAYS = 14
 HOURLY_POINTS = 48
 
@@ -200,10 +205,8 @@ async def overview(ctx: Context) -> dict[str, Any]:
     filters = ctx.scope.filters()
     usd_budget = monthly["amount"] if monthly and monthly["unit"] == "usd" else None
     tok_budget = monthly["amount"] if monthly and monthly["unit"] == "tokens" else None
-    usd = await month_forecast(ctx.rt.db, ctx.now, ctx.tz, unit="usd", filters=filters,
-                               budget=usd_budget)
-    tokens = await month_forecast(ctx.rt.db, ctx.now, ctx.tz, unit="tokens", filters=filters,
-                                  budget=tok_budget)
+    usd = await _forecast(ctx, "usd", filters, usd_budget, month["cost_nano"])
+    tokens = await _forecast(ctx, "tokens", filters, tok_budget, month["tokens"])
     projected = _forecast_dict(usd, tokens)
     if monthly is not None and monthly["unit"] == "tokens":
         projected["days_until_exhausted"] = tokens.days_until_exhausted
@@ -231,6 +234,22 @@ async def overview(ctx: Context) -> dict[str, Any]:
     }
 
 
+async def _forecast(ctx: Context, unit: str, filters: Mapping[str, str],
+                    budget: float | None, spent: float) -> Forecast:
+    """``month_forecast``; should it fail on an unusual history, the straight line, so the
+    overview still answers (the page names the method used)."""
+    try:
+        return await month_forecast(ctx.rt.db, ctx.now, ctx.tz, unit=unit, filters=filters,
+                                    budget=budget)
+    except (ValueError, ArithmeticError):
+        log.exception("the month forecast failed; showing the straight line instead")
+    period = month_period(ctx.now, ctx.tz)
+    elapsed = max((ctx.now - ctx.start_of("month")) / 86400, 1 / 24)
+    projected = straight_line(spent, elapsed, period.days)
+    return Forecast(projected, spent, max(projected, spent), None, "straight-line", spent,
+                    spent / elapsed)
+
+
 async def _budgets_or_none(ctx: Context, seen: list[str]) -> list[dict[str, Any]] | None:
     """Budgets, or None when the counter store cannot be read (the page says so)."""
     try:
@@ -246,9 +265,7 @@ def hour_starts(since: float, until: float) -> list[float]:
 
 
 def local_label(ts: float, kind: str, tz: str) -> str:
-    from zoneinfo import ZoneInfo
-
-    local = datetime.fromtimestamp(ts, ZoneInfo(tz))
+    local = datetime.fromtimestamp(ts, _zone(tz))
     return local.strftime({"hour": "%Y-%m-%dT%H:00", "day": "%Y-%m-%d",
                            "month": "%Y-%m"}[kind])
 
@@ -371,10 +388,10 @@ async def recommendations(ctx: Context, days: int = RECOMMEND_DAYS) -> dict[str,
     daily = await ctx.usage(since, bucket="day")
     if not daily:
         return {"since": since, "days": 0.0, "data": []}
+    # the days the aggregates cover: from the first day with usage (a new gateway has fewer)
     first = min(r["bucket"] for r in daily)
-    first_ts = datetime.fromisoformat(first).replace(tzinfo=UTC).timestamp()
-    span = max(1.0, (ctx.now - max(since, first_ts - 86400)) / 86400)
-    span = min(span, float(days))
+    first_ts = datetime.fromisoformat(first).replace(tzinfo=_zone(ctx.tz)).timestamp()
+    span = min(max(1.0, (ctx.now - max(since, first_ts)) / 86400), float(days))
     models: list[ModelUsage] = [
         {"model": str(r["served_model"]), "requests": int(r["requests"]),
          "input_tokens": int(r["input_tokens"]), "output_tokens": int(r["output_tokens"]),
@@ -518,8 +535,6 @@ def reasons(row: LedgerRow) -> list[str]:
 
 
 def request_out(row: LedgerRow, tz: str) -> dict[str, Any]:
-    from tokenstile.admin.usage import row_out
-
     out = row_out(row)
     out["kinds"] = flag_kinds(row)
     out["reasons"] = reasons(row)
@@ -528,9 +543,8 @@ def request_out(row: LedgerRow, tz: str) -> dict[str, Any]:
     return out
 
 
-def _zone(tz: str) -> Any:
-    from zoneinfo import ZoneInfo
-
+@lru_cache(maxsize=64)
+def _zone(tz: str) -> ZoneInfo:
     return ZoneInfo(tz)
 
 
@@ -643,14 +657,3 @@ async def keys(ctx: Context, state: str = "all") -> dict[str, Any]:
         rows = [r for r in rows if r["state"] == state]
     return {"scope": ctx.scope.as_dict(), "counts": counts, "data": rows,
             "projects": sorted(ctx.rt.config.projects)}
-
-
-def month_bounds_label(ctx: Context) -> str:
-    start = datetime.fromtimestamp(ctx.start_of("month"), _zone(ctx.tz))
-    return start.strftime("%B %Y")
-
-
-def days_in_month(ctx: Context) -> int:
-    start = datetime.fromtimestamp(ctx.start_of("month"), _zone(ctx.tz))
-    nxt = (start.replace(day=28) + timedelta(days=4)).replace(day=1)
-    return (nxt - start).days
