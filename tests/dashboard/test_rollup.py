@@ -19,7 +19,7 @@ from tokenstile.stores.database import UsageQuery
 from tokenstile.stores.db_sqlite import SqliteDatabase
 from tokenstile.types import LedgerRow
 
-T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+T0 = 1_775_174_400.0  # 2026-04-03: Lord Howe leaves summer time (by 30 minutes) on the 5th
 TOTALS = ("requests", "input_tokens", "cached_input_tokens", "output_tokens",
           "reasoning_tokens", "cost_nano", "saved_nano", "blocked")
 
@@ -99,7 +99,8 @@ def test_the_rollup_matches_the_ledger(tmp_path: Path) -> None:
            filter_on=st.sampled_from([None, "project", "user"]),
            label=st.sampled_from([None, None, "tag", "degraded"]),
            bucket=st.sampled_from([None, "hour", "day", "month"]),
-           tz=st.sampled_from(["UTC", "Europe/Paris", "Asia/Kolkata", "America/New_York"]),
+           tz=st.sampled_from(["UTC", "Europe/Paris", "Asia/Kolkata", "America/New_York",
+                               "Asia/Tehran", "Australia/Lord_Howe", "America/St_Johns"]),
            since=EDGE, until=EDGE)
     def check(specs: list[dict[str, Any]], keys: list[str], dim: str | None,
               filter_on: str | None, label: str | None, bucket: str | None, tz: str,

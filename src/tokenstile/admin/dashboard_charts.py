@@ -155,11 +155,3 @@ def meter(fraction: float, level: str = "ok", marks: Sequence[float] = (),
 
 def _id(title: str) -> str:
     return "chart-" + "".join(ch if ch.isalnum() else "-" for ch in title.lower())[:40]
-
-
-def ticks(labels: Sequence[str], every: int, show: Callable[[str], str]) -> list[str]:
-    """Tick text for every ``every``-th label (and the last), blank elsewhere."""
-    out = []
-    for i, label in enumerate(labels):
-        out.append(show(label) if i % every == 0 else "")
-    return out

@@ -258,12 +258,6 @@ async def _budgets_or_none(ctx: Context, seen: list[str]) -> list[dict[str, Any]
         return None
 
 
-def hour_starts(since: float, until: float) -> list[float]:
-    first = since - since % 3600
-    return [first + 3600 * i for i in range(int((until - first) // 3600) + 1)
-            if first + 3600 * i < until]
-
-
 def local_label(ts: float, kind: str, tz: str) -> str:
     local = datetime.fromtimestamp(ts, _zone(tz))
     return local.strftime({"hour": "%Y-%m-%dT%H:00", "day": "%Y-%m-%d",

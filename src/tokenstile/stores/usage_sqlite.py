@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from dataclasses import replace
+from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -325,6 +326,9 @@ def _items(cursor: sqlite3.Cursor, names: Sequence[str]) -> list[dict[str, Any]]
 def usage_from(conn: sqlite3.Connection, query: UsageQuery,
                label: str | None = None) -> list[dict[str, Any]]:
     """``Database.usage`` (and, with ``label``, ``usage_by_label``) on one connection."""
+    if query.bucket in ("day", "month") and not hour_aligned(query.tz) and \
+            _plan(replace(query, bucket=None), label) is not None:
+        return _bucket_by_bucket(conn, query, label)
     names = _names(query, label)
     dim = _plan(query, label)
     lo, hi = query.since, query.until
@@ -344,6 +348,36 @@ def usage_from(conn: sqlite3.Connection, query: UsageQuery,
         items = _merged(items, len(names) - len(TOTALS))
     items = [item for item in items if item["requests"]]
     items.sort(key=lambda i: (i["bucket"] if query.bucket else "", -i["cost_nano"]))
+    return items[:query.limit]
+
+
+def _bucket_by_bucket(conn: sqlite3.Connection, query: UsageQuery, label: str | None
+                      ) -> list[dict[str, Any]]:
+    """Day or month buckets in a zone whose days start off the hour (India, Nepal …): one
+    unbucketed query per local day or month, each served by the rollup but for the partial
+    hours at its ends."""
+    lo, hi = query.since, query.until
+    if lo is None or hi is None:
+        first, last = conn.execute("SELECT min(ts), max(ts) FROM ledger").fetchone()
+        if first is None:
+            return []
+        lo = first if lo is None else lo
+        hi = last + 1 if hi is None else hi
+    zone = _zone(query.tz)
+    items: list[dict[str, Any]] = []
+    start = lo
+    while start < hi:
+        local = datetime.fromtimestamp(start, zone).date()
+        if query.bucket == "day":
+            following = local + timedelta(days=1)
+        else:
+            following = date(local.year + local.month // 12, local.month % 12 + 1, 1)
+        end = min(hi, datetime.combine(following, time(0), zone).timestamp())
+        part = replace(query, since=start, until=end, bucket=None, limit=10**9)
+        bucket = bucket_label(start, str(query.bucket), query.tz)
+        items += [{"bucket": bucket, **item} for item in usage_from(conn, part, label)]
+        start = end
+    items.sort(key=lambda i: (i["bucket"], -i["cost_nano"]))
     return items[:query.limit]
 
 
