@@ -49,6 +49,8 @@ log = logging.getLogger("tokenstile.gateway")
 MAX_UPSTREAM_BODY = 256 * 1024 * 1024
 # How long a finished request keeps its reservation while its ledger row is written.
 ROW_WAIT_S = 2.0
+# Largest output cap accepted: keeps every worst case (tokens, nano-USD) in 64 bits.
+MAX_OUTPUT_CAP = 2**31 - 1
 
 
 class Gateway:
@@ -116,6 +118,7 @@ class Gateway:
         body = parse_json_object(raw, server.max_json_depth, ctx.headers.get("content-type"))
         check_message_count(body, server.max_messages)
         req = ctx.req = adapter.parse(ctx.api, body)
+        check_output_cap(req)
         attribute(ctx)
         check_model_access(ctx)
         rt.overrides.check(ctx)
@@ -650,6 +653,16 @@ def parse_json_object(raw: bytes, max_depth: int,
         raise bad_request(f"the request body is nested deeper than {max_depth} levels",
                           code="json_too_deep")
     return body
+
+
+def check_output_cap(req: CanonicalRequest) -> None:
+    """No model writes billions of tokens; a cap past ``MAX_OUTPUT_CAP`` (``max_tokens`` times
+    ``n``) is refused before its worst case is priced and sent to the counter store."""
+    if req.output_cap is not None and req.output_cap > MAX_OUTPUT_CAP:
+        name = req.output_cap_field or "max_tokens"
+        raise bad_request(f"the output cap ('{name}', times 'n' when given) is "
+                          f"{req.output_cap:,} tokens; at most {MAX_OUTPUT_CAP:,} is accepted",
+                          param=name)
 
 
 def check_message_count(body: dict[str, Any], limit: int) -> None:
