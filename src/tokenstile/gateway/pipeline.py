@@ -456,6 +456,17 @@ class Gateway:
             payload = b""
         ctx.status, ctx.outcome = resp.status, "upstream_error"
         ctx.usage = Usage()
+        if resp.status == 401 and ctx.provider_key is None:
+            # The gateway's own provider key was refused. The upstream's message may quote
+            # part of that key, and fixing it is the operator's business, not the client's.
+            log.warning("upstream %r refused the gateway's provider key (401)", ctx.upstream)
+            err = GatewayError(502, f"upstream {ctx.upstream!r} refused the gateway's own "
+                                    "provider key; the gateway's operator must fix it",
+                               type="api_error", code="upstream_auth_failed")
+            ctx.status = err.status
+            await asgi.send_json(send, err.status, err.body(ctx.wire), self._headers(ctx),
+                                 ctx.id)
+            return
         if not payload:
             err = GatewayError(resp.status, f"upstream {ctx.upstream!r} answered "
                                f"{resp.status} with no body", type="api_error",
