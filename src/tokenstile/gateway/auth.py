@@ -37,7 +37,8 @@ class Authenticator:
         self._db = db
         self._clock = clock
         self._admin_key = admin_key
-        self._cache: dict[str, tuple[KeyRecord | None, float]] = {}
+        # digest → (record, the Caller built from it, when it was fetched)
+        self._cache: dict[str, tuple[KeyRecord | None, Caller | None, float]] = {}
 
     def reconfigure(self, config: AuthConfig, admin_key: str | None) -> None:
         self._config = config
@@ -59,8 +60,7 @@ class Authenticator:
         if tokenstile_key is None and presented and presented.startswith(KEY_PREFIX):
             tokenstile_key, presented = presented, None
         if tokenstile_key:
-            record = await self._lookup(tokenstile_key)
-            caller = record.caller()
+            record, caller = await self._lookup(tokenstile_key)
             if presented:
                 if not record.passthrough or self._config.mode == "keys":
                     if migrating:
@@ -89,12 +89,12 @@ class Authenticator:
             "the API key is not a tokenstile key; create one with "
             "'tokenstile keys create --project P --user U'")
 
-    async def _lookup(self, secret: str) -> KeyRecord:
+    async def _lookup(self, secret: str) -> tuple[KeyRecord, Caller]:
         digest = hash_key(secret)
         now = self._clock.monotonic()
         cached = self._cache.get(digest)
-        if cached is not None and now - cached[1] < self._config.key_cache_ttl_s:
-            record = cached[0]
+        if cached is not None and now - cached[2] < self._config.key_cache_ttl_s:
+            record, caller = cached[0], cached[1]
         else:
             try:
                 record = await self._db.key_by_hash(digest)
@@ -105,11 +105,13 @@ class Authenticator:
                     headers={"retry-after": "2"}) from None
             if len(self._cache) >= _CACHE_LIMIT:
                 self._cache.clear()
-            self._cache[digest] = (record, now)
+            caller = record.caller() if record is not None else None
+            self._cache[digest] = (record, caller, now)
         if record is None:
             raise unauthorized("unknown API key")
         if not record.active(self._clock.now()):
             state = "revoked" if record.revoked_at is not None else "expired"
             raise GatewayError(401, f"this API key was {state}", type="authentication_error",
                                code=f"key_{state}")
-        return record
+        assert caller is not None
+        return record, caller
