@@ -323,8 +323,8 @@ class Gateway:
                     code="upstream_circuit_open", headers={"retry-after": "5"})
                 continue
             bridge = self._bridge(ctx, target) if target.wire != ctx.wire else None
-            body = {**req.body, "model": target.model}
-            candidate = replace_body(req, body)
+            candidate = req if req.body.get("model") == target.model else \
+                replace_body(req, {**req.body, "model": target.model})
             payload = orjson.dumps(bridge.upstream_body(candidate) if bridge is not None
                                    else rt.adapters[ctx.wire].upstream_body(candidate))
             url = upstream_url(target.config, bridge.upstream_api if bridge else ctx.api,
