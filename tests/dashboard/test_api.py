@@ -197,10 +197,10 @@ def test_the_overview_answers_when_the_forecast_fails(traffic: Traffic,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     from tokenstile.admin import dashboard_data
 
-    async def broken(*args: Any, **kwargs: Any) -> Any:
+    def broken(*args: Any, **kwargs: Any) -> Any:
         raise ValueError("math domain error")
 
-    monkeypatch.setattr(dashboard_data, "month_forecast", broken)
+    monkeypatch.setattr(dashboard_data, "forecast_period", broken)
     answer = get(traffic, "/api/dashboard")
     projected = answer["current_usage"]["projected_monthly"]
     month = answer["current_usage"]["this_month"]

@@ -11,7 +11,7 @@ import contextlib
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from functools import lru_cache
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
@@ -19,8 +19,8 @@ from zoneinfo import ZoneInfo
 from tokenstile.admin.keys import key_out
 from tokenstile.admin.settings import limit_view
 from tokenstile.admin.usage import row_out
-from tokenstile.alerts.engine import month_forecast
-from tokenstile.alerts.forecast import Forecast, month_period, straight_line
+from tokenstile.alerts.engine import unit_value
+from tokenstile.alerts.forecast import Forecast, forecast_period, month_period, straight_line
 from tokenstile.alerts.recommend import CacheStats, FeatureCap, ModelUsage, TrimStats, recommend
 from tokenstile.gateway.runtime import Runtime
 from tokenstile.limits.model import compile_limits
@@ -202,11 +202,11 @@ async def overview(ctx: Context) -> dict[str, Any]:
     budgets = await _budgets_or_none(ctx, [str(r["project"]) for r in by_project
                                            if r.get("project")])
     monthly = _pick(budgets or [], "month", ctx.scope)
-    filters = ctx.scope.filters()
     usd_budget = monthly["amount"] if monthly and monthly["unit"] == "usd" else None
     tok_budget = monthly["amount"] if monthly and monthly["unit"] == "tokens" else None
-    usd = await _forecast(ctx, "usd", filters, usd_budget, month["cost_nano"])
-    tokens = await _forecast(ctx, "tokens", filters, tok_budget, month["tokens"])
+    days = await month_days(ctx)
+    usd = _forecast(ctx, days, "usd", usd_budget, month["cost_nano"])
+    tokens = _forecast(ctx, days, "tokens", tok_budget, month["tokens"])
     projected = _forecast_dict(usd, tokens)
     if monthly is not None and monthly["unit"] == "tokens":
         projected["days_until_exhausted"] = tokens.days_until_exhausted
@@ -225,7 +225,7 @@ async def overview(ctx: Context) -> dict[str, Any]:
             "monthly": monthly["utilization"] if monthly else None}},
         "budgets": budgets,
         "burn_rate": {"hourly": await hourly_burn(ctx),
-                      "daily": await daily_burn(ctx, usd, tokens)},
+                      "daily": daily_burn(ctx, days, usd, tokens)},
         "breakdown": {"by_project": _breakdown_rows(by_project, "project", 10),
                       "by_model": _breakdown_rows(by_model, "served_model", 10),
                       "by_user": _breakdown_rows(by_user, "user", 10)},
@@ -234,16 +234,30 @@ async def overview(ctx: Context) -> dict[str, Any]:
     }
 
 
-async def _forecast(ctx: Context, unit: str, filters: Mapping[str, str],
-                    budget: float | None, spent: float) -> Forecast:
-    """``month_forecast``; should it fail on an unusual history, the straight line, so the
-    overview still answers (the page names the method used)."""
+async def month_days(ctx: Context) -> list[dict[str, Any]]:
+    """Usage per day of this month and the last: the query ``month_forecast`` makes, made
+    once for both units and the daily chart."""
+    window = Window("month", tz=ctx.tz)
+    since = window_start(window, window_start(window, ctx.now) - 1)
+    return await ctx.rt.db.usage(UsageQuery(since=since, until=ctx.now + 1, bucket="day",
+                                            tz=ctx.tz, filters=ctx.scope.filters(),
+                                            limit=1_000))
+
+
+def _forecast(ctx: Context, days: list[dict[str, Any]], unit: str, budget: float | None,
+              spent: float) -> Forecast:
+    """What ``month_forecast`` answers, from ``month_days``; should the method fail on an
+    unusual history, the straight line, so the overview still answers (and says so)."""
+    period = month_period(ctx.now, ctx.tz)
+    values = {date.fromisoformat(r["bucket"]): float(unit_value(r, unit)) for r in days}
+    history = sorted((d, v) for d, v in values.items() if d != period.today)
     try:
-        return await month_forecast(ctx.rt.db, ctx.now, ctx.tz, unit=unit, filters=filters,
-                                    budget=budget)
+        return forecast_period(history, today=period.today,
+                               today_value=values.get(period.today, 0.0),
+                               today_fraction=period.today_fraction,
+                               period=(period.start, period.end), budget=budget)
     except (ValueError, ArithmeticError):
         log.exception("the month forecast failed; showing the straight line instead")
-    period = month_period(ctx.now, ctx.tz)
     elapsed = max((ctx.now - ctx.start_of("month")) / 86400, 1 / 24)
     projected = straight_line(spent, elapsed, period.days)
     return Forecast(projected, spent, max(projected, spent), None, "straight-line", spent,
@@ -293,13 +307,13 @@ async def hourly_burn(ctx: Context) -> list[dict[str, Any]]:
     return _series(rows, bucket_labels(since, ctx.now + 1, "hour", ctx.tz))
 
 
-async def daily_burn(ctx: Context, usd: Forecast, tokens: Forecast) -> list[dict[str, Any]]:
+def daily_burn(ctx: Context, days: list[dict[str, Any]], usd: Forecast, tokens: Forecast
+               ) -> list[dict[str, Any]]:
     """Spend per day of this month; the days still to come carry the forecast."""
     month_start = ctx.start_of("month")
     next_month = ctx.start_of("month", month_start + 40 * 86400)
-    rows = await ctx.usage(month_start, bucket="day")
     labels = bucket_labels(month_start, next_month, "day", ctx.tz)
-    series = _series(rows, labels)
+    series = _series(days, labels)
     today = local_label(ctx.now, "day", ctx.tz)
     position = labels.index(today) if today in labels else len(labels)
     for i, item in enumerate(series):

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from typing import Any
@@ -38,10 +38,13 @@ TOTALS = ("requests", "input_tokens", "cached_input_tokens", "output_tokens",
 _MEASURES = ("input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens",
              "cost_nano", "saved_nano")
 HOUR = 3600
+SLOT = 900  # every zone's offset is a multiple of a quarter hour (Nepal: +5:45)
 
 # floor(ts / 3600) * 3600, exact even where the division rounds up across an hour boundary.
 _HOUR_OF = ("((CAST({ts} / 3600 AS INTEGER) - (CAST({ts} / 3600 AS INTEGER) * 3600 > {ts}))"
             " * 3600)")
+_SLOT_OF = ("((CAST({ts} / 900 AS INTEGER) - (CAST({ts} / 900 AS INTEGER) * 900 > {ts}))"
+            " * 900)")
 _SOURCES = [("''", "''", ""), *[(f"'{d}'", f"COALESCE({{row}}{d}, '')", "")
                                  for d in ROLLUP_DIMENSIONS],
             ("'tag'", "j.key || '=' || j.value", "json_each({row}tags) AS j"),
@@ -188,18 +191,22 @@ def hour_bucket(hour: int, kind: str, tz: str) -> str:
 
 
 @lru_cache(maxsize=64)
-def hour_aligned(tz: str) -> bool:
-    """True when the zone's offset from UTC was a whole number of hours every day from
-    1980 to 2070: then every local hour, day and month starts on a UTC hour."""
+def aligned(tz: str, seconds: int = HOUR) -> bool:
+    """True when the zone's offset from UTC was a whole number of ``seconds`` every day
+    from 1980 to 2070: then its local hours, days and months start on such a boundary."""
     zone = _zone(tz)
     day = datetime(1980, 1, 1, 12, tzinfo=UTC)
     end = datetime(2070, 1, 1, tzinfo=UTC)
     while day < end:
         offset = day.astimezone(zone).utcoffset()
-        if offset is None or offset.total_seconds() % HOUR:
+        if offset is None or offset.total_seconds() % seconds:
             return False
         day += timedelta(days=1)
     return True
+
+
+def hour_aligned(tz: str) -> bool:
+    return aligned(tz, HOUR)
 
 
 # --- queries ---------------------------------------------------------------------------------
@@ -215,9 +222,8 @@ def _floor_hour(ts: float) -> int:
 
 
 def _plan(query: UsageQuery, label: str | None) -> str | None:
-    """The rollup dimension that answers ``query`` (``''`` for totals), or None."""
-    if query.bucket and not hour_aligned(query.tz):
-        return None
+    """The rollup dimension that answers ``query`` (``''`` for totals), or None; buckets
+    are dealt with in ``usage_from``."""
     columns = {*query.group_by, *query.filters} - set(_KEYS)
     if label is not None:
         return None if columns else label
@@ -232,12 +238,105 @@ def _names(query: UsageQuery, label: str | None) -> list[str]:
             *([label] if label else []), *TOTALS]
 
 
-def _ledger_sql(query: UsageQuery, label: str | None, since: float | None,
-                until: float | None) -> tuple[str, list[Any]]:
+# --- local time in SQL -----------------------------------------------------------------------
+
+_EPOCH = datetime(1970, 1, 1)
+_KEY_SECONDS = {"hour": HOUR, "day": 86400, "month": 86400}
+
+
+def _offset(zone: ZoneInfo, t: int) -> int:
+    offset = datetime.fromtimestamp(t, zone).utcoffset()
+    return int(offset.total_seconds()) if offset is not None else 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Local:
+    """A zone's offsets over a range as pieces (from, offset): local time becomes integer
+    arithmetic SQLite can group by, with no Python call per row. A bucket key is local
+    hours (or days, for day and month buckets) since 1970; ``label`` names it."""
+
+    pieces: tuple[tuple[int, int], ...]
+
+    @classmethod
+    def over(cls, tz: str, lo: float, hi: float) -> _Local:
+        zone = _zone(tz)
+        t, end = int(lo // 1), int(hi // 1) + 1
+        current = _offset(zone, t)
+        pieces = [(t, current)]
+        while t < end:
+            step = min(t + 86400, end)
+            if _offset(zone, step) == current:
+                t = step
+                continue
+            a, b = t, step  # the offset changes in (a, b]: find the first second of the new one
+            while b - a > 1:
+                middle = (a + b) // 2
+                a, b = (middle, b) if _offset(zone, middle) == current else (a, middle)
+            current = _offset(zone, b)
+            pieces.append((b, current))
+            t = b
+        return cls(tuple(pieces))
+
+    def key(self, column: str, bucket: str) -> tuple[str, list[int]]:
+        """SQL for the bucket key of ``column`` (UTC seconds on a quarter-hour boundary)."""
+        args: list[int] = []
+        if len(self.pieces) == 1:
+            offset = "?"
+            args.append(self.pieces[0][1])
+        else:
+            whens = []
+            for (_, offset_before), (start, _) in zip(self.pieces, self.pieces[1:],
+                                                      strict=False):
+                whens.append(f"WHEN {column} < ? THEN ?")
+                args.extend([start, offset_before])
+            offset = f"CASE {' '.join(whens)} ELSE ? END"
+            args.append(self.pieces[-1][1])
+        return f"(({column} + {offset}) / {_KEY_SECONDS[bucket]})", args
+
+
+@lru_cache(maxsize=100_000)
+def _key_label(key: int, bucket: str) -> str:
+    if bucket == "hour":
+        return (_EPOCH + timedelta(hours=key)).strftime("%Y-%m-%dT%H:00")
+    day = _EPOCH + timedelta(days=key)
+    return day.strftime("%Y-%m-%d" if bucket == "day" else "%Y-%m")
+
+
+def _boundary_hours(query: UsageQuery, first: int, last: int) -> list[int]:
+    """Rollup hours in [first, last) that a local day or month starts inside of: in zones
+    whose days start off the hour they are read from the ledger instead."""
+    zone = _zone(query.tz)
+    out = []
+    start: float = first
+    while start < last:
+        local = datetime.fromtimestamp(start, zone).date()
+        if query.bucket == "month":
+            following = date(local.year + local.month // 12, local.month % 12 + 1, 1)
+        else:
+            following = local + timedelta(days=1)
+        start = datetime.combine(following, time(0), zone).timestamp()
+        if start < last and start % HOUR:
+            out.append(_floor_hour(start))
+    return out
+
+
+# --- the two sources ---------------------------------------------------------------------------
+
+
+Ranges = list[tuple[float | None, float | None]]
+
+
+def _ledger_sql(query: UsageQuery, label: str | None, ranges: Ranges,
+                local: _Local | None) -> tuple[str, list[Any]]:
     selects: list[str] = []
     groups: list[str] = []
     args: list[Any] = []
-    if query.bucket:
+    if query.bucket and local is not None:
+        key, key_args = local.key(_SLOT_OF.format(ts="ledger.ts"), query.bucket)
+        selects.append(f"{key} AS bucket")
+        args.extend(key_args)
+        groups.append("bucket")
+    elif query.bucket:  # a zone off the quarter hour: label row by row
         selects.append("ts_bucket(ledger.ts, ?, ?) AS bucket")
         args.extend([query.bucket, query.tz])
         groups.append("bucket")
@@ -261,30 +360,36 @@ def _ledger_sql(query: UsageQuery, label: str | None, since: float | None,
             raise ValueError(f"cannot filter by {name!r}")
         clauses.append(f"ledger.{name} = ?")
         args.append(value)
-    if since is not None:
-        clauses.append("ledger.ts >= ?")
-        args.append(since)
-    if until is not None:
-        clauses.append("ledger.ts < ?")
-        args.append(until)
+    spans = []
+    for since, until in ranges:
+        parts = []
+        if since is not None:
+            parts.append("ledger.ts >= ?")
+            args.append(since)
+        if until is not None:
+            parts.append("ledger.ts < ?")
+            args.append(until)
+        spans.append(" AND ".join(parts) or "1")
+    clauses.append("(" + " OR ".join(f"({span})" for span in spans) + ")")
     totals = ("COUNT(*), " + ", ".join(f"SUM(ledger.{m})" for m in _MEASURES)
               + ", SUM(CASE WHEN ledger.outcome = 'blocked' THEN 1 ELSE 0 END)")
-    sql = f"SELECT {', '.join([*selects, totals])} FROM {source}"
-    if clauses:
-        sql += " WHERE " + " AND ".join(clauses)
+    sql = (f"SELECT {', '.join([*selects, totals])} FROM {source} "
+           f"WHERE {' AND '.join(clauses)}")
     if groups:
         sql += f" GROUP BY {', '.join(groups)}"
     return sql, args
 
 
 def _rollup_sql(query: UsageQuery, dim: str, label: str | None, since: int | None,
-                until: int | None) -> tuple[str, list[Any]]:
+                until: int | None, local: _Local | None, skip: Sequence[int]
+                ) -> tuple[str, list[Any]]:
     selects: list[str] = []
     groups: list[str] = []
     args: list[Any] = []
-    if query.bucket:
-        selects.append("hour_bucket(hour, ?, ?) AS bucket")
-        args.extend([query.bucket, query.tz])
+    if query.bucket and local is not None:
+        key, key_args = local.key("hour", query.bucket)
+        selects.append(f"{key} AS bucket")
+        args.extend(key_args)
         groups.append("bucket")
     for name in [*query.group_by, *([label] if label else [])]:
         column = name if name in _KEYS else "value"
@@ -301,6 +406,9 @@ def _rollup_sql(query: UsageQuery, dim: str, label: str | None, since: int | Non
     if until is not None:
         clauses.append("hour < ?")
         args.append(until)
+    if skip:
+        clauses.append(f"hour NOT IN ({','.join('?' * len(skip))})")
+        args.extend(skip)
     totals = ", ".join(f"SUM({t})" for t in TOTALS)
     sql = (f"SELECT {', '.join([*selects, totals])} FROM usage_hourly "
            f"WHERE {' AND '.join(clauses)}")
@@ -309,11 +417,14 @@ def _rollup_sql(query: UsageQuery, dim: str, label: str | None, since: int | Non
     return sql, args
 
 
-def _items(cursor: sqlite3.Cursor, names: Sequence[str]) -> list[dict[str, Any]]:
+def _items(cursor: sqlite3.Cursor, names: Sequence[str], query: UsageQuery
+           ) -> list[dict[str, Any]]:
     keys = len(names) - len(TOTALS)
     out = []
     for values in cursor:
         item = dict(zip(names, values, strict=True))
+        if query.bucket and not isinstance(item["bucket"], str):
+            item["bucket"] = _key_label(int(item["bucket"]), query.bucket)
         for name in names[keys:]:
             item[name] = item[name] or 0
         for name in names[:keys]:
@@ -326,59 +437,56 @@ def _items(cursor: sqlite3.Cursor, names: Sequence[str]) -> list[dict[str, Any]]
 def usage_from(conn: sqlite3.Connection, query: UsageQuery,
                label: str | None = None) -> list[dict[str, Any]]:
     """``Database.usage`` (and, with ``label``, ``usage_by_label``) on one connection."""
-    if query.bucket in ("day", "month") and not hour_aligned(query.tz) and \
-            _plan(replace(query, bucket=None), label) is not None:
-        return _bucket_by_bucket(conn, query, label)
     names = _names(query, label)
-    dim = _plan(query, label)
     lo, hi = query.since, query.until
+    local = None
+    if query.bucket and aligned(query.tz, SLOT):
+        span_lo, span_hi = lo, hi
+        if span_lo is None or span_hi is None:
+            # two queries: SQLite reads min() or max() alone from the index, both by a scan
+            (oldest,) = conn.execute("SELECT min(ts) FROM ledger").fetchone()
+            (newest,) = conn.execute("SELECT max(ts) FROM ledger").fetchone()
+            if oldest is None:
+                return []
+            span_lo = oldest if span_lo is None else span_lo
+            span_hi = newest + 1 if span_hi is None else span_hi
+        local = _Local.over(query.tz, span_lo, span_hi)
+    dim = _plan(query, label)
+    whole_hours = aligned(query.tz, HOUR)
+    if query.bucket and not whole_hours and (query.bucket == "hour" or local is None):
+        dim = None  # every local hour straddles two of the rollup's
     first = None if lo is None else _floor_hour(lo) + (0 if _floor_hour(lo) == lo else HOUR)
     last = None if hi is None else _floor_hour(hi)
     if dim is None or (first is not None and last is not None and first >= last):
-        items = _items(conn.execute(*_ledger_sql(query, label, lo, hi)), names)
+        items = _items(conn.execute(*_ledger_sql(query, label, [(lo, hi)], local)), names,
+                       query)
     else:
-        items = _items(conn.execute(*_rollup_sql(query, dim, label, first, last)), names)
-        edges: list[tuple[float, float]] = []
+        skip = [] if whole_hours or not query.bucket else _boundary_hours(
+            query, first if first is not None else _floor_hour(_min_hour(conn, dim)),
+            last if last is not None else _max_hour(conn, dim) + HOUR)
+        items = _items(conn.execute(*_rollup_sql(query, dim, label, first, last, local,
+                                                 skip)), names, query)
+        ranges: Ranges = [(h, h + HOUR) for h in skip]
         if lo is not None and first is not None and lo < first:
-            edges.append((lo, first))
+            ranges.append((lo, first))
         if hi is not None and last is not None and last < hi:
-            edges.append((last, hi))
-        for since, until in edges:
-            items += _items(conn.execute(*_ledger_sql(query, label, since, until)), names)
-        items = _merged(items, len(names) - len(TOTALS))
-    items = [item for item in items if item["requests"]]
+            ranges.append((last, hi))
+        if ranges:
+            items += _items(conn.execute(*_ledger_sql(query, label, ranges, local)), names,
+                            query)
+    items = [item for item in _merged(items, len(names) - len(TOTALS)) if item["requests"]]
     items.sort(key=lambda i: (i["bucket"] if query.bucket else "", -i["cost_nano"]))
     return items[:query.limit]
 
 
-def _bucket_by_bucket(conn: sqlite3.Connection, query: UsageQuery, label: str | None
-                      ) -> list[dict[str, Any]]:
-    """Day or month buckets in a zone whose days start off the hour (India, Nepal …): one
-    unbucketed query per local day or month, each served by the rollup but for the partial
-    hours at its ends."""
-    lo, hi = query.since, query.until
-    if lo is None or hi is None:
-        first, last = conn.execute("SELECT min(ts), max(ts) FROM ledger").fetchone()
-        if first is None:
-            return []
-        lo = first if lo is None else lo
-        hi = last + 1 if hi is None else hi
-    zone = _zone(query.tz)
-    items: list[dict[str, Any]] = []
-    start = lo
-    while start < hi:
-        local = datetime.fromtimestamp(start, zone).date()
-        if query.bucket == "day":
-            following = local + timedelta(days=1)
-        else:
-            following = date(local.year + local.month // 12, local.month % 12 + 1, 1)
-        end = min(hi, datetime.combine(following, time(0), zone).timestamp())
-        part = replace(query, since=start, until=end, bucket=None, limit=10**9)
-        bucket = bucket_label(start, str(query.bucket), query.tz)
-        items += [{"bucket": bucket, **item} for item in usage_from(conn, part, label)]
-        start = end
-    items.sort(key=lambda i: (i["bucket"], -i["cost_nano"]))
-    return items[:query.limit]
+def _min_hour(conn: sqlite3.Connection, dim: str) -> int:
+    found = conn.execute("SELECT min(hour) FROM usage_hourly WHERE dim = ?", (dim,)).fetchone()
+    return int(found[0]) if found and found[0] is not None else 0
+
+
+def _max_hour(conn: sqlite3.Connection, dim: str) -> int:
+    found = conn.execute("SELECT max(hour) FROM usage_hourly WHERE dim = ?", (dim,)).fetchone()
+    return int(found[0]) if found and found[0] is not None else 0
 
 
 def _merged(items: list[dict[str, Any]], keys: int) -> list[dict[str, Any]]:
