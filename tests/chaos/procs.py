@@ -189,7 +189,9 @@ class GatewayProcess:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = log_path
-        self.env = child_env({**(env or {}), "TOKENSTILE_CONFIG": str(config_path)})
+        # Run in the log's directory, spooling there: nothing lands in the caller's cwd.
+        self.env = child_env({"TOKENSTILE_SPOOL_DIR": str(log_path.parent / "spool"),
+                              **(env or {}), "TOKENSTILE_CONFIG": str(config_path)})
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self.starts = 0
@@ -198,7 +200,7 @@ class GatewayProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 (kept open while it runs)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tokenstile", "serve", "--port", str(self.port)],
-            env=self.env, stdout=self._log, stderr=self._log)
+            env=self.env, stdout=self._log, stderr=self._log, cwd=self.log_path.parent)
         wait_for_port(self.port, self.proc, timeout, "the gateway")
         deadline = time.monotonic() + timeout
         while True:
