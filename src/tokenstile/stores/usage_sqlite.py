@@ -192,8 +192,9 @@ def hour_bucket(hour: int, kind: str, tz: str) -> str:
 
 @lru_cache(maxsize=64)
 def aligned(tz: str, seconds: int = HOUR) -> bool:
-    """True when the zone's offset from UTC was a whole number of ``seconds`` every day
-    from 1980 to 2070: then its local hours, days and months start on such a boundary."""
+    """True when the zone's offset from UTC was a whole number of ``seconds`` every week
+    from 1980 to 2070 (no offset lasts less): then its local hours, days and months start
+    on such a boundary."""
     zone = _zone(tz)
     day = datetime(1980, 1, 1, 12, tzinfo=UTC)
     end = datetime(2070, 1, 1, tzinfo=UTC)
@@ -201,7 +202,7 @@ def aligned(tz: str, seconds: int = HOUR) -> bool:
         offset = day.astimezone(zone).utcoffset()
         if offset is None or offset.total_seconds() % seconds:
             return False
-        day += timedelta(days=1)
+        day += timedelta(days=7)
     return True
 
 
