@@ -25,6 +25,7 @@ CONFIG: dict[str, Any] = {
     "projects": {"search": {"daily_budget_usd": 20, "monthly_limit": 50_000_000},
                  "support": {"daily_limit": 4_000_000}, "batch": {}},
     "features": {"chat": {"max_output": 4000}, "summarize": {"daily_budget_usd": 5}},
+    "alerts": [{"threshold": 0.5}, {"threshold": 0.75}, {"threshold": 0.9}],
 }
 PROJECTS = ["search", "support", "batch"]
 MODELS = ["gpt-4o", "gpt-4o-mini", "gpt-4.1-mini"]

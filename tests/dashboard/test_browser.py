@@ -17,6 +17,7 @@ from typing import Any
 
 import openai
 import pytest
+import requests
 
 from tests.conftest import Gateway
 from tests.dashboard.conftest import ADMIN_KEY, DAY_START, MONTH_START, Traffic, chat, totals
@@ -83,6 +84,10 @@ def log_in(tab: Page, base: str, key: str, start: str = "/dashboard/") -> None:
 
 def test_log_in_and_the_overview_matches_the_ledger(traffic: Traffic, page: Page) -> None:
     gw = traffic.gateway
+    # a tight daily amount, so the budget bars and alerts have something to show
+    requests.put(f"{gw.url}/admin/overrides/limit/organization.daily_budget_usd", timeout=10,
+                 json={"amount": 0.0002}, headers={"authorization": f"Bearer {ADMIN_KEY}"}
+                 ).raise_for_status()
     page.goto(gw.url + "/dashboard/")
     shot(page, "login")
     log_in(page, gw.url, ADMIN_KEY)
@@ -97,11 +102,15 @@ def test_log_in_and_the_overview_matches_the_ledger(traffic: Traffic, page: Page
         assert int(page.locator(f"{card} [data-tokens]").get_attribute("data-tokens")
                    or -1) == expected["tokens"]
     assert page.locator("#kpi-projected .value").inner_text().startswith("$")
-    assert page.locator("#kpi-daily .value").inner_text().endswith("%")
+    assert page.locator("#kpi-daily .value").inner_text() == "84 %"
+    assert "organization.daily_budget_usd at 84 %" in page.locator(".alerts").first.inner_text()
     assert page.locator("svg.chart").count() == 2
     assert page.get_by_role("img", name="Spend per hour, last 48 hours").count() == 1
     assert page.get_by_role("navigation", name="Dashboard pages").is_visible()
     shot(page, "overview")
+    page.emulate_media(color_scheme="dark")
+    shot(page, "overview-dark")
+    page.emulate_media(color_scheme="light")
     page.set_viewport_size({"width": 390, "height": 844})
     shot(page, "overview-mobile")
 

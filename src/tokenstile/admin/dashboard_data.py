@@ -16,6 +16,7 @@ from functools import lru_cache
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
+from tokenstile.admin.dashboard_charts import money
 from tokenstile.admin.keys import key_out
 from tokenstile.admin.settings import limit_view
 from tokenstile.admin.usage import row_out
@@ -353,12 +354,12 @@ async def alerts(ctx: Context, budgets: list[dict[str, Any]], projected: dict[st
             else projected["tokens"]
         amount = monthly.get("amount_usd", monthly["amount"])
         if amount and projected_amount > amount:
-            unit = "$" if monthly["unit"] == "usd" else ""
+            usd = monthly["unit"] == "usd"
             out.append({
                 "kind": "projection", "severity": "warning", "active": True, "ts": ctx.now,
                 "title": f"{monthly['name']} is forecast to run out this month",
-                "message": f"projected {unit}{projected_amount:,.2f} against "
-                           f"{unit}{amount:,.2f}",
+                "message": f"projected {_in_unit(projected_amount, usd)} against "
+                           f"{_in_unit(amount, usd)}",
                 "data": {"limit": monthly["name"], "projected": projected_amount,
                          "amount": amount}})
     with contextlib.suppress(Exception):  # the history is a view; never fail the page on it
@@ -369,9 +370,13 @@ async def alerts(ctx: Context, budgets: list[dict[str, Any]], projected: dict[st
     return out
 
 
+def _in_unit(amount: float, usd: bool) -> str:
+    return money(amount) if usd else f"{round(amount):,} tokens"
+
+
 def _amount(budget: Mapping[str, Any], name: str) -> str:
     if budget["unit"] == "usd":
-        return f"${budget[name + '_usd']:,.2f}"
+        return money(budget[name + "_usd"])
     return f"{budget[name]:,} {budget['unit'].replace('_', ' ')}"
 
 
