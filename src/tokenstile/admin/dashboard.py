@@ -141,6 +141,7 @@ class DashboardWeb:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.env = _environment()
+        self._warming: asyncio.Future[None] | None = None
         routes = [
             Route("/", self._page(self.overview)),
             Route("/login", self.login_form, methods=["GET"]),
@@ -166,6 +167,8 @@ class DashboardWeb:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if self._warming is None:  # the login page comes first: compile the rest meanwhile
+            self._warming = asyncio.get_running_loop().run_in_executor(None, self._compile)
 
         async def secured(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
@@ -184,6 +187,10 @@ class DashboardWeb:
         await self.app(scope, receive, secured)
 
     # -- plumbing ------------------------------------------------------------------------------
+
+    def _compile(self) -> None:
+        for name in self.env.list_templates(extensions=["html"]):
+            self.env.get_template(name)
 
     def time(self, ts: float | None, fmt: str = "%Y-%m-%d %H:%M") -> str:
         if ts is None:
