@@ -99,7 +99,8 @@ def test_the_seed_token_limits_yaml_loads_and_is_enforced(
         api.chat.completions.create(model="gpt-4o-mini", messages=CHAT, max_tokens=1)
     with pytest.raises(openai.RateLimitError) as limited:
         api.chat.completions.create(model="gpt-4o-mini", messages=CHAT, max_tokens=1)
-    assert "user 'dana' has used or reserved 30 of its 30 per-minute requests" in limited.value.message
+    assert "user 'dana' has used or reserved 30 of its 30 per-minute requests" in \
+        limited.value.message
     assert limited.value.response.headers["x-ratelimit-remaining-requests"] == "0"
     assert 1 <= int(limited.value.response.headers["retry-after"]) <= 60
     assert fake.fake.tally.requests == 30
