@@ -56,6 +56,8 @@ class ServerConfig(_Strict):
     max_header_bytes: int = Field(64 * 1024, ge=1024)
     header_timeout_s: float = Field(10.0, gt=0)
     body_timeout_s: float = Field(60.0, gt=0)
+    # A client that stops reading its answer for this long is treated as gone.
+    write_timeout_s: float = Field(60.0, gt=0)
     log_bodies: bool = False
     reservation_lease_s: float = Field(60.0, gt=0)
     default_output_tokens: int = Field(4096, ge=1)

@@ -24,7 +24,8 @@ from tokenstile.stores.database import (
 from tokenstile.types import LedgerRow
 
 HOSTILE_SERVER = {"max_header_bytes": 16384, "header_timeout_s": 1.5, "body_timeout_s": 1.5,
-                  "max_messages": 100, "max_body_bytes": 256 * 1024, "max_json_depth": 32}
+                  "write_timeout_s": 1.0, "max_messages": 100, "max_body_bytes": 256 * 1024,
+                  "max_json_depth": 32}
 
 
 class Served:

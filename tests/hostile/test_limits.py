@@ -5,6 +5,7 @@ and the process serving normally afterwards."""
 
 from __future__ import annotations
 
+import socket
 import time
 from typing import Any
 
@@ -81,6 +82,34 @@ def test_a_body_sent_a_byte_at_a_time_gets_408(served: Served, fake: FakeHandle)
     error = error_of("openai", body)
     assert error["code"] == "request_timeout" and "did not arrive within" in error["message"]
     assert fake.fake.tally.requests == 0
+    still_serving(served)
+
+
+def test_a_client_that_stops_reading_is_let_go(served: Served, fake: FakeHandle) -> None:
+    """Once the buffers are full a stream's writes wait; after ``write_timeout_s`` the
+    gateway stops, cuts the upstream and bills what it relayed."""
+    before = {r.id for r in served.rows(0)}
+    body = orjson.dumps({"model": "gpt-4o-mini", "max_tokens": 400_000, "stream": True,
+                         "messages": [{"role": "user",
+                                       "content": "go [[fake:output_tokens=400000]]"}]})
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", served.port))
+    try:
+        sock.sendall(request_bytes(CHAT, body, auth(served)))  # and never read
+        deadline = time.monotonic() + 30
+        while True:
+            rows = [r for r in served.rows(0.2) if r.id not in before]
+            if rows:
+                break
+            assert time.monotonic() < deadline, "the gateway still waits on the client"
+        [row] = rows
+        assert row.outcome == "client_disconnect" and row.status == 499
+        assert fake.fake.tally.wait_for(lambda t: t.requests == 1, 10)
+        [record] = fake.fake.tally.records  # the fake wrote it all into its buffers
+        assert 0 < row.output_tokens < record.output_tokens
+    finally:
+        sock.close()
     still_serving(served)
 
 

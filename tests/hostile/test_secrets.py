@@ -3,7 +3,8 @@ refusing the gateway's key, blocks, bad keys, a client hanging up, malformed bod
 admin API, metrics, alerts) with known provider, admin and tokenstile keys; then every
 log line (in process, and a ``tokenstile serve`` process's stderr), ledger row, database
 file, metric, alert, response header and body is searched for any 8 characters in a row
-of any of them. The upstream must never see a tokenstile or admin key."""
+of any of them (of a tokenstile key, past the 7-character prefix kept to recognise it).
+The upstream must never see a tokenstile or admin key."""
 
 from __future__ import annotations
 
@@ -172,11 +173,19 @@ async def traffic(base: str) -> Transcript:
     return out
 
 
+def pieces(secret: str) -> list[str]:
+    """Every 8 characters in a row; of a tokenstile key, its first 12 and every 8 after
+    the 7-character prefix that is stored to recognise it (``ts-AbCd``)."""
+    if secret.startswith("ts-"):
+        rest = secret[7:]
+        return [secret[:12]] + [rest[i:i + WINDOW] for i in range(len(rest) - WINDOW + 1)]
+    return [secret[i:i + WINDOW] for i in range(len(secret) - WINDOW + 1)]
+
+
 def leaks(text: str, keys: list[str]) -> list[str]:
     found = []
     for secret in [PROVIDER, STALE_PROVIDER, ADMIN, STRANGER, *keys]:
-        for i in range(len(secret) - WINDOW + 1):
-            piece = secret[i:i + WINDOW]
+        for piece in pieces(secret):
             if piece in text:
                 found.append(f"{secret[:4]}…: {piece!r} at {text.index(piece)}: "
                              f"{text[max(0, text.index(piece) - 80):text.index(piece) + 40]!r}")

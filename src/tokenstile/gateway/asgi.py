@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
@@ -104,22 +105,44 @@ def encode_headers(headers: dict[str, str], request_id: str) -> list[tuple[bytes
 
 class ResponseTracker:
     """Wraps ``send`` and remembers whether a response has started, so an error raised
-    mid-stream is not answered twice; sends after a disconnect are dropped quietly."""
+    mid-stream is not answered twice; sends after a disconnect are dropped quietly.
 
-    __slots__ = ("_send", "closed", "started")
+    A client that stops reading makes ``send`` wait for ever once the buffers are full:
+    ``stalled`` (for streams) and ``send_raw`` (for whole bodies) give up after
+    ``write_timeout`` seconds and treat it as a client that left.
+    """
 
-    def __init__(self, send: Send) -> None:
+    __slots__ = ("_send", "_sending_since", "closed", "started", "write_timeout")
+
+    def __init__(self, send: Send, write_timeout: float | None = None) -> None:
         self._send = send
         self.started = False
         self.closed = False
+        self.write_timeout = write_timeout
+        self._sending_since = 0.0
 
     async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             self.started = True
+        self._sending_since = time.monotonic()
         try:
             await self._send(message)
         except OSError:
             self.closed = True
+        finally:
+            self._sending_since = 0.0
+
+    async def stalled(self) -> None:
+        """Returns once one send has waited ``write_timeout`` seconds (never without one)."""
+        if self.write_timeout is None:
+            await asyncio.Event().wait()
+            return
+        limit = self.write_timeout
+        while True:
+            await asyncio.sleep(max(0.05, limit / 4))
+            since = self._sending_since
+            if since and time.monotonic() - since >= limit:
+                return
 
     async def start(self, status: int, headers: Iterable[tuple[bytes, bytes]]) -> None:
         await self({"type": "http.response.start", "status": status, "headers": list(headers)})
@@ -130,9 +153,14 @@ class ResponseTracker:
 
 async def send_raw(send: ResponseTracker, status: int, body: bytes, content_type: str,
                    headers: dict[str, str], request_id: str) -> None:
-    await send.start(status, [(b"content-type", content_type.encode("latin-1")),
-                              *encode_headers(headers, request_id)])
-    await send.body(body, more=False)
+    try:
+        async with asyncio.timeout(send.write_timeout):
+            await send.start(status, [(b"content-type", content_type.encode("latin-1")),
+                                      *encode_headers(headers, request_id)])
+            await send.body(body, more=False)
+    except TimeoutError:
+        send.closed = True
+        raise ClientDisconnected() from None
 
 
 async def send_json(send: ResponseTracker, status: int, body: bytes, headers: dict[str, str],

@@ -80,7 +80,7 @@ class Gateway:
             id=new_request_id(), api=api, wire=wire, ts=rt.clock.now(),
             started=rt.clock.monotonic(), headers=asgi.header_dict(scope),
         )
-        responded = asgi.ResponseTracker(send)
+        responded = asgi.ResponseTracker(send, rt.config.server.write_timeout_s)
         try:
             if asgi.header_size(scope) > rt.config.server.max_header_bytes:
                 raise asgi.headers_too_large(rt.config.server.max_header_bytes)
@@ -509,10 +509,13 @@ class Gateway:
 
         pumping = asyncio.ensure_future(pump())
         watching = asyncio.ensure_future(asgi.wait_for_disconnect(receive))
+        stalling = asyncio.ensure_future(send.stalled())  # a client that stopped reading
         try:
-            await asyncio.wait((pumping, watching), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait((pumping, watching, stalling),
+                               return_when=asyncio.FIRST_COMPLETED)
         finally:
             watching.cancel()
+            stalling.cancel()
         if not pumping.done():
             pumping.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
