@@ -300,3 +300,19 @@ async def test_killing_redis_mid_traffic_leaves_exact_counters(
     assert counter(gateway, "open") == tokens_of(rows, outcome="ok", project="open")
     assert not [r for r in rows if r.outcome == "unsettled"]
     assert fake.fake.tally.requests == statuses.count(200)
+
+
+async def test_an_idle_gateway_notices_by_itself_that_redis_is_back(
+        outage_gateway: Gateway, redis_server: RedisServer, fake: FakeHandle) -> None:
+    gateway = outage_gateway
+    admission = gateway.runtime.admission
+    key = gateway.key(project="closed")
+    redis_server.kill()
+    assert (await chat(gateway, key))[0] == 503
+    assert admission.store_down_since is not None
+    redis_server.start()
+    started = time.monotonic()
+    while admission.store_down_since is not None:  # no request, no /readyz: upkeep probes
+        assert time.monotonic() - started < 5, "the outage never ended"
+        await asyncio.sleep(0.05)
+    assert (await chat(gateway, key))[0] == 200

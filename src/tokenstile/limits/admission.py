@@ -705,6 +705,9 @@ class Admission:
             if self.unsettled:
                 with contextlib.suppress(StoreUnavailable):
                     await self.flush_unsettled()
+            elif self.store_down_since is not None:
+                with contextlib.suppress(StoreUnavailable):
+                    await self.probe()  # when idle, nothing else asks the store
             if time.monotonic() >= upkeep_at:
                 upkeep_at = time.monotonic() + interval
                 if self.live:
