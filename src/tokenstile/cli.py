@@ -10,7 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 import orjson
@@ -18,6 +18,7 @@ import orjson
 from tokenstile import __version__
 from tokenstile.admin.remote import AdminClient, RemoteError
 from tokenstile.config import Config, ConfigError, load_config
+from tokenstile.observability.logs import LOG_FORMATS
 from tokenstile.stores.database import (
     Database,
     KeyRecord,
@@ -38,6 +39,12 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON f
 
 
 def _load(config_path: str | None) -> Config:
+    chosen = config_path or os.environ.get("TOKENSTILE_CONFIG")
+    if chosen and not Path(chosen).is_file():
+        where = "" if config_path else " ($TOKENSTILE_CONFIG)"
+        click.echo(f"error: no configuration file at {chosen}{where}: check the path, or "
+                   "omit --config to start with the built-in defaults", err=True)
+        sys.exit(2)
     try:
         return load_config(config_path)
     except ConfigError as err:
@@ -108,6 +115,8 @@ def parse_since(text: str, now: float | None = None) -> float:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", "-V", prog_name="tokenstile",
+                      message="%(prog)s %(version)s")
 def main() -> None:
     """tokenstile: an LLM gateway that counts, attributes, budgets and records every call."""
 
@@ -193,24 +202,55 @@ def migrate(config_path: str | None, url: str | None) -> None:
 @click.option("--host", default=None, help="Address to listen on (default 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port to listen on (default 8700).")
 @click.option("--workers", type=int, default=None, help="Worker processes (default 1).")
+@click.option("--log-format", type=click.Choice(LOG_FORMATS), default="text",
+              show_default=True,
+              help="json: every log record as one JSON line on stderr, with one access "
+                   "line per request (id, caller, models, tokens, cost, outcome, latency).")
 def serve(config_path: str | None, host: str | None, port: int | None,
-          workers: int | None) -> None:
+          workers: int | None, log_format: str) -> None:
     """Run the gateway."""
+    import logging
+
     import uvicorn
 
+    from tokenstile.observability.logs import configure, log_config
+    from tokenstile.preflight import PreflightError, check_port, check_stores
+
+    configure(log_format)
     config = _load(config_path)
     if config_path:
         os.environ["TOKENSTILE_CONFIG"] = str(Path(config_path).resolve())
     host = host or config.server.host
     port = config.server.port if port is None else port
     workers = workers or config.server.workers
-    click.echo(f"tokenstile {__version__} serving on http://{host}:{port}/v1 "
-               f"({workers} worker{'s' if workers > 1 else ''})", err=True)
+    try:
+        check_port(host, port)
+        check_stores(config)
+    except PreflightError as err:
+        _fail(log_format, str(err))
+    banner = (f"tokenstile {__version__} serving on http://{host}:{port}/v1 "
+              f"({workers} worker{'s' if workers > 1 else ''})")
+    if log_format == "json":
+        logging.getLogger("tokenstile").info(banner)
+    else:
+        click.echo(banner, err=True)
     from tokenstile.gateway.http_guard import PROTOCOL  # httptools with header bounds
 
     uvicorn.run("tokenstile.app:create_app_from_env", factory=True, host=host, port=port,
                 workers=workers, loop="uvloop", http=PROTOCOL, access_log=False,
-                log_level="warning", timeout_graceful_shutdown=10)
+                log_level="warning", timeout_graceful_shutdown=10,
+                log_config=log_config(log_format) or uvicorn.config.LOGGING_CONFIG)
+
+
+def _fail(log_format: str, message: str) -> NoReturn:
+    """Exit 1 with one line: ``error: …``, or a JSON log record with ``--log-format json``."""
+    if log_format == "json":
+        import logging
+
+        logging.getLogger("tokenstile").error(message)
+    else:
+        click.echo(f"error: {message}", err=True)
+    sys.exit(1)
 
 
 # -- keys ------------------------------------------------------------------------------------

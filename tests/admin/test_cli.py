@@ -105,7 +105,7 @@ def test_check_explains_every_error(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "line 3, column 1" in result.output
     assert "invalid YAML" in result.output
     missing = CliRunner().invoke(main, ["check", "--config", str(tmp_path / "none.yaml")])
-    assert missing.exit_code == 2 and "cannot read the file" in missing.output
+    assert missing.exit_code == 2 and "no configuration file at" in missing.output
 
 
 def test_check_shows_a_running_gateways_refused_reload(

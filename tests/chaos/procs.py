@@ -184,8 +184,9 @@ class GatewayProcess:
     """
 
     def __init__(self, config_path: Path, port: int, log_path: Path,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> None:
         self.config_path = config_path
+        self.args = args
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = log_path
@@ -199,7 +200,7 @@ class GatewayProcess:
     def start(self, timeout: float = 60) -> None:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 (kept open while it runs)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tokenstile", "serve", "--port", str(self.port)],
+            [sys.executable, "-m", "tokenstile", "serve", "--port", str(self.port), *self.args],
             env=self.env, stdout=self._log, stderr=self._log, cwd=self.log_path.parent)
         wait_for_port(self.port, self.proc, timeout, "the gateway")
         deadline = time.monotonic() + timeout

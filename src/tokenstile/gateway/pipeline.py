@@ -596,6 +596,7 @@ class Gateway:
         if ctx.caller is None:
             await self._settle(ctx)
             rt.metrics.unauthenticated(ctx)
+            rt.telemetry.finished(ctx, None, rt.router.upstreams)
             return
         latency_ms = (rt.clock.monotonic() - ctx.started) * 1000
         row = ctx.ledger_row(latency_ms)
@@ -606,6 +607,7 @@ class Gateway:
         waiter = self._expect_row(row.id) if held else None
         rt.ledger.submit(row)
         rt.metrics.observe(row)
+        rt.telemetry.finished(ctx, row, rt.router.upstreams)
         if waiter is not None:
             await self._until_written(row.id, waiter)
         await self._settle(ctx)

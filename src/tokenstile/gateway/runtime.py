@@ -28,6 +28,7 @@ from tokenstile.limits.admission import Admission, Ticket
 from tokenstile.limits.model import Limit
 from tokenstile.limits.overrides import Overrides
 from tokenstile.metrics import Metrics
+from tokenstile.observability import Telemetry
 from tokenstile.policies.engine import PolicyEngine
 from tokenstile.policies.moderation import UpstreamModerator
 from tokenstile.prices import Pricer, parse_price_override
@@ -73,6 +74,7 @@ class Runtime:
     config_path: str | None = None
     reloader: ConfigReloader | None = None
     key_limits: KeyLimits | None = None
+    telemetry: Telemetry = field(default_factory=lambda: Telemetry(SYSTEM_CLOCK))
     # The services of the current config, fixed for the requests that start under it.
     view: Runtime = field(init=False, repr=False, compare=False)
 
@@ -113,6 +115,7 @@ class Runtime:
             degrader=Degrader(config, admission, clock),
             alerts=alert_engine_for(config, clock),
             caching=CacheStage(config, clock),
+            telemetry=Telemetry.from_env(clock),
         )
 
     async def start(self) -> None:
@@ -166,6 +169,7 @@ class Runtime:
         await self.upstream.close()
         await self.counters.close()
         await self.db.close()
+        await asyncio.to_thread(self.telemetry.close)
         self.started = False
 
     def reconfigure(self, config: Config) -> list[str]:
