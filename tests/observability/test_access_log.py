@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from tests.conftest import FakeHandle
-from tests.observability.conftest import leaked, served_gateway
+from tests.observability.conftest import leaked, served_gateway, settled
 from tokenstile.observability.logs import ACCESS_LOGGER, JsonFormatter, access_fields
 from tokenstile.types import LedgerRow
 
@@ -20,10 +20,11 @@ CHAT = {"model": "gpt-4o-mini", "max_tokens": 7,
         "messages": [{"role": "user", "content": "hello there"}]}
 
 
-def access_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+def access_lines(caplog: pytest.LogCaptureFixture, count: int = 0) -> list[dict[str, Any]]:
     formatter = JsonFormatter()
-    return [orjson.loads(formatter.format(r)) for r in caplog.records
-            if r.name == ACCESS_LOGGER]
+    records = settled(lambda: [r for r in caplog.records if r.name == ACCESS_LOGGER],
+                      lambda found: len(found) >= count)
+    return [orjson.loads(formatter.format(r)) for r in records]
 
 
 def test_each_request_is_one_access_line_with_caller_models_tokens_cost_and_outcome(
@@ -43,7 +44,7 @@ def test_each_request_is_one_access_line_with_caller_models_tokens_cost_and_outc
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=gateway.v1, api_key="ts-not-a-key", max_retries=0) \
             .chat.completions.create(**CHAT)
-    lines = access_lines(caplog)
+    lines = access_lines(caplog, 4)
     assert len(lines) == 4
     ok, streamed, blocked, stranger = lines
     row = gateway.rows()[0]
@@ -73,6 +74,7 @@ def test_no_access_records_are_built_unless_asked(
     gateway = make_gateway()
     openai.OpenAI(base_url=gateway.v1, api_key=gateway.key(), max_retries=0) \
         .chat.completions.create(**CHAT)
+    assert len(gateway.rows()) == 1  # queued in the same step as the access record
     assert not [r for r in caplog.records if r.name == ACCESS_LOGGER]
 
 
