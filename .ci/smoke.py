@@ -107,27 +107,30 @@ def get(url: str, timeout: float = 5) -> tuple[int, bytes]:
 # -- 1. the wheel ----------------------------------------------------------------------------
 
 
-def package_files() -> set[str]:
-    """Files under src/tokenstile that git knows of (tracked or new), as wheel paths."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "src/tokenstile"],
-        cwd=ROOT, capture_output=True, text=True)
-    if listed.returncode == 0 and listed.stdout.strip():
-        names = listed.stdout.split()
-    else:  # not a git checkout: every file but caches
-        names = [str(p.relative_to(ROOT)) for p in (ROOT / "src/tokenstile").rglob("*")
-                 if p.is_file() and "__pycache__" not in p.parts]
-    return {name.removeprefix("src/") for name in names
-            if (ROOT / name).is_file()}
+def source_files() -> list[str]:
+    """The project's files as git sees them (tracked, or new and not ignored): what a
+    clone of this work would hold, without build leftovers."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
+                             "--exclude-standard"], cwd=ROOT, capture_output=True, text=True)
+    expect(listed.returncode == 0, f"git ls-files: {listed.stderr}")
+    return [name for name in listed.stdout.split("\0") if name and (ROOT / name).is_file()]
 
 
 def build_wheel(work: Path) -> Path:
     with step("build the wheel"):
+        # From a copy: an in-tree build reuses build/ and *.egg-info from earlier builds,
+        # which can put a file in the wheel that the packaging config no longer names.
+        tree = work / "tree"
+        files = source_files()
+        for name in files:
+            (tree / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, tree / name)
         run([PY, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(work / "dist"), "."],
-            cwd=ROOT)
+            cwd=tree)
         (wheel,) = (work / "dist").glob("tokenstile-*.whl")
         inside = set(zipfile.ZipFile(wheel).namelist())
-        missing = sorted(package_files() - inside)
+        package = {n.removeprefix("src/") for n in files if n.startswith("src/tokenstile/")}
+        missing = sorted(package - inside)
         expect(not missing, f"files of the package missing from the wheel: {missing}")
         for kind in (".lua", ".html", ".css", ".js"):
             expect(any(n.endswith(kind) for n in inside), f"no {kind} file in the wheel")
@@ -252,11 +255,42 @@ class Process:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
-                raise SmokeFailed(f"{self.proc.args} did not stop on SIGTERM") from None
+                raise SmokeFailed(f"{self.proc.args!r} did not stop on SIGTERM") from None
         self._log.close()
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         return self.proc.returncode
+
+
+def check_dashboard(base: str, key: str) -> None:
+    """Log in with a project key (the login form and its CSRF cookie), then render the
+    overview and the request page, and fetch the static files they link."""
+    import http.cookiejar
+    import urllib.parse
+
+    opener = urllib.request.build_opener(
+        urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+
+    def fetch(path: str, form: dict[str, str] | None = None) -> str:
+        data = urllib.parse.urlencode(form).encode() if form is not None else None
+        try:
+            with opener.open(base + path, data=data, timeout=10) as resp:
+                return str(resp.read().decode())
+        except urllib.error.HTTPError as err:
+            raise SmokeFailed(f"GET {path}: {err.code} {err.read()[:500]!r}") from None
+
+    login = fetch("/dashboard/login")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', login)
+    expect(csrf is not None, f"no login form:\n{login[:2000]}")
+    assert csrf is not None
+    overview = fetch("/dashboard/login", {"csrf": csrf.group(1), "next": "/dashboard/",
+                                           "key": key})
+    expect("smoke" in overview and "Log in" not in overview,
+           f"the overview after logging in:\n{overview[:2000]}")
+    for asset in sorted(set(re.findall(r'(/dashboard/static/[\w.-]+)', overview + login))):
+        expect(len(fetch(asset)) > 50, f"{asset} is empty")
+    for page in sorted(set(re.findall(r'href="(/dashboard/[a-z]+)"', overview)))[:8]:
+        fetch(page)
 
 
 SDK_CALL = """
@@ -309,6 +343,7 @@ def check_serve(venv: Path, work: Path, empty: Path) -> None:
             port = free_port()
             base = f"http://127.0.0.1:{port}"
             env = clean_env({"TOKENSTILE_SPOOL_DIR": str(work / "spool"),
+                             "TOKENSTILE_ADMIN_KEY": "adm-" + secrets.token_hex(16),
                              "OTEL_TRACES_EXPORTER": "otlp",
                              "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"})
             gateway = Process([cli, "serve", "-c", str(config), "--port", str(port),
@@ -327,14 +362,12 @@ def check_serve(venv: Path, work: Path, empty: Path) -> None:
             status, body = get(base + "/readyz")
             ready = json.loads(body)
             expect(status == 200 and ready["status"] == "ready", body.decode())
-            status, body = get(base + "/dashboard/login")
-            expect(status == 200 and b"<form" in body, f"/dashboard/login: {status}")
-            status, body = get(base + "/dashboard/static/dashboard.css")
-            expect(status == 200 and len(body) > 100, f"dashboard.css: {status}")
         with step("an openai SDK call through the gateway"):
             request_id = run([sdk_python(venv, work), "-c", SDK_CALL, base + "/v1", key],
                              cwd=empty, what="the openai SDK call").stdout.strip()
             say(f"  request {request_id}")
+        with step("the dashboard: log in with the key, its pages and static files"):
+            check_dashboard(base, key)
         with step("stop the gateway; read its log and ledger"):
             code = gateway.stop()
             expect(code in (0, -signal.SIGTERM), f"serve exited {code} on SIGTERM")
