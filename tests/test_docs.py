@@ -55,3 +55,25 @@ def test_every_command_is_documented() -> None:
 
     missing = [c for c in walk(main, "tokenstile") if c not in README]
     assert not missing, f"commands missing from README.md: {missing}"
+
+
+def test_serve_options_logs_traces_and_deploy_files_are_documented() -> None:
+    from tokenstile.observability.logs import access_fields
+    from tokenstile.types import LedgerRow
+
+    serve = main.commands["serve"]
+    options = [o for p in serve.params for o in p.opts if o.startswith("--")]
+    documented = [*options, "tokenstile --version", "[otel]", "OTEL_TRACES_EXPORTER",
+                  "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME", "OTEL_SDK_DISABLED",
+                  "`Dockerfile`", "`docker-compose.yml`", "deploy/tokenstile.yaml",
+                  ".ci/smoke.py"]
+    fields = [f'"{name}":' for name in access_fields(LedgerRow(id="r", ts=0.0))]
+    missing = [name for name in documented + fields if name not in README]
+    assert not missing, f"missing from README.md: {missing}"
+
+
+def test_the_first_thing_in_the_readme_is_the_demo_then_the_tests() -> None:
+    blocks = [block.split("```", 1)[0].strip() for block in README.split("```bash\n")[1:3]]
+    assert blocks == ["pip install -e . && tokenstile demo",
+                      "pip install -e '.[test]' && python -m pytest"]
+    assert README.index("```bash") < README.index("\n## ")
