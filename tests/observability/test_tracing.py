@@ -228,3 +228,20 @@ def test_a_served_gateway_exports_otlp_spans_from_the_environment(
     assert attrs["gen_ai.usage.output_tokens"].int_value == 6
     assert attrs["tokenstile.request_id"].string_value.startswith("req_")
     assert not leaked(_Collector.received[0][1].decode(errors="replace"), key)
+
+
+def test_the_service_is_named_by_the_sdks_variables_else_tokenstile(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def service() -> object:
+        tracer, shutdown = tracer_from_env({"OTEL_TRACES_EXPORTER": "console"})
+        assert tracer is not None and shutdown is not None
+        shutdown()
+        return tracer.resource.attributes["service.name"]  # type: ignore[attr-defined]
+
+    monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
+    monkeypatch.delenv("OTEL_RESOURCE_ATTRIBUTES", raising=False)
+    assert service() == "tokenstile"
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "service.name=billing-gw,team=infra")
+    assert service() == "billing-gw"
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "edge-gw")
+    assert service() == "edge-gw"

@@ -102,8 +102,11 @@ def tracer_from_env(env: Mapping[str, str] | None = None
                        name)
             return None, None
         exporters.append(next(iter(found)).load()())
-    provider = TracerProvider(shutdown_on_exit=False, resource=Resource.create(
-        {"service.name": env.get("OTEL_SERVICE_NAME") or "tokenstile"}))
+    # OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES as the SDK reads them, else our name
+    resource = Resource.create()
+    if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({"service.name": INSTRUMENTATION}))
+    provider = TracerProvider(shutdown_on_exit=False, resource=resource)
     for exporter in exporters:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     return provider.get_tracer(INSTRUMENTATION), provider.shutdown
