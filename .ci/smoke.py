@@ -287,10 +287,14 @@ def check_dashboard(base: str, key: str) -> None:
                                            "key": key})
     expect("smoke" in overview and "Log in" not in overview,
            f"the overview after logging in:\n{overview[:2000]}")
-    for asset in sorted(set(re.findall(r'(/dashboard/static/[\w.-]+)', overview + login))):
+    assets = sorted(set(re.findall(r'(/dashboard/static/[\w.-]+)', overview + login)))
+    pages = sorted(set(re.findall(r'href="(/dashboard/[a-z]+)"', overview)))[:8]
+    expect(len(assets) >= 2 and len(pages) >= 2, f"links: {assets} {pages}")
+    for asset in assets:
         expect(len(fetch(asset)) > 50, f"{asset} is empty")
-    for page in sorted(set(re.findall(r'href="(/dashboard/[a-z]+)"', overview)))[:8]:
+    for page in pages:
         fetch(page)
+    say(f"  overview, {len(pages)} pages, {len(assets)} static files")
 
 
 SDK_CALL = """
