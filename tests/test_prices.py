@@ -80,17 +80,22 @@ def test_listed_claude_prices(pricer: Pricer) -> None:
     assert (gp.output_mtok.base, gp.output_mtok.tiers[0].price) == (D(15), D("22.5"))
     assert (gp.cache_read_mtok.base, gp.cache_read_mtok.tiers[0].price) == (D("0.3"), D("0.6"))
     assert (gp.cache_write_mtok.base, gp.cache_write_mtok.tiers[0].price) == (D("3.75"), D("7.5"))
+    assert (gp.cache_write_1h_mtok.base, gp.cache_write_1h_mtok.tiers[0].price) == (D(6), D(12))
+    assert gp.web_searches_kcount == D(10)
     ours = pricer.price_for("claude-sonnet-4-5")
     assert ours == ModelPrice(
         input=D(3),
         output=D(15),
         cached_input=D("0.3"),
         cache_write=D("3.75"),
+        cache_write_1h=D(6),
+        web_search=D("0.01"),
         tiers=(
             (
                 200_000,
                 ModelPrice(
-                    input=D(6), output=D("22.5"), cached_input=D("0.6"), cache_write=D("7.5")
+                    input=D(6), output=D("22.5"), cached_input=D("0.6"), cache_write=D("7.5"),
+                    cache_write_1h=D(12), web_search=D("0.01"),
                 ),
             ),
         ),
