@@ -130,11 +130,14 @@ def openai_bill(model: str, usage: dict[str, Any], *, served_tier: str | None = 
     audio_out = _int(out_details, "audio_tokens")
     text_in = total_in - cached - (audio - cached_audio)
     cached_text = cached - cached_audio
+    cached_price = rates.cached if rates.cached is not None else rates.input
+    # A model without audio prices bills its audio as text (cached audio as cached text);
+    # one with an audio price but no cached-audio price gives audio no cache discount.
     audio_in_price = rates.audio_in if rates.audio_in is not None else rates.input
     audio_cached_price = (rates.audio_cached if rates.audio_cached is not None
-                          else audio_in_price)
+                          else rates.audio_in if rates.audio_in is not None else cached_price)
     tokens = (text_in * rates.input
-              + cached_text * (rates.cached if rates.cached is not None else rates.input)
+              + cached_text * cached_price
               + (audio - cached_audio) * audio_in_price
               + cached_audio * audio_cached_price
               + (total_out - audio_out) * rates.output

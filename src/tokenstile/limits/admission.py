@@ -231,6 +231,7 @@ class Admission:
         self._retry_at = 0.0
         self._probing = False
         self.unsettled: dict[str, Unsettled] = {}
+        self._last_estimate: tuple[CanonicalRequest, tuple[Any, ...], int | None] | None = None
         self.reconfigure(config)
 
     def apply_overrides(self, overrides: list[Override]) -> None:
@@ -299,7 +300,14 @@ class Admission:
             return cap
         if unit == "requests":
             return 1
-        cost = self.pricer.estimate_nano(model, req.input_tokens, cap, provider, terms=terms)
+        key = (model, req.input_tokens, cap, provider, terms, self.pricer)
+        last = self._last_estimate
+        if last is not None and last[0] is req and last[1] == key:
+            cost: int | None = last[2]
+        else:  # every USD limit of a request asks for the same estimate: price it once
+            cost = self.pricer.estimate_nano(model, req.input_tokens, cap, provider,
+                                             terms=terms)
+            self._last_estimate = (req, key, cost)
         if cost is None:
             raise GatewayError(
                 422, f"no price is known for the model {model!r}, so its cost cannot be "
