@@ -54,7 +54,8 @@ class ModelPrice:
     ``cached_input`` (cache reads) and ``cache_write`` fall back to ``input`` when None,
     ``cache_write_1h`` to ``cache_write``; ``reasoning`` falls back to ``output`` (few
     providers price reasoning apart); ``input_audio`` and ``output_audio`` to ``input`` and
-    ``output``; ``cached_audio_input`` (audio cache reads) to ``input_audio``.
+    ``output``; ``cached_audio_input`` (audio cache reads) to ``input_audio``, and for a
+    model without audio prices to ``cached_input`` (its audio is billed as text).
     ``tiers`` holds long-context prices: ``(threshold, price)`` pairs, ascending, where
     ``price`` replaces this one for requests whose input tokens exceed ``threshold``.
     ``service_tiers`` holds the prices of other service tiers (``flex``, ``priority``…),
