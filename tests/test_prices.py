@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from tokenstile import prices
 from tokenstile.clock import FakeClock
 from tokenstile.prices import ModelPrice, Pricer, parse_price_override
-from tokenstile.types import Usage
+from tokenstile.types import PriceTerms, Usage
 
 D = Decimal
 
@@ -80,17 +80,22 @@ def test_listed_claude_prices(pricer: Pricer) -> None:
     assert (gp.output_mtok.base, gp.output_mtok.tiers[0].price) == (D(15), D("22.5"))
     assert (gp.cache_read_mtok.base, gp.cache_read_mtok.tiers[0].price) == (D("0.3"), D("0.6"))
     assert (gp.cache_write_mtok.base, gp.cache_write_mtok.tiers[0].price) == (D("3.75"), D("7.5"))
+    assert (gp.cache_write_1h_mtok.base, gp.cache_write_1h_mtok.tiers[0].price) == (D(6), D(12))
+    assert gp.web_searches_kcount == D(10)
     ours = pricer.price_for("claude-sonnet-4-5")
     assert ours == ModelPrice(
         input=D(3),
         output=D(15),
         cached_input=D("0.3"),
         cache_write=D("3.75"),
+        cache_write_1h=D(6),
+        web_search=D("0.01"),
         tiers=(
             (
                 200_000,
                 ModelPrice(
-                    input=D(6), output=D("22.5"), cached_input=D("0.6"), cache_write=D("7.5")
+                    input=D(6), output=D("22.5"), cached_input=D("0.6"), cache_write=D("7.5"),
+                    cache_write_1h=D(12), web_search=D("0.01"),
                 ),
             ),
         ),
@@ -391,3 +396,204 @@ def test_parse_price_override() -> None:
 def test_parse_price_override_rejects(bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         parse_price_override(bad)
+
+
+# --- audio, 1-hour cache writes, service tiers, search fees, providers ------------------------
+
+
+def test_audio_tokens_are_priced_at_the_audio_rates(pricer: Pricer) -> None:
+    # gpt-audio: text 2.5 / 10, audio 32 / 64 per million tokens.
+    usage = Usage(input_tokens=10_000, output_tokens=5_000, input_audio_tokens=8_000,
+                  output_audio_tokens=5_000)
+    # 2,000 × 2.5 + 8,000 × 32 + 5,000 × 64 = 5,000 + 256,000 + 320,000 = 581,000
+    assert pricer.cost_nano("gpt-audio", usage) == 581_000_000
+    text_only = Usage(input_tokens=10_000, output_tokens=5_000)
+    assert pricer.cost_nano("gpt-audio", text_only) == 75_000_000
+
+
+def test_cached_audio_has_its_own_rate(pricer: Pricer) -> None:
+    # gpt-realtime: text 4 / 16, cached 0.4, audio 32 / 64, cached audio 0.4.
+    usage = Usage(input_tokens=1_000, output_tokens=100, cached_input_tokens=600,
+                  input_audio_tokens=500, cached_audio_tokens=400)
+    # text: 1,000 - 600 - 100 = 300 × 4; cached text 200 × 0.4; audio 100 × 32;
+    # cached audio 400 × 0.4; output 100 × 16
+    assert pricer.cost_nano("gpt-realtime", usage) == (1_200 + 80 + 3_200 + 160 + 1_600) * 1_000
+
+
+def test_one_hour_cache_writes_cost_more_than_five_minute_ones(pricer: Pricer) -> None:
+    # claude-opus-4-5: input 5, 5-minute write 6.25, 1-hour write 10, output 25.
+    usage = Usage(input_tokens=100_010, output_tokens=100, cache_write_tokens=100_000,
+                  cache_write_1h_tokens=100_000)
+    # 10 × 5 + 100,000 × 10 + 100 × 25
+    assert pricer.cost_nano("claude-opus-4-5", usage, "anthropic") == 1_002_550_000
+    five = Usage(input_tokens=100_010, output_tokens=100, cache_write_tokens=100_000)
+    assert pricer.cost_nano("claude-opus-4-5", five, "anthropic") == 627_550_000
+
+
+def test_long_context_one_hour_writes_use_the_tier_price(pricer: Pricer) -> None:
+    # claude-sonnet-4-5 past 200k input: 1-hour writes at 12 instead of 6.
+    usage = Usage(input_tokens=250_000, output_tokens=0, cache_write_tokens=250_000,
+                  cache_write_1h_tokens=250_000)
+    assert pricer.cost_nano("claude-sonnet-4-5", usage) == 3_000_000_000
+
+
+@pytest.mark.parametrize(("tier", "nano"), [
+    (None, 21_250_000), ("default", 21_250_000), ("flex", 10_625_000),
+    ("priority", 42_500_000), ("scale", 21_250_000),
+])
+def test_the_tier_that_served_the_call_sets_its_price(
+        pricer: Pricer, tier: str | None, nano: int) -> None:
+    # gpt-5: 1,000 × 1.25 + 2,000 × 10 = 21,250 per million at the standard tier.
+    usage = Usage(input_tokens=1_000, output_tokens=2_000, service_tier=tier)
+    assert pricer.cost_nano("gpt-5", usage) == nano
+
+
+def test_an_answer_without_a_tier_is_priced_at_the_tier_asked_for(pricer: Pricer) -> None:
+    usage = Usage(input_tokens=1_000, output_tokens=2_000)
+    assert pricer.cost_nano("gpt-5", usage, service_tier="flex") == 10_625_000
+    named = Usage(input_tokens=1_000, output_tokens=2_000, service_tier="default")
+    assert pricer.cost_nano("gpt-5", named, service_tier="flex") == 21_250_000
+
+
+def test_search_fees_are_billed_per_call(pricer: Pricer) -> None:
+    # Anthropic: $10 per 1,000 web searches; OpenAI: $10 web, $2.50 file searches.
+    claude = Usage(input_tokens=1_000, output_tokens=100, web_search_requests=3)
+    assert pricer.cost_nano("claude-haiku-4-5", claude) == 1_500_000 + 30_000_000
+    gpt = Usage(input_tokens=1_000, output_tokens=100, web_search_requests=2,
+                file_search_calls=4)
+    assert pricer.cost_nano("gpt-4o-mini", gpt) == 210_000 + 20_000_000 + 10_000_000
+
+
+def test_the_serving_provider_s_prices_are_used() -> None:
+    p = Pricer()
+    usage = Usage(input_tokens=1_000_000, output_tokens=1_000_000)
+    # gpt-oss-120b by name alone is OpenAI's listing (0.039 / 0.18); Cerebras bills it at
+    # 0.35 / 0.75.
+    assert p.cost_nano("gpt-oss-120b", usage) == 219_000_000
+    assert p.cost_nano("gpt-oss-120b", usage, "cerebras") == 1_100_000_000
+    # A provider that does not list a model leaves it unpriced rather than borrowing a
+    # price another provider lists for that name.
+    assert p.price_for("gpt-4o", "anthropic") is None
+    assert p.price_for("claude-haiku-4-5", "anthropic") is not None
+    # A provider genai-prices does not know: the name decides, as without one.
+    assert p.price_for("gpt-4o", "my-proxy") == p.price_for("gpt-4o")
+
+
+def test_provider_qualified_overrides_apply_to_that_provider_only() -> None:
+    mine = ModelPrice(input=D(1), output=D(1))
+    p = Pricer({"cerebras/gpt-oss-120b": mine})
+    assert p.price_for("gpt-oss-120b", "cerebras") is mine
+    for provider in ("ovhcloud", None):
+        other = p.price_for("gpt-oss-120b", provider)
+        assert other is not None and other is not mine
+
+
+def test_upstream_provider() -> None:
+    from tokenstile.prices import upstream_provider
+
+    assert upstream_provider("openai", "https://api.openai.com/v1") == "openai"
+    assert upstream_provider("openai", "https://api.cerebras.ai/v1") == "cerebras"
+    assert upstream_provider("openai", "https://api.groq.com/openai/v1") == "groq"
+    assert upstream_provider("openai", "https://openrouter.ai/api/v1") == "openrouter"
+    assert upstream_provider("azure", "https://res.openai.azure.com/openai") == "azure"
+    assert upstream_provider("anthropic", "http://127.0.0.1:9999") == "anthropic"
+    assert upstream_provider("openai", "http://127.0.0.1:8000/v1") is None
+    assert upstream_provider("openai", "http://gpu:8000/v1", "Groq") == "groq"
+
+
+def test_lookups_are_memoized_per_provider_and_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str | None, str]] = []
+    real = prices._genai_lookup
+
+    def counting(provider: str | None, ref: str) -> Any:
+        calls.append((provider, ref))
+        return real(provider, ref)
+
+    monkeypatch.setattr(prices, "_genai_lookup", counting)
+    p = Pricer()
+    for tier in (None, "flex", "priority", "default", None):
+        assert p.price_for("gpt-5", "openai", service_tier=tier) is not None
+        assert p.cost_nano("gpt-5", Usage(input_tokens=1, service_tier=tier), "openai")
+    assert calls == [("openai", "gpt-5")]
+
+
+# --- reservations ----------------------------------------------------------------------------
+
+
+def test_reservation_without_terms_is_the_standard_text_price(pricer: Pricer) -> None:
+    assert pricer.estimate_nano("gpt-5", 1_000, 2_000) == 21_250_000
+
+
+def test_reservation_holds_the_priciest_tier_when_the_tier_is_left_open(
+        pricer: Pricer) -> None:
+    open_tier = PriceTerms()
+    assert pricer.estimate_nano("gpt-5", 1_000, 2_000, terms=open_tier) == 42_500_000
+    auto = PriceTerms(service_tier="auto")
+    assert pricer.estimate_nano("gpt-5", 1_000, 2_000, terms=auto) == 42_500_000
+    assert pricer.estimate_nano("gpt-5", 1_000, 2_000,
+                                terms=PriceTerms(service_tier="flex")) == 10_625_000
+    assert pricer.estimate_nano("gpt-5", 1_000, 2_000,
+                                terms=PriceTerms(service_tier="default")) == 21_250_000
+    # No tiers in the price table: the standard price whatever was asked.
+    assert pricer.estimate_nano("claude-haiku-4-5", 1_000, 100,
+                                terms=open_tier) == 1_500_000
+
+
+def test_reservation_holds_the_cache_write_premium_asked_for(pricer: Pricer) -> None:
+    # claude-opus-4-5: all 100,000 input tokens may be written.
+    plain = pricer.estimate_nano("claude-opus-4-5", 100_000, 100, "anthropic",
+                                 terms=PriceTerms())
+    short = pricer.estimate_nano("claude-opus-4-5", 100_000, 100, "anthropic",
+                                 terms=PriceTerms(cache_write="5m"))
+    long = pricer.estimate_nano("claude-opus-4-5", 100_000, 100, "anthropic",
+                                terms=PriceTerms(cache_write="1h"))
+    assert (plain, short, long) == (502_500_000, 627_500_000, 1_002_500_000)
+    # The reservation covers the worst bill: every input token written for an hour.
+    worst = Usage(input_tokens=100_000, output_tokens=100, cache_write_tokens=100_000,
+                  cache_write_1h_tokens=100_000)
+    assert pricer.cost_nano("claude-opus-4-5", worst, "anthropic") == long
+
+
+def test_reservation_holds_audio_and_bounded_search_fees(pricer: Pricer) -> None:
+    terms = PriceTerms(service_tier="default", audio_input=True, audio_output=True)
+    # 1,000 × 32 + 1,000 × 64
+    assert pricer.estimate_nano("gpt-audio", 1_000, 1_000, terms=terms) == 96_000_000
+    searches = PriceTerms(service_tier="default", web_searches=5, file_searches=2)
+    # 1,000 × 0.15 + 1,000 × 0.6 = 750 nano-units, + 5 × $0.01 + 2 × $0.0025
+    assert pricer.estimate_nano("gpt-4o-mini", 1_000, 1_000, terms=searches) == \
+        750_000 + 55_000_000
+
+
+# --- configured prices ------------------------------------------------------------------------
+
+
+def test_parse_price_override_with_every_key_and_service_tiers() -> None:
+    p = parse_price_override({
+        "input": 3, "output": 15, "cached_input": 0.3, "cache_write": 3.75,
+        "cache_write_1h": 6, "input_audio": 32, "output_audio": 64,
+        "cached_audio_input": 0.4, "reasoning": 15, "per_request": 0, "web_search": 0.01,
+        "file_search": 0.0025, "service_tiers": {"Priority": {"input": 4.5, "output": 22.5}},
+    })
+    assert (p.cache_write_1h, p.input_audio, p.output_audio, p.cached_audio_input) == (
+        D(6), D(32), D(64), D("0.4"))
+    assert (p.web_search, p.file_search) == (D("0.01"), D("0.0025"))
+    priority = p.for_tier("priority")
+    assert (priority.input, priority.output, priority.cached_input) == (D("4.5"), D("22.5"),
+                                                                        D("0.3"))
+    usage = Usage(input_tokens=1_000, output_tokens=1_000, service_tier="priority")
+    assert p.cost_nano(usage) == 27_000_000
+    with pytest.raises(ValueError, match="unknown price keys"):
+        parse_price_override({"input": 1, "output": 1, "service_tiers": {"flex": {"inptu": 1}}})
+
+
+def test_configured_prices_reach_the_pricer() -> None:
+    from tokenstile.config import parse_config
+    from tokenstile.gateway.runtime import pricer_for
+
+    config = parse_config({"prices": {"corp-llm": {
+        "input": 1, "output": 2, "cache_write_1h": 4, "web_search": 0.02,
+        "service_tiers": {"flex": {"input": 0.5}}}}}, env={})
+    price = pricer_for(config).price_for("corp-llm")
+    assert price is not None
+    assert (price.cache_write_1h, price.web_search) == (D(4), D("0.02"))
+    assert price.for_tier("flex").input == D("0.5") and price.for_tier("flex").output == D(2)

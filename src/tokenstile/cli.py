@@ -142,9 +142,12 @@ def check(config_path: str | None, url: str | None, admin_key: str | None) -> No
                               for name, u in config.upstreams.items())
         click.echo(f"{source}: ok")
         from tokenstile.config import config_warnings
+        from tokenstile.unpriced import unpriced_models
 
         for warning in config_warnings(config):
             click.echo(f"  warning: {warning}")
+        for unpriced in unpriced_models(config):
+            click.echo(f"  unpriced: {unpriced.message()}")
         click.echo(f"  upstreams: {upstreams}")
         click.echo(f"  counters:  {config.storage.counters}")
         click.echo(f"  database:  {config.storage.database}")

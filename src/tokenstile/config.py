@@ -106,6 +106,12 @@ class UpstreamConfig(_Strict):
     read_timeout_s: float = Field(600.0, gt=0)
     max_connections: int = Field(512, ge=1)
     keepalive_s: float = Field(15.0, gt=0)
+    # Whose prices its calls are billed at (a genai-prices provider id, e.g. groq); unset:
+    # known from base_url, else from kind.
+    provider: str | None = None
+    # The service tier this upstream serves a request that leaves it open (no tier, or
+    # auto); unset: such requests are reserved at the model's priciest tier.
+    auto_service_tier: str | None = None
 
     @field_validator("base_url")
     @classmethod
@@ -123,14 +129,41 @@ class RouteConfig(_Strict):
     model: str | None = None
 
 
+class PriceTierConfig(_Strict):
+    """The prices that differ at one service tier (USD per million tokens; per call for
+    ``per_request``, ``web_search``, ``file_search``); the others are the model's own."""
+
+    input: float | None = Field(None, ge=0)
+    output: float | None = Field(None, ge=0)
+    cached_input: float | None = Field(None, ge=0)
+    cache_write: float | None = Field(None, ge=0)
+    cache_write_1h: float | None = Field(None, ge=0)
+    input_audio: float | None = Field(None, ge=0)
+    output_audio: float | None = Field(None, ge=0)
+    cached_audio_input: float | None = Field(None, ge=0)
+    reasoning: float | None = Field(None, ge=0)
+    per_request: float | None = Field(None, ge=0)
+    web_search: float | None = Field(None, ge=0)
+    file_search: float | None = Field(None, ge=0)
+
+
 class PriceConfig(_Strict):
-    """USD per million tokens."""
+    """USD per million tokens (USD per call for ``per_request``, ``web_search`` and
+    ``file_search``)."""
 
     input: float = Field(ge=0)
     output: float = Field(0, ge=0)
     cached_input: float | None = Field(None, ge=0)
     cache_write: float | None = Field(None, ge=0)
+    cache_write_1h: float | None = Field(None, ge=0)
+    input_audio: float | None = Field(None, ge=0)
+    output_audio: float | None = Field(None, ge=0)
+    cached_audio_input: float | None = Field(None, ge=0)
+    reasoning: float | None = Field(None, ge=0)
     per_request: float = Field(0, ge=0)
+    web_search: float | None = Field(None, ge=0)
+    file_search: float | None = Field(None, ge=0)
+    service_tiers: dict[str, PriceTierConfig] = Field(default_factory=dict)
 
 
 Action = Literal["warn", "throttle", "downgrade", "block"]

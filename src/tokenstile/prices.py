@@ -1,12 +1,12 @@
 """What a call costs, in whole nano-dollars, from genai-prices' offline snapshot.
 
-Every price is a ``Decimal`` in USD per million tokens and every cost an exact ``int`` of
-nano-USD, so ledgers and budgets never drift. Looking a model up in genai-prices costs
-about 200 µs, so lookups (hits and misses) are memoized; operators can override or add
-prices per exact model name or glob pattern.
+Every price is a ``Decimal`` in USD per million tokens (per call for tool fees) and every
+cost an exact ``int`` of nano-USD, so ledgers and budgets never drift. Looking a model up in
+genai-prices costs about 200 µs, so lookups (hits and misses) are memoized per (provider,
+model); operators can override or add prices per exact model name or glob pattern.
 
-Usage follows tokenstile's (OpenAI's) convention: ``input_tokens`` includes cache reads
-and cache writes, ``output_tokens`` includes reasoning tokens.
+Usage follows tokenstile's (OpenAI's) convention: ``input_tokens`` includes cache reads,
+cache writes and input audio; ``output_tokens`` includes reasoning and output audio.
 """
 
 from __future__ import annotations
@@ -14,16 +14,16 @@ from __future__ import annotations
 import fnmatch
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation
 from typing import Any, Final
 
 from tokenstile.clock import SYSTEM_CLOCK, Clock
-from tokenstile.types import NANO_PER_USD, Usage
+from tokenstile.types import NANO_PER_USD, PriceTerms, Usage
 
-__all__ = ["ModelPrice", "Pricer", "parse_price_override"]
+__all__ = ["ModelPrice", "Pricer", "parse_price_override", "upstream_provider"]
 
 _ZERO: Final = Decimal(0)
 _ONE: Final = Decimal(1)
@@ -33,16 +33,33 @@ _NANO: Final = Decimal(NANO_PER_USD)
 # Wide enough that token counts times prices never round before the final quantize,
 # whatever decimal context the calling thread has set.
 _CTX: Final = Context(prec=60, rounding=ROUND_HALF_UP)
+_NO_TERMS: Final = PriceTerms()
+# Tiers a request leaves to the provider: it may serve them at any tier the model has.
+_OPEN_TIERS: Final = frozenset({"auto", ""})
+
+
+def _or(*prices: Decimal | None) -> Decimal:
+    """The first price that is set (the last one always is)."""
+    for price in prices:
+        if price is not None:
+            return price
+    raise AssertionError("no price")  # pragma: no cover - callers end with a set price
 
 
 @dataclass(frozen=True, slots=True)
 class ModelPrice:
-    """A model's prices in USD per million tokens (``per_request`` in USD per call).
+    """A model's prices in USD per million tokens (``per_request``, ``web_search`` and
+    ``file_search`` in USD per call).
 
-    ``cached_input`` (cache reads) and ``cache_write`` fall back to ``input`` when None;
-    ``reasoning`` falls back to ``output`` (few providers price reasoning apart).
+    ``cached_input`` (cache reads) and ``cache_write`` fall back to ``input`` when None,
+    ``cache_write_1h`` to ``cache_write``; ``reasoning`` falls back to ``output`` (few
+    providers price reasoning apart); ``input_audio`` and ``output_audio`` to ``input`` and
+    ``output``; ``cached_audio_input`` (audio cache reads) to ``input_audio``, and for a
+    model without audio prices to ``cached_input`` (its audio is billed as text).
     ``tiers`` holds long-context prices: ``(threshold, price)`` pairs, ascending, where
     ``price`` replaces this one for requests whose input tokens exceed ``threshold``.
+    ``service_tiers`` holds the prices of other service tiers (``flex``, ``priority``…),
+    each a whole ``ModelPrice`` that replaces this one for a call served at that tier.
     """
 
     input: Decimal
@@ -52,6 +69,13 @@ class ModelPrice:
     per_request: Decimal | None = None
     reasoning: Decimal | None = None
     tiers: tuple[tuple[int, ModelPrice], ...] = ()
+    cache_write_1h: Decimal | None = None
+    input_audio: Decimal | None = None
+    output_audio: Decimal | None = None
+    cached_audio_input: Decimal | None = None
+    web_search: Decimal | None = None
+    file_search: Decimal | None = None
+    service_tiers: tuple[tuple[str, ModelPrice], ...] = ()
 
     def at(self, input_tokens: int) -> ModelPrice:
         """The price that applies to a request with this many input tokens (cache included).
@@ -64,44 +88,117 @@ class ModelPrice:
                 return price
         return self
 
-    def cost_nano(self, usage: Usage) -> int:
-        """Exact cost of a finished call in nano-USD, rounded half up."""
+    def for_tier(self, service_tier: str | None) -> ModelPrice:
+        """The price of a call served at ``service_tier``; this one for a tier without prices
+        of its own (``default``, ``standard``, ``scale``, or one the price table lacks)."""
+        if service_tier and self.service_tiers:
+            name = service_tier.strip().lower()
+            for tier, price in self.service_tiers:
+                if tier == name:
+                    return price
+        return self
+
+    def cost_nano(self, usage: Usage, service_tier: str | None = None) -> int:
+        """Exact cost of a finished call in nano-USD, rounded half up.
+
+        Priced at the tier the usage names (``usage.service_tier``), else ``service_tier``.
+        """
         inp = max(int(usage.input_tokens), 0)
         cached = max(int(usage.cached_input_tokens), 0)
         written = max(int(usage.cache_write_tokens), 0)
+        written_1h = min(max(int(usage.cache_write_1h_tokens), 0), written)
+        audio_in = max(int(usage.input_audio_tokens), 0)
+        cached_audio = min(max(int(usage.cached_audio_tokens), 0), cached, audio_in)
         out = max(int(usage.output_tokens), 0)
-        reasoning = min(max(int(usage.reasoning_tokens), 0), out)
-        p = self.at(inp)
-        fresh = max(inp - cached - written, 0)  # inconsistent usage: trust the parts
+        audio_out = min(max(int(usage.output_audio_tokens), 0), out)
+        reasoning = min(max(int(usage.reasoning_tokens), 0), out - audio_out)
+        p = self.for_tier(usage.service_tier or service_tier).at(inp)
+        fresh_audio = audio_in - cached_audio
+        # Inconsistent usage (parts larger than the whole): trust the parts.
+        fresh = max(inp - cached - written - fresh_audio, 0)
         mul, add = _CTX.multiply, _CTX.add
         # Explicit context: exact whatever precision the calling thread has set.
-        mtok = add(mul(fresh, p.input), mul(out, p.output))
-        if cached:
-            mtok = add(mtok, mul(cached, p.input if p.cached_input is None else p.cached_input))
-        if written:
-            mtok = add(mtok, mul(written, p.input if p.cache_write is None else p.cache_write))
-        if reasoning and p.reasoning is not None:
-            mtok = add(mtok, mul(reasoning, _CTX.subtract(p.reasoning, p.output)))
-        return _to_nano(mtok, p.per_request)
+        mtok = add(mul(fresh, p.input), mul(out - audio_out - reasoning, p.output))
+        if cached > cached_audio:
+            mtok = add(mtok, mul(cached - cached_audio, _or(p.cached_input, p.input)))
+        if fresh_audio:
+            mtok = add(mtok, mul(fresh_audio, _or(p.input_audio, p.input)))
+        if cached_audio:
+            mtok = add(mtok, mul(cached_audio, _or(p.cached_audio_input, p.input_audio,
+                                                    p.cached_input, p.input)))
+        if written > written_1h:
+            mtok = add(mtok, mul(written - written_1h, _or(p.cache_write, p.input)))
+        if written_1h:
+            mtok = add(mtok, mul(written_1h, _or(p.cache_write_1h, p.cache_write, p.input)))
+        if reasoning:
+            mtok = add(mtok, mul(reasoning, _or(p.reasoning, p.output)))
+        if audio_out:
+            mtok = add(mtok, mul(audio_out, _or(p.output_audio, p.output)))
+        return _to_nano(mtok, p._fees(usage.web_search_requests, usage.file_search_calls))
 
-    def estimate_nano(self, input_tokens: int, output_tokens: int) -> int:
-        """Reservation before the call: every input token at the uncached price.
+    def estimate_nano(self, input_tokens: int, output_tokens: int, *,
+                      terms: PriceTerms | None = None) -> int:
+        """Reservation before the call: every input token at the dearest input price the
+        request may pay, every output token at the dearest output price.
 
-        Cache reads can only lower the bill; a cache-write premium (Anthropic's 1.25×) is
-        not reserved, since most requests write little and the upstream's usage settles it.
+        Cache reads can only lower the bill. A cache write is reserved only when the request
+        asks for caching (``terms.cache_write``): then all its input may be written, at the
+        premium of the longest lifetime asked for. A request that leaves its service tier to
+        the provider (no tier, or ``auto``) is reserved at the priciest tier the model has:
+        the provider serves ``auto`` at the tier its account is set to, which may be
+        ``priority``. Tool fees are reserved for the calls the request allows at most.
+        Without ``terms``: text only, at the standard tier.
         """
+        if terms is None:
+            return self._estimate(input_tokens, output_tokens, _NO_TERMS)
+        tier = (terms.service_tier or "").strip().lower()
+        if tier in _OPEN_TIERS:
+            candidates: Iterable[ModelPrice] = (self, *(p for _, p in self.service_tiers))
+        else:
+            candidates = (self.for_tier(tier),)
+        return max(price._estimate(input_tokens, output_tokens, terms) for price in candidates)
+
+    def _estimate(self, input_tokens: int, output_tokens: int, terms: PriceTerms) -> int:
         inp = max(int(input_tokens), 0)
         out = max(int(output_tokens), 0)
         p = self.at(inp)
+        in_price = p.input
+        if terms.cache_write == "1h":
+            in_price = max(in_price, _or(p.cache_write_1h, p.cache_write, p.input))
+        elif terms.cache_write:
+            in_price = max(in_price, _or(p.cache_write, p.input))
+        if terms.audio_input and p.input_audio is not None:
+            in_price = max(in_price, p.input_audio)
         out_price = p.output if p.reasoning is None else max(p.output, p.reasoning)
+        if terms.audio_output and p.output_audio is not None:
+            out_price = max(out_price, p.output_audio)
         mul = _CTX.multiply
-        return _to_nano(_CTX.add(mul(inp, p.input), mul(out, out_price)), p.per_request)
+        return _to_nano(_CTX.add(mul(inp, in_price), mul(out, out_price)),
+                        p._fees(terms.web_searches, terms.file_searches))
+
+    def _fees(self, web_searches: int, file_searches: int) -> Decimal:
+        """USD charged per call: the request itself and the searches it ran."""
+        fees = self.per_request or _ZERO
+        if web_searches > 0 and self.web_search:
+            fees = _CTX.add(fees, _CTX.multiply(int(web_searches), self.web_search))
+        if file_searches > 0 and self.file_search:
+            fees = _CTX.add(fees, _CTX.multiply(int(file_searches), self.file_search))
+        return fees
+
+    def unpriced(self, usage: Usage) -> list[str]:
+        """What in ``usage`` this price table has no price for (billed at nothing)."""
+        missing = []
+        if usage.web_search_requests > 0 and self.web_search is None:
+            missing.append("web_search")
+        if usage.file_search_calls > 0 and self.file_search is None:
+            missing.append("file_search")
+        return missing
 
 
-def _to_nano(mtok_usd: Decimal, per_request: Decimal | None) -> int:
+def _to_nano(mtok_usd: Decimal, per_call_usd: Decimal) -> int:
     nano = _CTX.multiply(mtok_usd, _NANO_PER_MTOK_UNIT)
-    if per_request:
-        nano = _CTX.add(nano, _CTX.multiply(per_request, _NANO))
+    if per_call_usd:
+        nano = _CTX.add(nano, _CTX.multiply(per_call_usd, _NANO))
     return max(int(_CTX.quantize(nano, _ONE)), 0)
 
 
@@ -133,26 +230,72 @@ def _infer_provider(model: str) -> str | None:
     return None
 
 
-def _genai_lookup(provider: str | None, model_ref: str) -> Any:
-    """genai-prices' model entry (a ``ModelInfo``); raises LookupError when unknown."""
+def _snapshot() -> Any:
     from genai_prices import data_snapshot
 
-    return data_snapshot.get_snapshot().find_provider_model(model_ref, None, provider, None)[1]
+    return data_snapshot.get_snapshot()
+
+
+def _genai_lookup(provider: str | None, model_ref: str) -> Any:
+    """genai-prices' model entry (a ``ModelInfo``); raises LookupError when unknown."""
+    return _snapshot().find_provider_model(model_ref, None, provider, None)[1]
+
+
+def _genai_provider(provider: str) -> str | None:
+    """genai-prices' own id for a provider name (``Anthropic`` -> ``anthropic``), or None."""
+    from genai_prices.data_snapshot import find_provider_by_id
+
+    found = find_provider_by_id(_snapshot().providers, provider)
+    return None if found is None else str(found.id)
+
+
+def upstream_provider(kind: str, base_url: str, configured: str | None = None) -> str | None:
+    """Whose prices an upstream's calls are billed at (a genai-prices provider id).
+
+    ``configured`` (the upstream's ``provider`` setting) wins; else the provider whose API
+    address ``base_url`` is (``https://api.groq.com/…`` -> groq), as genai-prices knows
+    them; else the ``kind`` when it names one provider (anthropic, azure). None for an
+    OpenAI-compatible server at an address genai-prices does not know (vLLM, a proxy): its
+    models are then priced by what their names say.
+    """
+    if configured:
+        return configured.strip().lower()
+    for entry in _snapshot().providers:
+        pattern = getattr(entry, "api_pattern", None)
+        if pattern and re.match(pattern, base_url):
+            return str(entry.id)
+    return kind if kind in ("anthropic", "azure") else None
 
 
 def _dec(value: object) -> Decimal | None:
     return value if isinstance(value, Decimal) else None
 
 
+_GENAI_KEYS: Final = (
+    ("input", ("input_mtok",)),
+    ("output", ("output_mtok",)),
+    ("cached_input", ("cache_read_mtok",)),
+    ("cache_write", ("cache_write_mtok", "cache_write_5m_mtok")),
+    ("cache_write_1h", ("cache_write_1h_mtok",)),
+    ("reasoning", ("output_reasoning_mtok",)),
+    ("input_audio", ("input_audio_mtok",)),
+    ("output_audio", ("output_audio_mtok",)),
+    ("cached_audio_input", ("cache_audio_read_mtok",)),
+)
+
+
+def _per_call(gp: Any, key: str) -> Decimal | None:
+    """A genai-prices price per thousand calls, as USD per call."""
+    kcount = _dec(getattr(gp, key, None))
+    return _CTX.divide(kcount, 1000) if kcount else None
+
+
 def _from_genai(gp: Any) -> ModelPrice | None:
     """Convert a genai-prices ``ModelPrice`` (Decimals or ``TieredPrices``) into ours."""
-    fields = {
-        "input": getattr(gp, "input_mtok", None),
-        "output": getattr(gp, "output_mtok", None),
-        "cached_input": getattr(gp, "cache_read_mtok", None),
-        "cache_write": getattr(gp, "cache_write_mtok", None),
-        "reasoning": getattr(gp, "output_reasoning_mtok", None),
-    }
+    fields: dict[str, Any] = {}
+    for ours, theirs in _GENAI_KEYS:
+        fields[ours] = next((v for key in theirs if (v := getattr(gp, key, None)) is not None),
+                            None)
     if fields["input"] is None and fields["output"] is None:
         # No token prices at all: free per genai-prices, or billed in units we do not
         # track (characters, audio hours, pages). Unknown is the safe answer for a budget.
@@ -171,17 +314,23 @@ def _from_genai(gp: Any) -> ModelPrice | None:
                     chosen = _dec(t.price)
         return chosen
 
-    kcount = _dec(getattr(gp, "requests_kcount", None))
-    per_request = _CTX.divide(kcount, 1000) if kcount else None
-
     def build(threshold: int | None) -> ModelPrice:
+        def at(name: str) -> Decimal | None:
+            return value_at(fields[name], threshold)
+
         return ModelPrice(
-            input=value_at(fields["input"], threshold) or _ZERO,
-            output=value_at(fields["output"], threshold) or _ZERO,
-            cached_input=value_at(fields["cached_input"], threshold),
-            cache_write=value_at(fields["cache_write"], threshold),
-            reasoning=value_at(fields["reasoning"], threshold),
-            per_request=per_request,
+            input=at("input") or _ZERO,
+            output=at("output") or _ZERO,
+            cached_input=at("cached_input"),
+            cache_write=at("cache_write"),
+            cache_write_1h=at("cache_write_1h"),
+            reasoning=at("reasoning"),
+            input_audio=at("input_audio"),
+            output_audio=at("output_audio"),
+            cached_audio_input=at("cached_audio_input"),
+            per_request=_per_call(gp, "requests_kcount"),
+            web_search=_per_call(gp, "web_searches_kcount"),
+            file_search=_per_call(gp, "storage_searches_kcount"),
         )
 
     base = build(None)
@@ -190,21 +339,47 @@ def _from_genai(gp: Any) -> ModelPrice | None:
     return replace(base, tiers=tuple((t, build(t)) for t in sorted(thresholds)))
 
 
+def _service_tier_names(info: Any) -> list[str]:
+    """The service tiers a genai-prices model entry has variant prices for."""
+    names = {str(v.when["service_tier"]) for v in getattr(info, "price_variants", None) or ()
+             if set(getattr(v, "when", {})) == {"service_tier"}}
+    return sorted(names)
+
+
+def _from_genai_info(info: Any, when: datetime) -> ModelPrice | None:
+    """A model entry's standard price, with its service tiers' prices (those in force at
+    ``when`` that differ from the standard one)."""
+    base = _from_genai(info.get_prices(when))
+    if base is None:
+        return None
+    variants: list[tuple[str, ModelPrice]] = []
+    for tier in _service_tier_names(info):
+        price = _from_genai(info.get_prices(when, {"service_tier": tier}))
+        if price is not None and price != base:
+            variants.append((tier.lower(), price))
+    return replace(base, service_tiers=tuple(variants)) if variants else base
+
+
 class Pricer:
     """Model prices: operator overrides first, then genai-prices' bundled snapshot.
 
     Override keys are exact model names or ``fnmatch`` patterns, matched case-insensitively
-    against the name as sent and without its ``provider/`` prefix; an exact name wins over
-    any pattern and a longer pattern over a shorter one.
+    against ``provider/name`` (when the provider is known), the name as sent and the name
+    without its ``provider/`` prefix; an exact name wins over any pattern and a longer
+    pattern over a shorter one.
 
     genai-prices answers are memoized per (provider, model) for ``ttl`` seconds, so a price
-    that changes on a date (genai-prices knows some) is picked up by a running gateway.
-    Only standard prices are used: no batch, flex or priority variants.
+    that changes on a date (genai-prices knows some) is picked up by a running gateway. Each
+    answer carries the model's service-tier prices (``flex``, ``priority``…); batch prices
+    are not used (the gateway serves no batch API).
 
-    When a provider is given but genai-prices does not know it (an upstream's own name, say),
-    or does not list the model under it, the lookup falls back to the provider the name
-    implies: ``openai/`` prefixes, ``claude*`` -> anthropic, ``gpt-*``/``o1..o4``/
-    ``text-embedding-*`` -> openai, then genai-prices' own matching.
+    A model is priced at its provider's prices (``provider``: the upstream that served it,
+    see ``upstream_provider``): when genai-prices knows that provider, only its list (and the
+    providers it resells, as genai-prices records them) is searched, so a model another
+    provider also lists at another price is never billed at that price. Without a provider,
+    or with one genai-prices does not know, the name decides: ``openai/`` prefixes,
+    ``claude*`` -> anthropic, ``gpt-*``/``o1..o4``/``text-embedding-*`` -> openai, then
+    genai-prices' own matching.
     """
 
     _MEMO_MAX: Final = 8192
@@ -233,19 +408,24 @@ class Pricer:
 
     # -- lookup --
 
-    def price_for(self, model: str, provider: str | None = None) -> ModelPrice | None:
-        """The model's price, or None when neither the overrides nor genai-prices know it."""
+    def price_for(self, model: str, provider: str | None = None, *,
+                  service_tier: str | None = None) -> ModelPrice | None:
+        """The model's price (at ``service_tier`` when given), or None when neither the
+        overrides nor genai-prices know it."""
         key = (provider, model)
         hit = self._memo.get(key)
         now = self._clock.monotonic()
         if hit is not None and hit[1] > now:
-            return hit[0]
-        price = self._resolve(model, provider)
-        with self._lock:
-            if len(self._memo) >= self._MEMO_MAX:
-                self._memo.clear()  # names come from requests: keep the memo bounded
-            self._memo[key] = (price, now + self._ttl)
-        return price
+            price = hit[0]
+        else:
+            price = self._resolve(model, provider)
+            with self._lock:
+                if len(self._memo) >= self._MEMO_MAX:
+                    self._memo.clear()  # names come from requests: keep the memo bounded
+                self._memo[key] = (price, now + self._ttl)
+        if price is None or service_tier is None:
+            return price
+        return price.for_tier(service_tier)
 
     def known(self, model: str, provider: str | None = None) -> bool:
         return self.price_for(model, provider) is not None
@@ -255,34 +435,42 @@ class Pricer:
         if not name:
             return None
         bare = name.rsplit("/", 1)[1] if "/" in name else name
-        override = self._override(name, bare)
+        prov = _genai_provider(provider) if provider else None
+        override = self._override(name, bare, provider)
         if override is not None:
             return override
         when = datetime.fromtimestamp(self._clock.now(), UTC)
-        for prov, ref in self._attempts(name, bare, provider):
+        for attempt_provider, ref in self._attempts(name, bare, provider, prov):
             try:
-                info = _genai_lookup(prov, ref)
+                info = _genai_lookup(attempt_provider, ref)
             except LookupError:
                 continue
             try:
-                return _from_genai(info.get_prices(when))
+                return _from_genai_info(info, when)
             except Exception:  # a malformed snapshot entry must not break billing
                 return None
         return None
 
-    def _override(self, name: str, bare: str) -> ModelPrice | None:
+    def _override(self, name: str, bare: str, provider: str | None) -> ModelPrice | None:
         if not self._exact and not self._patterns:
             return None
-        for candidate in (name, bare):
+        candidates: tuple[str, ...] = (name, bare)
+        if provider:
+            candidates = (f"{provider.strip().lower()}/{bare}", *candidates)
+        for candidate in candidates:
             if candidate in self._exact:
                 return self._exact[candidate]
         for pattern, price in self._patterns:
-            if fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(bare, pattern):
+            if any(fnmatch.fnmatchcase(c, pattern) for c in candidates):
                 return price
         return None
 
     @staticmethod
-    def _attempts(name: str, bare: str, provider: str | None) -> list[tuple[str | None, str]]:
+    def _attempts(name: str, bare: str, provider: str | None,
+                  known: str | None) -> list[tuple[str | None, str]]:
+        if known:
+            # The provider that serves the call: its prices or none.
+            return list(dict.fromkeys([(known, name), (known, bare)]))
         attempts: list[tuple[str | None, str]] = []
         if provider:
             prov = provider.strip().lower()
@@ -299,25 +487,34 @@ class Pricer:
 
     # -- costs --
 
-    def cost_nano(self, model: str, usage: Usage, provider: str | None = None) -> int | None:
+    def cost_nano(self, model: str, usage: Usage, provider: str | None = None, *,
+                  service_tier: str | None = None) -> int | None:
         """Exact cost in nano-USD of a finished call; None for an unknown model.
 
-        The long-context tier is chosen by the request's input tokens, cache included.
+        Priced at the service tier the usage names (the provider's answer), else at
+        ``service_tier`` (the tier asked for); the long-context tier is chosen by the
+        request's input tokens, cache included.
         """
         price = self.price_for(model, provider)
-        return None if price is None else price.cost_nano(usage)
+        return None if price is None else price.cost_nano(usage, service_tier)
 
     def estimate_nano(
-        self, model: str, input_tokens: int, output_tokens: int, provider: str | None = None
+        self, model: str, input_tokens: int, output_tokens: int, provider: str | None = None,
+        *, terms: PriceTerms | None = None,
     ) -> int | None:
-        """Worst-case cost for a reservation: no cache discount; None for an unknown model."""
+        """Worst-case cost for a reservation (see ``ModelPrice.estimate_nano``); None for an
+        unknown model."""
         price = self.price_for(model, provider)
-        return None if price is None else price.estimate_nano(input_tokens, output_tokens)
+        return None if price is None else price.estimate_nano(input_tokens, output_tokens,
+                                                              terms=terms)
 
 
 # --- configuration -----------------------------------------------------------------------
 
-_OVERRIDE_KEYS: Final = ("input", "output", "cached_input", "cache_write", "per_request")
+_PRICE_KEYS: Final = ("input", "output", "cached_input", "cache_write", "cache_write_1h",
+                      "input_audio", "output_audio", "cached_audio_input", "reasoning",
+                      "per_request", "web_search", "file_search")
+_OVERRIDE_KEYS: Final = (*_PRICE_KEYS, "service_tiers")
 
 
 def _price_value(key: str, value: object) -> Decimal:
@@ -333,31 +530,42 @@ def _price_value(key: str, value: object) -> Decimal:
     return d
 
 
+def _check_keys(d: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
+    if not isinstance(d, Mapping):
+        raise ValueError(f"{where} must be a mapping, got {type(d).__name__}")
+    unknown = sorted(str(k) for k in d if k not in allowed)
+    if unknown:
+        raise ValueError(f"unknown price keys {unknown}; expected some of {list(allowed)}")
+
+
 def parse_price_override(d: Mapping[str, Any]) -> ModelPrice:
     """A ``ModelPrice`` from configuration, e.g. ``{"input": 2.5, "output": 10}``.
 
     Keys: ``input`` and ``output`` (required; USD per million tokens; use 0 for an
-    embedding model's output), ``cached_input`` and ``cache_write`` (optional, same unit;
-    default to ``input``), ``per_request`` (optional, USD per call). Unknown keys are
-    rejected so that a typo cannot silently make something free.
+    embedding model's output); optional, same unit: ``cached_input`` and ``cache_write``
+    (default to ``input``), ``cache_write_1h`` (default ``cache_write``), ``input_audio`` /
+    ``output_audio`` (default ``input`` / ``output``), ``cached_audio_input`` (default
+    ``input_audio``), ``reasoning`` (default ``output``); in USD per call: ``per_request``,
+    ``web_search`` and ``file_search``. ``service_tiers`` maps a tier (``flex``,
+    ``priority``…) to the prices that differ at that tier. Unknown keys are rejected so that
+    a typo cannot silently make something free.
     """
-    if not isinstance(d, Mapping):
-        raise ValueError(f"a price must be a mapping, got {type(d).__name__}")
-    unknown = sorted(str(k) for k in d if k not in _OVERRIDE_KEYS)
-    if unknown:
-        raise ValueError(f"unknown price keys {unknown}; expected some of {list(_OVERRIDE_KEYS)}")
+    _check_keys(d, _OVERRIDE_KEYS, "a price")
     missing = [k for k in ("input", "output") if d.get(k) is None]
     if missing:
         raise ValueError(f"price needs {missing}")
+    base = _with_prices(ModelPrice(input=_ZERO, output=_ZERO), d)
+    tiers = d.get("service_tiers") or {}
+    _check_keys(tiers, tuple(str(k) for k in tiers), "'service_tiers'")
+    variants = []
+    for tier, values in tiers.items():
+        _check_keys(values, _PRICE_KEYS, f"service tier {tier!r}")
+        variants.append((str(tier).strip().lower(), _with_prices(base, values)))
+    return replace(base, service_tiers=tuple(variants)) if variants else base
 
-    def opt(key: str) -> Decimal | None:
-        v = d.get(key)
-        return None if v is None else _price_value(key, v)
 
-    return ModelPrice(
-        input=_price_value("input", d["input"]),
-        output=_price_value("output", d["output"]),
-        cached_input=opt("cached_input"),
-        cache_write=opt("cache_write"),
-        per_request=opt("per_request"),
-    )
+def _with_prices(price: ModelPrice, d: Mapping[str, Any]) -> ModelPrice:
+    """``price`` with the prices ``d`` names (and no others) replaced."""
+    changes: dict[str, Any] = {key: _price_value(key, d[key]) for key in _PRICE_KEYS
+                               if d.get(key) is not None}
+    return replace(price, **changes)

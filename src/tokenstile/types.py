@@ -39,10 +39,16 @@ def nano_to_usd(nano: int) -> float:
 
 @dataclass(slots=True)
 class Usage:
-    """Tokens one call used, in OpenAI's convention.
+    """What one call used, in OpenAI's convention.
 
-    ``input_tokens`` includes ``cached_input_tokens`` (cache reads) and
-    ``cache_write_tokens``; ``output_tokens`` includes ``reasoning_tokens``.
+    ``input_tokens`` includes ``cached_input_tokens`` (cache reads), ``cache_write_tokens``
+    and ``input_audio_tokens``; ``cached_audio_tokens`` are the audio part of the cache reads
+    and ``cache_write_1h_tokens`` the part of the cache writes kept for an hour (Anthropic's
+    ``ephemeral_1h_input_tokens``; the rest are 5-minute writes). ``output_tokens`` includes
+    ``reasoning_tokens`` and ``output_audio_tokens``. ``web_search_requests``,
+    ``web_fetch_requests`` and ``file_search_calls`` count server-side tool calls, which
+    some providers bill per call. ``service_tier`` is the tier the provider says served the
+    call (``default``, ``flex``, ``priority``, ``standard``…), None when it did not say.
     """
 
     input_tokens: int = 0
@@ -50,6 +56,14 @@ class Usage:
     cached_input_tokens: int = 0
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
+    input_audio_tokens: int = 0
+    output_audio_tokens: int = 0
+    cached_audio_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    web_search_requests: int = 0
+    web_fetch_requests: int = 0
+    file_search_calls: int = 0
+    service_tier: str | None = None
 
     @property
     def total_tokens(self) -> int:
@@ -61,6 +75,40 @@ class Usage:
         self.cached_input_tokens += other.cached_input_tokens
         self.cache_write_tokens += other.cache_write_tokens
         self.reasoning_tokens += other.reasoning_tokens
+        self.input_audio_tokens += other.input_audio_tokens
+        self.output_audio_tokens += other.output_audio_tokens
+        self.cached_audio_tokens += other.cached_audio_tokens
+        self.cache_write_1h_tokens += other.cache_write_1h_tokens
+        self.web_search_requests += other.web_search_requests
+        self.web_fetch_requests += other.web_fetch_requests
+        self.file_search_calls += other.file_search_calls
+        self.service_tier = other.service_tier or self.service_tier
+
+    @property
+    def billable_calls(self) -> int:
+        """Tool calls billed per call (web and file searches)."""
+        return self.web_search_requests + self.file_search_calls
+
+
+@dataclass(frozen=True, slots=True)
+class PriceTerms:
+    """What a request may be billed for beyond plain text tokens, read from its body before
+    the call, so that its reservation can hold the worst case.
+
+    ``service_tier`` is the tier asked for (None: the provider's default, ``auto``, which
+    may be served at a pricier tier). ``cache_write`` is the longest cache lifetime the
+    request's ``cache_control`` asks for (``5m`` or ``1h``): its input may be written to
+    the cache at that premium. ``audio_input`` / ``audio_output``: audio may be read or
+    written. ``web_searches`` / ``file_searches``: the most such calls the request allows
+    (0 when it allows none, or sets no bound).
+    """
+
+    service_tier: str | None = None
+    cache_write: str | None = None
+    audio_input: bool = False
+    audio_output: bool = False
+    web_searches: int = 0
+    file_searches: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +146,7 @@ class CanonicalRequest:
     feature: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
     trace_id: str | None = None
+    terms: PriceTerms | None = None
 
 
 @dataclass(slots=True)
@@ -123,6 +172,12 @@ class LedgerRow:
     cache_write_tokens: int = 0
     output_tokens: int = 0
     reasoning_tokens: int = 0
+    input_audio_tokens: int = 0
+    output_audio_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    web_search_requests: int = 0
+    file_search_calls: int = 0
+    service_tier: str | None = None
     cost_nano: int = 0
     estimated: bool = False
     status: int = 200

@@ -207,7 +207,8 @@ def test_response_fixture_is_what_the_sdk_parses() -> None:
 def test_usage_converts_cache_reads_and_writes_into_input() -> None:
     usage = adapter.usage_from_body("messages", RESPONSE)
     assert usage == Usage(input_tokens=21 + 188 + 1500, output_tokens=393,
-                          cached_input_tokens=1500, cache_write_tokens=188)
+                          cached_input_tokens=1500, cache_write_tokens=188,
+                          service_tier="standard")
     assert usage.total_tokens == 21 + 188 + 1500 + 393
 
 

@@ -161,7 +161,9 @@ def sample_rows() -> list[LedgerRow]:
             if i % 3 == 0 else 3.25, streamed=i % 2 == 0, trace_id=f"tr-{i}",
             degraded=["trimmed"] if i == 7 else [], cache="hit" if i == 3 else None,
             saved_nano=5 if i == 3 else 0, detail={"attempts": i % 2 + 1, "why": "ok"}
-            if i % 2 else {},
+            if i % 2 else {}, input_audio_tokens=i % 5, output_audio_tokens=2 * (i % 3),
+            cache_write_1h_tokens=i % 3 // 2, web_search_requests=i % 4,
+            file_search_calls=i % 2, service_tier=["default", "priority", None][i % 3],
         ))
     return rows
 
@@ -230,6 +232,92 @@ async def test_ledger_rows_round_trip_exactly(db: Database) -> None:
     assert back == sorted(rows, key=lambda r: (r.ts, r.id), reverse=True)
     assert all(isinstance(r.ts, float) and isinstance(r.cost_nano, int) for r in back)
     assert all(isinstance(r.estimated, bool) and isinstance(r.streamed, bool) for r in back)
+
+
+async def test_usage_can_be_grouped_by_service_tier(db: Database) -> None:
+    rows = sample_rows()
+    await db.insert_ledger(rows)
+    got = {r["service_tier"]: (r["requests"], r["cost_nano"])
+           for r in await db.usage(UsageQuery(group_by=["service_tier"]))}
+    want: dict[Any, tuple[int, int]] = {}
+    for row in rows:
+        n, cost = want.get(row.service_tier, (0, 0))
+        want[row.service_tier] = (n + 1, cost + row.cost_nano)
+    assert got == want
+    only = await db.ledger_rows(limit=100, service_tier="priority")
+    assert {r.id for r in only} == {r.id for r in rows if r.service_tier == "priority"}
+
+
+# The ledger as the first release made it, before audio, 1-hour cache writes, searches and
+# the service tier had columns.
+_FIRST_LEDGER = """
+CREATE TABLE ledger (
+    id TEXT PRIMARY KEY, ts REAL NOT NULL, key_id TEXT, organization TEXT, project TEXT,
+    team TEXT, user TEXT, end_user TEXT, feature TEXT, tags TEXT, api TEXT,
+    requested_model TEXT, served_model TEXT, upstream TEXT,
+    input_tokens INTEGER NOT NULL DEFAULT 0, cached_input_tokens INTEGER NOT NULL DEFAULT 0,
+    cache_write_tokens INTEGER NOT NULL DEFAULT 0, output_tokens INTEGER NOT NULL DEFAULT 0,
+    reasoning_tokens INTEGER NOT NULL DEFAULT 0, cost_nano INTEGER NOT NULL DEFAULT 0,
+    estimated INTEGER NOT NULL DEFAULT 0, status INTEGER NOT NULL, outcome TEXT NOT NULL,
+    block_reason TEXT, flags TEXT, latency_ms REAL, ttfb_ms REAL,
+    streamed INTEGER NOT NULL DEFAULT 0, trace_id TEXT, degraded TEXT, cache TEXT,
+    saved_nano INTEGER NOT NULL DEFAULT 0, detail TEXT
+);
+INSERT INTO ledger (id, ts, input_tokens, cost_nano, status, outcome)
+    VALUES ('old-row', 1.0, 10, 25, 200, 'ok');
+"""
+
+
+async def test_a_sqlite_ledger_from_before_the_new_columns_gains_them(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(_FIRST_LEDGER)
+    db = SqliteDatabase(f"sqlite:///{path}")
+    await db.open()
+    try:
+        new = LedgerRow(id="new-row", ts=2.0, input_tokens=5, input_audio_tokens=3,
+                        output_audio_tokens=1, cache_write_1h_tokens=2, web_search_requests=4,
+                        file_search_calls=1, service_tier="flex", cost_nano=7)
+        await db.insert_ledger([new])
+        old, = await db.ledger_rows(id="old-row")
+        assert (old.input_tokens, old.cost_nano, old.input_audio_tokens,
+                old.service_tier) == (10, 25, 0, None)
+        assert await db.ledger_rows(id="new-row") == [new]
+        assert (await db.usage(UsageQuery()))[0]["cost_nano"] == 32
+    finally:
+        await db.close()
+    again = SqliteDatabase(f"sqlite:///{path}")  # opening again changes nothing
+    await again.open()
+    assert len(await again.ledger_rows()) == 2
+    await again.close()
+
+
+async def test_a_postgres_ledger_at_schema_3_gains_the_new_columns(pg_url: str) -> None:
+    pg = PostgresDatabase(pg_url)
+    await pg.open()
+    async with pg.connection() as conn:
+        await conn.execute("ALTER TABLE ledger DROP COLUMN input_audio_tokens, "
+                           "DROP COLUMN output_audio_tokens, DROP COLUMN cache_write_1h_tokens, "
+                           "DROP COLUMN web_search_requests, DROP COLUMN file_search_calls, "
+                           "DROP COLUMN service_tier")
+        await conn.execute("DELETE FROM tokenstile_schema_version WHERE version >= 4")
+        await conn.execute("INSERT INTO ledger (id, ts, input_tokens, status, outcome) "
+                           "VALUES ('old-row', 1.0, 10, 200, 'ok')")
+    await pg.close()
+    again = PostgresDatabase(pg_url)
+    await again.open()
+    try:
+        assert await again.schema_version() == LATEST
+        new = LedgerRow(id="new-row", ts=2.0, input_audio_tokens=3, service_tier="priority",
+                        web_search_requests=2)
+        await again.insert_ledger([new])
+        old, = await again.ledger_rows(id="old-row")
+        assert (old.input_tokens, old.input_audio_tokens, old.service_tier) == (10, 0, None)
+        assert await again.ledger_rows(id="new-row") == [new]
+    finally:
+        await again.close()
 
 
 async def test_insert_is_idempotent_on_id(db: Database) -> None:

@@ -80,7 +80,10 @@ class CachedAnswer:
             api, wire, model = m["api"], m["wire"], m["model"]
             if api not in _APIS or wire not in _WIRES or not isinstance(model, str):
                 raise CorruptEntry("cache entry names an unknown api or wire format")
-            usage = Usage(*(int(n) for n in m["usage"]))
+            counts = [int(n) for n in m["usage"]]
+            usage = Usage(input_tokens=counts[0], output_tokens=counts[1],
+                          cached_input_tokens=counts[2], cache_write_tokens=counts[3],
+                          reasoning_tokens=counts[4])
             return cls(
                 api=cast(ApiKind, api),
                 wire=cast(WireFormat, wire),
@@ -93,7 +96,7 @@ class CachedAnswer:
             )
         except CorruptEntry:
             raise
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError) as exc:
             raise CorruptEntry(f"undecodable cache entry: {exc}") from None
 
     @classmethod

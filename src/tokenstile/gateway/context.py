@@ -40,6 +40,7 @@ class RequestContext:
     req: CanonicalRequest | None = None
     provider_key: str | None = None
     upstream: str | None = None
+    provider: str | None = None
     served_model: str | None = None
     status: int = 200
     outcome: str = "ok"
@@ -84,6 +85,12 @@ class RequestContext:
             cache_write_tokens=usage.cache_write_tokens,
             output_tokens=usage.output_tokens,
             reasoning_tokens=usage.reasoning_tokens,
+            input_audio_tokens=usage.input_audio_tokens,
+            output_audio_tokens=usage.output_audio_tokens,
+            cache_write_1h_tokens=usage.cache_write_1h_tokens,
+            web_search_requests=usage.web_search_requests,
+            file_search_calls=usage.file_search_calls,
+            service_tier=usage.service_tier,
             cost_nano=self.cost_nano,
             estimated=self.estimated,
             status=self.status,
@@ -97,5 +104,15 @@ class RequestContext:
             degraded=list(self.degraded),
             cache=self.cache,
             saved_nano=self.saved_nano,
-            detail=dict(self.detail),
+            detail=usage_detail(self.detail, usage),
         )
+
+
+def usage_detail(detail: dict[str, Any], usage: Usage) -> dict[str, Any]:
+    """The row's ``detail``, with the rarer usage counts that have no column of their own."""
+    out = dict(detail)
+    if usage.cached_audio_tokens:
+        out["cached_audio_tokens"] = usage.cached_audio_tokens
+    if usage.web_fetch_requests:
+        out["web_fetch_requests"] = usage.web_fetch_requests
+    return out

@@ -24,6 +24,7 @@ from tokenstile.cache import (
 from tokenstile.errors import GatewayError, StreamBlocked, bad_request, forbidden
 from tokenstile.gateway import asgi
 from tokenstile.gateway.context import RequestContext, new_request_id
+from tokenstile.gateway.pricing import price_call
 from tokenstile.gateway.resilience import (
     Attempt,
     backoff_delay,
@@ -41,6 +42,7 @@ from tokenstile.gateway.upstream import (
 from tokenstile.limits.admission import BudgetExhausted, Ticket
 from tokenstile.providers.base import Bridge, StreamObserver
 from tokenstile.providers.sse import EventSplitter
+from tokenstile.providers.terms import reservation_terms
 from tokenstile.providers.translate import bridge_for
 from tokenstile.types import ApiKind, CanonicalRequest, LedgerRow, Usage, WireFormat
 
@@ -174,6 +176,7 @@ class Gateway:
         assert req is not None
         target = self.rt.router.resolve(req.model)
         ctx.upstream, ctx.served_model = target.upstream, target.model
+        ctx.provider = target.provider
         if target.model != req.model:
             req.body = {**req.body, "model": target.model}
         if target.wire != ctx.wire:
@@ -394,10 +397,15 @@ class Gateway:
         ticket = ctx.ticket
         if ticket is None or "usd" not in getattr(ticket, "units", ()):
             return True
-        first = self.rt.pricer.estimate_nano(ctx.served_model or req.model, req.input_tokens,
-                                             req.output_cap or 0)
-        other = self.rt.pricer.estimate_nano(target.model, req.input_tokens,
-                                             req.output_cap or 0)
+        upstreams = self.rt.config.upstreams
+        first_upstream = upstreams.get(ctx.upstream or "")
+        first = self.rt.pricer.estimate_nano(
+            ctx.served_model or req.model, req.input_tokens, req.output_cap or 0, ctx.provider,
+            terms=reservation_terms(req, first_upstream.auto_service_tier
+                                    if first_upstream else None))
+        other = self.rt.pricer.estimate_nano(
+            target.model, req.input_tokens, req.output_cap or 0, target.provider,
+            terms=reservation_terms(req, target.config.auto_service_tier))
         return first is not None and other is not None and other <= first
 
     def _record_attempts(self, ctx: RequestContext, attempts: list[Attempt],
@@ -407,6 +415,7 @@ class Gateway:
         if target is None:
             return
         ctx.upstream, ctx.served_model = target.upstream, target.model
+        ctx.provider = target.provider
         assert ctx.req is not None
         if self.rt.router.resolve(requested).model != target.model:
             ctx.degraded.append("fallback")
@@ -581,12 +590,7 @@ class Gateway:
     async def _finish(self, ctx: RequestContext) -> None:
         """Price the call, write its ledger row, then settle the reservation."""
         rt = self.rt
-        if ctx.usage is not None and ctx.usage.total_tokens and ctx.served_model:
-            cost = rt.pricer.cost_nano(ctx.served_model, ctx.usage)
-            if cost is None:
-                ctx.flags.append("unpriced_model")
-                cost = 0
-            ctx.cost_nano = cost
+        price_call(rt.pricer, ctx)
         if ctx.cache_body is not None and ctx.status == 200 and ctx.outcome == "ok" and \
                 ctx.cache_plan is not None:
             try:

@@ -13,6 +13,7 @@ from fnmatch import fnmatchcase
 
 from tokenstile.config import Config, UpstreamConfig
 from tokenstile.errors import not_found
+from tokenstile.prices import upstream_provider
 from tokenstile.types import WireFormat
 
 
@@ -23,11 +24,14 @@ class Target:
     model: str
     wire: WireFormat = "openai"
     """The wire format the upstream speaks (Azure speaks OpenAI's)."""
+    provider: str | None = None
+    """Whose prices its calls are billed at (``prices.upstream_provider``)."""
 
     @classmethod
     def of(cls, upstream: str, config: UpstreamConfig, model: str) -> Target:
         return cls(upstream, config, model,
-                   "anthropic" if config.kind == "anthropic" else "openai")
+                   "anthropic" if config.kind == "anthropic" else "openai",
+                   upstream_provider(config.kind, config.base_url, config.provider))
 
 
 class Router:

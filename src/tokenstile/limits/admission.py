@@ -44,9 +44,10 @@ from tokenstile.limits.windows import (
     window_end,
     window_label,
 )
+from tokenstile.providers.terms import reservation_terms
 from tokenstile.stores.counters import Charge, CounterStore, ReserveOutcome, StoreUnavailable
 from tokenstile.stores.database import Override
-from tokenstile.types import Caller, CanonicalRequest, LedgerRow, Unit, nano_to_usd
+from tokenstile.types import Caller, CanonicalRequest, LedgerRow, PriceTerms, Unit, nano_to_usd
 
 if TYPE_CHECKING:
     from tokenstile.clock import Clock
@@ -230,6 +231,7 @@ class Admission:
         self._retry_at = 0.0
         self._probing = False
         self.unsettled: dict[str, Unsettled] = {}
+        self._last_estimate: tuple[CanonicalRequest, tuple[Any, ...], int | None] | None = None
         self.reconfigure(config)
 
     def apply_overrides(self, overrides: list[Override]) -> None:
@@ -282,7 +284,14 @@ class Admission:
         key, _ = counter_key(item.limit, item.scope_id, self.clock.now())
         return self.utilization.get(key, 0.0)
 
-    def _worst_case(self, unit: Unit, req: CanonicalRequest, model: str, cap: int) -> int:
+    def _terms(self, ctx: RequestContext) -> PriceTerms:
+        """What the request may be billed for, the served upstream's ``auto`` tier applied."""
+        assert ctx.req is not None
+        upstream = self.config.upstreams.get(ctx.upstream or "")
+        return reservation_terms(ctx.req, upstream.auto_service_tier if upstream else None)
+
+    def _worst_case(self, unit: Unit, req: CanonicalRequest, model: str, cap: int, *,
+                    provider: str | None = None, terms: PriceTerms | None = None) -> int:
         if unit == "tokens":
             return req.input_tokens + cap
         if unit == "input_tokens":
@@ -291,7 +300,14 @@ class Admission:
             return cap
         if unit == "requests":
             return 1
-        cost = self.pricer.estimate_nano(model, req.input_tokens, cap)
+        key = (model, req.input_tokens, cap, provider, terms, self.pricer)
+        last = self._last_estimate
+        if last is not None and last[0] is req and last[1] == key:
+            cost: int | None = last[2]
+        else:  # every USD limit of a request asks for the same estimate: price it once
+            cost = self.pricer.estimate_nano(model, req.input_tokens, cap, provider,
+                                             terms=terms)
+            self._last_estimate = (req, key, cost)
         if cost is None:
             raise GatewayError(
                 422, f"no price is known for the model {model!r}, so its cost cannot be "
@@ -329,7 +345,8 @@ class Admission:
             limit = item.limit
             if limit.window.kind != "request" or limit.unit == "output_tokens":
                 continue
-            need = self._worst_case(limit.unit, req, model, cap)
+            need = self._worst_case(limit.unit, req, model, cap, provider=ctx.provider,
+                                    terms=self._terms(ctx))
             if need > item.hard:
                 if limit.shadow:
                     ctx.flags.append(f"shadow:{limit.name}")
@@ -369,7 +386,8 @@ class Admission:
             window = limit.window
             key, window_keys = counter_key(limit, item.scope_id, now)
             item.key = key
-            item.amount = self._worst_case(limit.unit, req, model, cap)
+            item.amount = self._worst_case(limit.unit, req, model, cap, provider=ctx.provider,
+                                           terms=self._terms(ctx))
             cap_value = None if limit.shadow else item.hard
             index = by_key.get(key)
             if index is None:
@@ -546,7 +564,8 @@ class Admission:
         row.input_tokens = req.input_tokens
         row.output_tokens = req.output_cap or 0
         row.cost_nano = self.pricer.estimate_nano(ctx.served_model or req.model,
-                                                  req.input_tokens, req.output_cap or 0) or 0
+                                                  req.input_tokens, req.output_cap or 0,
+                                                  ctx.provider, terms=self._terms(ctx)) or 0
         row.estimated = True
         row.outcome = "unsettled"
         row.status = 0

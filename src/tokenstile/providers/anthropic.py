@@ -224,16 +224,25 @@ class UsageTracker:
     carries the cumulative output count and, in newer API versions, the input and cache
     fields again (larger when server tools ran). Taking the max of each field is right for
     all of these and never bills less than was reported.
+
+    Cache writes are split by lifetime (``cache_creation.ephemeral_1h_input_tokens`` cost
+    more than 5-minute ones); server tools report their calls under ``server_tool_use``;
+    ``service_tier`` says which tier served the call (``standard``, ``priority``).
     """
 
-    __slots__ = ("cache_read", "cache_write", "final", "input", "output", "seen", "thinking")
+    __slots__ = ("cache_read", "cache_write", "cache_write_1h", "final", "input", "output",
+                 "seen", "thinking", "tier", "web_fetches", "web_searches")
 
     def __init__(self) -> None:
         self.input = 0
         self.cache_read = 0
         self.cache_write = 0
+        self.cache_write_1h = 0
         self.output = 0
         self.thinking = 0
+        self.web_searches = 0
+        self.web_fetches = 0
+        self.tier: str | None = None
         self.seen = False
         self.final = False
 
@@ -249,6 +258,20 @@ class UsageTracker:
         details = usage.get("output_tokens_details")
         if isinstance(details, dict):
             self.thinking = max(self.thinking, _int(details.get("thinking_tokens")))
+        creation = usage.get("cache_creation")
+        if isinstance(creation, dict):
+            short = _int(creation.get("ephemeral_5m_input_tokens"))
+            long = _int(creation.get("ephemeral_1h_input_tokens"))
+            self.cache_write_1h = max(self.cache_write_1h, long)
+            # The split may be all there is: the total is at least its parts.
+            self.cache_write = max(self.cache_write, short + long)
+        tools = usage.get("server_tool_use")
+        if isinstance(tools, dict):
+            self.web_searches = max(self.web_searches, _int(tools.get("web_search_requests")))
+            self.web_fetches = max(self.web_fetches, _int(tools.get("web_fetch_requests")))
+        tier = usage.get("service_tier")
+        if isinstance(tier, str) and tier:
+            self.tier = tier.strip().lower()[:32]
 
     def usage(self, output_floor: int = 0) -> Usage:
         output = max(self.output, output_floor)
@@ -258,6 +281,10 @@ class UsageTracker:
             cached_input_tokens=self.cache_read,
             cache_write_tokens=self.cache_write,
             reasoning_tokens=min(self.thinking, output),
+            cache_write_1h_tokens=min(self.cache_write_1h, self.cache_write),
+            web_search_requests=self.web_searches,
+            web_fetch_requests=self.web_fetches,
+            service_tier=self.tier,
         )
 
 

@@ -152,55 +152,104 @@ class OpenAIAdapter:
     def usage_from_body(self, api: ApiKind, payload: Any) -> Usage | None:
         if not isinstance(payload, dict):
             return None
-        return usage_from_openai(payload.get("usage"))
+        return usage_from_response(api, payload)
 
     def observer(self, req: CanonicalRequest) -> OpenAIStreamObserver | ResponsesStreamObserver:
         options = req.body.get("stream_options")
         client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
         if req.api == "responses":
             return ResponsesStreamObserver()
-        return OpenAIStreamObserver(strip_usage=not client_wants_usage)
+        return OpenAIStreamObserver(strip_usage=not client_wants_usage, api=req.api)
 
 
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
+def _details(block: Any) -> dict[str, Any]:
+    return block if isinstance(block, dict) else {}
+
+
 def usage_from_openai(usage: Any) -> Usage | None:
-    """Chat/completions (``prompt_tokens``…) and Responses (``input_tokens``…) usage blocks."""
+    """Chat/completions (``prompt_tokens``…) and Responses (``input_tokens``…) usage blocks.
+
+    Audio tokens (gpt-audio, gpt-4o-audio…) are inside the prompt and completion totals;
+    they are kept apart because they cost several times what text does.
+    """
     if not isinstance(usage, dict):
         return None
     if "input_tokens" in usage or "output_tokens" in usage:
-        input_details = usage.get("input_tokens_details") or {}
-        output_details = usage.get("output_tokens_details") or {}
-        return Usage(
-            input_tokens=_int(usage.get("input_tokens")),
-            output_tokens=_int(usage.get("output_tokens")),
-            cached_input_tokens=_int(input_details.get("cached_tokens"))
-            if isinstance(input_details, dict) else 0,
-            reasoning_tokens=_int(output_details.get("reasoning_tokens"))
-            if isinstance(output_details, dict) else 0,
-        )
-    prompt_details = usage.get("prompt_tokens_details") or {}
-    completion_details = usage.get("completion_tokens_details") or {}
+        inp, out = usage.get("input_tokens"), usage.get("output_tokens")
+        input_details = _details(usage.get("input_tokens_details"))
+        output_details = _details(usage.get("output_tokens_details"))
+    else:
+        inp, out = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        input_details = _details(usage.get("prompt_tokens_details"))
+        output_details = _details(usage.get("completion_tokens_details"))
+    cached_details = _details(input_details.get("cached_tokens_details"))
     return Usage(
-        input_tokens=_int(usage.get("prompt_tokens")),
-        output_tokens=_int(usage.get("completion_tokens")),
-        cached_input_tokens=_int(prompt_details.get("cached_tokens"))
-        if isinstance(prompt_details, dict) else 0,
-        reasoning_tokens=_int(completion_details.get("reasoning_tokens"))
-        if isinstance(completion_details, dict) else 0,
+        input_tokens=_int(inp),
+        output_tokens=_int(out),
+        cached_input_tokens=_int(input_details.get("cached_tokens")),
+        reasoning_tokens=_int(output_details.get("reasoning_tokens")),
+        input_audio_tokens=_int(input_details.get("audio_tokens")),
+        output_audio_tokens=_int(output_details.get("audio_tokens")),
+        cached_audio_tokens=_int(cached_details.get("audio_tokens")),
     )
+
+
+def service_tier(value: Any) -> str | None:
+    """The tier an answer says served it (``default``, ``flex``, ``priority``, ``scale``)."""
+    if not isinstance(value, str):
+        return None
+    return value.strip().lower()[:32] or None
+
+
+def searches_chat_model(model: Any) -> bool:
+    """Chat completions' search models (``gpt-4o-search-preview``, ``gpt-5-search-api``)
+    search the web before every answer: one billed web search per call."""
+    return isinstance(model, str) and "-search-" in f"{model.lower()}-"
+
+
+def count_tool_calls(items: Any) -> tuple[int, int]:
+    """Web searches and file searches among a Responses ``output``: each such item is one
+    call the provider bills."""
+    web = files = 0
+    for item in items if isinstance(items, list) else ():
+        kind = item.get("type") if isinstance(item, dict) else None
+        if kind == "web_search_call":
+            web += 1
+        elif kind == "file_search_call":
+            files += 1
+    return web, files
+
+
+def usage_from_response(api: ApiKind, payload: dict[str, Any]) -> Usage | None:
+    """Usage of a whole answer: its ``usage`` block, the tier that served it and the
+    searches it ran."""
+    usage = usage_from_openai(payload.get("usage"))
+    if usage is None:
+        return None
+    usage.service_tier = service_tier(payload.get("service_tier"))
+    if api == "responses":
+        usage.web_search_requests, usage.file_search_calls = count_tool_calls(
+            payload.get("output"))
+    elif api == "chat" and searches_chat_model(payload.get("model")):
+        usage.web_search_requests = 1
+    return usage
 
 
 class OpenAIStreamObserver:
     """Chat and completions streams: ``data: {chunk}`` events, usage in a final chunk."""
 
-    __slots__ = ("_pieces", "_strip", "usage")
+    __slots__ = ("_api", "_pieces", "_searches", "_strip", "_tier", "usage")
 
-    def __init__(self, strip_usage: bool) -> None:
+    def __init__(self, strip_usage: bool, api: ApiKind = "chat") -> None:
         self._strip = strip_usage
+        self._api = api
         self._pieces: list[str] = []
+        self._tier: str | None = None
+        self._searches = False
         self.usage: Usage | None = None
 
     def on_event(self, event: bytes) -> bytes | None:
@@ -218,9 +267,17 @@ class OpenAIStreamObserver:
             for choice in choices:
                 if isinstance(choice, dict):
                     collect_text(choice.get("delta") or choice.get("text"), self._pieces)
+        tier = chunk.get("service_tier")
+        if tier is not None:
+            self._tier = service_tier(tier) or self._tier
+        if self._api == "chat" and not self._searches:
+            self._searches = searches_chat_model(chunk.get("model"))
         usage = chunk.get("usage")
         if usage is not None:
             self.usage = usage_from_openai(usage)
+            if self.usage is not None:
+                self.usage.service_tier = self._tier
+                self.usage.web_search_requests = int(self._searches)
             if self._strip and not choices:
                 return None
         if self._strip and b'"usage":null' in event:
@@ -234,10 +291,11 @@ class OpenAIStreamObserver:
 class ResponsesStreamObserver:
     """Responses API streams: typed events; usage arrives with ``response.completed``."""
 
-    __slots__ = ("_pieces", "usage")
+    __slots__ = ("_items", "_pieces", "usage")
 
     def __init__(self) -> None:
         self._pieces: list[str] = []
+        self._items: dict[str, str] = {}
         self.usage: Usage | None = None
 
     def on_event(self, event: bytes) -> bytes | None:
@@ -256,10 +314,23 @@ class ResponsesStreamObserver:
             delta = payload.get("delta")
             if isinstance(delta, str):
                 self._pieces.append(delta)
+        elif kind in ("response.output_item.added", "response.output_item.done"):
+            item = payload.get("item")
+            if isinstance(item, dict) and item.get("type") in ("web_search_call",
+                                                               "file_search_call"):
+                # Counted as they start: a search begun before a cut is billed too.
+                key = str(item.get("id") or f"#{payload.get('output_index')}")
+                self._items.setdefault(key, str(item["type"]))
         elif kind in ("response.completed", "response.incomplete", "response.failed"):
             response = payload.get("response")
             if isinstance(response, dict):
-                self.usage = usage_from_openai(response.get("usage")) or self.usage
+                self.usage = usage_from_response("responses", response) or self.usage
+        if self.usage is not None and self._items:
+            seen = list(self._items.values())
+            self.usage.web_search_requests = max(self.usage.web_search_requests,
+                                                 seen.count("web_search_call"))
+            self.usage.file_search_calls = max(self.usage.file_search_calls,
+                                               seen.count("file_search_call"))
         return event
 
     def output_text(self) -> str:

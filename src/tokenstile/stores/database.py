@@ -20,7 +20,7 @@ KEY_PREFIX = "ts-"
 # Columns a usage query may group by; anything else is refused before it reaches SQL.
 GROUPABLE = (
     "organization", "project", "team", "user", "end_user", "feature", "key_id", "api",
-    "requested_model", "served_model", "upstream", "outcome", "status",
+    "requested_model", "served_model", "upstream", "outcome", "status", "service_tier",
 )
 BUCKETS = ("hour", "day", "month")
 # Key fields a key listing may filter on.

@@ -50,6 +50,8 @@ LEDGER_COLUMNS = (
     "cached_input_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens",
     "cost_nano", "estimated", "status", "outcome", "block_reason", "flags", "latency_ms",
     "ttfb_ms", "streamed", "trace_id", "degraded", "cache", "saved_nano", "detail",
+    "input_audio_tokens", "output_audio_tokens", "cache_write_1h_tokens",
+    "web_search_requests", "file_search_calls", "service_tier",
 )
 _LEDGER_TYPES = {
     "ts": "float8", "latency_ms": "float8", "ttfb_ms": "float8", "status": "int4",
@@ -57,6 +59,8 @@ _LEDGER_TYPES = {
     "degraded": "jsonb", "detail": "jsonb", "input_tokens": "int8",
     "cached_input_tokens": "int8", "cache_write_tokens": "int8", "output_tokens": "int8",
     "reasoning_tokens": "int8", "cost_nano": "int8", "saved_nano": "int8",
+    "input_audio_tokens": "int8", "output_audio_tokens": "int8",
+    "cache_write_1h_tokens": "int8", "web_search_requests": "int8", "file_search_calls": "int8",
 }
 _JSON_EMPTY: dict[str, Any] = {"tags": {}, "detail": {}, "flags": [], "degraded": []}
 _KEY_COLUMNS = (

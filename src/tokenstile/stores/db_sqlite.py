@@ -40,6 +40,18 @@ LEDGER_COLUMNS = (
     "cached_input_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens",
     "cost_nano", "estimated", "status", "outcome", "block_reason", "flags", "latency_ms",
     "ttfb_ms", "streamed", "trace_id", "degraded", "cache", "saved_nano", "detail",
+    "input_audio_tokens", "output_audio_tokens", "cache_write_1h_tokens",
+    "web_search_requests", "file_search_calls", "service_tier",
+)
+# Ledger columns added after the first release: a database made before them gets them
+# when it is opened (existing rows read 0 and NULL).
+ADDED_COLUMNS = (
+    ("input_audio_tokens", "INTEGER NOT NULL DEFAULT 0"),
+    ("output_audio_tokens", "INTEGER NOT NULL DEFAULT 0"),
+    ("cache_write_1h_tokens", "INTEGER NOT NULL DEFAULT 0"),
+    ("web_search_requests", "INTEGER NOT NULL DEFAULT 0"),
+    ("file_search_calls", "INTEGER NOT NULL DEFAULT 0"),
+    ("service_tier", "TEXT"),
 )
 _JSON_COLUMNS = {"tags", "flags", "degraded", "detail"}
 _BOOL_COLUMNS = {"estimated", "streamed"}
@@ -55,7 +67,12 @@ CREATE TABLE IF NOT EXISTS ledger (
     estimated INTEGER NOT NULL DEFAULT 0, status INTEGER NOT NULL, outcome TEXT NOT NULL,
     block_reason TEXT, flags TEXT, latency_ms REAL, ttfb_ms REAL,
     streamed INTEGER NOT NULL DEFAULT 0, trace_id TEXT, degraded TEXT, cache TEXT,
-    saved_nano INTEGER NOT NULL DEFAULT 0, detail TEXT
+    saved_nano INTEGER NOT NULL DEFAULT 0, detail TEXT,
+    input_audio_tokens INTEGER NOT NULL DEFAULT 0,
+    output_audio_tokens INTEGER NOT NULL DEFAULT 0,
+    cache_write_1h_tokens INTEGER NOT NULL DEFAULT 0,
+    web_search_requests INTEGER NOT NULL DEFAULT 0,
+    file_search_calls INTEGER NOT NULL DEFAULT 0, service_tier TEXT
 );
 CREATE INDEX IF NOT EXISTS ledger_ts ON ledger (ts);
 CREATE INDEX IF NOT EXISTS ledger_project_ts ON ledger (project, ts);
@@ -117,6 +134,26 @@ def params_to_row(values: Sequence[Any]) -> LedgerRow:
     return LedgerRow(**data)
 
 
+def add_columns(conn: sqlite3.Connection) -> None:
+    """Add the ``ADDED_COLUMNS`` a ledger made by an older version lacks (in one write
+    transaction, so processes opening the file at once add each column once)."""
+
+    def missing() -> list[tuple[str, str]]:
+        have = {row[1] for row in conn.execute("PRAGMA table_info(ledger)")}
+        return [(name, kind) for name, kind in ADDED_COLUMNS if name not in have]
+
+    if not missing():
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for name, kind in missing():
+            conn.execute(f"ALTER TABLE ledger ADD COLUMN {name} {kind}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
 def _key_from_row(values: Sequence[Any]) -> KeyRecord:
     data = dict(zip(_KEY_COLUMNS, values, strict=True))
     data["allowed_models"] = orjson.loads(data["allowed_models"]) if data["allowed_models"] \
@@ -153,6 +190,7 @@ class SqliteDatabase:
         conn.create_function("ts_bucket", 3, _bucket, deterministic=True)
         conn.create_function("hour_bucket", 3, hour_bucket, deterministic=True)
         conn.executescript(SCHEMA)
+        add_columns(conn)
         ensure_rollup(conn)
         return conn
 

@@ -160,6 +160,15 @@ CREATE TABLE alerts (
 CREATE INDEX alerts_ts ON alerts (ts);
 """),
     Migration(3, "hourly usage rollup", _rollup_sql()),
+    Migration(4, "audio, 1-hour cache writes, search calls and service tier", """
+ALTER TABLE ledger
+    ADD COLUMN IF NOT EXISTS input_audio_tokens bigint NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS output_audio_tokens bigint NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS cache_write_1h_tokens bigint NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS web_search_requests bigint NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS file_search_calls bigint NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS service_tier text;
+"""),
 )
 
 LATEST = MIGRATIONS[-1].version

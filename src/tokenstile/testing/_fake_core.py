@@ -233,7 +233,16 @@ class Directives:
     stall_after      stream this many content chunks, then go silent until the client leaves
     cached_tokens    input tokens served from cache (cache reads)
     cache_write_tokens input tokens written to cache (Anthropic cache_creation_input_tokens)
+    cache_write_1h_tokens the part of those written for an hour (ephemeral_1h_input_tokens)
     reasoning_tokens hidden reasoning tokens, added to the output tokens
+    input_audio_tokens input tokens that are audio (prompt_tokens_details.audio_tokens)
+    output_audio_tokens audio output tokens, added to the output tokens
+    cached_audio_tokens the audio part of the cache reads (cached_tokens_details)
+    web_searches     web searches run: Anthropic server_tool_use.web_search_requests,
+                     Responses web_search_call output items
+    web_fetches      Anthropic server_tool_use.web_fetch_requests
+    file_searches    Responses file_search_call output items
+    service_tier     the tier the answer names (else the one asked for, or the default)
     tool_call        call this tool (when the request offers tools)
     retry_after      seconds, sent as a ``retry-after`` header with an error status
     no_usage         stream without the usage chunk / omit ``usage`` (OpenAI formats)
@@ -250,7 +259,15 @@ class Directives:
     stall_after: int | None = None
     cached_tokens: int = 0
     cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
     reasoning_tokens: int = 0
+    input_audio_tokens: int = 0
+    output_audio_tokens: int = 0
+    cached_audio_tokens: int = 0
+    web_searches: int = 0
+    web_fetches: int = 0
+    file_searches: int = 0
+    service_tier: str | None = None
     tool_call: str | None = None
     retry_after: float | None = None
     no_usage: bool = False
@@ -276,13 +293,15 @@ NORMAL = Directives()
 
 _INT_KEYS = frozenset({
     "status", "output_tokens", "input_tokens", "cut_after", "error_after", "stall_after",
-    "cached_tokens", "cache_write_tokens", "reasoning_tokens",
+    "cached_tokens", "cache_write_tokens", "cache_write_1h_tokens", "reasoning_tokens",
+    "input_audio_tokens", "output_audio_tokens", "cached_audio_tokens", "web_searches",
+    "web_fetches", "file_searches",
 })
 _FLOAT_KEYS = frozenset({"delay_ms", "chunk_delay_ms", "retry_after"})
 _FLAG_KEYS = frozenset({"hang", "no_usage"})
-_STR_KEYS = frozenset({"tool_call"})
+_STR_KEYS = frozenset({"tool_call", "service_tier"})
 _NULLABLE = frozenset({"status", "output_tokens", "input_tokens", "cut_after", "error_after",
-                       "stall_after", "tool_call", "retry_after"})
+                       "stall_after", "tool_call", "retry_after", "service_tier"})
 DIRECTIVE_KEYS = _INT_KEYS | _FLOAT_KEYS | _FLAG_KEYS | _STR_KEYS
 
 _DIRECTIVE_RE = re.compile(r"\[\[fake:([^\]]*)\]\]")
@@ -368,15 +387,17 @@ class Reply:
     name_tokens: int = 0
     text: str = ""
     tool_input: dict[str, object] = field(default_factory=dict)
+    audio_tokens: int = 0
 
     @property
     def output_tokens(self) -> int:
-        """Billed output: generated tokens plus hidden reasoning."""
-        return len(self.pieces) + self.name_tokens + self.reasoning_tokens
+        """Billed output: generated tokens plus hidden reasoning and audio."""
+        return len(self.pieces) + self.name_tokens + self.reasoning_tokens + self.audio_tokens
 
     def tokens_after(self, emitted: int) -> int:
         """Output tokens when only the first ``emitted`` pieces went out."""
-        return min(emitted, len(self.pieces)) + self.name_tokens + self.reasoning_tokens
+        return (min(emitted, len(self.pieces)) + self.name_tokens + self.reasoning_tokens
+                + self.audio_tokens)
 
 
 def _tool_schema(tools: object, name: str) -> Mapping[str, Any] | None:
@@ -435,6 +456,7 @@ def plan_reply(
             tool_input=args,
             reasoning_tokens=directives.reasoning_tokens,
             name_tokens=count_text(name),
+            audio_tokens=directives.output_audio_tokens,
         )
     natural = (
         directives.output_tokens
@@ -450,6 +472,7 @@ def plan_reply(
         finish=finish,
         reasoning_tokens=directives.reasoning_tokens,
         text=reply_text(n),
+        audio_tokens=directives.output_audio_tokens,
     )
 
 

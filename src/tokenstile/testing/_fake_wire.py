@@ -50,6 +50,13 @@ class Turn:
     request: Mapping[str, Any]
     include_usage: bool = False
     no_usage: bool = False
+    cache_write_1h_tokens: int = 0
+    input_audio_tokens: int = 0  # part of input_tokens
+    cached_audio_tokens: int = 0  # part of cached_tokens
+    web_searches: int = 0
+    web_fetches: int = 0
+    file_searches: int = 0
+    service_tier: str = "default"
 
     @property
     def output_tokens(self) -> int:
@@ -135,10 +142,19 @@ def anthropic_error(status: int, message: str, request_id: str) -> Json:
 # ---------------------------------------------------------------------------------------
 
 
+def _cached_details(t: Turn) -> Json:
+    """The audio/text split of the cache reads, as OpenAI's realtime models report it."""
+    return {"audio_tokens": t.cached_audio_tokens,
+            "text_tokens": t.cached_tokens - t.cached_audio_tokens}
+
+
 def chat_usage(t: Turn) -> Json:
-    prompt_details: Json = {"cached_tokens": t.cached_tokens, "audio_tokens": 0}
+    prompt_details: Json = {"cached_tokens": t.cached_tokens,
+                            "audio_tokens": t.input_audio_tokens}
     if t.cache_write_tokens:
         prompt_details["cache_write_tokens"] = t.cache_write_tokens
+    if t.cached_audio_tokens:
+        prompt_details["cached_tokens_details"] = _cached_details(t)
     return {
         "prompt_tokens": t.input_tokens,
         "completion_tokens": t.output_tokens,
@@ -146,7 +162,7 @@ def chat_usage(t: Turn) -> Json:
         "prompt_tokens_details": prompt_details,
         "completion_tokens_details": {
             "reasoning_tokens": t.reply.reasoning_tokens,
-            "audio_tokens": 0,
+            "audio_tokens": t.reply.audio_tokens,
             "accepted_prediction_tokens": 0,
             "rejected_prediction_tokens": 0,
         },
@@ -154,14 +170,20 @@ def chat_usage(t: Turn) -> Json:
 
 
 def responses_usage(t: Turn) -> Json:
+    input_details: Json = {"cached_tokens": t.cached_tokens,
+                           "cache_write_tokens": t.cache_write_tokens}
+    if t.input_audio_tokens:
+        input_details["audio_tokens"] = t.input_audio_tokens
+    if t.cached_audio_tokens:
+        input_details["cached_tokens_details"] = _cached_details(t)
+    output_details: Json = {"reasoning_tokens": t.reply.reasoning_tokens}
+    if t.reply.audio_tokens:
+        output_details["audio_tokens"] = t.reply.audio_tokens
     return {
         "input_tokens": t.input_tokens,
-        "input_tokens_details": {
-            "cached_tokens": t.cached_tokens,
-            "cache_write_tokens": t.cache_write_tokens,
-        },
+        "input_tokens_details": input_details,
         "output_tokens": t.output_tokens,
-        "output_tokens_details": {"reasoning_tokens": t.reply.reasoning_tokens},
+        "output_tokens_details": output_details,
         "total_tokens": t.input_tokens + t.output_tokens,
     }
 
@@ -212,7 +234,7 @@ def chat_body(t: Turn) -> Json:
                 "finish_reason": _chat_finish(reply),
             }
         ],
-        "service_tier": "default",
+        "service_tier": t.service_tier,
         "system_fingerprint": "fp_fake",
     }
     if not t.no_usage:
@@ -228,7 +250,7 @@ def chat_stream(t: Turn) -> StreamParts:
         "object": "chat.completion.chunk",
         "created": t.created,
         "model": t.model,
-        "service_tier": "default",
+        "service_tier": t.service_tier,
         "system_fingerprint": "fp_fake",
     }
 
@@ -348,7 +370,7 @@ def _response_object(t: Turn, status: str, output: list[Json], final: bool) -> J
         "parallel_tool_calls": req.get("parallel_tool_calls", True),
         "previous_response_id": req.get("previous_response_id"),
         "reasoning": {"effort": None, "summary": None},
-        "service_tier": "default",
+        "service_tier": t.service_tier,
         "store": req.get("store", True),
         "temperature": req.get("temperature", 1.0),
         "text": {"format": {"type": "text"}, "verbosity": "medium"},
@@ -391,9 +413,23 @@ def _text_part(text: str) -> Json:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
+def _search_items(t: Turn, done: bool) -> list[Json]:
+    """The server-side searches the answer ran, as Responses output items."""
+    uid = t.id.split("_", 1)[-1]
+    status = "completed" if done else "in_progress"
+    web: list[Json] = [{"type": "web_search_call", "id": f"ws_{uid}{i}", "status": status,
+                        "action": {"type": "search", "query": "alpha"}}
+                       for i in range(t.web_searches)]
+    files: list[Json] = [{"type": "file_search_call", "id": f"fs_{uid}{i}", "status": status,
+                          "queries": ["alpha"], "results": None}
+                         for i in range(t.file_searches)]
+    return web + files
+
+
 def responses_body(t: Turn) -> Json:
     status = _final_status(t.reply)
-    return _response_object(t, status, [_output_item(t, status, True)], final=True)
+    return _response_object(t, status, [*_search_items(t, True),
+                                         _output_item(t, status, True)], final=True)
 
 
 def responses_stream(t: Turn) -> StreamParts:
@@ -407,7 +443,9 @@ def responses_stream(t: Turn) -> StreamParts:
         seq += 1
         return _event(str(obj["type"]), obj)
 
-    common = {"item_id": t.item_id, "output_index": 0}
+    searches = _search_items(t, True)
+    index = len(searches)  # the answer's own item follows the searches
+    common = {"item_id": t.item_id, "output_index": index}
     out.append(emit({
         "type": "response.created",
         "response": _response_object(t, "in_progress", [], final=False),
@@ -416,9 +454,14 @@ def responses_stream(t: Turn) -> StreamParts:
         "type": "response.in_progress",
         "response": _response_object(t, "in_progress", [], final=False),
     }))
+    for i, (started, done) in enumerate(zip(_search_items(t, False), searches, strict=True)):
+        out.append(emit({"type": "response.output_item.added", "output_index": i,
+                         "item": started}))
+        out.append(emit({"type": "response.output_item.done", "output_index": i,
+                         "item": done}))
     out.append(emit({
         "type": "response.output_item.added",
-        "output_index": 0,
+        "output_index": index,
         "item": _output_item(t, "in_progress", False),
     }))
     is_tool = reply.finish == "tool"
@@ -469,11 +512,12 @@ def responses_stream(t: Turn) -> StreamParts:
             "part": _text_part(reply.text),
         }))
     item = _output_item(t, status, True)
-    tail.append(emit({"type": "response.output_item.done", "output_index": 0, "item": item}))
+    tail.append(emit({"type": "response.output_item.done", "output_index": index,
+                      "item": item}))
     final_type = "response.completed" if status == "completed" else "response.incomplete"
     tail.append(emit({
         "type": final_type,
-        "response": _response_object(t, status, [item], final=True),
+        "response": _response_object(t, status, [*searches, item], final=True),
     }))
 
     def error(n: int) -> bytes:
@@ -498,17 +542,21 @@ _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool": "tool_use"}
 
 def anthropic_usage(t: Turn, output_tokens: int) -> Json:
     """Anthropic's ``input_tokens`` excludes cache reads and cache writes."""
-    return {
+    usage: Json = {
         "input_tokens": t.input_tokens - t.cached_tokens - t.cache_write_tokens,
         "cache_creation_input_tokens": t.cache_write_tokens,
         "cache_read_input_tokens": t.cached_tokens,
         "cache_creation": {
-            "ephemeral_5m_input_tokens": t.cache_write_tokens,
-            "ephemeral_1h_input_tokens": 0,
+            "ephemeral_5m_input_tokens": t.cache_write_tokens - t.cache_write_1h_tokens,
+            "ephemeral_1h_input_tokens": t.cache_write_1h_tokens,
         },
         "output_tokens": output_tokens,
-        "service_tier": "standard",
+        "service_tier": t.service_tier,
     }
+    if t.web_searches or t.web_fetches:
+        usage["server_tool_use"] = {"web_search_requests": t.web_searches,
+                                    "web_fetch_requests": t.web_fetches}
+    return usage
 
 
 def _anthropic_block(t: Turn, done: bool) -> Json:
@@ -583,8 +631,9 @@ def anthropic_stream(t: Turn) -> StreamParts:
         k: usage[k]
         for k in (
             "input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
-            "output_tokens",
+            "output_tokens", "server_tool_use",
         )
+        if k in usage
     }
     tail = (
         _event("content_block_stop", {"type": "content_block_stop", "index": 0})

@@ -113,8 +113,9 @@ class FakeRecord:
     """One request as the fake saw and answered it.
 
     Token fields are what the fake reported (or, for a cut stream, what it had emitted):
-    ``input_tokens`` includes cached and cache-write tokens, ``output_tokens`` includes
-    reasoning tokens. Errors, models, moderations and count_tokens report zero usage.
+    ``input_tokens`` includes cached, cache-write and audio tokens, ``output_tokens``
+    includes reasoning and audio tokens. Errors, models, moderations and count_tokens report
+    zero usage. ``service_tier`` is the tier the answer named.
     ``outcome`` is one of: completed, error, cut (the fake dropped the connection),
     stream_error (an in-stream error event), client_disconnected.
     """
@@ -131,6 +132,14 @@ class FakeRecord:
     cached_tokens: int = 0
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    input_audio_tokens: int = 0
+    output_audio_tokens: int = 0
+    cached_audio_tokens: int = 0
+    web_searches: int = 0
+    web_fetches: int = 0
+    file_searches: int = 0
+    service_tier: str | None = None
     api_key: str | None = None
     directives: dict[str, object] = field(default_factory=dict)
     body: Any = None
@@ -382,6 +391,18 @@ class _Req:
         return [(b"x-request-id", rid), (b"request-id", rid)]
 
 
+_OPENAI_TIERS = frozenset({"default", "flex", "priority", "scale"})
+
+
+def _served_tier(r: _Req) -> str:
+    """The tier a real provider names in its answer when nothing else was scripted: the
+    one asked for (OpenAI), else the standard one (``auto`` included)."""
+    if r.anthropic:
+        return "standard"
+    asked = r.body.get("service_tier") if isinstance(r.body, dict) else None
+    return asked if isinstance(asked, str) and asked in _OPENAI_TIERS else "default"
+
+
 async def _read_body(receive: Receive) -> bytes | None:
     """The whole request body, or None if the client left first."""
     message = await receive()
@@ -592,6 +613,14 @@ class FakeUpstream:
             rec.cache_write_tokens = turn.cache_write_tokens
             rec.reasoning_tokens = turn.reply.reasoning_tokens
             rec.output_tokens = turn.output_tokens if output_tokens is None else output_tokens
+            rec.cache_write_1h_tokens = turn.cache_write_1h_tokens
+            rec.input_audio_tokens = turn.input_audio_tokens
+            rec.output_audio_tokens = turn.reply.audio_tokens
+            rec.cached_audio_tokens = turn.cached_audio_tokens
+            rec.web_searches = turn.web_searches
+            rec.web_fetches = turn.web_fetches
+            rec.file_searches = turn.file_searches
+            rec.service_tier = turn.service_tier
         self.tally.add(rec)
 
     async def _send_json(
@@ -683,19 +712,28 @@ class FakeUpstream:
         counted = d.input_tokens if d.input_tokens is not None else counted_input
         uid = self._new_id()
         assert r.body is not None
+        cached_audio = min(d.cached_audio_tokens, d.cached_tokens, d.input_audio_tokens)
         return Turn(
             id=object_id + uid,
             item_id=item_prefix + uid,
             call_id=call_prefix + uid,
             model=r.model,
             created=int(time.time()),
-            input_tokens=max(counted, d.cached_tokens + d.cache_write_tokens),
+            input_tokens=max(counted, d.cached_tokens + d.cache_write_tokens
+                             + d.input_audio_tokens - cached_audio),
             cached_tokens=d.cached_tokens,
             cache_write_tokens=d.cache_write_tokens,
             reply=reply,
             request=r.body,
             include_usage=include_usage,
             no_usage=d.no_usage and not r.anthropic,
+            cache_write_1h_tokens=min(d.cache_write_1h_tokens, d.cache_write_tokens),
+            input_audio_tokens=d.input_audio_tokens,
+            cached_audio_tokens=cached_audio,
+            web_searches=d.web_searches,
+            web_fetches=d.web_fetches,
+            file_searches=d.file_searches,
+            service_tier=d.service_tier or _served_tier(r),
         )
 
     async def _answer(

@@ -1,0 +1,37 @@
+"""Pricing one finished call: at its provider's prices, at the service tier that served it,
+with the fees of the tool calls it made."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from tokenstile.providers.terms import terms_of
+
+if TYPE_CHECKING:
+    from tokenstile.gateway.context import RequestContext
+    from tokenstile.prices import Pricer
+
+# Tiers a response names that are billed at the standard prices.
+_STANDARD_TIERS = frozenset({"default", "standard", "auto"})
+
+
+def price_call(pricer: Pricer, ctx: RequestContext) -> None:
+    """Set ``ctx.cost_nano`` from its usage, flagging what could not be priced.
+
+    The tier is the one the answer names; an answer that names none is priced at the tier
+    the request asked for, as reserved (``auto`` and no tier: the standard prices).
+    """
+    usage, model = ctx.usage, ctx.served_model
+    if usage is None or not model or not (usage.total_tokens or usage.billable_calls):
+        return
+    price = pricer.price_for(model, ctx.provider)
+    if price is None:
+        ctx.flags.append("unpriced_model")
+        ctx.cost_nano = 0
+        return
+    asked = terms_of(ctx.req).service_tier if ctx.req is not None else None
+    tier = usage.service_tier or (None if asked == "auto" else asked)
+    if tier and tier not in _STANDARD_TIERS and price.for_tier(tier) is price:
+        ctx.flags.append(f"tier_priced_as_standard:{tier}")
+    ctx.flags.extend(f"unpriced_{what}" for what in price.unpriced(usage))
+    ctx.cost_nano = price.cost_nano(usage, tier)
