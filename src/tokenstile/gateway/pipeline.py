@@ -567,7 +567,9 @@ class Gateway:
         if at_cap and ctx.req.output_cap:
             output = max(output, ctx.req.output_cap)
             ctx.flags.append("billed_at_cap")
-        ctx.usage = Usage(input_tokens=ctx.req.input_tokens, output_tokens=output)
+        # Input the gateway could not count is billed at the worst case it reserved.
+        ctx.usage = Usage(input_tokens=ctx.req.input_tokens + ctx.req.hidden_input_tokens,
+                          output_tokens=output)
 
     def _headers(self, ctx: RequestContext) -> dict[str, str]:
         headers = dict(ctx.response_headers)

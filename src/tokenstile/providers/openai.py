@@ -8,6 +8,7 @@ import orjson
 
 from tokenstile import tokens
 from tokenstile.errors import bad_request
+from tokenstile.hidden_input import hidden_sources
 from tokenstile.providers.base import (
     collect_text,
     optional_bool,
@@ -120,6 +121,7 @@ class OpenAIAdapter:
             end_user=end_user,
             input_text=input_text,
             system_text=system_text,
+            hidden_input=hidden_sources(api, body),
             tags=string_tags(body.get("metadata")),
         )
 
@@ -127,14 +129,17 @@ class OpenAIAdapter:
         body = req.body
         if req.api == "chat":
             return tokens.count_chat(req.model, body["messages"], body.get("tools"),
-                                     body.get("functions"))
+                                     body.get("functions"),
+                                     response_format=body.get("response_format"))
         if req.api == "completions":
             return tokens.count_prompt(req.model, body.get("prompt"))
         if req.api == "embeddings":
             return tokens.count_embedding_input(req.model, body.get("input"))
         if req.api == "responses":
-            return tokens.count_responses_input(req.model, body.get("input"),
-                                                body.get("instructions"), body.get("tools"))
+            text = body.get("text")
+            return tokens.count_responses_input(
+                req.model, body.get("input"), body.get("instructions"), body.get("tools"),
+                text_format=text.get("format") if isinstance(text, dict) else None)
         return tokens.count_text(req.model, req.input_text)
 
     def upstream_body(self, req: CanonicalRequest) -> dict[str, Any]:
