@@ -152,6 +152,17 @@ class HiddenInputConfig(_Strict):
         return value
 
 
+class BackgroundResponsesConfig(_Strict):
+    """Responses created with ``background: true`` are billed when they end: the gateway
+    polls the upstream for each, ``first_poll_s`` after it was created and then at doubling
+    intervals up to ``max_poll_interval_s``; one still running after ``max_wait_s`` is
+    charged at its estimate."""
+
+    first_poll_s: float = Field(2.0, gt=0)
+    max_poll_interval_s: float = Field(60.0, gt=0)
+    max_wait_s: float = Field(86_400.0, gt=0)
+
+
 Action = Literal["warn", "throttle", "downgrade", "block"]
 
 
@@ -379,6 +390,8 @@ class Config(_Strict):
     routes: list[RouteConfig] = Field(default_factory=list)
     prices: dict[str, PriceConfig] = Field(default_factory=dict)
     hidden_input: HiddenInputConfig = Field(default_factory=HiddenInputConfig)
+    background_responses: BackgroundResponsesConfig = Field(
+        default_factory=BackgroundResponsesConfig)
     organization: OrganizationConfig = Field(default_factory=OrganizationConfig)
     projects: dict[str, ProjectConfig] = Field(default_factory=dict)
     users: dict[str, TierConfig] = Field(default_factory=dict)

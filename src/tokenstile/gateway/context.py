@@ -58,6 +58,10 @@ class RequestContext:
     cache_plan: Any = None
     cache_body: bytes | None = None
     detail: dict[str, Any] = field(default_factory=dict)
+    # A Responses API answer: its id, and whether it is a background response that is
+    # still running upstream (billed when it ends, not when this request does).
+    response_id: str | None = None
+    background_running: bool = False
 
     def ledger_row(self, latency_ms: float) -> LedgerRow:
         caller = self.caller or Caller()

@@ -40,6 +40,7 @@ from tokenstile.gateway.upstream import (
 )
 from tokenstile.limits.admission import BudgetExhausted, Ticket
 from tokenstile.providers.base import Bridge, StreamObserver
+from tokenstile.providers.openai import ResponsesStreamObserver
 from tokenstile.providers.sse import EventSplitter
 from tokenstile.providers.translate import bridge_for
 from tokenstile.types import ApiKind, CanonicalRequest, LedgerRow, Usage, WireFormat
@@ -118,6 +119,8 @@ class Gateway:
         body = parse_json_object(raw, server.max_json_depth, ctx.headers.get("content-type"))
         check_message_count(body, server.max_messages)
         req = ctx.req = adapter.parse(ctx.api, body)
+        if req.api == "responses" and body.get("background") is True:
+            ctx.detail["background"] = True  # so crash recovery knows (gateway.background)
         check_output_cap(req)
         attribute(ctx)
         check_model_access(ctx)
@@ -151,13 +154,18 @@ class Gateway:
             if resp.status >= 400:
                 await self._relay_error(ctx, resp, send, bridge)
             elif req.stream and "text/event-stream" in resp.headers.get("content-type", ""):
-                observer = (bridge or adapter).observer(req)
+                observer = base = (bridge or adapter).observer(req)
                 recorder = None
                 if plan is not None and plan.write:
                     observer = recorder = StreamRecorder(
                         observer, bridge.upstream_api if bridge else ctx.api, target.wire)
-                await self._relay_stream(ctx, resp, receive, send,
-                                         rt.policies.wrap_stream(ctx, observer))
+                try:
+                    await self._relay_stream(ctx, resp, receive, send,
+                                             rt.policies.wrap_stream(ctx, observer))
+                finally:
+                    if isinstance(base, ResponsesStreamObserver) and bridge is None:
+                        # A background stream that ended early keeps running upstream.
+                        await rt.background.register(ctx, base.response_id, base.status)
                 if recorder is not None and ctx.outcome == "ok":
                     answer_body = recorder.body()
                     if answer_body is not None and bridge is not None:
@@ -438,6 +446,10 @@ class Gateway:
         else:
             ctx.usage = usage
         ctx.status = resp.status
+        if ctx.api == "responses" and bridge is None and resp.status == 200 and \
+                isinstance(parsed, dict):
+            # Before the client hears of it: it may fetch (and so settle) it at once.
+            await self.rt.background.register(ctx, parsed.get("id"), parsed.get("status"))
         plan = ctx.cache_plan
         if plan is not None and plan.write and resp.status == 200 and isinstance(parsed, dict):
             ctx.cache_body = payload  # as answered, before response policies
@@ -583,6 +595,8 @@ class Gateway:
     async def _finish(self, ctx: RequestContext) -> None:
         """Price the call, write its ledger row, then settle the reservation."""
         rt = self.rt
+        if ctx.background_running:
+            return  # billed, reservation and all, when the response ends (gateway.background)
         if ctx.usage is not None and ctx.usage.total_tokens and ctx.served_model:
             cost = rt.pricer.cost_nano(ctx.served_model, ctx.usage)
             if cost is None:

@@ -237,13 +237,18 @@ class OpenAIStreamObserver:
 
 
 class ResponsesStreamObserver:
-    """Responses API streams: typed events; usage arrives with ``response.completed``."""
+    """Responses API streams: typed events; usage arrives with ``response.completed``.
 
-    __slots__ = ("_pieces", "usage")
+    ``response_id`` and ``status`` are the response's as its events last showed them (a
+    background response that is cut off keeps running upstream)."""
+
+    __slots__ = ("_pieces", "response_id", "status", "usage")
 
     def __init__(self) -> None:
         self._pieces: list[str] = []
         self.usage: Usage | None = None
+        self.response_id: str | None = None
+        self.status: str | None = None
 
     def on_event(self, event: bytes) -> bytes | None:
         name, data = event_fields(event)
@@ -265,7 +270,18 @@ class ResponsesStreamObserver:
             response = payload.get("response")
             if isinstance(response, dict):
                 self.usage = usage_from_openai(response.get("usage")) or self.usage
+                self._saw(response)
+        elif kind in ("response.created", "response.queued", "response.in_progress"):
+            response = payload.get("response")
+            if isinstance(response, dict):
+                self._saw(response)
         return event
+
+    def _saw(self, response: dict[str, Any]) -> None:
+        if isinstance(response.get("id"), str):
+            self.response_id = response["id"]
+        if isinstance(response.get("status"), str):
+            self.status = response["status"]
 
     def output_text(self) -> str:
         return "".join(self._pieces)

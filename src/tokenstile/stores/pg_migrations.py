@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tokenstile.stores.responses import PG_SCHEMA
+
 
 @dataclass(frozen=True, slots=True)
 class Migration:
@@ -160,6 +162,7 @@ CREATE TABLE alerts (
 CREATE INDEX alerts_ts ON alerts (ts);
 """),
     Migration(3, "hourly usage rollup", _rollup_sql()),
+    Migration(4, "responses created through the gateway", PG_SCHEMA),
 )
 
 LATEST = MIGRATIONS[-1].version

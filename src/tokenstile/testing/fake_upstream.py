@@ -572,7 +572,7 @@ class FakeUpstream:
                 status = 405 if known else 404
                 await self._error(r, status, f"Unknown request URL: {method} {path}.")
                 return
-            if method == "POST":
+            if method == "POST" and handler != self._response_route:
                 raw = await _read_body(receive)
                 if raw is None:
                     self._record(r, 0, "client_disconnected")
