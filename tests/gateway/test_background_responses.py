@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import UPSTREAM_KEY, FakeHandle, Gateway
 from tokenstile.clock import FakeClock
 from tokenstile.prices import Pricer
-from tokenstile.types import LedgerRow, Usage
+from tokenstile.types import LedgerRow, Usage, usd_to_nano
 
 if TYPE_CHECKING:
     from tokenstile.stores.responses import StoredResponse
@@ -105,6 +105,35 @@ def test_a_background_response_is_billed_when_it_ends_without_the_client_asking(
     assert len(gateway.rows()) == 1
     assert not any(r.method == "GET" and r.route.endswith(created.id) and
                    r.api_key != UPSTREAM_KEY for r in fake.fake.tally.records)
+
+
+def test_background_responses_never_pass_a_hard_limit(make_gateway: Any,
+                                                      fake: FakeHandle) -> None:
+    """Each holds its worst case until it ends: ten that would cost $0.20 in all cannot
+    start under a $0.10 budget (the reservation used to be released at once)."""
+    gateway = make_gateway({"background_responses": FAST, "limits": [
+        {"scope": "project", "window": "day", "unit": "usd", "amount": 0.10}]})
+    written = Written(gateway)
+    api = sdk(gateway, gateway.key(project="p"))
+    started, refused = [], 0
+    for i in range(10):
+        try:
+            started.append(api.responses.create(
+                model="gpt-4o", background=True, max_output_tokens=2000,
+                input=f"essay {i} [[fake:output_tokens=2000,background_hold]]").id)
+        except openai.RateLimitError:
+            refused += 1
+    assert refused and len(started) + refused == 10
+    for response_id in started:
+        assert fake.fake.finish_background(response_id)
+    rows = [r for r in written.wait(10) if r.outcome == "ok"]  # and a row per refusal
+    assert len(rows) == len(started)
+    pricer = Pricer()
+    upstream = sum(pricer.cost_nano("gpt-4o", Usage(input_tokens=r.input_tokens,
+                                                    output_tokens=r.output_tokens)) or 0
+                   for r in fake.fake.tally.records if r.method == "BACKGROUND")
+    assert sum(row.cost_nano for row in rows) == upstream <= usd_to_nano(0.10)
+    assert all(row.output_tokens == 2000 for row in rows)
 
 
 def test_a_client_that_sees_the_end_settles_it_once(make_gateway: Any,

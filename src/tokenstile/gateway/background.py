@@ -53,6 +53,9 @@ PRUNE_EVERY_S = 3600.0
 ROW_WAIT_S = 2.0
 POLL_TIMEOUT_S = 30.0
 POLLS_AT_ONCE = 16
+# Entries waiting for the database (it is down); past this, the oldest that only say who may
+# reach a response are dropped (those clients then get 404), never a pending one.
+MAX_UNSAVED = 100_000
 _OUTCOMES = {"completed": "ok", "incomplete": "ok", "failed": "upstream_error",
              "cancelled": "cancelled"}
 
@@ -100,6 +103,8 @@ class BackgroundResponses:
         ctx.response_id = response_id
         caller, now = ctx.caller, self.rt.clock.now()
         if not (ctx.detail.get("background") and status in RUNNING):
+            if len(self._unsaved) >= MAX_UNSAVED:
+                self._drop_oldest_stored()
             self._unsaved[response_id] = StoredResponse(
                 response_id, ctx.upstream, caller.organization, caller.project,
                 caller.key_id, now)
@@ -114,6 +119,14 @@ class BackgroundResponses:
             self._unsaved[response_id] = entry
         self._track(entry, ctx.provider_key, first=True)
         ctx.background_running = True
+
+    def _drop_oldest_stored(self) -> None:
+        for response_id, item in self._unsaved.items():
+            if item.state != "pending":
+                del self._unsaved[response_id]
+                log.error("too many responses wait for the database; %s is forgotten (its "
+                          "creator can no longer reach it through the gateway)", response_id)
+                return
 
     def _pending_entry(self, ctx: RequestContext, response_id: str) -> StoredResponse:
         req, caller = ctx.req, ctx.caller
@@ -313,7 +326,10 @@ class BackgroundResponses:
         if rt.clock.monotonic() >= self._upkeep_at:
             self._upkeep_at = rt.clock.monotonic() + max(0.2, rt.config.server
                                                          .reservation_lease_s / 3)
-            await self._upkeep()
+            try:
+                await self._upkeep()
+            except Exception as exc:  # the database is down: keep polling meanwhile
+                log.warning("background responses: lease upkeep failed (%s)", exc)
         now = rt.clock.monotonic()
         due = [t for t in self._tracked.values() if t.due <= now]
         for start in range(0, len(due), POLLS_AT_ONCE):
