@@ -513,6 +513,19 @@ def test_background_responses_held_cancelled_or_finished(fake: FakeUpstream,
     assert bills == ["cancelled", "cancelled", "completed"]
 
 
+def test_a_background_response_can_be_streamed_again(fake: FakeUpstream,
+                                                     oc: openai.OpenAI) -> None:
+    created = oc.responses.create(model=GPT, input="x [[fake:background_hold]]",
+                                  background=True)
+    events = list(oc.responses.retrieve(created.id, stream=True, starting_after=1))
+    assert [e.sequence_number for e in events] == list(range(2, 2 + len(events)))
+    assert events[-1].type == "response.completed"
+    assert [r.outcome for r in fake.tally.records if r.method == "BACKGROUND"] == ["completed"]
+    foreground = oc.responses.create(model=GPT, input="y")
+    with pytest.raises(openai.BadRequestError):
+        list(oc.responses.retrieve(foreground.id, stream=True))
+
+
 def test_a_background_stream_left_early_still_completes(fake: FakeUpstream,
                                                          oc: openai.OpenAI) -> None:
     with oc.responses.create(model=GPT, background=True, stream=True,

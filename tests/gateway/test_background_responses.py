@@ -340,6 +340,25 @@ def test_a_streamed_background_response_read_to_the_end_is_billed_from_its_strea
     assert gateway.runtime.background.pending == 0
 
 
+def test_a_background_response_streamed_again_is_settled_from_its_stream(
+        make_gateway: Any, fake: FakeHandle) -> None:
+    gateway = make_gateway({"background_responses": SLOW})
+    written = Written(gateway)
+    api = sdk(gateway, gateway.key(project="p"))
+    created = api.responses.create(model=MODEL, background=True, max_output_tokens=40,
+                                   input="resume me [[fake:background_hold]]")
+    events = list(api.responses.retrieve(created.id, stream=True, starting_after=2))
+    assert events and all(event.sequence_number > 2 for event in events)
+    final = events[-1]
+    assert final.type == "response.completed" and final.response.usage is not None
+    [row] = written.wait(1)
+    assert row.output_tokens == final.response.usage.output_tokens == 12
+    assert row.output_tokens == billed(fake, created.id).output_tokens
+    assert row.detail["background"]["settled_by"] == "client"
+    assert api.responses.retrieve(created.id).status == "completed"
+    assert len(gateway.rows()) == 1
+
+
 def test_the_upstream_key_never_leaves_the_gateway(make_gateway: Any,
                                                    fake: FakeHandle) -> None:
     gateway = make_gateway({"background_responses": SLOW})

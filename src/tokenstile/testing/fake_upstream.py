@@ -347,7 +347,7 @@ class _Req:
 
     __slots__ = (
         "anthropic", "api_key", "background", "body", "directives", "headers", "method", "model",
-        "raw_headers", "receive", "recorded", "rid", "route", "send", "started",
+        "query", "raw_headers", "receive", "recorded", "rid", "route", "send", "started",
         "started_wall", "stream", "watch",
     )
 
@@ -358,6 +358,7 @@ class _Req:
         self.send = send
         self.route = route
         self.method: str = scope["method"]
+        self.query: bytes = scope.get("query_string", b"")
         self.rid = rid
         self.raw_headers: list[tuple[bytes, bytes]] = scope["headers"]
         self.api_key: str | None = None
@@ -943,11 +944,38 @@ class FakeUpstream:
         elif r.method == "DELETE":
             self.responses.delete(response_id)
             payload = {"id": response_id, "object": "response.deleted", "deleted": True}
+        elif parse_qs(r.query.decode("latin-1")).get("stream") == ["true"]:
+            await self._resume_stream(r, stored)
+            return
         else:
             self.responses.poll(stored)
             payload = stored.snapshot()
         self._record(r, 200, "completed")
         await self._send_json(r, 200, payload)
+
+    async def _resume_stream(self, r: _Req, stored: StoredResponse) -> None:
+        """``GET /v1/responses/{id}?stream=true[&starting_after=n]``: a background
+        response's events after ``n``; it runs to its end while they are sent."""
+        if not stored.background:
+            await self._error(r, 400, "Only background responses can be streamed again.")
+            return
+        query = parse_qs(r.query.decode("latin-1"))
+        try:
+            after = int(query.get("starting_after", ["-1"])[0])
+        except ValueError:
+            await self._error(r, 400, "'starting_after' must be an integer.")
+            return
+        self.responses.finish(stored)
+        parts = responses_stream(stored.turn)
+        events = []
+        for event in (parts.head + b"".join(parts.pieces) + parts.tail).split(b"\n\n"):
+            _, _, data = event.partition(b"data: ")
+            if data and orjson.loads(data)["sequence_number"] > after:
+                events.append(event + b"\n\n")
+        self._record(r, 200, "completed")
+        await r.send({"type": "http.response.start", "status": 200,
+                      "headers": [*_SSE_HEADERS, *r.id_headers()]})
+        await r.send({"type": "http.response.body", "body": b"".join(events)})
 
     async def _embeddings(self, r: _Req) -> None:
         body = r.body
