@@ -230,6 +230,37 @@ def test_a_restarted_gateway_finishes_settling(make_gateway: Any, fake: FakeHand
     assert len(second.rows()) == 1
 
 
+def test_a_client_get_through_another_gateway_settles_it_once(
+        make_gateway: Any, fake: FakeHandle, tmp_path: Path) -> None:
+    """Two gateways share the stores: one follows the response, the client asks the other;
+    whichever sees the end first bills it, and only it."""
+    config = {**_stores(tmp_path), "limits": DAILY_USD}
+    owner = make_gateway({**config, "background_responses": FAST})
+    other = make_gateway({**config, "background_responses": SLOW})
+    key = owner.key(project="p")
+    created = sdk(owner, key).responses.create(model=MODEL, background=True,
+                                               max_output_tokens=40,
+                                               input="x [[fake:background_hold]]")
+    [[counter_key, reserved, *_]] = entry(owner, created.id).record["ticket"]["charges"]
+    assert fake.fake.finish_background(created.id)
+    done = sdk(other, key).responses.retrieve(created.id)
+    assert done.status == "completed"
+    [row] = other.rows()
+    assert row.detail["background"]["settled_by"] == "client"
+    assert counter(other, counter_key) == row.cost_nano < reserved
+    # The owner's own poll finds it settled already and lets it go.
+    assert owner.run(_poll_now(owner)) == 0
+    assert [r.id for r in owner.rows()] == [row.id]
+
+
+async def _poll_now(gateway: Gateway) -> int:
+    background = gateway.runtime.background
+    for tracked in background._tracked.values():
+        tracked.due = 0.0
+    await background.step()
+    return background.pending
+
+
 def test_a_crashed_gateways_background_response_is_billed_its_real_usage(
         make_gateway: Any, fake: FakeHandle, tmp_path: Path) -> None:
     """The gateway dies: its reservation runs out and crash recovery claims it, its entry's

@@ -402,10 +402,12 @@ class Gateway:
         ticket = ctx.ticket
         if ticket is None or "usd" not in getattr(ticket, "units", ()):
             return True
-        first = self.rt.pricer.estimate_nano(ctx.served_model or req.model, req.input_tokens,
+        inp = other_inp = req.input_tokens + req.hidden_input_tokens
+        if req.hidden_input:  # another model's worst case (its context window) may be larger
+            other_inp = self.rt.admission.hidden.worst_case(target.model, req.input_tokens).tokens
+        first = self.rt.pricer.estimate_nano(ctx.served_model or req.model, inp,
                                              req.output_cap or 0)
-        other = self.rt.pricer.estimate_nano(target.model, req.input_tokens,
-                                             req.output_cap or 0)
+        other = self.rt.pricer.estimate_nano(target.model, other_inp, req.output_cap or 0)
         return first is not None and other is not None and other <= first
 
     def _record_attempts(self, ctx: RequestContext, attempts: list[Attempt],
