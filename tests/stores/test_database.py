@@ -564,6 +564,14 @@ async def test_responses_are_adopted_renewed_and_settled_once(db: Database) -> N
     assert not await db.settle_response("resp_2")  # never pending
     assert (await db.get_response("resp_1")).state == "settled"  # type: ignore[union-attr]
     assert await db.adopt_responses("gw_b", now=10_000.0, lease_until=20_000.0) == []
+    late = StoredResponse("resp_3", "openai", "org", "p", None, 12.0, "pending", "req_3",
+                          record, "gw_a", 100.0)
+    await db.save_responses([late])
+    late.state = "settled"  # settled while its save was in doubt, then saved again
+    await db.save_responses([late])
+    assert (await db.get_response("resp_3")).state == "settled"  # type: ignore[union-attr]
+    await db.save_responses([StoredResponse("resp_2", "x", None, None, None, 0.0, "settled")])
+    assert (await db.get_response("resp_2")).state == "stored"  # type: ignore[union-attr]
     assert await db.prune_responses(before=10.5) == 1
     assert await db.get_response("resp_1") is None
     assert await db.get_response("resp_2") is not None

@@ -52,6 +52,7 @@ KEEP_S = 30 * 86_400.0
 PRUNE_EVERY_S = 3600.0
 ROW_WAIT_S = 2.0
 POLL_TIMEOUT_S = 30.0
+SAVE_TIMEOUT_S = 5.0
 POLLS_AT_ONCE = 16
 # Entries waiting for the database (it is down); past this, the oldest that only say who may
 # reach a response are dropped (those clients then get 404), never a pending one.
@@ -112,7 +113,7 @@ class BackgroundResponses:
             return
         entry = self._pending_entry(ctx, response_id)
         try:
-            await self.rt.db.save_responses([entry])
+            await asyncio.wait_for(self.rt.db.save_responses([entry]), SAVE_TIMEOUT_S)
         except Exception as exc:  # the database is down: this gateway alone follows it
             log.warning("background response %s is not saved yet (%s); retrying",
                         response_id, exc)

@@ -170,7 +170,8 @@ class Database(Protocol):
     # Responses created through the gateway (``tokenstile.stores.responses``).
 
     async def save_responses(self, items: Sequence[StoredResponse]) -> None:
-        """Insert entries; an id already known is left as it is."""
+        """Insert entries; an id already known is left as it is, except that a pending
+        one given again as settled becomes settled."""
         ...
 
     async def get_response(self, response_id: str) -> StoredResponse | None: ...

@@ -93,12 +93,17 @@ CREATE INDEX IF NOT EXISTS responses_rid ON responses (rid) WHERE rid IS NOT NUL
 CREATE INDEX IF NOT EXISTS responses_created ON responses (created_at);
 """
 
+# A known id keeps its entry, except that one settled while it could not be saved (the
+# database was slow or down, and its first save landed after all) is marked settled.
+_ON_CONFLICT = ("ON CONFLICT (id) DO UPDATE SET state = 'settled', owner = NULL "
+                "WHERE excluded.state = 'settled' AND responses.state = 'pending'")
+
 # --- SQLite ----------------------------------------------------------------------------------
 
 
 def save(conn: sqlite3.Connection, items: Sequence[StoredResponse]) -> None:
     sql = (f"INSERT INTO responses ({_SELECT}) VALUES ({','.join('?' * len(_COLUMNS))}) "
-           "ON CONFLICT (id) DO NOTHING")
+           f"{_ON_CONFLICT}")
     with conn:
         conn.executemany(sql, [item.values() for item in items])
 
@@ -173,7 +178,7 @@ def _pg_entry(record: asyncpg.Record) -> StoredResponse:
 async def pg_save(conn: asyncpg.Connection, items: Sequence[StoredResponse]) -> None:
     marks = ", ".join(f"${i + 1}" for i in range(len(_COLUMNS)))
     await conn.executemany(f"INSERT INTO responses ({_SELECT}) VALUES ({marks}) "
-                           "ON CONFLICT (id) DO NOTHING", [item.values() for item in items])
+                           f"{_ON_CONFLICT}", [item.values() for item in items])
 
 
 async def pg_get(conn: asyncpg.Connection, response_id: str) -> StoredResponse | None:
