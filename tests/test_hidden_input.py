@@ -53,6 +53,13 @@ def test_hidden_sources_survive_hostile_nesting() -> None:
     for _ in range(5000):
         node = {"content": [node]}
     assert hidden_sources("chat", {"messages": [node]}) == ()
+    tool: Any = {"type": "input_file", "file_id": "f"}
+    for _ in range(5000):
+        tool = {"type": "function_call_output", "output": tool}
+    assert hidden_sources("responses", {"input": [tool]}) == ()
+    shallow = {"type": "function_call_output", "output": [{"type": "input_file",
+                                                           "file_id": "f"}]}
+    assert hidden_sources("responses", {"input": [shallow]}) == ("file",)
 
 
 def test_worst_case_is_the_setting_else_the_context_window_else_the_fallback() -> None:

@@ -74,15 +74,27 @@ def _tools(tools: object, found: set[str]) -> None:
                 found.add("mcp")
 
 
+# Parts whose output (a tool's result) is itself a list of parts.
+_NESTING: Final = frozenset({"tool_result", "function_call_output",
+                             "custom_tool_call_output"})
+
+
 def _walk(node: object, found: set[str], depth: int) -> None:
+    """Messages, items and content parts (JSON: plain lists and dicts); only the kinds that
+    can hide input are looked at closely, so a long conversation costs a dict lookup a
+    part."""
     if depth > _MAX_DEPTH:
         return
-    if isinstance(node, list):
-        for item in node:
-            _walk(item, found, depth + 1)
+    if type(node) is not list:
+        if type(node) is dict:
+            _part(node, found, depth)
         return
-    if not isinstance(node, Mapping):
-        return
+    for item in node:
+        if type(item) is dict:
+            _part(item, found, depth + 1)
+
+
+def _part(node: dict[str, Any], found: set[str], depth: int) -> None:
     kind = node.get("type")
     if kind == "item_reference":
         found.add("item_reference")
@@ -91,19 +103,22 @@ def _walk(node: object, found: set[str], depth: int) -> None:
             found.add("file")
     elif kind == "file":  # chat completions
         inner = node.get("file")
-        if not (isinstance(inner, Mapping) and _readable(inner)):
+        if not (isinstance(inner, dict) and _readable(inner)):
             found.add("file")
     elif kind == "document":  # Anthropic
         source = node.get("source")
-        source_kind = source.get("type") if isinstance(source, Mapping) else None
-        if source_kind not in ("text", "content") and not (
-                source_kind == "base64" and isinstance(source, Mapping)
+        source_kind = source.get("type") if isinstance(source, dict) else None
+        if source_kind == "content" and isinstance(source, dict):
+            _walk(source.get("content"), found, depth + 1)
+        elif source_kind != "text" and not (
+                source_kind == "base64" and isinstance(source, dict)
                 and inline_file_pages(source.get("data")) is not None):
             found.add("document")
-    for key in ("content", "input", "output"):
-        value = node.get(key)
-        if isinstance(value, list | Mapping):
-            _walk(value, found, depth + 1)
+    content = node.get("content")
+    if type(content) is list:
+        _walk(content, found, depth + 1)
+    if kind in _NESTING:
+        _walk(node.get("output"), found, depth + 1)
 
 
 def _readable(part: Mapping[str, Any]) -> bool:
