@@ -436,6 +436,111 @@ def test_responses_non_stream(fake: FakeUpstream, oc: openai.OpenAI) -> None:
     assert cut.usage is not None and cut.usage.output_tokens == 16
 
 
+def test_previous_response_id_bills_the_earlier_turns(oc: openai.OpenAI) -> None:
+    first = oc.responses.create(model=GPT, input="Tell me a story")
+    second = oc.responses.create(model=GPT, input="And then?", previous_response_id=first.id)
+    assert first.usage is not None and second.usage is not None
+    alone = chat_prompt_tokens([{"role": "user", "content": "And then?"}])
+    assert second.usage.input_tokens == first.usage.input_tokens + 12 + alone
+    third = oc.responses.create(model=GPT, input="Go on", previous_response_id=second.id)
+    assert third.usage is not None
+    assert third.usage.input_tokens > second.usage.input_tokens + 12
+    with pytest.raises(openai.BadRequestError, match="Previous response with id"):
+        oc.responses.create(model=GPT, input="x", previous_response_id="resp_nope")
+    unstored = oc.responses.create(model=GPT, input="x", store=False)
+    with pytest.raises(openai.NotFoundError):
+        oc.responses.retrieve(unstored.id)
+
+
+def test_structured_output_schemas_are_billed_as_input(oc: openai.OpenAI) -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+    fmt = {"type": "json_schema", "name": "a", "schema": schema}
+    plain = oc.responses.create(model=GPT, input="fill")
+    shaped = oc.responses.create(model=GPT, input="fill", text={"format": fmt})
+    assert plain.usage is not None and shaped.usage is not None
+    assert shaped.usage.input_tokens - plain.usage.input_tokens == count_text(
+        json.dumps(fmt, separators=(",", ":")))
+    chat = oc.chat.completions.create(model=GPT, messages=user("fill"), response_format={
+        "type": "json_schema", "json_schema": {"name": "a", "schema": schema}})
+    bare = oc.chat.completions.create(model=GPT, messages=user("fill"))
+    assert chat.usage is not None and bare.usage is not None
+    assert chat.usage.prompt_tokens > bare.usage.prompt_tokens
+
+
+def test_background_responses_complete_on_a_poll_and_are_billed_once(
+        fake: FakeUpstream, oc: openai.OpenAI) -> None:
+    created = oc.responses.create(model=GPT, input="essay [[fake:background_polls=3]]",
+                                  background=True)
+    assert (created.status, created.usage, created.background) == ("queued", None, True)
+    assert fake.tally.output_tokens == 0
+    assert [oc.responses.retrieve(created.id).status for _ in range(3)] == [
+        "in_progress", "in_progress", "completed"]
+    done = oc.responses.retrieve(created.id)
+    assert done.usage is not None and done.usage.output_tokens == 12
+    assert done.output_text == reply_text(12)
+    [bill] = [r for r in fake.tally.records if r.method == "BACKGROUND"]
+    assert (bill.request_id, bill.outcome, bill.output_tokens) == (created.id, "completed", 12)
+    assert fake.tally.output_tokens == 12  # billed once, whatever the number of polls
+    items = oc.responses.input_items.list(created.id)
+    assert [item.type for item in items] == ["message"]
+    oc.responses.delete(created.id)
+    with pytest.raises(openai.NotFoundError):
+        oc.responses.retrieve(created.id)
+
+
+def test_background_responses_held_cancelled_or_finished(fake: FakeUpstream,
+                                                         oc: openai.OpenAI, url: str) -> None:
+    queued = oc.responses.create(model=GPT, input="x [[fake:background_hold]]",
+                                 background=True)
+    cancelled = oc.responses.cancel(queued.id)
+    assert cancelled.status == "cancelled" and cancelled.usage is not None
+    assert cancelled.usage.total_tokens == 0  # nothing ran yet
+    running = oc.responses.create(model=GPT, input="y [[fake:background_hold,output_tokens=20]]",
+                                  background=True)
+    for _ in range(5):
+        assert oc.responses.retrieve(running.id).status == "in_progress"
+    stopped = oc.responses.cancel(running.id)
+    assert stopped.usage is not None and stopped.usage.output_tokens == 10
+    assert oc.responses.cancel(running.id).status == "cancelled"  # once
+    held = oc.responses.create(model=GPT, input="z [[fake:background_hold]]", background=True)
+    assert post_json(f"{url}/_fake/responses/{held.id}/finish", {}) == {"ok": True}
+    assert oc.responses.retrieve(held.id).status == "completed"
+    assert not fake.finish_background(held.id)
+    foreground = oc.responses.create(model=GPT, input="now")
+    with pytest.raises(openai.BadRequestError):
+        oc.responses.cancel(foreground.id)
+    bills = [r.outcome for r in fake.tally.records if r.method == "BACKGROUND"]
+    assert bills == ["cancelled", "cancelled", "completed"]
+
+
+def test_a_background_response_can_be_streamed_again(fake: FakeUpstream,
+                                                     oc: openai.OpenAI) -> None:
+    created = oc.responses.create(model=GPT, input="x [[fake:background_hold]]",
+                                  background=True)
+    events = list(oc.responses.retrieve(created.id, stream=True, starting_after=1))
+    assert [e.sequence_number for e in events] == list(range(2, 2 + len(events)))
+    assert events[-1].type == "response.completed"
+    assert [r.outcome for r in fake.tally.records if r.method == "BACKGROUND"] == ["completed"]
+    foreground = oc.responses.create(model=GPT, input="y")
+    with pytest.raises(openai.BadRequestError):
+        list(oc.responses.retrieve(foreground.id, stream=True))
+
+
+def test_a_background_stream_left_early_still_completes(fake: FakeUpstream,
+                                                         oc: openai.OpenAI) -> None:
+    with oc.responses.create(model=GPT, background=True, stream=True,
+                             input="x [[fake:output_tokens=30,chunk_delay_ms=20]]") as stream:
+        for event in stream:
+            if event.type == "response.output_text.delta":
+                break
+    assert fake.tally.wait_for(lambda t: any(r.method == "BACKGROUND" for r in t.records))
+    [bill] = [r for r in fake.tally.records if r.method == "BACKGROUND"]
+    assert bill.output_tokens == 30
+    post = next(r for r in fake.tally.records if r.route == "/v1/responses")
+    assert post.output_tokens == 0  # billed once, as the background response
+    assert oc.responses.retrieve(bill.request_id).status == "completed"
+
+
 def test_responses_cached_and_reasoning(oc: openai.OpenAI) -> None:
     r = oc.responses.create(
         model="o4-mini",

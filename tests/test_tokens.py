@@ -357,7 +357,8 @@ def _image_cost(model: str, url: str, detail: str | None = None) -> int:
 
 def test_image_tokens_follow_openai_tile_formula() -> None:
     # The worked examples in OpenAI's vision guide.
-    assert _image_cost("gpt-4o", "https://example.com/cat.png") == 765  # size unknown
+    # Size unknown (a URL): the most the formula allows, 2 x 4 tiles after scaling.
+    assert _image_cost("gpt-4o", "https://example.com/cat.png") == 85 + 170 * 8
     assert _image_cost("gpt-4o", _png(1024, 1024), "high") == 765
     assert _image_cost("gpt-4o", _png(2048, 4096), "high") == 1105
     assert _image_cost("gpt-4o", _png(4096, 8192), "low") == 85
@@ -367,8 +368,12 @@ def test_image_tokens_follow_openai_tile_formula() -> None:
     assert _image_cost("gpt-4o", _jpeg(1000, 500)) == 85 + 170 * 2 * 1
     assert _image_cost("gpt-4o", _webp_vp8x(1600, 800)) == 85 + 170 * 3 * 2
     # Per-model constants from the same guide.
-    assert _image_cost("gpt-4o-mini", "https://example.com/x.png") == 2833 + 4 * 5667
-    assert _image_cost("gpt-4.1-mini", "https://example.com/x.png") == math.ceil(1024 * 1.62)
+    assert _image_cost("gpt-4o-mini", "https://example.com/x.png") == 2833 + 8 * 5667
+    assert _image_cost("gpt-4.1-mini", "https://example.com/x.png") == math.ceil(1536 * 1.62)
+    assert _image_cost("gpt-4.1-mini", _png(512, 512)) == math.ceil(256 * 1.62)
+    # The worst case is never below any real size's cost.
+    for w, h in ((1024, 1024), (768, 2048), (2048, 768), (4000, 3000), (100, 9000)):
+        assert _image_cost("gpt-4o", _png(w, h)) <= tokens.image_tokens_at_most("gpt-4o")
 
 
 def test_image_tokens_for_claude_are_not_scaled() -> None:
@@ -736,3 +741,71 @@ def test_tool_json_is_compact() -> None:
     assert counted == tokens.TOOLS_OVERHEAD_TOKENS + tokens.TOOL_OVERHEAD_TOKENS + n_tokens(
         "gpt-4o", "f"
     ) + n_tokens("gpt-4o", compact)
+
+
+# --- structured outputs, inline files, custom tools -------------------------------------------
+
+SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+          "additionalProperties": False}
+
+
+def test_structured_output_schemas_count_like_tool_parameters() -> None:
+    compact = json.dumps(SCHEMA, separators=(",", ":"))
+    expected = tokens.FORMAT_OVERHEAD_TOKENS + n_tokens("gpt-4o", "city_answer") + n_tokens(
+        "gpt-4o", compact)
+    messages = [{"role": "user", "content": "Where?"}]
+    chat_format = {"type": "json_schema",
+                   "json_schema": {"name": "city_answer", "schema": SCHEMA, "strict": True}}
+    assert count_chat("gpt-4o", messages, response_format=chat_format) - count_chat(
+        "gpt-4o", messages) == expected
+    text_format = {"type": "json_schema", "name": "city_answer", "schema": SCHEMA}
+    assert count_responses_input("gpt-4o", "Where?", text_format=text_format) - \
+        count_responses_input("gpt-4o", "Where?") == expected
+    claude = count_anthropic("claude-sonnet-4-5", messages,
+                             output_format={"type": "json_schema", "schema": SCHEMA})
+    assert claude - count_anthropic("claude-sonnet-4-5", messages) == \
+        tokens.FORMAT_OVERHEAD_TOKENS + math.ceil(n_tokens("gpt-4o", compact) * 1.15)
+    # JSON mode costs its framing only, plain text nothing.
+    assert count_chat("gpt-4o", messages, response_format={"type": "json_object"}) == \
+        count_chat("gpt-4o", messages) + tokens.FORMAT_OVERHEAD_TOKENS
+    assert count_chat("gpt-4o", messages, response_format={"type": "text"}) == \
+        count_chat("gpt-4o", messages)
+
+
+def test_custom_tool_grammars_are_counted() -> None:
+    grammar = "start: expr\nexpr: NUMBER ('+' NUMBER)*\n%import common.NUMBER"
+    tool = {"type": "custom", "name": "calc", "description": "adds",
+            "format": {"type": "grammar", "syntax": "lark", "definition": grammar}}
+    bare = {"type": "custom", "name": "calc", "description": "adds"}
+    assert count_responses_input("gpt-4o", "hi", tools=[tool]) - count_responses_input(
+        "gpt-4o", "hi", tools=[bare]) >= n_tokens("gpt-4o", grammar)
+
+
+def _pdf(pages: int) -> str:
+    objects = b"".join(b"%d 0 obj << /Type /Page /Parent 2 0 R >> endobj\n" % (i + 3)
+                       for i in range(pages))
+    raw = b"%PDF-1.7\n1 0 obj << /Type /Catalog /Pages 2 0 R >> endobj\n" \
+          b"2 0 obj << /Type /Pages /Count " + str(pages).encode() + b" >> endobj\n" + objects
+    return base64.b64encode(raw).decode()
+
+
+def test_inline_pdfs_count_every_page_at_its_worst_case() -> None:
+    assert tokens.inline_file_pages(_pdf(3)) == 3
+    assert tokens.inline_file_pages("data:application/pdf;base64," + _pdf(2)) == 2
+    assert tokens.inline_file_pages("JVBERi0x") is None  # "%PDF-1" and nothing else
+    assert tokens.inline_file_pages(base64.b64encode(b"not a pdf").decode()) is None
+
+    def cost(model: str, part: dict[str, Any]) -> int:
+        return count_chat(model, [{"role": "user", "content": [part]}]) - count_chat(
+            model, [{"role": "user", "content": []}])
+
+    part = {"type": "file", "file": {"file_data": "data:application/pdf;base64," + _pdf(4)}}
+    page = tokens.PDF_PAGE_TEXT_TOKENS + tokens.image_tokens_at_most("gpt-4o")
+    assert cost("gpt-4o", part) == 4 * page
+    document = {"type": "document", "source": {"type": "base64",
+                                               "media_type": "application/pdf",
+                                               "data": _pdf(2)}}
+    with_pdf = count_anthropic("claude-sonnet-4-5", [{"role": "user", "content": [document]}])
+    empty = count_anthropic("claude-sonnet-4-5", [{"role": "user", "content": []}])
+    assert with_pdf - empty == 2 * (tokens.PDF_PAGE_TEXT_TOKENS
+                                    + tokens.CLAUDE_IMAGE_MAX_TOKENS)

@@ -24,6 +24,8 @@ from tokenstile.config import Config, load_config
 from tokenstile.errors import GatewayError, render_error
 from tokenstile.gateway.asgi import Receive, Scope, Send
 from tokenstile.gateway.pipeline import Gateway
+from tokenstile.gateway.response_routes import PREFIX as RESPONSES_PREFIX
+from tokenstile.gateway.response_routes import ResponseRoutes
 from tokenstile.gateway.runtime import Runtime
 from tokenstile.gateway.upstream import upstream_headers, upstream_url
 from tokenstile.providers.models import model_item, model_list, openai_entries
@@ -50,6 +52,7 @@ class TokenstileApp:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.gateway = Gateway(runtime)
+        self.responses = ResponseRoutes(runtime)
         runtime.admission.on_store_error = lambda _: runtime.metrics.store_error("counters")
         self.web = _web_app(self)
 
@@ -58,6 +61,9 @@ class TokenstileApp:
             route = PROXY_ROUTES.get(scope["path"])
             if route is not None and scope["method"] == "POST":
                 await self.gateway.handle(route[0], route[1], scope, receive, send)
+                return
+            if scope["path"].startswith(RESPONSES_PREFIX):
+                await self.responses.handle(scope, receive, send)
                 return
         await self.web(scope, receive, send)
 

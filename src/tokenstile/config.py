@@ -166,6 +166,36 @@ class PriceConfig(_Strict):
     service_tiers: dict[str, PriceTierConfig] = Field(default_factory=dict)
 
 
+class HiddenInputConfig(_Strict):
+    """Input a request brings that the gateway cannot count before the call
+    (``previous_response_id``, ``conversation``, stored prompts, files by id or URL, MCP
+    tools): reserved at a worst case. ``max_tokens`` caps it per model (exact name or glob;
+    tokens on top of the visible input); a model with no entry is reserved at its context
+    window, or at ``fallback_tokens`` when that is not known."""
+
+    max_tokens: dict[str, int] = Field(default_factory=dict)
+    fallback_tokens: int = Field(200_000, ge=0)
+
+    @field_validator("max_tokens")
+    @classmethod
+    def _not_negative(cls, value: dict[str, int]) -> dict[str, int]:
+        for model, tokens in value.items():
+            if tokens < 0:
+                raise ValueError(f"{model!r}: expected a number of tokens >= 0, got {tokens}")
+        return value
+
+
+class BackgroundResponsesConfig(_Strict):
+    """Responses created with ``background: true`` are billed when they end: the gateway
+    polls the upstream for each, ``first_poll_s`` after it was created and then at doubling
+    intervals up to ``max_poll_interval_s``; one still running after ``max_wait_s`` is
+    charged at its estimate."""
+
+    first_poll_s: float = Field(2.0, gt=0)
+    max_poll_interval_s: float = Field(60.0, gt=0)
+    max_wait_s: float = Field(86_400.0, gt=0)
+
+
 Action = Literal["warn", "throttle", "downgrade", "block"]
 
 
@@ -392,6 +422,9 @@ class Config(_Strict):
     upstreams: dict[str, UpstreamConfig] = Field(default_factory=dict)
     routes: list[RouteConfig] = Field(default_factory=list)
     prices: dict[str, PriceConfig] = Field(default_factory=dict)
+    hidden_input: HiddenInputConfig = Field(default_factory=HiddenInputConfig)
+    background_responses: BackgroundResponsesConfig = Field(
+        default_factory=BackgroundResponsesConfig)
     organization: OrganizationConfig = Field(default_factory=OrganizationConfig)
     projects: dict[str, ProjectConfig] = Field(default_factory=dict)
     users: dict[str, TierConfig] = Field(default_factory=dict)

@@ -404,6 +404,7 @@ class Pricer:
         patterns.sort(key=lambda kp: -len(kp[0]))  # stable: equal lengths keep config order
         self._patterns = tuple(patterns)
         self._memo: dict[tuple[str | None, str], tuple[ModelPrice | None, float]] = {}
+        self._windows: dict[tuple[str | None, str], int | None] = {}
         self._lock = threading.Lock()
 
     # -- lookup --
@@ -429,6 +430,30 @@ class Pricer:
 
     def known(self, model: str, provider: str | None = None) -> bool:
         return self.price_for(model, provider) is not None
+
+    def context_window(self, model: str, provider: str | None = None) -> int | None:
+        """The most input tokens one call to ``model`` can have, per genai-prices; None
+        when it does not say."""
+        key = (provider, model)
+        if key in self._windows:
+            return self._windows[key]
+        name = model.strip().lower() if isinstance(model, str) else ""
+        bare = name.rsplit("/", 1)[1] if "/" in name else name
+        window: int | None = None
+        known = _genai_provider(provider) if provider else None
+        for prov, ref in self._attempts(name, bare, provider, known) if name else ():
+            try:
+                value = getattr(_genai_lookup(prov, ref), "context_window", None)
+            except LookupError:
+                continue
+            if isinstance(value, int) and value > 0:
+                window = value
+            break
+        with self._lock:
+            if len(self._windows) >= self._MEMO_MAX:
+                self._windows.clear()
+            self._windows[key] = window
+        return window
 
     def _resolve(self, model: str, provider: str | None) -> ModelPrice | None:
         name = model.strip().lower() if isinstance(model, str) else ""

@@ -42,6 +42,8 @@ __all__ = [
     "CLAUDE_FACTOR",
     "CLAUDE_IMAGE_MAX_TOKENS",
     "FILE_FLAT_TOKENS",
+    "FORMAT_OVERHEAD_TOKENS",
+    "PDF_PAGE_TEXT_TOKENS",
     "REPLY_PRIMING_TOKENS",
     "TOKENS_PER_MESSAGE",
     "TOKENS_PER_NAME",
@@ -56,6 +58,8 @@ __all__ = [
     "count_text",
     "encoding_for",
     "ensure_offline_encodings",
+    "image_tokens_at_most",
+    "inline_file_pages",
     "is_estimate",
 ]
 
@@ -90,7 +94,14 @@ AUDIO_TOKENS_PER_SECOND: Final = 10
 AUDIO_FLAT_TOKENS: Final = 600
 """Estimate for an audio part whose duration cannot be read from its header (one minute)."""
 FILE_FLAT_TOKENS: Final = 1000
-"""Estimate for an attached file (PDF and the like) whose text is not available offline."""
+"""Estimate for an attached file whose pages cannot be read offline (the request's hidden
+input worst case covers it, see ``tokenstile.hidden_input``)."""
+PDF_PAGE_TEXT_TOKENS: Final = 3000
+"""Text of one PDF page at most, by Anthropic's published range (1,500-3,000 a page); the
+page's image is added at the model's largest image cost (both providers send both)."""
+FORMAT_OVERHEAD_TOKENS: Final = 10
+"""Estimate: framing of a structured-output schema (``response_format``, ``text.format``,
+Anthropic's ``output_format``), which the provider renders into the prompt."""
 
 _MAX_DEPTH: Final = 24
 """Nesting below this depth is ignored: bounds the work on hostile, deeply nested input."""
@@ -525,13 +536,24 @@ def _size_from_data_url(url: object) -> tuple[int, int] | None:
     return _size_from_base64(payload)
 
 
+_MAX_PATCHES: Final = 1536
+# The largest tile grid: an image scaled into 2048 x 2048, then to 768 on its short side.
+_MAX_TILES: Final = 2 * 4
+
+
 def _openai_image(info: _Model, size: tuple[int, int] | None, detail: object) -> int:
-    w, h = size or (1024, 1024)
+    """OpenAI's published image cost; an image whose size cannot be read (a URL, an
+    unknown format) costs the most the formula allows, never a guess below it."""
     if info.image_patch_mult:
-        patches = min(math.ceil(w / 32) * math.ceil(h / 32), 1536)
+        patches = _MAX_PATCHES
+        if size is not None:
+            patches = min(math.ceil(size[0] / 32) * math.ceil(size[1] / 32), _MAX_PATCHES)
         return math.ceil(patches * info.image_patch_mult)
     if detail == "low":
         return info.image_base
+    if size is None:
+        return info.image_base + info.image_tile * _MAX_TILES
+    w, h = size
     fw, fh = float(w), float(h)
     if fw > 2048 or fh > 2048:
         s = 2048 / max(fw, fh)
@@ -554,6 +576,41 @@ def _claude_image(size: tuple[int, int] | None) -> int:
 
 def _image(info: _Model, acc: _Acc, size: tuple[int, int] | None, detail: object) -> None:
     acc.native += _claude_image(size) if info.claude else _openai_image(info, size, detail)
+
+
+def image_tokens_at_most(model: str) -> int:
+    """The most one image can cost ``model`` (its size unknown, full detail)."""
+    info = _info(model)
+    return _claude_image(None) if info.claude else _openai_image(info, None, None)
+
+
+_PDF_PAGE = re.compile(rb"/Type\s*/Page(?![A-Za-z])")
+
+
+def inline_file_pages(data: object) -> int | None:
+    """Pages of an inline PDF (base64, or a ``data:`` URL), counted from its page objects;
+    None when the payload is not a PDF whose pages can be read this way."""
+    if not isinstance(data, str) or not data:
+        return None
+    payload = data.partition(",")[2] if data.startswith("data:") else data
+    try:
+        raw = binascii.a2b_base64(payload)
+    except (binascii.Error, ValueError):
+        return None
+    if not raw.startswith(b"%PDF"):
+        return None
+    pages = len(_PDF_PAGE.findall(raw))
+    return pages or None
+
+
+def _pdf(info: _Model, acc: _Acc, data: object) -> bool:
+    """An inline PDF at its worst case per page; False when its pages cannot be read."""
+    pages = inline_file_pages(data)
+    if pages is None:
+        return False
+    page_image = _claude_image(None) if info.claude else _openai_image(info, None, None)
+    acc.native += pages * (PDF_PAGE_TEXT_TOKENS + page_image)
+    return True
 
 
 def _audio(info: _Model, acc: _Acc, audio: object) -> None:
@@ -588,6 +645,8 @@ def _file(info: _Model, acc: _Acc, f: object) -> None:
         _text(info, acc, f.get("filename"))
         _text(info, acc, f.get("title"))
         _text(info, acc, f.get("context"))
+        if _pdf(info, acc, f.get("file_data")):
+            return
     acc.native += FILE_FLAT_TOKENS
 
 
@@ -634,7 +693,8 @@ def _block(info: _Model, acc: _Acc, part: object, depth: int) -> None:
             _text(info, acc, src.get("data"))
         elif isinstance(src, Mapping) and src.get("type") == "content":
             _content(info, acc, src.get("content"), depth + 1)
-        else:
+        elif not (isinstance(src, Mapping) and src.get("type") == "base64"
+                  and _pdf(info, acc, src.get("data"))):
             acc.native += FILE_FLAT_TOKENS
     elif t == "refusal":
         _text(info, acc, part.get("refusal"))
@@ -706,7 +766,8 @@ def _tool(info: _Model, acc: _Acc, tool: object) -> None:
     if not isinstance(fn, Mapping):
         fn = tool  # Responses API and Anthropic tools are flat
     name, desc = fn.get("name"), fn.get("description")
-    params = fn.get("parameters", fn.get("input_schema"))
+    # A custom tool's grammar (``format``) is shown to the model like a schema.
+    params = fn.get("parameters", fn.get("input_schema", fn.get("format")))
     if name is None and params is None:
         # A built-in tool ({"type": "web_search", ...}): its settings are all there is.
         _text(info, acc, tool)
@@ -717,6 +778,26 @@ def _tool(info: _Model, acc: _Acc, tool: object) -> None:
     _text(info, acc, head)
     if params is not None:
         _text(info, acc, params)
+
+
+def _output_format(info: _Model, acc: _Acc, fmt: object) -> None:
+    """A structured-output setting: a JSON schema's name, description and schema (compact
+    JSON, like tool parameters); JSON mode costs the framing only; plain text nothing."""
+    if not isinstance(fmt, Mapping):
+        return
+    kind = fmt.get("type")
+    if kind in (None, "text"):
+        return
+    acc.native += FORMAT_OVERHEAD_TOKENS
+    inner = fmt.get("json_schema")  # chat completions nest it; Responses and Anthropic not
+    spec = inner if isinstance(inner, Mapping) else fmt
+    for key in ("name", "description"):
+        _text(info, acc, spec.get(key))
+    schema = spec.get("schema")
+    if schema is not None:
+        _text(info, acc, schema)
+    elif kind not in ("json_schema", "json_object"):
+        _generic(info, acc, fmt, 1)  # a format this module does not know: its settings
 
 
 def _tools(info: _Model, acc: _Acc, tools: object) -> bool:
@@ -745,12 +826,14 @@ def count_chat(
     tools: object = None,
     functions: object = None,
     *,
+    response_format: object = None,
     factor: float | None = None,
 ) -> int:
     """Prompt tokens of a Chat Completions request, per OpenAI's cookbook.
 
     3 tokens frame each message (+1 with ``name``), 3 prime the reply. Image, audio and
-    file parts and tool definitions use the estimates documented on the module constants.
+    file parts, tool definitions and the ``response_format`` schema use the estimates
+    documented on the module constants.
     """
     info = _info(model)
     acc = _Acc()
@@ -761,6 +844,7 @@ def count_chat(
     acc.native += REPLY_PRIMING_TOKENS
     _tools(info, acc, tools)
     _tools(info, acc, functions)
+    _output_format(info, acc, response_format)
     return _total(info, acc, factor)
 
 
@@ -803,9 +887,12 @@ def count_responses_input(
     instructions: object = None,
     tools: object = None,
     *,
+    text_format: object = None,
     factor: float | None = None,
 ) -> int:
     """Prompt tokens of a Responses API request (``input`` as a string or a list of items).
+
+    ``text_format`` is ``text.format`` (a JSON schema costs its text).
 
     Items are framed like chat messages; function calls and their outputs count their
     names, arguments and outputs; reasoning items count their summaries only (their
@@ -848,6 +935,7 @@ def count_responses_input(
                 _generic(info, acc, item, 1)
     acc.native += REPLY_PRIMING_TOKENS
     _tools(info, acc, tools)
+    _output_format(info, acc, text_format)
     return _total(info, acc, factor)
 
 
@@ -857,6 +945,7 @@ def count_anthropic(
     system: object = None,
     tools: object = None,
     *,
+    output_format: object = None,
     factor: float | None = None,
 ) -> int:
     """Input tokens of an Anthropic Messages request (an estimate: o200k text × factor).
@@ -882,4 +971,5 @@ def count_anthropic(
     acc.native += REPLY_PRIMING_TOKENS
     if _tools(info, acc, tools):
         acc.native += ANTHROPIC_TOOL_SYSTEM_TOKENS - TOOLS_OVERHEAD_TOKENS
+    _output_format(info, acc, output_format)
     return _total(info, acc, factor)

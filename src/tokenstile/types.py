@@ -143,6 +143,10 @@ class CanonicalRequest:
     input_text: str = ""
     system_text: str = ""
     input_tokens: int = 0
+    # Input the gateway cannot count (``hidden_input.hidden_sources``), and the tokens
+    # admission reserved for it on top of ``input_tokens``.
+    hidden_input: tuple[str, ...] = ()
+    hidden_input_tokens: int = 0
     feature: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
     trace_id: str | None = None

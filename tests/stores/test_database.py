@@ -43,6 +43,7 @@ from tokenstile.stores.database import (
 from tokenstile.stores.db_postgres import PostgresDatabase
 from tokenstile.stores.db_sqlite import SqliteDatabase
 from tokenstile.stores.pg_migrations import LATEST, MIGRATIONS
+from tokenstile.stores.responses import StoredResponse
 from tokenstile.types import LedgerRow
 
 PG_ADMIN_URL = os.environ.get("TOKENSTILE_TEST_POSTGRES",
@@ -621,6 +622,47 @@ async def test_overrides_crud(db: Database) -> None:
     assert await db.delete_override("switch", "feature:chat") is True
     assert await db.delete_override("switch", "feature:chat") is False
     assert await db.list_overrides() == [two, three]
+
+
+async def test_responses_are_adopted_renewed_and_settled_once(db: Database) -> None:
+    """Background responses: whoever moves one from pending to settled bills it, once;
+    a gateway's entries go to another when its lease ends or it lets them go."""
+    record = {"row": {"id": "req_1", "ts": 5.0}, "ticket": None}
+    pending = StoredResponse("resp_1", "openai", "org", "p", "key_1", 10.0, "pending",
+                             "req_1", record, "gw_a", 100.0)
+    stored = StoredResponse("resp_2", "openai", "org", "p", None, 11.0)
+    await db.save_responses([pending, stored])
+    await db.save_responses([StoredResponse("resp_1", "other", None, None, None, 0.0)])
+    got = await db.get_response("resp_1")
+    assert got == pending  # a known id is left as it is; the record round-trips
+    assert await db.response_by_rid("req_1") == pending
+    assert await db.response_by_rid("req_9") is None
+    assert await db.get_response("resp_9") is None
+    assert await db.adopt_responses("gw_b", now=50.0, lease_until=150.0) == []
+    assert await db.renew_responses("gw_a", ["resp_1", "resp_2"], 200.0) == ["resp_1"]
+    assert await db.renew_responses("gw_b", ["resp_1"], 300.0) == []
+    [adopted] = await db.adopt_responses("gw_b", now=250.0, lease_until=400.0)
+    assert (adopted.id, adopted.owner, adopted.lease_until) == ("resp_1", "gw_b", 400.0)
+    assert await db.renew_responses("gw_a", ["resp_1"], 500.0) == []  # no longer its own
+    await db.release_responses("gw_b")
+    [again] = await db.adopt_responses("gw_a", now=1.0, lease_until=60.0)
+    assert again.owner == "gw_a"
+    results = await asyncio.gather(*(db.settle_response("resp_1") for _ in range(5)))
+    assert results.count(True) == 1
+    assert not await db.settle_response("resp_2")  # never pending
+    assert (await db.get_response("resp_1")).state == "settled"  # type: ignore[union-attr]
+    assert await db.adopt_responses("gw_b", now=10_000.0, lease_until=20_000.0) == []
+    late = StoredResponse("resp_3", "openai", "org", "p", None, 12.0, "pending", "req_3",
+                          record, "gw_a", 100.0)
+    await db.save_responses([late])
+    late.state = "settled"  # settled while its save was in doubt, then saved again
+    await db.save_responses([late])
+    assert (await db.get_response("resp_3")).state == "settled"  # type: ignore[union-attr]
+    await db.save_responses([StoredResponse("resp_2", "x", None, None, None, 0.0, "settled")])
+    assert (await db.get_response("resp_2")).state == "stored"  # type: ignore[union-attr]
+    assert await db.prune_responses(before=10.5) == 1
+    assert await db.get_response("resp_1") is None
+    assert await db.get_response("resp_2") is not None
 
 
 # --- PostgreSQL only: migrations, outages, hostile text ----------------------------------

@@ -27,6 +27,7 @@ from tokenstile.degrade.trim import Message, trim_messages
 from tokenstile.errors import GatewayError
 from tokenstile.limits.admission import Admission, Ticket
 from tokenstile.limits.model import Limit, Threshold
+from tokenstile.providers.anthropic import output_format
 
 if TYPE_CHECKING:
     from tokenstile.gateway.context import RequestContext
@@ -41,10 +42,12 @@ def _count_fn(ctx: RequestContext) -> Callable[[list[Message]], int]:
     assert req is not None
     body = req.body
     if ctx.wire == "anthropic":
+        fmt = output_format(body)
         return lambda messages: tokens.count_anthropic(req.model, messages, body.get("system"),
-                                                       body.get("tools"))
+                                                       body.get("tools"), output_format=fmt)
     return lambda messages: tokens.count_chat(req.model, messages, body.get("tools"),
-                                              body.get("functions"))
+                                              body.get("functions"),
+                                              response_format=body.get("response_format"))
 
 
 def _throttle_thresholds(limit: Limit) -> list[Threshold]:

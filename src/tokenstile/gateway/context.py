@@ -59,6 +59,10 @@ class RequestContext:
     cache_plan: Any = None
     cache_body: bytes | None = None
     detail: dict[str, Any] = field(default_factory=dict)
+    # A Responses API answer: its id, and whether it is a background response that is
+    # still running upstream (billed when it ends, not when this request does).
+    response_id: str | None = None
+    background_running: bool = False
 
     def ledger_row(self, latency_ms: float) -> LedgerRow:
         caller = self.caller or Caller()
@@ -106,6 +110,20 @@ class RequestContext:
             saved_nano=self.saved_nano,
             detail=usage_detail(self.detail, usage),
         )
+
+
+def set_usage(row: LedgerRow, usage: Usage) -> None:
+    """Write a call's usage into a row built before the usage was known."""
+    row.input_tokens, row.output_tokens = usage.input_tokens, usage.output_tokens
+    row.cached_input_tokens = usage.cached_input_tokens
+    row.cache_write_tokens = usage.cache_write_tokens
+    row.reasoning_tokens = usage.reasoning_tokens
+    row.input_audio_tokens = usage.input_audio_tokens
+    row.output_audio_tokens = usage.output_audio_tokens
+    row.cache_write_1h_tokens = usage.cache_write_1h_tokens
+    row.web_search_requests = usage.web_search_requests
+    row.file_search_calls = usage.file_search_calls
+    row.service_tier = usage.service_tier
 
 
 def usage_detail(detail: dict[str, Any], usage: Usage) -> dict[str, Any]:

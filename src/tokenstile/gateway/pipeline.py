@@ -41,6 +41,7 @@ from tokenstile.gateway.upstream import (
 )
 from tokenstile.limits.admission import BudgetExhausted, Ticket
 from tokenstile.providers.base import Bridge, StreamObserver
+from tokenstile.providers.openai import ResponsesStreamObserver
 from tokenstile.providers.sse import EventSplitter
 from tokenstile.providers.terms import reservation_terms
 from tokenstile.providers.translate import bridge_for
@@ -120,6 +121,8 @@ class Gateway:
         body = parse_json_object(raw, server.max_json_depth, ctx.headers.get("content-type"))
         check_message_count(body, server.max_messages)
         req = ctx.req = adapter.parse(ctx.api, body)
+        if req.api == "responses" and body.get("background") is True:
+            ctx.detail["background"] = True  # so crash recovery knows (gateway.background)
         check_output_cap(req)
         attribute(ctx)
         check_model_access(ctx)
@@ -153,13 +156,18 @@ class Gateway:
             if resp.status >= 400:
                 await self._relay_error(ctx, resp, send, bridge)
             elif req.stream and "text/event-stream" in resp.headers.get("content-type", ""):
-                observer = (bridge or adapter).observer(req)
+                observer = base = (bridge or adapter).observer(req)
                 recorder = None
                 if plan is not None and plan.write:
                     observer = recorder = StreamRecorder(
                         observer, bridge.upstream_api if bridge else ctx.api, target.wire)
-                await self._relay_stream(ctx, resp, receive, send,
-                                         rt.policies.wrap_stream(ctx, observer))
+                try:
+                    await self._relay_stream(ctx, resp, receive, send,
+                                             rt.policies.wrap_stream(ctx, observer))
+                finally:
+                    if isinstance(base, ResponsesStreamObserver) and bridge is None:
+                        # A background stream that ended early keeps running upstream.
+                        await rt.background.register(ctx, base.response_id, base.status)
                 if recorder is not None and ctx.outcome == "ok":
                     answer_body = recorder.body()
                     if answer_body is not None and bridge is not None:
@@ -397,14 +405,17 @@ class Gateway:
         ticket = ctx.ticket
         if ticket is None or "usd" not in getattr(ticket, "units", ()):
             return True
+        inp = other_inp = req.input_tokens + req.hidden_input_tokens
+        if req.hidden_input:  # another model's worst case (its context window) may be larger
+            other_inp = self.rt.admission.hidden.worst_case(target.model, req.input_tokens).tokens
         upstreams = self.rt.config.upstreams
         first_upstream = upstreams.get(ctx.upstream or "")
         first = self.rt.pricer.estimate_nano(
-            ctx.served_model or req.model, req.input_tokens, req.output_cap or 0, ctx.provider,
+            ctx.served_model or req.model, inp, req.output_cap or 0, ctx.provider,
             terms=reservation_terms(req, first_upstream.auto_service_tier
                                     if first_upstream else None))
         other = self.rt.pricer.estimate_nano(
-            target.model, req.input_tokens, req.output_cap or 0, target.provider,
+            target.model, other_inp, req.output_cap or 0, target.provider,
             terms=reservation_terms(req, target.config.auto_service_tier))
         return first is not None and other is not None and other <= first
 
@@ -447,6 +458,10 @@ class Gateway:
         else:
             ctx.usage = usage
         ctx.status = resp.status
+        if ctx.api == "responses" and bridge is None and resp.status == 200 and \
+                isinstance(parsed, dict):
+            # Before the client hears of it: it may fetch (and so settle) it at once.
+            await self.rt.background.register(ctx, parsed.get("id"), parsed.get("status"))
         plan = ctx.cache_plan
         if plan is not None and plan.write and resp.status == 200 and isinstance(parsed, dict):
             ctx.cache_body = payload  # as answered, before response policies
@@ -576,7 +591,9 @@ class Gateway:
         if at_cap and ctx.req.output_cap:
             output = max(output, ctx.req.output_cap)
             ctx.flags.append("billed_at_cap")
-        ctx.usage = Usage(input_tokens=ctx.req.input_tokens, output_tokens=output)
+        # Input the gateway could not count is billed at the worst case it reserved.
+        ctx.usage = Usage(input_tokens=ctx.req.input_tokens + ctx.req.hidden_input_tokens,
+                          output_tokens=output)
 
     def _headers(self, ctx: RequestContext) -> dict[str, str]:
         headers = dict(ctx.response_headers)
@@ -590,6 +607,8 @@ class Gateway:
     async def _finish(self, ctx: RequestContext) -> None:
         """Price the call, write its ledger row, then settle the reservation."""
         rt = self.rt
+        if ctx.background_running:
+            return  # billed, reservation and all, when the response ends (gateway.background)
         price_call(rt.pricer, ctx)
         if ctx.cache_body is not None and ctx.status == 200 and ctx.outcome == "ok" and \
                 ctx.cache_plan is not None:

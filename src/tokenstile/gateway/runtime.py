@@ -17,6 +17,7 @@ from tokenstile.clock import SYSTEM_CLOCK, Clock
 from tokenstile.config import Config, referenced_channels
 from tokenstile.degrade.stage import Degrader
 from tokenstile.gateway.auth import Authenticator
+from tokenstile.gateway.background import BackgroundResponses
 from tokenstile.gateway.caching import CacheStage
 from tokenstile.gateway.key_limits import KeyLimits, compile_key_limits, is_key_limit
 from tokenstile.gateway.reload import ConfigReloader, keep_start_settings, restart_only_changes
@@ -38,7 +39,7 @@ from tokenstile.stores.counters import CounterStore, StoreUnavailable, counter_s
 from tokenstile.stores.database import Database, database_from_url
 from tokenstile.stores.spool import LedgerSpool
 from tokenstile.tokens import encoding_for, ensure_offline_encodings
-from tokenstile.types import usd_to_nano
+from tokenstile.types import LedgerRow, usd_to_nano
 
 if TYPE_CHECKING:
     from tokenstile.gateway.context import RequestContext
@@ -75,6 +76,7 @@ class Runtime:
     reloader: ConfigReloader | None = None
     key_limits: KeyLimits | None = None
     telemetry: Telemetry = field(default_factory=lambda: Telemetry(SYSTEM_CLOCK))
+    background: BackgroundResponses = field(init=False, repr=False, compare=False)
     # The services of the current config, fixed for the requests that start under it.
     view: Runtime = field(init=False, repr=False, compare=False)
 
@@ -102,7 +104,7 @@ class Runtime:
         overrides = Overrides(db, config)
         overrides.listeners.append(admission.apply_overrides)
         upstream = UpstreamClient()
-        return cls(
+        runtime = cls(
             config=config, clock=clock, db=db, counters=counters,
             auth=Authenticator(config.auth, db, clock, admin_key_for(config)),
             router=router, upstream=upstream,
@@ -117,6 +119,9 @@ class Runtime:
             caching=CacheStage(config, clock),
             telemetry=Telemetry.from_env(clock),
         )
+        runtime.background = BackgroundResponses(runtime)
+        runtime._pin()
+        return runtime
 
     async def start(self) -> None:
         """Open the stores, charge reservations a dead gateway left behind, start upkeep."""
@@ -142,13 +147,15 @@ class Runtime:
             self.reloader.install_signal_handler()
             self._tasks.append(asyncio.create_task(self.reloader.watch(),
                                                    name="tokenstile-config-watch"))
+        self._tasks.append(asyncio.create_task(self.background.run(),
+                                               name="tokenstile-background-responses"))
         try:
-            recovered = await self.admission.recover(self.ledger.submit)
+            recovered = await self.admission.recover(self.charge_expired)
             if recovered:
                 log.warning("charged %d unsettled reservations at their estimate", recovered)
         except StoreUnavailable:
             log.warning("counter store unreachable at start; recovery will retry")
-        self._tasks.append(asyncio.create_task(self.admission.maintain(self.ledger.submit),
+        self._tasks.append(asyncio.create_task(self.admission.maintain(self.charge_expired),
                                                name="tokenstile-leases"))
         self.started = True
         self._pin()  # the view requests hold: what start() set up
@@ -163,6 +170,7 @@ class Runtime:
         self._tasks.clear()
         if self.reloader is not None:
             self.reloader.remove_signal_handler()
+        await self.background.close()
         await self.ledger.close()
         await self.alerts.close(5.0)
         await self.caching.close()
@@ -194,6 +202,14 @@ class Runtime:
                                      self.overrides)
         self._pin()
         return pending
+
+    def charge_expired(self, row: LedgerRow) -> None:
+        """A reservation whose gateway died, charged at its estimate: its row, unless it
+        is a background response's, which is billed when the response ends."""
+        if row.detail.get("background") is True:
+            self.background.expired(row)
+        else:
+            self.ledger.submit(row)
 
     def _apply_key_limits(self) -> None:
         """The limits keys carry join the config's (again after each reload)."""

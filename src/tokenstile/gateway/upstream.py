@@ -74,6 +74,16 @@ def upstream_url(config: UpstreamConfig, api: ApiKind | str, model: str | None =
     return _azure_url(config, api, model)
 
 
+def response_url(config: UpstreamConfig, response_id: str, action: str = "",
+                 query: str = "") -> str:
+    """A stored response on this upstream: ``…/responses/{id}[/{action}]``, the client's
+    query string after the upstream's own (Azure's ``api-version``)."""
+    base, _, own = upstream_url(config, "responses").partition("?")
+    url = f"{base}/{quote(response_id, safe='')}" + (f"/{action}" if action else "")
+    joined = "&".join(part for part in (own, query) if part)
+    return f"{url}?{joined}" if joined else url
+
+
 def _azure_url(config: UpstreamConfig, api: ApiKind | str, model: str | None) -> str:
     base, path = config.base_url, _OPENAI_PATHS[api]
     version = config.api_version
@@ -147,6 +157,21 @@ class UpstreamClient:
             except aiohttp.ClientError as exc:
                 raise UpstreamUnreachable(name, type(exc).__name__) from None
         raise AssertionError("unreachable")
+
+    async def request(self, method: str, name: str, config: UpstreamConfig, url: str,
+                      headers: Mapping[str, str], body: bytes | None = None,
+                      timeout_s: float | None = None) -> aiohttp.ClientResponse:
+        """Any other call on an upstream (``GET``/``DELETE`` of a stored response, a
+        cancel): the response once its headers are in; the caller releases it."""
+        timeout = aiohttp.ClientTimeout(total=timeout_s, connect=config.connect_timeout_s,
+                                        sock_read=config.read_timeout_s)
+        try:
+            return await self._session(config).request(method, url, data=body,
+                                                       headers=headers, timeout=timeout)
+        except TimeoutError:
+            raise UpstreamTimeout(name) from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnreachable(name, type(exc).__name__) from None
 
     async def get_json(self, name: str, config: UpstreamConfig, url: str,
                        headers: Mapping[str, str]) -> Any:

@@ -32,6 +32,7 @@ import orjson
 
 from tokenstile.config import Config
 from tokenstile.errors import GatewayError
+from tokenstile.hidden_input import HiddenInput, describe_sources
 from tokenstile.limits.model import Limit, compile_limits
 from tokenstile.limits.overrides import apply_limit_overrides
 from tokenstile.limits.windows import (
@@ -69,6 +70,8 @@ _WINDOW_WORDS = {"minute": "per-minute", "hour": "hourly", "day": "daily", "week
                  "month": "monthly", "rolling": "rolling", "request": "per-request"}
 _UNIT_WORDS = {"tokens": "tokens", "input_tokens": "input tokens",
                "output_tokens": "output tokens", "requests": "requests", "usd": "USD"}
+_PER_WINDOW = {"minute": "a minute", "hour": "an hour", "day": "a day", "week": "a week",
+               "month": "a month", "rolling": "in its rolling window", "request": "per request"}
 _SCOPE_WORDS = {"global": "the gateway", "organization": "organization", "project": "project",
                 "team": "team", "user": "user", "tier": "tier", "key": "key",
                 "feature": "feature", "model": "model", "end_user": "end user"}
@@ -190,6 +193,12 @@ def charge_ttl(window: Window, now: float) -> int:
     return max(1, math.ceil(_current(window, now)[1] - now)) + TTL_MARGIN_S
 
 
+def reserved_input(req: CanonicalRequest) -> int:
+    """The input a reservation holds: what was counted plus the worst case of what could
+    not be."""
+    return req.input_tokens + req.hidden_input_tokens
+
+
 def output_cap_field(req: CanonicalRequest) -> str:
     if req.api == "responses":
         return "max_output_tokens"
@@ -241,6 +250,7 @@ class Admission:
 
     def reconfigure(self, config: Config) -> None:
         self.config = config
+        self.hidden = HiddenInput(config.hidden_input, self.pricer)
         self.base_limits = compile_limits(config)
         self.limits = apply_limit_overrides(self.base_limits, self._overrides)
         self.lease_s = config.server.reservation_lease_s
@@ -290,23 +300,51 @@ class Admission:
         upstream = self.config.upstreams.get(ctx.upstream or "")
         return reservation_terms(ctx.req, upstream.auto_service_tier if upstream else None)
 
+    def _size_hidden_input(self, ctx: RequestContext) -> None:
+        """Input the gateway cannot count is reserved at its worst case for the model that
+        will serve the request (again after a switch to another model)."""
+        req = ctx.req
+        assert req is not None
+        if not req.hidden_input:
+            req.hidden_input_tokens = 0
+            return
+        worst = self.hidden.worst_case(ctx.served_model or req.model, req.input_tokens)
+        req.hidden_input_tokens = worst.tokens - req.input_tokens
+        ctx.detail["hidden_input"] = {"sources": list(req.hidden_input),
+                                      "reserved_input_tokens": worst.tokens,
+                                      "basis": worst.basis}
+
+    def _hidden_note(self, ctx: RequestContext) -> str:
+        """Why the reserved input is larger than the request looks, and what to set."""
+        req = ctx.req
+        assert req is not None
+        info = ctx.detail.get("hidden_input")
+        if not req.hidden_input or not isinstance(info, dict):
+            return ""
+        model = ctx.served_model or req.model
+        return (f"; its input is reserved at its worst case of "
+                f"{req.input_tokens + req.hidden_input_tokens:,} tokens ({info['basis']}), "
+                f"because {describe_sources(req.hidden_input)} cannot be counted before the "
+                f"call: set hidden_input.max_tokens for {model!r} to the most input such a "
+                "request can bring")
+
     def _worst_case(self, unit: Unit, req: CanonicalRequest, model: str, cap: int, *,
                     provider: str | None = None, terms: PriceTerms | None = None) -> int:
+        inp = reserved_input(req)
         if unit == "tokens":
-            return req.input_tokens + cap
+            return inp + cap
         if unit == "input_tokens":
-            return req.input_tokens
+            return inp
         if unit == "output_tokens":
             return cap
         if unit == "requests":
             return 1
-        key = (model, req.input_tokens, cap, provider, terms, self.pricer)
+        key = (model, inp, cap, provider, terms, self.pricer)
         last = self._last_estimate
         if last is not None and last[0] is req and last[1] == key:
             cost: int | None = last[2]
         else:  # every USD limit of a request asks for the same estimate: price it once
-            cost = self.pricer.estimate_nano(model, req.input_tokens, cap, provider,
-                                             terms=terms)
+            cost = self.pricer.estimate_nano(model, inp, cap, provider, terms=terms)
             self._last_estimate = (req, key, cost)
         if cost is None:
             raise GatewayError(
@@ -335,7 +373,7 @@ class Admission:
             cap = self.default_cap
             for item in applied:
                 if item.limit.window.kind == "request" and item.limit.unit == "tokens":
-                    cap = min(cap, (item.hard - req.input_tokens) // answers(req.body))
+                    cap = min(cap, (item.hard - reserved_input(req)) // answers(req.body))
             if cap >= 1:
                 set_output_cap(req, cap)
                 ctx.flags.append("max_tokens_supplied")
@@ -352,7 +390,21 @@ class Admission:
                     ctx.flags.append(f"shadow:{limit.name}")
                     continue
                 ctx.block_reason = f"request_limit:{limit.name}"
+                if req.hidden_input:
+                    raise self._hidden_too_large(ctx, limit, item, need, "per request")
                 raise self._too_large(limit, item, need, req.input_tokens, cap)
+
+    def _hidden_too_large(self, ctx: RequestContext, limit: Limit, item: Applied, need: int,
+                          per: str) -> GatewayError:
+        """A worst case that cannot fit under a hard limit is refused (never admitted on a
+        small guess), naming the setting that bounds it."""
+        what = _UNIT_WORDS[limit.unit]
+        allows = (f"{describe_scope(limit, item.scope_id)} allows "
+                  f"{format_amount(limit.unit, item.hard)} {what} {per}")
+        return GatewayError(
+            422, f"this request needs up to {format_amount(limit.unit, need)} {what} but "
+                 f"{allows}{self._hidden_note(ctx)}", code="hidden_input_exceeds_limit",
+            param="hidden_input.max_tokens")
 
     @staticmethod
     def _too_large(limit: Limit, item: Applied, need: int, input_tokens: int,
@@ -409,6 +461,7 @@ class Admission:
         """Check per-request limits (unless ``per_request`` is false, for the gateway's own
         calls), then reserve the worst case on every window limit in one round trip."""
         assert ctx.req is not None and ctx.caller is not None
+        self._size_hidden_input(ctx)
         applied = self.applicable(ctx.caller, ctx.req)
         if not applied:
             return None
@@ -417,6 +470,14 @@ class Admission:
         charges, units = self._charges(ctx, applied)
         if not charges:
             return None
+        if ctx.req.hidden_input:
+            for item in applied:
+                if item.charge_index >= 0 and not item.limit.shadow and item.amount > item.hard:
+                    ctx.block_reason = f"budget:{item.limit.name}"
+                    raise self._hidden_too_large(ctx, item.limit, item, item.amount,
+                                                 _PER_WINDOW[item.limit.window.kind])
+            if "input_worst_case" not in ctx.flags:
+                ctx.flags.append("input_worst_case")
         ticket = Ticket(rid=ctx.id, charges=charges, units=units, applied=applied)
         outcome = await self._reserve_once(ctx, ticket)
         if outcome is None:
@@ -480,7 +541,7 @@ class Admission:
             limit = ticket.charges[index].limit
             if limit is None or unit not in ("tokens", "output_tokens"):
                 return False
-            left = limit - used[index] - (req.input_tokens if unit == "tokens" else 0)
+            left = limit - used[index] - (reserved_input(req) if unit == "tokens" else 0)
             room = min(room, left)
         room //= answers(req.body)
         if room < MIN_SUPPLIED_CAP:
@@ -505,7 +566,7 @@ class Admission:
         message = (f"{describe_scope(limit, item.scope_id)} has used or reserved {used} of "
                    f"its {hard} {window} {unit}; this request needs "
                    f"{format_amount(limit.unit, item.amount)} more; resets at "
-                   f"{describe_reset(limit.window, now)}")
+                   f"{describe_reset(limit.window, now)}{self._hidden_note(ctx)}")
         retry_after = max(1, math.ceil(reset_at - now))
         headers = {"retry-after": str(retry_after), **self.headers(ticket, failed_index=index)}
         code = "rate_limit_exceeded" if limit.window.kind in ("minute", "rolling") \
@@ -561,10 +622,10 @@ class Admission:
         req = ctx.req
         assert req is not None
         row = ctx.ledger_row(0.0)
-        row.input_tokens = req.input_tokens
+        row.input_tokens = reserved_input(req)
         row.output_tokens = req.output_cap or 0
         row.cost_nano = self.pricer.estimate_nano(ctx.served_model or req.model,
-                                                  req.input_tokens, req.output_cap or 0,
+                                                  row.input_tokens, req.output_cap or 0,
                                                   ctx.provider, terms=self._terms(ctx)) or 0
         row.estimated = True
         row.outcome = "unsettled"

@@ -17,6 +17,7 @@ import orjson
 
 from tokenstile import tokens
 from tokenstile.errors import bad_request
+from tokenstile.hidden_input import hidden_sources
 from tokenstile.providers.base import optional_bool, optional_int, require_str
 from tokenstile.providers.sse import event_fields
 from tokenstile.types import ApiKind, CanonicalRequest, Usage, WireFormat
@@ -180,13 +181,14 @@ class AnthropicAdapter:
             end_user=_parse_end_user(body),
             input_text=input_text,
             system_text=system_text,
+            hidden_input=hidden_sources(api, body),
         )
 
     def count_input(self, req: CanonicalRequest) -> int:
         """An estimate for Claude (o200k × factor), reconciled to provider usage afterwards."""
         body = req.body
         return tokens.count_anthropic(req.model, body.get("messages"), body.get("system"),
-                                      body.get("tools"))
+                                      body.get("tools"), output_format=output_format(body))
 
     def upstream_body(self, req: CanonicalRequest) -> dict[str, Any]:
         """Anthropic streams always carry usage, so the body goes as the client sent it."""
@@ -206,6 +208,14 @@ class AnthropicAdapter:
 
     def observer(self, req: CanonicalRequest) -> AnthropicStreamObserver:
         return AnthropicStreamObserver(req.model)
+
+
+def output_format(body: dict[str, Any]) -> Any:
+    """Structured outputs: ``output_config.format``, or the older ``output_format``."""
+    config = body.get("output_config")
+    if isinstance(config, dict) and config.get("format") is not None:
+        return config["format"]
+    return body.get("output_format")
 
 
 def usage_from_anthropic(usage: Any) -> Usage | None:

@@ -8,6 +8,7 @@ import orjson
 
 from tokenstile import tokens
 from tokenstile.errors import bad_request
+from tokenstile.hidden_input import hidden_sources
 from tokenstile.providers.base import (
     collect_text,
     optional_bool,
@@ -120,6 +121,7 @@ class OpenAIAdapter:
             end_user=end_user,
             input_text=input_text,
             system_text=system_text,
+            hidden_input=hidden_sources(api, body),
             tags=string_tags(body.get("metadata")),
         )
 
@@ -127,14 +129,17 @@ class OpenAIAdapter:
         body = req.body
         if req.api == "chat":
             return tokens.count_chat(req.model, body["messages"], body.get("tools"),
-                                     body.get("functions"))
+                                     body.get("functions"),
+                                     response_format=body.get("response_format"))
         if req.api == "completions":
             return tokens.count_prompt(req.model, body.get("prompt"))
         if req.api == "embeddings":
             return tokens.count_embedding_input(req.model, body.get("input"))
         if req.api == "responses":
-            return tokens.count_responses_input(req.model, body.get("input"),
-                                                body.get("instructions"), body.get("tools"))
+            text = body.get("text")
+            return tokens.count_responses_input(
+                req.model, body.get("input"), body.get("instructions"), body.get("tools"),
+                text_format=text.get("format") if isinstance(text, dict) else None)
         return tokens.count_text(req.model, req.input_text)
 
     def upstream_body(self, req: CanonicalRequest) -> dict[str, Any]:
@@ -289,14 +294,19 @@ class OpenAIStreamObserver:
 
 
 class ResponsesStreamObserver:
-    """Responses API streams: typed events; usage arrives with ``response.completed``."""
+    """Responses API streams: typed events; usage arrives with ``response.completed``.
 
-    __slots__ = ("_items", "_pieces", "usage")
+    ``response_id`` and ``status`` are the response's as its events last showed them (a
+    background response that is cut off keeps running upstream)."""
+
+    __slots__ = ("_items", "_pieces", "response_id", "status", "usage")
 
     def __init__(self) -> None:
         self._pieces: list[str] = []
         self._items: dict[str, str] = {}
         self.usage: Usage | None = None
+        self.response_id: str | None = None
+        self.status: str | None = None
 
     def on_event(self, event: bytes) -> bytes | None:
         name, data = event_fields(event)
@@ -325,6 +335,11 @@ class ResponsesStreamObserver:
             response = payload.get("response")
             if isinstance(response, dict):
                 self.usage = usage_from_response("responses", response) or self.usage
+                self._saw(response)
+        elif kind in ("response.created", "response.queued", "response.in_progress"):
+            response = payload.get("response")
+            if isinstance(response, dict):
+                self._saw(response)
         if self.usage is not None and self._items:
             seen = list(self._items.values())
             self.usage.web_search_requests = max(self.usage.web_search_requests,
@@ -332,6 +347,12 @@ class ResponsesStreamObserver:
             self.usage.file_search_calls = max(self.usage.file_search_calls,
                                                seen.count("file_search_call"))
         return event
+
+    def _saw(self, response: dict[str, Any]) -> None:
+        if isinstance(response.get("id"), str):
+            self.response_id = response["id"]
+        if isinstance(response.get("status"), str):
+            self.status = response["status"]
 
     def output_text(self) -> str:
         return "".join(self._pieces)

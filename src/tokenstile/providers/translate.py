@@ -47,6 +47,7 @@ from tokenstile.providers.anthropic import (
     delta_text,
     dumps_text,
     load_event,
+    output_format,
     stream_usage,
     usage_from_anthropic,
 )
@@ -820,7 +821,7 @@ class ChatOverMessages:
         """Claude's input estimate (o200k × factor), reconciled to usage after the call."""
         body = self._translated
         return tokens.count_anthropic(body["model"], body["messages"], body.get("system"),
-                                      body.get("tools"))
+                                      body.get("tools"), output_format=output_format(body))
 
     def upstream_body(self, req: CanonicalRequest) -> dict[str, Any]:
         body = req.body

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from tokenstile.stores.counters import StoreConfigError
+from tokenstile.stores.responses import StoredResponse
 from tokenstile.types import Caller, LedgerRow
 
 KEY_PREFIX = "ts-"
@@ -165,6 +166,41 @@ class Database(Protocol):
     async def set_override(self, override: Override) -> None: ...
 
     async def delete_override(self, kind: str, target: str) -> bool: ...
+
+    # Responses created through the gateway (``tokenstile.stores.responses``).
+
+    async def save_responses(self, items: Sequence[StoredResponse]) -> None:
+        """Insert entries; an id already known is left as it is, except that a pending
+        one given again as settled becomes settled."""
+        ...
+
+    async def get_response(self, response_id: str) -> StoredResponse | None: ...
+
+    async def response_by_rid(self, rid: str) -> StoredResponse | None:
+        """The entry a request (its ledger row and reservation id) created, if any."""
+        ...
+
+    async def adopt_responses(self, owner: str, now: float, lease_until: float,
+                              limit: int = 100) -> list[StoredResponse]:
+        """Pending entries whose lease ended before ``now``, now owned by ``owner``."""
+        ...
+
+    async def renew_responses(self, owner: str, ids: Sequence[str],
+                              lease_until: float) -> list[str]:
+        """Extend the lease of ``owner``'s pending entries; return the ids it still owns."""
+        ...
+
+    async def settle_response(self, response_id: str) -> bool:
+        """``pending`` → ``settled``; True for the one caller that made the change."""
+        ...
+
+    async def release_responses(self, owner: str) -> None:
+        """End ``owner``'s leases now, so that another gateway adopts its entries at once."""
+        ...
+
+    async def prune_responses(self, before: float) -> int:
+        """Forget entries created before ``before`` that need nothing more."""
+        ...
 
 
 @runtime_checkable

@@ -36,9 +36,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import asyncpg
 import orjson
 
+from tokenstile.stores import responses
 from tokenstile.stores.counters import StoreConfigError, StoreUnavailable
 from tokenstile.stores.database import GROUPABLE, KEY_FILTERS, KeyRecord, Override, UsageQuery
 from tokenstile.stores.pg_migrations import LATEST, MIGRATIONS
+from tokenstile.stores.responses import StoredResponse
 from tokenstile.stores.spool import database_label
 from tokenstile.types import LedgerRow
 
@@ -540,6 +542,46 @@ class PostgresDatabase:
             found = await conn.fetchval("DELETE FROM overrides WHERE kind = $1 AND target = $2 "
                                         "RETURNING 1", clean_text(kind), clean_text(target))
         return found is not None
+
+
+    # -- responses --------------------------------------------------------------------------
+
+    async def save_responses(self, items: Sequence[StoredResponse]) -> None:
+        if items:
+            async with self.connection() as conn:
+                await responses.pg_save(conn, items)
+
+    async def get_response(self, response_id: str) -> StoredResponse | None:
+        async with self.connection() as conn:
+            return await responses.pg_get(conn, response_id)
+
+    async def response_by_rid(self, rid: str) -> StoredResponse | None:
+        async with self.connection() as conn:
+            return await responses.pg_by_rid(conn, rid)
+
+    async def adopt_responses(self, owner: str, now: float, lease_until: float,
+                              limit: int = 100) -> list[StoredResponse]:
+        async with self.connection() as conn:
+            return await responses.pg_adopt(conn, owner, now, lease_until, limit)
+
+    async def renew_responses(self, owner: str, ids: Sequence[str],
+                              lease_until: float) -> list[str]:
+        if not ids:
+            return []
+        async with self.connection() as conn:
+            return await responses.pg_renew(conn, owner, ids, lease_until)
+
+    async def settle_response(self, response_id: str) -> bool:
+        async with self.connection() as conn:
+            return await responses.pg_settle(conn, response_id)
+
+    async def release_responses(self, owner: str) -> None:
+        async with self.connection() as conn:
+            await responses.pg_release(conn, owner)
+
+    async def prune_responses(self, before: float) -> int:
+        async with self.connection() as conn:
+            return await responses.pg_prune(conn, before)
 
 
 def _float(value: Any) -> float | None:

@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
+from tokenstile.stores import responses
 from tokenstile.stores.database import (
     GROUPABLE,
     KEY_FILTERS,
@@ -22,6 +23,7 @@ from tokenstile.stores.database import (
     UsageQuery,
     sqlite_path,
 )
+from tokenstile.stores.responses import StoredResponse
 from tokenstile.stores.usage_sqlite import (
     LABELS,
     add_to_rollup,
@@ -191,6 +193,7 @@ class SqliteDatabase:
         conn.create_function("hour_bucket", 3, hour_bucket, deterministic=True)
         conn.executescript(SCHEMA)
         add_columns(conn)
+        conn.executescript(responses.SQLITE_SCHEMA)
         ensure_rollup(conn)
         return conn
 
@@ -368,6 +371,38 @@ class SqliteDatabase:
                 return cur.rowcount > 0
 
         return await self._run(write)
+
+    # responses ----------------------------------------------------------------------------
+
+    async def save_responses(self, items: Sequence[StoredResponse]) -> None:
+        if items:
+            await self._run(lambda conn: responses.save(conn, items))
+
+    async def get_response(self, response_id: str) -> StoredResponse | None:
+        return await self._run(lambda conn: responses.get(conn, response_id))
+
+    async def response_by_rid(self, rid: str) -> StoredResponse | None:
+        return await self._run(lambda conn: responses.by_rid(conn, rid))
+
+    async def adopt_responses(self, owner: str, now: float, lease_until: float,
+                              limit: int = 100) -> list[StoredResponse]:
+        return await self._run(lambda conn: responses.adopt(conn, owner, now, lease_until,
+                                                            limit))
+
+    async def renew_responses(self, owner: str, ids: Sequence[str],
+                              lease_until: float) -> list[str]:
+        if not ids:
+            return []
+        return await self._run(lambda conn: responses.renew(conn, owner, ids, lease_until))
+
+    async def settle_response(self, response_id: str) -> bool:
+        return await self._run(lambda conn: responses.settle(conn, response_id))
+
+    async def release_responses(self, owner: str) -> None:
+        await self._run(lambda conn: responses.release(conn, owner))
+
+    async def prune_responses(self, before: float) -> int:
+        return await self._run(lambda conn: responses.prune(conn, before))
 
 
 def _where(filters: dict[str, Any]) -> tuple[str, list[Any]]:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tokenstile.stores.responses import PG_SCHEMA
+
 
 @dataclass(frozen=True, slots=True)
 class Migration:
@@ -169,6 +171,7 @@ ALTER TABLE ledger
     ADD COLUMN IF NOT EXISTS file_search_calls bigint NOT NULL DEFAULT 0,
     ADD COLUMN IF NOT EXISTS service_tier text;
 """),
+    Migration(5, "responses created through the gateway", PG_SCHEMA),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -137,6 +137,14 @@ def count_tools(tools: object) -> int:
     return _json_tokens(tools) if tools else 0
 
 
+def count_format(fmt: object) -> int:
+    """A structured-output setting (``response_format``, ``text.format``, Anthropic's
+    ``output_format``): the provider puts it into the prompt, so it is billed as input."""
+    if not isinstance(fmt, dict) or fmt.get("type") in (None, "text"):
+        return 0
+    return _json_tokens(fmt)
+
+
 def count_prompt(prompt: object) -> int:
     """Legacy completions / embeddings input: str, list of str, or token id lists."""
     if isinstance(prompt, str):
@@ -148,7 +156,8 @@ def count_prompt(prompt: object) -> int:
     return 0
 
 
-def count_responses_input(instructions: object, items: object, tools: object) -> int:
+def count_responses_input(instructions: object, items: object, tools: object,
+                          text_format: object = None) -> int:
     if isinstance(items, str):
         items = [{"role": "user", "content": items}]
     messages: list[object] = []
@@ -156,16 +165,17 @@ def count_responses_input(instructions: object, items: object, tools: object) ->
         messages.append({"role": "developer", "content": instructions})
     if isinstance(items, list):
         messages.extend(items)
-    return count_messages(messages) + count_tools(tools)
+    return count_messages(messages) + count_tools(tools) + count_format(text_format)
 
 
-def count_anthropic_input(system: object, messages: object, tools: object) -> int:
+def count_anthropic_input(system: object, messages: object, tools: object,
+                          output_format: object = None) -> int:
     listed: list[object] = []
     if system:
         listed.append({"role": "system", "content": system})
     if isinstance(messages, list):
         listed.extend(messages)
-    return count_messages(listed) + count_tools(tools)
+    return count_messages(listed) + count_tools(tools) + count_format(output_format)
 
 
 # ---------------------------------------------------------------------------------------
@@ -246,6 +256,9 @@ class Directives:
     tool_call        call this tool (when the request offers tools)
     retry_after      seconds, sent as a ``retry-after`` header with an error status
     no_usage         stream without the usage chunk / omit ``usage`` (OpenAI formats)
+    background_polls a ``background: true`` response completes on this poll (GET) of it
+    background_hold  a ``background: true`` response runs until told to finish
+                     (``FakeUpstream.finish_background``) or cancelled
     """
 
     status: int | None = None
@@ -271,6 +284,8 @@ class Directives:
     tool_call: str | None = None
     retry_after: float | None = None
     no_usage: bool = False
+    background_polls: int | None = None
+    background_hold: bool = False
 
     @classmethod
     def merged(cls, *layers: Mapping[str, object]) -> Directives:
@@ -295,13 +310,14 @@ _INT_KEYS = frozenset({
     "status", "output_tokens", "input_tokens", "cut_after", "error_after", "stall_after",
     "cached_tokens", "cache_write_tokens", "cache_write_1h_tokens", "reasoning_tokens",
     "input_audio_tokens", "output_audio_tokens", "cached_audio_tokens", "web_searches",
-    "web_fetches", "file_searches",
+    "web_fetches", "file_searches", "background_polls",
 })
 _FLOAT_KEYS = frozenset({"delay_ms", "chunk_delay_ms", "retry_after"})
-_FLAG_KEYS = frozenset({"hang", "no_usage"})
+_FLAG_KEYS = frozenset({"hang", "no_usage", "background_hold"})
 _STR_KEYS = frozenset({"tool_call", "service_tier"})
 _NULLABLE = frozenset({"status", "output_tokens", "input_tokens", "cut_after", "error_after",
-                       "stall_after", "tool_call", "retry_after", "service_tier"})
+                       "stall_after", "tool_call", "retry_after", "service_tier",
+                       "background_polls"})
 DIRECTIVE_KEYS = _INT_KEYS | _FLOAT_KEYS | _FLAG_KEYS | _STR_KEYS
 
 _DIRECTIVE_RE = re.compile(r"\[\[fake:([^\]]*)\]\]")

@@ -26,9 +26,13 @@ __all__ = [
     "chat_stream",
     "completion_body",
     "completion_stream",
+    "final_status",
     "openai_error",
     "responses_body",
+    "responses_state",
     "responses_stream",
+    "responses_usage",
+    "responses_usage_of",
 ]
 
 Json = dict[str, Any]
@@ -358,7 +362,7 @@ def _response_object(t: Turn, status: str, output: list[Json], final: bool) -> J
         "object": "response",
         "created_at": t.created,
         "status": status,
-        "background": False,
+        "background": req.get("background") is True,
         "completed_at": t.created if final and status == "completed" else None,
         "error": None,
         "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
@@ -430,6 +434,32 @@ def responses_body(t: Turn) -> Json:
     status = _final_status(t.reply)
     return _response_object(t, status, [*_search_items(t, True),
                                          _output_item(t, status, True)], final=True)
+
+
+def final_status(t: Turn) -> str:
+    """``completed``, or ``incomplete`` when the output cap cut the reply."""
+    return _final_status(t.reply)
+
+
+def responses_state(t: Turn, status: str, usage: Json | None) -> Json:
+    """A (background) response as ``GET /v1/responses/{id}`` shows it in ``status``."""
+    finished = status in ("completed", "incomplete")
+    output = [_output_item(t, status, True)] if finished else []
+    obj = _response_object(t, status, output, final=finished)
+    obj["usage"] = usage
+    return obj
+
+
+def responses_usage_of(input_tokens: int, output_tokens: int, cached: int = 0,
+                       reasoning: int = 0) -> Json:
+    """A Responses usage block for a part of a turn (a cancelled background response)."""
+    return {
+        "input_tokens": input_tokens,
+        "input_tokens_details": {"cached_tokens": cached},
+        "output_tokens": output_tokens,
+        "output_tokens_details": {"reasoning_tokens": reasoning},
+        "total_tokens": input_tokens + output_tokens,
+    }
 
 
 def responses_stream(t: Turn) -> StreamParts:

@@ -14,6 +14,10 @@ Failures are scripted by directives in the last user message, e.g. ``[[fake:stat
 retry_after=2]]`` or ``[[fake:cut_after=5]]`` (see ``Directives``), by server-wide
 defaults, or by a queue of per-request behaviours (``FakeUpstream.script``).
 
+Responses are stored (``previous_response_id`` bills the earlier turns as input, ``GET``,
+``DELETE`` and ``input_items`` work), and ``background: true`` runs in the background with
+a completion tests control (see ``_fake_responses``).
+
 Run as a process: ``python -m tokenstile.testing.fake_upstream --port N``.
 """
 
@@ -47,6 +51,7 @@ from ._fake_core import (
     DirectiveError,
     Directives,
     count_anthropic_input,
+    count_format,
     count_messages,
     count_prompt,
     count_responses_input,
@@ -60,6 +65,7 @@ from ._fake_core import (
     plan_reply,
     reply_text,
 )
+from ._fake_responses import ResponseStore, StoredResponse
 from ._fake_wire import (
     StreamParts,
     Turn,
@@ -267,6 +273,7 @@ class FakeSettings:
     models: tuple[str, ...] = DEFAULT_MODELS
     max_records: int = 100_000
     record_bodies: bool = True  # keep each request's parsed JSON body on its record
+    background_polls: int = 2  # a background response completes on this poll of it
 
 
 # ---------------------------------------------------------------------------------------
@@ -348,8 +355,8 @@ class _Req:
     """One HTTP request in flight, and what will go on its record."""
 
     __slots__ = (
-        "anthropic", "api_key", "body", "directives", "headers", "method", "model",
-        "raw_headers", "receive", "recorded", "rid", "route", "send", "started",
+        "anthropic", "api_key", "background", "body", "directives", "headers", "method", "model",
+        "query", "raw_headers", "receive", "recorded", "rid", "route", "send", "started",
         "started_wall", "stream", "watch",
     )
 
@@ -360,6 +367,7 @@ class _Req:
         self.send = send
         self.route = route
         self.method: str = scope["method"]
+        self.query: bytes = scope.get("query_string", b"")
         self.rid = rid
         self.raw_headers: list[tuple[bytes, bytes]] = scope["headers"]
         self.api_key: str | None = None
@@ -373,6 +381,7 @@ class _Req:
             elif name == b"anthropic-version":
                 self.anthropic = True
         self.body: Any = None
+        self.background: StoredResponse | None = None
         self.model = ""
         self.stream = False
         self.directives: Directives = NORMAL
@@ -421,6 +430,13 @@ async def _read_body(receive: Receive) -> bytes | None:
             return b"".join(parts)
 
 
+def _anthropic_format(body: Json) -> object:
+    config = body.get("output_config")
+    if isinstance(config, dict) and config.get("format") is not None:
+        return config["format"]
+    return body.get("output_format")
+
+
 def _embedding(seed_text: str, dim: int) -> list[float]:
     """A deterministic unit vector for ``seed_text``, exact in float32."""
     seed = zlib.crc32(seed_text.encode())
@@ -456,6 +472,7 @@ class FakeUpstream:
             setattr(self.settings, key, value)
         self.settings.defaults = directive_layer(self.settings.defaults)
         self.tally = Tally(self.settings.max_records)
+        self.responses = ResponseStore(self._bill_background)
         self._script: deque[dict[str, object]] = deque()
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(4).hex()
@@ -495,9 +512,36 @@ class FakeUpstream:
         self.settings.defaults = directive_layer(spec)
 
     def reset(self) -> None:
-        """Clear the tally and the script queue (settings stay)."""
+        """Clear the tally, the script queue and stored responses (settings stay)."""
         self._script.clear()
+        self.responses.clear()
         self.tally.reset()
+
+    def finish_background(self, response_id: str) -> bool:
+        """Let a running background response complete now; False if there is none."""
+        stored = self.responses.get(response_id)
+        if stored is None or stored.terminal:
+            return False
+        self.responses.finish(stored)
+        return True
+
+    def _bill_background(self, stored: StoredResponse) -> None:
+        """A background response ended: the provider bills it now, once."""
+        usage = stored.usage or {}
+        details = usage.get("input_tokens_details") or {}
+        out_details = usage.get("output_tokens_details") or {}
+        turn = stored.turn
+        self.tally.begin()
+        self.tally.add(FakeRecord(
+            request_id=turn.id, route="/v1/responses", method="BACKGROUND", model=turn.model,
+            stream=stored.stream, status=200, outcome=stored.status,
+            input_tokens=int(usage.get("input_tokens", 0)),
+            output_tokens=int(usage.get("output_tokens", 0)),
+            cached_tokens=int(details.get("cached_tokens", 0)),
+            cache_write_tokens=int(details.get("cache_write_tokens", 0)),
+            reasoning_tokens=int(out_details.get("reasoning_tokens", 0)),
+            body=dict(turn.request) if self.settings.record_bodies else None,
+            started_at=time.time()))
 
     @property
     def pending_script(self) -> int:
@@ -536,6 +580,8 @@ class FakeUpstream:
         handler = self._routes.get((method, path))
         if handler is None and method == "GET" and path.startswith("/v1/models/"):
             handler = self._model
+        elif handler is None and path.startswith("/v1/responses/"):
+            handler = self._response_route
         r = _Req(scope, receive, send, path, "req_" + self._new_id())
         self.tally.begin()
         try:
@@ -548,7 +594,7 @@ class FakeUpstream:
                 status = 405 if known else 404
                 await self._error(r, status, f"Unknown request URL: {method} {path}.")
                 return
-            if method == "POST":
+            if method == "POST" and handler != self._response_route:
                 raw = await _read_body(receive)
                 if raw is None:
                     self._record(r, 0, "client_disconnected")
@@ -607,6 +653,12 @@ class FakeUpstream:
             started_at=r.started_wall,
             duration_ms=(time.perf_counter() - r.started) * 1000.0,
         )
+        if turn is not None and r.background is not None:
+            # A streamed background response: billed when it ends (now: its stream is
+            # over, and if it was cut the provider still finishes it), not per request.
+            self.tally.add(rec)
+            self.responses.finish(r.background)
+            return
         if turn is not None:
             rec.input_tokens = turn.input_tokens
             rec.cached_tokens = turn.cached_tokens
@@ -828,7 +880,8 @@ class FakeUpstream:
         turn = self._turn(
             r, d,
             object_id="chatcmpl-", item_prefix="msg_", call_prefix="call_",
-            counted_input=count_messages(messages) + count_tools(tools),
+            counted_input=count_messages(messages) + count_tools(tools)
+            + count_format(body.get("response_format")),
             max_tokens=first_int(body, ("max_completion_tokens", "max_tokens")),
             tools=tools,
             include_usage=isinstance(options, dict) and options.get("include_usage") is True,
@@ -864,17 +917,103 @@ class FakeUpstream:
         d = await self._prelude(r, last_user_text(items))
         if d is None:
             return
+        carried = 0
+        previous = body.get("previous_response_id")
+        if previous is not None:
+            earlier = self.responses.get(previous) if isinstance(previous, str) else None
+            if earlier is None:
+                await self._error(r, 400, f"Previous response with id '{previous}' not found.")
+                return
+            carried = earlier.carried_tokens()
         tools = body.get("tools")
+        text = body.get("text")
+        counted = count_responses_input(body.get("instructions"), items, tools,
+                                        text.get("format") if isinstance(text, dict) else None)
         turn = self._turn(
             r, d,
             object_id="resp_", item_prefix="msg_", call_prefix="call_",
-            counted_input=count_responses_input(body.get("instructions"), items, tools),
+            counted_input=carried + counted,
             max_tokens=first_int(body, ("max_output_tokens",)),
             tools=tools,
         )
         if turn.reply.finish == "tool":
             turn.item_id = "fc_" + turn.item_id[4:]
+        background = body.get("background") is True
+        if background or body.get("store") is not False:
+            stored = self.responses.keep(
+                turn, background=background, stream=r.stream, hold=d.background_hold,
+                complete_after=d.background_polls or self.settings.background_polls)
+            if background:
+                if not r.stream:
+                    self._record(r, 200, "queued")
+                    await self._send_json(r, 200, stored.snapshot())
+                    return
+                r.background = stored
         await self._answer(r, d, turn, responses_body, responses_stream)
+
+    async def _response_route(self, r: _Req) -> None:
+        """``GET``/``DELETE /v1/responses/{id}``, ``POST …/cancel``, ``GET …/input_items``."""
+        rest = r.route[len("/v1/responses/"):]
+        response_id, _, action = rest.partition("/")
+        stored = self.responses.get(response_id)
+        allowed = {"": ("GET", "DELETE"), "cancel": ("POST",), "input_items": ("GET",)}
+        if action not in allowed or r.method not in allowed[action]:
+            await self._error(r, 404 if action not in allowed else 405,
+                              f"Unknown request URL: {r.method} {r.route}.")
+            return
+        if r.method == "POST":
+            await _read_body(r.receive)
+        if stored is None:
+            await self._error(r, 404, f"Response with id '{response_id}' not found.")
+            return
+        r.model = stored.turn.model
+        if action == "cancel":
+            if not stored.background:
+                await self._error(r, 400, "Only responses created with background: true can "
+                                          "be cancelled.")
+                return
+            self.responses.cancel(stored)
+            payload = stored.snapshot()
+        elif action == "input_items":
+            items = stored.items
+            payload = {"object": "list", "data": items,
+                       "first_id": items[0]["id"] if items else None,
+                       "last_id": items[-1]["id"] if items else None, "has_more": False}
+        elif r.method == "DELETE":
+            self.responses.delete(response_id)
+            payload = {"id": response_id, "object": "response.deleted", "deleted": True}
+        elif parse_qs(r.query.decode("latin-1")).get("stream") == ["true"]:
+            await self._resume_stream(r, stored)
+            return
+        else:
+            self.responses.poll(stored)
+            payload = stored.snapshot()
+        self._record(r, 200, "completed")
+        await self._send_json(r, 200, payload)
+
+    async def _resume_stream(self, r: _Req, stored: StoredResponse) -> None:
+        """``GET /v1/responses/{id}?stream=true[&starting_after=n]``: a background
+        response's events after ``n``; it runs to its end while they are sent."""
+        if not stored.background:
+            await self._error(r, 400, "Only background responses can be streamed again.")
+            return
+        query = parse_qs(r.query.decode("latin-1"))
+        try:
+            after = int(query.get("starting_after", ["-1"])[0])
+        except ValueError:
+            await self._error(r, 400, "'starting_after' must be an integer.")
+            return
+        self.responses.finish(stored)
+        parts = responses_stream(stored.turn)
+        events = []
+        for event in (parts.head + b"".join(parts.pieces) + parts.tail).split(b"\n\n"):
+            _, _, data = event.partition(b"data: ")
+            if data and orjson.loads(data)["sequence_number"] > after:
+                events.append(event + b"\n\n")
+        self._record(r, 200, "completed")
+        await r.send({"type": "http.response.start", "status": 200,
+                      "headers": [*_SSE_HEADERS, *r.id_headers()]})
+        await r.send({"type": "http.response.body", "body": b"".join(events)})
 
     async def _embeddings(self, r: _Req) -> None:
         body = r.body
@@ -1015,7 +1154,8 @@ class FakeUpstream:
         turn = self._turn(
             r, d,
             object_id="msg_", item_prefix="", call_prefix="toolu_",
-            counted_input=count_anthropic_input(body.get("system"), messages, tools),
+            counted_input=count_anthropic_input(body.get("system"), messages, tools,
+                                                _anthropic_format(body)),
             max_tokens=first_int(body, ("max_tokens",)),
             tools=tools,
         )
@@ -1030,7 +1170,8 @@ class FakeUpstream:
         d = await self._prelude(r, last_user_text(messages))
         if d is None:
             return
-        counted = count_anthropic_input(body.get("system"), messages, body.get("tools"))
+        counted = count_anthropic_input(body.get("system"), messages, body.get("tools"),
+                                        _anthropic_format(body))
         if d.input_tokens is not None:
             counted = d.input_tokens
         self._record(r, 200, "completed")
@@ -1048,6 +1189,10 @@ class FakeUpstream:
         elif path == "/_fake/reset" and method == "POST":
             self.reset()
             payload = {"ok": True}
+        elif path.startswith("/_fake/responses/") and path.endswith("/finish") \
+                and method == "POST":
+            response_id = path[len("/_fake/responses/"):-len("/finish")]
+            payload = {"ok": self.finish_background(response_id)}
         elif path in ("/_fake/script", "/_fake/defaults") and method == "POST":
             raw = await _read_body(receive)
             try:

@@ -1,0 +1,429 @@
+"""Background responses (``background: true``): billed when they end, not when the request
+that created them does.
+
+The upstream answers such a request at once, ``queued`` and without usage, and generates
+afterwards. The request then keeps its reservation (renewed like a live one) and writes no
+ledger row; its entry in the database (``tokenstile.stores.responses``) is ``pending``,
+owned under a lease by the gateway that polls the upstream for it: ``first_poll_s`` after
+creation, then at doubling intervals. When the response is seen in a terminal state
+(completed, failed, cancelled, incomplete), by the poller or by a client's ``GET`` or
+cancel through any gateway, the one gateway that moves the entry to ``settled`` writes its
+ledger row with the usage the response then reports and replaces the reservation.
+
+A gateway that stops releases its leases; one that dies leaves them to run out, and
+another gateway (or the same one restarted) adopts the entries. If crash recovery claimed
+the reservation meanwhile, the counters keep its estimate and the row is still written
+here, with the real usage. A response that cannot be followed (the upstream no longer
+knows it, ``max_wait_s`` passed) is charged at its estimate.
+
+Every other Responses answer only leaves an entry saying who may reach it (``stored``),
+written in batches off the request path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from tokenstile.errors import GatewayError
+from tokenstile.gateway.context import RequestContext, set_usage, usage_detail
+from tokenstile.gateway.upstream import response_url, upstream_headers
+from tokenstile.limits.admission import Ticket
+from tokenstile.providers.openai import usage_from_response
+from tokenstile.providers.terms import reservation_terms, terms_of
+from tokenstile.stores.counters import Charge
+from tokenstile.stores.responses import StoredResponse
+from tokenstile.types import LedgerRow, Unit, Usage
+
+if TYPE_CHECKING:
+    from tokenstile.gateway.runtime import Runtime
+
+log = logging.getLogger("tokenstile.background")
+
+TERMINAL = frozenset({"completed", "failed", "cancelled", "incomplete"})
+RUNNING = frozenset({"queued", "in_progress"})
+# Stored responses are kept 30 days upstream; an entry that needs nothing more goes then.
+KEEP_S = 30 * 86_400.0
+PRUNE_EVERY_S = 3600.0
+ROW_WAIT_S = 2.0
+POLL_TIMEOUT_S = 30.0
+SAVE_TIMEOUT_S = 5.0
+POLLS_AT_ONCE = 16
+# Entries waiting for the database (it is down); past this, the oldest that only say who may
+# reach a response are dropped (those clients then get 404), never a pending one.
+MAX_UNSAVED = 100_000
+_OUTCOMES = {"completed": "ok", "incomplete": "ok", "failed": "upstream_error",
+             "cancelled": "cancelled"}
+
+
+@dataclass(slots=True)
+class _Tracked:
+    """A pending entry this gateway polls for."""
+
+    entry: StoredResponse
+    due: float  # clock.monotonic()
+    delay: float
+    polls: int = 0
+    provider_key: str | None = None
+
+
+class BackgroundResponses:
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+        self.owner = "gw_" + secrets.token_hex(8)
+        self._tracked: dict[str, _Tracked] = {}
+        self._unsaved: dict[str, StoredResponse] = {}
+        self._written: dict[str, asyncio.Future[None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._wake: asyncio.Event | None = None
+        self._upkeep_at = 0.0
+        self._prune_at = 0.0
+        runtime.ledger.listeners.append(self._rows_written)
+
+    @property
+    def pending(self) -> int:
+        """Background responses this gateway follows."""
+        return len(self._tracked)
+
+    # -- the request path -------------------------------------------------------------------
+
+    async def register(self, ctx: RequestContext, response_id: object,
+                       status: object) -> None:
+        """A Responses answer with an id, before the client hears of it (streams: once the
+        stream is over): remember who may reach it. A background one still running is
+        saved as pending and followed from here; its request is then billed by this
+        module (``ctx.background_running``)."""
+        if not isinstance(response_id, str) or not response_id or ctx.caller is None \
+                or ctx.upstream is None or ctx.response_id is not None:
+            return
+        ctx.response_id = response_id
+        caller, now = ctx.caller, self.rt.clock.now()
+        if not (ctx.detail.get("background") and status in RUNNING):
+            if len(self._unsaved) >= MAX_UNSAVED:
+                self._drop_oldest_stored()
+            self._unsaved[response_id] = StoredResponse(
+                response_id, ctx.upstream, caller.organization, caller.project,
+                caller.key_id, now)
+            self._poke()
+            return
+        entry = self._pending_entry(ctx, response_id)
+        try:
+            await asyncio.wait_for(self.rt.db.save_responses([entry]), SAVE_TIMEOUT_S)
+        except Exception as exc:  # the database is down: this gateway alone follows it
+            log.warning("background response %s is not saved yet (%s); retrying",
+                        response_id, exc)
+            self._unsaved[response_id] = entry
+        self._track(entry, ctx.provider_key, first=True)
+        ctx.background_running = True
+
+    def _drop_oldest_stored(self) -> None:
+        for response_id, item in self._unsaved.items():
+            if item.state != "pending":
+                del self._unsaved[response_id]
+                log.error("too many responses wait for the database; %s is forgotten (its "
+                          "creator can no longer reach it through the gateway)", response_id)
+                return
+
+    def _pending_entry(self, ctx: RequestContext, response_id: str) -> StoredResponse:
+        req, caller = ctx.req, ctx.caller
+        assert req is not None and caller is not None and ctx.upstream is not None
+        rt, now = self.rt, self.rt.clock.now()
+        inp = req.input_tokens + req.hidden_input_tokens
+        cap = req.output_cap or 0
+        model = ctx.served_model or req.model
+        ticket = ctx.ticket
+        held = None
+        if isinstance(ticket, Ticket) and not ticket.settled:
+            held = {"rid": ticket.rid, "metered": ticket.metered, "units": list(ticket.units),
+                    "charges": [[c.key, c.amount, c.limit, c.ttl, list(c.window_keys)]
+                                for c in ticket.charges]}
+        upstream = rt.config.upstreams.get(ctx.upstream)
+        terms = reservation_terms(req, upstream.auto_service_tier if upstream else None)
+        record = {
+            "row": asdict(ctx.ledger_row(0.0)),
+            "provider": ctx.provider,
+            "asked_tier": terms_of(req).service_tier,
+            "estimate": {"input_tokens": inp, "output_tokens": cap,
+                         "cost_nano": rt.pricer.estimate_nano(model, inp, cap, ctx.provider,
+                                                              terms=terms) or 0},
+            "ticket": held,
+            "passthrough": ctx.provider_key is not None,
+        }
+        return StoredResponse(response_id, ctx.upstream, caller.organization, caller.project,
+                              caller.key_id, now, state="pending", rid=ctx.id, record=record,
+                              owner=self.owner,
+                              lease_until=now + rt.config.server.reservation_lease_s)
+
+    def _track(self, entry: StoredResponse, provider_key: str | None, first: bool) -> None:
+        settings = self.rt.config.background_responses
+        delay = settings.first_poll_s
+        self._tracked[entry.id] = _Tracked(
+            entry, self.rt.clock.monotonic() + (delay if first else 0.0), delay,
+            provider_key=provider_key)
+        held = entry.record.get("ticket")
+        if held and held.get("metered"):
+            self.rt.admission.live.add(held["rid"])  # renewed until it is settled
+        self._poke()
+
+    # -- clients reaching a response --------------------------------------------------------
+
+    async def lookup(self, response_id: str) -> StoredResponse | None:
+        tracked = self._tracked.get(response_id)
+        if tracked is not None:
+            return tracked.entry
+        unsaved = self._unsaved.get(response_id)
+        if unsaved is not None:
+            return unsaved
+        return await self.rt.db.get_response(response_id)
+
+    async def observed(self, entry: StoredResponse, body: object,
+                       provider_key: str | None) -> None:
+        """A client saw the response (``GET``, cancel): when it has ended, settle it."""
+        if entry.state != "pending" or not isinstance(body, dict):
+            return
+        tracked = self._tracked.get(entry.id)
+        if tracked is not None and provider_key is not None:
+            tracked.provider_key = provider_key
+        if body.get("status") in TERMINAL:
+            await self._conclude(tracked.entry if tracked else entry, body, "client")
+
+    # -- settling ---------------------------------------------------------------------------
+
+    async def _conclude(self, entry: StoredResponse, body: dict[str, Any] | None,
+                        how: str) -> None:
+        """Write the one ledger row of a background response and replace its reservation;
+        ``body`` is the response in its final state (None: charged at its estimate)."""
+        unsaved = self._unsaved.get(entry.id)
+        if unsaved is not None and unsaved.state == "pending":
+            unsaved.state = "settled"  # saved as settled later, for who may reach it
+            won = True
+        else:
+            try:
+                won = await self.rt.db.settle_response(entry.id)
+            except Exception as exc:
+                log.warning("settling background response %s waits for the database (%s)",
+                            entry.id, exc)
+                return  # followed again at its next poll
+        tracked = self._tracked.pop(entry.id, None)
+        entry.state = "settled"
+        held = entry.record.get("ticket")
+        if not won:
+            if held:
+                self.rt.admission.live.discard(held["rid"])
+            return
+        row, usage = self._final_row(entry, body, how, tracked.polls if tracked else 0)
+        await self._write(row)
+        if held:
+            await self._settle_counters(row, usage, held)
+
+    def _final_row(self, entry: StoredResponse, body: dict[str, Any] | None, how: str,
+                   polls: int) -> tuple[LedgerRow, Usage]:
+        record, rt = entry.record, self.rt
+        row = LedgerRow(**record["row"])
+        status = body.get("status") if body else None
+        usage = usage_from_response("responses", body) if body else None
+        flags = [f for f in row.flags if f != "charged_at_estimate"]
+        if usage is None:
+            estimate = record["estimate"]
+            usage = Usage(input_tokens=estimate["input_tokens"],
+                          output_tokens=estimate["output_tokens"])
+            flags.append("charged_at_estimate")
+        model = row.served_model or row.requested_model or ""
+        cost = 0
+        if usage.total_tokens or usage.billable_calls:
+            price = rt.pricer.price_for(model, record.get("provider"))
+            asked = record.get("asked_tier")
+            if price is None:
+                flags.append("unpriced_model")
+            else:
+                cost = price.cost_nano(usage, usage.service_tier or
+                                       (None if asked == "auto" else asked))
+        set_usage(row, usage)
+        row.cost_nano, row.estimated = cost, "charged_at_estimate" in flags
+        row.status, row.outcome = 200, _OUTCOMES.get(str(status), "unsettled")
+        row.flags = flags
+        row.latency_ms = round(max(0.0, rt.clock.now() - row.ts) * 1000, 3)
+        row.detail = {**usage_detail(row.detail, usage), "background": {
+            "response_id": entry.id, "status": status or how, "settled_by": how,
+            "polls": polls}}
+        return row, usage
+
+    async def _write(self, row: LedgerRow) -> None:
+        """Submit the row and wait (a little) until it is written: the reservation is what
+        bills the call if this gateway dies first."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._written[row.id] = waiter
+        self.rt.ledger.submit(row)
+        self.rt.metrics.observe(row)
+        try:
+            await asyncio.wait_for(waiter, ROW_WAIT_S)
+        except TimeoutError:
+            pass
+        finally:
+            self._written.pop(row.id, None)
+
+    async def _settle_counters(self, row: LedgerRow, usage: Usage,
+                               held: dict[str, Any]) -> None:
+        ctx = RequestContext(id=row.id, api="responses", wire="openai", ts=row.ts,
+                             started=0.0, headers={})
+        ctx.usage, ctx.cost_nano = usage, row.cost_nano
+        units: list[Unit] = list(held["units"])
+        ctx.ticket = Ticket(held["rid"], [Charge(key, amount, limit, ttl, tuple(keys))
+                                          for key, amount, limit, ttl, keys in held["charges"]],
+                            units, metered=bool(held["metered"]))
+        try:
+            await self.rt.admission.settle(ctx)
+        except Exception:
+            log.exception("settling the reservation of background response %s failed",
+                          row.id)
+
+    def _rows_written(self, rows: list[LedgerRow]) -> None:
+        if self._written:
+            for row in rows:
+                waiter = self._written.pop(row.id, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+
+    # -- crash recovery ---------------------------------------------------------------------
+
+    def expired(self, row: LedgerRow) -> None:
+        """Crash recovery claimed a background request's reservation: its row is written
+        when its response ends, unless no entry follows it (then: at the estimate now)."""
+        task = asyncio.ensure_future(self._expired(row))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _expired(self, row: LedgerRow) -> None:
+        entry = next((t.entry for t in self._tracked.values() if t.entry.rid == row.id), None)
+        if entry is None:
+            try:
+                entry = await self.rt.db.response_by_rid(row.id)
+            except Exception:
+                entry = None
+        if entry is not None and entry.state == "pending":
+            log.info("background request %s outlived its reservation's lease; its row is "
+                     "written when response %s ends", row.id, entry.id)
+            return
+        self.rt.ledger.submit(row)
+
+    # -- the poller -------------------------------------------------------------------------
+
+    def _poke(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    async def run(self) -> None:
+        """Until cancelled: save what waits, keep leases, adopt orphans, poll what is due."""
+        self._wake = asyncio.Event()
+        while True:
+            try:
+                await self.step()
+            except Exception:
+                log.exception("the background response poller failed a round")
+            await self._sleep()
+
+    async def step(self) -> None:
+        rt = self.rt
+        if self._unsaved:
+            await self._flush()
+        if rt.clock.monotonic() >= self._upkeep_at:
+            self._upkeep_at = rt.clock.monotonic() + max(0.2, rt.config.server
+                                                         .reservation_lease_s / 3)
+            try:
+                await self._upkeep()
+            except Exception as exc:  # the database is down: keep polling meanwhile
+                log.warning("background responses: lease upkeep failed (%s)", exc)
+        now = rt.clock.monotonic()
+        due = [t for t in self._tracked.values() if t.due <= now]
+        for start in range(0, len(due), POLLS_AT_ONCE):
+            await asyncio.gather(*(self._poll(t) for t in due[start:start + POLLS_AT_ONCE]))
+
+    async def _sleep(self) -> None:
+        assert self._wake is not None
+        now = self.rt.clock.monotonic()
+        wake_at = min([self._upkeep_at, *(t.due for t in self._tracked.values())])
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), min(1.0, max(0.01, wake_at - now)))
+
+    async def _flush(self) -> None:
+        items = list(self._unsaved.values())
+        try:
+            await self.rt.db.save_responses(items)
+        except Exception as exc:
+            log.debug("saving %d responses waits for the database: %s", len(items), exc)
+            return
+        for item in items:
+            if self._unsaved.get(item.id) is item:
+                del self._unsaved[item.id]
+
+    async def _upkeep(self) -> None:
+        rt = self.rt
+        now = rt.clock.now()
+        lease_until = now + rt.config.server.reservation_lease_s
+        mine = [i for i in self._tracked if i not in self._unsaved]
+        kept = set(await rt.db.renew_responses(self.owner, mine, lease_until))
+        for lost in set(mine) - kept:  # settled through another gateway, or adopted by it
+            tracked = self._tracked.pop(lost)
+            held = tracked.entry.record.get("ticket")
+            if held:
+                rt.admission.live.discard(held["rid"])
+        for entry in await rt.db.adopt_responses(self.owner, now, lease_until):
+            if entry.id not in self._tracked:
+                log.info("following background response %s, left by %s", entry.id,
+                         entry.owner)
+                self._track(entry, None, first=False)
+        if now >= self._prune_at:
+            self._prune_at = now + PRUNE_EVERY_S
+            await rt.db.prune_responses(now - KEEP_S)
+
+    async def _poll(self, tracked: _Tracked) -> None:
+        rt, entry = self.rt, tracked.entry
+        settings = rt.config.background_responses
+        if rt.clock.now() - entry.created_at >= settings.max_wait_s:
+            await self._conclude(entry, None, "max_wait")
+            return
+        tracked.delay = min(tracked.delay * 2, settings.max_poll_interval_s)
+        tracked.due = rt.clock.monotonic() + tracked.delay
+        config = rt.config.upstreams.get(entry.upstream)
+        if config is None or (entry.record.get("passthrough") and tracked.provider_key is None):
+            return  # no way to ask: a client's GET, or max_wait_s, settles it
+        tracked.polls += 1
+        try:
+            resp = await rt.upstream.request(
+                "GET", entry.upstream, config, response_url(config, entry.id),
+                upstream_headers(config, {}, tracked.provider_key), timeout_s=POLL_TIMEOUT_S)
+            try:
+                status, payload = resp.status, await resp.read()
+            finally:
+                resp.release()
+        except (GatewayError, OSError, TimeoutError) as exc:
+            log.debug("polling background response %s failed: %s", entry.id, exc)
+            return
+        if status == 404:
+            log.warning("upstream %r no longer knows background response %s; charged at its "
+                        "estimate", entry.upstream, entry.id)
+            await self._conclude(entry, None, "not_found")
+            return
+        try:
+            body = orjson.loads(payload) if status == 200 else None
+        except orjson.JSONDecodeError:
+            body = None
+        if isinstance(body, dict) and body.get("status") in TERMINAL:
+            await self._conclude(entry, body, "poller")
+
+    async def close(self) -> None:
+        """Save what waits and hand this gateway's entries over at once."""
+        for task in list(self._tasks):
+            with contextlib.suppress(Exception):
+                await task
+        with contextlib.suppress(Exception):
+            if self._unsaved:
+                await self._flush()
+            await self.rt.db.release_responses(self.owner)
