@@ -122,7 +122,8 @@ def test_a_worst_case_that_cannot_fit_a_hard_limit_is_refused_naming_the_setting
                              previous_response_id=first.id)
     assert caught.value.code == "hidden_input_exceeds_limit"
     message = caught.value.message
-    assert "tokenstile: this request needs up to $0.32 USD" in message
+    # 128,000 input tokens at the priority tier (no service_tier asked: the priciest tier)
+    assert "tokenstile: this request needs up to $0.54 USD" in message
     assert "the context window of gpt-4o, 128,000 tokens" in message
     assert "set hidden_input.max_tokens for 'gpt-4o'" in message
     assert len(fake.fake.tally.records) == 1  # never forwarded

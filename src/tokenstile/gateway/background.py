@@ -236,7 +236,9 @@ class BackgroundResponses:
             flags.append("charged_at_estimate")
         model = row.served_model or row.requested_model or ""
         cost = 0
-        if usage.total_tokens or usage.billable_calls:
+        if "charged_at_estimate" in flags:
+            cost = int(record["estimate"]["cost_nano"])  # as reserved: the worst case
+        elif usage.total_tokens or usage.billable_calls:
             price = rt.pricer.price_for(model, record.get("provider"))
             asked = record.get("asked_tier")
             if price is None:
