@@ -6,13 +6,12 @@ Chosen by URL like the counter store: ``sqlite:///path`` (default) or ``postgres
 from __future__ import annotations
 
 import hashlib
-import importlib
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from tokenstile.stores.counters import StoreConfigError
+from tokenstile.stores.urls import backend_class
 from tokenstile.types import Caller, LedgerRow
 
 KEY_PREFIX = "ts-"
@@ -184,23 +183,5 @@ _REGISTRY = {
 
 
 def database_from_url(url: str) -> Database:
-    scheme = url.split("://", 1)[0] if "://" in url else ""
-    target = _REGISTRY.get(scheme)
-    if target is None:
-        raise StoreConfigError(
-            f"unknown database URL {url!r}: expected sqlite:///path or postgresql://…"
-        )
-    module_name, class_name = target.split(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    db: Database = cls(url)
+    db: Database = backend_class(_REGISTRY, url, "database")(url)
     return db
-
-
-def sqlite_path(url: str) -> str:
-    """``sqlite:///./x.db`` → ``./x.db``; ``sqlite:////abs/x.db`` → ``/abs/x.db``."""
-    if not url.startswith("sqlite:///"):
-        raise StoreConfigError(f"expected sqlite:///path, got {url!r}")
-    path = url[len("sqlite:///"):].split("?", 1)[0]
-    if not path:
-        raise StoreConfigError(f"the SQLite URL {url!r} names no file")
-    return path

@@ -1,16 +1,15 @@
-"""The default database: one SQLite file (WAL), all statements on one worker thread."""
+"""The default database: one SQLite file (WAL), all statements on one worker thread.
+
+URL options: ``busy_timeout`` (milliseconds a writer waits for the lock, default 10000) and
+``timeout`` (seconds before a call gives up with StoreUnavailable; by default a call takes
+as long as it needs: a rollup filled at open, a month of ledger read).
+"""
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
-from functools import lru_cache
-from pathlib import Path
 from typing import Any, TypeVar
-from zoneinfo import ZoneInfo
 
 import orjson
 
@@ -20,11 +19,13 @@ from tokenstile.stores.database import (
     KeyRecord,
     Override,
     UsageQuery,
-    sqlite_path,
 )
+from tokenstile.stores.sqlite import SqliteFile, sqlite_path, sqlite_timeouts
+from tokenstile.stores.urls import url_options
 from tokenstile.stores.usage_sqlite import (
     LABELS,
     add_to_rollup,
+    bucket_label,
     ensure_rollup,
     hour_bucket,
     new_rows,
@@ -79,20 +80,6 @@ _KEY_COLUMNS = (
 )
 
 
-@lru_cache(maxsize=64)
-def _zone(name: str) -> ZoneInfo:
-    return ZoneInfo(name)
-
-
-def _bucket(ts: float, kind: str, tz: str) -> str:
-    local = datetime.fromtimestamp(ts, _zone(tz))
-    if kind == "hour":
-        return local.strftime("%Y-%m-%dT%H:00")
-    if kind == "day":
-        return local.strftime("%Y-%m-%d")
-    return local.strftime("%Y-%m")
-
-
 def row_to_params(row: LedgerRow) -> tuple[Any, ...]:
     values: list[Any] = []
     for name in LEDGER_COLUMNS:
@@ -129,44 +116,27 @@ def _key_from_row(values: Sequence[Any]) -> KeyRecord:
 class SqliteDatabase:
     def __init__(self, url: str) -> None:
         self.url = url
-        self.path = sqlite_path(url)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ts-db")
-        self._conn: sqlite3.Connection | None = None
+        self.path = sqlite_path(url, "database")
+        options = url_options(url, ("busy_timeout", "timeout"), "database")
+        timeouts = sqlite_timeouts(options, busy_ms=10_000, bounded=False)
+        self._file = SqliteFile(self.path, "database", timeouts, setup=self._setup,
+                                thread="ts-db")
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        loop = asyncio.get_running_loop()
+        return await self._file.run(fn)
 
-        def call() -> T:
-            if self._conn is None:
-                self._conn = self._connect()
-            return fn(self._conn)
-
-        return await loop.run_in_executor(self._executor, call)
-
-    def _connect(self) -> sqlite3.Connection:
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None,
-                               check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA busy_timeout=10000")
-        conn.create_function("ts_bucket", 3, _bucket, deterministic=True)
+    @staticmethod
+    def _setup(conn: sqlite3.Connection) -> None:
+        conn.create_function("ts_bucket", 3, bucket_label, deterministic=True)
         conn.create_function("hour_bucket", 3, hour_bucket, deterministic=True)
         conn.executescript(SCHEMA)
         ensure_rollup(conn)
-        return conn
 
     async def open(self) -> None:
         await self._run(lambda conn: None)
 
     async def close(self) -> None:
-        def shut(conn: sqlite3.Connection) -> None:
-            conn.close()
-            self._conn = None
-
-        if self._conn is not None:
-            await self._run(shut)
-        self._executor.shutdown(wait=True)
+        await self._file.close()
 
     # ledger -------------------------------------------------------------------------------
 

@@ -1,8 +1,11 @@
-"""Options in store URLs (``?timeout=2&prefix=x``), shared by every backend chosen by URL."""
+"""Store URLs: the scheme picks a backend (``backend_class``), the query carries its options
+(``?timeout=2&prefix=x``). Shared by every store kind chosen by URL."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import importlib
+from collections.abc import Iterable, Mapping
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 
@@ -42,3 +45,17 @@ def option_number(options: dict[str, str], name: str, default: float) -> float:
     if value <= 0:
         raise StoreConfigError(f"option {name} must be > 0, got {value}")
     return value
+
+
+def backend_class(registry: Mapping[str, str], url: str, what: str) -> Any:
+    """The class ``registry`` names (``"module:Class"``) for the scheme of ``url``.
+
+    The module is imported only now, so a backend's driver loads only when it is used.
+    """
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    target = registry.get(scheme)
+    if target is None:
+        known = ", ".join(f"{s}://" for s in registry)
+        raise StoreConfigError(f"unknown {what} URL {redact_url(url)!r}: expected one of {known}")
+    module_name, _, class_name = target.partition(":")
+    return getattr(importlib.import_module(module_name), class_name)
