@@ -29,6 +29,7 @@ from tokenstile.stores.alerts import AlertHistory, history_from_url
 from tokenstile.stores.cache import ResponseCache, response_cache_from_url
 from tokenstile.stores.counters import CounterStore, counter_store_from_url
 from tokenstile.stores.counters_memory import MemoryCounterStore
+from tokenstile.stores.database import Database, database_from_url
 
 REDIS_URL = os.environ.get("TOKENSTILE_TEST_REDIS", "redis://127.0.0.1:6379/15")
 PG_ADMIN_URL = os.environ.get("TOKENSTILE_TEST_POSTGRES",
@@ -251,6 +252,25 @@ def pg_database() -> Iterator[str]:
 def pg_url(pg_database: str) -> str:
     """A fresh schema in this run's database."""
     return f"{pg_database}?schema=t_{uuid.uuid4().hex[:12]}"
+
+
+# --- database -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/ledger.db"
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+@pytest.fixture
+async def db(db_url: str) -> AsyncIterator[Database]:
+    made = database_from_url(db_url)
+    await made.open()
+    yield made
+    await made.close()
 
 
 # --- alert history ------------------------------------------------------------------------------

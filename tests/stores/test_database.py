@@ -7,7 +7,7 @@ import asyncio
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -35,28 +35,11 @@ from tokenstile.stores.db_sqlite import SqliteDatabase
 from tokenstile.stores.pg_migrations import LATEST, MIGRATIONS
 from tokenstile.types import LedgerRow
 
-BACKENDS = ["sqlite", "postgresql"]
 TOTALS = ("requests", "input_tokens", "cached_input_tokens", "output_tokens",
           "reasoning_tokens", "cost_nano", "saved_nano", "blocked")
 
 
 # --- fixtures --------------------------------------------------------------------------------
-
-
-@pytest.fixture(params=BACKENDS)
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/ledger.db"
-    url: str = request.getfixturevalue("pg_url")
-    return url
-
-
-@pytest.fixture
-async def db(db_url: str) -> AsyncIterator[Database]:
-    made = database_from_url(db_url)
-    await made.open()
-    yield made
-    await made.close()
 
 
 def closed_port() -> int:
