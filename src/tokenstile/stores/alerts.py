@@ -104,15 +104,7 @@ def record_from_row(row: Iterable[Any], new: bool = False) -> AlertRecord:
                        new=new)
 
 
-_REGISTRY: dict[str, str] = {
-    "sqlite": "tokenstile.stores.alerts_sqlite:SqliteAlertHistory",
-    "postgresql": "tokenstile.stores.alerts_postgres:PostgresAlertHistory",
-    "postgres": "tokenstile.stores.alerts_postgres:PostgresAlertHistory",
-    "memory": "tokenstile.stores.alerts_memory:MemoryAlertHistory",
-}
-
-
 def history_from_url(url: str) -> AlertHistory:
     """``sqlite:///path``, ``postgresql://…`` (the ledger's database) or ``memory://``."""
-    history: AlertHistory = backend_class(_REGISTRY, url, "alert history")(url)
+    history: AlertHistory = backend_class("alert history", url)(url)
     return history

@@ -20,8 +20,7 @@ from tokenstile.stores.alerts import (
     new_alert_id,
     record_from_row,
 )
-from tokenstile.stores.sqlite import SqliteFile, immediate, sqlite_path, sqlite_timeouts
-from tokenstile.stores.urls import url_options
+from tokenstile.stores.sqlite import SqliteFile, immediate
 
 ALERTS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
@@ -36,12 +35,10 @@ CREATE INDEX IF NOT EXISTS alerts_ts ON alerts (ts);
 class SqliteAlertHistory:
     def __init__(self, url: str) -> None:
         self.url = url
-        self.path = sqlite_path(url, "alert history")
-        options = url_options(url, ("busy_timeout", "timeout"), "alert history")
-        timeouts = sqlite_timeouts(options, busy_ms=10_000, bounded=False)
-        self._file = SqliteFile(self.path, "alert history", timeouts,
-                                setup=lambda conn: conn.executescript(ALERTS_SCHEMA),
-                                thread="ts-alerts")
+        self._file = SqliteFile.from_url(
+            url, "alert history", busy_ms=10_000, bounded=False,
+            setup=lambda conn: conn.executescript(ALERTS_SCHEMA), thread="ts-alerts")
+        self.path = self._file.path
 
     async def open(self) -> None:
         await self._file.run(lambda conn: None)

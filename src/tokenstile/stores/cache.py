@@ -30,17 +30,9 @@ class ResponseCache(Protocol):
     async def close(self) -> None: ...
 
 
-_REGISTRY: dict[str, str] = {
-    "memory": "tokenstile.stores.cache_memory:MemoryResponseCache",
-    "sqlite": "tokenstile.stores.cache_sqlite:SqliteResponseCache",
-    "redis": "tokenstile.stores.cache_redis:RedisResponseCache",
-    "rediss": "tokenstile.stores.cache_redis:RedisResponseCache",
-}
-
-
 def response_cache_from_url(url: str, *, clock: Clock | None = None) -> ResponseCache:
     """A bare backend (it raises StoreUnavailable): ``memory://``, ``sqlite:///path``,
     ``redis://host:port/db?prefix=name``. ``clock`` times expiry in memory and SQLite
     (Redis expires keys by its own clock)."""
-    store: ResponseCache = backend_class(_REGISTRY, url, "response cache")(url, clock=clock)
+    store: ResponseCache = backend_class("response cache", url)(url, clock=clock)
     return store

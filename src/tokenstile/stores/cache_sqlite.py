@@ -21,8 +21,7 @@ import sqlite3
 
 from tokenstile.cache.answer import CachedAnswer
 from tokenstile.clock import SYSTEM_CLOCK, Clock
-from tokenstile.stores.sqlite import SqliteFile, sqlite_path, sqlite_timeouts
-from tokenstile.stores.urls import url_options
+from tokenstile.stores.sqlite import SqliteFile
 
 PURGE_EVERY_S = 60.0
 PURGE_BATCH = 1000
@@ -41,12 +40,11 @@ CREATE INDEX IF NOT EXISTS response_cache_expiry ON response_cache (expires_at);
 class SqliteResponseCache:
     def __init__(self, url: str, *, clock: Clock | None = None) -> None:
         self.url = url
-        self.path = sqlite_path(url, "response cache", shared=True)
-        options = url_options(url, ("busy_timeout", "timeout"), "response cache")
-        timeouts = sqlite_timeouts(options, busy_ms=500, timeout_s=1.0)
         self._clock = clock or SYSTEM_CLOCK
-        self._file = SqliteFile(self.path, "response cache", timeouts,
-                                setup=lambda conn: conn.executescript(_SCHEMA), thread="ts-cache")
+        self._file = SqliteFile.from_url(
+            url, "response cache", shared=True, busy_ms=500, timeout_s=1.0,
+            setup=lambda conn: conn.executescript(_SCHEMA), thread="ts-cache")
+        self.path = self._file.path
         self._next_purge = 0.0
 
     async def get(self, key: str) -> CachedAnswer | None:

@@ -213,12 +213,6 @@ def merge_deltas(deltas: Iterable[tuple[str, int]]) -> dict[str, int]:
 
 
 CounterStoreFactory = Callable[[str], CounterStore]
-_REGISTRY: dict[str, str] = {
-    "memory": "tokenstile.stores.counters_memory:MemoryCounterStore",
-    "sqlite": "tokenstile.stores.counters_sqlite:SqliteCounterStore",
-    "redis": "tokenstile.stores.counters_redis:RedisCounterStore",
-    "rediss": "tokenstile.stores.counters_redis:RedisCounterStore",
-}
 
 
 def counter_store_from_url(url: str, *, clock: Clock | None = None) -> CounterStore:
@@ -226,5 +220,5 @@ def counter_store_from_url(url: str, *, clock: Clock | None = None) -> CounterSt
 
     ``clock`` times key expiry in the memory and SQLite stores (Redis uses its own clock).
     """
-    store: CounterStore = backend_class(_REGISTRY, url, "counter store")(url, clock=clock)
+    store: CounterStore = backend_class("counter store", url)(url, clock=clock)
     return store

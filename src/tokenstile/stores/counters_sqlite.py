@@ -29,9 +29,8 @@ from tokenstile.stores.counters import (
     ReserveOutcome,
     merge_deltas,
     plan_reservation,
-    url_options,
 )
-from tokenstile.stores.sqlite import SqliteFile, sqlite_path, sqlite_timeouts
+from tokenstile.stores.sqlite import SqliteFile
 
 T = TypeVar("T")
 
@@ -68,12 +67,11 @@ class SqliteCounterStore:
 
     def __init__(self, url: str, *, clock: Clock | None = None) -> None:
         self.url = url
-        self.path = sqlite_path(url, "counter store", shared=True)
-        options = url_options(url, ("busy_timeout", "timeout"), "counter store")
         self._clock = clock or SYSTEM_CLOCK
-        self._file = SqliteFile(self.path, "counter store", sqlite_timeouts(options),
-                                setup=self._setup, group_commit=True,
-                                before_commit=self._maybe_purge, thread="ts-counters")
+        self._file = SqliteFile.from_url(url, "counter store", shared=True, setup=self._setup,
+                                         group_commit=True, before_commit=self._maybe_purge,
+                                         thread="ts-counters")
+        self.path = self._file.path
         self._next_purge = 0.0
 
     # -- plumbing ---------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -129,6 +129,35 @@ class UsageQuery:
                              f"{', '.join(BUCKETS)}")
 
 
+class KeyLookups:
+    """What both database backends share about keys: lookups by hash and by id through the
+    backend's ``_one_key``, and the WHERE clause of a listing."""
+
+    async def _one_key(self, column: str, value: str) -> KeyRecord | None:
+        raise NotImplementedError
+
+    async def key_by_hash(self, key_hash: str) -> KeyRecord | None:
+        return await self._one_key("hash", key_hash)
+
+    async def key_by_id(self, key_id: str) -> KeyRecord | None:
+        return await self._one_key("id", key_id)
+
+    @staticmethod
+    def _listing(include_revoked: bool, filters: Mapping[str, str] | None,
+                 placeholder: Callable[[int], str]) -> tuple[str, list[str]]:
+        """The WHERE clause of a key listing and its values: unrevoked keys unless
+        ``include_revoked``, matching ``filters`` (on ``KEY_FILTERS`` only); value n is
+        written as ``placeholder(n)``."""
+        clauses = [] if include_revoked else ["revoked_at IS NULL"]
+        values: list[str] = []
+        for name, value in (filters or {}).items():
+            if name not in KEY_FILTERS:
+                raise ValueError(f"cannot filter keys by {name!r}")
+            values.append(value)
+            clauses.append(f'"{name}" = {placeholder(len(values))}')
+        return ("WHERE " + " AND ".join(clauses)) if clauses else "", values
+
+
 class Database(Protocol):
     url: str
 
@@ -175,13 +204,6 @@ class LabelUsage(Protocol):
     async def usage_by_label(self, query: UsageQuery, label: str) -> list[dict[str, Any]]: ...
 
 
-_REGISTRY = {
-    "sqlite": "tokenstile.stores.db_sqlite:SqliteDatabase",
-    "postgresql": "tokenstile.stores.db_postgres:PostgresDatabase",
-    "postgres": "tokenstile.stores.db_postgres:PostgresDatabase",
-}
-
-
 def database_from_url(url: str) -> Database:
-    db: Database = backend_class(_REGISTRY, url, "database")(url)
+    db: Database = backend_class("database", url)(url)
     return db

@@ -36,10 +36,16 @@ import asyncpg
 import orjson
 
 from tokenstile.stores.counters import StoreConfigError, StoreUnavailable
-from tokenstile.stores.database import GROUPABLE, KEY_FILTERS, KeyRecord, Override, UsageQuery
+from tokenstile.stores.database import (
+    GROUPABLE,
+    KeyLookups,
+    KeyRecord,
+    Override,
+    UsageQuery,
+)
 from tokenstile.stores.pg_migrations import LATEST, MIGRATIONS
 from tokenstile.stores.spool import database_label
-from tokenstile.stores.usage_plan import ROLLUP_KEYS, Range, combine, plan_usage
+from tokenstile.stores.usage_plan import ROLLUP_KEYS, Range, combine, plan_usage, within
 from tokenstile.types import LedgerRow
 
 log = logging.getLogger("tokenstile.db")
@@ -201,7 +207,7 @@ class _Settings:
         self.migrate = ours.get("migrate", "true").lower() not in ("0", "false", "no", "off")
 
 
-class PostgresDatabase:
+class PostgresDatabase(KeyLookups):
     """Ledger, keys and overrides in PostgreSQL through one bounded asyncpg pool."""
 
     def __init__(self, url: str, *, pool_max: int | None = None) -> None:
@@ -454,22 +460,10 @@ class PostgresDatabase:
             record = await conn.fetchrow(sql, clean_text(value))
         return _key(record) if record is not None else None
 
-    async def key_by_hash(self, key_hash: str) -> KeyRecord | None:
-        return await self._one_key("hash", key_hash)
-
-    async def key_by_id(self, key_id: str) -> KeyRecord | None:
-        return await self._one_key("id", key_id)
-
     async def list_keys(self, include_revoked: bool = False,
                         filters: Mapping[str, str] | None = None) -> list[KeyRecord]:
-        clauses = [] if include_revoked else ["revoked_at IS NULL"]
-        args: list[Any] = []
-        for name, value in (filters or {}).items():
-            if name not in KEY_FILTERS:
-                raise ValueError(f"cannot filter keys by {name!r}")
-            args.append(clean_text(value))
-            clauses.append(f"{q(name)} = ${len(args)}")
-        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+        where, values = self._listing(include_revoked, filters, lambda n: f"${n}")
+        args = [clean_text(value) for value in values]
         sql = (f"SELECT {', '.join(map(q, _KEY_COLUMNS))} FROM api_keys {where} "
                "ORDER BY created_at, id")
         async with self.connection() as conn:
@@ -571,7 +565,12 @@ def _ledger_usage_sql(query: UsageQuery, label: str | None, ranges: Sequence[Ran
         keys.append("NULLIF(j.value, '')")
     shown += [f"k{i}" for i in range(len(shown), len(keys))]
     where = _where(dict(query.filters), args)
-    spans = _within(ranges, args)
+
+    def mark(value: float) -> str:
+        args.append(float(value))
+        return f"${len(args)}"
+
+    spans = within("ts", ranges, mark)
     if spans:
         where = f"{where} AND {spans}" if where else f"WHERE {spans}"
     inner = ", ".join(f"{key} AS k{i}" for i, key in enumerate(keys))
@@ -620,23 +619,6 @@ def _items(records: Sequence[asyncpg.Record], names: Sequence[str]) -> list[dict
             item[name] = item[name] or 0
         out.append(item)
     return out
-
-
-def _within(ranges: Sequence[Range], args: list[Any]) -> str:
-    """``ts`` within any of ``ranges`` (either end open); '' when one is open at both."""
-    if any(since is None and until is None for since, until in ranges):
-        return ""
-    spans = []
-    for since, until in ranges:
-        bounds = []
-        if since is not None:
-            args.append(float(since))
-            bounds.append(f"ts >= ${len(args)}")
-        if until is not None:
-            args.append(float(until))
-            bounds.append(f"ts < ${len(args)}")
-        spans.append(" AND ".join(bounds))
-    return "(" + " OR ".join(f"({span})" for span in spans) + ")"
 
 
 def _where(filters: dict[str, Any], args: list[Any]) -> str:

@@ -15,13 +15,12 @@ import orjson
 
 from tokenstile.stores.database import (
     GROUPABLE,
-    KEY_FILTERS,
+    KeyLookups,
     KeyRecord,
     Override,
     UsageQuery,
 )
-from tokenstile.stores.sqlite import SqliteFile, sqlite_path, sqlite_timeouts
-from tokenstile.stores.urls import url_options
+from tokenstile.stores.sqlite import SqliteFile
 from tokenstile.stores.usage_sqlite import (
     LABELS,
     add_to_rollup,
@@ -113,14 +112,12 @@ def _key_from_row(values: Sequence[Any]) -> KeyRecord:
     return KeyRecord(**data)
 
 
-class SqliteDatabase:
+class SqliteDatabase(KeyLookups):
     def __init__(self, url: str) -> None:
         self.url = url
-        self.path = sqlite_path(url, "database")
-        options = url_options(url, ("busy_timeout", "timeout"), "database")
-        timeouts = sqlite_timeouts(options, busy_ms=10_000, bounded=False)
-        self._file = SqliteFile(self.path, "database", timeouts, setup=self._setup,
-                                thread="ts-db")
+        self._file = SqliteFile.from_url(url, "database", busy_ms=10_000, bounded=False,
+                                         setup=self._setup, thread="ts-db")
+        self.path = self._file.path
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return await self._file.run(fn)
@@ -214,22 +211,9 @@ class SqliteDatabase:
 
         return await self._run(read)
 
-    async def key_by_hash(self, key_hash: str) -> KeyRecord | None:
-        return await self._one_key("hash", key_hash)
-
-    async def key_by_id(self, key_id: str) -> KeyRecord | None:
-        return await self._one_key("id", key_id)
-
     async def list_keys(self, include_revoked: bool = False,
                         filters: Mapping[str, str] | None = None) -> list[KeyRecord]:
-        clauses = [] if include_revoked else ["revoked_at IS NULL"]
-        args: list[str] = []
-        for name, value in (filters or {}).items():
-            if name not in KEY_FILTERS:
-                raise ValueError(f"cannot filter keys by {name!r}")
-            clauses.append(f"{name} = ?")
-            args.append(value)
-        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+        where, args = self._listing(include_revoked, filters, lambda n: "?")
         sql = f"SELECT {','.join(_KEY_COLUMNS)} FROM api_keys {where} ORDER BY created_at"
 
         def read(conn: sqlite3.Connection) -> list[KeyRecord]:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from tokenstile.stores.counters import StoreUnavailable
-from tokenstile.stores.urls import StoreConfigError, option_number, redact_url
+from tokenstile.stores.urls import StoreConfigError, option_number, redact_url, url_options
 
 T = TypeVar("T")
 
@@ -67,27 +67,6 @@ class SqliteTimeouts:
 
     busy_ms: int
     call_s: float | None
-
-
-def sqlite_timeouts(
-    options: dict[str, str],
-    *,
-    busy_ms: float = 2000.0,
-    timeout_s: float | None = None,
-    bounded: bool = True,
-) -> SqliteTimeouts:
-    """The ``busy_timeout`` and ``timeout`` options of a store URL.
-
-    ``timeout`` defaults to ``timeout_s``, else (for a ``bounded`` store) to the lock wait
-    plus one second. An unbounded store's callers wait as long as a call takes (a rollup
-    filled at open, a month of ledger read) unless the URL says otherwise.
-    """
-    busy = int(option_number(options, "busy_timeout", busy_ms))
-    if timeout_s is None and bounded:
-        timeout_s = busy / 1000 + 1.0
-    if timeout_s is None and "timeout" not in options:
-        return SqliteTimeouts(busy, None)
-    return SqliteTimeouts(busy, option_number(options, "timeout", timeout_s or 0.0))
 
 
 @contextlib.contextmanager
@@ -212,6 +191,35 @@ class SqliteFile:
         self._conn: sqlite3.Connection | None = None  # used on the worker thread only
         self._in_batch = False
         self._closed = False
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        what: str,
+        *,
+        shared: bool = False,
+        busy_ms: float = 2000.0,
+        timeout_s: float | None = None,
+        bounded: bool = True,
+        **options: Any,
+    ) -> SqliteFile:
+        """The file a store URL names, with its ``busy_timeout`` and ``timeout`` options.
+
+        ``timeout`` defaults to ``timeout_s``, else (for a ``bounded`` store) to the lock
+        wait plus one second. An unbounded store's callers wait as long as a call takes (a
+        rollup filled at open, a month of ledger read) unless the URL says otherwise.
+        ``options`` go to the constructor.
+        """
+        path = sqlite_path(url, what, shared=shared)
+        query = url_options(url, ("busy_timeout", "timeout"), what)
+        busy = int(option_number(query, "busy_timeout", busy_ms))
+        if timeout_s is None and bounded:
+            timeout_s = busy / 1000 + 1.0
+        call_s = None
+        if timeout_s is not None or "timeout" in query:
+            call_s = option_number(query, "timeout", timeout_s or 0.0)
+        return cls(path, what, SqliteTimeouts(busy, call_s), **options)
 
     @property
     def connected(self) -> bool:

@@ -15,7 +15,7 @@ answer; the rollup only makes it cheap.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
@@ -133,6 +133,22 @@ def plan_usage(query: UsageQuery, label: str | None = None,
     if hi is not None and last is not None and last < hi:
         ledger.append((last, hi))
     return UsagePlan(dim, first, last, tuple(skip), tuple(ledger))
+
+
+def within(column: str, ranges: Sequence[Range], mark: Callable[[float], str]) -> str:
+    """SQL: ``column`` inside any of ``ranges`` (either end may be open), each bound written
+    as the placeholder ``mark`` returns (it keeps the value); '' when nothing is excluded."""
+    if not ranges or any(since is None and until is None for since, until in ranges):
+        return ""
+    spans = []
+    for since, until in ranges:
+        bounds = []
+        if since is not None:
+            bounds.append(f"{column} >= {mark(since)}")
+        if until is not None:
+            bounds.append(f"{column} < {mark(until)}")
+        spans.append(" AND ".join(bounds))
+    return "(" + " OR ".join(f"({span})" for span in spans) + ")"
 
 
 def combine(parts: Iterable[dict[str, Any]], query: UsageQuery,

@@ -36,6 +36,7 @@ from tokenstile.stores.usage_plan import (
     combine,
     floor_hour,
     plan_usage,
+    within,
 )
 from tokenstile.types import LedgerRow
 
@@ -297,17 +298,12 @@ def _ledger_sql(query: UsageQuery, label: str | None, ranges: Ranges,
             raise ValueError(f"cannot filter by {name!r}")
         clauses.append(f"ledger.{name} = ?")
         args.append(value)
-    spans = []
-    for since, until in ranges:
-        parts = []
-        if since is not None:
-            parts.append("ledger.ts >= ?")
-            args.append(since)
-        if until is not None:
-            parts.append("ledger.ts < ?")
-            args.append(until)
-        spans.append(" AND ".join(parts) or "1")
-    clauses.append("(" + " OR ".join(f"({span})" for span in spans) + ")")
+
+    def mark(value: float) -> str:
+        args.append(value)
+        return "?"
+
+    clauses.append(within("ledger.ts", ranges, mark) or "1")
     totals = ("COUNT(*), " + ", ".join(f"SUM(ledger.{m})" for m in _MEASURES)
               + ", SUM(CASE WHEN ledger.outcome = 'blocked' THEN 1 ELSE 0 END)")
     sql = (f"SELECT {', '.join([*selects, totals])} FROM {source} "
