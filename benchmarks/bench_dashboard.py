@@ -41,6 +41,7 @@ from tokenstile.config import parse_config  # noqa: E402
 from tokenstile.gateway.runtime import Runtime  # noqa: E402
 from tokenstile.stores import usage_sqlite  # noqa: E402
 from tokenstile.stores.db_sqlite import LEDGER_COLUMNS, SCHEMA, SqliteDatabase  # noqa: E402
+from tokenstile.stores.usage_plan import UsagePlan  # noqa: E402
 from tokenstile.testing.server_thread import RunningServer  # noqa: E402
 
 ADMIN_KEY = "adm-bench-0123456789abcdef0123456789"
@@ -190,14 +191,15 @@ def main() -> None:
                 first, median = timed(session, base + page, args.repeat)
                 print(f"{page:44} {first * 1000:8.0f}ms {median * 1000:8.0f}ms")
             if args.ledger_only:
-                original = usage_sqlite._plan
-                usage_sqlite._plan = lambda query, label: None  # type: ignore[assignment]
+                original = usage_sqlite.plan_usage
+                usage_sqlite.plan_usage = lambda query, label=None, span=None: UsagePlan(
+                    None, ledger=((query.since, query.until),))
                 try:
                     first, median = timed(session, base + "/dashboard/", 1)
                     print(f"{'/dashboard/ without the rollup':44} {first * 1000:8.0f}ms "
                           f"{median * 1000:8.0f}ms")
                 finally:
-                    usage_sqlite._plan = original
+                    usage_sqlite.plan_usage = original
         finally:
             server.stop()
 

@@ -9,21 +9,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tokenstile.alerts.channels import Channel, DeliveryError, EmailChannel, WebhookChannel
-from tokenstile.alerts.engine import (
-    AlertEngine,
-    AlertHistory,
-    AlertRecord,
-    Delivery,
-    MemoryAlertHistory,
-    SqliteAlertHistory,
-    history_from_url,
-)
+from tokenstile.alerts.engine import AlertEngine
 from tokenstile.alerts.rules import Alert
 from tokenstile.clock import FakeClock
-from tokenstile.stores.counters import StoreConfigError
+from tokenstile.stores.alerts import AlertHistory, AlertRecord, Delivery
+from tokenstile.stores.alerts_memory import MemoryAlertHistory
+from tokenstile.stores.alerts_sqlite import SqliteAlertHistory
 from tokenstile.stores.db_sqlite import SqliteDatabase
 from tokenstile.types import LedgerRow
 
@@ -313,13 +305,3 @@ async def test_recent_through_the_engine() -> None:
     await eng.close()
     assert [r.alert.dedupe_key for r in recent] == ["k4", "k3", "k2"]
     assert all(r.deliveries[0].ok for r in recent)
-
-
-def test_history_from_url(tmp_path: Path) -> None:
-    assert isinstance(history_from_url("memory://"), MemoryAlertHistory)
-    assert isinstance(history_from_url(f"sqlite:///{tmp_path}/x.db"), SqliteAlertHistory)
-    from tokenstile.stores.alerts_postgres import PostgresAlertHistory
-
-    assert isinstance(history_from_url("postgresql://u@h/db"), PostgresAlertHistory)
-    with pytest.raises(StoreConfigError, match="postgresql"):
-        history_from_url("mysql://u@h/db")

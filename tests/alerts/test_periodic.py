@@ -13,7 +13,6 @@ from tokenstile.alerts.engine import (
     AlertEngine,
     PeriodicRules,
     RuleSettings,
-    SqliteAlertHistory,
     month_forecast,
     unit_value,
 )
@@ -21,6 +20,7 @@ from tokenstile.alerts.rules import Alert, AnomalySettings
 from tokenstile.clock import FakeClock
 from tokenstile.limits.model import Limit
 from tokenstile.limits.windows import Window
+from tokenstile.stores.alerts_sqlite import SqliteAlertHistory
 from tokenstile.stores.db_sqlite import SqliteDatabase
 from tokenstile.types import LedgerRow, usd_to_nano
 

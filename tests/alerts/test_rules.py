@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokenstile.alerts.engine import AlertEngine, MemoryAlertHistory
+from tokenstile.alerts.engine import AlertEngine
 from tokenstile.alerts.forecast import forecast_period
 from tokenstile.alerts.rules import (
     Alert,
@@ -28,6 +28,7 @@ from tokenstile.alerts.rules import (
 from tokenstile.clock import FakeClock
 from tokenstile.limits.model import Limit, Threshold
 from tokenstile.limits.windows import Window
+from tokenstile.stores.alerts_memory import MemoryAlertHistory
 from tokenstile.types import usd_to_nano
 
 NOW = datetime(2026, 3, 10, 9, 30, tzinfo=UTC).timestamp()

@@ -1,35 +1,22 @@
 """Fixtures for the response cache: real answers captured from the fake upstream over
-HTTP (streamed and not), and one store suite over every backend.
-
-Redis runs on a server other test runs share: each test gets its own key prefix in db 15
-(override with TOKENSTILE_TEST_REDIS) and deletes only its own keys afterwards.
-"""
+HTTP (streamed and not). (The store suite over every backend lives in tests/stores.)"""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
 import pytest
-import redis
 
-from tokenstile.cache.store import ResponseCache, response_cache_from_url
-from tokenstile.clock import FakeClock
 from tokenstile.providers.sse import EventSplitter
 from tokenstile.testing.fake_upstream import FakeUpstream
 from tokenstile.testing.server_thread import RunningServer
 from tokenstile.types import ApiKind, WireFormat
-
-REDIS_URL = os.environ.get("TOKENSTILE_TEST_REDIS", "redis://127.0.0.1:6379/15")
 
 WEATHER_TOOL_OPENAI: dict[str, Any] = {
     "type": "function",
@@ -174,78 +161,3 @@ def comparable(body: bytes) -> Any:
     if uid:
         cleaned = cleaned.replace(uid, b"UID")
     return orjson.loads(cleaned)
-
-
-# -- stores ------------------------------------------------------------------------------------
-
-
-@cache
-def redis_unreachable_reason() -> str | None:
-    try:
-        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=0.5, socket_timeout=0.5)
-        client.ping()
-        client.close()
-    except redis.RedisError as exc:
-        return f"Redis at {REDIS_URL} is not reachable ({exc})"
-    return None
-
-
-@dataclass
-class Backend:
-    """A backend under test plus the means to look behind its interface."""
-
-    name: str
-    url: str
-    clock: FakeClock
-    prefix: str | None = None
-
-    def make(self) -> ResponseCache:
-        return response_cache_from_url(self.url, clock=self.clock)
-
-    def redis(self) -> redis.Redis:
-        return redis.Redis.from_url(REDIS_URL, socket_timeout=2)
-
-    def expire(self, key: str, ttl_s: float) -> None:
-        """Let ``key`` (stored for ``ttl_s``) run out: move the clock, or, in Redis (which
-        keeps its own time), check the expiry it was given and then drop it."""
-        if self.name != "redis":
-            self.clock.advance(ttl_s + 0.001)
-            return
-        with self.redis() as client:
-            remaining = client.pttl(f"{self.prefix}:{key}")
-            assert 0 < remaining <= ttl_s * 1000
-            client.delete(f"{self.prefix}:{key}")
-
-    def cleanup(self) -> None:
-        if self.name == "redis" and self.prefix is not None:
-            with self.redis() as client:
-                keys = list(client.scan_iter(match=f"{self.prefix}:*", count=1000))
-                if keys:
-                    client.delete(*keys)
-
-
-def make_backend(name: str, tmp_path: Path) -> Backend:
-    clock = FakeClock()
-    if name == "memory":
-        return Backend(name, "memory://", clock)
-    if name == "sqlite":
-        return Backend(name, f"sqlite:///{tmp_path}/cache.db", clock)
-    reason = redis_unreachable_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    prefix = f"tstest-cache-{uuid.uuid4().hex[:12]}"
-    return Backend(name, f"{REDIS_URL}?prefix={prefix}", clock, prefix=prefix)
-
-
-@pytest.fixture(params=["memory", "sqlite", "redis"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    made = make_backend(request.param, tmp_path)
-    yield made
-    made.cleanup()
-
-
-@pytest.fixture
-async def store(backend: Backend) -> AsyncIterator[ResponseCache]:
-    made = backend.make()
-    yield made
-    await made.close()

@@ -1,21 +1,14 @@
-"""One Database suite, every backend: SQLite (a temporary file) and real PostgreSQL.
-
-PostgreSQL is a server other test runs share: this run creates its own database
-``tokenstile_test_<random>`` (dropped at the end) and gives every test a schema of its own.
-Override the server with TOKENSTILE_TEST_POSTGRES (a URL to a database this run may use
-to create and drop another one).
-"""
+"""One Database suite, every backend: SQLite (a temporary file) and real PostgreSQL (a
+database of this run's own, a schema per test: see conftest.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime
-from functools import cache
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -27,10 +20,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tokenstile.alerts.engine import Delivery, SqliteAlertHistory
-from tokenstile.alerts.rules import Alert
 from tokenstile.cli import main as cli
-from tokenstile.stores.alerts_postgres import PostgresAlertHistory
 from tokenstile.stores.counters import StoreConfigError, StoreUnavailable
 from tokenstile.stores.database import (
     Database,
@@ -46,74 +36,11 @@ from tokenstile.stores.pg_migrations import LATEST, MIGRATIONS
 from tokenstile.stores.responses import StoredResponse
 from tokenstile.types import LedgerRow
 
-PG_ADMIN_URL = os.environ.get("TOKENSTILE_TEST_POSTGRES",
-                              "postgresql://postgres@127.0.0.1:5432/test")
-BACKENDS = ["sqlite", "postgresql"]
 TOTALS = ("requests", "input_tokens", "cached_input_tokens", "output_tokens",
           "reasoning_tokens", "cost_nano", "saved_nano", "blocked")
 
 
 # --- fixtures --------------------------------------------------------------------------------
-
-
-@cache
-def pg_unreachable_reason() -> str | None:
-    async def probe() -> None:
-        conn = await asyncpg.connect(PG_ADMIN_URL, timeout=2)
-        await conn.close()
-
-    try:
-        asyncio.run(probe())
-    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-        return f"PostgreSQL at {PG_ADMIN_URL} is not reachable ({exc})"
-    return None
-
-
-def _with_database(url: str, name: str) -> str:
-    base, _, _ = url.partition("?")
-    return base.rsplit("/", 1)[0] + "/" + name
-
-
-@pytest.fixture(scope="session")
-def pg_database() -> Iterator[str]:
-    """A database of this test run's own, dropped at the end."""
-    reason = pg_unreachable_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    name = f"tokenstile_test_{uuid.uuid4().hex[:12]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(PG_ADMIN_URL, timeout=5)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    yield _with_database(PG_ADMIN_URL, name)
-    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-@pytest.fixture
-def pg_url(pg_database: str) -> str:
-    """A fresh schema in this run's database."""
-    return f"{pg_database}?schema=t_{uuid.uuid4().hex[:12]}"
-
-
-@pytest.fixture(params=BACKENDS)
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/ledger.db"
-    url: str = request.getfixturevalue("pg_url")
-    return url
-
-
-@pytest.fixture
-async def db(db_url: str) -> AsyncIterator[Database]:
-    made = database_from_url(db_url)
-    await made.open()
-    yield made
-    await made.close()
 
 
 def closed_port() -> int:
@@ -837,45 +764,6 @@ async def test_postgres_refusals_are_value_errors(pg_url: str) -> None:
         await pg.usage(UsageQuery(bucket="day", tz="Mars/Olympus"))
     assert await pg.ledger_rows() == []
     await pg.close()
-
-
-# --- alert history ---------------------------------------------------------------------------
-
-
-def alert(key: str, ts_: float = 100.0) -> Alert:
-    return Alert(kind="budget", severity="warning", title="t", message="m", dedupe_key=key,
-                 data={"n": 1, "when": datetime(2024, 1, 1)}, ts=ts_)  # type: ignore[dict-item]
-
-
-async def test_alert_history(db_url: str) -> None:
-    history: Any = (PostgresAlertHistory(db_url) if db_url.startswith("postgresql")
-                    else SqliteAlertHistory(db_url))
-    await history.open()
-    first = await history.record(alert("a", 100.0))
-    again = await history.record(alert("a", 200.0))
-    await history.record(alert("b", 300.0))
-    await history.add_delivery("a", Delivery("hook", False, 2, 101.0, "down"))
-    await history.add_delivery("a", Delivery("hook", True, 1, 102.0))
-    assert first.new and not again.new and again.id == first.id
-    assert [r.alert.dedupe_key for r in await history.recent(limit=10)] == ["b", "a"]
-    assert [r.alert.dedupe_key for r in await history.recent(since=150.0)] == ["b"]
-    a = await history.get("a")
-    assert a is not None and a.alert.ts == 100.0
-    assert a.alert.data == {"n": 1, "when": "2024-01-01T00:00:00"}
-    assert [d.ok for d in a.deliveries] == [False, True]
-    assert a.delivered_to() == {"hook"} and a.failed_for_good() == set()
-    assert await history.get("zzz") is None
-    assert await history.prune(before=250.0) == 1
-    assert [r.alert.dedupe_key for r in await history.recent()] == ["b"]
-    await history.close()
-
-
-async def test_alert_dedupe_across_gateways(pg_url: str) -> None:
-    many = [PostgresAlertHistory(pg_url) for _ in range(4)]
-    await asyncio.gather(*(h.open() for h in many))
-    records = await asyncio.gather(*(h.record(alert("shared")) for h in many))
-    assert sum(r.new for r in records) == 1 and len({r.id for r in records}) == 1
-    await asyncio.gather(*(h.close() for h in many))
 
 
 # --- end to end ------------------------------------------------------------------------------

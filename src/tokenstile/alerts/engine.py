@@ -8,13 +8,14 @@ with exponential backoff and jitter up to a bounded number of attempts.
 ``PeriodicRules`` runs the rules that read the ledger (anomalies, hourly cost, efficiency,
 projections, the daily summary) on a timer and submits what fires.
 
-Dedupe is by ``Alert.dedupe_key`` and survives restarts when the history is SQLite: the
-first process to record a key delivers it; a later alert with the same key (the same
-threshold crossed again in the same window, by a concurrent request or another worker
-process) is only recorded as seen. The one exception is a channel whose delivery of that
-key failed for good: a later alert with the key retries that channel. The trade-off is
-at-most-once across a crash: a process that dies between recording an alert and
-delivering it leaves that alert recorded but unsent, rather than risking duplicates.
+Dedupe is by ``Alert.dedupe_key`` and survives restarts when the history
+(``tokenstile.stores.alerts``) is SQLite or PostgreSQL: the first process to record a key
+delivers it; a later alert with the same key (the same threshold crossed again in the same
+window, by a concurrent request or another worker process) is only recorded as seen. The
+one exception is a channel whose delivery of that key failed for good: a later alert with
+the key retries that channel. The trade-off is at-most-once across a crash: a process that
+dies between recording an alert and delivering it leaves that alert recorded but unsent,
+rather than risking duplicates.
 """
 
 from __future__ import annotations
@@ -23,26 +24,18 @@ import asyncio
 import contextlib
 import logging
 import random
-import secrets
-import sqlite3
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
-from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any
 from zoneinfo import ZoneInfo
-
-import orjson
 
 from tokenstile.alerts.channels import Channel, DeliveryError
 from tokenstile.alerts.forecast import Forecast, Period, forecast_period, month_period
 from tokenstile.alerts.rules import (
-    SEVERITIES,
     Alert,
     AnomalySettings,
-    Severity,
     SummaryInput,
     anomaly_alert,
     daily_summary,
@@ -53,255 +46,11 @@ from tokenstile.alerts.rules import (
 from tokenstile.clock import SYSTEM_CLOCK, Clock
 from tokenstile.limits.model import Limit
 from tokenstile.limits.windows import Window, window_label, window_start
-from tokenstile.stores.counters import StoreConfigError
-from tokenstile.stores.database import Database, UsageQuery, sqlite_path
+from tokenstile.stores.alerts import AlertHistory, AlertRecord, Delivery
+from tokenstile.stores.database import Database, UsageQuery
 from tokenstile.types import usd_to_nano
 
 log = logging.getLogger("tokenstile.alerts")
-
-T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """The outcome of delivering one alert to one channel, after all its attempts."""
-
-    channel: str
-    ok: bool
-    attempts: int
-    ts: float
-    error: str | None = None
-
-
-@dataclass(slots=True)
-class AlertRecord:
-    """An alert as the history holds it, with every delivery made for its key."""
-
-    id: str
-    alert: Alert
-    deliveries: list[Delivery] = field(default_factory=list)
-    new: bool = False
-    """True when this call recorded the key for the first time."""
-
-    def delivered_to(self) -> set[str]:
-        return {d.channel for d in self.deliveries if d.ok}
-
-    def failed_for_good(self) -> set[str]:
-        return {d.channel for d in self.deliveries if not d.ok} - self.delivered_to()
-
-    def to_dict(self) -> dict[str, Any]:
-        out = self.alert.to_dict()
-        out.pop("channels", None)
-        out["id"] = self.id
-        out["deliveries"] = [asdict(d) for d in self.deliveries]
-        return out
-
-
-class AlertHistory(Protocol):
-    async def open(self) -> None: ...
-
-    async def close(self) -> None: ...
-
-    async def record(self, alert: Alert) -> AlertRecord:
-        """Store the alert unless its dedupe key is known; return what is stored."""
-        ...
-
-    async def add_delivery(self, dedupe_key: str, delivery: Delivery) -> None: ...
-
-    async def get(self, dedupe_key: str) -> AlertRecord | None: ...
-
-    async def recent(self, limit: int = 50, since: float | None = None) -> list[AlertRecord]:
-        """Newest first, for the admin API and the dashboard."""
-        ...
-
-
-def new_alert_id() -> str:
-    return "alr_" + secrets.token_hex(10)
-
-
-class MemoryAlertHistory:
-    """One process, tests: a dict by dedupe key, bounded to the newest ``max_records``."""
-
-    def __init__(self, max_records: int = 10_000) -> None:
-        self._records: OrderedDict[str, AlertRecord] = OrderedDict()
-        self._max = max_records
-
-    async def open(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
-
-    async def record(self, alert: Alert) -> AlertRecord:
-        found = self._records.get(alert.dedupe_key)
-        if found is not None:
-            return AlertRecord(found.id, found.alert, list(found.deliveries), new=False)
-        stored = AlertRecord(new_alert_id(), alert, [], new=True)
-        self._records[alert.dedupe_key] = stored
-        while len(self._records) > self._max:
-            self._records.popitem(last=False)
-        return AlertRecord(stored.id, alert, [], new=True)
-
-    async def add_delivery(self, dedupe_key: str, delivery: Delivery) -> None:
-        found = self._records.get(dedupe_key)
-        if found is not None:
-            found.deliveries.append(delivery)
-
-    async def get(self, dedupe_key: str) -> AlertRecord | None:
-        found = self._records.get(dedupe_key)
-        return None if found is None else AlertRecord(found.id, found.alert,
-                                                      list(found.deliveries))
-
-    async def recent(self, limit: int = 50, since: float | None = None) -> list[AlertRecord]:
-        items = [r for r in self._records.values() if since is None or r.alert.ts >= since]
-        items.sort(key=lambda r: r.alert.ts, reverse=True)
-        return [AlertRecord(r.id, r.alert, list(r.deliveries)) for r in items[:limit]]
-
-
-ALERTS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS alerts (
-    id TEXT PRIMARY KEY, ts REAL NOT NULL, kind TEXT NOT NULL, severity TEXT NOT NULL,
-    title TEXT NOT NULL, message TEXT NOT NULL, dedupe_key TEXT NOT NULL UNIQUE,
-    data TEXT NOT NULL, deliveries TEXT NOT NULL DEFAULT '[]'
-);
-CREATE INDEX IF NOT EXISTS alerts_ts ON alerts (ts);
-"""
-
-_COLUMNS = "id, ts, kind, severity, title, message, dedupe_key, data, deliveries"
-
-
-def _severity(value: str) -> Severity:
-    for s in SEVERITIES:
-        if s == value:
-            return s
-    return "warning"
-
-
-def _record_from_row(row: Sequence[Any], new: bool = False) -> AlertRecord:
-    id_, ts, kind, severity, title, message, key, data, deliveries = row
-    alert = Alert(kind=kind, severity=_severity(severity), title=title, message=message,
-                  dedupe_key=key, data=orjson.loads(data) if data else {}, ts=ts)
-    return AlertRecord(id_, alert, [Delivery(**d) for d in orjson.loads(deliveries or "[]")],
-                       new=new)
-
-
-class SqliteAlertHistory:
-    """The ``alerts`` table in the ledger's SQLite file, on one worker thread.
-
-    Every process of one machine shares the file, so a key recorded by one worker is
-    known to all, and to the next start.
-    """
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.path = sqlite_path(url)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ts-alerts")
-        self._conn: sqlite3.Connection | None = None
-
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        loop = asyncio.get_running_loop()
-
-        def call() -> T:
-            if self._conn is None:
-                self._conn = self._connect()
-            return fn(self._conn)
-
-        return await loop.run_in_executor(self._executor, call)
-
-    def _connect(self) -> sqlite3.Connection:
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None,
-                               check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA busy_timeout=10000")
-        conn.executescript(ALERTS_SCHEMA)
-        return conn
-
-    async def open(self) -> None:
-        await self._run(lambda conn: None)
-
-    async def close(self) -> None:
-        def shut(conn: sqlite3.Connection) -> None:
-            conn.close()
-            self._conn = None
-
-        if self._conn is not None:
-            await self._run(shut)
-        self._executor.shutdown(wait=True)
-
-    async def record(self, alert: Alert) -> AlertRecord:
-        values = (new_alert_id(), alert.ts, alert.kind, alert.severity, alert.title,
-                  alert.message, alert.dedupe_key,
-                  orjson.dumps(alert.data, default=str).decode(), "[]")
-
-        def write(conn: sqlite3.Connection) -> AlertRecord:
-            with conn:
-                conn.execute("BEGIN IMMEDIATE")
-                cur = conn.execute(f"INSERT OR IGNORE INTO alerts ({_COLUMNS}) "
-                                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
-                inserted = cur.rowcount == 1
-                row = conn.execute(f"SELECT {_COLUMNS} FROM alerts WHERE dedupe_key = ?",
-                                   (alert.dedupe_key,)).fetchone()
-            return _record_from_row(row, new=inserted)
-
-        return await self._run(write)
-
-    async def add_delivery(self, dedupe_key: str, delivery: Delivery) -> None:
-        item = orjson.dumps(asdict(delivery)).decode()
-
-        def write(conn: sqlite3.Connection) -> None:
-            with conn:
-                conn.execute("UPDATE alerts SET deliveries = json_insert(deliveries, '$[#]', "
-                             "json(?)) WHERE dedupe_key = ?", (item, dedupe_key))
-
-        await self._run(write)
-
-    async def get(self, dedupe_key: str) -> AlertRecord | None:
-        def read(conn: sqlite3.Connection) -> AlertRecord | None:
-            row = conn.execute(f"SELECT {_COLUMNS} FROM alerts WHERE dedupe_key = ?",
-                               (dedupe_key,)).fetchone()
-            return None if row is None else _record_from_row(row)
-
-        return await self._run(read)
-
-    async def recent(self, limit: int = 50, since: float | None = None) -> list[AlertRecord]:
-        sql = f"SELECT {_COLUMNS} FROM alerts"
-        args: list[Any] = []
-        if since is not None:
-            sql += " WHERE ts >= ?"
-            args.append(since)
-        sql += " ORDER BY ts DESC, id DESC LIMIT ?"
-        args.append(max(0, int(limit)))
-
-        def read(conn: sqlite3.Connection) -> list[AlertRecord]:
-            return [_record_from_row(r) for r in conn.execute(sql, args)]
-
-        return await self._run(read)
-
-    async def prune(self, before: float) -> int:
-        """Forget alerts older than ``before``; their keys may then fire again."""
-        def write(conn: sqlite3.Connection) -> int:
-            with conn:
-                return conn.execute("DELETE FROM alerts WHERE ts < ?", (before,)).rowcount
-
-        return await self._run(write)
-
-
-def history_from_url(url: str) -> AlertHistory:
-    """``memory://``, ``sqlite:///path`` or ``postgresql://…`` (the ledger's database, so
-    every gateway sharing it deduplicates alerts together)."""
-    if url.startswith("memory://"):
-        return MemoryAlertHistory()
-    if url.startswith("sqlite:///"):
-        return SqliteAlertHistory(url)
-    if url.startswith(("postgresql://", "postgres://")):
-        from tokenstile.stores.alerts_postgres import PostgresAlertHistory
-
-        return PostgresAlertHistory(url)
-    scheme = url.split("://", 1)[0] if "://" in url else url
-    raise StoreConfigError(f"alert history cannot be kept in {scheme!r} storage: "
-                           "expected sqlite:///path, postgresql://… or memory://")
 
 
 @dataclass(slots=True)

@@ -2,7 +2,7 @@
 
 - ``cache_key`` (key.py): which requests share an answer, and which are never cached;
 - ``CachedAnswer`` / ``account_hit`` (answer.py): what is stored, and what a hit saves;
-- ``open_response_cache`` (store.py): a ``memory://``, ``sqlite:///`` or ``redis://`` backend
+- ``open_response_cache`` (store.py): a ``memory://``, ``sqlite:///`` or ``redis://`` store
   behind a guard that turns every failure into a miss;
 - ``assemble_from_stream`` / ``StreamRecorder``: the non-streamed answer of a stream;
 - ``replay``: a cached answer as a body, or as the stream the client asked for;

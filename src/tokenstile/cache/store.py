@@ -1,24 +1,23 @@
-"""The response cache store: a small interface, backends chosen by URL, and a guard.
+"""The response cache the request path uses: a store chosen by URL behind a guard.
 
-Backends (``memory://``, ``sqlite:///path``, ``redis://…``) only store and fetch entries
-and raise ``StoreUnavailable`` when they cannot. ``GuardedCache`` wraps one and is what the
-request path uses: a cache is an optimization, so its failures must never fail or slow a
-request. When the backend fails the guard logs once, counts, answers "miss" and drops
-writes, and leaves the backend alone for ``retry_after_s`` so that an unreachable server
-costs one timeout per period instead of one per request. Answers larger than
-``max_entry_bytes`` are not stored: big answers are rare, expensive to keep and quick to
-evict everything else.
+The backends (``memory://``, ``sqlite:///path``, ``redis://…``) live in ``tokenstile.stores``
+and raise ``StoreUnavailable`` when they cannot answer. ``GuardedCache`` wraps one: a cache
+is an optimization, so its failures must never fail or slow a request. When the backend
+fails the guard logs once, counts, answers "miss" and drops writes, and leaves the backend
+alone for ``retry_after_s`` so that an unreachable server costs one timeout per period
+instead of one per request. Answers larger than ``max_entry_bytes`` are not stored: big
+answers are rare, expensive to keep and quick to evict everything else.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from tokenstile.cache.answer import CachedAnswer, CorruptEntry
 from tokenstile.clock import SYSTEM_CLOCK
+from tokenstile.stores.cache import ResponseCache, response_cache_from_url
 from tokenstile.stores.counters import StoreConfigError, StoreUnavailable, redact_url
 
 if TYPE_CHECKING:
@@ -40,45 +39,6 @@ log = logging.getLogger("tokenstile.cache")
 
 DEFAULT_MAX_ENTRY_BYTES = 1 << 20
 DEFAULT_RETRY_AFTER_S = 5.0
-
-
-class ResponseCache(Protocol):
-    url: str
-
-    async def get(self, key: str) -> CachedAnswer | None:
-        """The live entry under ``key``, or None (missing or expired)."""
-        ...
-
-    async def put(self, key: str, answer: CachedAnswer, ttl_s: float) -> None:
-        """Store ``answer`` under ``key`` for ``ttl_s`` seconds, replacing any entry."""
-        ...
-
-    async def close(self) -> None: ...
-
-
-_REGISTRY: dict[str, str] = {
-    "memory": "tokenstile.cache.store_memory:MemoryResponseCache",
-    "sqlite": "tokenstile.cache.store_sqlite:SqliteResponseCache",
-    "redis": "tokenstile.cache.store_redis:RedisResponseCache",
-    "rediss": "tokenstile.cache.store_redis:RedisResponseCache",
-}
-
-
-def response_cache_from_url(url: str, *, clock: Clock | None = None) -> ResponseCache:
-    """A bare backend (it raises StoreUnavailable): ``memory://``, ``sqlite:///path``,
-    ``redis://host:port/db?prefix=name``. ``clock`` times expiry in memory and SQLite
-    (Redis expires keys by its own clock)."""
-    scheme = url.split("://", 1)[0] if "://" in url else ""
-    target = _REGISTRY.get(scheme)
-    if target is None:
-        known = ", ".join(f"{s}://" for s in _REGISTRY)
-        raise StoreConfigError(
-            f"unknown response cache URL {redact_url(url)!r}: expected one of {known}"
-        )
-    module_name, class_name = target.split(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    store: ResponseCache = cls(url, clock=clock)
-    return store
 
 
 def open_response_cache(

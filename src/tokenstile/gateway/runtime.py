@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from tokenstile.alerts.channels import Channel, LogChannel, build_channel
-from tokenstile.alerts.engine import AlertEngine, PeriodicRules, RuleSettings, history_from_url
+from tokenstile.alerts.engine import AlertEngine, PeriodicRules, RuleSettings
 from tokenstile.alerts.rules import AnomalySettings, limit_blocked_alert, limit_threshold_alerts
 from tokenstile.clock import SYSTEM_CLOCK, Clock
 from tokenstile.config import Config, referenced_channels
@@ -35,6 +35,7 @@ from tokenstile.policies.moderation import UpstreamModerator
 from tokenstile.prices import Pricer, parse_price_override
 from tokenstile.providers.anthropic import AnthropicAdapter
 from tokenstile.providers.openai import OpenAIAdapter
+from tokenstile.stores.alerts import history_from_url
 from tokenstile.stores.counters import CounterStore, StoreUnavailable, counter_store_from_url
 from tokenstile.stores.database import Database, database_from_url
 from tokenstile.stores.spool import LedgerSpool

@@ -1,6 +1,6 @@
 """Alert history in PostgreSQL: dedupe keys shared by every gateway of a deployment.
 
-The same behaviour as ``SqliteAlertHistory`` (the first process to record a key delivers
+The same behaviour as ``alerts_sqlite`` (the first process to record a key delivers
 it; later ones see it as known), on the ``alerts`` table the PostgreSQL migrations create.
 It keeps a small pool of its own (two connections) so that alert traffic never waits
 behind ledger writes.
@@ -11,29 +11,16 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-import asyncpg
-import orjson
-
-from tokenstile.alerts.engine import AlertRecord, Delivery, new_alert_id
-from tokenstile.alerts.rules import SEVERITIES, Alert, Severity
+from tokenstile.alerts.rules import Alert
+from tokenstile.stores.alerts import (
+    ALERT_COLUMNS,
+    AlertRecord,
+    Delivery,
+    json_data,
+    new_alert_id,
+    record_from_row,
+)
 from tokenstile.stores.db_postgres import PostgresDatabase, clean_text, json_text
-
-_COLUMNS = "id, ts, kind, severity, title, message, dedupe_key, data, deliveries"
-
-
-def _severity(value: str) -> Severity:
-    for s in SEVERITIES:
-        if s == value:
-            return s
-    return "warning"
-
-
-def _record(row: asyncpg.Record, new: bool = False) -> AlertRecord:
-    alert = Alert(kind=row["kind"], severity=_severity(row["severity"]), title=row["title"],
-                  message=row["message"], dedupe_key=row["dedupe_key"],
-                  data=orjson.loads(row["data"]) if row["data"] else {}, ts=row["ts"])
-    deliveries = [Delivery(**d) for d in orjson.loads(row["deliveries"] or "[]")]
-    return AlertRecord(row["id"], alert, deliveries, new=new)
 
 
 class PostgresAlertHistory:
@@ -50,20 +37,20 @@ class PostgresAlertHistory:
     async def record(self, alert: Alert) -> AlertRecord:
         """Insert unless the dedupe key is known; one statement, so two gateways racing
         on the same key cannot both see it as new."""
-        data = orjson.loads(orjson.dumps(alert.data, default=str))
+        data = json_data(alert)
         async with self._db.connection() as conn:
             inserted = await conn.fetchrow(
-                f"INSERT INTO alerts ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, "
-                f"'[]'::jsonb) ON CONFLICT (dedupe_key) DO NOTHING RETURNING {_COLUMNS}",
+                f"INSERT INTO alerts ({ALERT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, "
+                f"'[]'::jsonb) ON CONFLICT (dedupe_key) DO NOTHING RETURNING {ALERT_COLUMNS}",
                 new_alert_id(), float(alert.ts), clean_text(alert.kind), clean_text(alert.severity),
                 clean_text(alert.title), clean_text(alert.message), clean_text(alert.dedupe_key),
                 json_text(data))
             if inserted is not None:
-                return _record(inserted, new=True)
-            row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM alerts WHERE dedupe_key = $1",
+                return record_from_row(inserted, new=True)
+            row = await conn.fetchrow(f"SELECT {ALERT_COLUMNS} FROM alerts WHERE dedupe_key = $1",
                                       clean_text(alert.dedupe_key))
         assert row is not None  # unique keys are never deleted except by prune
-        return _record(row)
+        return record_from_row(row)
 
     async def add_delivery(self, dedupe_key: str, delivery: Delivery) -> None:
         async with self._db.connection() as conn:
@@ -73,13 +60,13 @@ class PostgresAlertHistory:
 
     async def get(self, dedupe_key: str) -> AlertRecord | None:
         async with self._db.connection() as conn:
-            row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM alerts WHERE dedupe_key = $1",
+            row = await conn.fetchrow(f"SELECT {ALERT_COLUMNS} FROM alerts WHERE dedupe_key = $1",
                                       clean_text(dedupe_key))
-        return None if row is None else _record(row)
+        return None if row is None else record_from_row(row)
 
     async def recent(self, limit: int = 50, since: float | None = None) -> list[AlertRecord]:
         args: list[Any] = []
-        sql = f"SELECT {_COLUMNS} FROM alerts"
+        sql = f"SELECT {ALERT_COLUMNS} FROM alerts"
         if since is not None:
             args.append(float(since))
             sql += " WHERE ts >= $1"
@@ -87,7 +74,7 @@ class PostgresAlertHistory:
         sql += f" ORDER BY ts DESC, id DESC LIMIT ${len(args)}"
         async with self._db.connection() as conn:
             rows = await conn.fetch(sql, *args)
-        return [_record(r) for r in rows]
+        return [record_from_row(r) for r in rows]
 
     async def prune(self, before: float) -> int:
         """Forget alerts older than ``before``; their keys may then fire again."""

@@ -18,12 +18,12 @@ only over-count, never open room for an overshoot.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from tokenstile.stores.urls import StoreConfigError as StoreConfigError
+from tokenstile.stores.urls import backend_class
 from tokenstile.stores.urls import option_number as option_number
 from tokenstile.stores.urls import redact_url as redact_url
 from tokenstile.stores.urls import url_options as url_options
@@ -213,12 +213,6 @@ def merge_deltas(deltas: Iterable[tuple[str, int]]) -> dict[str, int]:
 
 
 CounterStoreFactory = Callable[[str], CounterStore]
-_REGISTRY: dict[str, str] = {
-    "memory": "tokenstile.stores.counters_memory:MemoryCounterStore",
-    "sqlite": "tokenstile.stores.counters_sqlite:SqliteCounterStore",
-    "redis": "tokenstile.stores.counters_redis:RedisCounterStore",
-    "rediss": "tokenstile.stores.counters_redis:RedisCounterStore",
-}
 
 
 def counter_store_from_url(url: str, *, clock: Clock | None = None) -> CounterStore:
@@ -226,14 +220,5 @@ def counter_store_from_url(url: str, *, clock: Clock | None = None) -> CounterSt
 
     ``clock`` times key expiry in the memory and SQLite stores (Redis uses its own clock).
     """
-    scheme = url.split("://", 1)[0] if "://" in url else ""
-    target = _REGISTRY.get(scheme)
-    if target is None:
-        known = ", ".join(f"{s}://" for s in _REGISTRY)
-        raise StoreConfigError(
-            f"unknown counter store URL {redact_url(url)!r}: expected one of {known}"
-        )
-    module_name, class_name = target.split(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    store: CounterStore = cls(url, clock=clock)
+    store: CounterStore = backend_class("counter store", url)(url, clock=clock)
     return store

@@ -7,29 +7,21 @@ round trip. Every key carries one hash tag (``{ts}`` by default, ``?prefix=name`
 ``{ts}:c:<counter>``, ``{ts}:r`` (rid -> reserved deltas and record) and ``{ts}:l``
 (rids by lease deadline).
 
-Calls never hang: the pool waits at most ``timeout`` seconds for a free connection
-(default 1), sockets time out after ``socket_connect_timeout`` / ``socket_timeout``
-(default 1 each), and a guard around every call turns anything slower into
-StoreUnavailable. A dropped connection is retried once on a fresh one; that is safe because
-a repeated reserve of the same rid is not charged twice.
+Calls never hang (``stores/redis_client.py``): the pool waits at most ``timeout`` seconds for
+a free connection (default 1), sockets time out after ``socket_connect_timeout`` /
+``socket_timeout`` (default 1 each), and a guard around every call turns anything slower
+into StoreUnavailable. A dropped connection is retried once on a fresh one; that is safe
+because a repeated reserve of the same rid is not charged twice.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from functools import cache
 from importlib import resources
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import orjson
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 
 from tokenstile.clock import Clock
 from tokenstile.stores.counters import (
@@ -37,29 +29,10 @@ from tokenstile.stores.counters import (
     ExpiredReservation,
     ReserveOutcome,
     StoreConfigError,
-    StoreUnavailable,
     merge_deltas,
     plan_reservation,
-    redact_url,
 )
-
-_PASSED_THROUGH = {
-    "db",
-    "socket_timeout",
-    "socket_connect_timeout",
-    "socket_keepalive",
-    "max_connections",
-    "timeout",
-    "health_check_interval",
-    "client_name",
-    "protocol",
-}
-_DEFAULTS: dict[str, Any] = {
-    "socket_timeout": 1.0,
-    "socket_connect_timeout": 1.0,
-    "max_connections": 64,
-    "timeout": 1.0,
-}
+from tokenstile.stores.redis_client import RedisConnection
 
 
 @cache
@@ -80,63 +53,22 @@ class RedisCounterStore:
         # ``clock`` is accepted for a uniform constructor; Redis expires keys by its own clock.
         del clock
         self.url = url
-        parts = urlsplit(url)
-        if parts.scheme not in ("redis", "rediss"):
-            raise StoreConfigError(f"expected redis://host:port/db, got {redact_url(url)!r}")
-        query = parse_qsl(parts.query, keep_blank_values=True)
-        options = dict(query)
-        unknown = sorted(
-            k for k in options if k not in _PASSED_THROUGH | {"prefix"} and not k.startswith("ssl")
-        )
-        if unknown:
-            raise StoreConfigError(
-                f"unknown option(s) {', '.join(unknown)} in counter store URL {redact_url(url)!r}"
-            )
-        tag = _hash_tag(options.get("prefix", "ts"))
+        self._redis = RedisConnection(url, "counter store", wait_s=1.0, slack_s=0.5)
+        tag = _hash_tag("ts" if self._redis.prefix is None else self._redis.prefix)
         self._counter_prefix = f"{tag}:c:"
         self._held_key = f"{tag}:r"
         self._lease_key = f"{tag}:l"
-        kwargs = {k: v for k, v in _DEFAULTS.items() if k not in options}
-        client_url = parts._replace(
-            query=urlencode([(k, v) for k, v in query if k != "prefix"])
-        ).geturl()
-        try:
-            self._pool = BlockingConnectionPool.from_url(
-                client_url,
-                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-                **kwargs,
-            )
-        except ValueError as exc:
-            raise StoreConfigError(f"bad counter store URL {redact_url(url)!r}: {exc}") from None
-        conn = self._pool.connection_kwargs
-        pool_wait = float(getattr(self._pool, "timeout", None) or 1.0)
-        per_try = float(conn.get("socket_connect_timeout") or 1.0) + float(
-            conn.get("socket_timeout") or 1.0
-        )
-        self._guard = pool_wait + 2 * per_try + 0.5
-        self._client = Redis.from_pool(self._pool)
+        self._client = self._redis.client
         self._reserve = self._client.register_script(_script("reserve.lua"))
         self._settle = self._client.register_script(_script("settle.lua"))
         self._claim = self._client.register_script(_script("claim.lua"))
         self._add = self._client.register_script(_script("add.lua"))
-        self._closed = False
 
     def _key(self, key: str) -> str:
         return self._counter_prefix + key
 
     async def _call(self, what: str, op: Callable[[], Awaitable[Any]]) -> Any:
-        """Await ``op`` within the guard, mapping every failure to StoreUnavailable."""
-        if self._closed:
-            raise StoreUnavailable("the Redis counter store is closed")
-        try:
-            async with asyncio.timeout(self._guard):
-                return await op()
-        except RedisError as exc:
-            raise StoreUnavailable(f"Redis counter store {what} failed: {exc}") from None
-        except (OSError, TimeoutError):
-            raise StoreUnavailable(
-                f"Redis counter store did not answer {what} within {self._guard:.1f} s"
-            ) from None
+        return await self._redis.call(what, op)
 
     async def reserve(
         self, rid: str, charges: Sequence[Charge], lease_until: float, record: bytes
@@ -210,6 +142,4 @@ class RedisCounterStore:
         await self._call("ping", self._client.ping)
 
     async def close(self) -> None:
-        self._closed = True
-        with contextlib.suppress(RedisError, OSError):
-            await self._client.aclose()
+        await self._redis.close()

@@ -6,14 +6,13 @@ Chosen by URL like the counter store: ``sqlite:///path`` (default) or ``postgres
 from __future__ import annotations
 
 import hashlib
-import importlib
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from tokenstile.stores.counters import StoreConfigError
 from tokenstile.stores.responses import StoredResponse
+from tokenstile.stores.urls import backend_class
 from tokenstile.types import Caller, LedgerRow
 
 KEY_PREFIX = "ts-"
@@ -131,6 +130,35 @@ class UsageQuery:
                              f"{', '.join(BUCKETS)}")
 
 
+class KeyLookups:
+    """What both database backends share about keys: lookups by hash and by id through the
+    backend's ``_one_key``, and the WHERE clause of a listing."""
+
+    async def _one_key(self, column: str, value: str) -> KeyRecord | None:
+        raise NotImplementedError
+
+    async def key_by_hash(self, key_hash: str) -> KeyRecord | None:
+        return await self._one_key("hash", key_hash)
+
+    async def key_by_id(self, key_id: str) -> KeyRecord | None:
+        return await self._one_key("id", key_id)
+
+    @staticmethod
+    def _listing(include_revoked: bool, filters: Mapping[str, str] | None,
+                 placeholder: Callable[[int], str]) -> tuple[str, list[str]]:
+        """The WHERE clause of a key listing and its values: unrevoked keys unless
+        ``include_revoked``, matching ``filters`` (on ``KEY_FILTERS`` only); value n is
+        written as ``placeholder(n)``."""
+        clauses = [] if include_revoked else ["revoked_at IS NULL"]
+        values: list[str] = []
+        for name, value in (filters or {}).items():
+            if name not in KEY_FILTERS:
+                raise ValueError(f"cannot filter keys by {name!r}")
+            values.append(value)
+            clauses.append(f'"{name}" = {placeholder(len(values))}')
+        return ("WHERE " + " AND ".join(clauses)) if clauses else "", values
+
+
 class Database(Protocol):
     url: str
 
@@ -212,31 +240,6 @@ class LabelUsage(Protocol):
     async def usage_by_label(self, query: UsageQuery, label: str) -> list[dict[str, Any]]: ...
 
 
-_REGISTRY = {
-    "sqlite": "tokenstile.stores.db_sqlite:SqliteDatabase",
-    "postgresql": "tokenstile.stores.db_postgres:PostgresDatabase",
-    "postgres": "tokenstile.stores.db_postgres:PostgresDatabase",
-}
-
-
 def database_from_url(url: str) -> Database:
-    scheme = url.split("://", 1)[0] if "://" in url else ""
-    target = _REGISTRY.get(scheme)
-    if target is None:
-        raise StoreConfigError(
-            f"unknown database URL {url!r}: expected sqlite:///path or postgresql://…"
-        )
-    module_name, class_name = target.split(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    db: Database = cls(url)
+    db: Database = backend_class("database", url)(url)
     return db
-
-
-def sqlite_path(url: str) -> str:
-    """``sqlite:///./x.db`` → ``./x.db``; ``sqlite:////abs/x.db`` → ``/abs/x.db``."""
-    if not url.startswith("sqlite:///"):
-        raise StoreConfigError(f"expected sqlite:///path, got {url!r}")
-    path = url[len("sqlite:///"):].split("?", 1)[0]
-    if not path:
-        raise StoreConfigError(f"the SQLite URL {url!r} names no file")
-    return path

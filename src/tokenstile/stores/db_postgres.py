@@ -27,7 +27,6 @@ import contextlib
 import logging
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -38,10 +37,17 @@ import orjson
 
 from tokenstile.stores import responses
 from tokenstile.stores.counters import StoreConfigError, StoreUnavailable
-from tokenstile.stores.database import GROUPABLE, KEY_FILTERS, KeyRecord, Override, UsageQuery
+from tokenstile.stores.database import (
+    GROUPABLE,
+    KeyLookups,
+    KeyRecord,
+    Override,
+    UsageQuery,
+)
 from tokenstile.stores.pg_migrations import LATEST, MIGRATIONS
 from tokenstile.stores.responses import StoredResponse
 from tokenstile.stores.spool import database_label
+from tokenstile.stores.usage_plan import ROLLUP_KEYS, Range, combine, plan_usage, within
 from tokenstile.types import LedgerRow
 
 log = logging.getLogger("tokenstile.db")
@@ -207,7 +213,7 @@ class _Settings:
         self.migrate = ours.get("migrate", "true").lower() not in ("0", "false", "no", "off")
 
 
-class PostgresDatabase:
+class PostgresDatabase(KeyLookups):
     """Ledger, keys and overrides in PostgreSQL through one bounded asyncpg pool."""
 
     def __init__(self, url: str, *, pool_max: int | None = None) -> None:
@@ -404,22 +410,22 @@ class PostgresDatabase:
         return await self._usage(query, label)
 
     async def _usage(self, query: UsageQuery, label: str | None) -> list[dict[str, Any]]:
-        """From the hourly rollup where it can answer (whole hours of the range; groups and
-        filters on organization, project and at most one rollup dimension; a time zone
-        whose offsets are whole hours), the partial hours at either end from the ledger;
-        else from the ledger alone. Both give the same answer."""
+        """From the hourly rollup and the ledger as ``usage_plan`` says (as on SQLite).
+        Both give the same answer."""
         query.validate()
         if query.bucket:
             _check_zone(query.tz)
         names = [*(["bucket"] if query.bucket else []), *query.group_by,
                  *([label] if label else []), *_TOTAL_NAMES]
-        dim = _rollup_plan(query, label)
-        lo, hi = query.since, query.until
-        first = None if lo is None else _ceil_hour(lo)
-        last = None if hi is None else _floor_hour(hi)
-        if dim is None or (first is not None and last is not None and first >= last):
+        plan = plan_usage(query, label)
+        if plan.needs_span and plan.dim is not None:
+            async with self.connection() as conn:
+                span = await conn.fetchrow("SELECT min(hour), max(hour) FROM usage_hourly "
+                                           "WHERE dim = $1", plan.dim)
+            plan = plan_usage(query, label, (int(span[0] or 0), int(span[1] or 0)))
+        if plan.dim is None:
             args: list[Any] = []
-            sql = _ledger_usage_sql(query, label, lo, hi, args)
+            sql = _ledger_usage_sql(query, label, plan.ledger, args)
             if len(names) > len(_TOTAL_NAMES):
                 sql += " ORDER BY " + ("k0, " if query.bucket else "") + "cost_nano DESC"
             args.append(int(query.limit))
@@ -429,23 +435,16 @@ class PostgresDatabase:
             return [item for item in _items(records, names) if item["requests"]]
         statements: list[tuple[str, list[Any]]] = []
         args = []
-        statements.append((_rollup_usage_sql(query, dim, label, first, last, args), args))
-        edges = []
-        if lo is not None and first is not None and lo < first:
-            edges.append((lo, float(first)))
-        if hi is not None and last is not None and last < hi:
-            edges.append((float(last), hi))
-        for since, until in edges:
+        statements.append((_rollup_usage_sql(query, plan.dim, label, plan.first, plan.last,
+                                             args, plan.skip), args))
+        if plan.ledger:
             args = []
-            statements.append((_ledger_usage_sql(query, label, since, until, args), args))
+            statements.append((_ledger_usage_sql(query, label, plan.ledger, args), args))
         items: list[dict[str, Any]] = []
         async with self.connection() as conn:
             for sql, args in statements:
                 items += _items(await conn.fetch(sql, *args), names)
-        merged = [item for item in _merged(items, len(names) - len(_TOTAL_NAMES))
-                  if item["requests"]]
-        merged.sort(key=lambda i: (i["bucket"] if query.bucket else "", -i["cost_nano"]))
-        return merged[: query.limit]
+        return combine(items, query, _TOTAL_NAMES)
 
     # -- keys -------------------------------------------------------------------------------
 
@@ -467,22 +466,10 @@ class PostgresDatabase:
             record = await conn.fetchrow(sql, clean_text(value))
         return _key(record) if record is not None else None
 
-    async def key_by_hash(self, key_hash: str) -> KeyRecord | None:
-        return await self._one_key("hash", key_hash)
-
-    async def key_by_id(self, key_id: str) -> KeyRecord | None:
-        return await self._one_key("id", key_id)
-
     async def list_keys(self, include_revoked: bool = False,
                         filters: Mapping[str, str] | None = None) -> list[KeyRecord]:
-        clauses = [] if include_revoked else ["revoked_at IS NULL"]
-        args: list[Any] = []
-        for name, value in (filters or {}).items():
-            if name not in KEY_FILTERS:
-                raise ValueError(f"cannot filter keys by {name!r}")
-            args.append(clean_text(value))
-            clauses.append(f"{q(name)} = ${len(args)}")
-        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+        where, values = self._listing(include_revoked, filters, lambda n: f"${n}")
+        args = [clean_text(value) for value in values]
         sql = (f"SELECT {', '.join(map(q, _KEY_COLUMNS))} FROM api_keys {where} "
                "ORDER BY created_at, id")
         async with self.connection() as conn:
@@ -596,56 +583,8 @@ _INSERT_STAGED = (f"INSERT INTO ledger ({', '.join(map(q, LEDGER_COLUMNS))}) "
                   "ON CONFLICT (id) DO NOTHING")
 
 
-HOUR = 3600
-ROLLUP_DIMENSIONS = ("served_model", "user", "feature", "team")
-_ROLLUP_KEYS = ("organization", "project")
-
-
-def _floor_hour(ts: float) -> int:
-    hour = int(ts // HOUR) * HOUR
-    while hour > ts:
-        hour -= HOUR
-    while hour + HOUR <= ts:
-        hour += HOUR
-    return hour
-
-
-def _ceil_hour(ts: float) -> int:
-    hour = _floor_hour(ts)
-    return hour if hour == ts else hour + HOUR
-
-
-@lru_cache(maxsize=64)
-def _hour_aligned(tz: str) -> bool:
-    """True when the zone's offset was a whole number of hours every day from 1980 to
-    2070: then every local hour, day and month starts on a UTC hour, and a rollup hour
-    lies in exactly one bucket."""
-    zone = ZoneInfo(tz)
-    day = datetime(1980, 1, 1, 12, tzinfo=UTC)
-    end = datetime(2070, 1, 1, tzinfo=UTC)
-    while day < end:
-        offset = day.astimezone(zone).utcoffset()
-        if offset is None or offset.total_seconds() % HOUR:
-            return False
-        day += timedelta(days=1)
-    return True
-
-
-def _rollup_plan(query: UsageQuery, label: str | None) -> str | None:
-    """The rollup dimension that answers ``query`` (``''`` for plain totals), or None."""
-    if query.bucket and not _hour_aligned(query.tz):
-        return None
-    columns = {*query.group_by, *query.filters} - set(_ROLLUP_KEYS)
-    if label is not None:
-        return None if columns else label
-    if not columns:
-        return ""
-    (column,) = columns if len(columns) == 1 else (None,)
-    return column if column in ROLLUP_DIMENSIONS else None
-
-
-def _ledger_usage_sql(query: UsageQuery, label: str | None, since: float | None,
-                      until: float | None, args: list[Any]) -> str:
+def _ledger_usage_sql(query: UsageQuery, label: str | None, ranges: Sequence[Range],
+                      args: list[Any]) -> str:
     """Totals from the ledger, grouped (keys ``k0``, ``k1``, … inside, shown as the
     caller's names outside), without order or limit."""
     keys: list[str] = []   # grouped in the inner query, as k0, k1, …
@@ -671,9 +610,15 @@ def _ledger_usage_sql(query: UsageQuery, label: str | None, since: float | None,
                    "jsonb_typeof(degraded) = 'array' THEN degraded END) AS j(value)")
         keys.append("NULLIF(j.value, '')")
     shown += [f"k{i}" for i in range(len(shown), len(keys))]
-    conditions: dict[str, Any] = dict(query.filters)
-    conditions["since"], conditions["until"] = since, until
-    where = _where(conditions, args)
+    where = _where(dict(query.filters), args)
+
+    def mark(value: float) -> str:
+        args.append(float(value))
+        return f"${len(args)}"
+
+    spans = within("ts", ranges, mark)
+    if spans:
+        where = f"{where} AND {spans}" if where else f"WHERE {spans}"
     inner = ", ".join(f"{key} AS k{i}" for i, key in enumerate(keys))
     sql = f"SELECT {', '.join([*([inner] if keys else []), _TOTALS])} FROM {source} {where}"
     if not keys:
@@ -683,25 +628,28 @@ def _ledger_usage_sql(query: UsageQuery, label: str | None, since: float | None,
 
 
 def _rollup_usage_sql(query: UsageQuery, dim: str, label: str | None, first: int | None,
-                      last: int | None, args: list[Any]) -> str:
+                      last: int | None, args: list[Any], skip: Sequence[int] = ()) -> str:
     keys: list[str] = []
     if query.bucket:
         args.append(query.tz)
         keys.append(f"to_char(date_trunc('{query.bucket}', to_timestamp(hour) AT TIME ZONE "
                     f"${len(args)}::text), '{_BUCKET_FORMATS[query.bucket]}')")
     for name in [*query.group_by, *([label] if label else [])]:
-        keys.append(f"NULLIF({name if name in _ROLLUP_KEYS else 'value'}, '')")
+        keys.append(f"NULLIF({name if name in ROLLUP_KEYS else 'value'}, '')")
     args.append(dim)
     clauses = [f"dim = ${len(args)}"]
     for name, value in query.filters.items():
         args.append(clean_text(value))
-        clauses.append(f"{name if name in _ROLLUP_KEYS else 'value'} = ${len(args)}")
+        clauses.append(f"{name if name in ROLLUP_KEYS else 'value'} = ${len(args)}")
     if first is not None:
         args.append(first)
         clauses.append(f"hour >= ${len(args)}")
     if last is not None:
         args.append(last)
         clauses.append(f"hour < ${len(args)}")
+    if skip:
+        args.append(list(skip))
+        clauses.append(f"hour <> ALL(${len(args)}::bigint[])")
     totals = ", ".join(f"SUM({name})::bigint" for name in _TOTAL_NAMES)
     sql = f"SELECT {', '.join([*keys, totals])} FROM usage_hourly WHERE {' AND '.join(clauses)}"
     if keys:
@@ -717,19 +665,6 @@ def _items(records: Sequence[asyncpg.Record], names: Sequence[str]) -> list[dict
             item[name] = item[name] or 0
         out.append(item)
     return out
-
-
-def _merged(items: list[dict[str, Any]], keys: int) -> list[dict[str, Any]]:
-    out: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for item in items:
-        key = tuple(item.values())[:keys]
-        seen = out.get(key)
-        if seen is None:
-            out[key] = item
-        else:
-            for name in _TOTAL_NAMES:
-                seen[name] += item[name]
-    return list(out.values())
 
 
 def _where(filters: dict[str, Any], args: list[Any]) -> str:

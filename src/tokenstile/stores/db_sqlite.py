@@ -1,32 +1,32 @@
-"""The default database: one SQLite file (WAL), all statements on one worker thread."""
+"""The default database: one SQLite file (WAL), all statements on one worker thread.
+
+URL options: ``busy_timeout`` (milliseconds a writer waits for the lock, default 10000) and
+``timeout`` (seconds before a call gives up with StoreUnavailable; by default a call takes
+as long as it needs: a rollup filled at open, a month of ledger read).
+"""
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
-from functools import lru_cache
-from pathlib import Path
 from typing import Any, TypeVar
-from zoneinfo import ZoneInfo
 
 import orjson
 
 from tokenstile.stores import responses
 from tokenstile.stores.database import (
     GROUPABLE,
-    KEY_FILTERS,
+    KeyLookups,
     KeyRecord,
     Override,
     UsageQuery,
-    sqlite_path,
 )
 from tokenstile.stores.responses import StoredResponse
+from tokenstile.stores.sqlite import SqliteFile
 from tokenstile.stores.usage_sqlite import (
     LABELS,
     add_to_rollup,
+    bucket_label,
     ensure_rollup,
     hour_bucket,
     new_rows,
@@ -98,20 +98,6 @@ _KEY_COLUMNS = (
 )
 
 
-@lru_cache(maxsize=64)
-def _zone(name: str) -> ZoneInfo:
-    return ZoneInfo(name)
-
-
-def _bucket(ts: float, kind: str, tz: str) -> str:
-    local = datetime.fromtimestamp(ts, _zone(tz))
-    if kind == "hour":
-        return local.strftime("%Y-%m-%dT%H:00")
-    if kind == "day":
-        return local.strftime("%Y-%m-%d")
-    return local.strftime("%Y-%m")
-
-
 def row_to_params(row: LedgerRow) -> tuple[Any, ...]:
     values: list[Any] = []
     for name in LEDGER_COLUMNS:
@@ -165,49 +151,30 @@ def _key_from_row(values: Sequence[Any]) -> KeyRecord:
     return KeyRecord(**data)
 
 
-class SqliteDatabase:
+class SqliteDatabase(KeyLookups):
     def __init__(self, url: str) -> None:
         self.url = url
-        self.path = sqlite_path(url)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ts-db")
-        self._conn: sqlite3.Connection | None = None
+        self._file = SqliteFile.from_url(url, "database", busy_ms=10_000, bounded=False,
+                                         setup=self._setup, thread="ts-db")
+        self.path = self._file.path
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        loop = asyncio.get_running_loop()
+        return await self._file.run(fn)
 
-        def call() -> T:
-            if self._conn is None:
-                self._conn = self._connect()
-            return fn(self._conn)
-
-        return await loop.run_in_executor(self._executor, call)
-
-    def _connect(self) -> sqlite3.Connection:
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None,
-                               check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA busy_timeout=10000")
-        conn.create_function("ts_bucket", 3, _bucket, deterministic=True)
+    @staticmethod
+    def _setup(conn: sqlite3.Connection) -> None:
+        conn.create_function("ts_bucket", 3, bucket_label, deterministic=True)
         conn.create_function("hour_bucket", 3, hour_bucket, deterministic=True)
         conn.executescript(SCHEMA)
         add_columns(conn)
         conn.executescript(responses.SQLITE_SCHEMA)
         ensure_rollup(conn)
-        return conn
 
     async def open(self) -> None:
         await self._run(lambda conn: None)
 
     async def close(self) -> None:
-        def shut(conn: sqlite3.Connection) -> None:
-            conn.close()
-            self._conn = None
-
-        if self._conn is not None:
-            await self._run(shut)
-        self._executor.shutdown(wait=True)
+        await self._file.close()
 
     # ledger -------------------------------------------------------------------------------
 
@@ -285,22 +252,9 @@ class SqliteDatabase:
 
         return await self._run(read)
 
-    async def key_by_hash(self, key_hash: str) -> KeyRecord | None:
-        return await self._one_key("hash", key_hash)
-
-    async def key_by_id(self, key_id: str) -> KeyRecord | None:
-        return await self._one_key("id", key_id)
-
     async def list_keys(self, include_revoked: bool = False,
                         filters: Mapping[str, str] | None = None) -> list[KeyRecord]:
-        clauses = [] if include_revoked else ["revoked_at IS NULL"]
-        args: list[str] = []
-        for name, value in (filters or {}).items():
-            if name not in KEY_FILTERS:
-                raise ValueError(f"cannot filter keys by {name!r}")
-            clauses.append(f"{name} = ?")
-            args.append(value)
-        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+        where, args = self._listing(include_revoked, filters, lambda n: "?")
         sql = f"SELECT {','.join(_KEY_COLUMNS)} FROM api_keys {where} ORDER BY created_at"
 
         def read(conn: sqlite3.Connection) -> list[KeyRecord]:

@@ -17,14 +17,12 @@ of the same file: kept, logged, counted, never retried in a loop and never dropp
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
 import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,6 +30,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 
+from tokenstile.stores.sqlite import SqliteFile, SqliteTimeouts
 from tokenstile.types import LedgerRow
 
 T = TypeVar("T")
@@ -39,6 +38,7 @@ T = TypeVar("T")
 DEFAULT_DIR = "./tokenstile-spool"
 DEFAULT_MAX_ROWS = 1_000_000
 DEFAULT_MAX_BYTES = 1 << 30  # 1 GiB of row data
+_TIMEOUTS = SqliteTimeouts(busy_ms=30_000, call_s=None)
 
 _IDENTITY_PARAMS = frozenset({"schema", "options", "search_path", "dbname", "database",
                               "host", "port", "user"})
@@ -127,8 +127,7 @@ class LedgerSpool:
         self.depth = 0       # rows waiting, as of this process's last look at the file
         self.size_bytes = 0  # their row data, in bytes
         self.rejected = 0    # rows the database refused for good, kept in ``rejected``
-        self._conn: sqlite3.Connection | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._file: SqliteFile | None = None
 
     @classmethod
     def for_database(cls, url: str, directory: str | os.PathLike[str] | None = None,
@@ -148,39 +147,22 @@ class LedgerSpool:
         return self.depth >= self.max_rows or self.size_bytes >= self.max_bytes
 
     def exists(self) -> bool:
-        return self._conn is not None or self.path.exists()
+        return (self._file is not None and self._file.connected) or self.path.exists()
 
     # -- plumbing ---------------------------------------------------------------------------
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ts-spool")
+        if self._file is None:
+            self._file = SqliteFile(str(self.path), "ledger spool", _TIMEOUTS, setup=self._setup,
+                                    synchronous="FULL", first_pragmas=("auto_vacuum=INCREMENTAL",),
+                                    thread="ts-spool")
+        return await self._file.run(fn)
 
-        def call() -> T:
-            if self._conn is None:
-                self._conn = self._connect()
-            return fn(self._conn)
-
-        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
-
-    def _connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None,
-                               check_same_thread=False)
-        try:
-            conn.execute("PRAGMA busy_timeout=30000")
-            # Must precede the first table for auto_vacuum to take effect.
-            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.executescript(_SCHEMA)
-            if self.label:
-                conn.execute("UPDATE meta SET label = ? WHERE one = 1 AND label IS NULL",
-                             (self.label,))
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+    def _setup(self, conn: sqlite3.Connection) -> None:
+        conn.executescript(_SCHEMA)
+        if self.label:
+            conn.execute("UPDATE meta SET label = ? WHERE one = 1 AND label IS NULL",
+                         (self.label,))
 
     def _refresh(self, conn: sqlite3.Connection) -> None:
         rows, size = conn.execute("SELECT rows, bytes FROM meta WHERE one = 1").fetchone()
@@ -301,14 +283,7 @@ class LedgerSpool:
         return await self._run(read)
 
     async def close(self) -> None:
-        if self._executor is None:
-            return
-
-        def shut(conn: sqlite3.Connection) -> None:
-            conn.close()
-            self._conn = None
-
-        if self._conn is not None:
-            await self._run(shut)
-        self._executor.shutdown(wait=True)
-        self._executor = None
+        """Close the file; a later call opens it again."""
+        spool_file, self._file = self._file, None
+        if spool_file is not None:
+            await spool_file.close()

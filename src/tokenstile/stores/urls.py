@@ -1,8 +1,11 @@
-"""Options in store URLs (``?timeout=2&prefix=x``), shared by every backend chosen by URL."""
+"""Store URLs: the scheme picks a backend (``backend_class``), the query carries its options
+(``?timeout=2&prefix=x``). Shared by every store kind chosen by URL."""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterable
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 
@@ -42,3 +45,48 @@ def option_number(options: dict[str, str], name: str, default: float) -> float:
     if value <= 0:
         raise StoreConfigError(f"option {name} must be > 0, got {value}")
     return value
+
+
+_STORES = "tokenstile.stores"
+
+# Every backend of every store kind by URL scheme, as "module:Class" (imported when used).
+BACKENDS: dict[str, dict[str, str]] = {
+    "counter store": {
+        "memory": f"{_STORES}.counters_memory:MemoryCounterStore",
+        "sqlite": f"{_STORES}.counters_sqlite:SqliteCounterStore",
+        "redis": f"{_STORES}.counters_redis:RedisCounterStore",
+        "rediss": f"{_STORES}.counters_redis:RedisCounterStore",
+    },
+    "database": {
+        "sqlite": f"{_STORES}.db_sqlite:SqliteDatabase",
+        "postgresql": f"{_STORES}.db_postgres:PostgresDatabase",
+        "postgres": f"{_STORES}.db_postgres:PostgresDatabase",
+    },
+    "response cache": {
+        "memory": f"{_STORES}.cache_memory:MemoryResponseCache",
+        "sqlite": f"{_STORES}.cache_sqlite:SqliteResponseCache",
+        "redis": f"{_STORES}.cache_redis:RedisResponseCache",
+        "rediss": f"{_STORES}.cache_redis:RedisResponseCache",
+    },
+    "alert history": {
+        "sqlite": f"{_STORES}.alerts_sqlite:SqliteAlertHistory",
+        "postgresql": f"{_STORES}.alerts_postgres:PostgresAlertHistory",
+        "postgres": f"{_STORES}.alerts_postgres:PostgresAlertHistory",
+        "memory": f"{_STORES}.alerts_memory:MemoryAlertHistory",
+    },
+}
+
+
+def backend_class(kind: str, url: str) -> Any:
+    """The class of the ``kind`` store (a key of ``BACKENDS``) that ``url``'s scheme names.
+
+    Its module is imported only now, so a backend's driver loads only when it is used.
+    """
+    registry = BACKENDS[kind]
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    target = registry.get(scheme)
+    if target is None:
+        known = ", ".join(f"{s}://" for s in registry)
+        raise StoreConfigError(f"unknown {kind} URL {redact_url(url)!r}: expected one of {known}")
+    module_name, _, class_name = target.partition(":")
+    return getattr(importlib.import_module(module_name), class_name)

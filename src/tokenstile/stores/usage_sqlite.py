@@ -9,10 +9,8 @@ the served model, user, feature and team, each tag (``team=search``) and each de
 few hundred rollup rows, not seven per ledger row), and rows whose id is already in the
 ledger are left out, so a retried batch (``INSERT OR IGNORE``) is never counted twice.
 
-A query the rollup can answer — grouped and filtered by organization, project and at most
-one of those dimensions, bucketed (if at all) in a time zone whose offsets are whole hours —
-reads the whole hours of its range from the rollup and the partial hours at either end
-from the ledger, so its answer is exactly the ledger's. Any other query reads the ledger.
+Which hours of a query the rollup answers and which the ledger is ``usage_plan``'s call,
+the same on PostgreSQL; either way the answer is exactly the ledger's.
 A missing value (NULL in the ledger) is stored as ``''`` in the rollup and read back as
 ``None``; a value that really is the empty string is reported as ``None`` too.
 """
@@ -22,23 +20,31 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from tokenstile.stores.database import GROUPABLE, UsageQuery
+from tokenstile.stores.sqlite import immediate
+from tokenstile.stores.usage_plan import (
+    HOUR,
+    ROLLUP_DIMENSIONS,
+    ROLLUP_KEYS,
+    SLOT,
+    aligned,
+    combine,
+    floor_hour,
+    plan_usage,
+    within,
+)
 from tokenstile.types import LedgerRow
 
-ROLLUP_DIMENSIONS = ("served_model", "user", "feature", "team")
 LABELS = ("tag", "degraded")
-_KEYS = ("organization", "project")
 TOTALS = ("requests", "input_tokens", "cached_input_tokens", "output_tokens",
           "reasoning_tokens", "cost_nano", "saved_nano", "blocked")
 _MEASURES = ("input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens",
              "cost_nano", "saved_nano")
-HOUR = 3600
-SLOT = 900  # every zone's offset is a multiple of a quarter hour (Nepal: +5:45)
 
 # floor(ts / 3600) * 3600, exact even where the division rounds up across an hour boundary.
 _HOUR_OF = ("((CAST({ts} / 3600 AS INTEGER) - (CAST({ts} / 3600 AS INTEGER) * 3600 > {ts}))"
@@ -94,29 +100,19 @@ def ensure_rollup(conn: sqlite3.Connection) -> None:
     """
     if _exists(conn):
         return
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with immediate(conn):
         if not _exists(conn):
             conn.execute(ROLLUP_TABLE)
             for statement in _rebuild_statements():
                 conn.execute(statement)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
 
 
 def rebuild_rollup(conn: sqlite3.Connection) -> None:
     """Recompute the rollup from the ledger (after a bulk load that bypassed it)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with immediate(conn):
         conn.execute("DELETE FROM usage_hourly")
         for statement in _rebuild_statements():
             conn.execute(statement)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
 
 
 def _exists(conn: sqlite3.Connection) -> bool:
@@ -148,7 +144,7 @@ def add_to_rollup(conn: sqlite3.Connection, rows: Sequence[LedgerRow]) -> None:
     """Add freshly inserted ledger rows into the rollup (inside their write transaction)."""
     sums: dict[tuple[str, int, str, str, str], list[int]] = {}
     for row in rows:
-        hour = _floor_hour(row.ts)
+        hour = floor_hour(row.ts)
         org, project = _text(row.organization), _text(row.project)
         measures = (1, row.input_tokens, row.cached_input_tokens, row.output_tokens,
                     row.reasoning_tokens, row.cost_nano, row.saved_nano,
@@ -190,48 +186,7 @@ def hour_bucket(hour: int, kind: str, tz: str) -> str:
     return bucket_label(hour, kind, tz)
 
 
-@lru_cache(maxsize=64)
-def aligned(tz: str, seconds: int = HOUR) -> bool:
-    """True when the zone's offset from UTC was a whole number of ``seconds`` every week
-    from 1980 to 2070 (no offset lasts less): then its local hours, days and months start
-    on such a boundary."""
-    zone = _zone(tz)
-    day = datetime(1980, 1, 1, 12, tzinfo=UTC)
-    end = datetime(2070, 1, 1, tzinfo=UTC)
-    while day < end:
-        offset = day.astimezone(zone).utcoffset()
-        if offset is None or offset.total_seconds() % seconds:
-            return False
-        day += timedelta(days=7)
-    return True
-
-
-def hour_aligned(tz: str) -> bool:
-    return aligned(tz, HOUR)
-
-
 # --- queries ---------------------------------------------------------------------------------
-
-
-def _floor_hour(ts: float) -> int:
-    hour = int(ts // HOUR) * HOUR  # then exact, whatever the float division rounded to
-    while hour > ts:
-        hour -= HOUR
-    while hour + HOUR <= ts:
-        hour += HOUR
-    return hour
-
-
-def _plan(query: UsageQuery, label: str | None) -> str | None:
-    """The rollup dimension that answers ``query`` (``''`` for totals), or None; buckets
-    are dealt with in ``usage_from``."""
-    columns = {*query.group_by, *query.filters} - set(_KEYS)
-    if label is not None:
-        return None if columns else label
-    if not columns:
-        return ""
-    (column,) = columns if len(columns) == 1 else (None,)
-    return column if column in ROLLUP_DIMENSIONS else None
 
 
 def _names(query: UsageQuery, label: str | None) -> list[str]:
@@ -303,24 +258,6 @@ def _key_label(key: int, bucket: str) -> str:
     return day.strftime("%Y-%m-%d" if bucket == "day" else "%Y-%m")
 
 
-def _boundary_hours(query: UsageQuery, first: int, last: int) -> list[int]:
-    """Rollup hours in [first, last) that a local day or month starts inside of: in zones
-    whose days start off the hour they are read from the ledger instead."""
-    zone = _zone(query.tz)
-    out = []
-    start: float = first
-    while start < last:
-        local = datetime.fromtimestamp(start, zone).date()
-        if query.bucket == "month":
-            following = date(local.year + local.month // 12, local.month % 12 + 1, 1)
-        else:
-            following = local + timedelta(days=1)
-        start = datetime.combine(following, time(0), zone).timestamp()
-        if start < last and start % HOUR:
-            out.append(_floor_hour(start))
-    return out
-
-
 # --- the two sources ---------------------------------------------------------------------------
 
 
@@ -361,17 +298,12 @@ def _ledger_sql(query: UsageQuery, label: str | None, ranges: Ranges,
             raise ValueError(f"cannot filter by {name!r}")
         clauses.append(f"ledger.{name} = ?")
         args.append(value)
-    spans = []
-    for since, until in ranges:
-        parts = []
-        if since is not None:
-            parts.append("ledger.ts >= ?")
-            args.append(since)
-        if until is not None:
-            parts.append("ledger.ts < ?")
-            args.append(until)
-        spans.append(" AND ".join(parts) or "1")
-    clauses.append("(" + " OR ".join(f"({span})" for span in spans) + ")")
+
+    def mark(value: float) -> str:
+        args.append(value)
+        return "?"
+
+    clauses.append(within("ledger.ts", ranges, mark) or "1")
     totals = ("COUNT(*), " + ", ".join(f"SUM(ledger.{m})" for m in _MEASURES)
               + ", SUM(CASE WHEN ledger.outcome = 'blocked' THEN 1 ELSE 0 END)")
     sql = (f"SELECT {', '.join([*selects, totals])} FROM {source} "
@@ -393,13 +325,13 @@ def _rollup_sql(query: UsageQuery, dim: str, label: str | None, since: int | Non
         args.extend(key_args)
         groups.append("bucket")
     for name in [*query.group_by, *([label] if label else [])]:
-        column = name if name in _KEYS else "value"
+        column = name if name in ROLLUP_KEYS else "value"
         selects.append(column)
         groups.append(column)
     clauses = ["dim = ?"]
     args.append(dim)
     for name, value in query.filters.items():
-        clauses.append(f"{name if name in _KEYS else 'value'} = ?")
+        clauses.append(f"{name if name in ROLLUP_KEYS else 'value'} = ?")
         args.append(value)
     if since is not None:
         clauses.append("hour >= ?")
@@ -452,32 +384,17 @@ def usage_from(conn: sqlite3.Connection, query: UsageQuery,
             span_lo = oldest if span_lo is None else span_lo
             span_hi = newest + 1 if span_hi is None else span_hi
         local = _Local.over(query.tz, span_lo, span_hi)
-    dim = _plan(query, label)
-    whole_hours = aligned(query.tz, HOUR)
-    if query.bucket and not whole_hours and (query.bucket == "hour" or local is None):
-        dim = None  # every local hour straddles two of the rollup's
-    first = None if lo is None else _floor_hour(lo) + (0 if _floor_hour(lo) == lo else HOUR)
-    last = None if hi is None else _floor_hour(hi)
-    if dim is None or (first is not None and last is not None and first >= last):
-        items = _items(conn.execute(*_ledger_sql(query, label, [(lo, hi)], local)), names,
-                       query)
-    else:
-        skip = [] if whole_hours or not query.bucket else _boundary_hours(
-            query, first if first is not None else _floor_hour(_min_hour(conn, dim)),
-            last if last is not None else _max_hour(conn, dim) + HOUR)
-        items = _items(conn.execute(*_rollup_sql(query, dim, label, first, last, local,
-                                                 skip)), names, query)
-        ranges: Ranges = [(h, h + HOUR) for h in skip]
-        if lo is not None and first is not None and lo < first:
-            ranges.append((lo, first))
-        if hi is not None and last is not None and last < hi:
-            ranges.append((last, hi))
-        if ranges:
-            items += _items(conn.execute(*_ledger_sql(query, label, ranges, local)), names,
-                            query)
-    items = [item for item in _merged(items, len(names) - len(TOTALS)) if item["requests"]]
-    items.sort(key=lambda i: (i["bucket"] if query.bucket else "", -i["cost_nano"]))
-    return items[:query.limit]
+    plan = plan_usage(query, label)
+    if plan.needs_span and plan.dim is not None:
+        plan = plan_usage(query, label, (_min_hour(conn, plan.dim), _max_hour(conn, plan.dim)))
+    items = []
+    if plan.dim is not None:
+        items = _items(conn.execute(*_rollup_sql(query, plan.dim, label, plan.first, plan.last,
+                                                 local, plan.skip)), names, query)
+    if plan.ledger:
+        items += _items(conn.execute(*_ledger_sql(query, label, list(plan.ledger), local)),
+                        names, query)
+    return combine(items, query, TOTALS)
 
 
 def _min_hour(conn: sqlite3.Connection, dim: str) -> int:
@@ -488,16 +405,3 @@ def _min_hour(conn: sqlite3.Connection, dim: str) -> int:
 def _max_hour(conn: sqlite3.Connection, dim: str) -> int:
     found = conn.execute("SELECT max(hour) FROM usage_hourly WHERE dim = ?", (dim,)).fetchone()
     return int(found[0]) if found and found[0] is not None else 0
-
-
-def _merged(items: list[dict[str, Any]], keys: int) -> list[dict[str, Any]]:
-    out: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for item in items:
-        key = tuple(item.values())[:keys]
-        seen = out.get(key)
-        if seen is None:
-            out[key] = item
-        else:
-            for name in TOTALS:
-                seen[name] += item[name]
-    return list(out.values())
