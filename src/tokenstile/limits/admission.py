@@ -363,20 +363,35 @@ class Admission:
                 continue
             if limit.unit == "output_tokens" and (req.output_cap is None
                                                   or req.output_cap > item.hard):
+                per_answer = item.hard // answers(req.body)
+                if per_answer < 1:  # a cap of 1 per answer would pass the limit
+                    ctx.block_reason = f"request_limit:{limit.name}"
+                    raise self._no_room(limit, item, req, "output")
                 previous = req.output_cap
-                set_output_cap(req, max(1, item.hard // answers(req.body)))
+                set_output_cap(req, per_answer)
                 ctx.flags.append(f"max_tokens_set:{limit.name}" if previous is None
                                  else f"max_tokens_clamped:{limit.name}")
         needs_cap = any(a.limit.unit in ("tokens", "output_tokens", "usd") for a in applied)
         if req.output_cap is None and needs_cap and req.api in ("chat", "responses",
                                                                 "messages"):
             cap = self.default_cap
+            tightest: Applied | None = None
             for item in applied:
-                if item.limit.window.kind == "request" and item.limit.unit == "tokens":
-                    cap = min(cap, (item.hard - reserved_input(req)) // answers(req.body))
-            if cap >= 1:
-                set_output_cap(req, cap)
-                ctx.flags.append("max_tokens_supplied")
+                if item.limit.window.kind == "request" and item.limit.unit == "tokens" \
+                        and not item.limit.shadow:
+                    room = (item.hard - reserved_input(req)) // answers(req.body)
+                    if room < cap:
+                        cap, tightest = room, item
+            if cap < 1 and tightest is not None:
+                # Forwarded without a cap, the answer could use any amount past the limit.
+                ctx.block_reason = f"request_limit:{tightest.limit.name}"
+                if req.hidden_input:
+                    raise self._hidden_too_large(
+                        ctx, tightest.limit, tightest,
+                        reserved_input(req) + answers(req.body), "per request")
+                raise self._no_room(tightest.limit, tightest, req, "input")
+            set_output_cap(req, cap)
+            ctx.flags.append("max_tokens_supplied")
         cap = req.output_cap or 0
         model = ctx.served_model or req.model
         for item in applied:
@@ -405,6 +420,26 @@ class Admission:
             422, f"this request needs up to {format_amount(limit.unit, need)} {what} but "
                  f"{allows}{self._hidden_note(ctx)}", code="hidden_input_exceeds_limit",
             param="hidden_input.max_tokens")
+
+    @staticmethod
+    def _no_room(limit: Limit, item: Applied, req: CanonicalRequest,
+                 short: str) -> GatewayError:
+        """A per-request limit that leaves no room for even one output token per answer
+        (``short``: what runs out, ``input`` or ``output``)."""
+        what = _UNIT_WORDS[limit.unit]
+        allows = (f"{describe_scope(limit, item.scope_id)} allows "
+                  f"{format_amount(limit.unit, item.hard)} {what} per request")
+        count = answers(req.body)
+        asked = f" for each of the {count} answers asked for ('n')" if count > 1 else ""
+        if short == "input":
+            return GatewayError(
+                422, f"this request has {reserved_input(req):,} input tokens, which leaves "
+                     f"no room for output{asked}: {allows}; shorten the input",
+                code="request_limit_exceeded", param="messages")
+        return GatewayError(
+            422, f"this request asks for {count} answers but {allows}, not one token "
+                 "each; ask for fewer answers ('n')", code="request_limit_exceeded",
+            param="n")
 
     @staticmethod
     def _too_large(limit: Limit, item: Applied, need: int, input_tokens: int,
