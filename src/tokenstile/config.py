@@ -185,6 +185,25 @@ class HiddenInputConfig(_Strict):
         return value
 
 
+class HiddenReasoningConfig(_Strict):
+    """Reasoning a model does without streaming its text (OpenAI's o-series and gpt-5):
+    when such a stream ends before the provider's usage arrived, the reasoning done until
+    its first visible token (or its end) is billed at ``tokens_per_s`` (per model, exact
+    name or glob, over the built-in paces) or, for a request on another model that asks to
+    reason, ``default_tokens_per_s``. 0 turns it off for a model."""
+
+    tokens_per_s: dict[str, float] = Field(default_factory=dict)
+    default_tokens_per_s: float = Field(50.0, ge=0)
+
+    @field_validator("tokens_per_s")
+    @classmethod
+    def _not_negative(cls, value: dict[str, float]) -> dict[str, float]:
+        for model, pace in value.items():
+            if pace < 0:
+                raise ValueError(f"{model!r}: expected tokens per second >= 0, got {pace}")
+        return value
+
+
 class BackgroundResponsesConfig(_Strict):
     """Responses created with ``background: true`` are billed when they end: the gateway
     polls the upstream for each, ``first_poll_s`` after it was created and then at doubling
@@ -423,6 +442,7 @@ class Config(_Strict):
     routes: list[RouteConfig] = Field(default_factory=list)
     prices: dict[str, PriceConfig] = Field(default_factory=dict)
     hidden_input: HiddenInputConfig = Field(default_factory=HiddenInputConfig)
+    hidden_reasoning: HiddenReasoningConfig = Field(default_factory=HiddenReasoningConfig)
     background_responses: BackgroundResponsesConfig = Field(
         default_factory=BackgroundResponsesConfig)
     organization: OrganizationConfig = Field(default_factory=OrganizationConfig)
