@@ -346,10 +346,14 @@ class ResilienceConfig(_Strict):
     """Retries (backoff with jitter, honouring Retry-After) and fallbacks on upstream trouble.
 
     A retry happens only before any byte of the answer reached the client. Off by default:
-    upstream errors pass through unchanged unless retries or fallbacks are configured.
+    upstream errors pass through unchanged unless retries or fallbacks are configured. A
+    request that timed out after it was sent may have been generated and billed, so it is
+    charged at its estimate and tried again only with ``retry_timeouts`` (each further
+    attempt reserving its own worst case).
     """
 
     retries: int = Field(0, ge=0, le=10)
+    retry_timeouts: bool = False
     backoff_s: float = Field(0.25, ge=0)
     max_backoff_s: float = Field(8.0, ge=0)
     retry_on: list[int] = Field(default_factory=lambda: [429, 500, 502, 503, 504, 529])

@@ -170,14 +170,17 @@ def test_fallback_survives_an_upstream_that_returns_500s(make_gateway: Any,
 
 def test_fallback_survives_an_upstream_that_hangs(make_gateway: Any, fake: FakeHandle) -> None:
     gateway = make_gateway({"resilience": {
-        "first_byte_timeout_s": 0.5, "fallbacks": {"gpt-4o": ["gpt-4o-mini"]}}})
+        "first_byte_timeout_s": 0.5, "retry_timeouts": True,
+        "fallbacks": {"gpt-4o": ["gpt-4o-mini"]}}})
     fake.fake.script(["[[fake:hang]]", None])
     reply = sdk(gateway, gateway.key()).chat.completions.create(
         model="gpt-4o", messages=[{"role": "user", "content": "hi"}], max_tokens=3)
     assert reply.choices[0].message.content
-    [row] = gateway.rows()
+    # The hung attempt may have been billed: it has a row of its own.
+    row, hung = sorted(gateway.rows(), key=lambda r: r.id)
     assert row.served_model == "gpt-4o-mini"
     assert row.detail["attempts"][0]["error"] == "upstream_timeout"
+    assert hung.served_model == "gpt-4o" and "charged_at_estimate" in hung.flags
 
 
 def test_the_circuit_opens_after_repeated_failures(make_gateway: Any, fake: FakeHandle) -> None:

@@ -22,6 +22,7 @@ from tokenstile.cache import (
 )
 from tokenstile.errors import GatewayError, StreamBlocked, bad_request, forbidden
 from tokenstile.gateway import asgi
+from tokenstile.gateway.attempts import PaidAttempts
 from tokenstile.gateway.context import RequestContext, new_request_id
 from tokenstile.gateway.counted import ReasoningTimer, bill_counted, settle_stream
 from tokenstile.gateway.pricing import price_call
@@ -323,6 +324,7 @@ class Gateway:
         requested = req.model
         attempts: list[Attempt] = []
         last_error: GatewayError | None = None
+        paid = PaidAttempts(rt, ctx, self._write_row)
         for index, model in enumerate(model_chain(requested, config)):
             target = first if index == 0 else rt.router.resolve(model)
             if index and not self._fallback_fits(ctx, target):
@@ -334,6 +336,8 @@ class Gateway:
                          "for a while (circuit open); try again shortly", type="api_error",
                     code="upstream_circuit_open", headers={"retry-after": "5"})
                 continue
+            if not await paid.allow_another():
+                raise self._give_up(ctx, attempts, requested, paid, last_error)
             bridge = self._bridge(ctx, target) if target.wire != ctx.wire else None
             candidate = req if req.body.get("model") == target.model else \
                 replace_body(req, {**req.body, "model": target.model})
@@ -354,6 +358,7 @@ class Gateway:
                     attempt.error, attempt.ms = err.code, (rt.clock.monotonic() - started) * 1000
                     rt.breakers.failure(target.upstream)
                     last_error = err
+                    paid.failed(attempt, target, err, len(attempts))
                 else:
                     attempt.status = resp.status
                     attempt.ms = (rt.clock.monotonic() - started) * 1000
@@ -376,9 +381,18 @@ class Gateway:
                 delay = backoff_delay(retry, config, retry_after)
                 if delay is None:
                     break
+                if not await paid.allow_another():
+                    raise self._give_up(ctx, attempts, requested, paid, last_error)
                 await asyncio.sleep(delay)
+        raise self._give_up(ctx, attempts, requested, paid, last_error)
+
+    def _give_up(self, ctx: RequestContext, attempts: list[Attempt], requested: str,
+                 paid: PaidAttempts, last_error: GatewayError | None) -> GatewayError:
+        """No attempt answered: the error to answer with; the last attempt is billed if it
+        may have cost money."""
         self._record_attempts(ctx, attempts, None, requested)
-        raise last_error or GatewayError(
+        paid.charge_request()
+        return last_error or GatewayError(
             502, f"no upstream could answer for the model {requested!r}", type="api_error",
             code="upstream_unavailable")
 
@@ -629,6 +643,14 @@ class Gateway:
             self.rt.alert_thresholds(ctx)
         except Exception:
             log.exception("settling request %s failed", ctx.id)
+
+    async def _write_row(self, row: LedgerRow) -> None:
+        """A row of its own (an attempt that may have been billed), written before the
+        reservation that stands for it is settled."""
+        waiter = self._expect_row(row.id)
+        self.rt.ledger.submit(row)
+        self.rt.metrics.observe(row)
+        await self._until_written(row.id, waiter)
 
     def _expect_row(self, row_id: str) -> asyncio.Future[None]:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()

@@ -90,6 +90,10 @@ class Applied:
     amount: int = 0
 
 
+class NoRoomForRetry(Exception):
+    """A hard limit cannot hold the worst case of another attempt at the upstream."""
+
+
 class BudgetExhausted(GatewayError):
     """A window budget has no room for this request; carries the limit so a fallback (a
     cached answer, a cheaper model) can be tried before the client gets the 429."""
@@ -538,9 +542,55 @@ class Admission:
         ctx.response_headers.update(self.headers(ticket))
         return ticket
 
-    async def _reserve_once(self, ctx: RequestContext, ticket: Ticket) -> ReserveOutcome | None:
-        """One round trip; None means the store is down and every limit here fails open."""
-        record = orjson.dumps(self._pending_row(ctx, ticket))
+    async def reserve_retry(self, ctx: RequestContext, row: LedgerRow,
+                            paid: int) -> Ticket | None:
+        """Room for one more attempt of a request whose last ``paid`` attempts may each have
+        been billed without an answer (``row``: the last one's, at its estimate).
+
+        Per-request limits must hold ``paid + 1`` worst cases; every window limit reserves
+        one more worst case, under ``row.id``, so that a gateway dying now still writes
+        ``row``. Returns that reservation (None when no window limit applies); raises
+        ``NoRoomForRetry`` when a hard limit has no room.
+        """
+        req, caller = ctx.req, ctx.caller
+        assert req is not None
+        held = ctx.ticket if isinstance(ctx.ticket, Ticket) else None
+        applied = held.applied if held is not None else \
+            self.applicable(caller, req) if caller is not None else []
+        model, cap = ctx.served_model or req.model, req.output_cap or 0
+        for item in applied:
+            limit = item.limit
+            if limit.window.kind != "request" or limit.shadow or limit.unit == "requests":
+                continue
+            need = self._worst_case(limit.unit, req, model, cap, provider=ctx.provider,
+                                    terms=self._terms(ctx))
+            if need * (paid + 1) > item.hard:
+                raise NoRoomForRetry(f"{limit.name}: {paid + 1} attempts need "
+                                     f"{format_amount(limit.unit, need * (paid + 1))}")
+        if held is None:
+            return None
+        ticket = Ticket(rid=row.id, charges=list(held.charges), units=list(held.units),
+                        applied=held.applied)
+        reason = ctx.block_reason
+        try:
+            outcome = await self._reserve_once(ctx, ticket, row)
+        except GatewayError as refused:  # the store is down and a limit fails closed
+            raise NoRoomForRetry(refused.message) from None
+        finally:
+            ctx.block_reason = reason
+        if outcome is not None and not outcome.admitted:
+            index = outcome.failed[0]
+            raise NoRoomForRetry(f"{ticket.charges[index].key}: "
+                                 f"{outcome.used[index]:,} used or reserved")
+        if outcome is not None:
+            self.live.add(ticket.rid)
+        return ticket
+
+    async def _reserve_once(self, ctx: RequestContext, ticket: Ticket,
+                            row: LedgerRow | None = None) -> ReserveOutcome | None:
+        """One round trip; None means the store is down and every limit here fails open.
+        ``row`` is what crash recovery writes (else the request's row at its estimate)."""
+        record = orjson.dumps(row or self._pending_row(ctx, ticket))
         sent = not self._failing_fast()
         try:
             return await self._store("reserve", lambda: self.counters.reserve(
