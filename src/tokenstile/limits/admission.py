@@ -767,6 +767,20 @@ class Admission:
         self.live.discard(ticket.rid)
         if not known:
             ctx.flags.append("settled_after_expiry")
+            await self._correct_claimed(ticket, deltas)
+
+    async def _correct_claimed(self, ticket: Ticket, deltas: list[tuple[str, int]]) -> None:
+        """A first settle that finds its reservation gone: crash recovery claimed it (its
+        lease ran out) and its charges stayed counted at the reserved amounts, while the
+        ledger keeps this request's own row over the estimate. The counters move by the
+        same deltas the settle would have applied, so they end at what was used. (A settle
+        retried after a lost reply may find its own reservation gone: it goes through
+        ``flush_unsettled``, which changes nothing then.)"""
+        adjust = [(charge.key, delta, charge.ttl)
+                  for charge, (_, delta) in zip(ticket.charges, deltas, strict=True) if delta]
+        if adjust:
+            with contextlib.suppress(StoreUnavailable):  # left at the estimate: over, not under
+                await self._store("add", lambda: self.counters.add(adjust))
 
     # -- the store's health ----------------------------------------------------------------
 
@@ -890,7 +904,8 @@ class Admission:
         """Charge reservations whose lease ran out at their estimate; return how many.
 
         One of this gateway's own (still running, or waiting to settle) is not charged: its
-        own row comes from the request, and the counters keep the estimate.
+        own row comes from the request, whose settle then corrects the counters (one left
+        waiting to settle keeps the estimate).
         """
         claimed = await self._store("claim", lambda: self.counters.claim_expired(
             self.clock.now()))

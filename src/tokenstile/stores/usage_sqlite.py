@@ -7,7 +7,9 @@ row per UTC hour × organization × project × dimension value, for the total an
 the served model, user, feature and team, each tag (``team=search``) and each degradation
 (``trimmed``). The batch is summed in Python first (a batch from one busy hour touches a
 few hundred rollup rows, not seven per ledger row), and rows whose id is already in the
-ledger are left out, so a retried batch (``INSERT OR IGNORE``) is never counted twice.
+ledger are left out, so a retried batch (``INSERT OR IGNORE``) is never counted twice. A
+provisional row (``LedgerRow.provisional``) replaced by its request's own row is taken out
+of the rollup as the replacement goes in; a group left with no request is dropped.
 
 A query the rollup can answer — grouped and filtered by organization, project and at most
 one of those dimensions, bucketed (if at all) in a time zone whose offsets are whole hours —
@@ -28,7 +30,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from tokenstile.stores.database import GROUPABLE, UsageQuery
-from tokenstile.types import LedgerRow
+from tokenstile.types import LedgerRow, one_per_id
 
 ROLLUP_DIMENSIONS = ("served_model", "user", "feature", "team")
 LABELS = ("tag", "degraded")
@@ -126,11 +128,9 @@ def _exists(conn: sqlite3.Connection) -> bool:
 
 
 def new_rows(conn: sqlite3.Connection, rows: Sequence[LedgerRow]) -> list[LedgerRow]:
-    """The rows an ``INSERT OR IGNORE`` of ``rows`` will really insert: the first of each
-    id, and none whose id is already in the ledger. Call inside the write transaction."""
-    first: dict[str, LedgerRow] = {}
-    for row in rows:
-        first.setdefault(row.id, row)
+    """The rows of ``rows`` to insert: one of each id (``one_per_id``), and none whose id
+    is already in the ledger. Call inside the write transaction."""
+    first = {row.id: row for row in one_per_id(rows)}
     ids = list(first)
     for i in range(0, len(ids), 500):
         chunk = ids[i:i + 500]
@@ -146,6 +146,23 @@ def _text(value: object) -> str:
 
 def add_to_rollup(conn: sqlite3.Connection, rows: Sequence[LedgerRow]) -> None:
     """Add freshly inserted ledger rows into the rollup (inside their write transaction)."""
+    conn.executemany(_UPSERT, [(hour, dim, org, project, value, *total)
+                               for (dim, hour, org, project, value), total
+                               in _sums(rows).items()])
+
+
+def remove_from_rollup(conn: sqlite3.Connection, rows: Sequence[LedgerRow]) -> None:
+    """Take ledger rows that were deleted (replaced) out of the rollup, in their write
+    transaction; groups left with no request go, as the ledger has none for them."""
+    sums = _sums(rows)
+    conn.executemany(_UPSERT, [(hour, dim, org, project, value, *(-t for t in total))
+                               for (dim, hour, org, project, value), total in sums.items()])
+    conn.executemany("DELETE FROM usage_hourly WHERE dim = ? AND hour = ? AND organization = ? "
+                     "AND project = ? AND value = ? AND requests <= 0", list(sums))
+
+
+def _sums(rows: Sequence[LedgerRow]) -> dict[tuple[str, int, str, str, str], list[int]]:
+    """The rollup's measures of ``rows``, per (dim, hour, organization, project, value)."""
     sums: dict[tuple[str, int, str, str, str], list[int]] = {}
     for row in rows:
         hour = _floor_hour(row.ts)
@@ -163,8 +180,7 @@ def add_to_rollup(conn: sqlite3.Connection, rows: Sequence[LedgerRow]) -> None:
             else:
                 for i, amount in enumerate(measures):
                     total[i] += amount
-    conn.executemany(_UPSERT, [(hour, dim, org, project, value, *total)
-                               for (dim, hour, org, project, value), total in sums.items()])
+    return sums
 
 
 # --- buckets ---------------------------------------------------------------------------------
