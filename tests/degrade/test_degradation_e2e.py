@@ -78,6 +78,21 @@ def test_summarize_calls_the_cheap_model_and_bills_it(make_gateway: Any,
     assert "summarized" in main_row.degraded
 
 
+def test_a_summary_answered_without_usage_is_billed_what_it_wrote(
+        make_gateway: Any, fake: FakeHandle) -> None:
+    gateway = make_gateway({
+        "features": {"chat": {"max_input": 200, "over_budget": "summarize"}},
+        "degradation": {"summarize_model": "gpt-4o-mini"},
+    })
+    fake.fake.script([{"no_usage": True, "output_tokens": 60}, None])
+    sdk(gateway, gateway.key(feature="chat")).chat.completions.create(
+        model="gpt-4o", messages=history(12), max_tokens=5)
+    summary_call = fake.fake.tally.records[0]
+    summary_row = next(r for r in gateway.rows() if r.detail.get("summary_for"))
+    assert summary_row.estimated and summary_call.output_tokens == 60
+    assert summary_row.output_tokens == 60 and summary_row.cost_nano > 0
+
+
 def test_downgrade_switches_model_past_the_threshold(make_gateway: Any,
                                                      fake: FakeHandle) -> None:
     gateway = make_gateway({"limits": [{

@@ -290,12 +290,14 @@ class Gateway:
                 sub.status = resp.status
             finally:
                 resp.release()
-            parsed = orjson.loads(payload) if resp.status == 200 else None
+            parsed = answer = orjson.loads(payload) if resp.status == 200 else None
             if bridge is not None and parsed is not None:
                 sub.usage = bridge.usage_from_body(parsed)
                 payload, parsed = bridge.response_body(payload, parsed)
             elif parsed is not None:
                 sub.usage = adapter.usage_from_body("chat", parsed)
+            if answer is not None and sub.usage is None:
+                bill_counted(sub, answer_text(bridge.upstream_api if bridge else "chat", answer))
             try:
                 return str(parsed["choices"][0]["message"]["content"])  # type: ignore[index]
             except (TypeError, KeyError, IndexError):
