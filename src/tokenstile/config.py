@@ -185,6 +185,25 @@ class HiddenInputConfig(_Strict):
         return value
 
 
+class HiddenReasoningConfig(_Strict):
+    """Reasoning a model does without streaming its text (OpenAI's o-series and gpt-5):
+    when such a stream ends before the provider's usage arrived, the reasoning done until
+    its first visible token (or its end) is billed at ``tokens_per_s`` (per model, exact
+    name or glob, over the built-in paces) or, for a request on another model that asks to
+    reason, ``default_tokens_per_s``. 0 turns it off for a model."""
+
+    tokens_per_s: dict[str, float] = Field(default_factory=dict)
+    default_tokens_per_s: float = Field(50.0, ge=0)
+
+    @field_validator("tokens_per_s")
+    @classmethod
+    def _not_negative(cls, value: dict[str, float]) -> dict[str, float]:
+        for model, pace in value.items():
+            if pace < 0:
+                raise ValueError(f"{model!r}: expected tokens per second >= 0, got {pace}")
+        return value
+
+
 class BackgroundResponsesConfig(_Strict):
     """Responses created with ``background: true`` are billed when they end: the gateway
     polls the upstream for each, ``first_poll_s`` after it was created and then at doubling
@@ -327,10 +346,14 @@ class ResilienceConfig(_Strict):
     """Retries (backoff with jitter, honouring Retry-After) and fallbacks on upstream trouble.
 
     A retry happens only before any byte of the answer reached the client. Off by default:
-    upstream errors pass through unchanged unless retries or fallbacks are configured.
+    upstream errors pass through unchanged unless retries or fallbacks are configured. A
+    request that timed out after it was sent may have been generated and billed, so it is
+    charged at its estimate and tried again only with ``retry_timeouts`` (each further
+    attempt reserving its own worst case).
     """
 
     retries: int = Field(0, ge=0, le=10)
+    retry_timeouts: bool = False
     backoff_s: float = Field(0.25, ge=0)
     max_backoff_s: float = Field(8.0, ge=0)
     retry_on: list[int] = Field(default_factory=lambda: [429, 500, 502, 503, 504, 529])
@@ -423,6 +446,7 @@ class Config(_Strict):
     routes: list[RouteConfig] = Field(default_factory=list)
     prices: dict[str, PriceConfig] = Field(default_factory=dict)
     hidden_input: HiddenInputConfig = Field(default_factory=HiddenInputConfig)
+    hidden_reasoning: HiddenReasoningConfig = Field(default_factory=HiddenReasoningConfig)
     background_responses: BackgroundResponsesConfig = Field(
         default_factory=BackgroundResponsesConfig)
     organization: OrganizationConfig = Field(default_factory=OrganizationConfig)

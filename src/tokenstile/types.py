@@ -6,6 +6,7 @@ ledger sums and comparisons against budgets are exact and never drift with float
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -196,3 +197,21 @@ class LedgerRow:
     cache: str | None = None
     saved_nano: int = 0
     detail: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def provisional(self) -> bool:
+        """Written at its estimate for a reservation its request never settled (crash
+        recovery: ``unsettled``). The row the request itself writes under the same id
+        replaces it, whichever of the two is written first."""
+        return self.outcome == "unsettled" and self.estimated
+
+
+def one_per_id(rows: Sequence[LedgerRow]) -> list[LedgerRow]:
+    """The rows of a batch to write, one per id: the first, or a later final row in place
+    of a provisional one (the ledger then keeps it over a provisional one already there)."""
+    chosen: dict[str, LedgerRow] = {}
+    for row in rows:
+        seen = chosen.get(row.id)
+        if seen is None or (seen.provisional and not row.provisional):
+            chosen[row.id] = row
+    return list(chosen.values())

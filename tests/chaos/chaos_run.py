@@ -19,7 +19,9 @@ What is checked (exit status 1 if anything fails):
    provider's usage. Rows billed from the gateway's own count (streams cut by the upstream
    or by the client: the gateway bills what it relayed, the fake counts what it emitted)
    are reported with their gap, which must stay within ``GAP_BOUND`` tokens a request; rows
-   charged at their estimate after a crash (outcome ``unsettled``) are reported apart.
+   charged at their estimate after a crash (outcome ``unsettled``), and upstream timeouts
+   (charged at their estimate: the upstream may have billed an answer nobody received),
+   are reported apart and must never bill less than the fake served for them.
 3. No request lost: each one was answered (and has one ledger row under the request id it
    was answered with), or its gateway died under it and it is covered by a recovered
    reservation row, or it never reached the upstream (no tally record: nothing spent).
@@ -546,6 +548,7 @@ def analyse(sent: list[Sent], windows: list[Window], rows: list[LedgerRow],
     mismatches: list[str] = []
     gaps: list[tuple[str, int, int, int]] = []
     unsettled: list[tuple[int, int, int]] = []
+    timed_out: list[tuple[int, int]] = []
     for i, its_rows in by_trace.items():
         records = fake.get(i, [])
         fin = sum(r["input_tokens"] for r in records)
@@ -554,6 +557,8 @@ def analyse(sent: list[Sent], windows: list[Window], rows: list[LedgerRow],
             if row.outcome == "unsettled":
                 unsettled.append((row.input_tokens + row.output_tokens, fin + fout,
                                   len(records)))
+            elif "charged_at_estimate" in row.flags:
+                timed_out.append((row.input_tokens + row.output_tokens, fin + fout))
             elif row.estimated:
                 at_cap = " at its cap" if "billed_at_cap" in row.flags else ""
                 gaps.append((row.outcome + at_cap, row.input_tokens - fin,
@@ -597,6 +602,13 @@ def analyse(sent: list[Sent], windows: list[Window], rows: list[LedgerRow],
     report.check(all(u[0] >= u[1] for u in unsettled),
                  f"{len(unsettled)} crash-charged rows (unsettled, charged_at_estimate): "
                  f"{est:,} tokens at estimate vs {est_fake:,} the fake served for them "
+                 "(an estimate never bills less than was served)")
+    f["timed_out"] = {"rows": len(timed_out), "estimate_tokens": sum(t[0] for t in timed_out),
+                      "fake_tokens_for_them": sum(t[1] for t in timed_out)}
+    report.check(all(t[0] >= t[1] for t in timed_out),
+                 f"{len(timed_out)} upstream timeouts charged at their estimate: "
+                 f"{f['timed_out']['estimate_tokens']:,} tokens vs "
+                 f"{f['timed_out']['fake_tokens_for_them']:,} the fake served for them "
                  "(an estimate never bills less than was served)")
     report.check(stray == 0, f"{stray} ledger rows without a driver trace id")
 

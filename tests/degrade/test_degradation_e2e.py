@@ -78,6 +78,21 @@ def test_summarize_calls_the_cheap_model_and_bills_it(make_gateway: Any,
     assert "summarized" in main_row.degraded
 
 
+def test_a_summary_answered_without_usage_is_billed_what_it_wrote(
+        make_gateway: Any, fake: FakeHandle) -> None:
+    gateway = make_gateway({
+        "features": {"chat": {"max_input": 200, "over_budget": "summarize"}},
+        "degradation": {"summarize_model": "gpt-4o-mini"},
+    })
+    fake.fake.script([{"no_usage": True, "output_tokens": 60}, None])
+    sdk(gateway, gateway.key(feature="chat")).chat.completions.create(
+        model="gpt-4o", messages=history(12), max_tokens=5)
+    summary_call = fake.fake.tally.records[0]
+    summary_row = next(r for r in gateway.rows() if r.detail.get("summary_for"))
+    assert summary_row.estimated and summary_call.output_tokens == 60
+    assert summary_row.output_tokens == 60 and summary_row.cost_nano > 0
+
+
 def test_downgrade_switches_model_past_the_threshold(make_gateway: Any,
                                                      fake: FakeHandle) -> None:
     gateway = make_gateway({"limits": [{
@@ -170,14 +185,17 @@ def test_fallback_survives_an_upstream_that_returns_500s(make_gateway: Any,
 
 def test_fallback_survives_an_upstream_that_hangs(make_gateway: Any, fake: FakeHandle) -> None:
     gateway = make_gateway({"resilience": {
-        "first_byte_timeout_s": 0.5, "fallbacks": {"gpt-4o": ["gpt-4o-mini"]}}})
+        "first_byte_timeout_s": 0.5, "retry_timeouts": True,
+        "fallbacks": {"gpt-4o": ["gpt-4o-mini"]}}})
     fake.fake.script(["[[fake:hang]]", None])
     reply = sdk(gateway, gateway.key()).chat.completions.create(
         model="gpt-4o", messages=[{"role": "user", "content": "hi"}], max_tokens=3)
     assert reply.choices[0].message.content
-    [row] = gateway.rows()
+    # The hung attempt may have been billed: it has a row of its own.
+    row, hung = sorted(gateway.rows(), key=lambda r: r.id)
     assert row.served_model == "gpt-4o-mini"
     assert row.detail["attempts"][0]["error"] == "upstream_timeout"
+    assert hung.served_model == "gpt-4o" and "charged_at_estimate" in hung.flags
 
 
 def test_the_circuit_opens_after_repeated_failures(make_gateway: Any, fake: FakeHandle) -> None:

@@ -283,7 +283,8 @@ def test_observer_relays_every_event_and_reads_usage() -> None:
     relayed = [observer.on_event(event) for event in STREAM]
     assert relayed == STREAM
     assert observer.usage == FINAL
-    assert observer.output_text() == ('Okay, let me check the weather.'
+    # The tool's name is generated output too.
+    assert observer.output_text() == ('Okay, let me check the weather.get_weather'
                                       '{"city": "San Francisco, CA"}')
 
 
@@ -357,7 +358,10 @@ def test_thinking_text_counts_as_output() -> None:
                                               "signature": "EqQBCgIYAhIM"}}),
     ):
         assert observer.on_event(event) == event
-    assert observer.output_text() == "The user wants weather. "
+    assert observer.reasoning_text() == "The user wants weather. "
+    assert observer.output_text() == "" and not observer.answering()
+    usage = observer.usage  # cut here: the thinking is billed as output and as reasoning
+    assert usage is not None and usage.output_tokens == usage.reasoning_tokens > 1
 
 
 def test_error_events_and_oddities_pass_through_untouched() -> None:

@@ -584,8 +584,8 @@ def test_stream_translation_is_what_the_openai_sdk_parses(include_usage: bool) -
         assert all(c.usage is None for c in chunks)
     # Usage is tracked whether or not the client sees it.
     assert translator.usage == STREAM_USAGE
-    assert translator.output_text() == (
-        'Weather lookup needed.Let me check.{"city": "Paris"}{}')
+    assert translator.reasoning_text() == "Weather lookup needed."
+    assert translator.output_text() == 'Let me check.get_weather{"city": "Paris"}get_time{}'
 
 
 def _openai_client(handler: Callable[[httpx2.Request], httpx2.Response]) -> openai.OpenAI:

@@ -8,6 +8,7 @@ import socket
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -260,6 +261,52 @@ async def test_insert_is_idempotent_on_id(db: Database) -> None:
     total = await db.usage(UsageQuery())
     assert total[0]["cost_nano"] == sum(r.cost_nano for r in rows)
     await db.insert_ledger([])
+
+
+def provisional(row: LedgerRow, n: int) -> LedgerRow:
+    """The row crash recovery writes for ``row``'s request: at its reservation's estimate,
+    and attributed as the request looked when it was admitted (another model, no tags)."""
+    return replace(row, outcome="unsettled", estimated=True, status=0,
+                   input_tokens=5_000 + n, output_tokens=4_096, reasoning_tokens=0,
+                   cached_input_tokens=0, cost_nano=777_000_000 + n, served_model="gpt-est",
+                   user="est-user", tags={"est": str(n)}, degraded=["estimate"],
+                   flags=["charged_at_estimate"], saved_nano=0)
+
+
+async def test_a_final_row_replaces_a_provisional_one_whichever_comes_first(
+        db: Database) -> None:
+    rows = sample_rows()
+    est = {i: provisional(rows[i], i) for i in range(15)}
+    batches: list[list[LedgerRow]] = [
+        [est[0], est[1], est[2], est[3], est[9]],       # crash recovery first
+        [rows[i] for i in range(15) if i not in (2, 3, 4, 5, 6)],
+        [est[4], rows[4]],                              # both in one batch, either order
+        [rows[5], est[5]],
+        [rows[6]],                                      # the final row first …
+        [est[6], est[7], est[8]],                       # … then the estimate: kept out
+        [est[2], rows[2], rows[3], est[3]],             # retried batches change nothing
+        [rows[0], est[0]],
+    ]
+    for batch in batches:
+        await db.insert_ledger(batch)
+    back = {r.id: r for r in await db.ledger_rows(limit=100)}
+    assert back == {r.id: r for r in rows}
+    for query in (UsageQuery(), UsageQuery(group_by=["served_model"]),
+                  UsageQuery(group_by=["user"], filters={"project": "alpha"}),
+                  UsageQuery(bucket="hour", tz="America/New_York"),
+                  UsageQuery(bucket="day", tz="UTC", group_by=["team"])):
+        assert unordered(await db.usage(query)) == unordered(oracle(rows, query)), query
+    for label in ("tag", "degraded"):
+        query = UsageQuery(group_by=["project"])
+        assert unordered(await db.usage_by_label(query, label)) == \
+            unordered(oracle(rows, query, label))
+    # A provisional row stays until its final row comes; a retried one is kept once.
+    alone = provisional(LedgerRow(id="crashed", ts=rows[0].ts, organization="acme"), 99)
+    await db.insert_ledger([alone])
+    await db.insert_ledger([alone])
+    assert await db.ledger_rows(id="crashed") == [alone]
+    assert unordered(await db.usage(UsageQuery())) == unordered(
+        oracle([*rows, alone], UsageQuery()))
 
 
 async def test_ledger_rows_filters(db: Database) -> None:
@@ -796,3 +843,52 @@ def test_gateway_writes_its_ledger_to_postgres(make_gateway: Any, pg_url: str) -
     assert (stored["id"], stored["project"], stored["user"]) == (row.id, "scale", "pat")
     assert (stored["output_tokens"], stored["cost_nano"]) == (row.output_tokens,
                                                                row.cost_nano)
+
+
+def test_a_lease_claimed_by_another_gateway_bills_the_real_usage_once(
+        make_gateway: Any, fake: Any, db_url: str, tmp_path: Path) -> None:
+    """Gateway A serves a request past its reservation's lease (A's clock stands still, as if
+    it could not renew); gateway B claims the reservation and writes its row at the
+    estimate first. A's own row replaces it, and the counters end at what was used."""
+    from tokenstile.clock import FakeClock
+    from tokenstile.limits.admission import counter_key
+
+    config = {"storage": {"counters": f"sqlite:///{tmp_path}/counters.db", "database": db_url},
+              "server": {"reservation_lease_s": 30},
+              "limits": [{"name": "daily", "scope": "project", "window": "day",
+                          "unit": "tokens", "amount": 1_000_000}]}
+    slow, late = FakeClock(), FakeClock()
+    a, b = make_gateway(config, clock=slow), make_gateway(config, clock=late)
+    client = openai.OpenAI(base_url=a.v1, api_key=a.key(project="p"), max_retries=0)
+    done: dict[str, Any] = {}
+
+    def call() -> None:
+        done["reply"] = client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", max_tokens=500,
+            messages=[{"role": "user", "content": "slow [[fake:delay_ms=1500]]"}])
+
+    import threading
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    deadline = time.monotonic() + 5
+    while fake.fake.tally.in_flight == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)  # until the upstream has the request (1.5 s before it answers)
+    late.advance(31)
+    assert b.run(b.runtime.admission.recover(b.runtime.charge_expired)) == 1
+    [estimate] = b.rows()
+    assert estimate.provisional and estimate.output_tokens == 500  # written first
+    caller.join(10)
+    client.close()
+    rid = done["reply"].headers["x-tokenstile-request-id"]
+    [row] = a.rows()
+    record = fake.fake.tally.last
+    assert record is not None
+    assert row.id == estimate.id == rid and not row.estimated and row.outcome == "ok"
+    assert (row.input_tokens, row.output_tokens) == (record.input_tokens, record.output_tokens)
+    [total] = a.run(a.runtime.db.usage(UsageQuery()))
+    assert (total["requests"], total["output_tokens"], total["cost_nano"]) == (
+        1, row.output_tokens, row.cost_nano)
+    [limit] = [lim for lim in a.runtime.admission.limits if lim.name == "daily"]
+    key, _ = counter_key(limit, "p", slow.now())
+    assert a.run(a.runtime.counters.read([key])) == [row.input_tokens + row.output_tokens]

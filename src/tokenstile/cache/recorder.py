@@ -52,6 +52,15 @@ class StreamRecorder:
     def output_text(self) -> str:
         return self._inner.output_text()
 
+    def reasoning_text(self) -> str:
+        return self._inner.reasoning_text()
+
+    def answering(self) -> bool:
+        return self._inner.answering()
+
+    def usage_is_final(self) -> bool:
+        return self._inner.usage_is_final()
+
     def body(self) -> bytes | None:
         """The non-streamed body of the stream, or None (incomplete, failed, too long)."""
         return None if self._assembler is None else self._assembler.result()

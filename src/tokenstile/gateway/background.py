@@ -12,9 +12,9 @@ ledger row with the usage the response then reports and replaces the reservation
 
 A gateway that stops releases its leases; one that dies leaves them to run out, and
 another gateway (or the same one restarted) adopts the entries. If crash recovery claimed
-the reservation meanwhile, the counters keep its estimate and the row is still written
-here, with the real usage. A response that cannot be followed (the upstream no longer
-knows it, ``max_wait_s`` passed) is charged at its estimate.
+the reservation meanwhile, the row is still written here, with the real usage, and its
+settle moves the counters from the estimate to it. A response that cannot be followed
+(the upstream no longer knows it, ``max_wait_s`` passed) is charged at its estimate.
 
 Every other Responses answer only leaves an entry saying who may reach it (``stored``),
 written in batches off the request path.

@@ -53,6 +53,7 @@ class RequestContext:
     saved_nano: int = 0
     cache: str | None = None
     ttfb_ms: float | None = None
+    sent_at: float | None = None  # clock.monotonic() when the last upstream attempt went
     response_headers: dict[str, str] = field(default_factory=dict)
     ticket: Any = None
     auto_reply: AutoReply | None = None

@@ -12,7 +12,6 @@ from typing import Any
 import aiohttp
 import orjson
 
-from tokenstile import tokens
 from tokenstile.cache import (
     CachedAnswer,
     StreamRecorder,
@@ -23,7 +22,9 @@ from tokenstile.cache import (
 )
 from tokenstile.errors import GatewayError, StreamBlocked, bad_request, forbidden
 from tokenstile.gateway import asgi
+from tokenstile.gateway.attempts import PaidAttempts
 from tokenstile.gateway.context import RequestContext, new_request_id
+from tokenstile.gateway.counted import ReasoningTimer, bill_counted, settle_stream
 from tokenstile.gateway.pricing import price_call
 from tokenstile.gateway.resilience import (
     Attempt,
@@ -40,6 +41,7 @@ from tokenstile.gateway.upstream import (
     upstream_url,
 )
 from tokenstile.limits.admission import BudgetExhausted, Ticket
+from tokenstile.providers.answers import AnswerText, answer_text
 from tokenstile.providers.base import Bridge, StreamObserver
 from tokenstile.providers.openai import ResponsesStreamObserver
 from tokenstile.providers.sse import EventSplitter
@@ -288,12 +290,14 @@ class Gateway:
                 sub.status = resp.status
             finally:
                 resp.release()
-            parsed = orjson.loads(payload) if resp.status == 200 else None
+            parsed = answer = orjson.loads(payload) if resp.status == 200 else None
             if bridge is not None and parsed is not None:
                 sub.usage = bridge.usage_from_body(parsed)
                 payload, parsed = bridge.response_body(payload, parsed)
             elif parsed is not None:
                 sub.usage = adapter.usage_from_body("chat", parsed)
+            if answer is not None and sub.usage is None:
+                bill_counted(sub, answer_text(bridge.upstream_api if bridge else "chat", answer))
             try:
                 return str(parsed["choices"][0]["message"]["content"])  # type: ignore[index]
             except (TypeError, KeyError, IndexError):
@@ -322,6 +326,7 @@ class Gateway:
         requested = req.model
         attempts: list[Attempt] = []
         last_error: GatewayError | None = None
+        paid = PaidAttempts(rt, ctx, self._write_row)
         for index, model in enumerate(model_chain(requested, config)):
             target = first if index == 0 else rt.router.resolve(model)
             if index and not self._fallback_fits(ctx, target):
@@ -333,6 +338,8 @@ class Gateway:
                          "for a while (circuit open); try again shortly", type="api_error",
                     code="upstream_circuit_open", headers={"retry-after": "5"})
                 continue
+            if not await paid.allow_another():
+                raise self._give_up(ctx, attempts, requested, paid, last_error)
             bridge = self._bridge(ctx, target) if target.wire != ctx.wire else None
             candidate = req if req.body.get("model") == target.model else \
                 replace_body(req, {**req.body, "model": target.model})
@@ -345,7 +352,7 @@ class Gateway:
             while True:
                 attempt = Attempt(target.upstream, target.model)
                 attempts.append(attempt)
-                started = rt.clock.monotonic()
+                started = ctx.sent_at = rt.clock.monotonic()
                 retry_after: float | None = None
                 try:
                     resp = await self._post(target, url, payload, headers)
@@ -353,6 +360,7 @@ class Gateway:
                     attempt.error, attempt.ms = err.code, (rt.clock.monotonic() - started) * 1000
                     rt.breakers.failure(target.upstream)
                     last_error = err
+                    paid.failed(attempt, target, err, len(attempts))
                 else:
                     attempt.status = resp.status
                     attempt.ms = (rt.clock.monotonic() - started) * 1000
@@ -375,9 +383,18 @@ class Gateway:
                 delay = backoff_delay(retry, config, retry_after)
                 if delay is None:
                     break
+                if not await paid.allow_another():
+                    raise self._give_up(ctx, attempts, requested, paid, last_error)
                 await asyncio.sleep(delay)
+        raise self._give_up(ctx, attempts, requested, paid, last_error)
+
+    def _give_up(self, ctx: RequestContext, attempts: list[Attempt], requested: str,
+                 paid: PaidAttempts, last_error: GatewayError | None) -> GatewayError:
+        """No attempt answered: the error to answer with; the last attempt is billed if it
+        may have cost money."""
         self._record_attempts(ctx, attempts, None, requested)
-        raise last_error or GatewayError(
+        paid.charge_request()
+        return last_error or GatewayError(
             502, f"no upstream could answer for the model {requested!r}", type="api_error",
             code="upstream_unavailable")
 
@@ -439,7 +456,7 @@ class Gateway:
         except (aiohttp.ClientError, TimeoutError) as exc:
             # A non-streamed answer is generated whole before it is sent: the provider
             # charges for it although it never arrived, so it is billed at its cap.
-            self._bill_estimate(ctx, "", at_cap=True)
+            bill_counted(ctx, AnswerText(), at_cap=True)
             ctx.outcome = "upstream_cut"
             raise UpstreamTimeout(ctx.upstream or "?") if isinstance(exc, TimeoutError) \
                 else GatewayError(502, "the upstream connection broke before the answer was "
@@ -448,13 +465,14 @@ class Gateway:
             parsed = orjson.loads(payload)
         except orjson.JSONDecodeError:
             parsed = None
+        answer = parsed  # in the upstream's format
         if bridge is None:
             usage = self.rt.adapters[ctx.wire].usage_from_body(ctx.api, parsed)
         else:
             usage = bridge.usage_from_body(parsed)
             payload, parsed = bridge.response_body(payload, parsed)
         if usage is None:
-            self._bill_estimate(ctx, "")
+            bill_counted(ctx, answer_text(bridge.upstream_api if bridge else ctx.api, answer))
         else:
             ctx.usage = usage
         ctx.status = resp.status
@@ -507,6 +525,7 @@ class Gateway:
                             receive: asgi.Receive, send: asgi.ResponseTracker,
                             observer: StreamObserver) -> None:
         """Relay whole SSE events as they arrive; stop (and bill) if the client leaves."""
+        timed = observer = ReasoningTimer(observer, self.rt.clock)
         ctx.status = resp.status
         await send.start(resp.status, [
             (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -545,10 +564,10 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await pumping
             ctx.outcome, ctx.status = "client_disconnect", 499
-            self._settle_stream_usage(ctx, observer)
+            self._settle_stream_usage(ctx, timed)
             return
         error = pumping.exception()
-        self._settle_stream_usage(ctx, observer)
+        self._settle_stream_usage(ctx, timed)
         if error is not None:
             if isinstance(error, StreamBlocked):
                 ctx.outcome, ctx.status = "blocked", error.status
@@ -575,25 +594,10 @@ class Gateway:
             await send.body(chunk, more=True)
         await send.body(reply.chunks[-1] if reply.chunks else b"", more=False)
 
-    def _settle_stream_usage(self, ctx: RequestContext, observer: StreamObserver) -> None:
-        if observer.usage is not None:
-            ctx.usage = observer.usage
-        else:
-            self._bill_estimate(ctx, observer.output_text())
-
-    def _bill_estimate(self, ctx: RequestContext, output_text: str,
-                       at_cap: bool = False) -> None:
-        """No usage from the provider: bill our own count of what was sent and received
-        (``at_cap``: an answer lost on the way is billed at its output cap)."""
-        assert ctx.req is not None
-        ctx.estimated = True
-        output = tokens.count_text(ctx.req.model, output_text) if output_text else 0
-        if at_cap and ctx.req.output_cap:
-            output = max(output, ctx.req.output_cap)
-            ctx.flags.append("billed_at_cap")
-        # Input the gateway could not count is billed at the worst case it reserved.
-        ctx.usage = Usage(input_tokens=ctx.req.input_tokens + ctx.req.hidden_input_tokens,
-                          output_tokens=output)
+    def _settle_stream_usage(self, ctx: RequestContext, observer: ReasoningTimer) -> None:
+        rt = self.rt
+        settle_stream(ctx, observer, rt.config.hidden_reasoning, rt.clock.monotonic(),
+                      rt.config.server.default_output_tokens)
 
     def _headers(self, ctx: RequestContext) -> dict[str, str]:
         headers = dict(ctx.response_headers)
@@ -641,6 +645,14 @@ class Gateway:
             self.rt.alert_thresholds(ctx)
         except Exception:
             log.exception("settling request %s failed", ctx.id)
+
+    async def _write_row(self, row: LedgerRow) -> None:
+        """A row of its own (an attempt that may have been billed), written before the
+        reservation that stands for it is settled."""
+        waiter = self._expect_row(row.id)
+        self.rt.ledger.submit(row)
+        self.rt.metrics.observe(row)
+        await self._until_written(row.id, waiter)
 
     def _expect_row(self, row_id: str) -> asyncio.Future[None]:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()

@@ -24,6 +24,8 @@ def price_call(pricer: Pricer, ctx: RequestContext) -> None:
     usage, model = ctx.usage, ctx.served_model
     if usage is None or not model or not (usage.total_tokens or usage.billable_calls):
         return
+    if "charged_at_estimate" in ctx.flags:
+        return  # priced as its reservation was (gateway.attempts)
     price = pricer.price_for(model, ctx.provider)
     if price is None:
         ctx.flags.append("unpriced_model")

@@ -60,9 +60,13 @@ class UpstreamUnreachable(GatewayError):
 
 
 class UpstreamTimeout(GatewayError):
-    def __init__(self, upstream: str) -> None:
+    """``sent``: the request may have reached the upstream, which may then have generated
+    (and billed) an answer nobody received; False when the connection was never made."""
+
+    def __init__(self, upstream: str, *, sent: bool = True) -> None:
         super().__init__(504, f"upstream {upstream!r} did not answer in time", type="api_error",
                          code="upstream_timeout")
+        self.sent = sent
 
 
 def upstream_url(config: UpstreamConfig, api: ApiKind | str, model: str | None = None) -> str:
@@ -152,8 +156,9 @@ class UpstreamClient:
                     raise UpstreamUnreachable(name, type(exc).__name__) from None
             except aiohttp.ClientConnectorError as exc:
                 raise UpstreamUnreachable(name, type(exc).__name__) from None
-            except TimeoutError:
-                raise UpstreamTimeout(name) from None
+            except TimeoutError as exc:
+                connecting = isinstance(exc, aiohttp.ConnectionTimeoutError)
+                raise UpstreamTimeout(name, sent=not connecting) from None
             except aiohttp.ClientError as exc:
                 raise UpstreamUnreachable(name, type(exc).__name__) from None
         raise AssertionError("unreachable")

@@ -90,6 +90,10 @@ class Applied:
     amount: int = 0
 
 
+class NoRoomForRetry(Exception):
+    """A hard limit cannot hold the worst case of another attempt at the upstream."""
+
+
 class BudgetExhausted(GatewayError):
     """A window budget has no room for this request; carries the limit so a fallback (a
     cached answer, a cheaper model) can be tried before the client gets the 429."""
@@ -363,20 +367,35 @@ class Admission:
                 continue
             if limit.unit == "output_tokens" and (req.output_cap is None
                                                   or req.output_cap > item.hard):
+                per_answer = item.hard // answers(req.body)
+                if per_answer < 1:  # a cap of 1 per answer would pass the limit
+                    ctx.block_reason = f"request_limit:{limit.name}"
+                    raise self._no_room(limit, item, req, "output")
                 previous = req.output_cap
-                set_output_cap(req, max(1, item.hard // answers(req.body)))
+                set_output_cap(req, per_answer)
                 ctx.flags.append(f"max_tokens_set:{limit.name}" if previous is None
                                  else f"max_tokens_clamped:{limit.name}")
         needs_cap = any(a.limit.unit in ("tokens", "output_tokens", "usd") for a in applied)
         if req.output_cap is None and needs_cap and req.api in ("chat", "responses",
                                                                 "messages"):
             cap = self.default_cap
+            tightest: Applied | None = None
             for item in applied:
-                if item.limit.window.kind == "request" and item.limit.unit == "tokens":
-                    cap = min(cap, (item.hard - reserved_input(req)) // answers(req.body))
-            if cap >= 1:
-                set_output_cap(req, cap)
-                ctx.flags.append("max_tokens_supplied")
+                if item.limit.window.kind == "request" and item.limit.unit == "tokens" \
+                        and not item.limit.shadow:
+                    room = (item.hard - reserved_input(req)) // answers(req.body)
+                    if room < cap:
+                        cap, tightest = room, item
+            if cap < 1 and tightest is not None:
+                # Forwarded without a cap, the answer could use any amount past the limit.
+                ctx.block_reason = f"request_limit:{tightest.limit.name}"
+                if req.hidden_input:
+                    raise self._hidden_too_large(
+                        ctx, tightest.limit, tightest,
+                        reserved_input(req) + answers(req.body), "per request")
+                raise self._no_room(tightest.limit, tightest, req, "input")
+            set_output_cap(req, cap)
+            ctx.flags.append("max_tokens_supplied")
         cap = req.output_cap or 0
         model = ctx.served_model or req.model
         for item in applied:
@@ -405,6 +424,26 @@ class Admission:
             422, f"this request needs up to {format_amount(limit.unit, need)} {what} but "
                  f"{allows}{self._hidden_note(ctx)}", code="hidden_input_exceeds_limit",
             param="hidden_input.max_tokens")
+
+    @staticmethod
+    def _no_room(limit: Limit, item: Applied, req: CanonicalRequest,
+                 short: str) -> GatewayError:
+        """A per-request limit that leaves no room for even one output token per answer
+        (``short``: what runs out, ``input`` or ``output``)."""
+        what = _UNIT_WORDS[limit.unit]
+        allows = (f"{describe_scope(limit, item.scope_id)} allows "
+                  f"{format_amount(limit.unit, item.hard)} {what} per request")
+        count = answers(req.body)
+        asked = f" for each of the {count} answers asked for ('n')" if count > 1 else ""
+        if short == "input":
+            return GatewayError(
+                422, f"this request has {reserved_input(req):,} input tokens, which leaves "
+                     f"no room for output{asked}: {allows}; shorten the input",
+                code="request_limit_exceeded", param="messages")
+        return GatewayError(
+            422, f"this request asks for {count} answers but {allows}, not one token "
+                 "each; ask for fewer answers ('n')", code="request_limit_exceeded",
+            param="n")
 
     @staticmethod
     def _too_large(limit: Limit, item: Applied, need: int, input_tokens: int,
@@ -503,9 +542,55 @@ class Admission:
         ctx.response_headers.update(self.headers(ticket))
         return ticket
 
-    async def _reserve_once(self, ctx: RequestContext, ticket: Ticket) -> ReserveOutcome | None:
-        """One round trip; None means the store is down and every limit here fails open."""
-        record = orjson.dumps(self._pending_row(ctx, ticket))
+    async def reserve_retry(self, ctx: RequestContext, row: LedgerRow,
+                            paid: int) -> Ticket | None:
+        """Room for one more attempt of a request whose last ``paid`` attempts may each have
+        been billed without an answer (``row``: the last one's, at its estimate).
+
+        Per-request limits must hold ``paid + 1`` worst cases; every window limit reserves
+        one more worst case, under ``row.id``, so that a gateway dying now still writes
+        ``row``. Returns that reservation (None when no window limit applies); raises
+        ``NoRoomForRetry`` when a hard limit has no room.
+        """
+        req, caller = ctx.req, ctx.caller
+        assert req is not None
+        held = ctx.ticket if isinstance(ctx.ticket, Ticket) else None
+        applied = held.applied if held is not None else \
+            self.applicable(caller, req) if caller is not None else []
+        model, cap = ctx.served_model or req.model, req.output_cap or 0
+        for item in applied:
+            limit = item.limit
+            if limit.window.kind != "request" or limit.shadow or limit.unit == "requests":
+                continue
+            need = self._worst_case(limit.unit, req, model, cap, provider=ctx.provider,
+                                    terms=self._terms(ctx))
+            if need * (paid + 1) > item.hard:
+                raise NoRoomForRetry(f"{limit.name}: {paid + 1} attempts need "
+                                     f"{format_amount(limit.unit, need * (paid + 1))}")
+        if held is None:
+            return None
+        ticket = Ticket(rid=row.id, charges=list(held.charges), units=list(held.units),
+                        applied=held.applied)
+        reason = ctx.block_reason
+        try:
+            outcome = await self._reserve_once(ctx, ticket, row)
+        except GatewayError as refused:  # the store is down and a limit fails closed
+            raise NoRoomForRetry(refused.message) from None
+        finally:
+            ctx.block_reason = reason
+        if outcome is not None and not outcome.admitted:
+            index = outcome.failed[0]
+            raise NoRoomForRetry(f"{ticket.charges[index].key}: "
+                                 f"{outcome.used[index]:,} used or reserved")
+        if outcome is not None:
+            self.live.add(ticket.rid)
+        return ticket
+
+    async def _reserve_once(self, ctx: RequestContext, ticket: Ticket,
+                            row: LedgerRow | None = None) -> ReserveOutcome | None:
+        """One round trip; None means the store is down and every limit here fails open.
+        ``row`` is what crash recovery writes (else the request's row at its estimate)."""
+        record = orjson.dumps(row or self._pending_row(ctx, ticket))
         sent = not self._failing_fast()
         try:
             return await self._store("reserve", lambda: self.counters.reserve(
@@ -682,6 +767,20 @@ class Admission:
         self.live.discard(ticket.rid)
         if not known:
             ctx.flags.append("settled_after_expiry")
+            await self._correct_claimed(ticket, deltas)
+
+    async def _correct_claimed(self, ticket: Ticket, deltas: list[tuple[str, int]]) -> None:
+        """A first settle that finds its reservation gone: crash recovery claimed it (its
+        lease ran out) and its charges stayed counted at the reserved amounts, while the
+        ledger keeps this request's own row over the estimate. The counters move by the
+        same deltas the settle would have applied, so they end at what was used. (A settle
+        retried after a lost reply may find its own reservation gone: it goes through
+        ``flush_unsettled``, which changes nothing then.)"""
+        adjust = [(charge.key, delta, charge.ttl)
+                  for charge, (_, delta) in zip(ticket.charges, deltas, strict=True) if delta]
+        if adjust:
+            with contextlib.suppress(StoreUnavailable):  # left at the estimate: over, not under
+                await self._store("add", lambda: self.counters.add(adjust))
 
     # -- the store's health ----------------------------------------------------------------
 
@@ -805,7 +904,8 @@ class Admission:
         """Charge reservations whose lease ran out at their estimate; return how many.
 
         One of this gateway's own (still running, or waiting to settle) is not charged: its
-        own row comes from the request, and the counters keep the estimate.
+        own row comes from the request, whose settle then corrects the counters (one left
+        waiting to settle keeps the estimate).
         """
         claimed = await self._store("claim", lambda: self.counters.claim_expired(
             self.clock.now()))

@@ -75,6 +75,15 @@ class PolicyStreamObserver:
     def output_text(self) -> str:
         return self._inner.output_text()
 
+    def reasoning_text(self) -> str:
+        return self._inner.reasoning_text()
+
+    def answering(self) -> bool:
+        return self._inner.answering()
+
+    def usage_is_final(self) -> bool:
+        return self._inner.usage_is_final()
+
     def on_event(self, event: bytes) -> bytes | None:
         relay = self._inner.on_event(event)
         if relay is None:

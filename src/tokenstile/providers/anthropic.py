@@ -18,6 +18,7 @@ import orjson
 from tokenstile import tokens
 from tokenstile.errors import bad_request
 from tokenstile.hidden_input import hidden_sources
+from tokenstile.providers.answers import AnswerText
 from tokenstile.providers.base import optional_bool, optional_int, require_str
 from tokenstile.providers.sse import event_fields
 from tokenstile.types import ApiKind, CanonicalRequest, Usage, WireFormat
@@ -283,14 +284,17 @@ class UsageTracker:
         if isinstance(tier, str) and tier:
             self.tier = tier.strip().lower()[:32]
 
-    def usage(self, output_floor: int = 0) -> Usage:
+    def usage(self, output_floor: int = 0, reasoning_floor: int = 0) -> Usage:
+        """The usage reported so far, with at least ``output_floor`` output tokens, of
+        which at least ``reasoning_floor`` are thinking (the gateway's count of a stream
+        cut before its final usage)."""
         output = max(self.output, output_floor)
         return Usage(
             input_tokens=self.input + self.cache_read + self.cache_write,
             output_tokens=output,
             cached_input_tokens=self.cache_read,
             cache_write_tokens=self.cache_write,
-            reasoning_tokens=min(self.thinking, output),
+            reasoning_tokens=min(max(self.thinking, reasoning_floor), output),
             cache_write_1h_tokens=min(self.cache_write_1h, self.cache_write),
             web_search_requests=self.web_searches,
             web_fetch_requests=self.web_fetches,
@@ -298,17 +302,45 @@ class UsageTracker:
         )
 
 
-def stream_usage(tracker: UsageTracker, model: str, output_text: str) -> Usage | None:
+def stream_usage(tracker: UsageTracker, model: str, output_text: str,
+                 reasoning_text: str = "") -> Usage | None:
     """Usage of a stream so far; None before any usage arrived (the gateway then counts).
 
     A stream cut after ``message_start`` has exact input numbers but only the initial
-    output count, so the text generated since is counted to stand in for the rest.
+    output count, so the text generated since (thinking included) is counted to stand in
+    for the rest.
     """
     if not tracker.seen:
         return None
-    if tracker.final or not output_text:
+    if tracker.final or not (output_text or reasoning_text):
         return tracker.usage()
-    return tracker.usage(tokens.count_text(model, output_text))
+    reasoning = tokens.count_text(model, reasoning_text) if reasoning_text else 0
+    visible = tokens.count_text(model, output_text) if output_text else 0
+    return tracker.usage(visible + reasoning, reasoning)
+
+
+def delta_parts(delta: Any, out: AnswerText) -> None:
+    """The text of one ``content_block_delta``: visible (text, tool JSON) or thinking."""
+    text = delta_text(delta)
+    if text:
+        if delta.get("type") == "thinking_delta":
+            out.reason(text)
+        else:
+            out.see(text)
+
+
+def block_start_parts(block: Any, out: AnswerText) -> None:
+    """What a ``content_block_start`` already carries: leading text or thinking, a tool's
+    name (its input follows as deltas)."""
+    if not isinstance(block, dict):
+        return
+    kind = block.get("type")
+    if kind == "text":
+        out.see(block.get("text"))
+    elif kind == "thinking":
+        out.reason(block.get("thinking"))
+    elif kind in ("tool_use", "server_tool_use"):
+        out.see(block.get("name"))
 
 
 def delta_text(delta: Any) -> str | None:
@@ -345,11 +377,11 @@ def load_event(event: bytes) -> tuple[str | None, dict[str, Any] | None]:
 class AnthropicStreamObserver:
     """Messages streams (``event: X`` / ``data: {...}``): relays every event unchanged."""
 
-    __slots__ = ("_model", "_pieces", "_tracker", "_usage_override")
+    __slots__ = ("_model", "_text", "_tracker", "_usage_override")
 
     def __init__(self, model: str) -> None:
         self._model = model
-        self._pieces: list[str] = []
+        self._text = AnswerText()
         self._tracker = UsageTracker()
         self._usage_override: Usage | None = None
 
@@ -357,7 +389,8 @@ class AnthropicStreamObserver:
     def usage(self) -> Usage | None:
         if self._usage_override is not None:
             return self._usage_override
-        return stream_usage(self._tracker, self._model, self.output_text())
+        return stream_usage(self._tracker, self._model, self.output_text(),
+                            self.reasoning_text())
 
     @usage.setter
     def usage(self, value: Usage | None) -> None:
@@ -368,15 +401,9 @@ class AnthropicStreamObserver:
         if payload is None:
             return event
         if kind == "content_block_delta":
-            text = delta_text(payload.get("delta"))
-            if text:
-                self._pieces.append(text)
+            delta_parts(payload.get("delta"), self._text)
         elif kind == "content_block_start":
-            block = payload.get("content_block")
-            if isinstance(block, dict) and block.get("type") == "text":
-                text = block.get("text")
-                if isinstance(text, str) and text:
-                    self._pieces.append(text)
+            block_start_parts(payload.get("content_block"), self._text)
         elif kind == "message_start":
             message = payload.get("message")
             if isinstance(message, dict):
@@ -386,7 +413,16 @@ class AnthropicStreamObserver:
         return event
 
     def output_text(self) -> str:
-        return "".join(self._pieces)
+        return "".join(self._text.visible)
+
+    def reasoning_text(self) -> str:
+        return "".join(self._text.reasoning)
+
+    def answering(self) -> bool:
+        return bool(self._text.visible)
+
+    def usage_is_final(self) -> bool:
+        return self._usage_override is not None or self._tracker.final
 
 
 # --- answers made by the gateway ----------------------------------------------------------

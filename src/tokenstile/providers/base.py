@@ -18,7 +18,21 @@ class StreamObserver(Protocol):
         ...
 
     def output_text(self) -> str:
-        """The text generated so far, for counting when the provider reports no usage."""
+        """The visible text generated so far (text, refusals, tool names and arguments),
+        for counting when the provider reports no usage."""
+        ...
+
+    def reasoning_text(self) -> str:
+        """The reasoning (thinking) text streamed so far, billed as output too."""
+        ...
+
+    def answering(self) -> bool:
+        """Whether any visible output has arrived (a reasoning model has stopped thinking)."""
+        ...
+
+    def usage_is_final(self) -> bool:
+        """Whether ``usage`` is the provider's final count; if not, it is None or partly
+        the gateway's own count of what was streamed."""
         ...
 
 

@@ -9,6 +9,7 @@ import orjson
 from tokenstile import tokens
 from tokenstile.errors import bad_request
 from tokenstile.hidden_input import hidden_sources
+from tokenstile.providers.answers import AnswerText, chat_message_text
 from tokenstile.providers.base import (
     collect_text,
     optional_bool,
@@ -244,15 +245,22 @@ def usage_from_response(api: ApiKind, payload: dict[str, Any]) -> Usage | None:
     return usage
 
 
+_VISIBLE_DELTAS = frozenset({
+    "response.output_text.delta", "response.function_call_arguments.delta",
+    "response.custom_tool_call_input.delta", "response.refusal.delta"})
+_REASONING_DELTAS = frozenset({
+    "response.reasoning_text.delta", "response.reasoning_summary_text.delta"})
+
+
 class OpenAIStreamObserver:
     """Chat and completions streams: ``data: {chunk}`` events, usage in a final chunk."""
 
-    __slots__ = ("_api", "_pieces", "_searches", "_strip", "_tier", "usage")
+    __slots__ = ("_api", "_searches", "_strip", "_text", "_tier", "usage")
 
     def __init__(self, strip_usage: bool, api: ApiKind = "chat") -> None:
         self._strip = strip_usage
         self._api = api
-        self._pieces: list[str] = []
+        self._text = AnswerText()
         self._tier: str | None = None
         self._searches = False
         self.usage: Usage | None = None
@@ -271,7 +279,8 @@ class OpenAIStreamObserver:
         if isinstance(choices, list):
             for choice in choices:
                 if isinstance(choice, dict):
-                    collect_text(choice.get("delta") or choice.get("text"), self._pieces)
+                    chat_message_text(choice.get("delta"), self._text)
+                    self._text.see(choice.get("text"))
         tier = chunk.get("service_tier")
         if tier is not None:
             self._tier = service_tier(tier) or self._tier
@@ -290,7 +299,16 @@ class OpenAIStreamObserver:
         return event
 
     def output_text(self) -> str:
-        return "".join(self._pieces)
+        return "".join(self._text.visible)
+
+    def reasoning_text(self) -> str:
+        return "".join(self._text.reasoning)
+
+    def answering(self) -> bool:
+        return bool(self._text.visible)
+
+    def usage_is_final(self) -> bool:
+        return self.usage is not None
 
 
 class ResponsesStreamObserver:
@@ -299,10 +317,10 @@ class ResponsesStreamObserver:
     ``response_id`` and ``status`` are the response's as its events last showed them (a
     background response that is cut off keeps running upstream)."""
 
-    __slots__ = ("_items", "_pieces", "response_id", "status", "usage")
+    __slots__ = ("_items", "_text", "response_id", "status", "usage")
 
     def __init__(self) -> None:
-        self._pieces: list[str] = []
+        self._text = AnswerText()
         self._items: dict[str, str] = {}
         self.usage: Usage | None = None
         self.response_id: str | None = None
@@ -319,18 +337,20 @@ class ResponsesStreamObserver:
         if not isinstance(payload, dict):
             return event
         kind = payload.get("type") or name
-        if kind in ("response.output_text.delta", "response.function_call_arguments.delta",
-                    "response.reasoning_summary_text.delta", "response.refusal.delta"):
-            delta = payload.get("delta")
-            if isinstance(delta, str):
-                self._pieces.append(delta)
+        if kind in _VISIBLE_DELTAS:
+            self._text.see(payload.get("delta"))
+        elif kind in _REASONING_DELTAS:
+            self._text.reason(payload.get("delta"))
         elif kind in ("response.output_item.added", "response.output_item.done"):
             item = payload.get("item")
-            if isinstance(item, dict) and item.get("type") in ("web_search_call",
-                                                               "file_search_call"):
+            item = item if isinstance(item, dict) else {}
+            if item.get("type") in ("web_search_call", "file_search_call"):
                 # Counted as they start: a search begun before a cut is billed too.
                 key = str(item.get("id") or f"#{payload.get('output_index')}")
                 self._items.setdefault(key, str(item["type"]))
+            elif item.get("type") in ("function_call", "custom_tool_call") and \
+                    kind == "response.output_item.added":
+                self._text.see(item.get("name"))
         elif kind in ("response.completed", "response.incomplete", "response.failed"):
             response = payload.get("response")
             if isinstance(response, dict):
@@ -355,4 +375,13 @@ class ResponsesStreamObserver:
             self.status = response["status"]
 
     def output_text(self) -> str:
-        return "".join(self._pieces)
+        return "".join(self._text.visible)
+
+    def reasoning_text(self) -> str:
+        return "".join(self._text.reasoning)
+
+    def answering(self) -> bool:
+        return bool(self._text.visible)
+
+    def usage_is_final(self) -> bool:
+        return self.usage is not None

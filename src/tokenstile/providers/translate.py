@@ -42,8 +42,11 @@ import orjson
 
 from tokenstile import tokens
 from tokenstile.errors import GatewayError, bad_request, render_error
+from tokenstile.providers.answers import AnswerText
 from tokenstile.providers.anthropic import (
     UsageTracker,
+    block_start_parts,
+    delta_parts,
     delta_text,
     dumps_text,
     load_event,
@@ -595,7 +598,7 @@ class StreamTranslator:
     """
 
     __slots__ = ("_created", "_done", "_finished", "_id", "_include_usage", "_model",
-                 "_pieces", "_role_sent", "_tool_index", "_tracker", "_usage_override")
+                 "_role_sent", "_text", "_tool_index", "_tracker", "_usage_override")
 
     def __init__(self, model: str, *, include_usage: bool = False,
                  created: int | None = None) -> None:
@@ -603,7 +606,7 @@ class StreamTranslator:
         self._include_usage = include_usage
         self._created = int(time.time()) if created is None else created
         self._id = chat_id(None)
-        self._pieces: list[str] = []
+        self._text = AnswerText()
         self._tracker = UsageTracker()
         self._tool_index: dict[Any, int] = {}
         self._role_sent = False
@@ -624,14 +627,24 @@ class StreamTranslator:
         once, when the stream is over."""
         if self._usage_override is not None:
             return self._usage_override
-        return stream_usage(self._tracker, self._model, self.output_text())
+        return stream_usage(self._tracker, self._model, self.output_text(),
+                            self.reasoning_text())
 
     @usage.setter
     def usage(self, value: Usage | None) -> None:
         self._usage_override = value
 
     def output_text(self) -> str:
-        return "".join(self._pieces)
+        return "".join(self._text.visible)
+
+    def reasoning_text(self) -> str:
+        return "".join(self._text.reasoning)
+
+    def answering(self) -> bool:
+        return bool(self._text.visible)
+
+    def usage_is_final(self) -> bool:
+        return self._usage_override is not None or self._tracker.final
 
     def on_event(self, event: bytes) -> bytes | None:
         return self.feed(event) or None
@@ -689,11 +702,11 @@ class StreamTranslator:
         block = payload.get("content_block")
         if not isinstance(block, dict):
             return b""
+        block_start_parts(block, self._text)
         kind = block.get("type")
         if kind == "text":
             text = block.get("text")
             if isinstance(text, str) and text:
-                self._pieces.append(text)
                 return self._chunk({"content": text})
         elif kind == "tool_use":
             index = len(self._tool_index)
@@ -712,7 +725,7 @@ class StreamTranslator:
         text = delta_text(delta)
         if not text:
             return b""
-        self._pieces.append(text)
+        delta_parts(delta, self._text)
         kind = delta.get("type") if isinstance(delta, dict) else None
         if kind == "text_delta":
             return self._chunk({"content": text})

@@ -30,6 +30,7 @@ from tokenstile.stores.usage_sqlite import (
     ensure_rollup,
     hour_bucket,
     new_rows,
+    remove_from_rollup,
     usage_from,
 )
 from tokenstile.types import LedgerRow
@@ -122,6 +123,19 @@ def params_to_row(values: Sequence[Any]) -> LedgerRow:
     return LedgerRow(**data)
 
 
+def provisional_rows(conn: sqlite3.Connection, ids: Sequence[str]) -> list[LedgerRow]:
+    """The provisional rows (``LedgerRow.provisional``) in the ledger among ``ids``."""
+    found: list[LedgerRow] = []
+    unique = list(dict.fromkeys(ids))
+    for i in range(0, len(unique), 500):
+        chunk = unique[i:i + 500]
+        found.extend(params_to_row(values) for values in conn.execute(
+            f"SELECT {','.join(LEDGER_COLUMNS)} FROM ledger WHERE id IN "
+            f"({','.join('?' * len(chunk))}) AND outcome = 'unsettled' AND estimated = 1",
+            chunk))
+    return found
+
+
 def add_columns(conn: sqlite3.Connection) -> None:
     """Add the ``ADDED_COLUMNS`` a ledger made by an older version lacks (in one write
     transaction, so processes opening the file at once add each column once)."""
@@ -179,7 +193,8 @@ class SqliteDatabase(KeyLookups):
     # ledger -------------------------------------------------------------------------------
 
     async def insert_ledger(self, rows: Sequence[LedgerRow]) -> None:
-        params = [row_to_params(row) for row in rows]
+        """Idempotent on the row id (a retried batch bills nothing twice), except that a
+        provisional row is replaced by a final row with its id, whichever came first."""
         placeholders = ",".join("?" * len(LEDGER_COLUMNS))
         sql = (f"INSERT OR IGNORE INTO ledger ({','.join(LEDGER_COLUMNS)}) "
                f"VALUES ({placeholders})")
@@ -187,8 +202,13 @@ class SqliteDatabase(KeyLookups):
         def write(conn: sqlite3.Connection) -> None:
             with conn:
                 conn.execute("BEGIN IMMEDIATE")
+                replaced = provisional_rows(conn, [r.id for r in rows if not r.provisional])
+                if replaced:
+                    conn.executemany("DELETE FROM ledger WHERE id = ?",
+                                     [(row.id,) for row in replaced])
+                    remove_from_rollup(conn, replaced)
                 fresh = new_rows(conn, rows)
-                conn.executemany(sql, params)
+                conn.executemany(sql, [row_to_params(row) for row in fresh])
                 add_to_rollup(conn, fresh)
 
         await self._run(write)

@@ -36,7 +36,7 @@ _KEY = "dim, hour, organization, project, value"
 SHARDS = 16
 
 
-def _aggregate(source: str, shard: str) -> str:
+def _aggregate(source: str, shard: str, sign: str = "") -> str:
     """Add the rows of ``source`` (the ledger, or a statement's new rows) to the rollup:
     one row per UTC hour × organization × project × dimension value, for the totals
     (``dim = ''``), each of ``ROLLUP_DIMENSIONS``, each tag (``team=search``) and each
@@ -45,14 +45,17 @@ def _aggregate(source: str, shard: str) -> str:
     Each batch adds into one of ``SHARDS`` copies of its rows (``shard``, picked at random
     per batch; readers sum them), so that gateways writing the same hour and project at
     once rarely wait for each other's row locks; and it upserts in key order, so that two
-    batches that do meet lock rows in the same order and cannot deadlock."""
+    batches that do meet lock rows in the same order and cannot deadlock.
+
+    ``sign`` ``-`` takes the rows out instead (rows a replacement deleted); readers drop a
+    group whose requests sum to zero across the shards."""
     dims = "\n".join(f"        UNION ALL SELECT '{d}', coalesce(n.\"{d}\", '')"
                       for d in ROLLUP_DIMENSIONS)
-    sums = ", ".join(f"sum({m})" for m in _MEASURES)
+    sums = ", ".join(f"{sign}sum({m})" for m in _MEASURES)
     updates = ", ".join(f"{m} = u.{m} + excluded.{m}" for m in ("requests", *_MEASURES))
     return f"""
 INSERT INTO usage_hourly AS u ({_KEY}, shard, requests, {", ".join(_MEASURES)})
-SELECT {_KEY}, {shard}, count(*), {sums} FROM (
+SELECT {_KEY}, {shard}, {sign}count(*), {sums} FROM (
     SELECT d.dim, {_HOUR_OF} AS hour, coalesce(n.organization, '') AS organization,
            coalesce(n.project, '') AS project, d.value, n.input_tokens,
            n.cached_input_tokens, n.output_tokens, n.reasoning_tokens, n.cost_nano,
@@ -101,6 +104,29 @@ CREATE TRIGGER ledger_usage_hourly AFTER INSERT ON ledger
     REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT
     EXECUTE FUNCTION tokenstile_usage_hourly();
 {_aggregate("ledger", "0")};
+"""
+
+
+def _replacement_sql() -> str:
+    """A provisional ledger row (written at its estimate by crash recovery) is replaced by
+    its request's own row with an ``INSERT … ON CONFLICT (id) DO UPDATE``: the rollup takes
+    the old row out and puts the new one in, from the statement's transition tables."""
+    return f"""
+CREATE OR REPLACE FUNCTION tokenstile_usage_hourly_replaced() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path FROM CURRENT AS $fn$
+DECLARE
+    batch_shard smallint := floor(random() * {SHARDS});
+BEGIN
+{_aggregate("old_rows", "batch_shard", "-")};
+{_aggregate("new_rows", "batch_shard")};
+    RETURN NULL;
+END
+$fn$;
+DROP TRIGGER IF EXISTS ledger_usage_hourly_replaced ON ledger;
+CREATE TRIGGER ledger_usage_hourly_replaced AFTER UPDATE ON ledger
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT
+    EXECUTE FUNCTION tokenstile_usage_hourly_replaced();
 """
 
 
@@ -172,6 +198,7 @@ ALTER TABLE ledger
     ADD COLUMN IF NOT EXISTS service_tier text;
 """),
     Migration(5, "responses created through the gateway", PG_SCHEMA),
+    Migration(6, "provisional ledger rows replaced by their request's own", _replacement_sql()),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -7,7 +7,9 @@ row per UTC hour × organization × project × dimension value, for the total an
 the served model, user, feature and team, each tag (``team=search``) and each degradation
 (``trimmed``). The batch is summed in Python first (a batch from one busy hour touches a
 few hundred rollup rows, not seven per ledger row), and rows whose id is already in the
-ledger are left out, so a retried batch (``INSERT OR IGNORE``) is never counted twice.
+ledger are left out, so a retried batch (``INSERT OR IGNORE``) is never counted twice. A
+provisional row (``LedgerRow.provisional``) replaced by its request's own row is taken out
+of the rollup as the replacement goes in; a group left with no request is dropped.
 
 Which hours of a query the rollup answers and which the ledger is ``usage_plan``'s call,
 the same on PostgreSQL; either way the answer is exactly the ledger's.
@@ -38,7 +40,7 @@ from tokenstile.stores.usage_plan import (
     plan_usage,
     within,
 )
-from tokenstile.types import LedgerRow
+from tokenstile.types import LedgerRow, one_per_id
 
 LABELS = ("tag", "degraded")
 TOTALS = ("requests", "input_tokens", "cached_input_tokens", "output_tokens",
@@ -122,11 +124,9 @@ def _exists(conn: sqlite3.Connection) -> bool:
 
 
 def new_rows(conn: sqlite3.Connection, rows: Sequence[LedgerRow]) -> list[LedgerRow]:
-    """The rows an ``INSERT OR IGNORE`` of ``rows`` will really insert: the first of each
-    id, and none whose id is already in the ledger. Call inside the write transaction."""
-    first: dict[str, LedgerRow] = {}
-    for row in rows:
-        first.setdefault(row.id, row)
+    """The rows of ``rows`` to insert: one of each id (``one_per_id``), and none whose id
+    is already in the ledger. Call inside the write transaction."""
+    first = {row.id: row for row in one_per_id(rows)}
     ids = list(first)
     for i in range(0, len(ids), 500):
         chunk = ids[i:i + 500]
@@ -142,6 +142,23 @@ def _text(value: object) -> str:
 
 def add_to_rollup(conn: sqlite3.Connection, rows: Sequence[LedgerRow]) -> None:
     """Add freshly inserted ledger rows into the rollup (inside their write transaction)."""
+    conn.executemany(_UPSERT, [(hour, dim, org, project, value, *total)
+                               for (dim, hour, org, project, value), total
+                               in _sums(rows).items()])
+
+
+def remove_from_rollup(conn: sqlite3.Connection, rows: Sequence[LedgerRow]) -> None:
+    """Take ledger rows that were deleted (replaced) out of the rollup, in their write
+    transaction; groups left with no request go, as the ledger has none for them."""
+    sums = _sums(rows)
+    conn.executemany(_UPSERT, [(hour, dim, org, project, value, *(-t for t in total))
+                               for (dim, hour, org, project, value), total in sums.items()])
+    conn.executemany("DELETE FROM usage_hourly WHERE dim = ? AND hour = ? AND organization = ? "
+                     "AND project = ? AND value = ? AND requests <= 0", list(sums))
+
+
+def _sums(rows: Sequence[LedgerRow]) -> dict[tuple[str, int, str, str, str], list[int]]:
+    """The rollup's measures of ``rows``, per (dim, hour, organization, project, value)."""
     sums: dict[tuple[str, int, str, str, str], list[int]] = {}
     for row in rows:
         hour = floor_hour(row.ts)
@@ -159,8 +176,7 @@ def add_to_rollup(conn: sqlite3.Connection, rows: Sequence[LedgerRow]) -> None:
             else:
                 for i, amount in enumerate(measures):
                     total[i] += amount
-    conn.executemany(_UPSERT, [(hour, dim, org, project, value, *total)
-                               for (dim, hour, org, project, value), total in sums.items()])
+    return sums
 
 
 # --- buckets ---------------------------------------------------------------------------------

@@ -245,6 +245,10 @@ class Directives:
     cache_write_tokens input tokens written to cache (Anthropic cache_creation_input_tokens)
     cache_write_1h_tokens the part of those written for an hour (ephemeral_1h_input_tokens)
     reasoning_tokens hidden reasoning tokens, added to the output tokens
+    reasoning_text   show the reasoning as text (one token a word): chat
+                     ``reasoning_content``, a Responses reasoning item, an Anthropic
+                     ``thinking`` block; streamed before the answer, so a cut stream has
+                     emitted only the reasoning it streamed
     input_audio_tokens input tokens that are audio (prompt_tokens_details.audio_tokens)
     output_audio_tokens audio output tokens, added to the output tokens
     cached_audio_tokens the audio part of the cache reads (cached_tokens_details)
@@ -255,7 +259,10 @@ class Directives:
     service_tier     the tier the answer names (else the one asked for, or the default)
     tool_call        call this tool (when the request offers tools)
     retry_after      seconds, sent as a ``retry-after`` header with an error status
-    no_usage         stream without the usage chunk / omit ``usage`` (OpenAI formats)
+    no_usage         stream without the usage chunk / omit ``usage`` (OpenAI formats;
+                     Anthropic: whole answers)
+    bill_if_gone     a client that leaves during ``delay_ms`` or ``hang`` is billed its
+                     whole answer anyway (a provider that finishes what it started)
     background_polls a ``background: true`` response completes on this poll (GET) of it
     background_hold  a ``background: true`` response runs until told to finish
                      (``FakeUpstream.finish_background``) or cancelled
@@ -284,6 +291,8 @@ class Directives:
     tool_call: str | None = None
     retry_after: float | None = None
     no_usage: bool = False
+    reasoning_text: bool = False
+    bill_if_gone: bool = False
     background_polls: int | None = None
     background_hold: bool = False
 
@@ -313,7 +322,8 @@ _INT_KEYS = frozenset({
     "web_fetches", "file_searches", "background_polls",
 })
 _FLOAT_KEYS = frozenset({"delay_ms", "chunk_delay_ms", "retry_after"})
-_FLAG_KEYS = frozenset({"hang", "no_usage", "background_hold"})
+_FLAG_KEYS = frozenset({"hang", "no_usage", "background_hold", "reasoning_text",
+                        "bill_if_gone"})
 _STR_KEYS = frozenset({"tool_call", "service_tier"})
 _NULLABLE = frozenset({"status", "output_tokens", "input_tokens", "cut_after", "error_after",
                        "stall_after", "tool_call", "retry_after", "service_tier",
@@ -404,16 +414,27 @@ class Reply:
     text: str = ""
     tool_input: dict[str, object] = field(default_factory=dict)
     audio_tokens: int = 0
+    show_reasoning: bool = False
 
     @property
     def output_tokens(self) -> int:
-        """Billed output: generated tokens plus hidden reasoning and audio."""
+        """Billed output: generated tokens plus reasoning and audio."""
         return len(self.pieces) + self.name_tokens + self.reasoning_tokens + self.audio_tokens
 
+    @property
+    def reasoning_pieces(self) -> tuple[str, ...]:
+        """The reasoning as streamed text (none when it is hidden)."""
+        return reply_pieces(self.reasoning_tokens) if self.show_reasoning else ()
+
     def tokens_after(self, emitted: int) -> int:
-        """Output tokens when only the first ``emitted`` pieces went out."""
-        return (min(emitted, len(self.pieces)) + self.name_tokens + self.reasoning_tokens
-                + self.audio_tokens)
+        """Output tokens when only the first ``emitted`` frames went out: hidden reasoning
+        is done before the first; shown reasoning streams ahead of the answer."""
+        if not self.show_reasoning:
+            return (min(emitted, len(self.pieces)) + self.name_tokens
+                    + self.reasoning_tokens + self.audio_tokens)
+        reasoning = min(emitted, self.reasoning_tokens)
+        answer = min(emitted - reasoning, len(self.pieces))
+        return reasoning + answer + (self.name_tokens + self.audio_tokens if answer else 0)
 
 
 def _tool_schema(tools: object, name: str) -> Mapping[str, Any] | None:
@@ -473,6 +494,7 @@ def plan_reply(
             reasoning_tokens=directives.reasoning_tokens,
             name_tokens=count_text(name),
             audio_tokens=directives.output_audio_tokens,
+            show_reasoning=directives.reasoning_text,
         )
     natural = (
         directives.output_tokens
@@ -489,6 +511,7 @@ def plan_reply(
         reasoning_tokens=directives.reasoning_tokens,
         text=reply_text(n),
         audio_tokens=directives.output_audio_tokens,
+        show_reasoning=directives.reasoning_text,
     )
 
 

@@ -225,6 +225,8 @@ def chat_body(t: Turn) -> Json:
         ]
     else:
         message["content"] = reply.text
+    if reply.reasoning_pieces:
+        message["reasoning_content"] = "".join(reply.reasoning_pieces)
     body: Json = {
         "id": t.id,
         "object": "chat.completion",
@@ -292,6 +294,7 @@ def chat_stream(t: Turn) -> StreamParts:
     else:
         head = chunk({"role": "assistant", "content": "", "refusal": None})
         pieces = [chunk({"content": p}) for p in reply.pieces]
+    pieces[:0] = [chunk({"reasoning_content": p}) for p in reply.reasoning_pieces]
     tail = chunk({}, _chat_finish(reply))
     if with_usage:
         tail += _data({**base, "choices": [], "usage": chat_usage(t)})
@@ -430,9 +433,19 @@ def _search_items(t: Turn, done: bool) -> list[Json]:
     return web + files
 
 
+def _reasoning_item(t: Turn, done: bool) -> list[Json]:
+    """The reasoning shown as a Responses output item (none when it is hidden)."""
+    if not t.reply.reasoning_pieces:
+        return []
+    text = "".join(t.reply.reasoning_pieces) if done else ""
+    return [{"type": "reasoning", "id": "rs_" + t.id.split("_", 1)[-1], "summary": [],
+             "content": [{"type": "reasoning_text", "text": text}] if done else [],
+             "status": "completed" if done else "in_progress"}]
+
+
 def responses_body(t: Turn) -> Json:
     status = _final_status(t.reply)
-    return _response_object(t, status, [*_search_items(t, True),
+    return _response_object(t, status, [*_search_items(t, True), *_reasoning_item(t, True),
                                          _output_item(t, status, True)], final=True)
 
 
@@ -474,7 +487,8 @@ def responses_stream(t: Turn) -> StreamParts:
         return _event(str(obj["type"]), obj)
 
     searches = _search_items(t, True)
-    index = len(searches)  # the answer's own item follows the searches
+    reasoning = _reasoning_item(t, True)
+    index = len(searches) + len(reasoning)  # the answer's own item comes last
     common = {"item_id": t.item_id, "output_index": index}
     out.append(emit({
         "type": "response.created",
@@ -489,21 +503,36 @@ def responses_stream(t: Turn) -> StreamParts:
                          "item": started}))
         out.append(emit({"type": "response.output_item.done", "output_index": i,
                          "item": done}))
-    out.append(emit({
+    pieces: list[bytes] = []
+    answer_head: list[bytes] = []
+    if reasoning:
+        shown = {"item_id": reasoning[0]["id"], "output_index": len(searches),
+                 "content_index": 0}
+        out.append(emit({"type": "response.output_item.added",
+                         "output_index": len(searches), "item": _reasoning_item(t, False)[0]}))
+        pieces.extend(emit({"type": "response.reasoning_text.delta", **shown, "delta": p})
+                      for p in reply.reasoning_pieces)
+        answer_head.append(emit({"type": "response.reasoning_text.done", **shown,
+                                 "text": "".join(reply.reasoning_pieces)}))
+        answer_head.append(emit({"type": "response.output_item.done",
+                                 "output_index": len(searches), "item": reasoning[0]}))
+    answer_head.append(emit({
         "type": "response.output_item.added",
         "output_index": index,
         "item": _output_item(t, "in_progress", False),
     }))
     is_tool = reply.finish == "tool"
     if not is_tool:
-        out.append(emit({
+        answer_head.append(emit({
             "type": "response.content_part.added",
             **common,
             "content_index": 0,
             "part": _text_part(""),
         }))
+    if not reasoning:
+        out.extend(answer_head)
+        answer_head = []
     head = b"".join(out)
-    pieces: list[bytes] = []
     for p in reply.pieces:
         if is_tool:
             pieces.append(emit({
@@ -547,8 +576,14 @@ def responses_stream(t: Turn) -> StreamParts:
     final_type = "response.completed" if status == "completed" else "response.incomplete"
     tail.append(emit({
         "type": final_type,
-        "response": _response_object(t, status, [*searches, item], final=True),
+        "response": _response_object(t, status, [*searches, *reasoning, item], final=True),
     }))
+    if answer_head:  # shown reasoning: the answer's first frame opens its item
+        first = len(reply.reasoning_pieces)
+        if first < len(pieces):
+            pieces[first] = b"".join(answer_head) + pieces[first]
+        else:
+            tail.insert(0, b"".join(answer_head))
 
     def error(n: int) -> bytes:
         failed = _response_object(t, "failed", [], final=False)
@@ -601,17 +636,28 @@ def _anthropic_block(t: Turn, done: bool) -> Json:
     return {"type": "text", "text": reply.text if done else ""}
 
 
+def _thinking_block(t: Turn, done: bool) -> list[Json]:
+    """The reasoning shown as a ``thinking`` block (none when it is hidden)."""
+    if not t.reply.reasoning_pieces:
+        return []
+    return [{"type": "thinking", "signature": "" if not done else "sig_fake",
+             "thinking": "".join(t.reply.reasoning_pieces) if done else ""}]
+
+
 def anthropic_message(t: Turn) -> Json:
-    return {
+    message: Json = {
         "id": t.id,
         "type": "message",
         "role": "assistant",
         "model": t.model,
-        "content": [_anthropic_block(t, True)],
+        "content": [*_thinking_block(t, True), _anthropic_block(t, True)],
         "stop_reason": _STOP_REASONS[t.reply.finish],
         "stop_sequence": None,
         "usage": anthropic_usage(t, t.output_tokens),
     }
+    if t.no_usage:
+        del message["usage"]
+    return message
 
 
 def anthropic_stream(t: Turn) -> StreamParts:
@@ -629,20 +675,25 @@ def anthropic_stream(t: Turn) -> StreamParts:
             "usage": anthropic_usage(t, 1),
         },
     }
-    head = (
-        _event("message_start", start)
-        + _event("content_block_start", {
-            "type": "content_block_start",
-            "index": 0,
-            "content_block": _anthropic_block(t, False),
-        })
-        + _event("ping", {"type": "ping"})
-    )
+    thinking = _thinking_block(t, False)
+    at = len(thinking)  # the answer's block follows the thinking
+    opening = _event("content_block_start", {
+        "type": "content_block_start",
+        "index": at,
+        "content_block": _anthropic_block(t, False),
+    })
+    head = _event("message_start", start)
+    if thinking:
+        head += _event("content_block_start", {"type": "content_block_start", "index": 0,
+                                               "content_block": thinking[0]})
+    else:
+        head += opening
+    head += _event("ping", {"type": "ping"})
     if reply.finish == "tool":
         pieces = [
             _event("content_block_delta", {
                 "type": "content_block_delta",
-                "index": 0,
+                "index": at,
                 "delta": {"type": "input_json_delta", "partial_json": p},
             })
             for p in reply.pieces
@@ -651,11 +702,23 @@ def anthropic_stream(t: Turn) -> StreamParts:
         pieces = [
             _event("content_block_delta", {
                 "type": "content_block_delta",
-                "index": 0,
+                "index": at,
                 "delta": {"type": "text_delta", "text": p},
             })
             for p in reply.pieces
         ]
+    if thinking:
+        shut = (_event("content_block_delta", {
+            "type": "content_block_delta", "index": 0,
+            "delta": {"type": "signature_delta", "signature": "sig_fake"}})
+            + _event("content_block_stop", {"type": "content_block_stop", "index": 0})
+            + opening)
+        if pieces:
+            pieces[0] = shut + pieces[0]
+        pieces[:0] = [_event("content_block_delta", {
+            "type": "content_block_delta", "index": 0,
+            "delta": {"type": "thinking_delta", "thinking": p}})
+            for p in reply.reasoning_pieces]
     usage = anthropic_usage(t, t.output_tokens)
     delta_usage = {
         k: usage[k]
@@ -666,7 +729,8 @@ def anthropic_stream(t: Turn) -> StreamParts:
         if k in usage
     }
     tail = (
-        _event("content_block_stop", {"type": "content_block_stop", "index": 0})
+        (shut if thinking and not reply.pieces else b"")
+        + _event("content_block_stop", {"type": "content_block_stop", "index": at})
         + _event("message_delta", {
             "type": "message_delta",
             "delta": {"stop_reason": _STOP_REASONS[reply.finish], "stop_sequence": None},

@@ -665,6 +665,8 @@ class FakeUpstream:
             rec.cache_write_tokens = turn.cache_write_tokens
             rec.reasoning_tokens = turn.reply.reasoning_tokens
             rec.output_tokens = turn.output_tokens if output_tokens is None else output_tokens
+            if turn.reply.show_reasoning:  # a cut stream shows it first, as it goes
+                rec.reasoning_tokens = min(rec.reasoning_tokens, rec.output_tokens)
             rec.cache_write_1h_tokens = turn.cache_write_1h_tokens
             rec.input_audio_tokens = turn.input_audio_tokens
             rec.output_audio_tokens = turn.reply.audio_tokens
@@ -729,13 +731,15 @@ class FakeUpstream:
             await self._error(r, 400, str(exc))
             return None
         r.directives = d
-        if d.delay_ms and not await r.watcher().sleep(d.delay_ms / 1000.0):
+        if d.delay_ms and not await r.watcher().sleep(d.delay_ms / 1000.0) \
+                and not d.bill_if_gone:
             self._record(r, 0, "client_disconnected")
             return None
         if d.hang:
             await r.watcher().wait_gone()
-            self._record(r, 0, "client_disconnected")
-            return None
+            if not d.bill_if_gone:
+                self._record(r, 0, "client_disconnected")
+                return None
         if d.status is not None and d.status >= 400:
             await self._error(r, d.status, f"Fake upstream error (status {d.status}).",
                               d.retry_after)
@@ -778,7 +782,7 @@ class FakeUpstream:
             reply=reply,
             request=r.body,
             include_usage=include_usage,
-            no_usage=d.no_usage and not r.anthropic,
+            no_usage=d.no_usage,
             cache_write_1h_tokens=min(d.cache_write_1h_tokens, d.cache_write_tokens),
             input_audio_tokens=d.input_audio_tokens,
             cached_audio_tokens=cached_audio,

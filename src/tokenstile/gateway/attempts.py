@@ -1,0 +1,121 @@
+"""Attempts at the upstream that may have cost money without giving an answer.
+
+A request that timed out after it was sent may still have been generated, and billed, by
+the provider (a non-streamed answer is generated whole before its headers go out). Each such
+attempt is charged at its estimate (input + output cap, priced as reservations are) and
+flagged ``charged_at_estimate``: the last one on the request's own row, every earlier one on
+a row of its own (``<request id>-<attempt>``, its ``detail.attempt_of`` naming the request).
+
+Another attempt after one of them (a retry, a fallback) goes only with
+``resilience.retry_timeouts``, and only when every hard limit has room for its worst case
+too: per-request limits for all of the attempts together, window limits by a reservation
+of its own, made before it goes. That reservation then carries the earlier attempt's row
+(written by crash recovery if the gateway dies meanwhile) and is settled once it is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from tokenstile.errors import GatewayError
+from tokenstile.gateway.context import RequestContext, set_usage
+from tokenstile.gateway.upstream import UpstreamTimeout
+from tokenstile.limits.admission import NoRoomForRetry, reserved_input
+from tokenstile.providers.terms import reservation_terms
+from tokenstile.types import LedgerRow, Usage
+
+if TYPE_CHECKING:
+    from tokenstile.gateway.resilience import Attempt
+    from tokenstile.gateway.routing import Target
+    from tokenstile.gateway.runtime import Runtime
+
+
+def may_have_cost(ctx: RequestContext, err: GatewayError) -> bool:
+    """A paid call that timed out once it may have reached the upstream."""
+    return isinstance(err, UpstreamTimeout) and err.sent and ctx.api != "count_tokens"
+
+
+@dataclass(slots=True)
+class _Unanswered:
+    attempt: Attempt
+    target: Target
+    number: int
+
+
+class PaidAttempts:
+    """The attempts of one request that may have been billed without an answer."""
+
+    def __init__(self, rt: Runtime, ctx: RequestContext,
+                 write: Callable[[LedgerRow], Awaitable[None]]) -> None:
+        self.rt = rt
+        self.ctx = ctx
+        self._write = write
+        self._last: _Unanswered | None = None
+        self.rows = 0  # earlier attempts charged on rows of their own
+
+    def failed(self, attempt: Attempt, target: Target, err: GatewayError, number: int) -> None:
+        if may_have_cost(self.ctx, err):
+            self._last = _Unanswered(attempt, target, number)
+
+    async def allow_another(self) -> bool:
+        """Before another attempt: the last one that may have been billed gets its own row,
+        under a reservation of its own. False: no other attempt may go."""
+        last, ctx = self._last, self.ctx
+        if last is None:
+            return True
+        if not self.rt.config.resilience.retry_timeouts:
+            ctx.detail["retry_refused"] = "resilience.retry_timeouts is off"
+            return False
+        row, usage = self._row(last)
+        try:
+            ticket = await self.rt.admission.reserve_retry(ctx, row, self.rows + 1)
+        except NoRoomForRetry as full:
+            ctx.detail["retry_refused"] = str(full)
+            return False
+        await self._write(row)
+        if ticket is not None:
+            settled = RequestContext(id=row.id, api=ctx.api, wire=ctx.wire, ts=row.ts,
+                                     started=0.0, headers={})
+            settled.usage, settled.cost_nano, settled.ticket = usage, row.cost_nano, ticket
+            await self.rt.admission.settle(settled)
+        self.rows += 1
+        self._last = None
+        return True
+
+    def charge_request(self) -> None:
+        """No attempt answered: the request's own row is its last attempt's, when that one
+        may have been billed."""
+        last, ctx = self._last, self.ctx
+        if last is None:
+            return
+        ctx.usage, ctx.cost_nano = self._estimate(last.target)
+        ctx.upstream, ctx.served_model = last.target.upstream, last.target.model
+        ctx.provider, ctx.estimated = last.target.provider, True
+        ctx.flags.append("charged_at_estimate")
+
+    def _estimate(self, target: Target) -> tuple[Usage, int]:
+        req = self.ctx.req
+        assert req is not None
+        usage = Usage(input_tokens=reserved_input(req),
+                      output_tokens=req.output_cap or self.rt.config.server.default_output_tokens)
+        cost = self.rt.pricer.estimate_nano(
+            target.model, usage.input_tokens, usage.output_tokens, target.provider,
+            terms=reservation_terms(req, target.config.auto_service_tier))
+        if cost is None:
+            self.ctx.flags.append("unpriced_model")
+        return usage, cost or 0
+
+    def _row(self, last: _Unanswered) -> tuple[LedgerRow, Usage]:
+        ctx = self.ctx
+        usage, cost = self._estimate(last.target)
+        row = ctx.ledger_row(last.attempt.ms)
+        row.id = f"{ctx.id}-{last.number}"
+        row.upstream, row.served_model = last.target.upstream, last.target.model
+        set_usage(row, usage)
+        row.cost_nano, row.estimated, row.ttfb_ms = cost, True, None
+        row.status, row.outcome, row.block_reason = 504, "error", "upstream_timeout"
+        row.flags = [*row.flags, "charged_at_estimate"]
+        row.detail = {**row.detail, "attempt_of": ctx.id, "attempt": last.number}
+        return row, usage
