@@ -15,6 +15,7 @@ import orjson
 from tokenstile.config import Config
 from tokenstile.limits.admission import set_output_cap
 from tokenstile.policies import auto_reply, report
+from tokenstile.policies.arguments import scan_tool_value
 from tokenstile.policies.decisions import Block, Decision, Flag, Rewrite
 from tokenstile.policies.headers import HEADER_NAMES, Loosening, apply_headers
 from tokenstile.policies.moderation import Moderator, judge
@@ -33,7 +34,7 @@ from tokenstile.policies.resolve import Resolver
 from tokenstile.policies.rules import NO_RULES, SHADOWABLE, Rules, WordCompiler, with_shadow
 from tokenstile.policies.scanner import Finder, Span, WordFinder, scan_whole
 from tokenstile.policies.stream import PolicyStreamObserver
-from tokenstile.policies.texts import response_slots
+from tokenstile.policies.texts import response_slots, tool_slots
 
 if TYPE_CHECKING:
     from tokenstile.gateway.context import RequestContext
@@ -213,6 +214,11 @@ class PolicyEngine:
             found.extend(spans)
             if text != owner[key]:
                 owner[key], changed = text, True
+        for owner, key in tool_slots(ctx.req.api, parsed):
+            value, spans = scan_tool_value(owner[key], finders)
+            found.extend(spans)
+            if value is not owner[key]:
+                owner[key], changed = value, True
         self._judge_answer(ctx, found, streamed=False)
         return orjson.dumps(parsed) if changed else payload
 
