@@ -119,25 +119,35 @@ class PolicyEngine:
         if rules is NO_RULES:
             return
         self._attribute_end_user(rules, ctx)
-        self._carry_out(ctx, request_decisions(rules, req, ctx.headers))
+        decisions = request_decisions(rules, req, ctx.headers)
+        if any(isinstance(d, Block) and not d.shadow for d in decisions):
+            # Refused already; moderation still has its say, so the one error names every
+            # reason (and no auto-reply answers a refused request).
+            self._carry_out(ctx, decisions + await self._moderate(ctx, rules))
+        self._carry_out(ctx, decisions)
         if rules.auto_replies:
             rule = match_auto_reply(rules.auto_replies, req.api, req.body)
             if rule is not None:
                 self._answer(ctx, rule.reply)
                 return
-        moderation = rules.auto_moderate
-        if moderation is not None and self.moderator is not None and req.input_text and \
-                req.api in _MODERATED_APIS:
-            verdict = await self.moderator.moderate(req.input_text, moderation, req.model,
-                                                    ctx.provider_key)
-            ctx.detail["moderation"] = {"flagged": verdict.flagged,
-                                        "categories": list(verdict.categories),
-                                        **({"error": verdict.error} if verdict.error else {})}
-            decision = judge(moderation, verdict)
-            if decision is not None:
-                self._carry_out(ctx, [decision])
+        self._carry_out(ctx, await self._moderate(ctx, rules))
         if rules.retries is not None:
             ctx.detail["retries"] = rules.retries
+
+    async def _moderate(self, ctx: RequestContext, rules: Rules) -> list[Decision]:
+        """What moderation decides about the input (nothing when it is off)."""
+        moderation, req = rules.auto_moderate, ctx.req
+        assert req is not None
+        if moderation is None or self.moderator is None or not req.input_text or \
+                req.api not in _MODERATED_APIS:
+            return []
+        verdict = await self.moderator.moderate(req.input_text, moderation, req.model,
+                                                ctx.provider_key)
+        ctx.detail["moderation"] = {"flagged": verdict.flagged,
+                                    "categories": list(verdict.categories),
+                                    **({"error": verdict.error} if verdict.error else {})}
+        decision = judge(moderation, verdict)
+        return [decision] if decision is not None else []
 
     def _carry_out(self, ctx: RequestContext, decisions: list[Decision]) -> None:
         """Record every decision; refuse with all enforced blocks, else apply rewrites."""
