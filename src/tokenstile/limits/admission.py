@@ -46,6 +46,7 @@ from tokenstile.limits.windows import (
     window_label,
 )
 from tokenstile.providers.terms import reservation_terms
+from tokenstile.stores import shards
 from tokenstile.stores.counters import Charge, CounterStore, ReserveOutcome, StoreUnavailable
 from tokenstile.stores.database import Override
 from tokenstile.types import Caller, CanonicalRequest, LedgerRow, PriceTerms, Unit, nano_to_usd
@@ -88,6 +89,7 @@ class Applied:
     charge_index: int = -1
     used: int = 0
     amount: int = 0
+    tenant: str | None = None  # whose counters, on a store sharded by tenant
 
 
 class NoRoomForRetry(Exception):
@@ -229,6 +231,7 @@ class Admission:
     def __init__(self, config: Config, counters: CounterStore, pricer: Pricer,
                  clock: Clock) -> None:
         self.counters = counters
+        self.shard_by: str | None = getattr(counters, "shard_by", None)
         self.pricer = pricer
         self.clock = clock
         self.live: set[str] = set()
@@ -272,6 +275,7 @@ class Admission:
         }
         now = self.clock.now()
         low = self.project_priority.get(caller.project or "") == "low"
+        tenant = shards.tenant_of(self.shard_by, caller)
         out = []
         for limit in self.limits:
             scope_id = limit.scope_id(caller, attrs)
@@ -280,7 +284,7 @@ class Admission:
             hard = limit.amount_at(now) * limit.hard_fraction
             if low and limit.scope in ("organization", "global"):
                 hard *= limit.low_priority_fraction or self.config.server.low_priority_fraction
-            out.append(Applied(limit, scope_id, int(hard)))
+            out.append(Applied(limit, scope_id, int(hard), tenant=tenant))
         return out
 
     def _remember_utilization(self, applied: Sequence[Applied]) -> None:
@@ -296,7 +300,7 @@ class Admission:
         if item.limit.window.kind == "request":
             return 0.0
         key, _ = counter_key(item.limit, item.scope_id, self.clock.now())
-        return self.utilization.get(key, 0.0)
+        return self.utilization.get(shards.qualify(item.tenant, key), 0.0)
 
     def _terms(self, ctx: RequestContext) -> PriceTerms:
         """What the request may be billed for, the served upstream's ``auto`` tier applied."""
@@ -476,6 +480,9 @@ class Admission:
                 continue
             window = limit.window
             key, window_keys = counter_key(limit, item.scope_id, now)
+            if item.tenant is not None:
+                key = shards.qualify(item.tenant, key)
+                window_keys = tuple(shards.qualify(item.tenant, k) for k in window_keys)
             item.key = key
             item.amount = self._worst_case(limit.unit, req, model, cap, provider=ctx.provider,
                                            terms=self._terms(ctx))
