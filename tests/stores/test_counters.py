@@ -425,6 +425,62 @@ async def test_no_overshoot_across_processes(shared_backend: Backend) -> None:
         await store.close()
 
 
+# --- exact beyond 2^53 ---------------------------------------------------------------------
+# Nano-USD amounts past 2^53 (about 9 million USD) are beyond what a double holds exactly;
+# every backend must still count and compare them to the unit.
+
+P53, P60 = 2**53, 2**60
+
+
+async def test_limits_just_past_2_53_are_exact(store: CounterStore) -> None:
+    limit = P53 + 1
+    first = await store.reserve("r1", [charge("usd", P53, limit)], LEASE, RECORD)
+    assert first.admitted and first.used == [0]
+    second = await store.reserve("r2", [charge("usd", 1, limit)], LEASE, RECORD)
+    assert second.admitted and second.used == [P53]
+    # 2^53 + 2 rounds to 2^53 + 2, 2^53 + 1 to 2^53: as doubles this would still fit
+    third = await store.reserve("r3", [charge("usd", 1, limit)], LEASE, RECORD)
+    assert not third.admitted and third.used == [P53 + 1] and third.failed == [0]
+    assert await store.read(["usd"]) == [P53 + 1]
+    assert (await store.reserve("r2", [charge("usd", 1, limit)], LEASE, RECORD)).used == [P53]
+    assert await store.settle("r2", [("usd", -1)])
+    assert await store.read(["usd"]) == [P53]
+
+
+async def test_sums_around_2_60_are_exact(store: CounterStore) -> None:
+    buckets = [("b1", P60 + 1), ("b2", P60 + 3), ("b3", 7)]
+    await store.add([(key, value, TTL) for key, value in buckets])
+    total = sum(value for _, value in buckets)  # 2^61 + 11: odd, past any double
+    admitted = await store.reserve("r1", [Charge("b1", 5, total + 5, TTL,
+                                                 ("b1", "b2", "b3"))], LEASE, RECORD)
+    assert admitted.admitted and admitted.used == [total]
+    refused = await store.reserve("r2", [Charge("b1", 1, total + 5, TTL, ("b1", "b2", "b3"))],
+                                  LEASE, RECORD)
+    assert not refused.admitted and refused.used == [total + 5]
+    assert await store.read(["b1", "b2", "b3"]) == [P60 + 6, P60 + 3, 7]
+    assert await store.settle("r1", [("b1", -P60)])  # a settle far below the reserve
+    assert await store.read(["b1"]) == [6]
+    big = await store.reserve("r3", [charge("c", P60 + 1, P60 + 1)], LEASE, RECORD)
+    assert big.admitted
+    [expired] = await store.claim_expired(LEASE + 1)
+    assert expired.rid == "r3" and expired.deltas == (("c", P60 + 1),)
+    assert await store.read(["c"]) == [P60 + 1]
+
+
+async def test_many_buckets_that_are_each_small_sum_exactly(store: CounterStore) -> None:
+    value = 10**15 - 1  # each fits a double; eleven of them (an odd sum past 2^53) do not
+    keys = [f"m{i}" for i in range(11)]
+    await store.add([(key, value, TTL) for key in keys])
+    total = 11 * value
+    assert total > P53 and total % 2 == 1
+    fits = await store.reserve("r1", [Charge("m0", 1, total + 1, TTL, tuple(keys))],
+                               LEASE, RECORD)
+    assert fits.admitted and fits.used == [total]
+    full = await store.reserve("r2", [Charge("m0", 1, total + 1, TTL, tuple(keys))],
+                               LEASE, RECORD)
+    assert not full.admitted and full.used == [total + 1]
+
+
 # --- outages and configuration ------------------------------------------------------------
 
 

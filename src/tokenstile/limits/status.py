@@ -83,7 +83,7 @@ async def budget_status(limits: Iterable[Limit], counters: CounterStore, now: fl
         out.append(BudgetStatus(
             name=limit.name, scope=limit.scope, scope_id=scope_id, window=window,
             unit=limit.unit, amount=limit.amount_at(now),
-            hard=int(limit.amount_at(now) * limit.hard_fraction),
+            hard=limit.hard_at(now),
             used=sum(values.get(k, 0) for k in keys), reset_at=reset_at,
             resets=describe_reset(limit.window, now),
             thresholds=[{"threshold": t.fraction, "action": t.action} for t in limit.thresholds],

@@ -9,32 +9,123 @@
 --   writes: [[amount, ttl_ms], ...]  as strings, so INCRBY and PEXPIRE get them exactly;
 --           ttl_ms <= 0 sets no expiry
 --   checks: [[limit or false, added by this reservation, counter numbers...], ...] with
---           counter numbers 1-based from KEYS[3]
+--           limit and added as decimal strings and counter numbers 1-based from KEYS[3]
 --
 -- Returns {status, used_1 .. used_c, failed charge indexes (0-based) ...} where status is
--- 1 admitted, 0 refused (nothing written), 2 already held (nothing written, admitted).
--- Sums are Lua numbers (doubles): exact up to 2^53.
+-- 1 admitted, 0 refused (nothing written), 2 already held (nothing written, admitted);
+-- each used_i is a decimal string.
+--
+-- Exact arithmetic: Lua numbers are doubles, exact only up to 2^53 (about 9 million USD
+-- in nano-USD). Counters are 64-bit integers in Redis (INCRBY is exact), so every amount
+-- is read and passed as a decimal string and split into two doubles, hi * 10^9 + lo:
+-- each part stays far below 2^53 for any 64-bit value and any number of summed buckets,
+-- so sums and comparisons are exact up to 2^63 and beyond.
+
+local B = 1000000000
+
+-- A decimal string (or nil: 0) as {hi, lo}, both of its sign.
+local function parse(text)
+  if not text then
+    return 0, 0
+  end
+  text = tostring(text)
+  local sign = 1
+  if string.sub(text, 1, 1) == '-' then
+    sign, text = -1, string.sub(text, 2)
+  end
+  local n = #text
+  if n <= 9 then
+    return 0, sign * tonumber(text)
+  end
+  return sign * tonumber(string.sub(text, 1, n - 9)), sign * tonumber(string.sub(text, n - 8))
+end
+
+-- hi, lo with 0 <= lo < B (hi carries the sign).
+local function norm(hi, lo)
+  local carry = math.floor(lo / B)
+  hi, lo = hi + carry, lo - carry * B
+  while lo < 0 do hi, lo = hi - 1, lo + B end
+  while lo >= B do hi, lo = hi + 1, lo - B end
+  return hi, lo
+end
+
+local function add(a, b)
+  local hi, lo = norm(a[1] + b[1], a[2] + b[2])
+  return {hi, lo}
+end
+
+local function sub(a, b)
+  local hi, lo = norm(a[1] - b[1], a[2] - b[2])
+  return {hi, lo}
+end
+
+local function greater(a, b)
+  return a[1] > b[1] or (a[1] == b[1] and a[2] > b[2])
+end
+
+local function text(a)
+  local hi, lo = a[1], a[2]
+  if hi == 0 then
+    return string.format('%d', lo)
+  end
+  if hi > 0 then
+    return string.format('%d%09d', hi, lo)
+  end
+  -- negative: -(hi * B + lo) = (-hi - 1) * B + (B - lo), or -hi * B when lo is 0
+  if lo == 0 then
+    return '-' .. string.format('%d%09d', -hi, 0)
+  end
+  local mhi, mlo = -hi - 1, B - lo
+  if mhi == 0 then
+    return '-' .. string.format('%d', mlo)
+  end
+  return '-' .. string.format('%d%09d', mhi, mlo)
+end
+
+local function number(value)
+  local hi, lo = parse(value)
+  hi, lo = norm(hi, lo)
+  return {hi, lo}
+end
 
 local spec = cjson.decode(ARGV[4])
 local writes, checks = spec[1], spec[2]
 
-local values = {}
+local raw = {}
 if #KEYS > 2 then
-  local raw = redis.call('MGET', unpack(KEYS, 3))
-  for i = 1, #KEYS - 2 do
-    values[i] = tonumber(raw[i]) or 0
-  end
+  raw = redis.call('MGET', unpack(KEYS, 3))
+end
+
+-- Fast path: up to 8 amounts of at most 15 characters sum below 8 * 10^15 < 2^53, where
+-- doubles are exact; anything larger takes the two-part sums.
+local function short(value)
+  return not value or #value <= 15
 end
 
 local used, failed = {}, {}
 for c, check in ipairs(checks) do
-  local total = 0
+  local fast = #check - 2 <= 8 and short(check[2]) and (not check[1] or short(check[1]))
   for j = 3, #check do
-    total = total + values[check[j]]
+    fast = fast and short(raw[check[j]] or nil)
   end
-  used[c] = total
-  if check[1] and total + check[2] > check[1] then
-    failed[#failed + 1] = c - 1
+  if fast then
+    local total = 0
+    for j = 3, #check do
+      total = total + (tonumber(raw[check[j]] or nil) or 0)
+    end
+    used[c] = {0, total}
+    if check[1] and total + tonumber(check[2]) > tonumber(check[1]) then
+      failed[#failed + 1] = c - 1
+    end
+  else
+    local total = {0, 0}
+    for j = 3, #check do
+      total = add(total, number(raw[check[j]] or nil))
+    end
+    used[c] = total
+    if check[1] and greater(add(total, number(check[2])), number(check[1])) then
+      failed[#failed + 1] = c - 1
+    end
   end
 end
 
@@ -42,12 +133,12 @@ local result = {1}
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
   result[1] = 2
   for c, check in ipairs(checks) do
-    result[c + 1] = used[c] - check[2]
+    result[c + 1] = text(sub(used[c], number(check[2])))
   end
   return result
 end
 for c = 1, #checks do
-  result[c + 1] = used[c]
+  result[c + 1] = text(used[c])
 end
 if #failed > 0 then
   result[1] = 0
