@@ -88,7 +88,7 @@ def test_a_background_response_is_billed_when_it_ends_without_the_client_asking(
     assert fake.fake.tally.wait_for(lambda t: t.requests >= 3)
     assert gateway.rows() == []
     assert counter(gateway, key) == reserved > 0
-    assert pending.rid in gateway.runtime.admission.live
+    assert pending.rid in gateway.runtime.admission.leases.live
     assert fake.fake.finish_background(created.id)
     [row] = written.wait(1)
     record = billed(fake, created.id)
@@ -101,7 +101,7 @@ def test_a_background_response_is_billed_when_it_ends_without_the_client_asking(
     assert row.detail["background"]["response_id"] == created.id
     assert counter(gateway, key) == row.cost_nano  # the reservation became the usage
     assert entry(gateway, created.id).state == "settled"
-    assert pending.rid not in gateway.runtime.admission.live
+    assert pending.rid not in gateway.runtime.admission.leases.live
     assert len(gateway.rows()) == 1
     assert not any(r.method == "GET" and r.route.endswith(created.id) and
                    r.api_key != UPSTREAM_KEY for r in fake.fake.tally.records)

@@ -851,7 +851,7 @@ def test_a_lease_claimed_by_another_gateway_bills_the_real_usage_once(
     it could not renew); gateway B claims the reservation and writes its row at the
     estimate first. A's own row replaces it, and the counters end at what was used."""
     from tokenstile.clock import FakeClock
-    from tokenstile.limits.admission import counter_key
+    from tokenstile.limits.counter_keys import counter_key
 
     config = {"storage": {"counters": f"sqlite:///{tmp_path}/counters.db", "database": db_url},
               "server": {"reservation_lease_s": 30},
@@ -875,7 +875,7 @@ def test_a_lease_claimed_by_another_gateway_bills_the_real_usage_once(
     while fake.fake.tally.in_flight == 0 and time.monotonic() < deadline:
         time.sleep(0.01)  # until the upstream has the request (1.5 s before it answers)
     late.advance(31)
-    assert b.run(b.runtime.admission.recover(b.runtime.charge_expired)) == 1
+    assert b.run(b.runtime.admission.leases.recover(b.runtime.charge_expired)) == 1
     [estimate] = b.rows()
     assert estimate.provisional and estimate.output_tokens == 500  # written first
     caller.join(10)

@@ -32,14 +32,12 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from tokenstile.errors import GatewayError
-from tokenstile.gateway.context import RequestContext, set_usage, usage_detail
 from tokenstile.gateway.upstream import response_url, upstream_headers
-from tokenstile.limits.admission import Ticket
 from tokenstile.providers.openai import usage_from_response
 from tokenstile.providers.terms import reservation_terms, terms_of
 from tokenstile.stores.counters import Charge
 from tokenstile.stores.responses import StoredResponse
-from tokenstile.types import LedgerRow, Unit, Usage
+from tokenstile.types import LedgerRow, RequestContext, Ticket, Unit, Usage, set_usage
 
 if TYPE_CHECKING:
     from tokenstile.gateway.runtime import Runtime
@@ -79,12 +77,10 @@ class BackgroundResponses:
         self.owner = "gw_" + secrets.token_hex(8)
         self._tracked: dict[str, _Tracked] = {}
         self._unsaved: dict[str, StoredResponse] = {}
-        self._written: dict[str, asyncio.Future[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake: asyncio.Event | None = None
         self._upkeep_at = 0.0
         self._prune_at = 0.0
-        runtime.ledger.listeners.append(self._rows_written)
 
     @property
     def pending(self) -> int:
@@ -104,7 +100,7 @@ class BackgroundResponses:
             return
         ctx.response_id = response_id
         caller, now = ctx.caller, self.rt.clock.now()
-        if not (ctx.detail.get("background") and status in RUNNING):
+        if not (ctx.background and status in RUNNING):
             if len(self._unsaved) >= MAX_UNSAVED:
                 self._drop_oldest_stored()
             self._unsaved[response_id] = StoredResponse(
@@ -132,14 +128,14 @@ class BackgroundResponses:
 
     def _pending_entry(self, ctx: RequestContext, response_id: str) -> StoredResponse:
         req, caller = ctx.req, ctx.caller
-        assert req is not None and caller is not None and ctx.upstream is not None
+        assert ctx.upstream is not None
         rt, now = self.rt, self.rt.clock.now()
         inp = req.input_tokens + req.hidden_input_tokens
         cap = req.output_cap or 0
         model = ctx.served_model or req.model
         ticket = ctx.ticket
         held = None
-        if isinstance(ticket, Ticket) and not ticket.settled:
+        if ticket is not None and not ticket.settled:
             held = {"rid": ticket.rid, "metered": ticket.metered, "units": list(ticket.units),
                     "charges": [[c.key, c.amount, c.limit, c.ttl, list(c.window_keys)]
                                 for c in ticket.charges]}
@@ -168,7 +164,7 @@ class BackgroundResponses:
             provider_key=provider_key)
         held = entry.record.get("ticket")
         if held and held.get("metered"):
-            self.rt.admission.live.add(held["rid"])  # renewed until it is settled
+            self.rt.admission.leases.live.add(held["rid"])  # renewed until it is settled
         self._poke()
 
     # -- clients reaching a response --------------------------------------------------------
@@ -215,7 +211,7 @@ class BackgroundResponses:
         held = entry.record.get("ticket")
         if not won:
             if held:
-                self.rt.admission.live.discard(held["rid"])
+                self.rt.admission.leases.live.discard(held["rid"])
             return
         row, usage = self._final_row(entry, body, how, tracked.polls if tracked else 0)
         await self._write(row)
@@ -251,46 +247,28 @@ class BackgroundResponses:
         row.status, row.outcome = 200, _OUTCOMES.get(str(status), "unsettled")
         row.flags = flags
         row.latency_ms = round(max(0.0, rt.clock.now() - row.ts) * 1000, 3)
-        row.detail = {**usage_detail(row.detail, usage), "background": {
+        row.detail["background"] = {
             "response_id": entry.id, "status": status or how, "settled_by": how,
-            "polls": polls}}
+            "polls": polls}
         return row, usage
 
     async def _write(self, row: LedgerRow) -> None:
         """Submit the row and wait (a little) until it is written: the reservation is what
         bills the call if this gateway dies first."""
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._written[row.id] = waiter
-        self.rt.ledger.submit(row)
         self.rt.metrics.observe(row)
-        try:
-            await asyncio.wait_for(waiter, ROW_WAIT_S)
-        except TimeoutError:
-            pass
-        finally:
-            self._written.pop(row.id, None)
+        await self.rt.ledger.submit_and_wait(row, ROW_WAIT_S)
 
     async def _settle_counters(self, row: LedgerRow, usage: Usage,
                                held: dict[str, Any]) -> None:
-        ctx = RequestContext(id=row.id, api="responses", wire="openai", ts=row.ts,
-                             started=0.0, headers={})
-        ctx.usage, ctx.cost_nano = usage, row.cost_nano
         units: list[Unit] = list(held["units"])
-        ctx.ticket = Ticket(held["rid"], [Charge(key, amount, limit, ttl, tuple(keys))
-                                          for key, amount, limit, ttl, keys in held["charges"]],
-                            units, metered=bool(held["metered"]))
+        ticket = Ticket(held["rid"], [Charge(key, amount, limit, ttl, tuple(keys))
+                                      for key, amount, limit, ttl, keys in held["charges"]],
+                        units, metered=bool(held["metered"]))
         try:
-            await self.rt.admission.settle(ctx)
+            await self.rt.admission.settle(ticket, usage, row.cost_nano)
         except Exception:
             log.exception("settling the reservation of background response %s failed",
                           row.id)
-
-    def _rows_written(self, rows: list[LedgerRow]) -> None:
-        if self._written:
-            for row in rows:
-                waiter = self._written.pop(row.id, None)
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(None)
 
     # -- crash recovery ---------------------------------------------------------------------
 
@@ -375,7 +353,7 @@ class BackgroundResponses:
             tracked = self._tracked.pop(lost)
             held = tracked.entry.record.get("ticket")
             if held:
-                rt.admission.live.discard(held["rid"])
+                rt.admission.leases.live.discard(held["rid"])
         for entry in await rt.db.adopt_responses(self.owner, now, lease_until):
             if entry.id not in self._tracked:
                 log.info("following background response %s, left by %s", entry.id,
