@@ -125,7 +125,8 @@ class Runtime:
             caching=CacheStage(config, clock),
             telemetry=Telemetry.from_env(clock),
         )
-        runtime.background = BackgroundResponses(runtime)
+        runtime.background = BackgroundResponses(config, pricer, clock, db, runtime.ledger,
+                                                 metrics, upstream, admission)
         runtime._pin()
         return runtime
 
@@ -147,7 +148,7 @@ class Runtime:
         await self.key_limits.refresh()
         self._tasks.append(asyncio.create_task(self.key_limits.run(),
                                                name="tokenstile-key-limits"))
-        self.reloader = ConfigReloader(self, self.config_path)
+        self.reloader = ConfigReloader(self.reconfigure, self.clock, self.config_path)
         if self.config_path:
             self.reloader.install_signal_handler()
             self._tasks.append(asyncio.create_task(self.reloader.watch(),
@@ -196,6 +197,7 @@ class Runtime:
         pricer = pricer_for(config)
         self.auth.reconfigure(config.auth, admin_key_for(config))
         self.admission.reconfigure(config, pricer)
+        self.background.reconfigure(config, pricer)
         self.overrides.reconfigure(config)
         self.breakers.config = config.resilience.circuit_breaker
         self.degrader.reconfigure(config)
