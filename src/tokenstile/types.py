@@ -205,6 +205,11 @@ class LedgerRow:
     saved_nano: int = 0
     detail: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # Kept to the microsecond, as PostgreSQL keeps timestamps: a call a fraction of a
+        # microsecond before midnight falls in the same day on every backend.
+        self.ts = round(self.ts, 6)
+
     @property
     def provisional(self) -> bool:
         """Written at its estimate for a reservation its request never settled (crash
