@@ -82,6 +82,7 @@ class LedgerWriter:
         self.spool_full_events = 0
         self.lost = 0              # rows only logged at shutdown: the disk refused them
         self.listeners: list[Callable[[list[LedgerRow]], None]] = []
+        self._waiters: dict[str, asyncio.Future[None]] = {}
         self.alarms: list[Callable[[str, int], None]] = []
 
     def start(self) -> None:
@@ -92,6 +93,20 @@ class LedgerWriter:
         self._pending.append(row)
         self._idle.clear()
         self._wakeup.set()
+
+    async def submit_and_wait(self, row: LedgerRow, wait_s: float) -> None:
+        """Submit the row and wait until it is written, at most ``wait_s`` seconds (during a
+        database outage the row waits in the spool instead): a reservation that stands for
+        the row is settled only once the row is safe."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters[row.id] = waiter
+        self.submit(row)
+        try:
+            await asyncio.wait_for(waiter, wait_s)
+        except TimeoutError:
+            pass
+        finally:
+            self._waiters.pop(row.id, None)
 
     @property
     def backlog(self) -> int:
@@ -222,6 +237,11 @@ class LedgerWriter:
 
     def _wrote(self, rows: list[LedgerRow]) -> None:
         self.written += len(rows)
+        if self._waiters:
+            for row in rows:
+                waiter = self._waiters.pop(row.id, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
         for listener in self.listeners:
             try:
                 listener(rows)

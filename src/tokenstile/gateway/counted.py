@@ -26,8 +26,8 @@ from tokenstile.types import Usage
 if TYPE_CHECKING:
     from tokenstile.clock import Clock
     from tokenstile.config import HiddenReasoningConfig
-    from tokenstile.gateway.context import RequestContext
     from tokenstile.providers.base import StreamObserver
+    from tokenstile.types import RequestContext
 
 # Models that reason before they answer without streaming their reasoning, and a pace at
 # the low end of what they are measured to write (so the estimate stays a floor).
@@ -40,7 +40,6 @@ def bill_counted(ctx: RequestContext, text: AnswerText, *, at_cap: bool = False)
     """No usage from the provider: bill the gateway's own count of what was sent and
     received (``at_cap``: an answer lost on the way is billed at its output cap)."""
     req = ctx.req
-    assert req is not None
     ctx.estimated = True
     output, reasoning = text.count(req.model)
     if at_cap and req.output_cap:
@@ -137,7 +136,6 @@ def settle_stream(ctx: RequestContext, observer: ReasoningTimer, config: HiddenR
     if observer.usage_is_final() or ctx.usage is None or ctx.sent_at is None:
         return
     req = ctx.req
-    assert req is not None
     pace = ReasoningPace(config).of(ctx.served_model or req.model, req.body)
     seconds = (observer.first_visible or now) - ctx.sent_at
     add_hidden_reasoning(ctx, ctx.usage, pace * seconds, req.output_cap or default_cap)

@@ -15,14 +15,13 @@ import logging
 import os
 import re
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from tokenstile.clock import Clock
 from tokenstile.config import Config, ConfigError, load_config
-
-if TYPE_CHECKING:
-    from tokenstile.gateway.runtime import Runtime
 
 log = logging.getLogger("tokenstile.reload")
 
@@ -91,12 +90,14 @@ def _signature(path: Path) -> tuple[int, int, int] | None:
 class ConfigReloader:
     """Reloads one runtime from its config file: on change, on SIGHUP, or when asked."""
 
-    def __init__(self, runtime: Runtime, path: str | None, poll_s: float = 1.0) -> None:
-        self.runtime = runtime
+    def __init__(self, reconfigure: Callable[[Config], list[str]], clock: Clock,
+                 path: str | None, poll_s: float = 1.0) -> None:
+        self.reconfigure = reconfigure  # applies a config; returns what waits for a restart
+        self.clock = clock
         self.path = Path(path) if path else None
         self.poll_s = poll_s
         self.status = ReloadStatus(source=str(self.path) if self.path else None,
-                                   loaded_at=runtime.clock.now())
+                                   loaded_at=clock.now())
         self._lock = asyncio.Lock()
         self._seen = _signature(self.path) if self.path else None
         self._pending: asyncio.Task[ReloadStatus] | None = None
@@ -104,7 +105,7 @@ class ConfigReloader:
     async def reload(self) -> ReloadStatus:
         """Read, validate and apply the file; on any error keep the running config."""
         async with self._lock:
-            self.status.last_attempt_at = self.runtime.clock.now()
+            self.status.last_attempt_at = self.clock.now()
             if self.path is None:
                 self.status.error = ["no config file to reload: the gateway runs on built-in "
                                      "defaults (start it with --config or $TOKENSTILE_CONFIG)"]
@@ -122,11 +123,11 @@ class ConfigReloader:
             return self.status
 
     def apply(self, config: Config) -> None:
-        pending = self.runtime.reconfigure(config)
+        pending = self.reconfigure(config)
         self.status.error = []
         self.status.pending_restart = pending
         self.status.generation += 1
-        self.status.loaded_at = self.runtime.clock.now()
+        self.status.loaded_at = self.clock.now()
         if pending:
             log.warning("config reloaded; %s keep their running values until a restart",
                         ", ".join(pending))
