@@ -43,6 +43,11 @@ _LOG_EVERY_S = 10.0
 _RECHECK_S = 30.0
 
 
+def _resolve_none(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 def refused(exc: BaseException) -> bool:
     """True when the database rejected the data itself, so retrying cannot help."""
     if isinstance(exc, StoreUnavailable):
@@ -98,14 +103,15 @@ class LedgerWriter:
         """Submit the row and wait until it is written, at most ``wait_s`` seconds (during a
         database outage the row waits in the spool instead): a reservation that stands for
         the row is settled only once the row is safe."""
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
         self._waiters[row.id] = waiter
         self.submit(row)
+        give_up = loop.call_later(wait_s, _resolve_none, waiter)
         try:
-            await asyncio.wait_for(waiter, wait_s)
-        except TimeoutError:
-            pass
+            await waiter
         finally:
+            give_up.cancel()
             self._waiters.pop(row.id, None)
 
     @property

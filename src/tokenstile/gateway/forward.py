@@ -168,7 +168,8 @@ class Forwarder:
         if limit is None:
             return await call
         try:
-            return await asyncio.wait_for(call, limit)
+            async with asyncio.timeout(limit):  # no task of its own, unlike wait_for
+                return await call
         except TimeoutError:
             raise UpstreamTimeout(target.upstream) from None
 

@@ -12,6 +12,7 @@ from tokenstile.limits.windows import (
     rolling_bucket_labels,
     ttl_seconds,
     window_bounds,
+    window_end,
     window_label,
 )
 
@@ -57,6 +58,13 @@ def _current(window: Window, now: float) -> tuple[float, float, str]:
 
 def current_label(window: Window, now: float) -> str:
     return _current(window, now)[2]
+
+
+def reset_at(window: Window, now: float) -> float:
+    """When the window holding ``now`` resets (``window_end``), cached like its label."""
+    if window.kind in ("rolling", "request"):
+        return window_end(window, now)
+    return _current(window, now)[1]
 
 
 def charge_ttl(window: Window, now: float) -> int:

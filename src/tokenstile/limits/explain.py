@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from tokenstile.errors import GatewayError
 from tokenstile.hidden_input import describe_sources
 from tokenstile.limits.caps import answers, reserved_input
+from tokenstile.limits.counter_keys import reset_at
 from tokenstile.limits.model import Limit
 from tokenstile.limits.windows import describe_reset, window_end
 from tokenstile.types import Applied, CanonicalRequest, RequestContext, Ticket, Unit, nano_to_usd
@@ -170,7 +171,7 @@ def ratelimit_headers(ticket: Ticket, now: float,
             item = best[group][1]
             out[f"x-ratelimit-limit-{group}"] = str(item.hard)
             out[f"x-ratelimit-remaining-{group}"] = str(left(item))
-            out[f"x-ratelimit-reset-{group}"] = reset_text(window_end(item.limit.window, now)
+            out[f"x-ratelimit-reset-{group}"] = reset_text(reset_at(item.limit.window, now)
                                                            - now)
     if "tokens" in best:
         out["x-tokenstile-budget-remaining-tokens"] = str(left(best["tokens"][1]))
