@@ -26,7 +26,9 @@ def price_call(pricer: Pricer, ctx: RequestContext) -> None:
         return
     if "charged_at_estimate" in ctx.flags:
         return  # priced as its reservation was (gateway.attempts)
-    price = pricer.price_for(model, ctx.provider)
+    # At the version in force when the call was made (configured versions only: without
+    # them the price is today's, as genai-prices has it).
+    price = pricer.price_for(model, ctx.provider, at=ctx.ts if pricer.edges else None)
     if price is None:
         ctx.flags.append("unpriced_model")
         ctx.cost_nano = 0

@@ -32,7 +32,7 @@ from tokenstile.metrics import Metrics
 from tokenstile.observability import Telemetry
 from tokenstile.policies.engine import PolicyEngine
 from tokenstile.policies.moderation import UpstreamModerator
-from tokenstile.prices import Pricer, parse_price_override
+from tokenstile.prices import Pricer
 from tokenstile.providers.anthropic import AnthropicAdapter
 from tokenstile.providers.openai import OpenAIAdapter
 from tokenstile.stores.alerts import history_from_url
@@ -286,6 +286,6 @@ def warm_up() -> None:
 
 
 def pricer_for(config: Config) -> Pricer:
-    overrides = {name: parse_price_override(price.model_dump(exclude_none=True))
-                 for name, price in config.prices.items()}
-    return Pricer(overrides)
+    from tokenstile.price_table import pricer_from_config
+
+    return pricer_from_config(config)
