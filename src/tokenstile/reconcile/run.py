@@ -63,7 +63,8 @@ async def reconcile(config: Config, provider: str, since: float, until: float,
 async def send_alert(config: Config, run: ReconcileRun, over: Sequence[dict[str, object]],
                      clock: Clock = SYSTEM_CLOCK) -> bool:
     """Deliver the drift alert through the configured channels (and the alert history);
-    True when there was one to send."""
+    True when it was sent, False when there was none or the same drift was already
+    alerted (the history deduplicates it)."""
     from tokenstile.gateway.runtime import alert_engine_for
 
     alert = drift_alert(run, list(over), config.reconcile.channels)  # type: ignore[arg-type]
@@ -76,4 +77,4 @@ async def send_alert(config: Config, run: ReconcileRun, over: Sequence[dict[str,
         await engine.flush()
     finally:
         await engine.close()
-    return True
+    return engine.stats.deduped == 0
