@@ -29,6 +29,7 @@ from tokenstile.gateway.response_routes import ResponseRoutes
 from tokenstile.gateway.runtime import Runtime
 from tokenstile.gateway.upstream import upstream_headers, upstream_url
 from tokenstile.providers.models import model_item, model_list, openai_entries
+from tokenstile.price_watch import watch_prices
 from tokenstile.reconcile.exposure import DriftGauges
 from tokenstile.stores.counters import StoreUnavailable
 from tokenstile.types import ApiKind, WireFormat
@@ -85,6 +86,7 @@ def _web_app(app: TokenstileApp) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         await rt.start()
+        await watch_prices(rt)
         admin_listener = await start_admin_listener(rt)
         try:
             yield

@@ -615,6 +615,9 @@ def _semantic_errors(config: Config) -> list[str]:
             )
     errors.extend(_price_errors(config))
     for i, limit in enumerate(config.limits):
+        if limit.unpriced == "fallback" and limit.unit != "usd":
+            errors.append(f"limits[{i}].unpriced: only a USD limit prices calls; 'fallback' "
+                          f"does nothing on a {limit.unit} limit")
         if limit.unpriced == "fallback" and limit.fallback_price is None:
             errors.append(f"limits[{i}].fallback_price: 'unpriced: fallback' needs a "
                           "fallback_price {input_per_mtok: .., output_per_mtok: ..}")

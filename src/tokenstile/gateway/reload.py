@@ -119,7 +119,10 @@ class ConfigReloader:
                               line)
                 return self.status
             self.apply(config)
-            return self.status
+        from tokenstile.price_watch import watch_prices
+
+        await watch_prices(self.runtime)  # a routed model whose price changed: an alert
+        return self.status
 
     def apply(self, config: Config) -> None:
         pending = self.runtime.reconfigure(config)

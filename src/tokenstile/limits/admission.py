@@ -53,7 +53,7 @@ from tokenstile.types import Caller, CanonicalRequest, LedgerRow, PriceTerms, Un
 if TYPE_CHECKING:
     from tokenstile.clock import Clock
     from tokenstile.gateway.context import RequestContext
-    from tokenstile.prices import Pricer
+    from tokenstile.prices import ModelPrice, Pricer
 
 log = logging.getLogger("tokenstile.admission")
 
@@ -333,7 +333,8 @@ class Admission:
                 "request can bring")
 
     def _worst_case(self, unit: Unit, req: CanonicalRequest, model: str, cap: int, *,
-                    provider: str | None = None, terms: PriceTerms | None = None) -> int:
+                    provider: str | None = None, terms: PriceTerms | None = None,
+                    fallback: ModelPrice | None = None) -> int:
         inp = reserved_input(req)
         if unit == "tokens":
             return inp + cap
@@ -350,6 +351,8 @@ class Admission:
         else:  # every USD limit of a request asks for the same estimate: price it once
             cost = self.pricer.estimate_nano(model, inp, cap, provider, terms=terms)
             self._last_estimate = (req, key, cost)
+        if cost is None and fallback is not None:  # the limit's ``unpriced: fallback``
+            cost = fallback.estimate_nano(inp, cap, terms=terms)
         if cost is None:
             raise GatewayError(
                 422, f"no price is known for the model {model!r}, so its cost cannot be "
@@ -403,7 +406,7 @@ class Admission:
             if limit.window.kind != "request" or limit.unit == "output_tokens":
                 continue
             need = self._worst_case(limit.unit, req, model, cap, provider=ctx.provider,
-                                    terms=self._terms(ctx))
+                                    terms=self._terms(ctx), fallback=limit.fallback_price)
             if need > item.hard:
                 if limit.shadow:
                     ctx.flags.append(f"shadow:{limit.name}")
@@ -478,7 +481,8 @@ class Admission:
             key, window_keys = counter_key(limit, item.scope_id, now)
             item.key = key
             item.amount = self._worst_case(limit.unit, req, model, cap, provider=ctx.provider,
-                                           terms=self._terms(ctx))
+                                           terms=self._terms(ctx),
+                                           fallback=limit.fallback_price)
             cap_value = None if limit.shadow else item.hard
             index = by_key.get(key)
             if index is None:
@@ -563,7 +567,7 @@ class Admission:
             if limit.window.kind != "request" or limit.shadow or limit.unit == "requests":
                 continue
             need = self._worst_case(limit.unit, req, model, cap, provider=ctx.provider,
-                                    terms=self._terms(ctx))
+                                    terms=self._terms(ctx), fallback=limit.fallback_price)
             if need * (paid + 1) > item.hard:
                 raise NoRoomForRetry(f"{limit.name}: {paid + 1} attempts need "
                                      f"{format_amount(limit.unit, need * (paid + 1))}")
