@@ -67,7 +67,8 @@ def fingerprint(price: ModelPrice | None) -> str:
     if price is None:
         return "unpriced"
     parts = [f"{name}={_num(getattr(price, name))}" for name in PRICE_FIELDS
-             if getattr(price, name) is not None]
+             if getattr(price, name) is not None
+             and not (name == "per_request" and not getattr(price, name))]
     if price.tiers:
         parts.append("tiers=" + ";".join(f"{t}:{fingerprint(p)}" for t, p in price.tiers))
     if price.service_tiers:
@@ -115,10 +116,13 @@ def _genai_starts(info: Any) -> list[float]:
 def price_versions(pricer: Pricer, model: str, provider: str | None) -> list[PriceVersion]:
     """Every price the model had, has, or is set to have: one entry per change, oldest
     first, each with where it comes from."""
-    starts = {-math.inf, *pricer.edges, *_genai_starts(pricer.genai_info(model, provider))}
+    starts = sorted({-math.inf, *pricer.edges,
+                     *_genai_starts(pricer.genai_info(model, provider))})
+    # The first version as it stands just before the first change (or now).
+    first = min(pricer_clock_now(), starts[1] - 1) if len(starts) > 1 else pricer_clock_now()
     out: list[PriceVersion] = []
-    for start in sorted(starts):
-        at = start if math.isfinite(start) else 0.0
+    for start in starts:
+        at = start if math.isfinite(start) else first
         price = pricer.price_for(model, provider, at=at)
         if out and out[-1].price == price:
             continue
