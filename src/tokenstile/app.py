@@ -28,8 +28,8 @@ from tokenstile.gateway.response_routes import PREFIX as RESPONSES_PREFIX
 from tokenstile.gateway.response_routes import ResponseRoutes
 from tokenstile.gateway.runtime import Runtime
 from tokenstile.gateway.upstream import upstream_headers, upstream_url
-from tokenstile.providers.models import model_item, model_list, openai_entries
 from tokenstile.price_watch import watch_prices
+from tokenstile.providers.models import model_item, model_list, openai_entries
 from tokenstile.reconcile.exposure import DriftGauges
 from tokenstile.stores.counters import StoreUnavailable
 from tokenstile.types import ApiKind, WireFormat

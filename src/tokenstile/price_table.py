@@ -17,7 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 from tokenstile.config import Config, PriceConfig, effective_ts
-from tokenstile.prices import Adjustment, ModelPrice, PriceVersions, Pricer, parse_price_override
+from tokenstile.prices import Adjustment, ModelPrice, Pricer, PriceVersions, parse_price_override
 
 PRICE_FIELDS = ("input", "output", "cached_input", "cache_write", "reasoning", "per_request")
 

@@ -147,8 +147,9 @@ async def _pages(session: aiohttp.ClientSession, url: str, params: Params,
 def _error_message(body: Any) -> str:
     if isinstance(body, dict):
         error = body.get("error")
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return error["message"][:300]
+        message = error.get("message") if isinstance(error, dict) else None
+        if isinstance(message, str):
+            return message[:300]
         if isinstance(error, str):
             return error[:300]
     return "no report"
@@ -189,7 +190,8 @@ def openai_days(usage: Iterable[Mapping[str, Any]], costs: Iterable[Mapping[str,
         for r in _results(bucket):
             if projects and r.get("project_id") not in projects:
                 continue
-            amount = r.get("amount") if isinstance(r.get("amount"), dict) else {}
+            found = r.get("amount")
+            amount: dict[str, Any] = found if isinstance(found, dict) else {}
             currency = str(amount.get("currency") or "usd").lower()
             if currency != "usd":
                 raise ReconcileError(f"the cost report is in {currency!r}, not USD")
@@ -243,8 +245,8 @@ def anthropic_days(usage: Iterable[Mapping[str, Any]], costs: Iterable[Mapping[s
                 continue
             if keys and r.get("api_key_id") not in keys:
                 continue
-            created = r.get("cache_creation") if isinstance(r.get("cache_creation"), dict) \
-                else {}
+            made = r.get("cache_creation")
+            created: dict[str, Any] = made if isinstance(made, dict) else {}
             written = _int(created.get("ephemeral_5m_input_tokens")) + \
                 _int(created.get("ephemeral_1h_input_tokens"))
             read = _int(r.get("cache_read_input_tokens"))

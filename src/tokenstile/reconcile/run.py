@@ -10,7 +10,7 @@ from tokenstile.clock import SYSTEM_CLOCK, Clock
 from tokenstile.config import Config, ReconcileProviderConfig
 from tokenstile.reconcile.compare import compare, drift_alert, over_threshold, totals
 from tokenstile.reconcile.reports import ProviderDay, ReconcileError, fetch_days
-from tokenstile.stores.records import RecordStore, ReconcileRun
+from tokenstile.stores.records import ReconcileRun, RecordStore
 
 Fetch = Callable[[str, ReconcileProviderConfig, float, float], Awaitable[list[ProviderDay]]]
 

@@ -200,7 +200,7 @@ ALTER TABLE ledger
     Migration(5, "responses created through the gateway", PG_SCHEMA),
     Migration(6, "provisional ledger rows replaced by their request's own", _replacement_sql()),
     Migration(7, "reconciliation runs and recorded prices", """
-CREATE TABLE reconcile_runs (
+CREATE TABLE IF NOT EXISTS reconcile_runs (
     id text COLLATE "C" PRIMARY KEY,
     ts double precision NOT NULL,
     provider text COLLATE "C" NOT NULL,
@@ -215,8 +215,8 @@ CREATE TABLE reconcile_runs (
     alerted boolean NOT NULL DEFAULT false,
     rows jsonb NOT NULL
 );
-CREATE INDEX reconcile_runs_ts ON reconcile_runs (provider, ts);
-CREATE TABLE price_records (
+CREATE INDEX IF NOT EXISTS reconcile_runs_ts ON reconcile_runs (provider, ts);
+CREATE TABLE IF NOT EXISTS price_records (
     model text COLLATE "C" NOT NULL,
     provider text COLLATE "C" NOT NULL,
     fingerprint text NOT NULL,

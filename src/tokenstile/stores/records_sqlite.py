@@ -71,7 +71,7 @@ class SqliteRecordStore:
         sql = LEDGER_DAYS_SQL.format(marks=",".join("?" * len(names)))
 
         def read(conn: sqlite3.Connection) -> list[LedgerDay]:
-            return [LedgerDay(*(int(v or 0) if i != 1 else v for i, v in enumerate(row)))
+            return [LedgerDay(int(row[0]), str(row[1]), *(int(v or 0) for v in row[2:]))
                     for row in conn.execute(sql, (since, until, *names))]
 
         return await self._file.run(read)

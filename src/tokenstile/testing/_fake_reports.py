@@ -117,7 +117,7 @@ def served(records: Iterable[Any], drifts: Sequence[Drift], provider: str,
         inputs, outputs = _cost(rec, provider)
         entry.input_nano += inputs
         entry.output_nano += outputs
-    last_day = int(math.ceil(end / 86400)) - 1
+    last_day = math.ceil(end / 86400) - 1
     for drift in drifts:
         if drift.provider != provider:
             continue
@@ -163,7 +163,7 @@ def _page(buckets: list[Json], query: Mapping[str, list[str]], default_limit: in
 
 
 def _days(start: float, end: float) -> list[int]:
-    return list(range(int(start // 86400), int(math.ceil(end / 86400))))
+    return list(range(int(start // 86400), math.ceil(end / 86400)))
 
 
 def _iso(day: int) -> str:
