@@ -10,6 +10,7 @@ up this way. A model seen for the first time is only recorded.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from collections.abc import Sequence
@@ -67,17 +68,26 @@ async def check_prices(config: Config, store: RecordStore, now: float) -> list[A
     return alerts
 
 
-async def watch_prices(rt: Runtime) -> int:
-    """``check_prices`` for a running gateway, alerts through its engine; never raises."""
+async def _check(rt: Runtime) -> list[Alert]:
+    store = record_store_from_url(rt.config.storage.database)
+    await store.open()
     try:
-        store = record_store_from_url(rt.config.storage.database)
-        await store.open()
-        try:
-            alerts = await check_prices(rt.config, store, rt.clock.now())
-        finally:
-            await store.close()
-    except (StoreUnavailable, OSError, ValueError) as exc:
-        log.warning("routed models' prices not checked: %s", exc)
+        return await check_prices(rt.config, store, rt.clock.now())
+    finally:
+        await store.close()
+
+
+async def watch_prices(rt: Runtime, timeout_s: float = 5.0) -> int:
+    """``check_prices`` for a running gateway, alerts through its engine. Never raises and
+    never holds a start or a reload up for more than ``timeout_s`` (a database that is down
+    is the outage handling's business, not this check's)."""
+    try:
+        alerts = await asyncio.wait_for(_check(rt), timeout_s)
+    except (StoreUnavailable, OSError, ValueError, TimeoutError) as exc:
+        log.warning("routed models' prices not checked: %s", exc or type(exc).__name__)
+        return 0
+    except Exception:  # a bug here must not stop a gateway from starting
+        log.exception("routed models' prices not checked")
         return 0
     for alert in alerts:
         rt.alerts.submit(alert)

@@ -4,6 +4,7 @@ Prometheus gauges (read from the record store at most every ``ttl_s`` seconds, w
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -41,9 +42,10 @@ class DriftGauges:
             return
         self._next = now + self.ttl_s
         try:
-            runs = await read_runs(self.rt.config.storage.database, latest=True)
-        except (StoreUnavailable, OSError, ValueError) as exc:
-            log.debug("reconcile runs unreadable: %s", exc)
+            runs = await asyncio.wait_for(
+                read_runs(self.rt.config.storage.database, latest=True), 2.0)
+        except (StoreUnavailable, OSError, ValueError, TimeoutError) as exc:
+            log.debug("reconcile runs unreadable: %s", exc)  # a scrape never waits on it
             return
         for run in runs:
             self.rt.metrics.observe_reconcile(run.provider, run.drift_nano, run.drift_tokens,
