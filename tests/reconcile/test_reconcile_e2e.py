@@ -17,6 +17,8 @@ import yaml
 from click.testing import CliRunner
 
 from tests.conftest import UPSTREAM_KEY, FakeHandle, Gateway
+from tests.stores.conftest import pg_database as pg_database  # the fixtures
+from tests.stores.conftest import pg_url as pg_url
 from tokenstile.cli import main
 from tokenstile.stores.alerts_sqlite import SqliteAlertHistory
 from tokenstile.stores.records import record_store_from_url
@@ -175,7 +177,7 @@ def test_runs_listed_by_the_admin_api(setup: tuple[Gateway, Path], make_gateway:
     _calls(gateway)
     fake.fake.seed_drift("claude-haiku-4-5", provider="anthropic", output_tokens=7, usd=-0.25)
     run = _reconcile(path, "anthropic")
-    assert run["drift_nano"] == -250_000_000 and run["drift_tokens"] == -0 + 7
+    assert run["drift_nano"] == -250_000_000 and run["drift_tokens"] == 7
     assert not run["alerted"]  # under alert_above_usd
     admin = make_gateway(yaml.safe_load(path.read_text().replace(
         "${OPENAI_ADMIN_KEY}", OPENAI_ADMIN).replace("${ANTHROPIC_ADMIN_KEY}",
@@ -188,3 +190,31 @@ def test_runs_listed_by_the_admin_api(setup: tuple[Gateway, Path], make_gateway:
     [listed] = answer["data"]
     assert listed["id"] == run["id"] and listed["drift_usd"] == -0.25
     assert listed["rows"] and time.time() - listed["ts"] < 60
+
+
+def test_on_postgresql(fake: FakeHandle, make_gateway: Any, pg_url: str, tmp_path: Path,
+                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same run with the ledger and the runs in PostgreSQL."""
+    gateway = make_gateway({k: v for k, v in _config(fake, pg_url).items()
+                            if k != "reconcile"})
+    path = tmp_path / "pg.yaml"
+    path.write_text(yaml.safe_dump(_config(fake, pg_url)))
+    monkeypatch.setenv("OPENAI_ADMIN_KEY", OPENAI_ADMIN)
+    monkeypatch.setenv("ANTHROPIC_ADMIN_KEY", ANTHROPIC_ADMIN)
+    _calls(gateway)
+    clean = _reconcile(path, "openai")
+    assert clean["drift_tokens"] == 0 and clean["drift_nano"] == 0 and clean["ledger_tokens"]
+    fake.fake.seed_drift("claude-haiku-4-5", provider="anthropic", input_tokens=1000, usd=1.5)
+    drifted = _reconcile(path, "anthropic")
+    assert (drifted["drift_tokens"], drifted["drift_nano"], drifted["alert_sent"]) == \
+        (1000, 1_500_000_000, True)
+
+    async def runs() -> list[Any]:
+        store = record_store_from_url(pg_url)
+        await store.open()
+        try:
+            return await store.runs()
+        finally:
+            await store.close()
+
+    assert [r.id for r in asyncio.run(runs())] == [drifted["id"], clean["id"]]
