@@ -39,10 +39,23 @@ SELECT CAST(ts / 86400 AS INTEGER) AS day, coalesce(served_model, requested_mode
        count(*), sum(input_tokens), sum(cached_input_tokens), sum(cache_write_tokens),
        sum(output_tokens), sum(cost_nano)
 FROM ledger
-WHERE ts >= ? AND ts < ? AND upstream IN ({marks}) AND (cache IS NULL OR cache != 'hit')
+WHERE {ts} >= ? AND {ts} < ? AND upstream IN ({marks}) AND (cache IS NULL OR cache != 'hit')
 GROUP BY day, model
 ORDER BY day, model
 """
+# A window that holds more than this share of the ledger's time span is read by scanning
+# the table (about twice as fast as a million lookups through the ts index); a narrower
+# one through the index.
+SCAN_SHARE = 0.3
+
+
+def _ts_column(conn: sqlite3.Connection, since: float, until: float) -> str:
+    """``ts`` (use the index) or ``+ts`` (the same values, no index: a table scan)."""
+    first, last = conn.execute("SELECT min(ts), max(ts) FROM ledger").fetchone()
+    if first is None or last <= first:
+        return "ts"
+    covered = min(until, last) - max(since, first)
+    return "+ts" if covered / (last - first) > SCAN_SHARE else "ts"
 
 
 def _setup(conn: sqlite3.Connection) -> None:
@@ -68,9 +81,10 @@ class SqliteRecordStore:
         names = list(dict.fromkeys(upstreams))
         if not names:
             return []
-        sql = LEDGER_DAYS_SQL.format(marks=",".join("?" * len(names)))
+        marks = ",".join("?" * len(names))
 
         def read(conn: sqlite3.Connection) -> list[LedgerDay]:
+            sql = LEDGER_DAYS_SQL.format(marks=marks, ts=_ts_column(conn, since, until))
             return [LedgerDay(int(row[0]), str(row[1]), *(int(v or 0) for v in row[2:]))
                     for row in conn.execute(sql, (since, until, *names))]
 
