@@ -28,7 +28,9 @@ from tokenstile.gateway.response_routes import PREFIX as RESPONSES_PREFIX
 from tokenstile.gateway.response_routes import ResponseRoutes
 from tokenstile.gateway.runtime import Runtime
 from tokenstile.gateway.upstream import upstream_headers, upstream_url
+from tokenstile.price_watch import watch_prices
 from tokenstile.providers.models import model_item, model_list, openai_entries
+from tokenstile.reconcile.exposure import DriftGauges
 from tokenstile.stores.counters import StoreUnavailable
 from tokenstile.types import ApiKind, WireFormat
 
@@ -78,10 +80,12 @@ def _error(wire: WireFormat, err: GatewayError) -> Response:
 
 def _web_app(app: TokenstileApp) -> Starlette:
     rt = app.runtime
+    drift_gauges = DriftGauges(rt)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         await rt.start()
+        await watch_prices(rt)
         admin_listener = await start_admin_listener(rt)
         try:
             yield
@@ -116,6 +120,7 @@ def _web_app(app: TokenstileApp) -> Starlette:
     async def metrics(request: Request) -> Response:
         rt.metrics.ledger_backlog.set(rt.ledger.backlog)
         rt.metrics.queue_depth.set(rt.degrader.pacer.depth)
+        await drift_gauges.refresh()
         return Response(rt.metrics.render(), media_type="text/plain; version=0.0.4")
 
     async def catalog(provider_key: str | None, wire: WireFormat) -> list[dict[str, Any]]:

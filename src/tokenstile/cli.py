@@ -587,5 +587,9 @@ def demo(count: int, keep: bool) -> None:
     sys.exit(run_demo(count=count, keep=keep, echo=click.echo))
 
 
+# Commands kept in modules of their own register themselves on ``main``.
+from tokenstile import prices_cli  # noqa: E402, F401
+from tokenstile.reconcile import cli as reconcile_cli  # noqa: E402, F401
+
 if __name__ == "__main__":  # pragma: no cover
     main()

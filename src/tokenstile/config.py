@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -164,6 +165,53 @@ class PriceConfig(_Strict):
     web_search: float | None = Field(None, ge=0)
     file_search: float | None = Field(None, ge=0)
     service_tiers: dict[str, PriceTierConfig] = Field(default_factory=dict)
+    # From when this price applies (a date is midnight UTC); unset: from the beginning.
+    effective_from: date | datetime | None = None
+
+
+class PriceAdjustmentConfig(_Strict):
+    """A negotiated discount on the prices of matching models (whatever their source: the
+    genai-prices table or ``prices:``), from ``effective_from`` until ``effective_until``."""
+
+    provider: str | None = None
+    model: str = "*"
+    discount_percent: float = Field(gt=-1000, le=100)
+    effective_from: date | datetime | None = None
+    effective_until: date | datetime | None = None
+
+
+class FallbackPriceConfig(_Strict):
+    """The price a limit counts a model at when no price is known for it."""
+
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
+
+
+class ReconcileProviderConfig(_Strict):
+    """Where and how to read one provider's own usage and cost reports."""
+
+    admin_key: str | None = None
+    base_url: str | None = None
+    # The ledger's upstreams whose calls this provider served; unset: every upstream of
+    # this provider (by its kind, provider or address).
+    upstreams: list[str] | None = None
+    # Count only these in the provider's reports (usage from outside the gateway is not
+    # drift): OpenAI project ids, Anthropic workspace ids, either's API key ids.
+    project_ids: list[str] = Field(default_factory=list)
+    workspace_ids: list[str] = Field(default_factory=list)
+    api_key_ids: list[str] = Field(default_factory=list)
+    timeout_s: float = Field(60.0, gt=0)
+
+
+class ReconcileConfig(_Strict):
+    """``tokenstile reconcile``: the providers' reports against the ledger."""
+
+    openai: ReconcileProviderConfig | None = None
+    anthropic: ReconcileProviderConfig | None = None
+    # A day × model whose drift passes every threshold set here raises an alert.
+    alert_above_usd: float | None = Field(1.0, ge=0)
+    alert_above_percent: float | None = Field(None, ge=0)
+    channels: list[str] = Field(default_factory=list)
 
 
 class HiddenInputConfig(_Strict):
@@ -259,6 +307,10 @@ class LimitConfig(_Strict):
     shadow: bool = False
     low_priority_fraction: float | None = Field(None, gt=0, le=1)
     schedule: list[ScheduleConfig] = Field(default_factory=list)
+    # A model with no known price, under a USD limit: refused (the default), or counted at
+    # ``fallback_price``.
+    unpriced: Literal["refuse", "fallback"] = "refuse"
+    fallback_price: FallbackPriceConfig | None = None
 
     @field_validator("scope")
     @classmethod
@@ -444,7 +496,9 @@ class Config(_Strict):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     upstreams: dict[str, UpstreamConfig] = Field(default_factory=dict)
     routes: list[RouteConfig] = Field(default_factory=list)
-    prices: dict[str, PriceConfig] = Field(default_factory=dict)
+    prices: dict[str, PriceConfig | list[PriceConfig]] = Field(default_factory=dict)
+    price_adjustments: list[PriceAdjustmentConfig] = Field(default_factory=list)
+    reconcile: ReconcileConfig = Field(default_factory=ReconcileConfig)
     hidden_input: HiddenInputConfig = Field(default_factory=HiddenInputConfig)
     hidden_reasoning: HiddenReasoningConfig = Field(default_factory=HiddenReasoningConfig)
     background_responses: BackgroundResponsesConfig = Field(
@@ -559,6 +613,14 @@ def _semantic_errors(config: Config) -> list[str]:
                 f"routes[{i}].upstream: unknown upstream {route.upstream!r} "
                 "(no upstreams configured; the defaults are openai and anthropic)"
             )
+    errors.extend(_price_errors(config))
+    for i, limit in enumerate(config.limits):
+        if limit.unpriced == "fallback" and limit.unit != "usd":
+            errors.append(f"limits[{i}].unpriced: only a USD limit prices calls; 'fallback' "
+                          f"does nothing on a {limit.unit} limit")
+        if limit.unpriced == "fallback" and limit.fallback_price is None:
+            errors.append(f"limits[{i}].fallback_price: 'unpriced: fallback' needs a "
+                          "fallback_price {input_per_mtok: .., output_per_mtok: ..}")
     for where, policy_set in config.policies.scopes():
         moderation = policy_set.auto_moderate
         if moderation is not None and moderation.upstream is not None and \
@@ -566,6 +628,37 @@ def _semantic_errors(config: Config) -> list[str]:
             errors.append(f"policies.{where}auto_moderate.upstream: unknown upstream "
                           f"{moderation.upstream!r}")
     return errors
+
+
+def _price_errors(config: Config) -> list[str]:
+    errors = []
+    for model, entry in config.prices.items():
+        if not isinstance(entry, list):
+            continue
+        if not entry:
+            errors.append(f"prices.{model}: expected at least one price")
+        starts = [p.effective_from for p in entry]
+        if sum(1 for s in starts if s is None) > 1:
+            errors.append(f"prices.{model}: only one version may leave out effective_from "
+                          "(the one in force before the others)")
+        dated = [effective_ts(s) for s in starts if s is not None]
+        if len(set(dated)) != len(dated):
+            errors.append(f"prices.{model}: two versions take effect at the same time")
+    for i, adj in enumerate(config.price_adjustments):
+        if adj.effective_from is not None and adj.effective_until is not None and \
+                effective_ts(adj.effective_until) <= effective_ts(adj.effective_from):
+            errors.append(f"price_adjustments[{i}].effective_until: must be after "
+                          "effective_from")
+    return errors
+
+
+def effective_ts(value: date | datetime) -> float:
+    """When a price takes effect: a date is midnight UTC, a time without a zone is UTC."""
+    from datetime import UTC
+
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+    return datetime(value.year, value.month, value.day, tzinfo=UTC).timestamp()
 
 
 def referenced_channels(config: Config) -> dict[str, str]:
@@ -580,6 +673,8 @@ def referenced_channels(config: Config) -> dict[str, str]:
                 named.setdefault(channel, f"limits[{i}].thresholds[{j}].channels")
     for channel in config.alerting.default_channels or ():
         named.setdefault(channel, "alerting.default_channels")
+    for channel in config.reconcile.channels:
+        named.setdefault(channel, "reconcile.channels")
     return named
 
 

@@ -54,6 +54,17 @@ class Metrics:
         self.cache = Counter("tokenstile_cache", "Response cache lookups", ["result"],
                              registry=r)
         self.alerts = Counter("tokenstile_alerts", "Alerts fired", ["kind"], registry=r)
+        self.reconcile_drift_usd = Gauge(
+            "tokenstile_reconcile_drift_usd",
+            "The provider's reported cost minus the ledger's, at the last reconciliation",
+            ["provider"], registry=r)
+        self.reconcile_drift_tokens = Gauge(
+            "tokenstile_reconcile_drift_tokens",
+            "The provider's reported tokens minus the ledger's, at the last reconciliation",
+            ["provider"], registry=r)
+        self.reconcile_last_run = Gauge(
+            "tokenstile_reconcile_last_run_timestamp_seconds",
+            "When the last reconciliation with the provider ran", ["provider"], registry=r)
 
     def _model(self, model: str | None) -> str:
         if not model:
@@ -87,6 +98,13 @@ class Metrics:
         self.latency.labels(row.api).observe(row.latency_ms / 1000)
         if row.ttfb_ms is not None:
             self.ttfb.labels(row.api).observe(row.ttfb_ms / 1000)
+
+    def observe_reconcile(self, provider: str, drift_nano: int, drift_tokens: int,
+                          ts: float) -> None:
+        """The last reconciliation's drift (provider is openai or anthropic: bounded)."""
+        self.reconcile_drift_usd.labels(provider).set(drift_nano / 1e9)
+        self.reconcile_drift_tokens.labels(provider).set(drift_tokens)
+        self.reconcile_last_run.labels(provider).set(ts)
 
     def store_error(self, store: str) -> None:
         """A call to a store failed (``counters``: Redis or SQLite counters)."""

@@ -15,7 +15,7 @@ import logging
 import os
 import re
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,8 +91,10 @@ class ConfigReloader:
     """Reloads one runtime from its config file: on change, on SIGHUP, or when asked."""
 
     def __init__(self, reconfigure: Callable[[Config], list[str]], clock: Clock,
-                 path: str | None, poll_s: float = 1.0) -> None:
+                 path: str | None, poll_s: float = 1.0,
+                 on_reloaded: Callable[[], Awaitable[object]] | None = None) -> None:
         self.reconfigure = reconfigure  # applies a config; returns what waits for a restart
+        self.on_reloaded = on_reloaded
         self.clock = clock
         self.path = Path(path) if path else None
         self.poll_s = poll_s
@@ -120,7 +122,9 @@ class ConfigReloader:
                               line)
                 return self.status
             self.apply(config)
-            return self.status
+        if self.on_reloaded is not None:
+            await self.on_reloaded()  # e.g. a routed model whose price changed: an alert
+        return self.status
 
     def apply(self, config: Config) -> None:
         pending = self.reconfigure(config)

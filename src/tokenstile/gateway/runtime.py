@@ -32,7 +32,8 @@ from tokenstile.metrics import Metrics
 from tokenstile.observability import Telemetry
 from tokenstile.policies.engine import PolicyEngine
 from tokenstile.policies.moderation import UpstreamModerator
-from tokenstile.prices import Pricer, parse_price_override
+from tokenstile.price_watch import watch_prices
+from tokenstile.prices import Pricer
 from tokenstile.providers.anthropic import AnthropicAdapter
 from tokenstile.providers.openai import OpenAIAdapter
 from tokenstile.stores.alerts import history_from_url
@@ -149,7 +150,8 @@ class Runtime:
         await self.key_limits.refresh()
         self._tasks.append(asyncio.create_task(self.key_limits.run(),
                                                name="tokenstile-key-limits"))
-        self.reloader = ConfigReloader(self.reconfigure, self.clock, self.config_path)
+        self.reloader = ConfigReloader(self.reconfigure, self.clock, self.config_path,
+                                       on_reloaded=lambda: watch_prices(self))
         if self.config_path:
             self.reloader.install_signal_handler()
             self._tasks.append(asyncio.create_task(self.reloader.watch(),
@@ -276,6 +278,6 @@ def warm_up() -> None:
 
 
 def pricer_for(config: Config) -> Pricer:
-    overrides = {name: parse_price_override(price.model_dump(exclude_none=True))
-                 for name, price in config.prices.items()}
-    return Pricer(overrides)
+    from tokenstile.price_table import pricer_from_config
+
+    return pricer_from_config(config)

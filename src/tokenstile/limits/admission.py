@@ -51,7 +51,7 @@ from tokenstile.types import (
 
 if TYPE_CHECKING:
     from tokenstile.clock import Clock
-    from tokenstile.prices import Pricer
+    from tokenstile.prices import ModelPrice, Pricer
 
 OnBlocked = Callable[[Limit, str, int, int], None]
 
@@ -156,7 +156,8 @@ class Admission:
                             "reserved_input_tokens": worst.tokens, "basis": worst.basis}
 
     def _worst_case(self, unit: Unit, req: CanonicalRequest, model: str, cap: int, *,
-                    provider: str | None = None, terms: PriceTerms | None = None) -> int:
+                    provider: str | None = None, terms: PriceTerms | None = None,
+                    fallback: ModelPrice | None = None) -> int:
         inp = reserved_input(req)
         if unit == "tokens":
             return inp + cap
@@ -173,6 +174,8 @@ class Admission:
         else:  # every USD limit of a request asks for the same estimate: price it once
             cost = self.pricer.estimate_nano(model, inp, cap, provider, terms=terms)
             self._last_estimate = (req, key, cost)
+        if cost is None and fallback is not None:  # the limit's ``unpriced: fallback``
+            cost = fallback.estimate_nano(inp, cap, terms=terms)
         if cost is None:
             raise GatewayError(
                 422, f"no price is known for the model {model!r}, so its cost cannot be "
@@ -225,7 +228,7 @@ class Admission:
             if limit.window.kind != "request" or limit.unit == "output_tokens":
                 continue
             need = self._worst_case(limit.unit, req, model, cap, provider=ctx.provider,
-                                    terms=self.terms(ctx))
+                                    terms=self.terms(ctx), fallback=limit.fallback_price)
             if need > item.hard:
                 if limit.shadow:
                     ctx.flags.append(f"shadow:{limit.name}")
@@ -252,7 +255,8 @@ class Admission:
             key, window_keys = counter_key(limit, item.scope_id, now)
             item.key = key
             item.amount = self._worst_case(limit.unit, req, model, cap, provider=ctx.provider,
-                                           terms=self.terms(ctx))
+                                           terms=self.terms(ctx),
+                                           fallback=limit.fallback_price)
             cap_value = None if limit.shadow else item.hard
             index = by_key.get(key)
             if index is None:
@@ -336,7 +340,7 @@ class Admission:
             if limit.window.kind != "request" or limit.shadow or limit.unit == "requests":
                 continue
             need = self._worst_case(limit.unit, req, model, cap, provider=ctx.provider,
-                                    terms=self.terms(ctx))
+                                    terms=self.terms(ctx), fallback=limit.fallback_price)
             if need * (paid + 1) > item.hard:
                 raise NoRoomForRetry(f"{limit.name}: {paid + 1} attempts need "
                                      f"{explain.format_amount(limit.unit, need * (paid + 1))}")

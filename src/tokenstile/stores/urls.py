@@ -90,6 +90,11 @@ BACKENDS: dict[str, dict[str, str]] = {
         "postgres": f"{_STORES}.alerts_postgres:PostgresAlertHistory",
         "memory": f"{_STORES}.alerts_memory:MemoryAlertHistory",
     },
+    "record store": {
+        "sqlite": f"{_STORES}.records_sqlite:SqliteRecordStore",
+        "postgresql": f"{_STORES}.records_postgres:PostgresRecordStore",
+        "postgres": f"{_STORES}.records_postgres:PostgresRecordStore",
+    },
 }
 
 

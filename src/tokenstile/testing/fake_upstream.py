@@ -65,6 +65,7 @@ from ._fake_core import (
     plan_reply,
     reply_text,
 )
+from ._fake_reports import REPORTS, Drift, admin_key_ok
 from ._fake_responses import ResponseStore, StoredResponse
 from ._fake_wire import (
     StreamParts,
@@ -474,6 +475,7 @@ class FakeUpstream:
         self.tally = Tally(self.settings.max_records)
         self.responses = ResponseStore(self._bill_background)
         self._script: deque[dict[str, object]] = deque()
+        self.drifts: list[Drift] = []
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(4).hex()
         self._routes: dict[tuple[str, str], Callable[[_Req], Awaitable[None]]] = {
@@ -511,8 +513,20 @@ class FakeUpstream:
         """Directives applied to every request (under script entries and request text)."""
         self.settings.defaults = directive_layer(spec)
 
+    def seed_drift(self, model: str, *, provider: str = "openai", input_tokens: int = 0,
+                   output_tokens: int = 0, usd: float = 0.0, day: int | str | None = None
+                   ) -> None:
+        """Make the admin usage and cost reports show usage the fake never served (a call
+        that went around the gateway): on ``day`` (days since the epoch, or an ISO date;
+        default the last day of the report)."""
+        self.drifts.append(Drift.from_json({
+            "provider": provider, "model": model, "input_tokens": input_tokens,
+            "output_tokens": output_tokens, "usd": usd, "day": day}))
+
     def reset(self) -> None:
-        """Clear the tally, the script queue and stored responses (settings stay)."""
+        """Clear the tally, the script queue, seeded drift and stored responses (settings
+        stay)."""
+        self.drifts.clear()
         self._script.clear()
         self.responses.clear()
         self.tally.reset()
@@ -577,6 +591,9 @@ class FakeUpstream:
             await self._admin(scope, receive, send, path)
             return
         method: str = scope["method"]
+        if method == "GET" and path in REPORTS:
+            await self._report(scope, send, path)
+            return
         handler = self._routes.get((method, path))
         if handler is None and method == "GET" and path.startswith("/v1/models/"):
             handler = self._model
@@ -615,6 +632,30 @@ class FakeUpstream:
                 r.watch.close()
             if not r.recorded:
                 self._record(r, 0, "client_disconnected")
+
+    async def _report(self, scope: Scope, send: Send, path: str) -> None:
+        """An admin usage or cost report, from what was served (not itself recorded)."""
+        provider, build = REPORTS[path]
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                   for k, v in scope["headers"]}
+        status = 200
+        if not admin_key_ok(provider, headers):
+            status = 401
+            message = ("This endpoint requires an admin API key." if provider == "openai"
+                       else "invalid x-api-key")
+            payload: Json = openai_error(401, message) if provider == "openai" \
+                else anthropic_error(401, message, "req_" + self._new_id())
+        else:
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            try:
+                payload = build(self.tally.records, list(self.drifts), query, time.time())
+            except (ValueError, KeyError) as exc:
+                status = 400
+                payload = openai_error(400, f"invalid query: {exc}")
+        data = orjson.dumps(payload)
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [*_JSON_HEADERS, (b"content-length", str(len(data)).encode())]})
+        await send({"type": "http.response.body", "body": data})
 
     @staticmethod
     def _auth_message(r: _Req) -> str:
@@ -1208,6 +1249,15 @@ class FakeUpstream:
                     self.set_defaults(spec)
                     payload = {"ok": True, "defaults": self.settings.defaults}
             except (orjson.JSONDecodeError, DirectiveError, TypeError, AttributeError) as exc:
+                status, payload = 400, {"error": {"message": str(exc)}}
+        elif path == "/_fake/reports/drift" and method == "POST":
+            raw = await _read_body(receive)
+            try:
+                spec = orjson.loads(raw or b"null")
+                items = spec if isinstance(spec, list) else [spec]
+                self.drifts.extend(Drift.from_json(item) for item in items)
+                payload = {"ok": True, "drifts": len(self.drifts)}
+            except (orjson.JSONDecodeError, ValueError, KeyError, TypeError) as exc:
                 status, payload = 400, {"error": {"message": str(exc)}}
         elif path == "/_fake/health":
             payload = {"ok": True}
