@@ -118,21 +118,33 @@ async def latencies(url: str, key: str, count: int) -> list[float]:
     return out
 
 
-def wrk(url: str, key: str, body: dict[str, Any], seconds: int, directory: Path) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(url: str, key: str, body: dict[str, Any], seconds: int, directory: Path,
+        pid: int | None = None) -> tuple[float, float]:
+    """Requests/s at c=50, and the CPU ms per request of ``pid`` (the gateway) meanwhile."""
     script = directory / "post.lua"
     script.write_text(
         'wrk.method = "POST"\n'
         f"wrk.body = {orjson.dumps(orjson.dumps(body).decode()).decode()}\n"
         'wrk.headers["Content-Type"] = "application/json"\n'
         f'wrk.headers["Authorization"] = "Bearer {key}"\n')
+    before = cpu_seconds(pid) if pid else 0.0
     result = subprocess.run(
         pinned(1, ["wrk", "-t1", "-c50", f"-d{seconds}s", "-s", str(script),
                    url + "/v1/chat/completions"]), capture_output=True, text=True, check=True)
+    used = cpu_seconds(pid) - before if pid else 0.0
     match = re.search(r"Requests/sec:\s+([\d.]+)", result.stdout)
+    total = re.search(r"(\d+) requests in", result.stdout)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", result.stdout)
     if non2xx:
         raise RuntimeError(f"wrk saw {non2xx.group(1)} error responses")
-    return float(match.group(1)) if match else 0.0
+    count = int(total.group(1)) if total else 0
+    return (float(match.group(1)) if match else 0.0), (used * 1000 / count if count else 0.0)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -160,22 +172,23 @@ def main() -> None:
     results = []
     try:
         direct_lat = asyncio.run(latencies(fake_url, "sk-bench", args.requests))
-        direct_rps = wrk(fake_url, "sk-bench", CHAT, args.seconds, Path(tempfile.gettempdir()))
-        direct_sse = wrk(fake_url, "sk-bench", STREAM, args.seconds,
-                         Path(tempfile.gettempdir()))
+        direct_rps, _ = wrk(fake_url, "sk-bench", CHAT, args.seconds,
+                            Path(tempfile.gettempdir()))
+        direct_sse, _ = wrk(fake_url, "sk-bench", STREAM, args.seconds,
+                            Path(tempfile.gettempdir()))
         for name, counters, limits in scenarios:
             directory = Path(tempfile.mkdtemp(prefix="tokenstile-bench-"))
             proc, url, key = start_gateway(directory, fake_url,
                                            counters.format(dir=directory), limits)
             try:
                 lat = asyncio.run(latencies(url, key, args.requests))
-                rps = wrk(url, key, CHAT, args.seconds, directory)
-                sse = wrk(url, key, STREAM, args.seconds, directory)
+                rps, cpu = wrk(url, key, CHAT, args.seconds, directory, proc.pid)
+                sse, sse_cpu = wrk(url, key, STREAM, args.seconds, directory, proc.pid)
             finally:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(20)
                 shutil.rmtree(directory, ignore_errors=True)
-            results.append((name, lat, rps, sse))
+            results.append((name, lat, rps, sse, cpu, sse_cpu))
     finally:
         fake.send_signal(signal.SIGTERM)
         fake.wait(10)
@@ -183,14 +196,14 @@ def main() -> None:
     print(f"direct to the fake upstream: p50 {d50:.3f} ms, p99 {d99:.3f} ms, "
           f"{direct_rps:,.0f} req/s, streamed {direct_sse:,.0f} req/s")
     print(f"{'scenario':<28} {'added p50':>10} {'added p99':>10} {'req/s':>8} {'ratio':>6} "
-          f"{'SSE req/s':>10} {'ratio':>6}")
+          f"{'CPU/req':>8} {'SSE req/s':>10} {'ratio':>6} {'CPU/req':>8}")
     base50 = None
-    for name, lat, rps, sse in results:
+    for name, lat, rps, sse, cpu, sse_cpu in results:
         a50, a99 = statistics.median(lat) - d50, pct(lat, 0.99) - d99
         base50 = a50 if base50 is None else base50
         print(f"{name:<28} {a50:>8.3f}ms {a99:>8.3f}ms {rps:>8,.0f} {rps / direct_rps:>6.2f} "
-              f"{sse:>10,.0f} {sse / direct_sse:>6.2f}")
-    for name, lat, _, _ in results[1:]:
+              f"{cpu:>6.3f}ms {sse:>10,.0f} {sse / direct_sse:>6.2f} {sse_cpu:>6.3f}ms")
+    for name, lat, *_ in results[1:]:
         extra = statistics.median(lat) - d50 - (base50 or 0.0)
         print(f"admission cost over no limits ({name}): {extra:.3f} ms p50")
 

@@ -23,7 +23,7 @@ from tokenstile.clock import SYSTEM_CLOCK, Clock
 from tokenstile.config import Config, load_config
 from tokenstile.errors import GatewayError, render_error
 from tokenstile.gateway.asgi import Receive, Scope, Send
-from tokenstile.gateway.pipeline import Gateway
+from tokenstile.gateway.assemble import CurrentGateway
 from tokenstile.gateway.response_routes import PREFIX as RESPONSES_PREFIX
 from tokenstile.gateway.response_routes import ResponseRoutes
 from tokenstile.gateway.runtime import Runtime
@@ -53,16 +53,15 @@ class TokenstileApp:
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self.gateway = Gateway(runtime)
+        self.gateway = CurrentGateway(runtime)
         self.responses = ResponseRoutes(runtime)
-        runtime.admission.on_store_error = lambda _: runtime.metrics.store_error("counters")
         self.web = _web_app(self)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             route = PROXY_ROUTES.get(scope["path"])
             if route is not None and scope["method"] == "POST":
-                await self.gateway.handle(route[0], route[1], scope, receive, send)
+                await self.gateway.get().handle(route[0], route[1], scope, receive, send)
                 return
             if scope["path"].startswith(RESPONSES_PREFIX):
                 await self.responses.handle(scope, receive, send)
@@ -86,7 +85,9 @@ def _web_app(app: TokenstileApp) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         await rt.start()
-        await watch_prices(rt)
+        await watch_prices(rt)  # a routed model whose price changed since last time: an alert
+        if rt.reloader is not None:
+            rt.reloader.after_reload = lambda: watch_prices(rt)
         admin_listener = await start_admin_listener(rt)
         try:
             yield

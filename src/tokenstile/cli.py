@@ -28,6 +28,7 @@ from tokenstile.stores.database import (
     new_key_id,
     new_key_secret,
 )
+from tokenstile.stores.urls import redact_url
 from tokenstile.tables import format_usage_rows, render_table
 
 T = TypeVar("T")
@@ -36,6 +37,7 @@ config_option = click.option(
     help="YAML configuration file (default: $TOKENSTILE_CONFIG, else built-in defaults).",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
 
 
 def _load(config_path: str | None) -> Config:
@@ -149,8 +151,8 @@ def check(config_path: str | None, url: str | None, admin_key: str | None) -> No
         for unpriced in unpriced_models(config):
             click.echo(f"  unpriced: {unpriced.message()}")
         click.echo(f"  upstreams: {upstreams}")
-        click.echo(f"  counters:  {config.storage.counters}")
-        click.echo(f"  database:  {config.storage.database}")
+        click.echo(f"  counters:  {redact_url(config.storage.counters)}")
+        click.echo(f"  database:  {redact_url(config.storage.database)}")
     if client is None:
         return
     status = _api(client, "GET", "/status")["config"]

@@ -25,12 +25,13 @@ from tokenstile.config import Config
 from tokenstile.degrade.throttle import Pacer, ThrottleRejected
 from tokenstile.degrade.trim import Message, trim_messages
 from tokenstile.errors import GatewayError
-from tokenstile.limits.admission import Admission, Ticket
+from tokenstile.limits.admission import Admission
 from tokenstile.limits.model import Limit, Threshold
 from tokenstile.providers.anthropic import output_format
+from tokenstile.types import Ticket
 
 if TYPE_CHECKING:
-    from tokenstile.gateway.context import RequestContext
+    from tokenstile.types import RequestContext
 
 Summarizer = Callable[["RequestContext", list[Message]], Awaitable[str]]
 
@@ -39,7 +40,6 @@ SUMMARY_PREFIX = "Summary of the earlier conversation: "
 
 def _count_fn(ctx: RequestContext) -> Callable[[list[Message]], int]:
     req = ctx.req
-    assert req is not None
     body = req.body
     if ctx.wire == "anthropic":
         fmt = output_format(body)
@@ -72,7 +72,6 @@ class Degrader:
     async def fit_input(self, ctx: RequestContext, recount: Callable[[], int],
                         summarize: Summarizer | None) -> None:
         req = ctx.req
-        assert req is not None
         feature = self.config.features.get(req.feature or "") if req.feature else None
         if feature is None or feature.max_input is None or feature.over_budget == "reject":
             return
@@ -94,9 +93,9 @@ class Degrader:
         if trimmed.dropped or trimmed.truncated:
             ctx.degraded.append("trimmed")
             ctx.response_headers["x-tokenstile-trimmed-messages"] = str(trimmed.dropped)
-            ctx.detail["trimmed_messages"] = trimmed.dropped
+            ctx.trimmed_messages = trimmed.dropped
             if trimmed.truncated:
-                ctx.detail["truncated"] = True
+                ctx.truncated = True
 
     async def _summarize(self, ctx: RequestContext, messages: list[Message], budget: int,
                          count: Callable[[list[Message]], int], summarize: Summarizer
@@ -112,7 +111,7 @@ class Degrader:
         older = [m for m in messages if m not in lead and m not in kept]
         summary = await summarize(ctx, older)
         ctx.degraded.append("summarized")
-        ctx.detail["summarized_messages"] = len(older)
+        ctx.summarized_messages = len(older)
         ctx.response_headers["x-tokenstile-summarized-messages"] = str(len(older))
         return [*lead, {"role": "system", "content": SUMMARY_PREFIX + summary}, *kept]
 
@@ -126,7 +125,6 @@ class Degrader:
     def downgrade(self, ctx: RequestContext) -> None:
         """Switch to the cheaper model when a scope is past a ``downgrade`` threshold."""
         req, caller = ctx.req, ctx.caller
-        assert req is not None and caller is not None
         for item in self.admission.applicable(caller, req):
             for threshold in item.limit.thresholds:
                 if threshold.action != "downgrade":
@@ -140,9 +138,9 @@ class Degrader:
 
     def switch_model(self, ctx: RequestContext, model: str, why: str) -> None:
         req = ctx.req
-        assert req is not None
-        ctx.detail.setdefault("requested_model", req.model)
-        ctx.detail["downgraded"] = why
+        if ctx.requested_model is None:
+            ctx.requested_model = req.model
+        ctx.downgraded = why
         req.model = model
         req.body = {**req.body, "model": model}
         if "downgraded" not in ctx.degraded:
@@ -169,7 +167,7 @@ class Degrader:
             try:
                 waited += await self.pacer.wait(key, reduction)
             except ThrottleRejected as rejected:
-                await self.admission.release(ctx)
+                await self.admission.release(ctx.ticket)
                 ctx.block_reason = f"throttled:{item.limit.name}"
                 raise GatewayError(
                     429, f"{item.limit.name} is past {engaged[0].fraction:.0%} of its budget "
@@ -182,7 +180,7 @@ class Degrader:
             ctx.degraded.append("throttled")
             ms = round(waited * 1000)
             ctx.response_headers["x-tokenstile-queue-ms"] = str(ms)
-            ctx.detail["queue_ms"] = ms
+            ctx.queue_ms = ms
 
     def fallbacks(self, limit: Limit) -> tuple[str, ...]:
         """What to try when ``limit`` is exhausted, in order (the ``block`` threshold's

@@ -11,12 +11,10 @@ in-memory ``on_block`` cache, so the fallback it asks for exists.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tokenstile.cache import (
     CachedAnswer,
-    CacheUse,
     GuardedCache,
     cache_key,
     cache_use,
@@ -25,30 +23,11 @@ from tokenstile.cache import (
 )
 from tokenstile.clock import Clock
 from tokenstile.config import CacheConfig, CacheRuleConfig, Config
+from tokenstile.types import CachePlan
 
 if TYPE_CHECKING:
-    from tokenstile.gateway.context import RequestContext
+    from tokenstile.types import RequestContext
 
-
-@dataclass(frozen=True, slots=True)
-class CachePlan:
-    lookup: str | None
-    namespace: str
-    ttl_s: float
-    mode: str
-    use: CacheUse
-
-    @property
-    def read_now(self) -> bool:
-        return self.mode == "always" and self.use.read and self.lookup is not None
-
-    @property
-    def read_on_block(self) -> bool:
-        return self.use.read and self.lookup is not None
-
-    @property
-    def write(self) -> bool:
-        return self.use.write and self.lookup is not None
 
 
 def effective_cache_config(config: Config) -> CacheConfig | None:
@@ -73,7 +52,7 @@ class CacheStage:
                 retry_after_s=self.config.retry_after_s)
 
     def _rule(self, ctx: RequestContext) -> CacheRuleConfig | None:
-        assert self.config is not None and ctx.caller is not None and ctx.req is not None
+        assert self.config is not None
         caller, req = ctx.caller, ctx.req
         attrs = {"organization": caller.organization, "project": caller.project,
                  "team": caller.team, "user": caller.user, "tier": caller.tier,
@@ -91,7 +70,6 @@ class CacheStage:
         rule = self._rule(ctx)
         if rule is None:
             return None
-        assert ctx.caller is not None and ctx.req is not None
         share = self.config.share
         namespace = "" if share == "global" else str(
             {"organization": ctx.caller.organization, "project": ctx.caller.project,

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 from tokenstile.providers.terms import terms_of
 
 if TYPE_CHECKING:
-    from tokenstile.gateway.context import RequestContext
     from tokenstile.prices import ModelPrice, Pricer
+    from tokenstile.types import RequestContext
 
 # Tiers a response names that are billed at the standard prices.
 _STANDARD_TIERS = frozenset({"default", "standard", "auto"})

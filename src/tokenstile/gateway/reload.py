@@ -15,14 +15,13 @@ import logging
 import os
 import re
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from tokenstile.clock import Clock
 from tokenstile.config import Config, ConfigError, load_config
-
-if TYPE_CHECKING:
-    from tokenstile.gateway.runtime import Runtime
 
 log = logging.getLogger("tokenstile.reload")
 
@@ -91,20 +90,24 @@ def _signature(path: Path) -> tuple[int, int, int] | None:
 class ConfigReloader:
     """Reloads one runtime from its config file: on change, on SIGHUP, or when asked."""
 
-    def __init__(self, runtime: Runtime, path: str | None, poll_s: float = 1.0) -> None:
-        self.runtime = runtime
+    def __init__(self, reconfigure: Callable[[Config], list[str]], clock: Clock,
+                 path: str | None, poll_s: float = 1.0) -> None:
+        self.reconfigure = reconfigure  # applies a config; returns what waits for a restart
+        self.clock = clock
         self.path = Path(path) if path else None
         self.poll_s = poll_s
         self.status = ReloadStatus(source=str(self.path) if self.path else None,
-                                   loaded_at=runtime.clock.now())
+                                   loaded_at=clock.now())
         self._lock = asyncio.Lock()
         self._seen = _signature(self.path) if self.path else None
         self._pending: asyncio.Task[ReloadStatus] | None = None
+        # Run after each config applied from the file (set by the app: the price check).
+        self.after_reload: Callable[[], Awaitable[object]] | None = None
 
     async def reload(self) -> ReloadStatus:
         """Read, validate and apply the file; on any error keep the running config."""
         async with self._lock:
-            self.status.last_attempt_at = self.runtime.clock.now()
+            self.status.last_attempt_at = self.clock.now()
             if self.path is None:
                 self.status.error = ["no config file to reload: the gateway runs on built-in "
                                      "defaults (start it with --config or $TOKENSTILE_CONFIG)"]
@@ -119,17 +122,16 @@ class ConfigReloader:
                               line)
                 return self.status
             self.apply(config)
-        from tokenstile.price_watch import watch_prices
-
-        await watch_prices(self.runtime)  # a routed model whose price changed: an alert
+        if self.after_reload is not None:
+            await self.after_reload()  # e.g. an alert for a routed model whose price changed
         return self.status
 
     def apply(self, config: Config) -> None:
-        pending = self.runtime.reconfigure(config)
+        pending = self.reconfigure(config)
         self.status.error = []
         self.status.pending_restart = pending
         self.status.generation += 1
-        self.status.loaded_at = self.runtime.clock.now()
+        self.status.loaded_at = self.clock.now()
         if pending:
             log.warning("config reloaded; %s keep their running values until a restart",
                         ", ".join(pending))

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from tokenstile.alerts.channels import Channel, LogChannel, build_channel
 from tokenstile.alerts.engine import AlertEngine, PeriodicRules, RuleSettings
-from tokenstile.alerts.rules import AnomalySettings, limit_blocked_alert, limit_threshold_alerts
+from tokenstile.alerts.rules import AnomalySettings, limit_blocked_alert
 from tokenstile.clock import SYSTEM_CLOCK, Clock
 from tokenstile.config import Config, referenced_channels
 from tokenstile.degrade.stage import Degrader
@@ -25,7 +25,7 @@ from tokenstile.gateway.resilience import CircuitBreakers
 from tokenstile.gateway.routing import Router
 from tokenstile.gateway.upstream import UpstreamClient
 from tokenstile.ledger import LedgerWriter
-from tokenstile.limits.admission import Admission, Ticket
+from tokenstile.limits.admission import Admission
 from tokenstile.limits.model import Limit
 from tokenstile.limits.overrides import Overrides
 from tokenstile.metrics import Metrics
@@ -43,7 +43,6 @@ from tokenstile.tokens import encoding_for, ensure_offline_encodings
 from tokenstile.types import LedgerRow, usd_to_nano
 
 if TYPE_CHECKING:
-    from tokenstile.gateway.context import RequestContext
     from tokenstile.providers.base import Adapter
     from tokenstile.types import WireFormat
 
@@ -101,7 +100,13 @@ class Runtime:
         metrics = Metrics(lambda model: model in exact_routes or pricer.known(model))
         adapters: dict[WireFormat, Adapter] = {"openai": OpenAIAdapter(),
                                                "anthropic": AnthropicAdapter()}
-        admission = Admission(config, counters, pricer, clock)
+        alerts = alert_engine_for(config, clock)
+
+        def alert_blocked(limit: Limit, scope_id: str, used: int, needed: int) -> None:
+            alerts.submit(limit_blocked_alert(limit, scope_id, used, needed, clock.now()))
+
+        admission = Admission(config, counters, pricer, clock, on_blocked=alert_blocked,
+                              on_store_error=lambda _: metrics.store_error("counters"))
         overrides = Overrides(db, config)
         overrides.listeners.append(admission.apply_overrides)
         upstream = UpstreamClient()
@@ -110,17 +115,19 @@ class Runtime:
             auth=Authenticator(config.auth, db, clock, admin_key_for(config)),
             router=router, upstream=upstream,
             ledger=LedgerWriter(db, spool=LedgerSpool.for_database(db.url,
-                                                                   config.storage.spool_dir)),
+                                                                   config.storage.spool_dir),
+                                clock=clock),
             pricer=pricer, metrics=metrics,
             policies=PolicyEngine(config, UpstreamModerator(router, upstream), overrides),
             admission=admission, overrides=overrides, adapters=adapters,
             breakers=CircuitBreakers(config.resilience.circuit_breaker, clock),
             degrader=Degrader(config, admission, clock),
-            alerts=alert_engine_for(config, clock),
+            alerts=alerts,
             caching=CacheStage(config, clock),
             telemetry=Telemetry.from_env(clock),
         )
-        runtime.background = BackgroundResponses(runtime)
+        runtime.background = BackgroundResponses(config, pricer, clock, db, runtime.ledger,
+                                                 metrics, upstream, admission)
         runtime._pin()
         return runtime
 
@@ -132,7 +139,6 @@ class Runtime:
         self.ledger.start()
         await self.overrides.refresh()
         await self.alerts.start()
-        self.admission.on_blocked = self._alert_blocked
         self._tasks.append(asyncio.create_task(
             PeriodicRules(self.db, self.alerts, self.admission.limits,
                           rule_settings(self.config), self.clock)
@@ -143,7 +149,7 @@ class Runtime:
         await self.key_limits.refresh()
         self._tasks.append(asyncio.create_task(self.key_limits.run(),
                                                name="tokenstile-key-limits"))
-        self.reloader = ConfigReloader(self, self.config_path)
+        self.reloader = ConfigReloader(self.reconfigure, self.clock, self.config_path)
         if self.config_path:
             self.reloader.install_signal_handler()
             self._tasks.append(asyncio.create_task(self.reloader.watch(),
@@ -151,12 +157,12 @@ class Runtime:
         self._tasks.append(asyncio.create_task(self.background.run(),
                                                name="tokenstile-background-responses"))
         try:
-            recovered = await self.admission.recover(self.charge_expired)
+            recovered = await self.admission.leases.recover(self.charge_expired)
             if recovered:
                 log.warning("charged %d unsettled reservations at their estimate", recovered)
         except StoreUnavailable:
             log.warning("counter store unreachable at start; recovery will retry")
-        self._tasks.append(asyncio.create_task(self.admission.maintain(self.charge_expired),
+        self._tasks.append(asyncio.create_task(self.admission.leases.maintain(self.charge_expired),
                                                name="tokenstile-leases"))
         self.started = True
         self._pin()  # the view requests hold: what start() set up
@@ -191,8 +197,8 @@ class Runtime:
         config = keep_start_settings(self.config, config)
         pricer = pricer_for(config)
         self.auth.reconfigure(config.auth, admin_key_for(config))
-        self.admission.pricer = pricer
-        self.admission.reconfigure(config)
+        self.admission.reconfigure(config, pricer)
+        self.background.reconfigure(config, pricer)
         self.overrides.reconfigure(config)
         self.breakers.config = config.resilience.circuit_breaker
         self.degrader.reconfigure(config)
@@ -220,22 +226,6 @@ class Runtime:
         if extra or len(base) != len(self.admission.base_limits):
             self.admission.base_limits = [*base, *extra]
             self.admission.apply_overrides(self.overrides.items)
-
-    def _alert_blocked(self, limit: Limit, scope_id: str, used: int, needed: int) -> None:
-        self.alerts.submit(limit_blocked_alert(limit, scope_id, used, needed, self.clock.now()))
-
-    def alert_thresholds(self, ctx: RequestContext) -> None:
-        """After a settle: budget thresholds this request's usage crossed (off the hot path:
-        the engine delivers in the background, once per threshold and window)."""
-        ticket = ctx.ticket
-        if not isinstance(ticket, Ticket) or not ticket.metered:
-            return
-        now = self.clock.now()
-        for item in ticket.applied:
-            if item.charge_index >= 0 and not item.limit.shadow:
-                after = item.used + self.admission.actual(item.limit.unit, ctx)
-                self.alerts.submit_all(limit_threshold_alerts(
-                    item.limit, item.scope_id, item.used, after, now))
 
     def config_status(self) -> dict[str, object]:
         """The config's source, generation and last reload error (for /readyz)."""

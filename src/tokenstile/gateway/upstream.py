@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+from yarl import URL
 
 from tokenstile.config import UpstreamConfig
 from tokenstile.errors import GatewayError
@@ -127,6 +128,8 @@ def upstream_headers(config: UpstreamConfig, client_headers: Mapping[str, str],
 class UpstreamClient:
     def __init__(self) -> None:
         self._sessions: dict[tuple[float, int], aiohttp.ClientSession] = {}
+        self._timeouts: dict[tuple[float, float | None], aiohttp.ClientTimeout] = {}
+        self._urls: dict[str, URL] = {}
 
     def _session(self, config: UpstreamConfig) -> aiohttp.ClientSession:
         key = (config.keepalive_s, config.max_connections)
@@ -137,20 +140,23 @@ class UpstreamClient:
                 keepalive_timeout=config.keepalive_s, ttl_dns_cache=300,
                 enable_cleanup_closed=False,
             )
+            # No cookie jar: an upstream's cookies must not follow one caller's request
+            # into another's (and a jar costs a lookup per call).
             session = aiohttp.ClientSession(connector=connector, auto_decompress=True,
-                                            skip_auto_headers=("User-Agent",))
+                                            skip_auto_headers=("User-Agent",),
+                                            cookie_jar=aiohttp.DummyCookieJar())
             self._sessions[key] = session
         return session
 
     async def post(self, name: str, config: UpstreamConfig, url: str, body: bytes,
                    headers: Mapping[str, str]) -> aiohttp.ClientResponse:
         """Send the request; return the response once its status line and headers are in."""
-        timeout = aiohttp.ClientTimeout(total=None, connect=config.connect_timeout_s,
-                                        sock_read=config.read_timeout_s)
+        timeout = self._timeout(config.connect_timeout_s, config.read_timeout_s)
         session = self._session(config)
+        target = self._url(url)
         for attempt in (1, 2):
             try:
-                return await session.post(url, data=body, headers=headers, timeout=timeout)
+                return await session.post(target, data=body, headers=headers, timeout=timeout)
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
                 if attempt == 2 or isinstance(exc, aiohttp.ClientConnectorError):
                     raise UpstreamUnreachable(name, type(exc).__name__) from None
@@ -162,6 +168,22 @@ class UpstreamClient:
             except aiohttp.ClientError as exc:
                 raise UpstreamUnreachable(name, type(exc).__name__) from None
         raise AssertionError("unreachable")
+
+    def _timeout(self, connect: float, read: float | None) -> aiohttp.ClientTimeout:
+        timeout = self._timeouts.get((connect, read))
+        if timeout is None:
+            timeout = self._timeouts[(connect, read)] = aiohttp.ClientTimeout(
+                total=None, connect=connect, sock_read=read)
+        return timeout
+
+    def _url(self, url: str) -> URL:
+        """Parsed once per distinct URL (the same few serve every request)."""
+        parsed = self._urls.get(url)
+        if parsed is None:
+            if len(self._urls) > 1024:
+                self._urls.clear()
+            parsed = self._urls[url] = URL(url)
+        return parsed
 
     async def request(self, method: str, name: str, config: UpstreamConfig, url: str,
                       headers: Mapping[str, str], body: bytes | None = None,

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tokenstile.limits.admission import counter_key
+from tokenstile.limits.counter_keys import counter_key
 from tokenstile.limits.model import Limit
 from tokenstile.limits.windows import describe_reset, window_end
 from tokenstile.stores.counters import CounterStore

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from tokenstile.gateway.context import AutoReply
+from tokenstile.types import AutoReply
 
 Json = dict[str, Any]
 

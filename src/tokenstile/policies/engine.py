@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from tokenstile.config import Config
-from tokenstile.limits.admission import set_output_cap
+from tokenstile.limits.caps import set_output_cap
 from tokenstile.policies import auto_reply, report
 from tokenstile.policies.decisions import Block, Decision, Flag, Rewrite
 from tokenstile.policies.headers import HEADER_NAMES, Loosening, apply_headers
@@ -36,11 +36,10 @@ from tokenstile.policies.stream import PolicyStreamObserver
 from tokenstile.policies.texts import response_slots
 
 if TYPE_CHECKING:
-    from tokenstile.gateway.context import RequestContext
     from tokenstile.limits.overrides import Overrides
     from tokenstile.providers.base import StreamObserver
     from tokenstile.stores.database import Override
-    from tokenstile.types import CanonicalRequest
+    from tokenstile.types import CanonicalRequest, RequestContext
 
 _MODERATED_APIS = frozenset({"chat", "completions", "responses", "messages"})
 
@@ -88,7 +87,6 @@ class PolicyEngine:
     def rules_for(self, ctx: RequestContext) -> tuple[Rules, list[Loosening], tuple[str, ...]]:
         """The rules for this request: its scope's, tightened by its policy headers; and
         the loosenings that were ignored (by header, by client-named feature)."""
-        assert ctx.caller is not None and ctx.req is not None
         rules, by_feature = (self._resolver.rules(ctx.caller, ctx.req.feature)
                              if self._configured else (NO_RULES, ()))
         by_header: list[Loosening] = []
@@ -112,7 +110,6 @@ class PolicyEngine:
         for item in by_header:
             report.record_loosening(ctx, item)
         req = ctx.req
-        assert req is not None
         for policy in by_feature:
             report.record_feature_loosening(ctx, policy, req.feature)
         if rules is NO_RULES:
@@ -129,14 +126,14 @@ class PolicyEngine:
                 req.api in _MODERATED_APIS:
             verdict = await self.moderator.moderate(req.input_text, moderation, req.model,
                                                     ctx.provider_key)
-            ctx.detail["moderation"] = {"flagged": verdict.flagged,
+            ctx.moderation = {"flagged": verdict.flagged,
                                         "categories": list(verdict.categories),
                                         **({"error": verdict.error} if verdict.error else {})}
             decision = judge(moderation, verdict)
             if decision is not None:
                 self._carry_out(ctx, [decision])
         if rules.retries is not None:
-            ctx.detail["retries"] = rules.retries
+            ctx.retries = rules.retries
 
     def _carry_out(self, ctx: RequestContext, decisions: list[Decision]) -> None:
         """Record every decision; refuse with all enforced blocks, else apply rewrites."""
@@ -148,7 +145,6 @@ class PolicyEngine:
         if blocks:
             raise report.blocked(ctx, blocks)
         req = ctx.req
-        assert req is not None
         for decision in decisions:
             if isinstance(decision, Rewrite) and not decision.shadow:
                 if decision.patch:
@@ -168,7 +164,6 @@ class PolicyEngine:
 
     def _answer(self, ctx: RequestContext, text: str) -> None:
         req = ctx.req
-        assert req is not None
         options = req.body.get("stream_options")
         ctx.auto_reply = auto_reply.render(
             req.api, req.model, text, stream=req.stream, created=int(ctx.ts),
@@ -184,7 +179,6 @@ class PolicyEngine:
         if not rules.response_side:
             return []
         req = ctx.req
-        assert req is not None
         finders: list[Finder] = []
         words = rules.response_wordlists
         if words is not None and words.matcher:

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from tokenstile.limits.admission import output_cap_field
+from tokenstile.limits.caps import output_cap_field
 from tokenstile.policies.decisions import Block, Decision, Flag, Rewrite, where
 from tokenstile.policies.rules import LimitRule, MaxTokensRule, ModelsRule, UserIdsRule, WordRule
 from tokenstile.policies.scanner import Span, WordFinder, scan_whole

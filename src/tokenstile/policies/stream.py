@@ -18,9 +18,8 @@ from typing import Any
 import orjson
 
 from tokenstile.policies.scanner import ChannelScanner, Finder, Span, scan_whole
-from tokenstile.providers.base import StreamObserver
+from tokenstile.providers.base import ObserverWrapper, StreamObserver
 from tokenstile.providers.sse import event_fields
-from tokenstile.types import Usage
 
 _TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed",
                        "error", "message_stop"})
@@ -49,13 +48,13 @@ class _Parsed:
     terminal: bool = False
 
 
-class PolicyStreamObserver:
-    __slots__ = ("_api", "_finders", "_inner", "_next", "_on_spans", "_pieces", "_queue",
+class PolicyStreamObserver(ObserverWrapper):
+    __slots__ = ("_api", "_finders", "_next", "_on_spans", "_pieces", "_queue",
                  "_scanners")
 
     def __init__(self, inner: StreamObserver, api: str, finders: list[Finder],
                  on_spans: Callable[[list[Span]], None]) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._api = api
         self._finders = finders
         self._on_spans = on_spans
@@ -64,25 +63,6 @@ class PolicyStreamObserver:
         self._pieces: dict[int, tuple[_Event, Any, Any]] = {}
         self._next = 0
 
-    @property
-    def usage(self) -> Usage | None:
-        return self._inner.usage
-
-    @usage.setter
-    def usage(self, value: Usage | None) -> None:
-        self._inner.usage = value
-
-    def output_text(self) -> str:
-        return self._inner.output_text()
-
-    def reasoning_text(self) -> str:
-        return self._inner.reasoning_text()
-
-    def answering(self) -> bool:
-        return self._inner.answering()
-
-    def usage_is_final(self) -> bool:
-        return self._inner.usage_is_final()
 
     def on_event(self, event: bytes) -> bytes | None:
         relay = self._inner.on_event(event)

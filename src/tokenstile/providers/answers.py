@@ -43,6 +43,23 @@ class AnswerText:
             reasoning
 
 
+class WatchesText:
+    """The text half of a ``StreamObserver``, for an observer that keeps what a stream
+    wrote in ``_text``."""
+
+    __slots__ = ()
+    _text: AnswerText
+
+    def output_text(self) -> str:
+        return "".join(self._text.visible)
+
+    def reasoning_text(self) -> str:
+        return "".join(self._text.reasoning)
+
+    def answering(self) -> bool:
+        return bool(self._text.visible)
+
+
 def _json_text(value: Any) -> str:
     if isinstance(value, str):
         return value

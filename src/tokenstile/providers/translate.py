@@ -42,7 +42,7 @@ import orjson
 
 from tokenstile import tokens
 from tokenstile.errors import GatewayError, bad_request, render_error
-from tokenstile.providers.answers import AnswerText
+from tokenstile.providers.answers import AnswerText, WatchesText
 from tokenstile.providers.anthropic import (
     UsageTracker,
     block_start_parts,
@@ -588,7 +588,7 @@ def _sse(payload: dict[str, Any]) -> bytes:
 DONE = b"data: [DONE]\n\n"
 
 
-class StreamTranslator:
+class StreamTranslator(WatchesText):
     """Anthropic Messages stream events in, chat.completion.chunk SSE events out.
 
     Also a ``StreamObserver``: ``on_event`` returns the translated bytes (None when an
@@ -633,15 +633,6 @@ class StreamTranslator:
     @usage.setter
     def usage(self, value: Usage | None) -> None:
         self._usage_override = value
-
-    def output_text(self) -> str:
-        return "".join(self._text.visible)
-
-    def reasoning_text(self) -> str:
-        return "".join(self._text.reasoning)
-
-    def answering(self) -> bool:
-        return bool(self._text.visible)
 
     def usage_is_final(self) -> bool:
         return self._usage_override is not None or self._tracker.final
