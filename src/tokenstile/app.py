@@ -85,7 +85,7 @@ def _web_app(app: TokenstileApp) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         await rt.start()
-        await watch_prices(rt)
+        await watch_prices(rt)  # a routed model whose price changed since last time: an alert
         admin_listener = await start_admin_listener(rt)
         try:
             yield
