@@ -112,3 +112,17 @@ def test_response_policies_see_the_translated_answer(
     [row] = gateway.rows()
     assert (row.api, row.upstream) == ("chat", "anthropic")
     assert "response_wordlists:redacted" in row.flags
+
+
+def test_moderation_and_a_word_list_are_named_in_one_anthropic_422(
+        make_gateway: Any, fake: FakeHandle) -> None:
+    gateway = gateway_with(make_gateway, fake, {**WORDS, "auto_moderate": True,
+                                                "request_wordlists": "secrets:block"})
+    with pytest.raises(anthropic.UnprocessableEntityError) as caught:
+        claude(gateway).messages.create(model=MODEL, max_tokens=3, messages=[
+            {"role": "user", "content": "forbidden news of project zeus"}])
+    assert assert_anthropic_error(caught.value.body, "invalid_request_error") == (
+        "tokenstile: the request contains words from the 'secrets' word list, blocked for "
+        "this gateway; the input was flagged by moderation (violence) and is refused for "
+        "this gateway")
+    assert gateway.rows()[0].block_reason == "policy:wordlist_blocked,content_flagged"

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount
 
-from tokenstile.admin import dashboard_api, keys, overrides, reconcile, settings, usage
+from tokenstile.admin import dashboard_api, keys, metrics_api, overrides, reconcile, settings, usage
 from tokenstile.admin.endpoint import Call, Endpoint, route
 from tokenstile.admin.http import ApiError, json_response
 from tokenstile.admin.openapi import openapi_document
@@ -40,6 +40,7 @@ ENDPOINTS: list[Endpoint] = [
     *usage.ENDPOINTS,
     *reconcile.ENDPOINTS,
     *dashboard_api.ENDPOINTS,
+    *metrics_api.ENDPOINTS,
 ]
 
 

@@ -6,6 +6,12 @@ just long enough to know whether their text is part of something to redact or bl
 are then relayed in their original order with their text rewritten. Events that carry the
 whole text again at the end (the Responses API's ``*.done`` and ``response.completed``)
 get the same redaction. A block raises ``StreamBlocked`` before the offending text leaves.
+
+Tool-call arguments arrive as pieces of JSON that mean something only together, so their
+events are held until the call ends (its choice finishes, its block stops, its arguments
+are done), the gathered arguments are checked whole (``policies.arguments``), and a
+redaction puts the rewritten arguments in the first piece and empties the others: a client
+that joins the pieces, as the SDKs do, gets the rewritten arguments.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from tokenstile.policies.arguments import scan_arguments, scan_tool_value
 from tokenstile.policies.scanner import ChannelScanner, Finder, Span, scan_whole
 from tokenstile.providers.base import ObserverWrapper, StreamObserver
 from tokenstile.providers.sse import event_fields
@@ -46,10 +53,13 @@ class _Parsed:
     finals: set[Hashable] = field(default_factory=set)
     whole: list[tuple[Any, Any]] = field(default_factory=list)  # full texts to redact
     terminal: bool = False
+    # Pieces of tool-call arguments: (call, owner, key), a call being (its channel, which).
+    calls: list[tuple[tuple[Hashable, Hashable], Any, Any]] = field(default_factory=list)
+    whole_calls: list[tuple[Any, Any]] = field(default_factory=list)  # whole arguments
 
 
 class PolicyStreamObserver(ObserverWrapper):
-    __slots__ = ("_api", "_finders", "_next", "_on_spans", "_pieces", "_queue",
+    __slots__ = ("_api", "_calls", "_finders", "_next", "_on_spans", "_pieces", "_queue",
                  "_scanners")
 
     def __init__(self, inner: StreamObserver, api: str, finders: list[Finder],
@@ -62,6 +72,7 @@ class PolicyStreamObserver(ObserverWrapper):
         self._queue: deque[_Event] = deque()
         self._pieces: dict[int, tuple[_Event, Any, Any]] = {}
         self._next = 0
+        self._calls: dict[tuple[Hashable, Hashable], list[tuple[_Event, Any, Any]]] = {}
 
 
     def on_event(self, event: bytes) -> bytes | None:
@@ -80,6 +91,7 @@ class PolicyStreamObserver(ObserverWrapper):
         if not isinstance(obj, dict):
             if data.strip() == b"[DONE]":
                 self._advance(set(self._scanners), set(self._scanners))
+                self._end_calls(None)
             return self._drain()
         entry.obj = obj
         parsed = _parse(self._api, obj)
@@ -93,15 +105,38 @@ class PolicyStreamObserver(ObserverWrapper):
             self._next += 1
             entry.waiting += 1
             touched.add(channel)
+        for call, owner, key in parsed.calls:
+            self._calls.setdefault(call, []).append((entry, owner, key))
+            entry.waiting += 1
         finals = set(self._scanners) if parsed.terminal else parsed.finals
         self._advance(touched | finals, finals)
+        self._end_calls(None if parsed.terminal else parsed.finals)
         for owner, key in parsed.whole:
             text, spans = scan_whole(owner[key], self._finders)
             self._on_spans(spans)
             if text != owner[key]:
                 owner[key] = text
                 entry.changed = True
+        for owner, key in parsed.whole_calls:
+            value, spans = scan_tool_value(owner[key], self._finders)
+            self._on_spans(spans)
+            if value is not owner[key]:
+                owner[key] = value
+                entry.changed = True
         return self._drain()
+
+    def _end_calls(self, channels: set[Hashable] | None) -> None:
+        """Check the arguments of the tool calls that ended (in ``channels``; all: None)."""
+        for call in [c for c in self._calls if channels is None or c[0] in channels]:
+            pieces = self._calls.pop(call)
+            raw = "".join(owner[key] for _, owner, key in pieces)
+            text, spans = scan_arguments(raw, self._finders)
+            self._on_spans(spans)
+            for index, (entry, owner, key) in enumerate(pieces):
+                if text != raw:
+                    owner[key] = "" if index else text
+                    entry.changed = True
+                entry.waiting -= 1
 
     def _advance(self, channels: set[Hashable], finals: set[Hashable]) -> None:
         for channel in channels:
@@ -141,6 +176,8 @@ def _parse(api: str, obj: dict[str, Any]) -> _Parsed:
                 parsed.slots.append((channel, delta, "content"))
             elif isinstance(choice.get("text"), str):
                 parsed.slots.append((channel, choice, "text"))
+            if isinstance(delta, dict):
+                _chat_calls(channel, delta, parsed)
             if choice.get("finish_reason") is not None:
                 parsed.finals.add(channel)
     elif api == "responses":
@@ -151,9 +188,28 @@ def _parse(api: str, obj: dict[str, Any]) -> _Parsed:
         if kind == "content_block_delta" and isinstance(delta, dict) and \
                 isinstance(delta.get("text"), str):
             parsed.slots.append((("block", index), delta, "text"))
+        elif kind == "content_block_delta" and isinstance(delta, dict) and \
+                isinstance(delta.get("partial_json"), str):
+            parsed.calls.append(((("block", index), "input"), delta, "partial_json"))
         elif kind == "content_block_stop":
             parsed.finals.add(("block", index))
+        elif kind == "content_block_start":
+            block = obj.get("content_block")
+            if isinstance(block, dict) and block.get("type") == "tool_use" and \
+                    block.get("input"):
+                parsed.whole_calls.append((block, "input"))
     return parsed
+
+
+def _chat_calls(channel: Hashable, delta: dict[str, Any], parsed: _Parsed) -> None:
+    for position, call in enumerate(delta.get("tool_calls") or ()):
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+            which = call.get("index", position)
+            parsed.calls.append(((channel, which), function, "arguments"))
+    legacy = delta.get("function_call")
+    if isinstance(legacy, dict) and isinstance(legacy.get("arguments"), str):
+        parsed.calls.append(((channel, "function_call"), legacy, "arguments"))
 
 
 def _parse_responses(obj: dict[str, Any], kind: Any, parsed: _Parsed) -> None:
@@ -168,6 +224,13 @@ def _parse_responses(obj: dict[str, Any], kind: Any, parsed: _Parsed) -> None:
         part = obj.get("part")
         if isinstance(part, dict) and isinstance(part.get("text"), str):
             parsed.whole.append((part, "text"))
+    elif kind == "response.function_call_arguments.delta" and \
+            isinstance(obj.get("delta"), str):
+        parsed.calls.append(((("call", obj.get("output_index")), 0), obj, "delta"))
+    elif kind == "response.function_call_arguments.done":
+        parsed.finals.add(("call", obj.get("output_index")))
+        if isinstance(obj.get("arguments"), str):
+            parsed.whole_calls.append((obj, "arguments"))
     elif kind == "response.output_item.done":
         _whole_item(obj.get("item"), obj.get("output_index"), parsed)
     elif kind in _TERMINAL:
@@ -178,6 +241,11 @@ def _parse_responses(obj: dict[str, Any], kind: Any, parsed: _Parsed) -> None:
 
 
 def _whole_item(item: Any, index: Any, parsed: _Parsed) -> None:
+    if isinstance(item, dict) and item.get("type") == "function_call" and \
+            isinstance(item.get("arguments"), str):
+        parsed.finals.add(("call", index))
+        parsed.whole_calls.append((item, "arguments"))
+        return
     if not isinstance(item, dict) or not isinstance(item.get("content"), list):
         return
     for position, part in enumerate(item["content"]):

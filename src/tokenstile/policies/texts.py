@@ -92,3 +92,34 @@ def response_slots(api: str, payload: Any) -> list[tuple[Any, Any, Any]]:
             if isinstance(block, dict) and isinstance(block.get("text"), str):
                 out.append((j, block, "text"))
     return out
+
+
+def tool_slots(api: str, payload: Any) -> list[tuple[Any, Any]]:
+    """Tool-call arguments of a whole answer, as (container, key) slots: a string of JSON
+    on OpenAI's APIs, an object in an Anthropic ``tool_use`` block."""
+    out: list[tuple[Any, Any]] = []
+    if not isinstance(payload, dict):
+        return out
+    if api == "chat":
+        for choice in payload.get("choices") or ():
+            message = choice.get("message") if isinstance(choice, dict) else None
+            if not isinstance(message, dict):
+                continue
+            for call in message.get("tool_calls") or ():
+                function = call.get("function") if isinstance(call, dict) else None
+                if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+                    out.append((function, "arguments"))
+            legacy = message.get("function_call")
+            if isinstance(legacy, dict) and isinstance(legacy.get("arguments"), str):
+                out.append((legacy, "arguments"))
+    elif api == "responses":
+        for item in payload.get("output") or ():
+            if isinstance(item, dict) and item.get("type") == "function_call" and \
+                    isinstance(item.get("arguments"), str):
+                out.append((item, "arguments"))
+    elif api == "messages":
+        for block in payload.get("content") or ():
+            if isinstance(block, dict) and block.get("type") == "tool_use" and \
+                    "input" in block:
+                out.append((block, "input"))
+    return out
