@@ -121,6 +121,7 @@ def _web_app(app: TokenstileApp) -> Starlette:
         rt.metrics.ledger_backlog.set(rt.ledger.backlog)
         rt.metrics.queue_depth.set(rt.degrader.pacer.depth)
         await drift_gauges.refresh()
+        rt.metrics.queue_depth_total.set(rt.degrader.pacer.total_depth())
         return Response(rt.metrics.render(), media_type="text/plain; version=0.0.4")
 
     async def catalog(provider_key: str | None, wire: WireFormat) -> list[dict[str, Any]]:

@@ -48,7 +48,12 @@ class Metrics:
                               "Time from request to the upstream's first byte", ["api"],
                               buckets=_LATENCY_BUCKETS, registry=r)
         self.queue_depth = Gauge("tokenstile_throttle_queue_depth",
-                                 "Requests waiting in throttle queues", registry=r)
+                                 "Requests waiting in throttle queues in this process",
+                                 registry=r)
+        self.queue_depth_total = Gauge(
+            "tokenstile_throttle_queue_depth_total",
+            "Requests waiting in throttle queues in every process sharing the counter store "
+            "(as of the last slot this process saw given out)", registry=r)
         self.ledger_backlog = Gauge("tokenstile_ledger_backlog",
                                     "Ledger rows waiting to be written", registry=r)
         self.cache = Counter("tokenstile_cache", "Response cache lookups", ["result"],

@@ -425,6 +425,106 @@ async def test_no_overshoot_across_processes(shared_backend: Backend) -> None:
         await store.close()
 
 
+# --- throttle lanes (pace) ------------------------------------------------------------------
+
+T0 = 1_767_225_600.0
+
+
+async def test_pace_counts_arrivals_and_freezes_the_rate(store: CounterStore) -> None:
+    for i in range(30):  # one arrival every two seconds, under the threshold
+        assert (await store.pace("lane", T0 + 2 * i, None, 10.0, 120)).admitted
+    now = T0 + 60
+    first = await store.pace("lane", now, 1.0, 10.0, 120)
+    # 31 arrivals over 60 s, paced at that rate (reduction 1.0): a slot every 60/31 s
+    assert first.admitted and first.wait_s == 0.0 and first.queued == 0
+    assert first.interval_s == pytest.approx(60 / 31)
+    assert first.next_slot == pytest.approx(now + 60 / 31)
+    second = await store.pace("lane", now, 1.0, 10.0, 120)
+    assert second.wait_s == pytest.approx(60 / 31) and second.queued == 0
+    third = await store.pace("lane", now, 1.0, 10.0, 120)
+    assert third.wait_s == pytest.approx(120 / 31) and third.queued == 1
+    for i in range(50):  # traffic grows while throttled: the frozen pace does not follow
+        await store.pace("lane", now + 0.1 * i, 1.0, 1000.0, 120)
+    later = await store.pace("lane", now + 5, 1.0, 1000.0, 120)
+    assert later.interval_s == pytest.approx(60 / 31)
+    # Back under the threshold: the pace is forgotten, the arrivals are not.
+    released = await store.pace("lane", now + 6, None, 10.0, 120)
+    assert released.admitted and released.interval_s == 0.0 and released.wait_s == 0.0
+    again = await store.pace("lane", now + 6, 1.0, 10.0, 120)
+    assert again.wait_s == 0.0
+    # the rate is observed afresh: the arrivals of the last minute (T0 + 6 on: 27 under the
+    # threshold, 3 + 50 + 1 throttled, 2 now) over 60 s
+    assert again.interval_s == pytest.approx(60 / 83)
+    assert (await store.pace("other", now, 1.0, 10.0, 120)).interval_s == 1.0  # its own lane
+
+
+async def test_pace_refuses_past_the_max_wait_without_taking_a_slot(
+        store: CounterStore) -> None:
+    for i in range(60):
+        await store.pace("lane", T0 + i, None, 3.0, 120)
+    now = T0 + 60
+    assert (await store.pace("lane", now, 0.25, 3.0, 120)).wait_s == 0.0  # a slot every ~4 s
+    refused = await store.pace("lane", now, 0.25, 3.0, 120)
+    assert not refused.admitted and refused.wait_s == pytest.approx(4 * 60 / 61)
+    assert refused.next_slot == pytest.approx(now + 4 * 60 / 61)
+    # the refusal took nothing: once the slot is due it is free
+    assert (await store.pace("lane", now + 4, 0.25, 3.0, 120)).wait_s == 0.0
+    # A negative max wait only counts the arrival (a process whose own queue is full).
+    full = await store.pace("lane", now + 20, 0.25, -1.0, 120)
+    assert not full.admitted and full.wait_s == 0.0
+
+
+async def test_an_idle_lane_expires(store: CounterStore, backend: Backend) -> None:
+    for i in range(10):
+        await store.pace("lane", T0 + i / 10, None, 10.0, 5)
+    assert (await store.pace("lane", T0 + 1, 0.5, 10.0, 5)).interval_s == pytest.approx(2 / 11)
+    if backend.name == "redis":
+        with backend.redis() as client:
+            key = f"{{{backend.tag}}}:p:lane"
+            assert 0 < client.pttl(key) <= 5000
+            client.delete(key)
+    else:
+        backend.clock.advance(5.001)
+    fresh = await store.pace("lane", T0 + 7, 0.5, 10.0, 5)
+    assert fresh.interval_s == 2.0  # one arrival observed: 1/s, halved
+
+
+def _process_pace(url: str, n: int, now: float, at: float) -> list[float]:
+    """In a child process: ``n`` concurrent throttled calls at ``now``; the waits admitted."""
+
+    async def run() -> list[float]:
+        store = counter_store_from_url(url)
+        await asyncio.sleep(max(0.0, at - time.time()))
+        outcomes = await asyncio.gather(*(store.pace("lane", now, 1.0, 50.0, 120)
+                                          for _ in range(n)))
+        await store.close()
+        return [o.wait_s for o in outcomes if o.admitted]
+
+    return asyncio.run(run())
+
+
+@pytest.mark.timeout(60)
+async def test_pace_gives_each_slot_once_across_processes(shared_backend: Backend) -> None:
+    url = shared_backend.url
+    if url.startswith("redis"):
+        url += "&socket_connect_timeout=5&socket_timeout=5&timeout=5"
+    store = counter_store_from_url(url)
+    for i in range(60):
+        await store.pace("lane", T0 + i, None, 10.0, 120)
+    now = T0 + 60
+    assert (await store.pace("lane", now, 1.0, 10.0, 120)).wait_s == 0.0  # a slot every 60/61 s
+    await store.close()
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(3) as pool:
+        pool.starmap(_warm_up, [()] * 3)
+        at = time.time() + 0.3
+        waits = await asyncio.to_thread(lambda: pool.starmap_async(
+            _process_pace, [(url, 30, now, at)] * 3).get(timeout=30))
+    admitted = sorted(w for process in waits for w in process)
+    # 90 calls, 50 slots within the 50 s allowed: each given out once, in order
+    assert admitted == pytest.approx([k * 60 / 61 for k in range(1, 51)])
+
+
 # --- outages and configuration ------------------------------------------------------------
 
 

@@ -4,6 +4,9 @@ Counters are plain integers keyed by strings such as
 ``ts:project:production:tokens:day:20261122`` (built by ``tokenstile.limits``). A store does no
 time arithmetic: callers compute the keys from their clock and pass them in.
 
+The store also keeps throttle lanes (``pace``, see ``stores/pacing.py``): every process
+sharing the store paces a throttled scope through the same queue of slots.
+
 Every admission is exactly one ``reserve`` call (one round trip): for each charge, the sum of
 its ``window_keys`` plus ``amount`` must stay within ``limit``; if any charge fails, nothing
 is written. The reservation is remembered under its id with a lease deadline and an opaque
@@ -22,6 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
+from tokenstile.stores.pacing import PaceOutcome as PaceOutcome
 from tokenstile.stores.urls import StoreConfigError as StoreConfigError
 from tokenstile.stores.urls import backend_class
 from tokenstile.stores.urls import option_number as option_number
@@ -122,6 +126,13 @@ class CounterStore(Protocol):
 
     async def read(self, keys: Sequence[str]) -> list[int]:
         """Current values (0 for missing keys)."""
+        ...
+
+    async def pace(self, lane: str, now: float, reduction: float | None, max_wait_s: float,
+                   ttl: int) -> PaceOutcome:
+        """Atomically count an arrival on the throttle lane ``lane`` and, when ``reduction``
+        is set, take its next slot unless that is more than ``max_wait_s`` away
+        (``stores/pacing.py``); an idle lane disappears after ``ttl`` seconds."""
         ...
 
     async def ping(self) -> None:

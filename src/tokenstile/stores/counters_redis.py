@@ -4,8 +4,8 @@ Each operation is one Lua script run by EVALSHA (reserve.lua, settle.lua, claim.
 add.lua beside this file), so reserve's check-then-add is atomic on the server and costs one
 round trip. Every key carries one hash tag (``{ts}`` by default, ``?prefix=name`` for
 ``{name}``) so that in Redis Cluster all keys a script touches share a slot:
-``{ts}:c:<counter>``, ``{ts}:r`` (rid -> reserved deltas and record) and ``{ts}:l``
-(rids by lease deadline).
+``{ts}:c:<counter>``, ``{ts}:r`` (rid -> reserved deltas and record), ``{ts}:l``
+(rids by lease deadline) and ``{ts}:p:<lane>`` (throttle lanes, pace.lua).
 
 Calls never hang (``stores/redis_client.py``): the pool waits at most ``timeout`` seconds for
 a free connection (default 1), sockets time out after ``socket_connect_timeout`` /
@@ -32,6 +32,7 @@ from tokenstile.stores.counters import (
     merge_deltas,
     plan_reservation,
 )
+from tokenstile.stores.pacing import MIN_RATE_PER_S, OBSERVATION_S, PaceOutcome
 from tokenstile.stores.redis_client import RedisConnection
 
 
@@ -58,11 +59,13 @@ class RedisCounterStore:
         self._counter_prefix = f"{tag}:c:"
         self._held_key = f"{tag}:r"
         self._lease_key = f"{tag}:l"
+        self._lane_prefix = f"{tag}:p:"
         self._client = self._redis.client
         self._reserve = self._client.register_script(_script("reserve.lua"))
         self._settle = self._client.register_script(_script("settle.lua"))
         self._claim = self._client.register_script(_script("claim.lua"))
         self._add = self._client.register_script(_script("add.lua"))
+        self._pace = self._client.register_script(_script("pace.lua"))
 
     def _key(self, key: str) -> str:
         return self._counter_prefix + key
@@ -137,6 +140,16 @@ class RedisCounterStore:
         names = [self._key(k) for k in keys]
         values = await self._call("read", lambda: self._client.mget(names))
         return [0 if v is None else int(v) for v in values]
+
+    async def pace(self, lane: str, now: float, reduction: float | None, max_wait_s: float,
+                   ttl: int) -> PaceOutcome:
+        keys = [self._lane_prefix + lane]
+        args: list[str | int] = [
+            repr(now), "" if reduction is None else repr(reduction), repr(max_wait_s),
+            max(1, ttl * 1000), repr(OBSERVATION_S), repr(MIN_RATE_PER_S)]
+        reply = await self._call("pace", lambda: self._pace(keys=keys, args=args))
+        return PaceOutcome(bool(int(reply[0])), float(reply[1]), float(reply[2]),
+                           int(reply[3]), float(reply[4]))
 
     async def ping(self) -> None:
         await self._call("ping", self._client.ping)

@@ -30,6 +30,7 @@ from tokenstile.stores.counters import (
     merge_deltas,
     plan_reservation,
 )
+from tokenstile.stores.pacing import Lane, PaceOutcome, pace_step
 from tokenstile.stores.sqlite import SqliteFile
 
 T = TypeVar("T")
@@ -50,6 +51,11 @@ CREATE TABLE IF NOT EXISTS reservations (
     lease_until REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS reservations_lease ON reservations (lease_until);
+CREATE TABLE IF NOT EXISTS pacing (
+    lane TEXT PRIMARY KEY,
+    state BLOB NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
 """
 
 _UPSERT = (
@@ -98,6 +104,7 @@ class SqliteCounterStore:
             "(SELECT key FROM counters WHERE expires_at <= ? LIMIT ?)",
             (now, _PURGE_BATCH),
         )
+        conn.execute("DELETE FROM pacing WHERE expires_at <= ?", (now,))
 
     @staticmethod
     def _live_rows(
@@ -250,6 +257,27 @@ class SqliteCounterStore:
         def work(conn: sqlite3.Connection) -> list[int]:
             live = self._live_rows(conn, keys, self._clock.now())
             return [live.get(key, (0, None))[0] for key in keys]
+
+        return await self._run(work)
+
+    async def pace(self, lane: str, now: float, reduction: float | None, max_wait_s: float,
+                   ttl: int) -> PaceOutcome:
+        def work(conn: sqlite3.Connection) -> PaceOutcome:
+            def txn() -> PaceOutcome:
+                clock_now = self._clock.now()
+                row = conn.execute(
+                    "SELECT state FROM pacing WHERE lane = ? AND expires_at > ?",
+                    (lane, clock_now)).fetchone()
+                state = Lane.from_json(row[0]) if row is not None else Lane()
+                outcome = pace_step(state, now, reduction, max_wait_s)
+                conn.execute(
+                    "INSERT INTO pacing (lane, state, expires_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (lane) DO UPDATE SET state = excluded.state, "
+                    "expires_at = excluded.expires_at",
+                    (lane, state.to_json(), clock_now + ttl))
+                return outcome
+
+            return self._write(conn, txn)
 
         return await self._run(work)
 
