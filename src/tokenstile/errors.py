@@ -44,11 +44,12 @@ _BEDROCK_TYPES = {
     503: "ServiceUnavailableException",
     504: "ModelTimeoutException",
 }
-# The exceptions a Bedrock event stream can carry (members of both stream unions).
+# The exceptions a Bedrock event stream can carry (members of both stream unions): a
+# stream that broke off is Bedrock's model stream error.
 _BEDROCK_STREAM_TYPES = {
-    "ThrottlingException": "throttlingException",
-    "ServiceUnavailableException": "serviceUnavailableException",
-    "ValidationException": "validationException",
+    429: "throttlingException",
+    502: "modelStreamErrorException",
+    503: "serviceUnavailableException",
 }
 
 
@@ -60,8 +61,8 @@ def bedrock_error_type(status: int) -> str:
 
 def bedrock_stream_error_type(status: int) -> str:
     """The exception type of a Bedrock stream's error frame for a status."""
-    return _BEDROCK_STREAM_TYPES.get(bedrock_error_type(status), "internalServerException"
-                                     if status >= 500 else "validationException")
+    return _BEDROCK_STREAM_TYPES.get(status, "internalServerException" if status >= 500
+                                     else "validationException")
 
 
 class GatewayError(Exception):
