@@ -9,6 +9,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import unquote
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -48,6 +49,16 @@ PROXY_ROUTES: dict[str, tuple[ApiKind, WireFormat]] = {
 }
 
 
+# Bedrock's runtime API: POST /model/{modelId}/{action} -> (api, streamed).
+BEDROCK_PREFIX = "/model/"
+BEDROCK_ROUTES: dict[str, tuple[ApiKind, bool]] = {
+    "converse": ("converse", False),
+    "converse-stream": ("converse", True),
+    "invoke": ("messages", False),
+    "invoke-with-response-stream": ("messages", True),
+}
+
+
 class TokenstileApp:
     """Dispatches proxy POSTs to the gateway and the rest to a Starlette app."""
 
@@ -66,7 +77,31 @@ class TokenstileApp:
             if scope["path"].startswith(RESPONSES_PREFIX):
                 await self.responses.handle(scope, receive, send)
                 return
+            if scope["path"].startswith(BEDROCK_PREFIX):
+                await self._bedrock(scope, receive, send)
+                return
         await self.web(scope, receive, send)
+
+    async def _bedrock(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``POST /model/{modelId}/{action}``: the model id as boto3 encodes it in the path
+        (an ARN's ``/`` included), the action naming the API and whether it streams."""
+        raw = scope.get("raw_path") or scope["path"].encode()
+        encoded, _, action = raw[len(BEDROCK_PREFIX):].partition(b"?")[0].rpartition(b"/")
+        route = BEDROCK_ROUTES.get(action.decode("latin-1"))
+        model = unquote(encoded.decode("latin-1"))
+        if route is None or not model:
+            err = GatewayError(404, f"unknown route {scope['method']} {scope['path']}; Bedrock "
+                               "routes are POST /model/{modelId}/converse, converse-stream, "
+                               "invoke and invoke-with-response-stream", code="unknown_route")
+        elif scope["method"] != "POST":
+            err = GatewayError(405, f"{scope['path']} accepts POST, not {scope['method']}",
+                               code="method_not_allowed", headers={"allow": "POST"})
+        else:
+            await self.gateway.get().handle(route[0], "bedrock", scope, receive, send,
+                                            {"model": model, "stream": route[1]})
+            return
+        response = _error("bedrock", err)
+        await response(scope, receive, send)
 
 
 def _wire_for(path: str) -> WireFormat:
@@ -75,7 +110,7 @@ def _wire_for(path: str) -> WireFormat:
 
 def _error(wire: WireFormat, err: GatewayError) -> Response:
     return Response(err.body(wire), status_code=err.status, media_type="application/json",
-                    headers=err.headers)
+                    headers=err.headers_for(wire))
 
 
 def _web_app(app: TokenstileApp) -> Starlette:
@@ -128,6 +163,8 @@ def _web_app(app: TokenstileApp) -> Starlette:
         """What the upstreams list, merged, plus the exact model names of the routes."""
         fetches = []
         for name, upstream in rt.router.upstreams.items():
+            if upstream.kind == "bedrock":
+                continue  # Bedrock's runtime API lists no models; routes name them
             upstream_wire: WireFormat = "anthropic" if upstream.kind == "anthropic" \
                 else "openai"
             # A caller's own provider key goes only to its own provider's upstreams.

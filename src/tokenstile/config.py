@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tokenstile.policies.schema import PoliciesConfig
 from tokenstile.types import SCOPES, UNITS
@@ -26,6 +26,9 @@ DEFAULT_PORT = 8700
 DEFAULT_DB_URL = "sqlite:///./tokenstile.db"
 OPENAI_DEFAULT_BASE = "https://api.openai.com/v1"
 ANTHROPIC_DEFAULT_BASE = "https://api.anthropic.com"
+_BEDROCK_HOST = re.compile(r"^https://bedrock-runtime(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com")
+_AWS_FIELDS = ("region", "aws_access_key_id", "aws_secret_access_key", "aws_session_token",
+               "aws_profile")
 
 
 class ConfigError(Exception):
@@ -98,7 +101,7 @@ class AuthConfig(_Strict):
 
 
 class UpstreamConfig(_Strict):
-    kind: Literal["openai", "azure", "anthropic"] = "openai"
+    kind: Literal["openai", "azure", "anthropic", "bedrock"] = "openai"
     base_url: str
     api_key: str | None = None
     api_version: str | None = None
@@ -113,6 +116,42 @@ class UpstreamConfig(_Strict):
     # The service tier this upstream serves a request that leaves it open (no tier, or
     # auto); unset: such requests are reserved at the model's priciest tier.
     auto_service_tier: str | None = None
+    # Bedrock (kind: bedrock): the region its calls are signed for, and AWS credentials;
+    # without keys here, botocore's own chain (AWS_* variables, profiles, instance roles).
+    region: str | None = None
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: str | None = None
+    aws_session_token: str | None = None
+    aws_profile: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bedrock(cls, data: Any) -> Any:
+        """Bedrock's address from its region (or its region from its address)."""
+        if not isinstance(data, dict):
+            return data
+        if data.get("kind") != "bedrock":
+            named = [f for f in _AWS_FIELDS if data.get(f) is not None]
+            if named:
+                raise ValueError(f"{', '.join(named)}: only for upstreams of kind bedrock")
+            return data
+        data = dict(data)
+        region, base = data.get("region"), data.get("base_url")
+        if not base:
+            if not region:
+                raise ValueError("kind bedrock needs a region (e.g. region: us-east-1) or a "
+                                 "base_url")
+            data["base_url"] = f"https://bedrock-runtime.{region}.amazonaws.com"
+        elif not region:
+            match = _BEDROCK_HOST.match(str(base))
+            if match is None:
+                raise ValueError(f"kind bedrock: base_url {base!r} names no AWS region; set "
+                                 "region (the region requests are signed for)")
+            data["region"] = match.group(1)
+        if (data.get("aws_access_key_id") is None) != (data.get("aws_secret_access_key")
+                                                       is None):
+            raise ValueError("aws_access_key_id and aws_secret_access_key go together")
+        return data
 
     @field_validator("base_url")
     @classmethod

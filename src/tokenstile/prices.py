@@ -263,14 +263,17 @@ def _genai_provider(provider: str) -> str | None:
     return None if found is None else str(found.id)
 
 
+_KIND_PROVIDERS: Final = {"anthropic": "anthropic", "azure": "azure", "bedrock": "aws"}
+
+
 def upstream_provider(kind: str, base_url: str, configured: str | None = None) -> str | None:
     """Whose prices an upstream's calls are billed at (a genai-prices provider id).
 
     ``configured`` (the upstream's ``provider`` setting) wins; else the provider whose API
     address ``base_url`` is (``https://api.groq.com/…`` -> groq), as genai-prices knows
-    them; else the ``kind`` when it names one provider (anthropic, azure). None for an
-    OpenAI-compatible server at an address genai-prices does not know (vLLM, a proxy): its
-    models are then priced by what their names say.
+    them; else the ``kind`` when it names one provider (anthropic, azure, bedrock: aws).
+    None for an OpenAI-compatible server at an address genai-prices does not know (vLLM, a
+    proxy): its models are then priced by what their names say.
     """
     if configured:
         return configured.strip().lower()
@@ -278,7 +281,7 @@ def upstream_provider(kind: str, base_url: str, configured: str | None = None) -
         pattern = getattr(entry, "api_pattern", None)
         if pattern and re.match(pattern, base_url):
             return str(entry.id)
-    return kind if kind in ("anthropic", "azure") else None
+    return _KIND_PROVIDERS.get(kind)
 
 
 def _dec(value: object) -> Decimal | None:

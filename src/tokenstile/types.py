@@ -19,8 +19,9 @@ if TYPE_CHECKING:
 
 NANO_PER_USD = 1_000_000_000
 
-ApiKind = Literal["chat", "completions", "embeddings", "responses", "messages", "count_tokens"]
-WireFormat = Literal["openai", "anthropic"]
+ApiKind = Literal["chat", "completions", "embeddings", "responses", "messages", "count_tokens",
+                  "converse"]
+WireFormat = Literal["openai", "anthropic", "bedrock"]
 
 Scope = Literal[
     "global", "organization", "project", "team", "user", "tier", "key", "feature", "model",
@@ -315,6 +316,8 @@ class Arrival:
     ts: float
     started: float
     headers: dict[str, str]
+    # Body fields the route's URL carries (Bedrock's model id, and whether it streams).
+    route_fields: dict[str, Any] | None = None
     caller: Caller | None = None
     provider_key: str | None = None
     status: int = 200
@@ -386,7 +389,8 @@ class RequestContext(Arrival):
     def begin(cls, arrival: Arrival, caller: Caller, req: CanonicalRequest) -> RequestContext:
         """The arrival, now that its caller is known and its body parsed."""
         return cls(id=arrival.id, api=arrival.api, wire=arrival.wire, ts=arrival.ts,
-                   started=arrival.started, headers=arrival.headers, caller=caller, req=req,
+                   started=arrival.started, headers=arrival.headers,
+                   route_fields=arrival.route_fields, caller=caller, req=req,
                    provider_key=arrival.provider_key, status=arrival.status,
                    outcome=arrival.outcome, block_reason=arrival.block_reason,
                    flags=arrival.flags, response_headers=arrival.response_headers)

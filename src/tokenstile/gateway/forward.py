@@ -112,7 +112,7 @@ class Forwarder:
             payload = orjson.dumps(bridge.upstream_body(candidate) if bridge is not None
                                    else self.adapters[ctx.wire].upstream_body(candidate))
             url = upstream_url(target.config, bridge.upstream_api if bridge else ctx.api,
-                               target.model)
+                               target.model, req.stream)
             headers = upstream_headers(target.config, ctx.headers, ctx.provider_key)
             retry = 0
             while True:

@@ -44,6 +44,8 @@ class Intake:
         adapter = self.adapters[arrival.wire]
         body = parse_json_object(raw, server.max_json_depth,
                                  arrival.headers.get("content-type"))
+        if arrival.route_fields:
+            body.update(arrival.route_fields)
         check_message_count(body, server.max_messages)
         req = adapter.parse(arrival.api, body)
         ctx = RequestContext.begin(arrival, arrival.caller, req)

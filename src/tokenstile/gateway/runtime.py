@@ -35,6 +35,7 @@ from tokenstile.policies.moderation import UpstreamModerator
 from tokenstile.price_watch import watch_prices
 from tokenstile.prices import Pricer
 from tokenstile.providers.anthropic import AnthropicAdapter
+from tokenstile.providers.bedrock import BedrockAdapter
 from tokenstile.providers.openai import OpenAIAdapter
 from tokenstile.stores.alerts import history_from_url
 from tokenstile.stores.counters import CounterStore, StoreUnavailable, counter_store_from_url
@@ -100,7 +101,8 @@ class Runtime:
         exact_routes = {r.match for r in config.routes}
         metrics = Metrics(lambda model: model in exact_routes or pricer.known(model))
         adapters: dict[WireFormat, Adapter] = {"openai": OpenAIAdapter(),
-                                               "anthropic": AnthropicAdapter()}
+                                               "anthropic": AnthropicAdapter(),
+                                               "bedrock": BedrockAdapter()}
         alerts = alert_engine_for(config, clock)
 
         def alert_blocked(limit: Limit, scope_id: str, used: int, needed: int) -> None:

@@ -13,6 +13,9 @@ Three kinds of upstream differ only in URLs and headers here:
   in the body); one naming a deployment is used as it is.
 - ``anthropic``: ``x-api-key`` and ``anthropic-version`` (the client's own, else
   ``ANTHROPIC_VERSION``); ``base_url`` with or without ``/v1``.
+- ``bedrock``: ``/model/{modelId}/converse[-stream]`` or ``/invoke[-with-response-stream]``,
+  the model id percent-encoded as boto3 encodes it; every attempt is signed with SigV4 by
+  botocore (``gateway.aws``), or carries a Bedrock API key as a bearer token.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from yarl import URL
 
 from tokenstile.config import UpstreamConfig
 from tokenstile.errors import GatewayError
+from tokenstile.gateway.aws import AwsSigner
 from tokenstile.types import ApiKind
 
 _OPENAI_PATHS: dict[str, str] = {
@@ -41,13 +45,24 @@ _ANTHROPIC_PATHS: dict[str, str] = {
     "count_tokens": "/v1/messages/count_tokens",
     "models": "/v1/models",
 }
+# Bedrock's actions: (api, streamed) -> the last segment of the URL.
+BEDROCK_ACTIONS: dict[tuple[str, bool], str] = {
+    ("converse", False): "converse",
+    ("converse", True): "converse-stream",
+    ("messages", False): "invoke",
+    ("messages", True): "invoke-with-response-stream",
+}
 # Client headers worth forwarding, by upstream wire; everything else (cookies, auth,
 # hop-by-hop, the other provider's headers) stays here.
 FORWARDED_REQUEST_HEADERS = ("openai-beta", "accept")
 FORWARDED_ANTHROPIC_HEADERS = ("anthropic-version", "anthropic-beta", "accept")
+FORWARDED_BEDROCK_HEADERS = (
+    "x-amzn-bedrock-trace", "x-amzn-bedrock-guardrailidentifier",
+    "x-amzn-bedrock-guardrailversion", "x-amzn-bedrock-performanceconfig-latency",
+)
 RELAYED_RESPONSE_HEADERS = (
     "x-request-id", "request-id", "openai-processing-ms", "openai-version", "retry-after",
-    "retry-after-ms",
+    "retry-after-ms", "x-amzn-requestid", "x-amzn-errortype",
 )
 ANTHROPIC_VERSION = "2023-06-01"
 # Azure requires an api-version on its deployment URLs; this GA version when none is set.
@@ -70,8 +85,15 @@ class UpstreamTimeout(GatewayError):
         self.sent = sent
 
 
-def upstream_url(config: UpstreamConfig, api: ApiKind | str, model: str | None = None) -> str:
-    """The URL for ``api`` on this upstream; ``model`` names the Azure deployment."""
+def upstream_url(config: UpstreamConfig, api: ApiKind | str, model: str | None = None,
+                 stream: bool = False) -> str:
+    """The URL for ``api`` on this upstream; ``model`` names the Azure deployment (and the
+    Bedrock model, whose URL also says whether it streams)."""
+    if config.kind == "bedrock":
+        # botocore's percent_encode: the safe characters are -._~ (":" and "/" of model
+        # ids and ARNs are encoded).
+        return (f"{config.base_url}/model/{quote(model or '', safe='-._~')}/"
+                f"{BEDROCK_ACTIONS[(api, stream)]}")
     if config.kind == "anthropic":
         return config.base_url.removesuffix("/v1") + _ANTHROPIC_PATHS[api]
     if config.kind != "azure":
@@ -106,6 +128,17 @@ def _azure_url(config: UpstreamConfig, api: ApiKind | str, model: str | None) ->
 def upstream_headers(config: UpstreamConfig, client_headers: Mapping[str, str],
                      provider_key: str | None) -> dict[str, str]:
     headers = {"content-type": "application/json"}
+    if config.kind == "bedrock":
+        headers["accept"] = "application/json"
+        for name in FORWARDED_BEDROCK_HEADERS:
+            value = client_headers.get(name)
+            if value is not None:
+                headers[name] = value
+        key = provider_key or config.api_key
+        if key:  # a Bedrock API key; else the request is signed (gateway.aws)
+            headers["authorization"] = f"Bearer {key}"
+        headers.update(config.headers)
+        return headers
     anthropic = config.kind == "anthropic"
     for name in FORWARDED_ANTHROPIC_HEADERS if anthropic else FORWARDED_REQUEST_HEADERS:
         value = client_headers.get(name)
@@ -130,6 +163,7 @@ class UpstreamClient:
         self._sessions: dict[tuple[float, int], aiohttp.ClientSession] = {}
         self._timeouts: dict[tuple[float, float | None], aiohttp.ClientTimeout] = {}
         self._urls: dict[str, URL] = {}
+        self.aws = AwsSigner()
 
     def _session(self, config: UpstreamConfig) -> aiohttp.ClientSession:
         key = (config.keepalive_s, config.max_connections)
@@ -154,6 +188,9 @@ class UpstreamClient:
         timeout = self._timeout(config.connect_timeout_s, config.read_timeout_s)
         session = self._session(config)
         target = self._url(url)
+        if config.kind == "bedrock":
+            headers = await self.aws.headers(name, config, url, body, headers)
+            target = URL(url, encoded=True)  # sent exactly as signed
         for attempt in (1, 2):
             try:
                 return await session.post(target, data=body, headers=headers, timeout=timeout)

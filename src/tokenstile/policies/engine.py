@@ -233,7 +233,8 @@ class PolicyEngine:
         if not finders:
             return observer
         return PolicyStreamObserver(observer, ctx.req.api, finders,
-                                    lambda spans: self._judge_answer(ctx, spans, streamed=True))
+                                    lambda spans: self._judge_answer(ctx, spans, streamed=True),
+                                    ctx.wire)
 
     def _judge_answer(self, ctx: RequestContext, spans: list[Span], streamed: bool) -> None:
         if not spans:

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from tokenstile.limits.caps import output_cap_field
+from tokenstile.limits.caps import cap_value, output_cap_field
 from tokenstile.policies.decisions import Block, Decision, Flag, Rewrite, where
 from tokenstile.policies.rules import LimitRule, MaxTokensRule, ModelsRule, UserIdsRule, WordRule
 from tokenstile.policies.scanner import Span, WordFinder, scan_whole
@@ -74,7 +74,7 @@ def check_max_tokens(rule: MaxTokensRule, req: CanonicalRequest) -> Decision | N
     if req.api in ("embeddings", "count_tokens"):
         return None
     field = req.output_cap_field
-    value = req.body.get(field) if field else None
+    value = cap_value(req.body, field)
     if isinstance(value, int) and value <= rule.limit:
         return None
     if rule.mode == "clamp":

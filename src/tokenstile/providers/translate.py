@@ -871,6 +871,12 @@ def bridge_for(api: ApiKind, client_wire: WireFormat, upstream_wire: WireFormat,
                upstream: str, body: dict[str, Any], default_max_tokens: int) -> Bridge:
     """The bridge serving ``api`` (sent in ``client_wire``) from an upstream speaking
     ``upstream_wire``, or a 400 saying why there is none."""
+    if "bedrock" in (client_wire, upstream_wire):
+        # Imported here: the Bedrock bridges build on this module.
+        from tokenstile.providers.bedrock_translate import bedrock_bridge
+
+        return bedrock_bridge(api, client_wire, upstream_wire, upstream, body,
+                              default_max_tokens)
     model = body.get("model")
     if client_wire == "openai" and upstream_wire == "anthropic":
         if api == "chat":
