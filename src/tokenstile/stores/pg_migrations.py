@@ -199,6 +199,10 @@ ALTER TABLE ledger
 """),
     Migration(5, "responses created through the gateway", PG_SCHEMA),
     Migration(6, "provisional ledger rows replaced by their request's own", _replacement_sql()),
+    Migration(7, "the agent run or session of a ledger row", """
+ALTER TABLE ledger ADD COLUMN IF NOT EXISTS run_id text;
+CREATE INDEX IF NOT EXISTS ledger_run ON ledger (run_id, ts) WHERE run_id IS NOT NULL;
+"""),
 )
 
 LATEST = MIGRATIONS[-1].version
