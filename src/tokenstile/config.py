@@ -426,6 +426,33 @@ class GlobalConfig(_Strict):
     monthly_budget_usd: float | None = Field(None, ge=0)
 
 
+class RunsConfig(_Strict):
+    """Budgets per agent run or user session: every call with the same
+    ``x-tokenstile-run`` id (per key) shares one budget, forgotten ``ttl`` after its last
+    call. ``budget_usd`` / ``budget_tokens``: the budget of every run (none: runs are only
+    recorded, unless a run's own ``x-tokenstile-run-budget`` header sets a lower one)."""
+
+    budget_usd: float | None = Field(None, ge=0)
+    budget_tokens: int | None = Field(None, ge=0)
+    ttl: str = "1h"
+
+    @field_validator("ttl")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        if not re.fullmatch(r"\d+[smhd]?", value.strip()) or int(
+                re.sub(r"[smhd]$", "", value.strip())) <= 0:
+            raise ValueError(f"expected a duration like 90s, 30m, 1h or 2d, got {value!r}")
+        return value.strip()
+
+    @property
+    def ttl_s(self) -> int:
+        scale = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+        text = self.ttl
+        if text[-1] in scale:
+            return int(text[:-1]) * scale[text[-1]]
+        return int(text)
+
+
 class CircuitBreakerConfig(_Strict):
     """An upstream that fails ``failures`` times in a row is skipped for ``cooldown_s``."""
 
@@ -547,6 +574,7 @@ class Config(_Strict):
     users: dict[str, TierConfig] = Field(default_factory=dict)
     features: dict[str, FeatureConfig] = Field(default_factory=dict)
     limits: list[LimitConfig] = Field(default_factory=list)
+    runs: RunsConfig = Field(default_factory=RunsConfig)
     alerts: list[ThresholdConfig] = Field(default_factory=list)
     alerting: AlertingConfig = Field(default_factory=AlertingConfig)
     policies: PoliciesConfig = Field(default_factory=PoliciesConfig)

@@ -25,7 +25,7 @@ WireFormat = Literal["openai", "anthropic", "bedrock"]
 
 Scope = Literal[
     "global", "organization", "project", "team", "user", "tier", "key", "feature", "model",
-    "end_user",
+    "end_user", "run",
 ]
 SCOPES: tuple[Scope, ...] = (
     "global", "organization", "project", "team", "user", "tier", "key", "feature", "model",
@@ -33,7 +33,7 @@ SCOPES: tuple[Scope, ...] = (
 )
 Unit = Literal["tokens", "input_tokens", "output_tokens", "requests", "usd"]
 UNITS: tuple[Unit, ...] = ("tokens", "input_tokens", "output_tokens", "requests", "usd")
-WindowKind = Literal["request", "minute", "hour", "day", "week", "month", "rolling"]
+WindowKind = Literal["request", "minute", "hour", "day", "week", "month", "rolling", "run"]
 
 
 def usd_to_nano(usd: float | int | str) -> int:
@@ -160,6 +160,10 @@ class CanonicalRequest:
     tags: dict[str, str] = field(default_factory=dict)
     trace_id: str | None = None
     terms: PriceTerms | None = None
+    # An agent run or user session (``x-tokenstile-run``) and the budget its header asks
+    # for (unit, amount), if any: see ``limits/runs.py``.
+    run: str | None = None
+    run_budget: tuple[Unit, int] | None = None
 
 
 @dataclass(slots=True)
@@ -205,6 +209,7 @@ class LedgerRow:
     cache: str | None = None
     saved_nano: int = 0
     detail: dict[str, Any] = field(default_factory=dict)
+    run_id: str | None = None
 
     def __post_init__(self) -> None:
         # Kept to the microsecond, as PostgreSQL keeps timestamps: a call a fraction of a
@@ -449,7 +454,7 @@ class RequestContext(Arrival):
         row.cost_nano, row.estimated, row.saved_nano = self.cost_nano, self.estimated, \
             self.saved_nano
         row.ttfb_ms = None if self.ttfb_ms is None else round(self.ttfb_ms, 3)
-        row.streamed, row.trace_id = req.stream, req.trace_id
+        row.streamed, row.trace_id, row.run_id = req.stream, req.trace_id, req.run
         row.degraded, row.cache = list(self.degraded), self.cache
         row.detail.update(self.detail())
         return row

@@ -173,6 +173,16 @@ class UsageParams(_Model):
     limit: int = Field(1000, ge=1, le=100_000)
 
 
+class RunsParams(_Model):
+    since: datetime | None = Field(None, description="Runs with a call since (ISO 8601 or "
+                                                     "Unix seconds); default 7 days ago.")
+    organization: Name | None = None
+    project: Name | None = None
+    key_id: Name | None = None
+    run_id: Name | None = None
+    limit: int = Field(100, ge=1, le=10_000)
+
+
 class FlaggedParams(_Model):
     since: datetime | None = None
     until: datetime | None = None

@@ -24,7 +24,7 @@ def build_gateway(rt: Runtime) -> Gateway:
                           rt.admission, rt.pricer, rt.clock, settler.write_row)
     return Gateway(
         server=config.server, clock=rt.clock,
-        intake=Intake(config.server, rt.auth, rt.adapters, rt.overrides),
+        intake=Intake(config.server, rt.auth, rt.adapters, rt.overrides, config.runs),
         policies=rt.policies, degrader=rt.degrader, forwarder=forwarder, caching=rt.caching,
         admission=rt.admission,
         relay=Relay(rt.policies, rt.adapters, rt.background, rt.clock,

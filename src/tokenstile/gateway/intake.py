@@ -15,10 +15,11 @@ import orjson
 
 from tokenstile.errors import bad_request, forbidden
 from tokenstile.gateway import asgi
+from tokenstile.limits.runs import looser_than_config, read_run
 from tokenstile.types import Arrival, CanonicalRequest, RequestContext, WireFormat
 
 if TYPE_CHECKING:
-    from tokenstile.config import ServerConfig
+    from tokenstile.config import RunsConfig, ServerConfig
     from tokenstile.gateway.auth import Authenticator
     from tokenstile.limits.overrides import Overrides
     from tokenstile.providers.base import Adapter
@@ -29,11 +30,13 @@ MAX_OUTPUT_CAP = 2**31 - 1
 
 class Intake:
     def __init__(self, server: ServerConfig, auth: Authenticator,
-                 adapters: dict[WireFormat, Adapter], overrides: Overrides) -> None:
+                 adapters: dict[WireFormat, Adapter], overrides: Overrides,
+                 runs: RunsConfig) -> None:
         self.server = server
         self.auth = auth
         self.adapters = adapters
         self.overrides = overrides
+        self.runs = runs
 
     async def read(self, arrival: Arrival, receive: asgi.Receive) -> RequestContext:
         """The body, read within its bounds, from an authenticated caller, parsed."""
@@ -57,6 +60,7 @@ class Intake:
         """Attribute the request, refuse what this caller may not ask, count its input."""
         check_output_cap(ctx.req)
         attribute(ctx)
+        attribute_run(ctx, self.runs)
         check_model_access(ctx)
         self.overrides.check(ctx)
         ctx.req.input_tokens = self.adapters[ctx.wire].count_input(ctx.req)
@@ -133,6 +137,15 @@ def attribute(ctx: RequestContext) -> None:
                 req.tags[name.strip()[:64]] = value.strip()[:256]
     trace = headers.get("x-tokenstile-trace-id") or headers.get("x-usagepanda-trace-id")
     req.trace_id = trace[:128] if trace else None
+
+
+def attribute_run(ctx: RequestContext, runs: RunsConfig) -> None:
+    """The agent run or session the request belongs to (``limits/runs.py``); a budget
+    header above the configured run budget changes nothing and is flagged."""
+    req = ctx.req
+    req.run, req.run_budget = read_run(ctx.headers, runs)
+    if req.run_budget is not None and looser_than_config(req.run_budget, runs):
+        ctx.flags.append("run_budget_header_ignored")
 
 
 def check_model_access(ctx: RequestContext) -> None:

@@ -95,7 +95,7 @@ class Runtime:
               db: Database | None = None, counters: CounterStore | None = None) -> Runtime:
         ensure_offline_encodings()
         db = db or database_from_url(config.storage.database)
-        counters = counters or counter_store_from_url(config.storage.counters)
+        counters = counters or counter_store_from_url(config.storage.counters, clock=clock)
         pricer = pricer_for(config)
         router = Router(config)
         exact_routes = {r.match for r in config.routes}

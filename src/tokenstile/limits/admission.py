@@ -33,6 +33,7 @@ from tokenstile.limits.explain import NoRoomForRetry
 from tokenstile.limits.leases import Leases, Unsettled
 from tokenstile.limits.model import Limit, compile_limits
 from tokenstile.limits.overrides import apply_limit_overrides
+from tokenstile.limits.runs import RunBudgets
 from tokenstile.limits.store_health import StoreHealth
 from tokenstile.providers.terms import reservation_terms
 from tokenstile.stores.counters import Charge, CounterStore, ReserveOutcome, StoreUnavailable
@@ -98,6 +99,7 @@ class Admission:
         self.hidden = HiddenInput(config.hidden_input, self.pricer)
         self.base_limits = compile_limits(config)
         self.limits = apply_limit_overrides(self.base_limits, self._overrides)
+        self.runs = RunBudgets(config.runs)
         self.leases.lease_s = config.server.reservation_lease_s
         self.default_cap = config.server.default_output_tokens
         self.project_priority = {name: p.priority for name, p in config.projects.items()}
@@ -121,6 +123,8 @@ class Admission:
             if low and limit.scope in ("organization", "global"):
                 hard *= limit.low_priority_fraction or self.config.server.low_priority_fraction
             out.append(Applied(limit, scope_id, int(hard)))
+        if req.run is not None:
+            out.extend(self.runs.applied(caller, req))
         return out
 
     def _remember_utilization(self, applied: Sequence[Applied]) -> None:
@@ -310,7 +314,7 @@ class Admission:
                 item.used = outcome.used[item.charge_index]
         if not outcome.admitted:
             refusal, item = explain.exhausted(ctx, ticket, outcome.failed, self.clock.now())
-            if self.on_blocked is not None:
+            if self.on_blocked is not None and item.limit.window.kind != "run":
                 self.on_blocked(item.limit, item.scope_id, item.used, item.amount)
             raise refusal
         self.leases.live.add(ticket.rid)

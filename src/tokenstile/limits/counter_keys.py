@@ -36,6 +36,8 @@ def counter_key(limit: Limit, scope_id: str, now: float) -> tuple[str, tuple[str
     if window.kind == "rolling":
         labels = rolling_bucket_labels(window, now)
         return prefix + labels[0], tuple(prefix + label for label in labels)
+    if window.kind == "run":
+        return prefix + "run", ()
     return prefix + current_label(window, now), ()
 
 
@@ -70,6 +72,6 @@ def reset_at(window: Window, now: float) -> float:
 def charge_ttl(window: Window, now: float) -> int:
     """How long a counter of ``window`` must live from ``now``: to its window's end, plus
     a margin."""
-    if window.kind == "rolling":
+    if window.kind in ("rolling", "run"):
         return ttl_seconds(window, now)
     return max(1, math.ceil(_current(window, now)[1] - now)) + TTL_MARGIN_S

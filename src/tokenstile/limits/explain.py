@@ -11,18 +11,21 @@ from tokenstile.hidden_input import describe_sources
 from tokenstile.limits.caps import answers, reserved_input
 from tokenstile.limits.counter_keys import reset_at
 from tokenstile.limits.model import Limit
+from tokenstile.limits.runs import RUN_HEADER, run_of
 from tokenstile.limits.windows import describe_reset, window_end
 from tokenstile.types import Applied, CanonicalRequest, RequestContext, Ticket, Unit, nano_to_usd
 
 WINDOW_WORDS = {"minute": "per-minute", "hour": "hourly", "day": "daily", "week": "weekly",
-                "month": "monthly", "rolling": "rolling", "request": "per-request"}
+                "month": "monthly", "rolling": "rolling", "request": "per-request",
+                "run": "per-run"}
 UNIT_WORDS = {"tokens": "tokens", "input_tokens": "input tokens",
               "output_tokens": "output tokens", "requests": "requests", "usd": "USD"}
 PER_WINDOW = {"minute": "a minute", "hour": "an hour", "day": "a day", "week": "a week",
-              "month": "a month", "rolling": "in its rolling window", "request": "per request"}
+              "month": "a month", "rolling": "in its rolling window", "request": "per request",
+              "run": "per run"}
 SCOPE_WORDS = {"global": "the gateway", "organization": "organization", "project": "project",
                "team": "team", "user": "user", "tier": "tier", "key": "key",
-               "feature": "feature", "model": "model", "end_user": "end user"}
+               "feature": "feature", "model": "model", "end_user": "end user", "run": "run"}
 
 
 class NoRoomForRetry(Exception):
@@ -43,6 +46,8 @@ class BudgetExhausted(GatewayError):
 def describe_scope(scope: str, scope_id: str) -> str:
     if scope == "global":
         return "the gateway"
+    if scope == "run":  # the id the client sent, without whose run it is
+        return f"run {run_of(scope_id)!r}"
     return f"{SCOPE_WORDS.get(scope, scope)} {scope_id!r}"
 
 
@@ -130,18 +135,28 @@ def exhausted(ctx: RequestContext, ticket: Ticket, failed: Sequence[int],
     item = min((a for a in ticket.applied if a.charge_index == index), key=lambda a: a.hard)
     limit = item.limit
     ctx.block_reason = f"budget:{limit.name}"
+    run = limit.window.kind == "run"
+    if run:  # a run's budget does not come back while the run goes on
+        resets = (f"the run is over its budget: start a new run ({RUN_HEADER}) to go on; "
+                  f"this id is forgotten {reset_text(limit.window.length_s or 0)} after "
+                  "its last call")
+    else:
+        resets = f"resets at {describe_reset(limit.window, now)}"
     # "reserved": requests still in flight hold their worst case until they settle.
+    what = f" ({limit.name})" if run else ""
     message = (f"{describe_scope(limit.scope, item.scope_id)} has used or reserved "
                f"{format_amount(limit.unit, item.used)} of its "
                f"{format_amount(limit.unit, item.hard)} {WINDOW_WORDS[limit.window.kind]} "
-               f"{UNIT_WORDS[limit.unit]}; this request needs "
-               f"{format_amount(limit.unit, item.amount)} more; resets at "
-               f"{describe_reset(limit.window, now)}{hidden_note(ctx)}")
+               f"{UNIT_WORDS[limit.unit]}{what}; this request needs "
+               f"{format_amount(limit.unit, item.amount)} more; {resets}{hidden_note(ctx)}")
     retry_after = max(1, math.ceil(window_end(limit.window, now) - now))
     headers = {"retry-after": str(retry_after),
                **ratelimit_headers(ticket, now, failed_index=index)}
-    code = "rate_limit_exceeded" if limit.window.kind in ("minute", "rolling") \
-        and limit.unit == "requests" else "budget_exceeded"
+    if run:  # retrying cannot help: the SDKs read this and do not retry
+        headers["x-should-retry"] = "false"
+    code = "run_budget_exceeded" if run else "rate_limit_exceeded" \
+        if limit.window.kind in ("minute", "rolling") and limit.unit == "requests" \
+        else "budget_exceeded"
     return BudgetExhausted(limit, item.scope_id, message, code, headers), item
 
 
@@ -180,6 +195,7 @@ def ratelimit_headers(ticket: Ticket, now: float,
     if "tightest" in best:
         item = best["tightest"][1]
         limit = item.limit
+        scope_id = run_of(item.scope_id) if limit.scope == "run" else item.scope_id
         out["x-tokenstile-budget-scope"] = (
-            f"{limit.scope}:{item.scope_id}:{limit.window.kind}:{limit.unit}")
+            f"{limit.scope}:{scope_id}:{limit.window.kind}:{limit.unit}")
     return out

@@ -224,6 +224,10 @@ CREATE TABLE IF NOT EXISTS price_records (
     PRIMARY KEY (model, provider)
 );
 """),
+    Migration(8, "the agent run or session of a ledger row", """
+ALTER TABLE ledger ADD COLUMN IF NOT EXISTS run_id text;
+CREATE INDEX IF NOT EXISTS ledger_run ON ledger (run_id, ts) WHERE run_id IS NOT NULL;
+"""),
 )
 
 LATEST = MIGRATIONS[-1].version
