@@ -384,6 +384,38 @@ def test_a_bedrock_api_key_style_bearer_token_authenticates_too(
     assert row.status == 200 and row.user == "alice"
 
 
+def test_a_key_header_added_by_an_event_hook_beside_a_real_aws_signature(
+        bedrock: Gateway) -> None:
+    key = bedrock.key(user="bob")
+    client = runtime(bedrock, "AKIAREALAWSKEY000002")
+
+    def add_key(request: Any, **_: Any) -> None:
+        request.headers["x-tokenstile-key"] = key
+
+    client.meta.events.register("before-sign.bedrock-runtime.*", add_key)
+    client.converse(modelId=MODEL, messages=HELLO)
+    [row] = bedrock.rows()
+    assert row.status == 200 and row.user == "bob"
+
+
+def test_passthrough_callers_bedrock_api_keys_are_forwarded_as_bearer_tokens(
+        make_gateway: Any, fake: FakeHandle, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake.fake.settings.bedrock_api_keys = ("callers-own-bedrock-key",)
+    try:
+        gateway = make_gateway({**bedrock_upstream(fake), "auth": {"mode": "passthrough"}})
+        monkeypatch.setenv("AWS_BEARER_TOKEN_BEDROCK", "callers-own-bedrock-key")
+        boto3.session.Session().client(
+            "bedrock-runtime", region_name="us-east-1", endpoint_url=gateway.url,
+            config=NO_RETRIES).converse(modelId=MODEL, messages=HELLO)
+    finally:
+        fake.fake.settings.bedrock_api_keys = ()
+    record = fake.fake.tally.last
+    assert record is not None and record.status == 200
+    assert record.headers["authorization"] == "Bearer callers-own-bedrock-key"
+    [row] = gateway.rows()
+    assert row.project == "passthrough"
+
+
 def test_aws_credentials_from_the_environment_and_session_tokens(
         make_gateway: Any, signing: FakeHandle, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", AWS_KEY_ID)

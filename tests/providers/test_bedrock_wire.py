@@ -13,7 +13,10 @@ from typing import Any
 
 import pytest
 from botocore.eventstream import EventStreamBuffer
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from tests.hostile import test_fuzz as fuzz
 from tokenstile import tokens
 from tokenstile.clock import FakeClock
 from tokenstile.config import ConfigError, UpstreamConfig, parse_config
@@ -37,7 +40,7 @@ from tokenstile.providers.terms import price_terms
 from tokenstile.testing._fake_bedrock import converse_stream, verify_sigv4
 from tokenstile.testing._fake_core import NORMAL, plan_reply
 from tokenstile.testing._fake_wire import Turn
-from tokenstile.types import Usage
+from tokenstile.types import CanonicalRequest, Usage
 
 MODEL = "anthropic.claude-3-5-haiku-20241022-v1:0"
 ADAPTER = BedrockAdapter()
@@ -394,3 +397,62 @@ def test_the_fake_checks_the_gateways_signatures_with_botocore() -> None:
         "InvalidSignatureException"
     assert check({"AKIDX": "s3cret"}, at=now + 3600)[1][1] == "Signature expired"
     assert check({})[1][0] == "UnrecognizedClientException"
+
+
+# --- anything a client sends --------------------------------------------------------------
+
+values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**64), 2**64) | st.text(max_size=20)
+    | st.floats(allow_nan=False, allow_infinity=False),
+    lambda children: st.lists(children, max_size=3)
+    | st.dictionaries(st.text(max_size=8), children, max_size=3), max_leaves=12)
+BLOCK_KEYS = st.sampled_from(["text", "image", "document", "video", "toolUse", "toolResult",
+                              "reasoningContent", "cachePoint", "guardContent", "json", "?"])
+blocks = st.dictionaries(BLOCK_KEYS, values | st.fixed_dictionaries({}, optional={
+    "format": st.sampled_from(["png", "pdf", "txt", "docx", "x"]) | values,
+    "source": st.fixed_dictionaries({}, optional={"bytes": st.text(max_size=20) | values,
+                                                  "text": values, "content": values,
+                                                  "s3Location": values}),
+    "name": values, "input": values, "content": values, "toolUseId": values,
+    "reasoningText": values, "text": values, "ttl": values}), max_size=2)
+converse_bodies = st.fixed_dictionaries({}, optional={
+    "messages": st.lists(st.fixed_dictionaries({"role": st.sampled_from(
+        ["user", "assistant", "system", ""]) | values}, optional={
+        "content": st.lists(blocks, max_size=3) | values}), max_size=3) | values,
+    "system": st.lists(blocks, max_size=2) | values,
+    "inferenceConfig": st.fixed_dictionaries({}, optional={
+        "maxTokens": st.integers(-3, 2**40) | values}) | values,
+    "toolConfig": values | st.fixed_dictionaries({"tools": st.lists(values, max_size=2)}),
+    "serviceTier": values, "anthropic_version": st.sampled_from(["bedrock-2023-05-31"])
+    | values, "max_tokens": st.integers(-3, 100) | values})
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(body=converse_bodies, api=st.sampled_from(["converse", "messages"]))
+def test_bedrock_parsing_takes_anything(body: dict[str, Any], api: Any) -> None:
+    body = json.loads(json.dumps({**body, "model": MODEL, "stream": True}))
+    try:
+        req = ADAPTER.parse(api, body)
+    except GatewayError as exc:
+        assert 400 <= exc.status < 500 and exc.message.startswith("tokenstile: ")
+        return
+    assert ADAPTER.count_input(req) >= 0
+    json.dumps(ADAPTER.upstream_body(req))
+    price_terms(req)
+    observer = ADAPTER.observer(req)
+    observer.on_event(eventstream.event("contentBlockDelta", {"delta": {"text": "x"}}))
+    assert isinstance(observer.output_text(), str) and observer.usage in (None, Usage())
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(body=fuzz.near_valid | fuzz.bodies)
+def test_chat_to_converse_takes_anything(body: dict[str, Any]) -> None:
+    body = fuzz.as_received(body)
+    try:
+        bridge = ChatOverConverse(body, 1024)
+    except GatewayError as exc:
+        fuzz.client_error(exc)
+        return
+    assert bridge.count_input() >= 0
+    chat = CanonicalRequest(api="chat", wire="openai", model=bridge.model, body=body)
+    json.dumps(bridge.upstream_body(chat))

@@ -149,7 +149,7 @@ class Relay:
         if ctx.provider_key is None and refused_credentials(resp):
             # The gateway's own provider key was refused. The upstream's message may quote
             # part of that key, and fixing it is the operator's business, not the client's.
-            log.warning("upstream %r refused the gateway's credentials (%s)", ctx.upstream,
+            log.warning("upstream %r refused the gateway's provider key (%s)", ctx.upstream,
                         resp.status)
             err = GatewayError(502, f"upstream {ctx.upstream!r} refused the gateway's own "
                                     "provider key; the gateway's operator must fix it",

@@ -42,8 +42,13 @@ def check_user_ids(rule: UserIdsRule, req: CanonicalRequest,
                    headers: Mapping[str, str]) -> Decision | None:
     if req.end_user or (rule.header and headers.get(rule.header, "").strip()):
         return None
-    field = "metadata.user_id" if req.wire == "anthropic" else "user"
-    how = f"the '{field}' field" + (f" or the {rule.header} header" if rule.header else "")
+    if req.api == "converse":  # Bedrock's Converse has no end-user field
+        field = rule.header or "enforce_user_ids.header"
+        how = f"the {rule.header} header" if rule.header else \
+            "an end-user header (Converse has no field for it; configure enforce_user_ids.header)"
+    else:
+        field = "metadata.user_id" if req.wire != "openai" else "user"
+        how = f"the '{field}' field" + (f" or the {rule.header} header" if rule.header else "")
     return Block("enforce_user_ids", "user_required",
                  f"requests {where(rule.source)} must name their end user: set {how} "
                  "on every request", field, rule.shadow)
