@@ -516,6 +516,7 @@ def _local_budgets(config: Config, ids: tuple[str, ...]) -> list[dict[str, Any]]
     from tokenstile.limits.overrides import apply_limit_overrides
     from tokenstile.limits.status import budget_status
     from tokenstile.stores.counters import counter_store_from_url
+    from tokenstile.stores.shards import status_tenants
 
     known: dict[str, list[str]] = {"organization": [config.organization.name]}
     for item in ids:
@@ -529,7 +530,9 @@ def _local_budgets(config: Config, ids: tuple[str, ...]) -> list[dict[str, Any]]
         try:
             rows = await budget_status(limits, counters, time.time(), known,
                                        frozenset(o.target for o in overrides
-                                                 if o.kind == "limit"))
+                                                 if o.kind == "limit"),
+                                       status_tenants(config, getattr(counters, "shard_by",
+                                                                      None)))
         finally:
             await counters.close()
         return [r.as_dict() for r in rows]

@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from tokenstile.policies.schema import PoliciesConfig
 from tokenstile.types import SCOPES, UNITS
@@ -584,6 +591,13 @@ class Config(_Strict):
     global_: GlobalConfig = Field(default_factory=GlobalConfig, alias="global")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _shards_hold_their_limits(self) -> Config:
+        from tokenstile.stores.shards import check_config
+
+        check_config(self)
+        return self
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

@@ -266,6 +266,7 @@ class Applied:
     charge_index: int = -1
     used: int = 0
     amount: int = 0
+    tenant: str | None = None  # whose counters, on a store sharded by tenant
 
 
 @dataclass(slots=True)

@@ -478,7 +478,7 @@ async def test_an_idle_lane_expires(store: CounterStore, backend: Backend) -> No
     for i in range(10):
         await store.pace("lane", T0 + i / 10, None, 10.0, 5)
     assert (await store.pace("lane", T0 + 1, 0.5, 10.0, 5)).interval_s == pytest.approx(2 / 11)
-    if backend.name == "redis":
+    if backend.name.startswith("redis"):  # Redis expires keys by its own clock
         with backend.redis() as client:
             key = f"{{{backend.tag}}}:p:lane"
             assert 0 < client.pttl(key) <= 5000

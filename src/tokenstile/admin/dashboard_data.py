@@ -31,6 +31,7 @@ from tokenstile.limits.status import BudgetStatus, budget_status
 from tokenstile.limits.windows import Window, window_start
 from tokenstile.stores.counters import StoreUnavailable
 from tokenstile.stores.database import LabelUsage, UsageQuery
+from tokenstile.stores.shards import status_tenants
 from tokenstile.types import LedgerRow, nano_to_usd
 
 TOTALS = ("requests", "input_tokens", "cached_input_tokens", "output_tokens",
@@ -165,7 +166,8 @@ async def budget_rows(ctx: Context, seen_projects: Iterable[str] = ()) -> list[d
         known["feature"] = sorted(rt.config.features)
     overridden = frozenset(o.target for o in rt.overrides.items if o.kind == "limit")
     file_amounts = {limit.name: limit.amount for limit in rt.admission.base_limits}
-    rows = await budget_status(rt.admission.limits, rt.counters, ctx.now, known, overridden)
+    rows = await budget_status(rt.admission.limits, rt.counters, ctx.now, known, overridden,
+                               status_tenants(rt.config, rt.admission.shard_by))
     if scope.project is not None:
         rows = [r for r in rows if r.scope == "project" and r.scope_id == scope.project]
     return [budget_out(r, file_amounts.get(r.name)) for r in rows]

@@ -36,6 +36,7 @@ from tokenstile.limits.overrides import apply_limit_overrides
 from tokenstile.limits.runs import RunBudgets
 from tokenstile.limits.store_health import StoreHealth
 from tokenstile.providers.terms import reservation_terms
+from tokenstile.stores import shards
 from tokenstile.stores.counters import Charge, CounterStore, ReserveOutcome, StoreUnavailable
 from tokenstile.stores.database import Override
 from tokenstile.types import (
@@ -77,6 +78,7 @@ class Admission:
                  *, on_blocked: OnBlocked | None = None,
                  on_store_error: Callable[[str], None] | None = None) -> None:
         self.counters = counters
+        self.shard_by: str | None = getattr(counters, "shard_by", None)
         self.pricer = pricer
         self.clock = clock
         self.on_blocked = on_blocked
@@ -114,6 +116,7 @@ class Admission:
         }
         now = self.clock.now()
         low = self.project_priority.get(caller.project or "") == "low"
+        tenant = shards.tenant_of(self.shard_by, caller)
         out = []
         for limit in self.limits:
             scope_id = limit.scope_id(caller, attrs)
@@ -122,7 +125,7 @@ class Admission:
             hard = limit.amount_at(now) * limit.hard_fraction
             if low and limit.scope in ("organization", "global"):
                 hard *= limit.low_priority_fraction or self.config.server.low_priority_fraction
-            out.append(Applied(limit, scope_id, int(hard)))
+            out.append(Applied(limit, scope_id, int(hard), tenant=tenant))
         if req.run is not None:
             out.extend(self.runs.applied(caller, req))
         return out
@@ -140,7 +143,7 @@ class Admission:
         if item.limit.window.kind == "request":
             return 0.0
         key, _ = counter_key(item.limit, item.scope_id, self.clock.now())
-        return self.utilization.get(key, 0.0)
+        return self.utilization.get(shards.qualify(item.tenant, key), 0.0)
 
     def terms(self, ctx: RequestContext) -> PriceTerms:
         """What the request may be billed for, the served upstream's ``auto`` tier applied."""
@@ -257,6 +260,9 @@ class Admission:
                 continue
             window = limit.window
             key, window_keys = counter_key(limit, item.scope_id, now)
+            if item.tenant is not None:
+                key = shards.qualify(item.tenant, key)
+                window_keys = tuple(shards.qualify(item.tenant, k) for k in window_keys)
             item.key = key
             item.amount = self._worst_case(limit.unit, req, model, cap, provider=ctx.provider,
                                            terms=self.terms(ctx),

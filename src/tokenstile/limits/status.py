@@ -7,13 +7,14 @@ per-user daily limit) are reported for the ids given, or the configured organiza
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from tokenstile.limits.counter_keys import counter_key
 from tokenstile.limits.model import Limit
 from tokenstile.limits.windows import describe_reset, window_end
+from tokenstile.stores import shards
 from tokenstile.stores.counters import CounterStore
 from tokenstile.types import nano_to_usd
 
@@ -58,14 +59,20 @@ def _ids_for(limit: Limit, known: Mapping[str, Sequence[str]]) -> list[str]:
 
 async def budget_status(limits: Iterable[Limit], counters: CounterStore, now: float,
                         known_ids: Mapping[str, Sequence[str]],
-                        overridden: frozenset[str] = frozenset()) -> list[BudgetStatus]:
+                        overridden: frozenset[str] = frozenset(),
+                        tenant: Callable[[str, str], str | None] | None = None
+                        ) -> list[BudgetStatus]:
+    """``tenant`` says whose counter to read for a (scope, id) on a store sharded by tenant
+    (``shards.status_tenants``)."""
     rows: list[tuple[Limit, str, tuple[str, ...]]] = []
     for limit in limits:
         if limit.window.kind == "request":
             continue
         for scope_id in _ids_for(limit, known_ids):
             key, window_keys = counter_key(limit, scope_id, now)
-            rows.append((limit, scope_id, window_keys or (key,)))
+            owner = tenant(limit.scope, scope_id) if tenant is not None else None
+            rows.append((limit, scope_id, tuple(shards.qualify(owner, k)
+                                                for k in window_keys or (key,))))
     flat = [k for _, _, keys in rows for k in keys]
     values = dict(zip(flat, await counters.read(flat), strict=True)) if flat else {}
     out = []

@@ -50,12 +50,17 @@ def _hash_tag(value: str) -> str:
 class RedisCounterStore:
     """Counters in Redis strings, reservations in one hash plus one sorted set."""
 
+    shard_by: str | None = None
+    own_options: frozenset[str] = frozenset()
+
     def __init__(self, url: str, *, clock: Clock | None = None) -> None:
         # ``clock`` is accepted for a uniform constructor; Redis expires keys by its own clock.
         del clock
         self.url = url
-        self._redis = RedisConnection(url, "counter store", wait_s=1.0, slack_s=0.5)
-        tag = _hash_tag("ts" if self._redis.prefix is None else self._redis.prefix)
+        self._redis = RedisConnection(url, "counter store", wait_s=1.0, slack_s=0.5,
+                                      own=self.own_options)
+        self._prefix = "ts" if self._redis.prefix is None else self._redis.prefix
+        tag = _hash_tag(self._prefix)
         self._counter_prefix = f"{tag}:c:"
         self._held_key = f"{tag}:r"
         self._lease_key = f"{tag}:l"
@@ -69,6 +74,12 @@ class RedisCounterStore:
 
     def _key(self, key: str) -> str:
         return self._counter_prefix + key
+
+    def _layout(self, rid: str, keys: Sequence[str]) -> tuple[str, str, list[str]]:
+        """The reservation hash, the lease set and the Redis names of ``keys``, all in the
+        one slot a script needs."""
+        del rid
+        return self._held_key, self._lease_key, [self._key(k) for k in keys]
 
     async def _call(self, what: str, op: Callable[[], Awaitable[Any]]) -> Any:
         return await self._redis.call(what, op)
@@ -88,21 +99,36 @@ class RedisCounterStore:
             )
         )
         args = (rid, repr(lease_until), payload, spec)
-        keys = [self._held_key, self._lease_key, *(self._key(k) for k in plan.keys)]
+        held, lease, names = await self._reserve_layout(rid, plan.keys)
+        keys = [held, lease, *names]
         reply = await self._call("reserve", lambda: self._reserve(keys=keys, args=args))
         status, n = int(reply[0]), len(plan.checks)
         used = [int(v) for v in reply[1 : 1 + n]]
         if status == 0:
+            self._forget(rid)
             return ReserveOutcome(False, used, [int(v) for v in reply[1 + n :]])
         return ReserveOutcome(True, used)
 
+    async def _reserve_layout(self, rid: str, keys: Sequence[str]) -> tuple[str, str, list[str]]:
+        return self._layout(rid, keys)
+
+    def _forget(self, rid: str) -> None:
+        """The reservation ``rid`` is gone (settled, refused, claimed)."""
+
     async def settle(self, rid: str, deltas: Sequence[tuple[str, int]]) -> bool:
-        merged = {k: d for k, d in merge_deltas(deltas).items() if d != 0}
-        keys = [self._held_key, self._lease_key, *(self._key(k) for k in merged)]
+        merged = merge_deltas(deltas)
+        held, lease, _ = await self._settle_layout(rid, list(merged))
+        changed = {k: d for k, d in merged.items() if d != 0}
+        _, _, names = self._layout(rid, list(changed))
+        keys = [held, lease, *names]
         reply = await self._call(
-            "settle", lambda: self._settle(keys=keys, args=[rid, *merged.values()])
+            "settle", lambda: self._settle(keys=keys, args=[rid, *changed.values()])
         )
+        self._forget(rid)
         return bool(int(reply))
+
+    async def _settle_layout(self, rid: str, keys: Sequence[str]) -> tuple[str, str, list[str]]:
+        return self._layout(rid, keys)
 
     async def renew(self, rids: Sequence[str], lease_until: float) -> None:
         if not rids:
@@ -115,7 +141,11 @@ class RedisCounterStore:
     async def claim_expired(self, now: float, limit: int = 100) -> list[ExpiredReservation]:
         if limit <= 0:
             return []
-        keys = [self._held_key, self._lease_key]
+        return await self._claim_from(self._held_key, self._lease_key, now, limit)
+
+    async def _claim_from(self, held: str, lease: str, now: float,
+                          limit: int) -> list[ExpiredReservation]:
+        keys = [held, lease]
         reply = await self._call("claim", lambda: self._claim(keys=keys, args=[repr(now), limit]))
         out = []
         for i in range(0, len(reply), 2):
@@ -123,12 +153,13 @@ class RedisCounterStore:
             head, _, record = bytes(reply[i + 1]).partition(b"\n")
             deltas = tuple((str(k), int(a)) for k, a in orjson.loads(head))
             out.append(ExpiredReservation(rid, record, deltas))
+            self._forget(rid)
         return out
 
     async def add(self, deltas: Sequence[tuple[str, int, int]]) -> None:
         if not deltas:
             return
-        keys = [self._key(key) for key, _, _ in deltas]
+        _, _, keys = self._layout("", [key for key, _, _ in deltas])
         args: list[Any] = []
         for _, amount, ttl in deltas:
             args += (amount, ttl * 1000)

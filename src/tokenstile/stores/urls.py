@@ -72,6 +72,8 @@ BACKENDS: dict[str, dict[str, str]] = {
         "sqlite": f"{_STORES}.counters_sqlite:SqliteCounterStore",
         "redis": f"{_STORES}.counters_redis:RedisCounterStore",
         "rediss": f"{_STORES}.counters_redis:RedisCounterStore",
+        "redis+cluster": f"{_STORES}.counters_redis_cluster:RedisClusterCounterStore",
+        "rediss+cluster": f"{_STORES}.counters_redis_cluster:RedisClusterCounterStore",
     },
     "database": {
         "sqlite": f"{_STORES}.db_sqlite:SqliteDatabase",
