@@ -2,8 +2,10 @@
 
 A request's plan is made once, after routing and before admission: its lookup key, TTL and
 what the client allows (``x-tokenstile-cache: skip|refresh|no-store``). ``always`` rules
-answer hits before anything is reserved; ``on_block`` rules answer from the cache only when
-a hard budget would refuse the request. Answers are written after the response is sent.
+answer hits before anything is reserved, and identical misses in flight together go
+upstream once (``cache/flight.py``): the others wait and are served the answer as hits;
+``on_block`` rules answer from the cache only when a hard budget would refuse the request.
+Answers are written after the response is sent.
 
 With no ``cache:`` section, a config whose budgets name ``fallback: cache`` gets an
 in-memory ``on_block`` cache, so the fallback it asks for exists.
@@ -21,6 +23,7 @@ from tokenstile.cache import (
     key_to_store,
     open_response_cache,
 )
+from tokenstile.cache.flight import SingleFlight
 from tokenstile.clock import Clock
 from tokenstile.config import CacheConfig, CacheRuleConfig, Config
 from tokenstile.types import CachePlan
@@ -46,10 +49,13 @@ class CacheStage:
         self.clock = clock
         self.config = effective_cache_config(config)
         self.cache: GuardedCache | None = None
+        self.flights: SingleFlight | None = None
         if self.config is not None:
             self.cache = open_response_cache(
                 self.config.store, clock=clock, max_entry_bytes=self.config.max_entry_bytes,
                 retry_after_s=self.config.retry_after_s)
+            if self.config.single_flight_wait_s > 0:
+                self.flights = SingleFlight(self.cache, self.config.single_flight_wait_s)
 
     def _rule(self, ctx: RequestContext) -> CacheRuleConfig | None:
         assert self.config is not None
@@ -84,6 +90,23 @@ class CacheStage:
         if self.cache is None or plan.lookup is None:
             return None
         return await self.cache.get(plan.lookup)
+
+    async def read_now(self, ctx: RequestContext, plan: CachePlan) -> CachedAnswer | None:
+        """The stored answer for an ``always`` rule; on a miss, the answer of an identical
+        request already on its way upstream (single flight), or None when this request
+        goes itself (leading the flight others wait on, ``ctx.cache_flight``)."""
+        answer = await self.get(plan)
+        if answer is not None or self.flights is None or plan.lookup is None:
+            return answer
+        answer, ctx.cache_flight = await self.flights.miss(plan.lookup,
+                                                           lambda: self.get(plan))
+        return answer
+
+    async def land(self, ctx: RequestContext) -> None:
+        """The request that led a flight is done and its answer stored (if any)."""
+        flight, ctx.cache_flight = ctx.cache_flight, None
+        if flight is not None and self.flights is not None:
+            await self.flights.land(flight)
 
     async def store(self, ctx: RequestContext, plan: CachePlan, body: bytes) -> None:
         """Keep a successful answer (in the client's format, before response policies)."""
