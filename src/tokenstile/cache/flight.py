@@ -32,9 +32,10 @@ MAX_POLL_S = 0.25
 
 @dataclass(slots=True)
 class Flight:
-    """A miss being answered upstream by one request; ``token`` is the cross-process lock
-    it holds, if it took one."""
+    """A miss being answered upstream by one request, in ``owner``; ``token`` is the
+    cross-process lock it holds, if it took one."""
 
+    owner: SingleFlight
     key: str
     token: str | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -65,7 +66,7 @@ class SingleFlight:
             answer = await read()
             if answer is not None:
                 return answer, None
-        flight = self._flights[key] = Flight(key)
+        flight = self._flights[key] = Flight(self, key)
         try:
             answer = await self._lead_across_processes(flight, read, deadline)
         except BaseException:

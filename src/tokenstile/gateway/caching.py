@@ -13,6 +13,7 @@ in-memory ``on_block`` cache, so the fallback it asks for exists.
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 from tokenstile.cache import (
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
     from tokenstile.types import RequestContext
 
 
+# How long a cache store replaced by a reload stays open for the requests still using it.
+RETIRE_AFTER_S = 30.0
+
 
 def effective_cache_config(config: Config) -> CacheConfig | None:
     if config.cache is not None:
@@ -47,15 +51,54 @@ def effective_cache_config(config: Config) -> CacheConfig | None:
 class CacheStage:
     def __init__(self, config: Config, clock: Clock) -> None:
         self.clock = clock
-        self.config = effective_cache_config(config)
+        self.config: CacheConfig | None = None
         self.cache: GuardedCache | None = None
         self.flights: SingleFlight | None = None
-        if self.config is not None:
-            self.cache = open_response_cache(
-                self.config.store, clock=clock, max_entry_bytes=self.config.max_entry_bytes,
-                retry_after_s=self.config.retry_after_s)
-            if self.config.single_flight_wait_s > 0:
-                self.flights = SingleFlight(self.cache, self.config.single_flight_wait_s)
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._retired: list[GuardedCache] = []
+        self.reconfigure(config)
+
+    def reconfigure(self, config: Config) -> None:
+        """Apply the ``cache`` section of a (reloaded) config: rules, TTLs, sharing and
+        limits at once; a new store is opened and the old one closed a little later, once
+        the requests using it are done (a request that still reaches it gets a miss)."""
+        new = effective_cache_config(config)
+        old, self.config = self.config, new
+        if new is None or old is None or new.store != old.store:
+            if self.cache is not None:
+                self._retire(self.cache)
+            self.cache = self.flights = None
+            if new is None:
+                return
+            self.cache = open_response_cache(new.store, clock=self.clock,
+                                             max_entry_bytes=new.max_entry_bytes,
+                                             retry_after_s=new.retry_after_s)
+        assert self.cache is not None
+        self.cache.max_entry_bytes = new.max_entry_bytes
+        self.cache.retry_after_s = new.retry_after_s
+        if new.single_flight_wait_s <= 0:
+            self.flights = None  # flights under way still land on their own
+        elif self.flights is None:
+            self.flights = SingleFlight(self.cache, new.single_flight_wait_s)
+        else:
+            self.flights.wait_s = new.single_flight_wait_s
+
+    def _retire(self, cache: GuardedCache) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._retired.append(cache)
+            return
+
+        async def close_later() -> None:
+            try:
+                await asyncio.sleep(RETIRE_AFTER_S)
+            finally:
+                await cache.close()
+
+        task = loop.create_task(close_later(), name="tokenstile-old-cache")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     def _rule(self, ctx: RequestContext) -> CacheRuleConfig | None:
         assert self.config is not None
@@ -105,8 +148,8 @@ class CacheStage:
     async def land(self, ctx: RequestContext) -> None:
         """The request that led a flight is done and its answer stored (if any)."""
         flight, ctx.cache_flight = ctx.cache_flight, None
-        if flight is not None and self.flights is not None:
-            await self.flights.land(flight)
+        if flight is not None:
+            await flight.owner.land(flight)
 
     async def store(self, ctx: RequestContext, plan: CachePlan, body: bytes) -> None:
         """Keep a successful answer (in the client's format, before response policies)."""
@@ -121,5 +164,9 @@ class CacheStage:
         await self.cache.put(key, answer, plan.ttl_s)
 
     async def close(self) -> None:
-        if self.cache is not None:
-            await self.cache.close()
+        for task in list(self._retiring):
+            task.cancel()  # closes its cache now
+        await asyncio.gather(*self._retiring, return_exceptions=True)
+        for cache in [*self._retired, *([self.cache] if self.cache is not None else [])]:
+            await cache.close()
+        self._retired.clear()
