@@ -137,6 +137,7 @@ def check(config_path: str | None, url: str | None, admin_key: str | None) -> No
     """Validate a configuration file and print every error with the path of the bad field;
     with --url, also show the running gateway's config and its last reload error."""
     client = _remote(url, admin_key)
+    config = None
     if client is None or config_path:
         config = _load(config_path)
         source = config_path or os.environ.get("TOKENSTILE_CONFIG") or "<defaults>"
@@ -160,6 +161,15 @@ def check(config_path: str | None, url: str | None, admin_key: str | None) -> No
                f"{status['source'] or '<defaults>'}, generation {status['generation']}")
     for name in status["pending_restart"]:
         click.echo(f"  {name} changed: applies at the next restart")
+    if config is not None and config_path:
+        from tokenstile.admin.redact import effective_config
+        from tokenstile.gateway.reload import restart_only_differences
+
+        running = _api(client, "GET", "/config")["config"]
+        for name in restart_only_differences(effective_config(config), running):
+            if name not in status["pending_restart"]:
+                click.echo(f"  {name} differs in {config_path}: a reload keeps the running "
+                           "value; it applies at the next restart")
     if status["status"] != "ok":
         click.echo("error: the last reload was refused; the previous config keeps serving",
                    err=True)

@@ -559,6 +559,9 @@ class CacheConfig(_Strict):
     max_entry_bytes: int = Field(1024 * 1024, ge=1024)
     retry_after_s: float = Field(5.0, gt=0)
     share: Literal["global", "organization", "project", "key"] = "organization"
+    # Identical misses in flight together go upstream once; the others wait at most this
+    # long for its answer (0: each goes upstream on its own).
+    single_flight_wait_s: float = Field(30.0, ge=0)
     rules: list[CacheRuleConfig] = Field(
         default_factory=lambda: [CacheRuleConfig(mode="always")])
 

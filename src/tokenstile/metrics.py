@@ -71,6 +71,12 @@ class Metrics:
             "tokenstile_reconcile_last_run_timestamp_seconds",
             "When the last reconciliation with the provider ran", ["provider"], registry=r)
 
+    def set_model_known(self, model_known: Callable[[str], bool]) -> None:
+        """Which models get a label of their own, after a reload changed the routes or
+        prices (those counted as ``other`` so far keep their series)."""
+        self._model_known = model_known
+        self._known_models = {}
+
     def _model(self, model: str | None) -> str:
         if not model:
             return "none"

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from tokenstile.cache.directives import CacheUse
+    from tokenstile.cache.flight import Flight
     from tokenstile.limits.model import Limit
     from tokenstile.stores.counters import Charge
 
@@ -369,6 +370,7 @@ class RequestContext(Arrival):
     auto_reply: AutoReply | None = None
     cache_plan: CachePlan | None = None
     cache_body: bytes | None = None
+    cache_flight: Flight | None = None  # the identical misses this request answers for
     # A Responses API answer: its id, and whether it is a background response that is
     # still running upstream (billed when it ends, not when this request does).
     response_id: str | None = None

@@ -111,7 +111,7 @@ class Gateway:
         target = self.forwarder.route(ctx)
         plan = ctx.cache_plan = self.caching.plan(ctx)
         if plan is not None and plan.read_now:
-            answer = await self.caching.get(plan)
+            answer = await self.caching.read_now(ctx, plan)
             if answer is not None:
                 await self.relay.cached(ctx, answer, send)
                 return

@@ -7,6 +7,7 @@ import contextlib
 import copy
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -79,6 +80,7 @@ class Runtime:
     key_limits: KeyLimits | None = None
     telemetry: Telemetry = field(default_factory=lambda: Telemetry(SYSTEM_CLOCK))
     background: BackgroundResponses = field(init=False, repr=False, compare=False)
+    periodic: PeriodicRules = field(init=False, repr=False, compare=False)
     # The services of the current config, fixed for the requests that start under it.
     view: Runtime = field(init=False, repr=False, compare=False)
 
@@ -98,8 +100,7 @@ class Runtime:
         counters = counters or counter_store_from_url(config.storage.counters, clock=clock)
         pricer = pricer_for(config)
         router = Router(config)
-        exact_routes = {r.match for r in config.routes}
-        metrics = Metrics(lambda model: model in exact_routes or pricer.known(model))
+        metrics = Metrics(model_labels_for(config, pricer))
         adapters: dict[WireFormat, Adapter] = {"openai": OpenAIAdapter(),
                                                "anthropic": AnthropicAdapter(),
                                                "bedrock": BedrockAdapter()}
@@ -131,6 +132,9 @@ class Runtime:
         )
         runtime.background = BackgroundResponses(config, pricer, clock, db, runtime.ledger,
                                                  metrics, upstream, admission)
+        runtime.periodic = PeriodicRules(db, alerts, admission.limits, rule_settings(config),
+                                         clock)
+        runtime.periodic.interval_s = config.alerting.interval_s
         runtime._pin()
         return runtime
 
@@ -142,10 +146,9 @@ class Runtime:
         self.ledger.start()
         await self.overrides.refresh()
         await self.alerts.start()
-        self._tasks.append(asyncio.create_task(
-            PeriodicRules(self.db, self.alerts, self.admission.limits,
-                          rule_settings(self.config), self.clock)
-            .run(self.config.alerting.interval_s), name="tokenstile-alert-rules"))
+        self.periodic.limits = list(self.admission.limits)
+        self._tasks.append(asyncio.create_task(self.periodic.run(),
+                                               name="tokenstile-alert-rules"))
         self._tasks.append(asyncio.create_task(self.overrides.run(), name="tokenstile-overrides"))
         self.key_limits = KeyLimits(self.db)
         self.key_limits.listeners.append(self._apply_key_limits)
@@ -206,8 +209,13 @@ class Runtime:
         self.overrides.reconfigure(config)
         self.breakers.config = config.resilience.circuit_breaker
         self.degrader.reconfigure(config)
+        self.caching.reconfigure(config)
+        self.metrics.set_model_known(model_labels_for(config, pricer))
+        self.alerts.reconfigure(*alert_channels_for(config))
         self.config, self.pricer = config, pricer
         self._apply_key_limits()
+        self.periodic.reconfigure(self.admission.limits, rule_settings(config),
+                                  config.alerting.interval_s)
         self.router = Router(config)
         self.policies = PolicyEngine(config, UpstreamModerator(self.router, self.upstream),
                                      self.overrides)
@@ -230,6 +238,7 @@ class Runtime:
         if extra or len(base) != len(self.admission.base_limits):
             self.admission.base_limits = [*base, *extra]
             self.admission.apply_overrides(self.overrides.items)
+            self.periodic.limits = list(self.admission.limits)
 
     def config_status(self) -> dict[str, object]:
         """The config's source, generation and last reload error (for /readyz)."""
@@ -238,8 +247,9 @@ class Runtime:
         return self.reloader.status.as_dict()
 
 
-def alert_engine_for(config: Config, clock: Clock) -> AlertEngine:
-    """Channels from ``alerting.channels``; names used but not defined go to the log."""
+def alert_channels_for(config: Config) -> tuple[dict[str, Channel], list[str] | None]:
+    """Channels from ``alerting.channels`` (names used but not defined go to the log) and
+    the default ones."""
     channels: dict[str, Channel] = {
         name: build_channel(name, spec.model_dump(exclude_none=True))
         for name, spec in config.alerting.channels.items()}
@@ -247,9 +257,19 @@ def alert_engine_for(config: Config, clock: Clock) -> AlertEngine:
         channels.setdefault(name, LogChannel())
     if not channels:
         channels["log"] = LogChannel()
+    return channels, config.alerting.default_channels
+
+
+def alert_engine_for(config: Config, clock: Clock) -> AlertEngine:
+    channels, default_channels = alert_channels_for(config)
     history = history_from_url(config.storage.database)
-    return AlertEngine(channels, history, clock,
-                       default_channels=config.alerting.default_channels)
+    return AlertEngine(channels, history, clock, default_channels=default_channels)
+
+
+def model_labels_for(config: Config, pricer: Pricer) -> Callable[[str], bool]:
+    """The models that get a metric label of their own: routed by name, or priced."""
+    exact_routes = {r.match for r in config.routes}
+    return lambda model: model in exact_routes or pricer.known(model)
 
 
 def rule_settings(config: Config) -> RuleSettings:

@@ -329,7 +329,8 @@ class Admission:
             if item.limit.shadow and item.charge_index >= 0 and \
                     item.used + item.amount > item.hard:
                 ctx.flags.append(f"shadow:{item.limit.name}")
-        ctx.response_headers.update(explain.ratelimit_headers(ticket, self.clock.now()))
+        ctx.response_headers.update(explain.ratelimit_headers(ticket, self.clock.now(),
+                                                              wire=ctx.wire))
         return ticket
 
     async def reserve_retry(self, ctx: RequestContext, row: LedgerRow,

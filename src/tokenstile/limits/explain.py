@@ -1,10 +1,12 @@
 """What admission tells a client: refusals that say which budget, how much, and when it
-resets, and the ``x-ratelimit-*`` headers of the tightest budgets."""
+resets, and the ``x-ratelimit-*`` headers of the tightest budgets (``anthropic-ratelimit-*``
+too on Anthropic routes)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 from tokenstile.errors import GatewayError
 from tokenstile.hidden_input import describe_sources
@@ -13,7 +15,15 @@ from tokenstile.limits.counter_keys import reset_at
 from tokenstile.limits.model import Limit
 from tokenstile.limits.runs import RUN_HEADER, run_of
 from tokenstile.limits.windows import describe_reset, window_end
-from tokenstile.types import Applied, CanonicalRequest, RequestContext, Ticket, Unit, nano_to_usd
+from tokenstile.types import (
+    Applied,
+    CanonicalRequest,
+    RequestContext,
+    Ticket,
+    Unit,
+    WireFormat,
+    nano_to_usd,
+)
 
 WINDOW_WORDS = {"minute": "per-minute", "hour": "hourly", "day": "daily", "week": "weekly",
                 "month": "monthly", "rolling": "rolling", "request": "per-request",
@@ -151,7 +161,7 @@ def exhausted(ctx: RequestContext, ticket: Ticket, failed: Sequence[int],
                f"{format_amount(limit.unit, item.amount)} more; {resets}{hidden_note(ctx)}")
     retry_after = max(1, math.ceil(window_end(limit.window, now) - now))
     headers = {"retry-after": str(retry_after),
-               **ratelimit_headers(ticket, now, failed_index=index)}
+               **ratelimit_headers(ticket, now, failed_index=index, wire=ctx.wire)}
     if run:  # retrying cannot help: the SDKs read this and do not retry
         headers["x-should-retry"] = "false"
     code = "run_budget_exceeded" if run else "rate_limit_exceeded" \
@@ -160,26 +170,32 @@ def exhausted(ctx: RequestContext, ticket: Ticket, failed: Sequence[int],
     return BudgetExhausted(limit, item.scope_id, message, code, headers), item
 
 
-def ratelimit_headers(ticket: Ticket, now: float,
-                      failed_index: int | None = None) -> dict[str, str]:
+def ratelimit_headers(ticket: Ticket, now: float, failed_index: int | None = None,
+                      wire: WireFormat = "openai") -> dict[str, str]:
     """``x-ratelimit-*`` for the tightest request and token limits, and the remaining
-    budget of the tightest scope."""
+    budget of the tightest scope; on Anthropic routes also Anthropic's
+    ``anthropic-ratelimit-*`` (requests, tokens, input and output tokens; resets as
+    RFC 3339 times)."""
     best: dict[str, tuple[float, Applied]] = {}
 
     def left(item: Applied) -> int:
         spent = item.used + (0 if item.charge_index == failed_index else item.amount)
         return max(0, item.hard - spent)
 
+    def consider(group: str, ratio: float, item: Applied) -> None:
+        if group not in best or ratio < best[group][0]:
+            best[group] = (ratio, item)
+
     for item in ticket.applied:
         if item.charge_index < 0 or item.limit.shadow or item.hard <= 0:
             continue
         ratio = left(item) / item.hard
         unit = item.limit.unit
-        group = "requests" if unit == "requests" else "usd" if unit == "usd" else "tokens"
-        if group not in best or ratio < best[group][0]:
-            best[group] = (ratio, item)
-        if "tightest" not in best or ratio < best["tightest"][0]:
-            best["tightest"] = (ratio, item)
+        consider("requests" if unit == "requests" else "usd" if unit == "usd" else "tokens",
+                 ratio, item)
+        if unit in ("input_tokens", "output_tokens"):
+            consider(unit, ratio, item)
+        consider("tightest", ratio, item)
     out: dict[str, str] = {}
     for group in ("requests", "tokens"):
         if group in best:
@@ -188,6 +204,14 @@ def ratelimit_headers(ticket: Ticket, now: float,
             out[f"x-ratelimit-remaining-{group}"] = str(left(item))
             out[f"x-ratelimit-reset-{group}"] = reset_text(reset_at(item.limit.window, now)
                                                            - now)
+    if wire == "anthropic":
+        for group in ("requests", "tokens", "input_tokens", "output_tokens"):
+            if group in best:
+                item = best[group][1]
+                name = "anthropic-ratelimit-" + group.replace("_", "-")
+                out[f"{name}-limit"] = str(item.hard)
+                out[f"{name}-remaining"] = str(left(item))
+                out[f"{name}-reset"] = rfc3339(window_end(item.limit.window, now))
     if "tokens" in best:
         out["x-tokenstile-budget-remaining-tokens"] = str(left(best["tokens"][1]))
     if "usd" in best:
@@ -199,3 +223,9 @@ def ratelimit_headers(ticket: Ticket, now: float,
         out["x-tokenstile-budget-scope"] = (
             f"{limit.scope}:{scope_id}:{limit.window.kind}:{limit.unit}")
     return out
+
+
+def rfc3339(when: float) -> str:
+    """Anthropic's reset format: ``2026-01-01T00:00:00Z`` (UTC, whole seconds, rounded up
+    so the budget has reset by then)."""
+    return datetime.fromtimestamp(math.ceil(when), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -144,7 +144,7 @@ def _words_message(what: str, labels: list[str], source: str) -> str:
 
 def match_auto_reply(rules: tuple[AutoReplyRule, ...], api: str,
                      body: dict[str, Any]) -> AutoReplyRule | None:
-    if api not in ("chat", "completions", "responses"):
+    if api not in ("chat", "completions", "responses", "messages"):
         return None
     text = last_user_text(api, body)
     if text is None:

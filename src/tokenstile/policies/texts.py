@@ -52,7 +52,7 @@ def last_user_text(api: str, body: dict[str, Any]) -> str | None:
         if isinstance(prompt, list) and len(prompt) == 1:
             prompt = prompt[0]
         return prompt if isinstance(prompt, str) else None
-    items: Any = body.get("messages") if api == "chat" else body.get("input")
+    items: Any = body.get("messages") if api in ("chat", "messages") else body.get("input")
     if isinstance(items, str):
         return items
     if not isinstance(items, list):
