@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from tokenstile.policies.schema import PoliciesConfig
 from tokenstile.types import SCOPES, UNITS
@@ -244,8 +251,20 @@ class ScheduleConfig(_Strict):
         return value
 
 
+class RolloverConfig(_Strict):
+    """The previous window's unused amount is carried into the next, up to ``max_percent``
+    of the amount (``limits/allowance.py``)."""
+
+    max_percent: float = Field(gt=0, le=100)
+
+
+CALENDAR_WINDOWS = ("minute", "hour", "day", "week", "month")
+
+
 class LimitConfig(_Strict):
-    """The general form of every limit: scope × window × unit × amount, plus thresholds."""
+    """The general form of every limit: scope × window × unit × amount, plus thresholds.
+    ``rollover`` and ``prorate`` (calendar windows only) change the amount window by
+    window: see ``limits/allowance.py``."""
 
     name: str | None = None
     scope: str = "global"
@@ -259,6 +278,17 @@ class LimitConfig(_Strict):
     shadow: bool = False
     low_priority_fraction: float | None = Field(None, gt=0, le=1)
     schedule: list[ScheduleConfig] = Field(default_factory=list)
+    rollover: RolloverConfig | None = None
+    prorate: bool = False
+
+    @model_validator(mode="after")
+    def _calendar_only(self) -> LimitConfig:
+        if (self.rollover is not None or self.prorate) and \
+                self.window not in CALENDAR_WINDOWS:
+            option = "rollover" if self.rollover is not None else "prorate"
+            raise ValueError(f"{option} needs a calendar window ({', '.join(CALENDAR_WINDOWS)}),"
+                             f" not {self.window!r}")
+        return self
 
     @field_validator("scope")
     @classmethod
