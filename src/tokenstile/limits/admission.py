@@ -207,6 +207,15 @@ class Admission:
                 code="model_unpriced", param="model")
         return cost
 
+    def priced_at_zero(self, ctx: RequestContext) -> bool:
+        """The model that serves the request costs nothing (a local model whose ``prices:``
+        are all zero): no USD budget stops it or switches it to a paid one."""
+        req = ctx.req
+        cost = self.pricer.estimate_nano(ctx.model, max(1, reserved_input(req)),
+                                         max(1, req.output_cap or 1), ctx.provider,
+                                         terms=self.terms(ctx))
+        return cost == 0
+
     def _check_per_request(self, ctx: RequestContext, applied: list[Applied]) -> None:
         """Per-request limits: output caps are clamped or supplied, the rest refuse."""
         req = ctx.req
@@ -280,7 +289,10 @@ class Admission:
             item.key = key
             item.amount = self._worst_case(limit.unit, req, model, cap, provider=ctx.provider,
                                            terms=self.terms(ctx))
-            cap_value = None if limit.shadow else item.hard
+            # A call priced at zero cannot spend a USD budget, so no USD budget refuses it,
+            # however far spent: free models stay free (tokens and requests still count).
+            free = limit.unit == "usd" and item.amount == 0
+            cap_value = None if limit.shadow or free else item.hard
             rule = allowance(limit, item.scope_id, item.hard, now) \
                 if limit.varies and cap_value is not None else None
             ttl = charge_ttl(window, now, keep_next=limit.rollover_percent > 0)
