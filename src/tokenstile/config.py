@@ -338,8 +338,20 @@ class ScheduleConfig(_Strict):
         return value
 
 
+class RolloverConfig(_Strict):
+    """The previous window's unused amount is carried into the next, up to ``max_percent``
+    of the amount (``limits/allowance.py``)."""
+
+    max_percent: float = Field(gt=0, le=100)
+
+
+CALENDAR_WINDOWS = ("minute", "hour", "day", "week", "month")
+
+
 class LimitConfig(_Strict):
-    """The general form of every limit: scope × window × unit × amount, plus thresholds."""
+    """The general form of every limit: scope × window × unit × amount, plus thresholds.
+    ``rollover`` and ``prorate`` (calendar windows only) change the amount window by
+    window: see ``limits/allowance.py``."""
 
     name: str | None = None
     scope: str = "global"
@@ -357,6 +369,17 @@ class LimitConfig(_Strict):
     # ``fallback_price``.
     unpriced: Literal["refuse", "fallback"] = "refuse"
     fallback_price: FallbackPriceConfig | None = None
+    rollover: RolloverConfig | None = None
+    prorate: bool = False
+
+    @model_validator(mode="after")
+    def _calendar_only(self) -> LimitConfig:
+        if (self.rollover is not None or self.prorate) and \
+                self.window not in CALENDAR_WINDOWS:
+            option = "rollover" if self.rollover is not None else "prorate"
+            raise ValueError(f"{option} needs a calendar window ({', '.join(CALENDAR_WINDOWS)}),"
+                             f" not {self.window!r}")
+        return self
 
     @field_validator("scope")
     @classmethod

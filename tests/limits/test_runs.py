@@ -4,20 +4,17 @@ gateway in process, on a fake clock; then the pure parts (headers, scoping) alon
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx2 as httpx
 import openai
 import pytest
 
-from tests.conftest import UPSTREAM_KEY, FakeHandle, deep_merge
+from tests.conftest import deep_merge
 from tests.gateway.test_in_process import InProcess
-from tokenstile.clock import FakeClock
-from tokenstile.config import RunsConfig, parse_config
+from tokenstile.config import RunsConfig
 from tokenstile.errors import GatewayError
-from tokenstile.gateway.runtime import Runtime
 from tokenstile.limits.runs import parse_budget, read_run, run_of, run_scope_id
 from tokenstile.types import Caller, usd_to_nano
 
@@ -29,29 +26,10 @@ BUDGET_USD = 0.20
 
 
 @pytest.fixture
-async def make(fake: FakeHandle, tmp_path: Path
-               ) -> AsyncIterator[Callable[[dict[str, Any]], Awaitable[InProcess]]]:
-    started: list[Runtime] = []
-
-    async def build(extra: dict[str, Any]) -> InProcess:
-        base = {
-            "server": {"admin_key": ADMIN},
-            "upstreams": {"openai": {"kind": "openai", "base_url": fake.v1,
-                                     "api_key": UPSTREAM_KEY}},
-            "storage": {"counters": "memory://",
-                        "database": f"sqlite:///{tmp_path}/ts-{len(started)}.db"},
-            "prices": PRICES,
-        }
-        clock = FakeClock()
-        runtime = Runtime.build(parse_config(deep_merge(base, extra), "<test>", env={}),
-                                clock=clock)
-        await runtime.start()
-        started.append(runtime)
-        return InProcess(runtime, clock)
-
-    yield build
-    for runtime in started:
-        await runtime.stop()
+def make(in_process: Any) -> Callable[[dict[str, Any]], Awaitable[InProcess]]:
+    """The in-process gateway with an admin key and this file's prices."""
+    return lambda extra: in_process(
+        deep_merge({"server": {"admin_key": ADMIN}, "prices": PRICES}, extra))
 
 
 async def _step(client: openai.AsyncOpenAI, run: str, **headers: str) -> Any:

@@ -20,7 +20,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 
@@ -30,6 +30,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from tokenstile.clock import FakeClock
+from tokenstile.limits.allowance import Allowance
 from tokenstile.stores.alerts import AlertHistory, history_from_url
 from tokenstile.stores.cache import ResponseCache, response_cache_from_url
 from tokenstile.stores.counters import (
@@ -193,8 +194,14 @@ class TenantStore:
                       record: bytes) -> ReserveOutcome:
         return await self.inner.reserve(rid, [
             Charge(self._q(c.key), c.amount, c.limit, c.ttl,
-                   tuple(self._q(k) for k in c.window_keys)) for c in charges],
-            lease_until, record)
+                   tuple(self._q(k) for k in c.window_keys), self._rule(c.allowance))
+            for c in charges], lease_until, record)
+
+    def _rule(self, rule: Allowance | None) -> Allowance | None:
+        if rule is None:
+            return None
+        return replace(rule, seen=self._q(rule.seen),
+                       previous=None if rule.previous is None else self._q(rule.previous))
 
     async def settle(self, rid: str, deltas: Sequence[tuple[str, int]]) -> bool:
         return await self.inner.settle(rid, [(self._q(k), d) for k, d in deltas])

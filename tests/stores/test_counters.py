@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import pytest
 from redis.crc import key_slot
 
+from tokenstile.limits.allowance import SEEN_TTL_S, Allowance, first_seen, window_amount
 from tokenstile.stores.counters import (
     Charge,
     CounterStore,
@@ -629,6 +630,74 @@ def test_plan_reservation() -> None:
     ]
     assert plan.evaluate([2, 0, 4]) == ([2, 4, 2], [])
     assert plan.evaluate([3, 0, 4]) == ([3, 4, 3], [2])
+
+
+# --- rollover and proration (limits/allowance.py) -----------------------------------------
+
+T0 = 1_767_225_600.0  # a window [T0, T0 + 1000)
+
+
+def varying(key: str, amount: int, limit: int | None, *, now: float = T0 + 500,
+            prorate: bool = False, carry: int = 0) -> Charge:
+    rule = Allowance(seen=f"{key}:seen", start=T0, end=T0 + 1000, now=now, prorate=prorate,
+                     previous=f"{key}:before" if carry else None, previous_start=T0 - 1000,
+                     carry_cap=carry)
+    return Charge(key, amount, limit, TTL, (), rule)
+
+
+async def test_a_prorated_budget_allows_the_share_of_its_first_window_left(
+        store: CounterStore, backend: Backend) -> None:
+    first = await store.reserve("r1", [varying("c", 300, 1000, prorate=True)], LEASE, RECORD)
+    assert first.admitted and first.limits == [500]  # first seen halfway through
+    assert await store.read(["c:seen"]) == [int(T0 + 500)]
+    later = varying("c", 300, 1000, prorate=True, now=T0 + 900)
+    refused = await store.reserve("r2", [later], LEASE, RECORD)
+    assert not refused.admitted and refused.limits == [500] and refused.used == [300]
+    assert await store.read(["c:seen"]) == [int(T0 + 500)]  # first seen stays first seen
+    ttl = backend.ttl("c:seen")
+    assert ttl is not None and SEEN_TTL_S - 5 < ttl <= SEEN_TTL_S
+    # A budget refused on its very first call is seen from then on, too.
+    await store.reserve("r3", [varying("d", 900, 1000, prorate=True)], LEASE, RECORD)
+    assert await store.read(["d", "d:seen"]) == [0, int(T0 + 500)]
+
+
+async def test_a_rolled_over_budget_carries_what_its_previous_window_left(
+        store: CounterStore) -> None:
+    await store.add([("c:before", 200, TTL), ("c:seen", int(T0 - 5000), TTL)])
+    outcome = await store.reserve("r1", [varying("c", 1500, 1000, carry=500)], LEASE, RECORD)
+    assert outcome.admitted and outcome.limits == [1500]
+    refused = await store.reserve("r2", [varying("c", 1, 1000, carry=500)], LEASE, RECORD)
+    assert not refused.admitted and refused.failed == [0]
+    # New this window (no marker, no usage yet): nothing to carry.
+    await store.add([("n:before", 0, TTL)])
+    fresh = await store.reserve("r3", [varying("n", 1, 1000, carry=500)], LEASE, RECORD)
+    assert fresh.limits == [1000]
+    # Usage but no marker (rollover switched on mid-window): seen since the window's start.
+    await store.add([("u", 10, TTL)])
+    switched = await store.reserve("r4", [varying("u", 1, 1000, prorate=True)], LEASE,
+                                   RECORD)
+    assert switched.limits == [1000] and await store.read(["u:seen"]) == [int(T0)]
+
+
+async def test_every_backend_works_out_the_same_caps(store: CounterStore) -> None:
+    """The Redis script mirrors the Python arithmetic: both hold every charge to the same
+    cap, to the unit, over amounts up to 10^15 (a million dollars in nano-USD)."""
+    rng = random.Random(11)
+    for case in range(40):
+        amount = rng.choice([rng.randint(1, 10_000), rng.randint(1, 10**15)])
+        seen = rng.choice([0, int(T0 - rng.randint(1, 1500)), int(T0 + rng.randint(0, 999))])
+        before = rng.randint(0, amount)
+        now = T0 + rng.uniform(0, 999.9)
+        key = f"case{case}"
+        rule = Allowance(seen=f"{key}:seen", start=T0, end=T0 + 1000, now=now,
+                         prorate=rng.random() < 0.5, previous=f"{key}:before",
+                         previous_start=T0 - 1000, carry_cap=rng.randint(1, amount))
+        await store.add([(f"{key}:before", before, TTL)] +
+                        ([(f"{key}:seen", seen, TTL)] if seen else []))
+        outcome = await store.reserve(key, [Charge(key, 0, amount, TTL, (), rule)], LEASE,
+                                      RECORD)
+        want = window_amount(amount, first_seen(seen, now, T0, 0), rule, before)
+        assert outcome.limits == [want], (case, amount, seen, before, now)
 
 
 # --- Redis specifics ----------------------------------------------------------------------

@@ -130,12 +130,18 @@ class Degrader:
     def downgrade(self, ctx: RequestContext) -> None:
         """Switch to the cheaper model when a scope is past a ``downgrade`` threshold."""
         req, caller = ctx.req, ctx.caller
+        free: bool | None = None  # priced only if a USD threshold is past
         for item in self.admission.applicable(caller, req):
             for threshold in item.limit.thresholds:
                 if threshold.action != "downgrade":
                     continue
                 if self.admission.last_utilization(item) < threshold.fraction:
                     continue
+                if item.limit.unit == "usd":
+                    if free is None:
+                        free = self.admission.priced_at_zero(ctx)
+                    if free:  # a free model is not switched to a paid one to save money
+                        continue
                 target = self.cheaper(req.model, threshold)
                 if target is not None:
                     self.switch_model(ctx, target, f"{item.limit.name}>={threshold.fraction}")
@@ -164,6 +170,8 @@ class Degrader:
             thresholds = _throttle_thresholds(item.limit)
             if not thresholds or item.charge_index < 0 or item.hard <= 0:
                 continue
+            if item.limit.unit == "usd" and item.amount == 0:
+                continue  # a call priced at zero spends nothing: not paced by a USD budget
             lane = f"{item.limit.name}:{item.scope_id}"
             share = (item.used + item.amount) / item.hard
             engaged = [t for t in thresholds if share >= t.fraction]

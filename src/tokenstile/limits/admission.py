@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -27,8 +28,9 @@ from tokenstile.config import Config
 from tokenstile.errors import GatewayError
 from tokenstile.hidden_input import HiddenInput
 from tokenstile.limits import explain
+from tokenstile.limits.allowance import Allowance
 from tokenstile.limits.caps import MIN_SUPPLIED_CAP, answers, reserved_input, set_output_cap
-from tokenstile.limits.counter_keys import charge_ttl, counter_key
+from tokenstile.limits.counter_keys import allowance, charge_ttl, counter_key
 from tokenstile.limits.explain import NoRoomForRetry
 from tokenstile.limits.leases import Leases, Unsettled
 from tokenstile.limits.model import Limit, compile_limits
@@ -56,6 +58,27 @@ if TYPE_CHECKING:
     from tokenstile.prices import ModelPrice, Pricer
 
 OnBlocked = Callable[[Limit, str, int, int], None]
+
+
+def _merged(charge: Charge, limit: int | None, rule: Allowance | None, ttl: int) -> Charge:
+    """Two limits on one counter: the tighter amount, and of rollover and proration the
+    tighter combination (proration if either prorates, rollover only if both roll over,
+    at the smaller carry)."""
+    ttl = max(charge.ttl, ttl)
+    if limit is None:
+        return replace(charge, ttl=ttl)
+    if charge.limit is None:
+        return replace(charge, limit=limit, allowance=rule, ttl=ttl)
+    mine, other = charge.allowance, rule
+    combined: Allowance | None = None
+    if mine is not None or other is not None:
+        base = mine or other
+        assert base is not None
+        carry = min(mine.carry_cap, other.carry_cap) if mine and other else 0
+        combined = replace(base, prorate=bool((mine and mine.prorate) or
+                                              (other and other.prorate)),
+                           carry_cap=carry, previous=base.previous if carry else None)
+    return replace(charge, limit=min(charge.limit, limit), allowance=combined, ttl=ttl)
 
 
 def actual(unit: Unit, usage: Usage | None, cost_nano: int) -> int:
@@ -190,6 +213,15 @@ class Admission:
                 code="model_unpriced", param="model")
         return cost
 
+    def priced_at_zero(self, ctx: RequestContext) -> bool:
+        """The model that serves the request costs nothing (a local model whose ``prices:``
+        are all zero): no USD budget stops it or switches it to a paid one."""
+        req = ctx.req
+        cost = self.pricer.estimate_nano(ctx.model, max(1, reserved_input(req)),
+                                         max(1, req.output_cap or 1), ctx.provider,
+                                         terms=self.terms(ctx))
+        return cost == 0
+
     def _check_per_request(self, ctx: RequestContext, applied: list[Applied]) -> None:
         """Per-request limits: output caps are clamped or supplied, the rest refuse."""
         req = ctx.req
@@ -267,21 +299,25 @@ class Admission:
             item.amount = self._worst_case(limit.unit, req, model, cap, provider=ctx.provider,
                                            terms=self.terms(ctx),
                                            fallback=limit.fallback_price)
-            cap_value = None if limit.shadow else item.hard
+            # A call priced at zero cannot spend a USD budget, so no USD budget refuses it,
+            # however far spent: free models stay free (tokens and requests still count).
+            free = limit.unit == "usd" and item.amount == 0
+            cap_value = None if limit.shadow or free else item.hard
+            rule = allowance(limit, item.scope_id, item.hard, now) \
+                if limit.varies and cap_value is not None else None
+            if rule is not None and item.tenant is not None:  # its marks on the tenant's shard
+                rule = replace(rule, seen=shards.qualify(item.tenant, rule.seen),
+                               previous=None if rule.previous is None
+                               else shards.qualify(item.tenant, rule.previous))
+            ttl = charge_ttl(window, now, keep_next=limit.rollover_percent > 0)
             index = by_key.get(key)
             if index is None:
                 by_key[key] = item.charge_index = len(charges)
-                charges.append(Charge(key, item.amount, cap_value, charge_ttl(window, now),
-                                      window_keys))
+                charges.append(Charge(key, item.amount, cap_value, ttl, window_keys, rule))
                 units.append(limit.unit)
             else:
                 item.charge_index = index
-                old = charges[index]
-                tighter = old.limit if cap_value is None else (
-                    cap_value if old.limit is None else min(old.limit, cap_value))
-                charges[index] = Charge(old.key, old.amount, tighter,
-                                        max(old.ttl, charge_ttl(window, now)),
-                                        old.window_keys)
+                charges[index] = _merged(charges[index], cap_value, rule, ttl)
         return charges, units
 
     async def reserve(self, ctx: RequestContext, per_request: bool = True) -> Ticket | None:
@@ -308,8 +344,7 @@ class Admission:
         outcome = await self._reserve_once(ctx, ticket)
         if outcome is None:
             return ticket
-        if not outcome.admitted and self._shrink_supplied_cap(ctx, ticket, outcome.used,
-                                                              outcome.failed):
+        if not outcome.admitted and self._shrink_supplied_cap(ctx, ticket, outcome):
             charges, units = self._charges(ctx, applied)
             ticket = Ticket(rid=ctx.id, charges=charges, units=units, applied=applied)
             outcome = await self._reserve_once(ctx, ticket)
@@ -318,6 +353,10 @@ class Admission:
         for item in applied:
             if item.charge_index >= 0:
                 item.used = outcome.used[item.charge_index]
+                charge = ticket.charges[item.charge_index]
+                if charge.allowance is not None and outcome.limits and charge.limit is not None:
+                    # rolled over or prorated in this window: shown and paced at that
+                    item.hard += (outcome.limits[item.charge_index] or 0) - charge.limit
         if not outcome.admitted:
             refusal, item = explain.exhausted(ctx, ticket, outcome.failed, self.clock.now())
             if self.on_blocked is not None and item.limit.window.kind != "run":
@@ -401,16 +440,17 @@ class Admission:
             ctx.flags.append("unmetered")
             return None
 
-    def _shrink_supplied_cap(self, ctx: RequestContext, ticket: Ticket, used: Sequence[int],
-                             failed: Sequence[int]) -> bool:
+    def _shrink_supplied_cap(self, ctx: RequestContext, ticket: Ticket,
+                             outcome: ReserveOutcome) -> bool:
         """A cap the gateway supplied may shrink to what the budget has left."""
         req = ctx.req
         if "max_tokens_supplied" not in ctx.flags or req.output_cap is None:
             return False
         room = req.output_cap
-        for index in failed:
+        used = outcome.used
+        for index in outcome.failed:
             unit = ticket.units[index]
-            limit = ticket.charges[index].limit
+            limit = outcome.limits[index] if outcome.limits else ticket.charges[index].limit
             if limit is None or unit not in ("tokens", "output_tokens"):
                 return False
             left = limit - used[index] - (reserved_input(req) if unit == "tokens" else 0)

@@ -70,6 +70,15 @@ class Limit:
     origin: str = "limits"
     # ``unpriced: fallback``: a model with no known price counts at this price.
     fallback_price: ModelPrice | None = None
+    # Rollover (the share of the amount a window may carry in from the previous one's
+    # unused part; 0: none) and proration of the window it is first seen in.
+    rollover_percent: float = 0.0
+    prorate: bool = False
+
+    @property
+    def varies(self) -> bool:
+        """Its amount changes window by window (``limits/allowance.py``)."""
+        return self.rollover_percent > 0 or self.prorate
 
     @property
     def hard_fraction(self) -> float:
@@ -169,6 +178,8 @@ def _from_config(item: LimitConfig, index: int, tz: str, defaults: tuple[Thresho
         low_priority_fraction=item.low_priority_fraction,
         schedule=_schedule(item.schedule, item.unit), origin=name,
         fallback_price=_fallback(item),
+        rollover_percent=item.rollover.max_percent if item.rollover else 0.0,
+        prorate=item.prorate,
     )
 
 

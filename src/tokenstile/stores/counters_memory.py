@@ -86,13 +86,17 @@ class MemoryCounterStore:
         values = [self._get(key, now) or 0 for key in plan.keys]
         if rid in self._held:
             return plan.already_held(values)
-        used, failed = plan.evaluate(values)
+        used, failed, limits = plan.judge(values)
+        for key, value, ttl in plan.markers(values):
+            if value is not None:
+                self._values[key] = value
+            self._expires[key] = max(self._expires.get(key, 0.0), now + ttl)
         if failed:
-            return ReserveOutcome(admitted=False, used=used, failed=failed)
+            return ReserveOutcome(admitted=False, used=used, failed=failed, limits=limits)
         for key, (amount, ttl) in zip(plan.keys, plan.writes, strict=False):
             self._incr(key, amount, ttl, now)
         self._held[rid] = _Held(plan.deltas, bytes(record), lease_until)
-        return ReserveOutcome(admitted=True, used=used)
+        return ReserveOutcome(admitted=True, used=used, limits=limits)
 
     async def settle(self, rid: str, deltas: Sequence[tuple[str, int]]) -> bool:
         self._check_open()

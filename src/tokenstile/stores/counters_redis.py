@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 
 from tokenstile.clock import Clock
+from tokenstile.limits.allowance import SEEN_TTL_S, Allowance
 from tokenstile.stores.counters import (
     Charge,
     ExpiredReservation,
@@ -39,6 +40,15 @@ from tokenstile.stores.redis_client import RedisConnection
 @cache
 def _script(name: str) -> str:
     return resources.files("tokenstile.stores").joinpath(name).read_text(encoding="utf-8")
+
+
+def _rule(allowance: tuple[Allowance, int, int] | None) -> Any:
+    """A check's allowance as reserve.lua reads it (counter numbers 1-based, 0: none)."""
+    if allowance is None:
+        return False
+    rule, seen, previous = allowance
+    return (seen + 1, previous + 1, rule.now, rule.start, rule.end, int(rule.prorate),
+            rule.previous_start, rule.carry_cap, SEEN_TTL_S * 1000)
 
 
 def _hash_tag(value: str) -> str:
@@ -96,6 +106,7 @@ class RedisCounterStore:
                     (c.limit if c.limit is not None else False, c.added, *(i + 1 for i in c.sums))
                     for c in plan.checks
                 ],
+                [_rule(c.allowance) for c in plan.checks],
             )
         )
         args = (rid, repr(lease_until), payload, spec)
@@ -104,10 +115,13 @@ class RedisCounterStore:
         reply = await self._call("reserve", lambda: self._reserve(keys=keys, args=args))
         status, n = int(reply[0]), len(plan.checks)
         used = [int(v) for v in reply[1 : 1 + n]]
+        if status == 2:
+            return ReserveOutcome(True, used)
+        caps = [None if v is None else int(v) for v in reply[1 + n : 1 + 2 * n]]
         if status == 0:
             self._forget(rid)
-            return ReserveOutcome(False, used, [int(v) for v in reply[1 + n :]])
-        return ReserveOutcome(True, used)
+            return ReserveOutcome(False, used, [int(v) for v in reply[1 + 2 * n :]], caps)
+        return ReserveOutcome(True, used, limits=caps)
 
     async def _reserve_layout(self, rid: str, keys: Sequence[str]) -> tuple[str, str, list[str]]:
         return self._layout(rid, keys)

@@ -132,6 +132,18 @@ class SqliteCounterStore:
             rows.append((key, value + amount, expires))
         return rows
 
+    @staticmethod
+    def _mark(conn: sqlite3.Connection, markers: Sequence[tuple[str, int | None, int]],
+              live: dict[str, tuple[int, float | None]], now: float) -> None:
+        """Write first-seen markers that are missing; move the expiry of all of them later."""
+        rows = []
+        for key, value, ttl in markers:
+            current, expires = live.get(key, (0, None))
+            rows.append((key, current if value is None else value,
+                         max(expires or 0.0, now + ttl)))
+        if rows:
+            conn.executemany(_UPSERT, rows)
+
     # -- the contract -----------------------------------------------------------------------
 
     async def reserve(
@@ -148,12 +160,14 @@ class SqliteCounterStore:
                 now = self._clock.now()
                 live = self._live_rows(conn, plan.keys, now)
                 values = [live.get(key, (0, None))[0] for key in plan.keys]
-                used, failed = plan.evaluate(values)
+                used, failed, limits = plan.judge(values)
                 if failed:
                     held = conn.execute("SELECT 1 FROM reservations WHERE rid = ?", (rid,))
                     if held.fetchone() is not None:
                         return plan.already_held(values)
-                    return ReserveOutcome(admitted=False, used=used, failed=failed)
+                    self._mark(conn, plan.markers(values), live, now)
+                    return ReserveOutcome(admitted=False, used=used, failed=failed,
+                                          limits=limits)
                 inserted = conn.execute(
                     "INSERT OR IGNORE INTO reservations (rid, deltas, record, lease_until) "
                     "VALUES (?, ?, ?, ?)",
@@ -161,8 +175,9 @@ class SqliteCounterStore:
                 )
                 if inserted.rowcount == 0:
                     return plan.already_held(values)
+                self._mark(conn, plan.markers(values), live, now)
                 conn.executemany(_UPSERT, self._increments(live, writes, now))
-                return ReserveOutcome(admitted=True, used=used)
+                return ReserveOutcome(admitted=True, used=used, limits=limits)
 
             return self._write(conn, txn)
 
