@@ -469,10 +469,13 @@ class RunsConfig(_Strict):
     @field_validator("ttl")
     @classmethod
     def _duration(cls, value: str) -> str:
-        if not re.fullmatch(r"\d+[smhd]?", value.strip()) or int(
-                re.sub(r"[smhd]$", "", value.strip())) <= 0:
-            raise ValueError(f"expected a duration like 90s, 30m, 1h or 2d, got {value!r}")
-        return value.strip()
+        text = value.strip()
+        scale = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+        if not re.fullmatch(r"\d{1,9}[smhd]?", text) or not 0 < int(text.rstrip("smhd")) * \
+                scale.get(text[-1], 1) <= 366 * 86400:
+            raise ValueError(f"expected a duration like 90s, 30m, 1h or 2d (at most a year), "
+                             f"got {value!r}")
+        return text
 
     @property
     def ttl_s(self) -> int:

@@ -180,3 +180,11 @@ def test_a_run_is_scoped_to_its_key_or_passthrough_project() -> None:
     assert run_of(run_scope_id(key, "r:1")) == "r:1"
     passthrough = Caller(organization="acme", project="pt")
     assert run_scope_id(passthrough, "r") == "acme.pt/r"
+
+
+def test_a_run_ttl_is_a_duration_up_to_a_year() -> None:
+    assert [RunsConfig(ttl=t).ttl_s for t in ("90s", "30m", "1h", "2d", "600")] == \
+        [90, 1800, 3600, 172800, 600]
+    for bad in ("0m", "400d", "1w", "soon", "-5s"):
+        with pytest.raises(ValueError):
+            RunsConfig(ttl=bad)
