@@ -73,7 +73,7 @@ class SingleFlight:
             await self.land(flight)
             raise
         if answer is not None:
-            await self.land(flight)  # the followers here read it too
+            await self.land(flight)  # the followers here read it too (and the lock goes)
             return answer, None
         return None, flight
 
@@ -83,14 +83,17 @@ class SingleFlight:
         loop = asyncio.get_running_loop()
         token = secrets.token_hex(8)
         delay = FIRST_POLL_S
+        waited = False
         while True:
             if await self.cache.lock(flight.key, token, self.wait_s):
                 flight.token = token
-                return None
+                # The holder may have stored its answer just before it let go.
+                return await read() if waited else None
             left = deadline - loop.time()
             if left <= 0:
                 return None
             await asyncio.sleep(min(delay, left))
+            waited = True
             delay = min(delay * 1.5, MAX_POLL_S)
             answer = await read()
             if answer is not None:
