@@ -24,14 +24,13 @@ from tests import billing_reference as ref
 from tests.conftest import FakeHandle, Gateway
 from tokenstile.clock import SystemClock
 from tokenstile.config import parse_config
-from tokenstile.gateway.context import RequestContext
-from tokenstile.limits.admission import Admission, Ticket
+from tokenstile.limits.admission import Admission
 from tokenstile.prices import Pricer
 from tokenstile.providers.anthropic import AnthropicAdapter
 from tokenstile.providers.openai import OpenAIAdapter
 from tokenstile.stores.counters_memory import MemoryCounterStore
 from tokenstile.stores.db_sqlite import SqliteDatabase
-from tokenstile.types import Caller, LedgerRow
+from tokenstile.types import Caller, LedgerRow, RequestContext, Ticket
 
 OPENAI_MODELS = ["gpt-audio", "gpt-realtime", "gpt-4o-mini", "gpt-5", "o4-mini"]
 ANTHROPIC_MODELS = ["claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-5"]
@@ -225,9 +224,8 @@ def test_ledger_equals_the_provider_s_bill_for_random_usage(tmp_path: Path) -> N
         wire = "anthropic" if api == "messages" else "openai"
         adapter = ANTHROPIC if wire == "anthropic" else OPENAI
         ctx = RequestContext(id=f"req-{n}", api=api, wire=wire, ts=1.0, started=0.0,
-                             headers={})
-        ctx.caller = Caller(project=f"p{n}")
-        ctx.req = adapter.parse(api, request_body(shape))
+                             headers={}, caller=Caller(project=f"p{n}"),
+                             req=adapter.parse(api, request_body(shape)))
         ctx.req.output_cap = 100
         ctx.served_model, ctx.upstream, ctx.provider = shape["model"], wire, shape["provider"]
 
@@ -236,7 +234,7 @@ def test_ledger_equals_the_provider_s_bill_for_random_usage(tmp_path: Path) -> N
             assert isinstance(ticket, Ticket)
             parse_usage(shape, ctx)
             price_call(pricer, ctx)
-            await admission.settle(ctx)
+            await admission.settle(ticket, ctx.usage, ctx.cost_nano)
             [spent] = await counters.read([ticket.charges[0].key])
             await db.insert_ledger([ctx.ledger_row(1.0)])
             [row] = await db.ledger_rows(id=ctx.id)

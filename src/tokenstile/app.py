@@ -9,6 +9,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import unquote
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -23,12 +24,14 @@ from tokenstile.clock import SYSTEM_CLOCK, Clock
 from tokenstile.config import Config, load_config
 from tokenstile.errors import GatewayError, render_error
 from tokenstile.gateway.asgi import Receive, Scope, Send
-from tokenstile.gateway.pipeline import Gateway
+from tokenstile.gateway.assemble import CurrentGateway
 from tokenstile.gateway.response_routes import PREFIX as RESPONSES_PREFIX
 from tokenstile.gateway.response_routes import ResponseRoutes
 from tokenstile.gateway.runtime import Runtime
 from tokenstile.gateway.upstream import upstream_headers, upstream_url
+from tokenstile.price_watch import watch_prices
 from tokenstile.providers.models import model_item, model_list, openai_entries
+from tokenstile.reconcile.exposure import DriftGauges
 from tokenstile.stores.counters import StoreUnavailable
 from tokenstile.types import ApiKind, WireFormat
 
@@ -46,26 +49,59 @@ PROXY_ROUTES: dict[str, tuple[ApiKind, WireFormat]] = {
 }
 
 
+# Bedrock's runtime API: POST /model/{modelId}/{action} -> (api, streamed).
+BEDROCK_PREFIX = "/model/"
+BEDROCK_ROUTES: dict[str, tuple[ApiKind, bool]] = {
+    "converse": ("converse", False),
+    "converse-stream": ("converse", True),
+    "invoke": ("messages", False),
+    "invoke-with-response-stream": ("messages", True),
+}
+
+
 class TokenstileApp:
     """Dispatches proxy POSTs to the gateway and the rest to a Starlette app."""
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self.gateway = Gateway(runtime)
+        self.gateway = CurrentGateway(runtime)
         self.responses = ResponseRoutes(runtime)
-        runtime.admission.on_store_error = lambda _: runtime.metrics.store_error("counters")
         self.web = _web_app(self)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             route = PROXY_ROUTES.get(scope["path"])
             if route is not None and scope["method"] == "POST":
-                await self.gateway.handle(route[0], route[1], scope, receive, send)
+                await self.gateway.get().handle(route[0], route[1], scope, receive, send)
                 return
             if scope["path"].startswith(RESPONSES_PREFIX):
                 await self.responses.handle(scope, receive, send)
                 return
+            if scope["path"].startswith(BEDROCK_PREFIX):
+                await self._bedrock(scope, receive, send)
+                return
         await self.web(scope, receive, send)
+
+    async def _bedrock(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``POST /model/{modelId}/{action}``: the model id as boto3 encodes it in the path
+        (an ARN's ``/`` included), the action naming the API and whether it streams."""
+        raw = scope.get("raw_path") or scope["path"].encode()
+        encoded, _, action = raw[len(BEDROCK_PREFIX):].partition(b"?")[0].rpartition(b"/")
+        route = BEDROCK_ROUTES.get(action.decode("latin-1"))
+        model = unquote(encoded.decode("latin-1"))
+        if route is None or not model:
+            err = GatewayError(404, f"unknown route {scope['method']} {scope['path']}; Bedrock "
+                               "routes are POST /model/{modelId}/converse, converse-stream, "
+                               "invoke and invoke-with-response-stream", code="unknown_route")
+        elif scope["method"] != "POST":
+            err = GatewayError(405, f"{scope['path']} accepts POST, not {scope['method']}",
+                               code="method_not_allowed", headers={"allow": "POST"})
+        else:
+            await self.gateway.get().handle(route[0], "bedrock", scope, receive, send,
+                                            {"model": model, "stream": route[1]})
+            return
+        response = _error("bedrock", err)
+        await response(scope, receive, send)
 
 
 def _wire_for(path: str) -> WireFormat:
@@ -74,15 +110,17 @@ def _wire_for(path: str) -> WireFormat:
 
 def _error(wire: WireFormat, err: GatewayError) -> Response:
     return Response(err.body(wire), status_code=err.status, media_type="application/json",
-                    headers=err.headers)
+                    headers=err.headers_for(wire))
 
 
 def _web_app(app: TokenstileApp) -> Starlette:
     rt = app.runtime
+    drift_gauges = DriftGauges(rt)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         await rt.start()
+        await watch_prices(rt)  # a routed model whose price changed since last time: an alert
         admin_listener = await start_admin_listener(rt)
         try:
             yield
@@ -117,12 +155,16 @@ def _web_app(app: TokenstileApp) -> Starlette:
     async def metrics(request: Request) -> Response:
         rt.metrics.ledger_backlog.set(rt.ledger.backlog)
         rt.metrics.queue_depth.set(rt.degrader.pacer.depth)
+        await drift_gauges.refresh()
+        rt.metrics.queue_depth_total.set(rt.degrader.pacer.total_depth())
         return Response(rt.metrics.render(), media_type="text/plain; version=0.0.4")
 
     async def catalog(provider_key: str | None, wire: WireFormat) -> list[dict[str, Any]]:
         """What the upstreams list, merged, plus the exact model names of the routes."""
         fetches = []
         for name, upstream in rt.router.upstreams.items():
+            if upstream.kind == "bedrock":
+                continue  # Bedrock's runtime API lists no models; routes name them
             upstream_wire: WireFormat = "anthropic" if upstream.kind == "anthropic" \
                 else "openai"
             # A caller's own provider key goes only to its own provider's upstreams.

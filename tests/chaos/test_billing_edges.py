@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from tests.conftest import FakeHandle, Gateway
-from tokenstile.limits.admission import counter_key
+from tokenstile.limits.counter_keys import counter_key
 
 
 def counter(gateway: Gateway, project: str) -> int:
@@ -41,12 +41,12 @@ def test_a_reservation_is_held_until_the_ledger_row_is_written(
                                 messages=[{"role": "user", "content": "hi"}])
     time.sleep(0.3)
     # answered, row not written yet: the worst case stays reserved under a live lease
-    assert len(rt.admission.live) == 1
+    assert len(rt.admission.leases.live) == 1
     reserved = counter(gateway, "p")
     gateway.run(_set(gate))
     rows = gateway.rows()
     deadline = time.monotonic() + 5
-    while rt.admission.live:
+    while rt.admission.leases.live:
         assert time.monotonic() < deadline
         time.sleep(0.02)
     [row] = rows

@@ -18,7 +18,7 @@ import pytest
 
 from tests.chaos.procs import Blackhole, RedisServer
 from tests.conftest import FakeHandle, Gateway
-from tokenstile.limits.admission import counter_key
+from tokenstile.limits.counter_keys import counter_key
 
 CHAT = [{"role": "user", "content": "hello there"}]
 
@@ -101,8 +101,8 @@ def settled(gateway: Gateway, timeout: float = 10) -> None:
     """Wait until nothing waits for the store and no request holds a reservation."""
     admission = gateway.runtime.admission
     deadline = time.monotonic() + timeout
-    while admission.unsettled or admission.live:
-        assert time.monotonic() < deadline, (admission.unsettled, admission.live)
+    while admission.leases.unsettled or admission.leases.live:
+        assert time.monotonic() < deadline, (admission.leases.unsettled, admission.leases.live)
         time.sleep(0.05)
 
 
@@ -178,7 +178,7 @@ async def test_an_open_limit_admits_unmetered_and_counts_it_when_redis_returns(
     assert status == 200
     rows = gateway.rows()
     assert sum("unmetered" in r.flags for r in rows) == 4
-    assert gateway.runtime.admission.unsettled  # kept for when the store answers
+    assert gateway.runtime.admission.leases.unsettled  # kept for when the store answers
     redis_server.start()
     settled(gateway)
     # the usage admitted while Redis was away is on the budget now
@@ -251,10 +251,10 @@ async def test_a_stream_in_flight_keeps_its_lease_through_a_redis_restart(
     assert row.outcome == "ok"
     admission = gateway.runtime.admission
     for _ in range(100):  # settled once its row is written: the settle waits for Redis
-        if row.id in admission.unsettled:
+        if row.id in admission.leases.unsettled:
             break
         await asyncio.sleep(0.02)
-    assert row.id in admission.unsettled and row.id in admission.live
+    assert row.id in admission.leases.unsettled and row.id in admission.leases.live
     await asyncio.sleep(1.5)
     redis_server.start()
     settled(gateway)
@@ -309,10 +309,10 @@ async def test_an_idle_gateway_notices_by_itself_that_redis_is_back(
     key = gateway.key(project="closed")
     redis_server.kill()
     assert get_json(gateway, "/readyz")["status"] == "degraded"  # nothing left to settle
-    assert admission.store_down_since is not None and not admission.unsettled
+    assert admission.health.down_since is not None and not admission.leases.unsettled
     redis_server.start()
     started = time.monotonic()
-    while admission.store_down_since is not None:  # no request, no /readyz: upkeep probes
+    while admission.health.down_since is not None:  # no request, no /readyz: upkeep probes
         assert time.monotonic() - started < 5, "the outage never ended"
         await asyncio.sleep(0.05)
     assert (await chat(gateway, key))[0] == 200

@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from tests.conftest import FakeHandle, Gateway
-from tokenstile.limits.admission import counter_key
+from tokenstile.limits.counter_keys import counter_key
 from tokenstile.types import LedgerRow
 
 HUNG = "[[fake:hang,bill_if_gone]]"  # never answers, and bills the answer it generated

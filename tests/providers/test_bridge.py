@@ -10,7 +10,7 @@ import pytest
 
 from tokenstile import tokens
 from tokenstile.errors import GatewayError
-from tokenstile.limits.admission import set_output_cap
+from tokenstile.limits.caps import set_output_cap
 from tokenstile.providers.openai import OpenAIAdapter
 from tokenstile.providers.translate import (
     ChatOverMessages,

@@ -20,7 +20,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 
@@ -30,6 +30,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from tokenstile.clock import FakeClock
+from tokenstile.limits.allowance import Allowance
 from tokenstile.stores.alerts import AlertHistory, history_from_url
 from tokenstile.stores.cache import ResponseCache, response_cache_from_url
 from tokenstile.stores.counters import (
@@ -41,6 +42,7 @@ from tokenstile.stores.counters import (
 )
 from tokenstile.stores.counters_memory import MemoryCounterStore
 from tokenstile.stores.database import Database, database_from_url
+from tokenstile.stores.pacing import PaceOutcome
 from tokenstile.stores.shards import _escape, qualify, split
 
 REDIS_URL = os.environ.get("TOKENSTILE_TEST_REDIS", "redis://127.0.0.1:6379/15")
@@ -192,8 +194,14 @@ class TenantStore:
                       record: bytes) -> ReserveOutcome:
         return await self.inner.reserve(rid, [
             Charge(self._q(c.key), c.amount, c.limit, c.ttl,
-                   tuple(self._q(k) for k in c.window_keys)) for c in charges],
-            lease_until, record)
+                   tuple(self._q(k) for k in c.window_keys), self._rule(c.allowance))
+            for c in charges], lease_until, record)
+
+    def _rule(self, rule: Allowance | None) -> Allowance | None:
+        if rule is None:
+            return None
+        return replace(rule, seen=self._q(rule.seen),
+                       previous=None if rule.previous is None else self._q(rule.previous))
 
     async def settle(self, rid: str, deltas: Sequence[tuple[str, int]]) -> bool:
         return await self.inner.settle(rid, [(self._q(k), d) for k, d in deltas])
@@ -210,6 +218,10 @@ class TenantStore:
 
     async def read(self, keys: Sequence[str]) -> list[int]:
         return await self.inner.read([self._q(k) for k in keys])
+
+    async def pace(self, lane: str, now: float, reduction: float | None, max_wait_s: float,
+                   ttl: int) -> PaceOutcome:
+        return await self.inner.pace(lane, now, reduction, max_wait_s, ttl)
 
     async def ping(self) -> None:
         await self.inner.ping()

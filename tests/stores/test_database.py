@@ -18,7 +18,7 @@ import asyncpg
 import openai
 import pytest
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tokenstile.cli import main as cli
@@ -175,6 +175,32 @@ async def test_usage_can_be_grouped_by_service_tier(db: Database) -> None:
     assert got == want
     only = await db.ledger_rows(limit=100, service_tier="priority")
     assert {r.id for r in only} == {r.id for r in rows if r.service_tier == "priority"}
+
+
+async def test_runs_are_listed_per_key_and_run_the_latest_first(db: Database) -> None:
+    def row(n: int, key: str, run: str | None, ts: float, **fields: Any) -> LedgerRow:
+        return LedgerRow(id=f"run-row-{n}", ts=ts, key_id=key, organization="acme",
+                         project="agents", run_id=run, input_tokens=10, output_tokens=5,
+                         cost_nano=100 * n, **fields)
+
+    await db.insert_ledger([
+        row(1, "key_a", "r1", 10.0), row(2, "key_a", "r1", 20.0),
+        row(3, "key_a", "r1", 30.0, outcome="blocked", status=429),
+        row(4, "key_b", "r1", 25.0), row(5, "key_a", "r2", 40.0), row(6, "key_a", None, 50.0),
+    ])
+    runs = await db.runs()
+    assert [(r["key_id"], r["run_id"]) for r in runs] == [
+        ("key_a", "r2"), ("key_a", "r1"), ("key_b", "r1")]
+    first = runs[1]
+    assert (first["requests"], first["blocked"], first["cost_nano"]) == (3, 1, 600)
+    assert (first["input_tokens"], first["output_tokens"]) == (30, 15)
+    assert (first["first_ts"], first["last_ts"], first["project"]) == (10.0, 30.0, "agents")
+    assert [r["run_id"] for r in await db.runs(since=35.0)] == ["r2"]
+    assert [r["key_id"] for r in await db.runs(filters={"key_id": "key_b"})] == ["key_b"]
+    assert len(await db.runs(limit=1)) == 1
+    with pytest.raises(ValueError):
+        await db.runs(filters={"cost_nano": "1"})
+    assert (await db.ledger_rows(id="run-row-5"))[0].run_id == "r2"
 
 
 # The ledger as the first release made it, before audio, 1-hour cache writes, searches and
@@ -484,6 +510,9 @@ def test_backends_agree_on_random_ledgers(tmp_path: Path, pg_url: str) -> None:
                                "Europe/London"]),
            since=st.none() | st.floats(ts("2024-01-01T00:00:00+00:00"),
                                        ts("2025-01-01T00:00:00+00:00")))
+    # A call less than a microsecond before midnight: the same hour and day everywhere.
+    @example(specs=[{"ts": ts("2025-01-01T00:00:00+00:00") - 3e-7}], group_by=[],
+             bucket="hour", tz="UTC", since=None)
     def check(specs: list[dict[str, Any]], group_by: list[str], bucket: str | None, tz: str,
               since: float | None) -> None:
         org = uuid.uuid4().hex
@@ -851,7 +880,7 @@ def test_a_lease_claimed_by_another_gateway_bills_the_real_usage_once(
     it could not renew); gateway B claims the reservation and writes its row at the
     estimate first. A's own row replaces it, and the counters end at what was used."""
     from tokenstile.clock import FakeClock
-    from tokenstile.limits.admission import counter_key
+    from tokenstile.limits.counter_keys import counter_key
 
     config = {"storage": {"counters": f"sqlite:///{tmp_path}/counters.db", "database": db_url},
               "server": {"reservation_lease_s": 30},
@@ -875,7 +904,7 @@ def test_a_lease_claimed_by_another_gateway_bills_the_real_usage_once(
     while fake.fake.tally.in_flight == 0 and time.monotonic() < deadline:
         time.sleep(0.01)  # until the upstream has the request (1.5 s before it answers)
     late.advance(31)
-    assert b.run(b.runtime.admission.recover(b.runtime.charge_expired)) == 1
+    assert b.run(b.runtime.admission.leases.recover(b.runtime.charge_expired)) == 1
     [estimate] = b.rows()
     assert estimate.provisional and estimate.output_tokens == 500  # written first
     caller.join(10)

@@ -113,7 +113,7 @@ class Page:
 
     def scope(self) -> data.Scope:
         if not self.who.is_admin:
-            return data.Scope(self.who.organization, self.who.project)
+            return data.Scope(self.who.organization, self.who.project, self.who.key_id)
         q = self.request.query_params
         return data.Scope(q.get("organization") or None, q.get("project") or None)
 

@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 
 from tokenstile.admin.dashboard_charts import money
 from tokenstile.admin.keys import key_out
+from tokenstile.admin.runs import run_list
 from tokenstile.admin.settings import limit_view
 from tokenstile.admin.usage import row_out
 from tokenstile.alerts.engine import unit_value
@@ -52,10 +53,12 @@ HOURLY_POINTS = 48
 
 @dataclass(frozen=True, slots=True)
 class Scope:
-    """Whose numbers to show: everything (both None), an organization, or a project."""
+    """Whose numbers to show: everything (both None), an organization, or a project. A
+    project key's scope also names the key (``key_id``), whose runs alone it may see."""
 
     organization: str | None = None
     project: str | None = None
+    key_id: str | None = None
 
     def filters(self) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -658,7 +661,15 @@ async def budgets(ctx: Context) -> dict[str, Any]:
          "author": o.author} for o in rt.overrides.items]
     return {"scope": ctx.scope.as_dict(), "budgets": rows, "limits": views,
             "switches": switches, "overrides": overrides,
-            "counters_available": rows is not None}
+            "counters_available": rows is not None, "runs": await runs(ctx)}
+
+
+async def runs(ctx: Context, limit: int = 50) -> list[dict[str, Any]]:
+    """The latest agent runs of the last week in scope (a project key's own only)."""
+    filters = ctx.scope.filters()
+    if ctx.scope.key_id is not None:
+        filters["key_id"] = ctx.scope.key_id
+    return await run_list(ctx.rt, ctx.now - 7 * 86400, filters, limit)
 
 
 async def keys(ctx: Context, state: str = "all") -> dict[str, Any]:

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from tokenstile.alerts.forecast import Forecast
+from tokenstile.limits.explain import WINDOW_WORDS, describe_scope
 from tokenstile.limits.model import Limit, Threshold
 from tokenstile.limits.windows import describe_reset, window_label
 from tokenstile.types import NANO_PER_USD, Unit
@@ -53,13 +54,6 @@ class Alert:
 
 # --- formatting --------------------------------------------------------------------------
 
-_SCOPE_WORDS = {"global": "the gateway", "organization": "organization", "project": "project",
-                "team": "team", "user": "user", "tier": "tier", "key": "key",
-                "feature": "feature", "model": "model", "end_user": "end user"}
-_WINDOW_WORDS = {"minute": "per-minute", "hour": "hourly", "day": "daily", "week": "weekly",
-                 "month": "monthly", "rolling": "rolling"}
-
-
 def format_amount(unit: str, value: float) -> str:
     """``$12.34`` for nano-USD, ``1,234,567 tokens`` otherwise."""
     if unit == "usd":
@@ -67,12 +61,6 @@ def format_amount(unit: str, value: float) -> str:
     words = {"tokens": "tokens", "input_tokens": "input tokens",
              "output_tokens": "output tokens", "requests": "requests"}
     return f"{round(value):,} {words.get(unit, unit)}"
-
-
-def _who(scope: str, scope_id: str) -> str:
-    if scope == "global":
-        return "the gateway"
-    return f"{_SCOPE_WORDS.get(scope, scope)} {scope_id!r}"
 
 
 def _pct(fraction: float) -> str:
@@ -129,10 +117,10 @@ def budget_threshold_alerts(
     by_fraction: dict[float, Threshold] = {
         t.fraction: t for t in thresholds} or {f: Threshold(f, "warn") for f in DEFAULT_FRACTIONS}
     out = []
-    window = _WINDOW_WORDS.get(window_kind, window_kind)
+    window = WINDOW_WORDS.get(window_kind, window_kind)
     for fraction in thresholds_crossed(amount, before, after, by_fraction):
         threshold = by_fraction[fraction]
-        who = _who(scope, scope_id)
+        who = describe_scope(scope, scope_id)
         title = f"{who} has used {_pct(fraction)} of its {window} budget {limit_name!r}"
         message = (f"{who} has used {format_amount(unit, after)} of "
                    f"{format_amount(unit, amount)} ({after / amount:.1%}) in window {label}.")
@@ -156,8 +144,9 @@ def budget_threshold_alerts(
 def limit_threshold_alerts(limit: Limit, scope_id: str, before: float, after: float,
                            now: float) -> list[Alert]:
     """``budget_threshold_alerts`` for a compiled ``Limit`` at ``now``: its amount in force
-    (schedules apply), its window label and its thresholds."""
-    if not limit.window.counted or after <= before:
+    (schedules apply), its window label and its thresholds. Run budgets do not alert: an
+    agent run stopped at its budget is the budget working, once per run."""
+    if not limit.window.counted or limit.window.kind == "run" or after <= before:
         return []
     amount = limit.amount_at(now)
     fractions = [t.fraction for t in limit.thresholds] or DEFAULT_FRACTIONS
@@ -180,8 +169,8 @@ def limit_blocked_alert(limit: Limit, scope_id: str, used: float, needed: float,
     """
     label = window_label(limit.window, now)
     amount = limit.amount_at(now)
-    who = _who(limit.scope, scope_id)
-    window = _WINDOW_WORDS.get(limit.window.kind, limit.window.kind)
+    who = describe_scope(limit.scope, scope_id)
+    window = WINDOW_WORDS.get(limit.window.kind, limit.window.kind)
     block = next((t for t in limit.thresholds if t.action == "block"), None)
     return Alert(
         kind="budget_exhausted", severity="critical",
@@ -394,7 +383,7 @@ def projection_alert(
     """
     if budget <= 0 or forecast.projected_total <= budget:
         return None
-    who = _who(scope, scope_id)
+    who = describe_scope(scope, scope_id)
     certain = forecast.low > budget
     days = forecast.days_until(budget)
     when = "" if days is None else (

@@ -15,6 +15,7 @@ ledger) with its details in headers.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -25,12 +26,16 @@ from tokenstile.config import Config
 from tokenstile.degrade.throttle import Pacer, ThrottleRejected
 from tokenstile.degrade.trim import Message, trim_messages
 from tokenstile.errors import GatewayError
-from tokenstile.limits.admission import Admission, Ticket
+from tokenstile.limits.admission import Admission
 from tokenstile.limits.model import Limit, Threshold
 from tokenstile.providers.anthropic import output_format
+from tokenstile.stores.counters import StoreUnavailable
+from tokenstile.types import Ticket
 
 if TYPE_CHECKING:
-    from tokenstile.gateway.context import RequestContext
+    from tokenstile.types import RequestContext
+
+log = logging.getLogger("tokenstile.degrade")
 
 Summarizer = Callable[["RequestContext", list[Message]], Awaitable[str]]
 
@@ -39,7 +44,6 @@ SUMMARY_PREFIX = "Summary of the earlier conversation: "
 
 def _count_fn(ctx: RequestContext) -> Callable[[list[Message]], int]:
     req = ctx.req
-    assert req is not None
     body = req.body
     if ctx.wire == "anthropic":
         fmt = output_format(body)
@@ -58,7 +62,8 @@ class Degrader:
     def __init__(self, config: Config, admission: Admission, clock: Clock) -> None:
         self.admission = admission
         self.clock = clock
-        self.pacer = Pacer(clock, config.degradation.throttle_max_wait_s,
+        self._pace_failing = False
+        self.pacer = Pacer(clock, admission.counters, config.degradation.throttle_max_wait_s,
                            config.degradation.throttle_queue)
         self.reconfigure(config)
 
@@ -72,7 +77,6 @@ class Degrader:
     async def fit_input(self, ctx: RequestContext, recount: Callable[[], int],
                         summarize: Summarizer | None) -> None:
         req = ctx.req
-        assert req is not None
         feature = self.config.features.get(req.feature or "") if req.feature else None
         if feature is None or feature.max_input is None or feature.over_budget == "reject":
             return
@@ -94,9 +98,9 @@ class Degrader:
         if trimmed.dropped or trimmed.truncated:
             ctx.degraded.append("trimmed")
             ctx.response_headers["x-tokenstile-trimmed-messages"] = str(trimmed.dropped)
-            ctx.detail["trimmed_messages"] = trimmed.dropped
+            ctx.trimmed_messages = trimmed.dropped
             if trimmed.truncated:
-                ctx.detail["truncated"] = True
+                ctx.truncated = True
 
     async def _summarize(self, ctx: RequestContext, messages: list[Message], budget: int,
                          count: Callable[[list[Message]], int], summarize: Summarizer
@@ -112,7 +116,7 @@ class Degrader:
         older = [m for m in messages if m not in lead and m not in kept]
         summary = await summarize(ctx, older)
         ctx.degraded.append("summarized")
-        ctx.detail["summarized_messages"] = len(older)
+        ctx.summarized_messages = len(older)
         ctx.response_headers["x-tokenstile-summarized-messages"] = str(len(older))
         return [*lead, {"role": "system", "content": SUMMARY_PREFIX + summary}, *kept]
 
@@ -126,13 +130,18 @@ class Degrader:
     def downgrade(self, ctx: RequestContext) -> None:
         """Switch to the cheaper model when a scope is past a ``downgrade`` threshold."""
         req, caller = ctx.req, ctx.caller
-        assert req is not None and caller is not None
+        free: bool | None = None  # priced only if a USD threshold is past
         for item in self.admission.applicable(caller, req):
             for threshold in item.limit.thresholds:
                 if threshold.action != "downgrade":
                     continue
                 if self.admission.last_utilization(item) < threshold.fraction:
                     continue
+                if item.limit.unit == "usd":
+                    if free is None:
+                        free = self.admission.priced_at_zero(ctx)
+                    if free:  # a free model is not switched to a paid one to save money
+                        continue
                 target = self.cheaper(req.model, threshold)
                 if target is not None:
                     self.switch_model(ctx, target, f"{item.limit.name}>={threshold.fraction}")
@@ -140,37 +149,45 @@ class Degrader:
 
     def switch_model(self, ctx: RequestContext, model: str, why: str) -> None:
         req = ctx.req
-        assert req is not None
-        ctx.detail.setdefault("requested_model", req.model)
-        ctx.detail["downgraded"] = why
+        if ctx.requested_model is None:
+            ctx.requested_model = req.model
+        ctx.downgraded = why
         req.model = model
         req.body = {**req.body, "model": model}
         if "downgraded" not in ctx.degraded:
             ctx.degraded.append("downgraded")
 
     async def throttle(self, ctx: RequestContext) -> None:
-        """Wait for a paced slot when a scope is past a ``throttle`` threshold."""
+        """Wait for a paced slot when a scope is past a ``throttle`` threshold. Every
+        request on a limit with such a threshold is counted on its lane (one counter-store
+        call), so the normal rate is known when throttling engages; the slots are shared by
+        every process on the store. If the store cannot pace, the request goes unpaced."""
         ticket = ctx.ticket
-        if not isinstance(ticket, Ticket):
+        if not isinstance(ticket, Ticket) or not ticket.metered:
             return
         waited = 0.0
         for item in ticket.applied:
             thresholds = _throttle_thresholds(item.limit)
             if not thresholds or item.charge_index < 0 or item.hard <= 0:
                 continue
-            key = f"{item.limit.name}:{item.scope_id}"
-            self.pacer.observe(key)
+            if item.limit.unit == "usd" and item.amount == 0:
+                continue  # a call priced at zero spends nothing: not paced by a USD budget
+            lane = f"{item.limit.name}:{item.scope_id}"
             share = (item.used + item.amount) / item.hard
             engaged = [t for t in thresholds if share >= t.fraction]
-            if not engaged:
-                self.pacer.release(key)
-                continue
-            reduction = min(t.reduction or 0.5 for t in engaged)
+            reduction = min(t.reduction or 0.5 for t in engaged) if engaged else None
             try:
-                waited += await self.pacer.wait(key, reduction)
+                waited += await self.pacer.pace(lane, reduction)
+                self._pace_failing = False
+            except StoreUnavailable as exc:
+                if not self._pace_failing:  # once per outage
+                    log.warning("throttled scopes go unpaced while the counter store is "
+                                "unreachable: %s", exc)
+                self._pace_failing = True
             except ThrottleRejected as rejected:
-                await self.admission.release(ctx)
+                await self.admission.release(ctx.ticket)
                 ctx.block_reason = f"throttled:{item.limit.name}"
+                assert reduction is not None
                 raise GatewayError(
                     429, f"{item.limit.name} is past {engaged[0].fraction:.0%} of its budget "
                          f"and requests are paced to {reduction:.0%} of their rate; the wait "
@@ -182,7 +199,7 @@ class Degrader:
             ctx.degraded.append("throttled")
             ms = round(waited * 1000)
             ctx.response_headers["x-tokenstile-queue-ms"] = str(ms)
-            ctx.detail["queue_ms"] = ms
+            ctx.queue_ms = ms
 
     def fallbacks(self, limit: Limit) -> tuple[str, ...]:
         """What to try when ``limit`` is exhausted, in order (the ``block`` threshold's

@@ -20,16 +20,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tokenstile.errors import GatewayError
-from tokenstile.gateway.context import RequestContext, set_usage
 from tokenstile.gateway.upstream import UpstreamTimeout
-from tokenstile.limits.admission import NoRoomForRetry, reserved_input
+from tokenstile.limits.caps import reserved_input
+from tokenstile.limits.explain import NoRoomForRetry
 from tokenstile.providers.terms import reservation_terms
-from tokenstile.types import LedgerRow, Usage
+from tokenstile.types import LedgerRow, RequestContext, Usage, set_usage
 
 if TYPE_CHECKING:
     from tokenstile.gateway.resilience import Attempt
     from tokenstile.gateway.routing import Target
-    from tokenstile.gateway.runtime import Runtime
+    from tokenstile.limits.admission import Admission
+    from tokenstile.prices import Pricer
 
 
 def may_have_cost(ctx: RequestContext, err: GatewayError) -> bool:
@@ -47,11 +48,15 @@ class _Unanswered:
 class PaidAttempts:
     """The attempts of one request that may have been billed without an answer."""
 
-    def __init__(self, rt: Runtime, ctx: RequestContext,
-                 write: Callable[[LedgerRow], Awaitable[None]]) -> None:
-        self.rt = rt
+    def __init__(self, ctx: RequestContext, admission: Admission, pricer: Pricer,
+                 write: Callable[[LedgerRow], Awaitable[None]], *, retry_timeouts: bool,
+                 default_output_tokens: int) -> None:
         self.ctx = ctx
-        self._write = write
+        self.admission = admission
+        self.pricer = pricer
+        self._write = write  # a row of its own, written before its reservation is settled
+        self.retry_timeouts = retry_timeouts
+        self.default_output_tokens = default_output_tokens
         self._last: _Unanswered | None = None
         self.rows = 0  # earlier attempts charged on rows of their own
 
@@ -65,21 +70,17 @@ class PaidAttempts:
         last, ctx = self._last, self.ctx
         if last is None:
             return True
-        if not self.rt.config.resilience.retry_timeouts:
-            ctx.detail["retry_refused"] = "resilience.retry_timeouts is off"
+        if not self.retry_timeouts:
+            ctx.retry_refused = "resilience.retry_timeouts is off"
             return False
         row, usage = self._row(last)
         try:
-            ticket = await self.rt.admission.reserve_retry(ctx, row, self.rows + 1)
+            ticket = await self.admission.reserve_retry(ctx, row, self.rows + 1)
         except NoRoomForRetry as full:
-            ctx.detail["retry_refused"] = str(full)
+            ctx.retry_refused = str(full)
             return False
         await self._write(row)
-        if ticket is not None:
-            settled = RequestContext(id=row.id, api=ctx.api, wire=ctx.wire, ts=row.ts,
-                                     started=0.0, headers={})
-            settled.usage, settled.cost_nano, settled.ticket = usage, row.cost_nano, ticket
-            await self.rt.admission.settle(settled)
+        await self.admission.settle(ticket, usage, row.cost_nano)
         self.rows += 1
         self._last = None
         return True
@@ -97,10 +98,9 @@ class PaidAttempts:
 
     def _estimate(self, target: Target) -> tuple[Usage, int]:
         req = self.ctx.req
-        assert req is not None
         usage = Usage(input_tokens=reserved_input(req),
-                      output_tokens=req.output_cap or self.rt.config.server.default_output_tokens)
-        cost = self.rt.pricer.estimate_nano(
+                      output_tokens=req.output_cap or self.default_output_tokens)
+        cost = self.pricer.estimate_nano(
             target.model, usage.input_tokens, usage.output_tokens, target.provider,
             terms=reservation_terms(req, target.config.auto_service_tier))
         if cost is None:

@@ -32,17 +32,22 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from tokenstile.errors import GatewayError
-from tokenstile.gateway.context import RequestContext, set_usage, usage_detail
 from tokenstile.gateway.upstream import response_url, upstream_headers
-from tokenstile.limits.admission import Ticket
 from tokenstile.providers.openai import usage_from_response
 from tokenstile.providers.terms import reservation_terms, terms_of
 from tokenstile.stores.counters import Charge
 from tokenstile.stores.responses import StoredResponse
-from tokenstile.types import LedgerRow, Unit, Usage
+from tokenstile.types import LedgerRow, RequestContext, Ticket, Unit, Usage, set_usage
 
 if TYPE_CHECKING:
-    from tokenstile.gateway.runtime import Runtime
+    from tokenstile.clock import Clock
+    from tokenstile.config import Config
+    from tokenstile.gateway.upstream import UpstreamClient
+    from tokenstile.ledger import LedgerWriter
+    from tokenstile.limits.admission import Admission
+    from tokenstile.metrics import Metrics
+    from tokenstile.prices import Pricer
+    from tokenstile.stores.database import Database
 
 log = logging.getLogger("tokenstile.background")
 
@@ -74,17 +79,27 @@ class _Tracked:
 
 
 class BackgroundResponses:
-    def __init__(self, runtime: Runtime) -> None:
-        self.rt = runtime
+    def __init__(self, config: Config, pricer: Pricer, clock: Clock, db: Database,
+                 ledger: LedgerWriter, metrics: Metrics, upstream: UpstreamClient,
+                 admission: Admission) -> None:
+        self.config = config
+        self.pricer = pricer
+        self.clock = clock
+        self.db = db
+        self.ledger = ledger
+        self.metrics = metrics
+        self.upstream = upstream
+        self.admission = admission
         self.owner = "gw_" + secrets.token_hex(8)
         self._tracked: dict[str, _Tracked] = {}
         self._unsaved: dict[str, StoredResponse] = {}
-        self._written: dict[str, asyncio.Future[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake: asyncio.Event | None = None
         self._upkeep_at = 0.0
         self._prune_at = 0.0
-        runtime.ledger.listeners.append(self._rows_written)
+
+    def reconfigure(self, config: Config, pricer: Pricer) -> None:
+        self.config, self.pricer = config, pricer
 
     @property
     def pending(self) -> int:
@@ -103,8 +118,8 @@ class BackgroundResponses:
                 or ctx.upstream is None or ctx.response_id is not None:
             return
         ctx.response_id = response_id
-        caller, now = ctx.caller, self.rt.clock.now()
-        if not (ctx.detail.get("background") and status in RUNNING):
+        caller, now = ctx.caller, self.clock.now()
+        if not (ctx.background and status in RUNNING):
             if len(self._unsaved) >= MAX_UNSAVED:
                 self._drop_oldest_stored()
             self._unsaved[response_id] = StoredResponse(
@@ -114,7 +129,7 @@ class BackgroundResponses:
             return
         entry = self._pending_entry(ctx, response_id)
         try:
-            await asyncio.wait_for(self.rt.db.save_responses([entry]), SAVE_TIMEOUT_S)
+            await asyncio.wait_for(self.db.save_responses([entry]), SAVE_TIMEOUT_S)
         except Exception as exc:  # the database is down: this gateway alone follows it
             log.warning("background response %s is not saved yet (%s); retrying",
                         response_id, exc)
@@ -132,25 +147,25 @@ class BackgroundResponses:
 
     def _pending_entry(self, ctx: RequestContext, response_id: str) -> StoredResponse:
         req, caller = ctx.req, ctx.caller
-        assert req is not None and caller is not None and ctx.upstream is not None
-        rt, now = self.rt, self.rt.clock.now()
+        assert ctx.upstream is not None
+        now = self.clock.now()
         inp = req.input_tokens + req.hidden_input_tokens
         cap = req.output_cap or 0
         model = ctx.served_model or req.model
         ticket = ctx.ticket
         held = None
-        if isinstance(ticket, Ticket) and not ticket.settled:
+        if ticket is not None and not ticket.settled:
             held = {"rid": ticket.rid, "metered": ticket.metered, "units": list(ticket.units),
                     "charges": [[c.key, c.amount, c.limit, c.ttl, list(c.window_keys)]
                                 for c in ticket.charges]}
-        upstream = rt.config.upstreams.get(ctx.upstream)
+        upstream = self.config.upstreams.get(ctx.upstream)
         terms = reservation_terms(req, upstream.auto_service_tier if upstream else None)
         record = {
             "row": asdict(ctx.ledger_row(0.0)),
             "provider": ctx.provider,
             "asked_tier": terms_of(req).service_tier,
             "estimate": {"input_tokens": inp, "output_tokens": cap,
-                         "cost_nano": rt.pricer.estimate_nano(model, inp, cap, ctx.provider,
+                         "cost_nano": self.pricer.estimate_nano(model, inp, cap, ctx.provider,
                                                               terms=terms) or 0},
             "ticket": held,
             "passthrough": ctx.provider_key is not None,
@@ -158,17 +173,17 @@ class BackgroundResponses:
         return StoredResponse(response_id, ctx.upstream, caller.organization, caller.project,
                               caller.key_id, now, state="pending", rid=ctx.id, record=record,
                               owner=self.owner,
-                              lease_until=now + rt.config.server.reservation_lease_s)
+                              lease_until=now + self.config.server.reservation_lease_s)
 
     def _track(self, entry: StoredResponse, provider_key: str | None, first: bool) -> None:
-        settings = self.rt.config.background_responses
+        settings = self.config.background_responses
         delay = settings.first_poll_s
         self._tracked[entry.id] = _Tracked(
-            entry, self.rt.clock.monotonic() + (delay if first else 0.0), delay,
+            entry, self.clock.monotonic() + (delay if first else 0.0), delay,
             provider_key=provider_key)
         held = entry.record.get("ticket")
         if held and held.get("metered"):
-            self.rt.admission.live.add(held["rid"])  # renewed until it is settled
+            self.admission.leases.live.add(held["rid"])  # renewed until it is settled
         self._poke()
 
     # -- clients reaching a response --------------------------------------------------------
@@ -180,7 +195,7 @@ class BackgroundResponses:
         unsaved = self._unsaved.get(response_id)
         if unsaved is not None:
             return unsaved
-        return await self.rt.db.get_response(response_id)
+        return await self.db.get_response(response_id)
 
     async def observed(self, entry: StoredResponse, body: object,
                        provider_key: str | None) -> None:
@@ -205,7 +220,7 @@ class BackgroundResponses:
             won = True
         else:
             try:
-                won = await self.rt.db.settle_response(entry.id)
+                won = await self.db.settle_response(entry.id)
             except Exception as exc:
                 log.warning("settling background response %s waits for the database (%s)",
                             entry.id, exc)
@@ -215,7 +230,7 @@ class BackgroundResponses:
         held = entry.record.get("ticket")
         if not won:
             if held:
-                self.rt.admission.live.discard(held["rid"])
+                self.admission.leases.live.discard(held["rid"])
             return
         row, usage = self._final_row(entry, body, how, tracked.polls if tracked else 0)
         await self._write(row)
@@ -224,7 +239,7 @@ class BackgroundResponses:
 
     def _final_row(self, entry: StoredResponse, body: dict[str, Any] | None, how: str,
                    polls: int) -> tuple[LedgerRow, Usage]:
-        record, rt = entry.record, self.rt
+        record = entry.record
         row = LedgerRow(**record["row"])
         status = body.get("status") if body else None
         usage = usage_from_response("responses", body) if body else None
@@ -239,7 +254,7 @@ class BackgroundResponses:
         if "charged_at_estimate" in flags:
             cost = int(record["estimate"]["cost_nano"])  # as reserved: the worst case
         elif usage.total_tokens or usage.billable_calls:
-            price = rt.pricer.price_for(model, record.get("provider"))
+            price = self.pricer.price_for(model, record.get("provider"))
             asked = record.get("asked_tier")
             if price is None:
                 flags.append("unpriced_model")
@@ -250,47 +265,29 @@ class BackgroundResponses:
         row.cost_nano, row.estimated = cost, "charged_at_estimate" in flags
         row.status, row.outcome = 200, _OUTCOMES.get(str(status), "unsettled")
         row.flags = flags
-        row.latency_ms = round(max(0.0, rt.clock.now() - row.ts) * 1000, 3)
-        row.detail = {**usage_detail(row.detail, usage), "background": {
+        row.latency_ms = round(max(0.0, self.clock.now() - row.ts) * 1000, 3)
+        row.detail["background"] = {
             "response_id": entry.id, "status": status or how, "settled_by": how,
-            "polls": polls}}
+            "polls": polls}
         return row, usage
 
     async def _write(self, row: LedgerRow) -> None:
         """Submit the row and wait (a little) until it is written: the reservation is what
         bills the call if this gateway dies first."""
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._written[row.id] = waiter
-        self.rt.ledger.submit(row)
-        self.rt.metrics.observe(row)
-        try:
-            await asyncio.wait_for(waiter, ROW_WAIT_S)
-        except TimeoutError:
-            pass
-        finally:
-            self._written.pop(row.id, None)
+        self.metrics.observe(row)
+        await self.ledger.submit_and_wait(row, ROW_WAIT_S)
 
     async def _settle_counters(self, row: LedgerRow, usage: Usage,
                                held: dict[str, Any]) -> None:
-        ctx = RequestContext(id=row.id, api="responses", wire="openai", ts=row.ts,
-                             started=0.0, headers={})
-        ctx.usage, ctx.cost_nano = usage, row.cost_nano
         units: list[Unit] = list(held["units"])
-        ctx.ticket = Ticket(held["rid"], [Charge(key, amount, limit, ttl, tuple(keys))
-                                          for key, amount, limit, ttl, keys in held["charges"]],
-                            units, metered=bool(held["metered"]))
+        ticket = Ticket(held["rid"], [Charge(key, amount, limit, ttl, tuple(keys))
+                                      for key, amount, limit, ttl, keys in held["charges"]],
+                        units, metered=bool(held["metered"]))
         try:
-            await self.rt.admission.settle(ctx)
+            await self.admission.settle(ticket, usage, row.cost_nano)
         except Exception:
             log.exception("settling the reservation of background response %s failed",
                           row.id)
-
-    def _rows_written(self, rows: list[LedgerRow]) -> None:
-        if self._written:
-            for row in rows:
-                waiter = self._written.pop(row.id, None)
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(None)
 
     # -- crash recovery ---------------------------------------------------------------------
 
@@ -305,14 +302,14 @@ class BackgroundResponses:
         entry = next((t.entry for t in self._tracked.values() if t.entry.rid == row.id), None)
         if entry is None:
             try:
-                entry = await self.rt.db.response_by_rid(row.id)
+                entry = await self.db.response_by_rid(row.id)
             except Exception:
                 entry = None
         if entry is not None and entry.state == "pending":
             log.info("background request %s outlived its reservation's lease; its row is "
                      "written when response %s ends", row.id, entry.id)
             return
-        self.rt.ledger.submit(row)
+        self.ledger.submit(row)
 
     # -- the poller -------------------------------------------------------------------------
 
@@ -331,24 +328,23 @@ class BackgroundResponses:
             await self._sleep()
 
     async def step(self) -> None:
-        rt = self.rt
         if self._unsaved:
             await self._flush()
-        if rt.clock.monotonic() >= self._upkeep_at:
-            self._upkeep_at = rt.clock.monotonic() + max(0.2, rt.config.server
+        if self.clock.monotonic() >= self._upkeep_at:
+            self._upkeep_at = self.clock.monotonic() + max(0.2, self.config.server
                                                          .reservation_lease_s / 3)
             try:
                 await self._upkeep()
             except Exception as exc:  # the database is down: keep polling meanwhile
                 log.warning("background responses: lease upkeep failed (%s)", exc)
-        now = rt.clock.monotonic()
+        now = self.clock.monotonic()
         due = [t for t in self._tracked.values() if t.due <= now]
         for start in range(0, len(due), POLLS_AT_ONCE):
             await asyncio.gather(*(self._poll(t) for t in due[start:start + POLLS_AT_ONCE]))
 
     async def _sleep(self) -> None:
         assert self._wake is not None
-        now = self.rt.clock.monotonic()
+        now = self.clock.monotonic()
         wake_at = min([self._upkeep_at, *(t.due for t in self._tracked.values())])
         self._wake.clear()
         with contextlib.suppress(TimeoutError):
@@ -357,7 +353,7 @@ class BackgroundResponses:
     async def _flush(self) -> None:
         items = list(self._unsaved.values())
         try:
-            await self.rt.db.save_responses(items)
+            await self.db.save_responses(items)
         except Exception as exc:
             log.debug("saving %d responses waits for the database: %s", len(items), exc)
             return
@@ -366,39 +362,38 @@ class BackgroundResponses:
                 del self._unsaved[item.id]
 
     async def _upkeep(self) -> None:
-        rt = self.rt
-        now = rt.clock.now()
-        lease_until = now + rt.config.server.reservation_lease_s
+        now = self.clock.now()
+        lease_until = now + self.config.server.reservation_lease_s
         mine = [i for i in self._tracked if i not in self._unsaved]
-        kept = set(await rt.db.renew_responses(self.owner, mine, lease_until))
+        kept = set(await self.db.renew_responses(self.owner, mine, lease_until))
         for lost in set(mine) - kept:  # settled through another gateway, or adopted by it
             tracked = self._tracked.pop(lost)
             held = tracked.entry.record.get("ticket")
             if held:
-                rt.admission.live.discard(held["rid"])
-        for entry in await rt.db.adopt_responses(self.owner, now, lease_until):
+                self.admission.leases.live.discard(held["rid"])
+        for entry in await self.db.adopt_responses(self.owner, now, lease_until):
             if entry.id not in self._tracked:
                 log.info("following background response %s, left by %s", entry.id,
                          entry.owner)
                 self._track(entry, None, first=False)
         if now >= self._prune_at:
             self._prune_at = now + PRUNE_EVERY_S
-            await rt.db.prune_responses(now - KEEP_S)
+            await self.db.prune_responses(now - KEEP_S)
 
     async def _poll(self, tracked: _Tracked) -> None:
-        rt, entry = self.rt, tracked.entry
-        settings = rt.config.background_responses
-        if rt.clock.now() - entry.created_at >= settings.max_wait_s:
+        entry = tracked.entry
+        settings = self.config.background_responses
+        if self.clock.now() - entry.created_at >= settings.max_wait_s:
             await self._conclude(entry, None, "max_wait")
             return
         tracked.delay = min(tracked.delay * 2, settings.max_poll_interval_s)
-        tracked.due = rt.clock.monotonic() + tracked.delay
-        config = rt.config.upstreams.get(entry.upstream)
+        tracked.due = self.clock.monotonic() + tracked.delay
+        config = self.config.upstreams.get(entry.upstream)
         if config is None or (entry.record.get("passthrough") and tracked.provider_key is None):
             return  # no way to ask: a client's GET, or max_wait_s, settles it
         tracked.polls += 1
         try:
-            resp = await rt.upstream.request(
+            resp = await self.upstream.request(
                 "GET", entry.upstream, config, response_url(config, entry.id),
                 upstream_headers(config, {}, tracked.provider_key), timeout_s=POLL_TIMEOUT_S)
             try:
@@ -428,4 +423,4 @@ class BackgroundResponses:
         with contextlib.suppress(Exception):
             if self._unsaved:
                 await self._flush()
-            await self.rt.db.release_responses(self.owner)
+            await self.db.release_responses(self.owner)

@@ -21,13 +21,14 @@ import fnmatch
 from typing import TYPE_CHECKING, Any
 
 from tokenstile.providers.answers import AnswerText
+from tokenstile.providers.base import ObserverWrapper
 from tokenstile.types import Usage
 
 if TYPE_CHECKING:
     from tokenstile.clock import Clock
     from tokenstile.config import HiddenReasoningConfig
-    from tokenstile.gateway.context import RequestContext
     from tokenstile.providers.base import StreamObserver
+    from tokenstile.types import RequestContext
 
 # Models that reason before they answer without streaming their reasoning, and a pace at
 # the low end of what they are measured to write (so the estimate stays a floor).
@@ -40,7 +41,6 @@ def bill_counted(ctx: RequestContext, text: AnswerText, *, at_cap: bool = False)
     """No usage from the provider: bill the gateway's own count of what was sent and
     received (``at_cap``: an answer lost on the way is billed at its output cap)."""
     req = ctx.req
-    assert req is not None
     ctx.estimated = True
     output, reasoning = text.count(req.model)
     if at_cap and req.output_cap:
@@ -51,23 +51,15 @@ def bill_counted(ctx: RequestContext, text: AnswerText, *, at_cap: bool = False)
                       output_tokens=output, reasoning_tokens=reasoning)
 
 
-class ReasoningTimer:
+class ReasoningTimer(ObserverWrapper):
     """A ``StreamObserver`` around another that notes when visible output first came."""
 
-    __slots__ = ("_clock", "_inner", "first_visible")
+    __slots__ = ("_clock", "first_visible")
 
     def __init__(self, inner: StreamObserver, clock: Clock) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._clock = clock
         self.first_visible: float | None = None
-
-    @property
-    def usage(self) -> Usage | None:
-        return self._inner.usage
-
-    @usage.setter
-    def usage(self, value: Usage | None) -> None:
-        self._inner.usage = value
 
     def on_event(self, event: bytes) -> bytes | None:
         try:
@@ -76,17 +68,6 @@ class ReasoningTimer:
             if self.first_visible is None and self._inner.answering():
                 self.first_visible = self._clock.monotonic()
 
-    def output_text(self) -> str:
-        return self._inner.output_text()
-
-    def reasoning_text(self) -> str:
-        return self._inner.reasoning_text()
-
-    def answering(self) -> bool:
-        return self._inner.answering()
-
-    def usage_is_final(self) -> bool:
-        return self._inner.usage_is_final()
 
 
 class ReasoningPace:
@@ -137,7 +118,6 @@ def settle_stream(ctx: RequestContext, observer: ReasoningTimer, config: HiddenR
     if observer.usage_is_final() or ctx.usage is None or ctx.sent_at is None:
         return
     req = ctx.req
-    assert req is not None
     pace = ReasoningPace(config).of(ctx.served_model or req.model, req.body)
     seconds = (observer.first_visible or now) - ctx.sent_at
     add_hidden_reasoning(ctx, ctx.usage, pace * seconds, req.output_cap or default_cap)

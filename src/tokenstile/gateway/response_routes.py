@@ -19,7 +19,6 @@ import orjson
 from tokenstile.errors import GatewayError
 from tokenstile.gateway import asgi
 from tokenstile.gateway.background import RUNNING, TERMINAL
-from tokenstile.gateway.context import new_request_id
 from tokenstile.gateway.upstream import (
     RELAYED_RESPONSE_HEADERS,
     response_url,
@@ -28,6 +27,7 @@ from tokenstile.gateway.upstream import (
 from tokenstile.providers.sse import EventSplitter, event_fields
 from tokenstile.stores.counters import StoreUnavailable
 from tokenstile.stores.responses import StoredResponse
+from tokenstile.types import new_request_id
 
 if TYPE_CHECKING:
     from tokenstile.config import UpstreamConfig

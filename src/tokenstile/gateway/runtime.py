@@ -7,12 +7,13 @@ import contextlib
 import copy
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from tokenstile.alerts.channels import Channel, LogChannel, build_channel
 from tokenstile.alerts.engine import AlertEngine, PeriodicRules, RuleSettings
-from tokenstile.alerts.rules import AnomalySettings, limit_blocked_alert, limit_threshold_alerts
+from tokenstile.alerts.rules import AnomalySettings, limit_blocked_alert
 from tokenstile.clock import SYSTEM_CLOCK, Clock
 from tokenstile.config import Config, referenced_channels
 from tokenstile.degrade.stage import Degrader
@@ -25,15 +26,17 @@ from tokenstile.gateway.resilience import CircuitBreakers
 from tokenstile.gateway.routing import Router
 from tokenstile.gateway.upstream import UpstreamClient
 from tokenstile.ledger import LedgerWriter
-from tokenstile.limits.admission import Admission, Ticket
+from tokenstile.limits.admission import Admission
 from tokenstile.limits.model import Limit
 from tokenstile.limits.overrides import Overrides
 from tokenstile.metrics import Metrics
 from tokenstile.observability import Telemetry
 from tokenstile.policies.engine import PolicyEngine
 from tokenstile.policies.moderation import UpstreamModerator
-from tokenstile.prices import Pricer, parse_price_override
+from tokenstile.price_watch import watch_prices
+from tokenstile.prices import Pricer
 from tokenstile.providers.anthropic import AnthropicAdapter
+from tokenstile.providers.bedrock import BedrockAdapter
 from tokenstile.providers.openai import OpenAIAdapter
 from tokenstile.stores.alerts import history_from_url
 from tokenstile.stores.counters import CounterStore, StoreUnavailable, counter_store_from_url
@@ -43,7 +46,6 @@ from tokenstile.tokens import encoding_for, ensure_offline_encodings
 from tokenstile.types import LedgerRow, usd_to_nano
 
 if TYPE_CHECKING:
-    from tokenstile.gateway.context import RequestContext
     from tokenstile.providers.base import Adapter
     from tokenstile.types import WireFormat
 
@@ -78,6 +80,7 @@ class Runtime:
     key_limits: KeyLimits | None = None
     telemetry: Telemetry = field(default_factory=lambda: Telemetry(SYSTEM_CLOCK))
     background: BackgroundResponses = field(init=False, repr=False, compare=False)
+    periodic: PeriodicRules = field(init=False, repr=False, compare=False)
     # The services of the current config, fixed for the requests that start under it.
     view: Runtime = field(init=False, repr=False, compare=False)
 
@@ -94,14 +97,20 @@ class Runtime:
               db: Database | None = None, counters: CounterStore | None = None) -> Runtime:
         ensure_offline_encodings()
         db = db or database_from_url(config.storage.database)
-        counters = counters or counter_store_from_url(config.storage.counters)
+        counters = counters or counter_store_from_url(config.storage.counters, clock=clock)
         pricer = pricer_for(config)
         router = Router(config)
-        exact_routes = {r.match for r in config.routes}
-        metrics = Metrics(lambda model: model in exact_routes or pricer.known(model))
+        metrics = Metrics(model_labels_for(config, pricer))
         adapters: dict[WireFormat, Adapter] = {"openai": OpenAIAdapter(),
-                                               "anthropic": AnthropicAdapter()}
-        admission = Admission(config, counters, pricer, clock)
+                                               "anthropic": AnthropicAdapter(),
+                                               "bedrock": BedrockAdapter()}
+        alerts = alert_engine_for(config, clock)
+
+        def alert_blocked(limit: Limit, scope_id: str, used: int, needed: int) -> None:
+            alerts.submit(limit_blocked_alert(limit, scope_id, used, needed, clock.now()))
+
+        admission = Admission(config, counters, pricer, clock, on_blocked=alert_blocked,
+                              on_store_error=lambda _: metrics.store_error("counters"))
         overrides = Overrides(db, config)
         overrides.listeners.append(admission.apply_overrides)
         upstream = UpstreamClient()
@@ -110,17 +119,22 @@ class Runtime:
             auth=Authenticator(config.auth, db, clock, admin_key_for(config)),
             router=router, upstream=upstream,
             ledger=LedgerWriter(db, spool=LedgerSpool.for_database(db.url,
-                                                                   config.storage.spool_dir)),
+                                                                   config.storage.spool_dir),
+                                clock=clock),
             pricer=pricer, metrics=metrics,
             policies=PolicyEngine(config, UpstreamModerator(router, upstream), overrides),
             admission=admission, overrides=overrides, adapters=adapters,
             breakers=CircuitBreakers(config.resilience.circuit_breaker, clock),
             degrader=Degrader(config, admission, clock),
-            alerts=alert_engine_for(config, clock),
+            alerts=alerts,
             caching=CacheStage(config, clock),
             telemetry=Telemetry.from_env(clock),
         )
-        runtime.background = BackgroundResponses(runtime)
+        runtime.background = BackgroundResponses(config, pricer, clock, db, runtime.ledger,
+                                                 metrics, upstream, admission)
+        runtime.periodic = PeriodicRules(db, alerts, admission.limits, rule_settings(config),
+                                         clock)
+        runtime.periodic.interval_s = config.alerting.interval_s
         runtime._pin()
         return runtime
 
@@ -132,18 +146,17 @@ class Runtime:
         self.ledger.start()
         await self.overrides.refresh()
         await self.alerts.start()
-        self.admission.on_blocked = self._alert_blocked
-        self._tasks.append(asyncio.create_task(
-            PeriodicRules(self.db, self.alerts, self.admission.limits,
-                          rule_settings(self.config), self.clock)
-            .run(self.config.alerting.interval_s), name="tokenstile-alert-rules"))
+        self.periodic.limits = list(self.admission.limits)
+        self._tasks.append(asyncio.create_task(self.periodic.run(),
+                                               name="tokenstile-alert-rules"))
         self._tasks.append(asyncio.create_task(self.overrides.run(), name="tokenstile-overrides"))
         self.key_limits = KeyLimits(self.db)
         self.key_limits.listeners.append(self._apply_key_limits)
         await self.key_limits.refresh()
         self._tasks.append(asyncio.create_task(self.key_limits.run(),
                                                name="tokenstile-key-limits"))
-        self.reloader = ConfigReloader(self, self.config_path)
+        self.reloader = ConfigReloader(self.reconfigure, self.clock, self.config_path,
+                                       on_reloaded=lambda: watch_prices(self))
         if self.config_path:
             self.reloader.install_signal_handler()
             self._tasks.append(asyncio.create_task(self.reloader.watch(),
@@ -151,12 +164,12 @@ class Runtime:
         self._tasks.append(asyncio.create_task(self.background.run(),
                                                name="tokenstile-background-responses"))
         try:
-            recovered = await self.admission.recover(self.charge_expired)
+            recovered = await self.admission.leases.recover(self.charge_expired)
             if recovered:
                 log.warning("charged %d unsettled reservations at their estimate", recovered)
         except StoreUnavailable:
             log.warning("counter store unreachable at start; recovery will retry")
-        self._tasks.append(asyncio.create_task(self.admission.maintain(self.charge_expired),
+        self._tasks.append(asyncio.create_task(self.admission.leases.maintain(self.charge_expired),
                                                name="tokenstile-leases"))
         self.started = True
         self._pin()  # the view requests hold: what start() set up
@@ -191,13 +204,18 @@ class Runtime:
         config = keep_start_settings(self.config, config)
         pricer = pricer_for(config)
         self.auth.reconfigure(config.auth, admin_key_for(config))
-        self.admission.pricer = pricer
-        self.admission.reconfigure(config)
+        self.admission.reconfigure(config, pricer)
+        self.background.reconfigure(config, pricer)
         self.overrides.reconfigure(config)
         self.breakers.config = config.resilience.circuit_breaker
         self.degrader.reconfigure(config)
+        self.caching.reconfigure(config)
+        self.metrics.set_model_known(model_labels_for(config, pricer))
+        self.alerts.reconfigure(*alert_channels_for(config))
         self.config, self.pricer = config, pricer
         self._apply_key_limits()
+        self.periodic.reconfigure(self.admission.limits, rule_settings(config),
+                                  config.alerting.interval_s)
         self.router = Router(config)
         self.policies = PolicyEngine(config, UpstreamModerator(self.router, self.upstream),
                                      self.overrides)
@@ -220,22 +238,7 @@ class Runtime:
         if extra or len(base) != len(self.admission.base_limits):
             self.admission.base_limits = [*base, *extra]
             self.admission.apply_overrides(self.overrides.items)
-
-    def _alert_blocked(self, limit: Limit, scope_id: str, used: int, needed: int) -> None:
-        self.alerts.submit(limit_blocked_alert(limit, scope_id, used, needed, self.clock.now()))
-
-    def alert_thresholds(self, ctx: RequestContext) -> None:
-        """After a settle: budget thresholds this request's usage crossed (off the hot path:
-        the engine delivers in the background, once per threshold and window)."""
-        ticket = ctx.ticket
-        if not isinstance(ticket, Ticket) or not ticket.metered:
-            return
-        now = self.clock.now()
-        for item in ticket.applied:
-            if item.charge_index >= 0 and not item.limit.shadow:
-                after = item.used + self.admission.actual(item.limit.unit, ctx)
-                self.alerts.submit_all(limit_threshold_alerts(
-                    item.limit, item.scope_id, item.used, after, now))
+            self.periodic.limits = list(self.admission.limits)
 
     def config_status(self) -> dict[str, object]:
         """The config's source, generation and last reload error (for /readyz)."""
@@ -244,8 +247,9 @@ class Runtime:
         return self.reloader.status.as_dict()
 
 
-def alert_engine_for(config: Config, clock: Clock) -> AlertEngine:
-    """Channels from ``alerting.channels``; names used but not defined go to the log."""
+def alert_channels_for(config: Config) -> tuple[dict[str, Channel], list[str] | None]:
+    """Channels from ``alerting.channels`` (names used but not defined go to the log) and
+    the default ones."""
     channels: dict[str, Channel] = {
         name: build_channel(name, spec.model_dump(exclude_none=True))
         for name, spec in config.alerting.channels.items()}
@@ -253,9 +257,19 @@ def alert_engine_for(config: Config, clock: Clock) -> AlertEngine:
         channels.setdefault(name, LogChannel())
     if not channels:
         channels["log"] = LogChannel()
+    return channels, config.alerting.default_channels
+
+
+def alert_engine_for(config: Config, clock: Clock) -> AlertEngine:
+    channels, default_channels = alert_channels_for(config)
     history = history_from_url(config.storage.database)
-    return AlertEngine(channels, history, clock,
-                       default_channels=config.alerting.default_channels)
+    return AlertEngine(channels, history, clock, default_channels=default_channels)
+
+
+def model_labels_for(config: Config, pricer: Pricer) -> Callable[[str], bool]:
+    """The models that get a metric label of their own: routed by name, or priced."""
+    exact_routes = {r.match for r in config.routes}
+    return lambda model: model in exact_routes or pricer.known(model)
 
 
 def rule_settings(config: Config) -> RuleSettings:
@@ -286,6 +300,6 @@ def warm_up() -> None:
 
 
 def pricer_for(config: Config) -> Pricer:
-    overrides = {name: parse_price_override(price.model_dump(exclude_none=True))
-                 for name, price in config.prices.items()}
-    return Pricer(overrides)
+    from tokenstile.price_table import pricer_from_config
+
+    return pricer_from_config(config)

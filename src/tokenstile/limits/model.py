@@ -13,12 +13,14 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from fractions import Fraction
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from tokenstile.config import Config, LimitConfig, ScheduleConfig, ThresholdConfig
 from tokenstile.limits.windows import Window
+from tokenstile.prices import ModelPrice
 from tokenstile.types import Caller, Scope, Unit, usd_to_nano
 
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -68,6 +70,17 @@ class Limit:
     low_priority_fraction: float | None = None
     schedule: tuple[Schedule, ...] = ()
     origin: str = "limits"
+    # ``unpriced: fallback``: a model with no known price counts at this price.
+    fallback_price: ModelPrice | None = None
+    # Rollover (the share of the amount a window may carry in from the previous one's
+    # unused part; 0: none) and proration of the window it is first seen in.
+    rollover_percent: float = 0.0
+    prorate: bool = False
+
+    @property
+    def varies(self) -> bool:
+        """Its amount changes window by window (``limits/allowance.py``)."""
+        return self.rollover_percent > 0 or self.prorate
 
     @property
     def hard_fraction(self) -> float:
@@ -187,7 +200,17 @@ def _from_config(item: LimitConfig, index: int, tz: str, defaults: tuple[Thresho
         failure_mode=item.failure_mode or "closed", shadow=item.shadow,
         low_priority_fraction=item.low_priority_fraction,
         schedule=_schedule(item.schedule, item.unit), origin=name,
+        fallback_price=_fallback(item),
+        rollover_percent=item.rollover.max_percent if item.rollover else 0.0,
+        prorate=item.prorate,
     )
+
+
+def _fallback(item: LimitConfig) -> ModelPrice | None:
+    if item.unpriced != "fallback" or item.fallback_price is None:
+        return None
+    return ModelPrice(input=Decimal(str(item.fallback_price.input_per_mtok)),
+                      output=Decimal(str(item.fallback_price.output_per_mtok)))
 
 
 @dataclass

@@ -20,7 +20,7 @@ from tokenstile.limits.model import Limit
 from tokenstile.stores.database import Database, Override
 
 if TYPE_CHECKING:
-    from tokenstile.gateway.context import RequestContext
+    from tokenstile.types import RequestContext
 
 log = logging.getLogger("tokenstile.overrides")
 
@@ -112,7 +112,6 @@ class Overrides:
         if not self._switched_off:
             return
         caller, req = ctx.caller, ctx.req
-        assert caller is not None and req is not None
         for scope, name in (("feature", req.feature), ("project", caller.project),
                             ("key", caller.key_id), ("model", req.model)):
             if name is None:

@@ -15,8 +15,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
 
     from tokenstile.config import UpstreamConfig
-    from tokenstile.gateway.context import RequestContext
-    from tokenstile.types import LedgerRow
+    from tokenstile.types import Arrival, LedgerRow
 
 log = logging.getLogger("tokenstile.observability")
 
@@ -46,7 +45,7 @@ class Telemetry:
             except Exception:
                 log.exception("flushing the trace exporter failed")
 
-    def finished(self, ctx: RequestContext, row: LedgerRow | None,
+    def finished(self, ctx: Arrival, row: LedgerRow | None,
                  upstreams: Mapping[str, UpstreamConfig]) -> None:
         """``row`` is the ledger row, or None for a request refused before it had a
         caller (no row is written for those, but they are logged and traced)."""

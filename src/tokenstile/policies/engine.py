@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from tokenstile.config import Config
-from tokenstile.limits.admission import set_output_cap
+from tokenstile.limits.caps import set_output_cap
 from tokenstile.policies import auto_reply, report
 from tokenstile.policies.arguments import scan_tool_value
 from tokenstile.policies.decisions import Block, Decision, Flag, Rewrite
@@ -37,11 +37,10 @@ from tokenstile.policies.stream import PolicyStreamObserver
 from tokenstile.policies.texts import response_slots, tool_slots
 
 if TYPE_CHECKING:
-    from tokenstile.gateway.context import RequestContext
     from tokenstile.limits.overrides import Overrides
     from tokenstile.providers.base import StreamObserver
     from tokenstile.stores.database import Override
-    from tokenstile.types import CanonicalRequest
+    from tokenstile.types import CanonicalRequest, RequestContext
 
 _MODERATED_APIS = frozenset({"chat", "completions", "responses", "messages"})
 
@@ -89,7 +88,6 @@ class PolicyEngine:
     def rules_for(self, ctx: RequestContext) -> tuple[Rules, list[Loosening], tuple[str, ...]]:
         """The rules for this request: its scope's, tightened by its policy headers; and
         the loosenings that were ignored (by header, by client-named feature)."""
-        assert ctx.caller is not None and ctx.req is not None
         rules, by_feature = (self._resolver.rules(ctx.caller, ctx.req.feature)
                              if self._configured else (NO_RULES, ()))
         by_header: list[Loosening] = []
@@ -113,7 +111,6 @@ class PolicyEngine:
         for item in by_header:
             report.record_loosening(ctx, item)
         req = ctx.req
-        assert req is not None
         for policy in by_feature:
             report.record_feature_loosening(ctx, policy, req.feature)
         if rules is NO_RULES:
@@ -132,20 +129,18 @@ class PolicyEngine:
                 return
         self._carry_out(ctx, await self._moderate(ctx, rules))
         if rules.retries is not None:
-            ctx.detail["retries"] = rules.retries
+            ctx.retries = rules.retries
 
     async def _moderate(self, ctx: RequestContext, rules: Rules) -> list[Decision]:
         """What moderation decides about the input (nothing when it is off)."""
         moderation, req = rules.auto_moderate, ctx.req
-        assert req is not None
         if moderation is None or self.moderator is None or not req.input_text or \
                 req.api not in _MODERATED_APIS:
             return []
         verdict = await self.moderator.moderate(req.input_text, moderation, req.model,
                                                 ctx.provider_key)
-        ctx.detail["moderation"] = {"flagged": verdict.flagged,
-                                    "categories": list(verdict.categories),
-                                    **({"error": verdict.error} if verdict.error else {})}
+        ctx.moderation = {"flagged": verdict.flagged, "categories": list(verdict.categories),
+                          **({"error": verdict.error} if verdict.error else {})}
         decision = judge(moderation, verdict)
         return [decision] if decision is not None else []
 
@@ -159,7 +154,6 @@ class PolicyEngine:
         if blocks:
             raise report.blocked(ctx, blocks)
         req = ctx.req
-        assert req is not None
         for decision in decisions:
             if isinstance(decision, Rewrite) and not decision.shadow:
                 if decision.patch:
@@ -179,7 +173,6 @@ class PolicyEngine:
 
     def _answer(self, ctx: RequestContext, text: str) -> None:
         req = ctx.req
-        assert req is not None
         options = req.body.get("stream_options")
         ctx.auto_reply = auto_reply.render(
             req.api, req.model, text, stream=req.stream, created=int(ctx.ts),
@@ -195,7 +188,6 @@ class PolicyEngine:
         if not rules.response_side:
             return []
         req = ctx.req
-        assert req is not None
         finders: list[Finder] = []
         words = rules.response_wordlists
         if words is not None and words.matcher:
@@ -241,7 +233,8 @@ class PolicyEngine:
         if not finders:
             return observer
         return PolicyStreamObserver(observer, ctx.req.api, finders,
-                                    lambda spans: self._judge_answer(ctx, spans, streamed=True))
+                                    lambda spans: self._judge_answer(ctx, spans, streamed=True),
+                                    ctx.wire)
 
     def _judge_answer(self, ctx: RequestContext, spans: list[Span], streamed: bool) -> None:
         if not spans:

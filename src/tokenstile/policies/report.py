@@ -2,8 +2,9 @@
 
 Flags are ``<policy>:<what>`` (``max_tokens:clamped``, ``request_wordlists:audit:profanity``);
 a decision made in shadow mode is ``<policy>:shadow:<what>`` (``max_tokens:shadow:blocked``).
-A block sets ``block_reason`` to ``policy:<code>[,<code>…]``. ``detail["policies"]`` keeps one
-entry per decision with its message, for ``tokenstile flagged``.
+A block sets ``block_reason`` to ``policy:<code>[,<code>…]``. ``ctx.policies`` (the row's
+``detail["policies"]``) keeps one entry per decision with its message, for
+``tokenstile flagged``.
 """
 
 from __future__ import annotations
@@ -11,16 +12,16 @@ from __future__ import annotations
 from typing import Any
 
 from tokenstile.errors import GatewayError, StreamBlocked
-from tokenstile.gateway.context import RequestContext
 from tokenstile.policies.decisions import Block, Decision, Flag, Rewrite
 from tokenstile.policies.headers import Loosening
+from tokenstile.types import RequestContext
 
 
 def _note(ctx: RequestContext, flag: str, entry: dict[str, Any]) -> None:
     if flag in ctx.flags:
         return
     ctx.flags.append(flag)
-    ctx.detail.setdefault("policies", []).append(entry)
+    ctx.policies.append(entry)
 
 
 def record(ctx: RequestContext, decision: Decision) -> None:

@@ -12,6 +12,10 @@ events are held until the call ends (its choice finishes, its block stops, its a
 are done), the gathered arguments are checked whole (``policies.arguments``), and a
 redaction puts the rewritten arguments in the first piece and empties the others: a client
 that joins the pieces, as the SDKs do, gets the rewritten arguments.
+
+Bedrock streams are event stream frames, not SSE: each is decoded (a Converse event, or
+the Anthropic event inside an invoke ``chunk``) and one whose text changed is encoded
+again.
 """
 
 from __future__ import annotations
@@ -25,9 +29,10 @@ import orjson
 
 from tokenstile.policies.arguments import scan_arguments, scan_tool_value
 from tokenstile.policies.scanner import ChannelScanner, Finder, Span, scan_whole
-from tokenstile.providers.base import StreamObserver
+from tokenstile.providers import eventstream
+from tokenstile.providers.base import ObserverWrapper, StreamObserver
+from tokenstile.providers.bedrock import chunk_frame, invoke_event
 from tokenstile.providers.sse import event_fields
-from tokenstile.types import Usage
 
 _TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed",
                        "error", "message_stop"})
@@ -40,12 +45,27 @@ class _Event:
     obj: Any = None
     waiting: int = 0
     changed: bool = False
+    frame: str | None = None  # a Bedrock frame: "converse" or "invoke"
 
     def render(self) -> bytes:
         if not self.changed:
             return self.raw
+        if self.frame == "converse":
+            return eventstream.event(self.name or "", self.obj)
+        if self.frame == "invoke":
+            return chunk_frame(self.obj)
         head = b"event: " + self.name.encode() + b"\n" if self.name else b""
         return head + b"data: " + orjson.dumps(self.obj) + b"\n\n"
+
+
+def _frame_event(api: str, raw: bytes) -> _Event:
+    """A Bedrock frame, decoded: its event name and JSON (None for an exception frame)."""
+    frame = eventstream.decode(raw)
+    if frame.message_type != "event":
+        return _Event(raw, frame.name)
+    if api == "converse":
+        return _Event(raw, frame.name, frame.json(), frame="converse")
+    return _Event(raw, frame.name, invoke_event(frame), frame="invoke")
 
 
 @dataclass(slots=True)
@@ -59,14 +79,15 @@ class _Parsed:
     whole_calls: list[tuple[Any, Any]] = field(default_factory=list)  # whole arguments
 
 
-class PolicyStreamObserver:
-    __slots__ = ("_api", "_calls", "_finders", "_inner", "_next", "_on_spans", "_pieces",
+class PolicyStreamObserver(ObserverWrapper):
+    __slots__ = ("_api", "_calls", "_finders", "_frames", "_next", "_on_spans", "_pieces",
                  "_queue", "_scanners")
 
     def __init__(self, inner: StreamObserver, api: str, finders: list[Finder],
-                 on_spans: Callable[[list[Span]], None]) -> None:
-        self._inner = inner
+                 on_spans: Callable[[list[Span]], None], wire: str = "openai") -> None:
+        super().__init__(inner)
         self._api = api
+        self._frames = wire == "bedrock"
         self._finders = finders
         self._on_spans = on_spans
         self._scanners: dict[Hashable, ChannelScanner] = {}
@@ -75,46 +96,33 @@ class PolicyStreamObserver:
         self._next = 0
         self._calls: dict[tuple[Hashable, Hashable], list[tuple[_Event, Any, Any]]] = {}
 
-    @property
-    def usage(self) -> Usage | None:
-        return self._inner.usage
-
-    @usage.setter
-    def usage(self, value: Usage | None) -> None:
-        self._inner.usage = value
-
-    def output_text(self) -> str:
-        return self._inner.output_text()
-
-    def reasoning_text(self) -> str:
-        return self._inner.reasoning_text()
-
-    def answering(self) -> bool:
-        return self._inner.answering()
-
-    def usage_is_final(self) -> bool:
-        return self._inner.usage_is_final()
 
     def on_event(self, event: bytes) -> bytes | None:
         relay = self._inner.on_event(event)
         if relay is None:
             return None
-        name, data = event_fields(relay)
-        entry = _Event(relay, name)
+        if self._frames:
+            entry = _frame_event(self._api, relay)
+            obj = entry.obj
+            done = entry.frame is None  # an exception frame ends the stream
+        else:
+            name, data = event_fields(relay)
+            entry = _Event(relay, name)
+            obj = None
+            if data.startswith(b"{"):
+                try:
+                    obj = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    obj = None
+            done = data.strip() == b"[DONE]"
         self._queue.append(entry)
-        obj: Any = None
-        if data.startswith(b"{"):
-            try:
-                obj = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                obj = None
         if not isinstance(obj, dict):
-            if data.strip() == b"[DONE]":
+            if done:
                 self._advance(set(self._scanners), set(self._scanners))
                 self._end_calls(None)
             return self._drain()
         entry.obj = obj
-        parsed = _parse(self._api, obj)
+        parsed = _parse(self._api, obj, entry.name)
         touched: set[Hashable] = set(parsed.finals)
         for channel, owner, key in parsed.slots:
             scanner = self._scanners.get(channel)
@@ -180,9 +188,12 @@ class PolicyStreamObserver:
         return b"".join(out) if out else None
 
 
-def _parse(api: str, obj: dict[str, Any]) -> _Parsed:
+def _parse(api: str, obj: dict[str, Any], name: str | None = None) -> _Parsed:
     """Which strings of one event are generated text, and which channels it ends."""
     parsed = _Parsed()
+    if api == "converse":  # Bedrock: the event's name is in its frame's headers
+        _parse_converse(obj, name, parsed)
+        return parsed
     kind = obj.get("type")
     if ("error" in obj and kind is None) or kind in _TERMINAL:
         parsed.terminal = True
@@ -230,6 +241,18 @@ def _chat_calls(channel: Hashable, delta: dict[str, Any], parsed: _Parsed) -> No
     legacy = delta.get("function_call")
     if isinstance(legacy, dict) and isinstance(legacy.get("arguments"), str):
         parsed.calls.append(((channel, "function_call"), legacy, "arguments"))
+
+
+def _parse_converse(obj: dict[str, Any], name: str | None, parsed: _Parsed) -> None:
+    channel = ("block", obj.get("contentBlockIndex"))
+    delta = obj.get("delta")
+    if name == "contentBlockDelta" and isinstance(delta, dict) and \
+            isinstance(delta.get("text"), str):
+        parsed.slots.append((channel, delta, "text"))
+    elif name == "contentBlockStop":
+        parsed.finals.add(channel)
+    elif name == "messageStop":
+        parsed.terminal = True
 
 
 def _parse_responses(obj: dict[str, Any], kind: Any, parsed: _Parsed) -> None:

@@ -8,8 +8,8 @@ parts wherever a double could round (past 2^53, about 9 million USD in nano-USD)
 
 Every key carries one hash tag (``{ts}`` by default, ``?prefix=name`` for
 ``{name}``) so that in Redis Cluster all keys a script touches share a slot:
-``{ts}:c:<counter>``, ``{ts}:r`` (rid -> reserved deltas and record) and ``{ts}:l``
-(rids by lease deadline).
+``{ts}:c:<counter>``, ``{ts}:r`` (rid -> reserved deltas and record), ``{ts}:l``
+(rids by lease deadline) and ``{ts}:p:<lane>`` (throttle lanes, pace.lua).
 
 Calls never hang (``stores/redis_client.py``): the pool waits at most ``timeout`` seconds for
 a free connection (default 1), sockets time out after ``socket_connect_timeout`` /
@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 
 from tokenstile.clock import Clock
+from tokenstile.limits.allowance import SEEN_TTL_S, Allowance
 from tokenstile.stores.counters import (
     Charge,
     ExpiredReservation,
@@ -36,12 +37,22 @@ from tokenstile.stores.counters import (
     merge_deltas,
     plan_reservation,
 )
+from tokenstile.stores.pacing import MIN_RATE_PER_S, OBSERVATION_S, PaceOutcome
 from tokenstile.stores.redis_client import RedisConnection
 
 
 @cache
 def _script(name: str) -> str:
     return resources.files("tokenstile.stores").joinpath(name).read_text(encoding="utf-8")
+
+
+def _rule(allowance: tuple[Allowance, int, int] | None) -> Any:
+    """A check's allowance as reserve.lua reads it (counter numbers 1-based, 0: none)."""
+    if allowance is None:
+        return False
+    rule, seen, previous = allowance
+    return (seen + 1, previous + 1, rule.now, rule.start, rule.end, int(rule.prorate),
+            rule.previous_start, str(rule.carry_cap), SEEN_TTL_S * 1000)
 
 
 def _hash_tag(value: str) -> str:
@@ -67,11 +78,13 @@ class RedisCounterStore:
         self._counter_prefix = f"{tag}:c:"
         self._held_key = f"{tag}:r"
         self._lease_key = f"{tag}:l"
+        self._lane_prefix = f"{tag}:p:"
         self._client = self._redis.client
         self._reserve = self._client.register_script(_script("reserve.lua"))
         self._settle = self._client.register_script(_script("settle.lua"))
         self._claim = self._client.register_script(_script("claim.lua"))
         self._add = self._client.register_script(_script("add.lua"))
+        self._pace = self._client.register_script(_script("pace.lua"))
 
     def _key(self, key: str) -> str:
         return self._counter_prefix + key
@@ -98,6 +111,7 @@ class RedisCounterStore:
                      *(i + 1 for i in c.sums))
                     for c in plan.checks
                 ],
+                [_rule(c.allowance) for c in plan.checks],
             )
         )
         args = (rid, repr(lease_until), payload, spec)
@@ -106,10 +120,13 @@ class RedisCounterStore:
         reply = await self._call("reserve", lambda: self._reserve(keys=keys, args=args))
         status, n = int(reply[0]), len(plan.checks)
         used = [int(v) for v in reply[1 : 1 + n]]
+        if status == 2:
+            return ReserveOutcome(True, used)
+        caps = [None if v is None else int(v) for v in reply[1 + n : 1 + 2 * n]]
         if status == 0:
             self._forget(rid)
-            return ReserveOutcome(False, used, [int(v) for v in reply[1 + n :]])
-        return ReserveOutcome(True, used)
+            return ReserveOutcome(False, used, [int(v) for v in reply[1 + 2 * n :]], caps)
+        return ReserveOutcome(True, used, limits=caps)
 
     async def _reserve_layout(self, rid: str, keys: Sequence[str]) -> tuple[str, str, list[str]]:
         return self._layout(rid, keys)
@@ -173,6 +190,16 @@ class RedisCounterStore:
         names = [self._key(k) for k in keys]
         values = await self._call("read", lambda: self._client.mget(names))
         return [0 if v is None else int(v) for v in values]
+
+    async def pace(self, lane: str, now: float, reduction: float | None, max_wait_s: float,
+                   ttl: int) -> PaceOutcome:
+        keys = [self._lane_prefix + lane]
+        args: list[str | int] = [
+            repr(now), "" if reduction is None else repr(reduction), repr(max_wait_s),
+            max(1, ttl * 1000), repr(OBSERVATION_S), repr(MIN_RATE_PER_S)]
+        reply = await self._call("pace", lambda: self._pace(keys=keys, args=args))
+        return PaceOutcome(bool(int(reply[0])), float(reply[1]), float(reply[2]),
+                           int(reply[3]), float(reply[4]))
 
     async def ping(self) -> None:
         await self._call("ping", self._client.ping)
