@@ -328,7 +328,7 @@ class ScheduleConfig(_Strict):
 
     days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] | None = None
     hours: str | None = None  # "09-18"
-    amount: float = Field(ge=0)
+    amount: int | float = Field(ge=0)
 
     @field_validator("hours")
     @classmethod
@@ -359,7 +359,7 @@ class LimitConfig(_Strict):
     when: dict[str, str | list[str]] = Field(default_factory=dict)
     window: str = "day"
     unit: str = "tokens"
-    amount: float = Field(ge=0)
+    amount: int | float = Field(ge=0)  # a whole number stays exact, however large
     thresholds: list[ThresholdConfig] | None = None
     failure_mode: Literal["closed", "open"] | None = None
     shadow: bool = False

@@ -4,6 +4,7 @@ reads for them, at explicit instants (no clock, no sleep)."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from fractions import Fraction
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -45,11 +46,26 @@ def test_prorated_is_the_share_of_the_window_left() -> None:
     assert abs(prorated(10**15, START + 1, START, END) - 10**15 * 86_399 // 86_400) <= 1
 
 
+def test_prorated_past_2_53_stays_within_the_precision_of_the_share() -> None:
+    # One double product of 2^60 would be off by up to 128 units, of 2^63 - 1 by 1024; the
+    # two-part product stays within 10^3 units of the exact one, never above the amount.
+    for amount in (2**53, 2**53 + 1, 2**60 + 7, 2**63 - 1):
+        for seen in (START + 1, START + DAY / 3, START + DAY - 1):
+            share = (END - seen) / (END - START)
+            exact = amount * Fraction(share)
+            got = prorated(amount, seen, START, END)
+            assert abs(got - exact) <= 1000 and got <= amount
+    assert prorated(2**60 + 7, START, START, END) == 2**60 + 7
+    assert prorated(2**60 + 7, START + DAY / 2, START, END) == (2**60 + 7) // 2
+
+
 def test_carried_is_what_was_left_at_most_the_cap() -> None:
     assert carried(1000, 300, 500) == 500
     assert carried(1000, 800, 500) == 200
     assert carried(1000, 1200, 500) == 0  # an overspent window carries nothing, takes nothing
     assert carry_cap(1000, 50) == 500 and carry_cap(999, 33.3) == 332
+    assert carry_cap(2**60 + 3, 50) == 2**59 + 1  # exact past 2^53
+    assert carry_cap(2**60, 12.5) == 2**57 and carry_cap(10**17 + 10, 0.1) == 10**14 + 0
 
 
 def test_first_seen() -> None:

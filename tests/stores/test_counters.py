@@ -426,6 +426,62 @@ async def test_no_overshoot_across_processes(shared_backend: Backend) -> None:
         await store.close()
 
 
+# --- exact beyond 2^53 ---------------------------------------------------------------------
+# Nano-USD amounts past 2^53 (about 9 million USD) are beyond what a double holds exactly;
+# every backend must still count and compare them to the unit.
+
+P53, P60 = 2**53, 2**60
+
+
+async def test_limits_just_past_2_53_are_exact(store: CounterStore) -> None:
+    limit = P53 + 1
+    first = await store.reserve("r1", [charge("usd", P53, limit)], LEASE, RECORD)
+    assert first.admitted and first.used == [0]
+    second = await store.reserve("r2", [charge("usd", 1, limit)], LEASE, RECORD)
+    assert second.admitted and second.used == [P53]
+    # 2^53 + 2 rounds to 2^53 + 2, 2^53 + 1 to 2^53: as doubles this would still fit
+    third = await store.reserve("r3", [charge("usd", 1, limit)], LEASE, RECORD)
+    assert not third.admitted and third.used == [P53 + 1] and third.failed == [0]
+    assert await store.read(["usd"]) == [P53 + 1]
+    assert (await store.reserve("r2", [charge("usd", 1, limit)], LEASE, RECORD)).used == [P53]
+    assert await store.settle("r2", [("usd", -1)])
+    assert await store.read(["usd"]) == [P53]
+
+
+async def test_sums_around_2_60_are_exact(store: CounterStore) -> None:
+    buckets = [("b1", P60 + 1), ("b2", P60 + 3), ("b3", 7)]
+    await store.add([(key, value, TTL) for key, value in buckets])
+    total = sum(value for _, value in buckets)  # 2^61 + 11: odd, past any double
+    admitted = await store.reserve("r1", [Charge("b1", 5, total + 5, TTL,
+                                                 ("b1", "b2", "b3"))], LEASE, RECORD)
+    assert admitted.admitted and admitted.used == [total]
+    refused = await store.reserve("r2", [Charge("b1", 1, total + 5, TTL, ("b1", "b2", "b3"))],
+                                  LEASE, RECORD)
+    assert not refused.admitted and refused.used == [total + 5]
+    assert await store.read(["b1", "b2", "b3"]) == [P60 + 6, P60 + 3, 7]
+    assert await store.settle("r1", [("b1", -P60)])  # a settle far below the reserve
+    assert await store.read(["b1"]) == [6]
+    big = await store.reserve("r3", [charge("c", P60 + 1, P60 + 1)], LEASE, RECORD)
+    assert big.admitted
+    [expired] = await store.claim_expired(LEASE + 1)
+    assert expired.rid == "r3" and expired.deltas == (("c", P60 + 1),)
+    assert await store.read(["c"]) == [P60 + 1]
+
+
+async def test_many_buckets_that_are_each_small_sum_exactly(store: CounterStore) -> None:
+    value = 10**15 - 1  # each fits a double; eleven of them (an odd sum past 2^53) do not
+    keys = [f"m{i}" for i in range(11)]
+    await store.add([(key, value, TTL) for key in keys])
+    total = 11 * value
+    assert total > P53 and total % 2 == 1
+    fits = await store.reserve("r1", [Charge("m0", 1, total + 1, TTL, tuple(keys))],
+                               LEASE, RECORD)
+    assert fits.admitted and fits.used == [total]
+    full = await store.reserve("r2", [Charge("m0", 1, total + 1, TTL, tuple(keys))],
+                               LEASE, RECORD)
+    assert not full.admitted and full.used == [total + 1]
+
+
 # --- throttle lanes (pace) ------------------------------------------------------------------
 
 T0 = 1_767_225_600.0
@@ -698,6 +754,35 @@ async def test_every_backend_works_out_the_same_caps(store: CounterStore) -> Non
                                       RECORD)
         want = window_amount(amount, first_seen(seen, now, T0, 0), rule, before)
         assert outcome.limits == [want], (case, amount, seen, before, now)
+
+
+async def test_caps_past_2_53_agree_on_every_backend_and_hold_to_the_unit(
+        store: CounterStore) -> None:
+    """Rolled over and prorated budgets past 2^53 (up to 2^61 nano-USD, about 2.3 billion
+    USD): the Redis script works out the cap Python does, and holds charges to it exactly."""
+    rng = random.Random(53)
+    for case in range(12):
+        amount = rng.choice([P53 + rng.randint(1, 10**6), P60 + 2 * rng.randint(0, 10**9) + 1,
+                             rng.randint(P53, 2**61)])
+        seen = rng.choice([0, int(T0 - rng.randint(1, 1500)), int(T0 + rng.randint(1, 999))])
+        before = rng.randint(0, amount)
+        now = T0 + rng.uniform(1, 999.9)
+        key = f"big{case}"
+        rule = Allowance(seen=f"{key}:seen", start=T0, end=T0 + 1000, now=now,
+                         prorate=case % 3 != 2, previous=f"{key}:before",
+                         previous_start=T0 - 1000, carry_cap=rng.randint(1, amount))
+        await store.add([(f"{key}:before", before, TTL)] +
+                        ([(f"{key}:seen", seen, TTL)] if seen else []))
+        probe = await store.reserve(key, [Charge(key, 0, amount, TTL, (), rule)], LEASE,
+                                    RECORD)
+        want = window_amount(amount, first_seen(seen, now, T0, 0), rule, before)
+        assert probe.limits == [want], (case, amount, seen, before, now)
+        full = await store.reserve(f"{key}:full", [Charge(key, want, amount, TTL, (), rule)],
+                                   LEASE, RECORD)
+        assert full.admitted and full.limits == [want]
+        over = await store.reserve(f"{key}:over", [Charge(key, 1, amount, TTL, (), rule)],
+                                   LEASE, RECORD)
+        assert not over.admitted and over.used == [want] and over.limits == [want]
 
 
 # --- Redis specifics ----------------------------------------------------------------------

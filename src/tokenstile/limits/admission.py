@@ -145,10 +145,10 @@ class Admission:
             scope_id = limit.scope_id(caller, attrs)
             if scope_id is None:
                 continue
-            hard = limit.amount_at(now) * limit.hard_fraction
-            if low and limit.scope in ("organization", "global"):
-                hard *= limit.low_priority_fraction or self.config.server.low_priority_fraction
-            out.append(Applied(limit, scope_id, int(hard), tenant=tenant))
+            hard = limit.hard_at(now, *(
+                (limit.low_priority_fraction or self.config.server.low_priority_fraction,)
+                if low and limit.scope in ("organization", "global") else ()))
+            out.append(Applied(limit, scope_id, hard, tenant=tenant))
         if req.run is not None:
             out.extend(self.runs.applied(caller, req))
         return out

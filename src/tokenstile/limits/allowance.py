@@ -14,7 +14,7 @@ is kept on the counter store as a marker counter (``Allowance.seen``) written by
 reservation, and the previous window's counter is read in the same atomic reservation, so
 admission stays one store round trip. Every backend runs these functions (the Redis script
 mirrors them line by line, in the same floating-point order, so the results agree to the
-unit).
+unit, past 2^53 too: see ``prorated``).
 
 A budget whose counter already holds usage when its marker is missing (prorate or rollover
 switched on mid-window, or a gateway upgraded) counts as seen since its window's start:
@@ -25,10 +25,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 SEEN_TTL_S = 400 * 86400
 """How long a first-seen marker outlives the budget's last charge: a budget not used for
 that long counts as new again."""
+
+_P53 = 2**53
+_SPLIT = 10**9  # reserve.lua's two-part base
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,12 +64,27 @@ def first_seen(marker: int, now: float, start: float, used: int) -> int:
 
 def prorated(amount: int, seen: float, start: float, end: float) -> int:
     """``amount`` times the share of the window [start, end) left after ``seen``, floored
-    (in doubles, as Lua has them: within a unit of the exact share)."""
+    (in doubles, as Lua has them: within a unit of the exact share).
+
+    The share is a double, so the product is taken in doubles too, in steps reserve.lua
+    repeats exactly. Below 2^53 the amount is one exact double. From 2^53 on (nano-USD
+    budgets past about 9 million USD) one product would be off by hundreds of units, so the
+    amount is split into ``hi * 10^9 + lo``: ``hi * share`` gives whole units of 10^9 and a
+    fraction, which is scaled back to units and added to ``lo * share``. That keeps the cap
+    within about 10^3 units (10^-16 of the amount: the precision of the share itself) of
+    the exact product, never above the amount, and the same on every backend.
+    """
     if seen <= start or end <= start:
         return amount
     if seen >= end:
         return 0
-    return math.floor(amount * ((end - seen) / (end - start)))
+    share = (end - seen) / (end - start)
+    if amount < _P53:
+        return math.floor(amount * share)
+    hi, lo = divmod(amount, _SPLIT)
+    top = hi * share
+    whole = math.floor(top)
+    return whole * _SPLIT + math.floor((top - whole) * _SPLIT + lo * share)
 
 
 def carried(previous_amount: int, previous_used: int, cap: int) -> int:
@@ -74,8 +93,9 @@ def carried(previous_amount: int, previous_used: int, cap: int) -> int:
 
 
 def carry_cap(amount: int, max_percent: float) -> int:
-    """The most a window may carry in: ``max_percent`` % of the amount."""
-    return math.floor(amount * max_percent / 100)
+    """The most a window may carry in: ``max_percent`` % of the amount (the percentage as
+    written, in exact arithmetic: a double product is off by more than a unit past 2^53)."""
+    return math.floor(Fraction(amount) * Fraction(repr(max_percent)) / 100)
 
 
 def window_amount(amount: int, seen: float, allowance: Allowance, previous_used: int) -> int:

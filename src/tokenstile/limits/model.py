@@ -8,11 +8,13 @@ requests, or nano-dollars for ``usd``.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from fractions import Fraction
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
@@ -86,6 +88,10 @@ class Limit:
         blocks = [t.fraction for t in self.thresholds if t.action == "block"]
         return min(blocks) if blocks else 1.0
 
+    def hard_at(self, now: float, *fractions: float) -> int:
+        """Where it blocks at ``now`` (times further ``fractions``), exactly."""
+        return share_of(self.amount_at(now), self.hard_fraction, *fractions)
+
     def amount_at(self, now: float) -> int:
         """The amount in force at ``now``: a matching schedule entry overrides it."""
         if not self.schedule:
@@ -130,6 +136,23 @@ def tier_names(name: str) -> frozenset[str]:
 
 def _amount(unit: str, value: float) -> int:
     return usd_to_nano(value) if unit == "usd" else int(value)
+
+
+def share_of(amount: int, *fractions: float) -> int:
+    """``amount`` times each fraction as written (0.95 is 19/20), rounded down, in exact
+    arithmetic: a float product is off by more than a unit past 2^53."""
+    scaled = [fraction for fraction in fractions if fraction != 1.0]
+    if not scaled:
+        return amount
+    value = Fraction(amount)
+    for fraction in scaled:
+        value *= _decimal_fraction(fraction)
+    return math.floor(value)
+
+
+@lru_cache(maxsize=256)
+def _decimal_fraction(value: float) -> Fraction:
+    return Fraction(repr(value))
 
 
 def _thresholds(items: Iterable[ThresholdConfig]) -> tuple[Threshold, ...]:

@@ -72,7 +72,7 @@ async def budget_status(limits: Iterable[Limit], counters: CounterStore, now: fl
     for limit in limits:
         if limit.window.kind == "request":
             continue
-        hard = int(limit.amount_at(now) * limit.hard_fraction)
+        hard = limit.hard_at(now)
         for scope_id in _ids_for(limit, known_ids):
             key, window_keys = counter_key(limit, scope_id, now)
             owner = tenant(limit.scope, scope_id) if tenant is not None else None
@@ -93,7 +93,7 @@ async def budget_status(limits: Iterable[Limit], counters: CounterStore, now: fl
         window = limit.window.kind if limit.window.kind != "rolling" else \
             f"rolling:{limit.window.length_s}s"
         used = sum(values.get(k, 0) for k in keys)
-        hard = int(limit.amount_at(now) * limit.hard_fraction)
+        hard = limit.hard_at(now)
         if rule is not None:  # as the next reservation would hold it (limits/allowance.py)
             seen = first_seen(values.get(rule.seen, 0), now, rule.start, used)
             hard = window_amount(hard, seen, rule, values.get(rule.previous or "", 0))

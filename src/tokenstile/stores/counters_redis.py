@@ -2,7 +2,11 @@
 
 Each operation is one Lua script run by EVALSHA (reserve.lua, settle.lua, claim.lua,
 add.lua beside this file), so reserve's check-then-add is atomic on the server and costs one
-round trip. Every key carries one hash tag (``{ts}`` by default, ``?prefix=name`` for
+round trip. Amounts are exact to the unit up to 2^63: counters are 64-bit integers (INCRBY),
+every amount crosses into Lua as a decimal string, and reserve.lua sums and compares in two
+parts wherever a double could round (past 2^53, about 9 million USD in nano-USD).
+
+Every key carries one hash tag (``{ts}`` by default, ``?prefix=name`` for
 ``{name}``) so that in Redis Cluster all keys a script touches share a slot:
 ``{ts}:c:<counter>``, ``{ts}:r`` (rid -> reserved deltas and record), ``{ts}:l``
 (rids by lease deadline) and ``{ts}:p:<lane>`` (throttle lanes, pace.lua).
@@ -48,7 +52,7 @@ def _rule(allowance: tuple[Allowance, int, int] | None) -> Any:
         return False
     rule, seen, previous = allowance
     return (seen + 1, previous + 1, rule.now, rule.start, rule.end, int(rule.prorate),
-            rule.previous_start, rule.carry_cap, SEEN_TTL_S * 1000)
+            rule.previous_start, str(rule.carry_cap), SEEN_TTL_S * 1000)
 
 
 def _hash_tag(value: str) -> str:
@@ -103,7 +107,8 @@ class RedisCounterStore:
             (
                 [(str(amount), str(ttl * 1000)) for amount, ttl in plan.writes],
                 [
-                    (c.limit if c.limit is not None else False, c.added, *(i + 1 for i in c.sums))
+                    (str(c.limit) if c.limit is not None else False, str(c.added),
+                     *(i + 1 for i in c.sums))
                     for c in plan.checks
                 ],
                 [_rule(c.allowance) for c in plan.checks],
