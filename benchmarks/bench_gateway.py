@@ -11,8 +11,9 @@ Scenarios: no limits; budgets on the SQLite counter store (the default); budgets
 
 ``--bedrock`` compares instead the gateway's own CPU time per request (read from /proc
 around each wrk run, divided by the requests wrk completed) on the OpenAI chat path and on
-the AWS Bedrock paths (Converse and InvokeModel, with their streams), one gateway serving
-both with budgets on SQLite counters, the runs interleaved.
+the AWS Bedrock paths (Converse and InvokeModel, with their streams, signed with SigV4; and
+Converse to an upstream with a Bedrock API key, which needs no signature), one gateway
+serving them all with budgets on SQLite counters, the runs interleaved.
 
     python benchmarks/bench_gateway.py            # ~1 minute
     python benchmarks/bench_gateway.py --quick    # a few seconds per measurement
@@ -53,6 +54,7 @@ PATHS = [
     ("openai chat", "/v1/chat/completions", CHAT),
     ("bedrock converse", f"/model/{BEDROCK_MODEL}/converse", CONVERSE),
     ("bedrock invoke", f"/model/{BEDROCK_MODEL}/invoke", INVOKE),
+    ("bedrock converse, API key", f"/model/us.{BEDROCK_MODEL}/converse", CONVERSE),
     ("openai chat, streamed", "/v1/chat/completions", STREAM),
     ("bedrock converse-stream", f"/model/{BEDROCK_MODEL}/converse-stream", CONVERSE),
     ("bedrock invoke, streamed", f"/model/{BEDROCK_MODEL}/invoke-with-response-stream",
@@ -93,10 +95,14 @@ def start_gateway(directory: Path, fake_url: str, counters: str, limits: bool,
         "upstreams": {"openai": {"base_url": fake_url + "/v1", "api_key": "sk-bench"}},
         "storage": {"counters": counters, "database": database},
     }
-    if bedrock:  # signed with SigV4 like any Bedrock upstream (the fake does not check it)
+    if bedrock:  # signed with SigV4 like any Bedrock upstream (the fake does not check it),
+        # and the inference profile through a Bedrock API key (a bearer token, no signature)
         config["upstreams"]["aws"] = {
             "kind": "bedrock", "region": "us-east-1", "base_url": fake_url,
             "aws_access_key_id": "AKIDBENCH", "aws_secret_access_key": "bench-secret"}
+        config["upstreams"]["aws-key"] = {"kind": "bedrock", "region": "us-east-1",
+                                          "base_url": fake_url, "api_key": "bench-key"}
+        config["routes"] = [{"match": "us.*", "upstream": "aws-key"}]
     if limits:
         config["organization"] = {"daily_cap": 10**12}
         config["projects"] = {"bench": {"daily_limit": 10**12, "request_limit": 100_000}}
