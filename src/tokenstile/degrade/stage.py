@@ -41,7 +41,7 @@ SUMMARY_PREFIX = "Summary of the earlier conversation: "
 def _count_fn(ctx: RequestContext) -> Callable[[list[Message]], int]:
     req = ctx.req
     body = req.body
-    if ctx.wire == "anthropic":
+    if req.api == "messages":  # Anthropic's Messages, on Bedrock's InvokeModel too
         fmt = output_format(body)
         return lambda messages: tokens.count_anthropic(req.model, messages, body.get("system"),
                                                        body.get("tools"), output_format=fmt)
@@ -85,7 +85,7 @@ class Degrader:
         if feature.over_budget == "summarize" and summarize is not None and ctx.wire == "openai":
             messages = await self._summarize(ctx, messages, budget, count, summarize)
         trimmed = trim_messages(messages, budget, count, self.config.degradation.truncate,
-                                must_start_with_user=ctx.wire == "anthropic")
+                                must_start_with_user=req.api == "messages")
         if trimmed is None:
             return  # even the newest turn does not fit: admission refuses it with 422
         req.body = {**req.body, "messages": trimmed.messages}
