@@ -11,8 +11,9 @@ Scenarios: no limits; budgets on the SQLite counter store (the default); budgets
 
 ``--bedrock`` compares instead the gateway's own CPU time per request (read from /proc
 around each wrk run, divided by the requests wrk completed) on the OpenAI chat path and on
-the AWS Bedrock paths (Converse and InvokeModel, with their streams), one gateway serving
-both with budgets on SQLite counters, the runs interleaved.
+the AWS Bedrock paths (Converse and InvokeModel, with their streams, signed with SigV4; and
+Converse to an upstream with a Bedrock API key, which needs no signature), one gateway
+serving them all with budgets on SQLite counters, the runs interleaved.
 
     python benchmarks/bench_gateway.py            # ~1 minute
     python benchmarks/bench_gateway.py --quick    # a few seconds per measurement
@@ -53,6 +54,7 @@ PATHS = [
     ("openai chat", "/v1/chat/completions", CHAT),
     ("bedrock converse", f"/model/{BEDROCK_MODEL}/converse", CONVERSE),
     ("bedrock invoke", f"/model/{BEDROCK_MODEL}/invoke", INVOKE),
+    ("bedrock converse, API key", f"/model/us.{BEDROCK_MODEL}/converse", CONVERSE),
     ("openai chat, streamed", "/v1/chat/completions", STREAM),
     ("bedrock converse-stream", f"/model/{BEDROCK_MODEL}/converse-stream", CONVERSE),
     ("bedrock invoke, streamed", f"/model/{BEDROCK_MODEL}/invoke-with-response-stream",
@@ -93,10 +95,14 @@ def start_gateway(directory: Path, fake_url: str, counters: str, limits: bool,
         "upstreams": {"openai": {"base_url": fake_url + "/v1", "api_key": "sk-bench"}},
         "storage": {"counters": counters, "database": database},
     }
-    if bedrock:  # signed with SigV4 like any Bedrock upstream (the fake does not check it)
+    if bedrock:  # signed with SigV4 like any Bedrock upstream (the fake does not check it),
+        # and the inference profile through a Bedrock API key (a bearer token, no signature)
         config["upstreams"]["aws"] = {
             "kind": "bedrock", "region": "us-east-1", "base_url": fake_url,
             "aws_access_key_id": "AKIDBENCH", "aws_secret_access_key": "bench-secret"}
+        config["upstreams"]["aws-key"] = {"kind": "bedrock", "region": "us-east-1",
+                                          "base_url": fake_url, "api_key": "bench-key"}
+        config["routes"] = [{"match": "us.*", "upstream": "aws-key"}]
     if limits:
         config["organization"] = {"daily_cap": 10**12}
         config["projects"] = {"bench": {"daily_limit": 10**12, "request_limit": 100_000}}
@@ -179,12 +185,17 @@ def cpu_seconds(pid: int) -> float:
 
 
 def bedrock_comparison(fake_url: str, seconds: int, rounds: int) -> None:
-    """Gateway CPU per request, OpenAI chat against the Bedrock paths (see the docstring)."""
+    """Gateway CPU per request, OpenAI chat against the Bedrock paths (see the docstring).
+
+    Each round runs every path once, in order; a path's ratio is taken to the OpenAI path
+    of the same kind (whole or streamed) in the same round, so that a machine whose load
+    drifts compares like with like, and the medians over the rounds are reported."""
     directory = Path(tempfile.mkdtemp(prefix="tokenstile-bench-"))
     proc, url, key = start_gateway(directory, fake_url,
                                    f"sqlite:///{directory / 'counters.db'}", True,
                                    bedrock=True)
-    totals = {name: [0.0, 0, 0.0] for name, _, _ in PATHS}  # cpu s, requests, wall s
+    per_request: dict[str, list[float]] = {name: [] for name, _, _ in PATHS}
+    rates: dict[str, list[float]] = {name: [] for name, _, _ in PATHS}
     try:
         for _, path, body in PATHS:  # warm every path up once
             wrk_run(url, key, body, 1, directory, path)
@@ -192,24 +203,22 @@ def bedrock_comparison(fake_url: str, seconds: int, rounds: int) -> None:
             for name, path, body in PATHS:
                 before = cpu_seconds(proc.pid)
                 rate, done = wrk_run(url, key, body, seconds, directory, path)
-                totals[name][0] += cpu_seconds(proc.pid) - before
-                totals[name][1] += done
-                totals[name][2] += done / rate if rate else 0.0
+                per_request[name].append((cpu_seconds(proc.pid) - before) / max(done, 1) * 1e6)
+                rates[name].append(rate)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(20)
         shutil.rmtree(directory, ignore_errors=True)
-    print(f"gateway CPU per request, budgets on SQLite counters, {rounds} interleaved rounds "
-          f"of {seconds} s per path (wrk, 50 connections)")
+    print(f"gateway CPU per request, budgets on SQLite counters, median of {rounds} "
+          f"interleaved rounds of {seconds} s per path (wrk, 50 connections)")
     print(f"{'path':<28} {'req/s':>8} {'CPU µs/req':>11} {'vs openai':>10}")
-    base: dict[bool, float] = {}
     for name, _, _ in PATHS:
-        cpu, done, wall = totals[name]
-        per = cpu / done * 1e6 if done else 0.0
-        streamed = "stream" in name
-        base.setdefault(streamed, per)
-        print(f"{name:<28} {done / wall if wall else 0:>8,.0f} {per:>11,.0f} "
-              f"{per / base[streamed]:>10.2f}")
+        base = "openai chat, streamed" if "stream" in name else "openai chat"
+        ratios = [mine / theirs for mine, theirs in zip(per_request[name], per_request[base],
+                                                         strict=True)]
+        print(f"{name:<28} {statistics.median(rates[name]):>8,.0f} "
+              f"{statistics.median(per_request[name]):>11,.0f} "
+              f"{statistics.median(ratios):>10.2f}")
 
 
 def pct(values: list[float], q: float) -> float:

@@ -9,6 +9,7 @@ the general ``limits`` list.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from collections.abc import Mapping
@@ -712,6 +713,10 @@ def parse_config(
 
 def _semantic_errors(config: Config) -> list[str]:
     errors = []
+    for name, upstream in config.upstreams.items():
+        if upstream.kind == "bedrock" and importlib.util.find_spec("botocore") is None:
+            errors.append(f"upstreams.{name}.kind: bedrock needs botocore, which is not "
+                          "installed: pip install 'tokenstile[bedrock]'")
     for i, route in enumerate(config.routes):
         if config.upstreams and route.upstream not in config.upstreams:
             names = ", ".join(sorted(config.upstreams)) or "none"

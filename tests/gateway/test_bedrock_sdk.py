@@ -292,6 +292,82 @@ def test_credentials_aws_refuses_are_the_operators_problem(
     assert "wrong-secret" not in str(response)
 
 
+# --- degradation --------------------------------------------------------------------------
+
+
+def test_an_over_long_invoke_conversation_is_trimmed_user_first(
+        make_gateway: Any, signing: FakeHandle) -> None:
+    gateway = make_gateway({**bedrock_upstream(signing),
+                            "degradation": {"truncate": "start"},
+                            "features": {"chat": {"max_input": 100, "over_budget": "trim"}}})
+    sent: list[Any] = []
+    for i in range(6):  # long questions, short answers: what fits begins with an answer
+        sent += [{"role": "user", "content": f"question {i} " + "words " * 30},
+                 {"role": "assistant", "content": f"answer {i}"}]
+    sent.append({"role": "user", "content": "and now?"})
+    runtime(gateway, gateway.key(feature="chat")).invoke_model(
+        modelId=MODEL, body=json.dumps({**CLAUDE_BODY, "messages": sent}))
+    record = signing.fake.tally.last
+    assert record is not None and record.status == 200
+    forwarded = record.body["messages"]
+    assert 0 < len(forwarded) < len(sent)
+    assert forwarded[0]["role"] == "user" and forwarded[-1] == sent[-1]
+    [row] = gateway.rows()
+    assert "trimmed" in row.degraded and row.input_tokens == record.input_tokens
+
+
+def test_an_over_long_converse_conversation_keeps_tool_exchanges_whole(
+        make_gateway: Any, signing: FakeHandle) -> None:
+    gateway = make_gateway({**bedrock_upstream(signing),
+                            "degradation": {"truncate": "start"},
+                            "features": {"chat": {"max_input": 520, "over_budget": "trim"}}})
+    sent: list[Any] = [{"role": "user", "content": [{"text": "old " + "words " * 60}]},
+                       {"role": "assistant", "content": [{"text": "ok"}]}]
+    for i in range(3):  # each question, its tool call and the call's result
+        sent += [{"role": "user", "content": [{"text": f"question {i} " + "words " * 20}]},
+                 {"role": "assistant", "content": [{"toolUse": {
+                     "toolUseId": f"t{i}", "name": "look", "input": {"q": i}}}]},
+                 {"role": "user", "content": [{"toolResult": {
+                     "toolUseId": f"t{i}", "content": [{"text": "result " * 10}]}}]},
+                 {"role": "assistant", "content": [{"text": f"answer {i}"}]}]
+    sent.append({"role": "user", "content": [{"text": "and now?"}]})
+    tools = {"tools": [{"toolSpec": {"name": "look", "inputSchema": {"json": {
+        "type": "object", "properties": {"q": {"type": "integer"}}}}}}]}
+    runtime(gateway, gateway.key(feature="chat")).converse(
+        modelId=MODEL, messages=sent, toolConfig=tools)
+    record = signing.fake.tally.last
+    assert record is not None and record.status == 200
+    forwarded = record.body["messages"]
+    assert 0 < len(forwarded) < len(sent) and forwarded[-1] == sent[-1]
+    assert forwarded[0]["role"] == "user" and "text" in forwarded[0]["content"][0]
+    called = {b["toolUse"]["toolUseId"] for m in forwarded for b in m["content"] if "toolUse" in b}
+    answered = {b["toolResult"]["toolUseId"] for m in forwarded for b in m["content"]
+                if "toolResult" in b}
+    assert called == answered
+    [row] = gateway.rows()
+    assert "trimmed" in row.degraded and row.input_tokens == record.input_tokens
+
+
+def test_a_budget_past_its_threshold_switches_to_a_cheaper_bedrock_model(
+        make_gateway: Any, signing: FakeHandle) -> None:
+    sonnet = "us.anthropic.claude-sonnet-4-20250514-v1:0"
+    gateway = make_gateway({**bedrock_upstream(signing), "limits": [
+        {"name": "daily", "scope": "project", "window": "day", "unit": "tokens",
+         "amount": 1000, "thresholds": [
+             {"threshold": 0.05, "action": "downgrade", "downgrade_to": MODEL},
+             {"threshold": 1.0, "action": "block"}]}]})
+    client = runtime(gateway, gateway.key())
+    client.converse(modelId=sonnet, messages=HELLO, inferenceConfig={"maxTokens": 60})
+    client.converse(modelId=sonnet, messages=HELLO, inferenceConfig={"maxTokens": 5})
+    records = signing.fake.tally.records
+    assert [r.route for r in records] == [f"/model/{sonnet}/converse",
+                                          f"/model/{MODEL}/converse"]
+    rows = gateway.rows()
+    assert [(r.requested_model, r.served_model) for r in rows] == [(sonnet, sonnet),
+                                                                   (sonnet, MODEL)]
+    assert rows[1].cost_nano == aws_price(gateway, MODEL, rows[1])
+
+
 # --- policies -----------------------------------------------------------------------------
 
 WORDS = {"wordlists": {"greek": ["gamma", "delta epsilon"], "secrets": ["project zeus"]}}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import importlib.util
 import json
 import time
 from typing import Any
@@ -369,6 +370,18 @@ def test_bedrock_upstream_settings() -> None:
         with pytest.raises(ConfigError) as caught:
             parse_config({"upstreams": {"b": bad}}, env={})
         assert fragment in caught.value.errors[0]
+
+
+def test_a_bedrock_upstream_without_botocore_is_a_config_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "botocore" else real(name, *a))
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"upstreams": {"aws": {"kind": "bedrock", "region": "us-east-1"}}},
+                     env={})
+    assert caught.value.errors == ["upstreams.aws.kind: bedrock needs botocore, which is not "
+                                   "installed: pip install 'tokenstile[bedrock]'"]
 
 
 def test_stream_errors_name_members_of_the_stream_unions() -> None:

@@ -29,6 +29,7 @@ from tokenstile.errors import GatewayError
 from tokenstile.limits.admission import Admission
 from tokenstile.limits.model import Limit, Threshold
 from tokenstile.providers.anthropic import output_format
+from tokenstile.providers.converse import count_converse
 from tokenstile.stores.counters import StoreUnavailable
 from tokenstile.types import Ticket
 
@@ -45,7 +46,9 @@ SUMMARY_PREFIX = "Summary of the earlier conversation: "
 def _count_fn(ctx: RequestContext) -> Callable[[list[Message]], int]:
     req = ctx.req
     body = req.body
-    if ctx.wire == "anthropic":
+    if req.api == "converse":
+        return lambda messages: count_converse(req.model, {**body, "messages": messages})
+    if req.api == "messages":  # Anthropic's Messages, on Bedrock's InvokeModel too
         fmt = output_format(body)
         return lambda messages: tokens.count_anthropic(req.model, messages, body.get("system"),
                                                        body.get("tools"), output_format=fmt)
@@ -80,7 +83,8 @@ class Degrader:
         feature = self.config.features.get(req.feature or "") if req.feature else None
         if feature is None or feature.max_input is None or feature.over_budget == "reject":
             return
-        if req.input_tokens <= feature.max_input or req.api not in ("chat", "messages"):
+        if req.input_tokens <= feature.max_input or req.api not in ("chat", "messages",
+                                                                     "converse"):
             return
         messages = req.body.get("messages")
         if not isinstance(messages, list):
@@ -90,7 +94,7 @@ class Degrader:
         if feature.over_budget == "summarize" and summarize is not None and ctx.wire == "openai":
             messages = await self._summarize(ctx, messages, budget, count, summarize)
         trimmed = trim_messages(messages, budget, count, self.config.degradation.truncate,
-                                must_start_with_user=ctx.wire == "anthropic")
+                                must_start_with_user=req.api != "chat")
         if trimmed is None:
             return  # even the newest turn does not fit: admission refuses it with 422
         req.body = {**req.body, "messages": trimmed.messages}

@@ -29,7 +29,7 @@ def _units(messages: Sequence[Message]) -> list[list[Message]]:
 
     OpenAI: an assistant message with ``tool_calls`` and the ``tool`` messages after it.
     Anthropic: an assistant turn with ``tool_use`` blocks and the user turn carrying the
-    matching ``tool_result`` blocks.
+    matching ``tool_result`` blocks (Bedrock's Converse: ``toolUse`` and ``toolResult``).
     """
     units: list[list[Message]] = []
     for message in messages:
@@ -51,6 +51,9 @@ def _tool_ids_called(message: Message) -> set[str]:
             if isinstance(block, dict) and block.get("type") == "tool_use" and \
                     isinstance(block.get("id"), str):
                 ids.add(block["id"])
+            use = block.get("toolUse") if isinstance(block, dict) else None
+            if isinstance(use, dict) and isinstance(use.get("toolUseId"), str):
+                ids.add(use["toolUseId"])
     return ids
 
 
@@ -59,7 +62,8 @@ def _answers_tool(message: Message) -> bool:
         return True
     content = message.get("content")
     return message.get("role") == "user" and isinstance(content, list) and any(
-        isinstance(b, dict) and b.get("type") == "tool_result" for b in content)
+        isinstance(b, dict) and (b.get("type") == "tool_result" or "toolResult" in b)
+        for b in content)
 
 
 def _continues_tool_exchange(unit: list[Message], message: Message) -> bool:

@@ -2,8 +2,9 @@
 
 Each attempt is signed afresh (its ``X-Amz-Date`` is when it is sent) with
 ``botocore.auth.SigV4Auth`` over a ``botocore.awsrequest.AWSRequest``: the method, the URL
-(the model id percent-encoded as boto3 encodes it), the headers sent and the body. Nothing
-of the algorithm is written here.
+(the model id percent-encoded as boto3 encodes it), the body, and the ``host`` and
+``x-amz-date`` headers (with ``x-amz-security-token`` for temporary credentials), which are
+the headers SigV4 requires signed. Nothing of the algorithm is written here.
 
 Credentials come from the upstream's config (``aws_access_key_id`` /
 ``aws_secret_access_key`` / ``aws_session_token``), else from botocore's own chain for its
@@ -66,6 +67,7 @@ class AwsSigner:
         self._credentials: dict[tuple[str | None, ...], Any] = {}
         self._lookups: dict[tuple[str | None, ...], asyncio.Future[Any]] = {}
         self._hosts: dict[str, str] = {}
+        self._signers: dict[tuple[Any, str | None], Any] = {}
 
     async def headers(self, name: str, config: UpstreamConfig, url: str, body: bytes,
                       headers: Mapping[str, str]) -> dict[str, str]:
@@ -81,9 +83,22 @@ class AwsSigner:
         if "authorization" in base:
             return base
         credentials = await self._frozen(name, config)
-        request = AWSRequest(method="POST", url=url, data=body, headers=base)
-        SigV4Auth(credentials, SERVICE, config.region).add_auth(request)
-        return dict(request.headers.items())
+        signer = self._signers.get((credentials, config.region))
+        if signer is None:
+            if len(self._signers) > 64:  # refreshed credentials leave old ones behind
+                self._signers.clear()
+            signer = self._signers[(credentials, config.region)] = SigV4Auth(
+                credentials, SERVICE, config.region)
+        # Only the host is signed with the date (SigV4 requires no other header): botocore's
+        # header handling costs per header, and this is on every call's path.
+        request = AWSRequest(method="POST", url=url, data=body, headers={"host": host})
+        signer.add_auth(request)
+        signed = request.headers
+        base["x-amz-date"] = signed["X-Amz-Date"]
+        base["authorization"] = signed["Authorization"]
+        if credentials.token:
+            base["x-amz-security-token"] = signed["X-Amz-Security-Token"]
+        return base
 
     async def _frozen(self, name: str, config: UpstreamConfig) -> Any:
         key = (name, config.aws_access_key_id, config.aws_secret_access_key,

@@ -21,6 +21,7 @@ Three kinds of upstream differ only in URLs and headers here:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
 
@@ -90,15 +91,19 @@ def upstream_url(config: UpstreamConfig, api: ApiKind | str, model: str | None =
     """The URL for ``api`` on this upstream; ``model`` names the Azure deployment (and the
     Bedrock model, whose URL also says whether it streams)."""
     if config.kind == "bedrock":
-        # botocore's percent_encode: the safe characters are -._~ (":" and "/" of model
-        # ids and ARNs are encoded).
-        return (f"{config.base_url}/model/{quote(model or '', safe='-._~')}/"
-                f"{BEDROCK_ACTIONS[(api, stream)]}")
+        return _bedrock_url(config.base_url, model or "", BEDROCK_ACTIONS[(api, stream)])
     if config.kind == "anthropic":
         return config.base_url.removesuffix("/v1") + _ANTHROPIC_PATHS[api]
     if config.kind != "azure":
         return config.base_url + _OPENAI_PATHS[api]
     return _azure_url(config, api, model)
+
+
+@lru_cache(maxsize=4096)
+def _bedrock_url(base_url: str, model: str, action: str) -> str:
+    # botocore's percent_encode: the safe characters are -._~ (":" and "/" of model ids and
+    # ARNs are encoded).
+    return f"{base_url}/model/{quote(model, safe='-._~')}/{action}"
 
 
 def response_url(config: UpstreamConfig, response_id: str, action: str = "",

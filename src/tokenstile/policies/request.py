@@ -22,7 +22,8 @@ from tokenstile.policies.texts import last_user_text, request_slots
 from tokenstile.types import CanonicalRequest
 
 _TEXT_FIELDS = ("messages", "prompt", "input")
-_PROMPT_PARAM = {"chat": "messages", "messages": "messages", "completions": "prompt"}
+_PROMPT_PARAM = {"chat": "messages", "messages": "messages", "converse": "messages",
+                 "completions": "prompt"}
 
 
 @lru_cache(maxsize=4096)

@@ -5,8 +5,8 @@ client parses them.
 Requests are checked as Bedrock checks them: signed with SigV4 (verified with botocore's
 ``SigV4Auth`` against the secret of the access key id the signature names, when
 ``FakeSettings.aws_credentials`` lists any), or carrying a Bedrock API key as a bearer
-token (``FakeSettings.bedrock_api_keys``). A bad signature is a 403
-``InvalidSignatureException``, an unknown key a 403 ``UnrecognizedClientException``.
+token (one of ``FakeSettings.bedrock_api_keys``, when it lists any). A bad signature is a
+403 ``InvalidSignatureException``, an unknown key a 403 ``UnrecognizedClientException``.
 
 Answers follow the usual fake rules (a 16-word vocabulary, exact usage, directives in the
 last user message). Usage is Bedrock's: ``inputTokens`` without the cache reads and writes.
@@ -290,7 +290,7 @@ class BedrockRoutes:
         auth = headers.get("authorization", "")
         if auth[:7].lower() == "bearer ":
             r.api_key = auth[7:]
-            if r.api_key in settings.bedrock_api_keys:
+            if not settings.bedrock_api_keys or r.api_key in settings.bedrock_api_keys:
                 return True
             failure: tuple[str, str] | None = ("UnrecognizedClientException",
                                                "The API key is not valid.")
