@@ -43,6 +43,11 @@ PROXY_ROUTES: dict[str, tuple[ApiKind, WireFormat]] = {
     "/v1/responses": ("responses", "openai"),
     "/v1/messages": ("messages", "anthropic"),
     "/v1/messages/count_tokens": ("count_tokens", "anthropic"),
+    "/v1/moderations": ("moderations", "openai"),
+    "/v1/images/generations": ("images", "openai"),
+    "/v1/images/edits": ("image_edits", "openai"),
+    "/v1/audio/transcriptions": ("transcriptions", "openai"),
+    "/v1/audio/speech": ("speech", "openai"),
 }
 
 

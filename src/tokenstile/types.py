@@ -15,11 +15,15 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     from tokenstile.cache.directives import CacheUse
     from tokenstile.limits.model import Limit
+    from tokenstile.media import MediaAsk
+    from tokenstile.providers.multipart import FilePart
     from tokenstile.stores.counters import Charge
 
 NANO_PER_USD = 1_000_000_000
 
-ApiKind = Literal["chat", "completions", "embeddings", "responses", "messages", "count_tokens"]
+ApiKind = Literal["chat", "completions", "embeddings", "responses", "messages", "count_tokens",
+                  "moderations", "images", "image_edits", "transcriptions", "speech", "files",
+                  "batches"]
 WireFormat = Literal["openai", "anthropic"]
 
 Scope = Literal[
@@ -57,6 +61,10 @@ class Usage:
     ``web_fetch_requests`` and ``file_search_calls`` count server-side tool calls, which
     some providers bill per call. ``service_tier`` is the tier the provider says served the
     call (``default``, ``flex``, ``priority``, ``standard``…), None when it did not say.
+    Calls not billed by text tokens alone (``tokenstile.media``) add what they are billed
+    for: ``images`` generated, ``input_image_tokens`` (inside ``input_tokens``) and
+    ``output_image_tokens`` (inside ``output_tokens``), ``audio_ms`` of audio transcribed
+    and ``characters`` spoken.
     """
 
     input_tokens: int = 0
@@ -72,6 +80,11 @@ class Usage:
     web_fetch_requests: int = 0
     file_search_calls: int = 0
     service_tier: str | None = None
+    images: int = 0
+    input_image_tokens: int = 0
+    output_image_tokens: int = 0
+    audio_ms: int = 0
+    characters: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -90,6 +103,11 @@ class Usage:
         self.web_search_requests += other.web_search_requests
         self.web_fetch_requests += other.web_fetch_requests
         self.file_search_calls += other.file_search_calls
+        self.images += other.images
+        self.input_image_tokens += other.input_image_tokens
+        self.output_image_tokens += other.output_image_tokens
+        self.audio_ms += other.audio_ms
+        self.characters += other.characters
         self.service_tier = other.service_tier or self.service_tier
 
     @property
@@ -108,7 +126,8 @@ class PriceTerms:
     request's ``cache_control`` asks for (``5m`` or ``1h``): its input may be written to
     the cache at that premium. ``audio_input`` / ``audio_output``: audio may be read or
     written. ``web_searches`` / ``file_searches``: the most such calls the request allows
-    (0 when it allows none, or sets no bound).
+    (0 when it allows none, or sets no bound). ``media``: what a call that is not billed by
+    text tokens alone asks for (images, audio, batches), priced by ``tokenstile.media``.
     """
 
     service_tier: str | None = None
@@ -117,6 +136,7 @@ class PriceTerms:
     audio_output: bool = False
     web_searches: int = 0
     file_searches: int = 0
+    media: MediaAsk | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +179,10 @@ class CanonicalRequest:
     tags: dict[str, str] = field(default_factory=dict)
     trace_id: str | None = None
     terms: PriceTerms | None = None
+    # Images, audio and batches (``tokenstile.media``): what the call may be billed for.
+    media: MediaAsk | None = None
+    # A multipart request's files (None: a JSON body), forwarded with ``body``'s fields.
+    files: tuple[FilePart, ...] | None = None
 
 
 @dataclass(slots=True)
@@ -468,3 +492,7 @@ def set_usage(row: LedgerRow, usage: Usage) -> None:
         row.detail["cached_audio_tokens"] = usage.cached_audio_tokens
     if usage.web_fetch_requests:
         row.detail["web_fetch_requests"] = usage.web_fetch_requests
+    for name in ("images", "input_image_tokens", "output_image_tokens", "audio_ms",
+                 "characters"):
+        if value := getattr(usage, name):
+            row.detail[name] = value

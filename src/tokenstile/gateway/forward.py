@@ -22,6 +22,7 @@ from tokenstile.errors import GatewayError
 from tokenstile.gateway.attempts import PaidAttempts
 from tokenstile.gateway.resilience import Attempt, backoff_delay, model_chain, parse_retry_after
 from tokenstile.gateway.upstream import UpstreamTimeout, upstream_headers, upstream_url
+from tokenstile.providers.multipart import encode_form
 from tokenstile.providers.terms import reservation_terms
 from tokenstile.providers.translate import bridge_for
 from tokenstile.types import LedgerRow, RequestContext, WireFormat
@@ -109,11 +110,15 @@ class Forwarder:
             bridge = self.bridge(ctx, target) if target.wire != ctx.wire else None
             candidate = req if req.body.get("model") == target.model else \
                 replace(req, body={**req.body, "model": target.model})
-            payload = orjson.dumps(bridge.upstream_body(candidate) if bridge is not None
-                                   else self.adapters[ctx.wire].upstream_body(candidate))
+            body = bridge.upstream_body(candidate) if bridge is not None \
+                else self.adapters[ctx.wire].upstream_body(candidate)
             url = upstream_url(target.config, bridge.upstream_api if bridge else ctx.api,
                                target.model)
             headers = upstream_headers(target.config, ctx.headers, ctx.provider_key)
+            if req.files is not None:  # a form: its fields as they are now, its files
+                payload, headers["content-type"] = encode_form(body, req.files)
+            else:
+                payload = orjson.dumps(body)
             retry = 0
             while True:
                 attempt = Attempt(target.upstream, target.model)

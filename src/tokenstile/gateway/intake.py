@@ -1,9 +1,10 @@
 """Intake: from the bytes a client sent to a request the gateway understands.
 
-Read the body within its bounds, authenticate, parse it as JSON and as the API it was sent
-to, attribute it (feature, tags, trace id), check the key may use the model and that no
-switch turned it off, and count its input. Everything a stranger can get wrong is refused
-here, in the provider's error shape, before anything is reserved.
+Read the body within its bounds, authenticate, parse it as JSON (or as a form, for the APIs
+that take files) and as the API it was sent to, attribute it (feature, tags, trace id),
+check the key may use the model and that no switch turned it off, and count its input.
+Everything a stranger can get wrong is refused here, in the provider's error shape, before
+anything is reserved.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import orjson
 
 from tokenstile.errors import bad_request, forbidden
 from tokenstile.gateway import asgi
+from tokenstile.providers import media
+from tokenstile.providers.media import FORM_APIS
+from tokenstile.providers.multipart import parse_form
 from tokenstile.types import Arrival, CanonicalRequest, RequestContext, WireFormat
 
 if TYPE_CHECKING:
@@ -42,13 +46,17 @@ class Intake:
         raw = await asgi.read_body(receive, server.max_body_bytes, server.body_timeout_s)
         arrival.caller, arrival.provider_key = await self.auth.authenticate(arrival.headers)
         adapter = self.adapters[arrival.wire]
-        body = parse_json_object(raw, server.max_json_depth,
-                                 arrival.headers.get("content-type"))
-        check_message_count(body, server.max_messages)
-        req = adapter.parse(arrival.api, body)
+        if arrival.api in FORM_APIS:  # image edits, transcriptions, file uploads
+            fields, files = parse_form(raw, arrival.headers.get("content-type"))
+            req = media.parse(arrival.api, fields, files)
+        else:
+            body = parse_json_object(raw, server.max_json_depth,
+                                     arrival.headers.get("content-type"))
+            check_message_count(body, server.max_messages)
+            req = adapter.parse(arrival.api, body)
         ctx = RequestContext.begin(arrival, arrival.caller, req)
         # A background response is billed when it ends, so crash recovery must know.
-        ctx.background = req.api == "responses" and body.get("background") is True
+        ctx.background = req.api == "responses" and req.body.get("background") is True
         return ctx
 
     def check(self, ctx: RequestContext) -> None:

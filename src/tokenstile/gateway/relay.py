@@ -31,6 +31,7 @@ from tokenstile.gateway import asgi
 from tokenstile.gateway.counted import ReasoningTimer, bill_counted, settle_stream
 from tokenstile.gateway.upstream import RELAYED_RESPONSE_HEADERS, UpstreamTimeout
 from tokenstile.providers.answers import AnswerText, answer_text
+from tokenstile.providers.media import usage_of_answer as media_usage
 from tokenstile.providers.openai import ResponsesStreamObserver
 from tokenstile.providers.sse import EventSplitter
 from tokenstile.types import RequestContext, Usage, WireFormat
@@ -112,7 +113,12 @@ class Relay:
         except orjson.JSONDecodeError:
             parsed = None
         answer = parsed  # in the upstream's format
-        if bridge is None:
+        usage: Usage | None
+        if ctx.req.media is not None and resp.status < 400:
+            # Images, audio, moderations: billed by what the answer (or the request) says.
+            usage, estimated = media_usage(ctx.req, payload, parsed)
+            ctx.estimated = ctx.estimated or estimated
+        elif bridge is None:
             usage = self.adapters[ctx.wire].usage_from_body(ctx.api, parsed)
         else:
             usage = bridge.usage_from_body(parsed)

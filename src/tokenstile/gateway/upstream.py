@@ -17,6 +17,7 @@ Three kinds of upstream differ only in URLs and headers here:
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
@@ -34,7 +35,16 @@ _OPENAI_PATHS: dict[str, str] = {
     "responses": "/responses",
     "moderations": "/moderations",
     "models": "/models",
+    "images": "/images/generations",
+    "image_edits": "/images/edits",
+    "transcriptions": "/audio/transcriptions",
+    "speech": "/audio/speech",
+    "files": "/files",
+    "batches": "/batches",
 }
+# APIs an Azure deployment URL serves (``/openai/deployments/<model>/…``).
+_AZURE_DEPLOYMENT_APIS = frozenset({"chat", "completions", "embeddings", "images",
+                                    "image_edits", "transcriptions", "speech"})
 _ANTHROPIC_PATHS: dict[str, str] = {
     "messages": "/v1/messages",
     "count_tokens": "/v1/messages/count_tokens",
@@ -49,6 +59,8 @@ RELAYED_RESPONSE_HEADERS = (
     "retry-after-ms",
 )
 ANTHROPIC_VERSION = "2023-06-01"
+# Bodies larger than this (audio, images, batch files) are streamed to the upstream.
+LARGE_BODY_BYTES = 512 * 1024
 # Azure requires an api-version on its deployment URLs; this GA version when none is set.
 AZURE_API_VERSION = "2024-10-21"
 
@@ -93,7 +105,7 @@ def _azure_url(config: UpstreamConfig, api: ApiKind | str, model: str | None) ->
     version = config.api_version
     if base.endswith("/v1") or "/deployments/" in base:
         url = base + path
-    elif model and api in ("chat", "completions", "embeddings"):
+    elif model and api in _AZURE_DEPLOYMENT_APIS:
         url = f"{base}/deployments/{quote(model, safe='')}{path}"
         version = version or AZURE_API_VERSION
     else:
@@ -149,8 +161,10 @@ class UpstreamClient:
                                         sock_read=config.read_timeout_s)
         session = self._session(config)
         for attempt in (1, 2):
+            # aiohttp writes a large bytes body in one go, holding the loop: stream it.
+            data = io.BytesIO(body) if len(body) > LARGE_BODY_BYTES else body
             try:
-                return await session.post(url, data=body, headers=headers, timeout=timeout)
+                return await session.post(url, data=data, headers=headers, timeout=timeout)
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
                 if attempt == 2 or isinstance(exc, aiohttp.ClientConnectorError):
                     raise UpstreamUnreachable(name, type(exc).__name__) from None

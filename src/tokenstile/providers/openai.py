@@ -9,6 +9,7 @@ import orjson
 from tokenstile import tokens
 from tokenstile.errors import bad_request
 from tokenstile.hidden_input import hidden_sources
+from tokenstile.providers import media
 from tokenstile.providers.answers import AnswerText, chat_message_text
 from tokenstile.providers.base import (
     collect_text,
@@ -57,6 +58,8 @@ class OpenAIAdapter:
     wire: WireFormat = "openai"
 
     def parse(self, api: ApiKind, body: dict[str, Any]) -> CanonicalRequest:
+        if api in media.MEDIA_APIS:
+            return media.parse(api, body)
         model = require_str(body, "model")
         stream = optional_bool(body, "stream")
         cap: int | None = None
@@ -127,6 +130,8 @@ class OpenAIAdapter:
         )
 
     def count_input(self, req: CanonicalRequest) -> int:
+        if req.media is not None:
+            return media.count_input(req)
         body = req.body
         if req.api == "chat":
             return tokens.count_chat(req.model, body["messages"], body.get("tools"),

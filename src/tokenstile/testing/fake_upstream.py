@@ -46,6 +46,10 @@ from urllib.parse import parse_qs
 import orjson
 import uvicorn
 
+from tokenstile.errors import GatewayError
+from tokenstile.providers.multipart import FilePart, parse_form
+
+from . import _fake_media
 from ._fake_core import (
     NORMAL,
     DirectiveError,
@@ -146,6 +150,7 @@ class FakeRecord:
     web_fetches: int = 0
     file_searches: int = 0
     service_tier: str | None = None
+    units: dict[str, int] = field(default_factory=dict)
     api_key: str | None = None
     directives: dict[str, object] = field(default_factory=dict)
     body: Any = None
@@ -345,6 +350,7 @@ class _Watch:
 
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
+_FORM_ROUTES = frozenset({"/v1/images/edits", "/v1/audio/transcriptions", "/v1/files"})
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -355,7 +361,8 @@ class _Req:
     """One HTTP request in flight, and what will go on its record."""
 
     __slots__ = (
-        "anthropic", "api_key", "background", "body", "directives", "headers", "method", "model",
+        "anthropic", "api_key", "background", "body", "directives", "files", "headers", "method",
+        "model",
         "query", "raw_headers", "receive", "recorded", "rid", "route", "send", "started",
         "started_wall", "stream", "watch",
     )
@@ -381,6 +388,7 @@ class _Req:
             elif name == b"anthropic-version":
                 self.anthropic = True
         self.body: Any = None
+        self.files: tuple[FilePart, ...] = ()
         self.background: StoredResponse | None = None
         self.model = ""
         self.stream = False
@@ -394,6 +402,9 @@ class _Req:
         if self.watch is None:
             self.watch = _Watch(self.receive)
         return self.watch
+
+    def headers_value(self, name: bytes) -> str | None:
+        return next((v.decode("latin-1") for k, v in self.raw_headers if k == name), None)
 
     def id_headers(self) -> list[tuple[bytes, bytes]]:
         rid = self.rid.encode()
@@ -485,6 +496,10 @@ class FakeUpstream:
             ("POST", "/v1/messages"): self._messages,
             ("POST", "/v1/messages/count_tokens"): self._count_tokens,
             ("GET", "/v1/models"): self._models,
+            ("POST", "/v1/images/generations"): self._media(_fake_media.images),
+            ("POST", "/v1/images/edits"): self._media(_fake_media.images),
+            ("POST", "/v1/audio/transcriptions"): self._media(_fake_media.transcriptions),
+            ("POST", "/v1/audio/speech"): self._media(_fake_media.speech),
         }
         _install_log_filter()
 
@@ -600,8 +615,11 @@ class FakeUpstream:
                     self._record(r, 0, "client_disconnected")
                     return
                 try:
-                    r.body = orjson.loads(raw)
-                except orjson.JSONDecodeError:
+                    if path in _FORM_ROUTES:
+                        r.body, r.files = parse_form(raw, r.headers_value(b"content-type"))
+                    else:
+                        r.body = orjson.loads(raw)
+                except (orjson.JSONDecodeError, GatewayError):
                     r.body = None
                 if not isinstance(r.body, dict):
                     await self._error(r, 400, "We could not parse the JSON body of your request.")
@@ -615,6 +633,19 @@ class FakeUpstream:
                 r.watch.close()
             if not r.recorded:
                 self._record(r, 0, "client_disconnected")
+
+    def _media(self, handler: Callable[[FakeUpstream, _Req], Awaitable[None]]
+               ) -> Callable[[_Req], Awaitable[None]]:
+        async def serve(r: _Req) -> None:
+            await handler(self, r)
+        return serve
+
+    def _record_media(self, r: _Req, units: dict[str, int], *, input_tokens: int = 0,
+                      output_tokens: int = 0, input_audio_tokens: int = 0) -> None:
+        """A media answer (``_fake_media``): its token usage and the units it is billed by."""
+        self._record(r, 200, "completed", output_tokens=output_tokens,
+                     input_tokens=input_tokens, units=units,
+                     input_audio_tokens=input_audio_tokens)
 
     @staticmethod
     def _auth_message(r: _Req) -> str:
@@ -633,6 +664,8 @@ class FakeUpstream:
         turn: Turn | None = None,
         output_tokens: int | None = None,
         input_tokens: int = 0,
+        units: dict[str, int] | None = None,
+        input_audio_tokens: int = 0,
     ) -> None:
         if r.recorded:
             return
@@ -650,6 +683,9 @@ class FakeUpstream:
             raw_headers=r.raw_headers,
             body=r.body if self.settings.record_bodies else None,
             input_tokens=input_tokens,
+            output_tokens=(output_tokens or 0) if turn is None else 0,
+            input_audio_tokens=input_audio_tokens,
+            units=dict(units or {}),
             started_at=r.started_wall,
             duration_ms=(time.perf_counter() - r.started) * 1000.0,
         )

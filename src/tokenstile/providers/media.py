@@ -1,0 +1,299 @@
+"""OpenAI's image, audio and moderation APIs: what a request asks for, what an answer used.
+
+- ``/v1/images/generations`` (JSON) and ``/v1/images/edits`` (a form): DALL·E is billed per
+  image at the quality and size asked; ``gpt-image-1`` and its family by tokens, from the
+  answer's ``usage``. The worst case is ``n`` images at the dearest quality and size the
+  request allows (``auto`` allows all of them), and for edits every input image at
+  ``media.IMAGE_INPUT_TOKENS``.
+- ``/v1/audio/transcriptions`` (a form): ``whisper-1`` is billed by the second, the
+  ``gpt-4o-*-transcribe`` models by tokens. The audio's length is read from the file
+  (``audio_length``), or bounded by its size; the answer's ``usage`` (or ``duration``)
+  settles it.
+- ``/v1/audio/speech`` (JSON, binary answer): ``tts-1`` and ``tts-1-hd`` are billed per
+  character, known before the call; ``gpt-4o-mini-tts`` by tokens: its binary answer says
+  nothing of them, so its audio tokens are estimated from the audio's length (and the
+  request is flagged ``estimated``).
+- ``/v1/moderations``: free, but counted (requests limits apply).
+
+Streamed answers of these APIs are refused for now (400): their usage would have to be read
+from events of their own.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from tokenstile import tokens
+from tokenstile.errors import bad_request
+from tokenstile.media import (
+    AUDIO_TOKENS_PER_S,
+    IMAGE_DEFAULTS,
+    IMAGE_INPUT_TOKENS,
+    PER_IMAGE,
+    SPEECH_TOKENS_PER_S,
+    SPOKEN_CHARS_PER_S,
+    TRANSCRIPT_TOKENS_PER_S,
+    MediaAsk,
+    image_output_tokens,
+)
+from tokenstile.providers.audio_length import audio_ms
+from tokenstile.providers.base import collect_text, optional_str, require_str
+from tokenstile.providers.multipart import FilePart
+from tokenstile.types import ApiKind, CanonicalRequest, Usage
+
+MEDIA_APIS: frozenset[str] = frozenset({"moderations", "images", "image_edits",
+                                        "transcriptions", "speech"})
+# APIs whose body is a form (``multipart/form-data``), not JSON.
+FORM_APIS: frozenset[str] = frozenset({"image_edits", "transcriptions", "files"})
+
+DEFAULT_MODELS = {"moderations": "omni-moderation-latest", "images": "dall-e-2",
+                  "image_edits": "dall-e-2"}
+# Sizes the per-image models can make, for a request that asks for ``auto`` or none.
+_DALLE_QUALITIES = {"dall-e-3": ("standard", "hd"), "dall-e-2": ("standard",)}
+
+
+def _int_field(body: dict[str, Any], name: str, low: int, high: int) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+        body[name] = value
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise bad_request(f"'{name}' must be an integer from {low} to {high}", param=name)
+    return value
+
+
+def _number_field(body: dict[str, Any], name: str, low: float, high: float) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise bad_request(f"'{name}' must be a number", param=name) from None
+        body[name] = value
+    if isinstance(value, bool) or not isinstance(value, int | float) or \
+            not (math.isfinite(value) and low <= value <= high):
+        raise bad_request(f"'{name}' must be a number from {low:g} to {high:g}", param=name)
+    return float(value)
+
+
+def _streamed(body: dict[str, Any], api: str) -> bool:
+    value = body.get("stream")
+    if isinstance(value, str):
+        value = value.strip().lower() == "true"
+        body["stream"] = value
+    streamed = value is True or body.get("stream_format") == "sse"
+    if streamed:
+        raise bad_request(f"streamed answers of the {api} API are not supported by "
+                          "tokenstile yet; ask without 'stream' (or with stream_format "
+                          "'audio')", param="stream", code="unsupported_parameter")
+    return False
+
+
+def _canonical(api: ApiKind, model: str, body: dict[str, Any], ask: MediaAsk, *,
+               text: str = "", cap: int = 0,
+               files: tuple[FilePart, ...] | None = None) -> CanonicalRequest:
+    return CanonicalRequest(api=api, wire="openai", model=model, body=body, output_cap=cap,
+                            end_user=optional_str(body, "user"), input_text=text, media=ask,
+                            files=files)
+
+
+def parse(api: ApiKind, body: dict[str, Any],
+          files: tuple[FilePart, ...] | None = None) -> CanonicalRequest:
+    """A media request (``files``: a form's files) as a ``CanonicalRequest`` whose
+    ``media`` says what it may be billed for."""
+    if api == "moderations":
+        return _moderation(body)
+    _streamed(body, api)
+    if api in ("images", "image_edits"):
+        return _image(api, body, files)
+    if api == "transcriptions":
+        return _transcription(body, files or ())
+    return _speech(body)
+
+
+def _moderation(body: dict[str, Any]) -> CanonicalRequest:
+    model = optional_str(body, "model") or DEFAULT_MODELS["moderations"]
+    value = body.get("input")
+    if value is None:
+        raise bad_request("'input' is required", param="input",
+                          code="missing_required_parameter")
+    if not isinstance(value, str | list):
+        raise bad_request("'input' must be a string or an array", param="input")
+    pieces: list[str] = []
+    collect_text(value, pieces)
+    return _canonical("moderations", model, body, MediaAsk("moderation"),
+                      text="\n".join(pieces))
+
+
+def _image(api: ApiKind, body: dict[str, Any],
+           files: tuple[FilePart, ...] | None) -> CanonicalRequest:
+    model = optional_str(body, "model") or DEFAULT_MODELS[api]
+    prompt = require_str(body, "prompt")
+    n = _int_field(body, "n", 1, 10) or 1
+    size = optional_str(body, "size") or ""
+    quality = optional_str(body, "quality") or ""
+    images = 0
+    if api == "image_edits":
+        images = sum(1 for part in files or () if part.name in ("image", "image[]"))
+        if not images:
+            raise bad_request("'image' is required: the image (or images) to edit",
+                              param="image", code="missing_required_parameter")
+    bare = model.strip().lower().rsplit("/", 1)[-1]
+    table = PER_IMAGE.get(bare)
+    if table is not None:
+        default_quality, default_size = IMAGE_DEFAULTS[bare]
+        qualities = (quality,) if quality in _DALLE_QUALITIES[bare] else \
+            (default_quality,) if not quality else _DALLE_QUALITIES[bare]
+        sizes = {s for _, s in table}
+        asked_sizes = (size,) if size in sizes else (default_size,) if not size \
+            else tuple(sorted(sizes))
+        options = tuple((q, s) for q in qualities for s in asked_sizes)
+        return _canonical(api, model, body, MediaAsk("image", images=n, options=options,
+                                                     input_images=images),
+                          text=prompt, files=files)
+    per_image = image_output_tokens(quality, size)
+    return _canonical(api, model, body,
+                      MediaAsk("image", images=n, options=((quality or "auto",
+                                                            size or "auto"),),
+                               input_images=images),
+                      text=prompt, cap=n * per_image, files=files)
+
+
+def _transcription(body: dict[str, Any], files: tuple[FilePart, ...]) -> CanonicalRequest:
+    model = require_str(body, "model")
+    audio = next((part for part in files if part.name == "file"), None)
+    if audio is None:
+        raise bad_request("'file' is required: the audio to transcribe", param="file",
+                          code="missing_required_parameter")
+    _number_field(body, "temperature", 0, 1)
+    length, exact = audio_ms(audio.data)
+    seconds = length / 1000
+    prompt = optional_str(body, "prompt") or ""
+    ask = MediaAsk("transcription", audio_ms=length, audio_exact=exact)
+    return _canonical("transcriptions", model, body, ask, text=prompt,
+                      cap=math.ceil(seconds * TRANSCRIPT_TOKENS_PER_S) + 16, files=files)
+
+
+def _speech(body: dict[str, Any]) -> CanonicalRequest:
+    model = require_str(body, "model")
+    text = require_str(body, "input")
+    speed = _number_field(body, "speed", 0.25, 4.0) or 1.0
+    ask = MediaAsk("speech", characters=len(text), speed=speed)
+    seconds = len(text) / SPOKEN_CHARS_PER_S / speed
+    return _canonical("speech", model, body, ask, text=text,
+                      cap=math.ceil(seconds * SPEECH_TOKENS_PER_S) + 16)
+
+
+def count_input(req: CanonicalRequest) -> int:
+    """Input tokens to reserve: the text, plus the worst case of the images and audio sent
+    to a model billed by tokens (none for the models billed per image, second or
+    character, nor for moderations)."""
+    ask = req.media
+    if ask is None or ask.kind == "moderation":
+        return 0
+    bare = req.model.strip().lower().rsplit("/", 1)[-1]
+    if ask.kind == "image":
+        if bare in PER_IMAGE:
+            return 0
+        return tokens.count_text(req.model, req.input_text) + \
+            ask.input_images * IMAGE_INPUT_TOKENS
+    if ask.kind == "transcription":
+        if bare.startswith("whisper"):
+            return 0
+        return tokens.count_text(req.model, req.input_text) + \
+            math.ceil(ask.audio_ms / 1000 * AUDIO_TOKENS_PER_S)
+    if bare.startswith("tts-"):
+        return 0
+    instructions = req.body.get("instructions")
+    return tokens.count_text(req.model, req.input_text) + (
+        tokens.count_text(req.model, instructions) if isinstance(instructions, str) else 0)
+
+
+def _n(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _details(block: Any, name: str) -> dict[str, Any]:
+    value = block.get(name) if isinstance(block, dict) else None
+    return value if isinstance(value, dict) else {}
+
+
+def usage_of_answer(req: CanonicalRequest, payload: bytes, parsed: Any) -> tuple[Usage, bool]:
+    """What a successful answer used, and whether that is an estimate (the answer did not
+    say): (usage, estimated)."""
+    ask = req.media
+    assert ask is not None
+    body = parsed if isinstance(parsed, dict) else {}
+    usage_block = body.get("usage")
+    if ask.kind == "moderation":
+        return Usage(), False
+    if ask.kind == "image":
+        data = body.get("data")
+        made = len(data) if isinstance(data, list) else 0
+        if not isinstance(usage_block, dict):
+            if not isinstance(data, list):  # no answer to count: the worst case
+                return ask.worst_usage(req.input_tokens, req.output_cap or 0), True
+            return Usage(images=made), False
+        out = _n(usage_block.get("output_tokens"))
+        out_details = _details(usage_block, "output_tokens_details")
+        in_details = _details(usage_block, "input_tokens_details")
+        image_out = _n(out_details.get("image_tokens")) if "image_tokens" in out_details \
+            else out
+        return Usage(input_tokens=_n(usage_block.get("input_tokens")), output_tokens=out,
+                     cached_input_tokens=_n(in_details.get("cached_tokens")),
+                     input_image_tokens=_n(in_details.get("image_tokens")),
+                     output_image_tokens=image_out, images=made), False
+    if ask.kind == "transcription":
+        return _transcription_usage(req, ask, payload, body, usage_block)
+    return _speech_usage(req, ask, payload)
+
+
+def _transcription_usage(req: CanonicalRequest, ask: MediaAsk, payload: bytes,
+                         body: dict[str, Any], usage_block: Any) -> tuple[Usage, bool]:
+    if isinstance(usage_block, dict) and usage_block.get("type") == "duration":
+        seconds = usage_block.get("seconds")
+        if isinstance(seconds, int | float) and not isinstance(seconds, bool) and seconds >= 0:
+            return Usage(audio_ms=math.ceil(seconds * 1000)), False
+    if isinstance(usage_block, dict) and usage_block.get("type") == "tokens":
+        details = _details(usage_block, "input_token_details")
+        return Usage(input_tokens=_n(usage_block.get("input_tokens")),
+                     output_tokens=_n(usage_block.get("output_tokens")),
+                     input_audio_tokens=_n(details.get("audio_tokens"))), False
+    duration = body.get("duration")  # verbose_json
+    said = isinstance(duration, int | float) and not isinstance(duration, bool) and \
+        duration >= 0
+    length = math.ceil(duration * 1000) if isinstance(duration, int | float) and said \
+        else ask.audio_ms
+    if req.model.strip().lower().rsplit("/", 1)[-1].startswith("whisper"):
+        # Billed by the second, rounded to the nearest (OpenAI's pricing page); the length
+        # read from the file is exact, a bound from its size is not.
+        seconds = (length + 500) // 1000 if said or ask.audio_exact else -(-length // 1000)
+        return Usage(audio_ms=seconds * 1000), not (said or ask.audio_exact)
+    text = body.get("text") if body else payload.decode("utf-8", "replace")
+    audio = math.ceil(length / 1000 * AUDIO_TOKENS_PER_S)
+    prompt = max(req.input_tokens - math.ceil(ask.audio_ms / 1000 * AUDIO_TOKENS_PER_S), 0)
+    return Usage(input_tokens=prompt + audio, input_audio_tokens=audio,
+                 output_tokens=tokens.count_text(req.model, text or "")), True
+
+
+def _speech_usage(req: CanonicalRequest, ask: MediaAsk, payload: bytes) -> tuple[Usage, bool]:
+    bare = req.model.strip().lower().rsplit("/", 1)[-1]
+    if bare.startswith("tts-"):
+        return Usage(characters=ask.characters), False
+    fmt = req.body.get("response_format")
+    if fmt == "pcm":  # 24 kHz, 16-bit, mono
+        length = math.ceil(len(payload) / 48)
+    else:
+        length, exact = audio_ms(payload)
+        if not exact:
+            return Usage(input_tokens=req.input_tokens,
+                         output_tokens=req.output_cap or 0,
+                         output_audio_tokens=req.output_cap or 0), True
+    audio = min(math.ceil(length / 1000 * SPEECH_TOKENS_PER_S), req.output_cap or 0)
+    return Usage(input_tokens=req.input_tokens, output_tokens=audio,
+                 output_audio_tokens=audio), True
