@@ -185,7 +185,7 @@ class Forwarder:
         """
         req, ticket = ctx.req, ctx.ticket
         if target.wire != ctx.wire:
-            return ctx.api == "chat" and ticket is None
+            return ctx.api in ("chat", "messages") and ticket is None
         if ticket is None or "usd" not in ticket.units:
             return True
         inp = other_inp = req.input_tokens + req.hidden_input_tokens

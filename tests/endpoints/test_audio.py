@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from tests.conftest import FakeHandle
-from tests.media.conftest import wav
+from tests.endpoints.conftest import wav
 from tokenstile.providers.audio_length import audio_ms, worst_case_ms
 from tokenstile.testing._fake_media import _MP3_FRAME
 from tokenstile.types import usd_to_nano
@@ -70,7 +70,7 @@ async def test_gpt_4o_transcribe_is_billed_by_its_token_usage(make: Any) -> None
     usage = answer.usage
     assert usage is not None and usage.type == "tokens"
     [row] = await gw.rows()
-    audio = usage.input_token_details.audio_tokens  # type: ignore[union-attr]
+    audio = usage.input_token_details.audio_tokens
     assert (row.input_tokens, row.output_tokens) == (usage.input_tokens, usage.output_tokens)
     assert row.input_audio_tokens == audio == 200
     # audio in at $6/M, text in at $2.50/M, text out at $10/M (genai-prices)
