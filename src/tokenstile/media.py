@@ -32,7 +32,7 @@ from tokenstile.types import NANO_PER_USD, Usage
 if TYPE_CHECKING:
     from tokenstile.prices import ModelPrice, Pricer
 
-MediaKind = Literal["moderation", "image", "transcription", "speech", "batch"]
+MediaKind = Literal["moderation", "image", "transcription", "speech", "file", "batch"]
 
 _CTX: Final = Context(prec=60, rounding=ROUND_HALF_UP)
 _MTOK: Final = Decimal(1_000_000)
@@ -167,14 +167,29 @@ def batch_price(pricer: Pricer, model: str, provider: str | None) -> ModelPrice 
 
 
 @dataclass(frozen=True, slots=True)
+class BatchLines:
+    """What the lines of a batch input file may use: the ``endpoint`` they call, how many
+    there are, their input and output caps summed, the largest input of one line (it picks
+    the long-context price tier) and how many got the gateway's default cap."""
+
+    endpoint: str
+    lines: int
+    input_tokens: int
+    output_tokens: int
+    max_line_input: int
+    supplied_caps: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class MediaAsk:
     """What one request may be billed for, read from its body before the call.
 
     ``images``: images asked for (``n``); ``options``: the (quality, size) pairs they may be
     made at; ``input_images``: images sent to be edited; ``audio_ms``: the length of the
     audio sent (its worst case when it could not be read, ``audio_exact`` False);
-    ``characters``: text to speak, at ``speed``; ``max_line_input``: the largest input of
-    one line of a batch (it picks the long-context price tier).
+    ``characters``: text to speak, at ``speed``. ``batch``: the lines of a batch's input
+    file (a ``file`` upload costs nothing itself); ``upstream``: the upstream a batch must
+    go to (the one holding its input file).
     """
 
     kind: MediaKind
@@ -185,7 +200,8 @@ class MediaAsk:
     audio_exact: bool = False
     characters: int = 0
     speed: float = 1.0
-    max_line_input: int = 0
+    batch: BatchLines | None = None
+    upstream: str = ""
 
     # -- before the call -------------------------------------------------------------------
 
@@ -197,13 +213,15 @@ class MediaAsk:
         cap; every input token is priced at the dearest input price the call may pay
         (text, image or audio), every output token at the dearest output price.
         """
-        if self.kind == "moderation":
+        if self.kind in ("moderation", "file") or (
+                self.batch is not None and self.batch.endpoint == "/v1/moderations"):
             return 0
         if self.kind == "batch":
             price = batch_price(pricer, model, provider)
-            if price is None:
+            if price is None or self.batch is None:
                 return None
-            flat = replace(price.at(self.max_line_input), tiers=())  # no line passes it
+            # Every line at the tier of the largest one (no line passes its threshold).
+            flat = replace(price.at(self.batch.max_line_input), tiers=())
             return flat.estimate_nano(input_tokens, output_tokens)
         units = unit_prices(pricer, model, provider)
         if self.kind == "image" and units.per_image is not None:
@@ -230,7 +248,8 @@ class MediaAsk:
     def cost_nano(self, pricer: Pricer, model: str, provider: str | None,
                   usage: Usage) -> int | None:
         """What the call cost, from what its answer says it used (None: unpriced)."""
-        if self.kind == "moderation":
+        if self.kind in ("moderation", "file") or (
+                self.batch is not None and self.batch.endpoint == "/v1/moderations"):
             return 0
         if self.kind == "batch":
             price = batch_price(pricer, model, provider)

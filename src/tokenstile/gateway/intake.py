@@ -24,6 +24,7 @@ from tokenstile.types import Arrival, CanonicalRequest, RequestContext, WireForm
 if TYPE_CHECKING:
     from tokenstile.config import ServerConfig
     from tokenstile.gateway.auth import Authenticator
+    from tokenstile.gateway.batches import Batches
     from tokenstile.limits.overrides import Overrides
     from tokenstile.providers.base import Adapter
 
@@ -33,11 +34,13 @@ MAX_OUTPUT_CAP = 2**31 - 1
 
 class Intake:
     def __init__(self, server: ServerConfig, auth: Authenticator,
-                 adapters: dict[WireFormat, Adapter], overrides: Overrides) -> None:
+                 adapters: dict[WireFormat, Adapter], overrides: Overrides,
+                 batches: Batches) -> None:
         self.server = server
         self.auth = auth
         self.adapters = adapters
         self.overrides = overrides
+        self.batches = batches
 
     async def read(self, arrival: Arrival, receive: asgi.Receive) -> RequestContext:
         """The body, read within its bounds, from an authenticated caller, parsed."""
@@ -48,15 +51,19 @@ class Intake:
         adapter = self.adapters[arrival.wire]
         if arrival.api in FORM_APIS:  # image edits, transcriptions, file uploads
             fields, files = parse_form(raw, arrival.headers.get("content-type"))
-            req = media.parse(arrival.api, fields, files)
+            req = self.batches.parse_upload(fields, files) if arrival.api == "files" \
+                else media.parse(arrival.api, fields, files)
         else:
             body = parse_json_object(raw, server.max_json_depth,
                                      arrival.headers.get("content-type"))
             check_message_count(body, server.max_messages)
-            req = adapter.parse(arrival.api, body)
+            req = await self.batches.parse_create(body, arrival.caller) \
+                if arrival.api == "batches" else adapter.parse(arrival.api, body)
         ctx = RequestContext.begin(arrival, arrival.caller, req)
-        # A background response is billed when it ends, so crash recovery must know.
-        ctx.background = req.api == "responses" and req.body.get("background") is True
+        # A background response (and a batch) is billed when it ends, so crash recovery
+        # must know.
+        ctx.background = (req.api == "responses" and req.body.get("background") is True) \
+            or req.api == "batches"
         return ctx
 
     def check(self, ctx: RequestContext) -> None:

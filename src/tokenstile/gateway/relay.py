@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from tokenstile.clock import Clock
     from tokenstile.config import HiddenReasoningConfig
     from tokenstile.gateway.background import BackgroundResponses
+    from tokenstile.gateway.batches import Batches
     from tokenstile.gateway.forward import Opened
     from tokenstile.policies.engine import PolicyEngine
     from tokenstile.providers.base import Adapter, Bridge, StreamObserver
@@ -49,11 +50,12 @@ log = logging.getLogger("tokenstile.gateway")
 
 class Relay:
     def __init__(self, policies: PolicyEngine, adapters: dict[WireFormat, Adapter],
-                 background: BackgroundResponses, clock: Clock,
+                 background: BackgroundResponses, batches: Batches, clock: Clock,
                  hidden_reasoning: HiddenReasoningConfig, default_output_tokens: int) -> None:
         self.policies = policies
         self.adapters = adapters
         self.background = background
+        self.batches = batches
         self.clock = clock
         self.hidden_reasoning = hidden_reasoning
         self.default_output_tokens = default_output_tokens
@@ -132,6 +134,8 @@ class Relay:
                 isinstance(parsed, dict):
             # Before the client hears of it: it may fetch (and so settle) it at once.
             await self.background.register(ctx, parsed.get("id"), parsed.get("status"))
+        elif ctx.api in ("files", "batches") and resp.status == 200:
+            await self.batches.answered(ctx, parsed)  # a batch is billed when it ends
         plan = ctx.cache_plan
         if plan is not None and plan.write and resp.status == 200 and isinstance(parsed, dict):
             ctx.cache_body = payload  # as answered, before response policies

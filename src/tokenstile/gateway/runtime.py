@@ -18,6 +18,7 @@ from tokenstile.config import Config, referenced_channels
 from tokenstile.degrade.stage import Degrader
 from tokenstile.gateway.auth import Authenticator
 from tokenstile.gateway.background import BackgroundResponses
+from tokenstile.gateway.batches import Batches
 from tokenstile.gateway.caching import CacheStage
 from tokenstile.gateway.key_limits import KeyLimits, compile_key_limits, is_key_limit
 from tokenstile.gateway.reload import ConfigReloader, keep_start_settings, restart_only_changes
@@ -77,6 +78,7 @@ class Runtime:
     key_limits: KeyLimits | None = None
     telemetry: Telemetry = field(default_factory=lambda: Telemetry(SYSTEM_CLOCK))
     background: BackgroundResponses = field(init=False, repr=False, compare=False)
+    batches: Batches = field(init=False, repr=False, compare=False)
     # The services of the current config, fixed for the requests that start under it.
     view: Runtime = field(init=False, repr=False, compare=False)
 
@@ -127,6 +129,8 @@ class Runtime:
         )
         runtime.background = BackgroundResponses(config, pricer, clock, db, runtime.ledger,
                                                  metrics, upstream, admission)
+        runtime.batches = Batches(config, pricer, adapters["openai"], runtime.background,
+                                  upstream)
         runtime._pin()
         return runtime
 
@@ -198,6 +202,7 @@ class Runtime:
         self.auth.reconfigure(config.auth, admin_key_for(config))
         self.admission.reconfigure(config, pricer)
         self.background.reconfigure(config, pricer)
+        self.batches.reconfigure(config, pricer)
         self.overrides.reconfigure(config)
         self.breakers.config = config.resilience.circuit_breaker
         self.degrader.reconfigure(config)

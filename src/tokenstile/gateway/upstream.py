@@ -94,8 +94,15 @@ def response_url(config: UpstreamConfig, response_id: str, action: str = "",
                  query: str = "") -> str:
     """A stored response on this upstream: ``…/responses/{id}[/{action}]``, the client's
     query string after the upstream's own (Azure's ``api-version``)."""
-    base, _, own = upstream_url(config, "responses").partition("?")
-    url = f"{base}/{quote(response_id, safe='')}" + (f"/{action}" if action else "")
+    return resource_url(config, "responses", response_id, action, query)
+
+
+def resource_url(config: UpstreamConfig, api: str, resource_id: str, action: str = "",
+                 query: str = "") -> str:
+    """One object of an API on this upstream (a response, a batch, a file):
+    ``…/{api path}/{id}[/{action}]``, the client's query after the upstream's own."""
+    base, _, own = upstream_url(config, api).partition("?")
+    url = f"{base}/{quote(resource_id, safe='')}" + (f"/{action}" if action else "")
     joined = "&".join(part for part in (own, query) if part)
     return f"{url}?{joined}" if joined else url
 

@@ -194,8 +194,10 @@ def count_input(req: CanonicalRequest) -> int:
     to a model billed by tokens (none for the models billed per image, second or
     character, nor for moderations)."""
     ask = req.media
-    if ask is None or ask.kind == "moderation":
+    if ask is None or ask.kind in ("moderation", "file"):
         return 0
+    if ask.kind == "batch":  # counted line by line when its file was uploaded
+        return ask.batch.input_tokens if ask.batch is not None else 0
     bare = req.model.strip().lower().rsplit("/", 1)[-1]
     if ask.kind == "image":
         if bare in PER_IMAGE:
@@ -230,7 +232,7 @@ def usage_of_answer(req: CanonicalRequest, payload: bytes, parsed: Any) -> tuple
     assert ask is not None
     body = parsed if isinstance(parsed, dict) else {}
     usage_block = body.get("usage")
-    if ask.kind == "moderation":
+    if ask.kind in ("moderation", "file", "batch"):  # free, or billed when the batch ends
         return Usage(), False
     if ask.kind == "image":
         data = body.get("data")

@@ -49,7 +49,7 @@ import uvicorn
 from tokenstile.errors import GatewayError
 from tokenstile.providers.multipart import FilePart, parse_form
 
-from . import _fake_media
+from . import _fake_batches, _fake_media
 from ._fake_core import (
     NORMAL,
     DirectiveError,
@@ -500,7 +500,11 @@ class FakeUpstream:
             ("POST", "/v1/images/edits"): self._media(_fake_media.images),
             ("POST", "/v1/audio/transcriptions"): self._media(_fake_media.transcriptions),
             ("POST", "/v1/audio/speech"): self._media(_fake_media.speech),
+            ("POST", "/v1/files"): self._media(_fake_batches.upload),
+            ("POST", "/v1/batches"): self._media(_fake_batches.create),
         }
+        self.batches = _fake_batches.FakeBatches()
+        self._batch_route = self._media(_fake_batches.resource)
         _install_log_filter()
 
         async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -530,6 +534,7 @@ class FakeUpstream:
         """Clear the tally, the script queue and stored responses (settings stay)."""
         self._script.clear()
         self.responses.clear()
+        self.batches.clear()
         self.tally.reset()
 
     def finish_background(self, response_id: str) -> bool:
@@ -539,6 +544,12 @@ class FakeUpstream:
             return False
         self.responses.finish(stored)
         return True
+
+    def finish_batch(self, batch_id: str, status: str = "completed",
+                     lines: int | None = None) -> list[FakeRecord]:
+        """End a batch (``_fake_batches``): its first ``lines`` lines (all by default)
+        answered and billed, unless it ``failed``; returns the lines' tally records."""
+        return _fake_batches.finish(self, batch_id, status, lines)
 
     def _bill_background(self, stored: StoredResponse) -> None:
         """A background response ended: the provider bills it now, once."""
@@ -597,6 +608,8 @@ class FakeUpstream:
             handler = self._model
         elif handler is None and path.startswith("/v1/responses/"):
             handler = self._response_route
+        elif handler is None and path.startswith(("/v1/files/", "/v1/batches/")):
+            handler = self._batch_route
         r = _Req(scope, receive, send, path, "req_" + self._new_id())
         self.tally.begin()
         try:
@@ -609,7 +622,8 @@ class FakeUpstream:
                 status = 405 if known else 404
                 await self._error(r, status, f"Unknown request URL: {method} {path}.")
                 return
-            if method == "POST" and handler != self._response_route:
+            if method == "POST" and handler not in (self._response_route,
+                                                    self._batch_route):
                 raw = await _read_body(receive)
                 if raw is None:
                     self._record(r, 0, "client_disconnected")
