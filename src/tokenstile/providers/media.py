@@ -81,12 +81,19 @@ def _number_field(body: dict[str, Any], name: str, low: float, high: float) -> f
     return float(value)
 
 
+def _bool_field(body: dict[str, Any], name: str) -> bool:
+    """A boolean, or a form's ``true`` / ``false``."""
+    value = body.get(name)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        value = body[name] = value.strip().lower() == "true"
+    if value is not None and not isinstance(value, bool):
+        raise bad_request(f"'{name}' must be a boolean, got {type(value).__name__}",
+                          param=name)
+    return value is True
+
+
 def _streamed(body: dict[str, Any], api: str) -> bool:
-    value = body.get("stream")
-    if isinstance(value, str):
-        value = value.strip().lower() == "true"
-        body["stream"] = value
-    streamed = value is True or body.get("stream_format") == "sse"
+    streamed = _bool_field(body, "stream") or body.get("stream_format") == "sse"
     if streamed:
         raise bad_request(f"streamed answers of the {api} API are not supported by "
                           "tokenstile yet; ask without 'stream' (or with stream_format "
@@ -118,6 +125,7 @@ def parse(api: ApiKind, body: dict[str, Any],
 
 def _moderation(body: dict[str, Any]) -> CanonicalRequest:
     model = optional_str(body, "model") or DEFAULT_MODELS["moderations"]
+    _bool_field(body, "stream")  # no such option: but a wrong type is a wrong request
     value = body.get("input")
     if value is None:
         raise bad_request("'input' is required", param="input",
@@ -172,16 +180,20 @@ def _transcription(body: dict[str, Any], files: tuple[FilePart, ...]) -> Canonic
                           code="missing_required_parameter")
     _number_field(body, "temperature", 0, 1)
     length, exact = audio_ms(audio.data)
-    seconds = length / 1000
     prompt = optional_str(body, "prompt") or ""
     ask = MediaAsk("transcription", audio_ms=length, audio_exact=exact)
     return _canonical("transcriptions", model, body, ask, text=prompt,
-                      cap=math.ceil(seconds * TRANSCRIPT_TOKENS_PER_S) + 16, files=files)
+                      cap=per_second(length, TRANSCRIPT_TOKENS_PER_S) + 16, files=files)
 
 
 def _speech(body: dict[str, Any]) -> CanonicalRequest:
     model = require_str(body, "model")
     text = require_str(body, "input")
+    voice = body.get("voice")
+    if not (isinstance(voice, str) and voice) and not (
+            isinstance(voice, dict) and isinstance(voice.get("id"), str)):
+        raise bad_request("'voice' is required: a voice name, or {\"id\": ...} for a custom "
+                          "voice", param="voice", code="missing_required_parameter")
     speed = _number_field(body, "speed", 0.25, 4.0) or 1.0
     ask = MediaAsk("speech", characters=len(text), speed=speed)
     seconds = len(text) / SPOKEN_CHARS_PER_S / speed
@@ -208,12 +220,17 @@ def count_input(req: CanonicalRequest) -> int:
         if bare.startswith("whisper"):
             return 0
         return tokens.count_text(req.model, req.input_text) + \
-            math.ceil(ask.audio_ms / 1000 * AUDIO_TOKENS_PER_S)
+            per_second(ask.audio_ms, AUDIO_TOKENS_PER_S)
     if bare.startswith("tts-"):
         return 0
     instructions = req.body.get("instructions")
     return tokens.count_text(req.model, req.input_text) + (
         tokens.count_text(req.model, instructions) if isinstance(instructions, str) else 0)
+
+
+def per_second(ms: int, rate: int) -> int:
+    """``rate`` tokens a second over ``ms`` milliseconds, rounded up (integers: exact)."""
+    return -(-ms * rate // 1000)
 
 
 def _n(value: Any) -> int:
@@ -277,8 +294,8 @@ def _transcription_usage(req: CanonicalRequest, ask: MediaAsk, payload: bytes,
         seconds = (length + 500) // 1000 if said or ask.audio_exact else -(-length // 1000)
         return Usage(audio_ms=seconds * 1000), not (said or ask.audio_exact)
     text = body.get("text") if body else payload.decode("utf-8", "replace")
-    audio = math.ceil(length / 1000 * AUDIO_TOKENS_PER_S)
-    prompt = max(req.input_tokens - math.ceil(ask.audio_ms / 1000 * AUDIO_TOKENS_PER_S), 0)
+    audio = per_second(length, AUDIO_TOKENS_PER_S)
+    prompt = max(req.input_tokens - per_second(ask.audio_ms, AUDIO_TOKENS_PER_S), 0)
     return Usage(input_tokens=prompt + audio, input_audio_tokens=audio,
                  output_tokens=tokens.count_text(req.model, text or "")), True
 
@@ -289,13 +306,13 @@ def _speech_usage(req: CanonicalRequest, ask: MediaAsk, payload: bytes) -> tuple
         return Usage(characters=ask.characters), False
     fmt = req.body.get("response_format")
     if fmt == "pcm":  # 24 kHz, 16-bit, mono
-        length = math.ceil(len(payload) / 48)
+        length = -(-len(payload) // 48)
     else:
         length, exact = audio_ms(payload)
         if not exact:
             return Usage(input_tokens=req.input_tokens,
                          output_tokens=req.output_cap or 0,
                          output_audio_tokens=req.output_cap or 0), True
-    audio = min(math.ceil(length / 1000 * SPEECH_TOKENS_PER_S), req.output_cap or 0)
+    audio = min(per_second(length, SPEECH_TOKENS_PER_S), req.output_cap or 0)
     return Usage(input_tokens=req.input_tokens, output_tokens=audio,
                  output_audio_tokens=audio), True
