@@ -126,10 +126,3 @@ async def test_image_prompts_go_through_the_word_lists(make: Any, fake: FakeHand
         await client.images.generate(model="dall-e-2", prompt="a forbidden thing")
     assert not fake.fake.tally.records
 
-
-async def test_a_streamed_image_request_is_refused_clearly(make: Any) -> None:
-    gw = await make({})
-    client = gw.openai(await gw.key())
-    with pytest.raises(openai.BadRequestError) as refused:
-        await client.images.generate(model="gpt-image-1", prompt="x", stream=True)
-    assert "not supported" in refused.value.message

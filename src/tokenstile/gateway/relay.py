@@ -32,6 +32,7 @@ from tokenstile.gateway.counted import ReasoningTimer, bill_counted, settle_stre
 from tokenstile.gateway.upstream import RELAYED_RESPONSE_HEADERS, UpstreamTimeout
 from tokenstile.providers.answers import AnswerText, answer_text
 from tokenstile.providers.media import usage_of_answer as media_usage
+from tokenstile.providers.media import worst_case_usage
 from tokenstile.providers.openai import ResponsesStreamObserver
 from tokenstile.providers.sse import EventSplitter
 from tokenstile.types import RequestContext, Usage, WireFormat
@@ -238,6 +239,11 @@ class Relay:
         await send.body(b"", more=False)
 
     def _count_stream(self, ctx: RequestContext, observer: ReasoningTimer) -> None:
+        if ctx.req.media is not None:  # images, audio: no final usage, the worst case
+            final = observer.usage if observer.usage_is_final() else None
+            ctx.usage = final or worst_case_usage(ctx.req)
+            ctx.estimated = ctx.estimated or final is None
+            return
         settle_stream(ctx, observer, self.hidden_reasoning, self.clock.monotonic(),
                       self.default_output_tokens)
 

@@ -15,14 +15,18 @@
   request is flagged ``estimated``).
 - ``/v1/moderations``: free, but counted (requests limits apply).
 
-Streamed answers of these APIs are refused for now (400): their usage would have to be read
-from events of their own.
+Streamed answers (``stream: true`` for images and transcriptions, ``stream_format: sse``
+for speech) are relayed event by event; their usage comes from their final events
+(``image_generation.completed``, ``transcript.text.done``, ``speech.audio.done``). A stream
+that ends before it is billed at the worst case reserved (``MediaStreamObserver``).
 """
 
 from __future__ import annotations
 
 import math
 from typing import Any
+
+import orjson
 
 from tokenstile import tokens
 from tokenstile.errors import bad_request
@@ -37,9 +41,11 @@ from tokenstile.media import (
     MediaAsk,
     image_output_tokens,
 )
+from tokenstile.providers.answers import AnswerText
 from tokenstile.providers.audio_length import audio_ms
 from tokenstile.providers.base import collect_text, optional_str, require_str
 from tokenstile.providers.multipart import FilePart
+from tokenstile.providers.sse import event_fields
 from tokenstile.types import ApiKind, CanonicalRequest, Usage
 
 MEDIA_APIS: frozenset[str] = frozenset({"moderations", "images", "image_edits",
@@ -92,13 +98,9 @@ def _bool_field(body: dict[str, Any], name: str) -> bool:
     return value is True
 
 
-def _streamed(body: dict[str, Any], api: str) -> bool:
-    streamed = _bool_field(body, "stream") or body.get("stream_format") == "sse"
-    if streamed:
-        raise bad_request(f"streamed answers of the {api} API are not supported by "
-                          "tokenstile yet; ask without 'stream' (or with stream_format "
-                          "'audio')", param="stream", code="unsupported_parameter")
-    return False
+def _streamed(body: dict[str, Any]) -> bool:
+    """``stream`` (images, transcriptions) or ``stream_format: sse`` (speech)."""
+    return _bool_field(body, "stream") or body.get("stream_format") == "sse"
 
 
 def _canonical(api: ApiKind, model: str, body: dict[str, Any], ask: MediaAsk, *,
@@ -115,12 +117,15 @@ def parse(api: ApiKind, body: dict[str, Any],
     ``media`` says what it may be billed for."""
     if api == "moderations":
         return _moderation(body)
-    _streamed(body, api)
+    streamed = _streamed(body)
     if api in ("images", "image_edits"):
-        return _image(api, body, files)
-    if api == "transcriptions":
-        return _transcription(body, files or ())
-    return _speech(body)
+        req = _image(api, body, files)
+    elif api == "transcriptions":
+        req = _transcription(body, files or ())
+    else:
+        req = _speech(body)
+    req.stream = streamed
+    return req
 
 
 def _moderation(body: dict[str, Any]) -> CanonicalRequest:
@@ -258,18 +263,22 @@ def usage_of_answer(req: CanonicalRequest, payload: bytes, parsed: Any) -> tuple
             if not isinstance(data, list):  # no answer to count: the worst case
                 return ask.worst_usage(req.input_tokens, req.output_cap or 0), True
             return Usage(images=made), False
-        out = _n(usage_block.get("output_tokens"))
-        out_details = _details(usage_block, "output_tokens_details")
-        in_details = _details(usage_block, "input_tokens_details")
-        image_out = _n(out_details.get("image_tokens")) if "image_tokens" in out_details \
-            else out
-        return Usage(input_tokens=_n(usage_block.get("input_tokens")), output_tokens=out,
-                     cached_input_tokens=_n(in_details.get("cached_tokens")),
-                     input_image_tokens=_n(in_details.get("image_tokens")),
-                     output_image_tokens=image_out, images=made), False
+        return image_usage(usage_block, made), False
     if ask.kind == "transcription":
         return _transcription_usage(req, ask, payload, body, usage_block)
     return _speech_usage(req, ask, payload)
+
+
+def image_usage(block: dict[str, Any], made: int) -> Usage:
+    """An image answer's (or stream event's) ``usage`` block, for ``made`` images."""
+    out = _n(block.get("output_tokens"))
+    out_details = _details(block, "output_tokens_details")
+    in_details = _details(block, "input_tokens_details")
+    image_out = _n(out_details.get("image_tokens")) if "image_tokens" in out_details else out
+    return Usage(input_tokens=_n(block.get("input_tokens")), output_tokens=out,
+                 cached_input_tokens=_n(in_details.get("cached_tokens")),
+                 input_image_tokens=_n(in_details.get("image_tokens")),
+                 output_image_tokens=image_out, images=made)
 
 
 def _transcription_usage(req: CanonicalRequest, ask: MediaAsk, payload: bytes,
@@ -316,3 +325,67 @@ def _speech_usage(req: CanonicalRequest, ask: MediaAsk, payload: bytes) -> tuple
     audio = min(per_second(length, SPEECH_TOKENS_PER_S), req.output_cap or 0)
     return Usage(input_tokens=req.input_tokens, output_tokens=audio,
                  output_audio_tokens=audio), True
+
+
+_FINAL_IMAGE_EVENTS = frozenset({"image_generation.completed", "image_edit.completed"})
+
+
+class MediaStreamObserver:
+    """An image, transcription or speech stream: events relayed as they come, usage read
+    from the final ones (each completed image adds its own). ``usage`` stays None until one
+    arrives: the relay then bills the reserved worst case (``worst_case_usage``)."""
+
+    __slots__ = ("_images", "_req", "_text", "usage")
+
+    def __init__(self, req: CanonicalRequest) -> None:
+        self._req = req
+        self._images = 0
+        self._text = AnswerText()
+        self.usage: Usage | None = None
+
+    def on_event(self, event: bytes) -> bytes | None:
+        _, data = event_fields(event)
+        if not data.startswith(b"{"):
+            return event
+        try:
+            payload = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return event
+        if not isinstance(payload, dict):
+            return event
+        kind, block = payload.get("type"), payload.get("usage")
+        if kind == "transcript.text.delta":
+            self._text.see(payload.get("delta"))
+        elif kind in _FINAL_IMAGE_EVENTS:
+            self._images += 1
+            used = image_usage(block if isinstance(block, dict) else {}, 1)
+            if self.usage is None:
+                self.usage = used
+            else:
+                self.usage.add(used)
+        elif kind == "transcript.text.done" and self._req.media is not None:
+            self.usage = _transcription_usage(self._req, self._req.media, b"", payload,
+                                              block)[0]
+        elif kind == "speech.audio.done" and isinstance(block, dict):
+            out = _n(block.get("output_tokens"))
+            self.usage = Usage(input_tokens=_n(block.get("input_tokens")), output_tokens=out,
+                               output_audio_tokens=out)
+        return event
+
+    def output_text(self) -> str:
+        return "".join(self._text.visible)
+
+    def reasoning_text(self) -> str:
+        return ""
+
+    def answering(self) -> bool:
+        return self._images > 0 or bool(self._text.visible)
+
+    def usage_is_final(self) -> bool:
+        return self.usage is not None
+
+
+def worst_case_usage(req: CanonicalRequest) -> Usage:
+    """What a media call is billed when its answer never said what it used."""
+    assert req.media is not None
+    return req.media.worst_usage(req.input_tokens, req.output_cap or 0)

@@ -165,7 +165,10 @@ class OpenAIAdapter:
             return None
         return usage_from_response(api, payload)
 
-    def observer(self, req: CanonicalRequest) -> OpenAIStreamObserver | ResponsesStreamObserver:
+    def observer(self, req: CanonicalRequest
+                 ) -> OpenAIStreamObserver | ResponsesStreamObserver | media.MediaStreamObserver:
+        if req.media is not None:
+            return media.MediaStreamObserver(req)
         options = req.body.get("stream_options")
         client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
         if req.api == "responses":

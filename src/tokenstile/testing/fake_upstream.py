@@ -640,7 +640,7 @@ class FakeUpstream:
                     return
                 model = r.body.get("model")
                 r.model = model if isinstance(model, str) else ""
-                r.stream = r.body.get("stream") is True
+                r.stream = r.body.get("stream") in (True, "true")  # forms send text
             await handler(r)
         finally:
             if r.watch is not None:
@@ -655,11 +655,17 @@ class FakeUpstream:
         return serve
 
     def _record_media(self, r: _Req, units: dict[str, int], *, input_tokens: int = 0,
-                      output_tokens: int = 0, input_audio_tokens: int = 0) -> None:
+                      output_tokens: int = 0, input_audio_tokens: int = 0,
+                      outcome: str = "completed") -> None:
         """A media answer (``_fake_media``): its token usage and the units it is billed by."""
-        self._record(r, 200, "completed", output_tokens=output_tokens,
+        self._record(r, 200, outcome, output_tokens=output_tokens,
                      input_tokens=input_tokens, units=units,
                      input_audio_tokens=input_audio_tokens)
+
+    @staticmethod
+    def _deliberate_cut() -> None:
+        """The connection is about to drop on purpose: uvicorn's complaint is not logged."""
+        _DELIBERATE_CUT.set(True)
 
     @staticmethod
     def _auth_message(r: _Req) -> str:
