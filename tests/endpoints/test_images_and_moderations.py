@@ -126,3 +126,28 @@ async def test_image_prompts_go_through_the_word_lists(make: Any, fake: FakeHand
         await client.images.generate(model="dall-e-2", prompt="a forbidden thing")
     assert not fake.fake.tally.records
 
+
+
+async def test_a_per_request_output_limit_refuses_what_it_cannot_cap(make: Any,
+                                                                    fake: FakeHandle) -> None:
+    gw = await make({"limits": [{"name": "small", "scope": "project", "unit": "output_tokens",
+                                 "window": "request", "amount": 1000}]})
+    client = gw.openai(await gw.key())
+    with pytest.raises(openai.UnprocessableEntityError) as refused:  # high: 4,160 tokens
+        await client.images.generate(model="gpt-image-1", prompt="x", quality="high",
+                                     size="1024x1024")
+    assert "4,160" in refused.value.message and not fake.fake.tally.records
+    await client.images.generate(model="gpt-image-1", prompt="x", quality="low",
+                                 size="1024x1024")
+    assert "max_tokens" not in fake.fake.tally.records[-1].body  # nothing written into it
+
+
+async def test_an_image_call_that_times_out_is_charged_its_worst_case(make: Any) -> None:
+    gw = await make({"resilience": {"first_byte_timeout_s": 0.2, "retries": 0}})
+    client = gw.openai(await gw.key())
+    with pytest.raises(openai.APIStatusError):
+        await client.images.generate(model="dall-e-3", prompt="slow [[fake:delay_ms=2000]]")
+    [row] = await gw.rows()
+    assert row.block_reason == "upstream_timeout" and "charged_at_estimate" in row.flags
+    assert row.cost_nano == usd_to_nano("0.04") and row.output_tokens == 0
+    assert row.detail["images"] == 1
