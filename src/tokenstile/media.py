@@ -131,6 +131,16 @@ def unit_prices(pricer: Pricer, model: str, provider: str | None) -> UnitPrices:
     )
 
 
+def priced_apart(pricer: Pricer, model: str, provider: str | None = None) -> bool:
+    """Whether ``model`` has a price in units other than tokens (per image, audio hour or
+    character) or is a free moderation model: priced, though ``Pricer.known`` says not."""
+    if "moderation" in _bare(model):
+        return True
+    units = unit_prices(pricer, model, provider)
+    return units.per_image is not None or units.per_audio_hour is not None or \
+        units.per_million_chars is not None
+
+
 def image_output_tokens(quality: str, size: str) -> int:
     """Output tokens of one image at ``quality`` and ``size``: ``auto`` (or nothing) may be
     any of the table's; a quality it lacks is taken as ``high``, and a size it lacks

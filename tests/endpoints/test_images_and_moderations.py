@@ -60,6 +60,8 @@ async def test_dall_e_images_are_priced_per_image_by_quality_and_size(make: Any)
                                            usd_to_nano("0.04")]
     assert [r.detail["images"] for r in rows] == [1, 3, 1]
     assert all(not r.estimated and r.input_tokens == 0 for r in rows)
+    # Priced per image, so named in the metrics (not lumped into "other")
+    assert 'model="dall-e-3"' in gw.runtime.metrics.render().decode()
 
 
 async def test_gpt_image_is_priced_by_the_tokens_it_reports(make: Any,

@@ -29,6 +29,7 @@ from tokenstile.ledger import LedgerWriter
 from tokenstile.limits.admission import Admission
 from tokenstile.limits.model import Limit
 from tokenstile.limits.overrides import Overrides
+from tokenstile.media import priced_apart
 from tokenstile.metrics import Metrics
 from tokenstile.observability import Telemetry
 from tokenstile.policies.engine import PolicyEngine
@@ -99,7 +100,8 @@ class Runtime:
         pricer = pricer_for(config)
         router = Router(config)
         exact_routes = {r.match for r in config.routes}
-        metrics = Metrics(lambda model: model in exact_routes or pricer.known(model))
+        metrics = Metrics(lambda model: model in exact_routes or pricer.known(model)
+                          or priced_apart(pricer, model))
         adapters: dict[WireFormat, Adapter] = {"openai": OpenAIAdapter(),
                                                "anthropic": AnthropicAdapter()}
         alerts = alert_engine_for(config, clock)
