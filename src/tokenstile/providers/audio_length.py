@@ -28,6 +28,7 @@ _BITRATES = {  # kbit/s by (version 1 or 2, layer), index 1..14
     (2, 3): (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
 }
 _RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}
+_UNSEEN: tuple[int, int, int] = (0, 0, 0)
 
 
 def audio_ms(data: bytes) -> tuple[int, bool]:
@@ -67,8 +68,14 @@ def _mp3_ms(data: bytes) -> int | None:
         start = 10 + size
     end = len(data) - 128 if data[-128:-125] == b"TAG" else len(data)
     at, samples, rate, covered = start, 0, 0, 0
+    seen: dict[int, tuple[int, int, int] | None] = {}  # by header bits: most frames repeat
     while at + 4 <= end:
-        frame = _frame(data[at:at + 4])
+        if data[at] != 0xFF:
+            break
+        bits = (data[at + 1] << 8) | data[at + 2]
+        frame = seen.get(bits, _UNSEEN)
+        if frame is _UNSEEN:
+            frame = seen[bits] = _frame(data[at:at + 4])
         if frame is None:
             break
         length, frame_samples, frame_rate = frame
