@@ -15,8 +15,9 @@ RUN pip wheel --no-cache-dir --no-deps -w /wheels .
 
 FROM python:3.11-slim
 # Optional extras to install; "otel" brings the OpenTelemetry SDK and OTLP exporter (traces
-# stay off until OTEL_* variables ask for them). Build with --build-arg EXTRAS= for none.
-ARG EXTRAS=otel
+# stay off until OTEL_* variables ask for them), "bedrock" botocore for AWS Bedrock. Build
+# with --build-arg EXTRAS= for none.
+ARG EXTRAS=otel,bedrock
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     TOKENSTILE_SPOOL_DIR=/var/lib/tokenstile/spool

@@ -9,8 +9,14 @@ The fake upstream, the latency client and wrk share core 1; the gateway runs alo
 
 Scenarios: no limits; budgets on the SQLite counter store (the default); budgets on Redis.
 
+``--bedrock`` compares instead the gateway's own CPU time per request (read from /proc
+around each wrk run, divided by the requests wrk completed) on the OpenAI chat path and on
+the AWS Bedrock paths (Converse and InvokeModel, with their streams), one gateway serving
+both with budgets on SQLite counters, the runs interleaved.
+
     python benchmarks/bench_gateway.py            # ~1 minute
     python benchmarks/bench_gateway.py --quick    # a few seconds per measurement
+    python benchmarks/bench_gateway.py --bedrock  # the Bedrock paths' CPU per request
 """
 
 from __future__ import annotations
@@ -37,6 +43,21 @@ ROOT = Path(__file__).resolve().parent.parent
 CHAT = {"model": "gpt-4o-mini", "max_tokens": 12,
         "messages": [{"role": "user", "content": "Say something short."}]}
 STREAM = {**CHAT, "stream": True}
+BEDROCK_MODEL = "anthropic.claude-3-5-haiku-20241022-v1%3A0"
+CONVERSE = {"messages": [{"role": "user", "content": [{"text": "Say something short."}]}],
+            "inferenceConfig": {"maxTokens": 12}}
+INVOKE = {"anthropic_version": "bedrock-2023-05-31", "max_tokens": 12,
+          "messages": [{"role": "user", "content": "Say something short."}]}
+# (name, path, body): the same answer (12 tokens) on each path, whole and streamed.
+PATHS = [
+    ("openai chat", "/v1/chat/completions", CHAT),
+    ("bedrock converse", f"/model/{BEDROCK_MODEL}/converse", CONVERSE),
+    ("bedrock invoke", f"/model/{BEDROCK_MODEL}/invoke", INVOKE),
+    ("openai chat, streamed", "/v1/chat/completions", STREAM),
+    ("bedrock converse-stream", f"/model/{BEDROCK_MODEL}/converse-stream", CONVERSE),
+    ("bedrock invoke, streamed", f"/model/{BEDROCK_MODEL}/invoke-with-response-stream",
+     INVOKE),
+]
 
 
 def pinned(core: int, argv: list[str]) -> list[str]:
@@ -65,13 +86,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_gateway(directory: Path, fake_url: str, counters: str, limits: bool
-                  ) -> tuple[subprocess.Popen[bytes], str, str]:
+def start_gateway(directory: Path, fake_url: str, counters: str, limits: bool,
+                  bedrock: bool = False) -> tuple[subprocess.Popen[bytes], str, str]:
     database = f"sqlite:///{directory / 'bench.db'}"
     config: dict[str, Any] = {
         "upstreams": {"openai": {"base_url": fake_url + "/v1", "api_key": "sk-bench"}},
         "storage": {"counters": counters, "database": database},
     }
+    if bedrock:  # signed with SigV4 like any Bedrock upstream (the fake does not check it)
+        config["upstreams"]["aws"] = {
+            "kind": "bedrock", "region": "us-east-1", "base_url": fake_url,
+            "aws_access_key_id": "AKIDBENCH", "aws_secret_access_key": "bench-secret"}
     if limits:
         config["organization"] = {"daily_cap": 10**12}
         config["projects"] = {"bench": {"daily_limit": 10**12, "request_limit": 100_000}}
@@ -118,7 +143,18 @@ async def latencies(url: str, key: str, count: int) -> list[float]:
     return out
 
 
-def wrk(url: str, key: str, body: dict[str, Any], seconds: int, directory: Path) -> float:
+def wrk(url: str, key: str, body: dict[str, Any], seconds: int, directory: Path,
+        pid: int | None = None, path: str = "/v1/chat/completions") -> tuple[float, float]:
+    """Requests/s at c=50, and the CPU ms per request of ``pid`` (the gateway) meanwhile."""
+    before = cpu_seconds(pid) if pid else 0.0
+    rate, done = wrk_run(url, key, body, seconds, directory, path)
+    used = cpu_seconds(pid) - before if pid else 0.0
+    return rate, (used * 1000 / done if pid and done else 0.0)
+
+
+def wrk_run(url: str, key: str, body: dict[str, Any], seconds: int, directory: Path,
+            path: str = "/v1/chat/completions") -> tuple[float, int]:
+    """(requests/s, requests completed) of a wrk run at concurrency 50."""
     script = directory / "post.lua"
     script.write_text(
         'wrk.method = "POST"\n'
@@ -126,13 +162,54 @@ def wrk(url: str, key: str, body: dict[str, Any], seconds: int, directory: Path)
         'wrk.headers["Content-Type"] = "application/json"\n'
         f'wrk.headers["Authorization"] = "Bearer {key}"\n')
     result = subprocess.run(
-        pinned(1, ["wrk", "-t1", "-c50", f"-d{seconds}s", "-s", str(script),
-                   url + "/v1/chat/completions"]), capture_output=True, text=True, check=True)
+        pinned(1, ["wrk", "-t1", "-c50", f"-d{seconds}s", "-s", str(script), url + path]),
+        capture_output=True, text=True, check=True)
     match = re.search(r"Requests/sec:\s+([\d.]+)", result.stdout)
+    done = re.search(r"(\d+) requests in", result.stdout)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", result.stdout)
     if non2xx:
         raise RuntimeError(f"wrk saw {non2xx.group(1)} error responses")
-    return float(match.group(1)) if match else 0.0
+    return (float(match.group(1)) if match else 0.0), int(done.group(1)) if done else 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bedrock_comparison(fake_url: str, seconds: int, rounds: int) -> None:
+    """Gateway CPU per request, OpenAI chat against the Bedrock paths (see the docstring)."""
+    directory = Path(tempfile.mkdtemp(prefix="tokenstile-bench-"))
+    proc, url, key = start_gateway(directory, fake_url,
+                                   f"sqlite:///{directory / 'counters.db'}", True,
+                                   bedrock=True)
+    totals = {name: [0.0, 0, 0.0] for name, _, _ in PATHS}  # cpu s, requests, wall s
+    try:
+        for _, path, body in PATHS:  # warm every path up once
+            wrk_run(url, key, body, 1, directory, path)
+        for _ in range(rounds):
+            for name, path, body in PATHS:
+                before = cpu_seconds(proc.pid)
+                rate, done = wrk_run(url, key, body, seconds, directory, path)
+                totals[name][0] += cpu_seconds(proc.pid) - before
+                totals[name][1] += done
+                totals[name][2] += done / rate if rate else 0.0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+        shutil.rmtree(directory, ignore_errors=True)
+    print(f"gateway CPU per request, budgets on SQLite counters, {rounds} interleaved rounds "
+          f"of {seconds} s per path (wrk, 50 connections)")
+    print(f"{'path':<28} {'req/s':>8} {'CPU µs/req':>11} {'vs openai':>10}")
+    base: dict[bool, float] = {}
+    for name, _, _ in PATHS:
+        cpu, done, wall = totals[name]
+        per = cpu / done * 1e6 if done else 0.0
+        streamed = "stream" in name
+        base.setdefault(streamed, per)
+        print(f"{name:<28} {done / wall if wall else 0:>8,.0f} {per:>11,.0f} "
+              f"{per / base[streamed]:>10.2f}")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -145,13 +222,24 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--bedrock", action="store_true",
+                        help="compare the gateway's CPU per request on the Bedrock paths")
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     if args.quick:
-        args.requests, args.seconds = 800, 3
+        args.requests, args.seconds, args.rounds = 800, 3, 1
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed for the throughput figures: apt-get install wrk")
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {1})
+    if args.bedrock:
+        fake, fake_url = start_fake()
+        try:
+            bedrock_comparison(fake_url, args.seconds, args.rounds)
+        finally:
+            fake.send_signal(signal.SIGTERM)
+            fake.wait(10)
+        return
     redis_url = "redis://127.0.0.1:6379/0?prefix=bench" + str(os.getpid())
     scenarios = [("no limits", "memory://", False),
                  ("budgets, SQLite counters", "sqlite:///{dir}/counters.db", True),
@@ -160,22 +248,23 @@ def main() -> None:
     results = []
     try:
         direct_lat = asyncio.run(latencies(fake_url, "sk-bench", args.requests))
-        direct_rps = wrk(fake_url, "sk-bench", CHAT, args.seconds, Path(tempfile.gettempdir()))
-        direct_sse = wrk(fake_url, "sk-bench", STREAM, args.seconds,
-                         Path(tempfile.gettempdir()))
+        direct_rps, _ = wrk(fake_url, "sk-bench", CHAT, args.seconds,
+                            Path(tempfile.gettempdir()))
+        direct_sse, _ = wrk(fake_url, "sk-bench", STREAM, args.seconds,
+                            Path(tempfile.gettempdir()))
         for name, counters, limits in scenarios:
             directory = Path(tempfile.mkdtemp(prefix="tokenstile-bench-"))
             proc, url, key = start_gateway(directory, fake_url,
                                            counters.format(dir=directory), limits)
             try:
                 lat = asyncio.run(latencies(url, key, args.requests))
-                rps = wrk(url, key, CHAT, args.seconds, directory)
-                sse = wrk(url, key, STREAM, args.seconds, directory)
+                rps, cpu = wrk(url, key, CHAT, args.seconds, directory, proc.pid)
+                sse, sse_cpu = wrk(url, key, STREAM, args.seconds, directory, proc.pid)
             finally:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(20)
                 shutil.rmtree(directory, ignore_errors=True)
-            results.append((name, lat, rps, sse))
+            results.append((name, lat, rps, sse, cpu, sse_cpu))
     finally:
         fake.send_signal(signal.SIGTERM)
         fake.wait(10)
@@ -183,14 +272,14 @@ def main() -> None:
     print(f"direct to the fake upstream: p50 {d50:.3f} ms, p99 {d99:.3f} ms, "
           f"{direct_rps:,.0f} req/s, streamed {direct_sse:,.0f} req/s")
     print(f"{'scenario':<28} {'added p50':>10} {'added p99':>10} {'req/s':>8} {'ratio':>6} "
-          f"{'SSE req/s':>10} {'ratio':>6}")
+          f"{'CPU/req':>8} {'SSE req/s':>10} {'ratio':>6} {'CPU/req':>8}")
     base50 = None
-    for name, lat, rps, sse in results:
+    for name, lat, rps, sse, cpu, sse_cpu in results:
         a50, a99 = statistics.median(lat) - d50, pct(lat, 0.99) - d99
         base50 = a50 if base50 is None else base50
         print(f"{name:<28} {a50:>8.3f}ms {a99:>8.3f}ms {rps:>8,.0f} {rps / direct_rps:>6.2f} "
-              f"{sse:>10,.0f} {sse / direct_sse:>6.2f}")
-    for name, lat, _, _ in results[1:]:
+              f"{cpu:>6.3f}ms {sse:>10,.0f} {sse / direct_sse:>6.2f} {sse_cpu:>6.3f}ms")
+    for name, lat, *_ in results[1:]:
         extra = statistics.median(lat) - d50 - (base50 or 0.0)
         print(f"admission cost over no limits ({name}): {extra:.3f} ms p50")
 

@@ -98,7 +98,7 @@ def test_an_unreachable_postgresql_at_start(tmp_path: Path, closed_port: int) ->
     url = f"postgresql://tokenstile:pw-never-shown@127.0.0.1:{closed_port}/tokenstile"
     config = write(tmp_path / "c.yaml", {"storage": {"database": url}})
     line = one_line_error(tokenstile("serve", "-c", str(config), "--port", "0", cwd=tmp_path))
-    assert "cannot reach the database at postgresql://tokenstile:***@127.0.0.1" in line
+    assert "cannot reach the database at postgresql://tokenstile:[redacted]@127.0.0.1" in line
     assert "storage.database" in line and "pw-never-shown" not in line
 
 

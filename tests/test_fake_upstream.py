@@ -1067,3 +1067,68 @@ def test_cli_process_prints_ready_line() -> None:
             proc.stderr.close()
     # uvicorn re-raises the SIGTERM it handled after its graceful shutdown.
     assert proc.returncode in (0, -15)
+
+
+def _report(url: str, path: str, key: str, **params: Any) -> tuple[int, Any]:
+    from urllib.parse import urlencode
+
+    headers = {"authorization": f"Bearer {key}"} if path.startswith("/v1/organization/") \
+        else {"x-api-key": key, "anthropic-version": "2023-06-01"}
+    req = urllib.request.Request(f"{url}{path}?{urlencode(params, doseq=True)}",
+                                 headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_admin_reports_in_the_providers_shapes(fake: FakeUpstream, url: str,
+                                               oc: openai.OpenAI, ac: anthropic.Anthropic
+                                               ) -> None:
+    oc.chat.completions.create(model="gpt-4o-mini", messages=user("hi"), max_tokens=5)
+    ac.messages.create(model="claude-haiku-4-5", max_tokens=5, messages=user("hi"))
+    served = {r.model: r for r in fake.tally.records}
+    now = int(time.time())
+    status, page = _report(url, "/v1/organization/usage/completions", "sk-admin-x",
+                           start_time=now - 3 * 86400, bucket_width="1d", group_by="model",
+                           limit=2)
+    assert status == 200 and page["object"] == "page" and page["has_more"] is True
+    assert [b["results"] for b in page["data"]] == [[], []]
+    status, rest = _report(url, "/v1/organization/usage/completions", "sk-admin-x",
+                           start_time=now - 3 * 86400, group_by="model", limit=2,
+                           page=page["next_page"])
+    assert rest["has_more"] is False and rest["next_page"] is None
+    [result] = rest["data"][-1]["results"]
+    assert result["object"] == "organization.usage.completions.result"
+    assert (result["model"], result["input_tokens"], result["output_tokens"],
+            result["num_model_requests"]) == ("gpt-4o-mini", served["gpt-4o-mini"].input_tokens,
+                                              served["gpt-4o-mini"].output_tokens, 1)
+    _, costs = _report(url, "/v1/organization/costs", "sk-admin-x", start_time=now - 86400,
+                       group_by="line_item")
+    lines = {r["line_item"]: r["amount"] for r in costs["data"][-1]["results"]}
+    assert set(lines) == {"gpt-4o-mini, input", "gpt-4o-mini, output"}
+    assert lines["gpt-4o-mini, input"]["currency"] == "usd"
+
+    fake.seed_drift("claude-haiku-4-5", provider="anthropic", output_tokens=100, usd=0.5)
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - 2 * 86400))
+    _, usage = _report(url, "/v1/organizations/usage_report/messages", "sk-ant-admin01-x",
+                       **{"starting_at": since, "group_by[]": "model",
+                          "ending_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                          "limit": 31})
+    [claude] = usage["data"][-1]["results"]
+    assert claude["model"] == "claude-haiku-4-5" and claude["output_tokens"] == \
+        served["claude-haiku-4-5"].output_tokens + 100
+    assert claude["uncached_input_tokens"] == served["claude-haiku-4-5"].input_tokens
+    _, cost = _report(url, "/v1/organizations/cost_report", "sk-ant-admin01-x",
+                      **{"starting_at": since, "group_by[]": "description"})
+    cents = sum(float(r["amount"]) for r in cost["data"][-1]["results"])
+    assert 50 < cents < 51  # the seeded 0.5 USD plus what the call cost, in cents
+
+    # An ordinary API key is refused, as the providers refuse it; reading is not recorded.
+    assert _report(url, "/v1/organization/costs", "sk-proj-x")[0] == 401
+    assert _report(url, "/v1/organizations/cost_report", "sk-ant-api03-x")[0] == 401
+    assert len(fake.tally.records) == 2
+    assert post_json(f"{url}/_fake/reports/drift", [{"model": "gpt-4o", "usd": 1}])["drifts"] \
+        == 2
+    assert post_raw(f"{url}/_fake/reports/drift", {"nope": 1})[0] == 400

@@ -9,6 +9,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import unquote
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -30,7 +31,9 @@ from tokenstile.gateway.response_routes import PREFIX as RESPONSES_PREFIX
 from tokenstile.gateway.response_routes import ResponseRoutes
 from tokenstile.gateway.runtime import Runtime
 from tokenstile.gateway.upstream import upstream_headers, upstream_url
+from tokenstile.price_watch import watch_prices
 from tokenstile.providers.models import model_item, model_list, openai_entries
+from tokenstile.reconcile.exposure import DriftGauges
 from tokenstile.stores.counters import StoreUnavailable
 from tokenstile.types import ApiKind, WireFormat
 
@@ -52,6 +55,16 @@ PROXY_ROUTES: dict[str, tuple[ApiKind, WireFormat]] = {
     "/v1/audio/speech": ("speech", "openai"),
     "/v1/files": ("files", "openai"),
     "/v1/batches": ("batches", "openai"),
+}
+
+
+# Bedrock's runtime API: POST /model/{modelId}/{action} -> (api, streamed).
+BEDROCK_PREFIX = "/model/"
+BEDROCK_ROUTES: dict[str, tuple[ApiKind, bool]] = {
+    "converse": ("converse", False),
+    "converse-stream": ("converse", True),
+    "invoke": ("messages", False),
+    "invoke-with-response-stream": ("messages", True),
 }
 
 
@@ -77,7 +90,31 @@ class TokenstileApp:
             if scope["path"].startswith(BATCH_PREFIXES):
                 await self.batch_routes.handle(scope, receive, send)
                 return
+            if scope["path"].startswith(BEDROCK_PREFIX):
+                await self._bedrock(scope, receive, send)
+                return
         await self.web(scope, receive, send)
+
+    async def _bedrock(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``POST /model/{modelId}/{action}``: the model id as boto3 encodes it in the path
+        (an ARN's ``/`` included), the action naming the API and whether it streams."""
+        raw = scope.get("raw_path") or scope["path"].encode()
+        encoded, _, action = raw[len(BEDROCK_PREFIX):].partition(b"?")[0].rpartition(b"/")
+        route = BEDROCK_ROUTES.get(action.decode("latin-1"))
+        model = unquote(encoded.decode("latin-1"))
+        if route is None or not model:
+            err = GatewayError(404, f"unknown route {scope['method']} {scope['path']}; Bedrock "
+                               "routes are POST /model/{modelId}/converse, converse-stream, "
+                               "invoke and invoke-with-response-stream", code="unknown_route")
+        elif scope["method"] != "POST":
+            err = GatewayError(405, f"{scope['path']} accepts POST, not {scope['method']}",
+                               code="method_not_allowed", headers={"allow": "POST"})
+        else:
+            await self.gateway.get().handle(route[0], "bedrock", scope, receive, send,
+                                            {"model": model, "stream": route[1]})
+            return
+        response = _error("bedrock", err)
+        await response(scope, receive, send)
 
 
 def _wire_for(path: str) -> WireFormat:
@@ -86,15 +123,17 @@ def _wire_for(path: str) -> WireFormat:
 
 def _error(wire: WireFormat, err: GatewayError) -> Response:
     return Response(err.body(wire), status_code=err.status, media_type="application/json",
-                    headers=err.headers)
+                    headers=err.headers_for(wire))
 
 
 def _web_app(app: TokenstileApp) -> Starlette:
     rt = app.runtime
+    drift_gauges = DriftGauges(rt)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         await rt.start()
+        await watch_prices(rt)  # a routed model whose price changed since last time: an alert
         admin_listener = await start_admin_listener(rt)
         try:
             yield
@@ -129,12 +168,16 @@ def _web_app(app: TokenstileApp) -> Starlette:
     async def metrics(request: Request) -> Response:
         rt.metrics.ledger_backlog.set(rt.ledger.backlog)
         rt.metrics.queue_depth.set(rt.degrader.pacer.depth)
+        await drift_gauges.refresh()
+        rt.metrics.queue_depth_total.set(rt.degrader.pacer.total_depth())
         return Response(rt.metrics.render(), media_type="text/plain; version=0.0.4")
 
     async def catalog(provider_key: str | None, wire: WireFormat) -> list[dict[str, Any]]:
         """What the upstreams list, merged, plus the exact model names of the routes."""
         fetches = []
         for name, upstream in rt.router.upstreams.items():
+            if upstream.kind == "bedrock":
+                continue  # Bedrock's runtime API lists no models; routes name them
             upstream_wire: WireFormat = "anthropic" if upstream.kind == "anthropic" \
                 else "openai"
             # A caller's own provider key goes only to its own provider's upstreams.

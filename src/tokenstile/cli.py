@@ -28,6 +28,7 @@ from tokenstile.stores.database import (
     new_key_id,
     new_key_secret,
 )
+from tokenstile.stores.urls import redact_url
 from tokenstile.tables import format_usage_rows, render_table
 
 T = TypeVar("T")
@@ -36,6 +37,7 @@ config_option = click.option(
     help="YAML configuration file (default: $TOKENSTILE_CONFIG, else built-in defaults).",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
 
 
 def _load(config_path: str | None) -> Config:
@@ -135,6 +137,7 @@ def check(config_path: str | None, url: str | None, admin_key: str | None) -> No
     """Validate a configuration file and print every error with the path of the bad field;
     with --url, also show the running gateway's config and its last reload error."""
     client = _remote(url, admin_key)
+    config = None
     if client is None or config_path:
         config = _load(config_path)
         source = config_path or os.environ.get("TOKENSTILE_CONFIG") or "<defaults>"
@@ -149,8 +152,8 @@ def check(config_path: str | None, url: str | None, admin_key: str | None) -> No
         for unpriced in unpriced_models(config):
             click.echo(f"  unpriced: {unpriced.message()}")
         click.echo(f"  upstreams: {upstreams}")
-        click.echo(f"  counters:  {config.storage.counters}")
-        click.echo(f"  database:  {config.storage.database}")
+        click.echo(f"  counters:  {redact_url(config.storage.counters)}")
+        click.echo(f"  database:  {redact_url(config.storage.database)}")
     if client is None:
         return
     status = _api(client, "GET", "/status")["config"]
@@ -158,6 +161,15 @@ def check(config_path: str | None, url: str | None, admin_key: str | None) -> No
                f"{status['source'] or '<defaults>'}, generation {status['generation']}")
     for name in status["pending_restart"]:
         click.echo(f"  {name} changed: applies at the next restart")
+    if config is not None and config_path:
+        from tokenstile.admin.redact import effective_config
+        from tokenstile.gateway.reload import restart_only_differences
+
+        running = _api(client, "GET", "/config")["config"]
+        for name in restart_only_differences(effective_config(config), running):
+            if name not in status["pending_restart"]:
+                click.echo(f"  {name} differs in {config_path}: a reload keeps the running "
+                           "value; it applies at the next restart")
     if status["status"] != "ok":
         click.echo("error: the last reload was refused; the previous config keeps serving",
                    err=True)
@@ -518,6 +530,7 @@ def _local_budgets(config: Config, ids: tuple[str, ...]) -> list[dict[str, Any]]
     from tokenstile.limits.overrides import apply_limit_overrides
     from tokenstile.limits.status import budget_status
     from tokenstile.stores.counters import counter_store_from_url
+    from tokenstile.stores.shards import status_tenants
 
     known: dict[str, list[str]] = {"organization": [config.organization.name]}
     for item in ids:
@@ -531,7 +544,9 @@ def _local_budgets(config: Config, ids: tuple[str, ...]) -> list[dict[str, Any]]
         try:
             rows = await budget_status(limits, counters, time.time(), known,
                                        frozenset(o.target for o in overrides
-                                                 if o.kind == "limit"))
+                                                 if o.kind == "limit"),
+                                       status_tenants(config, getattr(counters, "shard_by",
+                                                                      None)))
         finally:
             await counters.close()
         return [r.as_dict() for r in rows]
@@ -588,6 +603,10 @@ def demo(count: int, keep: bool) -> None:
 
     sys.exit(run_demo(count=count, keep=keep, echo=click.echo))
 
+
+# Commands kept in modules of their own register themselves on ``main``.
+from tokenstile import prices_cli  # noqa: E402, F401
+from tokenstile.reconcile import cli as reconcile_cli  # noqa: E402, F401
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -12,11 +12,19 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from tokenstile.policies.schema import PoliciesConfig
 from tokenstile.types import SCOPES, UNITS
@@ -25,6 +33,9 @@ DEFAULT_PORT = 8700
 DEFAULT_DB_URL = "sqlite:///./tokenstile.db"
 OPENAI_DEFAULT_BASE = "https://api.openai.com/v1"
 ANTHROPIC_DEFAULT_BASE = "https://api.anthropic.com"
+_BEDROCK_HOST = re.compile(r"^https://bedrock-runtime(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com")
+_AWS_FIELDS = ("region", "aws_access_key_id", "aws_secret_access_key", "aws_session_token",
+               "aws_profile")
 
 
 class ConfigError(Exception):
@@ -97,7 +108,7 @@ class AuthConfig(_Strict):
 
 
 class UpstreamConfig(_Strict):
-    kind: Literal["openai", "azure", "anthropic"] = "openai"
+    kind: Literal["openai", "azure", "anthropic", "bedrock"] = "openai"
     base_url: str
     api_key: str | None = None
     api_version: str | None = None
@@ -112,6 +123,42 @@ class UpstreamConfig(_Strict):
     # The service tier this upstream serves a request that leaves it open (no tier, or
     # auto); unset: such requests are reserved at the model's priciest tier.
     auto_service_tier: str | None = None
+    # Bedrock (kind: bedrock): the region its calls are signed for, and AWS credentials;
+    # without keys here, botocore's own chain (AWS_* variables, profiles, instance roles).
+    region: str | None = None
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: str | None = None
+    aws_session_token: str | None = None
+    aws_profile: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bedrock(cls, data: Any) -> Any:
+        """Bedrock's address from its region (or its region from its address)."""
+        if not isinstance(data, dict):
+            return data
+        if data.get("kind") != "bedrock":
+            named = [f for f in _AWS_FIELDS if data.get(f) is not None]
+            if named:
+                raise ValueError(f"{', '.join(named)}: only for upstreams of kind bedrock")
+            return data
+        data = dict(data)
+        region, base = data.get("region"), data.get("base_url")
+        if not base:
+            if not region:
+                raise ValueError("kind bedrock needs a region (e.g. region: us-east-1) or a "
+                                 "base_url")
+            data["base_url"] = f"https://bedrock-runtime.{region}.amazonaws.com"
+        elif not region:
+            match = _BEDROCK_HOST.match(str(base))
+            if match is None:
+                raise ValueError(f"kind bedrock: base_url {base!r} names no AWS region; set "
+                                 "region (the region requests are signed for)")
+            data["region"] = match.group(1)
+        if (data.get("aws_access_key_id") is None) != (data.get("aws_secret_access_key")
+                                                       is None):
+            raise ValueError("aws_access_key_id and aws_secret_access_key go together")
+        return data
 
     @field_validator("base_url")
     @classmethod
@@ -164,6 +211,53 @@ class PriceConfig(_Strict):
     web_search: float | None = Field(None, ge=0)
     file_search: float | None = Field(None, ge=0)
     service_tiers: dict[str, PriceTierConfig] = Field(default_factory=dict)
+    # From when this price applies (a date is midnight UTC); unset: from the beginning.
+    effective_from: date | datetime | None = None
+
+
+class PriceAdjustmentConfig(_Strict):
+    """A negotiated discount on the prices of matching models (whatever their source: the
+    genai-prices table or ``prices:``), from ``effective_from`` until ``effective_until``."""
+
+    provider: str | None = None
+    model: str = "*"
+    discount_percent: float = Field(gt=-1000, le=100)
+    effective_from: date | datetime | None = None
+    effective_until: date | datetime | None = None
+
+
+class FallbackPriceConfig(_Strict):
+    """The price a limit counts a model at when no price is known for it."""
+
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
+
+
+class ReconcileProviderConfig(_Strict):
+    """Where and how to read one provider's own usage and cost reports."""
+
+    admin_key: str | None = None
+    base_url: str | None = None
+    # The ledger's upstreams whose calls this provider served; unset: every upstream of
+    # this provider (by its kind, provider or address).
+    upstreams: list[str] | None = None
+    # Count only these in the provider's reports (usage from outside the gateway is not
+    # drift): OpenAI project ids, Anthropic workspace ids, either's API key ids.
+    project_ids: list[str] = Field(default_factory=list)
+    workspace_ids: list[str] = Field(default_factory=list)
+    api_key_ids: list[str] = Field(default_factory=list)
+    timeout_s: float = Field(60.0, gt=0)
+
+
+class ReconcileConfig(_Strict):
+    """``tokenstile reconcile``: the providers' reports against the ledger."""
+
+    openai: ReconcileProviderConfig | None = None
+    anthropic: ReconcileProviderConfig | None = None
+    # A day × model whose drift passes every threshold set here raises an alert.
+    alert_above_usd: float | None = Field(1.0, ge=0)
+    alert_above_percent: float | None = Field(None, ge=0)
+    channels: list[str] = Field(default_factory=list)
 
 
 class HiddenInputConfig(_Strict):
@@ -234,7 +328,7 @@ class ScheduleConfig(_Strict):
 
     days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] | None = None
     hours: str | None = None  # "09-18"
-    amount: float = Field(ge=0)
+    amount: int | float = Field(ge=0)
 
     @field_validator("hours")
     @classmethod
@@ -244,8 +338,20 @@ class ScheduleConfig(_Strict):
         return value
 
 
+class RolloverConfig(_Strict):
+    """The previous window's unused amount is carried into the next, up to ``max_percent``
+    of the amount (``limits/allowance.py``)."""
+
+    max_percent: float = Field(gt=0, le=100)
+
+
+CALENDAR_WINDOWS = ("minute", "hour", "day", "week", "month")
+
+
 class LimitConfig(_Strict):
-    """The general form of every limit: scope × window × unit × amount, plus thresholds."""
+    """The general form of every limit: scope × window × unit × amount, plus thresholds.
+    ``rollover`` and ``prorate`` (calendar windows only) change the amount window by
+    window: see ``limits/allowance.py``."""
 
     name: str | None = None
     scope: str = "global"
@@ -253,12 +359,27 @@ class LimitConfig(_Strict):
     when: dict[str, str | list[str]] = Field(default_factory=dict)
     window: str = "day"
     unit: str = "tokens"
-    amount: float = Field(ge=0)
+    amount: int | float = Field(ge=0)  # a whole number stays exact, however large
     thresholds: list[ThresholdConfig] | None = None
     failure_mode: Literal["closed", "open"] | None = None
     shadow: bool = False
     low_priority_fraction: float | None = Field(None, gt=0, le=1)
     schedule: list[ScheduleConfig] = Field(default_factory=list)
+    # A model with no known price, under a USD limit: refused (the default), or counted at
+    # ``fallback_price``.
+    unpriced: Literal["refuse", "fallback"] = "refuse"
+    fallback_price: FallbackPriceConfig | None = None
+    rollover: RolloverConfig | None = None
+    prorate: bool = False
+
+    @model_validator(mode="after")
+    def _calendar_only(self) -> LimitConfig:
+        if (self.rollover is not None or self.prorate) and \
+                self.window not in CALENDAR_WINDOWS:
+            option = "rollover" if self.rollover is not None else "prorate"
+            raise ValueError(f"{option} needs a calendar window ({', '.join(CALENDAR_WINDOWS)}),"
+                             f" not {self.window!r}")
+        return self
 
     @field_validator("scope")
     @classmethod
@@ -333,6 +454,36 @@ class GlobalConfig(_Strict):
     requests_per_minute: int | None = Field(None, ge=0)
     daily_budget_usd: float | None = Field(None, ge=0)
     monthly_budget_usd: float | None = Field(None, ge=0)
+
+
+class RunsConfig(_Strict):
+    """Budgets per agent run or user session: every call with the same
+    ``x-tokenstile-run`` id (per key) shares one budget, forgotten ``ttl`` after its last
+    call. ``budget_usd`` / ``budget_tokens``: the budget of every run (none: runs are only
+    recorded, unless a run's own ``x-tokenstile-run-budget`` header sets a lower one)."""
+
+    budget_usd: float | None = Field(None, ge=0)
+    budget_tokens: int | None = Field(None, ge=0)
+    ttl: str = "1h"
+
+    @field_validator("ttl")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        text = value.strip()
+        scale = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+        if not re.fullmatch(r"\d{1,9}[smhd]?", text) or not 0 < int(text.rstrip("smhd")) * \
+                scale.get(text[-1], 1) <= 366 * 86400:
+            raise ValueError(f"expected a duration like 90s, 30m, 1h or 2d (at most a year), "
+                             f"got {value!r}")
+        return text
+
+    @property
+    def ttl_s(self) -> int:
+        scale = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+        text = self.ttl
+        if text[-1] in scale:
+            return int(text[:-1]) * scale[text[-1]]
+        return int(text)
 
 
 class CircuitBreakerConfig(_Strict):
@@ -434,6 +585,9 @@ class CacheConfig(_Strict):
     max_entry_bytes: int = Field(1024 * 1024, ge=1024)
     retry_after_s: float = Field(5.0, gt=0)
     share: Literal["global", "organization", "project", "key"] = "organization"
+    # Identical misses in flight together go upstream once; the others wait at most this
+    # long for its answer (0: each goes upstream on its own).
+    single_flight_wait_s: float = Field(30.0, ge=0)
     rules: list[CacheRuleConfig] = Field(
         default_factory=lambda: [CacheRuleConfig(mode="always")])
 
@@ -444,7 +598,9 @@ class Config(_Strict):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     upstreams: dict[str, UpstreamConfig] = Field(default_factory=dict)
     routes: list[RouteConfig] = Field(default_factory=list)
-    prices: dict[str, PriceConfig] = Field(default_factory=dict)
+    prices: dict[str, PriceConfig | list[PriceConfig]] = Field(default_factory=dict)
+    price_adjustments: list[PriceAdjustmentConfig] = Field(default_factory=list)
+    reconcile: ReconcileConfig = Field(default_factory=ReconcileConfig)
     hidden_input: HiddenInputConfig = Field(default_factory=HiddenInputConfig)
     hidden_reasoning: HiddenReasoningConfig = Field(default_factory=HiddenReasoningConfig)
     background_responses: BackgroundResponsesConfig = Field(
@@ -454,6 +610,7 @@ class Config(_Strict):
     users: dict[str, TierConfig] = Field(default_factory=dict)
     features: dict[str, FeatureConfig] = Field(default_factory=dict)
     limits: list[LimitConfig] = Field(default_factory=list)
+    runs: RunsConfig = Field(default_factory=RunsConfig)
     alerts: list[ThresholdConfig] = Field(default_factory=list)
     alerting: AlertingConfig = Field(default_factory=AlertingConfig)
     policies: PoliciesConfig = Field(default_factory=PoliciesConfig)
@@ -463,6 +620,13 @@ class Config(_Strict):
     global_: GlobalConfig = Field(default_factory=GlobalConfig, alias="global")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _shards_hold_their_limits(self) -> Config:
+        from tokenstile.stores.shards import check_config
+
+        check_config(self)
+        return self
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -559,6 +723,14 @@ def _semantic_errors(config: Config) -> list[str]:
                 f"routes[{i}].upstream: unknown upstream {route.upstream!r} "
                 "(no upstreams configured; the defaults are openai and anthropic)"
             )
+    errors.extend(_price_errors(config))
+    for i, limit in enumerate(config.limits):
+        if limit.unpriced == "fallback" and limit.unit != "usd":
+            errors.append(f"limits[{i}].unpriced: only a USD limit prices calls; 'fallback' "
+                          f"does nothing on a {limit.unit} limit")
+        if limit.unpriced == "fallback" and limit.fallback_price is None:
+            errors.append(f"limits[{i}].fallback_price: 'unpriced: fallback' needs a "
+                          "fallback_price {input_per_mtok: .., output_per_mtok: ..}")
     for where, policy_set in config.policies.scopes():
         moderation = policy_set.auto_moderate
         if moderation is not None and moderation.upstream is not None and \
@@ -566,6 +738,37 @@ def _semantic_errors(config: Config) -> list[str]:
             errors.append(f"policies.{where}auto_moderate.upstream: unknown upstream "
                           f"{moderation.upstream!r}")
     return errors
+
+
+def _price_errors(config: Config) -> list[str]:
+    errors = []
+    for model, entry in config.prices.items():
+        if not isinstance(entry, list):
+            continue
+        if not entry:
+            errors.append(f"prices.{model}: expected at least one price")
+        starts = [p.effective_from for p in entry]
+        if sum(1 for s in starts if s is None) > 1:
+            errors.append(f"prices.{model}: only one version may leave out effective_from "
+                          "(the one in force before the others)")
+        dated = [effective_ts(s) for s in starts if s is not None]
+        if len(set(dated)) != len(dated):
+            errors.append(f"prices.{model}: two versions take effect at the same time")
+    for i, adj in enumerate(config.price_adjustments):
+        if adj.effective_from is not None and adj.effective_until is not None and \
+                effective_ts(adj.effective_until) <= effective_ts(adj.effective_from):
+            errors.append(f"price_adjustments[{i}].effective_until: must be after "
+                          "effective_from")
+    return errors
+
+
+def effective_ts(value: date | datetime) -> float:
+    """When a price takes effect: a date is midnight UTC, a time without a zone is UTC."""
+    from datetime import UTC
+
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+    return datetime(value.year, value.month, value.day, tzinfo=UTC).timestamp()
 
 
 def referenced_channels(config: Config) -> dict[str, str]:
@@ -580,6 +783,8 @@ def referenced_channels(config: Config) -> dict[str, str]:
                 named.setdefault(channel, f"limits[{i}].thresholds[{j}].channels")
     for channel in config.alerting.default_channels or ():
         named.setdefault(channel, "alerting.default_channels")
+    for channel in config.reconcile.channels:
+        named.setdefault(channel, "reconcile.channels")
     return named
 
 

@@ -1,8 +1,10 @@
 """Errors a client can read, in the provider's own shape.
 
 Every refusal is a ``GatewayError``; ``render`` turns it into OpenAI's
-``{"error": {"message", "type", "param", "code"}}`` or Anthropic's
-``{"type": "error", "error": {"type", "message"}}``. Messages start with ``tokenstile: ``.
+``{"error": {"message", "type", "param", "code"}}``, Anthropic's
+``{"type": "error", "error": {"type", "message"}}`` or Bedrock's ``{"message"}`` with the
+error's name in the ``x-amzn-errortype`` header (``headers_for``), which is what boto3
+raises a ``ClientError`` from. Messages start with ``tokenstile: ``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,39 @@ _ANTHROPIC_TYPES = {
 }
 
 
+_BEDROCK_TYPES = {
+    400: "ValidationException",
+    401: "UnrecognizedClientException",
+    403: "AccessDeniedException",
+    404: "ResourceNotFoundException",
+    408: "RequestTimeoutException",
+    429: "ThrottlingException",
+    500: "InternalServerException",
+    502: "InternalServerException",
+    503: "ServiceUnavailableException",
+    504: "ModelTimeoutException",
+}
+# The exceptions a Bedrock event stream can carry (members of both stream unions): a
+# stream that broke off is Bedrock's model stream error.
+_BEDROCK_STREAM_TYPES = {
+    429: "throttlingException",
+    502: "modelStreamErrorException",
+    503: "serviceUnavailableException",
+}
+
+
+def bedrock_error_type(status: int) -> str:
+    """The Bedrock error name for a status (``x-amzn-errortype``)."""
+    return _BEDROCK_TYPES.get(
+        status, "InternalServerException" if status >= 500 else "ValidationException")
+
+
+def bedrock_stream_error_type(status: int) -> str:
+    """The exception type of a Bedrock stream's error frame for a status."""
+    return _BEDROCK_STREAM_TYPES.get(status, "internalServerException" if status >= 500
+                                     else "validationException")
+
+
 class GatewayError(Exception):
     def __init__(
         self,
@@ -54,6 +89,12 @@ class GatewayError(Exception):
     def body(self, wire: WireFormat) -> bytes:
         return render_error(wire, self.status, self.message, self.type, self.code, self.param)
 
+    def headers_for(self, wire: WireFormat) -> dict[str, str]:
+        """The response headers of this error in ``wire``'s shape."""
+        if wire != "bedrock":
+            return self.headers
+        return {**self.headers, "x-amzn-errortype": bedrock_error_type(self.status)}
+
 
 class StreamBlocked(GatewayError):
     """Raised by a stream observer to cut a stream: the client gets an error event, and the
@@ -69,7 +110,9 @@ def render_error(
     param: str | None = None,
 ) -> bytes:
     payload: dict[str, Any]
-    if wire == "anthropic":
+    if wire == "bedrock":
+        payload = {"message": message}
+    elif wire == "anthropic":
         kind = _ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else type)
         payload = {"type": "error", "error": {"type": kind, "message": message}}
     else:

@@ -27,11 +27,11 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-import time
 from collections.abc import Callable, Sequence
 
 import orjson
 
+from tokenstile.clock import SYSTEM_CLOCK, Clock
 from tokenstile.stores.counters import StoreUnavailable
 from tokenstile.stores.database import Database
 from tokenstile.stores.spool import LedgerSpool, Spooled
@@ -41,6 +41,11 @@ log = logging.getLogger("tokenstile.ledger")
 
 _LOG_EVERY_S = 10.0
 _RECHECK_S = 30.0
+
+
+def _resolve_none(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def refused(exc: BaseException) -> bool:
@@ -54,8 +59,9 @@ def refused(exc: BaseException) -> bool:
 class LedgerWriter:
     def __init__(self, db: Database, batch_size: int = 500, linger_s: float = 0.005,
                  spool: LedgerSpool | None = None, max_retry_delay_s: float = 5.0,
-                 close_drain_s: float = 5.0) -> None:
+                 close_drain_s: float = 5.0, clock: Clock = SYSTEM_CLOCK) -> None:
         self._db = db
+        self._clock = clock
         self._batch_size = batch_size
         # Larger batches from the spool: each one costs an fsync'd removal.
         self._drain_batch = batch_size * 4
@@ -98,14 +104,15 @@ class LedgerWriter:
         """Submit the row and wait until it is written, at most ``wait_s`` seconds (during a
         database outage the row waits in the spool instead): a reservation that stands for
         the row is settled only once the row is safe."""
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
         self._waiters[row.id] = waiter
         self.submit(row)
+        give_up = loop.call_later(wait_s, _resolve_none, waiter)
         try:
-            await asyncio.wait_for(waiter, wait_s)
-        except TimeoutError:
-            pass
+            await waiter
         finally:
+            give_up.cancel()
             self._waiters.pop(row.id, None)
 
     @property
@@ -167,11 +174,11 @@ class LedgerWriter:
         """One round while the spool is the queue: spool new rows, probe when due, wait."""
         if self._pending and self._spool_room:
             await self._to_spool(force=False)
-        if time.monotonic() >= self._next_probe and await self._drain_one():
+        if self._clock.monotonic() >= self._next_probe and await self._drain_one():
             return
         if not self._down and not self.spool.depth:
             return
-        await self._wait(max(0.0, self._next_probe - time.monotonic()))
+        await self._wait(max(0.0, self._next_probe - self._clock.monotonic()))
         if self._pending and not self._closing and self._linger_s:
             await asyncio.sleep(self._linger_s)
 
@@ -276,7 +283,7 @@ class LedgerWriter:
         self._schedule_probe()
 
     def _schedule_probe(self) -> None:
-        self._next_probe = time.monotonic() + self._delay
+        self._next_probe = self._clock.monotonic() + self._delay
         self._delay = min(self._delay * 2, self._max_delay)
 
     def _recovered(self) -> None:
@@ -350,7 +357,7 @@ class LedgerWriter:
                 log.exception("ledger alarm hook failed")
 
     def _loudly(self, message: str, *args: object, exc_info: bool = False) -> None:
-        now = time.monotonic()
+        now = self._clock.monotonic()
         if now - self._last_loud >= _LOG_EVERY_S:
             self._last_loud = now
             log.error(message, *args, exc_info=exc_info)
@@ -367,9 +374,9 @@ class LedgerWriter:
 
     async def _finish(self) -> None:
         """Write what can be written within ``close_drain_s``; spool the rest."""
-        deadline = time.monotonic() + self._close_drain_s
-        while (self._pending or self.spool.depth) and time.monotonic() < deadline:
-            if self._down and time.monotonic() < self._next_probe:
+        deadline = self._clock.monotonic() + self._close_drain_s
+        while (self._pending or self.spool.depth) and self._clock.monotonic() < deadline:
+            if self._down and self._clock.monotonic() < self._next_probe:
                 break
             if not await self._drain_one():
                 break

@@ -48,12 +48,34 @@ class Metrics:
                               "Time from request to the upstream's first byte", ["api"],
                               buckets=_LATENCY_BUCKETS, registry=r)
         self.queue_depth = Gauge("tokenstile_throttle_queue_depth",
-                                 "Requests waiting in throttle queues", registry=r)
+                                 "Requests waiting in throttle queues in this process",
+                                 registry=r)
+        self.queue_depth_total = Gauge(
+            "tokenstile_throttle_queue_depth_total",
+            "Requests waiting in throttle queues in every process sharing the counter store "
+            "(as of the last slot this process saw given out)", registry=r)
         self.ledger_backlog = Gauge("tokenstile_ledger_backlog",
                                     "Ledger rows waiting to be written", registry=r)
         self.cache = Counter("tokenstile_cache", "Response cache lookups", ["result"],
                              registry=r)
         self.alerts = Counter("tokenstile_alerts", "Alerts fired", ["kind"], registry=r)
+        self.reconcile_drift_usd = Gauge(
+            "tokenstile_reconcile_drift_usd",
+            "The provider's reported cost minus the ledger's, at the last reconciliation",
+            ["provider"], registry=r)
+        self.reconcile_drift_tokens = Gauge(
+            "tokenstile_reconcile_drift_tokens",
+            "The provider's reported tokens minus the ledger's, at the last reconciliation",
+            ["provider"], registry=r)
+        self.reconcile_last_run = Gauge(
+            "tokenstile_reconcile_last_run_timestamp_seconds",
+            "When the last reconciliation with the provider ran", ["provider"], registry=r)
+
+    def set_model_known(self, model_known: Callable[[str], bool]) -> None:
+        """Which models get a label of their own, after a reload changed the routes or
+        prices (those counted as ``other`` so far keep their series)."""
+        self._model_known = model_known
+        self._known_models = {}
 
     def _model(self, model: str | None) -> str:
         if not model:
@@ -87,6 +109,13 @@ class Metrics:
         self.latency.labels(row.api).observe(row.latency_ms / 1000)
         if row.ttfb_ms is not None:
             self.ttfb.labels(row.api).observe(row.ttfb_ms / 1000)
+
+    def observe_reconcile(self, provider: str, drift_nano: int, drift_tokens: int,
+                          ts: float) -> None:
+        """The last reconciliation's drift (provider is openai or anthropic: bounded)."""
+        self.reconcile_drift_usd.labels(provider).set(drift_nano / 1e9)
+        self.reconcile_drift_tokens.labels(provider).set(drift_tokens)
+        self.reconcile_last_run.labels(provider).set(ts)
 
     def store_error(self, store: str) -> None:
         """A call to a store failed (``counters``: Redis or SQLite counters)."""

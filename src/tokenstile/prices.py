@@ -11,11 +11,13 @@ cache writes and input audio; ``output_tokens`` includes reasoning and output au
 
 from __future__ import annotations
 
+import bisect
 import fnmatch
+import math
 import re
 import threading
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation
 from typing import Any, Final
@@ -23,7 +25,8 @@ from typing import Any, Final
 from tokenstile.clock import SYSTEM_CLOCK, Clock
 from tokenstile.types import NANO_PER_USD, PriceTerms, Usage
 
-__all__ = ["ModelPrice", "Pricer", "parse_price_override", "upstream_provider"]
+__all__ = ["Adjustment", "ModelPrice", "PriceVersions", "Pricer", "parse_price_override",
+           "upstream_provider"]
 
 _ZERO: Final = Decimal(0)
 _ONE: Final = Decimal(1)
@@ -185,6 +188,17 @@ class ModelPrice:
             fees = _CTX.add(fees, _CTX.multiply(int(file_searches), self.file_search))
         return fees
 
+    def scaled(self, factor: Decimal) -> ModelPrice:
+        """Every price (tiers and service tiers included) times ``factor``."""
+        changes: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Decimal):
+                changes[f.name] = _CTX.multiply(value, factor)
+        changes["tiers"] = tuple((t, p.scaled(factor)) for t, p in self.tiers)
+        changes["service_tiers"] = tuple((n, p.scaled(factor)) for n, p in self.service_tiers)
+        return replace(self, **changes)
+
     def unpriced(self, usage: Usage) -> list[str]:
         """What in ``usage`` this price table has no price for (billed at nothing)."""
         missing = []
@@ -249,14 +263,17 @@ def _genai_provider(provider: str) -> str | None:
     return None if found is None else str(found.id)
 
 
+_KIND_PROVIDERS: Final = {"anthropic": "anthropic", "azure": "azure", "bedrock": "aws"}
+
+
 def upstream_provider(kind: str, base_url: str, configured: str | None = None) -> str | None:
     """Whose prices an upstream's calls are billed at (a genai-prices provider id).
 
     ``configured`` (the upstream's ``provider`` setting) wins; else the provider whose API
     address ``base_url`` is (``https://api.groq.com/…`` -> groq), as genai-prices knows
-    them; else the ``kind`` when it names one provider (anthropic, azure). None for an
-    OpenAI-compatible server at an address genai-prices does not know (vLLM, a proxy): its
-    models are then priced by what their names say.
+    them; else the ``kind`` when it names one provider (anthropic, azure, bedrock: aws).
+    None for an OpenAI-compatible server at an address genai-prices does not know (vLLM, a
+    proxy): its models are then priced by what their names say.
     """
     if configured:
         return configured.strip().lower()
@@ -264,7 +281,7 @@ def upstream_provider(kind: str, base_url: str, configured: str | None = None) -
         pattern = getattr(entry, "api_pattern", None)
         if pattern and re.match(pattern, base_url):
             return str(entry.id)
-    return kind if kind in ("anthropic", "azure") else None
+    return _KIND_PROVIDERS.get(kind)
 
 
 def _dec(value: object) -> Decimal | None:
@@ -360,6 +377,39 @@ def _from_genai_info(info: Any, when: datetime) -> ModelPrice | None:
     return replace(base, service_tiers=tuple(variants)) if variants else base
 
 
+# (effective from, price) pairs, ascending; -inf: in force from the beginning.
+PriceVersions = tuple[tuple[float, ModelPrice], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Adjustment:
+    """A negotiated discount: matching models cost ``factor`` times their price from
+    ``start`` until ``end`` (seconds since the epoch)."""
+
+    pattern: str
+    factor: Decimal
+    provider: str | None = None
+    start: float = -math.inf
+    end: float = math.inf
+
+    def applies(self, candidates: Sequence[str], provider: str | None, at: float) -> bool:
+        if not self.start <= at < self.end:
+            return False
+        if self.provider is not None and self.provider != provider:
+            return False
+        return any(fnmatch.fnmatchcase(c, self.pattern) for c in candidates)
+
+
+def _version_at(versions: PriceVersions, at: float) -> ModelPrice | None:
+    """The version in force at ``at``; None before the first one."""
+    chosen = None
+    for start, price in versions:
+        if start > at:
+            break
+        chosen = price
+    return chosen
+
+
 class Pricer:
     """Model prices: operator overrides first, then genai-prices' bundled snapshot.
 
@@ -380,51 +430,81 @@ class Pricer:
     or with one genai-prices does not know, the name decides: ``openai/`` prefixes,
     ``claude*`` -> anthropic, ``gpt-*``/``o1..o4``/``text-embedding-*`` -> openai, then
     genai-prices' own matching.
+
+    Prices are versioned: an override may be a list of (effective from, price) versions,
+    and ``adjustments`` (negotiated discounts) apply from and until given times; a price is
+    the one in force at the time asked for (``at``, default now). Memoized answers never
+    outlive the next change of version.
     """
 
     _MEMO_MAX: Final = 8192
 
     def __init__(
         self,
-        overrides: Mapping[str, ModelPrice] | None = None,
+        overrides: Mapping[str, ModelPrice | PriceVersions] | None = None,
         *,
+        adjustments: Sequence[Adjustment] = (),
         clock: Clock = SYSTEM_CLOCK,
         ttl: float = 3600.0,
     ) -> None:
         self._clock = clock
         self._ttl = ttl
-        self._exact: dict[str, ModelPrice] = {}
-        patterns: list[tuple[str, ModelPrice]] = []
-        for key, price in (overrides or {}).items():
+        self._exact: dict[str, PriceVersions] = {}
+        patterns: list[tuple[str, PriceVersions]] = []
+        edges: set[float] = set()
+        for key, entry in (overrides or {}).items():
+            versions: PriceVersions = ((-math.inf, entry),) if isinstance(entry, ModelPrice) \
+                else tuple(sorted(entry, key=lambda v: v[0]))
+            edges.update(start for start, _ in versions if math.isfinite(start))
             k = key.strip().lower()
             if any(ch in k for ch in "*?["):
-                patterns.append((k, price))
+                patterns.append((k, versions))
             else:
-                self._exact[k] = price
+                self._exact[k] = versions
         patterns.sort(key=lambda kp: -len(kp[0]))  # stable: equal lengths keep config order
         self._patterns = tuple(patterns)
-        self._memo: dict[tuple[str | None, str], tuple[ModelPrice | None, float]] = {}
+        self.adjustments = tuple(adjustments)
+        for adj in self.adjustments:
+            edges.update(t for t in (adj.start, adj.end) if math.isfinite(t))
+        self._edges = tuple(sorted(edges))
+        self._memo: dict[tuple[str | None, str, int], tuple[ModelPrice | None, float]] = {}
         self._windows: dict[tuple[str | None, str], int | None] = {}
         self._raw: dict[tuple[str, str | None, str], tuple[Any, float]] = {}
         self._lock = threading.Lock()
 
+    @property
+    def edges(self) -> tuple[float, ...]:
+        """The times at which a configured price version or adjustment starts or ends."""
+        return self._edges
+
     # -- lookup --
 
     def price_for(self, model: str, provider: str | None = None, *,
-                  service_tier: str | None = None) -> ModelPrice | None:
-        """The model's price (at ``service_tier`` when given), or None when neither the
-        overrides nor genai-prices know it."""
-        key = (provider, model)
-        hit = self._memo.get(key)
-        now = self._clock.monotonic()
-        if hit is not None and hit[1] > now:
-            price = hit[0]
+                  service_tier: str | None = None, at: float | None = None
+                  ) -> ModelPrice | None:
+        """The model's price in force at ``at`` (default now; at ``service_tier`` when
+        given), or None when neither the overrides nor genai-prices know it."""
+        now = self._clock.now()
+        when = now if at is None else at
+        segment = bisect.bisect_right(self._edges, when) if self._edges else 0
+        if abs(when - now) > 86_400 or (self._edges and segment != bisect.bisect_right(
+                self._edges, now)):
+            price = self._resolve(model, provider, when)  # the past: not memoized
         else:
-            price = self._resolve(model, provider)
-            with self._lock:
-                if len(self._memo) >= self._MEMO_MAX:
-                    self._memo.clear()  # names come from requests: keep the memo bounded
-                self._memo[key] = (price, now + self._ttl)
+            key = (provider, model, segment)
+            hit = self._memo.get(key)
+            mono = self._clock.monotonic()
+            if hit is not None and hit[1] > mono:
+                price = hit[0]
+            else:
+                price = self._resolve(model, provider, when)
+                expires = mono + self._ttl
+                if segment < len(self._edges):  # never past the next version's start
+                    expires = min(expires, mono + max(self._edges[segment] - now, 0.0))
+                with self._lock:
+                    if len(self._memo) >= self._MEMO_MAX:
+                        self._memo.clear()  # names come from requests: keep it bounded
+                    self._memo[key] = (price, expires)
         if price is None or service_tier is None:
             return price
         return price.for_tier(service_tier)
@@ -484,16 +564,41 @@ class Pricer:
             self._windows[key] = window
         return window
 
-    def _resolve(self, model: str, provider: str | None) -> ModelPrice | None:
+    def _resolve(self, model: str, provider: str | None, at: float) -> ModelPrice | None:
+        price = self.list_price(model, provider, at)
+        if price is None or not self.adjustments:
+            return price
+        adj = self.adjustment_for(model, provider, at)
+        return price if adj is None else price.scaled(adj.factor)
+
+    def adjustment_for(self, model: str, provider: str | None, at: float) -> Adjustment | None:
+        """The first adjustment that applies to ``model`` at ``at``."""
+        name = model.strip().lower() if isinstance(model, str) else ""
+        bare = name.rsplit("/", 1)[1] if "/" in name else name
+        prov = (provider.strip().lower() if provider else None) or _infer_provider(bare)
+        candidates = (name, bare)
+        return next((a for a in self.adjustments if a.applies(candidates, prov, at)), None)
+
+    def list_price(self, model: str, provider: str | None, at: float) -> ModelPrice | None:
+        """The price before adjustments: the override in force at ``at``, else
+        genai-prices' price at that time."""
+        name = model.strip().lower() if isinstance(model, str) else ""
+        if not name:
+            return None
+        bare = name.rsplit("/", 1)[1] if "/" in name else name
+        override = self._override(name, bare, provider, at)
+        if override is not None:
+            return override
+        return self.genai_price(model, provider, at)
+
+    def genai_price(self, model: str, provider: str | None, at: float) -> ModelPrice | None:
+        """genai-prices' own price for the model at ``at`` (no override, no adjustment)."""
         name = model.strip().lower() if isinstance(model, str) else ""
         if not name:
             return None
         bare = name.rsplit("/", 1)[1] if "/" in name else name
         prov = _genai_provider(provider) if provider else None
-        override = self._override(name, bare, provider)
-        if override is not None:
-            return override
-        when = datetime.fromtimestamp(self._clock.now(), UTC)
+        when = datetime.fromtimestamp(at, UTC)
         for attempt_provider, ref in self._attempts(name, bare, provider, prov):
             try:
                 info = _genai_lookup(attempt_provider, ref)
@@ -505,7 +610,26 @@ class Pricer:
                 return None
         return None
 
-    def _override(self, name: str, bare: str, provider: str | None) -> ModelPrice | None:
+    def genai_info(self, model: str, provider: str | None) -> Any:
+        """genai-prices' entry for the model (a ``ModelInfo``), or None."""
+        name = model.strip().lower()
+        bare = name.rsplit("/", 1)[1] if "/" in name else name
+        prov = _genai_provider(provider) if provider else None
+        for attempt_provider, ref in self._attempts(name, bare, provider, prov):
+            try:
+                return _genai_lookup(attempt_provider, ref)
+            except LookupError:
+                continue
+        return None
+
+    def override_versions(self, model: str, provider: str | None = None) -> PriceVersions:
+        """The configured versions that price ``model`` (empty when none does)."""
+        name = model.strip().lower()
+        bare = name.rsplit("/", 1)[1] if "/" in name else name
+        return self._override_entry(name, bare, provider) or ()
+
+    def _override_entry(self, name: str, bare: str, provider: str | None
+                        ) -> PriceVersions | None:
         if not self._exact and not self._patterns:
             return None
         candidates: tuple[str, ...] = (name, bare)
@@ -514,10 +638,15 @@ class Pricer:
         for candidate in candidates:
             if candidate in self._exact:
                 return self._exact[candidate]
-        for pattern, price in self._patterns:
+        for pattern, versions in self._patterns:
             if any(fnmatch.fnmatchcase(c, pattern) for c in candidates):
-                return price
+                return versions
         return None
+
+    def _override(self, name: str, bare: str, provider: str | None,
+                  at: float) -> ModelPrice | None:
+        versions = self._override_entry(name, bare, provider)
+        return None if versions is None else _version_at(versions, at)
 
     @staticmethod
     def _attempts(name: str, bare: str, provider: str | None,

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from tokenstile.cache.directives import CacheUse
+    from tokenstile.cache.flight import Flight
     from tokenstile.limits.model import Limit
     from tokenstile.media import MediaAsk
     from tokenstile.providers.multipart import FilePart
@@ -22,13 +23,13 @@ if TYPE_CHECKING:
 NANO_PER_USD = 1_000_000_000
 
 ApiKind = Literal["chat", "completions", "embeddings", "responses", "messages", "count_tokens",
-                  "moderations", "images", "image_edits", "transcriptions", "speech", "files",
-                  "batches"]
-WireFormat = Literal["openai", "anthropic"]
+                  "converse", "moderations", "images", "image_edits", "transcriptions",
+                  "speech", "files", "batches"]
+WireFormat = Literal["openai", "anthropic", "bedrock"]
 
 Scope = Literal[
     "global", "organization", "project", "team", "user", "tier", "key", "feature", "model",
-    "end_user",
+    "end_user", "run",
 ]
 SCOPES: tuple[Scope, ...] = (
     "global", "organization", "project", "team", "user", "tier", "key", "feature", "model",
@@ -36,7 +37,7 @@ SCOPES: tuple[Scope, ...] = (
 )
 Unit = Literal["tokens", "input_tokens", "output_tokens", "requests", "usd"]
 UNITS: tuple[Unit, ...] = ("tokens", "input_tokens", "output_tokens", "requests", "usd")
-WindowKind = Literal["request", "minute", "hour", "day", "week", "month", "rolling"]
+WindowKind = Literal["request", "minute", "hour", "day", "week", "month", "rolling", "run"]
 
 
 def usd_to_nano(usd: float | int | str) -> int:
@@ -179,6 +180,10 @@ class CanonicalRequest:
     tags: dict[str, str] = field(default_factory=dict)
     trace_id: str | None = None
     terms: PriceTerms | None = None
+    # An agent run or user session (``x-tokenstile-run``) and the budget its header asks
+    # for (unit, amount), if any: see ``limits/runs.py``.
+    run: str | None = None
+    run_budget: tuple[Unit, int] | None = None
     # Images, audio and batches (``tokenstile.media``): what the call may be billed for.
     media: MediaAsk | None = None
     # A multipart request's files (None: a JSON body), forwarded with ``body``'s fields.
@@ -228,6 +233,7 @@ class LedgerRow:
     cache: str | None = None
     saved_nano: int = 0
     detail: dict[str, Any] = field(default_factory=dict)
+    run_id: str | None = None
 
     def __post_init__(self) -> None:
         # Kept to the microsecond, as PostgreSQL keeps timestamps: a call a fraction of a
@@ -284,6 +290,7 @@ class Applied:
     charge_index: int = -1
     used: int = 0
     amount: int = 0
+    tenant: str | None = None  # whose counters, on a store sharded by tenant
 
 
 @dataclass(slots=True)
@@ -339,6 +346,8 @@ class Arrival:
     ts: float
     started: float
     headers: dict[str, str]
+    # Body fields the route's URL carries (Bedrock's model id, and whether it streams).
+    route_fields: dict[str, Any] | None = None
     caller: Caller | None = None
     provider_key: str | None = None
     status: int = 200
@@ -384,6 +393,7 @@ class RequestContext(Arrival):
     auto_reply: AutoReply | None = None
     cache_plan: CachePlan | None = None
     cache_body: bytes | None = None
+    cache_flight: Flight | None = None  # the identical misses this request answers for
     # A Responses API answer: its id, and whether it is a background response that is
     # still running upstream (billed when it ends, not when this request does).
     response_id: str | None = None
@@ -410,7 +420,8 @@ class RequestContext(Arrival):
     def begin(cls, arrival: Arrival, caller: Caller, req: CanonicalRequest) -> RequestContext:
         """The arrival, now that its caller is known and its body parsed."""
         return cls(id=arrival.id, api=arrival.api, wire=arrival.wire, ts=arrival.ts,
-                   started=arrival.started, headers=arrival.headers, caller=caller, req=req,
+                   started=arrival.started, headers=arrival.headers,
+                   route_fields=arrival.route_fields, caller=caller, req=req,
                    provider_key=arrival.provider_key, status=arrival.status,
                    outcome=arrival.outcome, block_reason=arrival.block_reason,
                    flags=arrival.flags, response_headers=arrival.response_headers)
@@ -469,7 +480,7 @@ class RequestContext(Arrival):
         row.cost_nano, row.estimated, row.saved_nano = self.cost_nano, self.estimated, \
             self.saved_nano
         row.ttfb_ms = None if self.ttfb_ms is None else round(self.ttfb_ms, 3)
-        row.streamed, row.trace_id = req.stream, req.trace_id
+        row.streamed, row.trace_id, row.run_id = req.stream, req.trace_id, req.run
         row.degraded, row.cache = list(self.degraded), self.cache
         row.detail.update(self.detail())
         return row

@@ -108,6 +108,17 @@ def test_check_explains_every_error(tmp_path: Path) -> None:
     assert missing.exit_code == 2 and "no configuration file at" in missing.output
 
 
+def test_check_never_prints_a_store_password(tmp_path: Path) -> None:
+    config = tmp_path / "stores.yaml"
+    config.write_text("storage:\n"
+                      "  counters: redis://:hunter2@127.0.0.1:6379/0\n"
+                      "  database: postgresql://app:s3cret-pw@127.0.0.1:5432/test\n")
+    result = CliRunner().invoke(main, ["check", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "hunter2" not in result.output and "s3cret-pw" not in result.output
+    assert "postgresql://app:[redacted]@127.0.0.1:5432/test" in result.output
+
+
 def test_check_shows_a_running_gateways_refused_reload(
         make_file_gateway: Any, file_config: dict[str, Any],
         monkeypatch: pytest.MonkeyPatch) -> None:

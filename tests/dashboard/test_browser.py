@@ -20,7 +20,8 @@ import pytest
 import requests
 
 from tests.conftest import Gateway
-from tests.dashboard.conftest import ADMIN_KEY, DAY_START, MONTH_START, Traffic, chat, totals
+from tests.dashboard.conftest import ADMIN_KEY, DAY_START, MONTH_START, NOW, Traffic, chat, totals
+from tests.dashboard.test_metrics_summary import queued
 from tokenstile.admin.dashboard_charts import money
 
 playwright_api = pytest.importorskip("playwright.sync_api",
@@ -232,3 +233,38 @@ def test_recommendations_page(traffic: Traffic, page: Page) -> None:
     log_in(page, traffic.gateway.url, ADMIN_KEY, "/dashboard/recommendations")
     assert page.get_by_role("heading", name="Recommendations").is_visible()
     shot(page, "recommendations")
+
+
+def test_the_key_metrics_panel_shows_the_summary(traffic: Traffic, page: Page) -> None:
+    gw = traffic.gateway
+    queued(traffic)  # three requests paced by a throttle, one refused by it
+    summary = requests.get(f"{gw.url}/admin/metrics/summary", timeout=10,
+                           headers={"authorization": f"Bearer {ADMIN_KEY}"}).json()
+    day = totals(traffic.rows(), NOW.timestamp() - 86400)
+    assert summary["token_burn_rate"]["tokens_per_day"] == day["tokens"]
+    log_in(page, gw.url, ADMIN_KEY)
+    panel = page.get_by_role("region", name="Key metrics, last 24 hours")
+    assert panel.is_visible()
+
+    def attr(selector: str, name: str) -> float:
+        return float(panel.locator(selector).get_attribute(name) or "nan")
+
+    assert attr("[data-tokens-per-hour]", "data-tokens-per-hour") == \
+        summary["token_burn_rate"]["tokens_per_hour"]
+    assert attr("[data-tokens-per-day]", "data-tokens-per-day") == day["tokens"]
+    assert attr("#metric-per-interaction .value", "data-tokens") == \
+        summary["cost_per_interaction"]["tokens"]
+    assert attr("#metric-limit-hits .value", "data-rate") == summary["limit_hit_rate"]["rate"]
+    assert attr("[data-hits]", "data-hits") == summary["limit_hit_rate"]["limit_hits"]
+    assert panel.locator("#metric-limit-hits .value").inner_text().endswith("%")
+    assert attr("#metric-queue .value", "data-current") == 0
+    assert attr("[data-queued]", "data-queued") == 3
+    assert "1 refused" in panel.locator("#metric-queue").inner_text()
+    assert summary["limit_hit_rate"]["limit_hits"] >= 1
+    models = panel.locator("#metric-models tbody th").all_inner_texts()
+    assert models == [m["name"] or "(none)" for m in summary["model_distribution"]][:6]
+    users = panel.locator("#metric-users tbody td.num").evaluate_all(
+        "cells => cells.map(c => Number(c.dataset.value))")
+    assert users == [u["tokens"] for u in summary["top_users"]][:6]
+    assert users == sorted(users, reverse=True)
+    panel.screenshot(path=str(SHOTS / "key-metrics.png"))

@@ -3,11 +3,14 @@ answer replays as a stream, clients can skip it, and a blocked budget falls back
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
+import redis
 
 from tests.conftest import FakeHandle, Gateway
 
@@ -94,3 +97,88 @@ def test_a_blocked_budget_answers_from_the_cache(make_gateway: Any, fake: FakeHa
     rows = gateway.rows()
     assert [(r.outcome, r.cache, r.degraded) for r in rows] == [
         ("ok", "miss", []), ("ok", "hit", ["cached"]), ("blocked", "miss", [])]
+
+
+REDIS = "redis://127.0.0.1:6379/15"
+SLOW = [{"role": "user", "content": "One answer for everyone, please. [[fake:delay_ms=400]]"}]
+
+
+async def identical_requests(gateways: list[Gateway], keys: list[str],
+                             count: int) -> list[tuple[str, str]]:
+    """``count`` identical requests at once, spread over ``gateways``, every third
+    streamed: (x-tokenstile-cache, answer text) of each ("error" for an error)."""
+    clients = [openai.AsyncOpenAI(base_url=g.v1, api_key=k, max_retries=0)
+               for g, k in zip(gateways, keys, strict=True)]
+
+    async def one(i: int) -> tuple[str, str]:
+        api = clients[i % len(clients)]
+        if i % 3 == 2:
+            async with api.chat.completions.with_streaming_response.create(
+                    model="gpt-4o-mini", messages=SLOW, max_tokens=8, stream=True) as raw:
+                text = ""
+                async for chunk in await raw.parse():
+                    if chunk.choices:
+                        text += chunk.choices[0].delta.content or ""
+                return raw.headers["x-tokenstile-cache"], text
+        reply = await api.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=SLOW, max_tokens=8)
+        return reply.headers["x-tokenstile-cache"], \
+            reply.parse().choices[0].message.content or ""
+
+    async def answer(i: int) -> tuple[str, str]:
+        try:
+            return await one(i)
+        except openai.APIStatusError as err:
+            return "error", str(err.status_code)
+
+    try:
+        return await asyncio.gather(*(answer(i) for i in range(count)))
+    finally:
+        for client in clients:
+            await client.close()
+
+
+def check_one_flight(answers: list[tuple[str, str]], rows: list[Any],
+                     fake: FakeHandle) -> None:
+    assert fake.fake.tally.requests == 1  # one upstream call for ten identical requests
+    assert sorted(cache for cache, _ in answers) == ["hit"] * 9 + ["miss"]
+    assert len({text for _, text in answers}) == 1  # everyone got the one answer
+    billed = [r for r in rows if r.cost_nano > 0]
+    hits = [r for r in rows if r.cache == "hit"]
+    assert len(rows) == 10 and len(billed) == 1 and len(hits) == 9
+    assert billed[0].cache == "miss" and billed[0].outcome == "ok"
+    assert all(r.cost_nano == 0 and r.input_tokens == r.output_tokens == 0 and
+               r.saved_nano == billed[0].cost_nano for r in hits)
+
+
+def test_identical_misses_in_flight_go_upstream_once(cached: Gateway,
+                                                     fake: FakeHandle) -> None:
+    answers = asyncio.run(identical_requests([cached], [cached.key()], 10))
+    check_one_flight(answers, cached.rows(), fake)
+
+
+def test_identical_misses_go_upstream_once_across_gateways_sharing_redis(
+        make_gateway: Any, fake: FakeHandle) -> None:
+    prefix = f"tstest-flight-{uuid.uuid4().hex[:12]}"
+    store = f"{REDIS}?prefix={prefix}"
+    gateways = [make_gateway({"cache": {"store": store}}) for _ in range(2)]
+    try:
+        answers = asyncio.run(identical_requests(gateways, [g.key() for g in gateways], 10))
+        check_one_flight(answers, [row for g in gateways for row in g.rows()], fake)
+        with redis.Redis.from_url(REDIS) as client:  # the answer stays, the lock is gone
+            assert len(list(client.scan_iter(match=f"{prefix}:*"))) == 1
+            assert not list(client.scan_iter(match=f"{prefix}:lock:*"))
+    finally:
+        with redis.Redis.from_url(REDIS) as client:
+            keys = list(client.scan_iter(match=f"{prefix}:*"))
+            if keys:
+                client.delete(*keys)
+
+
+def test_a_leader_without_an_answer_hands_over(cached: Gateway, fake: FakeHandle) -> None:
+    """The first request fails upstream: those waiting on it do not all go upstream; one
+    leads next, and the rest are served its answer."""
+    fake.fake.script(["[[fake:status=500]]"])
+    answers = asyncio.run(identical_requests([cached], [cached.key()], 4))
+    assert fake.fake.tally.requests == 2
+    assert sorted(cache for cache, _ in answers) == ["error", "hit", "hit", "miss"]

@@ -237,13 +237,14 @@ async def test_queue_depth_is_a_metric(make_gateway: Any, fake: FakeHandle) -> N
 
     async with aiohttp.ClientSession() as session:
         waiting = [asyncio.create_task(one(session)) for _ in range(4)]
-        depth = 0.0
+        depth = total = 0.0
         for _ in range(100):
             async with session.get(gateway.url + "/metrics") as resp:
                 text = await resp.text()
-            line = next(ln for ln in text.splitlines()
-                        if ln.startswith("tokenstile_throttle_queue_depth "))
-            depth = float(line.split()[1])
+            gauges = {ln.split()[0]: float(ln.split()[1]) for ln in text.splitlines()
+                      if ln.startswith("tokenstile_throttle_queue_depth")}
+            depth = gauges["tokenstile_throttle_queue_depth"]
+            total = gauges["tokenstile_throttle_queue_depth_total"]
             if depth > 0:
                 break
             await asyncio.sleep(0.05)
@@ -251,3 +252,4 @@ async def test_queue_depth_is_a_metric(make_gateway: Any, fake: FakeHandle) -> N
             task.cancel()
         await asyncio.gather(*waiting, return_exceptions=True)
     assert depth >= 1
+    assert total >= depth  # one process: every waiting slot is its own

@@ -112,3 +112,49 @@ def test_response_policies_see_the_translated_answer(
     [row] = gateway.rows()
     assert (row.api, row.upstream) == ("chat", "anthropic")
     assert "response_wordlists:redacted" in row.flags
+
+
+def test_moderation_and_a_word_list_are_named_in_one_anthropic_422(
+        make_gateway: Any, fake: FakeHandle) -> None:
+    gateway = gateway_with(make_gateway, fake, {**WORDS, "auto_moderate": True,
+                                                "request_wordlists": "secrets:block"})
+    with pytest.raises(anthropic.UnprocessableEntityError) as caught:
+        claude(gateway).messages.create(model=MODEL, max_tokens=3, messages=[
+            {"role": "user", "content": "forbidden news of project zeus"}])
+    assert assert_anthropic_error(caught.value.body, "invalid_request_error") == (
+        "tokenstile: the request contains words from the 'secrets' word list, blocked for "
+        "this gateway; the input was flagged by moderation (violence) and is refused for "
+        "this gateway")
+    assert gateway.rows()[0].block_reason == "policy:wordlist_blocked,content_flagged"
+
+
+def test_auto_replies_answer_messages_in_anthropics_shape(make_gateway: Any,
+                                                          fake: FakeHandle) -> None:
+    gateway = gateway_with(make_gateway, fake, {"auto_replies": [
+        {"match": "ping", "reply": "pong"},
+        {"pattern": "what are your hours*", "reply": "Always open.", "apis": ["messages"]}]})
+    api = claude(gateway)
+    raw = api.messages.with_raw_response.create(model=MODEL, max_tokens=10, messages=[
+        {"role": "user", "content": [{"type": "text", "text": "  PING "}]}])
+    assert raw.headers["x-tokenstile-auto-reply"] == "true"
+    reply = raw.parse()
+    assert reply.type == "message" and reply.role == "assistant" and reply.model == MODEL
+    assert [(b.type, getattr(b, "text", None)) for b in reply.content] == [("text", "pong")]
+    assert reply.stop_reason == "end_turn"
+    assert reply.usage.input_tokens == reply.usage.output_tokens == 0
+    with api.messages.stream(model=MODEL, max_tokens=10, messages=[
+            {"role": "user", "content": "What are your hours on Sunday?"}]) as stream:
+        assert "".join(stream.text_stream) == "Always open."
+        final = stream.get_final_message()
+    assert final.stop_reason == "end_turn" and final.usage.output_tokens == 0
+    assert final.content[0].type == "text" and final.content[0].text == "Always open."
+    assert fake.fake.tally.requests == 0
+    rows = gateway.rows()
+    assert [(r.api, r.outcome, r.status, r.cost_nano, r.input_tokens, r.output_tokens)
+            for r in rows] == [("messages", "auto_reply", 200, 0, 0, 0)] * 2
+    # an auto-reply limited to other APIs leaves /v1/messages alone
+    only_chat = gateway_with(make_gateway, fake, {"auto_replies": [
+        {"match": "ping", "reply": "pong", "apis": ["chat"]}]})
+    claude(only_chat).messages.create(model=MODEL, max_tokens=3, messages=[
+        {"role": "user", "content": "ping"}])
+    assert fake.fake.tally.requests == 1

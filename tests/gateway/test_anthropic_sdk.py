@@ -13,6 +13,7 @@ import openai
 import pytest
 
 from tests.conftest import FakeHandle, Gateway
+from tokenstile.clock import FakeClock
 from tokenstile.limits.status import budget_status
 from tokenstile.types import Usage
 
@@ -464,3 +465,51 @@ def test_an_unreachable_anthropic_upstream_is_an_anthropic_502(
     assert "could not be reached" in message and ANTHROPIC_KEY not in message
     [row] = gateway.rows()
     assert (row.status, row.cost_nano) == (502, 0)
+
+
+def test_anthropic_ratelimit_headers_come_from_the_budgets(make_gateway: Any,
+                                                           fake: FakeHandle) -> None:
+    """``anthropic-ratelimit-*`` as Anthropic sends them, set from the tightest budgets of
+    each kind as the ``x-ratelimit-*`` ones are; resets are RFC 3339 times."""
+    clock = FakeClock(1_767_225_630.0)  # 2026-01-01T00:00:30Z
+    gateway = make_gateway({**anthropic_upstream(fake), "limits": [
+        {"name": "rpm", "scope": "project", "window": "minute", "unit": "requests",
+         "amount": 3},
+        {"name": "daily", "scope": "project", "window": "day", "unit": "tokens",
+         "amount": 100_000},
+        {"name": "in", "scope": "project", "window": "hour", "unit": "input_tokens",
+         "amount": 50_000},
+        {"name": "out", "scope": "project", "window": "hour", "unit": "output_tokens",
+         "amount": 2_000}]}, clock=clock)
+    api = client(gateway, gateway.key())
+    raw = api.messages.with_raw_response.create(model=MODEL, max_tokens=100, messages=HELLO)
+    headers = raw.headers
+    assert (headers["anthropic-ratelimit-requests-limit"],
+            headers["anthropic-ratelimit-requests-remaining"],
+            headers["anthropic-ratelimit-requests-reset"]) == ("3", "2", "2026-01-01T00:01:00Z")
+    # tokens: the tightest token budget of any kind (here the hourly output one, 5 % used)
+    assert headers["anthropic-ratelimit-tokens-limit"] == "2000"
+    assert headers["anthropic-ratelimit-tokens-remaining"] == "1900"  # the cap is reserved
+    assert headers["anthropic-ratelimit-tokens-reset"] == "2026-01-01T01:00:00Z"
+    assert headers["anthropic-ratelimit-output-tokens-remaining"] == "1900"
+    assert headers["anthropic-ratelimit-input-tokens-limit"] == "50000"
+    assert 50_000 - 100 < int(headers["anthropic-ratelimit-input-tokens-remaining"]) < 50_000
+    assert headers["anthropic-ratelimit-input-tokens-reset"] == "2026-01-01T01:00:00Z"
+    # the same budgets as the x-ratelimit-* headers
+    assert headers["x-ratelimit-remaining-requests"] == "2"
+    assert headers["x-ratelimit-remaining-tokens"] == "1900"
+    for _ in range(2):
+        api.messages.create(model=MODEL, max_tokens=5, messages=HELLO)
+    with pytest.raises(anthropic.RateLimitError) as limited:
+        api.messages.create(model=MODEL, max_tokens=5, messages=HELLO)
+    refused = limited.value.response.headers
+    assert refused["anthropic-ratelimit-requests-remaining"] == "0"
+    assert refused["anthropic-ratelimit-requests-reset"] == "2026-01-01T00:01:00Z"
+    assert refused["retry-after"] == "30"
+    # OpenAI routes keep OpenAI's headers only
+    chat = openai.OpenAI(base_url=gateway.v1, api_key=gateway.key(project="other"),
+                         max_retries=0)
+    plain = chat.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
+    assert "x-ratelimit-limit-requests" in plain.headers
+    assert not [name for name in plain.headers if name.startswith("anthropic-ratelimit")]

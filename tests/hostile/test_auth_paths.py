@@ -153,12 +153,14 @@ def test_admin_routes_refuse_everything_but_the_admin_key(admin_gateway: Gateway
             resp = requests.request(endpoint.method, url + query, headers={
                 "content-type": "application/json", **headers}, timeout=10,
                 data=orjson.dumps({"project": "x", "amount": 1, "enabled": False}))
-            if credential == "project key" and endpoint.path.startswith("/dashboard") and \
-                    endpoint.method == "GET":
-                # the dashboard's read-only twins serve a project key its own project
+            if credential == "project key" and endpoint.readers and endpoint.method == "GET":
+                # the dashboard's read-only twins (and the runs listing) serve a project key
+                # its own project (its own key's runs)
                 assert resp.status_code in (200, 404, 422), (endpoint.path, resp.text[:200])
                 if resp.status_code == 200 and "scope" in resp.json():
                     assert resp.json()["scope"]["project"] == "demo"
+                if resp.status_code == 200 and endpoint.path == "/runs":
+                    assert all(r["key_id"] == record.id for r in resp.json()["data"])
                 continue
             assert resp.status_code in (401, 403), (endpoint.method, endpoint.path,
                                                     resp.status_code, resp.text[:200])

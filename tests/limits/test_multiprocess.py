@@ -54,24 +54,32 @@ class Cluster:
                    ["key"])
 
     def start(self, workers: int = 1) -> str:
-        port = free_port()
-        proc = subprocess.Popen([sys.executable, "-m", "tokenstile", "serve", "--port",
-                                 str(port), "--workers", str(workers)], env=self.env,
-                                stderr=subprocess.DEVNULL)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    break
-            except OSError:
-                assert proc.poll() is None, "the gateway exited at start"
-                assert time.monotonic() < deadline, "the gateway did not start"
-                time.sleep(0.1)
-        self.wait_ready(url)
-        self.procs.append(proc)
-        self.urls.append(url)
-        return url
+        return self.start_all(1, workers)[0]
+
+    def start_all(self, count: int, workers: int = 1) -> list[str]:
+        """Start ``count`` gateways side by side; return their URLs once all are ready."""
+        started = []
+        for _ in range(count):
+            port = free_port()
+            proc = subprocess.Popen([sys.executable, "-m", "tokenstile", "serve", "--port",
+                                     str(port), "--workers", str(workers)], env=self.env,
+                                    stderr=subprocess.DEVNULL)
+            self.procs.append(proc)
+            started.append((proc, port))
+        for proc, port in started:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                        break
+                except OSError:
+                    assert proc.poll() is None, "the gateway exited at start"
+                    assert time.monotonic() < deadline, "the gateway did not start"
+                    time.sleep(0.1)
+            url = f"http://127.0.0.1:{port}"
+            self.wait_ready(url)
+            self.urls.append(url)
+        return [f"http://127.0.0.1:{port}" for _, port in started]
 
     @staticmethod
     def wait_ready(url: str) -> None:
@@ -163,7 +171,7 @@ def test_three_gateways_sharing_redis_never_overshoot(
     cluster_config["storage"]["counters"] = f"redis://127.0.0.1:6379/0?prefix={prefix}"
     cluster = make_cluster(cluster_config)
     key = cluster.key("tight")
-    urls = [cluster.start() for _ in range(3)]
+    urls = cluster.start_all(3)
     statuses = asyncio.run(hammer(urls, key, 300))
     check_no_overshoot(cluster, fake, statuses)
 
@@ -224,3 +232,62 @@ def test_a_killed_gateways_reservation_is_charged_at_its_estimate_on_restart(
     assert row["project"] == "tight" and row["cost_nano"] > 0
     # the counters keep the estimate: it was charged, not released
     assert project["used"] == row["input_tokens"] + row["output_tokens"]
+
+
+def test_gateways_sharing_redis_pace_a_throttled_scope_together(
+        make_cluster: Any, cluster_config: dict[str, Any], fake: FakeHandle) -> None:
+    """Past a ``throttle`` threshold (reduction 0.5) the combined rate of three gateways is
+    half the scope's combined normal rate, not the sum of what each process saw.
+
+    The normal rate is set by traffic that moved between gateways: a slow stream through A
+    for three seconds, then a burst through B and one through C (28 requests in ~3 s
+    together, while B and C alone each saw a burst of 12 in under a second). Then every
+    gateway gets a burst of 15: the requests let through reach the upstream at half the
+    combined rate, whichever gateway they came through."""
+    prefix = f"test{uuid.uuid4().hex[:10]}"
+    cluster_config["storage"]["counters"] = f"redis://127.0.0.1:6379/0?prefix={prefix}"
+    cluster_config["limits"] = [{
+        "name": "paced", "scope": "project", "match": "tight", "window": "day",
+        "unit": "requests", "amount": 1000,
+        # engaged from the 29th request of the day on
+        "thresholds": [{"threshold": 0.0285, "action": "throttle", "reduction": 0.5}]}]
+    cluster_config["degradation"] = {"throttle_max_wait_s": 1.0}
+    cluster = make_cluster(cluster_config)
+    key = cluster.key("tight")
+    a, b, c = cluster.start_all(3)
+    body = {"model": "gpt-4o-mini", "max_tokens": 5,
+            "messages": [{"role": "user", "content": "hi"}]}
+    headers = {"authorization": f"Bearer {key}"}
+
+    async def run() -> tuple[float, list[tuple[int, float]]]:
+        loop = asyncio.get_running_loop()
+        async with aiohttp.ClientSession() as session:
+            async def one(url: str) -> tuple[int, float]:
+                async with session.post(url + "/v1/chat/completions", json=body,
+                                        headers=headers) as resp:
+                    await resp.read()
+                    return resp.status, loop.time()
+
+            start = loop.time()
+            slow = []
+            for i in range(4):  # one a second through A
+                await asyncio.sleep(max(0.0, start + i - loop.time()))
+                slow.append(await one(a))
+            bursts = await asyncio.gather(*(one(url) for url in [b, c] * 12))
+            # under the threshold: nothing paced
+            assert [status for status, _ in slow + bursts] == [200] * 28
+            span = loop.time() - start
+            return span, await asyncio.gather(*(one(url) for url in [a, b, c] * 15))
+
+    served_before = fake.fake.tally.requests
+    span, answers = asyncio.run(run())
+    assert {status for status, _ in answers} == {200, 429}
+    done = sorted(when for status, when in answers if status == 200)
+    assert fake.fake.tally.requests - served_before == 28 + len(done)
+    # The combined normal rate: at most 29 arrivals (28 + the first throttled one) in the
+    # span the client measured. The requests let through were answered one slot apart at
+    # half that rate (the fake answers at once; a quarter second for scheduling jitter).
+    interval = 1 / (0.5 * 29 / max(1.0, span - 0.05))
+    assert len(done) >= 3
+    assert done[-1] - done[0] >= (len(done) - 1) * interval - 0.25, (len(done), span, done)
+    # (Each process pacing on its own let about 16 through within one second here.)

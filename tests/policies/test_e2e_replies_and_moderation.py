@@ -81,6 +81,45 @@ def test_flagged_input_is_refused(policy_gateway: Make, fake: FakeHandle,
     assert row.block_reason == "policy:content_flagged"
 
 
+@pytest.mark.parametrize("streamed", [False, True])
+def test_moderation_joins_the_other_reasons_in_one_error(policy_gateway: Make,
+                                                        fake: FakeHandle,
+                                                        streamed: bool) -> None:
+    gw = policy_gateway({"wordlists": {"secrets": ["project zeus"]}, "auto_moderate": True,
+                         "request_wordlists": "secrets:block", "max_tokens": 10})
+    with pytest.raises(openai.UnprocessableEntityError) as caught:
+        gw.chat("forbidden talk of Project Zeus", max_tokens=50, stream=streamed)
+    assert caught.value.code == "max_tokens_exceeded"  # the first reason's code and param
+    assert message(caught) == (
+        "tokenstile: max_tokens 50 exceeds the limit of 10 for this gateway; the request "
+        "contains words from the 'secrets' word list, blocked for this gateway; the input "
+        "was flagged by moderation (violence) and is refused for this gateway")
+    assert [r.route.rsplit("/", 1)[-1] for r in fake.fake.tally.records] == ["moderations"]
+    [row] = gw.rows()
+    assert row.block_reason == "policy:max_tokens_exceeded,wordlist_blocked,content_flagged"
+    assert row.status == 422
+
+
+def test_a_failed_moderation_joins_too_and_the_status_is_the_first_reasons(
+        policy_gateway: Make, fake: FakeHandle) -> None:
+    gw = policy_gateway({"auto_moderate": {"failure_mode": "closed"}, "max_tokens": 10})
+    fake.fake.script(["[[fake:status=500]]"])
+    with pytest.raises(openai.UnprocessableEntityError) as caught:
+        gw.chat("hello", max_tokens=50)
+    assert message(caught) == (
+        "tokenstile: max_tokens 50 exceeds the limit of 10 for this gateway; the input could "
+        "not be moderated (the upstream answered 500) and moderation is required for this "
+        "gateway; try again shortly")
+
+
+def test_a_refused_request_gets_no_auto_reply(policy_gateway: Make, fake: FakeHandle) -> None:
+    gw = policy_gateway({**REPLIES, "auto_moderate": True, "max_tokens": 10})
+    with pytest.raises(openai.UnprocessableEntityError) as caught:
+        gw.chat("ping", max_tokens=50)
+    assert caught.value.code == "max_tokens_exceeded"
+    assert gw.rows()[0].block_reason == "policy:max_tokens_exceeded"
+
+
 def test_clean_input_passes_and_unlisted_categories_only_flag(policy_gateway: Make,
                                                               fake: FakeHandle) -> None:
     gw = policy_gateway({"auto_moderate": {"categories": ["hate"]}})

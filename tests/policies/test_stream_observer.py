@@ -151,3 +151,39 @@ def test_streamed_redaction_equals_whole_redaction(pieces: list[str]) -> None:
     events = [*(chat_event(p) for p in pieces), chat_event(None, finish="stop"),
               b"data: [DONE]\n\n"]
     assert chat_text(relay(observer, events)) == scan_whole("".join(pieces), found)[0]
+
+
+def tool_event(arguments: str, finish: str | None = None, index: int = 0) -> bytes:
+    delta = {"tool_calls": [{"index": index, "function": {"arguments": arguments}}]}
+    chunk = {"id": "c", "object": "chat.completion.chunk",
+             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+
+def tool_arguments(chunks: list[dict[str, Any]], index: int = 0) -> str:
+    return "".join(call["function"].get("arguments") or ""
+                   for c in chunks if c.get("choices")
+                   for call in c["choices"][0]["delta"].get("tool_calls") or ()
+                   if call["index"] == index)
+
+
+def test_tool_arguments_are_checked_once_the_call_ends() -> None:
+    seen: list[Span] = []
+    observer = PolicyStreamObserver(OpenAIStreamObserver(strip_usage=True), "chat",
+                                    finders(top_secret="redact", bad="audit"), on_spans(seen))
+    # A phrase split over pieces, a word written with JSON escapes (\u0062 is "b").
+    pieces = ['{"q": "the to', 'p sec', 'ret", "n": ["\\u0062ad"', "]}"]
+    assert observer.on_event(tool_event(pieces[0])) is None  # held until the call ends
+    events = [*(tool_event(p) for p in pieces[1:]), tool_event("", index=1),
+              chat_event(None, finish="tool_calls"), b"data: [DONE]\n\n"]
+    chunks = relay(observer, events)
+    assert orjson.loads(tool_arguments(chunks)) == {"q": "the ****", "n": ["bad"]}
+    assert tool_arguments(chunks, 1) == ""
+    assert sorted(s.hit.action or "" for s in seen) == ["audit", "redact"]
+
+
+def test_tool_arguments_that_are_not_json_are_scanned_as_text() -> None:
+    observer = PolicyStreamObserver(OpenAIStreamObserver(strip_usage=True), "chat",
+                                    finders(gamma="redact"), on_spans([]))
+    events = [tool_event('{"q": "gam'), tool_event("ma"), chat_event(None, finish="length")]
+    assert tool_arguments(relay(observer, events)) == '{"q": "****'

@@ -35,11 +35,22 @@ def matches(entries: list[str], text: str) -> list[str]:
     (["project zeus"], "Project   Zeus and project\nzeus and projectzeus", [
         "Project   Zeus", "project\nzeus"]),
     (["café"], "CAFÉ, café, cafe", ["CAFÉ", "café"]),
-    (["straße"], "STRASSE und Straße", ["Straße"]),
+    (["straße"], "STRASSE und Straße", ["STRASSE", "Straße"]),
+    (["strasse"], "die Straße", ["Straße"]),
     (["привет"], "Привет, мир! приветствую", ["Привет"]),
     (["東京"], "私は東京に住む", []),  # no spaces between CJK words: no word boundary
     (["東京"], "東京 is a city", ["東京"]),
-    (["naïve"], "so nai\u0308ve", []),  # decomposed text is not re-composed
+    (["naïve"], "so nai\u0308ve, NAÏVE", ["nai\u0308ve", "NAÏVE"]),  # NFD text, NFC entry
+    (["nai\u0308ve"], "so naïve", ["naïve"]),  # NFD entry, NFC text
+    (["bad"], "ｂａｄ and ＢＡＤ!", ["ｂａｄ", "ＢＡＤ"]),  # full-width letters
+    (["ｂａｄ"], "so bad", ["bad"]),
+    (["bad"], "b\u200bad, b\u200ca\u200dd, b\u2060ad\ufeff, b\u00adad", [
+        "b\u200bad", "b\u200ca\u200dd", "b\u2060ad", "b\u00adad"]),
+    (["b\u200bad"], "so bad", ["bad"]),  # invisible characters in an entry too
+    (["bad"], "x\u200bbad and bad\u200dx", []),  # still one word each: no boundary
+    (["top secret"], "ｔｏｐ\u3000ＳＥＣＲＥＴ", ["ｔｏｐ\u3000ＳＥＣＲＥＴ"]),  # ideographic space
+    (["ﬁle"], "a file", ["file"]),  # ligature
+    (["cafe"], "café", []),  # an accent is not dropped: another word
     (["fuck", "fucking"], "fucking fuck", ["fucking", "fuck"]),
     (["under_score"], "an under_score and under_scores", ["under_score"]),
 ])
@@ -126,7 +137,10 @@ def test_held_back_text_is_released_once_it_cannot_be_part_of_a_match() -> None:
 
 
 words = st.sampled_from(["alpha", "beta", "ab", "a", "b", " ", "  ", ".", "ALPHA", "c++",
-                         "alphabet", "é", "beta\n", "top", "secret", "x"])
+                         "alphabet", "é", "beta\n", "top", "secret", "x",
+                         # Unicode variants: invisible characters, marks, width, folding
+                         "\u200b", "\u200d", "\u00ad", "\u0301", "\u0308", "ａ", "Ｂ",
+                         "ß", "SS", "straße", "\u3000", "ﬁ", "\ufdfa"])
 
 
 @settings(max_examples=300, deadline=None)
@@ -134,9 +148,35 @@ words = st.sampled_from(["alpha", "beta", "ab", "a", "b", " ", "  ", ".", "ALPHA
 def test_streaming_equals_whole_text(parts: list[str], data: st.DataObject) -> None:
     text = "".join(parts)
     finders = finders_for({"alpha": "redact", "c++": "redact", "top secret": "redact",
-                           "b": "audit", "ab": "redact"})
+                           "b": "audit", "ab": "redact", "strasse": "redact", "é": "redact",
+                           "ﬁ": "redact"})
     cuts = sorted(data.draw(st.sets(st.integers(0, len(text)), max_size=12)))
     bounds = [0, *cuts, len(text)]
     pieces = [text[a:b] for a, b in itertools.pairwise(bounds)]
     whole, _ = scan_whole(text, finders)
     assert stream_through(finders, pieces) == whole
+
+
+def test_a_word_hidden_with_invisible_characters_is_redacted_across_pieces() -> None:
+    finders = finders_for({"forbidden": "redact", "straße": "redact"})
+    # However many invisible characters a word is spread over, none of it leaves early.
+    spread = "f" + "\u200b" * 40 + "or\u00adbid\u200dden"
+    pieces = ["this is ", *spread, " and STRA", "SSE", "!"]
+    assert stream_through(finders, pieces) == "this is [x] and [x]!"
+    assert scan_whole("".join(pieces), finders)[0] == "this is [x] and [x]!"
+
+
+def test_a_mark_arriving_later_changes_the_word() -> None:
+    finders = finders_for({"cafe": "redact"})
+    assert stream_through(finders, ["a cafe", "\u0301 here"]) == "a cafe\u0301 here"
+    assert stream_through(finders, ["a cafe", " here"]) == "a [x] here"
+    finders = finders_for({"café": "redact"})
+    assert stream_through(finders, ["a cafe", "\u0301", " here"]) == "a [x] here"
+
+
+def test_the_left_boundary_looks_past_invisible_characters_already_released() -> None:
+    finders = finders_for({"bad": "redact"})
+    head = "y" * 40 + "x" + "\u200b" * 3  # released before the rest arrives
+    pieces = [*head, *" " * 30, "\u200b", "\u200b", "bad", " but bad"]
+    assert stream_through(finders, [*pieces[:44], "bad but bad"]) == head + "bad but [x]"
+    assert stream_through(finders, pieces) == head + " " * 30 + "\u200b\u200b[x] but [x]"

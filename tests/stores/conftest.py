@@ -13,28 +13,46 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import socket
 import sqlite3
+import subprocess
+import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 
 import asyncpg
 import pytest
 import redis
+from redis.cluster import RedisCluster
 
 from tokenstile.clock import FakeClock
+from tokenstile.limits.allowance import Allowance
 from tokenstile.stores.alerts import AlertHistory, history_from_url
 from tokenstile.stores.cache import ResponseCache, response_cache_from_url
-from tokenstile.stores.counters import CounterStore, counter_store_from_url
+from tokenstile.stores.counters import (
+    Charge,
+    CounterStore,
+    ExpiredReservation,
+    ReserveOutcome,
+    counter_store_from_url,
+)
 from tokenstile.stores.counters_memory import MemoryCounterStore
 from tokenstile.stores.database import Database, database_from_url
+from tokenstile.stores.pacing import PaceOutcome
+from tokenstile.stores.shards import _escape, qualify, split
 
 REDIS_URL = os.environ.get("TOKENSTILE_TEST_REDIS", "redis://127.0.0.1:6379/15")
 PG_ADMIN_URL = os.environ.get("TOKENSTILE_TEST_POSTGRES",
                               "postgresql://postgres@127.0.0.1:5432/test")
 BACKENDS = ["memory", "sqlite", "redis"]
+# On the cluster twice: every counter under one tag (shard=none), and every key of the
+# suite kept for one tenant (shard=organization, through ``TenantStore``).
+COUNTER_BACKENDS = [*BACKENDS, "redis-cluster", "redis-cluster-tenant"]
+TENANT = "acme/{corp}"  # characters a tenant name may have that a hash tag may not
 
 
 @cache
@@ -63,12 +81,22 @@ class Backend:
         store = counter_store_from_url(self.url, clock=self.clock)
         if isinstance(store, MemoryCounterStore):
             self._memory = store
+        if self.tenant is not None:
+            return TenantStore(store, self.tenant)
         return store
 
-    def redis(self) -> redis.Redis:
+    cluster: str | None = None  # the first node, host:port, of a Redis Cluster
+    tenant: str | None = None  # keys are kept for this tenant (shard=organization)
+
+    def redis(self) -> redis.Redis | RedisCluster:
+        if self.cluster is not None:
+            host, _, port = self.cluster.rpartition(":")
+            return RedisCluster(host=host, port=int(port), socket_timeout=2)
         return redis.Redis.from_url(REDIS_URL, socket_timeout=2)
 
     def redis_key(self, key: str) -> str:
+        if self.tenant is not None:
+            return f"{{{self.tag}:{_escape(self.tenant)}}}:c:{key}"
         return f"{{{self.tag}}}:c:{key}"
 
     def ttl(self, key: str) -> float | None:
@@ -100,40 +128,179 @@ class Backend:
                 client.delete(self.redis_key(key))
 
     def cleanup(self) -> None:
-        if self.name == "redis" and self.tag is not None:
+        if self.name.startswith("redis") and self.tag is not None:
             with self.redis() as client:
-                keys = list(client.scan_iter(match=f"{{{self.tag}}}:*", count=1000))
-                if keys:
-                    client.delete(*keys)
+                keys = list(client.scan_iter(match=f"{{{self.tag}*", count=1000))
+                for key in keys:  # one at a time: in a cluster they are on several shards
+                    client.delete(key)
 
 
-def make_backend(name: str, tmp_path: Path) -> Backend:
+def make_backend(name: str, tmp_path: Path, cluster: str | None = None) -> Backend:
     clock = FakeClock()
     if name == "memory":
         return Backend(name, "memory://", clock)
     if name == "sqlite":
         path = tmp_path / "counters.db"
         return Backend(name, f"sqlite:///{path}", clock, path=path)
+    tag = f"test-{uuid.uuid4().hex[:12]}"
+    if name == "redis-cluster":
+        assert cluster is not None
+        return Backend(name, f"redis+cluster://{cluster}?prefix={tag}", clock, tag=tag,
+                       cluster=cluster)
+    if name == "redis-cluster-tenant":
+        assert cluster is not None
+        return Backend(name, f"redis+cluster://{cluster}?prefix={tag}&shard=organization",
+                       clock, tag=tag, cluster=cluster, tenant=TENANT)
     reason = redis_unreachable_reason()
     if reason is not None:
         pytest.skip(reason)
-    tag = f"test-{uuid.uuid4().hex[:12]}"
     return Backend(name, f"{REDIS_URL}?prefix={tag}", clock, tag=tag)
 
 
-@pytest.fixture(params=BACKENDS)
+def _backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    cluster = request.getfixturevalue("redis_cluster") \
+        if request.param.startswith("redis-cluster") else None
+    return make_backend(request.param, tmp_path, cluster)
+
+
+@pytest.fixture(params=COUNTER_BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    made = make_backend(request.param, tmp_path)
+    made = _backend(request, tmp_path)
     yield made
     made.cleanup()
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "redis-cluster"])
 def shared_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """Backends that several OS processes can share."""
-    made = make_backend(request.param, tmp_path)
+    made = _backend(request, tmp_path)
     yield made
     made.cleanup()
+
+
+class TenantStore:
+    """A store whose every key is one tenant's, as admission builds them with
+    ``shard=organization``; reads and claims answer in the suite's own keys."""
+
+    def __init__(self, store: CounterStore, tenant: str) -> None:
+        self.inner = store
+        self.tenant = tenant
+        self.url = store.url
+
+    def _q(self, key: str) -> str:
+        return qualify(self.tenant, key)
+
+    async def reserve(self, rid: str, charges: Sequence[Charge], lease_until: float,
+                      record: bytes) -> ReserveOutcome:
+        return await self.inner.reserve(rid, [
+            Charge(self._q(c.key), c.amount, c.limit, c.ttl,
+                   tuple(self._q(k) for k in c.window_keys), self._rule(c.allowance))
+            for c in charges], lease_until, record)
+
+    def _rule(self, rule: Allowance | None) -> Allowance | None:
+        if rule is None:
+            return None
+        return replace(rule, seen=self._q(rule.seen),
+                       previous=None if rule.previous is None else self._q(rule.previous))
+
+    async def settle(self, rid: str, deltas: Sequence[tuple[str, int]]) -> bool:
+        return await self.inner.settle(rid, [(self._q(k), d) for k, d in deltas])
+
+    async def renew(self, rids: Sequence[str], lease_until: float) -> None:
+        await self.inner.renew(rids, lease_until)
+
+    async def claim_expired(self, now: float, limit: int = 100) -> list[ExpiredReservation]:
+        return [ExpiredReservation(e.rid, e.record, tuple((split(k)[1], a) for k, a in e.deltas))
+                for e in await self.inner.claim_expired(now, limit)]
+
+    async def add(self, deltas: Sequence[tuple[str, int, int]]) -> None:
+        await self.inner.add([(self._q(k), a, t) for k, a, t in deltas])
+
+    async def read(self, keys: Sequence[str]) -> list[int]:
+        return await self.inner.read([self._q(k) for k in keys])
+
+    async def pace(self, lane: str, now: float, reduction: float | None, max_wait_s: float,
+                   ttl: int) -> PaceOutcome:
+        return await self.inner.pace(lane, now, reduction, max_wait_s, ttl)
+
+    async def ping(self) -> None:
+        await self.inner.ping()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+# --- a Redis Cluster of three primaries, started for this run -------------------------------
+
+
+def _free_port() -> int:
+    """A free port whose cluster bus port (+10000) is free too."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as bus:
+            try:
+                bus.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
+def _wait(check: object, what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if check():  # type: ignore[operator]
+                return
+        except (redis.RedisError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the test Redis Cluster did not {what} in {timeout:g}s")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Three cluster-enabled ``redis-server`` processes on free ports (no replicas, no
+    persistence) joined by ``redis-cli --cluster create``; stopped at the end of the run.
+    Yields the first node's ``host:port``."""
+    server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+    if server is None or cli is None:
+        pytest.skip("redis-server and redis-cli are needed for the Redis Cluster tests")
+    workdir = tmp_path_factory.mktemp("redis-cluster")
+    ports = [_free_port() for _ in range(3)]
+    while len(set(ports)) < 3:
+        ports = [_free_port() for _ in range(3)]
+    procs = [subprocess.Popen(
+        [server, "--cluster-enabled", "yes", "--port", str(port), "--bind", "127.0.0.1",
+         "--cluster-config-file", f"nodes-{port}.conf", "--save", "", "--appendonly", "no",
+         "--daemonize", "no", "--dir", str(workdir), "--logfile", f"{workdir}/{port}.log"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for port in ports]
+    nodes = [redis.Redis(port=port, socket_timeout=1) for port in ports]
+    try:
+        for node in nodes:
+            _wait(node.ping, "start")
+        subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
+                        "--cluster-replicas", "0", "--cluster-yes"], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
+        for node in nodes:
+            _wait(lambda node=node: node.cluster("info")["cluster_state"] == "ok",  # type: ignore[misc]
+                  "agree on its slots")
+        yield f"127.0.0.1:{ports[0]}"
+    finally:
+        for node in nodes:
+            node.close()
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import pytest
 from redis.crc import key_slot
 
+from tokenstile.limits.allowance import SEEN_TTL_S, Allowance, first_seen, window_amount
 from tokenstile.stores.counters import (
     Charge,
     CounterStore,
@@ -425,6 +426,162 @@ async def test_no_overshoot_across_processes(shared_backend: Backend) -> None:
         await store.close()
 
 
+# --- exact beyond 2^53 ---------------------------------------------------------------------
+# Nano-USD amounts past 2^53 (about 9 million USD) are beyond what a double holds exactly;
+# every backend must still count and compare them to the unit.
+
+P53, P60 = 2**53, 2**60
+
+
+async def test_limits_just_past_2_53_are_exact(store: CounterStore) -> None:
+    limit = P53 + 1
+    first = await store.reserve("r1", [charge("usd", P53, limit)], LEASE, RECORD)
+    assert first.admitted and first.used == [0]
+    second = await store.reserve("r2", [charge("usd", 1, limit)], LEASE, RECORD)
+    assert second.admitted and second.used == [P53]
+    # 2^53 + 2 rounds to 2^53 + 2, 2^53 + 1 to 2^53: as doubles this would still fit
+    third = await store.reserve("r3", [charge("usd", 1, limit)], LEASE, RECORD)
+    assert not third.admitted and third.used == [P53 + 1] and third.failed == [0]
+    assert await store.read(["usd"]) == [P53 + 1]
+    assert (await store.reserve("r2", [charge("usd", 1, limit)], LEASE, RECORD)).used == [P53]
+    assert await store.settle("r2", [("usd", -1)])
+    assert await store.read(["usd"]) == [P53]
+
+
+async def test_sums_around_2_60_are_exact(store: CounterStore) -> None:
+    buckets = [("b1", P60 + 1), ("b2", P60 + 3), ("b3", 7)]
+    await store.add([(key, value, TTL) for key, value in buckets])
+    total = sum(value for _, value in buckets)  # 2^61 + 11: odd, past any double
+    admitted = await store.reserve("r1", [Charge("b1", 5, total + 5, TTL,
+                                                 ("b1", "b2", "b3"))], LEASE, RECORD)
+    assert admitted.admitted and admitted.used == [total]
+    refused = await store.reserve("r2", [Charge("b1", 1, total + 5, TTL, ("b1", "b2", "b3"))],
+                                  LEASE, RECORD)
+    assert not refused.admitted and refused.used == [total + 5]
+    assert await store.read(["b1", "b2", "b3"]) == [P60 + 6, P60 + 3, 7]
+    assert await store.settle("r1", [("b1", -P60)])  # a settle far below the reserve
+    assert await store.read(["b1"]) == [6]
+    big = await store.reserve("r3", [charge("c", P60 + 1, P60 + 1)], LEASE, RECORD)
+    assert big.admitted
+    [expired] = await store.claim_expired(LEASE + 1)
+    assert expired.rid == "r3" and expired.deltas == (("c", P60 + 1),)
+    assert await store.read(["c"]) == [P60 + 1]
+
+
+async def test_many_buckets_that_are_each_small_sum_exactly(store: CounterStore) -> None:
+    value = 10**15 - 1  # each fits a double; eleven of them (an odd sum past 2^53) do not
+    keys = [f"m{i}" for i in range(11)]
+    await store.add([(key, value, TTL) for key in keys])
+    total = 11 * value
+    assert total > P53 and total % 2 == 1
+    fits = await store.reserve("r1", [Charge("m0", 1, total + 1, TTL, tuple(keys))],
+                               LEASE, RECORD)
+    assert fits.admitted and fits.used == [total]
+    full = await store.reserve("r2", [Charge("m0", 1, total + 1, TTL, tuple(keys))],
+                               LEASE, RECORD)
+    assert not full.admitted and full.used == [total + 1]
+
+
+# --- throttle lanes (pace) ------------------------------------------------------------------
+
+T0 = 1_767_225_600.0
+
+
+async def test_pace_counts_arrivals_and_freezes_the_rate(store: CounterStore) -> None:
+    for i in range(30):  # one arrival every two seconds, under the threshold
+        assert (await store.pace("lane", T0 + 2 * i, None, 10.0, 120)).admitted
+    now = T0 + 60
+    first = await store.pace("lane", now, 1.0, 10.0, 120)
+    # 31 arrivals over 60 s, paced at that rate (reduction 1.0): a slot every 60/31 s
+    assert first.admitted and first.wait_s == 0.0 and first.queued == 0
+    assert first.interval_s == pytest.approx(60 / 31)
+    assert first.next_slot == pytest.approx(now + 60 / 31)
+    second = await store.pace("lane", now, 1.0, 10.0, 120)
+    assert second.wait_s == pytest.approx(60 / 31) and second.queued == 0
+    third = await store.pace("lane", now, 1.0, 10.0, 120)
+    assert third.wait_s == pytest.approx(120 / 31) and third.queued == 1
+    for i in range(50):  # traffic grows while throttled: the frozen pace does not follow
+        await store.pace("lane", now + 0.1 * i, 1.0, 1000.0, 120)
+    later = await store.pace("lane", now + 5, 1.0, 1000.0, 120)
+    assert later.interval_s == pytest.approx(60 / 31)
+    # Back under the threshold: the pace is forgotten, the arrivals are not.
+    released = await store.pace("lane", now + 6, None, 10.0, 120)
+    assert released.admitted and released.interval_s == 0.0 and released.wait_s == 0.0
+    again = await store.pace("lane", now + 6, 1.0, 10.0, 120)
+    assert again.wait_s == 0.0
+    # the rate is observed afresh: the arrivals of the last minute (T0 + 6 on: 27 under the
+    # threshold, 3 + 50 + 1 throttled, 2 now) over 60 s
+    assert again.interval_s == pytest.approx(60 / 83)
+    assert (await store.pace("other", now, 1.0, 10.0, 120)).interval_s == 1.0  # its own lane
+
+
+async def test_pace_refuses_past_the_max_wait_without_taking_a_slot(
+        store: CounterStore) -> None:
+    for i in range(60):
+        await store.pace("lane", T0 + i, None, 3.0, 120)
+    now = T0 + 60
+    assert (await store.pace("lane", now, 0.25, 3.0, 120)).wait_s == 0.0  # a slot every ~4 s
+    refused = await store.pace("lane", now, 0.25, 3.0, 120)
+    assert not refused.admitted and refused.wait_s == pytest.approx(4 * 60 / 61)
+    assert refused.next_slot == pytest.approx(now + 4 * 60 / 61)
+    # the refusal took nothing: once the slot is due it is free
+    assert (await store.pace("lane", now + 4, 0.25, 3.0, 120)).wait_s == 0.0
+    # A negative max wait only counts the arrival (a process whose own queue is full).
+    full = await store.pace("lane", now + 20, 0.25, -1.0, 120)
+    assert not full.admitted and full.wait_s == 0.0
+
+
+async def test_an_idle_lane_expires(store: CounterStore, backend: Backend) -> None:
+    for i in range(10):
+        await store.pace("lane", T0 + i / 10, None, 10.0, 5)
+    assert (await store.pace("lane", T0 + 1, 0.5, 10.0, 5)).interval_s == pytest.approx(2 / 11)
+    if backend.name.startswith("redis"):  # Redis expires keys by its own clock
+        with backend.redis() as client:
+            key = f"{{{backend.tag}}}:p:lane"
+            assert 0 < client.pttl(key) <= 5000
+            client.delete(key)
+    else:
+        backend.clock.advance(5.001)
+    fresh = await store.pace("lane", T0 + 7, 0.5, 10.0, 5)
+    assert fresh.interval_s == 2.0  # one arrival observed: 1/s, halved
+
+
+def _process_pace(url: str, n: int, now: float, at: float) -> list[float]:
+    """In a child process: ``n`` concurrent throttled calls at ``now``; the waits admitted."""
+
+    async def run() -> list[float]:
+        store = counter_store_from_url(url)
+        await asyncio.sleep(max(0.0, at - time.time()))
+        outcomes = await asyncio.gather(*(store.pace("lane", now, 1.0, 50.0, 120)
+                                          for _ in range(n)))
+        await store.close()
+        return [o.wait_s for o in outcomes if o.admitted]
+
+    return asyncio.run(run())
+
+
+@pytest.mark.timeout(60)
+async def test_pace_gives_each_slot_once_across_processes(shared_backend: Backend) -> None:
+    url = shared_backend.url
+    if url.startswith("redis"):
+        url += "&socket_connect_timeout=5&socket_timeout=5&timeout=5"
+    store = counter_store_from_url(url)
+    for i in range(60):
+        await store.pace("lane", T0 + i, None, 10.0, 120)
+    now = T0 + 60
+    assert (await store.pace("lane", now, 1.0, 10.0, 120)).wait_s == 0.0  # a slot every 60/61 s
+    await store.close()
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(3) as pool:
+        pool.starmap(_warm_up, [()] * 3)
+        at = time.time() + 0.3
+        waits = await asyncio.to_thread(lambda: pool.starmap_async(
+            _process_pace, [(url, 30, now, at)] * 3).get(timeout=30))
+    admitted = sorted(w for process in waits for w in process)
+    # 90 calls, 50 slots within the 50 s allowed: each given out once, in order
+    assert admitted == pytest.approx([k * 60 / 61 for k in range(1, 51)])
+
+
 # --- outages and configuration ------------------------------------------------------------
 
 
@@ -529,6 +686,103 @@ def test_plan_reservation() -> None:
     ]
     assert plan.evaluate([2, 0, 4]) == ([2, 4, 2], [])
     assert plan.evaluate([3, 0, 4]) == ([3, 4, 3], [2])
+
+
+# --- rollover and proration (limits/allowance.py) -----------------------------------------
+
+T0 = 1_767_225_600.0  # a window [T0, T0 + 1000)
+
+
+def varying(key: str, amount: int, limit: int | None, *, now: float = T0 + 500,
+            prorate: bool = False, carry: int = 0) -> Charge:
+    rule = Allowance(seen=f"{key}:seen", start=T0, end=T0 + 1000, now=now, prorate=prorate,
+                     previous=f"{key}:before" if carry else None, previous_start=T0 - 1000,
+                     carry_cap=carry)
+    return Charge(key, amount, limit, TTL, (), rule)
+
+
+async def test_a_prorated_budget_allows_the_share_of_its_first_window_left(
+        store: CounterStore, backend: Backend) -> None:
+    first = await store.reserve("r1", [varying("c", 300, 1000, prorate=True)], LEASE, RECORD)
+    assert first.admitted and first.limits == [500]  # first seen halfway through
+    assert await store.read(["c:seen"]) == [int(T0 + 500)]
+    later = varying("c", 300, 1000, prorate=True, now=T0 + 900)
+    refused = await store.reserve("r2", [later], LEASE, RECORD)
+    assert not refused.admitted and refused.limits == [500] and refused.used == [300]
+    assert await store.read(["c:seen"]) == [int(T0 + 500)]  # first seen stays first seen
+    ttl = backend.ttl("c:seen")
+    assert ttl is not None and SEEN_TTL_S - 5 < ttl <= SEEN_TTL_S
+    # A budget refused on its very first call is seen from then on, too.
+    await store.reserve("r3", [varying("d", 900, 1000, prorate=True)], LEASE, RECORD)
+    assert await store.read(["d", "d:seen"]) == [0, int(T0 + 500)]
+
+
+async def test_a_rolled_over_budget_carries_what_its_previous_window_left(
+        store: CounterStore) -> None:
+    await store.add([("c:before", 200, TTL), ("c:seen", int(T0 - 5000), TTL)])
+    outcome = await store.reserve("r1", [varying("c", 1500, 1000, carry=500)], LEASE, RECORD)
+    assert outcome.admitted and outcome.limits == [1500]
+    refused = await store.reserve("r2", [varying("c", 1, 1000, carry=500)], LEASE, RECORD)
+    assert not refused.admitted and refused.failed == [0]
+    # New this window (no marker, no usage yet): nothing to carry.
+    await store.add([("n:before", 0, TTL)])
+    fresh = await store.reserve("r3", [varying("n", 1, 1000, carry=500)], LEASE, RECORD)
+    assert fresh.limits == [1000]
+    # Usage but no marker (rollover switched on mid-window): seen since the window's start.
+    await store.add([("u", 10, TTL)])
+    switched = await store.reserve("r4", [varying("u", 1, 1000, prorate=True)], LEASE,
+                                   RECORD)
+    assert switched.limits == [1000] and await store.read(["u:seen"]) == [int(T0)]
+
+
+async def test_every_backend_works_out_the_same_caps(store: CounterStore) -> None:
+    """The Redis script mirrors the Python arithmetic: both hold every charge to the same
+    cap, to the unit, over amounts up to 10^15 (a million dollars in nano-USD)."""
+    rng = random.Random(11)
+    for case in range(40):
+        amount = rng.choice([rng.randint(1, 10_000), rng.randint(1, 10**15)])
+        seen = rng.choice([0, int(T0 - rng.randint(1, 1500)), int(T0 + rng.randint(0, 999))])
+        before = rng.randint(0, amount)
+        now = T0 + rng.uniform(0, 999.9)
+        key = f"case{case}"
+        rule = Allowance(seen=f"{key}:seen", start=T0, end=T0 + 1000, now=now,
+                         prorate=rng.random() < 0.5, previous=f"{key}:before",
+                         previous_start=T0 - 1000, carry_cap=rng.randint(1, amount))
+        await store.add([(f"{key}:before", before, TTL)] +
+                        ([(f"{key}:seen", seen, TTL)] if seen else []))
+        outcome = await store.reserve(key, [Charge(key, 0, amount, TTL, (), rule)], LEASE,
+                                      RECORD)
+        want = window_amount(amount, first_seen(seen, now, T0, 0), rule, before)
+        assert outcome.limits == [want], (case, amount, seen, before, now)
+
+
+async def test_caps_past_2_53_agree_on_every_backend_and_hold_to_the_unit(
+        store: CounterStore) -> None:
+    """Rolled over and prorated budgets past 2^53 (up to 2^61 nano-USD, about 2.3 billion
+    USD): the Redis script works out the cap Python does, and holds charges to it exactly."""
+    rng = random.Random(53)
+    for case in range(12):
+        amount = rng.choice([P53 + rng.randint(1, 10**6), P60 + 2 * rng.randint(0, 10**9) + 1,
+                             rng.randint(P53, 2**61)])
+        seen = rng.choice([0, int(T0 - rng.randint(1, 1500)), int(T0 + rng.randint(1, 999))])
+        before = rng.randint(0, amount)
+        now = T0 + rng.uniform(1, 999.9)
+        key = f"big{case}"
+        rule = Allowance(seen=f"{key}:seen", start=T0, end=T0 + 1000, now=now,
+                         prorate=case % 3 != 2, previous=f"{key}:before",
+                         previous_start=T0 - 1000, carry_cap=rng.randint(1, amount))
+        await store.add([(f"{key}:before", before, TTL)] +
+                        ([(f"{key}:seen", seen, TTL)] if seen else []))
+        probe = await store.reserve(key, [Charge(key, 0, amount, TTL, (), rule)], LEASE,
+                                    RECORD)
+        want = window_amount(amount, first_seen(seen, now, T0, 0), rule, before)
+        assert probe.limits == [want], (case, amount, seen, before, now)
+        full = await store.reserve(f"{key}:full", [Charge(key, want, amount, TTL, (), rule)],
+                                   LEASE, RECORD)
+        assert full.admitted and full.limits == [want]
+        over = await store.reserve(f"{key}:over", [Charge(key, 1, amount, TTL, (), rule)],
+                                   LEASE, RECORD)
+        assert not over.admitted and over.used == [want] and over.limits == [want]
 
 
 # --- Redis specifics ----------------------------------------------------------------------

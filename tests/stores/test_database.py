@@ -177,6 +177,32 @@ async def test_usage_can_be_grouped_by_service_tier(db: Database) -> None:
     assert {r.id for r in only} == {r.id for r in rows if r.service_tier == "priority"}
 
 
+async def test_runs_are_listed_per_key_and_run_the_latest_first(db: Database) -> None:
+    def row(n: int, key: str, run: str | None, ts: float, **fields: Any) -> LedgerRow:
+        return LedgerRow(id=f"run-row-{n}", ts=ts, key_id=key, organization="acme",
+                         project="agents", run_id=run, input_tokens=10, output_tokens=5,
+                         cost_nano=100 * n, **fields)
+
+    await db.insert_ledger([
+        row(1, "key_a", "r1", 10.0), row(2, "key_a", "r1", 20.0),
+        row(3, "key_a", "r1", 30.0, outcome="blocked", status=429),
+        row(4, "key_b", "r1", 25.0), row(5, "key_a", "r2", 40.0), row(6, "key_a", None, 50.0),
+    ])
+    runs = await db.runs()
+    assert [(r["key_id"], r["run_id"]) for r in runs] == [
+        ("key_a", "r2"), ("key_a", "r1"), ("key_b", "r1")]
+    first = runs[1]
+    assert (first["requests"], first["blocked"], first["cost_nano"]) == (3, 1, 600)
+    assert (first["input_tokens"], first["output_tokens"]) == (30, 15)
+    assert (first["first_ts"], first["last_ts"], first["project"]) == (10.0, 30.0, "agents")
+    assert [r["run_id"] for r in await db.runs(since=35.0)] == ["r2"]
+    assert [r["key_id"] for r in await db.runs(filters={"key_id": "key_b"})] == ["key_b"]
+    assert len(await db.runs(limit=1)) == 1
+    with pytest.raises(ValueError):
+        await db.runs(filters={"cost_nano": "1"})
+    assert (await db.ledger_rows(id="run-row-5"))[0].run_id == "r2"
+
+
 # The ledger as the first release made it, before audio, 1-hour cache writes, searches and
 # the service tier had columns.
 _FIRST_LEDGER = """

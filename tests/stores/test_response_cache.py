@@ -69,6 +69,38 @@ async def test_entries_live_until_their_ttl(cache_backend: CacheBackend) -> None
         await store.close()
 
 
+async def test_a_lock_has_one_holder_until_released_or_expired(
+        cache_store: ResponseCache, cache_backend: CacheBackend) -> None:
+    assert await cache_store.lock("k", "first", 10)
+    assert not await cache_store.lock("k", "second", 10)
+    assert await cache_store.lock("other", "second", 10)  # one lock per key
+    await cache_store.unlock("k", "second")  # not its holder: nothing happens
+    assert not await cache_store.lock("k", "third", 10)
+    await cache_store.unlock("k", "first")
+    assert await cache_store.lock("k", "third", 10)
+    assert await cache_store.get("k") is None  # a lock is not an entry
+    if cache_backend.name == "redis":
+        with cache_backend.redis() as client:
+            assert 0 < client.pttl(f"{cache_backend.prefix}:lock:k") <= 10_000
+            client.delete(f"{cache_backend.prefix}:lock:k")
+    else:
+        cache_backend.clock.advance(10.001)
+    assert await cache_store.lock("k", "fourth", 10)  # the holder's time ran out
+
+
+async def test_an_unreachable_lock_lets_the_caller_go_ahead() -> None:
+    backend = MemoryResponseCache()
+    guarded = GuardedCache(backend)
+    await backend.close()
+
+    async def down(*args: object) -> bool:
+        raise StoreUnavailable("down")
+
+    backend.lock = down  # type: ignore[method-assign]
+    assert await guarded.lock("k", "t", 10)
+    assert guarded.stats.errors == 1
+
+
 async def test_binary_and_large_bodies_survive(cache_store: ResponseCache) -> None:
     body = bytes(range(256)) * 2048 + b"\n\n\x00"
     await cache_store.put("bin", answer(body=body), 60)

@@ -15,7 +15,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount
 
-from tokenstile.admin import dashboard_api, keys, overrides, settings, usage
+from tokenstile.admin import (
+    dashboard_api,
+    keys,
+    metrics_api,
+    overrides,
+    reconcile,
+    runs,
+    settings,
+    usage,
+)
 from tokenstile.admin.endpoint import Call, Endpoint, route
 from tokenstile.admin.http import ApiError, json_response
 from tokenstile.admin.openapi import openapi_document
@@ -38,7 +47,10 @@ ENDPOINTS: list[Endpoint] = [
     *keys.ENDPOINTS,
     *overrides.ENDPOINTS,
     *usage.ENDPOINTS,
+    *reconcile.ENDPOINTS,
+    *runs.ENDPOINTS,
     *dashboard_api.ENDPOINTS,
+    *metrics_api.ENDPOINTS,
 ]
 
 

@@ -35,6 +35,7 @@ from tokenstile.admin import dashboard_charts as charts
 from tokenstile.admin import dashboard_data as data
 from tokenstile.admin import dashboard_session as sessions
 from tokenstile.admin import keys as key_api
+from tokenstile.admin import metrics_summary as metrics
 from tokenstile.admin import overrides as override_api
 from tokenstile.admin.auth import Principal, active_key
 from tokenstile.admin.endpoint import Call
@@ -112,7 +113,7 @@ class Page:
 
     def scope(self) -> data.Scope:
         if not self.who.is_admin:
-            return data.Scope(self.who.organization, self.who.project)
+            return data.Scope(self.who.organization, self.who.project, self.who.key_id)
         q = self.request.query_params
         return data.Scope(q.get("organization") or None, q.get("project") or None)
 
@@ -350,9 +351,11 @@ class DashboardWeb:
     # -- pages ---------------------------------------------------------------------------------
 
     async def overview(self, page: Page) -> Response:
-        view = await data.overview(page.context())
+        context = page.context()
+        view = await data.overview(context)
         return page.render("overview.html", "overview", _twin("/admin/dashboard", page),
                            view=view, burn=self._burn_charts(view),
+                           metrics=await metrics.summary(context, "24h"),
                            method_label=_method(view["current_usage"]["projected_monthly"]))
 
     def _burn_charts(self, view: dict[str, Any]) -> dict[str, Any]:

@@ -72,7 +72,7 @@ def scope_for(call: Call, params: ScopeParams) -> data.Scope:
             params.organization not in (None, who.organization):
         raise ApiError(403, "a project key can only see its own project",
                        code="other_project")
-    return data.Scope(who.organization, who.project)
+    return data.Scope(who.organization, who.project, who.key_id)
 
 
 def context(call: Call, params: ScopeParams) -> data.Context:

@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 
 from tokenstile.admin.dashboard_charts import money
 from tokenstile.admin.keys import key_out
+from tokenstile.admin.runs import run_list
 from tokenstile.admin.settings import limit_view
 from tokenstile.admin.usage import row_out
 from tokenstile.alerts.engine import unit_value
@@ -30,6 +31,7 @@ from tokenstile.limits.status import BudgetStatus, budget_status
 from tokenstile.limits.windows import Window, window_start
 from tokenstile.stores.counters import StoreUnavailable
 from tokenstile.stores.database import LabelUsage, UsageQuery
+from tokenstile.stores.shards import status_tenants
 from tokenstile.types import LedgerRow, nano_to_usd
 
 TOTALS = ("requests", "input_tokens", "cached_input_tokens", "output_tokens",
@@ -51,10 +53,12 @@ HOURLY_POINTS = 48
 
 @dataclass(frozen=True, slots=True)
 class Scope:
-    """Whose numbers to show: everything (both None), an organization, or a project."""
+    """Whose numbers to show: everything (both None), an organization, or a project. A
+    project key's scope also names the key (``key_id``), whose runs alone it may see."""
 
     organization: str | None = None
     project: str | None = None
+    key_id: str | None = None
 
     def filters(self) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -162,7 +166,8 @@ async def budget_rows(ctx: Context, seen_projects: Iterable[str] = ()) -> list[d
         known["feature"] = sorted(rt.config.features)
     overridden = frozenset(o.target for o in rt.overrides.items if o.kind == "limit")
     file_amounts = {limit.name: limit.amount for limit in rt.admission.base_limits}
-    rows = await budget_status(rt.admission.limits, rt.counters, ctx.now, known, overridden)
+    rows = await budget_status(rt.admission.limits, rt.counters, ctx.now, known, overridden,
+                               status_tenants(rt.config, rt.admission.shard_by))
     if scope.project is not None:
         rows = [r for r in rows if r.scope == "project" and r.scope_id == scope.project]
     return [budget_out(r, file_amounts.get(r.name)) for r in rows]
@@ -656,7 +661,15 @@ async def budgets(ctx: Context) -> dict[str, Any]:
          "author": o.author} for o in rt.overrides.items]
     return {"scope": ctx.scope.as_dict(), "budgets": rows, "limits": views,
             "switches": switches, "overrides": overrides,
-            "counters_available": rows is not None}
+            "counters_available": rows is not None, "runs": await runs(ctx)}
+
+
+async def runs(ctx: Context, limit: int = 50) -> list[dict[str, Any]]:
+    """The latest agent runs of the last week in scope (a project key's own only)."""
+    filters = ctx.scope.filters()
+    if ctx.scope.key_id is not None:
+        filters["key_id"] = ctx.scope.key_id
+    return await run_list(ctx.rt, ctx.now - 7 * 86400, filters, limit)
 
 
 async def keys(ctx: Context, state: str = "all") -> dict[str, Any]:

@@ -34,7 +34,10 @@ def key_out(record: KeyRecord, now: float) -> dict[str, Any]:
 
 
 def _limits(limits: dict[str, KeyLimit]) -> dict[str, Any]:
-    return {name: limit.model_dump() for name, limit in limits.items()}
+    # rollover and prorate are stored only when asked for: keys made before them read alike
+    return {name: limit.model_dump(exclude={
+        *(() if limit.rollover is not None else ("rollover",)),
+        *(() if limit.prorate else ("prorate",))}) for name, limit in limits.items()}
 
 
 async def _record(call: Call) -> KeyRecord:

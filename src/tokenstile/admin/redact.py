@@ -6,33 +6,13 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import urlsplit
 
 from tokenstile.config import Config
+from tokenstile.stores.urls import REDACTED, redact_url
+from tokenstile.stores.urls import SECRET_NAME as _SECRET_NAME
 
-REDACTED = "[redacted]"
-_SECRET_NAME = re.compile(r"(^|_)(api_?key|key|secret|password|passwd|token|authorization|"
-                          r"credentials?|dsn)$", re.IGNORECASE)
 _URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
-
-
-def redact_url(value: str) -> str:
-    """``redis://user:pw@host/0?password=x`` → ``redis://user:[redacted]@host/0?password=…``
-    with the password and secret-named query values replaced; the rest is left as written."""
-    try:
-        parts = urlsplit(value)
-    except ValueError:
-        return REDACTED
-    out = value
-    if "@" in parts.netloc:
-        userinfo = parts.netloc.rsplit("@", 1)[0]
-        user, sep, _ = userinfo.partition(":")
-        out = out.replace(userinfo + "@", (f"{user}:{REDACTED}" if sep else REDACTED) + "@", 1)
-    if parts.query:
-        pairs = [(k, REDACTED if _SECRET_NAME.search(k) else v)
-                 for k, v in parse_qsl(parts.query, keep_blank_values=True)]
-        out = out.replace("?" + parts.query, "?" + urlencode(pairs, safe="[]"), 1)
-    return out
 
 
 def redact_webhook(value: str) -> str:

@@ -6,7 +6,7 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tokenstile.stores.database import BUCKETS, GROUPABLE
 
@@ -35,6 +35,10 @@ def timestamp(value: datetime | float | None) -> float | None:
 # -- keys ------------------------------------------------------------------------------------
 
 
+class KeyRollover(_Model):
+    max_percent: float = Field(gt=0, le=100)
+
+
 class KeyLimit(_Model):
     """A limit of the key's own, in its unit (USD for ``usd``), counted for this key alone."""
 
@@ -43,6 +47,11 @@ class KeyLimit(_Model):
     unit: Literal["tokens", "input_tokens", "output_tokens", "requests", "usd"] = "tokens"
     amount: float = Field(ge=0, le=1e15)
     shadow: bool = False
+    rollover: KeyRollover | None = Field(
+        None, description="Carry the previous window's unused amount, up to max_percent "
+                          "of the amount (calendar windows).")
+    prorate: bool = Field(False, description="The window the key is first used in allows "
+                                             "the share of it left (calendar windows).")
 
     @field_validator("window")
     @classmethod
@@ -51,6 +60,13 @@ class KeyLimit(_Model):
             raise ValueError("expected minute, hour, day, week, month or "
                              "rolling:<n><s|m|h|d> (e.g. rolling:24h)")
         return value
+
+    @model_validator(mode="after")
+    def _calendar_only(self) -> KeyLimit:
+        if (self.rollover is not None or self.prorate) and self.window.startswith("rolling"):
+            raise ValueError("rollover and prorate need a calendar window (minute, hour, "
+                             "day, week or month)")
+        return self
 
 
 KeyLimits = dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")], KeyLimit]
@@ -171,6 +187,16 @@ class UsageParams(_Model):
     outcome: Name | None = None
     format: Literal["json", "csv"] = "json"
     limit: int = Field(1000, ge=1, le=100_000)
+
+
+class RunsParams(_Model):
+    since: datetime | None = Field(None, description="Runs with a call since (ISO 8601 or "
+                                                     "Unix seconds); default 7 days ago.")
+    organization: Name | None = None
+    project: Name | None = None
+    key_id: Name | None = None
+    run_id: Name | None = None
+    limit: int = Field(100, ge=1, le=10_000)
 
 
 class FlaggedParams(_Model):

@@ -29,6 +29,7 @@ from tokenstile.policies.flagged import flagged as listing
 from tokenstile.prices import upstream_provider
 from tokenstile.stores.counters import StoreUnavailable
 from tokenstile.stores.database import UsageQuery
+from tokenstile.stores.shards import status_tenants
 from tokenstile.types import LedgerRow, nano_to_usd
 
 DEFAULT_RANGE_S = 30 * 86400
@@ -158,7 +159,7 @@ async def budgets(call: Call) -> dict[str, Any]:
     file_amounts = {limit.name: limit.amount for limit in rt.admission.base_limits}
     try:
         rows = await budget_status(rt.admission.limits, rt.counters, rt.clock.now(), known,
-                                   overridden)
+                                   overridden, status_tenants(rt.config, rt.admission.shard_by))
     except StoreUnavailable as exc:
         raise ApiError(503, f"the counter store is unreachable ({exc})",
                        code="store_unavailable") from None

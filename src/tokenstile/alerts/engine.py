@@ -107,6 +107,8 @@ class AlertEngine:
         self._inflight: set[str] = set()
         self._done: OrderedDict[str, None] = OrderedDict()
         self._runner: asyncio.Task[None] | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._retired: list[Channel] = []
         self._closing = False
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -131,10 +133,37 @@ class AlertEngine:
                 task.cancel()
             await asyncio.gather(self._runner, *self._tasks, return_exceptions=True)
             self._runner = None
-        for channel in self.channels.values():
+        await asyncio.gather(*self._retiring, return_exceptions=True)
+        for channel in [*self._retired, *self.channels.values()]:
             with contextlib.suppress(Exception):
                 await channel.close()
         await self.history.close()
+
+    def reconfigure(self, channels: Mapping[str, Channel],
+                    default_channels: Sequence[str] | None = None) -> None:
+        """Deliver through ``channels`` from now on (a reloaded config). Deliveries under
+        way take the new channel of their name at their next attempt; the old channels are
+        closed once those deliveries are over."""
+        old = list(self.channels.values())
+        self.channels = dict(channels)
+        self.default_channels = tuple(self.channels if default_channels is None
+                                      else default_channels)
+        under_way = list(self._tasks)
+
+        async def retire() -> None:
+            await asyncio.gather(*under_way, return_exceptions=True)
+            for channel in old:
+                with contextlib.suppress(Exception):
+                    await channel.close()
+
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not started: nothing is under way
+            self._retired.extend(old)
+            return
+        task = loop.create_task(retire(), name="tokenstile-old-channels")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     async def _drained(self) -> None:
         while self._pending or self._tasks:
@@ -251,13 +280,13 @@ class AlertEngine:
         return delay / 2 + self._rng.uniform(0, delay / 2)
 
     async def _deliver(self, alert: Alert, name: str) -> Delivery:
-        channel = self.channels.get(name)
-        if channel is None:
-            return Delivery(name, False, 0, self.clock.now(),
-                            f"no alert channel named {name!r} is configured")
         error = ""
         attempt = 0
         for attempt in range(1, self.max_attempts + 1):
+            channel = self.channels.get(name)  # each attempt: a reload may replace it
+            if channel is None:
+                return Delivery(name, False, attempt - 1, self.clock.now(),
+                                error or f"no alert channel named {name!r} is configured")
             try:
                 await channel.send(alert)
                 return Delivery(name, True, attempt, self.clock.now())
@@ -363,17 +392,34 @@ class PeriodicRules:
         self.limits = list(limits)
         self.settings = settings or RuleSettings()
         self.clock = clock
+        self.interval_s = 60.0
         self._zone = ZoneInfo(self.settings.tz)
         self._last_projection: float | None = None
         self._summarized: str | None = None
+        self._changed = asyncio.Event()
 
-    async def run(self, interval_s: float = 60.0) -> None:
+    def reconfigure(self, limits: Sequence[Limit], settings: RuleSettings,
+                    interval_s: float | None = None) -> None:
+        """Watch new limits and settings (a reloaded config); a new interval starts now."""
+        self.limits = list(limits)
+        self.settings = settings
+        self._zone = ZoneInfo(settings.tz)
+        if interval_s is not None and interval_s != self.interval_s:
+            self.interval_s = interval_s
+            self._changed.set()
+
+    async def run(self, interval_s: float | None = None) -> None:
+        if interval_s is not None:
+            self.interval_s = interval_s
         while True:
             try:
                 await self.evaluate()
             except Exception:
-                log.exception("periodic alert rules failed; trying again in %.0fs", interval_s)
-            await asyncio.sleep(interval_s)
+                log.exception("periodic alert rules failed; trying again in %.0fs",
+                              self.interval_s)
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), self.interval_s)
 
     async def evaluate(self) -> list[Alert]:
         now = self.clock.now()

@@ -144,8 +144,9 @@ def budget_threshold_alerts(
 def limit_threshold_alerts(limit: Limit, scope_id: str, before: float, after: float,
                            now: float) -> list[Alert]:
     """``budget_threshold_alerts`` for a compiled ``Limit`` at ``now``: its amount in force
-    (schedules apply), its window label and its thresholds."""
-    if not limit.window.counted or after <= before:
+    (schedules apply), its window label and its thresholds. Run budgets do not alert: an
+    agent run stopped at its budget is the budget working, once per run."""
+    if not limit.window.counted or limit.window.kind == "run" or after <= before:
         return []
     amount = limit.amount_at(now)
     fractions = [t.fraction for t in limit.thresholds] or DEFAULT_FRACTIONS

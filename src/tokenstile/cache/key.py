@@ -84,6 +84,8 @@ def uncacheable_reason(req: CanonicalRequest) -> str | None:
     body = req.body
     if req.api == "count_tokens":
         return "token counting is free"
+    if req.wire == "bedrock":
+        return "answers on Bedrock routes are not cached"
     if req.media is not None or req.files is not None or req.api == "batches":
         return "images, audio, moderations, files and batches are not cached"
     if req.wire == "anthropic":

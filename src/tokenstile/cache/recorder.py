@@ -10,35 +10,27 @@ the answer, not with the event framing. A stream longer than ``max_bytes`` is gi
 from __future__ import annotations
 
 from tokenstile.cache.assemble import StreamAssembler, assembler_for
-from tokenstile.providers.base import StreamObserver
-from tokenstile.types import ApiKind, Usage, WireFormat
+from tokenstile.providers.base import ObserverWrapper, StreamObserver
+from tokenstile.types import ApiKind, WireFormat
 
 DEFAULT_MAX_STREAM_BYTES = 32 * 1024 * 1024
 
 
-class StreamRecorder:
+class StreamRecorder(ObserverWrapper):
     """A ``StreamObserver`` that delegates to ``inner`` and assembles what passed by.
 
     ``api`` / ``wire`` are those of the upstream's stream (for a bridged request, the
     upstream's format, not the client's: translate ``body()`` with the bridge).
     """
 
-    __slots__ = ("_assembler", "_inner", "_max", "_seen")
+    __slots__ = ("_assembler", "_max", "_seen")
 
     def __init__(self, inner: StreamObserver, api: ApiKind, wire: WireFormat,
                  max_bytes: int = DEFAULT_MAX_STREAM_BYTES) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._assembler: StreamAssembler | None = assembler_for(api, wire)
         self._max = max_bytes
         self._seen = 0
-
-    @property
-    def usage(self) -> Usage | None:
-        return self._inner.usage
-
-    @usage.setter
-    def usage(self, value: Usage | None) -> None:
-        self._inner.usage = value
 
     def on_event(self, event: bytes) -> bytes | None:
         if self._assembler is not None:
@@ -49,17 +41,6 @@ class StreamRecorder:
                 self._assembler.feed(event)
         return self._inner.on_event(event)
 
-    def output_text(self) -> str:
-        return self._inner.output_text()
-
-    def reasoning_text(self) -> str:
-        return self._inner.reasoning_text()
-
-    def answering(self) -> bool:
-        return self._inner.answering()
-
-    def usage_is_final(self) -> bool:
-        return self._inner.usage_is_final()
 
     def body(self) -> bytes | None:
         """The non-streamed body of the stream, or None (incomplete, failed, too long)."""

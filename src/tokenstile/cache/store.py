@@ -152,6 +152,29 @@ class GuardedCache:
         self._succeeded()
         self.stats.puts += 1
 
+    async def lock(self, key: str, token: str, ttl_s: float) -> bool:
+        """Take the single-flight lock on ``key``; a backend that cannot answer lets the
+        caller go ahead (true), as if there were nothing to wait for."""
+        if self._skip():
+            return True
+        try:
+            taken = await self.backend.lock(key, token, ttl_s)
+        except Exception as exc:
+            self._failed("lock", exc)
+            return True
+        self._succeeded()
+        return taken
+
+    async def unlock(self, key: str, token: str) -> None:
+        if self._skip():
+            return
+        try:
+            await self.backend.unlock(key, token)
+        except Exception as exc:
+            self._failed("unlock", exc)
+            return
+        self._succeeded()
+
     async def close(self) -> None:
         try:
             await self.backend.close()

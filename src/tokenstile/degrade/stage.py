@@ -15,6 +15,7 @@ ledger) with its details in headers.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -28,10 +29,13 @@ from tokenstile.errors import GatewayError
 from tokenstile.limits.admission import Admission
 from tokenstile.limits.model import Limit, Threshold
 from tokenstile.providers.anthropic import output_format
+from tokenstile.stores.counters import StoreUnavailable
 from tokenstile.types import Ticket
 
 if TYPE_CHECKING:
     from tokenstile.types import RequestContext
+
+log = logging.getLogger("tokenstile.degrade")
 
 Summarizer = Callable[["RequestContext", list[Message]], Awaitable[str]]
 
@@ -58,7 +62,8 @@ class Degrader:
     def __init__(self, config: Config, admission: Admission, clock: Clock) -> None:
         self.admission = admission
         self.clock = clock
-        self.pacer = Pacer(clock, config.degradation.throttle_max_wait_s,
+        self._pace_failing = False
+        self.pacer = Pacer(clock, admission.counters, config.degradation.throttle_max_wait_s,
                            config.degradation.throttle_queue)
         self.reconfigure(config)
 
@@ -125,12 +130,18 @@ class Degrader:
     def downgrade(self, ctx: RequestContext) -> None:
         """Switch to the cheaper model when a scope is past a ``downgrade`` threshold."""
         req, caller = ctx.req, ctx.caller
+        free: bool | None = None  # priced only if a USD threshold is past
         for item in self.admission.applicable(caller, req):
             for threshold in item.limit.thresholds:
                 if threshold.action != "downgrade":
                     continue
                 if self.admission.last_utilization(item) < threshold.fraction:
                     continue
+                if item.limit.unit == "usd":
+                    if free is None:
+                        free = self.admission.priced_at_zero(ctx)
+                    if free:  # a free model is not switched to a paid one to save money
+                        continue
                 target = self.cheaper(req.model, threshold)
                 if target is not None:
                     self.switch_model(ctx, target, f"{item.limit.name}>={threshold.fraction}")
@@ -147,28 +158,36 @@ class Degrader:
             ctx.degraded.append("downgraded")
 
     async def throttle(self, ctx: RequestContext) -> None:
-        """Wait for a paced slot when a scope is past a ``throttle`` threshold."""
+        """Wait for a paced slot when a scope is past a ``throttle`` threshold. Every
+        request on a limit with such a threshold is counted on its lane (one counter-store
+        call), so the normal rate is known when throttling engages; the slots are shared by
+        every process on the store. If the store cannot pace, the request goes unpaced."""
         ticket = ctx.ticket
-        if not isinstance(ticket, Ticket):
+        if not isinstance(ticket, Ticket) or not ticket.metered:
             return
         waited = 0.0
         for item in ticket.applied:
             thresholds = _throttle_thresholds(item.limit)
             if not thresholds or item.charge_index < 0 or item.hard <= 0:
                 continue
-            key = f"{item.limit.name}:{item.scope_id}"
-            self.pacer.observe(key)
+            if item.limit.unit == "usd" and item.amount == 0:
+                continue  # a call priced at zero spends nothing: not paced by a USD budget
+            lane = f"{item.limit.name}:{item.scope_id}"
             share = (item.used + item.amount) / item.hard
             engaged = [t for t in thresholds if share >= t.fraction]
-            if not engaged:
-                self.pacer.release(key)
-                continue
-            reduction = min(t.reduction or 0.5 for t in engaged)
+            reduction = min(t.reduction or 0.5 for t in engaged) if engaged else None
             try:
-                waited += await self.pacer.wait(key, reduction)
+                waited += await self.pacer.pace(lane, reduction)
+                self._pace_failing = False
+            except StoreUnavailable as exc:
+                if not self._pace_failing:  # once per outage
+                    log.warning("throttled scopes go unpaced while the counter store is "
+                                "unreachable: %s", exc)
+                self._pace_failing = True
             except ThrottleRejected as rejected:
                 await self.admission.release(ctx.ticket)
                 ctx.block_reason = f"throttled:{item.limit.name}"
+                assert reduction is not None
                 raise GatewayError(
                     429, f"{item.limit.name} is past {engaged[0].fraction:.0%} of its budget "
                          f"and requests are paced to {reduction:.0%} of their rate; the wait "

@@ -1,25 +1,25 @@
 """Throttling: past a budget's ``throttle`` threshold, a scope's requests are paced to a
 fraction of their normal rate instead of being refused.
 
-"Normal" is the scope's own request rate over the last minute, frozen when throttling
-engages (so pacing does not tighten itself as it slows traffic down); with ``reduction:
-0.5`` requests are spaced to half that rate. Each request waits for its slot in a bounded
-queue; one whose wait would exceed ``max_wait_s`` (or that finds the queue full) is refused
-with 429 at once, without taking a slot. Pacing is per gateway process: with N processes,
-each paces its own share.
+"Normal" is the scope's own request rate over the last minute, across every gateway
+process that shares the counter store, frozen when throttling engages (so pacing does not
+tighten itself as it slows traffic down); with ``reduction: 0.5`` requests are spaced to
+half that rate. The slots are given out by the counter store (``CounterStore.pace``, one
+atomic call: Lua in Redis, a transaction in SQLite), so N gateways pace one queue together
+rather than N queues side by side. Each request waits for its slot here, in its own
+process; one whose wait would exceed ``max_wait_s`` is refused with 429 at once, without
+taking a slot, and so is one that finds this process's queue for its scope full
+(``max_queue`` waiting).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 
 from tokenstile.clock import Clock
-
-OBSERVATION_S = 60.0
-MIN_RATE_PER_S = 1.0 / 60.0
+from tokenstile.stores.counters import CounterStore
+from tokenstile.stores.pacing import lane_ttl_s, waiting_slots
 
 
 class ThrottleRejected(Exception):
@@ -28,67 +28,58 @@ class ThrottleRejected(Exception):
         self.wait_s = wait_s
 
 
-@dataclass(slots=True)
-class _Lane:
-    arrivals: deque[float] = field(default_factory=deque)
-    base_rate: float | None = None
-    next_slot: float = 0.0
-    waiting: int = 0
-
-
 class Pacer:
-    def __init__(self, clock: Clock, max_wait_s: float, max_queue: int,
+    def __init__(self, clock: Clock, store: CounterStore, max_wait_s: float, max_queue: int,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.clock = clock
+        self.store = store
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
         self._sleep = sleep
-        self._lanes: dict[str, _Lane] = {}
+        self._waiting: dict[str, int] = {}
+        # lane -> (next free slot, interval) as this process last saw it
+        self._seen: dict[str, tuple[float, float]] = {}
 
     @property
     def depth(self) -> int:
-        """Requests waiting in every lane (the queue-depth metric)."""
-        return sum(lane.waiting for lane in self._lanes.values())
+        """Requests waiting in this process (the per-process queue-depth metric)."""
+        return sum(self._waiting.values())
 
-    def observe(self, key: str) -> None:
-        """Count an arrival, throttled or not, so the normal rate is known when needed."""
-        lane = self._lanes.setdefault(key, _Lane())
-        now = self.clock.monotonic()
-        lane.arrivals.append(now)
-        while lane.arrivals and lane.arrivals[0] < now - OBSERVATION_S:
-            lane.arrivals.popleft()
+    def total_depth(self) -> int:
+        """Requests waiting in every process sharing the store, as of the last slot this
+        process saw given out on each lane (the slots given out and not yet due)."""
+        now = self.clock.now()
+        total = 0
+        for lane, (next_slot, interval) in list(self._seen.items()):
+            if next_slot <= now:
+                del self._seen[lane]
+                continue
+            total += waiting_slots(next_slot, interval, now)
+        return max(total, self.depth)
 
-    def release(self, key: str) -> None:
-        """The scope is back under its threshold (e.g. a new window): forget the pace."""
-        lane = self._lanes.get(key)
-        if lane is not None:
-            lane.base_rate = None
-            lane.next_slot = 0.0
-
-    def _rate(self, lane: _Lane, reduction: float) -> float:
-        if lane.base_rate is None:
-            now = self.clock.monotonic()
-            span = max(1.0, min(OBSERVATION_S, now - lane.arrivals[0])) if lane.arrivals \
-                else OBSERVATION_S
-            lane.base_rate = max(MIN_RATE_PER_S, len(lane.arrivals) / span)
-        return max(MIN_RATE_PER_S, lane.base_rate * reduction)
-
-    async def wait(self, key: str, reduction: float) -> float:
-        """Wait for this request's slot; return the seconds waited, or raise
-        ThrottleRejected when the wait would be longer than allowed."""
-        lane = self._lanes.setdefault(key, _Lane())
-        interval = 1.0 / self._rate(lane, reduction)
-        now = self.clock.monotonic()
-        slot = max(now, lane.next_slot)
-        wait = slot - now
-        if wait > self.max_wait_s or lane.waiting >= self.max_queue:
-            raise ThrottleRejected(wait)
-        lane.next_slot = slot + interval
-        if wait <= 0:
+    async def pace(self, lane: str, reduction: float | None) -> float:
+        """Count an arrival on ``lane`` and, when throttled (``reduction`` set), wait for its
+        slot; return the seconds waited, or raise ThrottleRejected when the wait would be
+        longer than allowed. May raise StoreUnavailable."""
+        full = reduction is not None and self._waiting.get(lane, 0) >= self.max_queue
+        outcome = await self.store.pace(lane, self.clock.now(), reduction,
+                                        -1.0 if full else self.max_wait_s,
+                                        lane_ttl_s(self.max_wait_s))
+        if outcome.interval_s <= 0:
+            self._seen.pop(lane, None)
+        else:
+            self._seen[lane] = (outcome.next_slot, outcome.interval_s)
+        if not outcome.admitted:
+            raise ThrottleRejected(outcome.wait_s)
+        if outcome.wait_s <= 0:
             return 0.0
-        lane.waiting += 1
+        self._waiting[lane] = self._waiting.get(lane, 0) + 1
         try:
-            await self._sleep(wait)
+            await self._sleep(outcome.wait_s)
         finally:
-            lane.waiting -= 1
-        return wait
+            left = self._waiting[lane] - 1
+            if left:
+                self._waiting[lane] = left
+            else:
+                del self._waiting[lane]
+        return outcome.wait_s

@@ -9,7 +9,8 @@ from typing import Any
 
 import orjson
 
-from tokenstile.errors import GatewayError
+from tokenstile.errors import GatewayError, bedrock_stream_error_type
+from tokenstile.providers import eventstream
 from tokenstile.types import WireFormat
 
 Scope = MutableMapping[str, Any]
@@ -169,7 +170,10 @@ async def send_json(send: ResponseTracker, status: int, body: bytes, headers: di
 
 
 def sse_error(wire: WireFormat, err: GatewayError) -> bytes:
-    """An error event that each provider's SDK raises when it reads it mid-stream."""
+    """An error event that each provider's SDK raises when it reads it mid-stream (for
+    Bedrock, an event stream exception frame)."""
+    if wire == "bedrock":
+        return eventstream.exception(bedrock_stream_error_type(err.status), err.message)
     if wire == "anthropic":
         return b"event: error\ndata: " + err.body("anthropic") + b"\n\n"
     return b"data: " + err.body("openai") + b"\n\n"

@@ -24,7 +24,8 @@ def build_gateway(rt: Runtime) -> Gateway:
                           rt.admission, rt.pricer, rt.clock, settler.write_row)
     return Gateway(
         server=config.server, clock=rt.clock,
-        intake=Intake(config.server, rt.auth, rt.adapters, rt.overrides, rt.batches),
+        intake=Intake(config.server, rt.auth, rt.adapters, rt.overrides, config.runs,
+                      rt.batches),
         policies=rt.policies, degrader=rt.degrader, forwarder=forwarder, caching=rt.caching,
         admission=rt.admission,
         relay=Relay(rt.policies, rt.adapters, rt.background, rt.batches, rt.clock,

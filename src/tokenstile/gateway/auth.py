@@ -3,6 +3,13 @@
 tokenstile keys (``ts-…``) are looked up by their SHA-256 hash, cached for
 ``auth.key_cache_ttl_s`` (one second by default) so a revoked key stops working everywhere
 within that time. In passthrough mode a caller's own provider key is forwarded instead.
+
+AWS SDKs sign their requests (SigV4) instead of sending a key: a caller gives its tokenstile
+key as the access key id (``aws_access_key_id="ts-…"``, any secret), and the gateway reads it
+from the signature's ``Credential=`` scope. The signature itself cannot be checked (the
+gateway keeps only the key's hash, and the secret is not the key) and is not needed: the key
+id is the whole credential, as a bearer token is. Bedrock API keys (``Authorization:
+Bearer``, boto3's ``AWS_BEARER_TOKEN_BEDROCK``) work as they do for the other SDKs.
 """
 
 from __future__ import annotations
@@ -30,6 +37,15 @@ def bearer(headers: Mapping[str, str]) -> str | None:
     return token.strip()
 
 
+def sigv4_key_id(headers: Mapping[str, str]) -> str | None:
+    """The access key id of a SigV4 ``Authorization`` header (None for any other)."""
+    value = headers.get("authorization")
+    if value is None or not value.startswith("AWS4-HMAC-SHA256"):
+        return None
+    _, found, rest = value.partition("Credential=")
+    return rest.split("/", 1)[0].strip() or None if found else None
+
+
 class Authenticator:
     def __init__(self, config: AuthConfig, db: Database, clock: Clock,
                  admin_key: str | None = None) -> None:
@@ -53,6 +69,15 @@ class Authenticator:
         """Return the caller and, in passthrough, the provider key to forward."""
         presented = bearer(headers) or headers.get("x-api-key") or None
         tokenstile_key = headers.get("x-tokenstile-key")
+        if tokenstile_key is None and presented is None:
+            signed_by = sigv4_key_id(headers)
+            if signed_by is not None and not signed_by.startswith(KEY_PREFIX):
+                raise unauthorized(
+                    "the request is signed with an AWS access key, which this gateway does "
+                    "not forward; give your tokenstile key as the access key id "
+                    "(aws_access_key_id='ts-…', any secret) or as a bearer token "
+                    "(AWS_BEARER_TOKEN_BEDROCK)")
+            tokenstile_key = signed_by
         migrating = False
         if self._config.migration_mode and not tokenstile_key:
             tokenstile_key = headers.get("x-usagepanda-api-key")

@@ -2,8 +2,10 @@
 
 A request's plan is made once, after routing and before admission: its lookup key, TTL and
 what the client allows (``x-tokenstile-cache: skip|refresh|no-store``). ``always`` rules
-answer hits before anything is reserved; ``on_block`` rules answer from the cache only when
-a hard budget would refuse the request. Answers are written after the response is sent.
+answer hits before anything is reserved, and identical misses in flight together go
+upstream once (``cache/flight.py``): the others wait and are served the answer as hits;
+``on_block`` rules answer from the cache only when a hard budget would refuse the request.
+Answers are written after the response is sent.
 
 With no ``cache:`` section, a config whose budgets name ``fallback: cache`` gets an
 in-memory ``on_block`` cache, so the fallback it asks for exists.
@@ -11,6 +13,7 @@ in-memory ``on_block`` cache, so the fallback it asks for exists.
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 from tokenstile.cache import (
@@ -21,6 +24,7 @@ from tokenstile.cache import (
     key_to_store,
     open_response_cache,
 )
+from tokenstile.cache.flight import SingleFlight
 from tokenstile.clock import Clock
 from tokenstile.config import CacheConfig, CacheRuleConfig, Config
 from tokenstile.types import CachePlan
@@ -28,6 +32,9 @@ from tokenstile.types import CachePlan
 if TYPE_CHECKING:
     from tokenstile.types import RequestContext
 
+
+# How long a cache store replaced by a reload stays open for the requests still using it.
+RETIRE_AFTER_S = 30.0
 
 
 def effective_cache_config(config: Config) -> CacheConfig | None:
@@ -44,12 +51,54 @@ def effective_cache_config(config: Config) -> CacheConfig | None:
 class CacheStage:
     def __init__(self, config: Config, clock: Clock) -> None:
         self.clock = clock
-        self.config = effective_cache_config(config)
+        self.config: CacheConfig | None = None
         self.cache: GuardedCache | None = None
-        if self.config is not None:
-            self.cache = open_response_cache(
-                self.config.store, clock=clock, max_entry_bytes=self.config.max_entry_bytes,
-                retry_after_s=self.config.retry_after_s)
+        self.flights: SingleFlight | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._retired: list[GuardedCache] = []
+        self.reconfigure(config)
+
+    def reconfigure(self, config: Config) -> None:
+        """Apply the ``cache`` section of a (reloaded) config: rules, TTLs, sharing and
+        limits at once; a new store is opened and the old one closed a little later, once
+        the requests using it are done (a request that still reaches it gets a miss)."""
+        new = effective_cache_config(config)
+        old, self.config = self.config, new
+        if new is None or old is None or new.store != old.store:
+            if self.cache is not None:
+                self._retire(self.cache)
+            self.cache = self.flights = None
+            if new is None:
+                return
+            self.cache = open_response_cache(new.store, clock=self.clock,
+                                             max_entry_bytes=new.max_entry_bytes,
+                                             retry_after_s=new.retry_after_s)
+        assert self.cache is not None
+        self.cache.max_entry_bytes = new.max_entry_bytes
+        self.cache.retry_after_s = new.retry_after_s
+        if new.single_flight_wait_s <= 0:
+            self.flights = None  # flights under way still land on their own
+        elif self.flights is None:
+            self.flights = SingleFlight(self.cache, new.single_flight_wait_s)
+        else:
+            self.flights.wait_s = new.single_flight_wait_s
+
+    def _retire(self, cache: GuardedCache) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._retired.append(cache)
+            return
+
+        async def close_later() -> None:
+            try:
+                await asyncio.sleep(RETIRE_AFTER_S)
+            finally:
+                await cache.close()
+
+        task = loop.create_task(close_later(), name="tokenstile-old-cache")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     def _rule(self, ctx: RequestContext) -> CacheRuleConfig | None:
         assert self.config is not None
@@ -85,6 +134,23 @@ class CacheStage:
             return None
         return await self.cache.get(plan.lookup)
 
+    async def read_now(self, ctx: RequestContext, plan: CachePlan) -> CachedAnswer | None:
+        """The stored answer for an ``always`` rule; on a miss, the answer of an identical
+        request already on its way upstream (single flight), or None when this request
+        goes itself (leading the flight others wait on, ``ctx.cache_flight``)."""
+        answer = await self.get(plan)
+        if answer is not None or self.flights is None or plan.lookup is None:
+            return answer
+        answer, ctx.cache_flight = await self.flights.miss(plan.lookup,
+                                                           lambda: self.get(plan))
+        return answer
+
+    async def land(self, ctx: RequestContext) -> None:
+        """The request that led a flight is done and its answer stored (if any)."""
+        flight, ctx.cache_flight = ctx.cache_flight, None
+        if flight is not None:
+            await flight.owner.land(flight)
+
     async def store(self, ctx: RequestContext, plan: CachePlan, body: bytes) -> None:
         """Keep a successful answer (in the client's format, before response policies)."""
         if self.cache is None or not plan.write or ctx.req is None or ctx.usage is None:
@@ -98,5 +164,9 @@ class CacheStage:
         await self.cache.put(key, answer, plan.ttl_s)
 
     async def close(self) -> None:
-        if self.cache is not None:
-            await self.cache.close()
+        for task in list(self._retiring):
+            task.cancel()  # closes its cache now
+        await asyncio.gather(*self._retiring, return_exceptions=True)
+        for cache in [*self._retired, *([self.cache] if self.cache is not None else [])]:
+            await cache.close()
+        self._retired.clear()

@@ -21,6 +21,7 @@ import fnmatch
 from typing import TYPE_CHECKING, Any
 
 from tokenstile.providers.answers import AnswerText
+from tokenstile.providers.base import ObserverWrapper
 from tokenstile.types import Usage
 
 if TYPE_CHECKING:
@@ -50,23 +51,15 @@ def bill_counted(ctx: RequestContext, text: AnswerText, *, at_cap: bool = False)
                       output_tokens=output, reasoning_tokens=reasoning)
 
 
-class ReasoningTimer:
+class ReasoningTimer(ObserverWrapper):
     """A ``StreamObserver`` around another that notes when visible output first came."""
 
-    __slots__ = ("_clock", "_inner", "first_visible")
+    __slots__ = ("_clock", "first_visible")
 
     def __init__(self, inner: StreamObserver, clock: Clock) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._clock = clock
         self.first_visible: float | None = None
-
-    @property
-    def usage(self) -> Usage | None:
-        return self._inner.usage
-
-    @usage.setter
-    def usage(self, value: Usage | None) -> None:
-        self._inner.usage = value
 
     def on_event(self, event: bytes) -> bytes | None:
         try:
@@ -75,17 +68,6 @@ class ReasoningTimer:
             if self.first_visible is None and self._inner.answering():
                 self.first_visible = self._clock.monotonic()
 
-    def output_text(self) -> str:
-        return self._inner.output_text()
-
-    def reasoning_text(self) -> str:
-        return self._inner.reasoning_text()
-
-    def answering(self) -> bool:
-        return self._inner.answering()
-
-    def usage_is_final(self) -> bool:
-        return self._inner.usage_is_final()
 
 
 class ReasoningPace:

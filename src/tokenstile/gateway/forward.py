@@ -127,7 +127,7 @@ class Forwarder:
             body = bridge.upstream_body(candidate) if bridge is not None \
                 else self.adapters[ctx.wire].upstream_body(candidate)
             url = upstream_url(target.config, bridge.upstream_api if bridge else ctx.api,
-                               target.model)
+                               target.model, req.stream)
             headers = upstream_headers(target.config, ctx.headers, ctx.provider_key)
             if req.files is not None:  # a form: its fields as they are now, its files
                 payload, headers["content-type"] = encode_form(body, req.files)
@@ -187,7 +187,8 @@ class Forwarder:
         if limit is None:
             return await call
         try:
-            return await asyncio.wait_for(call, limit)
+            async with asyncio.timeout(limit):  # no task of its own, unlike wait_for
+                return await call
         except TimeoutError:
             raise UpstreamTimeout(target.upstream) from None
 

@@ -21,7 +21,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from tokenstile.config import ServerConfig
-from tokenstile.errors import render_error
+from tokenstile.errors import bedrock_error_type, render_error
 from tokenstile.types import WireFormat
 
 log = logging.getLogger("tokenstile.http")
@@ -113,10 +113,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         """Answer in the shape of the route asked for, then close the connection."""
         self._disarm()
         url = bytes(getattr(self, "url", b"") or b"")
-        wire: WireFormat = "anthropic" if url.startswith(b"/v1/messages") else "openai"
+        wire: WireFormat = "anthropic" if url.startswith(b"/v1/messages") else \
+            "bedrock" if url.startswith(b"/model/") else "openai"
         body = render_error(wire, status, "tokenstile: " + message, code=code)
+        kind = f"x-amzn-errortype: {bedrock_error_type(status)}\r\n" if wire == "bedrock" \
+            else ""
         head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
-                "content-type: application/json\r\n"
+                f"content-type: application/json\r\n{kind}"
                 f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode()
         log.debug("refused a connection: %s", message)
         self.transport.write(head + body)

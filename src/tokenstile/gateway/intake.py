@@ -16,13 +16,14 @@ import orjson
 
 from tokenstile.errors import bad_request, forbidden
 from tokenstile.gateway import asgi
+from tokenstile.limits.runs import looser_than_config, read_run
 from tokenstile.providers import media
 from tokenstile.providers.media import FORM_APIS
 from tokenstile.providers.multipart import parse_form
 from tokenstile.types import Arrival, CanonicalRequest, RequestContext, WireFormat
 
 if TYPE_CHECKING:
-    from tokenstile.config import ServerConfig
+    from tokenstile.config import RunsConfig, ServerConfig
     from tokenstile.gateway.auth import Authenticator
     from tokenstile.gateway.batches import Batches
     from tokenstile.limits.overrides import Overrides
@@ -35,11 +36,12 @@ MAX_OUTPUT_CAP = 2**31 - 1
 class Intake:
     def __init__(self, server: ServerConfig, auth: Authenticator,
                  adapters: dict[WireFormat, Adapter], overrides: Overrides,
-                 batches: Batches) -> None:
+                 runs: RunsConfig, batches: Batches) -> None:
         self.server = server
         self.auth = auth
         self.adapters = adapters
         self.overrides = overrides
+        self.runs = runs
         self.batches = batches
 
     async def read(self, arrival: Arrival, receive: asgi.Receive) -> RequestContext:
@@ -56,6 +58,8 @@ class Intake:
         else:
             body = parse_json_object(raw, server.max_json_depth,
                                      arrival.headers.get("content-type"))
+            if arrival.route_fields:
+                body.update(arrival.route_fields)
             check_message_count(body, server.max_messages)
             req = await self.batches.parse_create(body, arrival.caller) \
                 if arrival.api == "batches" else adapter.parse(arrival.api, body)
@@ -70,6 +74,7 @@ class Intake:
         """Attribute the request, refuse what this caller may not ask, count its input."""
         check_output_cap(ctx.req)
         attribute(ctx)
+        attribute_run(ctx, self.runs)
         check_model_access(ctx)
         self.overrides.check(ctx)
         ctx.req.input_tokens = self.adapters[ctx.wire].count_input(ctx.req)
@@ -146,6 +151,15 @@ def attribute(ctx: RequestContext) -> None:
                 req.tags[name.strip()[:64]] = value.strip()[:256]
     trace = headers.get("x-tokenstile-trace-id") or headers.get("x-usagepanda-trace-id")
     req.trace_id = trace[:128] if trace else None
+
+
+def attribute_run(ctx: RequestContext, runs: RunsConfig) -> None:
+    """The agent run or session the request belongs to (``limits/runs.py``); a budget
+    header above the configured run budget changes nothing and is flagged."""
+    req = ctx.req
+    req.run, req.run_budget = read_run(ctx.headers, runs)
+    if req.run_budget is not None and looser_than_config(req.run_budget, runs):
+        ctx.flags.append("run_budget_header_ignored")
 
 
 def check_model_access(ctx: RequestContext) -> None:

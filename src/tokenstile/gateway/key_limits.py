@@ -38,12 +38,17 @@ def compile_key_limits(items: list[tuple[str, dict[str, Any]]], tz: str) -> list
                 if unit not in UNITS or item["window"] == "request":
                     raise ValueError(unit)
                 amount = item["amount"]
+                rollover = item.get("rollover") or {}
+                percent = float(rollover.get("max_percent", 0)) if rollover else 0.0
+                prorate = bool(item.get("prorate", False))
+                if (percent or prorate) and str(item["window"]).startswith("rolling"):
+                    raise ValueError(item["window"])
                 out.append(Limit(
                     name=f"{PREFIX}{key_id}.{name}", scope="key",
                     window=parse_window(str(item["window"]), tz), unit=unit,
                     amount=usd_to_nano(amount) if unit == "usd" else int(amount),
                     match=frozenset({key_id}), shadow=bool(item.get("shadow", False)),
-                    origin=f"key {key_id}"))
+                    origin=f"key {key_id}", rollover_percent=percent, prorate=prorate))
             except (AttributeError, KeyError, TypeError, ValueError):
                 log.warning("skipping malformed limit %r of key %s", name, key_id)
     return out

@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tokenstile.errors import GatewayError
 from tokenstile.gateway import asgi
@@ -62,11 +62,13 @@ class Gateway:
         self.summarizer = summarizer
 
     async def handle(self, api: ApiKind, wire: WireFormat, scope: asgi.Scope,
-                     receive: asgi.Receive, send: asgi.Send) -> None:
+                     receive: asgi.Receive, send: asgi.Send,
+                     route_fields: dict[str, Any] | None = None) -> None:
         """Serve one request; whatever happens, answer in the client's error shape and
-        settle what it used."""
+        settle what it used. ``route_fields``: body fields the URL carried."""
         call = Arrival(id=new_request_id(), api=api, wire=wire, ts=self.clock.now(),
-                       started=self.clock.monotonic(), headers=asgi.header_dict(scope))
+                       started=self.clock.monotonic(), headers=asgi.header_dict(scope),
+                       route_fields=route_fields)
         responded = asgi.ResponseTracker(send, self.server.write_timeout_s)
         try:
             if asgi.header_size(scope) > self.server.max_header_bytes:
@@ -82,14 +84,16 @@ class Gateway:
             call.block_reason = call.block_reason or (err.code or err.type)
             if not responded.started:
                 await asgi.send_json(responded, err.status, err.body(wire),
-                                     {**call.response_headers, **err.headers}, call.id)
+                                     {**call.response_headers, **err.headers_for(wire)},
+                                     call.id)
         except Exception:
             log.exception("request %s failed inside the gateway", call.id)
             call.status, call.outcome, call.block_reason = 500, "error", "internal_error"
             if not responded.started:
                 internal = GatewayError(500, f"internal error in the gateway (request "
                                         f"{call.id})", type="api_error", code="internal_error")
-                await asgi.send_json(responded, 500, internal.body(wire), {}, call.id)
+                await asgi.send_json(responded, 500, internal.body(wire),
+                                     internal.headers_for(wire), call.id)
         finally:
             await self.settler.finish(call)
 
@@ -107,7 +111,7 @@ class Gateway:
         target = self.forwarder.route(ctx)
         plan = ctx.cache_plan = self.caching.plan(ctx)
         if plan is not None and plan.read_now:
-            answer = await self.caching.get(plan)
+            answer = await self.caching.read_now(ctx, plan)
             if answer is not None:
                 await self.relay.cached(ctx, answer, send)
                 return

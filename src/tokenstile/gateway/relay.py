@@ -30,7 +30,9 @@ from tokenstile.errors import GatewayError, StreamBlocked
 from tokenstile.gateway import asgi
 from tokenstile.gateway.counted import ReasoningTimer, bill_counted, settle_stream
 from tokenstile.gateway.upstream import RELAYED_RESPONSE_HEADERS, UpstreamTimeout
+from tokenstile.providers import eventstream
 from tokenstile.providers.answers import AnswerText, answer_text
+from tokenstile.providers.eventstream import FrameSplitter, StreamFramingError
 from tokenstile.providers.media import usage_of_answer as media_usage
 from tokenstile.providers.media import worst_case_usage
 from tokenstile.providers.openai import ResponsesStreamObserver
@@ -71,7 +73,7 @@ class Relay:
                                          if (v := resp.headers.get(k)) is not None})
             if resp.status >= 400:
                 await self.error(ctx, resp, send, bridge)
-            elif ctx.req.stream and "text/event-stream" in resp.headers.get("content-type", ""):
+            elif ctx.req.stream and is_stream(resp.headers.get("content-type", "")):
                 await self._stream_answer(ctx, opened, receive, send)
             else:
                 await self.body(ctx, resp, send, bridge)
@@ -88,7 +90,7 @@ class Relay:
                 observer, bridge.upstream_api if bridge else ctx.api, opened.target.wire)
         try:
             await self.stream(ctx, opened.response, receive, send,
-                              self.policies.wrap_stream(ctx, observer))
+                              self.policies.wrap_stream(ctx, observer), opened.target.wire)
         finally:
             if isinstance(base, ResponsesStreamObserver) and bridge is None:
                 # A background stream that ended early keeps running upstream.
@@ -155,39 +157,47 @@ class Relay:
             payload = b""
         ctx.status, ctx.outcome = resp.status, "upstream_error"
         ctx.usage = Usage()
-        if resp.status == 401 and ctx.provider_key is None:
+        if ctx.provider_key is None and refused_credentials(resp):
             # The gateway's own provider key was refused. The upstream's message may quote
             # part of that key, and fixing it is the operator's business, not the client's.
-            log.warning("upstream %r refused the gateway's provider key (401)", ctx.upstream)
+            log.warning("upstream %r refused the gateway's provider key (%s)", ctx.upstream,
+                        resp.status)
             err = GatewayError(502, f"upstream {ctx.upstream!r} refused the gateway's own "
                                     "provider key; the gateway's operator must fix it",
                                type="api_error", code="upstream_auth_failed")
             ctx.status = err.status
-            await asgi.send_json(send, err.status, err.body(ctx.wire), headers(ctx), ctx.id)
+            ctx.response_headers.pop("x-amzn-errortype", None)
+            await asgi.send_json(send, err.status, err.body(ctx.wire),
+                                 {**headers(ctx), **err.headers_for(ctx.wire)}, ctx.id)
             return
         if not payload:
             err = GatewayError(resp.status, f"upstream {ctx.upstream!r} answered "
                                f"{resp.status} with no body", type="api_error",
                                code="upstream_error")
             payload = err.body(ctx.wire)
+            ctx.response_headers.update(err.headers_for(ctx.wire))
         elif bridge is not None:
             payload = bridge.error_body(resp.status, payload)
+            if ctx.wire != "bedrock":
+                ctx.response_headers.pop("x-amzn-errortype", None)
         content_type = "application/json" if bridge is not None else \
             resp.headers.get("content-type", "application/json")
         await asgi.send_raw(send, resp.status, payload, content_type, headers(ctx), ctx.id)
 
     async def stream(self, ctx: RequestContext, resp: aiohttp.ClientResponse,
                      receive: asgi.Receive, send: asgi.ResponseTracker,
-                     observer: StreamObserver) -> None:
-        """Relay whole SSE events as they arrive; stop (and bill) if the client leaves."""
+                     observer: StreamObserver, upstream_wire: WireFormat = "openai") -> None:
+        """Relay whole events (SSE events, or Bedrock's event stream frames) as they arrive;
+        stop (and bill) if the client leaves."""
         timed = observer = ReasoningTimer(observer, self.clock)
         ctx.status = resp.status
         await send.start(resp.status, [
-            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"content-type", stream_content_type(ctx.wire)),
             (b"cache-control", b"no-cache"),
             *asgi.encode_headers(headers(ctx), ctx.id),
         ])
-        splitter = EventSplitter()
+        splitter: EventSplitter | FrameSplitter = FrameSplitter() \
+            if upstream_wire == "bedrock" else EventSplitter()
 
         async def pump() -> None:
             async for chunk in resp.content.iter_any():
@@ -228,7 +238,7 @@ class Relay:
                 ctx.outcome, ctx.status = "blocked", error.status
                 ctx.block_reason = ctx.block_reason or error.code
                 err: GatewayError = error
-            elif isinstance(error, aiohttp.ClientError | TimeoutError):
+            elif isinstance(error, aiohttp.ClientError | TimeoutError | StreamFramingError):
                 ctx.outcome = "upstream_cut"
                 err = GatewayError(502, "the upstream stream broke off before it was complete",
                                    type="api_error", code="upstream_cut")
@@ -273,7 +283,7 @@ class Relay:
             await asgi.send_raw(send, 200, payload, "application/json", headers(ctx), ctx.id)
             return
         observer = self.policies.wrap_stream(ctx, self.adapters[ctx.wire].observer(req))
-        await send.start(200, [(b"content-type", b"text/event-stream; charset=utf-8"),
+        await send.start(200, [(b"content-type", stream_content_type(ctx.wire)),
                                (b"cache-control", b"no-cache"),
                                *asgi.encode_headers(headers(ctx), ctx.id)])
         try:
@@ -289,6 +299,29 @@ class Relay:
                 await send.body(chunk, more=True)
         ctx.usage = hit.usage  # the observer saw the stored usage; the hit is free
         await send.body(b"", more=False)
+
+
+def is_stream(content_type: str) -> bool:
+    return "text/event-stream" in content_type or eventstream.CONTENT_TYPE in content_type
+
+
+def stream_content_type(wire: WireFormat) -> bytes:
+    return eventstream.CONTENT_TYPE.encode() if wire == "bedrock" \
+        else b"text/event-stream; charset=utf-8"
+
+
+# What an upstream answers when the gateway's own credentials are refused: 401, or 403 with
+# one of AWS's authentication errors (Bedrock).
+_AWS_AUTH_ERRORS = frozenset({"UnrecognizedClientException", "InvalidSignatureException",
+                              "ExpiredTokenException", "MissingAuthenticationTokenException",
+                              "IncompleteSignatureException"})
+
+
+def refused_credentials(resp: aiohttp.ClientResponse) -> bool:
+    if resp.status == 401:
+        return True
+    kind = resp.headers.get("x-amzn-errortype", "").partition(":")[0]
+    return resp.status == 403 and kind in _AWS_AUTH_ERRORS
 
 
 def headers(ctx: RequestContext) -> dict[str, str]:

@@ -1,9 +1,11 @@
 """Hot reload: a changed config file (or SIGHUP) is validated, then applied without a restart.
 
 A config that does not validate is refused: the running one keeps serving, and the error is
-logged and reported by ``/readyz`` and ``/admin/status``. Settings that only take effect
-when the process starts (listen addresses, workers, store URLs) keep their running values
-and are reported as waiting for a restart. The file is polled (its size, mtime and inode)
+logged and reported by ``/readyz`` and ``/admin/status``. Every other setting applies at
+once (``RELOADED`` says who applies each) except those that only take effect when the
+process starts (listen addresses, workers, store URLs, the spool directory,
+``RESTART_ONLY``): they keep their running values and are reported as waiting for a
+restart. The file is polled (its size, mtime and inode)
 once a second, which also catches editors that replace the file instead of writing it.
 """
 
@@ -15,7 +17,7 @@ import logging
 import os
 import re
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,10 +27,40 @@ from tokenstile.config import Config, ConfigError, load_config
 
 log = logging.getLogger("tokenstile.reload")
 
-# Settings read once at start: a reload keeps their running values.
+# Settings read once at start: a reload keeps their running values and reports them as
+# waiting for a restart (``/readyz``, ``/admin/status``, ``tokenstile check``).
 RESTART_ONLY = {
     "server": ("host", "port", "workers", "admin_host", "admin_port"),
-    "storage": ("counters", "database"),
+    "storage": ("counters", "database", "spool_dir"),
+}
+
+# Everything else applies on a reload; this says who applies each section
+# (``Runtime.reconfigure``). A test keeps it complete: every setting of ``Config`` is here
+# or in RESTART_ONLY.
+RELOADED: dict[str, str] = {
+    "server": "the request path (body and header bounds, timeouts, output caps), admission "
+              "(time zone, leases, priorities), key limits, alert rules (time zone)",
+    "auth": "the authenticator (its key cache is emptied)",
+    "upstreams": "the router (connection pools are kept per pool size and keep-alive)",
+    "routes": "the router, and which models get a metric label",
+    "prices": "the pricer, and which models get a metric label",
+    "price_adjustments": "the pricer",
+    "runs": "admission (the default budget and lifetime of a run)",
+    "reconcile": "nothing in the gateway: `tokenstile reconcile` reads it at each run",
+    "hidden_input": "admission",
+    "hidden_reasoning": "the relay",
+    "background_responses": "background responses",
+    "organization": "admission", "projects": "admission and the kill switches",
+    "users": "admission", "features": "admission, the kill switches and degradation",
+    "limits": "admission and the alert rules", "global": "admission",
+    "alerts": "admission (the default thresholds)",
+    "alerting": "the alert engine (channels are rebuilt; deliveries under way finish) and "
+                "the periodic rules (settings, limits and interval)",
+    "policies": "the policy engine",
+    "resilience": "the forwarder and the circuit breakers",
+    "degradation": "degradation and throttling",
+    "cache": "the cache stage: rules, TTLs, sharing, bounds and single flight; a new store "
+             "is opened and the old one closed once requests using it are done",
 }
 
 _GOT = re.compile(r" \(got .*\)$")
@@ -42,6 +74,13 @@ def restart_only_changes(running: Config, new: Config) -> list[str]:
         changed.extend(f"{section}.{name}" for name in names
                        if getattr(old_part, name) != getattr(new_part, name))
     return changed
+
+
+def restart_only_differences(new: dict[str, Any], running: dict[str, Any]) -> list[str]:
+    """Dotted names of start-time settings that differ between two configs as the admin
+    API shows them (``effective_config``: secrets redacted alike on both sides)."""
+    return [f"{section}.{name}" for section, names in RESTART_ONLY.items() for name in names
+            if new.get(section, {}).get(name) != running.get(section, {}).get(name)]
 
 
 def keep_start_settings(running: Config, new: Config) -> Config:
@@ -91,8 +130,10 @@ class ConfigReloader:
     """Reloads one runtime from its config file: on change, on SIGHUP, or when asked."""
 
     def __init__(self, reconfigure: Callable[[Config], list[str]], clock: Clock,
-                 path: str | None, poll_s: float = 1.0) -> None:
+                 path: str | None, poll_s: float = 1.0,
+                 on_reloaded: Callable[[], Awaitable[object]] | None = None) -> None:
         self.reconfigure = reconfigure  # applies a config; returns what waits for a restart
+        self.on_reloaded = on_reloaded
         self.clock = clock
         self.path = Path(path) if path else None
         self.poll_s = poll_s
@@ -120,7 +161,9 @@ class ConfigReloader:
                               line)
                 return self.status
             self.apply(config)
-            return self.status
+        if self.on_reloaded is not None:
+            await self.on_reloaded()  # e.g. a routed model whose price changed: an alert
+        return self.status
 
     def apply(self, config: Config) -> None:
         pending = self.reconfigure(config)

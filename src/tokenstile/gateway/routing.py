@@ -2,12 +2,15 @@
 
 Routes in the config win (exact names first, then globs in order). Without one, ``claude*``
 models go to the Anthropic upstream (the one named ``anthropic``, else the first of kind
-``anthropic``) and every other model to the first OpenAI-compatible upstream: the zero-config
-defaults then behave like the two SDKs reading ``OPENAI_*`` and ``ANTHROPIC_*``.
+``anthropic``), Bedrock model ids (``anthropic.claude-…``, ``us.amazon.nova-…``, Bedrock
+ARNs) to the first upstream of kind ``bedrock``, and every other model to the first
+OpenAI-compatible upstream: the zero-config defaults then behave like the two SDKs reading
+``OPENAI_*`` and ``ANTHROPIC_*``.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
@@ -29,9 +32,21 @@ class Target:
 
     @classmethod
     def of(cls, upstream: str, config: UpstreamConfig, model: str) -> Target:
-        return cls(upstream, config, model,
-                   "anthropic" if config.kind == "anthropic" else "openai",
+        return cls(upstream, config, model, _WIRES.get(config.kind, "openai"),
                    upstream_provider(config.kind, config.base_url, config.provider))
+
+
+_WIRES: dict[str, WireFormat] = {"anthropic": "anthropic", "bedrock": "bedrock"}
+# Bedrock model ids: provider.model, with an optional geography for inference profiles
+# (us.anthropic.claude-…), or an ARN.
+_BEDROCK_ID = re.compile(
+    r"^(arn:aws[a-z-]*:bedrock:|(?:(?:us|eu|apac|jp|au|ca|us-gov|global)\.)?"
+    r"(?:anthropic|amazon|meta|mistral|cohere|ai21|deepseek|qwen|openai|writer|google|"
+    r"nvidia|moonshotai|minimax|zai|twelvelabs|stability|luma)\.)")
+
+
+def is_bedrock_model(model: str) -> bool:
+    return _BEDROCK_ID.match(model) is not None
 
 
 class Router:
@@ -42,6 +57,8 @@ class Router:
         self._anthropic = _default_anthropic(self._upstreams)
         self._openai = next((name for name, u in self._upstreams.items()
                              if u.kind in ("openai", "azure")), None)
+        self._bedrock = next((name for name, u in self._upstreams.items()
+                              if u.kind == "bedrock"), None)
         self._cache: dict[str, Target] = {}
 
     @property
@@ -66,6 +83,8 @@ class Router:
                              route.model or model)
         if model.startswith("claude") and self._anthropic is not None:
             return Target.of(self._anthropic, self._upstreams[self._anthropic], model)
+        if self._bedrock is not None and (self._openai is None or is_bedrock_model(model)):
+            return Target.of(self._bedrock, self._upstreams[self._bedrock], model)
         if self._openai is not None:
             return Target.of(self._openai, self._upstreams[self._openai], model)
         raise not_found(f"no upstream serves the model {model!r}; add a route for it",

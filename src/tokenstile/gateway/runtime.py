@@ -7,6 +7,7 @@ import contextlib
 import copy
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -34,8 +35,10 @@ from tokenstile.metrics import Metrics
 from tokenstile.observability import Telemetry
 from tokenstile.policies.engine import PolicyEngine
 from tokenstile.policies.moderation import UpstreamModerator
-from tokenstile.prices import Pricer, parse_price_override
+from tokenstile.price_watch import watch_prices
+from tokenstile.prices import Pricer
 from tokenstile.providers.anthropic import AnthropicAdapter
+from tokenstile.providers.bedrock import BedrockAdapter
 from tokenstile.providers.openai import OpenAIAdapter
 from tokenstile.stores.alerts import history_from_url
 from tokenstile.stores.counters import CounterStore, StoreUnavailable, counter_store_from_url
@@ -80,6 +83,7 @@ class Runtime:
     telemetry: Telemetry = field(default_factory=lambda: Telemetry(SYSTEM_CLOCK))
     background: BackgroundResponses = field(init=False, repr=False, compare=False)
     batches: Batches = field(init=False, repr=False, compare=False)
+    periodic: PeriodicRules = field(init=False, repr=False, compare=False)
     # The services of the current config, fixed for the requests that start under it.
     view: Runtime = field(init=False, repr=False, compare=False)
 
@@ -96,14 +100,13 @@ class Runtime:
               db: Database | None = None, counters: CounterStore | None = None) -> Runtime:
         ensure_offline_encodings()
         db = db or database_from_url(config.storage.database)
-        counters = counters or counter_store_from_url(config.storage.counters)
+        counters = counters or counter_store_from_url(config.storage.counters, clock=clock)
         pricer = pricer_for(config)
         router = Router(config)
-        exact_routes = {r.match for r in config.routes}
-        metrics = Metrics(lambda model: model in exact_routes or pricer.known(model)
-                          or priced_apart(pricer, model))
+        metrics = Metrics(model_labels_for(config, pricer))
         adapters: dict[WireFormat, Adapter] = {"openai": OpenAIAdapter(),
-                                               "anthropic": AnthropicAdapter()}
+                                               "anthropic": AnthropicAdapter(),
+                                               "bedrock": BedrockAdapter()}
         alerts = alert_engine_for(config, clock)
 
         def alert_blocked(limit: Limit, scope_id: str, used: int, needed: int) -> None:
@@ -119,7 +122,8 @@ class Runtime:
             auth=Authenticator(config.auth, db, clock, admin_key_for(config)),
             router=router, upstream=upstream,
             ledger=LedgerWriter(db, spool=LedgerSpool.for_database(db.url,
-                                                                   config.storage.spool_dir)),
+                                                                   config.storage.spool_dir),
+                                clock=clock),
             pricer=pricer, metrics=metrics,
             policies=PolicyEngine(config, UpstreamModerator(router, upstream), overrides),
             admission=admission, overrides=overrides, adapters=adapters,
@@ -133,6 +137,9 @@ class Runtime:
                                                  metrics, upstream, admission)
         runtime.batches = Batches(config, pricer, adapters["openai"], runtime.background,
                                   upstream)
+        runtime.periodic = PeriodicRules(db, alerts, admission.limits, rule_settings(config),
+                                         clock)
+        runtime.periodic.interval_s = config.alerting.interval_s
         runtime._pin()
         return runtime
 
@@ -144,17 +151,17 @@ class Runtime:
         self.ledger.start()
         await self.overrides.refresh()
         await self.alerts.start()
-        self._tasks.append(asyncio.create_task(
-            PeriodicRules(self.db, self.alerts, self.admission.limits,
-                          rule_settings(self.config), self.clock)
-            .run(self.config.alerting.interval_s), name="tokenstile-alert-rules"))
+        self.periodic.limits = list(self.admission.limits)
+        self._tasks.append(asyncio.create_task(self.periodic.run(),
+                                               name="tokenstile-alert-rules"))
         self._tasks.append(asyncio.create_task(self.overrides.run(), name="tokenstile-overrides"))
         self.key_limits = KeyLimits(self.db)
         self.key_limits.listeners.append(self._apply_key_limits)
         await self.key_limits.refresh()
         self._tasks.append(asyncio.create_task(self.key_limits.run(),
                                                name="tokenstile-key-limits"))
-        self.reloader = ConfigReloader(self.reconfigure, self.clock, self.config_path)
+        self.reloader = ConfigReloader(self.reconfigure, self.clock, self.config_path,
+                                       on_reloaded=lambda: watch_prices(self))
         if self.config_path:
             self.reloader.install_signal_handler()
             self._tasks.append(asyncio.create_task(self.reloader.watch(),
@@ -208,8 +215,13 @@ class Runtime:
         self.overrides.reconfigure(config)
         self.breakers.config = config.resilience.circuit_breaker
         self.degrader.reconfigure(config)
+        self.caching.reconfigure(config)
+        self.metrics.set_model_known(model_labels_for(config, pricer))
+        self.alerts.reconfigure(*alert_channels_for(config))
         self.config, self.pricer = config, pricer
         self._apply_key_limits()
+        self.periodic.reconfigure(self.admission.limits, rule_settings(config),
+                                  config.alerting.interval_s)
         self.router = Router(config)
         self.policies = PolicyEngine(config, UpstreamModerator(self.router, self.upstream),
                                      self.overrides)
@@ -232,6 +244,7 @@ class Runtime:
         if extra or len(base) != len(self.admission.base_limits):
             self.admission.base_limits = [*base, *extra]
             self.admission.apply_overrides(self.overrides.items)
+            self.periodic.limits = list(self.admission.limits)
 
     def config_status(self) -> dict[str, object]:
         """The config's source, generation and last reload error (for /readyz)."""
@@ -240,8 +253,9 @@ class Runtime:
         return self.reloader.status.as_dict()
 
 
-def alert_engine_for(config: Config, clock: Clock) -> AlertEngine:
-    """Channels from ``alerting.channels``; names used but not defined go to the log."""
+def alert_channels_for(config: Config) -> tuple[dict[str, Channel], list[str] | None]:
+    """Channels from ``alerting.channels`` (names used but not defined go to the log) and
+    the default ones."""
     channels: dict[str, Channel] = {
         name: build_channel(name, spec.model_dump(exclude_none=True))
         for name, spec in config.alerting.channels.items()}
@@ -249,9 +263,20 @@ def alert_engine_for(config: Config, clock: Clock) -> AlertEngine:
         channels.setdefault(name, LogChannel())
     if not channels:
         channels["log"] = LogChannel()
+    return channels, config.alerting.default_channels
+
+
+def alert_engine_for(config: Config, clock: Clock) -> AlertEngine:
+    channels, default_channels = alert_channels_for(config)
     history = history_from_url(config.storage.database)
-    return AlertEngine(channels, history, clock,
-                       default_channels=config.alerting.default_channels)
+    return AlertEngine(channels, history, clock, default_channels=default_channels)
+
+
+def model_labels_for(config: Config, pricer: Pricer) -> Callable[[str], bool]:
+    """The models that get a metric label of their own: routed by name, or priced."""
+    exact_routes = {r.match for r in config.routes}
+    return lambda model: model in exact_routes or pricer.known(model) or \
+        priced_apart(pricer, model)
 
 
 def rule_settings(config: Config) -> RuleSettings:
@@ -282,6 +307,6 @@ def warm_up() -> None:
 
 
 def pricer_for(config: Config) -> Pricer:
-    overrides = {name: parse_price_override(price.model_dump(exclude_none=True))
-                 for name, price in config.prices.items()}
-    return Pricer(overrides)
+    from tokenstile.price_table import pricer_from_config
+
+    return pricer_from_config(config)

@@ -55,8 +55,11 @@ class Settler:
         if ctx is not None:
             if ctx.background_running:
                 return  # billed, reservation and all, when it ends (gateway.background)
-            price_call(self.pricer, ctx)
-            await self._cache(ctx)
+            try:
+                price_call(self.pricer, ctx)
+                await self._cache(ctx)
+            finally:
+                await self.caching.land(ctx)  # identical misses waiting read it now
         if call.caller is None:
             self.metrics.unauthenticated(call)
             self.telemetry.finished(call, None, self.upstreams)

@@ -13,6 +13,9 @@ Three kinds of upstream differ only in URLs and headers here:
   in the body); one naming a deployment is used as it is.
 - ``anthropic``: ``x-api-key`` and ``anthropic-version`` (the client's own, else
   ``ANTHROPIC_VERSION``); ``base_url`` with or without ``/v1``.
+- ``bedrock``: ``/model/{modelId}/converse[-stream]`` or ``/invoke[-with-response-stream]``,
+  the model id percent-encoded as boto3 encodes it; every attempt is signed with SigV4 by
+  botocore (``gateway.aws``), or carries a Bedrock API key as a bearer token.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+from yarl import URL
 
 from tokenstile.config import UpstreamConfig
 from tokenstile.errors import GatewayError
+from tokenstile.gateway.aws import AwsSigner
 from tokenstile.types import ApiKind
 
 _OPENAI_PATHS: dict[str, str] = {
@@ -50,13 +55,24 @@ _ANTHROPIC_PATHS: dict[str, str] = {
     "count_tokens": "/v1/messages/count_tokens",
     "models": "/v1/models",
 }
+# Bedrock's actions: (api, streamed) -> the last segment of the URL.
+BEDROCK_ACTIONS: dict[tuple[str, bool], str] = {
+    ("converse", False): "converse",
+    ("converse", True): "converse-stream",
+    ("messages", False): "invoke",
+    ("messages", True): "invoke-with-response-stream",
+}
 # Client headers worth forwarding, by upstream wire; everything else (cookies, auth,
 # hop-by-hop, the other provider's headers) stays here.
 FORWARDED_REQUEST_HEADERS = ("openai-beta", "accept")
 FORWARDED_ANTHROPIC_HEADERS = ("anthropic-version", "anthropic-beta", "accept")
+FORWARDED_BEDROCK_HEADERS = (
+    "x-amzn-bedrock-trace", "x-amzn-bedrock-guardrailidentifier",
+    "x-amzn-bedrock-guardrailversion", "x-amzn-bedrock-performanceconfig-latency",
+)
 RELAYED_RESPONSE_HEADERS = (
     "x-request-id", "request-id", "openai-processing-ms", "openai-version", "retry-after",
-    "retry-after-ms",
+    "retry-after-ms", "x-amzn-requestid", "x-amzn-errortype",
 )
 ANTHROPIC_VERSION = "2023-06-01"
 # Bodies larger than this (audio, images, batch files) are streamed to the upstream.
@@ -81,8 +97,15 @@ class UpstreamTimeout(GatewayError):
         self.sent = sent
 
 
-def upstream_url(config: UpstreamConfig, api: ApiKind | str, model: str | None = None) -> str:
-    """The URL for ``api`` on this upstream; ``model`` names the Azure deployment."""
+def upstream_url(config: UpstreamConfig, api: ApiKind | str, model: str | None = None,
+                 stream: bool = False) -> str:
+    """The URL for ``api`` on this upstream; ``model`` names the Azure deployment (and the
+    Bedrock model, whose URL also says whether it streams)."""
+    if config.kind == "bedrock":
+        # botocore's percent_encode: the safe characters are -._~ (":" and "/" of model
+        # ids and ARNs are encoded).
+        return (f"{config.base_url}/model/{quote(model or '', safe='-._~')}/"
+                f"{BEDROCK_ACTIONS[(api, stream)]}")
     if config.kind == "anthropic":
         return config.base_url.removesuffix("/v1") + _ANTHROPIC_PATHS[api]
     if config.kind != "azure":
@@ -124,6 +147,17 @@ def _azure_url(config: UpstreamConfig, api: ApiKind | str, model: str | None) ->
 def upstream_headers(config: UpstreamConfig, client_headers: Mapping[str, str],
                      provider_key: str | None) -> dict[str, str]:
     headers = {"content-type": "application/json"}
+    if config.kind == "bedrock":
+        headers["accept"] = "application/json"
+        for name in FORWARDED_BEDROCK_HEADERS:
+            value = client_headers.get(name)
+            if value is not None:
+                headers[name] = value
+        key = provider_key or config.api_key
+        if key:  # a Bedrock API key; else the request is signed (gateway.aws)
+            headers["authorization"] = f"Bearer {key}"
+        headers.update(config.headers)
+        return headers
     anthropic = config.kind == "anthropic"
     for name in FORWARDED_ANTHROPIC_HEADERS if anthropic else FORWARDED_REQUEST_HEADERS:
         value = client_headers.get(name)
@@ -146,6 +180,9 @@ def upstream_headers(config: UpstreamConfig, client_headers: Mapping[str, str],
 class UpstreamClient:
     def __init__(self) -> None:
         self._sessions: dict[tuple[float, int], aiohttp.ClientSession] = {}
+        self._timeouts: dict[tuple[float, float | None], aiohttp.ClientTimeout] = {}
+        self._urls: dict[str, URL] = {}
+        self.aws = AwsSigner()
 
     def _session(self, config: UpstreamConfig) -> aiohttp.ClientSession:
         key = (config.keepalive_s, config.max_connections)
@@ -156,22 +193,28 @@ class UpstreamClient:
                 keepalive_timeout=config.keepalive_s, ttl_dns_cache=300,
                 enable_cleanup_closed=False,
             )
+            # No cookie jar: an upstream's cookies must not follow one caller's request
+            # into another's (and a jar costs a lookup per call).
             session = aiohttp.ClientSession(connector=connector, auto_decompress=True,
-                                            skip_auto_headers=("User-Agent",))
+                                            skip_auto_headers=("User-Agent",),
+                                            cookie_jar=aiohttp.DummyCookieJar())
             self._sessions[key] = session
         return session
 
     async def post(self, name: str, config: UpstreamConfig, url: str, body: bytes,
                    headers: Mapping[str, str]) -> aiohttp.ClientResponse:
         """Send the request; return the response once its status line and headers are in."""
-        timeout = aiohttp.ClientTimeout(total=None, connect=config.connect_timeout_s,
-                                        sock_read=config.read_timeout_s)
+        timeout = self._timeout(config.connect_timeout_s, config.read_timeout_s)
         session = self._session(config)
+        target = self._url(url)
+        if config.kind == "bedrock":
+            headers = await self.aws.headers(name, config, url, body, headers)
+            target = URL(url, encoded=True)  # sent exactly as signed
         for attempt in (1, 2):
             # aiohttp writes a large bytes body in one go, holding the loop: stream it.
             data = io.BytesIO(body) if len(body) > LARGE_BODY_BYTES else body
             try:
-                return await session.post(url, data=data, headers=headers, timeout=timeout)
+                return await session.post(target, data=data, headers=headers, timeout=timeout)
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
                 if attempt == 2 or isinstance(exc, aiohttp.ClientConnectorError):
                     raise UpstreamUnreachable(name, type(exc).__name__) from None
@@ -183,6 +226,22 @@ class UpstreamClient:
             except aiohttp.ClientError as exc:
                 raise UpstreamUnreachable(name, type(exc).__name__) from None
         raise AssertionError("unreachable")
+
+    def _timeout(self, connect: float, read: float | None) -> aiohttp.ClientTimeout:
+        timeout = self._timeouts.get((connect, read))
+        if timeout is None:
+            timeout = self._timeouts[(connect, read)] = aiohttp.ClientTimeout(
+                total=None, connect=connect, sock_read=read)
+        return timeout
+
+    def _url(self, url: str) -> URL:
+        """Parsed once per distinct URL (the same few serve every request)."""
+        parsed = self._urls.get(url)
+        if parsed is None:
+            if len(self._urls) > 1024:
+                self._urls.clear()
+            parsed = self._urls[url] = URL(url)
+        return parsed
 
     async def request(self, method: str, name: str, config: UpstreamConfig, url: str,
                       headers: Mapping[str, str], body: bytes | None = None,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -27,14 +28,17 @@ from tokenstile.config import Config
 from tokenstile.errors import GatewayError
 from tokenstile.hidden_input import HiddenInput
 from tokenstile.limits import explain
+from tokenstile.limits.allowance import Allowance
 from tokenstile.limits.caps import MIN_SUPPLIED_CAP, answers, reserved_input, set_output_cap
-from tokenstile.limits.counter_keys import charge_ttl, counter_key
+from tokenstile.limits.counter_keys import allowance, charge_ttl, counter_key
 from tokenstile.limits.explain import NoRoomForRetry
 from tokenstile.limits.leases import Leases, Unsettled
 from tokenstile.limits.model import Limit, compile_limits
 from tokenstile.limits.overrides import apply_limit_overrides
+from tokenstile.limits.runs import RunBudgets
 from tokenstile.limits.store_health import StoreHealth
 from tokenstile.providers.terms import reservation_terms
+from tokenstile.stores import shards
 from tokenstile.stores.counters import Charge, CounterStore, ReserveOutcome, StoreUnavailable
 from tokenstile.stores.database import Override
 from tokenstile.types import (
@@ -51,9 +55,30 @@ from tokenstile.types import (
 
 if TYPE_CHECKING:
     from tokenstile.clock import Clock
-    from tokenstile.prices import Pricer
+    from tokenstile.prices import ModelPrice, Pricer
 
 OnBlocked = Callable[[Limit, str, int, int], None]
+
+
+def _merged(charge: Charge, limit: int | None, rule: Allowance | None, ttl: int) -> Charge:
+    """Two limits on one counter: the tighter amount, and of rollover and proration the
+    tighter combination (proration if either prorates, rollover only if both roll over,
+    at the smaller carry)."""
+    ttl = max(charge.ttl, ttl)
+    if limit is None:
+        return replace(charge, ttl=ttl)
+    if charge.limit is None:
+        return replace(charge, limit=limit, allowance=rule, ttl=ttl)
+    mine, other = charge.allowance, rule
+    combined: Allowance | None = None
+    if mine is not None or other is not None:
+        base = mine or other
+        assert base is not None
+        carry = min(mine.carry_cap, other.carry_cap) if mine and other else 0
+        combined = replace(base, prorate=bool((mine and mine.prorate) or
+                                              (other and other.prorate)),
+                           carry_cap=carry, previous=base.previous if carry else None)
+    return replace(charge, limit=min(charge.limit, limit), allowance=combined, ttl=ttl)
 
 
 def actual(unit: Unit, usage: Usage | None, cost_nano: int) -> int:
@@ -76,6 +101,7 @@ class Admission:
                  *, on_blocked: OnBlocked | None = None,
                  on_store_error: Callable[[str], None] | None = None) -> None:
         self.counters = counters
+        self.shard_by: str | None = getattr(counters, "shard_by", None)
         self.pricer = pricer
         self.clock = clock
         self.on_blocked = on_blocked
@@ -98,6 +124,7 @@ class Admission:
         self.hidden = HiddenInput(config.hidden_input, self.pricer)
         self.base_limits = compile_limits(config)
         self.limits = apply_limit_overrides(self.base_limits, self._overrides)
+        self.runs = RunBudgets(config.runs)
         self.leases.lease_s = config.server.reservation_lease_s
         self.default_cap = config.server.default_output_tokens
         self.project_priority = {name: p.priority for name, p in config.projects.items()}
@@ -112,15 +139,18 @@ class Admission:
         }
         now = self.clock.now()
         low = self.project_priority.get(caller.project or "") == "low"
+        tenant = shards.tenant_of(self.shard_by, caller)
         out = []
         for limit in self.limits:
             scope_id = limit.scope_id(caller, attrs)
             if scope_id is None:
                 continue
-            hard = limit.amount_at(now) * limit.hard_fraction
-            if low and limit.scope in ("organization", "global"):
-                hard *= limit.low_priority_fraction or self.config.server.low_priority_fraction
-            out.append(Applied(limit, scope_id, int(hard)))
+            hard = limit.hard_at(now, *(
+                (limit.low_priority_fraction or self.config.server.low_priority_fraction,)
+                if low and limit.scope in ("organization", "global") else ()))
+            out.append(Applied(limit, scope_id, hard, tenant=tenant))
+        if req.run is not None:
+            out.extend(self.runs.applied(caller, req))
         return out
 
     def _remember_utilization(self, applied: Sequence[Applied]) -> None:
@@ -136,7 +166,7 @@ class Admission:
         if item.limit.window.kind == "request":
             return 0.0
         key, _ = counter_key(item.limit, item.scope_id, self.clock.now())
-        return self.utilization.get(key, 0.0)
+        return self.utilization.get(shards.qualify(item.tenant, key), 0.0)
 
     def terms(self, ctx: RequestContext) -> PriceTerms:
         """What the request may be billed for, the served upstream's ``auto`` tier applied."""
@@ -156,7 +186,8 @@ class Admission:
                             "reserved_input_tokens": worst.tokens, "basis": worst.basis}
 
     def _worst_case(self, unit: Unit, req: CanonicalRequest, model: str, cap: int, *,
-                    provider: str | None = None, terms: PriceTerms | None = None) -> int:
+                    provider: str | None = None, terms: PriceTerms | None = None,
+                    fallback: ModelPrice | None = None) -> int:
         inp = reserved_input(req)
         if unit == "tokens":
             return inp + cap
@@ -173,12 +204,23 @@ class Admission:
         else:  # every USD limit of a request asks for the same estimate: price it once
             cost = self.pricer.estimate_nano(model, inp, cap, provider, terms=terms)
             self._last_estimate = (req, key, cost)
+        if cost is None and fallback is not None:  # the limit's ``unpriced: fallback``
+            cost = fallback.estimate_nano(inp, cap, terms=terms)
         if cost is None:
             raise GatewayError(
                 422, f"no price is known for the model {model!r}, so its cost cannot be "
                      "checked against a USD budget; add it under 'prices:' in the config",
                 code="model_unpriced", param="model")
         return cost
+
+    def priced_at_zero(self, ctx: RequestContext) -> bool:
+        """The model that serves the request costs nothing (a local model whose ``prices:``
+        are all zero): no USD budget stops it or switches it to a paid one."""
+        req = ctx.req
+        cost = self.pricer.estimate_nano(ctx.model, max(1, reserved_input(req)),
+                                         max(1, req.output_cap or 1), ctx.provider,
+                                         terms=self.terms(ctx))
+        return cost == 0
 
     def _check_per_request(self, ctx: RequestContext, applied: list[Applied]) -> None:
         """Per-request limits: output caps are clamped or supplied, the rest refuse."""
@@ -203,7 +245,7 @@ class Admission:
                                  else f"max_tokens_clamped:{limit.name}")
         needs_cap = any(a.limit.unit in ("tokens", "output_tokens", "usd") for a in applied)
         if req.output_cap is None and needs_cap and req.api in ("chat", "responses",
-                                                                "messages"):
+                                                                "messages", "converse"):
             cap = self.default_cap
             tightest: Applied | None = None
             for item in applied:
@@ -229,7 +271,7 @@ class Admission:
             if limit.window.kind != "request" or limit.unit == "output_tokens":
                 continue
             need = self._worst_case(limit.unit, req, model, cap, provider=ctx.provider,
-                                    terms=self.terms(ctx))
+                                    terms=self.terms(ctx), fallback=limit.fallback_price)
             if need > item.hard:
                 if limit.shadow:
                     ctx.flags.append(f"shadow:{limit.name}")
@@ -254,24 +296,32 @@ class Admission:
                 continue
             window = limit.window
             key, window_keys = counter_key(limit, item.scope_id, now)
+            if item.tenant is not None:
+                key = shards.qualify(item.tenant, key)
+                window_keys = tuple(shards.qualify(item.tenant, k) for k in window_keys)
             item.key = key
             item.amount = self._worst_case(limit.unit, req, model, cap, provider=ctx.provider,
-                                           terms=self.terms(ctx))
-            cap_value = None if limit.shadow else item.hard
+                                           terms=self.terms(ctx),
+                                           fallback=limit.fallback_price)
+            # A call priced at zero cannot spend a USD budget, so no USD budget refuses it,
+            # however far spent: free models stay free (tokens and requests still count).
+            free = limit.unit == "usd" and item.amount == 0
+            cap_value = None if limit.shadow or free else item.hard
+            rule = allowance(limit, item.scope_id, item.hard, now) \
+                if limit.varies and cap_value is not None else None
+            if rule is not None and item.tenant is not None:  # its marks on the tenant's shard
+                rule = replace(rule, seen=shards.qualify(item.tenant, rule.seen),
+                               previous=None if rule.previous is None
+                               else shards.qualify(item.tenant, rule.previous))
+            ttl = charge_ttl(window, now, keep_next=limit.rollover_percent > 0)
             index = by_key.get(key)
             if index is None:
                 by_key[key] = item.charge_index = len(charges)
-                charges.append(Charge(key, item.amount, cap_value, charge_ttl(window, now),
-                                      window_keys))
+                charges.append(Charge(key, item.amount, cap_value, ttl, window_keys, rule))
                 units.append(limit.unit)
             else:
                 item.charge_index = index
-                old = charges[index]
-                tighter = old.limit if cap_value is None else (
-                    cap_value if old.limit is None else min(old.limit, cap_value))
-                charges[index] = Charge(old.key, old.amount, tighter,
-                                        max(old.ttl, charge_ttl(window, now)),
-                                        old.window_keys)
+                charges[index] = _merged(charges[index], cap_value, rule, ttl)
         return charges, units
 
     async def reserve(self, ctx: RequestContext, per_request: bool = True) -> Ticket | None:
@@ -298,8 +348,7 @@ class Admission:
         outcome = await self._reserve_once(ctx, ticket)
         if outcome is None:
             return ticket
-        if not outcome.admitted and self._shrink_supplied_cap(ctx, ticket, outcome.used,
-                                                              outcome.failed):
+        if not outcome.admitted and self._shrink_supplied_cap(ctx, ticket, outcome):
             charges, units = self._charges(ctx, applied)
             ticket = Ticket(rid=ctx.id, charges=charges, units=units, applied=applied)
             outcome = await self._reserve_once(ctx, ticket)
@@ -308,9 +357,13 @@ class Admission:
         for item in applied:
             if item.charge_index >= 0:
                 item.used = outcome.used[item.charge_index]
+                charge = ticket.charges[item.charge_index]
+                if charge.allowance is not None and outcome.limits and charge.limit is not None:
+                    # rolled over or prorated in this window: shown and paced at that
+                    item.hard += (outcome.limits[item.charge_index] or 0) - charge.limit
         if not outcome.admitted:
             refusal, item = explain.exhausted(ctx, ticket, outcome.failed, self.clock.now())
-            if self.on_blocked is not None:
+            if self.on_blocked is not None and item.limit.window.kind != "run":
                 self.on_blocked(item.limit, item.scope_id, item.used, item.amount)
             raise refusal
         self.leases.live.add(ticket.rid)
@@ -319,7 +372,8 @@ class Admission:
             if item.limit.shadow and item.charge_index >= 0 and \
                     item.used + item.amount > item.hard:
                 ctx.flags.append(f"shadow:{item.limit.name}")
-        ctx.response_headers.update(explain.ratelimit_headers(ticket, self.clock.now()))
+        ctx.response_headers.update(explain.ratelimit_headers(ticket, self.clock.now(),
+                                                              wire=ctx.wire))
         return ticket
 
     async def reserve_retry(self, ctx: RequestContext, row: LedgerRow,
@@ -340,7 +394,7 @@ class Admission:
             if limit.window.kind != "request" or limit.shadow or limit.unit == "requests":
                 continue
             need = self._worst_case(limit.unit, req, model, cap, provider=ctx.provider,
-                                    terms=self.terms(ctx))
+                                    terms=self.terms(ctx), fallback=limit.fallback_price)
             if need * (paid + 1) > item.hard:
                 raise NoRoomForRetry(f"{limit.name}: {paid + 1} attempts need "
                                      f"{explain.format_amount(limit.unit, need * (paid + 1))}")
@@ -390,16 +444,17 @@ class Admission:
             ctx.flags.append("unmetered")
             return None
 
-    def _shrink_supplied_cap(self, ctx: RequestContext, ticket: Ticket, used: Sequence[int],
-                             failed: Sequence[int]) -> bool:
+    def _shrink_supplied_cap(self, ctx: RequestContext, ticket: Ticket,
+                             outcome: ReserveOutcome) -> bool:
         """A cap the gateway supplied may shrink to what the budget has left."""
         req = ctx.req
         if "max_tokens_supplied" not in ctx.flags or req.output_cap is None:
             return False
         room = req.output_cap
-        for index in failed:
+        used = outcome.used
+        for index in outcome.failed:
             unit = ticket.units[index]
-            limit = ticket.charges[index].limit
+            limit = outcome.limits[index] if outcome.limits else ticket.charges[index].limit
             if limit is None or unit not in ("tokens", "output_tokens"):
                 return False
             left = limit - used[index] - (reserved_input(req) if unit == "tokens" else 0)

@@ -20,6 +20,8 @@ def reserved_input(req: CanonicalRequest) -> int:
 def output_cap_field(req: CanonicalRequest) -> str:
     if req.api == "responses":
         return "max_output_tokens"
+    if req.api == "converse":
+        return "inferenceConfig.maxTokens"
     if req.api == "chat" and req.model.startswith(("o1", "o3", "o4", "gpt-5")):
         return "max_completion_tokens"
     return "max_tokens"
@@ -33,7 +35,25 @@ def answers(body: dict[str, Any]) -> int:
 
 def set_output_cap(req: CanonicalRequest, cap: int) -> None:
     """Write the cap (per answer) into the body that will be forwarded (the client's copy is
-    untouched); the worst case, ``req.output_cap``, counts every answer asked for."""
+    untouched); the worst case, ``req.output_cap``, counts every answer asked for. A dotted
+    field (Bedrock's ``inferenceConfig.maxTokens``) is written into its object."""
     name = req.output_cap_field or output_cap_field(req)
-    req.body = {**req.body, name: cap}
+    outer, dot, inner = name.partition(".")
+    if dot:
+        nested = req.body.get(outer)
+        req.body = {**req.body, outer: {**(nested if isinstance(nested, dict) else {}),
+                                        inner: cap}}
+    else:
+        req.body = {**req.body, name: cap}
     req.output_cap, req.output_cap_field = cap * answers(req.body), name
+
+
+def cap_value(body: dict[str, Any], field: str | None) -> Any:
+    """The value of an output cap field in a body (a dotted field inside its object)."""
+    if not field:
+        return None
+    outer, dot, inner = field.partition(".")
+    if not dot:
+        return body.get(field)
+    nested = body.get(outer)
+    return nested.get(inner) if isinstance(nested, dict) else None

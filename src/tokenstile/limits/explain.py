@@ -1,27 +1,41 @@
 """What admission tells a client: refusals that say which budget, how much, and when it
-resets, and the ``x-ratelimit-*`` headers of the tightest budgets."""
+resets, and the ``x-ratelimit-*`` headers of the tightest budgets (``anthropic-ratelimit-*``
+too on Anthropic routes)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 from tokenstile.errors import GatewayError
 from tokenstile.hidden_input import describe_sources
 from tokenstile.limits.caps import answers, reserved_input
+from tokenstile.limits.counter_keys import reset_at
 from tokenstile.limits.model import Limit
+from tokenstile.limits.runs import RUN_HEADER, run_of
 from tokenstile.limits.windows import describe_reset, window_end
-from tokenstile.types import Applied, CanonicalRequest, RequestContext, Ticket, Unit, nano_to_usd
+from tokenstile.types import (
+    Applied,
+    CanonicalRequest,
+    RequestContext,
+    Ticket,
+    Unit,
+    WireFormat,
+    nano_to_usd,
+)
 
 WINDOW_WORDS = {"minute": "per-minute", "hour": "hourly", "day": "daily", "week": "weekly",
-                "month": "monthly", "rolling": "rolling", "request": "per-request"}
+                "month": "monthly", "rolling": "rolling", "request": "per-request",
+                "run": "per-run"}
 UNIT_WORDS = {"tokens": "tokens", "input_tokens": "input tokens",
               "output_tokens": "output tokens", "requests": "requests", "usd": "USD"}
 PER_WINDOW = {"minute": "a minute", "hour": "an hour", "day": "a day", "week": "a week",
-              "month": "a month", "rolling": "in its rolling window", "request": "per request"}
+              "month": "a month", "rolling": "in its rolling window", "request": "per request",
+              "run": "per run"}
 SCOPE_WORDS = {"global": "the gateway", "organization": "organization", "project": "project",
                "team": "team", "user": "user", "tier": "tier", "key": "key",
-               "feature": "feature", "model": "model", "end_user": "end user"}
+               "feature": "feature", "model": "model", "end_user": "end user", "run": "run"}
 
 
 class NoRoomForRetry(Exception):
@@ -42,6 +56,8 @@ class BudgetExhausted(GatewayError):
 def describe_scope(scope: str, scope_id: str) -> str:
     if scope == "global":
         return "the gateway"
+    if scope == "run":  # the id the client sent, without whose run it is
+        return f"run {run_of(scope_id)!r}"
     return f"{SCOPE_WORDS.get(scope, scope)} {scope_id!r}"
 
 
@@ -129,49 +145,73 @@ def exhausted(ctx: RequestContext, ticket: Ticket, failed: Sequence[int],
     item = min((a for a in ticket.applied if a.charge_index == index), key=lambda a: a.hard)
     limit = item.limit
     ctx.block_reason = f"budget:{limit.name}"
+    run = limit.window.kind == "run"
+    if run:  # a run's budget does not come back while the run goes on
+        resets = (f"the run is over its budget: start a new run ({RUN_HEADER}) to go on; "
+                  f"this id is forgotten {reset_text(limit.window.length_s or 0)} after "
+                  "its last call")
+    else:
+        resets = f"resets at {describe_reset(limit.window, now)}"
     # "reserved": requests still in flight hold their worst case until they settle.
+    what = f" ({limit.name})" if run else ""
     message = (f"{describe_scope(limit.scope, item.scope_id)} has used or reserved "
                f"{format_amount(limit.unit, item.used)} of its "
                f"{format_amount(limit.unit, item.hard)} {WINDOW_WORDS[limit.window.kind]} "
-               f"{UNIT_WORDS[limit.unit]}; this request needs "
-               f"{format_amount(limit.unit, item.amount)} more; resets at "
-               f"{describe_reset(limit.window, now)}{hidden_note(ctx)}")
+               f"{UNIT_WORDS[limit.unit]}{what}; this request needs "
+               f"{format_amount(limit.unit, item.amount)} more; {resets}{hidden_note(ctx)}")
     retry_after = max(1, math.ceil(window_end(limit.window, now) - now))
     headers = {"retry-after": str(retry_after),
-               **ratelimit_headers(ticket, now, failed_index=index)}
-    code = "rate_limit_exceeded" if limit.window.kind in ("minute", "rolling") \
-        and limit.unit == "requests" else "budget_exceeded"
+               **ratelimit_headers(ticket, now, failed_index=index, wire=ctx.wire)}
+    if run:  # retrying cannot help: the SDKs read this and do not retry
+        headers["x-should-retry"] = "false"
+    code = "run_budget_exceeded" if run else "rate_limit_exceeded" \
+        if limit.window.kind in ("minute", "rolling") and limit.unit == "requests" \
+        else "budget_exceeded"
     return BudgetExhausted(limit, item.scope_id, message, code, headers), item
 
 
-def ratelimit_headers(ticket: Ticket, now: float,
-                      failed_index: int | None = None) -> dict[str, str]:
+def ratelimit_headers(ticket: Ticket, now: float, failed_index: int | None = None,
+                      wire: WireFormat = "openai") -> dict[str, str]:
     """``x-ratelimit-*`` for the tightest request and token limits, and the remaining
-    budget of the tightest scope."""
+    budget of the tightest scope; on Anthropic routes also Anthropic's
+    ``anthropic-ratelimit-*`` (requests, tokens, input and output tokens; resets as
+    RFC 3339 times)."""
     best: dict[str, tuple[float, Applied]] = {}
 
     def left(item: Applied) -> int:
         spent = item.used + (0 if item.charge_index == failed_index else item.amount)
         return max(0, item.hard - spent)
 
+    def consider(group: str, ratio: float, item: Applied) -> None:
+        if group not in best or ratio < best[group][0]:
+            best[group] = (ratio, item)
+
     for item in ticket.applied:
         if item.charge_index < 0 or item.limit.shadow or item.hard <= 0:
             continue
         ratio = left(item) / item.hard
         unit = item.limit.unit
-        group = "requests" if unit == "requests" else "usd" if unit == "usd" else "tokens"
-        if group not in best or ratio < best[group][0]:
-            best[group] = (ratio, item)
-        if "tightest" not in best or ratio < best["tightest"][0]:
-            best["tightest"] = (ratio, item)
+        consider("requests" if unit == "requests" else "usd" if unit == "usd" else "tokens",
+                 ratio, item)
+        if unit in ("input_tokens", "output_tokens"):
+            consider(unit, ratio, item)
+        consider("tightest", ratio, item)
     out: dict[str, str] = {}
     for group in ("requests", "tokens"):
         if group in best:
             item = best[group][1]
             out[f"x-ratelimit-limit-{group}"] = str(item.hard)
             out[f"x-ratelimit-remaining-{group}"] = str(left(item))
-            out[f"x-ratelimit-reset-{group}"] = reset_text(window_end(item.limit.window, now)
+            out[f"x-ratelimit-reset-{group}"] = reset_text(reset_at(item.limit.window, now)
                                                            - now)
+    if wire == "anthropic":
+        for group in ("requests", "tokens", "input_tokens", "output_tokens"):
+            if group in best:
+                item = best[group][1]
+                name = "anthropic-ratelimit-" + group.replace("_", "-")
+                out[f"{name}-limit"] = str(item.hard)
+                out[f"{name}-remaining"] = str(left(item))
+                out[f"{name}-reset"] = rfc3339(window_end(item.limit.window, now))
     if "tokens" in best:
         out["x-tokenstile-budget-remaining-tokens"] = str(left(best["tokens"][1]))
     if "usd" in best:
@@ -179,6 +219,13 @@ def ratelimit_headers(ticket: Ticket, now: float,
     if "tightest" in best:
         item = best["tightest"][1]
         limit = item.limit
+        scope_id = run_of(item.scope_id) if limit.scope == "run" else item.scope_id
         out["x-tokenstile-budget-scope"] = (
-            f"{limit.scope}:{item.scope_id}:{limit.window.kind}:{limit.unit}")
+            f"{limit.scope}:{scope_id}:{limit.window.kind}:{limit.unit}")
     return out
+
+
+def rfc3339(when: float) -> str:
+    """Anthropic's reset format: ``2026-01-01T00:00:00Z`` (UTC, whole seconds, rounded up
+    so the budget has reset by then)."""
+    return datetime.fromtimestamp(math.ceil(when), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -8,15 +8,19 @@ requests, or nano-dollars for ``usd``.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
+from fractions import Fraction
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from tokenstile.config import Config, LimitConfig, ScheduleConfig, ThresholdConfig
 from tokenstile.limits.windows import Window
+from tokenstile.prices import ModelPrice
 from tokenstile.types import Caller, Scope, Unit, usd_to_nano
 
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -66,12 +70,27 @@ class Limit:
     low_priority_fraction: float | None = None
     schedule: tuple[Schedule, ...] = ()
     origin: str = "limits"
+    # ``unpriced: fallback``: a model with no known price counts at this price.
+    fallback_price: ModelPrice | None = None
+    # Rollover (the share of the amount a window may carry in from the previous one's
+    # unused part; 0: none) and proration of the window it is first seen in.
+    rollover_percent: float = 0.0
+    prorate: bool = False
+
+    @property
+    def varies(self) -> bool:
+        """Its amount changes window by window (``limits/allowance.py``)."""
+        return self.rollover_percent > 0 or self.prorate
 
     @property
     def hard_fraction(self) -> float:
         """Where the limit blocks: the lowest ``block`` threshold, else the whole amount."""
         blocks = [t.fraction for t in self.thresholds if t.action == "block"]
         return min(blocks) if blocks else 1.0
+
+    def hard_at(self, now: float, *fractions: float) -> int:
+        """Where it blocks at ``now`` (times further ``fractions``), exactly."""
+        return share_of(self.amount_at(now), self.hard_fraction, *fractions)
 
     def amount_at(self, now: float) -> int:
         """The amount in force at ``now``: a matching schedule entry overrides it."""
@@ -119,6 +138,23 @@ def _amount(unit: str, value: float) -> int:
     return usd_to_nano(value) if unit == "usd" else int(value)
 
 
+def share_of(amount: int, *fractions: float) -> int:
+    """``amount`` times each fraction as written (0.95 is 19/20), rounded down, in exact
+    arithmetic: a float product is off by more than a unit past 2^53."""
+    scaled = [fraction for fraction in fractions if fraction != 1.0]
+    if not scaled:
+        return amount
+    value = Fraction(amount)
+    for fraction in scaled:
+        value *= _decimal_fraction(fraction)
+    return math.floor(value)
+
+
+@lru_cache(maxsize=256)
+def _decimal_fraction(value: float) -> Fraction:
+    return Fraction(repr(value))
+
+
 def _thresholds(items: Iterable[ThresholdConfig]) -> tuple[Threshold, ...]:
     out = []
     for item in items:
@@ -164,7 +200,17 @@ def _from_config(item: LimitConfig, index: int, tz: str, defaults: tuple[Thresho
         failure_mode=item.failure_mode or "closed", shadow=item.shadow,
         low_priority_fraction=item.low_priority_fraction,
         schedule=_schedule(item.schedule, item.unit), origin=name,
+        fallback_price=_fallback(item),
+        rollover_percent=item.rollover.max_percent if item.rollover else 0.0,
+        prorate=item.prorate,
     )
+
+
+def _fallback(item: LimitConfig) -> ModelPrice | None:
+    if item.unpriced != "fallback" or item.fallback_price is None:
+        return None
+    return ModelPrice(input=Decimal(str(item.fallback_price.input_per_mtok)),
+                      output=Decimal(str(item.fallback_price.output_per_mtok)))
 
 
 @dataclass

@@ -1,19 +1,23 @@
 """Where every budget stands now: amount, usage in the current window, reset time.
 
 Shared by ``tokenstile budgets``, the admin API and the dashboard, so all three show the
-same numbers. Limits that apply to each id of a scope separately (``match: "*"``, e.g. a
-per-user daily limit) are reported for the ids given, or the configured organization.
+same numbers. ``hard`` is what the window allows now: a budget that rolls over or is
+prorated shows its amount in this window. Limits that apply to each id of a scope
+separately (``match: "*"``, e.g. a per-user daily limit) are reported for the ids given, or
+the configured organization.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
-from tokenstile.limits.counter_keys import counter_key
+from tokenstile.limits.allowance import Allowance, first_seen, window_amount
+from tokenstile.limits.counter_keys import allowance, counter_key
 from tokenstile.limits.model import Limit
 from tokenstile.limits.windows import describe_reset, window_end
+from tokenstile.stores import shards
 from tokenstile.stores.counters import CounterStore
 from tokenstile.types import nano_to_usd
 
@@ -58,26 +62,45 @@ def _ids_for(limit: Limit, known: Mapping[str, Sequence[str]]) -> list[str]:
 
 async def budget_status(limits: Iterable[Limit], counters: CounterStore, now: float,
                         known_ids: Mapping[str, Sequence[str]],
-                        overridden: frozenset[str] = frozenset()) -> list[BudgetStatus]:
-    rows: list[tuple[Limit, str, tuple[str, ...]]] = []
+                        overridden: frozenset[str] = frozenset(),
+                        tenant: Callable[[str, str], str | None] | None = None
+                        ) -> list[BudgetStatus]:
+    """``tenant`` says whose counter to read for a (scope, id) on a store sharded by tenant
+    (``shards.status_tenants``)."""
+    rows: list[tuple[Limit, str, tuple[str, ...], Allowance | None]] = []
+    flat: list[str] = []
     for limit in limits:
         if limit.window.kind == "request":
             continue
+        hard = limit.hard_at(now)
         for scope_id in _ids_for(limit, known_ids):
             key, window_keys = counter_key(limit, scope_id, now)
-            rows.append((limit, scope_id, window_keys or (key,)))
-    flat = [k for _, _, keys in rows for k in keys]
+            owner = tenant(limit.scope, scope_id) if tenant is not None else None
+            keys = tuple(shards.qualify(owner, k) for k in window_keys or (key,))
+            rule = allowance(limit, scope_id, hard, now) if limit.varies else None
+            if rule is not None and owner is not None:
+                rule = replace(rule, seen=shards.qualify(owner, rule.seen),
+                               previous=None if rule.previous is None
+                               else shards.qualify(owner, rule.previous))
+            rows.append((limit, scope_id, keys, rule))
+            flat.extend(keys)
+            if rule is not None:
+                flat.extend(k for k in (rule.seen, rule.previous) if k is not None)
     values = dict(zip(flat, await counters.read(flat), strict=True)) if flat else {}
     out = []
-    for limit, scope_id, keys in rows:
+    for limit, scope_id, keys, rule in rows:
         reset_at = window_end(limit.window, now)
         window = limit.window.kind if limit.window.kind != "rolling" else \
             f"rolling:{limit.window.length_s}s"
+        used = sum(values.get(k, 0) for k in keys)
+        hard = limit.hard_at(now)
+        if rule is not None:  # as the next reservation would hold it (limits/allowance.py)
+            seen = first_seen(values.get(rule.seen, 0), now, rule.start, used)
+            hard = window_amount(hard, seen, rule, values.get(rule.previous or "", 0))
         out.append(BudgetStatus(
             name=limit.name, scope=limit.scope, scope_id=scope_id, window=window,
-            unit=limit.unit, amount=limit.amount_at(now),
-            hard=int(limit.amount_at(now) * limit.hard_fraction),
-            used=sum(values.get(k, 0) for k in keys), reset_at=reset_at,
+            unit=limit.unit, amount=limit.amount_at(now), hard=hard,
+            used=used, reset_at=reset_at,
             resets=describe_reset(limit.window, now),
             thresholds=[{"threshold": t.fraction, "action": t.action} for t in limit.thresholds],
             shadow=limit.shadow, overridden=limit.name in overridden,

@@ -52,7 +52,9 @@ class Window:
     """A window kind, the time zone its calendar follows, and for rolling windows their length.
 
     A rolling window of ``length_s`` is counted in ``buckets`` fixed buckets of
-    ``ceil(length_s / buckets)`` seconds aligned to the epoch.
+    ``ceil(length_s / buckets)`` seconds aligned to the epoch. A ``run`` window (an agent
+    run's budget, ``limits/runs.py``) has one counter that lives until ``length_s`` has
+    passed without a call.
     """
 
     kind: WindowKind
@@ -67,9 +69,9 @@ class Window:
             _zone(self.tz)
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown time zone {self.tz!r}") from exc
-        if self.kind == "rolling":
+        if self.kind in ("rolling", "run"):
             if self.length_s is None or self.length_s <= 0:
-                raise ValueError("a rolling window needs length_s > 0")
+                raise ValueError(f"a {self.kind} window needs length_s > 0")
             if self.buckets < 1:
                 raise ValueError("a rolling window needs at least one bucket")
         elif self.length_s is not None:
@@ -190,6 +192,8 @@ def window_bounds(window: Window, now: float) -> tuple[float, float]:
     if window.kind in _SUBDAY_SECONDS:
         start, end, _ = _subday_bounds(window, now)
         return start, end
+    if window.kind == "run":  # as if this were the run's last call
+        return now, now + (window.length_s or 0)
     if window.kind == "rolling":
         _, oldest = _rolling_buckets(window, now)
         size = window.bucket_s
@@ -222,6 +226,8 @@ def _is_ambiguous(local: datetime) -> bool:
 def window_label(window: Window, now: float) -> str:
     """A compact id of the window containing ``now``, stable over the whole window."""
     _require_counter(window)
+    if window.kind == "run":
+        return "run"
     if window.kind == "rolling":
         current, _ = _rolling_buckets(window, now)
         return f"r{window.bucket_s}s{current}"
@@ -261,9 +267,11 @@ def ttl_seconds(window: Window, now: float) -> int:
     """How long a counter written at ``now`` must live: until it stops counting, plus a margin.
 
     For a rolling window, the bucket written at ``now`` counts until it is older than the
-    window length.
+    window length. A run's counter lives exactly its length past each call.
     """
     _require_counter(window)
+    if window.kind == "run":
+        return window.length_s or 1
     if window.kind == "rolling":
         current, _ = _rolling_buckets(window, now)
         until = float((current + 1) * window.bucket_s + (window.length_s or 0))

@@ -30,11 +30,12 @@ log = logging.getLogger("tokenstile.tracing")
 INSTRUMENTATION = "tokenstile"
 
 # gen_ai.operation.name per API; OpenAI's Responses and Anthropic's Messages are chats.
-OPERATIONS = {"chat": "chat", "responses": "chat", "messages": "chat",
+OPERATIONS = {"chat": "chat", "responses": "chat", "messages": "chat", "converse": "chat",
               "completions": "text_completion", "embeddings": "embeddings",
               "count_tokens": "count_tokens"}
 # gen_ai.provider.name per upstream kind.
-PROVIDERS = {"openai": "openai", "azure": "azure.ai.openai", "anthropic": "anthropic"}
+PROVIDERS = {"openai": "openai", "azure": "azure.ai.openai", "anthropic": "anthropic",
+             "bedrock": "aws.bedrock"}
 
 _EXPORTER_BY_PROTOCOL = {"http/protobuf": "otlp_proto_http", "grpc": "otlp_proto_grpc"}
 _warned = False

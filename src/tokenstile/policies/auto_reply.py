@@ -1,8 +1,8 @@
 """Canned answers in the endpoint's own shape, whole or streamed, with zero usage.
 
 The shapes are the ones OpenAI's SDK parses for chat completions, legacy completions and
-the Responses API, so a client cannot tell an auto-reply from a short model answer except
-by the ``x-tokenstile-auto-reply`` header.
+the Responses API, and Anthropic's SDK for Messages, so a client cannot tell an auto-reply
+from a short model answer except by the ``x-tokenstile-auto-reply`` header.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ def render(api: str, model: str, text: str, *, stream: bool, created: int, ident
         return _chat(model, text, stream, created, ident, include_usage)
     if api == "completions":
         return _completion(model, text, stream, created, ident, include_usage)
+    if api == "messages":
+        return _messages(model, text, stream, ident)
     return _responses(model, text, stream, created, ident)
 
 
@@ -122,3 +124,29 @@ def _responses(model: str, text: str, stream: bool, created: int, ident: str) ->
         {"type": "response.completed", "response": done},
     ]
     return _sse([_event({**event, "sequence_number": n}) for n, event in enumerate(events)])
+
+
+_MESSAGES_USAGE: Json = {"input_tokens": 0, "output_tokens": 0,
+                         "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+
+
+def _messages(model: str, text: str, stream: bool, ident: str) -> AutoReply:
+    message: Json = {"id": f"msg_{ident}", "type": "message", "role": "assistant",
+                     "model": model, "content": [{"type": "text", "text": text}],
+                     "stop_reason": "end_turn", "stop_sequence": None,
+                     "usage": _MESSAGES_USAGE}
+    if not stream:
+        return _whole(message)
+    events: list[Json] = [
+        {"type": "message_start", "message": {**message, "content": [], "stop_reason": None,
+                                              "usage": {**_MESSAGES_USAGE}}},
+        {"type": "content_block_start", "index": 0,
+         "content_block": {"type": "text", "text": ""}},
+        {"type": "content_block_delta", "index": 0,
+         "delta": {"type": "text_delta", "text": text}},
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+         "usage": {"output_tokens": 0}},
+        {"type": "message_stop"},
+    ]
+    return _sse([_event(event) for event in events])

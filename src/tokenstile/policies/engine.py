@@ -15,6 +15,7 @@ import orjson
 from tokenstile.config import Config
 from tokenstile.limits.caps import set_output_cap
 from tokenstile.policies import auto_reply, report
+from tokenstile.policies.arguments import scan_tool_value
 from tokenstile.policies.decisions import Block, Decision, Flag, Rewrite
 from tokenstile.policies.headers import HEADER_NAMES, Loosening, apply_headers
 from tokenstile.policies.moderation import Moderator, judge
@@ -33,7 +34,7 @@ from tokenstile.policies.resolve import Resolver
 from tokenstile.policies.rules import NO_RULES, SHADOWABLE, Rules, WordCompiler, with_shadow
 from tokenstile.policies.scanner import Finder, Span, WordFinder, scan_whole
 from tokenstile.policies.stream import PolicyStreamObserver
-from tokenstile.policies.texts import response_slots
+from tokenstile.policies.texts import response_slots, tool_slots
 
 if TYPE_CHECKING:
     from tokenstile.limits.overrides import Overrides
@@ -115,25 +116,33 @@ class PolicyEngine:
         if rules is NO_RULES:
             return
         self._attribute_end_user(rules, ctx)
-        self._carry_out(ctx, request_decisions(rules, req, ctx.headers))
+        decisions = request_decisions(rules, req, ctx.headers)
+        if any(isinstance(d, Block) and not d.shadow for d in decisions):
+            # Refused already; moderation still has its say, so the one error names every
+            # reason (and no auto-reply answers a refused request).
+            self._carry_out(ctx, decisions + await self._moderate(ctx, rules))
+        self._carry_out(ctx, decisions)
         if rules.auto_replies:
             rule = match_auto_reply(rules.auto_replies, req.api, req.body)
             if rule is not None:
                 self._answer(ctx, rule.reply)
                 return
-        moderation = rules.auto_moderate
-        if moderation is not None and self.moderator is not None and req.input_text and \
-                req.api in _MODERATED_APIS:
-            verdict = await self.moderator.moderate(req.input_text, moderation, req.model,
-                                                    ctx.provider_key)
-            ctx.moderation = {"flagged": verdict.flagged,
-                                        "categories": list(verdict.categories),
-                                        **({"error": verdict.error} if verdict.error else {})}
-            decision = judge(moderation, verdict)
-            if decision is not None:
-                self._carry_out(ctx, [decision])
+        self._carry_out(ctx, await self._moderate(ctx, rules))
         if rules.retries is not None:
             ctx.retries = rules.retries
+
+    async def _moderate(self, ctx: RequestContext, rules: Rules) -> list[Decision]:
+        """What moderation decides about the input (nothing when it is off)."""
+        moderation, req = rules.auto_moderate, ctx.req
+        if moderation is None or self.moderator is None or not req.input_text or \
+                req.api not in _MODERATED_APIS:
+            return []
+        verdict = await self.moderator.moderate(req.input_text, moderation, req.model,
+                                                ctx.provider_key)
+        ctx.moderation = {"flagged": verdict.flagged, "categories": list(verdict.categories),
+                          **({"error": verdict.error} if verdict.error else {})}
+        decision = judge(moderation, verdict)
+        return [decision] if decision is not None else []
 
     def _carry_out(self, ctx: RequestContext, decisions: list[Decision]) -> None:
         """Record every decision; refuse with all enforced blocks, else apply rewrites."""
@@ -207,6 +216,11 @@ class PolicyEngine:
             found.extend(spans)
             if text != owner[key]:
                 owner[key], changed = text, True
+        for owner, key in tool_slots(ctx.req.api, parsed):
+            value, spans = scan_tool_value(owner[key], finders)
+            found.extend(spans)
+            if value is not owner[key]:
+                owner[key], changed = value, True
         self._judge_answer(ctx, found, streamed=False)
         return orjson.dumps(parsed) if changed else payload
 
@@ -219,7 +233,8 @@ class PolicyEngine:
         if not finders:
             return observer
         return PolicyStreamObserver(observer, ctx.req.api, finders,
-                                    lambda spans: self._judge_answer(ctx, spans, streamed=True))
+                                    lambda spans: self._judge_answer(ctx, spans, streamed=True),
+                                    ctx.wire)
 
     def _judge_answer(self, ctx: RequestContext, spans: list[Span], streamed: bool) -> None:
         if not spans:

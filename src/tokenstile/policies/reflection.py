@@ -59,6 +59,9 @@ class RunFinder:
             spans.append(self._span(start, end, len(text), final))
         return spans
 
+    def keep_from(self, text: str) -> int:
+        return max(0, len(text) - self.hold)
+
     def _span(self, start: int, end: int, length: int, final: bool) -> Span:
         return Span(start, end, final or end <= length - self._size, self._hit)
 

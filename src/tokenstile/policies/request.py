@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from tokenstile.limits.caps import output_cap_field
+from tokenstile.limits.caps import cap_value, output_cap_field
 from tokenstile.policies.decisions import Block, Decision, Flag, Rewrite, where
 from tokenstile.policies.rules import LimitRule, MaxTokensRule, ModelsRule, UserIdsRule, WordRule
 from tokenstile.policies.scanner import Span, WordFinder, scan_whole
@@ -42,8 +42,13 @@ def check_user_ids(rule: UserIdsRule, req: CanonicalRequest,
                    headers: Mapping[str, str]) -> Decision | None:
     if req.end_user or (rule.header and headers.get(rule.header, "").strip()):
         return None
-    field = "metadata.user_id" if req.wire == "anthropic" else "user"
-    how = f"the '{field}' field" + (f" or the {rule.header} header" if rule.header else "")
+    if req.api == "converse":  # Bedrock's Converse has no end-user field
+        field = rule.header or "enforce_user_ids.header"
+        how = f"the {rule.header} header" if rule.header else \
+            "an end-user header (Converse has no field for it; configure enforce_user_ids.header)"
+    else:
+        field = "metadata.user_id" if req.wire != "openai" else "user"
+        how = f"the '{field}' field" + (f" or the {rule.header} header" if rule.header else "")
     return Block("enforce_user_ids", "user_required",
                  f"requests {where(rule.source)} must name their end user: set {how} "
                  "on every request", field, rule.shadow)
@@ -75,7 +80,7 @@ def check_max_tokens(rule: MaxTokensRule, req: CanonicalRequest) -> Decision | N
             req.api in ("files", "batches"):
         return None  # no output cap to set: images, audio and batches are bounded apart
     field = req.output_cap_field
-    value = req.body.get(field) if field else None
+    value = cap_value(req.body, field)
     if isinstance(value, int) and value <= rule.limit:
         return None
     if rule.mode == "clamp":
@@ -140,7 +145,7 @@ def _words_message(what: str, labels: list[str], source: str) -> str:
 
 def match_auto_reply(rules: tuple[AutoReplyRule, ...], api: str,
                      body: dict[str, Any]) -> AutoReplyRule | None:
-    if api not in ("chat", "completions", "responses"):
+    if api not in ("chat", "completions", "responses", "messages"):
         return None
     text = last_user_text(api, body)
     if text is None:

@@ -2,10 +2,11 @@
 
 A ``Finder`` reports spans of a text and whether each is settled: a span is settled when
 no text still to come could change it (a longer phrase, a word that goes on, a verbatim
-run that grows). The ``ChannelScanner`` keeps back the last ``hold`` characters (the
-longest thing any finder could still be in the middle of) and every unsettled span, and
-releases the rest, redacted, piece by piece. Fed the same text in any pieces, it gives
-exactly what ``scan_whole`` gives for the whole text at once.
+run that grows), and where the text that could still become part of a span begins
+(``keep_from``: for a word list, the last ``hold`` folded characters, however many
+invisible characters they are spread over). The ``ChannelScanner`` keeps back that tail
+and every unsettled span, and releases the rest, redacted, piece by piece. Fed the same
+text in any pieces, it gives exactly what ``scan_whole`` gives for the whole text at once.
 """
 
 from __future__ import annotations
@@ -14,10 +15,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
-from tokenstile.policies.wordlists import WordMatcher, merge_ranges
+from tokenstile.policies.wordlists import Folded, WordMatcher, context_start, fold, merge_ranges
 
-# How much already-released text is kept for the left word boundary of the next match.
-_CONTEXT = 1
 # Text gathered beyond the held-back window before it is checked and released: a few
 # tokens of extra delay, a few times fewer checks.
 _BATCH = 24
@@ -49,20 +48,37 @@ class Finder(Protocol):
         """Spans starting at or after ``pos``; ``final`` says no more text will come."""
         ...
 
+    def keep_from(self, text: str) -> int:
+        """Where the part of ``text`` that more text could still make a span of begins."""
+        ...
+
 
 class WordFinder:
-    """Word-list matches; a match is settled once no longer entry could start there."""
+    """Word-list matches; a match is settled once no longer entry could start there, and
+    the character after it (which decides its boundary) is known, all in folded text."""
 
-    __slots__ = ("hold", "matcher")
+    __slots__ = ("_folded", "_text", "hold", "matcher")
 
     def __init__(self, matcher: WordMatcher[Hit]) -> None:
         self.matcher = matcher
         self.hold = matcher.hold + 1  # the character after a match decides its boundary
+        self._text: str | None = None
+        self._folded: Folded | None = None
+
+    def _fold(self, text: str) -> Folded:
+        if self._folded is None or text is not self._text:  # find, then keep_from: fold once
+            self._text, self._folded = text, fold(text)
+        return self._folded
 
     def find(self, text: str, pos: int, final: bool) -> list[Span]:
-        limit = len(text) - self.hold
-        return [Span(m.start, m.end, final or m.start < limit, m.value)
-                for m in self.matcher.find(text, pos)]
+        folded = self._fold(text)
+        limit = folded.stable - self.matcher.hold
+        return [Span(m.start, m.end, final or m.at < limit, m.value)
+                for m in self.matcher.scan(folded, pos)]
+
+    def keep_from(self, text: str) -> int:
+        folded = self._fold(text)
+        return folded.origin(max(0, folded.stable - self.matcher.hold))
 
 
 def redaction_ranges(spans: list[Span]) -> list[tuple[int, int]]:
@@ -150,7 +166,8 @@ class ChannelScanner:
             for span in finder.find(text, off + self._resume[index], final):
                 found.append((index, Span(span.start - off, span.end - off, span.settled,
                                           span.hit)))
-        cut = len(buf) if final else len(buf) - self._hold
+        cut = len(buf) if final else min((f.keep_from(text) for f in self._finders),
+                                             default=len(text)) - off
         fresh: list[Span] = []
         for index, span in found:
             if not span.settled:
@@ -185,7 +202,8 @@ class ChannelScanner:
                 out.append((piece, buf[at:at + length]))
                 at += length
         self._resume = [max(0, r - boundary) for r in self._resume]
-        self._context = (ctx + buf[:boundary])[-_CONTEXT:]
+        kept = ctx + buf[:boundary]
+        self._context = kept[context_start(kept):]
         self._buf = buf[boundary:]
         self._base += boundary
         if self._reported:

@@ -6,6 +6,16 @@ just long enough to know whether their text is part of something to redact or bl
 are then relayed in their original order with their text rewritten. Events that carry the
 whole text again at the end (the Responses API's ``*.done`` and ``response.completed``)
 get the same redaction. A block raises ``StreamBlocked`` before the offending text leaves.
+
+Tool-call arguments arrive as pieces of JSON that mean something only together, so their
+events are held until the call ends (its choice finishes, its block stops, its arguments
+are done), the gathered arguments are checked whole (``policies.arguments``), and a
+redaction puts the rewritten arguments in the first piece and empties the others: a client
+that joins the pieces, as the SDKs do, gets the rewritten arguments.
+
+Bedrock streams are event stream frames, not SSE: each is decoded (a Converse event, or
+the Anthropic event inside an invoke ``chunk``) and one whose text changed is encoded
+again.
 """
 
 from __future__ import annotations
@@ -17,10 +27,12 @@ from typing import Any
 
 import orjson
 
+from tokenstile.policies.arguments import scan_arguments, scan_tool_value
 from tokenstile.policies.scanner import ChannelScanner, Finder, Span, scan_whole
-from tokenstile.providers.base import StreamObserver
+from tokenstile.providers import eventstream
+from tokenstile.providers.base import ObserverWrapper, StreamObserver
+from tokenstile.providers.bedrock import chunk_frame, invoke_event
 from tokenstile.providers.sse import event_fields
-from tokenstile.types import Usage
 
 _TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed",
                        "error", "message_stop"})
@@ -33,12 +45,27 @@ class _Event:
     obj: Any = None
     waiting: int = 0
     changed: bool = False
+    frame: str | None = None  # a Bedrock frame: "converse" or "invoke"
 
     def render(self) -> bytes:
         if not self.changed:
             return self.raw
+        if self.frame == "converse":
+            return eventstream.event(self.name or "", self.obj)
+        if self.frame == "invoke":
+            return chunk_frame(self.obj)
         head = b"event: " + self.name.encode() + b"\n" if self.name else b""
         return head + b"data: " + orjson.dumps(self.obj) + b"\n\n"
+
+
+def _frame_event(api: str, raw: bytes) -> _Event:
+    """A Bedrock frame, decoded: its event name and JSON (None for an exception frame)."""
+    frame = eventstream.decode(raw)
+    if frame.message_type != "event":
+        return _Event(raw, frame.name)
+    if api == "converse":
+        return _Event(raw, frame.name, frame.json(), frame="converse")
+    return _Event(raw, frame.name, invoke_event(frame), frame="invoke")
 
 
 @dataclass(slots=True)
@@ -47,62 +74,55 @@ class _Parsed:
     finals: set[Hashable] = field(default_factory=set)
     whole: list[tuple[Any, Any]] = field(default_factory=list)  # full texts to redact
     terminal: bool = False
+    # Pieces of tool-call arguments: (call, owner, key), a call being (its channel, which).
+    calls: list[tuple[tuple[Hashable, Hashable], Any, Any]] = field(default_factory=list)
+    whole_calls: list[tuple[Any, Any]] = field(default_factory=list)  # whole arguments
 
 
-class PolicyStreamObserver:
-    __slots__ = ("_api", "_finders", "_inner", "_next", "_on_spans", "_pieces", "_queue",
-                 "_scanners")
+class PolicyStreamObserver(ObserverWrapper):
+    __slots__ = ("_api", "_calls", "_finders", "_frames", "_next", "_on_spans", "_pieces",
+                 "_queue", "_scanners")
 
     def __init__(self, inner: StreamObserver, api: str, finders: list[Finder],
-                 on_spans: Callable[[list[Span]], None]) -> None:
-        self._inner = inner
+                 on_spans: Callable[[list[Span]], None], wire: str = "openai") -> None:
+        super().__init__(inner)
         self._api = api
+        self._frames = wire == "bedrock"
         self._finders = finders
         self._on_spans = on_spans
         self._scanners: dict[Hashable, ChannelScanner] = {}
         self._queue: deque[_Event] = deque()
         self._pieces: dict[int, tuple[_Event, Any, Any]] = {}
         self._next = 0
+        self._calls: dict[tuple[Hashable, Hashable], list[tuple[_Event, Any, Any]]] = {}
 
-    @property
-    def usage(self) -> Usage | None:
-        return self._inner.usage
-
-    @usage.setter
-    def usage(self, value: Usage | None) -> None:
-        self._inner.usage = value
-
-    def output_text(self) -> str:
-        return self._inner.output_text()
-
-    def reasoning_text(self) -> str:
-        return self._inner.reasoning_text()
-
-    def answering(self) -> bool:
-        return self._inner.answering()
-
-    def usage_is_final(self) -> bool:
-        return self._inner.usage_is_final()
 
     def on_event(self, event: bytes) -> bytes | None:
         relay = self._inner.on_event(event)
         if relay is None:
             return None
-        name, data = event_fields(relay)
-        entry = _Event(relay, name)
+        if self._frames:
+            entry = _frame_event(self._api, relay)
+            obj = entry.obj
+            done = entry.frame is None  # an exception frame ends the stream
+        else:
+            name, data = event_fields(relay)
+            entry = _Event(relay, name)
+            obj = None
+            if data.startswith(b"{"):
+                try:
+                    obj = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    obj = None
+            done = data.strip() == b"[DONE]"
         self._queue.append(entry)
-        obj: Any = None
-        if data.startswith(b"{"):
-            try:
-                obj = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                obj = None
         if not isinstance(obj, dict):
-            if data.strip() == b"[DONE]":
+            if done:
                 self._advance(set(self._scanners), set(self._scanners))
+                self._end_calls(None)
             return self._drain()
         entry.obj = obj
-        parsed = _parse(self._api, obj)
+        parsed = _parse(self._api, obj, entry.name)
         touched: set[Hashable] = set(parsed.finals)
         for channel, owner, key in parsed.slots:
             scanner = self._scanners.get(channel)
@@ -113,15 +133,38 @@ class PolicyStreamObserver:
             self._next += 1
             entry.waiting += 1
             touched.add(channel)
+        for call, owner, key in parsed.calls:
+            self._calls.setdefault(call, []).append((entry, owner, key))
+            entry.waiting += 1
         finals = set(self._scanners) if parsed.terminal else parsed.finals
         self._advance(touched | finals, finals)
+        self._end_calls(None if parsed.terminal else parsed.finals)
         for owner, key in parsed.whole:
             text, spans = scan_whole(owner[key], self._finders)
             self._on_spans(spans)
             if text != owner[key]:
                 owner[key] = text
                 entry.changed = True
+        for owner, key in parsed.whole_calls:
+            value, spans = scan_tool_value(owner[key], self._finders)
+            self._on_spans(spans)
+            if value is not owner[key]:
+                owner[key] = value
+                entry.changed = True
         return self._drain()
+
+    def _end_calls(self, channels: set[Hashable] | None) -> None:
+        """Check the arguments of the tool calls that ended (in ``channels``; all: None)."""
+        for call in [c for c in self._calls if channels is None or c[0] in channels]:
+            pieces = self._calls.pop(call)
+            raw = "".join(owner[key] for _, owner, key in pieces)
+            text, spans = scan_arguments(raw, self._finders)
+            self._on_spans(spans)
+            for index, (entry, owner, key) in enumerate(pieces):
+                if text != raw:
+                    owner[key] = "" if index else text
+                    entry.changed = True
+                entry.waiting -= 1
 
     def _advance(self, channels: set[Hashable], finals: set[Hashable]) -> None:
         for channel in channels:
@@ -145,9 +188,12 @@ class PolicyStreamObserver:
         return b"".join(out) if out else None
 
 
-def _parse(api: str, obj: dict[str, Any]) -> _Parsed:
+def _parse(api: str, obj: dict[str, Any], name: str | None = None) -> _Parsed:
     """Which strings of one event are generated text, and which channels it ends."""
     parsed = _Parsed()
+    if api == "converse":  # Bedrock: the event's name is in its frame's headers
+        _parse_converse(obj, name, parsed)
+        return parsed
     kind = obj.get("type")
     if ("error" in obj and kind is None) or kind in _TERMINAL:
         parsed.terminal = True
@@ -161,6 +207,8 @@ def _parse(api: str, obj: dict[str, Any]) -> _Parsed:
                 parsed.slots.append((channel, delta, "content"))
             elif isinstance(choice.get("text"), str):
                 parsed.slots.append((channel, choice, "text"))
+            if isinstance(delta, dict):
+                _chat_calls(channel, delta, parsed)
             if choice.get("finish_reason") is not None:
                 parsed.finals.add(channel)
     elif api == "responses":
@@ -171,9 +219,40 @@ def _parse(api: str, obj: dict[str, Any]) -> _Parsed:
         if kind == "content_block_delta" and isinstance(delta, dict) and \
                 isinstance(delta.get("text"), str):
             parsed.slots.append((("block", index), delta, "text"))
+        elif kind == "content_block_delta" and isinstance(delta, dict) and \
+                isinstance(delta.get("partial_json"), str):
+            parsed.calls.append(((("block", index), "input"), delta, "partial_json"))
         elif kind == "content_block_stop":
             parsed.finals.add(("block", index))
+        elif kind == "content_block_start":
+            block = obj.get("content_block")
+            if isinstance(block, dict) and block.get("type") == "tool_use" and \
+                    block.get("input"):
+                parsed.whole_calls.append((block, "input"))
     return parsed
+
+
+def _chat_calls(channel: Hashable, delta: dict[str, Any], parsed: _Parsed) -> None:
+    for position, call in enumerate(delta.get("tool_calls") or ()):
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+            which = call.get("index", position)
+            parsed.calls.append(((channel, which), function, "arguments"))
+    legacy = delta.get("function_call")
+    if isinstance(legacy, dict) and isinstance(legacy.get("arguments"), str):
+        parsed.calls.append(((channel, "function_call"), legacy, "arguments"))
+
+
+def _parse_converse(obj: dict[str, Any], name: str | None, parsed: _Parsed) -> None:
+    channel = ("block", obj.get("contentBlockIndex"))
+    delta = obj.get("delta")
+    if name == "contentBlockDelta" and isinstance(delta, dict) and \
+            isinstance(delta.get("text"), str):
+        parsed.slots.append((channel, delta, "text"))
+    elif name == "contentBlockStop":
+        parsed.finals.add(channel)
+    elif name == "messageStop":
+        parsed.terminal = True
 
 
 def _parse_responses(obj: dict[str, Any], kind: Any, parsed: _Parsed) -> None:
@@ -188,6 +267,13 @@ def _parse_responses(obj: dict[str, Any], kind: Any, parsed: _Parsed) -> None:
         part = obj.get("part")
         if isinstance(part, dict) and isinstance(part.get("text"), str):
             parsed.whole.append((part, "text"))
+    elif kind == "response.function_call_arguments.delta" and \
+            isinstance(obj.get("delta"), str):
+        parsed.calls.append(((("call", obj.get("output_index")), 0), obj, "delta"))
+    elif kind == "response.function_call_arguments.done":
+        parsed.finals.add(("call", obj.get("output_index")))
+        if isinstance(obj.get("arguments"), str):
+            parsed.whole_calls.append((obj, "arguments"))
     elif kind == "response.output_item.done":
         _whole_item(obj.get("item"), obj.get("output_index"), parsed)
     elif kind in _TERMINAL:
@@ -198,6 +284,11 @@ def _parse_responses(obj: dict[str, Any], kind: Any, parsed: _Parsed) -> None:
 
 
 def _whole_item(item: Any, index: Any, parsed: _Parsed) -> None:
+    if isinstance(item, dict) and item.get("type") == "function_call" and \
+            isinstance(item.get("arguments"), str):
+        parsed.finals.add(("call", index))
+        parsed.whole_calls.append((item, "arguments"))
+        return
     if not isinstance(item, dict) or not isinstance(item.get("content"), list):
         return
     for position, part in enumerate(item["content"]):

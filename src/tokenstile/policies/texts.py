@@ -21,7 +21,11 @@ def request_slots(api: str, body: dict[str, Any]) -> list[Slot]:
     """Strings the caller's users wrote: every non-system message, the prompt, the input.
     (The system prompt is the application's own text, not user input.)"""
     out: list[Slot] = []
-    if api in ("chat", "messages"):
+    if api == "converse":  # Bedrock: content is always a list of blocks
+        for message in body.get("messages") or ():
+            if isinstance(message, dict):
+                _parts(message.get("content"), out, message, "content")
+    elif api in ("chat", "messages"):
         for message in body.get("messages") or ():
             if isinstance(message, dict) and message.get("role") not in ("system",
                                                                           "developer"):
@@ -50,7 +54,7 @@ def last_user_text(api: str, body: dict[str, Any]) -> str | None:
         if isinstance(prompt, list) and len(prompt) == 1:
             prompt = prompt[0]
         return prompt if isinstance(prompt, str) else None
-    items: Any = body.get("messages") if api == "chat" else body.get("input")
+    items: Any = body.get("messages") if api in ("chat", "messages") else body.get("input")
     if isinstance(items, str):
         return items
     if not isinstance(items, list):
@@ -89,8 +93,44 @@ def response_slots(api: str, payload: Any) -> list[tuple[Any, Any, Any]]:
                 for j, part in enumerate(item["content"]):
                     if isinstance(part, dict) and isinstance(part.get("text"), str):
                         out.append(((i, j), part, "text"))
-    elif api == "messages":
-        for j, block in enumerate(payload.get("content") or ()):
+    elif api in ("messages", "converse"):
+        content = payload.get("content")
+        if api == "converse":
+            output = payload.get("output")
+            message = output.get("message") if isinstance(output, dict) else None
+            content = message.get("content") if isinstance(message, dict) else None
+        for j, block in enumerate(content if isinstance(content, list) else ()):
             if isinstance(block, dict) and isinstance(block.get("text"), str):
                 out.append((j, block, "text"))
+    return out
+
+
+def tool_slots(api: str, payload: Any) -> list[tuple[Any, Any]]:
+    """Tool-call arguments of a whole answer, as (container, key) slots: a string of JSON
+    on OpenAI's APIs, an object in an Anthropic ``tool_use`` block."""
+    out: list[tuple[Any, Any]] = []
+    if not isinstance(payload, dict):
+        return out
+    if api == "chat":
+        for choice in payload.get("choices") or ():
+            message = choice.get("message") if isinstance(choice, dict) else None
+            if not isinstance(message, dict):
+                continue
+            for call in message.get("tool_calls") or ():
+                function = call.get("function") if isinstance(call, dict) else None
+                if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+                    out.append((function, "arguments"))
+            legacy = message.get("function_call")
+            if isinstance(legacy, dict) and isinstance(legacy.get("arguments"), str):
+                out.append((legacy, "arguments"))
+    elif api == "responses":
+        for item in payload.get("output") or ():
+            if isinstance(item, dict) and item.get("type") == "function_call" and \
+                    isinstance(item.get("arguments"), str):
+                out.append((item, "arguments"))
+    elif api == "messages":
+        for block in payload.get("content") or ():
+            if isinstance(block, dict) and block.get("type") == "tool_use" and \
+                    "input" in block:
+                out.append((block, "input"))
     return out

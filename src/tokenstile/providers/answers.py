@@ -43,6 +43,23 @@ class AnswerText:
             reasoning
 
 
+class WatchesText:
+    """The text half of a ``StreamObserver``, for an observer that keeps what a stream
+    wrote in ``_text``."""
+
+    __slots__ = ()
+    _text: AnswerText
+
+    def output_text(self) -> str:
+        return "".join(self._text.visible)
+
+    def reasoning_text(self) -> str:
+        return "".join(self._text.reasoning)
+
+    def answering(self) -> bool:
+        return bool(self._text.visible)
+
+
 def _json_text(value: Any) -> str:
     if isinstance(value, str):
         return value
@@ -138,4 +155,25 @@ def answer_text(api: ApiKind, payload: Any) -> AnswerText:
     elif api == "messages":
         for block in _items(payload.get("content")):
             anthropic_block_text(block, out)
+    elif api == "converse":
+        message = payload.get("output")
+        message = message.get("message") if isinstance(message, dict) else None
+        for block in _items(message.get("content") if isinstance(message, dict) else None):
+            converse_block_text(block, out)
     return out
+
+
+def converse_block_text(block: Any, out: AnswerText) -> None:
+    """One Bedrock Converse content block the model wrote."""
+    if not isinstance(block, dict):
+        return
+    out.see(block.get("text"))
+    use = block.get("toolUse")
+    if isinstance(use, dict):
+        out.see(use.get("name"))
+        if use.get("input") is not None:
+            out.see(_json_text(use["input"]))
+    reasoning = block.get("reasoningContent")
+    inner = reasoning.get("reasoningText") if isinstance(reasoning, dict) else None
+    if isinstance(inner, dict):
+        out.reason(inner.get("text"))

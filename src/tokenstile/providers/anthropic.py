@@ -18,7 +18,7 @@ import orjson
 from tokenstile import tokens
 from tokenstile.errors import bad_request
 from tokenstile.hidden_input import hidden_sources
-from tokenstile.providers.answers import AnswerText
+from tokenstile.providers.answers import AnswerText, WatchesText
 from tokenstile.providers.base import optional_bool, optional_int, require_str
 from tokenstile.providers.sse import event_fields
 from tokenstile.types import ApiKind, CanonicalRequest, Usage, WireFormat
@@ -374,7 +374,7 @@ def load_event(event: bytes) -> tuple[str | None, dict[str, Any] | None]:
     return (kind if isinstance(kind, str) else name), payload
 
 
-class AnthropicStreamObserver:
+class AnthropicStreamObserver(WatchesText):
     """Messages streams (``event: X`` / ``data: {...}``): relays every event unchanged."""
 
     __slots__ = ("_model", "_text", "_tracker", "_usage_override")
@@ -411,15 +411,6 @@ class AnthropicStreamObserver:
         elif kind == "message_delta":
             self._tracker.update(payload.get("usage"), final=True)
         return event
-
-    def output_text(self) -> str:
-        return "".join(self._text.visible)
-
-    def reasoning_text(self) -> str:
-        return "".join(self._text.reasoning)
-
-    def answering(self) -> bool:
-        return bool(self._text.visible)
 
     def usage_is_final(self) -> bool:
         return self._usage_override is not None or self._tracker.final

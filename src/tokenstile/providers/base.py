@@ -36,6 +36,39 @@ class StreamObserver(Protocol):
         ...
 
 
+class ObserverWrapper:
+    """A ``StreamObserver`` around another: passes everything on to ``inner``. Subclasses
+    override what they watch (usually ``on_event``)."""
+
+    __slots__ = ("_inner",)
+
+    def __init__(self, inner: StreamObserver) -> None:
+        self._inner = inner
+
+    @property
+    def usage(self) -> Usage | None:
+        return self._inner.usage
+
+    @usage.setter
+    def usage(self, value: Usage | None) -> None:
+        self._inner.usage = value
+
+    def on_event(self, event: bytes) -> bytes | None:
+        return self._inner.on_event(event)
+
+    def output_text(self) -> str:
+        return self._inner.output_text()
+
+    def reasoning_text(self) -> str:
+        return self._inner.reasoning_text()
+
+    def answering(self) -> bool:
+        return self._inner.answering()
+
+    def usage_is_final(self) -> bool:
+        return self._inner.usage_is_final()
+
+
 class Adapter(Protocol):
     wire: WireFormat
 

@@ -10,7 +10,7 @@ from tokenstile import tokens
 from tokenstile.errors import bad_request
 from tokenstile.hidden_input import hidden_sources
 from tokenstile.providers import media
-from tokenstile.providers.answers import AnswerText, chat_message_text
+from tokenstile.providers.answers import AnswerText, WatchesText, chat_message_text
 from tokenstile.providers.base import (
     collect_text,
     optional_bool,
@@ -260,7 +260,7 @@ _REASONING_DELTAS = frozenset({
     "response.reasoning_text.delta", "response.reasoning_summary_text.delta"})
 
 
-class OpenAIStreamObserver:
+class OpenAIStreamObserver(WatchesText):
     """Chat and completions streams: ``data: {chunk}`` events, usage in a final chunk."""
 
     __slots__ = ("_api", "_searches", "_strip", "_text", "_tier", "usage")
@@ -306,20 +306,11 @@ class OpenAIStreamObserver:
             event = event.replace(b',"usage":null', b"").replace(b'"usage":null,', b"")
         return event
 
-    def output_text(self) -> str:
-        return "".join(self._text.visible)
-
-    def reasoning_text(self) -> str:
-        return "".join(self._text.reasoning)
-
-    def answering(self) -> bool:
-        return bool(self._text.visible)
-
     def usage_is_final(self) -> bool:
         return self.usage is not None
 
 
-class ResponsesStreamObserver:
+class ResponsesStreamObserver(WatchesText):
     """Responses API streams: typed events; usage arrives with ``response.completed``.
 
     ``response_id`` and ``status`` are the response's as its events last showed them (a
@@ -381,15 +372,6 @@ class ResponsesStreamObserver:
             self.response_id = response["id"]
         if isinstance(response.get("status"), str):
             self.status = response["status"]
-
-    def output_text(self) -> str:
-        return "".join(self._text.visible)
-
-    def reasoning_text(self) -> str:
-        return "".join(self._text.reasoning)
-
-    def answering(self) -> bool:
-        return bool(self._text.visible)
 
     def usage_is_final(self) -> bool:
         return self.usage is not None

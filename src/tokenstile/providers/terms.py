@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from tokenstile.providers.converse import converse_terms
 from tokenstile.providers.openai import searches_chat_model
 from tokenstile.types import CanonicalRequest, PriceTerms
 
@@ -35,7 +36,9 @@ def price_terms(req: CanonicalRequest) -> PriceTerms:
     if req.media is not None:  # images, audio, moderations, batches: tokenstile.media
         return PriceTerms(media=req.media)
     body = req.body
-    if req.wire == "anthropic":
+    if req.api == "converse":
+        return converse_terms(body)
+    if req.wire in ("anthropic", "bedrock"):  # Claude's Messages body, on Bedrock too
         return _anthropic(body)
     return _openai(req.api, body)
 

@@ -42,7 +42,7 @@ import orjson
 
 from tokenstile import tokens
 from tokenstile.errors import GatewayError, bad_request, render_error
-from tokenstile.providers.answers import AnswerText
+from tokenstile.providers.answers import AnswerText, WatchesText
 from tokenstile.providers.anthropic import (
     UsageTracker,
     block_start_parts,
@@ -588,7 +588,7 @@ def _sse(payload: dict[str, Any]) -> bytes:
 DONE = b"data: [DONE]\n\n"
 
 
-class StreamTranslator:
+class StreamTranslator(WatchesText):
     """Anthropic Messages stream events in, chat.completion.chunk SSE events out.
 
     Also a ``StreamObserver``: ``on_event`` returns the translated bytes (None when an
@@ -633,15 +633,6 @@ class StreamTranslator:
     @usage.setter
     def usage(self, value: Usage | None) -> None:
         self._usage_override = value
-
-    def output_text(self) -> str:
-        return "".join(self._text.visible)
-
-    def reasoning_text(self) -> str:
-        return "".join(self._text.reasoning)
-
-    def answering(self) -> bool:
-        return bool(self._text.visible)
 
     def usage_is_final(self) -> bool:
         return self._usage_override is not None or self._tracker.final
@@ -880,6 +871,12 @@ def bridge_for(api: ApiKind, client_wire: WireFormat, upstream_wire: WireFormat,
                upstream: str, body: dict[str, Any], default_max_tokens: int) -> Bridge:
     """The bridge serving ``api`` (sent in ``client_wire``) from an upstream speaking
     ``upstream_wire``, or a 400 saying why there is none."""
+    if "bedrock" in (client_wire, upstream_wire):
+        # Imported here: the Bedrock bridges build on this module.
+        from tokenstile.providers.bedrock_translate import bedrock_bridge
+
+        return bedrock_bridge(api, client_wire, upstream_wire, upstream, body,
+                              default_max_tokens)
     model = body.get("model")
     if client_wire == "anthropic" and upstream_wire == "openai" and api == "messages":
         from tokenstile.providers.messages_over_chat import MessagesOverChat

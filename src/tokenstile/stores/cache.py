@@ -3,6 +3,8 @@
 Backends (``memory://``, ``sqlite:///path``, ``redis://…``) only store and fetch entries and
 raise ``StoreUnavailable`` when they cannot; ``tokenstile.cache.GuardedCache`` wraps one so
 that a failure becomes a miss. An entry that cannot be decoded raises ``CorruptEntry``.
+Each also keeps short locks (``lock`` / ``unlock``) so that identical misses in several
+processes go upstream once (``cache/flight.py``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,15 @@ class ResponseCache(Protocol):
 
     async def put(self, key: str, answer: CachedAnswer, ttl_s: float) -> None:
         """Store ``answer`` under ``key`` for ``ttl_s`` seconds, replacing any entry."""
+        ...
+
+    async def lock(self, key: str, token: str, ttl_s: float) -> bool:
+        """Take the short lock on ``key`` for ``ttl_s`` seconds unless another holder has
+        it: true when taken (single flight across the processes sharing the store)."""
+        ...
+
+    async def unlock(self, key: str, token: str) -> None:
+        """Release the lock on ``key`` if ``token`` still holds it."""
         ...
 
     async def close(self) -> None: ...

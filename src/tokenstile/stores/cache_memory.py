@@ -37,6 +37,7 @@ class MemoryResponseCache:
         self._clock = clock or SYSTEM_CLOCK
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self.bytes = 0
+        self._locks: dict[str, tuple[str, float]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -66,6 +67,22 @@ class MemoryResponseCache:
         while len(self._entries) > self.max_entries or self.bytes > self.max_bytes:
             self._drop(next(iter(self._entries)))
 
+    async def lock(self, key: str, token: str, ttl_s: float) -> bool:
+        now = self._clock.now()
+        held = self._locks.get(key)
+        if held is not None and held[1] > now:
+            return False
+        if len(self._locks) > 10_000:
+            self._locks = {k: v for k, v in self._locks.items() if v[1] > now}
+        self._locks[key] = (token, now + ttl_s)
+        return True
+
+    async def unlock(self, key: str, token: str) -> None:
+        held = self._locks.get(key)
+        if held is not None and held[0] == token:
+            del self._locks[key]
+
     async def close(self) -> None:
+        self._locks.clear()
         self._entries.clear()
         self.bytes = 0

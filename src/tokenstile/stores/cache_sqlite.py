@@ -1,8 +1,9 @@
 """``sqlite:///path``: answers in one file, shared by the worker processes of one machine.
 
-One table, ``response_cache(key, body, meta, expires_at)``. Expired rows are not served and
-are deleted lazily: every minute a write also removes a batch of them, so reads never write
-and the file stays bounded by what was stored within one TTL. WAL mode lets reads go on
+One table, ``response_cache(key, body, meta, expires_at)``, and one of short locks
+(``response_cache_locks``: single flight across the worker processes). Expired rows are not
+served and are deleted lazily: every minute a write also removes a batch of them, so reads
+never write and the file stays bounded by what was stored within one TTL. WAL mode lets reads go on
 while another process writes; ``synchronous=NORMAL`` skips the fsync per commit (a power cut
 may lose the newest entries, which only costs misses).
 
@@ -34,6 +35,11 @@ CREATE TABLE IF NOT EXISTS response_cache (
     expires_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS response_cache_expiry ON response_cache (expires_at);
+CREATE TABLE IF NOT EXISTS response_cache_locks (
+    key TEXT PRIMARY KEY,
+    token TEXT NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
 """
 
 
@@ -77,6 +83,22 @@ class SqliteResponseCache:
                 )
 
         await self._file.run(work)
+
+    async def lock(self, key: str, token: str, ttl_s: float) -> bool:
+        def work(conn: sqlite3.Connection) -> bool:
+            now = self._clock.now()
+            taken = conn.execute(
+                "INSERT INTO response_cache_locks (key, token, expires_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET token = excluded.token, "
+                "expires_at = excluded.expires_at WHERE response_cache_locks.expires_at <= ?",
+                (key, token, now + ttl_s, now))
+            return taken.rowcount == 1
+
+        return await self._file.run(work)
+
+    async def unlock(self, key: str, token: str) -> None:
+        await self._file.run(lambda conn: conn.execute(
+            "DELETE FROM response_cache_locks WHERE key = ? AND token = ?", (key, token)))
 
     async def close(self) -> None:
         await self._file.close()

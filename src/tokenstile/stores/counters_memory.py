@@ -20,6 +20,7 @@ from tokenstile.stores.counters import (
     plan_reservation,
     url_options,
 )
+from tokenstile.stores.pacing import Lane, PaceOutcome, pace_step
 
 _PURGE_EVERY_S = 60.0
 
@@ -43,6 +44,7 @@ class MemoryCounterStore:
         self._values: dict[str, int] = {}
         self._expires: dict[str, float] = {}
         self._held: dict[str, _Held] = {}
+        self._lanes: dict[str, tuple[Lane, float]] = {}
         self._next_purge = 0.0
         self._closed = False
 
@@ -71,6 +73,8 @@ class MemoryCounterStore:
         for key in [k for k, when in self._expires.items() if when <= now]:
             del self._expires[key]
             self._values.pop(key, None)
+        for key in [k for k, (_, when) in self._lanes.items() if when <= now]:
+            del self._lanes[key]
 
     async def reserve(
         self, rid: str, charges: Sequence[Charge], lease_until: float, record: bytes
@@ -82,13 +86,17 @@ class MemoryCounterStore:
         values = [self._get(key, now) or 0 for key in plan.keys]
         if rid in self._held:
             return plan.already_held(values)
-        used, failed = plan.evaluate(values)
+        used, failed, limits = plan.judge(values)
+        for key, value, ttl in plan.markers(values):
+            if value is not None:
+                self._values[key] = value
+            self._expires[key] = max(self._expires.get(key, 0.0), now + ttl)
         if failed:
-            return ReserveOutcome(admitted=False, used=used, failed=failed)
+            return ReserveOutcome(admitted=False, used=used, failed=failed, limits=limits)
         for key, (amount, ttl) in zip(plan.keys, plan.writes, strict=False):
             self._incr(key, amount, ttl, now)
         self._held[rid] = _Held(plan.deltas, bytes(record), lease_until)
-        return ReserveOutcome(admitted=True, used=used)
+        return ReserveOutcome(admitted=True, used=used, limits=limits)
 
     async def settle(self, rid: str, deltas: Sequence[tuple[str, int]]) -> bool:
         self._check_open()
@@ -129,6 +137,17 @@ class MemoryCounterStore:
         self._check_open()
         now = self._clock.now()
         return [self._get(key, now) or 0 for key in keys]
+
+    async def pace(self, lane: str, now: float, reduction: float | None, max_wait_s: float,
+                   ttl: int) -> PaceOutcome:
+        self._check_open()
+        clock_now = self._clock.now()
+        self._purge(clock_now)
+        found = self._lanes.get(lane)
+        state = found[0] if found is not None and found[1] > clock_now else Lane()
+        outcome = pace_step(state, now, reduction, max_wait_s)
+        self._lanes[lane] = (state, clock_now + ttl)
+        return outcome
 
     async def ping(self) -> None:
         self._check_open()

@@ -30,6 +30,7 @@ from tokenstile.stores.counters import (
     merge_deltas,
     plan_reservation,
 )
+from tokenstile.stores.pacing import Lane, PaceOutcome, pace_step
 from tokenstile.stores.sqlite import SqliteFile
 
 T = TypeVar("T")
@@ -50,6 +51,11 @@ CREATE TABLE IF NOT EXISTS reservations (
     lease_until REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS reservations_lease ON reservations (lease_until);
+CREATE TABLE IF NOT EXISTS pacing (
+    lane TEXT PRIMARY KEY,
+    state BLOB NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
 """
 
 _UPSERT = (
@@ -98,6 +104,7 @@ class SqliteCounterStore:
             "(SELECT key FROM counters WHERE expires_at <= ? LIMIT ?)",
             (now, _PURGE_BATCH),
         )
+        conn.execute("DELETE FROM pacing WHERE expires_at <= ?", (now,))
 
     @staticmethod
     def _live_rows(
@@ -125,6 +132,18 @@ class SqliteCounterStore:
             rows.append((key, value + amount, expires))
         return rows
 
+    @staticmethod
+    def _mark(conn: sqlite3.Connection, markers: Sequence[tuple[str, int | None, int]],
+              live: dict[str, tuple[int, float | None]], now: float) -> None:
+        """Write first-seen markers that are missing; move the expiry of all of them later."""
+        rows = []
+        for key, value, ttl in markers:
+            current, expires = live.get(key, (0, None))
+            rows.append((key, current if value is None else value,
+                         max(expires or 0.0, now + ttl)))
+        if rows:
+            conn.executemany(_UPSERT, rows)
+
     # -- the contract -----------------------------------------------------------------------
 
     async def reserve(
@@ -141,12 +160,14 @@ class SqliteCounterStore:
                 now = self._clock.now()
                 live = self._live_rows(conn, plan.keys, now)
                 values = [live.get(key, (0, None))[0] for key in plan.keys]
-                used, failed = plan.evaluate(values)
+                used, failed, limits = plan.judge(values)
                 if failed:
                     held = conn.execute("SELECT 1 FROM reservations WHERE rid = ?", (rid,))
                     if held.fetchone() is not None:
                         return plan.already_held(values)
-                    return ReserveOutcome(admitted=False, used=used, failed=failed)
+                    self._mark(conn, plan.markers(values), live, now)
+                    return ReserveOutcome(admitted=False, used=used, failed=failed,
+                                          limits=limits)
                 inserted = conn.execute(
                     "INSERT OR IGNORE INTO reservations (rid, deltas, record, lease_until) "
                     "VALUES (?, ?, ?, ?)",
@@ -154,8 +175,9 @@ class SqliteCounterStore:
                 )
                 if inserted.rowcount == 0:
                     return plan.already_held(values)
+                self._mark(conn, plan.markers(values), live, now)
                 conn.executemany(_UPSERT, self._increments(live, writes, now))
-                return ReserveOutcome(admitted=True, used=used)
+                return ReserveOutcome(admitted=True, used=used, limits=limits)
 
             return self._write(conn, txn)
 
@@ -250,6 +272,27 @@ class SqliteCounterStore:
         def work(conn: sqlite3.Connection) -> list[int]:
             live = self._live_rows(conn, keys, self._clock.now())
             return [live.get(key, (0, None))[0] for key in keys]
+
+        return await self._run(work)
+
+    async def pace(self, lane: str, now: float, reduction: float | None, max_wait_s: float,
+                   ttl: int) -> PaceOutcome:
+        def work(conn: sqlite3.Connection) -> PaceOutcome:
+            def txn() -> PaceOutcome:
+                clock_now = self._clock.now()
+                row = conn.execute(
+                    "SELECT state FROM pacing WHERE lane = ? AND expires_at > ?",
+                    (lane, clock_now)).fetchone()
+                state = Lane.from_json(row[0]) if row is not None else Lane()
+                outcome = pace_step(state, now, reduction, max_wait_s)
+                conn.execute(
+                    "INSERT INTO pacing (lane, state, expires_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (lane) DO UPDATE SET state = excluded.state, "
+                    "expires_at = excluded.expires_at",
+                    (lane, state.to_json(), clock_now + ttl))
+                return outcome
+
+            return self._write(conn, txn)
 
         return await self._run(work)
 

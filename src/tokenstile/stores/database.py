@@ -23,6 +23,9 @@ GROUPABLE = (
     "requested_model", "served_model", "upstream", "outcome", "status", "service_tier",
 )
 BUCKETS = ("hour", "day", "month")
+# What a listing of runs may filter on.
+RUN_FILTERS = ("key_id", "organization", "project", "run_id")
+RUN_TOTALS = ("requests", "input_tokens", "output_tokens", "cost_nano", "blocked")
 # Key fields a key listing may filter on.
 KEY_FILTERS = ("organization", "project", "team", "user", "tier", "feature")
 
@@ -130,6 +133,44 @@ class UsageQuery:
                              f"{', '.join(BUCKETS)}")
 
 
+def runs_sql(since: float | None, filters: Mapping[str, str] | None, limit: int,
+             placeholder: Callable[[int], str]) -> tuple[str, list[Any]]:
+    """The query behind ``Database.runs``, the same on both backends (value n written as
+    ``placeholder(n)``); its columns are ``RUN_COLUMNS``."""
+    clauses = ["run_id IS NOT NULL"]
+    args: list[Any] = []
+    if since is not None:
+        args.append(float(since))
+        clauses.append(f"ts >= {placeholder(len(args))}")
+    for name, value in (filters or {}).items():
+        if name not in RUN_FILTERS:
+            raise ValueError(f"cannot filter runs by {name!r}; expected one of "
+                             f"{', '.join(RUN_FILTERS)}")
+        args.append(value)
+        clauses.append(f"{name} = {placeholder(len(args))}")
+    args.append(int(limit))
+    sql = ("SELECT key_id, run_id, max(organization), max(project), count(*), "
+           "sum(input_tokens), sum(output_tokens), sum(cost_nano), "
+           "sum(CASE WHEN outcome = 'blocked' THEN 1 ELSE 0 END), min(ts), max(ts) "
+           f"FROM ledger WHERE {' AND '.join(clauses)} GROUP BY key_id, run_id "
+           f"ORDER BY max(ts) DESC, key_id, run_id LIMIT {placeholder(len(args))}")
+    return sql, args
+
+
+RUN_COLUMNS = ("key_id", "run_id", "organization", "project", *RUN_TOTALS, "first_ts",
+               "last_ts")
+
+
+def run_items(records: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+    out = []
+    for record in records:
+        item = dict(zip(RUN_COLUMNS, record, strict=True))
+        for name in RUN_TOTALS:
+            item[name] = int(item[name] or 0)
+        out.append(item)
+    return out
+
+
 class KeyLookups:
     """What both database backends share about keys: lookups by hash and by id through the
     backend's ``_one_key``, and the WHERE clause of a listing."""
@@ -171,6 +212,13 @@ class Database(Protocol):
     async def ledger_rows(self, limit: int = 100, **filters: Any) -> list[LedgerRow]: ...
 
     async def usage(self, query: UsageQuery) -> list[dict[str, Any]]: ...
+
+    async def runs(self, since: float | None = None, filters: Mapping[str, str] | None = None,
+                   limit: int = 100) -> list[dict[str, Any]]:
+        """Agent runs (ledger rows with a ``run_id``) since ``since``, the latest first: per
+        key and run id, ``organization``, ``project``, ``RUN_TOTALS``, ``first_ts`` and
+        ``last_ts``; ``filters`` match any of ``RUN_FILTERS`` exactly."""
+        ...
 
     async def create_key(self, record: KeyRecord) -> None: ...
 

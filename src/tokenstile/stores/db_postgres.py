@@ -43,6 +43,8 @@ from tokenstile.stores.database import (
     KeyRecord,
     Override,
     UsageQuery,
+    run_items,
+    runs_sql,
 )
 from tokenstile.stores.pg_migrations import LATEST, MIGRATIONS
 from tokenstile.stores.responses import StoredResponse
@@ -59,7 +61,7 @@ LEDGER_COLUMNS = (
     "cost_nano", "estimated", "status", "outcome", "block_reason", "flags", "latency_ms",
     "ttfb_ms", "streamed", "trace_id", "degraded", "cache", "saved_nano", "detail",
     "input_audio_tokens", "output_audio_tokens", "cache_write_1h_tokens",
-    "web_search_requests", "file_search_calls", "service_tier",
+    "web_search_requests", "file_search_calls", "service_tier", "run_id",
 )
 _LEDGER_TYPES = {
     "ts": "float8", "latency_ms": "float8", "ttfb_ms": "float8", "status": "int4",
@@ -402,6 +404,14 @@ class PostgresDatabase(KeyLookups):
     async def usage(self, query: UsageQuery) -> list[dict[str, Any]]:
         """Totals grouped by validated column names only, bucketed in ``query.tz``."""
         return await self._usage(query, None)
+
+    async def runs(self, since: float | None = None, filters: Mapping[str, str] | None = None,
+                   limit: int = 100) -> list[dict[str, Any]]:
+        sql, args = runs_sql(since, {k: clean_text(v) or "" for k, v in (filters or {}).items()},
+                             limit, lambda n: f"${n}")
+        async with self.connection() as conn:
+            records = await conn.fetch(sql, *args)
+        return run_items([tuple(r.values()) for r in records])
 
     async def usage_by_label(self, query: UsageQuery, label: str) -> list[dict[str, Any]]:
         """``usage`` plus one group ``label``: each tag (``team=search``) or each

@@ -20,6 +20,8 @@ from tokenstile.stores.database import (
     KeyRecord,
     Override,
     UsageQuery,
+    run_items,
+    runs_sql,
 )
 from tokenstile.stores.responses import StoredResponse
 from tokenstile.stores.sqlite import SqliteFile
@@ -44,7 +46,7 @@ LEDGER_COLUMNS = (
     "cost_nano", "estimated", "status", "outcome", "block_reason", "flags", "latency_ms",
     "ttfb_ms", "streamed", "trace_id", "degraded", "cache", "saved_nano", "detail",
     "input_audio_tokens", "output_audio_tokens", "cache_write_1h_tokens",
-    "web_search_requests", "file_search_calls", "service_tier",
+    "web_search_requests", "file_search_calls", "service_tier", "run_id",
 )
 # Ledger columns added after the first release: a database made before them gets them
 # when it is opened (existing rows read 0 and NULL).
@@ -55,7 +57,12 @@ ADDED_COLUMNS = (
     ("web_search_requests", "INTEGER NOT NULL DEFAULT 0"),
     ("file_search_calls", "INTEGER NOT NULL DEFAULT 0"),
     ("service_tier", "TEXT"),
+    ("run_id", "TEXT"),
 )
+# Indexes on added columns, made once the columns are there.
+ADDED_INDEXES = """
+CREATE INDEX IF NOT EXISTS ledger_run ON ledger (run_id, ts) WHERE run_id IS NOT NULL;
+"""
 _JSON_COLUMNS = {"tags", "flags", "degraded", "detail"}
 _BOOL_COLUMNS = {"estimated", "streamed"}
 
@@ -181,6 +188,7 @@ class SqliteDatabase(KeyLookups):
         conn.create_function("hour_bucket", 3, hour_bucket, deterministic=True)
         conn.executescript(SCHEMA)
         add_columns(conn)
+        conn.executescript(ADDED_INDEXES)
         conn.executescript(responses.SQLITE_SCHEMA)
         ensure_rollup(conn)
 
@@ -228,6 +236,15 @@ class SqliteDatabase(KeyLookups):
 
         def read(conn: sqlite3.Connection) -> list[dict[str, Any]]:
             return usage_from(conn, query)
+
+        return await self._run(read)
+
+    async def runs(self, since: float | None = None, filters: Mapping[str, str] | None = None,
+                   limit: int = 100) -> list[dict[str, Any]]:
+        sql, args = runs_sql(since, filters, limit, lambda n: "?")
+
+        def read(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            return run_items(conn.execute(sql, args).fetchall())
 
         return await self._run(read)
 

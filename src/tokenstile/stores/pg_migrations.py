@@ -199,6 +199,35 @@ ALTER TABLE ledger
 """),
     Migration(5, "responses created through the gateway", PG_SCHEMA),
     Migration(6, "provisional ledger rows replaced by their request's own", _replacement_sql()),
+    Migration(7, "reconciliation runs and recorded prices", """
+CREATE TABLE IF NOT EXISTS reconcile_runs (
+    id text COLLATE "C" PRIMARY KEY,
+    ts double precision NOT NULL,
+    provider text COLLATE "C" NOT NULL,
+    since double precision NOT NULL,
+    until double precision NOT NULL,
+    ledger_nano bigint NOT NULL,
+    provider_nano bigint NOT NULL,
+    drift_nano bigint NOT NULL,
+    ledger_tokens bigint NOT NULL,
+    provider_tokens bigint NOT NULL,
+    drift_tokens bigint NOT NULL,
+    alerted boolean NOT NULL DEFAULT false,
+    rows jsonb NOT NULL
+);
+CREATE INDEX IF NOT EXISTS reconcile_runs_ts ON reconcile_runs (provider, ts);
+CREATE TABLE IF NOT EXISTS price_records (
+    model text COLLATE "C" NOT NULL,
+    provider text COLLATE "C" NOT NULL,
+    fingerprint text NOT NULL,
+    recorded_at double precision NOT NULL,
+    PRIMARY KEY (model, provider)
+);
+"""),
+    Migration(8, "the agent run or session of a ledger row", """
+ALTER TABLE ledger ADD COLUMN IF NOT EXISTS run_id text;
+CREATE INDEX IF NOT EXISTS ledger_run ON ledger (run_id, ts) WHERE run_id IS NOT NULL;
+"""),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -6,6 +6,8 @@
 -- Deltas for counters that no longer exist (their window ended) are dropped rather than
 -- recreating the key without an expiry; a value that would go negative stops at zero.
 -- Returns 1 if settled, 0 if the reservation was unknown.
+-- Amounts stay exact: deltas arrive as decimal strings and INCRBY adds 64-bit integers;
+-- only the sign of its answer is looked at here.
 
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then
   return 0

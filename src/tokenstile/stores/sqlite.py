@@ -85,7 +85,7 @@ def immediate(conn: sqlite3.Connection) -> Iterator[None]:
 
 
 def _resolve(fut: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if fut.cancelled():
+    if fut.done():  # cancelled, or timed out (``SqliteFile.run``)
         return
     if error is None:
         fut.set_result(result)
@@ -98,6 +98,12 @@ def _outcome(fn: Callable[[], Any]) -> Outcome:
         return fn(), None
     except BaseException as exc:
         return None, exc
+
+
+def _expire(fut: asyncio.Future[Any], file: SqliteFile, limit: float) -> None:
+    if not fut.done():
+        fut.set_exception(StoreUnavailable(
+            f"the SQLite {file.what} {file.path} did not answer within {limit} s"))
 
 
 class Worker:
@@ -146,7 +152,7 @@ class Worker:
                     break
                 batch.append(more)
             # the caller gave up (timed out) before it started: skip it
-            live = [entry for entry in batch if not entry[1].cancelled()]
+            live = [entry for entry in batch if not entry[1].done()]
             if not live:
                 continue
             if len(live) > 1 and self._batch_runner is not None:
@@ -233,15 +239,15 @@ class SqliteFile:
         if self._closed:
             raise StoreUnavailable(f"the SQLite {self.what} {self.path} is closed")
         limit = self.timeouts.call_s
+        fut = self._worker.submit(lambda: self._call(fn))
+        if limit is None:
+            return await fut
+        # A timer on the future, not an asyncio.timeout scope: one call_later per call.
+        expiry = asyncio.get_running_loop().call_later(limit, _expire, fut, self, limit)
         try:
-            async with asyncio.timeout(limit):
-                return await self._worker.submit(lambda: self._call(fn))
-        except TimeoutError:
-            if limit is None:
-                raise
-            raise StoreUnavailable(
-                f"the SQLite {self.what} {self.path} did not answer within {limit} s"
-            ) from None
+            return await fut
+        finally:
+            expiry.cancel()
 
     def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         try:

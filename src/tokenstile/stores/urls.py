@@ -4,22 +4,38 @@
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 
 class StoreConfigError(ValueError):
     """A store URL names an unknown scheme or is malformed."""
 
 
-def redact_url(url: str) -> str:
-    """The URL without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+REDACTED = "[redacted]"
+SECRET_NAME = re.compile(r"(^|_)(api_?key|key|secret|password|passwd|token|authorization|"
+                         r"credentials?|dsn)$", re.IGNORECASE)
+
+
+def redact_url(value: str) -> str:
+    """``redis://user:pw@host/0?password=x`` → ``redis://user:[redacted]@host/0?password=…``
+    with the password and secret-named query values replaced; the rest is left as written."""
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return REDACTED
+    out = value
+    if "@" in parts.netloc:
+        userinfo = parts.netloc.rsplit("@", 1)[0]
+        user, sep, _ = userinfo.partition(":")
+        out = out.replace(userinfo + "@", (f"{user}:{REDACTED}" if sep else REDACTED) + "@", 1)
+    if parts.query:
+        pairs = [(k, REDACTED if SECRET_NAME.search(k) else v)
+                 for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+        out = out.replace("?" + parts.query, "?" + urlencode(pairs, safe="[]"), 1)
+    return out
 
 
 def url_options(url: str, allowed: Iterable[str], what: str = "store") -> dict[str, str]:
@@ -56,6 +72,8 @@ BACKENDS: dict[str, dict[str, str]] = {
         "sqlite": f"{_STORES}.counters_sqlite:SqliteCounterStore",
         "redis": f"{_STORES}.counters_redis:RedisCounterStore",
         "rediss": f"{_STORES}.counters_redis:RedisCounterStore",
+        "redis+cluster": f"{_STORES}.counters_redis_cluster:RedisClusterCounterStore",
+        "rediss+cluster": f"{_STORES}.counters_redis_cluster:RedisClusterCounterStore",
     },
     "database": {
         "sqlite": f"{_STORES}.db_sqlite:SqliteDatabase",
@@ -73,6 +91,11 @@ BACKENDS: dict[str, dict[str, str]] = {
         "postgresql": f"{_STORES}.alerts_postgres:PostgresAlertHistory",
         "postgres": f"{_STORES}.alerts_postgres:PostgresAlertHistory",
         "memory": f"{_STORES}.alerts_memory:MemoryAlertHistory",
+    },
+    "record store": {
+        "sqlite": f"{_STORES}.records_sqlite:SqliteRecordStore",
+        "postgresql": f"{_STORES}.records_postgres:PostgresRecordStore",
+        "postgres": f"{_STORES}.records_postgres:PostgresRecordStore",
     },
 }
 

@@ -1,4 +1,5 @@
-"""A lean, fast fake of the OpenAI and Anthropic HTTP APIs, for tests, demos and benchmarks.
+"""A lean, fast fake of the OpenAI, Anthropic and AWS Bedrock HTTP APIs, for tests, demos
+and benchmarks.
 
 Why it exists: the gateway must be tested against real HTTP (the official SDKs on one side,
 its aiohttp client on the other) with exact, known token usage and scriptable failures,
@@ -13,6 +14,9 @@ truth the gateway must bill from, whatever it estimated.
 Failures are scripted by directives in the last user message, e.g. ``[[fake:status=429,
 retry_after=2]]`` or ``[[fake:cut_after=5]]`` (see ``Directives``), by server-wide
 defaults, or by a queue of per-request behaviours (``FakeUpstream.script``).
+
+Bedrock's runtime API (Converse, ConverseStream, InvokeModel and its stream for Claude),
+with SigV4 checked by botocore, is in ``_fake_bedrock``.
 
 Responses are stored (``previous_response_id`` bills the earlier turns as input, ``GET``,
 ``DELETE`` and ``input_items`` work), and ``background: true`` runs in the background with
@@ -50,6 +54,7 @@ from tokenstile.errors import GatewayError
 from tokenstile.providers.multipart import FilePart, parse_form
 
 from . import _fake_batches, _fake_media
+from ._fake_bedrock import BedrockRoutes, error_headers
 from ._fake_core import (
     NORMAL,
     DirectiveError,
@@ -69,6 +74,7 @@ from ._fake_core import (
     plan_reply,
     reply_text,
 )
+from ._fake_reports import REPORTS, Drift, admin_key_ok
 from ._fake_responses import ResponseStore, StoredResponse
 from ._fake_wire import (
     StreamParts,
@@ -279,6 +285,10 @@ class FakeSettings:
     max_records: int = 100_000
     record_bodies: bool = True  # keep each request's parsed JSON body on its record
     background_polls: int = 2  # a background response completes on this poll of it
+    # Bedrock: access key id -> secret; when any is set, Bedrock calls must be SigV4-signed
+    # by one of them (else anything goes). Bedrock API keys accepted as bearer tokens.
+    aws_credentials: dict[str, str] = field(default_factory=dict)
+    bedrock_api_keys: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------------------------------
@@ -361,10 +371,9 @@ class _Req:
     """One HTTP request in flight, and what will go on its record."""
 
     __slots__ = (
-        "anthropic", "api_key", "background", "body", "directives", "files", "headers", "method",
-        "model",
-        "query", "raw_headers", "receive", "recorded", "rid", "route", "send", "started",
-        "started_wall", "stream", "watch",
+        "anthropic", "api_key", "background", "bedrock", "body", "directives", "files",
+        "headers", "method", "model", "query", "raw", "raw_headers", "raw_path", "receive",
+        "recorded", "rid", "route", "send", "started", "started_wall", "stream", "watch",
     )
 
     def __init__(
@@ -377,8 +386,12 @@ class _Req:
         self.query: bytes = scope.get("query_string", b"")
         self.rid = rid
         self.raw_headers: list[tuple[bytes, bytes]] = scope["headers"]
+        raw_path = scope.get("raw_path")
+        self.raw_path: str = raw_path.decode("latin-1") if raw_path else scope["path"]
+        self.raw = b""
         self.api_key: str | None = None
         self.anthropic = route.startswith("/v1/messages")
+        self.bedrock = route.startswith("/model/")
         for name, value in self.raw_headers:
             if name == b"x-api-key":
                 self.api_key = value.decode("latin-1")
@@ -408,6 +421,8 @@ class _Req:
 
     def id_headers(self) -> list[tuple[bytes, bytes]]:
         rid = self.rid.encode()
+        if self.bedrock:
+            return [(b"x-amzn-requestid", rid)]
         return [(b"x-request-id", rid), (b"request-id", rid)]
 
 
@@ -473,7 +488,7 @@ _IMAGE_CATEGORIES = frozenset({
 
 
 class FakeUpstream:
-    """The fake OpenAI + Anthropic server: settings, a tally, and ``app`` (ASGI)."""
+    """The fake OpenAI + Anthropic + Bedrock server: settings, a tally, and ``app`` (ASGI)."""
 
     def __init__(self, settings: FakeSettings | None = None, **overrides: Any) -> None:
         self.settings = settings or FakeSettings()
@@ -485,8 +500,10 @@ class FakeUpstream:
         self.tally = Tally(self.settings.max_records)
         self.responses = ResponseStore(self._bill_background)
         self._script: deque[dict[str, object]] = deque()
+        self.drifts: list[Drift] = []
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(4).hex()
+        self._bedrock = BedrockRoutes(self)
         self._routes: dict[tuple[str, str], Callable[[_Req], Awaitable[None]]] = {
             ("POST", "/v1/chat/completions"): self._chat,
             ("POST", "/v1/completions"): self._completions,
@@ -530,8 +547,20 @@ class FakeUpstream:
         """Directives applied to every request (under script entries and request text)."""
         self.settings.defaults = directive_layer(spec)
 
+    def seed_drift(self, model: str, *, provider: str = "openai", input_tokens: int = 0,
+                   output_tokens: int = 0, usd: float = 0.0, day: int | str | None = None
+                   ) -> None:
+        """Make the admin usage and cost reports show usage the fake never served (a call
+        that went around the gateway): on ``day`` (days since the epoch, or an ISO date;
+        default the last day of the report)."""
+        self.drifts.append(Drift.from_json({
+            "provider": provider, "model": model, "input_tokens": input_tokens,
+            "output_tokens": output_tokens, "usd": usd, "day": day}))
+
     def reset(self) -> None:
-        """Clear the tally, the script queue and stored responses (settings stay)."""
+        """Clear the tally, the script queue, seeded drift and stored responses (settings
+        stay)."""
+        self.drifts.clear()
         self._script.clear()
         self.responses.clear()
         self.batches.clear()
@@ -603,6 +632,9 @@ class FakeUpstream:
             await self._admin(scope, receive, send, path)
             return
         method: str = scope["method"]
+        if method == "GET" and path in REPORTS:
+            await self._report(scope, send, path)
+            return
         handler = self._routes.get((method, path))
         if handler is None and method == "GET" and path.startswith("/v1/models/"):
             handler = self._model
@@ -610,11 +642,13 @@ class FakeUpstream:
             handler = self._response_route
         elif handler is None and path.startswith(("/v1/files/", "/v1/batches/")):
             handler = self._batch_route
+        elif handler is None and path.startswith("/model/"):
+            handler = self._bedrock.handle
         r = _Req(scope, receive, send, path, "req_" + self._new_id())
         self.tally.begin()
         try:
             require = self.settings.require_key
-            if require is not None and r.api_key != require:
+            if require is not None and r.api_key != require and not r.bedrock:
                 await self._error(r, 401, self._auth_message(r))
                 return
             if handler is None:
@@ -628,6 +662,7 @@ class FakeUpstream:
                 if raw is None:
                     self._record(r, 0, "client_disconnected")
                     return
+                r.raw = raw
                 try:
                     if path in _FORM_ROUTES:
                         r.body, r.files = parse_form(raw, r.headers_value(b"content-type"))
@@ -666,6 +701,30 @@ class FakeUpstream:
     def _deliberate_cut() -> None:
         """The connection is about to drop on purpose: uvicorn's complaint is not logged."""
         _DELIBERATE_CUT.set(True)
+
+    async def _report(self, scope: Scope, send: Send, path: str) -> None:
+        """An admin usage or cost report, from what was served (not itself recorded)."""
+        provider, build = REPORTS[path]
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                   for k, v in scope["headers"]}
+        status = 200
+        if not admin_key_ok(provider, headers):
+            status = 401
+            message = ("This endpoint requires an admin API key." if provider == "openai"
+                       else "invalid x-api-key")
+            payload: Json = openai_error(401, message) if provider == "openai" \
+                else anthropic_error(401, message, "req_" + self._new_id())
+        else:
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            try:
+                payload = build(self.tally.records, list(self.drifts), query, time.time())
+            except (ValueError, KeyError) as exc:
+                status = 400
+                payload = openai_error(400, f"invalid query: {exc}")
+        data = orjson.dumps(payload)
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [*_JSON_HEADERS, (b"content-length", str(len(data)).encode())]})
+        await send({"type": "http.response.body", "body": data})
 
     @staticmethod
     def _auth_message(r: _Req) -> str:
@@ -754,14 +813,18 @@ class FakeUpstream:
             return
         await r.send({"type": "http.response.body", "body": data})
 
-    async def _error(self, r: _Req, status: int, message: str, retry_after: float | None = None
-                     ) -> None:
-        """Answer with the provider's error shape; usage of an error is zero."""
+    async def _error(self, r: _Req, status: int, message: str, retry_after: float | None = None,
+                     kind: str | None = None) -> None:
+        """Answer with the provider's error shape; usage of an error is zero. ``kind``: the
+        Bedrock error type (else the status's)."""
         extra: list[tuple[bytes, bytes]] = []
         if retry_after is not None:
             value = int(retry_after) if float(retry_after).is_integer() else retry_after
             extra.append((b"retry-after", str(value).encode()))
-        if r.anthropic:
+        if r.bedrock:
+            payload: Json = {"message": message}
+            extra.extend(error_headers(status, kind))
+        elif r.anthropic:
             payload = anthropic_error(status, message, r.rid)
         else:
             payload = openai_error(status, message)
@@ -863,8 +926,10 @@ class FakeUpstream:
             return
         await self._stream(r, d, turn, render_stream(turn))
 
-    async def _stream(self, r: _Req, d: Directives, turn: Turn, parts: StreamParts) -> None:
-        """Send an SSE stream, acting out cut / error / stall / slow-chunk directives."""
+    async def _stream(self, r: _Req, d: Directives, turn: Turn, parts: StreamParts,
+                      content_headers: list[tuple[bytes, bytes]] = _SSE_HEADERS) -> None:
+        """Send an SSE stream (or Bedrock's event stream), acting out cut / error / stall /
+        slow-chunk directives."""
         n = len(parts.pieces)
         stop, ending = n, "complete"
         for limit, kind in ((d.cut_after, "cut"), (d.error_after, "error"),
@@ -875,7 +940,7 @@ class FakeUpstream:
         await send({
             "type": "http.response.start",
             "status": 200,
-            "headers": [*_SSE_HEADERS, *r.id_headers()],
+            "headers": [*content_headers, *r.id_headers()],
         })
         delay = d.chunk_delay_ms / 1000.0
         if delay <= 0:
@@ -1264,6 +1329,15 @@ class FakeUpstream:
                     self.set_defaults(spec)
                     payload = {"ok": True, "defaults": self.settings.defaults}
             except (orjson.JSONDecodeError, DirectiveError, TypeError, AttributeError) as exc:
+                status, payload = 400, {"error": {"message": str(exc)}}
+        elif path == "/_fake/reports/drift" and method == "POST":
+            raw = await _read_body(receive)
+            try:
+                spec = orjson.loads(raw or b"null")
+                items = spec if isinstance(spec, list) else [spec]
+                self.drifts.extend(Drift.from_json(item) for item in items)
+                payload = {"ok": True, "drifts": len(self.drifts)}
+            except (orjson.JSONDecodeError, ValueError, KeyError, TypeError) as exc:
                 status, payload = 400, {"error": {"message": str(exc)}}
         elif path == "/_fake/health":
             payload = {"ok": True}

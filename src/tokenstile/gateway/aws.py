@@ -1,0 +1,120 @@
+"""Signing requests to Bedrock upstreams with AWS Signature Version 4, by botocore.
+
+Each attempt is signed afresh (its ``X-Amz-Date`` is when it is sent) with
+``botocore.auth.SigV4Auth`` over a ``botocore.awsrequest.AWSRequest``: the method, the URL
+(the model id percent-encoded as boto3 encodes it), the headers sent and the body. Nothing
+of the algorithm is written here.
+
+Credentials come from the upstream's config (``aws_access_key_id`` /
+``aws_secret_access_key`` / ``aws_session_token``), else from botocore's own chain for its
+``aws_profile`` (the ``AWS_*`` variables, shared config and credential files, SSO, container
+and instance roles). They are looked up once, in a thread (the chain may ask an instance
+metadata endpoint), and refreshed by botocore when they are temporary; a refresh that is
+due also runs in a thread.
+
+An upstream with an ``api_key`` (a Bedrock API key) sends it as ``Authorization: Bearer``
+instead of signing (``upstream.upstream_headers``), and so does a passthrough caller's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from tokenstile.config import UpstreamConfig
+from tokenstile.errors import GatewayError
+
+try:
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials, ReadOnlyCredentials, RefreshableCredentials
+    from botocore.session import Session
+except ImportError:  # pragma: no cover - the [bedrock] extra is not installed
+    SigV4Auth = AWSRequest = Credentials = ReadOnlyCredentials = None
+    RefreshableCredentials = Session = None
+
+SERVICE = "bedrock"
+
+
+def host_of(url: str) -> str:
+    """The ``host`` header for ``url``: lower-case, with its port unless it is the
+    scheme's default (what AWS signs, and what aiohttp then sends)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    if parts.port is not None and parts.port != {"http": 80, "https": 443}.get(parts.scheme):
+        host = f"{host}:{parts.port}"
+    return host
+
+
+def no_credentials(upstream: str) -> GatewayError:
+    return GatewayError(
+        502, f"upstream {upstream!r} (Bedrock) has no AWS credentials: set "
+             "aws_access_key_id and aws_secret_access_key for it, or the AWS_* environment "
+             "variables or a profile where the gateway runs", type="api_error",
+        code="upstream_auth_failed")
+
+
+class AwsSigner:
+    """SigV4 signatures for every Bedrock upstream of a process (credentials cached per
+    upstream and its AWS settings)."""
+
+    def __init__(self) -> None:
+        self._credentials: dict[tuple[str | None, ...], Any] = {}
+        self._lookups: dict[tuple[str | None, ...], asyncio.Future[Any]] = {}
+        self._hosts: dict[str, str] = {}
+
+    async def headers(self, name: str, config: UpstreamConfig, url: str, body: bytes,
+                      headers: Mapping[str, str]) -> dict[str, str]:
+        """``headers`` with ``host``, ``x-amz-date`` (and ``x-amz-security-token``) and the
+        SigV4 ``authorization`` for this request; unsigned when they already carry an
+        ``authorization`` (a Bedrock API key, sent as a bearer token)."""
+        base = dict(headers)
+        origin = url.split("/model/", 1)[0]
+        host = self._hosts.get(origin)
+        if host is None:
+            host = self._hosts[origin] = host_of(url)
+        base["host"] = host
+        if "authorization" in base:
+            return base
+        credentials = await self._frozen(name, config)
+        request = AWSRequest(method="POST", url=url, data=body, headers=base)
+        SigV4Auth(credentials, SERVICE, config.region).add_auth(request)
+        return dict(request.headers.items())
+
+    async def _frozen(self, name: str, config: UpstreamConfig) -> Any:
+        key = (name, config.aws_access_key_id, config.aws_secret_access_key,
+               config.aws_session_token, config.aws_profile)
+        found = self._credentials.get(key)
+        if found is None:
+            lookup = self._lookups.get(key)
+            if lookup is None:  # one lookup for the requests that arrive meanwhile
+                lookup = self._lookups[key] = asyncio.ensure_future(
+                    asyncio.to_thread(resolve_credentials, config))
+            try:
+                found = await asyncio.shield(lookup)
+            finally:
+                if lookup.done():
+                    self._lookups.pop(key, None)
+            if found is None:
+                raise no_credentials(name)
+            self._credentials[key] = found
+        if isinstance(found, ReadOnlyCredentials):
+            return found
+        if isinstance(found, RefreshableCredentials) and found.refresh_needed():
+            return await asyncio.to_thread(found.get_frozen_credentials)
+        return found.get_frozen_credentials()
+
+
+def resolve_credentials(config: UpstreamConfig) -> Any:
+    """The upstream's credentials: its own keys, else botocore's chain (None: none
+    found). Blocking: run it in a thread."""
+    if Session is None:
+        raise RuntimeError("Bedrock needs botocore: pip install 'tokenstile[bedrock]'")
+    if config.aws_access_key_id and config.aws_secret_access_key:
+        return Credentials(config.aws_access_key_id, config.aws_secret_access_key,
+                           config.aws_session_token).get_frozen_credentials()
+    return Session(profile=config.aws_profile).get_credentials()

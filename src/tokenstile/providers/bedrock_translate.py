@@ -1,0 +1,494 @@
+"""Serving other APIs from Bedrock: OpenAI chat completions over Converse, Anthropic Messages
+over InvokeModel.
+
+Chat completions: an ``openai`` SDK client names a model routed to a Bedrock upstream and
+the gateway calls Converse. The request goes through the chat → Messages translation
+(``providers.translate``: the same validation, system and turn merging, tool mapping), and
+the Messages request becomes a Converse one: ``max_tokens`` → ``inferenceConfig.maxTokens``,
+``temperature``/``top_p``/``stop`` → ``inferenceConfig``, tools → ``toolConfig``, images and
+PDFs → ``bytes`` blocks, ``thinking`` → ``additionalModelRequestFields``. Structured outputs
+become a system instruction. Answers, streams (event stream frames in, SSE chunks out) and
+errors (``{"message"}`` in, ``{"error": {...}}`` out) are translated back.
+
+Anthropic Messages: an ``anthropic`` SDK client names a Claude model routed to a Bedrock
+upstream and the gateway calls InvokeModel with the same body, ``anthropic_version:
+bedrock-2023-05-31`` instead of ``model``; the answer is already in Messages' shape, the
+stream's ``chunk`` frames are written out as SSE events.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import orjson
+
+from tokenstile import tokens
+from tokenstile.errors import GatewayError, bad_request, render_error
+from tokenstile.providers import eventstream
+from tokenstile.providers.anthropic import (
+    AnthropicStreamObserver,
+    dumps_text,
+    output_format,
+    usage_from_anthropic,
+)
+from tokenstile.providers.base import Bridge, optional_int, require_str
+from tokenstile.providers.bedrock import BEDROCK_ANTHROPIC_VERSION, ROUTE_FIELDS, invoke_event
+from tokenstile.providers.converse import ConverseStreamState, count_converse, usage_of_answer
+from tokenstile.providers.translate import DONE, chat_to_messages, chat_usage
+from tokenstile.types import ApiKind, CanonicalRequest, Usage, WireFormat
+
+FINISH_REASONS: dict[str, str] = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "guardrail_intervened": "content_filter",
+    "content_filtered": "content_filter",
+}
+_OPENAI_ERROR_TYPES: dict[int, str] = {
+    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+    404: "invalid_request_error", 408: "server_error", 424: "server_error",
+    429: "rate_limit_exceeded",
+}
+
+# --- requests -----------------------------------------------------------------------------
+
+
+def _image(block: dict[str, Any], where: str) -> dict[str, Any]:
+    source = block.get("source")
+    if not isinstance(source, dict) or source.get("type") != "base64":
+        raise bad_request(f"'{where}': Bedrock takes images as bytes; send a base64 data URL "
+                          "(data:image/png;base64,...) instead of a link", param=where)
+    media_type = str(source.get("media_type", "image/png"))
+    return {"image": {"format": media_type.removeprefix("image/"),
+                      "source": {"bytes": source.get("data")}}}
+
+
+def _blocks(content: Any, where: str) -> list[dict[str, Any]]:
+    """Anthropic content (a string or blocks, as ``chat_to_messages`` writes them) as
+    Converse blocks."""
+    if isinstance(content, str):
+        return [{"text": content}]
+    out: list[dict[str, Any]] = []
+    for j, block in enumerate(content if isinstance(content, list) else ()):
+        kind = block.get("type")
+        at = f"{where}[{j}]"
+        if kind == "text":
+            out.append({"text": block["text"]})
+        elif kind == "image":
+            out.append(_image(block, at))
+        elif kind == "document":
+            out.append({"document": {"format": "pdf", "name": f"document-{len(out) + 1}",
+                                     "source": {"bytes": block["source"]["data"]}}})
+        elif kind == "tool_use":
+            out.append({"toolUse": {"toolUseId": block["id"], "name": block["name"],
+                                    "input": block.get("input") or {}}})
+        elif kind == "tool_result":
+            text = block.get("content")
+            out.append({"toolResult": {"toolUseId": block["tool_use_id"],
+                                       "content": [{"text": text}] if text else [{"json": {}}]}})
+    return out
+
+
+def _tools(tools: Any, choice: Any) -> dict[str, Any] | None:
+    if not tools:
+        return None
+    config: dict[str, Any] = {"tools": []}
+    for tool in tools:
+        spec: dict[str, Any] = {"name": tool["name"], "inputSchema": {"json": tool["input_schema"]}}
+        if tool.get("description"):
+            spec["description"] = tool["description"]
+        config["tools"].append({"toolSpec": spec})
+    kind = choice.get("type") if isinstance(choice, dict) else None
+    if kind == "auto":
+        config["toolChoice"] = {"auto": {}}
+    elif kind == "any":
+        config["toolChoice"] = {"any": {}}
+    elif kind == "tool":
+        config["toolChoice"] = {"tool": {"name": choice["name"]}}
+    return config  # "none" has no Converse counterpart: the tools stay, unforced
+
+
+def messages_to_converse(body: dict[str, Any]) -> dict[str, Any]:
+    """An Anthropic Messages request (as ``chat_to_messages`` writes it) as a Converse
+    request; ``model`` stays in it for the gateway (the URL carries it upstream)."""
+    out: dict[str, Any] = {
+        "model": body["model"],
+        "messages": [{"role": m["role"], "content": _blocks(m["content"], f"messages[{i}]")}
+                     for i, m in enumerate(body["messages"])],
+    }
+    if body.get("system"):
+        out["system"] = [{"text": body["system"]}]
+    config: dict[str, Any] = {"maxTokens": body["max_tokens"]}
+    if body.get("stop_sequences"):
+        config["stopSequences"] = body["stop_sequences"]
+    if body.get("temperature") is not None:
+        config["temperature"] = body["temperature"]
+    if body.get("top_p") is not None:
+        config["topP"] = body["top_p"]
+    out["inferenceConfig"] = config
+    tools = _tools(body.get("tools"), body.get("tool_choice"))
+    if tools is not None:
+        out["toolConfig"] = tools
+    if body.get("thinking") is not None:
+        out["additionalModelRequestFields"] = {"thinking": body["thinking"]}
+    return out
+
+
+def chat_to_converse(body: dict[str, Any], default_max_tokens: int) -> dict[str, Any]:
+    """An OpenAI chat completions request as a Converse request (see the module's notes)."""
+    return messages_to_converse(chat_to_messages(body, default_max_tokens,
+                                                 structured_outputs=False, sampling=True))
+
+
+# --- answers ------------------------------------------------------------------------------
+
+
+def _chat_id() -> str:
+    return "chatcmpl-" + uuid.uuid4().hex
+
+
+def finish_reason(stop_reason: Any) -> str:
+    return FINISH_REASONS.get(stop_reason, "stop") if isinstance(stop_reason, str) else "stop"
+
+
+def converse_to_chat(resp: Any, model: str, *, created: int | None = None) -> dict[str, Any]:
+    """A Converse answer as an OpenAI ``chat.completion`` object."""
+    output = resp.get("output") if isinstance(resp, dict) else None
+    message = output.get("message") if isinstance(output, dict) else None
+    content = message.get("content") if isinstance(message, dict) else None
+    texts: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for block in content if isinstance(content, list) else ():
+        if not isinstance(block, dict):
+            continue
+        if isinstance(block.get("text"), str):
+            texts.append(block["text"])
+        use = block.get("toolUse")
+        if isinstance(use, dict):
+            calls.append({"id": str(use.get("toolUseId") or f"call_{len(calls)}"),
+                          "type": "function",
+                          "function": {"name": str(use.get("name") or ""),
+                                       "arguments": dumps_text(use.get("input") or {})}})
+    reply: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts else None,
+                             "refusal": None}
+    if calls:
+        reply["tool_calls"] = calls
+    usage = usage_of_answer(resp)
+    return {
+        "id": _chat_id(), "object": "chat.completion",
+        "created": int(time.time()) if created is None else created, "model": model,
+        "choices": [{"index": 0, "message": reply, "logprobs": None,
+                     "finish_reason": finish_reason(resp.get("stopReason")
+                                                    if isinstance(resp, dict) else None)}],
+        "usage": chat_usage(usage) if usage is not None else None,
+        "system_fingerprint": None,
+    }
+
+
+def _message_of(status: int, body: bytes) -> str:
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        parsed = None
+    message = parsed.get("message") or parsed.get("Message") if isinstance(parsed, dict) \
+        else None
+    if isinstance(message, str) and message:
+        return message
+    text = body.decode("utf-8", "replace").strip()[:500]
+    return f"the upstream answered {status}" + (f": {text}" if text else "")
+
+
+def bedrock_error_to_openai(status: int, body: bytes) -> bytes:
+    """A Bedrock error body (``{"message"}``) in OpenAI's shape."""
+    kind = _OPENAI_ERROR_TYPES.get(status, "server_error" if status >= 500
+                                   else "invalid_request_error")
+    return orjson.dumps({"error": {"message": _message_of(status, body), "type": kind,
+                                   "param": None, "code": None}})
+
+
+def bedrock_error_to_anthropic(status: int, body: bytes) -> bytes:
+    """A Bedrock error body in Anthropic's shape."""
+    return render_error("anthropic", status, _message_of(status, body))
+
+
+# --- streams ------------------------------------------------------------------------------
+
+
+def _sse(payload: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+class ConverseChatTranslator:
+    """ConverseStream frames in, ``chat.completion.chunk`` SSE events out (a
+    ``StreamObserver``): every frame is decoded, usage comes from the ``metadata`` event."""
+
+    __slots__ = ("_created", "_done", "_id", "_include_usage", "_model", "_role_sent",
+                 "_state", "_tools", "_usage_override")
+
+    def __init__(self, model: str, *, include_usage: bool = False) -> None:
+        self._model = model
+        self._include_usage = include_usage
+        self._created = int(time.time())
+        self._id = _chat_id()
+        self._state = ConverseStreamState()
+        self._tools: dict[Any, int] = {}
+        self._role_sent = False
+        self._done = False
+        self._usage_override: Usage | None = None
+
+    @classmethod
+    def for_request(cls, body: dict[str, Any], model: str) -> ConverseChatTranslator:
+        options = body.get("stream_options")
+        return cls(model, include_usage=isinstance(options, dict)
+                   and options.get("include_usage") is True)
+
+    @property
+    def usage(self) -> Usage | None:
+        return self._usage_override or self._state.final_usage
+
+    @usage.setter
+    def usage(self, value: Usage | None) -> None:
+        self._usage_override = value
+
+    def output_text(self) -> str:
+        return "".join(self._state.text.visible)
+
+    def reasoning_text(self) -> str:
+        return "".join(self._state.text.reasoning)
+
+    def answering(self) -> bool:
+        return bool(self._state.text.visible)
+
+    def usage_is_final(self) -> bool:
+        return self._usage_override is not None or self._state.final_usage is not None
+
+    def on_event(self, event: bytes) -> bytes | None:
+        if self._done:
+            return None
+        frame = eventstream.decode(event)
+        if frame.message_type != "event":
+            self._done = True
+            message = _message_of(500, frame.payload)
+            return _sse({"error": {"message": message, "type": "server_error", "param": None,
+                                   "code": frame.name or None}})
+        payload = frame.json()
+        self._state.apply(frame.name, payload)
+        if not isinstance(payload, dict):
+            return None
+        return self._translate(frame.name, payload) or None
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
+        if not self._role_sent:
+            self._role_sent = True
+            delta = {"role": "assistant", "content": "", **delta}
+        chunk: dict[str, Any] = {
+            "id": self._id, "object": "chat.completion.chunk", "created": self._created,
+            "model": self._model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                         "finish_reason": finish}],
+        }
+        if self._include_usage:
+            chunk["usage"] = None
+        return _sse(chunk)
+
+    def _translate(self, name: str, payload: dict[str, Any]) -> bytes:
+        if name == "messageStart":
+            return b"" if self._role_sent else self._chunk({})
+        if name == "contentBlockStart":
+            start = payload.get("start")
+            use = start.get("toolUse") if isinstance(start, dict) else None
+            if not isinstance(use, dict):
+                return b""
+            index = self._tools[payload.get("contentBlockIndex")] = len(self._tools)
+            return self._chunk({"tool_calls": [{
+                "index": index, "id": str(use.get("toolUseId") or f"call_{index}"),
+                "type": "function",
+                "function": {"name": str(use.get("name") or ""), "arguments": ""}}]})
+        if name == "contentBlockDelta":
+            delta = payload.get("delta")
+            if not isinstance(delta, dict):
+                return b""
+            if isinstance(delta.get("text"), str) and delta["text"]:
+                return self._chunk({"content": delta["text"]})
+            use = delta.get("toolUse")
+            call = self._tools.get(payload.get("contentBlockIndex"))
+            if isinstance(use, dict) and isinstance(use.get("input"), str) and call is not None:
+                return self._chunk({"tool_calls": [
+                    {"index": call, "function": {"arguments": use["input"]}}]})
+            return b""
+        if name == "messageStop":
+            return self._chunk({}, finish_reason(payload.get("stopReason")))
+        if name == "metadata":
+            self._done = True
+            out = b""
+            if self._include_usage:
+                out = _sse({"id": self._id, "object": "chat.completion.chunk",
+                            "created": self._created, "model": self._model, "choices": [],
+                            "usage": chat_usage(self._state.final_usage or Usage())})
+            return out + DONE
+        return b""
+
+
+class InvokeMessagesTranslator:
+    """InvokeModelWithResponseStream frames in, Anthropic SSE events out (a
+    ``StreamObserver`` around the Anthropic one, which counts them)."""
+
+    __slots__ = ("_inner",)
+
+    def __init__(self, model: str) -> None:
+        self._inner = AnthropicStreamObserver(model)
+
+    @property
+    def usage(self) -> Usage | None:
+        return self._inner.usage
+
+    @usage.setter
+    def usage(self, value: Usage | None) -> None:
+        self._inner.usage = value
+
+    def on_event(self, event: bytes) -> bytes | None:
+        frame = eventstream.decode(event)
+        if frame.message_type != "event":
+            error = {"type": "error", "error": {"type": "api_error",
+                                                "message": _message_of(500, frame.payload)}}
+            return b"event: error\ndata: " + orjson.dumps(error) + b"\n\n"
+        inner = invoke_event(frame)
+        if inner is None:
+            return None
+        kind = str(inner.get("type") or "message")
+        return self._inner.on_event(b"event: " + kind.encode() + b"\ndata: "
+                                    + orjson.dumps(inner) + b"\n\n")
+
+    def output_text(self) -> str:
+        return self._inner.output_text()
+
+    def reasoning_text(self) -> str:
+        return self._inner.reasoning_text()
+
+    def answering(self) -> bool:
+        return self._inner.answering()
+
+    def usage_is_final(self) -> bool:
+        return self._inner.usage_is_final()
+
+
+# --- the gateway's bridges ----------------------------------------------------------------
+
+
+def _same_except(a: dict[str, Any], b: dict[str, Any], fields: tuple[str, ...]) -> bool:
+    keys = a.keys() | b.keys()
+    return all(a.get(k) is b.get(k) for k in keys if k not in fields)
+
+
+class ChatOverConverse:
+    """An OpenAI chat completions request served by a Bedrock upstream's Converse API."""
+
+    upstream_api: ApiKind = "converse"
+
+    __slots__ = ("_default_cap", "_source", "_translated")
+
+    def __init__(self, body: dict[str, Any], default_max_tokens: int) -> None:
+        self._default_cap = default_max_tokens
+        self._source = body
+        self._translated = chat_to_converse(body, default_max_tokens)
+
+    @property
+    def model(self) -> str:
+        model: str = self._translated["model"]
+        return model
+
+    def count_input(self) -> int:
+        return count_converse(self.model, self._translated)
+
+    def upstream_body(self, req: CanonicalRequest) -> dict[str, Any]:
+        body = req.body
+        if body is not self._source:
+            if _same_except(body, self._source, ("model", "max_tokens",
+                                                 "max_completion_tokens")):
+                cap = optional_int(body, "max_completion_tokens", minimum=1)
+                if cap is None:
+                    cap = optional_int(body, "max_tokens", minimum=1)
+                config = {**self._translated["inferenceConfig"],
+                          "maxTokens": self._default_cap if cap is None else cap}
+                self._translated = {**self._translated, "model": require_str(body, "model"),
+                                    "inferenceConfig": config}
+            else:
+                self._translated = chat_to_converse(body, self._default_cap)
+            self._source = body
+        return {k: v for k, v in self._translated.items() if k not in ROUTE_FIELDS}
+
+    def usage_from_body(self, payload: Any) -> Usage | None:
+        return usage_of_answer(payload)
+
+    def response_body(self, payload: bytes, parsed: Any) -> tuple[bytes, Any]:
+        if not isinstance(parsed, dict) or "output" not in parsed:
+            return payload, parsed
+        chat = converse_to_chat(parsed, self.model)
+        return orjson.dumps(chat), chat
+
+    def error_body(self, status: int, payload: bytes) -> bytes:
+        return bedrock_error_to_openai(status, payload)
+
+    def observer(self, req: CanonicalRequest) -> ConverseChatTranslator:
+        return ConverseChatTranslator.for_request(req.body, self.model)
+
+
+class MessagesOverInvoke:
+    """An Anthropic Messages request served by a Bedrock upstream's InvokeModel."""
+
+    upstream_api: ApiKind = "messages"
+
+    __slots__ = ("_body",)
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self._body = body
+
+    def count_input(self) -> int:
+        body = self._body
+        return tokens.count_anthropic(require_str(body, "model"), body.get("messages"),
+                                      body.get("system"), body.get("tools"),
+                                      output_format=output_format(body))
+
+    def upstream_body(self, req: CanonicalRequest) -> dict[str, Any]:
+        body = {k: v for k, v in req.body.items() if k not in ROUTE_FIELDS}
+        body["anthropic_version"] = BEDROCK_ANTHROPIC_VERSION
+        return body
+
+    def usage_from_body(self, payload: Any) -> Usage | None:
+        return usage_from_anthropic(payload.get("usage")) if isinstance(payload, dict) \
+            else None
+
+    def response_body(self, payload: bytes, parsed: Any) -> tuple[bytes, Any]:
+        return payload, parsed
+
+    def error_body(self, status: int, payload: bytes) -> bytes:
+        return bedrock_error_to_anthropic(status, payload)
+
+    def observer(self, req: CanonicalRequest) -> InvokeMessagesTranslator:
+        return InvokeMessagesTranslator(req.model)
+
+
+def bedrock_bridge(api: ApiKind, client_wire: WireFormat, upstream_wire: WireFormat,
+                   upstream: str, body: dict[str, Any], default_max_tokens: int) -> Bridge:
+    """The bridge between a Bedrock upstream and another wire, or a 400 saying why none."""
+    model = body.get("model")
+    if upstream_wire == "bedrock":
+        if client_wire == "openai" and api == "chat":
+            return ChatOverConverse(body, default_max_tokens)
+        if client_wire == "anthropic" and api == "messages":
+            return MessagesOverInvoke(body)
+        raise GatewayError(
+            400, f"the model {model!r} is served by the Bedrock upstream {upstream!r}, which "
+                 "serves chat completions (/v1/chat/completions), Anthropic Messages "
+                 "(/v1/messages, for Claude) and Bedrock's own routes (/model/{modelId}/"
+                 "converse…), not this API", code="unsupported_api")
+    raise GatewayError(
+        400, f"Bedrock routes (/model/{{modelId}}/…) need an upstream of kind bedrock, but the "
+             f"model {model!r} is served by the {upstream_wire} upstream {upstream!r}; route "
+             "it to a bedrock upstream, or call it through that provider's own API",
+        code="unsupported_api")
+

@@ -1,0 +1,1 @@
+"""Reconciliation: the providers' own usage and cost reports against the ledger."""
