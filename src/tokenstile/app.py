@@ -25,6 +25,8 @@ from tokenstile.config import Config, load_config
 from tokenstile.errors import GatewayError, render_error
 from tokenstile.gateway.asgi import Receive, Scope, Send
 from tokenstile.gateway.assemble import CurrentGateway
+from tokenstile.gateway.batch_routes import PREFIXES as BATCH_PREFIXES
+from tokenstile.gateway.batch_routes import BatchRoutes
 from tokenstile.gateway.response_routes import PREFIX as RESPONSES_PREFIX
 from tokenstile.gateway.response_routes import ResponseRoutes
 from tokenstile.gateway.runtime import Runtime
@@ -46,6 +48,13 @@ PROXY_ROUTES: dict[str, tuple[ApiKind, WireFormat]] = {
     "/v1/responses": ("responses", "openai"),
     "/v1/messages": ("messages", "anthropic"),
     "/v1/messages/count_tokens": ("count_tokens", "anthropic"),
+    "/v1/moderations": ("moderations", "openai"),
+    "/v1/images/generations": ("images", "openai"),
+    "/v1/images/edits": ("image_edits", "openai"),
+    "/v1/audio/transcriptions": ("transcriptions", "openai"),
+    "/v1/audio/speech": ("speech", "openai"),
+    "/v1/files": ("files", "openai"),
+    "/v1/batches": ("batches", "openai"),
 }
 
 
@@ -66,6 +75,7 @@ class TokenstileApp:
         self.runtime = runtime
         self.gateway = CurrentGateway(runtime)
         self.responses = ResponseRoutes(runtime)
+        self.batch_routes = BatchRoutes(runtime)
         self.web = _web_app(self)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -76,6 +86,9 @@ class TokenstileApp:
                 return
             if scope["path"].startswith(RESPONSES_PREFIX):
                 await self.responses.handle(scope, receive, send)
+                return
+            if scope["path"].startswith(BATCH_PREFIXES):
+                await self.batch_routes.handle(scope, receive, send)
                 return
             if scope["path"].startswith(BEDROCK_PREFIX):
                 await self._bedrock(scope, receive, send)

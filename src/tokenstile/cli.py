@@ -417,7 +417,8 @@ def keys_rotate(config_path: str | None, key_id: str, url: str | None,
 @main.command()
 @config_option
 @click.option("--by", "group_by", default="project",
-              help="Group by: comma-separated of project, user, model, feature, … or none.")
+              help="Group by: comma-separated of project, user, model, feature, provider, "
+                   "… or none.")
 @click.option("--since", default="30d", help="Start: a duration (7d, 12h) or an ISO date.")
 @click.option("--until", default=None, help="End: an ISO date (default now).")
 @click.option("--bucket", type=click.Choice(["hour", "day", "month"]), default=None)
@@ -443,15 +444,18 @@ def usage(config_path: str | None, group_by: str, since: str, until: str | None,
             return
         rows = answer["data"]
     else:
+        from tokenstile.admin.usage import by_provider, ledger_groups, upstream_providers
+
         config = _load(config_path)
-        query = UsageQuery(since=start, until=end, group_by=groups, bucket=bucket,
-                           tz=config.server.timezone,
+        query = UsageQuery(since=start, until=end, group_by=ledger_groups(groups),
+                           bucket=bucket, tz=config.server.timezone,
                            filters={"project": project} if project else {})
         try:
             query.validate()
         except ValueError as exc:
             raise click.BadParameter(str(exc)) from None
-        rows = _with_db(config, lambda db: db.usage(query))
+        rows = by_provider(_with_db(config, lambda db: db.usage(query)), groups, bucket,
+                           upstream_providers(config))
     if as_csv:
         from tokenstile.admin.usage import usage_csv
 

@@ -421,7 +421,7 @@ class Pricer:
     genai-prices answers are memoized per (provider, model) for ``ttl`` seconds, so a price
     that changes on a date (genai-prices knows some) is picked up by a running gateway. Each
     answer carries the model's service-tier prices (``flex``, ``priority``…); batch prices
-    are not used (the gateway serves no batch API).
+    are those of ``tokenstile.media`` (half the standard ones).
 
     A model is priced at its provider's prices (``provider``: the upstream that served it,
     see ``upstream_provider``): when genai-prices knows that provider, only its list (and the
@@ -469,6 +469,7 @@ class Pricer:
         self._edges = tuple(sorted(edges))
         self._memo: dict[tuple[str | None, str, int], tuple[ModelPrice | None, float]] = {}
         self._windows: dict[tuple[str | None, str], int | None] = {}
+        self._raw: dict[tuple[str, str | None, str], tuple[Any, float]] = {}
         self._lock = threading.Lock()
 
     @property
@@ -507,6 +508,34 @@ class Pricer:
         if price is None or service_tier is None:
             return price
         return price.for_tier(service_tier)
+
+    def genai_prices(self, model: str, provider: str | None = None) -> Any | None:
+        """genai-prices' own price entry for ``model`` at the clock's date (found as
+        ``price_for`` finds it, overrides aside), for units ``ModelPrice`` has no field for
+        (images, audio hours, characters: ``tokenstile.media``); None when unknown."""
+        key = ("genai", provider, model)
+        now = self._clock.monotonic()
+        hit = self._raw.get(key)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        name = model.strip().lower() if isinstance(model, str) else ""
+        bare = name.rsplit("/", 1)[1] if "/" in name else name
+        known = _genai_provider(provider) if provider else None
+        when = datetime.fromtimestamp(self._clock.now(), UTC)
+        found: Any = None
+        for prov, ref in self._attempts(name, bare, provider, known) if name else ():
+            try:
+                found = _genai_lookup(prov, ref).get_prices(when)
+            except LookupError:
+                continue
+            except Exception:  # a malformed snapshot entry must not break billing
+                found = None
+            break
+        with self._lock:
+            if len(self._raw) >= self._MEMO_MAX:
+                self._raw.clear()
+            self._raw[key] = (found, now + self._ttl)
+        return found
 
     def known(self, model: str, provider: str | None = None) -> bool:
         return self.price_for(model, provider) is not None
@@ -657,7 +686,11 @@ class Pricer:
         *, terms: PriceTerms | None = None,
     ) -> int | None:
         """Worst-case cost for a reservation (see ``ModelPrice.estimate_nano``); None for an
-        unknown model."""
+        unknown model. A call not billed by text tokens alone (``terms.media``: images,
+        audio, batches) is priced by what it asks for (``tokenstile.media``)."""
+        if terms is not None and terms.media is not None:
+            return terms.media.worst_case_nano(self, model, provider, input_tokens,
+                                               output_tokens)
         price = self.price_for(model, provider)
         return None if price is None else price.estimate_nano(input_tokens, output_tokens,
                                                               terms=terms)

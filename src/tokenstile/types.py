@@ -16,12 +16,15 @@ if TYPE_CHECKING:
     from tokenstile.cache.directives import CacheUse
     from tokenstile.cache.flight import Flight
     from tokenstile.limits.model import Limit
+    from tokenstile.media import MediaAsk
+    from tokenstile.providers.multipart import FilePart
     from tokenstile.stores.counters import Charge
 
 NANO_PER_USD = 1_000_000_000
 
 ApiKind = Literal["chat", "completions", "embeddings", "responses", "messages", "count_tokens",
-                  "converse"]
+                  "converse", "moderations", "images", "image_edits", "transcriptions",
+                  "speech", "files", "batches"]
 WireFormat = Literal["openai", "anthropic", "bedrock"]
 
 Scope = Literal[
@@ -59,6 +62,10 @@ class Usage:
     ``web_fetch_requests`` and ``file_search_calls`` count server-side tool calls, which
     some providers bill per call. ``service_tier`` is the tier the provider says served the
     call (``default``, ``flex``, ``priority``, ``standard``…), None when it did not say.
+    Calls not billed by text tokens alone (``tokenstile.media``) add what they are billed
+    for: ``images`` generated, ``input_image_tokens`` (inside ``input_tokens``) and
+    ``output_image_tokens`` (inside ``output_tokens``), ``audio_ms`` of audio transcribed
+    and ``characters`` spoken.
     """
 
     input_tokens: int = 0
@@ -74,6 +81,11 @@ class Usage:
     web_fetch_requests: int = 0
     file_search_calls: int = 0
     service_tier: str | None = None
+    images: int = 0
+    input_image_tokens: int = 0
+    output_image_tokens: int = 0
+    audio_ms: int = 0
+    characters: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -92,6 +104,11 @@ class Usage:
         self.web_search_requests += other.web_search_requests
         self.web_fetch_requests += other.web_fetch_requests
         self.file_search_calls += other.file_search_calls
+        self.images += other.images
+        self.input_image_tokens += other.input_image_tokens
+        self.output_image_tokens += other.output_image_tokens
+        self.audio_ms += other.audio_ms
+        self.characters += other.characters
         self.service_tier = other.service_tier or self.service_tier
 
     @property
@@ -110,7 +127,8 @@ class PriceTerms:
     request's ``cache_control`` asks for (``5m`` or ``1h``): its input may be written to
     the cache at that premium. ``audio_input`` / ``audio_output``: audio may be read or
     written. ``web_searches`` / ``file_searches``: the most such calls the request allows
-    (0 when it allows none, or sets no bound).
+    (0 when it allows none, or sets no bound). ``media``: what a call that is not billed by
+    text tokens alone asks for (images, audio, batches), priced by ``tokenstile.media``.
     """
 
     service_tier: str | None = None
@@ -119,6 +137,7 @@ class PriceTerms:
     audio_output: bool = False
     web_searches: int = 0
     file_searches: int = 0
+    media: MediaAsk | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +184,10 @@ class CanonicalRequest:
     # for (unit, amount), if any: see ``limits/runs.py``.
     run: str | None = None
     run_budget: tuple[Unit, int] | None = None
+    # Images, audio and batches (``tokenstile.media``): what the call may be billed for.
+    media: MediaAsk | None = None
+    # A multipart request's files (None: a JSON body), forwarded with ``body``'s fields.
+    files: tuple[FilePart, ...] | None = None
 
 
 @dataclass(slots=True)
@@ -480,3 +503,7 @@ def set_usage(row: LedgerRow, usage: Usage) -> None:
         row.detail["cached_audio_tokens"] = usage.cached_audio_tokens
     if usage.web_fetch_requests:
         row.detail["web_fetch_requests"] = usage.web_fetch_requests
+    for name in ("images", "input_image_tokens", "output_image_tokens", "audio_ms",
+                 "characters"):
+        if value := getattr(usage, name):
+            row.detail[name] = value

@@ -13,6 +13,7 @@ from tokenstile.config import Config
 from tokenstile.errors import GatewayError
 from tokenstile.gateway.routing import Router, Target
 from tokenstile.gateway.runtime import pricer_for
+from tokenstile.media import priced_apart
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +81,7 @@ def unpriced_models(config: Config) -> list[Unpriced]:
             target = router.resolve(model)
         except GatewayError:
             continue  # no upstream serves it: not a pricing question
-        if not pricer.known(target.model, target.provider):
+        if not pricer.known(target.model, target.provider) and \
+                not priced_apart(pricer, target.model, target.provider):
             out.append(Unpriced(model, target, where))
     return out

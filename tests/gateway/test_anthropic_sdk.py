@@ -351,11 +351,11 @@ async def test_unknown_routes_and_methods_under_messages_are_anthropic_shaped(
         assert_anthropic_error(await resp.json(), "invalid_request_error")
 
 
-async def test_messages_for_a_model_without_an_anthropic_upstream_get_a_clear_400(
+async def test_token_counting_for_a_model_without_an_anthropic_upstream_gets_a_clear_400(
         claude: Gateway, fake: FakeHandle) -> None:
     key = claude.key()
     status, _, payload = await raw_post(
-        claude, "/v1/messages", {"model": "gpt-4o-mini", "max_tokens": 5, "messages": HELLO},
+        claude, "/v1/messages/count_tokens", {"model": "gpt-4o-mini", "messages": HELLO},
         {"authorization": f"Bearer {key}"})
     assert status == 400
     message = assert_anthropic_error(payload, "invalid_request_error")

@@ -100,9 +100,9 @@ def test_other_openai_apis_have_no_bridge_to_anthropic(api: Any) -> None:
     assert "not supported by the anthropic upstream 'claude'" in caught.value.message
 
 
-def test_messages_have_no_bridge_to_openai_upstreams() -> None:
+def test_token_counting_has_no_bridge_to_openai_upstreams() -> None:
     with pytest.raises(GatewayError) as caught:
-        bridge_for("messages", "anthropic", "openai", "openai", {"model": "gpt-4o"}, 4096)
+        bridge_for("count_tokens", "anthropic", "openai", "openai", {"model": "gpt-4o"}, 4096)
     assert caught.value.status == 400
     assert "needs an anthropic upstream" in caught.value.message
 

@@ -168,7 +168,7 @@ class OverrideList(_Model):
 
 # -- usage -----------------------------------------------------------------------------------
 
-GroupName = Literal[GROUPABLE]  # type: ignore[valid-type]
+GroupName = Literal[(*GROUPABLE, "provider")]  # type: ignore[valid-type]
 
 
 class UsageParams(_Model):

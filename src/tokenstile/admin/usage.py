@@ -23,8 +23,10 @@ from tokenstile.admin.schemas import (
 )
 from tokenstile.admin.settings import LIST
 from tokenstile.alerts.engine import month_forecast
+from tokenstile.config import Config
 from tokenstile.limits.status import budget_status
 from tokenstile.policies.flagged import flagged as listing
+from tokenstile.prices import upstream_provider
 from tokenstile.stores.counters import StoreUnavailable
 from tokenstile.stores.database import UsageQuery
 from tokenstile.stores.shards import status_tenants
@@ -48,6 +50,51 @@ def _range(call: Call, since: Any, until: Any) -> tuple[float, float | None]:
             end.timestamp() if end else None)
 
 
+# ``provider`` is not a ledger column: rows are read by ``upstream`` and summed per provider.
+PROVIDER = "provider"
+
+
+def upstream_providers(config: Config) -> dict[str, str]:
+    """Each upstream's provider: its ``provider`` setting, else the provider whose API its
+    ``base_url`` is (``prices.upstream_provider``), else its ``kind``."""
+    return {name: upstream_provider(u.kind, u.base_url, u.provider) or u.kind
+            for name, u in config.upstreams.items()}
+
+
+def ledger_groups(groups: Sequence[str]) -> list[str]:
+    """The ledger columns a grouping reads (``provider`` is read as ``upstream``)."""
+    return list(dict.fromkeys("upstream" if g == PROVIDER else g for g in groups))
+
+
+def by_provider(rows: list[dict[str, Any]], groups: Sequence[str], bucket: str | None,
+                providers: dict[str, str]) -> list[dict[str, Any]]:
+    """Rows read with ``ledger_groups(groups)`` summed per provider (an upstream no longer
+    configured counts as a provider of its own name; a request that reached no upstream,
+    as None), ordered as usage is: by bucket, then by cost, highest first."""
+    if PROVIDER not in groups:
+        return rows
+    keys = [*(["bucket"] if bucket else []), *groups]
+    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in rows:
+        upstream = row.get("upstream")
+        values = {**row, PROVIDER: providers.get(upstream, upstream) if upstream else None}
+        if "upstream" not in groups:
+            values.pop("upstream", None)
+        key = tuple(values.get(k) for k in keys)
+        seen = merged.get(key)
+        if seen is None:
+            merged[key] = {**{k: values.get(k) for k in keys},
+                           **{k: v for k, v in values.items() if k not in keys}}
+            continue
+        for name, value in values.items():
+            if name not in keys and isinstance(value, int | float) and \
+                    not isinstance(value, bool):
+                seen[name] = (seen.get(name) or 0) + value
+    items = list(merged.values())
+    items.sort(key=lambda i: (str(i.get("bucket")) if bucket else "", -(i["cost_nano"] or 0)))
+    return items
+
+
 def usage_csv(rows: list[dict[str, Any]], group_by: Sequence[str], bucket: str | None) -> str:
     """Usage rows as CSV: the grouping columns, then the totals (USD and nano-USD)."""
     columns = [*(["bucket"] if bucket else []), *group_by, "requests", "input_tokens",
@@ -66,12 +113,14 @@ async def usage(call: Call) -> Any:
     since, until = _range(call, q.since, q.until)
     filters = {name: value for name in _USAGE_FILTERS
                if (value := getattr(q, name)) is not None}
-    query = UsageQuery(since=since, until=until, group_by=list(q.group_by), bucket=q.bucket,
-                       filters=filters, tz=call.rt.config.server.timezone, limit=q.limit)
+    query = UsageQuery(since=since, until=until, group_by=ledger_groups(q.group_by),
+                       bucket=q.bucket, filters=filters, tz=call.rt.config.server.timezone,
+                       limit=q.limit)
     try:
         rows = await call.rt.db.usage(query)
     except ValueError as exc:
         raise ApiError(422, str(exc), code="invalid_query") from None
+    rows = by_provider(rows, q.group_by, q.bucket, upstream_providers(call.rt.config))
     for row in rows:
         row["cost_usd"] = nano_to_usd(row["cost_nano"])
     if q.format == "csv":

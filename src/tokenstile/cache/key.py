@@ -86,6 +86,8 @@ def uncacheable_reason(req: CanonicalRequest) -> str | None:
         return "token counting is free"
     if req.wire == "bedrock":
         return "answers on Bedrock routes are not cached"
+    if req.media is not None or req.files is not None or req.api == "batches":
+        return "images, audio, moderations, files and batches are not cached"
     if req.wire == "anthropic":
         if body.get("mcp_servers"):
             return "MCP servers run on the provider's side"

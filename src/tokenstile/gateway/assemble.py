@@ -24,10 +24,11 @@ def build_gateway(rt: Runtime) -> Gateway:
                           rt.admission, rt.pricer, rt.clock, settler.write_row)
     return Gateway(
         server=config.server, clock=rt.clock,
-        intake=Intake(config.server, rt.auth, rt.adapters, rt.overrides, config.runs),
+        intake=Intake(config.server, rt.auth, rt.adapters, rt.overrides, config.runs,
+                      rt.batches),
         policies=rt.policies, degrader=rt.degrader, forwarder=forwarder, caching=rt.caching,
         admission=rt.admission,
-        relay=Relay(rt.policies, rt.adapters, rt.background, rt.clock,
+        relay=Relay(rt.policies, rt.adapters, rt.background, rt.batches, rt.clock,
                     config.hidden_reasoning, config.server.default_output_tokens),
         settler=settler,
         summarizer=Summarizer(config.degradation.summarize_model, rt.degrader,

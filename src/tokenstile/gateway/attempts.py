@@ -99,7 +99,9 @@ class PaidAttempts:
     def _estimate(self, target: Target) -> tuple[Usage, int]:
         req = self.ctx.req
         usage = Usage(input_tokens=reserved_input(req),
-                      output_tokens=req.output_cap or self.default_output_tokens)
+                      output_tokens=req.output_cap or self.default_output_tokens) \
+            if req.media is None else req.media.worst_usage(reserved_input(req),
+                                                           req.output_cap or 0)
         cost = self.pricer.estimate_nano(
             target.model, usage.input_tokens, usage.output_tokens, target.provider,
             terms=reservation_terms(req, target.config.auto_service_tier))

@@ -27,7 +27,7 @@ import contextlib
 import logging
 import secrets
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -41,7 +41,7 @@ from tokenstile.types import LedgerRow, RequestContext, Ticket, Unit, Usage, set
 
 if TYPE_CHECKING:
     from tokenstile.clock import Clock
-    from tokenstile.config import Config
+    from tokenstile.config import Config, UpstreamConfig
     from tokenstile.gateway.upstream import UpstreamClient
     from tokenstile.ledger import LedgerWriter
     from tokenstile.limits.admission import Admission
@@ -65,6 +65,28 @@ POLLS_AT_ONCE = 16
 MAX_UNSAVED = 100_000
 _OUTCOMES = {"completed": "ok", "incomplete": "ok", "failed": "upstream_error",
              "cancelled": "cancelled"}
+
+
+class Follower(Protocol):
+    """How to follow another kind of job billed when it ends (``gateway.batches``): where to
+    ask about it, whether it has ended, what it used, and the ledger row that bills it."""
+
+    max_wait_s: float
+
+    def status_url(self, config: UpstreamConfig, job_id: str) -> str: ...
+
+    def ended(self, body: dict[str, Any]) -> bool: ...
+
+    async def outcome(self, entry: StoredResponse, config: UpstreamConfig,
+                      body: dict[str, Any], provider_key: str | None
+                      ) -> dict[str, Any] | None:
+        """What an ended job used (None: it could not be read now; asked again later)."""
+        ...
+
+    def final_row(self, entry: StoredResponse, outcome: dict[str, Any] | None, how: str,
+                  polls: int) -> tuple[LedgerRow, Usage]:
+        """The job's one row (``outcome`` None: charged at its estimate)."""
+        ...
 
 
 @dataclass(slots=True)
@@ -91,6 +113,8 @@ class BackgroundResponses:
         self.upstream = upstream
         self.admission = admission
         self.owner = "gw_" + secrets.token_hex(8)
+        # Other kinds of jobs billed when they end, by ``record["kind"]`` (batches).
+        self.followers: dict[str, Follower] = {}
         self._tracked: dict[str, _Tracked] = {}
         self._unsaved: dict[str, StoredResponse] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -127,15 +151,32 @@ class BackgroundResponses:
                 caller.key_id, now)
             self._poke()
             return
-        entry = self._pending_entry(ctx, response_id)
-        try:
-            await asyncio.wait_for(self.db.save_responses([entry]), SAVE_TIMEOUT_S)
-        except Exception as exc:  # the database is down: this gateway alone follows it
-            log.warning("background response %s is not saved yet (%s); retrying",
-                        response_id, exc)
-            self._unsaved[response_id] = entry
+        await self._start(ctx, self._pending_entry(ctx, response_id))
+
+    async def follow(self, ctx: RequestContext, job_id: object, kind: str,
+                     record: dict[str, Any]) -> None:
+        """Another kind of job billed when it ends (a batch, ``self.followers[kind]``): its
+        request keeps its reservation and is billed from here, like a background response;
+        ``record`` is kept with it for its follower."""
+        if not isinstance(job_id, str) or not job_id or ctx.upstream is None:
+            return
+        entry = self._pending_entry(ctx, job_id)
+        entry.record.update(record, kind=kind)
+        await self._start(ctx, entry)
+
+    async def _start(self, ctx: RequestContext, entry: StoredResponse) -> None:
+        await self.remember(entry)
         self._track(entry, ctx.provider_key, first=True)
         ctx.background_running = True
+
+    async def remember(self, entry: StoredResponse) -> None:
+        """Save an entry now (one a client may reach at once); while the database is down,
+        it waits here and this gateway alone follows it."""
+        try:
+            await asyncio.wait_for(self.db.save_responses([entry]), SAVE_TIMEOUT_S)
+        except Exception as exc:
+            log.warning("%s is not saved yet (%s); retrying", entry.id, exc)
+            self._unsaved[entry.id] = entry
 
     def _drop_oldest_stored(self) -> None:
         for response_id, item in self._unsaved.items():
@@ -205,8 +246,17 @@ class BackgroundResponses:
         tracked = self._tracked.get(entry.id)
         if tracked is not None and provider_key is not None:
             tracked.provider_key = provider_key
+        entry = tracked.entry if tracked else entry
+        follower = self.followers.get(entry.record.get("kind", ""))
+        if follower is not None:
+            config = self.config.upstreams.get(entry.upstream)
+            if follower.ended(body) and config is not None:
+                outcome = await follower.outcome(entry, config, body, provider_key)
+                if outcome is not None:
+                    await self._conclude(entry, outcome, "client")
+            return
         if body.get("status") in TERMINAL:
-            await self._conclude(tracked.entry if tracked else entry, body, "client")
+            await self._conclude(entry, body, "client")
 
     # -- settling ---------------------------------------------------------------------------
 
@@ -239,6 +289,9 @@ class BackgroundResponses:
 
     def _final_row(self, entry: StoredResponse, body: dict[str, Any] | None, how: str,
                    polls: int) -> tuple[LedgerRow, Usage]:
+        follower = self.followers.get(entry.record.get("kind", ""))
+        if follower is not None:
+            return follower.final_row(entry, body, how, polls)
         record = entry.record
         row = LedgerRow(**record["row"])
         status = body.get("status") if body else None
@@ -347,8 +400,12 @@ class BackgroundResponses:
         now = self.clock.monotonic()
         wake_at = min([self._upkeep_at, *(t.due for t in self._tracked.values())])
         self._wake.clear()
+        # asyncio.timeout, not wait_for: on Python 3.11, wait_for swallows a cancellation
+        # that arrives as the event is set (a poke just before stop()), and run() would
+        # then never end.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), min(1.0, max(0.01, wake_at - now)))
+            async with asyncio.timeout(min(1.0, max(0.01, wake_at - now))):
+                await self._wake.wait()
 
     async def _flush(self) -> None:
         items = list(self._unsaved.values())
@@ -383,7 +440,9 @@ class BackgroundResponses:
     async def _poll(self, tracked: _Tracked) -> None:
         entry = tracked.entry
         settings = self.config.background_responses
-        if self.clock.now() - entry.created_at >= settings.max_wait_s:
+        follower = self.followers.get(entry.record.get("kind", ""))
+        max_wait = follower.max_wait_s if follower is not None else settings.max_wait_s
+        if self.clock.now() - entry.created_at >= max_wait:
             await self._conclude(entry, None, "max_wait")
             return
         tracked.delay = min(tracked.delay * 2, settings.max_poll_interval_s)
@@ -392,9 +451,11 @@ class BackgroundResponses:
         if config is None or (entry.record.get("passthrough") and tracked.provider_key is None):
             return  # no way to ask: a client's GET, or max_wait_s, settles it
         tracked.polls += 1
+        url = follower.status_url(config, entry.id) if follower is not None \
+            else response_url(config, entry.id)
         try:
             resp = await self.upstream.request(
-                "GET", entry.upstream, config, response_url(config, entry.id),
+                "GET", entry.upstream, config, url,
                 upstream_headers(config, {}, tracked.provider_key), timeout_s=POLL_TIMEOUT_S)
             try:
                 status, payload = resp.status, await resp.read()
@@ -412,7 +473,11 @@ class BackgroundResponses:
             body = orjson.loads(payload) if status == 200 else None
         except orjson.JSONDecodeError:
             body = None
-        if isinstance(body, dict) and body.get("status") in TERMINAL:
+        if follower is not None and isinstance(body, dict) and follower.ended(body):
+            outcome = await follower.outcome(entry, config, body, tracked.provider_key)
+            if outcome is not None:  # else: asked again at the next poll
+                await self._conclude(entry, outcome, "poller")
+        elif isinstance(body, dict) and body.get("status") in TERMINAL:
             await self._conclude(entry, body, "poller")
 
     async def close(self) -> None:

@@ -18,10 +18,12 @@ from typing import TYPE_CHECKING
 import aiohttp
 import orjson
 
-from tokenstile.errors import GatewayError
+from tokenstile.errors import GatewayError, bad_request
 from tokenstile.gateway.attempts import PaidAttempts
 from tokenstile.gateway.resilience import Attempt, backoff_delay, model_chain, parse_retry_after
+from tokenstile.gateway.routing import Target
 from tokenstile.gateway.upstream import UpstreamTimeout, upstream_headers, upstream_url
+from tokenstile.providers.multipart import encode_form
 from tokenstile.providers.terms import reservation_terms
 from tokenstile.providers.translate import bridge_for
 from tokenstile.types import LedgerRow, RequestContext, WireFormat
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
     from tokenstile.clock import Clock
     from tokenstile.config import Config
     from tokenstile.gateway.resilience import CircuitBreakers
-    from tokenstile.gateway.routing import Router, Target
+    from tokenstile.gateway.routing import Router
     from tokenstile.gateway.upstream import UpstreamClient
     from tokenstile.limits.admission import Admission
     from tokenstile.prices import Pricer
@@ -65,8 +67,20 @@ class Forwarder:
     def route(self, ctx: RequestContext) -> Target:
         req = ctx.req
         target = self.router.resolve(req.model)
+        pinned = req.media.upstream if req.media is not None else ""
+        if pinned:  # a batch goes where its input file is
+            config = self.router.upstreams.get(pinned)
+            if config is None:
+                raise GatewayError(502, f"the batch's input file is on upstream {pinned!r}, "
+                                   "which is no longer configured", type="api_error",
+                                   code="upstream_unknown")
+            target = Target.of(pinned, config, req.model)
         ctx.upstream, ctx.served_model = target.upstream, target.model
         ctx.provider = target.provider
+        if target.model != req.model and req.api in ("files", "batches"):
+            raise bad_request(f"the model {req.model!r} is routed to {target.model!r}; a "
+                              "batch file must name the model its upstream serves (routes "
+                              "do not rename models inside files)", param="file")
         if target.model != req.model:
             req.body = {**req.body, "model": target.model}
         if target.wire != ctx.wire:
@@ -87,7 +101,8 @@ class Forwarder:
         if ctx.retries is not None and ctx.retries != config.retries:
             config = config.model_copy(update={"retries": ctx.retries})  # a policy's own
         requested = req.model
-        chain = model_chain(requested, config)
+        # A batch is created where its input file is: no fallback to another model.
+        chain = [requested] if ctx.api == "batches" else model_chain(requested, config)
         attempts: list[Attempt] = []
         last_error: GatewayError | None = None
         paid = PaidAttempts(ctx, self.admission, self.pricer, self.write_row,
@@ -107,13 +122,17 @@ class Forwarder:
             if not await paid.allow_another():
                 raise self._give_up(ctx, attempts, requested, paid, last_error)
             bridge = self.bridge(ctx, target) if target.wire != ctx.wire else None
-            candidate = req if req.body.get("model") == target.model else \
-                replace(req, body={**req.body, "model": target.model})
-            payload = orjson.dumps(bridge.upstream_body(candidate) if bridge is not None
-                                   else self.adapters[ctx.wire].upstream_body(candidate))
+            candidate = req if req.body.get("model") == target.model or ctx.api in (
+                "files", "batches") else replace(req, body={**req.body, "model": target.model})
+            body = bridge.upstream_body(candidate) if bridge is not None \
+                else self.adapters[ctx.wire].upstream_body(candidate)
             url = upstream_url(target.config, bridge.upstream_api if bridge else ctx.api,
                                target.model, req.stream)
             headers = upstream_headers(target.config, ctx.headers, ctx.provider_key)
+            if req.files is not None:  # a form: its fields as they are now, its files
+                payload, headers["content-type"] = encode_form(body, req.files)
+            else:
+                payload = orjson.dumps(body)
             retry = 0
             while True:
                 attempt = Attempt(target.upstream, target.model)
@@ -181,7 +200,7 @@ class Forwarder:
         """
         req, ticket = ctx.req, ctx.ticket
         if target.wire != ctx.wire:
-            return ctx.api == "chat" and ticket is None
+            return ctx.api in ("chat", "messages") and ticket is None
         if ticket is None or "usd" not in ticket.units:
             return True
         inp = other_inp = req.input_tokens + req.hidden_input_tokens

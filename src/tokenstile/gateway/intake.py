@@ -1,9 +1,10 @@
 """Intake: from the bytes a client sent to a request the gateway understands.
 
-Read the body within its bounds, authenticate, parse it as JSON and as the API it was sent
-to, attribute it (feature, tags, trace id), check the key may use the model and that no
-switch turned it off, and count its input. Everything a stranger can get wrong is refused
-here, in the provider's error shape, before anything is reserved.
+Read the body within its bounds, authenticate, parse it as JSON (or as a form, for the APIs
+that take files) and as the API it was sent to, attribute it (feature, tags, trace id),
+check the key may use the model and that no switch turned it off, and count its input.
+Everything a stranger can get wrong is refused here, in the provider's error shape, before
+anything is reserved.
 """
 
 from __future__ import annotations
@@ -16,11 +17,15 @@ import orjson
 from tokenstile.errors import bad_request, forbidden
 from tokenstile.gateway import asgi
 from tokenstile.limits.runs import looser_than_config, read_run
+from tokenstile.providers import media
+from tokenstile.providers.media import FORM_APIS
+from tokenstile.providers.multipart import parse_form
 from tokenstile.types import Arrival, CanonicalRequest, RequestContext, WireFormat
 
 if TYPE_CHECKING:
     from tokenstile.config import RunsConfig, ServerConfig
     from tokenstile.gateway.auth import Authenticator
+    from tokenstile.gateway.batches import Batches
     from tokenstile.limits.overrides import Overrides
     from tokenstile.providers.base import Adapter
 
@@ -31,12 +36,13 @@ MAX_OUTPUT_CAP = 2**31 - 1
 class Intake:
     def __init__(self, server: ServerConfig, auth: Authenticator,
                  adapters: dict[WireFormat, Adapter], overrides: Overrides,
-                 runs: RunsConfig) -> None:
+                 runs: RunsConfig, batches: Batches) -> None:
         self.server = server
         self.auth = auth
         self.adapters = adapters
         self.overrides = overrides
         self.runs = runs
+        self.batches = batches
 
     async def read(self, arrival: Arrival, receive: asgi.Receive) -> RequestContext:
         """The body, read within its bounds, from an authenticated caller, parsed."""
@@ -45,15 +51,23 @@ class Intake:
         raw = await asgi.read_body(receive, server.max_body_bytes, server.body_timeout_s)
         arrival.caller, arrival.provider_key = await self.auth.authenticate(arrival.headers)
         adapter = self.adapters[arrival.wire]
-        body = parse_json_object(raw, server.max_json_depth,
-                                 arrival.headers.get("content-type"))
-        if arrival.route_fields:
-            body.update(arrival.route_fields)
-        check_message_count(body, server.max_messages)
-        req = adapter.parse(arrival.api, body)
+        if arrival.api in FORM_APIS:  # image edits, transcriptions, file uploads
+            fields, files = parse_form(raw, arrival.headers.get("content-type"))
+            req = self.batches.parse_upload(fields, files) if arrival.api == "files" \
+                else media.parse(arrival.api, fields, files)
+        else:
+            body = parse_json_object(raw, server.max_json_depth,
+                                     arrival.headers.get("content-type"))
+            if arrival.route_fields:
+                body.update(arrival.route_fields)
+            check_message_count(body, server.max_messages)
+            req = await self.batches.parse_create(body, arrival.caller) \
+                if arrival.api == "batches" else adapter.parse(arrival.api, body)
         ctx = RequestContext.begin(arrival, arrival.caller, req)
-        # A background response is billed when it ends, so crash recovery must know.
-        ctx.background = req.api == "responses" and body.get("background") is True
+        # A background response (and a batch) is billed when it ends, so crash recovery
+        # must know.
+        ctx.background = (req.api == "responses" and req.body.get("background") is True) \
+            or req.api == "batches"
         return ctx
 
     def check(self, ctx: RequestContext) -> None:

@@ -115,7 +115,7 @@ class Gateway:
             if answer is not None:
                 await self.relay.cached(ctx, answer, send)
                 return
-        if ctx.api != "count_tokens":  # token counting is free: nothing to reserve
+        if ctx.api not in ("count_tokens", "files"):  # free: nothing to reserve
             admitted = await self.admit(ctx, target, send)
             if admitted is None:
                 return  # answered from the cache instead of refused

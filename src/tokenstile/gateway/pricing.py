@@ -34,10 +34,18 @@ def price_call(pricer: Pricer, ctx: RequestContext) -> None:
     the request asked for, as reserved (``auto`` and no tier: the standard prices).
     """
     usage, model = ctx.usage, ctx.served_model
-    if usage is None or not model or not (usage.total_tokens or usage.billable_calls):
-        return
     if "charged_at_estimate" in ctx.flags:
         return  # priced as its reservation was (gateway.attempts)
+    media = ctx.req.media if ctx.req is not None else None
+    if media is not None and usage is not None and model:
+        # Images, audio, moderations: by image, second, character or token (tokenstile.media)
+        cost = media.cost_nano(pricer, model, ctx.provider, usage)
+        if cost is None:
+            ctx.flags.append("unpriced_model")
+        ctx.cost_nano = cost or 0
+        return
+    if usage is None or not model or not (usage.total_tokens or usage.billable_calls):
+        return
     # At the version in force when the call was made (configured versions only: without
     # them the price is today's, as genai-prices has it).
     price = pricer.price_for(model, ctx.provider, at=ctx.ts if pricer.edges else None)

@@ -33,6 +33,8 @@ from tokenstile.gateway.upstream import RELAYED_RESPONSE_HEADERS, UpstreamTimeou
 from tokenstile.providers import eventstream
 from tokenstile.providers.answers import AnswerText, answer_text
 from tokenstile.providers.eventstream import FrameSplitter, StreamFramingError
+from tokenstile.providers.media import usage_of_answer as media_usage
+from tokenstile.providers.media import worst_case_usage
 from tokenstile.providers.openai import ResponsesStreamObserver
 from tokenstile.providers.sse import EventSplitter
 from tokenstile.types import RequestContext, Usage, WireFormat
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
     from tokenstile.clock import Clock
     from tokenstile.config import HiddenReasoningConfig
     from tokenstile.gateway.background import BackgroundResponses
+    from tokenstile.gateway.batches import Batches
     from tokenstile.gateway.forward import Opened
     from tokenstile.policies.engine import PolicyEngine
     from tokenstile.providers.base import Adapter, Bridge, StreamObserver
@@ -50,11 +53,12 @@ log = logging.getLogger("tokenstile.gateway")
 
 class Relay:
     def __init__(self, policies: PolicyEngine, adapters: dict[WireFormat, Adapter],
-                 background: BackgroundResponses, clock: Clock,
+                 background: BackgroundResponses, batches: Batches, clock: Clock,
                  hidden_reasoning: HiddenReasoningConfig, default_output_tokens: int) -> None:
         self.policies = policies
         self.adapters = adapters
         self.background = background
+        self.batches = batches
         self.clock = clock
         self.hidden_reasoning = hidden_reasoning
         self.default_output_tokens = default_output_tokens
@@ -114,7 +118,12 @@ class Relay:
         except orjson.JSONDecodeError:
             parsed = None
         answer = parsed  # in the upstream's format
-        if bridge is None:
+        usage: Usage | None
+        if ctx.req.media is not None and resp.status < 400:
+            # Images, audio, moderations: billed by what the answer (or the request) says.
+            usage, estimated = media_usage(ctx.req, payload, parsed)
+            ctx.estimated = ctx.estimated or estimated
+        elif bridge is None:
             usage = self.adapters[ctx.wire].usage_from_body(ctx.api, parsed)
         else:
             usage = bridge.usage_from_body(parsed)
@@ -128,6 +137,8 @@ class Relay:
                 isinstance(parsed, dict):
             # Before the client hears of it: it may fetch (and so settle) it at once.
             await self.background.register(ctx, parsed.get("id"), parsed.get("status"))
+        elif ctx.api in ("files", "batches") and resp.status == 200:
+            await self.batches.answered(ctx, parsed)  # a batch is billed when it ends
         plan = ctx.cache_plan
         if plan is not None and plan.write and resp.status == 200 and isinstance(parsed, dict):
             ctx.cache_body = payload  # as answered, before response policies
@@ -238,6 +249,11 @@ class Relay:
         await send.body(b"", more=False)
 
     def _count_stream(self, ctx: RequestContext, observer: ReasoningTimer) -> None:
+        if ctx.req.media is not None:  # images, audio: no final usage, the worst case
+            final = observer.usage if observer.usage_is_final() else None
+            ctx.usage = final or worst_case_usage(ctx.req)
+            ctx.estimated = ctx.estimated or final is None
+            return
         settle_stream(ctx, observer, self.hidden_reasoning, self.clock.monotonic(),
                       self.default_output_tokens)
 

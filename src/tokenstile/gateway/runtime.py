@@ -19,6 +19,7 @@ from tokenstile.config import Config, referenced_channels
 from tokenstile.degrade.stage import Degrader
 from tokenstile.gateway.auth import Authenticator
 from tokenstile.gateway.background import BackgroundResponses
+from tokenstile.gateway.batches import Batches
 from tokenstile.gateway.caching import CacheStage
 from tokenstile.gateway.key_limits import KeyLimits, compile_key_limits, is_key_limit
 from tokenstile.gateway.reload import ConfigReloader, keep_start_settings, restart_only_changes
@@ -29,6 +30,7 @@ from tokenstile.ledger import LedgerWriter
 from tokenstile.limits.admission import Admission
 from tokenstile.limits.model import Limit
 from tokenstile.limits.overrides import Overrides
+from tokenstile.media import priced_apart
 from tokenstile.metrics import Metrics
 from tokenstile.observability import Telemetry
 from tokenstile.policies.engine import PolicyEngine
@@ -80,6 +82,7 @@ class Runtime:
     key_limits: KeyLimits | None = None
     telemetry: Telemetry = field(default_factory=lambda: Telemetry(SYSTEM_CLOCK))
     background: BackgroundResponses = field(init=False, repr=False, compare=False)
+    batches: Batches = field(init=False, repr=False, compare=False)
     periodic: PeriodicRules = field(init=False, repr=False, compare=False)
     # The services of the current config, fixed for the requests that start under it.
     view: Runtime = field(init=False, repr=False, compare=False)
@@ -132,6 +135,8 @@ class Runtime:
         )
         runtime.background = BackgroundResponses(config, pricer, clock, db, runtime.ledger,
                                                  metrics, upstream, admission)
+        runtime.batches = Batches(config, pricer, adapters["openai"], runtime.background,
+                                  upstream)
         runtime.periodic = PeriodicRules(db, alerts, admission.limits, rule_settings(config),
                                          clock)
         runtime.periodic.interval_s = config.alerting.interval_s
@@ -206,6 +211,7 @@ class Runtime:
         self.auth.reconfigure(config.auth, admin_key_for(config))
         self.admission.reconfigure(config, pricer)
         self.background.reconfigure(config, pricer)
+        self.batches.reconfigure(config, pricer)
         self.overrides.reconfigure(config)
         self.breakers.config = config.resilience.circuit_breaker
         self.degrader.reconfigure(config)
@@ -269,7 +275,8 @@ def alert_engine_for(config: Config, clock: Clock) -> AlertEngine:
 def model_labels_for(config: Config, pricer: Pricer) -> Callable[[str], bool]:
     """The models that get a metric label of their own: routed by name, or priced."""
     exact_routes = {r.match for r in config.routes}
-    return lambda model: model in exact_routes or pricer.known(model)
+    return lambda model: model in exact_routes or pricer.known(model) or \
+        priced_apart(pricer, model)
 
 
 def rule_settings(config: Config) -> RuleSettings:

@@ -20,6 +20,7 @@ Three kinds of upstream differ only in URLs and headers here:
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
@@ -40,7 +41,16 @@ _OPENAI_PATHS: dict[str, str] = {
     "responses": "/responses",
     "moderations": "/moderations",
     "models": "/models",
+    "images": "/images/generations",
+    "image_edits": "/images/edits",
+    "transcriptions": "/audio/transcriptions",
+    "speech": "/audio/speech",
+    "files": "/files",
+    "batches": "/batches",
 }
+# APIs an Azure deployment URL serves (``/openai/deployments/<model>/…``).
+_AZURE_DEPLOYMENT_APIS = frozenset({"chat", "completions", "embeddings", "images",
+                                    "image_edits", "transcriptions", "speech"})
 _ANTHROPIC_PATHS: dict[str, str] = {
     "messages": "/v1/messages",
     "count_tokens": "/v1/messages/count_tokens",
@@ -66,6 +76,8 @@ RELAYED_RESPONSE_HEADERS = (
     "retry-after-ms", "x-amzn-requestid", "x-amzn-errortype",
 )
 ANTHROPIC_VERSION = "2023-06-01"
+# Bodies larger than this (audio, images, batch files) are streamed to the upstream.
+LARGE_BODY_BYTES = 512 * 1024
 # Azure requires an api-version on its deployment URLs; this GA version when none is set.
 AZURE_API_VERSION = "2024-10-21"
 
@@ -110,8 +122,15 @@ def response_url(config: UpstreamConfig, response_id: str, action: str = "",
                  query: str = "") -> str:
     """A stored response on this upstream: ``…/responses/{id}[/{action}]``, the client's
     query string after the upstream's own (Azure's ``api-version``)."""
-    base, _, own = upstream_url(config, "responses").partition("?")
-    url = f"{base}/{quote(response_id, safe='')}" + (f"/{action}" if action else "")
+    return resource_url(config, "responses", response_id, action, query)
+
+
+def resource_url(config: UpstreamConfig, api: str, resource_id: str, action: str = "",
+                 query: str = "") -> str:
+    """One object of an API on this upstream (a response, a batch, a file):
+    ``…/{api path}/{id}[/{action}]``, the client's query after the upstream's own."""
+    base, _, own = upstream_url(config, api).partition("?")
+    url = f"{base}/{quote(resource_id, safe='')}" + (f"/{action}" if action else "")
     joined = "&".join(part for part in (own, query) if part)
     return f"{url}?{joined}" if joined else url
 
@@ -121,7 +140,7 @@ def _azure_url(config: UpstreamConfig, api: ApiKind | str, model: str | None) ->
     version = config.api_version
     if base.endswith("/v1") or "/deployments/" in base:
         url = base + path
-    elif model and api in ("chat", "completions", "embeddings"):
+    elif model and api in _AZURE_DEPLOYMENT_APIS:
         url = f"{base}/deployments/{quote(model, safe='')}{path}"
         version = version or AZURE_API_VERSION
     else:
@@ -197,8 +216,10 @@ class UpstreamClient:
             headers = await self.aws.headers(name, config, url, body, headers)
             target = URL(url, encoded=True)  # sent exactly as signed
         for attempt in (1, 2):
+            # aiohttp writes a large bytes body in one go, holding the loop: stream it.
+            data = io.BytesIO(body) if len(body) > LARGE_BODY_BYTES else body
             try:
-                return await session.post(target, data=body, headers=headers, timeout=timeout)
+                return await session.post(target, data=data, headers=headers, timeout=timeout)
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
                 if attempt == 2 or isinstance(exc, aiohttp.ClientConnectorError):
                     raise UpstreamUnreachable(name, type(exc).__name__) from None

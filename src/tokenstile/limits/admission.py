@@ -231,6 +231,10 @@ class Admission:
                 continue
             if limit.unit == "output_tokens" and (req.output_cap is None
                                                   or req.output_cap > item.hard):
+                if req.media is not None:  # images, audio, batches: no cap to write
+                    ctx.block_reason = f"request_limit:{limit.name}"
+                    raise explain.too_large(item, req.output_cap or 0, req.input_tokens,
+                                            req.output_cap or 0)
                 per_answer = item.hard // answers(req.body)
                 if per_answer < 1:  # a cap of 1 per answer would pass the limit
                     ctx.block_reason = f"request_limit:{limit.name}"

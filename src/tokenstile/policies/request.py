@@ -77,8 +77,9 @@ def check_input_tokens(rule: LimitRule, req: CanonicalRequest) -> Decision | Non
 def check_max_tokens(rule: MaxTokensRule, req: CanonicalRequest) -> Decision | None:
     """A cap is required and bounded; in ``clamp`` mode a missing or excessive one is set
     to the limit instead."""
-    if req.api in ("embeddings", "count_tokens"):
-        return None
+    if req.api in ("embeddings", "count_tokens") or req.media is not None or \
+            req.api in ("files", "batches"):
+        return None  # no output cap to set: images, audio and batches are bounded apart
     field = req.output_cap_field
     value = cap_value(req.body, field)
     if isinstance(value, int) and value <= rule.limit:

@@ -30,8 +30,10 @@ def request_slots(api: str, body: dict[str, Any]) -> list[Slot]:
             if isinstance(message, dict) and message.get("role") not in ("system",
                                                                           "developer"):
                 _parts(message.get("content"), out, message, "content")
-    elif api in ("completions", "embeddings", "responses"):
-        field = "prompt" if api == "completions" else "input"
+    elif api in ("completions", "embeddings", "responses", "moderations", "speech", "images",
+                 "image_edits", "transcriptions"):
+        field = "prompt" if api in ("completions", "images", "image_edits",
+                                    "transcriptions") else "input"
         value = body.get(field)
         if isinstance(value, str):
             out.append((body, field))

@@ -9,6 +9,7 @@ import orjson
 from tokenstile import tokens
 from tokenstile.errors import bad_request
 from tokenstile.hidden_input import hidden_sources
+from tokenstile.providers import media
 from tokenstile.providers.answers import AnswerText, WatchesText, chat_message_text
 from tokenstile.providers.base import (
     collect_text,
@@ -57,6 +58,8 @@ class OpenAIAdapter:
     wire: WireFormat = "openai"
 
     def parse(self, api: ApiKind, body: dict[str, Any]) -> CanonicalRequest:
+        if api in media.MEDIA_APIS:
+            return media.parse(api, body)
         model = require_str(body, "model")
         stream = optional_bool(body, "stream")
         cap: int | None = None
@@ -127,6 +130,8 @@ class OpenAIAdapter:
         )
 
     def count_input(self, req: CanonicalRequest) -> int:
+        if req.media is not None:
+            return media.count_input(req)
         body = req.body
         if req.api == "chat":
             return tokens.count_chat(req.model, body["messages"], body.get("tools"),
@@ -160,7 +165,10 @@ class OpenAIAdapter:
             return None
         return usage_from_response(api, payload)
 
-    def observer(self, req: CanonicalRequest) -> OpenAIStreamObserver | ResponsesStreamObserver:
+    def observer(self, req: CanonicalRequest
+                 ) -> OpenAIStreamObserver | ResponsesStreamObserver | media.MediaStreamObserver:
+        if req.media is not None:
+            return media.MediaStreamObserver(req)
         options = req.body.get("stream_options")
         client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
         if req.api == "responses":

@@ -33,6 +33,8 @@ def reservation_terms(req: CanonicalRequest, auto_tier: str | None = None) -> Pr
 
 
 def price_terms(req: CanonicalRequest) -> PriceTerms:
+    if req.media is not None:  # images, audio, moderations, batches: tokenstile.media
+        return PriceTerms(media=req.media)
     body = req.body
     if req.api == "converse":
         return converse_terms(body)

@@ -878,6 +878,10 @@ def bridge_for(api: ApiKind, client_wire: WireFormat, upstream_wire: WireFormat,
         return bedrock_bridge(api, client_wire, upstream_wire, upstream, body,
                               default_max_tokens)
     model = body.get("model")
+    if client_wire == "anthropic" and upstream_wire == "openai" and api == "messages":
+        from tokenstile.providers.messages_over_chat import MessagesOverChat
+
+        return MessagesOverChat(body, default_max_tokens)
     if client_wire == "openai" and upstream_wire == "anthropic":
         if api == "chat":
             return ChatOverMessages(body, default_max_tokens)
@@ -886,10 +890,9 @@ def bridge_for(api: ApiKind, client_wire: WireFormat, upstream_wire: WireFormat,
                  f"upstream {upstream!r} that serves the model {model!r}; call Claude models "
                  "through /v1/chat/completions or /v1/messages",
             code="unsupported_api")
-    path = "/v1/messages/count_tokens" if api == "count_tokens" else "/v1/messages"
     raise GatewayError(
-        400, f"the {_API_NAMES.get(api, api)} API ({path}) needs an anthropic upstream, "
-             f"but the model {model!r} is served by the OpenAI-compatible upstream "
-             f"{upstream!r}; call it through /v1/chat/completions, or route the model to an "
-             "upstream of kind anthropic",
+        400, f"the token counting API (/v1/messages/count_tokens) needs an anthropic "
+             f"upstream, but the model {model!r} is served by the OpenAI-compatible upstream "
+             f"{upstream!r}; read the input tokens from /v1/messages's usage instead, or "
+             "route the model to an upstream of kind anthropic",
         code="unsupported_api")

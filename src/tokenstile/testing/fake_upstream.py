@@ -50,6 +50,10 @@ from urllib.parse import parse_qs
 import orjson
 import uvicorn
 
+from tokenstile.errors import GatewayError
+from tokenstile.providers.multipart import FilePart, parse_form
+
+from . import _fake_batches, _fake_media
 from ._fake_bedrock import BedrockRoutes, error_headers
 from ._fake_core import (
     NORMAL,
@@ -152,6 +156,7 @@ class FakeRecord:
     web_fetches: int = 0
     file_searches: int = 0
     service_tier: str | None = None
+    units: dict[str, int] = field(default_factory=dict)
     api_key: str | None = None
     directives: dict[str, object] = field(default_factory=dict)
     body: Any = None
@@ -355,6 +360,7 @@ class _Watch:
 
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
+_FORM_ROUTES = frozenset({"/v1/images/edits", "/v1/audio/transcriptions", "/v1/files"})
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -365,9 +371,9 @@ class _Req:
     """One HTTP request in flight, and what will go on its record."""
 
     __slots__ = (
-        "anthropic", "api_key", "background", "bedrock", "body", "directives", "headers",
-        "method", "model", "query", "raw", "raw_headers", "raw_path", "receive", "recorded",
-        "rid", "route", "send", "started", "started_wall", "stream", "watch",
+        "anthropic", "api_key", "background", "bedrock", "body", "directives", "files",
+        "headers", "method", "model", "query", "raw", "raw_headers", "raw_path", "receive",
+        "recorded", "rid", "route", "send", "started", "started_wall", "stream", "watch",
     )
 
     def __init__(
@@ -395,6 +401,7 @@ class _Req:
             elif name == b"anthropic-version":
                 self.anthropic = True
         self.body: Any = None
+        self.files: tuple[FilePart, ...] = ()
         self.background: StoredResponse | None = None
         self.model = ""
         self.stream = False
@@ -408,6 +415,9 @@ class _Req:
         if self.watch is None:
             self.watch = _Watch(self.receive)
         return self.watch
+
+    def headers_value(self, name: bytes) -> str | None:
+        return next((v.decode("latin-1") for k, v in self.raw_headers if k == name), None)
 
     def id_headers(self) -> list[tuple[bytes, bytes]]:
         rid = self.rid.encode()
@@ -503,7 +513,15 @@ class FakeUpstream:
             ("POST", "/v1/messages"): self._messages,
             ("POST", "/v1/messages/count_tokens"): self._count_tokens,
             ("GET", "/v1/models"): self._models,
+            ("POST", "/v1/images/generations"): self._media(_fake_media.images),
+            ("POST", "/v1/images/edits"): self._media(_fake_media.images),
+            ("POST", "/v1/audio/transcriptions"): self._media(_fake_media.transcriptions),
+            ("POST", "/v1/audio/speech"): self._media(_fake_media.speech),
+            ("POST", "/v1/files"): self._media(_fake_batches.upload),
+            ("POST", "/v1/batches"): self._media(_fake_batches.create),
         }
+        self.batches = _fake_batches.FakeBatches()
+        self._batch_route = self._media(_fake_batches.resource)
         _install_log_filter()
 
         async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -545,6 +563,7 @@ class FakeUpstream:
         self.drifts.clear()
         self._script.clear()
         self.responses.clear()
+        self.batches.clear()
         self.tally.reset()
 
     def finish_background(self, response_id: str) -> bool:
@@ -554,6 +573,12 @@ class FakeUpstream:
             return False
         self.responses.finish(stored)
         return True
+
+    def finish_batch(self, batch_id: str, status: str = "completed",
+                     lines: int | None = None) -> list[FakeRecord]:
+        """End a batch (``_fake_batches``): its first ``lines`` lines (all by default)
+        answered and billed, unless it ``failed``; returns the lines' tally records."""
+        return _fake_batches.finish(self, batch_id, status, lines)
 
     def _bill_background(self, stored: StoredResponse) -> None:
         """A background response ended: the provider bills it now, once."""
@@ -615,6 +640,8 @@ class FakeUpstream:
             handler = self._model
         elif handler is None and path.startswith("/v1/responses/"):
             handler = self._response_route
+        elif handler is None and path.startswith(("/v1/files/", "/v1/batches/")):
+            handler = self._batch_route
         elif handler is None and path.startswith("/model/"):
             handler = self._bedrock.handle
         r = _Req(scope, receive, send, path, "req_" + self._new_id())
@@ -629,28 +656,51 @@ class FakeUpstream:
                 status = 405 if known else 404
                 await self._error(r, status, f"Unknown request URL: {method} {path}.")
                 return
-            if method == "POST" and handler != self._response_route:
+            if method == "POST" and handler not in (self._response_route,
+                                                    self._batch_route):
                 raw = await _read_body(receive)
                 if raw is None:
                     self._record(r, 0, "client_disconnected")
                     return
                 r.raw = raw
                 try:
-                    r.body = orjson.loads(raw)
-                except orjson.JSONDecodeError:
+                    if path in _FORM_ROUTES:
+                        r.body, r.files = parse_form(raw, r.headers_value(b"content-type"))
+                    else:
+                        r.body = orjson.loads(raw)
+                except (orjson.JSONDecodeError, GatewayError):
                     r.body = None
                 if not isinstance(r.body, dict):
                     await self._error(r, 400, "We could not parse the JSON body of your request.")
                     return
                 model = r.body.get("model")
                 r.model = model if isinstance(model, str) else ""
-                r.stream = r.body.get("stream") is True
+                r.stream = r.body.get("stream") in (True, "true")  # forms send text
             await handler(r)
         finally:
             if r.watch is not None:
                 r.watch.close()
             if not r.recorded:
                 self._record(r, 0, "client_disconnected")
+
+    def _media(self, handler: Callable[[FakeUpstream, _Req], Awaitable[None]]
+               ) -> Callable[[_Req], Awaitable[None]]:
+        async def serve(r: _Req) -> None:
+            await handler(self, r)
+        return serve
+
+    def _record_media(self, r: _Req, units: dict[str, int], *, input_tokens: int = 0,
+                      output_tokens: int = 0, input_audio_tokens: int = 0,
+                      outcome: str = "completed") -> None:
+        """A media answer (``_fake_media``): its token usage and the units it is billed by."""
+        self._record(r, 200, outcome, output_tokens=output_tokens,
+                     input_tokens=input_tokens, units=units,
+                     input_audio_tokens=input_audio_tokens)
+
+    @staticmethod
+    def _deliberate_cut() -> None:
+        """The connection is about to drop on purpose: uvicorn's complaint is not logged."""
+        _DELIBERATE_CUT.set(True)
 
     async def _report(self, scope: Scope, send: Send, path: str) -> None:
         """An admin usage or cost report, from what was served (not itself recorded)."""
@@ -693,6 +743,8 @@ class FakeUpstream:
         turn: Turn | None = None,
         output_tokens: int | None = None,
         input_tokens: int = 0,
+        units: dict[str, int] | None = None,
+        input_audio_tokens: int = 0,
     ) -> None:
         if r.recorded:
             return
@@ -710,6 +762,9 @@ class FakeUpstream:
             raw_headers=r.raw_headers,
             body=r.body if self.settings.record_bodies else None,
             input_tokens=input_tokens,
+            output_tokens=(output_tokens or 0) if turn is None else 0,
+            input_audio_tokens=input_audio_tokens,
+            units=dict(units or {}),
             started_at=r.started_wall,
             duration_ms=(time.perf_counter() - r.started) * 1000.0,
         )
