@@ -33,7 +33,7 @@ from tokenstile.providers.anthropic import (
     output_format,
     usage_from_anthropic,
 )
-from tokenstile.providers.base import Bridge, optional_int, require_str
+from tokenstile.providers.base import Bridge, ObserverWrapper, optional_int, require_str
 from tokenstile.providers.bedrock import BEDROCK_ANTHROPIC_VERSION, ROUTE_FIELDS, invoke_event
 from tokenstile.providers.converse import ConverseStreamState, count_converse, usage_of_answer
 from tokenstile.providers.translate import DONE, chat_to_messages, chat_usage
@@ -333,22 +333,14 @@ class ConverseChatTranslator:
         return b""
 
 
-class InvokeMessagesTranslator:
+class InvokeMessagesTranslator(ObserverWrapper):
     """InvokeModelWithResponseStream frames in, Anthropic SSE events out (a
     ``StreamObserver`` around the Anthropic one, which counts them)."""
 
-    __slots__ = ("_inner",)
+    __slots__ = ()
 
     def __init__(self, model: str) -> None:
-        self._inner = AnthropicStreamObserver(model)
-
-    @property
-    def usage(self) -> Usage | None:
-        return self._inner.usage
-
-    @usage.setter
-    def usage(self, value: Usage | None) -> None:
-        self._inner.usage = value
+        super().__init__(AnthropicStreamObserver(model))
 
     def on_event(self, event: bytes) -> bytes | None:
         frame = eventstream.decode(event)
@@ -362,18 +354,6 @@ class InvokeMessagesTranslator:
         kind = str(inner.get("type") or "message")
         return self._inner.on_event(b"event: " + kind.encode() + b"\ndata: "
                                     + orjson.dumps(inner) + b"\n\n")
-
-    def output_text(self) -> str:
-        return self._inner.output_text()
-
-    def reasoning_text(self) -> str:
-        return self._inner.reasoning_text()
-
-    def answering(self) -> bool:
-        return self._inner.answering()
-
-    def usage_is_final(self) -> bool:
-        return self._inner.usage_is_final()
 
 
 # --- the gateway's bridges ----------------------------------------------------------------

@@ -37,7 +37,7 @@ import orjson
 from tokenstile import tokens
 from tokenstile.errors import bad_request
 from tokenstile.limits.caps import output_cap_field
-from tokenstile.providers.answers import AnswerText, chat_message_text
+from tokenstile.providers.answers import AnswerText, WatchesText, chat_message_text
 from tokenstile.providers.anthropic import dumps_text
 from tokenstile.providers.base import optional_bool, optional_int, require_str
 from tokenstile.providers.openai import service_tier, usage_from_openai
@@ -360,7 +360,7 @@ def _event(name: str, payload: dict[str, Any]) -> bytes:
         {"type": name, **payload}) + b"\n\n"
 
 
-class ChunkTranslator:
+class ChunkTranslator(WatchesText):
     """chat.completion.chunk SSE events in, Anthropic Messages stream events out.
 
     Also a ``StreamObserver``: ``usage`` is the upstream's final usage chunk (always asked
@@ -382,15 +382,6 @@ class ChunkTranslator:
         self._finish: str | None = None
         self._tier: str | None = None
         self.usage: Usage | None = None
-
-    def output_text(self) -> str:
-        return "".join(self._text.visible)
-
-    def reasoning_text(self) -> str:
-        return "".join(self._text.reasoning)
-
-    def answering(self) -> bool:
-        return bool(self._text.visible)
 
     def usage_is_final(self) -> bool:
         return self.usage is not None
