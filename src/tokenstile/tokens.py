@@ -61,6 +61,8 @@ __all__ = [
     "image_tokens_at_most",
     "inline_file_pages",
     "is_estimate",
+    "load_tokenizer",
+    "tokenizer_ready",
 ]
 
 # --- Tunables -------------------------------------------------------------------------
@@ -251,9 +253,38 @@ def _counter(name: str) -> _Counter:
             c = _counters.get(name)
             if c is None:
                 ensure_offline_encodings()
-                c = _Counter(tiktoken.get_encoding(name))
+                encoding = tiktoken.get_encoding(name)
+                # tiktoken keeps a Python copy of the ranks its Rust core already holds,
+                # used only to pickle the encoding (which the gateway never does): 28 MB
+                # for o200k in every worker.
+                with contextlib.suppress(AttributeError):
+                    del encoding._mergeable_ranks
+                c = _Counter(encoding)
                 _counters[name] = c
     return c
+
+
+# Models whose encoding is loaded: ``tokenizer_ready`` is a set lookup once a model is seen.
+_ready_models: set[str] = set()
+
+
+def tokenizer_ready(model: str) -> bool:
+    """Whether ``model``'s tokens can be counted now, without loading its encoding (a file
+    of about 4 MB read and built into tables: most of a second, which must not happen on
+    the event loop). ``load_tokenizer`` loads it."""
+    if model in _ready_models:
+        return True
+    if _encoding_name(_base_model(model)) not in _counters:
+        return False
+    if len(_ready_models) > 4096:  # model names come from clients: keep the set bounded
+        _ready_models.clear()
+    _ready_models.add(model)
+    return True
+
+
+def load_tokenizer(model: str) -> None:
+    """Load ``model``'s encoding (blocking: run it in a thread)."""
+    _counter(_encoding_name(_base_model(model)))
 
 
 _O_SERIES = re.compile(r"o\d")

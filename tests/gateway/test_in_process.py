@@ -168,3 +168,41 @@ async def test_a_reload_builds_a_new_gateway_and_keeps_the_counters(make: Any) -
     with pytest.raises(openai.RateLimitError):  # the tokens used before still count
         await client.chat.completions.create(model="gpt-4o-mini", messages=HI,
                                              max_tokens=100)
+
+
+async def test_an_encoding_not_loaded_yet_loads_in_a_thread_not_on_the_event_loop(
+        make: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gateway is ready before its tokenizers are: the first request of a model whose
+    encoding is not loaded waits for it in a thread, and is counted as any other."""
+    import threading
+
+    from tokenstile import tokens
+
+    gw = await make({})
+    client = gw.openai(await gw.key())
+    loop_thread = threading.get_ident()
+    loaded_in: list[int] = []
+    real_load = tokens.load_tokenizer
+
+    def load(model: str) -> None:
+        loaded_in.append(threading.get_ident())
+        real_load(model)
+
+    monkeypatch.setattr(tokens, "_ready_models", set())
+    monkeypatch.setattr(tokens, "_counters", {})  # as if no encoding were loaded yet
+    monkeypatch.setattr(tokens, "load_tokenizer", load)
+    tokens._model.cache_clear()
+    try:
+        answer = await client.chat.completions.create(model="gpt-3.5-turbo", messages=HI,
+                                                      max_tokens=20)
+        assert loaded_in and loop_thread not in loaded_in
+        assert tokens.tokenizer_ready("gpt-3.5-turbo")
+        assert not tokens.tokenizer_ready("gpt-4o")  # cl100k only: o200k still to load
+        loaded = len(loaded_in)
+        await client.chat.completions.create(model="gpt-3.5-turbo", messages=HI, max_tokens=20)
+        assert len(loaded_in) == loaded  # loaded once
+    finally:
+        tokens._model.cache_clear()
+    assert answer.usage is not None
+    rows = await gw.rows()
+    assert rows[0].input_tokens == answer.usage.prompt_tokens

@@ -21,22 +21,35 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit
 
 from tokenstile.config import UpstreamConfig
 from tokenstile.errors import GatewayError
 
-try:
-    from botocore.auth import SigV4Auth
-    from botocore.awsrequest import AWSRequest
-    from botocore.credentials import Credentials, ReadOnlyCredentials, RefreshableCredentials
-    from botocore.session import Session
-except ImportError:  # pragma: no cover - the [bedrock] extra is not installed
-    SigV4Auth = AWSRequest = Credentials = ReadOnlyCredentials = None
-    RefreshableCredentials = Session = None
-
 SERVICE = "bedrock"
+_botocore: SimpleNamespace | None = None
+
+
+def botocore_parts() -> SimpleNamespace:
+    """botocore's signing and credential classes, imported on first use: a gateway with no
+    Bedrock upstream never loads botocore. The first call imports (blocking): it happens in
+    the thread that looks credentials up."""
+    global _botocore
+    if _botocore is None:
+        try:
+            from botocore import auth, awsrequest, credentials, session
+        except ImportError:  # pragma: no cover - the [bedrock] extra is not installed
+            raise RuntimeError("Bedrock needs botocore: pip install 'tokenstile[bedrock]'"
+                               ) from None
+        _botocore = SimpleNamespace(
+            SigV4Auth=auth.SigV4Auth, AWSRequest=awsrequest.AWSRequest,
+            Credentials=credentials.Credentials,
+            ReadOnlyCredentials=credentials.ReadOnlyCredentials,
+            RefreshableCredentials=credentials.RefreshableCredentials,
+            Session=session.Session)
+    return _botocore
 
 
 def host_of(url: str) -> str:
@@ -83,15 +96,17 @@ class AwsSigner:
         if "authorization" in base:
             return base
         credentials = await self._frozen(name, config)
+        botocore = botocore_parts()  # imported by the credentials' lookup
         signer = self._signers.get((credentials, config.region))
         if signer is None:
             if len(self._signers) > 64:  # refreshed credentials leave old ones behind
                 self._signers.clear()
-            signer = self._signers[(credentials, config.region)] = SigV4Auth(
+            signer = self._signers[(credentials, config.region)] = botocore.SigV4Auth(
                 credentials, SERVICE, config.region)
         # Only the host is signed with the date (SigV4 requires no other header): botocore's
         # header handling costs per header, and this is on every call's path.
-        request = AWSRequest(method="POST", url=url, data=body, headers={"host": host})
+        request = botocore.AWSRequest(method="POST", url=url, data=body,
+                                      headers={"host": host})
         signer.add_auth(request)
         signed = request.headers
         base["x-amz-date"] = signed["X-Amz-Date"]
@@ -117,9 +132,10 @@ class AwsSigner:
             if found is None:
                 raise no_credentials(name)
             self._credentials[key] = found
-        if isinstance(found, ReadOnlyCredentials):
+        botocore = botocore_parts()
+        if isinstance(found, botocore.ReadOnlyCredentials):
             return found
-        if isinstance(found, RefreshableCredentials) and found.refresh_needed():
+        if isinstance(found, botocore.RefreshableCredentials) and found.refresh_needed():
             return await asyncio.to_thread(found.get_frozen_credentials)
         return found.get_frozen_credentials()
 
@@ -127,9 +143,8 @@ class AwsSigner:
 def resolve_credentials(config: UpstreamConfig) -> Any:
     """The upstream's credentials: its own keys, else botocore's chain (None: none
     found). Blocking: run it in a thread."""
-    if Session is None:
-        raise RuntimeError("Bedrock needs botocore: pip install 'tokenstile[bedrock]'")
+    botocore = botocore_parts()
     if config.aws_access_key_id and config.aws_secret_access_key:
-        return Credentials(config.aws_access_key_id, config.aws_secret_access_key,
-                           config.aws_session_token).get_frozen_credentials()
-    return Session(profile=config.aws_profile).get_credentials()
+        return botocore.Credentials(config.aws_access_key_id, config.aws_secret_access_key,
+                                    config.aws_session_token).get_frozen_credentials()
+    return botocore.Session(profile=config.aws_profile).get_credentials()

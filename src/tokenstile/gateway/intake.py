@@ -9,11 +9,13 @@ anything is reserved.
 
 from __future__ import annotations
 
+import asyncio
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from tokenstile import tokens
 from tokenstile.errors import bad_request, forbidden
 from tokenstile.gateway import asgi
 from tokenstile.limits.runs import looser_than_config, read_run
@@ -63,6 +65,8 @@ class Intake:
             check_message_count(body, server.max_messages)
             req = await self.batches.parse_create(body, arrival.caller) \
                 if arrival.api == "batches" else adapter.parse(arrival.api, body)
+        if not tokens.tokenizer_ready(req.model):  # the first call of its encoding
+            await asyncio.to_thread(tokens.load_tokenizer, req.model)
         ctx = RequestContext.begin(arrival, arrival.caller, req)
         # A background response (and a batch) is billed when it ends, so crash recovery
         # must know.

@@ -146,7 +146,9 @@ class Runtime:
     async def start(self) -> None:
         """Open the stores, charge reservations a dead gateway left behind, start upkeep."""
         self.loop = asyncio.get_running_loop()
-        await asyncio.to_thread(warm_up)
+        # The tokenizer and the price table load in a thread while the gateway starts to
+        # serve; a request that needs them first waits for them in a thread of its own.
+        self._tasks.append(asyncio.create_task(warm_up_in_thread(), name="tokenstile-warm-up"))
         await self.db.open()
         self.ledger.start()
         await self.overrides.refresh()
@@ -300,10 +302,17 @@ def admin_key_for(config: Config) -> str | None:
 
 
 def warm_up() -> None:
-    """Load the tokenizers and the price table now, not inside the first request."""
-    for model in ("gpt-4o", "gpt-4"):
-        encoding_for(model).encode_ordinary("warm up")
+    """Load the tokenizer most models count with (o200k) and the price table now, not
+    inside the first request. Older models' cl100k loads when one is first asked for."""
+    encoding_for("gpt-4o").encode_ordinary("warm up")
     Pricer().known("gpt-4o")
+
+
+async def warm_up_in_thread() -> None:
+    try:
+        await asyncio.to_thread(warm_up)
+    except Exception:  # the first request that counts tokens meets the same error, clearly
+        log.exception("tokenstile: loading the tokenizer and the price table failed")
 
 
 def pricer_for(config: Config) -> Pricer:

@@ -22,12 +22,6 @@ from zlib import crc32
 
 import orjson
 
-try:
-    from botocore.eventstream import EventStreamBuffer, ParserError
-except ImportError:  # pragma: no cover - the [bedrock] extra is not installed
-    EventStreamBuffer = None
-    ParserError = Exception
-
 CONTENT_TYPE = "application/vnd.amazon.eventstream"
 
 _PRELUDE = struct.Struct("!III")
@@ -43,9 +37,14 @@ class StreamFramingError(Exception):
     """The upstream sent bytes that are not an event stream (a broken stream)."""
 
 
-def require_botocore() -> None:
-    if EventStreamBuffer is None:
-        raise RuntimeError("Bedrock needs botocore: pip install 'tokenstile[bedrock]'")
+def _botocore_eventstream() -> Any:
+    """botocore's event-stream module, imported on the first Bedrock stream (a gateway
+    without Bedrock upstreams never loads botocore)."""
+    try:
+        from botocore import eventstream
+    except ImportError:  # pragma: no cover - the [bedrock] extra is not installed
+        raise RuntimeError("Bedrock needs botocore: pip install 'tokenstile[bedrock]'") from None
+    return eventstream
 
 
 class FrameSplitter:
@@ -97,12 +96,12 @@ class Frame:
 
 def decode(frame: bytes) -> Frame:
     """One complete frame, checked and parsed by botocore."""
-    require_botocore()
-    buffer = EventStreamBuffer()
+    eventstream = _botocore_eventstream()
+    buffer = eventstream.EventStreamBuffer()
     buffer.add_data(frame)
     try:
         message = next(buffer)
-    except (ParserError, StopIteration) as exc:
+    except (eventstream.ParserError, StopIteration) as exc:
         raise StreamFramingError(f"an event stream frame botocore cannot read: "
                                  f"{type(exc).__name__}") from None
     headers = message.headers
