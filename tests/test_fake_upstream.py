@@ -242,6 +242,25 @@ def test_chat_no_usage_non_stream(oc: openai.OpenAI) -> None:
     assert r.choices[0].message.content == reply_text(12)
 
 
+def test_refuse_stream_options_is_a_400_and_its_streams_carry_no_usage(
+        fake: FakeUpstream, oc: openai.OpenAI) -> None:
+    refusing = "[[fake:refuse_stream_options]]"
+    for options in ({"include_usage": True}, {"include_usage": False}):
+        with pytest.raises(openai.BadRequestError, match="stream_options"):
+            oc.chat.completions.create(model=GPT, messages=user(refusing), stream=True,
+                                       stream_options=options)  # type: ignore[arg-type]
+        rec = fake.tally.last
+        assert rec is not None and rec.status == 400 and rec.output_tokens == 0
+    with pytest.raises(openai.BadRequestError, match="stream_options"):
+        oc.completions.create(model="gpt-3.5-turbo-instruct", prompt=refusing, stream=True,
+                              stream_options={"include_usage": True})
+    chunks = list(oc.chat.completions.create(model=GPT, messages=user(refusing), stream=True))
+    assert all(c.usage is None and c.choices for c in chunks)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == reply_text(12)
+    rec = fake.tally.last
+    assert rec is not None and rec.completed and rec.output_tokens == 12
+
+
 def test_chat_tool_call(fake: FakeUpstream, oc: openai.OpenAI) -> None:
     r = oc.chat.completions.create(
         model=GPT, messages=user("weather? [[fake:tool_call=get_weather]]"),

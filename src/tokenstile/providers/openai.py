@@ -176,6 +176,21 @@ class OpenAIAdapter:
         return OpenAIStreamObserver(strip_usage=not client_wants_usage, api=req.api)
 
 
+def without_added_stream_usage(body: dict[str, Any], sent: dict[str, Any] | None
+                               ) -> dict[str, Any]:
+    """``body`` as it goes to an upstream that refuses ``stream_options`` (``stream_usage:
+    false``): the client's own ``stream_options`` (``sent``: its body, None when it spoke
+    another API), never the usage the gateway asked for."""
+    if "stream_options" not in body:
+        return body
+    out = dict(body)
+    if sent is not None and "stream_options" in sent:
+        out["stream_options"] = sent["stream_options"]
+    else:
+        del out["stream_options"]
+    return out
+
+
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
