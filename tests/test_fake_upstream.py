@@ -261,6 +261,21 @@ def test_refuse_stream_options_is_a_400_and_its_streams_carry_no_usage(
     assert rec is not None and rec.completed and rec.output_tokens == 12
 
 
+def test_usage_dialects_of_xai_and_deepseek(oc: openai.OpenAI) -> None:
+    raw = oc.chat.completions.with_raw_response.create(
+        model=GPT, messages=user("[[fake:usage_dialect=xai,reasoning_tokens=30]]"))
+    usage = json.loads(raw.content)["usage"]
+    assert usage["completion_tokens"] == 12
+    assert usage["completion_tokens_details"]["reasoning_tokens"] == 30
+    assert usage["total_tokens"] == usage["prompt_tokens"] + 12 + 30
+    raw = oc.chat.completions.with_raw_response.create(
+        model=GPT, messages=user("[[fake:usage_dialect=deepseek,cached_tokens=10]]"))
+    usage = json.loads(raw.content)["usage"]
+    assert "prompt_tokens_details" not in usage
+    assert usage["prompt_cache_hit_tokens"] == 10
+    assert usage["prompt_cache_miss_tokens"] == usage["prompt_tokens"] - 10
+
+
 def test_chat_tool_call(fake: FakeUpstream, oc: openai.OpenAI) -> None:
     r = oc.chat.completions.create(
         model=GPT, messages=user("weather? [[fake:tool_call=get_weather]]"),

@@ -261,6 +261,9 @@ class Directives:
     retry_after      seconds, sent as a ``retry-after`` header with an error status
     no_usage         stream without the usage chunk / omit ``usage`` (OpenAI formats;
                      Anthropic: whole answers)
+    usage_dialect    ``xai``: chat usage counts reasoning apart from ``completion_tokens``
+                     (``total_tokens`` adds it); ``deepseek``: cache reads as the top-level
+                     ``prompt_cache_hit_tokens`` / ``prompt_cache_miss_tokens``
     refuse_stream_options answer a chat or completions request that carries
                      ``stream_options`` with a 400, as servers that do not know the field do
                      (its streams then carry no usage chunk)
@@ -295,6 +298,7 @@ class Directives:
     retry_after: float | None = None
     no_usage: bool = False
     refuse_stream_options: bool = False
+    usage_dialect: str | None = None
     reasoning_text: bool = False
     bill_if_gone: bool = False
     background_polls: int | None = None
@@ -328,10 +332,10 @@ _INT_KEYS = frozenset({
 _FLOAT_KEYS = frozenset({"delay_ms", "chunk_delay_ms", "retry_after"})
 _FLAG_KEYS = frozenset({"hang", "no_usage", "background_hold", "reasoning_text",
                         "bill_if_gone", "refuse_stream_options"})
-_STR_KEYS = frozenset({"tool_call", "service_tier"})
+_STR_KEYS = frozenset({"tool_call", "service_tier", "usage_dialect"})
 _NULLABLE = frozenset({"status", "output_tokens", "input_tokens", "cut_after", "error_after",
                        "stall_after", "tool_call", "retry_after", "service_tier",
-                       "background_polls"})
+                       "background_polls", "usage_dialect"})
 DIRECTIVE_KEYS = _INT_KEYS | _FLOAT_KEYS | _FLAG_KEYS | _STR_KEYS
 
 _DIRECTIVE_RE = re.compile(r"\[\[fake:([^\]]*)\]\]")

@@ -61,6 +61,7 @@ class Turn:
     web_fetches: int = 0
     file_searches: int = 0
     service_tier: str = "default"
+    usage_dialect: str | None = None  # see ``Directives.usage_dialect``
 
     @property
     def output_tokens(self) -> int:
@@ -159,7 +160,7 @@ def chat_usage(t: Turn) -> Json:
         prompt_details["cache_write_tokens"] = t.cache_write_tokens
     if t.cached_audio_tokens:
         prompt_details["cached_tokens_details"] = _cached_details(t)
-    return {
+    usage: Json = {
         "prompt_tokens": t.input_tokens,
         "completion_tokens": t.output_tokens,
         "total_tokens": t.input_tokens + t.output_tokens,
@@ -171,6 +172,13 @@ def chat_usage(t: Turn) -> Json:
             "rejected_prediction_tokens": 0,
         },
     }
+    if t.usage_dialect == "xai":
+        usage["completion_tokens"] = t.output_tokens - t.reply.reasoning_tokens
+    elif t.usage_dialect == "deepseek":
+        del usage["prompt_tokens_details"]
+        usage["prompt_cache_hit_tokens"] = t.cached_tokens
+        usage["prompt_cache_miss_tokens"] = t.input_tokens - t.cached_tokens
+    return usage
 
 
 def responses_usage(t: Turn) -> Json:

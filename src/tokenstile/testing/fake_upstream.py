@@ -919,6 +919,7 @@ class FakeUpstream:
             web_fetches=d.web_fetches,
             file_searches=d.file_searches,
             service_tier=d.service_tier or _served_tier(r),
+            usage_dialect=d.usage_dialect,
         )
 
     async def _answer(
