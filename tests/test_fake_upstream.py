@@ -276,6 +276,23 @@ def test_usage_dialects_of_xai_and_deepseek(oc: openai.OpenAI) -> None:
     assert usage["prompt_cache_miss_tokens"] == usage["prompt_tokens"] - 10
 
 
+def test_usage_dialects_of_mistral_and_groq_streams(oc: openai.OpenAI) -> None:
+    chunks = list(oc.chat.completions.create(
+        model=GPT, messages=user("[[fake:usage_dialect=mistral]]"), stream=True))
+    *body, last = chunks
+    assert last.choices[0].finish_reason == "stop"
+    assert last.usage is not None and last.usage.completion_tokens == 12
+    assert all(c.usage is None for c in body)
+    chunks = list(oc.chat.completions.create(
+        model=GPT, messages=user("[[fake:usage_dialect=groq]]"), stream=True,
+        stream_options={"include_usage": True}))
+    finish, usage_chunk = chunks[-2:]
+    extra = finish.model_extra or {}
+    assert finish.choices[0].finish_reason == "stop" and finish.usage is None
+    assert extra["x_groq"]["usage"]["completion_tokens"] == 12
+    assert usage_chunk.usage is not None and usage_chunk.usage.completion_tokens == 12
+
+
 def test_chat_tool_call(fake: FakeUpstream, oc: openai.OpenAI) -> None:
     r = oc.chat.completions.create(
         model=GPT, messages=user("weather? [[fake:tool_call=get_weather]]"),

@@ -263,7 +263,9 @@ class Directives:
                      Anthropic: whole answers)
     usage_dialect    ``xai``: chat usage counts reasoning apart from ``completion_tokens``
                      (``total_tokens`` adds it); ``deepseek``: cache reads as the top-level
-                     ``prompt_cache_hit_tokens`` / ``prompt_cache_miss_tokens``
+                     ``prompt_cache_hit_tokens`` / ``prompt_cache_miss_tokens``; chat streams
+                     end with usage on their last chunk, asked for or not, as ``usage``
+                     (``mistral``) or ``x_groq.usage`` (``groq``)
     refuse_stream_options answer a chat or completions request that carries
                      ``stream_options`` with a 400, as servers that do not know the field do
                      (its streams then carry no usage chunk)

@@ -268,7 +268,7 @@ def chat_stream(t: Turn) -> StreamParts:
         "system_fingerprint": "fp_fake",
     }
 
-    def chunk(delta: Json, finish: str | None = None) -> bytes:
+    def chunk(delta: Json, finish: str | None = None, **extra: Any) -> bytes:
         obj: Json = {
             **base,
             "choices": [
@@ -277,7 +277,7 @@ def chat_stream(t: Turn) -> StreamParts:
         }
         if with_usage:
             obj["usage"] = None
-        return _data(obj)
+        return _data({**obj, **extra})
 
     if reply.finish == "tool":
         head = chunk(
@@ -303,7 +303,13 @@ def chat_stream(t: Turn) -> StreamParts:
         head = chunk({"role": "assistant", "content": "", "refusal": None})
         pieces = [chunk({"content": p}) for p in reply.pieces]
     pieces[:0] = [chunk({"reasoning_content": p}) for p in reply.reasoning_pieces]
-    tail = chunk({}, _chat_finish(reply))
+    # Usage on the last chunk whether asked for or not: Mistral's own, Groq's x_groq.
+    own: Json = {}
+    if t.usage_dialect == "mistral" and not t.no_usage:
+        own = {"usage": chat_usage(t)}
+    elif t.usage_dialect == "groq" and not t.no_usage:
+        own = {"x_groq": {"id": "req_" + t.id, "usage": chat_usage(t)}}
+    tail = chunk({}, _chat_finish(reply), **own)
     if with_usage:
         tail += _data({**base, "choices": [], "usage": chat_usage(t)})
     tail += b"data: [DONE]\n\n"
