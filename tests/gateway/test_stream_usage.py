@@ -180,3 +180,18 @@ def test_stream_usage_applies_on_a_reload(refusing: FakeHandle, tmp_path: Path) 
         assert billed.output_tokens == 5
     finally:
         file_gateway.close()
+
+
+def test_without_stream_usage_a_groq_stream_is_billed_from_its_x_groq_usage(
+        make_gateway: Any, fake: FakeHandle, tmp_path: Path) -> None:
+    gateway = make_gateway(config(fake, tmp_path, stream_usage=False))
+    fake.fake.script([{"usage_dialect": "groq"}])
+    chunks = list(sdk(gateway, gateway.key(project="p")).chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": PROMPT}], max_tokens=7,
+        stream=True))
+    record = last(fake)
+    assert "stream_options" not in record.body and streamed_text(chunks)
+    [row] = gateway.rows()
+    assert not row.estimated
+    assert (row.input_tokens, row.output_tokens) == (record.input_tokens, 7)
+    assert usd_counter(gateway, "p") == row.cost_nano == nano(row.input_tokens, 7)
