@@ -11,6 +11,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import openai
 import pytest
 import tiktoken
@@ -195,3 +196,22 @@ def test_without_stream_usage_a_groq_stream_is_billed_from_its_x_groq_usage(
     assert not row.estimated
     assert (row.input_tokens, row.output_tokens) == (record.input_tokens, 7)
     assert usd_counter(gateway, "p") == row.cost_nano == nano(row.input_tokens, 7)
+
+
+def test_without_stream_usage_a_messages_stream_over_chat_is_billed_from_its_text(
+        make_gateway: Any, refusing: FakeHandle, tmp_path: Path) -> None:
+    """The ``anthropic`` SDK, to a model on such a server: its request is translated to a
+    chat stream that asks for no usage, and billed from the text it carried."""
+    gateway = make_gateway(config(refusing, tmp_path, stream_usage=False))
+    client = anthropic.Anthropic(base_url=gateway.url, api_key=gateway.key(project="p"),
+                                 max_retries=0)
+    with client.messages.stream(model=MODEL, max_tokens=8,
+                                messages=[{"role": "user", "content": PROMPT}]) as stream:
+        text = "".join(stream.text_stream)
+    record = last(refusing)
+    assert record.completed and "stream_options" not in record.body
+    [row] = gateway.rows()
+    assert row.api == "messages" and row.estimated and row.status == 200
+    assert row.output_tokens == len(O200K.encode_ordinary(text)) == record.output_tokens
+    assert usd_counter(gateway, "p") == row.cost_nano == nano(row.input_tokens, 8)
+    assert no_reservation_left(gateway)
