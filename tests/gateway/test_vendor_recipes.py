@@ -26,6 +26,7 @@ from tokenstile.limits.counter_keys import counter_key
 from tokenstile.prices import upstream_provider
 from tokenstile.testing.fake_upstream import FakeRecord
 from tokenstile.types import LedgerRow
+from tokenstile.unpriced import unpriced_models
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "providers.md"
 SECTION = "## OpenAI-compatible vendors"
@@ -168,6 +169,7 @@ def test_the_recipe_routes_and_prices_as_documented(title: str, tmp_path: Path) 
     assert upstream.kind == "openai" and upstream.base_url.startswith("http")
     assert upstream.api_key == (VENDOR_KEY if vendor.key_env else None)
     assert upstream.stream_usage is not vendor.refuses_stream_options
+    assert unpriced_models(config) == []  # what `tokenstile check` reports
 
 
 @pytest.mark.parametrize("title", sorted(VENDORS))
