@@ -19,6 +19,7 @@ import yaml
 
 from tests.admin.conftest import ADMIN_KEY, Admin, FileGateway
 from tests.conftest import UPSTREAM_KEY, FakeHandle, Gateway, deep_merge
+from tokenstile.config import ConfigError, parse_config
 from tokenstile.limits.counter_keys import counter_key
 from tokenstile.testing.fake_upstream import FakeRecord, FakeUpstream
 
@@ -215,3 +216,16 @@ def test_without_stream_usage_a_messages_stream_over_chat_is_billed_from_its_tex
     assert row.output_tokens == len(O200K.encode_ordinary(text)) == record.output_tokens
     assert usd_counter(gateway, "p") == row.cost_nano == nano(row.input_tokens, 8)
     assert no_reservation_left(gateway)
+
+
+def test_stream_usage_is_a_setting_of_openai_compatible_upstreams_only() -> None:
+    with pytest.raises(ConfigError) as refused:
+        parse_config({"upstreams": {"claude": {"kind": "anthropic", "stream_usage": False,
+                                               "base_url": "https://api.anthropic.com"}}},
+                     env={})
+    [error] = refused.value.errors
+    assert error.startswith("upstreams.claude: stream_usage: only for OpenAI-compatible")
+    azure = parse_config({"upstreams": {"az": {
+        "kind": "azure", "base_url": "https://r.openai.azure.com/openai",
+        "stream_usage": False}}}, env={})
+    assert azure.upstreams["az"].stream_usage is False
