@@ -242,6 +242,57 @@ def test_chat_no_usage_non_stream(oc: openai.OpenAI) -> None:
     assert r.choices[0].message.content == reply_text(12)
 
 
+def test_refuse_stream_options_is_a_400_and_its_streams_carry_no_usage(
+        fake: FakeUpstream, oc: openai.OpenAI) -> None:
+    refusing = "[[fake:refuse_stream_options]]"
+    for options in ({"include_usage": True}, {"include_usage": False}):
+        with pytest.raises(openai.BadRequestError, match="stream_options"):
+            oc.chat.completions.create(model=GPT, messages=user(refusing), stream=True,
+                                       stream_options=options)  # type: ignore[arg-type]
+        rec = fake.tally.last
+        assert rec is not None and rec.status == 400 and rec.output_tokens == 0
+    with pytest.raises(openai.BadRequestError, match="stream_options"):
+        oc.completions.create(model="gpt-3.5-turbo-instruct", prompt=refusing, stream=True,
+                              stream_options={"include_usage": True})
+    chunks = list(oc.chat.completions.create(model=GPT, messages=user(refusing), stream=True))
+    assert all(c.usage is None and c.choices for c in chunks)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == reply_text(12)
+    rec = fake.tally.last
+    assert rec is not None and rec.completed and rec.output_tokens == 12
+
+
+def test_usage_dialects_of_xai_and_deepseek(oc: openai.OpenAI) -> None:
+    raw = oc.chat.completions.with_raw_response.create(
+        model=GPT, messages=user("[[fake:usage_dialect=xai,reasoning_tokens=30]]"))
+    usage = json.loads(raw.content)["usage"]
+    assert usage["completion_tokens"] == 12
+    assert usage["completion_tokens_details"]["reasoning_tokens"] == 30
+    assert usage["total_tokens"] == usage["prompt_tokens"] + 12 + 30
+    raw = oc.chat.completions.with_raw_response.create(
+        model=GPT, messages=user("[[fake:usage_dialect=deepseek,cached_tokens=10]]"))
+    usage = json.loads(raw.content)["usage"]
+    assert "prompt_tokens_details" not in usage
+    assert usage["prompt_cache_hit_tokens"] == 10
+    assert usage["prompt_cache_miss_tokens"] == usage["prompt_tokens"] - 10
+
+
+def test_usage_dialects_of_mistral_and_groq_streams(oc: openai.OpenAI) -> None:
+    chunks = list(oc.chat.completions.create(
+        model=GPT, messages=user("[[fake:usage_dialect=mistral]]"), stream=True))
+    *body, last = chunks
+    assert last.choices[0].finish_reason == "stop"
+    assert last.usage is not None and last.usage.completion_tokens == 12
+    assert all(c.usage is None for c in body)
+    chunks = list(oc.chat.completions.create(
+        model=GPT, messages=user("[[fake:usage_dialect=groq]]"), stream=True,
+        stream_options={"include_usage": True}))
+    finish, usage_chunk = chunks[-2:]
+    extra = finish.model_extra or {}
+    assert finish.choices[0].finish_reason == "stop" and finish.usage is None
+    assert extra["x_groq"]["usage"]["completion_tokens"] == 12
+    assert usage_chunk.usage is not None and usage_chunk.usage.completion_tokens == 12
+
+
 def test_chat_tool_call(fake: FakeUpstream, oc: openai.OpenAI) -> None:
     r = oc.chat.completions.create(
         model=GPT, messages=user("weather? [[fake:tool_call=get_weather]]"),

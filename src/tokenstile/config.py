@@ -124,6 +124,10 @@ class UpstreamConfig(_Strict):
     # The service tier this upstream serves a request that leaves it open (no tier, or
     # auto); unset: such requests are reserved at the model's priciest tier.
     auto_service_tier: str | None = None
+    # Streamed chat and completions ask this upstream for a final usage chunk
+    # (``stream_options.include_usage``); false for a server that refuses the field: its
+    # streams are then billed from their usage if they carry one, else from their text.
+    stream_usage: bool = True
     # Bedrock (kind: bedrock): the region its calls are signed for, and AWS credentials;
     # without keys here, botocore's own chain (AWS_* variables, profiles, instance roles).
     region: str | None = None
@@ -160,6 +164,13 @@ class UpstreamConfig(_Strict):
                                                        is None):
             raise ValueError("aws_access_key_id and aws_secret_access_key go together")
         return data
+
+    @model_validator(mode="after")
+    def _stream_usage_on_openai_wires(self) -> UpstreamConfig:
+        if not self.stream_usage and self.kind not in ("openai", "azure"):
+            raise ValueError(f"stream_usage: only for OpenAI-compatible upstreams (kind openai "
+                             f"or azure); a {self.kind} upstream reports usage by itself")
+        return self
 
     @field_validator("base_url")
     @classmethod

@@ -18,7 +18,7 @@ import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation
 from typing import Any, Final
 
@@ -377,6 +377,35 @@ def _from_genai_info(info: Any, when: datetime) -> ModelPrice | None:
     return replace(base, service_tiers=tuple(variants)) if variants else base
 
 
+def next_listed_change(info: Any, now: float) -> float | None:
+    """When a genai-prices entry next changes price after ``now``: a dated price taking
+    effect, or a daily window (DeepSeek's off-peak hours) opening or closing; None when
+    its price does not change."""
+    prices = getattr(info, "prices", None)
+    today = datetime.fromtimestamp(now, UTC).date()
+    changes: list[float] = []
+    for item in prices if isinstance(prices, list) else ():
+        constraint = getattr(item, "constraint", None)
+        start = getattr(constraint, "start_date", None)
+        if isinstance(start, date):
+            ts = start.timestamp() if isinstance(start, datetime) else \
+                datetime(start.year, start.month, start.day, tzinfo=UTC).timestamp()
+            if ts > now:
+                changes.append(ts)
+        for edge in (getattr(constraint, "start_time", None),
+                     getattr(constraint, "end_time", None)):
+            if isinstance(edge, time):
+                zoned = edge if edge.tzinfo is not None else edge.replace(tzinfo=UTC)
+                changes.extend(
+                    ts for day in (-1, 0, 1)
+                    if (ts := datetime.combine(today + timedelta(days=day), zoned).timestamp())
+                    > now)
+    return min(changes, default=None)
+
+
+# A genai-prices entry not looked up yet (None: looked up, and unknown).
+_LOOK_UP: Final[Any] = object()
+
 # (effective from, price) pairs, ascending; -inf: in force from the beginning.
 PriceVersions = tuple[tuple[float, ModelPrice], ...]
 
@@ -497,10 +526,15 @@ class Pricer:
             if hit is not None and hit[1] > mono:
                 price = hit[0]
             else:
-                price = self._resolve(model, provider, when)
+                info = _LOOK_UP if self.override_versions(model, provider) else \
+                    self.genai_info(model, provider)
+                price = self._resolve(model, provider, when, info)
                 expires = mono + self._ttl
                 if segment < len(self._edges):  # never past the next version's start
                     expires = min(expires, mono + max(self._edges[segment] - now, 0.0))
+                change = None if info is _LOOK_UP else next_listed_change(info, now)
+                if change is not None:  # nor past a change of genai-prices' own
+                    expires = min(expires, mono + max(change - now, 0.0))
                 with self._lock:
                     if len(self._memo) >= self._MEMO_MAX:
                         self._memo.clear()  # names come from requests: keep it bounded
@@ -564,8 +598,9 @@ class Pricer:
             self._windows[key] = window
         return window
 
-    def _resolve(self, model: str, provider: str | None, at: float) -> ModelPrice | None:
-        price = self.list_price(model, provider, at)
+    def _resolve(self, model: str, provider: str | None, at: float,
+                 info: Any = _LOOK_UP) -> ModelPrice | None:
+        price = self.list_price(model, provider, at, info)
         if price is None or not self.adjustments:
             return price
         adj = self.adjustment_for(model, provider, at)
@@ -579,9 +614,10 @@ class Pricer:
         candidates = (name, bare)
         return next((a for a in self.adjustments if a.applies(candidates, prov, at)), None)
 
-    def list_price(self, model: str, provider: str | None, at: float) -> ModelPrice | None:
+    def list_price(self, model: str, provider: str | None, at: float,
+                   info: Any = _LOOK_UP) -> ModelPrice | None:
         """The price before adjustments: the override in force at ``at``, else
-        genai-prices' price at that time."""
+        genai-prices' price at that time (``info``: its entry, when already looked up)."""
         name = model.strip().lower() if isinstance(model, str) else ""
         if not name:
             return None
@@ -589,30 +625,25 @@ class Pricer:
         override = self._override(name, bare, provider, at)
         if override is not None:
             return override
-        return self.genai_price(model, provider, at)
+        return self.genai_price(model, provider, at, info)
 
-    def genai_price(self, model: str, provider: str | None, at: float) -> ModelPrice | None:
+    def genai_price(self, model: str, provider: str | None, at: float,
+                    info: Any = _LOOK_UP) -> ModelPrice | None:
         """genai-prices' own price for the model at ``at`` (no override, no adjustment)."""
-        name = model.strip().lower() if isinstance(model, str) else ""
-        if not name:
+        if info is _LOOK_UP:
+            info = self.genai_info(model, provider) if isinstance(model, str) else None
+        if info is None:
             return None
-        bare = name.rsplit("/", 1)[1] if "/" in name else name
-        prov = _genai_provider(provider) if provider else None
-        when = datetime.fromtimestamp(at, UTC)
-        for attempt_provider, ref in self._attempts(name, bare, provider, prov):
-            try:
-                info = _genai_lookup(attempt_provider, ref)
-            except LookupError:
-                continue
-            try:
-                return _from_genai_info(info, when)
-            except Exception:  # a malformed snapshot entry must not break billing
-                return None
-        return None
+        try:
+            return _from_genai_info(info, datetime.fromtimestamp(at, UTC))
+        except Exception:  # a malformed snapshot entry must not break billing
+            return None
 
     def genai_info(self, model: str, provider: str | None) -> Any:
         """genai-prices' entry for the model (a ``ModelInfo``), or None."""
         name = model.strip().lower()
+        if not name:
+            return None
         bare = name.rsplit("/", 1)[1] if "/" in name else name
         prov = _genai_provider(provider) if provider else None
         for attempt_provider, ref in self._attempts(name, bare, provider, prov):

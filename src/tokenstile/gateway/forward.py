@@ -24,6 +24,7 @@ from tokenstile.gateway.resilience import Attempt, backoff_delay, model_chain, p
 from tokenstile.gateway.routing import Target
 from tokenstile.gateway.upstream import UpstreamTimeout, upstream_headers, upstream_url
 from tokenstile.providers.multipart import encode_form
+from tokenstile.providers.openai import without_added_stream_usage
 from tokenstile.providers.terms import reservation_terms
 from tokenstile.providers.translate import bridge_for
 from tokenstile.types import LedgerRow, RequestContext, WireFormat
@@ -126,6 +127,8 @@ class Forwarder:
                 "files", "batches") else replace(req, body={**req.body, "model": target.model})
             body = bridge.upstream_body(candidate) if bridge is not None \
                 else self.adapters[ctx.wire].upstream_body(candidate)
+            if req.stream and not target.config.stream_usage:
+                body = without_added_stream_usage(body, None if bridge else candidate.body)
             url = upstream_url(target.config, bridge.upstream_api if bridge else ctx.api,
                                target.model, req.stream)
             headers = upstream_headers(target.config, ctx.headers, ctx.provider_key)

@@ -176,6 +176,21 @@ class OpenAIAdapter:
         return OpenAIStreamObserver(strip_usage=not client_wants_usage, api=req.api)
 
 
+def without_added_stream_usage(body: dict[str, Any], sent: dict[str, Any] | None
+                               ) -> dict[str, Any]:
+    """``body`` as it goes to an upstream that refuses ``stream_options`` (``stream_usage:
+    false``): the client's own ``stream_options`` (``sent``: its body, None when it spoke
+    another API), never the usage the gateway asked for."""
+    if "stream_options" not in body:
+        return body
+    out = dict(body)
+    if sent is not None and "stream_options" in sent:
+        out["stream_options"] = sent["stream_options"]
+    else:
+        del out["stream_options"]
+    return out
+
+
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
@@ -188,7 +203,10 @@ def usage_from_openai(usage: Any) -> Usage | None:
     """Chat/completions (``prompt_tokens``…) and Responses (``input_tokens``…) usage blocks.
 
     Audio tokens (gpt-audio, gpt-4o-audio…) are inside the prompt and completion totals;
-    they are kept apart because they cost several times what text does.
+    they are kept apart because they cost several times what text does. Two
+    OpenAI-compatible dialects: DeepSeek names its cache reads ``prompt_cache_hit_tokens``
+    (inside ``prompt_tokens``, as OpenAI's are); xAI counts reasoning apart from
+    ``completion_tokens`` (its ``total_tokens`` adds them), so there the output is both.
     """
     if not isinstance(usage, dict):
         return None
@@ -201,11 +219,16 @@ def usage_from_openai(usage: Any) -> Usage | None:
         input_details = _details(usage.get("prompt_tokens_details"))
         output_details = _details(usage.get("completion_tokens_details"))
     cached_details = _details(input_details.get("cached_tokens_details"))
+    output, reasoning = _int(out), _int(output_details.get("reasoning_tokens"))
+    if reasoning and _int(usage.get("total_tokens")) == _int(inp) + output + reasoning:
+        output += reasoning  # reasoning counted apart from the output (xAI)
+    cached = _int(input_details.get("cached_tokens")) or \
+        _int(usage.get("prompt_cache_hit_tokens"))
     return Usage(
         input_tokens=_int(inp),
-        output_tokens=_int(out),
-        cached_input_tokens=_int(input_details.get("cached_tokens")),
-        reasoning_tokens=_int(output_details.get("reasoning_tokens")),
+        output_tokens=output,
+        cached_input_tokens=cached,
+        reasoning_tokens=reasoning,
         input_audio_tokens=_int(input_details.get("audio_tokens")),
         output_audio_tokens=_int(output_details.get("audio_tokens")),
         cached_audio_tokens=_int(cached_details.get("audio_tokens")),
@@ -295,6 +318,8 @@ class OpenAIStreamObserver(WatchesText):
         if self._api == "chat" and not self._searches:
             self._searches = searches_chat_model(chunk.get("model"))
         usage = chunk.get("usage")
+        if usage is None and isinstance(extra := chunk.get("x_groq"), dict):
+            usage = extra.get("usage")  # Groq's last chunk, with or without a usage chunk
         if usage is not None:
             self.usage = usage_from_openai(usage)
             if self.usage is not None:

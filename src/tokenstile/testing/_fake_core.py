@@ -261,6 +261,14 @@ class Directives:
     retry_after      seconds, sent as a ``retry-after`` header with an error status
     no_usage         stream without the usage chunk / omit ``usage`` (OpenAI formats;
                      Anthropic: whole answers)
+    usage_dialect    ``xai``: chat usage counts reasoning apart from ``completion_tokens``
+                     (``total_tokens`` adds it); ``deepseek``: cache reads as the top-level
+                     ``prompt_cache_hit_tokens`` / ``prompt_cache_miss_tokens``; chat streams
+                     end with usage on their last chunk, asked for or not, as ``usage``
+                     (``mistral``) or ``x_groq.usage`` (``groq``)
+    refuse_stream_options answer a chat or completions request that carries
+                     ``stream_options`` with a 400, as servers that do not know the field do
+                     (its streams then carry no usage chunk)
     bill_if_gone     a client that leaves during ``delay_ms`` or ``hang`` is billed its
                      whole answer anyway (a provider that finishes what it started)
     background_polls a ``background: true`` response completes on this poll (GET) of it
@@ -291,6 +299,8 @@ class Directives:
     tool_call: str | None = None
     retry_after: float | None = None
     no_usage: bool = False
+    refuse_stream_options: bool = False
+    usage_dialect: str | None = None
     reasoning_text: bool = False
     bill_if_gone: bool = False
     background_polls: int | None = None
@@ -323,11 +333,11 @@ _INT_KEYS = frozenset({
 })
 _FLOAT_KEYS = frozenset({"delay_ms", "chunk_delay_ms", "retry_after"})
 _FLAG_KEYS = frozenset({"hang", "no_usage", "background_hold", "reasoning_text",
-                        "bill_if_gone"})
-_STR_KEYS = frozenset({"tool_call", "service_tier"})
+                        "bill_if_gone", "refuse_stream_options"})
+_STR_KEYS = frozenset({"tool_call", "service_tier", "usage_dialect"})
 _NULLABLE = frozenset({"status", "output_tokens", "input_tokens", "cut_after", "error_after",
                        "stall_after", "tool_call", "retry_after", "service_tier",
-                       "background_polls"})
+                       "background_polls", "usage_dialect"})
 DIRECTIVE_KEYS = _INT_KEYS | _FLOAT_KEYS | _FLAG_KEYS | _STR_KEYS
 
 _DIRECTIVE_RE = re.compile(r"\[\[fake:([^\]]*)\]\]")

@@ -61,6 +61,7 @@ class Turn:
     web_fetches: int = 0
     file_searches: int = 0
     service_tier: str = "default"
+    usage_dialect: str | None = None  # see ``Directives.usage_dialect``
 
     @property
     def output_tokens(self) -> int:
@@ -159,7 +160,7 @@ def chat_usage(t: Turn) -> Json:
         prompt_details["cache_write_tokens"] = t.cache_write_tokens
     if t.cached_audio_tokens:
         prompt_details["cached_tokens_details"] = _cached_details(t)
-    return {
+    usage: Json = {
         "prompt_tokens": t.input_tokens,
         "completion_tokens": t.output_tokens,
         "total_tokens": t.input_tokens + t.output_tokens,
@@ -171,6 +172,13 @@ def chat_usage(t: Turn) -> Json:
             "rejected_prediction_tokens": 0,
         },
     }
+    if t.usage_dialect == "xai":
+        usage["completion_tokens"] = t.output_tokens - t.reply.reasoning_tokens
+    elif t.usage_dialect == "deepseek":
+        del usage["prompt_tokens_details"]
+        usage["prompt_cache_hit_tokens"] = t.cached_tokens
+        usage["prompt_cache_miss_tokens"] = t.input_tokens - t.cached_tokens
+    return usage
 
 
 def responses_usage(t: Turn) -> Json:
@@ -260,7 +268,7 @@ def chat_stream(t: Turn) -> StreamParts:
         "system_fingerprint": "fp_fake",
     }
 
-    def chunk(delta: Json, finish: str | None = None) -> bytes:
+    def chunk(delta: Json, finish: str | None = None, **extra: Any) -> bytes:
         obj: Json = {
             **base,
             "choices": [
@@ -269,7 +277,7 @@ def chat_stream(t: Turn) -> StreamParts:
         }
         if with_usage:
             obj["usage"] = None
-        return _data(obj)
+        return _data({**obj, **extra})
 
     if reply.finish == "tool":
         head = chunk(
@@ -295,7 +303,13 @@ def chat_stream(t: Turn) -> StreamParts:
         head = chunk({"role": "assistant", "content": "", "refusal": None})
         pieces = [chunk({"content": p}) for p in reply.pieces]
     pieces[:0] = [chunk({"reasoning_content": p}) for p in reply.reasoning_pieces]
-    tail = chunk({}, _chat_finish(reply))
+    # Usage on the last chunk whether asked for or not: Mistral's own, Groq's x_groq.
+    own: Json = {}
+    if t.usage_dialect == "mistral" and not t.no_usage:
+        own = {"usage": chat_usage(t)}
+    elif t.usage_dialect == "groq" and not t.no_usage:
+        own = {"x_groq": {"id": "req_" + t.id, "usage": chat_usage(t)}}
+    tail = chunk({}, _chat_finish(reply), **own)
     if with_usage:
         tail += _data({**base, "choices": [], "usage": chat_usage(t)})
     tail += b"data: [DONE]\n\n"

@@ -865,6 +865,16 @@ class FakeUpstream:
             return None
         return d
 
+    async def _refused_stream_options(self, r: _Req, d: Directives) -> bool:
+        """A server that does not know ``stream_options`` refuses the request (the wording
+        of OpenAI-compatible servers that forbid unknown fields)."""
+        if not (d.refuse_stream_options and isinstance(r.body, dict)
+                and "stream_options" in r.body):
+            return False
+        await self._error(r, 400, "property 'stream_options' is unsupported, did you mean "
+                                  "'stream'?")
+        return True
+
     def _turn(
         self,
         r: _Req,
@@ -909,6 +919,7 @@ class FakeUpstream:
             web_fetches=d.web_fetches,
             file_searches=d.file_searches,
             service_tier=d.service_tier or _served_tier(r),
+            usage_dialect=d.usage_dialect,
         )
 
     async def _answer(
@@ -998,7 +1009,7 @@ class FakeUpstream:
             return
         messages = body["messages"]
         d = await self._prelude(r, last_user_text(messages))
-        if d is None:
+        if d is None or await self._refused_stream_options(r, d):
             return
         tools = body.get("tools")
         options = body.get("stream_options")
@@ -1020,7 +1031,7 @@ class FakeUpstream:
             return
         prompt = body["prompt"]
         d = await self._prelude(r, last_prompt_text(prompt))
-        if d is None:
+        if d is None or await self._refused_stream_options(r, d):
             return
         options = body.get("stream_options")
         turn = self._turn(
@@ -1273,7 +1284,7 @@ class FakeUpstream:
             return
         messages = body["messages"]
         d = await self._prelude(r, last_user_text(messages))
-        if d is None:
+        if d is None or await self._refused_stream_options(r, d):
             return
         tools = body.get("tools")
         turn = self._turn(
