@@ -20,7 +20,7 @@ from tokenstile.errors import bad_request
 from tokenstile.hidden_input import hidden_sources
 from tokenstile.providers.answers import AnswerText, WatchesText
 from tokenstile.providers.base import optional_bool, optional_int, require_str
-from tokenstile.providers.sse import event_fields
+from tokenstile.providers.sse import event_fields, json_object
 from tokenstile.types import ApiKind, CanonicalRequest, Usage, WireFormat
 
 ROLES = ("user", "assistant")
@@ -362,13 +362,8 @@ def delta_text(delta: Any) -> str | None:
 def load_event(event: bytes) -> tuple[str | None, dict[str, Any] | None]:
     """The type and JSON payload of one SSE event (payload None when it is not an object)."""
     name, data = event_fields(event)
-    if name in _QUIET_EVENTS or not data.startswith(b"{"):
-        return name, None
-    try:
-        payload = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return name, None
-    if not isinstance(payload, dict):
+    payload = None if name in _QUIET_EVENTS else json_object(data)
+    if payload is None:
         return name, None
     kind = payload.get("type")
     return (kind if isinstance(kind, str) else name), payload

@@ -26,8 +26,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import orjson
-
 from tokenstile import tokens
 from tokenstile.errors import bad_request
 from tokenstile.media import (
@@ -45,7 +43,7 @@ from tokenstile.providers.answers import AnswerText
 from tokenstile.providers.audio_length import audio_ms
 from tokenstile.providers.base import collect_text, optional_str, require_str
 from tokenstile.providers.multipart import FilePart
-from tokenstile.providers.sse import event_fields
+from tokenstile.providers.sse import event_fields, json_object
 from tokenstile.types import ApiKind, CanonicalRequest, Usage
 
 MEDIA_APIS: frozenset[str] = frozenset({"moderations", "images", "image_edits",
@@ -345,13 +343,8 @@ class MediaStreamObserver:
 
     def on_event(self, event: bytes) -> bytes | None:
         _, data = event_fields(event)
-        if not data.startswith(b"{"):
-            return event
-        try:
-            payload = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return event
-        if not isinstance(payload, dict):
+        payload = json_object(data)
+        if payload is None:
             return event
         kind, block = payload.get("type"), payload.get("usage")
         if kind == "transcript.text.delta":

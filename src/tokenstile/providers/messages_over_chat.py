@@ -41,7 +41,7 @@ from tokenstile.providers.answers import AnswerText, WatchesText, chat_message_t
 from tokenstile.providers.anthropic import dumps_text
 from tokenstile.providers.base import optional_bool, optional_int, require_str
 from tokenstile.providers.openai import service_tier, usage_from_openai
-from tokenstile.providers.sse import event_fields
+from tokenstile.providers.sse import event_fields, json_object
 from tokenstile.providers.translate import openai_error_to_anthropic
 from tokenstile.types import ApiKind, CanonicalRequest, Usage
 
@@ -396,11 +396,8 @@ class ChunkTranslator(WatchesText):
         _, data = event_fields(event)
         if data.strip() == b"[DONE]":
             return self._end()
-        try:
-            chunk = orjson.loads(data) if data.startswith(b"{") else None
-        except orjson.JSONDecodeError:
-            chunk = None
-        if not isinstance(chunk, dict):
+        chunk = json_object(data)
+        if chunk is None:
             return b""
         if isinstance(chunk.get("error"), dict):
             self._done = True

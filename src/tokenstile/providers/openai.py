@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from tokenstile import tokens
 from tokenstile.errors import bad_request
 from tokenstile.hidden_input import hidden_sources
@@ -19,7 +17,7 @@ from tokenstile.providers.base import (
     require_str,
     string_tags,
 )
-from tokenstile.providers.sse import event_fields
+from tokenstile.providers.sse import event_fields, json_object
 from tokenstile.types import ApiKind, CanonicalRequest, Usage, WireFormat
 
 # Output caps the upstream applies when a request names none.
@@ -275,13 +273,8 @@ class OpenAIStreamObserver(WatchesText):
 
     def on_event(self, event: bytes) -> bytes | None:
         _, data = event_fields(event)
-        if not data.startswith(b"{"):
-            return event
-        try:
-            chunk = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return event
-        if not isinstance(chunk, dict):
+        chunk = json_object(data)
+        if chunk is None:
             return event
         choices = chunk.get("choices")
         if isinstance(choices, list):
@@ -327,13 +320,8 @@ class ResponsesStreamObserver(WatchesText):
 
     def on_event(self, event: bytes) -> bytes | None:
         name, data = event_fields(event)
-        if not data.startswith(b"{"):
-            return event
-        try:
-            payload = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return event
-        if not isinstance(payload, dict):
+        payload = json_object(data)
+        if payload is None:
             return event
         kind = payload.get("type") or name
         if kind in _VISIBLE_DELTAS:

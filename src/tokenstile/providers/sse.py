@@ -7,6 +7,10 @@ them.
 
 from __future__ import annotations
 
+from typing import Any
+
+import orjson
+
 
 class EventSplitter:
     """Feed raw bytes; get back complete events (each including its trailing blank line)."""
@@ -50,3 +54,15 @@ def event_fields(event: bytes) -> tuple[str | None, bytes]:
         elif line.startswith(b"event:"):
             name = line[6:].strip().decode("utf-8", "replace")
     return name, b"\n".join(data)
+
+
+def json_object(data: bytes) -> dict[str, Any] | None:
+    """An event's ``data:`` payload as a JSON object; None when it is anything else
+    (``[DONE]``, a keep-alive, a JSON array or scalar, broken JSON)."""
+    if not data.startswith(b"{"):
+        return None
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
