@@ -19,7 +19,14 @@ from tokenstile import tokens
 from tokenstile.errors import bad_request
 from tokenstile.hidden_input import hidden_sources
 from tokenstile.providers.answers import AnswerText, WatchesText
-from tokenstile.providers.base import optional_bool, optional_int, require_str
+from tokenstile.providers.base import (
+    each_message,
+    optional_bool,
+    optional_int,
+    require_messages,
+    require_str,
+)
+from tokenstile.providers.counts import token_count
 from tokenstile.providers.sse import event_fields, json_object
 from tokenstile.types import ApiKind, CanonicalRequest, Usage, WireFormat
 
@@ -29,10 +36,6 @@ ROLES = ("user", "assistant")
 _QUIET_EVENTS = frozenset({"ping", "content_block_stop", "message_stop"})
 
 _MAX_DEPTH = 16
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def dumps_text(value: Any) -> str:
@@ -100,17 +103,8 @@ def _parse_system(body: dict[str, Any]) -> str:
 
 
 def _parse_messages(body: dict[str, Any]) -> str:
-    messages = body.get("messages")
-    if messages is None:
-        raise bad_request("'messages' is required", param="messages",
-                          code="missing_required_parameter")
-    if not isinstance(messages, list) or not messages:
-        raise bad_request("'messages' must be a non-empty array", param="messages")
     texts: list[str] = []
-    for i, message in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(message, dict):
-            raise bad_request(f"'{where}' must be an object", param=where)
+    for where, message in each_message(require_messages(body)):
         role = message.get("role")
         if role not in ROLES:
             raise bad_request(f"'{where}.role' must be 'user' or 'assistant', got {role!r} "
@@ -262,24 +256,28 @@ class UsageTracker:
             return
         self.seen = True
         self.final = self.final or final
-        self.input = max(self.input, _int(usage.get("input_tokens")))
-        self.cache_read = max(self.cache_read, _int(usage.get("cache_read_input_tokens")))
-        self.cache_write = max(self.cache_write, _int(usage.get("cache_creation_input_tokens")))
-        self.output = max(self.output, _int(usage.get("output_tokens")))
+        self.input = max(self.input, token_count(usage.get("input_tokens")))
+        self.cache_read = max(self.cache_read,
+                              token_count(usage.get("cache_read_input_tokens")))
+        self.cache_write = max(self.cache_write,
+                               token_count(usage.get("cache_creation_input_tokens")))
+        self.output = max(self.output, token_count(usage.get("output_tokens")))
         details = usage.get("output_tokens_details")
         if isinstance(details, dict):
-            self.thinking = max(self.thinking, _int(details.get("thinking_tokens")))
+            self.thinking = max(self.thinking, token_count(details.get("thinking_tokens")))
         creation = usage.get("cache_creation")
         if isinstance(creation, dict):
-            short = _int(creation.get("ephemeral_5m_input_tokens"))
-            long = _int(creation.get("ephemeral_1h_input_tokens"))
+            short = token_count(creation.get("ephemeral_5m_input_tokens"))
+            long = token_count(creation.get("ephemeral_1h_input_tokens"))
             self.cache_write_1h = max(self.cache_write_1h, long)
             # The split may be all there is: the total is at least its parts.
             self.cache_write = max(self.cache_write, short + long)
         tools = usage.get("server_tool_use")
         if isinstance(tools, dict):
-            self.web_searches = max(self.web_searches, _int(tools.get("web_search_requests")))
-            self.web_fetches = max(self.web_fetches, _int(tools.get("web_fetch_requests")))
+            self.web_searches = max(self.web_searches,
+                                    token_count(tools.get("web_search_requests")))
+            self.web_fetches = max(self.web_fetches,
+                                   token_count(tools.get("web_fetch_requests")))
         tier = usage.get("service_tier")
         if isinstance(tier, str) and tier:
             self.tier = tier.strip().lower()[:32]

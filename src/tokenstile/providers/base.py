@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 from tokenstile.errors import bad_request
@@ -119,6 +120,28 @@ def require_str(body: dict[str, Any], field: str) -> str:
     if not isinstance(value, str) or not value:
         raise bad_request(f"'{field}' must be a non-empty string", param=field)
     return value
+
+
+def require_messages(body: dict[str, Any]) -> list[Any]:
+    """The request's ``messages``: present, and a non-empty array (chat completions,
+    Messages and Converse ask the same of it)."""
+    messages = body.get("messages")
+    if messages is None:
+        raise bad_request("'messages' is required", param="messages",
+                          code="missing_required_parameter")
+    if not isinstance(messages, list) or not messages:
+        raise bad_request("'messages' must be a non-empty array", param="messages")
+    return messages
+
+
+def each_message(messages: list[Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each message with where it stands (``messages[i]``, for error messages), checked to
+    be an object as it is reached."""
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise bad_request(f"'{where}' must be an object", param=where)
+        yield where, message
 
 
 def optional_int(body: dict[str, Any], field: str, minimum: int = 0) -> int | None:

@@ -42,6 +42,7 @@ from tokenstile.media import (
 from tokenstile.providers.answers import AnswerText
 from tokenstile.providers.audio_length import audio_ms
 from tokenstile.providers.base import collect_text, optional_str, require_str
+from tokenstile.providers.counts import token_count
 from tokenstile.providers.multipart import FilePart
 from tokenstile.providers.sse import event_fields, json_object
 from tokenstile.types import ApiKind, CanonicalRequest, Usage
@@ -236,10 +237,6 @@ def per_second(ms: int, rate: int) -> int:
     return -(-ms * rate // 1000)
 
 
-def _n(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
 def _details(block: Any, name: str) -> dict[str, Any]:
     value = block.get(name) if isinstance(block, dict) else None
     return value if isinstance(value, dict) else {}
@@ -269,13 +266,14 @@ def usage_of_answer(req: CanonicalRequest, payload: bytes, parsed: Any) -> tuple
 
 def image_usage(block: dict[str, Any], made: int) -> Usage:
     """An image answer's (or stream event's) ``usage`` block, for ``made`` images."""
-    out = _n(block.get("output_tokens"))
+    out = token_count(block.get("output_tokens"))
     out_details = _details(block, "output_tokens_details")
     in_details = _details(block, "input_tokens_details")
-    image_out = _n(out_details.get("image_tokens")) if "image_tokens" in out_details else out
-    return Usage(input_tokens=_n(block.get("input_tokens")), output_tokens=out,
-                 cached_input_tokens=_n(in_details.get("cached_tokens")),
-                 input_image_tokens=_n(in_details.get("image_tokens")),
+    image_out = token_count(out_details.get("image_tokens")) if "image_tokens" in out_details \
+        else out
+    return Usage(input_tokens=token_count(block.get("input_tokens")), output_tokens=out,
+                 cached_input_tokens=token_count(in_details.get("cached_tokens")),
+                 input_image_tokens=token_count(in_details.get("image_tokens")),
                  output_image_tokens=image_out, images=made)
 
 
@@ -287,9 +285,9 @@ def _transcription_usage(req: CanonicalRequest, ask: MediaAsk, payload: bytes,
             return Usage(audio_ms=math.ceil(seconds * 1000)), False
     if isinstance(usage_block, dict) and usage_block.get("type") == "tokens":
         details = _details(usage_block, "input_token_details")
-        return Usage(input_tokens=_n(usage_block.get("input_tokens")),
-                     output_tokens=_n(usage_block.get("output_tokens")),
-                     input_audio_tokens=_n(details.get("audio_tokens"))), False
+        return Usage(input_tokens=token_count(usage_block.get("input_tokens")),
+                     output_tokens=token_count(usage_block.get("output_tokens")),
+                     input_audio_tokens=token_count(details.get("audio_tokens"))), False
     duration = body.get("duration")  # verbose_json
     said = isinstance(duration, int | float) and not isinstance(duration, bool) and \
         duration >= 0
@@ -360,9 +358,9 @@ class MediaStreamObserver:
             self.usage = _transcription_usage(self._req, self._req.media, b"", payload,
                                               block)[0]
         elif kind == "speech.audio.done" and isinstance(block, dict):
-            out = _n(block.get("output_tokens"))
-            self.usage = Usage(input_tokens=_n(block.get("input_tokens")), output_tokens=out,
-                               output_audio_tokens=out)
+            out = token_count(block.get("output_tokens"))
+            self.usage = Usage(input_tokens=token_count(block.get("input_tokens")),
+                               output_tokens=out, output_audio_tokens=out)
         return event
 
     def output_text(self) -> str:

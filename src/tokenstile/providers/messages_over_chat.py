@@ -40,7 +40,8 @@ from tokenstile.limits.caps import output_cap_field
 from tokenstile.providers.answers import AnswerText, WatchesText, chat_message_text
 from tokenstile.providers.anthropic import dumps_text
 from tokenstile.providers.base import optional_bool, optional_int, require_str
-from tokenstile.providers.openai import service_tier, usage_from_openai
+from tokenstile.providers.counts import service_tier
+from tokenstile.providers.openai import usage_from_openai
 from tokenstile.providers.sse import event_fields, json_object
 from tokenstile.providers.translate import openai_error_to_anthropic
 from tokenstile.types import ApiKind, CanonicalRequest, Usage

@@ -11,12 +11,15 @@ from tokenstile.providers import media
 from tokenstile.providers.answers import AnswerText, WatchesText, chat_message_text
 from tokenstile.providers.base import (
     collect_text,
+    each_message,
     optional_bool,
     optional_int,
     optional_str,
+    require_messages,
     require_str,
     string_tags,
 )
+from tokenstile.providers.counts import service_tier, token_count
 from tokenstile.providers.sse import event_fields, json_object
 from tokenstile.types import ApiKind, CanonicalRequest, Usage, WireFormat
 
@@ -32,21 +35,13 @@ _CAP_FIELDS: dict[str, tuple[str, ...]] = {
 
 
 def _parse_messages(body: dict[str, Any]) -> tuple[list[dict[str, Any]], str, str]:
-    messages = body.get("messages")
-    if messages is None:
-        raise bad_request("'messages' is required", param="messages",
-                          code="missing_required_parameter")
-    if not isinstance(messages, list) or not messages:
-        raise bad_request("'messages' must be a non-empty array", param="messages")
+    messages = require_messages(body)
     texts: list[str] = []
     system: list[str] = []
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise bad_request(f"'messages[{i}]' must be an object", param=f"messages[{i}]")
+    for where, message in each_message(messages):
         role = message.get("role")
         if not isinstance(role, str):
-            raise bad_request(f"'messages[{i}].role' must be a string",
-                              param=f"messages[{i}].role")
+            raise bad_request(f"'{where}.role' must be a string", param=f"{where}.role")
         target = system if role in ("system", "developer") else texts
         collect_text(message, target)
     return messages, "\n".join(texts), "\n".join(system)
@@ -174,10 +169,6 @@ class OpenAIAdapter:
         return OpenAIStreamObserver(strip_usage=not client_wants_usage, api=req.api)
 
 
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
 def _details(block: Any) -> dict[str, Any]:
     return block if isinstance(block, dict) else {}
 
@@ -200,21 +191,14 @@ def usage_from_openai(usage: Any) -> Usage | None:
         output_details = _details(usage.get("completion_tokens_details"))
     cached_details = _details(input_details.get("cached_tokens_details"))
     return Usage(
-        input_tokens=_int(inp),
-        output_tokens=_int(out),
-        cached_input_tokens=_int(input_details.get("cached_tokens")),
-        reasoning_tokens=_int(output_details.get("reasoning_tokens")),
-        input_audio_tokens=_int(input_details.get("audio_tokens")),
-        output_audio_tokens=_int(output_details.get("audio_tokens")),
-        cached_audio_tokens=_int(cached_details.get("audio_tokens")),
+        input_tokens=token_count(inp),
+        output_tokens=token_count(out),
+        cached_input_tokens=token_count(input_details.get("cached_tokens")),
+        reasoning_tokens=token_count(output_details.get("reasoning_tokens")),
+        input_audio_tokens=token_count(input_details.get("audio_tokens")),
+        output_audio_tokens=token_count(output_details.get("audio_tokens")),
+        cached_audio_tokens=token_count(cached_details.get("audio_tokens")),
     )
-
-
-def service_tier(value: Any) -> str | None:
-    """The tier an answer says served it (``default``, ``flex``, ``priority``, ``scale``)."""
-    if not isinstance(value, str):
-        return None
-    return value.strip().lower()[:32] or None
 
 
 def searches_chat_model(model: Any) -> bool:

@@ -56,9 +56,11 @@ from tokenstile.providers.anthropic import (
 )
 from tokenstile.providers.base import (
     Bridge,
+    each_message,
     optional_bool,
     optional_int,
     optional_str,
+    require_messages,
     require_str,
 )
 from tokenstile.types import ApiKind, CanonicalRequest, Usage, WireFormat
@@ -248,19 +250,11 @@ def _tool_result_block(message: dict[str, Any], where: str) -> dict[str, Any]:
     return block
 
 
-def _turns(messages: Any) -> tuple[list[str], list[tuple[str, list[dict[str, Any]]]]]:
-    """System texts and alternating (role, blocks) turns."""
-    if messages is None:
-        raise bad_request("'messages' is required", param="messages",
-                          code="missing_required_parameter")
-    if not isinstance(messages, list) or not messages:
-        raise bad_request("'messages' must be a non-empty array", param="messages")
+def _turns(body: dict[str, Any]) -> tuple[list[str], list[tuple[str, list[dict[str, Any]]]]]:
+    """System texts and alternating (role, blocks) turns of the request's ``messages``."""
     system: list[str] = []
     turns: list[tuple[str, list[dict[str, Any]]]] = []
-    for i, message in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(message, dict):
-            raise bad_request(f"'{where}' must be an object", param=where)
+    for where, message in each_message(require_messages(body)):
         role = message.get("role")
         if role in ("system", "developer"):
             text = _plain_text(message.get("content"), where)
@@ -446,7 +440,7 @@ def chat_to_messages(
         raise bad_request("the request body must be a JSON object", code="invalid_json")
     model = require_str(body, "model")
     _refuse_unsupported(body)
-    system, turns = _turns(body.get("messages"))
+    system, turns = _turns(body)
     if not turns:
         raise bad_request("'messages' has no user or assistant content to send",
                           param="messages")
