@@ -27,7 +27,7 @@ from tokenstile.providers.base import (
     require_str,
 )
 from tokenstile.providers.counts import token_count
-from tokenstile.providers.sse import event_fields, json_object
+from tokenstile.providers.sse import event_fields, json_object, named_event
 from tokenstile.types import ApiKind, CanonicalRequest, Usage, WireFormat
 
 ROLES = ("user", "assistant")
@@ -391,8 +391,12 @@ class AnthropicStreamObserver(WatchesText):
 
     def on_event(self, event: bytes) -> bytes | None:
         kind, payload = load_event(event)
-        if payload is None:
-            return event
+        if payload is not None:
+            self.watch(kind, payload)
+        return event
+
+    def watch(self, kind: str | None, payload: dict[str, Any]) -> None:
+        """Take one event as ``load_event`` read it: its usage and generated text."""
         if kind == "content_block_delta":
             delta_parts(payload.get("delta"), self._text)
         elif kind == "content_block_start":
@@ -403,7 +407,6 @@ class AnthropicStreamObserver(WatchesText):
                 self._tracker.update(message.get("usage"))
         elif kind == "message_delta":
             self._tracker.update(payload.get("usage"), final=True)
-        return event
 
     def usage_is_final(self) -> bool:
         return self._usage_override is not None or self._tracker.final
@@ -443,5 +446,4 @@ def canned_stream(model: str, text: str, ident: str) -> tuple[bytes, ...]:
                            "usage": {"output_tokens": 0}}),
         ("message_stop", {"type": "message_stop"}),
     ]
-    return tuple(b"event: " + name.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
-                 for name, payload in events)
+    return tuple(named_event(name, payload) for name, payload in events)

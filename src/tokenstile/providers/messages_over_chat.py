@@ -29,7 +29,6 @@ Choices where the two APIs differ:
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import orjson
@@ -41,18 +40,16 @@ from tokenstile.providers.answers import AnswerText, WatchesText, chat_message_t
 from tokenstile.providers.anthropic import dumps_text
 from tokenstile.providers.base import optional_bool, optional_int, require_str
 from tokenstile.providers.counts import service_tier
+from tokenstile.providers.mapping import (
+    anthropic_usage,
+    message_id,
+    openai_error_to_anthropic,
+    stop_reason,
+    tool_input,
+)
 from tokenstile.providers.openai import usage_from_openai
-from tokenstile.providers.sse import event_fields, json_object
-from tokenstile.providers.translate import openai_error_to_anthropic
+from tokenstile.providers.sse import event_fields, json_object, named_event
 from tokenstile.types import ApiKind, CanonicalRequest, Usage
-
-STOP_REASONS: dict[str, str] = {
-    "stop": "end_turn",
-    "length": "max_tokens",
-    "tool_calls": "tool_use",
-    "function_call": "tool_use",
-    "content_filter": "refusal",
-}
 
 _REFUSED_FIELDS: dict[str, str] = {
     "mcp_servers": "MCP servers run on Anthropic's side and cannot be used with a model "
@@ -288,34 +285,10 @@ def messages_to_chat(body: dict[str, Any], default_max_tokens: int) -> dict[str,
 # --- answers ------------------------------------------------------------------------------
 
 
-def message_id(chat_id: Any) -> str:
-    if isinstance(chat_id, str) and chat_id:
-        return "msg_" + chat_id.removeprefix("chatcmpl-")
-    return "msg_" + uuid.uuid4().hex
-
-
-def stop_reason(finish: Any) -> str:
-    return STOP_REASONS.get(finish, "end_turn") if isinstance(finish, str) else "end_turn"
-
-
-def anthropic_usage(usage: Usage | None) -> dict[str, Any]:
-    """tokenstile usage (cache reads inside the input) as an Anthropic ``usage`` block."""
-    usage = usage or Usage()
-    cached = min(usage.cached_input_tokens, usage.input_tokens)
-    return {"input_tokens": usage.input_tokens - cached, "output_tokens": usage.output_tokens,
-            "cache_read_input_tokens": cached, "cache_creation_input_tokens": 0}
-
-
-def _tool_input(arguments: Any) -> Any:
-    if isinstance(arguments, dict):
-        return arguments
-    if not isinstance(arguments, str) or not arguments.strip():
-        return {}
-    try:
-        parsed = orjson.loads(arguments)
-    except orjson.JSONDecodeError:
-        return {"_raw": arguments}
-    return parsed if isinstance(parsed, dict) else {"_raw": arguments}
+def _answer_input(arguments: Any) -> dict[str, Any]:
+    """An answer's tool-call arguments as a ``tool_use`` input; arguments that are neither
+    text nor an object count as none."""
+    return tool_input(arguments if isinstance(arguments, str | dict) else None)
 
 
 def chat_to_message(resp: Any, model: str) -> dict[str, Any]:
@@ -343,7 +316,7 @@ def chat_to_message(resp: Any, model: str) -> dict[str, Any]:
         content.append({"type": "tool_use",
                         "id": call_id if isinstance(call_id, str) else f"toolu_{i}",
                         "name": str(function.get("name") or ""),
-                        "input": _tool_input(function.get("arguments"))})
+                        "input": _answer_input(function.get("arguments"))})
     served = resp.get("model")
     return {
         "id": message_id(resp.get("id")), "type": "message", "role": "assistant",
@@ -357,8 +330,7 @@ def chat_to_message(resp: Any, model: str) -> dict[str, Any]:
 
 
 def _event(name: str, payload: dict[str, Any]) -> bytes:
-    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(
-        {"type": name, **payload}) + b"\n\n"
+    return named_event(name, {"type": name, **payload})
 
 
 class ChunkTranslator(WatchesText):

@@ -18,6 +18,7 @@ from tokenstile.providers.base import (
     require_messages,
     require_str,
     string_tags,
+    wants_usage_chunk,
 )
 from tokenstile.providers.counts import service_tier, token_count
 from tokenstile.providers.sse import event_fields, json_object
@@ -144,13 +145,12 @@ class OpenAIAdapter:
     def upstream_body(self, req: CanonicalRequest) -> dict[str, Any]:
         """Ask for usage on streams even when the client did not (it is stripped again)."""
         body = req.body
-        if req.stream and req.api in ("chat", "completions"):
+        if req.stream and req.api in ("chat", "completions") and not wants_usage_chunk(body):
             options = body.get("stream_options")
-            if not (isinstance(options, dict) and options.get("include_usage") is True):
-                body = dict(body)
-                merged = dict(options) if isinstance(options, dict) else {}
-                merged["include_usage"] = True
-                body["stream_options"] = merged
+            body = dict(body)
+            merged = dict(options) if isinstance(options, dict) else {}
+            merged["include_usage"] = True
+            body["stream_options"] = merged
         return body
 
     def usage_from_body(self, api: ApiKind, payload: Any) -> Usage | None:
@@ -162,11 +162,9 @@ class OpenAIAdapter:
                  ) -> OpenAIStreamObserver | ResponsesStreamObserver | media.MediaStreamObserver:
         if req.media is not None:
             return media.MediaStreamObserver(req)
-        options = req.body.get("stream_options")
-        client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
         if req.api == "responses":
             return ResponsesStreamObserver()
-        return OpenAIStreamObserver(strip_usage=not client_wants_usage, api=req.api)
+        return OpenAIStreamObserver(strip_usage=not wants_usage_chunk(req.body), api=req.api)
 
 
 def _details(block: Any) -> dict[str, Any]:

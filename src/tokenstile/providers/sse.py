@@ -66,3 +66,14 @@ def json_object(data: bytes) -> dict[str, Any] | None:
     except orjson.JSONDecodeError:
         return None
     return value if isinstance(value, dict) else None
+
+
+def data_event(payload: Any) -> bytes:
+    """One event carrying ``payload`` as JSON: ``data: {...}`` (OpenAI's streams)."""
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def named_event(name: str, payload: Any) -> bytes:
+    """One named event carrying ``payload`` as JSON: ``event: name`` then ``data: {...}``
+    (Anthropic's streams)."""
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
