@@ -23,7 +23,8 @@ from tokenstile.providers.mapping import (
     tool_input,
     upstream_answered,
 )
-from tokenstile.types import Usage
+from tokenstile.providers.messages_over_chat import MessagesOverChat, messages_to_chat
+from tokenstile.types import CanonicalRequest, Usage
 
 
 def test_reasons_map_both_ways_and_default_for_the_unknown() -> None:
@@ -105,3 +106,15 @@ def test_chat_cap_prefers_max_completion_tokens() -> None:
 def test_an_unreadable_error_body_is_quoted() -> None:
     assert upstream_answered(502, b"  Bad gateway \n") == "the upstream answered 502: Bad gateway"
     assert upstream_answered(500, b"") == "the upstream answered 500"
+
+
+def test_a_bridge_s_translation_follows_a_replaced_body() -> None:
+    body: dict[str, Any] = {"model": "gpt-4o", "max_tokens": 10,
+                            "messages": [{"role": "user", "content": "hi"}]}
+    bridge = MessagesOverChat(body, 4096)
+    req = CanonicalRequest(api="messages", wire="anthropic", model="gpt-4o", body=body)
+    first = bridge.upstream_body(req)
+    assert bridge.upstream_body(req) is first
+    req.body = {**body, "model": "gpt-4o-mini", "max_tokens": 20}
+    assert bridge.upstream_body(req) == messages_to_chat(req.body, 4096)
+    assert bridge.model == "gpt-4o-mini"

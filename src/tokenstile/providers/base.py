@@ -191,6 +191,20 @@ def string_tags(value: Any) -> dict[str, str]:
     return tags
 
 
+def text_field(body: dict[str, Any], field: str, *, required: bool) -> str:
+    """A field that holds a string or an array of them (a prompt, an input): checked, and
+    its text joined line by line (empty when an optional field is absent)."""
+    value = body.get(field)
+    if value is None and required:
+        raise bad_request(f"'{field}' is required", param=field,
+                          code="missing_required_parameter")
+    if value is not None and not isinstance(value, str | list):
+        raise bad_request(f"'{field}' must be a string or an array", param=field)
+    pieces: list[str] = []
+    collect_text(value, pieces)
+    return "\n".join(pieces)
+
+
 def collect_text(node: Any, out: list[str], depth: int = 0) -> None:
     """Every human-readable string in a content tree (text parts, tool arguments)."""
     if depth > 32:

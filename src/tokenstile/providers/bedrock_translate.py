@@ -39,12 +39,12 @@ from tokenstile.providers.mapping import (
     CONVERSE_FINISH_REASONS,
     DONE,
     ChatChunks,
+    TranslatedBody,
     chat_cap,
     chat_id,
     chat_tool_call,
     chat_usage,
     finish_reason,
-    only_model_or_cap_changed,
     openai_error,
     upstream_answered,
 )
@@ -330,38 +330,28 @@ class InvokeMessagesTranslator(ObserverWrapper):
 # --- the gateway's bridges ----------------------------------------------------------------
 
 
-class ChatOverConverse:
-    """An OpenAI chat completions request served by a Bedrock upstream's Converse API."""
+class ChatOverConverse(TranslatedBody):
+    """An OpenAI chat completions request served by a Bedrock upstream's Converse API, its
+    translation following the request's body (``TranslatedBody``)."""
 
     upstream_api: ApiKind = "converse"
 
-    __slots__ = ("_default_cap", "_source", "_translated")
+    __slots__ = ()
 
-    def __init__(self, body: dict[str, Any], default_max_tokens: int) -> None:
-        self._default_cap = default_max_tokens
-        self._source = body
-        self._translated = chat_to_converse(body, default_max_tokens)
+    def translate(self, body: dict[str, Any]) -> dict[str, Any]:
+        return chat_to_converse(body, self._default_cap)
 
-    @property
-    def model(self) -> str:
-        model: str = self._translated["model"]
-        return model
+    def patch(self, body: dict[str, Any]) -> dict[str, Any]:
+        config = {**self._translated["inferenceConfig"],
+                  "maxTokens": chat_cap(body, self._default_cap)}
+        return {**self._translated, "model": require_str(body, "model"),
+                "inferenceConfig": config}
 
     def count_input(self) -> int:
         return count_converse(self.model, self._translated)
 
     def upstream_body(self, req: CanonicalRequest) -> dict[str, Any]:
-        body = req.body
-        if body is not self._source:
-            if only_model_or_cap_changed(body, self._source):
-                config = {**self._translated["inferenceConfig"],
-                          "maxTokens": chat_cap(body, self._default_cap)}
-                self._translated = {**self._translated, "model": require_str(body, "model"),
-                                    "inferenceConfig": config}
-            else:
-                self._translated = chat_to_converse(body, self._default_cap)
-            self._source = body
-        return {k: v for k, v in self._translated.items() if k not in ROUTE_FIELDS}
+        return {k: v for k, v in self.follow(req.body).items() if k not in ROUTE_FIELDS}
 
     def usage_from_body(self, payload: Any) -> Usage | None:
         return usage_of_answer(payload)

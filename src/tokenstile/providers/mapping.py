@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from abc import ABC, abstractmethod
 from typing import Any
 
 import orjson
@@ -271,3 +272,42 @@ def chat_cap(body: dict[str, Any], default: int) -> int:
     if cap is None:
         cap = optional_int(body, "max_tokens", minimum=1)
     return default if cap is None else cap
+
+
+class TranslatedBody(ABC):
+    """The translation of a client's body that a bridge forwards, kept in step with that
+    body. It is made when the bridge is built, so an untranslatable request is refused
+    before anything is reserved; when a later stage replaces the body (admission setting
+    the output cap, a fallback naming another model) it follows: ``patch``ed when only the
+    model or the cap changed and the translation can be patched, else made again.
+    """
+
+    __slots__ = ("_default_cap", "_source", "_translated")
+
+    def __init__(self, body: dict[str, Any], default_max_tokens: int) -> None:
+        self._default_cap = default_max_tokens
+        self._source = body
+        self._translated = self.translate(body)
+
+    @abstractmethod
+    def translate(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The whole translation of ``body``."""
+
+    def patch(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """The translation with ``body``'s model and output cap, or None to translate
+        ``body`` again (the default)."""
+        return None
+
+    @property
+    def model(self) -> str:
+        model: str = self._translated["model"]
+        return model
+
+    def follow(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The translation of ``body``, the request's body as it is now."""
+        if body is not self._source:
+            patched = self.patch(body) if only_model_or_cap_changed(body, self._source) \
+                else None
+            self._translated = self.translate(body) if patched is None else patched
+            self._source = body
+        return self._translated

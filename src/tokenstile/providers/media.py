@@ -41,7 +41,7 @@ from tokenstile.media import (
 )
 from tokenstile.providers.answers import AnswerText
 from tokenstile.providers.audio_length import audio_ms
-from tokenstile.providers.base import collect_text, optional_str, require_str
+from tokenstile.providers.base import optional_str, require_str, text_field
 from tokenstile.providers.counts import token_count
 from tokenstile.providers.multipart import FilePart
 from tokenstile.providers.sse import event_fields, json_object
@@ -130,16 +130,8 @@ def parse(api: ApiKind, body: dict[str, Any],
 def _moderation(body: dict[str, Any]) -> CanonicalRequest:
     model = optional_str(body, "model") or DEFAULT_MODELS["moderations"]
     _bool_field(body, "stream")  # no such option: but a wrong type is a wrong request
-    value = body.get("input")
-    if value is None:
-        raise bad_request("'input' is required", param="input",
-                          code="missing_required_parameter")
-    if not isinstance(value, str | list):
-        raise bad_request("'input' must be a string or an array", param="input")
-    pieces: list[str] = []
-    collect_text(value, pieces)
     return _canonical("moderations", model, body, MediaAsk("moderation"),
-                      text="\n".join(pieces))
+                      text=text_field(body, "input", required=True))
 
 
 def _image(api: ApiKind, body: dict[str, Any],

@@ -41,6 +41,7 @@ from tokenstile.providers.anthropic import dumps_text
 from tokenstile.providers.base import optional_bool, optional_int, require_str
 from tokenstile.providers.counts import service_tier
 from tokenstile.providers.mapping import (
+    TranslatedBody,
     anthropic_usage,
     message_id,
     openai_error_to_anthropic,
@@ -460,27 +461,19 @@ class ChunkTranslator(WatchesText):
 # --- the gateway's bridge -----------------------------------------------------------------
 
 
-class MessagesOverChat:
-    """An Anthropic Messages request served by an OpenAI-compatible upstream (a ``Bridge``).
-
-    Translated when it is built, so an untranslatable request is refused before anything is
-    reserved; a later change of the model or the cap (admission, a fallback) is patched in,
-    any other change translates the body again.
+class MessagesOverChat(TranslatedBody):
+    """An Anthropic Messages request served by an OpenAI-compatible upstream (a ``Bridge``),
+    its chat translation following the request's body (``TranslatedBody``): translated when
+    the bridge is built, so an untranslatable request is refused before anything is
+    reserved, and again whenever a later stage (admission, a fallback) replaces the body.
     """
 
     upstream_api: ApiKind = "chat"
 
-    __slots__ = ("_default_cap", "_source", "_translated")
+    __slots__ = ()
 
-    def __init__(self, body: dict[str, Any], default_max_tokens: int) -> None:
-        self._default_cap = default_max_tokens
-        self._source = body
-        self._translated = messages_to_chat(body, default_max_tokens)
-
-    @property
-    def model(self) -> str:
-        model: str = self._translated["model"]
-        return model
+    def translate(self, body: dict[str, Any]) -> dict[str, Any]:
+        return messages_to_chat(body, self._default_cap)
 
     def count_input(self) -> int:
         body = self._translated
@@ -488,11 +481,7 @@ class MessagesOverChat:
                                  response_format=body.get("response_format"))
 
     def upstream_body(self, req: CanonicalRequest) -> dict[str, Any]:
-        body = req.body
-        if body is not self._source:
-            self._translated = messages_to_chat(body, self._default_cap)
-            self._source = body
-        return self._translated
+        return self.follow(req.body)
 
     def usage_from_body(self, payload: Any) -> Usage | None:
         if not isinstance(payload, dict):

@@ -18,6 +18,7 @@ from tokenstile.providers.base import (
     require_messages,
     require_str,
     string_tags,
+    text_field,
     wants_usage_chunk,
 )
 from tokenstile.providers.counts import service_tier, token_count
@@ -70,35 +71,14 @@ class OpenAIAdapter:
                 if body.get(field) is not None and not isinstance(body[field], list):
                     raise bad_request(f"'{field}' must be an array", param=field)
         elif api == "completions":
-            prompt = body.get("prompt")
-            if prompt is None:
-                raise bad_request("'prompt' is required", param="prompt",
-                                  code="missing_required_parameter")
-            if not isinstance(prompt, str | list):
-                raise bad_request("'prompt' must be a string or an array", param="prompt")
-            pieces: list[str] = []
-            collect_text(prompt, pieces)
-            input_text = "\n".join(pieces)
+            input_text = text_field(body, "prompt", required=True)
             if cap is None:
                 cap = LEGACY_COMPLETIONS_DEFAULT_MAX_TOKENS
         elif api == "embeddings":
-            value = body.get("input")
-            if value is None:
-                raise bad_request("'input' is required", param="input",
-                                  code="missing_required_parameter")
-            if not isinstance(value, str | list):
-                raise bad_request("'input' must be a string or an array", param="input")
-            pieces = []
-            collect_text(value, pieces)
-            input_text = "\n".join(pieces)
+            input_text = text_field(body, "input", required=True)
             cap = 0
         elif api == "responses":
-            value = body.get("input")
-            if value is not None and not isinstance(value, str | list):
-                raise bad_request("'input' must be a string or an array", param="input")
-            pieces = []
-            collect_text(value, pieces)
-            input_text = "\n".join(pieces)
+            input_text = text_field(body, "input", required=False)
             system_text = optional_str(body, "instructions") or ""
         multiplier = 1
         for name in ("n", "best_of"):

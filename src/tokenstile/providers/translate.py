@@ -63,6 +63,7 @@ from tokenstile.providers.base import (
 from tokenstile.providers.mapping import (
     DONE,
     ChatChunks,
+    TranslatedBody,
     anthropic_error,
     anthropic_error_to_openai,
     chat_cap,
@@ -70,7 +71,6 @@ from tokenstile.providers.mapping import (
     chat_tool_call,
     chat_usage,
     finish_reason,
-    only_model_or_cap_changed,
     tool_input,
 )
 from tokenstile.providers.sse import data_event
@@ -626,29 +626,26 @@ class StreamTranslator(ObserverWrapper):
 # --- the gateway's bridge -----------------------------------------------------------------
 
 
-class ChatOverMessages:
-    """An OpenAI chat completions request served by an Anthropic upstream (a ``Bridge``).
-
-    The request is translated when the bridge is built, so an untranslatable one is refused
-    before anything is reserved. If a later stage replaces ``req.body`` (admission setting
-    the output cap, a fallback naming another model), the translation follows: patched when
-    only the model or cap changed, else redone, so what is forwarded reflects the final body.
-    """
+class ChatOverMessages(TranslatedBody):
+    """An OpenAI chat completions request served by an Anthropic upstream (a ``Bridge``),
+    its Messages translation following the request's body (``TranslatedBody``): patched
+    when only the model or cap changed, else redone, so what is forwarded reflects the
+    final body."""
 
     upstream_api: ApiKind = "messages"
 
-    __slots__ = ("_default_cap", "_source", "_translated")
+    __slots__ = ()
 
     def __init__(self, body: dict[str, Any], default_max_tokens: int = DEFAULT_MAX_TOKENS
                  ) -> None:
-        self._default_cap = default_max_tokens
-        self._source = body
-        self._translated = chat_to_messages(body, default_max_tokens)
+        super().__init__(body, default_max_tokens)
 
-    @property
-    def model(self) -> str:
-        model: str = self._translated["model"]
-        return model
+    def translate(self, body: dict[str, Any]) -> dict[str, Any]:
+        return chat_to_messages(body, self._default_cap)
+
+    def patch(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {**self._translated, "model": require_str(body, "model"),
+                "max_tokens": chat_cap(body, self._default_cap)}
 
     def count_input(self) -> int:
         """Claude's input estimate (o200k × factor), reconciled to usage after the call."""
@@ -657,17 +654,7 @@ class ChatOverMessages:
                                       body.get("tools"), output_format=output_format(body))
 
     def upstream_body(self, req: CanonicalRequest) -> dict[str, Any]:
-        body = req.body
-        if body is self._source:
-            return self._translated
-        if only_model_or_cap_changed(body, self._source):
-            # A copy with another model or cap (admission, a fallback): patch, don't redo.
-            self._translated = {**self._translated, "model": require_str(body, "model"),
-                                "max_tokens": chat_cap(body, self._default_cap)}
-        else:
-            self._translated = chat_to_messages(body, self._default_cap)
-        self._source = body
-        return self._translated
+        return self.follow(req.body)
 
     def usage_from_body(self, payload: Any) -> Usage | None:
         return usage_from_anthropic(payload.get("usage")) if isinstance(payload, dict) else None
