@@ -1,5 +1,5 @@
-"""Counts and tiers read from usage blocks, and the ``messages`` array every chat-shaped
-request checks, the same way for every provider."""
+"""Counts and tiers read from usage blocks, and the ``messages`` and ``tools`` arrays every
+chat-shaped request checks, the same way for every provider."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from tokenstile.errors import PREFIX, GatewayError
 from tokenstile.providers.anthropic import AnthropicAdapter
 from tokenstile.providers.bedrock import BedrockAdapter
 from tokenstile.providers.counts import service_tier, token_count
+from tokenstile.providers.messages_over_chat import messages_to_chat
 from tokenstile.providers.openai import OpenAIAdapter
 from tokenstile.providers.translate import chat_to_messages
 
@@ -56,3 +57,22 @@ PARSERS = {
 def test_every_chat_shaped_request_checks_messages_alike(
         name: str, body: dict[str, Any], param: str, message: str) -> None:
     assert _refusal(PARSERS[name], body) == (param, message)
+
+
+TOOL_PARSERS = {
+    "messages": PARSERS["messages"],
+    "chat to messages": PARSERS["chat to messages"],
+    "messages to chat": lambda body: messages_to_chat(
+        {"model": "gpt-4o", "max_tokens": 5, **body}, 4096),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TOOL_PARSERS))
+@pytest.mark.parametrize(("tools", "param", "message"), [
+    ({"name": "f"}, "tools", "'tools' must be an array"),
+    (["f"], "tools[0]", "'tools[0]' must be an object"),
+])
+def test_every_tools_array_is_checked_alike(name: str, tools: Any, param: str,
+                                            message: str) -> None:
+    body = {"messages": [{"role": "user", "content": "hi"}], "tools": tools}
+    assert _refusal(TOOL_PARSERS[name], body) == (param, message)

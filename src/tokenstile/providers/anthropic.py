@@ -21,6 +21,7 @@ from tokenstile.hidden_input import hidden_sources
 from tokenstile.providers.answers import AnswerText, WatchesText
 from tokenstile.providers.base import (
     each_message,
+    each_tool,
     optional_bool,
     optional_int,
     require_messages,
@@ -158,13 +159,8 @@ class AnthropicAdapter:
             cap, cap_field, stream = 0, None, False
         system_text = _parse_system(body)
         input_text = _parse_messages(body)
-        tools = body.get("tools")
-        if tools is not None:
-            if not isinstance(tools, list):
-                raise bad_request("'tools' must be an array", param="tools")
-            for i, tool in enumerate(tools):
-                if not isinstance(tool, dict):
-                    raise bad_request(f"'tools[{i}]' must be an object", param=f"tools[{i}]")
+        for _ in each_tool(body.get("tools")):
+            pass  # objects in an array: their fields are the upstream's to check
         return CanonicalRequest(
             api=api,
             wire="anthropic",

@@ -144,6 +144,21 @@ def each_message(messages: list[Any]) -> Iterator[tuple[str, dict[str, Any]]]:
         yield where, message
 
 
+def each_tool(tools: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each entry of a request's ``tools`` (none when it has none) with where it stands
+    (``tools[i]``); the array checked first, each entry checked to be an object as it is
+    reached."""
+    if tools is None:
+        return
+    if not isinstance(tools, list):
+        raise bad_request("'tools' must be an array", param="tools")
+    for i, tool in enumerate(tools):
+        at = f"tools[{i}]"
+        if not isinstance(tool, dict):
+            raise bad_request(f"'{at}' must be an object", param=at)
+        yield at, tool
+
+
 def optional_int(body: dict[str, Any], field: str, minimum: int = 0) -> int | None:
     value = body.get(field)
     if value is None:

@@ -38,7 +38,7 @@ from tokenstile.errors import bad_request
 from tokenstile.limits.caps import output_cap_field
 from tokenstile.providers.answers import AnswerText, WatchesText, chat_message_text
 from tokenstile.providers.anthropic import dumps_text
-from tokenstile.providers.base import optional_bool, optional_int, require_str
+from tokenstile.providers.base import each_tool, optional_bool, optional_int, require_str
 from tokenstile.providers.counts import service_tier
 from tokenstile.providers.mapping import (
     TranslatedBody,
@@ -185,15 +185,8 @@ def _assistant_turn(content: Any, where: str) -> dict[str, Any]:
 
 
 def _tools(value: Any) -> list[dict[str, Any]]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise bad_request("'tools' must be an array", param="tools")
     out: list[dict[str, Any]] = []
-    for i, tool in enumerate(value):
-        at = f"tools[{i}]"
-        if not isinstance(tool, dict):
-            raise bad_request(f"'{at}' must be an object", param=at)
+    for at, tool in each_tool(value):
         kind = tool.get("type")
         if kind not in (None, "custom"):
             raise bad_request(f"'{at}' is the server tool {kind!r}, which runs on Anthropic's "

@@ -53,6 +53,7 @@ from tokenstile.providers.anthropic import (
 from tokenstile.providers.base import (
     ObserverWrapper,
     each_message,
+    each_tool,
     optional_bool,
     optional_int,
     optional_str,
@@ -270,15 +271,8 @@ def _message_out(role: str, blocks: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _tools(tools: Any) -> list[dict[str, Any]]:
-    if tools is None:
-        return []
-    if not isinstance(tools, list):
-        raise bad_request("'tools' must be an array", param="tools")
     out: list[dict[str, Any]] = []
-    for i, tool in enumerate(tools):
-        at = f"tools[{i}]"
-        if not isinstance(tool, dict):
-            raise bad_request(f"'{at}' must be an object", param=at)
+    for at, tool in each_tool(tools):
         if tool.get("type", "function") != "function":
             raise bad_request(f"'{at}' has type {tool.get('type')!r}; only function tools "
                               "can be sent to Claude", param=f"{at}.type")
