@@ -363,6 +363,22 @@ def load_event(event: bytes) -> tuple[str | None, dict[str, Any] | None]:
     return (kind if isinstance(kind, str) else name), payload
 
 
+def watch_event(kind: Any, payload: dict[str, Any], tracker: UsageTracker,
+                text: AnswerText) -> None:
+    """What one stream event of type ``kind`` says of usage (into ``tracker``) and of the
+    generated text (into ``text``)."""
+    if kind == "content_block_delta":
+        delta_parts(payload.get("delta"), text)
+    elif kind == "content_block_start":
+        block_start_parts(payload.get("content_block"), text)
+    elif kind == "message_start":
+        message = payload.get("message")
+        if isinstance(message, dict):
+            tracker.update(message.get("usage"))
+    elif kind == "message_delta":
+        tracker.update(payload.get("usage"), final=True)
+
+
 class AnthropicStreamObserver(WatchesText):
     """Messages streams (``event: X`` / ``data: {...}``): relays every event unchanged."""
 
@@ -393,16 +409,7 @@ class AnthropicStreamObserver(WatchesText):
 
     def watch(self, kind: str | None, payload: dict[str, Any]) -> None:
         """Take one event as ``load_event`` read it: its usage and generated text."""
-        if kind == "content_block_delta":
-            delta_parts(payload.get("delta"), self._text)
-        elif kind == "content_block_start":
-            block_start_parts(payload.get("content_block"), self._text)
-        elif kind == "message_start":
-            message = payload.get("message")
-            if isinstance(message, dict):
-                self._tracker.update(message.get("usage"))
-        elif kind == "message_delta":
-            self._tracker.update(payload.get("usage"), final=True)
+        watch_event(kind, payload, self._tracker, self._text)
 
     def usage_is_final(self) -> bool:
         return self._usage_override is not None or self._tracker.final
