@@ -10,7 +10,7 @@ import pytest
 from tokenstile.errors import PREFIX, GatewayError
 from tokenstile.providers.anthropic import AnthropicAdapter
 from tokenstile.providers.bedrock import BedrockAdapter
-from tokenstile.providers.counts import service_tier, token_count
+from tokenstile.providers.counts import service_tier, token_count, wants_usage_chunk
 from tokenstile.providers.messages_over_chat import messages_to_chat
 from tokenstile.providers.openai import OpenAIAdapter
 from tokenstile.providers.translate import chat_to_messages
@@ -76,3 +76,15 @@ def test_every_tools_array_is_checked_alike(name: str, tools: Any, param: str,
                                             message: str) -> None:
     body = {"messages": [{"role": "user", "content": "hi"}], "tools": tools}
     assert _refusal(TOOL_PARSERS[name], body) == (param, message)
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    ({"stream_options": {"include_usage": True}}, True),
+    ({"stream_options": {"include_usage": "true"}}, False),
+    ({"stream_options": {"include_usage": False}}, False),
+    ({"stream_options": None}, False),
+    ({}, False),
+])
+def test_only_include_usage_true_asks_for_the_usage_chunk(body: dict[str, Any],
+                                                          expected: bool) -> None:
+    assert wants_usage_chunk(body) is expected

@@ -17,7 +17,7 @@ from typing import Any, cast, get_args
 
 import orjson
 
-from tokenstile.providers.base import wants_usage_chunk
+from tokenstile.providers.counts import wants_usage_chunk
 from tokenstile.types import ApiKind, CanonicalRequest, Usage, WireFormat
 
 _FORMAT = 1

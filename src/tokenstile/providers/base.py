@@ -188,13 +188,6 @@ def optional_str(body: dict[str, Any], field: str) -> str | None:
     return value
 
 
-def wants_usage_chunk(body: dict[str, Any]) -> bool:
-    """Whether a streamed OpenAI request asks for the final usage chunk
-    (``stream_options.include_usage``)."""
-    options = body.get("stream_options")
-    return isinstance(options, dict) and options.get("include_usage") is True
-
-
 def string_tags(value: Any) -> dict[str, str]:
     """``metadata`` as tags: string keys and values only, bounded in size."""
     if not isinstance(value, dict):

@@ -32,9 +32,10 @@ from tokenstile.providers.anthropic import (
     output_format,
     usage_from_anthropic,
 )
-from tokenstile.providers.base import Bridge, ObserverWrapper, require_str, wants_usage_chunk
+from tokenstile.providers.base import Bridge, ObserverWrapper, require_str
 from tokenstile.providers.bedrock import BEDROCK_ANTHROPIC_VERSION, ROUTE_FIELDS, invoke_event
 from tokenstile.providers.converse import ConverseStreamState, count_converse, usage_of_answer
+from tokenstile.providers.counts import wants_usage_chunk
 from tokenstile.providers.mapping import (
     CONVERSE_FINISH_REASONS,
     DONE,

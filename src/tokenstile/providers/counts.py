@@ -1,5 +1,6 @@
-"""The numbers and names a provider's ``usage`` block reports, read the same way for every
-provider: a count is a positive integer or nothing, a service tier a short lower-case name.
+"""How providers report usage, read the same way for every provider: a count in a
+``usage`` block is a positive integer or nothing, a service tier a short lower-case name;
+a streamed OpenAI request asks for its usage chunk with ``stream_options``.
 """
 
 from __future__ import annotations
@@ -20,3 +21,10 @@ def service_tier(value: Any) -> str | None:
     if not isinstance(value, str):
         return None
     return value.strip().lower()[:32] or None
+
+
+def wants_usage_chunk(body: dict[str, Any]) -> bool:
+    """Whether a streamed OpenAI request asks for the final usage chunk
+    (``stream_options.include_usage``)."""
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True

@@ -19,9 +19,8 @@ from tokenstile.providers.base import (
     require_str,
     string_tags,
     text_field,
-    wants_usage_chunk,
 )
-from tokenstile.providers.counts import service_tier, token_count
+from tokenstile.providers.counts import service_tier, token_count, wants_usage_chunk
 from tokenstile.providers.sse import event_fields, json_object
 from tokenstile.types import ApiKind, CanonicalRequest, Usage, WireFormat
 

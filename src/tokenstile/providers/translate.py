@@ -59,8 +59,8 @@ from tokenstile.providers.base import (
     optional_str,
     require_messages,
     require_str,
-    wants_usage_chunk,
 )
+from tokenstile.providers.counts import wants_usage_chunk
 from tokenstile.providers.mapping import (
     DONE,
     ChatChunks,
