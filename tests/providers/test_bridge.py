@@ -11,11 +11,11 @@ import pytest
 from tokenstile import tokens
 from tokenstile.errors import GatewayError
 from tokenstile.limits.caps import set_output_cap
+from tokenstile.providers.bridges import bridge_for
 from tokenstile.providers.openai import OpenAIAdapter
 from tokenstile.providers.translate import (
     ChatOverMessages,
     StreamTranslator,
-    bridge_for,
     chat_to_messages,
 )
 

@@ -21,15 +21,14 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import TypeAdapter
 
 from tokenstile.errors import GatewayError
+from tokenstile.providers.mapping import anthropic_error_to_openai, openai_error_to_anthropic
 from tokenstile.providers.sse import EventSplitter
 from tokenstile.providers.translate import (
     JSON_OBJECT_INSTRUCTION,
     JSON_SCHEMA_INSTRUCTION,
     StreamTranslator,
-    anthropic_error_to_openai,
     chat_to_messages,
     message_to_chat,
-    openai_error_to_anthropic,
 )
 from tokenstile.types import Usage
 

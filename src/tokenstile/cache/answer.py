@@ -17,6 +17,7 @@ from typing import Any, cast, get_args
 
 import orjson
 
+from tokenstile.providers.counts import wants_usage_chunk
 from tokenstile.types import ApiKind, CanonicalRequest, Usage, WireFormat
 
 _FORMAT = 1
@@ -141,8 +142,7 @@ def account_hit(answer: CachedAnswer, now: float) -> HitAccounting:
 
 def wants_stream_usage(req: CanonicalRequest) -> bool:
     """Whether a streamed OpenAI client asked for the final usage chunk."""
-    options = req.body.get("stream_options")
-    return isinstance(options, dict) and options.get("include_usage") is True
+    return wants_usage_chunk(req.body)
 
 
 def cut_by_output_cap(api: ApiKind, wire: WireFormat, body: bytes) -> bool:

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from tokenstile.providers.sse import EventSplitter, event_fields
+from tokenstile.providers.sse import EventSplitter, event_fields, json_object
 from tokenstile.types import ApiKind, WireFormat
 
 Json = dict[str, Any]
@@ -30,16 +30,6 @@ class StreamAssembler(Protocol):
     def result(self) -> bytes | None:
         """The non-streamed body, or None if the stream did not finish cleanly."""
         ...
-
-
-def _load(data: bytes) -> Json | None:
-    if not data.startswith(b"{"):
-        return None
-    try:
-        obj = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None
-    return obj if isinstance(obj, dict) else None
 
 
 def _concat_lists(target: Json, source: Any) -> None:
@@ -103,7 +93,7 @@ class _OpenAIAssembler:
         if data.strip() == b"[DONE]":
             self.done = True
             return
-        chunk = _load(data)
+        chunk = json_object(data)
         if chunk is None or "error" in chunk:
             self.failed = True
             return
@@ -253,7 +243,7 @@ class ResponsesAssembler:
         name, data = event_fields(event)
         if name is not None and name not in _RESPONSES_FINAL and name not in _RESPONSES_FAILED:
             return  # deltas and the like: no need to parse them
-        payload = _load(data)
+        payload = json_object(data)
         kind = payload.get("type") if payload is not None else name
         if kind in _RESPONSES_FAILED:
             self.failed = True
@@ -299,7 +289,7 @@ class MessagesAssembler:
         name, data = event_fields(event)
         if name == "ping" or (name is None and not data):
             return
-        payload = _load(data)
+        payload = json_object(data)
         kind = payload.get("type") if payload is not None else name
         if payload is None or kind == "error":
             self.failed = True

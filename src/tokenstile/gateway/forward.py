@@ -23,10 +23,10 @@ from tokenstile.gateway.attempts import PaidAttempts
 from tokenstile.gateway.resilience import Attempt, backoff_delay, model_chain, parse_retry_after
 from tokenstile.gateway.routing import Target
 from tokenstile.gateway.upstream import UpstreamTimeout, upstream_headers, upstream_url
+from tokenstile.providers.bridges import bridge_for
 from tokenstile.providers.multipart import encode_form
 from tokenstile.providers.openai import without_added_stream_usage
 from tokenstile.providers.terms import reservation_terms
-from tokenstile.providers.translate import bridge_for
 from tokenstile.types import LedgerRow, RequestContext, WireFormat
 
 if TYPE_CHECKING:

@@ -19,8 +19,16 @@ from tokenstile import tokens
 from tokenstile.errors import bad_request
 from tokenstile.hidden_input import hidden_sources
 from tokenstile.providers.answers import AnswerText, WatchesText
-from tokenstile.providers.base import optional_bool, optional_int, require_str
-from tokenstile.providers.sse import event_fields
+from tokenstile.providers.base import (
+    each_message,
+    each_tool,
+    optional_bool,
+    optional_int,
+    require_messages,
+    require_str,
+)
+from tokenstile.providers.counts import token_count
+from tokenstile.providers.sse import event_fields, json_object, named_event
 from tokenstile.types import ApiKind, CanonicalRequest, Usage, WireFormat
 
 ROLES = ("user", "assistant")
@@ -29,10 +37,6 @@ ROLES = ("user", "assistant")
 _QUIET_EVENTS = frozenset({"ping", "content_block_stop", "message_stop"})
 
 _MAX_DEPTH = 16
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def dumps_text(value: Any) -> str:
@@ -100,17 +104,8 @@ def _parse_system(body: dict[str, Any]) -> str:
 
 
 def _parse_messages(body: dict[str, Any]) -> str:
-    messages = body.get("messages")
-    if messages is None:
-        raise bad_request("'messages' is required", param="messages",
-                          code="missing_required_parameter")
-    if not isinstance(messages, list) or not messages:
-        raise bad_request("'messages' must be a non-empty array", param="messages")
     texts: list[str] = []
-    for i, message in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(message, dict):
-            raise bad_request(f"'{where}' must be an object", param=where)
+    for where, message in each_message(require_messages(body)):
         role = message.get("role")
         if role not in ROLES:
             raise bad_request(f"'{where}.role' must be 'user' or 'assistant', got {role!r} "
@@ -164,13 +159,8 @@ class AnthropicAdapter:
             cap, cap_field, stream = 0, None, False
         system_text = _parse_system(body)
         input_text = _parse_messages(body)
-        tools = body.get("tools")
-        if tools is not None:
-            if not isinstance(tools, list):
-                raise bad_request("'tools' must be an array", param="tools")
-            for i, tool in enumerate(tools):
-                if not isinstance(tool, dict):
-                    raise bad_request(f"'tools[{i}]' must be an object", param=f"tools[{i}]")
+        for _ in each_tool(body.get("tools")):
+            pass  # objects in an array: their fields are the upstream's to check
         return CanonicalRequest(
             api=api,
             wire="anthropic",
@@ -262,24 +252,28 @@ class UsageTracker:
             return
         self.seen = True
         self.final = self.final or final
-        self.input = max(self.input, _int(usage.get("input_tokens")))
-        self.cache_read = max(self.cache_read, _int(usage.get("cache_read_input_tokens")))
-        self.cache_write = max(self.cache_write, _int(usage.get("cache_creation_input_tokens")))
-        self.output = max(self.output, _int(usage.get("output_tokens")))
+        self.input = max(self.input, token_count(usage.get("input_tokens")))
+        self.cache_read = max(self.cache_read,
+                              token_count(usage.get("cache_read_input_tokens")))
+        self.cache_write = max(self.cache_write,
+                               token_count(usage.get("cache_creation_input_tokens")))
+        self.output = max(self.output, token_count(usage.get("output_tokens")))
         details = usage.get("output_tokens_details")
         if isinstance(details, dict):
-            self.thinking = max(self.thinking, _int(details.get("thinking_tokens")))
+            self.thinking = max(self.thinking, token_count(details.get("thinking_tokens")))
         creation = usage.get("cache_creation")
         if isinstance(creation, dict):
-            short = _int(creation.get("ephemeral_5m_input_tokens"))
-            long = _int(creation.get("ephemeral_1h_input_tokens"))
+            short = token_count(creation.get("ephemeral_5m_input_tokens"))
+            long = token_count(creation.get("ephemeral_1h_input_tokens"))
             self.cache_write_1h = max(self.cache_write_1h, long)
             # The split may be all there is: the total is at least its parts.
             self.cache_write = max(self.cache_write, short + long)
         tools = usage.get("server_tool_use")
         if isinstance(tools, dict):
-            self.web_searches = max(self.web_searches, _int(tools.get("web_search_requests")))
-            self.web_fetches = max(self.web_fetches, _int(tools.get("web_fetch_requests")))
+            self.web_searches = max(self.web_searches,
+                                    token_count(tools.get("web_search_requests")))
+            self.web_fetches = max(self.web_fetches,
+                                   token_count(tools.get("web_fetch_requests")))
         tier = usage.get("service_tier")
         if isinstance(tier, str) and tier:
             self.tier = tier.strip().lower()[:32]
@@ -362,16 +356,27 @@ def delta_text(delta: Any) -> str | None:
 def load_event(event: bytes) -> tuple[str | None, dict[str, Any] | None]:
     """The type and JSON payload of one SSE event (payload None when it is not an object)."""
     name, data = event_fields(event)
-    if name in _QUIET_EVENTS or not data.startswith(b"{"):
-        return name, None
-    try:
-        payload = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return name, None
-    if not isinstance(payload, dict):
+    payload = None if name in _QUIET_EVENTS else json_object(data)
+    if payload is None:
         return name, None
     kind = payload.get("type")
     return (kind if isinstance(kind, str) else name), payload
+
+
+def watch_event(kind: Any, payload: dict[str, Any], tracker: UsageTracker,
+                text: AnswerText) -> None:
+    """What one stream event of type ``kind`` says of usage (into ``tracker``) and of the
+    generated text (into ``text``)."""
+    if kind == "content_block_delta":
+        delta_parts(payload.get("delta"), text)
+    elif kind == "content_block_start":
+        block_start_parts(payload.get("content_block"), text)
+    elif kind == "message_start":
+        message = payload.get("message")
+        if isinstance(message, dict):
+            tracker.update(message.get("usage"))
+    elif kind == "message_delta":
+        tracker.update(payload.get("usage"), final=True)
 
 
 class AnthropicStreamObserver(WatchesText):
@@ -398,19 +403,13 @@ class AnthropicStreamObserver(WatchesText):
 
     def on_event(self, event: bytes) -> bytes | None:
         kind, payload = load_event(event)
-        if payload is None:
-            return event
-        if kind == "content_block_delta":
-            delta_parts(payload.get("delta"), self._text)
-        elif kind == "content_block_start":
-            block_start_parts(payload.get("content_block"), self._text)
-        elif kind == "message_start":
-            message = payload.get("message")
-            if isinstance(message, dict):
-                self._tracker.update(message.get("usage"))
-        elif kind == "message_delta":
-            self._tracker.update(payload.get("usage"), final=True)
+        if payload is not None:
+            self.watch(kind, payload)
         return event
+
+    def watch(self, kind: str | None, payload: dict[str, Any]) -> None:
+        """Take one event as ``load_event`` read it: its usage and generated text."""
+        watch_event(kind, payload, self._tracker, self._text)
 
     def usage_is_final(self) -> bool:
         return self._usage_override is not None or self._tracker.final
@@ -450,5 +449,4 @@ def canned_stream(model: str, text: str, ident: str) -> tuple[bytes, ...]:
                            "usage": {"output_tokens": 0}}),
         ("message_stop", {"type": "message_stop"}),
     ]
-    return tuple(b"event: " + name.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
-                 for name, payload in events)
+    return tuple(named_event(name, payload) for name, payload in events)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 from tokenstile.errors import bad_request
@@ -121,6 +122,43 @@ def require_str(body: dict[str, Any], field: str) -> str:
     return value
 
 
+def require_messages(body: dict[str, Any]) -> list[Any]:
+    """The request's ``messages``: present, and a non-empty array (chat completions,
+    Messages and Converse ask the same of it)."""
+    messages = body.get("messages")
+    if messages is None:
+        raise bad_request("'messages' is required", param="messages",
+                          code="missing_required_parameter")
+    if not isinstance(messages, list) or not messages:
+        raise bad_request("'messages' must be a non-empty array", param="messages")
+    return messages
+
+
+def each_message(messages: list[Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each message with where it stands (``messages[i]``, for error messages), checked to
+    be an object as it is reached."""
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise bad_request(f"'{where}' must be an object", param=where)
+        yield where, message
+
+
+def each_tool(tools: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each entry of a request's ``tools`` (none when it has none) with where it stands
+    (``tools[i]``); the array checked first, each entry checked to be an object as it is
+    reached."""
+    if tools is None:
+        return
+    if not isinstance(tools, list):
+        raise bad_request("'tools' must be an array", param="tools")
+    for i, tool in enumerate(tools):
+        at = f"tools[{i}]"
+        if not isinstance(tool, dict):
+            raise bad_request(f"'{at}' must be an object", param=at)
+        yield at, tool
+
+
 def optional_int(body: dict[str, Any], field: str, minimum: int = 0) -> int | None:
     value = body.get(field)
     if value is None:
@@ -159,6 +197,20 @@ def string_tags(value: Any) -> dict[str, str]:
         if isinstance(key, str) and isinstance(item, str | int | float | bool):
             tags[key[:64]] = str(item)[:256]
     return tags
+
+
+def text_field(body: dict[str, Any], field: str, *, required: bool) -> str:
+    """A field that holds a string or an array of them (a prompt, an input): checked, and
+    its text joined line by line (empty when an optional field is absent)."""
+    value = body.get(field)
+    if value is None and required:
+        raise bad_request(f"'{field}' is required", param=field,
+                          code="missing_required_parameter")
+    if value is not None and not isinstance(value, str | list):
+        raise bad_request(f"'{field}' must be a string or an array", param=field)
+    pieces: list[str] = []
+    collect_text(value, pieces)
+    return "\n".join(pieces)
 
 
 def collect_text(node: Any, out: list[str], depth: int = 0) -> None:

@@ -33,10 +33,9 @@ from tokenstile.providers.answers import AnswerText
 from tokenstile.providers.anthropic import (
     AnthropicAdapter,
     UsageTracker,
-    block_start_parts,
-    delta_parts,
     stream_usage,
     usage_from_anthropic,
+    watch_event,
 )
 from tokenstile.providers.converse import (
     CAP_FIELD,
@@ -270,17 +269,9 @@ class InvokeStreamObserver(FrameObserver):
         if event is None:
             return
         kind = event.get("type")
-        if kind == "content_block_delta":
-            delta_parts(event.get("delta"), self._text_parts)
-        elif kind == "content_block_start":
-            block_start_parts(event.get("content_block"), self._text_parts)
-        elif kind == "message_start":
-            message = event.get("message")
-            if isinstance(message, dict):
-                self._tracker.update(message.get("usage"))
+        watch_event(kind, event, self._tracker, self._text_parts)
+        if kind == "message_start":
             self._head = True
-        elif kind == "message_delta":
-            self._tracker.update(event.get("usage"), final=True)
 
     def _text(self) -> AnswerText:
         return self._text_parts

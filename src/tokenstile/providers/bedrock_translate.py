@@ -19,7 +19,6 @@ stream's ``chunk`` frames are written out as SSE events.
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any
 
 import orjson
@@ -33,21 +32,27 @@ from tokenstile.providers.anthropic import (
     output_format,
     usage_from_anthropic,
 )
-from tokenstile.providers.base import Bridge, ObserverWrapper, optional_int, require_str
+from tokenstile.providers.base import Bridge, ObserverWrapper, require_str
 from tokenstile.providers.bedrock import BEDROCK_ANTHROPIC_VERSION, ROUTE_FIELDS, invoke_event
 from tokenstile.providers.converse import ConverseStreamState, count_converse, usage_of_answer
-from tokenstile.providers.translate import DONE, chat_to_messages, chat_usage
+from tokenstile.providers.counts import wants_usage_chunk
+from tokenstile.providers.mapping import (
+    CONVERSE_FINISH_REASONS,
+    DONE,
+    ChatChunks,
+    TranslatedBody,
+    chat_cap,
+    chat_id,
+    chat_tool_call,
+    chat_usage,
+    finish_reason,
+    openai_error,
+    upstream_answered,
+)
+from tokenstile.providers.sse import data_event, named_event
+from tokenstile.providers.translate import chat_to_messages
 from tokenstile.types import ApiKind, CanonicalRequest, Usage, WireFormat
 
-FINISH_REASONS: dict[str, str] = {
-    "end_turn": "stop",
-    "stop_sequence": "stop",
-    "max_tokens": "length",
-    "model_context_window_exceeded": "length",
-    "tool_use": "tool_calls",
-    "guardrail_intervened": "content_filter",
-    "content_filtered": "content_filter",
-}
 _OPENAI_ERROR_TYPES: dict[int, str] = {
     400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
     404: "invalid_request_error", 408: "server_error", 424: "server_error",
@@ -147,12 +152,14 @@ def chat_to_converse(body: dict[str, Any], default_max_tokens: int) -> dict[str,
 # --- answers ------------------------------------------------------------------------------
 
 
-def _chat_id() -> str:
-    return "chatcmpl-" + uuid.uuid4().hex
+def _finish_reason(stop_reason: Any) -> str:
+    return finish_reason(stop_reason, CONVERSE_FINISH_REASONS)
 
 
-def finish_reason(stop_reason: Any) -> str:
-    return FINISH_REASONS.get(stop_reason, "stop") if isinstance(stop_reason, str) else "stop"
+def _tool_call(use: dict[str, Any], arguments: str, position: int) -> dict[str, Any]:
+    """A Converse ``toolUse`` as a chat tool call (an empty id or name counts as none)."""
+    return chat_tool_call(str(use.get("toolUseId") or f"call_{position}"),
+                          str(use.get("name") or ""), arguments, position)
 
 
 def converse_to_chat(resp: Any, model: str, *, created: int | None = None) -> dict[str, Any]:
@@ -169,20 +176,17 @@ def converse_to_chat(resp: Any, model: str, *, created: int | None = None) -> di
             texts.append(block["text"])
         use = block.get("toolUse")
         if isinstance(use, dict):
-            calls.append({"id": str(use.get("toolUseId") or f"call_{len(calls)}"),
-                          "type": "function",
-                          "function": {"name": str(use.get("name") or ""),
-                                       "arguments": dumps_text(use.get("input") or {})}})
+            calls.append(_tool_call(use, dumps_text(use.get("input") or {}), len(calls)))
     reply: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts else None,
                              "refusal": None}
     if calls:
         reply["tool_calls"] = calls
     usage = usage_of_answer(resp)
     return {
-        "id": _chat_id(), "object": "chat.completion",
+        "id": chat_id(None), "object": "chat.completion",
         "created": int(time.time()) if created is None else created, "model": model,
         "choices": [{"index": 0, "message": reply, "logprobs": None,
-                     "finish_reason": finish_reason(resp.get("stopReason")
+                     "finish_reason": _finish_reason(resp.get("stopReason")
                                                     if isinstance(resp, dict) else None)}],
         "usage": chat_usage(usage) if usage is not None else None,
         "system_fingerprint": None,
@@ -198,16 +202,14 @@ def _message_of(status: int, body: bytes) -> str:
         else None
     if isinstance(message, str) and message:
         return message
-    text = body.decode("utf-8", "replace").strip()[:500]
-    return f"the upstream answered {status}" + (f": {text}" if text else "")
+    return upstream_answered(status, body)
 
 
 def bedrock_error_to_openai(status: int, body: bytes) -> bytes:
     """A Bedrock error body (``{"message"}``) in OpenAI's shape."""
     kind = _OPENAI_ERROR_TYPES.get(status, "server_error" if status >= 500
                                    else "invalid_request_error")
-    return orjson.dumps({"error": {"message": _message_of(status, body), "type": kind,
-                                   "param": None, "code": None}})
+    return orjson.dumps(openai_error(_message_of(status, body), kind))
 
 
 def bedrock_error_to_anthropic(status: int, body: bytes) -> bytes:
@@ -218,33 +220,22 @@ def bedrock_error_to_anthropic(status: int, body: bytes) -> bytes:
 # --- streams ------------------------------------------------------------------------------
 
 
-def _sse(payload: dict[str, Any]) -> bytes:
-    return b"data: " + orjson.dumps(payload) + b"\n\n"
-
-
 class ConverseChatTranslator:
     """ConverseStream frames in, ``chat.completion.chunk`` SSE events out (a
     ``StreamObserver``): every frame is decoded, usage comes from the ``metadata`` event."""
 
-    __slots__ = ("_created", "_done", "_id", "_include_usage", "_model", "_role_sent",
-                 "_state", "_tools", "_usage_override")
+    __slots__ = ("_chunks", "_done", "_state", "_tools", "_usage_override")
 
     def __init__(self, model: str, *, include_usage: bool = False) -> None:
-        self._model = model
-        self._include_usage = include_usage
-        self._created = int(time.time())
-        self._id = _chat_id()
+        self._chunks = ChatChunks(model, include_usage=include_usage)
         self._state = ConverseStreamState()
         self._tools: dict[Any, int] = {}
-        self._role_sent = False
         self._done = False
         self._usage_override: Usage | None = None
 
     @classmethod
     def for_request(cls, body: dict[str, Any], model: str) -> ConverseChatTranslator:
-        options = body.get("stream_options")
-        return cls(model, include_usage=isinstance(options, dict)
-                   and options.get("include_usage") is True)
+        return cls(model, include_usage=wants_usage_chunk(body))
 
     @property
     def usage(self) -> Usage | None:
@@ -273,62 +264,44 @@ class ConverseChatTranslator:
         if frame.message_type != "event":
             self._done = True
             message = _message_of(500, frame.payload)
-            return _sse({"error": {"message": message, "type": "server_error", "param": None,
-                                   "code": frame.name or None}})
+            return data_event(openai_error(message, "server_error", frame.name or None))
         payload = frame.json()
         self._state.apply(frame.name, payload)
         if not isinstance(payload, dict):
             return None
         return self._translate(frame.name, payload) or None
 
-    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
-        if not self._role_sent:
-            self._role_sent = True
-            delta = {"role": "assistant", "content": "", **delta}
-        chunk: dict[str, Any] = {
-            "id": self._id, "object": "chat.completion.chunk", "created": self._created,
-            "model": self._model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                         "finish_reason": finish}],
-        }
-        if self._include_usage:
-            chunk["usage"] = None
-        return _sse(chunk)
-
     def _translate(self, name: str, payload: dict[str, Any]) -> bytes:
+        chunks = self._chunks
         if name == "messageStart":
-            return b"" if self._role_sent else self._chunk({})
+            return b"" if chunks.role_sent else chunks.delta({})
         if name == "contentBlockStart":
             start = payload.get("start")
             use = start.get("toolUse") if isinstance(start, dict) else None
             if not isinstance(use, dict):
                 return b""
             index = self._tools[payload.get("contentBlockIndex")] = len(self._tools)
-            return self._chunk({"tool_calls": [{
-                "index": index, "id": str(use.get("toolUseId") or f"call_{index}"),
-                "type": "function",
-                "function": {"name": str(use.get("name") or ""), "arguments": ""}}]})
+            return chunks.delta({"tool_calls": [{"index": index,
+                                                 **_tool_call(use, "", index)}]})
         if name == "contentBlockDelta":
             delta = payload.get("delta")
             if not isinstance(delta, dict):
                 return b""
             if isinstance(delta.get("text"), str) and delta["text"]:
-                return self._chunk({"content": delta["text"]})
+                return chunks.delta({"content": delta["text"]})
             use = delta.get("toolUse")
             call = self._tools.get(payload.get("contentBlockIndex"))
             if isinstance(use, dict) and isinstance(use.get("input"), str) and call is not None:
-                return self._chunk({"tool_calls": [
+                return chunks.delta({"tool_calls": [
                     {"index": call, "function": {"arguments": use["input"]}}]})
             return b""
         if name == "messageStop":
-            return self._chunk({}, finish_reason(payload.get("stopReason")))
+            return chunks.delta({}, _finish_reason(payload.get("stopReason")))
         if name == "metadata":
             self._done = True
             out = b""
-            if self._include_usage:
-                out = _sse({"id": self._id, "object": "chat.completion.chunk",
-                            "created": self._created, "model": self._model, "choices": [],
-                            "usage": chat_usage(self._state.final_usage or Usage())})
+            if chunks.include_usage:
+                out = chunks.usage(self._state.final_usage or Usage())
             return out + DONE
         return b""
 
@@ -347,59 +320,39 @@ class InvokeMessagesTranslator(ObserverWrapper):
         if frame.message_type != "event":
             error = {"type": "error", "error": {"type": "api_error",
                                                 "message": _message_of(500, frame.payload)}}
-            return b"event: error\ndata: " + orjson.dumps(error) + b"\n\n"
+            return named_event("error", error)
         inner = invoke_event(frame)
         if inner is None:
             return None
         kind = str(inner.get("type") or "message")
-        return self._inner.on_event(b"event: " + kind.encode() + b"\ndata: "
-                                    + orjson.dumps(inner) + b"\n\n")
+        return self._inner.on_event(named_event(kind, inner))
 
 
 # --- the gateway's bridges ----------------------------------------------------------------
 
 
-def _same_except(a: dict[str, Any], b: dict[str, Any], fields: tuple[str, ...]) -> bool:
-    keys = a.keys() | b.keys()
-    return all(a.get(k) is b.get(k) for k in keys if k not in fields)
-
-
-class ChatOverConverse:
-    """An OpenAI chat completions request served by a Bedrock upstream's Converse API."""
+class ChatOverConverse(TranslatedBody):
+    """An OpenAI chat completions request served by a Bedrock upstream's Converse API, its
+    translation following the request's body (``TranslatedBody``)."""
 
     upstream_api: ApiKind = "converse"
 
-    __slots__ = ("_default_cap", "_source", "_translated")
+    __slots__ = ()
 
-    def __init__(self, body: dict[str, Any], default_max_tokens: int) -> None:
-        self._default_cap = default_max_tokens
-        self._source = body
-        self._translated = chat_to_converse(body, default_max_tokens)
+    def translate(self, body: dict[str, Any]) -> dict[str, Any]:
+        return chat_to_converse(body, self._default_cap)
 
-    @property
-    def model(self) -> str:
-        model: str = self._translated["model"]
-        return model
+    def patch(self, body: dict[str, Any]) -> dict[str, Any]:
+        config = {**self._translated["inferenceConfig"],
+                  "maxTokens": chat_cap(body, self._default_cap)}
+        return {**self._translated, "model": require_str(body, "model"),
+                "inferenceConfig": config}
 
     def count_input(self) -> int:
         return count_converse(self.model, self._translated)
 
     def upstream_body(self, req: CanonicalRequest) -> dict[str, Any]:
-        body = req.body
-        if body is not self._source:
-            if _same_except(body, self._source, ("model", "max_tokens",
-                                                 "max_completion_tokens")):
-                cap = optional_int(body, "max_completion_tokens", minimum=1)
-                if cap is None:
-                    cap = optional_int(body, "max_tokens", minimum=1)
-                config = {**self._translated["inferenceConfig"],
-                          "maxTokens": self._default_cap if cap is None else cap}
-                self._translated = {**self._translated, "model": require_str(body, "model"),
-                                    "inferenceConfig": config}
-            else:
-                self._translated = chat_to_converse(body, self._default_cap)
-            self._source = body
-        return {k: v for k, v in self._translated.items() if k not in ROUTE_FIELDS}
+        return {k: v for k, v in self.follow(req.body).items() if k not in ROUTE_FIELDS}
 
     def usage_from_body(self, payload: Any) -> Usage | None:
         return usage_of_answer(payload)

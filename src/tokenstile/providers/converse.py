@@ -26,6 +26,8 @@ from tokenstile import tokens
 from tokenstile.errors import bad_request
 from tokenstile.providers.answers import AnswerText
 from tokenstile.providers.anthropic import dumps_text
+from tokenstile.providers.base import each_message, require_messages
+from tokenstile.providers.counts import service_tier, token_count
 from tokenstile.types import PriceTerms, Usage
 
 CAP_FIELD = "inferenceConfig.maxTokens"
@@ -34,10 +36,6 @@ ROLES = ("user", "assistant")
 TEXT_FORMATS = frozenset({"txt", "md", "csv", "html"})
 _MAX_BLOCKS = 4096
 _MAX_DEPTH = 16
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 # --- requests -----------------------------------------------------------------------------
@@ -56,17 +54,8 @@ def _check_blocks(content: Any, where: str) -> list[dict[str, Any]]:
 def parse_converse(body: dict[str, Any]) -> tuple[str, str, int | None]:
     """Check the request's shape; return its user-visible text, its system text and its
     output cap (``inferenceConfig.maxTokens``, None when it names none)."""
-    messages = body.get("messages")
-    if messages is None:
-        raise bad_request("'messages' is required", param="messages",
-                          code="missing_required_parameter")
-    if not isinstance(messages, list) or not messages:
-        raise bad_request("'messages' must be a non-empty array", param="messages")
     texts: list[str] = []
-    for i, message in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(message, dict):
-            raise bad_request(f"'{where}' must be an object", param=where)
+    for where, message in each_message(require_messages(body)):
         if message.get("role") not in ROLES:
             raise bad_request(f"'{where}.role' must be 'user' or 'assistant', got "
                               f"{message.get('role')!r} (system prompts go in the top-level "
@@ -247,33 +236,32 @@ def converse_terms(body: dict[str, Any]) -> PriceTerms:
                 ttl = "1h" if point.get("ttl") == "1h" or ttl == "1h" else "5m"
     tier = body.get("serviceTier")
     name = tier.get("type") if isinstance(tier, dict) else None
-    return PriceTerms(service_tier=name.strip().lower()[:32] or None
-                      if isinstance(name, str) else None, cache_write=ttl)
+    return PriceTerms(service_tier=service_tier(name), cache_write=ttl)
 
 
 # --- answers ------------------------------------------------------------------------------
 
 
-def usage_from_converse(usage: Any, service_tier: Any = None) -> Usage | None:
+def usage_from_converse(usage: Any, tier_field: Any = None) -> Usage | None:
     """A Converse ``usage`` block in tokenstile's (OpenAI's) convention: cache reads and
     writes counted inside ``input_tokens``, 1-hour writes apart (``cacheDetails``)."""
     if not isinstance(usage, dict):
         return None
-    read = _int(usage.get("cacheReadInputTokens"))
-    written = _int(usage.get("cacheWriteInputTokens"))
+    read = token_count(usage.get("cacheReadInputTokens"))
+    written = token_count(usage.get("cacheWriteInputTokens"))
     long_lived = 0
     details = usage.get("cacheDetails")
     for detail in details if isinstance(details, list) else ():
         if isinstance(detail, dict) and detail.get("ttl") == "1h":
-            long_lived += _int(detail.get("inputTokens"))
-    tier = service_tier.get("type") if isinstance(service_tier, dict) else None
+            long_lived += token_count(detail.get("inputTokens"))
+    tier = tier_field.get("type") if isinstance(tier_field, dict) else None
     return Usage(
-        input_tokens=_int(usage.get("inputTokens")) + read + written,
-        output_tokens=_int(usage.get("outputTokens")),
+        input_tokens=token_count(usage.get("inputTokens")) + read + written,
+        output_tokens=token_count(usage.get("outputTokens")),
         cached_input_tokens=read,
         cache_write_tokens=written,
         cache_write_1h_tokens=min(long_lived, written),
-        service_tier=tier.strip().lower()[:32] or None if isinstance(tier, str) else None,
+        service_tier=service_tier(tier),
     )
 
 

@@ -26,8 +26,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import orjson
-
 from tokenstile import tokens
 from tokenstile.errors import bad_request
 from tokenstile.media import (
@@ -43,9 +41,10 @@ from tokenstile.media import (
 )
 from tokenstile.providers.answers import AnswerText
 from tokenstile.providers.audio_length import audio_ms
-from tokenstile.providers.base import collect_text, optional_str, require_str
+from tokenstile.providers.base import optional_str, require_str, text_field
+from tokenstile.providers.counts import token_count
 from tokenstile.providers.multipart import FilePart
-from tokenstile.providers.sse import event_fields
+from tokenstile.providers.sse import event_fields, json_object
 from tokenstile.types import ApiKind, CanonicalRequest, Usage
 
 MEDIA_APIS: frozenset[str] = frozenset({"moderations", "images", "image_edits",
@@ -131,16 +130,8 @@ def parse(api: ApiKind, body: dict[str, Any],
 def _moderation(body: dict[str, Any]) -> CanonicalRequest:
     model = optional_str(body, "model") or DEFAULT_MODELS["moderations"]
     _bool_field(body, "stream")  # no such option: but a wrong type is a wrong request
-    value = body.get("input")
-    if value is None:
-        raise bad_request("'input' is required", param="input",
-                          code="missing_required_parameter")
-    if not isinstance(value, str | list):
-        raise bad_request("'input' must be a string or an array", param="input")
-    pieces: list[str] = []
-    collect_text(value, pieces)
     return _canonical("moderations", model, body, MediaAsk("moderation"),
-                      text="\n".join(pieces))
+                      text=text_field(body, "input", required=True))
 
 
 def _image(api: ApiKind, body: dict[str, Any],
@@ -238,10 +229,6 @@ def per_second(ms: int, rate: int) -> int:
     return -(-ms * rate // 1000)
 
 
-def _n(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
 def _details(block: Any, name: str) -> dict[str, Any]:
     value = block.get(name) if isinstance(block, dict) else None
     return value if isinstance(value, dict) else {}
@@ -271,13 +258,14 @@ def usage_of_answer(req: CanonicalRequest, payload: bytes, parsed: Any) -> tuple
 
 def image_usage(block: dict[str, Any], made: int) -> Usage:
     """An image answer's (or stream event's) ``usage`` block, for ``made`` images."""
-    out = _n(block.get("output_tokens"))
+    out = token_count(block.get("output_tokens"))
     out_details = _details(block, "output_tokens_details")
     in_details = _details(block, "input_tokens_details")
-    image_out = _n(out_details.get("image_tokens")) if "image_tokens" in out_details else out
-    return Usage(input_tokens=_n(block.get("input_tokens")), output_tokens=out,
-                 cached_input_tokens=_n(in_details.get("cached_tokens")),
-                 input_image_tokens=_n(in_details.get("image_tokens")),
+    image_out = token_count(out_details.get("image_tokens")) if "image_tokens" in out_details \
+        else out
+    return Usage(input_tokens=token_count(block.get("input_tokens")), output_tokens=out,
+                 cached_input_tokens=token_count(in_details.get("cached_tokens")),
+                 input_image_tokens=token_count(in_details.get("image_tokens")),
                  output_image_tokens=image_out, images=made)
 
 
@@ -289,9 +277,9 @@ def _transcription_usage(req: CanonicalRequest, ask: MediaAsk, payload: bytes,
             return Usage(audio_ms=math.ceil(seconds * 1000)), False
     if isinstance(usage_block, dict) and usage_block.get("type") == "tokens":
         details = _details(usage_block, "input_token_details")
-        return Usage(input_tokens=_n(usage_block.get("input_tokens")),
-                     output_tokens=_n(usage_block.get("output_tokens")),
-                     input_audio_tokens=_n(details.get("audio_tokens"))), False
+        return Usage(input_tokens=token_count(usage_block.get("input_tokens")),
+                     output_tokens=token_count(usage_block.get("output_tokens")),
+                     input_audio_tokens=token_count(details.get("audio_tokens"))), False
     duration = body.get("duration")  # verbose_json
     said = isinstance(duration, int | float) and not isinstance(duration, bool) and \
         duration >= 0
@@ -345,13 +333,8 @@ class MediaStreamObserver:
 
     def on_event(self, event: bytes) -> bytes | None:
         _, data = event_fields(event)
-        if not data.startswith(b"{"):
-            return event
-        try:
-            payload = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return event
-        if not isinstance(payload, dict):
+        payload = json_object(data)
+        if payload is None:
             return event
         kind, block = payload.get("type"), payload.get("usage")
         if kind == "transcript.text.delta":
@@ -367,9 +350,9 @@ class MediaStreamObserver:
             self.usage = _transcription_usage(self._req, self._req.media, b"", payload,
                                               block)[0]
         elif kind == "speech.audio.done" and isinstance(block, dict):
-            out = _n(block.get("output_tokens"))
-            self.usage = Usage(input_tokens=_n(block.get("input_tokens")), output_tokens=out,
-                               output_audio_tokens=out)
+            out = token_count(block.get("output_tokens"))
+            self.usage = Usage(input_tokens=token_count(block.get("input_tokens")),
+                               output_tokens=out, output_audio_tokens=out)
         return event
 
     def output_text(self) -> str:

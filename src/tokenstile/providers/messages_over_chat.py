@@ -29,7 +29,6 @@ Choices where the two APIs differ:
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import orjson
@@ -39,19 +38,19 @@ from tokenstile.errors import bad_request
 from tokenstile.limits.caps import output_cap_field
 from tokenstile.providers.answers import AnswerText, WatchesText, chat_message_text
 from tokenstile.providers.anthropic import dumps_text
-from tokenstile.providers.base import optional_bool, optional_int, require_str
-from tokenstile.providers.openai import service_tier, usage_from_openai
-from tokenstile.providers.sse import event_fields
-from tokenstile.providers.translate import openai_error_to_anthropic
+from tokenstile.providers.base import each_tool, optional_bool, optional_int, require_str
+from tokenstile.providers.counts import service_tier
+from tokenstile.providers.mapping import (
+    TranslatedBody,
+    anthropic_usage,
+    message_id,
+    openai_error_to_anthropic,
+    stop_reason,
+    tool_input,
+)
+from tokenstile.providers.openai import usage_from_openai
+from tokenstile.providers.sse import event_fields, json_object, named_event
 from tokenstile.types import ApiKind, CanonicalRequest, Usage
-
-STOP_REASONS: dict[str, str] = {
-    "stop": "end_turn",
-    "length": "max_tokens",
-    "tool_calls": "tool_use",
-    "function_call": "tool_use",
-    "content_filter": "refusal",
-}
 
 _REFUSED_FIELDS: dict[str, str] = {
     "mcp_servers": "MCP servers run on Anthropic's side and cannot be used with a model "
@@ -186,15 +185,8 @@ def _assistant_turn(content: Any, where: str) -> dict[str, Any]:
 
 
 def _tools(value: Any) -> list[dict[str, Any]]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise bad_request("'tools' must be an array", param="tools")
     out: list[dict[str, Any]] = []
-    for i, tool in enumerate(value):
-        at = f"tools[{i}]"
-        if not isinstance(tool, dict):
-            raise bad_request(f"'{at}' must be an object", param=at)
+    for at, tool in each_tool(value):
         kind = tool.get("type")
         if kind not in (None, "custom"):
             raise bad_request(f"'{at}' is the server tool {kind!r}, which runs on Anthropic's "
@@ -287,34 +279,10 @@ def messages_to_chat(body: dict[str, Any], default_max_tokens: int) -> dict[str,
 # --- answers ------------------------------------------------------------------------------
 
 
-def message_id(chat_id: Any) -> str:
-    if isinstance(chat_id, str) and chat_id:
-        return "msg_" + chat_id.removeprefix("chatcmpl-")
-    return "msg_" + uuid.uuid4().hex
-
-
-def stop_reason(finish: Any) -> str:
-    return STOP_REASONS.get(finish, "end_turn") if isinstance(finish, str) else "end_turn"
-
-
-def anthropic_usage(usage: Usage | None) -> dict[str, Any]:
-    """tokenstile usage (cache reads inside the input) as an Anthropic ``usage`` block."""
-    usage = usage or Usage()
-    cached = min(usage.cached_input_tokens, usage.input_tokens)
-    return {"input_tokens": usage.input_tokens - cached, "output_tokens": usage.output_tokens,
-            "cache_read_input_tokens": cached, "cache_creation_input_tokens": 0}
-
-
-def _tool_input(arguments: Any) -> Any:
-    if isinstance(arguments, dict):
-        return arguments
-    if not isinstance(arguments, str) or not arguments.strip():
-        return {}
-    try:
-        parsed = orjson.loads(arguments)
-    except orjson.JSONDecodeError:
-        return {"_raw": arguments}
-    return parsed if isinstance(parsed, dict) else {"_raw": arguments}
+def _answer_input(arguments: Any) -> dict[str, Any]:
+    """An answer's tool-call arguments as a ``tool_use`` input; arguments that are neither
+    text nor an object count as none."""
+    return tool_input(arguments if isinstance(arguments, str | dict) else None)
 
 
 def chat_to_message(resp: Any, model: str) -> dict[str, Any]:
@@ -342,7 +310,7 @@ def chat_to_message(resp: Any, model: str) -> dict[str, Any]:
         content.append({"type": "tool_use",
                         "id": call_id if isinstance(call_id, str) else f"toolu_{i}",
                         "name": str(function.get("name") or ""),
-                        "input": _tool_input(function.get("arguments"))})
+                        "input": _answer_input(function.get("arguments"))})
     served = resp.get("model")
     return {
         "id": message_id(resp.get("id")), "type": "message", "role": "assistant",
@@ -356,8 +324,7 @@ def chat_to_message(resp: Any, model: str) -> dict[str, Any]:
 
 
 def _event(name: str, payload: dict[str, Any]) -> bytes:
-    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(
-        {"type": name, **payload}) + b"\n\n"
+    return named_event(name, {"type": name, **payload})
 
 
 class ChunkTranslator(WatchesText):
@@ -396,11 +363,8 @@ class ChunkTranslator(WatchesText):
         _, data = event_fields(event)
         if data.strip() == b"[DONE]":
             return self._end()
-        try:
-            chunk = orjson.loads(data) if data.startswith(b"{") else None
-        except orjson.JSONDecodeError:
-            chunk = None
-        if not isinstance(chunk, dict):
+        chunk = json_object(data)
+        if chunk is None:
             return b""
         if isinstance(chunk.get("error"), dict):
             self._done = True
@@ -490,27 +454,19 @@ class ChunkTranslator(WatchesText):
 # --- the gateway's bridge -----------------------------------------------------------------
 
 
-class MessagesOverChat:
-    """An Anthropic Messages request served by an OpenAI-compatible upstream (a ``Bridge``).
-
-    Translated when it is built, so an untranslatable request is refused before anything is
-    reserved; a later change of the model or the cap (admission, a fallback) is patched in,
-    any other change translates the body again.
+class MessagesOverChat(TranslatedBody):
+    """An Anthropic Messages request served by an OpenAI-compatible upstream (a ``Bridge``),
+    its chat translation following the request's body (``TranslatedBody``): translated when
+    the bridge is built, so an untranslatable request is refused before anything is
+    reserved, and again whenever a later stage (admission, a fallback) replaces the body.
     """
 
     upstream_api: ApiKind = "chat"
 
-    __slots__ = ("_default_cap", "_source", "_translated")
+    __slots__ = ()
 
-    def __init__(self, body: dict[str, Any], default_max_tokens: int) -> None:
-        self._default_cap = default_max_tokens
-        self._source = body
-        self._translated = messages_to_chat(body, default_max_tokens)
-
-    @property
-    def model(self) -> str:
-        model: str = self._translated["model"]
-        return model
+    def translate(self, body: dict[str, Any]) -> dict[str, Any]:
+        return messages_to_chat(body, self._default_cap)
 
     def count_input(self) -> int:
         body = self._translated
@@ -518,11 +474,7 @@ class MessagesOverChat:
                                  response_format=body.get("response_format"))
 
     def upstream_body(self, req: CanonicalRequest) -> dict[str, Any]:
-        body = req.body
-        if body is not self._source:
-            self._translated = messages_to_chat(body, self._default_cap)
-            self._source = body
-        return self._translated
+        return self.follow(req.body)
 
     def usage_from_body(self, payload: Any) -> Usage | None:
         if not isinstance(payload, dict):

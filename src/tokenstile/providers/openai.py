@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from tokenstile import tokens
 from tokenstile.errors import bad_request
 from tokenstile.hidden_input import hidden_sources
@@ -13,13 +11,17 @@ from tokenstile.providers import media
 from tokenstile.providers.answers import AnswerText, WatchesText, chat_message_text
 from tokenstile.providers.base import (
     collect_text,
+    each_message,
     optional_bool,
     optional_int,
     optional_str,
+    require_messages,
     require_str,
     string_tags,
+    text_field,
 )
-from tokenstile.providers.sse import event_fields
+from tokenstile.providers.counts import service_tier, token_count, wants_usage_chunk
+from tokenstile.providers.sse import event_fields, json_object
 from tokenstile.types import ApiKind, CanonicalRequest, Usage, WireFormat
 
 # Output caps the upstream applies when a request names none.
@@ -34,21 +36,13 @@ _CAP_FIELDS: dict[str, tuple[str, ...]] = {
 
 
 def _parse_messages(body: dict[str, Any]) -> tuple[list[dict[str, Any]], str, str]:
-    messages = body.get("messages")
-    if messages is None:
-        raise bad_request("'messages' is required", param="messages",
-                          code="missing_required_parameter")
-    if not isinstance(messages, list) or not messages:
-        raise bad_request("'messages' must be a non-empty array", param="messages")
+    messages = require_messages(body)
     texts: list[str] = []
     system: list[str] = []
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise bad_request(f"'messages[{i}]' must be an object", param=f"messages[{i}]")
+    for where, message in each_message(messages):
         role = message.get("role")
         if not isinstance(role, str):
-            raise bad_request(f"'messages[{i}].role' must be a string",
-                              param=f"messages[{i}].role")
+            raise bad_request(f"'{where}.role' must be a string", param=f"{where}.role")
         target = system if role in ("system", "developer") else texts
         collect_text(message, target)
     return messages, "\n".join(texts), "\n".join(system)
@@ -76,35 +70,14 @@ class OpenAIAdapter:
                 if body.get(field) is not None and not isinstance(body[field], list):
                     raise bad_request(f"'{field}' must be an array", param=field)
         elif api == "completions":
-            prompt = body.get("prompt")
-            if prompt is None:
-                raise bad_request("'prompt' is required", param="prompt",
-                                  code="missing_required_parameter")
-            if not isinstance(prompt, str | list):
-                raise bad_request("'prompt' must be a string or an array", param="prompt")
-            pieces: list[str] = []
-            collect_text(prompt, pieces)
-            input_text = "\n".join(pieces)
+            input_text = text_field(body, "prompt", required=True)
             if cap is None:
                 cap = LEGACY_COMPLETIONS_DEFAULT_MAX_TOKENS
         elif api == "embeddings":
-            value = body.get("input")
-            if value is None:
-                raise bad_request("'input' is required", param="input",
-                                  code="missing_required_parameter")
-            if not isinstance(value, str | list):
-                raise bad_request("'input' must be a string or an array", param="input")
-            pieces = []
-            collect_text(value, pieces)
-            input_text = "\n".join(pieces)
+            input_text = text_field(body, "input", required=True)
             cap = 0
         elif api == "responses":
-            value = body.get("input")
-            if value is not None and not isinstance(value, str | list):
-                raise bad_request("'input' must be a string or an array", param="input")
-            pieces = []
-            collect_text(value, pieces)
-            input_text = "\n".join(pieces)
+            input_text = text_field(body, "input", required=False)
             system_text = optional_str(body, "instructions") or ""
         multiplier = 1
         for name in ("n", "best_of"):
@@ -151,13 +124,12 @@ class OpenAIAdapter:
     def upstream_body(self, req: CanonicalRequest) -> dict[str, Any]:
         """Ask for usage on streams even when the client did not (it is stripped again)."""
         body = req.body
-        if req.stream and req.api in ("chat", "completions"):
+        if req.stream and req.api in ("chat", "completions") and not wants_usage_chunk(body):
             options = body.get("stream_options")
-            if not (isinstance(options, dict) and options.get("include_usage") is True):
-                body = dict(body)
-                merged = dict(options) if isinstance(options, dict) else {}
-                merged["include_usage"] = True
-                body["stream_options"] = merged
+            body = dict(body)
+            merged = dict(options) if isinstance(options, dict) else {}
+            merged["include_usage"] = True
+            body["stream_options"] = merged
         return body
 
     def usage_from_body(self, api: ApiKind, payload: Any) -> Usage | None:
@@ -169,11 +141,9 @@ class OpenAIAdapter:
                  ) -> OpenAIStreamObserver | ResponsesStreamObserver | media.MediaStreamObserver:
         if req.media is not None:
             return media.MediaStreamObserver(req)
-        options = req.body.get("stream_options")
-        client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
         if req.api == "responses":
             return ResponsesStreamObserver()
-        return OpenAIStreamObserver(strip_usage=not client_wants_usage, api=req.api)
+        return OpenAIStreamObserver(strip_usage=not wants_usage_chunk(req.body), api=req.api)
 
 
 def without_added_stream_usage(body: dict[str, Any], sent: dict[str, Any] | None
@@ -189,10 +159,6 @@ def without_added_stream_usage(body: dict[str, Any], sent: dict[str, Any] | None
     else:
         del out["stream_options"]
     return out
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def _details(block: Any) -> dict[str, Any]:
@@ -219,27 +185,21 @@ def usage_from_openai(usage: Any) -> Usage | None:
         input_details = _details(usage.get("prompt_tokens_details"))
         output_details = _details(usage.get("completion_tokens_details"))
     cached_details = _details(input_details.get("cached_tokens_details"))
-    output, reasoning = _int(out), _int(output_details.get("reasoning_tokens"))
-    if reasoning and _int(usage.get("total_tokens")) == _int(inp) + output + reasoning:
+    output, reasoning = token_count(out), token_count(output_details.get("reasoning_tokens"))
+    total = token_count(usage.get("total_tokens"))
+    if reasoning and total == token_count(inp) + output + reasoning:
         output += reasoning  # reasoning counted apart from the output (xAI)
-    cached = _int(input_details.get("cached_tokens")) or \
-        _int(usage.get("prompt_cache_hit_tokens"))
+    cached = token_count(input_details.get("cached_tokens")) or \
+        token_count(usage.get("prompt_cache_hit_tokens"))
     return Usage(
-        input_tokens=_int(inp),
+        input_tokens=token_count(inp),
         output_tokens=output,
         cached_input_tokens=cached,
         reasoning_tokens=reasoning,
-        input_audio_tokens=_int(input_details.get("audio_tokens")),
-        output_audio_tokens=_int(output_details.get("audio_tokens")),
-        cached_audio_tokens=_int(cached_details.get("audio_tokens")),
+        input_audio_tokens=token_count(input_details.get("audio_tokens")),
+        output_audio_tokens=token_count(output_details.get("audio_tokens")),
+        cached_audio_tokens=token_count(cached_details.get("audio_tokens")),
     )
-
-
-def service_tier(value: Any) -> str | None:
-    """The tier an answer says served it (``default``, ``flex``, ``priority``, ``scale``)."""
-    if not isinstance(value, str):
-        return None
-    return value.strip().lower()[:32] or None
 
 
 def searches_chat_model(model: Any) -> bool:
@@ -298,13 +258,8 @@ class OpenAIStreamObserver(WatchesText):
 
     def on_event(self, event: bytes) -> bytes | None:
         _, data = event_fields(event)
-        if not data.startswith(b"{"):
-            return event
-        try:
-            chunk = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return event
-        if not isinstance(chunk, dict):
+        chunk = json_object(data)
+        if chunk is None:
             return event
         choices = chunk.get("choices")
         if isinstance(choices, list):
@@ -352,13 +307,8 @@ class ResponsesStreamObserver(WatchesText):
 
     def on_event(self, event: bytes) -> bytes | None:
         name, data = event_fields(event)
-        if not data.startswith(b"{"):
-            return event
-        try:
-            payload = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return event
-        if not isinstance(payload, dict):
+        payload = json_object(data)
+        if payload is None:
             return event
         kind = payload.get("type") or name
         if kind in _VISIBLE_DELTAS:

@@ -7,6 +7,10 @@ them.
 
 from __future__ import annotations
 
+from typing import Any
+
+import orjson
+
 
 class EventSplitter:
     """Feed raw bytes; get back complete events (each including its trailing blank line)."""
@@ -50,3 +54,26 @@ def event_fields(event: bytes) -> tuple[str | None, bytes]:
         elif line.startswith(b"event:"):
             name = line[6:].strip().decode("utf-8", "replace")
     return name, b"\n".join(data)
+
+
+def json_object(data: bytes) -> dict[str, Any] | None:
+    """An event's ``data:`` payload as a JSON object; None when it is anything else
+    (``[DONE]``, a keep-alive, a JSON array or scalar, broken JSON)."""
+    if not data.startswith(b"{"):
+        return None
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def data_event(payload: Any) -> bytes:
+    """One event carrying ``payload`` as JSON: ``data: {...}`` (OpenAI's streams)."""
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def named_event(name: str, payload: Any) -> bytes:
+    """One named event carrying ``payload`` as JSON: ``event: name`` then ``data: {...}``
+    (Anthropic's streams)."""
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"

@@ -10,6 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 from tokenstile.providers.converse import converse_terms
+from tokenstile.providers.counts import service_tier
 from tokenstile.providers.openai import searches_chat_model
 from tokenstile.types import CanonicalRequest, PriceTerms
 
@@ -43,12 +44,6 @@ def price_terms(req: CanonicalRequest) -> PriceTerms:
     return _openai(req.api, body)
 
 
-def _tier(value: Any) -> str | None:
-    if not isinstance(value, str):
-        return None
-    return value.strip().lower()[:32] or None
-
-
 def _count(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 \
         else None
@@ -74,7 +69,7 @@ def _has_input_audio(node: Any) -> bool:
 
 
 def _openai(api: str, body: dict[str, Any]) -> PriceTerms:
-    tier = _tier(body.get("service_tier"))
+    tier = service_tier(body.get("service_tier"))
     if api == "chat":
         modalities = body.get("modalities")
         audio_out = (isinstance(modalities, list) and "audio" in modalities) or \
@@ -120,7 +115,7 @@ def _cache_ttl(node: Any, found: str | None) -> str | None:
 
 def _anthropic(body: dict[str, Any]) -> PriceTerms:
     # Messages: "auto" (the default) may use priority capacity; "standard_only" may not.
-    asked = _tier(body.get("service_tier"))
+    asked = service_tier(body.get("service_tier"))
     tier = "standard" if asked == "standard_only" else None
     ttl = _cache_ttl(body, None)  # top-level cache_control: automatic caching
     for part in ("system", "tools", "messages"):

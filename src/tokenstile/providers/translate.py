@@ -35,47 +35,51 @@ from __future__ import annotations
 
 import math
 import time
-import uuid
 from typing import Any
 
 import orjson
 
 from tokenstile import tokens
-from tokenstile.errors import GatewayError, bad_request, render_error
-from tokenstile.providers.answers import AnswerText, WatchesText
+from tokenstile.errors import bad_request
 from tokenstile.providers.anthropic import (
+    AnthropicStreamObserver,
     UsageTracker,
-    block_start_parts,
-    delta_parts,
     delta_text,
     dumps_text,
     load_event,
     output_format,
-    stream_usage,
     usage_from_anthropic,
 )
 from tokenstile.providers.base import (
-    Bridge,
+    ObserverWrapper,
+    each_message,
+    each_tool,
     optional_bool,
     optional_int,
     optional_str,
+    require_messages,
     require_str,
 )
-from tokenstile.types import ApiKind, CanonicalRequest, Usage, WireFormat
+from tokenstile.providers.counts import wants_usage_chunk
+from tokenstile.providers.mapping import (
+    DONE,
+    ChatChunks,
+    TranslatedBody,
+    anthropic_error,
+    anthropic_error_to_openai,
+    chat_cap,
+    chat_id,
+    chat_tool_call,
+    chat_usage,
+    finish_reason,
+    tool_input,
+)
+from tokenstile.providers.sse import data_event
+from tokenstile.types import ApiKind, CanonicalRequest, Usage
 
 DEFAULT_MAX_TOKENS = 4096
 
 IMAGE_MEDIA_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
-
-FINISH_REASONS: dict[str, str] = {
-    "end_turn": "stop",
-    "stop_sequence": "stop",
-    "pause_turn": "stop",
-    "max_tokens": "length",
-    "model_context_window_exceeded": "length",
-    "tool_use": "tool_calls",
-    "refusal": "content_filter",
-}
 
 JSON_OBJECT_INSTRUCTION = (
     "Respond with a single valid JSON object and nothing else: no Markdown code fences, "
@@ -85,20 +89,6 @@ JSON_SCHEMA_INSTRUCTION = (
     "Respond with a single valid JSON value that conforms to the JSON schema below and "
     "nothing else: no Markdown code fences, no text before or after it.\nSchema:\n"
 )
-
-# Anthropic error types → OpenAI error types (the Anthropic type is kept as ``code``).
-_OPENAI_ERROR_TYPES = {
-    "invalid_request_error": "invalid_request_error",
-    "request_too_large": "invalid_request_error",
-    "not_found_error": "invalid_request_error",
-    "authentication_error": "authentication_error",
-    "permission_error": "permission_error",
-    "billing_error": "insufficient_quota",
-    "rate_limit_error": "rate_limit_exceeded",
-    "timeout_error": "server_error",
-    "api_error": "server_error",
-    "overloaded_error": "server_error",
-}
 
 _REFUSED_FIELDS: dict[str, str] = {
     "functions": "legacy 'functions' cannot be sent to Claude; use 'tools'",
@@ -218,22 +208,8 @@ def _tool_use_blocks(tool_calls: Any, where: str) -> list[dict[str, Any]]:
             raise bad_request(f"'{at}.function.name' must be a non-empty string",
                               param=f"{at}.function")
         blocks.append({"type": "tool_use", "id": call_id, "name": name,
-                       "input": _tool_input(function.get("arguments"))})
+                       "input": tool_input(function.get("arguments"))})
     return blocks
-
-
-def _tool_input(arguments: Any) -> dict[str, Any]:
-    """Tool arguments as the object Anthropic requires; unparseable text is kept verbatim."""
-    if isinstance(arguments, dict):
-        return arguments
-    if arguments is None or (isinstance(arguments, str) and not arguments.strip()):
-        return {}
-    raw = arguments if isinstance(arguments, str) else dumps_text(arguments)
-    try:
-        parsed = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return {"_raw": raw}
-    return parsed if isinstance(parsed, dict) else {"_raw": raw}
 
 
 def _tool_result_block(message: dict[str, Any], where: str) -> dict[str, Any]:
@@ -248,19 +224,11 @@ def _tool_result_block(message: dict[str, Any], where: str) -> dict[str, Any]:
     return block
 
 
-def _turns(messages: Any) -> tuple[list[str], list[tuple[str, list[dict[str, Any]]]]]:
-    """System texts and alternating (role, blocks) turns."""
-    if messages is None:
-        raise bad_request("'messages' is required", param="messages",
-                          code="missing_required_parameter")
-    if not isinstance(messages, list) or not messages:
-        raise bad_request("'messages' must be a non-empty array", param="messages")
+def _turns(body: dict[str, Any]) -> tuple[list[str], list[tuple[str, list[dict[str, Any]]]]]:
+    """System texts and alternating (role, blocks) turns of the request's ``messages``."""
     system: list[str] = []
     turns: list[tuple[str, list[dict[str, Any]]]] = []
-    for i, message in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(message, dict):
-            raise bad_request(f"'{where}' must be an object", param=where)
+    for where, message in each_message(require_messages(body)):
         role = message.get("role")
         if role in ("system", "developer"):
             text = _plain_text(message.get("content"), where)
@@ -303,15 +271,8 @@ def _message_out(role: str, blocks: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _tools(tools: Any) -> list[dict[str, Any]]:
-    if tools is None:
-        return []
-    if not isinstance(tools, list):
-        raise bad_request("'tools' must be an array", param="tools")
     out: list[dict[str, Any]] = []
-    for i, tool in enumerate(tools):
-        at = f"tools[{i}]"
-        if not isinstance(tool, dict):
-            raise bad_request(f"'{at}' must be an object", param=at)
+    for at, tool in each_tool(tools):
         if tool.get("type", "function") != "function":
             raise bad_request(f"'{at}' has type {tool.get('type')!r}; only function tools "
                               "can be sent to Claude", param=f"{at}.type")
@@ -446,7 +407,7 @@ def chat_to_messages(
         raise bad_request("the request body must be a JSON object", code="invalid_json")
     model = require_str(body, "model")
     _refuse_unsupported(body)
-    system, turns = _turns(body.get("messages"))
+    system, turns = _turns(body)
     if not turns:
         raise bad_request("'messages' has no user or assistant content to send",
                           param="messages")
@@ -506,28 +467,6 @@ def chat_to_messages(
 # --- responses ----------------------------------------------------------------------------
 
 
-def chat_id(message_id: Any) -> str:
-    """A chat completion id that still shows which Anthropic message it came from."""
-    if isinstance(message_id, str) and message_id:
-        return "chatcmpl-" + message_id.removeprefix("msg_")
-    return "chatcmpl-" + uuid.uuid4().hex
-
-
-def finish_reason(stop_reason: Any) -> str:
-    return FINISH_REASONS.get(stop_reason, "stop") if isinstance(stop_reason, str) else "stop"
-
-
-def chat_usage(usage: Usage) -> dict[str, Any]:
-    """tokenstile usage as a chat completions ``usage`` block."""
-    return {
-        "prompt_tokens": usage.input_tokens,
-        "completion_tokens": usage.output_tokens,
-        "total_tokens": usage.total_tokens,
-        "prompt_tokens_details": {"cached_tokens": usage.cached_input_tokens},
-        "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
-    }
-
-
 def message_to_chat(resp: Any, model: str, *, created: int | None = None) -> dict[str, Any]:
     """An Anthropic Messages response as an OpenAI ``chat.completion`` object."""
     if not isinstance(resp, dict):
@@ -542,17 +481,12 @@ def message_to_chat(resp: Any, model: str, *, created: int | None = None) -> dic
         if kind == "text" and isinstance(block.get("text"), str):
             texts.append(block["text"])
         elif kind == "tool_use":
-            call_id, name = block.get("id"), block.get("name")
             arguments = block.get("input")
-            tool_calls.append({
-                "id": call_id if isinstance(call_id, str) else f"call_{len(tool_calls)}",
-                "type": "function",
-                "function": {
-                    "name": name if isinstance(name, str) else "",
-                    "arguments": arguments if isinstance(arguments, str)
-                    else dumps_text({} if arguments is None else arguments),
-                },
-            })
+            tool_calls.append(chat_tool_call(
+                block.get("id"), block.get("name"),
+                arguments if isinstance(arguments, str)
+                else dumps_text({} if arguments is None else arguments),
+                len(tool_calls)))
     message: dict[str, Any] = {
         "role": "assistant",
         "content": "".join(texts) if texts else None,
@@ -581,61 +515,31 @@ def message_to_chat(resp: Any, model: str, *, created: int | None = None) -> dic
 # --- streams ------------------------------------------------------------------------------
 
 
-def _sse(payload: dict[str, Any]) -> bytes:
-    return b"data: " + orjson.dumps(payload) + b"\n\n"
-
-
-DONE = b"data: [DONE]\n\n"
-
-
-class StreamTranslator(WatchesText):
+class StreamTranslator(ObserverWrapper):
     """Anthropic Messages stream events in, chat.completion.chunk SSE events out.
 
-    Also a ``StreamObserver``: ``on_event`` returns the translated bytes (None when an
-    event has nothing to say to an OpenAI client, like ``ping``), ``usage`` is always
-    tracked (whether or not the client asked for the usage chunk) and ``output_text``
-    serves the gateway's own count when the stream breaks off before any usage.
+    Also a ``StreamObserver`` around the Anthropic one, which reads each event's usage and
+    text: ``on_event`` returns the translated bytes (None when an event has nothing to say
+    to an OpenAI client, like ``ping``), ``usage`` is always tracked (whether or not the
+    client asked for the usage chunk) and ``output_text`` serves the gateway's own count
+    when the stream breaks off before any usage.
     """
 
-    __slots__ = ("_created", "_done", "_finished", "_id", "_include_usage", "_model",
-                 "_role_sent", "_text", "_tool_index", "_tracker", "_usage_override")
+    __slots__ = ("_chunks", "_done", "_finished", "_tool_index", "_watcher")
 
     def __init__(self, model: str, *, include_usage: bool = False,
                  created: int | None = None) -> None:
-        self._model = model
-        self._include_usage = include_usage
-        self._created = int(time.time()) if created is None else created
-        self._id = chat_id(None)
-        self._text = AnswerText()
-        self._tracker = UsageTracker()
+        self._watcher = AnthropicStreamObserver(model)
+        super().__init__(self._watcher)
+        self._chunks = ChatChunks(model, include_usage=include_usage, created=created)
         self._tool_index: dict[Any, int] = {}
-        self._role_sent = False
         self._finished = False
         self._done = False
-        self._usage_override: Usage | None = None
 
     @classmethod
     def for_request(cls, body: dict[str, Any], model: str) -> StreamTranslator:
         """A translator honouring the client's ``stream_options.include_usage``."""
-        options = body.get("stream_options")
-        return cls(model, include_usage=isinstance(options, dict)
-                   and options.get("include_usage") is True)
-
-    @property
-    def usage(self) -> Usage | None:
-        """Counts the text generated so far when the stream broke off mid-message: read it
-        once, when the stream is over."""
-        if self._usage_override is not None:
-            return self._usage_override
-        return stream_usage(self._tracker, self._model, self.output_text(),
-                            self.reasoning_text())
-
-    @usage.setter
-    def usage(self, value: Usage | None) -> None:
-        self._usage_override = value
-
-    def usage_is_final(self) -> bool:
-        return self._usage_override is not None or self._tracker.final
+        return cls(model, include_usage=wants_usage_chunk(body))
 
     def on_event(self, event: bytes) -> bytes | None:
         return self.feed(event) or None
@@ -647,68 +551,46 @@ class StreamTranslator(WatchesText):
         kind, payload = load_event(event)
         if payload is None:
             return self._finish() if kind == "message_stop" else b""
+        self._watcher.watch(kind, payload)
         if kind == "content_block_delta":
             return self._delta(payload)
         if kind == "content_block_start":
             return self._block_start(payload)
         if kind == "message_start":
             message = payload.get("message")
-            if isinstance(message, dict):
-                self._tracker.update(message.get("usage"))
-                if isinstance(message.get("id"), str) and message["id"]:
-                    self._id = chat_id(message["id"])
-            return b"" if self._role_sent else self._chunk({})
+            if isinstance(message, dict) and isinstance(message.get("id"), str) \
+                    and message["id"]:
+                self._chunks.id = chat_id(message["id"])
+            return b"" if self._chunks.role_sent else self._chunks.delta({})
         if kind == "message_delta":
-            self._tracker.update(payload.get("usage"), final=True)
             delta = payload.get("delta")
             stop = delta.get("stop_reason") if isinstance(delta, dict) else None
             if stop is None or self._finished:
                 return b""
             self._finished = True
-            return self._chunk({}, finish_reason(stop))
+            return self._chunks.delta({}, finish_reason(stop))
         if kind == "message_stop":
             return self._finish()
         if kind == "error":
             self._done = True
-            return _sse(_openai_error_payload(payload.get("error"), 500))
+            return data_event(anthropic_error(payload.get("error"), 500))
         return b""
-
-    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
-        if not self._role_sent:
-            self._role_sent = True
-            delta = {"role": "assistant", "content": "", **delta}
-        chunk: dict[str, Any] = {
-            "id": self._id,
-            "object": "chat.completion.chunk",
-            "created": self._created,
-            "model": self._model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                         "finish_reason": finish}],
-        }
-        if self._include_usage:
-            chunk["usage"] = None
-        return _sse(chunk)
 
     def _block_start(self, payload: dict[str, Any]) -> bytes:
         block = payload.get("content_block")
         if not isinstance(block, dict):
             return b""
-        block_start_parts(block, self._text)
         kind = block.get("type")
         if kind == "text":
             text = block.get("text")
             if isinstance(text, str) and text:
-                return self._chunk({"content": text})
+                return self._chunks.delta({"content": text})
         elif kind == "tool_use":
             index = len(self._tool_index)
             self._tool_index[payload.get("index")] = index
-            call_id, name = block.get("id"), block.get("name")
-            return self._chunk({"tool_calls": [{
-                "index": index,
-                "id": call_id if isinstance(call_id, str) else f"call_{index}",
-                "type": "function",
-                "function": {"name": name if isinstance(name, str) else "", "arguments": ""},
-            }]})
+            return self._chunks.delta({"tool_calls": [
+                {"index": index, **chat_tool_call(block.get("id"), block.get("name"), "", index)}
+            ]})
         return b""
 
     def _delta(self, payload: dict[str, Any]) -> bytes:
@@ -716,110 +598,48 @@ class StreamTranslator(WatchesText):
         text = delta_text(delta)
         if not text:
             return b""
-        delta_parts(delta, self._text)
         kind = delta.get("type") if isinstance(delta, dict) else None
         if kind == "text_delta":
-            return self._chunk({"content": text})
+            return self._chunks.delta({"content": text})
         if kind == "input_json_delta":
             index = self._tool_index.get(payload.get("index"))
             if index is not None:
-                return self._chunk({"tool_calls": [
+                return self._chunks.delta({"tool_calls": [
                     {"index": index, "function": {"arguments": text}}]})
         return b""
 
     def _finish(self) -> bytes:
         self._done = True
-        out = b"" if self._finished else self._chunk({}, "stop")
+        out = b"" if self._finished else self._chunks.delta({}, "stop")
         self._finished = True
-        if self._include_usage:
-            usage = self.usage or Usage()
-            out += _sse({
-                "id": self._id,
-                "object": "chat.completion.chunk",
-                "created": self._created,
-                "model": self._model,
-                "choices": [],
-                "usage": chat_usage(usage),
-            })
+        if self._chunks.include_usage:
+            out += self._chunks.usage(self.usage or Usage())
         return out + DONE
-
-
-# --- errors -------------------------------------------------------------------------------
-
-
-def _load(body: bytes) -> Any:
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-
-
-def _fallback_message(status: int, body: bytes) -> str:
-    text = body.decode("utf-8", "replace").strip()[:500]
-    return f"the upstream answered {status}" + (f": {text}" if text else "")
-
-
-def _openai_error_payload(error: Any, status: int) -> dict[str, Any]:
-    kind = error.get("type") if isinstance(error, dict) else None
-    message = error.get("message") if isinstance(error, dict) else None
-    if not isinstance(message, str) or not message:
-        message = "the upstream reported an error"
-    code = kind if isinstance(kind, str) else None
-    openai_type = _OPENAI_ERROR_TYPES.get(code or "") or (
-        "server_error" if status >= 500 else "invalid_request_error")
-    return {"error": {"message": message, "type": openai_type, "param": None, "code": code}}
-
-
-def anthropic_error_to_openai(status: int, body: bytes) -> bytes:
-    """An Anthropic error body (``{"type": "error", "error": {...}}``) in OpenAI's shape."""
-    parsed = _load(body)
-    error = parsed.get("error") if isinstance(parsed, dict) else None
-    if not isinstance(error, dict) or not isinstance(error.get("message"), str):
-        error = {"message": _fallback_message(status, body)}
-    return orjson.dumps(_openai_error_payload(error, status))
-
-
-def openai_error_to_anthropic(status: int, body: bytes) -> bytes:
-    """An OpenAI error body (``{"error": {...}}``) in Anthropic's shape."""
-    parsed = _load(body)
-    error = parsed.get("error") if isinstance(parsed, dict) else None
-    message = error.get("message") if isinstance(error, dict) else None
-    if not isinstance(message, str) or not message:
-        message = _fallback_message(status, body)
-    return render_error("anthropic", status, message)
 
 
 # --- the gateway's bridge -----------------------------------------------------------------
 
-_API_NAMES: dict[str, str] = {
-    "chat": "chat completions", "completions": "completions", "embeddings": "embeddings",
-    "responses": "Responses", "messages": "Messages", "count_tokens": "token counting",
-}
 
-
-class ChatOverMessages:
-    """An OpenAI chat completions request served by an Anthropic upstream (a ``Bridge``).
-
-    The request is translated when the bridge is built, so an untranslatable one is refused
-    before anything is reserved. If a later stage replaces ``req.body`` (admission setting
-    the output cap, a fallback naming another model), the translation follows: patched when
-    only the model or cap changed, else redone, so what is forwarded reflects the final body.
-    """
+class ChatOverMessages(TranslatedBody):
+    """An OpenAI chat completions request served by an Anthropic upstream (a ``Bridge``),
+    its Messages translation following the request's body (``TranslatedBody``): patched
+    when only the model or cap changed, else redone, so what is forwarded reflects the
+    final body."""
 
     upstream_api: ApiKind = "messages"
 
-    __slots__ = ("_default_cap", "_source", "_translated")
+    __slots__ = ()
 
     def __init__(self, body: dict[str, Any], default_max_tokens: int = DEFAULT_MAX_TOKENS
                  ) -> None:
-        self._default_cap = default_max_tokens
-        self._source = body
-        self._translated = chat_to_messages(body, default_max_tokens)
+        super().__init__(body, default_max_tokens)
 
-    @property
-    def model(self) -> str:
-        model: str = self._translated["model"]
-        return model
+    def translate(self, body: dict[str, Any]) -> dict[str, Any]:
+        return chat_to_messages(body, self._default_cap)
+
+    def patch(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {**self._translated, "model": require_str(body, "model"),
+                "max_tokens": chat_cap(body, self._default_cap)}
 
     def count_input(self) -> int:
         """Claude's input estimate (o200k × factor), reconciled to usage after the call."""
@@ -828,20 +648,7 @@ class ChatOverMessages:
                                       body.get("tools"), output_format=output_format(body))
 
     def upstream_body(self, req: CanonicalRequest) -> dict[str, Any]:
-        body = req.body
-        if body is self._source:
-            return self._translated
-        if _same_except(body, self._source, ("model", "max_tokens", "max_completion_tokens")):
-            # A copy with another model or cap (admission, a fallback): patch, don't redo.
-            cap = optional_int(body, "max_completion_tokens", minimum=1)
-            if cap is None:
-                cap = optional_int(body, "max_tokens", minimum=1)
-            self._translated = {**self._translated, "model": require_str(body, "model"),
-                                "max_tokens": self._default_cap if cap is None else cap}
-        else:
-            self._translated = chat_to_messages(body, self._default_cap)
-        self._source = body
-        return self._translated
+        return self.follow(req.body)
 
     def usage_from_body(self, payload: Any) -> Usage | None:
         return usage_from_anthropic(payload.get("usage")) if isinstance(payload, dict) else None
@@ -859,40 +666,3 @@ class ChatOverMessages:
 
     def observer(self, req: CanonicalRequest) -> StreamTranslator:
         return StreamTranslator.for_request(req.body, self.model)
-
-
-def _same_except(a: dict[str, Any], b: dict[str, Any], fields: tuple[str, ...]) -> bool:
-    """Shallow: the same keys (give or take ``fields``) holding the same objects."""
-    keys = a.keys() | b.keys()
-    return all(a.get(k) is b.get(k) for k in keys if k not in fields)
-
-
-def bridge_for(api: ApiKind, client_wire: WireFormat, upstream_wire: WireFormat,
-               upstream: str, body: dict[str, Any], default_max_tokens: int) -> Bridge:
-    """The bridge serving ``api`` (sent in ``client_wire``) from an upstream speaking
-    ``upstream_wire``, or a 400 saying why there is none."""
-    if "bedrock" in (client_wire, upstream_wire):
-        # Imported here: the Bedrock bridges build on this module.
-        from tokenstile.providers.bedrock_translate import bedrock_bridge
-
-        return bedrock_bridge(api, client_wire, upstream_wire, upstream, body,
-                              default_max_tokens)
-    model = body.get("model")
-    if client_wire == "anthropic" and upstream_wire == "openai" and api == "messages":
-        from tokenstile.providers.messages_over_chat import MessagesOverChat
-
-        return MessagesOverChat(body, default_max_tokens)
-    if client_wire == "openai" and upstream_wire == "anthropic":
-        if api == "chat":
-            return ChatOverMessages(body, default_max_tokens)
-        raise GatewayError(
-            400, f"the {_API_NAMES.get(api, api)} API is not supported by the anthropic "
-                 f"upstream {upstream!r} that serves the model {model!r}; call Claude models "
-                 "through /v1/chat/completions or /v1/messages",
-            code="unsupported_api")
-    raise GatewayError(
-        400, f"the token counting API (/v1/messages/count_tokens) needs an anthropic "
-             f"upstream, but the model {model!r} is served by the OpenAI-compatible upstream "
-             f"{upstream!r}; read the input tokens from /v1/messages's usage instead, or "
-             "route the model to an upstream of kind anthropic",
-        code="unsupported_api")

@@ -503,7 +503,7 @@ class FakeUpstream:
         self.drifts: list[Drift] = []
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(4).hex()
-        self._bedrock = BedrockRoutes(self)
+        self._bedrock: BedrockRoutes[_Req] = BedrockRoutes(self)
         self._routes: dict[tuple[str, str], Callable[[_Req], Awaitable[None]]] = {
             ("POST", "/v1/chat/completions"): self._chat,
             ("POST", "/v1/completions"): self._completions,
