@@ -18,6 +18,7 @@ from typing import Any
 
 from tokenstile.config import Config, PriceConfig, effective_ts
 from tokenstile.prices import Adjustment, ModelPrice, Pricer, PriceVersions, parse_price_override
+from tokenstile.routed import routed_targets
 
 PRICE_FIELDS = ("input", "output", "cached_input", "cache_write", "reasoning", "per_request")
 
@@ -169,21 +170,9 @@ class PriceDiff:
 def routed_prices(config: Config, at: float | None = None) -> Iterator[PriceDiff]:
     """For every model the configuration routes (as ``tokenstile check`` finds them): its
     price in the installed genai-prices package and its price under this configuration."""
-    from tokenstile.errors import GatewayError
-    from tokenstile.gateway.routing import Router
-    from tokenstile.unpriced import routed_models
-
-    router, pricer, package = Router(config), pricer_from_config(config), Pricer()
+    pricer, package = pricer_from_config(config), Pricer()
     when = pricer_clock_now() if at is None else at
-    seen: set[str] = set()
-    for model, _ in routed_models(config):
-        if model in seen or any(ch in model for ch in "*?["):
-            continue
-        seen.add(model)
-        try:
-            target = router.resolve(model)
-        except GatewayError:
-            continue
+    for model, _, target in routed_targets(config):
         yield PriceDiff(model, target.provider,
                         package.genai_price(target.model, target.provider, when),
                         pricer.price_for(target.model, target.provider, at=when))
