@@ -25,6 +25,7 @@ from typing import Any, Final
 import aiohttp
 
 from tokenstile.config import ReconcileProviderConfig
+from tokenstile.stores.records import DayTotals
 
 PROVIDERS: Final = ("openai", "anthropic")
 DEFAULT_BASE: Final = {"openai": "https://api.openai.com/v1",
@@ -48,17 +49,10 @@ def canonical_model(name: str) -> str:
 
 
 @dataclass(slots=True)
-class ProviderDay:
-    """A provider's totals for one UTC day (days since the epoch) and model; ``cost_nano``
-    None when its cost report says nothing of that model that day."""
+class ProviderDay(DayTotals):
+    """A provider's totals for one UTC day and model; ``cost_nano`` None when its cost
+    report says nothing of that model that day."""
 
-    day: int
-    model: str
-    requests: int = 0
-    input_tokens: int = 0
-    cached_input_tokens: int = 0
-    cache_write_tokens: int = 0
-    output_tokens: int = 0
     cost_nano: int | None = None
 
 
