@@ -983,23 +983,31 @@ class FakeUpstream:
 
     # -- OpenAI -------------------------------------------------------------------------
 
-    async def _require(self, r: _Req, *keys: str) -> bool:
-        assert r.body is not None
-        for key in keys:
-            if r.body.get(key) is None:
-                await self._error(r, 400, f"Missing required parameter: '{key}'.")
-                return False
-        return True
-
-    async def _chat(self, r: _Req) -> None:
+    async def _begin(self, r: _Req, required: tuple[str, ...],
+                     directive_text: Callable[[Json], str], *, anthropic: bool = False,
+                     default_model: str | None = None) -> tuple[Json, Directives] | None:
+        """The JSON body and the directives of a request that has every ``required`` key
+        (else a 400 worded as OpenAI or, with ``anthropic``, as Anthropic words it) and got
+        through the prelude; None when an error was sent instead."""
         body = r.body
         assert body is not None
-        if not await self._require(r, "model", "messages"):
+        for key in required:
+            if body.get(key) is None:
+                await self._error(r, 400, f"{key}: Field required" if anthropic
+                                  else f"Missing required parameter: '{key}'.")
+                return None
+        if default_model is not None:
+            r.model = r.model or default_model
+        d = await self._prelude(r, directive_text(body))
+        return None if d is None else (body, d)
+
+    async def _chat(self, r: _Req) -> None:
+        begun = await self._begin(r, ("model", "messages"),
+                                  lambda body: last_user_text(body["messages"]))
+        if begun is None:
             return
+        body, d = begun
         messages = body["messages"]
-        d = await self._prelude(r, last_user_text(messages))
-        if d is None:
-            return
         tools = body.get("tools")
         options = body.get("stream_options")
         turn = self._turn(
@@ -1014,14 +1022,12 @@ class FakeUpstream:
         await self._answer(r, d, turn, chat_body, chat_stream)
 
     async def _completions(self, r: _Req) -> None:
-        body = r.body
-        assert body is not None
-        if not await self._require(r, "model", "prompt"):
+        begun = await self._begin(r, ("model", "prompt"),
+                                  lambda body: last_prompt_text(body["prompt"]))
+        if begun is None:
             return
+        body, d = begun
         prompt = body["prompt"]
-        d = await self._prelude(r, last_prompt_text(prompt))
-        if d is None:
-            return
         options = body.get("stream_options")
         turn = self._turn(
             r, d,
@@ -1034,14 +1040,11 @@ class FakeUpstream:
         await self._answer(r, d, turn, completion_body, completion_stream)
 
     async def _responses(self, r: _Req) -> None:
-        body = r.body
-        assert body is not None
-        if not await self._require(r, "model"):
+        begun = await self._begin(r, ("model",), lambda body: last_user_text(body.get("input")))
+        if begun is None:
             return
+        body, d = begun
         items = body.get("input")
-        d = await self._prelude(r, last_user_text(items))
-        if d is None:
-            return
         carried = 0
         previous = body.get("previous_response_id")
         if previous is not None:
@@ -1141,14 +1144,12 @@ class FakeUpstream:
         await r.send({"type": "http.response.body", "body": b"".join(events)})
 
     async def _embeddings(self, r: _Req) -> None:
-        body = r.body
-        assert body is not None
-        if not await self._require(r, "model", "input"):
+        begun = await self._begin(r, ("model", "input"),
+                                  lambda body: last_prompt_text(body["input"]))
+        if begun is None:
             return
+        body, d = begun
         raw = body["input"]
-        d = await self._prelude(r, last_prompt_text(raw))
-        if d is None:
-            return
         if isinstance(raw, str) or (isinstance(raw, list) and raw and isinstance(raw[0], int)):
             inputs: list[object] = [raw]
         elif isinstance(raw, list) and raw:
@@ -1175,15 +1176,12 @@ class FakeUpstream:
         )
 
     async def _moderations(self, r: _Req) -> None:
-        body = r.body
-        assert body is not None
-        if not await self._require(r, "input"):
+        begun = await self._begin(r, ("input",), lambda body: last_prompt_text(body["input"]),
+                                  default_model="omni-moderation-latest")
+        if begun is None:
             return
+        body, _ = begun
         raw = body["input"]
-        r.model = r.model or "omni-moderation-latest"
-        d = await self._prelude(r, last_prompt_text(raw))
-        if d is None:
-            return
         groups: list[list[object]]
         if isinstance(raw, list) and raw and all(isinstance(x, dict) for x in raw):
             groups = [list(raw)]  # one multi-modal input
@@ -1258,23 +1256,13 @@ class FakeUpstream:
 
     # -- Anthropic ----------------------------------------------------------------------
 
-    async def _anthropic_require(self, r: _Req, *keys: str) -> bool:
-        assert r.body is not None
-        for key in keys:
-            if r.body.get(key) is None:
-                await self._error(r, 400, f"{key}: Field required")
-                return False
-        return True
-
     async def _messages(self, r: _Req) -> None:
-        body = r.body
-        assert body is not None
-        if not await self._anthropic_require(r, "model", "messages", "max_tokens"):
+        begun = await self._begin(r, ("model", "messages", "max_tokens"),
+                                  lambda body: last_user_text(body["messages"]), anthropic=True)
+        if begun is None:
             return
+        body, d = begun
         messages = body["messages"]
-        d = await self._prelude(r, last_user_text(messages))
-        if d is None:
-            return
         tools = body.get("tools")
         turn = self._turn(
             r, d,
@@ -1287,14 +1275,12 @@ class FakeUpstream:
         await self._answer(r, d, turn, anthropic_message, anthropic_stream)
 
     async def _count_tokens(self, r: _Req) -> None:
-        body = r.body
-        assert body is not None
-        if not await self._anthropic_require(r, "model", "messages"):
+        begun = await self._begin(r, ("model", "messages"),
+                                  lambda body: last_user_text(body["messages"]), anthropic=True)
+        if begun is None:
             return
+        body, d = begun
         messages = body["messages"]
-        d = await self._prelude(r, last_user_text(messages))
-        if d is None:
-            return
         counted = count_anthropic_input(body.get("system"), messages, body.get("tools"),
                                         _anthropic_format(body))
         if d.input_tokens is not None:
