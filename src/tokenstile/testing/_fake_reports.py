@@ -202,28 +202,39 @@ def _daily(records: Iterable[Any], drifts: Sequence[Drift], provider: str,
     return {"object": "page", **page} if provider == "openai" else page
 
 
+def _usage_results(today: DayServed, by_model: bool, blank: Callable[[str | None], Json],
+                   add: Callable[[Json, _Served], None]) -> list[Json]:
+    """A usage report's results for one day: one per model (``by_model``) or one in all,
+    each ``blank(model or None)`` with every served entry ``add``-ed to it."""
+    results: dict[str | None, Json] = {}
+    for model, s in today:
+        key = model if by_model else None
+        if key not in results:
+            results[key] = blank(key)
+        add(results[key], s)
+    return list(results.values())
+
+
 # -- OpenAI ------------------------------------------------------------------------------------
 
 def openai_usage(records: Iterable[Any], drifts: Sequence[Drift],
                  query: Mapping[str, list[str]], now: float) -> Json:
     by_model = "model" in _list(query, "group_by")
 
-    def results_of(today: DayServed) -> list[Json]:
-        results: dict[str | None, Json] = {}
-        for model, s in today:
-            key = model if by_model else None
-            r = results.setdefault(key, {
-                "object": "organization.usage.completions.result", "input_tokens": 0,
+    def blank(key: str | None) -> Json:
+        return {"object": "organization.usage.completions.result", "input_tokens": 0,
                 "output_tokens": 0, "input_cached_tokens": 0, "input_audio_tokens": 0,
                 "output_audio_tokens": 0, "num_model_requests": 0, "project_id": None,
-                "user_id": None, "api_key_id": None, "model": key, "batch": None})
-            r["input_tokens"] += s.input_tokens
-            r["output_tokens"] += s.output_tokens
-            r["input_cached_tokens"] += s.cached_tokens
-            r["num_model_requests"] += s.requests
-        return list(results.values())
+                "user_id": None, "api_key_id": None, "model": key, "batch": None}
 
-    return _daily(records, drifts, "openai", query, now, results_of)
+    def add(r: Json, s: _Served) -> None:
+        r["input_tokens"] += s.input_tokens
+        r["output_tokens"] += s.output_tokens
+        r["input_cached_tokens"] += s.cached_tokens
+        r["num_model_requests"] += s.requests
+
+    return _daily(records, drifts, "openai", query, now,
+                  lambda today: _usage_results(today, by_model, blank, add))
 
 
 def openai_costs(records: Iterable[Any], drifts: Sequence[Drift],
@@ -252,28 +263,25 @@ def anthropic_usage(records: Iterable[Any], drifts: Sequence[Drift],
                     query: Mapping[str, list[str]], now: float) -> Json:
     by_model = "model" in _list(query, "group_by")
 
-    def results_of(today: DayServed) -> list[Json]:
-        results: dict[str | None, Json] = {}
-        for model, s in today:
-            key = model if by_model else None
-            r = results.setdefault(key, {
-                "uncached_input_tokens": 0,
+    def blank(key: str | None) -> Json:
+        return {"uncached_input_tokens": 0,
                 "cache_creation": {"ephemeral_5m_input_tokens": 0,
                                    "ephemeral_1h_input_tokens": 0},
                 "cache_read_input_tokens": 0, "output_tokens": 0,
                 "server_tool_use": {"web_search_requests": 0}, "api_key_id": None,
                 "workspace_id": None, "model": key, "service_tier": None,
-                "context_window": None})
-            r["uncached_input_tokens"] += s.input_tokens - s.cached_tokens - \
-                s.cache_write_tokens
-            r["cache_creation"]["ephemeral_5m_input_tokens"] += \
-                s.cache_write_tokens - s.cache_write_1h_tokens
-            r["cache_creation"]["ephemeral_1h_input_tokens"] += s.cache_write_1h_tokens
-            r["cache_read_input_tokens"] += s.cached_tokens
-            r["output_tokens"] += s.output_tokens
-        return list(results.values())
+                "context_window": None}
 
-    return _daily(records, drifts, "anthropic", query, now, results_of)
+    def add(r: Json, s: _Served) -> None:
+        r["uncached_input_tokens"] += s.input_tokens - s.cached_tokens - s.cache_write_tokens
+        r["cache_creation"]["ephemeral_5m_input_tokens"] += \
+            s.cache_write_tokens - s.cache_write_1h_tokens
+        r["cache_creation"]["ephemeral_1h_input_tokens"] += s.cache_write_1h_tokens
+        r["cache_read_input_tokens"] += s.cached_tokens
+        r["output_tokens"] += s.output_tokens
+
+    return _daily(records, drifts, "anthropic", query, now,
+                  lambda today: _usage_results(today, by_model, blank, add))
 
 
 def anthropic_costs(records: Iterable[Any], drifts: Sequence[Drift],
