@@ -21,7 +21,7 @@ import hmac
 import time
 from calendar import timegm
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import unquote
 
 import orjson
@@ -29,6 +29,7 @@ import orjson
 from tokenstile.providers import eventstream
 
 from ._fake_core import count_anthropic_input, first_int, last_user_text
+from ._fake_http import FakeHost, _Req
 from ._fake_wire import StreamParts, Turn, anthropic_message, anthropic_stream, anthropic_usage
 
 try:
@@ -38,8 +39,6 @@ try:
 except ImportError:  # pragma: no cover - the [bedrock] extra is not installed
     SigV4Auth = AWSRequest = Credentials = None
 
-if TYPE_CHECKING:
-    from .fake_upstream import FakeUpstream, _Req
 
 Json = dict[str, Any]
 
@@ -259,9 +258,9 @@ def invoke_stream(t: Turn) -> StreamParts:
 
 
 class BedrockRoutes:
-    """``POST /model/{modelId}/{action}`` of a ``FakeUpstream``."""
+    """``POST /model/{modelId}/{action}`` of a ``FakeHost``."""
 
-    def __init__(self, fake: FakeUpstream) -> None:
+    def __init__(self, fake: FakeHost) -> None:
         self.fake = fake
 
     async def handle(self, r: _Req) -> None:
