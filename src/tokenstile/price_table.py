@@ -1,6 +1,6 @@
 """The configured price table: ``prices:`` (versioned by ``effective_from``) and
-``price_adjustments:`` (negotiated discounts), turned into a ``Pricer``; and what
-``tokenstile prices show`` / ``prices diff`` print.
+``price_adjustments:`` (negotiated discounts), turned into a ``Pricer``; and the price
+versions ``tokenstile prices show`` prints.
 
 A price version applies from its ``effective_from`` (a date is midnight UTC) until the next
 version of the same entry; a call is priced at the version in force when it was made, and a
@@ -10,7 +10,6 @@ ledger row keeps the cost it was written with: a price change never reprices the
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -18,7 +17,6 @@ from typing import Any
 
 from tokenstile.config import Config, PriceConfig, effective_ts
 from tokenstile.prices import Adjustment, ModelPrice, Pricer, PriceVersions, parse_price_override
-from tokenstile.routed import routed_targets
 
 PRICE_FIELDS = ("input", "output", "cached_input", "cache_write", "reasoning", "per_request")
 
@@ -149,33 +147,6 @@ def genai_prices_version() -> str:
         return version("genai-prices")
     except PackageNotFoundError:  # pragma: no cover - a dependency
         return "?"
-
-
-@dataclass(frozen=True, slots=True)
-class PriceDiff:
-    model: str
-    provider: str | None
-    package: ModelPrice | None
-    configured: ModelPrice | None
-
-    @property
-    def status(self) -> str:
-        if self.configured is None:
-            return "unpriced"
-        if self.package is None:
-            return "config only"
-        return "same" if self.package == self.configured else "differs"
-
-
-def routed_prices(config: Config, at: float | None = None) -> Iterator[PriceDiff]:
-    """For every model the configuration routes (as ``tokenstile check`` finds them): its
-    price in the installed genai-prices package and its price under this configuration."""
-    pricer, package = pricer_from_config(config), Pricer()
-    when = pricer_clock_now() if at is None else at
-    for model, _, target in routed_targets(config):
-        yield PriceDiff(model, target.provider,
-                        package.genai_price(target.model, target.provider, when),
-                        pricer.price_for(target.model, target.provider, at=when))
 
 
 def pricer_clock_now() -> float:

@@ -19,7 +19,8 @@ from tokenstile.alerts.engine import AlertEngine
 from tokenstile.alerts.rules import Alert
 from tokenstile.clock import Clock
 from tokenstile.config import Config
-from tokenstile.price_table import fingerprint, genai_prices_version, routed_prices
+from tokenstile.price_table import fingerprint, genai_prices_version
+from tokenstile.routed import routed_prices
 from tokenstile.stores.counters import StoreUnavailable
 from tokenstile.stores.records import PriceRecord, RecordStore, record_store_from_url
 

@@ -19,8 +19,8 @@ from tokenstile.price_table import (
     price_summary,
     price_versions,
     pricer_from_config,
-    routed_prices,
 )
+from tokenstile.routed import routed_prices
 from tokenstile.tables import render_table
 
 

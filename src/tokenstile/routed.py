@@ -1,13 +1,18 @@
 """Which models a configuration sends somewhere, each with where it is named: what
-``tokenstile check`` looks for a price for, and what ``tokenstile prices diff`` compares."""
+``tokenstile check`` looks for a price for; and each one's price in the genai-prices package
+against its price under the configuration, which ``tokenstile prices diff`` prints and the
+price watch compares with the last prices it recorded."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from tokenstile.config import Config
 from tokenstile.errors import GatewayError
 from tokenstile.gateway.routing import Router, Target, is_pattern
+from tokenstile.price_table import pricer_clock_now, pricer_from_config
+from tokenstile.prices import ModelPrice, Pricer
 
 
 def routed_models(config: Config) -> Iterator[tuple[str, str]]:
@@ -56,3 +61,30 @@ def routed_targets(config: Config) -> Iterator[tuple[str, str, Target]]:
         except GatewayError:
             continue
         yield model, where, target
+
+
+@dataclass(frozen=True, slots=True)
+class PriceDiff:
+    model: str
+    provider: str | None
+    package: ModelPrice | None
+    configured: ModelPrice | None
+
+    @property
+    def status(self) -> str:
+        if self.configured is None:
+            return "unpriced"
+        if self.package is None:
+            return "config only"
+        return "same" if self.package == self.configured else "differs"
+
+
+def routed_prices(config: Config, at: float | None = None) -> Iterator[PriceDiff]:
+    """For every model the configuration routes (as ``tokenstile check`` finds them): its
+    price in the installed genai-prices package and its price under this configuration."""
+    pricer, package = pricer_from_config(config), Pricer()
+    when = pricer_clock_now() if at is None else at
+    for model, _, target in routed_targets(config):
+        yield PriceDiff(model, target.provider,
+                        package.genai_price(target.model, target.provider, when),
+                        pricer.price_for(target.model, target.provider, at=when))
