@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -17,7 +16,13 @@ import orjson
 
 from tokenstile import __version__
 from tokenstile.admin.remote import AdminClient, RemoteError
-from tokenstile.cli_options import config_option, json_option, load_or_exit, parse_since
+from tokenstile.cli_options import (
+    config_option,
+    duration_s,
+    json_option,
+    load_or_exit,
+    parse_since,
+)
 from tokenstile.config import Config
 from tokenstile.observability.logs import LOG_FORMATS
 from tokenstile.prices_cli import prices
@@ -243,10 +248,9 @@ def keys() -> None:
 def _parse_expiry(text: str | None) -> float | None:
     if text is None:
         return None
-    match = re.fullmatch(r"(\d+)([smhdw])", text.strip())
-    if match:
-        scale = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[match.group(2)]
-        return time.time() + int(match.group(1)) * scale
+    ahead = duration_s(text)
+    if ahead is not None:
+        return time.time() + ahead
     return parse_since(text, now=0.0)
 
 

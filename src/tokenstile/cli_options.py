@@ -37,13 +37,21 @@ def load_or_exit(config_path: str | None) -> Config:
         sys.exit(2)
 
 
+def duration_s(text: str) -> int | None:
+    """``90s``, ``30m``, ``12h``, ``7d``, ``2w`` in seconds; None when ``text`` is none of these."""
+    match = re.fullmatch(r"(\d+)([smhdw])", text.strip())
+    if not match:
+        return None
+    scale = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[match.group(2)]
+    return int(match.group(1)) * scale
+
+
 def parse_since(text: str, now: float | None = None) -> float:
     """``7d``, ``12h``, ``30m``, ``2w`` ago, or an ISO date/time (UTC unless it says)."""
     now = time.time() if now is None else now
-    match = re.fullmatch(r"(\d+)([smhdw])", text.strip())
-    if match:
-        scale = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[match.group(2)]
-        return now - int(match.group(1)) * scale
+    ago = duration_s(text)
+    if ago is not None:
+        return now - ago
     try:
         when = datetime.fromisoformat(text)
     except ValueError:
