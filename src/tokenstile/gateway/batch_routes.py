@@ -13,16 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from tokenstile.gateway import asgi
-from tokenstile.gateway.stored_routes import (
-    StoredObjectRoutes,
-    caller_of,
-    check_route,
-    json_or_none,
-    owned_entry,
-    read_answer,
-    relayed_headers,
-    upstream_of,
-)
+from tokenstile.gateway import stored_routes as stored
 from tokenstile.gateway.upstream import resource_url, upstream_headers
 
 if TYPE_CHECKING:
@@ -37,28 +28,29 @@ ACTIONS: dict[tuple[str, str], tuple[str, ...]] = {
 _KINDS = {"batches": ("batch",), "files": ("file", "output")}
 
 
-class BatchRoutes(StoredObjectRoutes):
+class BatchRoutes(stored.StoredObjectRoutes):
     async def _serve(self, rt: Runtime, scope: asgi.Scope, receive: asgi.Receive,
                      send: asgi.ResponseTracker, request_id: str) -> None:
         _, _, kind, *rest = scope["path"].rstrip("/").split("/")
         item_id = rest[0] if rest else ""
         action = "/".join(rest[1:])
-        method = check_route(scope, item_id, ACTIONS.get((kind, action)))
-        headers, caller, provider_key, _ = await caller_of(rt, scope, receive)
-        entry = await owned_entry(rt, item_id, caller, "batch" if kind == "batches" else "file",
-                                  "which batches and files belong to whom", _KINDS[kind])
-        config = upstream_of(rt, entry, repr(item_id))
+        method = stored.check_route(scope, item_id, ACTIONS.get((kind, action)))
+        headers, caller, provider_key, _ = await stored.caller_of(rt, scope, receive)
+        what = "batch" if kind == "batches" else "file"
+        entry = await stored.owned_entry(rt, item_id, caller, what,
+                                         "which batches and files belong to whom", _KINDS[kind])
+        config = stored.upstream_of(rt, entry, repr(item_id))
         query = scope.get("query_string", b"").decode("latin-1")
         resp = await rt.upstream.request(
             method, entry.upstream, config, resource_url(config, kind, item_id, action, query),
             upstream_headers(config, headers, provider_key), b"" if method == "POST" else None)
         try:
-            relayed, content_type = relayed_headers(resp)
-            payload = await read_answer(resp, entry.upstream)
+            relayed, content_type = stored.relayed_headers(resp)
+            payload = await stored.read_answer(resp, entry.upstream)
         finally:
             resp.release()
         if kind == "batches" and resp.status == 200:
-            parsed = json_or_none(payload)
+            parsed = stored.json_or_none(payload)
             if isinstance(parsed, dict):
                 await rt.background.observed(entry, parsed, provider_key)
                 for key in ("output_file_id", "error_file_id"):

@@ -16,17 +16,8 @@ import aiohttp
 
 from tokenstile.errors import GatewayError
 from tokenstile.gateway import asgi
+from tokenstile.gateway import stored_routes as stored
 from tokenstile.gateway.background import RUNNING, TERMINAL
-from tokenstile.gateway.stored_routes import (
-    StoredObjectRoutes,
-    caller_of,
-    check_route,
-    json_or_none,
-    owned_entry,
-    read_answer,
-    relayed_headers,
-    upstream_of,
-)
 from tokenstile.gateway.upstream import response_url, upstream_headers
 from tokenstile.providers.sse import EventSplitter, event_fields
 
@@ -42,15 +33,15 @@ _FINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "respons
                            "response.cancelled"})
 
 
-class ResponseRoutes(StoredObjectRoutes):
+class ResponseRoutes(stored.StoredObjectRoutes):
     async def _serve(self, rt: Runtime, scope: asgi.Scope, receive: asgi.Receive,
                      send: asgi.ResponseTracker, request_id: str) -> None:
         response_id, _, action = scope["path"].rstrip("/")[len(PREFIX):].partition("/")
-        method = check_route(scope, response_id, ACTIONS.get(action))
-        headers, caller, provider_key, body = await caller_of(rt, scope, receive)
-        entry = await owned_entry(rt, response_id, caller, "response",
-                                  "which responses belong to whom")
-        config = upstream_of(rt, entry, f"response {response_id!r}")
+        method = stored.check_route(scope, response_id, ACTIONS.get(action))
+        headers, caller, provider_key, body = await stored.caller_of(rt, scope, receive)
+        entry = await stored.owned_entry(rt, response_id, caller, "response",
+                                         "which responses belong to whom")
+        config = stored.upstream_of(rt, entry, f"response {response_id!r}")
         if method == "DELETE" and entry.state == "pending":
             await self._before_delete(rt, entry, config, headers, provider_key)
         query = scope.get("query_string", b"").decode("latin-1")
@@ -58,17 +49,17 @@ class ResponseRoutes(StoredObjectRoutes):
             method, entry.upstream, config, response_url(config, response_id, action, query),
             upstream_headers(config, headers, provider_key), body or None)
         try:
-            relayed, content_type = relayed_headers(resp)
+            relayed, content_type = stored.relayed_headers(resp)
             if "text/event-stream" in content_type:
                 final = await self._relay_stream(resp, receive, send, relayed, request_id)
                 if final is not None and action == "":
                     await rt.background.observed(entry, final, provider_key)
                 return
-            payload = await read_answer(resp, entry.upstream)
+            payload = await stored.read_answer(resp, entry.upstream)
         finally:
             resp.release()
         if resp.status == 200 and method != "DELETE" and action in ("", "cancel"):
-            await rt.background.observed(entry, json_or_none(payload), provider_key)
+            await rt.background.observed(entry, stored.json_or_none(payload), provider_key)
         await asgi.send_raw(send, resp.status, payload, content_type, relayed, request_id)
 
     @staticmethod
@@ -83,7 +74,7 @@ class ResponseRoutes(StoredObjectRoutes):
             payload = await resp.read() if resp.status == 200 else b""
         finally:
             resp.release()
-        current = json_or_none(payload) if payload else None
+        current = stored.json_or_none(payload) if payload else None
         if isinstance(current, dict) and current.get("status") in TERMINAL:
             await rt.background.observed(entry, current, provider_key)
         elif isinstance(current, dict) and current.get("status") in RUNNING:
@@ -109,7 +100,7 @@ class ResponseRoutes(StoredObjectRoutes):
                 for event in splitter.feed(chunk):
                     name, data = event_fields(event)
                     if name in _FINAL_EVENTS or b'"type":"response.' in data[:40]:
-                        payload = json_or_none(data)
+                        payload = stored.json_or_none(data)
                         if isinstance(payload, dict) and payload.get("type") in _FINAL_EVENTS \
                                 and isinstance(payload.get("response"), dict):
                             final = payload["response"]
