@@ -40,7 +40,8 @@ from tokenstile.app import TokenstileApp  # noqa: E402
 from tokenstile.config import parse_config  # noqa: E402
 from tokenstile.gateway.runtime import Runtime  # noqa: E402
 from tokenstile.stores import usage_sqlite  # noqa: E402
-from tokenstile.stores.db_sqlite import LEDGER_COLUMNS, SCHEMA, SqliteDatabase  # noqa: E402
+from tokenstile.stores.database import LEDGER_COLUMNS  # noqa: E402
+from tokenstile.stores.db_sqlite import SCHEMA, SqliteDatabase  # noqa: E402
 from tokenstile.stores.usage_plan import UsagePlan  # noqa: E402
 from tokenstile.testing.server_thread import RunningServer  # noqa: E402
 

@@ -30,7 +30,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from tokenstile.config import parse_config  # noqa: E402
 from tokenstile.reconcile.run import day_window, reconcile  # noqa: E402
-from tokenstile.stores.db_sqlite import LEDGER_COLUMNS, SCHEMA, SqliteDatabase  # noqa: E402
+from tokenstile.stores.database import LEDGER_COLUMNS  # noqa: E402
+from tokenstile.stores.db_sqlite import SCHEMA, SqliteDatabase  # noqa: E402
 from tokenstile.stores.records import record_store_from_url  # noqa: E402
 from tokenstile.testing.fake_upstream import FakeUpstream  # noqa: E402
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
+from tests.in_process import MakeInProcess, in_process_gateways
 from tokenstile.app import TokenstileApp
 from tokenstile.clock import Clock, SystemClock
 from tokenstile.config import Config, parse_config
@@ -81,6 +82,21 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def gateway_config(fake: FakeHandle, tmp_path: Path, index: int, extra: dict[str, Any], *,
+                anthropic: bool = False) -> dict[str, Any]:
+    """A test gateway's configuration: the fake as its OpenAI upstream (and, with
+    ``anthropic``, as its Anthropic one), memory counters, the ``index``-th SQLite database
+    under ``tmp_path``; ``extra`` merged over it."""
+    upstreams = {"openai": {"kind": "openai", "base_url": fake.v1, "api_key": UPSTREAM_KEY}}
+    if anthropic:
+        upstreams["anthropic"] = {"kind": "anthropic", "base_url": fake.url,
+                                  "api_key": UPSTREAM_KEY}
+    base = {"upstreams": upstreams,
+            "storage": {"counters": "memory://",
+                        "database": f"sqlite:///{tmp_path}/ts-{index}.db"}}
+    return deep_merge(base, extra)
+
+
 class Gateway:
     """A real gateway on a free port, its runtime reachable from the test thread."""
 
@@ -124,13 +140,7 @@ def make_gateway(fake: FakeHandle, tmp_path: Path) -> Iterator[Any]:
             gateway = Gateway(extra, clock=clock)
             started.append(gateway)
             return gateway
-        base = {
-            "upstreams": {"openai": {"kind": "openai", "base_url": fake.v1,
-                                     "api_key": UPSTREAM_KEY}},
-            "storage": {"counters": "memory://",
-                        "database": f"sqlite:///{tmp_path}/ts-{len(started)}.db"},
-        }
-        gateway = Gateway(deep_merge(base, extra or {}), clock=clock)
+        gateway = Gateway(gateway_config(fake, tmp_path, len(started), extra or {}), clock=clock)
         started.append(gateway)
         return gateway
 
@@ -142,3 +152,13 @@ def make_gateway(fake: FakeHandle, tmp_path: Path) -> Iterator[Any]:
 @pytest.fixture
 def gateway(make_gateway: Any) -> Any:
     return make_gateway()
+
+
+@pytest.fixture
+async def in_process(fake: FakeHandle, tmp_path: Path) -> AsyncIterator[MakeInProcess]:
+    """``await in_process(extra)``: a gateway in the test's own event loop, on a fake clock,
+    with the fake as its OpenAI and Anthropic upstreams."""
+    async with in_process_gateways(
+            lambda index, extra: gateway_config(fake, tmp_path, index, extra, anthropic=True)
+    ) as build:
+        yield build

@@ -588,12 +588,12 @@ def test_parse_price_override_with_every_key_and_service_tiers() -> None:
 
 def test_configured_prices_reach_the_pricer() -> None:
     from tokenstile.config import parse_config
-    from tokenstile.gateway.runtime import pricer_for
+    from tokenstile.price_table import pricer_from_config
 
     config = parse_config({"prices": {"corp-llm": {
         "input": 1, "output": 2, "cache_write_1h": 4, "web_search": 0.02,
         "service_tiers": {"flex": {"input": 0.5}}}}}, env={})
-    price = pricer_for(config).price_for("corp-llm")
+    price = pricer_from_config(config).price_for("corp-llm")
     assert price is not None
     assert (price.cache_write_1h, price.web_search) == (D(4), D("0.02"))
     assert price.for_tier("flex").input == D("0.5") and price.for_tier("flex").output == D(2)

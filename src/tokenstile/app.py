@@ -133,7 +133,8 @@ def _web_app(app: TokenstileApp) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         await rt.start()
-        await watch_prices(rt)  # a routed model whose price changed since last time: an alert
+        # a routed model whose price changed since last time: an alert
+        await watch_prices(rt.config, rt.clock, rt.alerts)
         admin_listener = await start_admin_listener(rt)
         try:
             yield

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -17,8 +16,17 @@ import orjson
 
 from tokenstile import __version__
 from tokenstile.admin.remote import AdminClient, RemoteError
-from tokenstile.config import Config, ConfigError, load_config
+from tokenstile.cli_options import (
+    config_option,
+    duration_s,
+    json_option,
+    load_or_exit,
+    parse_since,
+)
+from tokenstile.config import Config
 from tokenstile.observability.logs import LOG_FORMATS
+from tokenstile.prices_cli import prices
+from tokenstile.reconcile.cli import reconcile
 from tokenstile.stores.database import (
     Database,
     KeyRecord,
@@ -32,28 +40,6 @@ from tokenstile.stores.urls import redact_url
 from tokenstile.tables import format_usage_rows, render_table
 
 T = TypeVar("T")
-config_option = click.option(
-    "--config", "-c", "config_path", type=click.Path(dir_okay=False), default=None,
-    help="YAML configuration file (default: $TOKENSTILE_CONFIG, else built-in defaults).",
-)
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-
-
-
-def _load(config_path: str | None) -> Config:
-    chosen = config_path or os.environ.get("TOKENSTILE_CONFIG")
-    if chosen and not Path(chosen).is_file():
-        where = "" if config_path else " ($TOKENSTILE_CONFIG)"
-        click.echo(f"error: no configuration file at {chosen}{where}: check the path, or "
-                   "omit --config to start with the built-in defaults", err=True)
-        sys.exit(2)
-    try:
-        return load_config(config_path)
-    except ConfigError as err:
-        click.echo(f"error: {err.source}: the configuration is not valid", err=True)
-        for line in err.errors:
-            click.echo(f"  {line}", err=True)
-        sys.exit(2)
 
 
 def _with_db(config: Config, work: Callable[[Database], Awaitable[T]]) -> T:
@@ -99,23 +85,6 @@ def _api(client: AdminClient, method: str, path: str, body: dict[str, Any] | Non
         sys.exit(1)
 
 
-def parse_since(text: str, now: float | None = None) -> float:
-    """``7d``, ``12h``, ``30m``, ``2w`` ago, or an ISO date/time (UTC unless it says)."""
-    now = time.time() if now is None else now
-    match = re.fullmatch(r"(\d+)([smhdw])", text.strip())
-    if match:
-        scale = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[match.group(2)]
-        return now - int(match.group(1)) * scale
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise click.BadParameter(f"expected a duration like 7d or 12h, or an ISO date; "
-                                 f"got {text!r}") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return when.timestamp()
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", "-V", prog_name="tokenstile",
                       message="%(prog)s %(version)s")
@@ -139,7 +108,7 @@ def check(config_path: str | None, url: str | None, admin_key: str | None) -> No
     client = _remote(url, admin_key)
     config = None
     if client is None or config_path:
-        config = _load(config_path)
+        config = load_or_exit(config_path)
         source = config_path or os.environ.get("TOKENSTILE_CONFIG") or "<defaults>"
         upstreams = ", ".join(f"{name} ({u.kind} at {u.base_url})"
                               for name, u in config.upstreams.items())
@@ -191,7 +160,7 @@ def migrate(config_path: str | None, url: str | None) -> None:
     from tokenstile.stores.counters import StoreConfigError, StoreUnavailable
     from tokenstile.stores.spool import database_label
 
-    url = url or _load(config_path).storage.database
+    url = url or load_or_exit(config_path).storage.database
 
     async def run() -> str:
         db = database_from_url(url)
@@ -232,7 +201,7 @@ def serve(config_path: str | None, host: str | None, port: int | None,
     from tokenstile.preflight import PreflightError, check_port, check_stores
 
     configure(log_format)
-    config = _load(config_path)
+    config = load_or_exit(config_path)
     if config_path:
         os.environ["TOKENSTILE_CONFIG"] = str(Path(config_path).resolve())
     host = host or config.server.host
@@ -279,10 +248,9 @@ def keys() -> None:
 def _parse_expiry(text: str | None) -> float | None:
     if text is None:
         return None
-    match = re.fullmatch(r"(\d+)([smhdw])", text.strip())
-    if match:
-        scale = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[match.group(2)]
-        return time.time() + int(match.group(1)) * scale
+    ahead = duration_s(text)
+    if ahead is not None:
+        return time.time() + ahead
     return parse_since(text, now=0.0)
 
 
@@ -316,7 +284,7 @@ def keys_create(config_path: str | None, project: str, user: str | None,
             "passthrough": passthrough, "expires_at": _parse_expiry(expires)})
         shown, key_id, secret = created, created["id"], created["key"]
     else:
-        config = _load(config_path)
+        config = load_or_exit(config_path)
         secret = new_key_secret()
         record = KeyRecord(
             id=new_key_id(), hash=hash_key(secret), prefix=secret[:7], name=name,
@@ -351,7 +319,7 @@ def keys_list(config_path: str | None, include_revoked: bool, project: str | Non
         rows = _api(client, "GET", "/keys", state="all" if include_revoked else "active",
                     project=project)["data"]
     else:
-        config = _load(config_path)
+        config = load_or_exit(config_path)
         filters = {"project": project} if project else None
         records = _with_db(config, lambda db: db.list_keys(include_revoked, filters))
         now = time.time()
@@ -381,7 +349,7 @@ def keys_revoke(config_path: str | None, key_id: str, url: str | None,
     if client is not None:
         _api(client, "POST", f"/keys/{_path(key_id)}/revoke")
     else:
-        config = _load(config_path)
+        config = load_or_exit(config_path)
         record = _with_db(config, lambda db: db.update_key(key_id, revoked_at=time.time()))
         if record is None:
             click.echo(f"error: no key with id {key_id!r}", err=True)
@@ -401,7 +369,7 @@ def keys_rotate(config_path: str | None, key_id: str, url: str | None,
     if client is not None:
         secret = _api(client, "POST", f"/keys/{_path(key_id)}/rotate")["key"]
     else:
-        config = _load(config_path)
+        config = load_or_exit(config_path)
         secret = new_key_secret()
         record = _with_db(config, lambda db: db.update_key(key_id, hash=hash_key(secret),
                                                             prefix=secret[:7]))
@@ -446,7 +414,7 @@ def usage(config_path: str | None, group_by: str, since: str, until: str | None,
     else:
         from tokenstile.admin.usage import by_provider, ledger_groups, upstream_providers
 
-        config = _load(config_path)
+        config = load_or_exit(config_path)
         query = UsageQuery(since=start, until=end, group_by=ledger_groups(groups),
                            bucket=bucket, tz=config.server.timezone,
                            filters={"project": project} if project else {})
@@ -490,7 +458,7 @@ def flagged(config_path: str | None, policy: str | None, key_id: str | None,
         items = _api(client, "GET", "/flagged", policy=policy, key_id=key_id,
                      project=project, since=start, until=end, limit=limit)["data"]
     else:
-        config = _load(config_path)
+        config = load_or_exit(config_path)
         items = _with_db(config, lambda db: listing.flagged(
             db, limit, policy=policy, key_id=key_id, project=project, since=start,
             until=end))
@@ -519,7 +487,7 @@ def switch(state: str, scope: str, name: str, reason: str | None,
     if client is not None:
         _api(client, "PUT", f"/overrides/switch/{scope}/{_path(name)}", value)
     else:
-        config = _load(config_path)
+        config = load_or_exit(config_path)
         override = Override("switch", switch_target(scope, name), value, time.time(), "cli")
         _with_db(config, lambda db: db.set_override(override))
     click.echo(f"{scope} {name!r} switched {state}")
@@ -578,7 +546,7 @@ def budgets(config_path: str | None, ids: tuple[str, ...], as_json: bool, url: s
     if client is not None:
         rows = _api(client, "GET", "/budgets", id=list(ids))["data"]
     else:
-        rows = _local_budgets(_load(config_path), ids)
+        rows = _local_budgets(load_or_exit(config_path), ids)
     if as_json:
         click.echo(orjson.dumps(rows).decode())
         return
@@ -605,8 +573,9 @@ def demo(count: int, keep: bool) -> None:
 
 
 # Commands kept in modules of their own register themselves on ``main``.
-from tokenstile import prices_cli  # noqa: E402, F401
-from tokenstile.reconcile import cli as reconcile_cli  # noqa: E402, F401
+
+main.add_command(prices)
+main.add_command(reconcile)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -12,10 +12,10 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -272,6 +272,23 @@ class ReconcileConfig(_Strict):
     channels: list[str] = Field(default_factory=list)
 
 
+N = TypeVar("N", int, float)
+
+
+def _non_negative_values(value: dict[str, N], what: str) -> dict[str, N]:
+    """A per-model table of numbers, each at least 0 (``what`` names them in the error)."""
+    for model, number in value.items():
+        if number < 0:
+            raise ValueError(f"{model!r}: expected {what} >= 0, got {number}")
+    return value
+
+
+def _one_of(value: str, what: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; expected one of {', '.join(choices)}")
+    return value
+
+
 class HiddenInputConfig(_Strict):
     """Input a request brings that the gateway cannot count before the call
     (``previous_response_id``, ``conversation``, stored prompts, files by id or URL, MCP
@@ -285,10 +302,7 @@ class HiddenInputConfig(_Strict):
     @field_validator("max_tokens")
     @classmethod
     def _not_negative(cls, value: dict[str, int]) -> dict[str, int]:
-        for model, tokens in value.items():
-            if tokens < 0:
-                raise ValueError(f"{model!r}: expected a number of tokens >= 0, got {tokens}")
-        return value
+        return _non_negative_values(value, "a number of tokens")
 
 
 class HiddenReasoningConfig(_Strict):
@@ -304,10 +318,7 @@ class HiddenReasoningConfig(_Strict):
     @field_validator("tokens_per_s")
     @classmethod
     def _not_negative(cls, value: dict[str, float]) -> dict[str, float]:
-        for model, pace in value.items():
-            if pace < 0:
-                raise ValueError(f"{model!r}: expected tokens per second >= 0, got {pace}")
-        return value
+        return _non_negative_values(value, "tokens per second")
 
 
 class BackgroundResponsesConfig(_Strict):
@@ -396,16 +407,12 @@ class LimitConfig(_Strict):
     @field_validator("scope")
     @classmethod
     def _scope(cls, value: str) -> str:
-        if value not in SCOPES:
-            raise ValueError(f"unknown scope {value!r}; expected one of {', '.join(SCOPES)}")
-        return value
+        return _one_of(value, "scope", SCOPES)
 
     @field_validator("unit")
     @classmethod
     def _unit(cls, value: str) -> str:
-        if value not in UNITS:
-            raise ValueError(f"unknown unit {value!r}; expected one of {', '.join(UNITS)}")
-        return value
+        return _one_of(value, "unit", UNITS)
 
     @field_validator("window")
     @classmethod

@@ -215,6 +215,24 @@ class MediaAsk:
 
     # -- before the call -------------------------------------------------------------------
 
+    @property
+    def free(self) -> bool:
+        """Moderations (alone or as a batch) and file uploads cost nothing."""
+        return self.kind in ("moderation", "file") or (
+            self.batch is not None and self.batch.endpoint == "/v1/moderations")
+
+    def _unit_cost(self, units: UnitPrices, images: int, audio_ms: int,
+                   characters: int) -> int | None:
+        """The cost at the per-image, per-audio-hour or per-million-characters price this
+        kind of call is billed by, when the model has it; None when it has not."""
+        if self.kind == "image" and units.per_image is not None:
+            return _nano(_CTX.multiply(_per_image(units.per_image, self.options), images))
+        if self.kind == "transcription" and units.per_audio_hour is not None:
+            return _nano(_CTX.divide(_CTX.multiply(units.per_audio_hour, audio_ms), 3_600_000))
+        if self.kind == "speech" and units.per_million_chars is not None:
+            return _nano(_CTX.divide(_CTX.multiply(units.per_million_chars, characters), _MTOK))
+        return None
+
     def worst_case_nano(self, pricer: Pricer, model: str, provider: str | None,
                         input_tokens: int, output_tokens: int) -> int | None:
         """The most this call may cost (None: no price is known for ``model``).
@@ -223,8 +241,7 @@ class MediaAsk:
         cap; every input token is priced at the dearest input price the call may pay
         (text, image or audio), every output token at the dearest output price.
         """
-        if self.kind in ("moderation", "file") or (
-                self.batch is not None and self.batch.endpoint == "/v1/moderations"):
+        if self.free:
             return 0
         if self.kind == "batch":
             price = batch_price(pricer, model, provider)
@@ -234,15 +251,10 @@ class MediaAsk:
             flat = replace(price.at(self.batch.max_line_input), tiers=())
             return flat.estimate_nano(input_tokens, output_tokens)
         units = unit_prices(pricer, model, provider)
-        if self.kind == "image" and units.per_image is not None:
-            each = _per_image(units.per_image, self.options)
-            return _nano(_CTX.multiply(each, max(self.images, 1)))
-        if self.kind == "transcription" and units.per_audio_hour is not None:
-            whole = -(-self.audio_ms // 1000) * 1000  # billed by the second
-            return _nano(_CTX.divide(_CTX.multiply(units.per_audio_hour, whole), 3_600_000))
-        if self.kind == "speech" and units.per_million_chars is not None:
-            return _nano(_CTX.divide(_CTX.multiply(units.per_million_chars,
-                                                   self.characters), _MTOK))
+        whole_seconds_ms = -(-self.audio_ms // 1000) * 1000  # audio is billed by the second
+        by_unit = self._unit_cost(units, max(self.images, 1), whole_seconds_ms, self.characters)
+        if by_unit is not None:
+            return by_unit
         price = pricer.price_for(model, provider)
         if price is None:
             return None
@@ -258,22 +270,15 @@ class MediaAsk:
     def cost_nano(self, pricer: Pricer, model: str, provider: str | None,
                   usage: Usage) -> int | None:
         """What the call cost, from what its answer says it used (None: unpriced)."""
-        if self.kind in ("moderation", "file") or (
-                self.batch is not None and self.batch.endpoint == "/v1/moderations"):
+        if self.free:
             return 0
         if self.kind == "batch":
             price = batch_price(pricer, model, provider)
             return None if price is None else price.cost_nano(usage)
         units = unit_prices(pricer, model, provider)
-        if self.kind == "image" and units.per_image is not None:
-            each = _per_image(units.per_image, self.options)
-            return _nano(_CTX.multiply(each, usage.images))
-        if self.kind == "transcription" and units.per_audio_hour is not None:
-            return _nano(_CTX.divide(_CTX.multiply(units.per_audio_hour, usage.audio_ms),
-                                     3_600_000))
-        if self.kind == "speech" and units.per_million_chars is not None:
-            return _nano(_CTX.divide(_CTX.multiply(units.per_million_chars,
-                                                   usage.characters), _MTOK))
+        by_unit = self._unit_cost(units, usage.images, usage.audio_ms, usage.characters)
+        if by_unit is not None:
+            return by_unit
         price = pricer.price_for(model, provider)
         if price is None:
             return None

@@ -1,6 +1,6 @@
 """The configured price table: ``prices:`` (versioned by ``effective_from``) and
-``price_adjustments:`` (negotiated discounts), turned into a ``Pricer``; and what
-``tokenstile prices show`` / ``prices diff`` print.
+``price_adjustments:`` (negotiated discounts), turned into a ``Pricer``; and the price
+versions ``tokenstile prices show`` prints.
 
 A price version applies from its ``effective_from`` (a date is midnight UTC) until the next
 version of the same entry; a call is priced at the version in force when it was made, and a
@@ -10,7 +10,6 @@ ledger row keeps the cost it was written with: a price change never reprices the
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -148,45 +147,6 @@ def genai_prices_version() -> str:
         return version("genai-prices")
     except PackageNotFoundError:  # pragma: no cover - a dependency
         return "?"
-
-
-@dataclass(frozen=True, slots=True)
-class PriceDiff:
-    model: str
-    provider: str | None
-    package: ModelPrice | None
-    configured: ModelPrice | None
-
-    @property
-    def status(self) -> str:
-        if self.configured is None:
-            return "unpriced"
-        if self.package is None:
-            return "config only"
-        return "same" if self.package == self.configured else "differs"
-
-
-def routed_prices(config: Config, at: float | None = None) -> Iterator[PriceDiff]:
-    """For every model the configuration routes (as ``tokenstile check`` finds them): its
-    price in the installed genai-prices package and its price under this configuration."""
-    from tokenstile.errors import GatewayError
-    from tokenstile.gateway.routing import Router
-    from tokenstile.unpriced import routed_models
-
-    router, pricer, package = Router(config), pricer_from_config(config), Pricer()
-    when = pricer_clock_now() if at is None else at
-    seen: set[str] = set()
-    for model, _ in routed_models(config):
-        if model in seen or any(ch in model for ch in "*?["):
-            continue
-        seen.add(model)
-        try:
-            target = router.resolve(model)
-        except GatewayError:
-            continue
-        yield PriceDiff(model, target.provider,
-                        package.genai_price(target.model, target.provider, when),
-                        pricer.price_for(target.model, target.provider, at=when))
 
 
 def pricer_clock_now() -> float:

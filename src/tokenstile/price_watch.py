@@ -14,16 +14,15 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
+from tokenstile.alerts.engine import AlertEngine
 from tokenstile.alerts.rules import Alert
+from tokenstile.clock import Clock
 from tokenstile.config import Config
-from tokenstile.price_table import fingerprint, genai_prices_version, routed_prices
+from tokenstile.price_table import fingerprint, genai_prices_version
+from tokenstile.routed import routed_prices
 from tokenstile.stores.counters import StoreUnavailable
 from tokenstile.stores.records import PriceRecord, RecordStore, record_store_from_url
-
-if TYPE_CHECKING:
-    from tokenstile.gateway.runtime import Runtime
 
 log = logging.getLogger("tokenstile.prices")
 
@@ -68,27 +67,28 @@ async def check_prices(config: Config, store: RecordStore, now: float) -> list[A
     return alerts
 
 
-async def _check(rt: Runtime) -> list[Alert]:
-    store = record_store_from_url(rt.config.storage.database)
+async def _check(config: Config, now: float) -> list[Alert]:
+    store = record_store_from_url(config.storage.database)
     await store.open()
     try:
-        return await check_prices(rt.config, store, rt.clock.now())
+        return await check_prices(config, store, now)
     finally:
         await store.close()
 
 
-async def watch_prices(rt: Runtime, timeout_s: float = 5.0) -> int:
+async def watch_prices(config: Config, clock: Clock, alerts: AlertEngine,
+                       timeout_s: float = 5.0) -> int:
     """``check_prices`` for a running gateway, alerts through its engine. Never raises and
     never holds a start or a reload up for more than ``timeout_s`` (a database that is down
     is the outage handling's business, not this check's)."""
     try:
-        alerts = await asyncio.wait_for(_check(rt), timeout_s)
+        raised = await asyncio.wait_for(_check(config, clock.now()), timeout_s)
     except (StoreUnavailable, OSError, ValueError, TimeoutError) as exc:
         log.warning("routed models' prices not checked: %s", exc or type(exc).__name__)
         return 0
     except Exception:  # a bug here must not stop a gateway from starting
         log.exception("routed models' prices not checked")
         return 0
-    for alert in alerts:
-        rt.alerts.submit(alert)
-    return len(alerts)
+    for alert in raised:
+        alerts.submit(alert)
+    return len(raised)

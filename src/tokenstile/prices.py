@@ -23,6 +23,7 @@ from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation
 from typing import Any, Final
 
 from tokenstile.clock import SYSTEM_CLOCK, Clock
+from tokenstile.model_names import is_openai_model
 from tokenstile.types import NANO_PER_USD, PriceTerms, Usage
 
 __all__ = ["Adjustment", "ModelPrice", "PriceVersions", "Pricer", "parse_price_override",
@@ -218,28 +219,11 @@ def _to_nano(mtok_usd: Decimal, per_call_usd: Decimal) -> int:
 
 # --- genai-prices ----------------------------------------------------------------------------
 
-_O_SERIES = re.compile(r"o\d")
-_OPENAI_PREFIXES: Final = (
-    "gpt-",
-    "chatgpt-",
-    "text-embedding-",
-    "davinci",
-    "babbage",
-    "omni-moderation",
-    "text-moderation",
-    "whisper",
-    "tts-",
-    "dall-e",
-    "codex-",
-    "computer-use",
-)
-
-
 def _infer_provider(model: str) -> str | None:
     """genai-prices only matches some names to a provider by itself (not text-embedding-*)."""
     if "claude" in model:
         return "anthropic"
-    if model.startswith(_OPENAI_PREFIXES) or _O_SERIES.match(model):
+    if is_openai_model(model, media=True):
         return "openai"
     return None
 

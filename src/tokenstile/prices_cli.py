@@ -10,7 +10,7 @@ from typing import Any
 import click
 import orjson
 
-from tokenstile.cli import _load, config_option, json_option, main
+from tokenstile.cli_options import config_option, json_option, load_or_exit
 from tokenstile.errors import GatewayError
 from tokenstile.gateway.routing import Router
 from tokenstile.price_table import (
@@ -19,8 +19,8 @@ from tokenstile.price_table import (
     price_summary,
     price_versions,
     pricer_from_config,
-    routed_prices,
 )
+from tokenstile.routed import routed_prices
 from tokenstile.tables import render_table
 
 
@@ -32,7 +32,7 @@ def _json(value: Any) -> Any:
     return str(value) if isinstance(value, Decimal) else value
 
 
-@main.group()
+@click.group()
 def prices() -> None:
     """The price table: its versions, and the config's prices against genai-prices'."""
 
@@ -46,7 +46,7 @@ def prices() -> None:
 def show(config_path: str | None, model: str, provider: str | None, as_json: bool) -> None:
     """List every version of MODEL's price (USD per million tokens), with where each
     comes from and from when it applies."""
-    config = _load(config_path)
+    config = load_or_exit(config_path)
     sent = model
     if provider is None:
         try:
@@ -76,7 +76,7 @@ def show(config_path: str | None, model: str, provider: str | None, as_json: boo
 def diff(config_path: str | None, as_json: bool) -> None:
     """For every routed model, genai-prices' price (the installed package) against the
     price this configuration bills (overrides and adjustments applied)."""
-    config = _load(config_path)
+    config = load_or_exit(config_path)
     items = list(routed_prices(config))
     if as_json:
         click.echo(orjson.dumps([

@@ -33,6 +33,8 @@ from typing import Any, Final
 import orjson
 import tiktoken
 
+from tokenstile.model_names import is_openai_model
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -287,9 +289,6 @@ def load_tokenizer(model: str) -> None:
     _counter(_encoding_name(_base_model(model)))
 
 
-_O_SERIES = re.compile(r"o\d")
-
-
 def _base_model(model: object) -> str:
     """Lower-case model name without provider prefixes or fine-tune decorations."""
     m = model.strip().lower() if isinstance(model, str) else ""
@@ -300,20 +299,6 @@ def _base_model(model: object) -> str:
     return m
 
 
-def _is_openai(base: str) -> bool:
-    return base.startswith(
-        (
-            "gpt-",
-            "chatgpt-",
-            "text-embedding-",
-            "davinci",
-            "babbage",
-            "omni-moderation",
-            "text-moderation",
-            "codex-",
-            "computer-use",
-        )
-    ) or bool(_O_SERIES.match(base))
 
 
 def _encoding_name(base: str) -> str:
@@ -388,7 +373,7 @@ def is_estimate(model: str) -> bool:
 
     Images, audio, files and tool definitions are estimates for every model.
     """
-    return not _is_openai(_base_model(model))
+    return not is_openai_model(_base_model(model))
 
 
 # --- Counting machinery ------------------------------------------------------------------

@@ -6,14 +6,13 @@ refuses it, so an operator wants to hear about it before the first call, not aft
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from tokenstile.config import Config
-from tokenstile.errors import GatewayError
-from tokenstile.gateway.routing import Router, Target
-from tokenstile.gateway.runtime import pricer_for
+from tokenstile.gateway.routing import Target
 from tokenstile.media import priced_apart
+from tokenstile.price_table import pricer_from_config
+from tokenstile.routed import routed_targets
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,57 +30,10 @@ class Unpriced:
                 "price under 'prices:'")
 
 
-def _is_pattern(name: str) -> bool:
-    return any(ch in name for ch in "*?[")
-
-
-def routed_models(config: Config) -> Iterator[tuple[str, str]]:
-    """(model, where it is named) for every model the configuration sends somewhere: exact
-    route names, renames, and the models named by fallbacks, downgrades, summaries,
-    features and model limits, which the zero-config default routes when no route does."""
-    for i, route in enumerate(config.routes):
-        if not _is_pattern(route.match):
-            yield route.match, f"routes[{i}]"
-        elif route.model:
-            yield route.model, f"routes[{i}].model"
-    for model, chain in config.resilience.fallbacks.items():
-        for name in (model, *chain):
-            yield name, f"resilience.fallbacks.{model}"
-    for model, cheaper in config.degradation.downgrade.items():
-        yield model, f"degradation.downgrade.{model}"
-        yield cheaper, f"degradation.downgrade.{model}"
-    if config.degradation.summarize_model:
-        yield config.degradation.summarize_model, "degradation.summarize_model"
-    for name, feature in config.features.items():
-        if feature.model:
-            yield feature.model, f"features.{name}.model"
-    for i, limit in enumerate(config.limits):
-        for j, threshold in enumerate(limit.thresholds or ()):
-            if threshold.downgrade_to:
-                yield threshold.downgrade_to, f"limits[{i}].thresholds[{j}].downgrade_to"
-        if limit.scope == "model":
-            for name in [limit.match] if isinstance(limit.match, str) else limit.match:
-                yield name, f"limits[{i}].match"
-    for i, threshold in enumerate(config.alerts):
-        if threshold.downgrade_to:
-            yield threshold.downgrade_to, f"alerts[{i}].downgrade_to"
-
-
 def unpriced_models(config: Config) -> list[Unpriced]:
     """The routed models (see ``routed_models``) with no price at the provider that serves
     them, each once (where it is first named)."""
-    router, pricer = Router(config), pricer_for(config)
-    seen: set[str] = set()
-    out: list[Unpriced] = []
-    for model, where in routed_models(config):
-        if model in seen or _is_pattern(model):
-            continue
-        seen.add(model)
-        try:
-            target = router.resolve(model)
-        except GatewayError:
-            continue  # no upstream serves it: not a pricing question
-        if not pricer.known(target.model, target.provider) and \
-                not priced_apart(pricer, target.model, target.provider):
-            out.append(Unpriced(model, target, where))
-    return out
+    pricer = pricer_from_config(config)
+    return [Unpriced(model, target, where) for model, where, target in routed_targets(config)
+            if not pricer.known(target.model, target.provider)
+            and not priced_apart(pricer, target.model, target.provider)]

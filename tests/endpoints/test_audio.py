@@ -36,9 +36,9 @@ def test_audio_lengths_are_read_from_wav_and_mp3_headers_else_bounded_by_size() 
     assert audio_ms(bytes(short))[0] == 1000
 
 
-async def test_whisper_is_billed_by_the_seconds_it_reports(make: Any,
+async def test_whisper_is_billed_by_the_seconds_it_reports(in_process: Any,
                                                            fake: FakeHandle) -> None:
-    gw = await make({})
+    gw = await in_process({})
     client = gw.openai(await gw.key())
     answer = await client.audio.transcriptions.create(
         model="whisper-1", file=("talk.wav", wav(3.4), "audio/wav"), prompt="names: Ada")
@@ -51,8 +51,8 @@ async def test_whisper_is_billed_by_the_seconds_it_reports(make: Any,
     assert row.cost_nano == 3 * WHISPER_PER_S and not row.estimated
 
 
-async def test_whisper_text_answers_are_billed_from_the_wav_header(make: Any) -> None:
-    gw = await make({})
+async def test_whisper_text_answers_are_billed_from_the_wav_header(in_process: Any) -> None:
+    gw = await in_process({})
     client = gw.openai(await gw.key())
     text = await client.audio.transcriptions.create(
         model="whisper-1", file=("talk.wav", wav(7.6), "audio/wav"), response_format="text")
@@ -62,8 +62,8 @@ async def test_whisper_text_answers_are_billed_from_the_wav_header(make: Any) ->
     assert row.cost_nano == 8 * WHISPER_PER_S
 
 
-async def test_gpt_4o_transcribe_is_billed_by_its_token_usage(make: Any) -> None:
-    gw = await make({})
+async def test_gpt_4o_transcribe_is_billed_by_its_token_usage(in_process: Any) -> None:
+    gw = await in_process({})
     client = gw.openai(await gw.key())
     answer = await client.audio.transcriptions.create(
         model="gpt-4o-transcribe", file=("talk.wav", wav(12), "audio/wav"))
@@ -79,8 +79,8 @@ async def test_gpt_4o_transcribe_is_billed_by_its_token_usage(make: Any) -> None
 
 
 async def test_audio_of_unknown_length_reserves_the_longest_it_could_be(
-        make: Any, fake: FakeHandle) -> None:
-    gw = await make(spend(0.01))
+        in_process: Any, fake: FakeHandle) -> None:
+    gw = await in_process(spend(0.01))
     client = gw.openai(await gw.key())
     # 100 kB of Ogg could last 133 s at 6 kbit/s: $0.0134 of whisper, past the budget.
     with pytest.raises(openai.RateLimitError):
@@ -95,9 +95,9 @@ async def test_audio_of_unknown_length_reserves_the_longest_it_could_be(
     assert rows[1].cost_nano == 90 * WHISPER_PER_S
 
 
-async def test_tts_is_billed_per_character_with_the_audio_relayed(make: Any,
+async def test_tts_is_billed_per_character_with_the_audio_relayed(in_process: Any,
                                                                   fake: FakeHandle) -> None:
-    gw = await make({})
+    gw = await in_process({})
     client = gw.openai(await gw.key())
     text = "Hello there, this is a test of the speech endpoint. " * 4
     speech = await client.audio.speech.create(model="tts-1-hd", voice="alloy", input=text)
@@ -110,8 +110,8 @@ async def test_tts_is_billed_per_character_with_the_audio_relayed(make: Any,
     assert row.cost_nano == len(text) * 30_000 and not row.estimated  # $30 per M chars
 
 
-async def test_gpt_4o_mini_tts_is_estimated_from_the_audio_it_returned(make: Any) -> None:
-    gw = await make({})
+async def test_gpt_4o_mini_tts_is_estimated_from_the_audio_it_returned(in_process: Any) -> None:
+    gw = await in_process({})
     client = gw.openai(await gw.key())
     text = "x" * 150  # ten seconds at the fake's 15 characters a second
     speech = await client.audio.speech.create(model="gpt-4o-mini-tts", voice="alloy",
@@ -123,8 +123,8 @@ async def test_gpt_4o_mini_tts_is_estimated_from_the_audio_it_returned(make: Any
 
 
 async def test_speech_past_the_budget_is_refused_before_it_is_sent(
-        make: Any, fake: FakeHandle) -> None:
-    gw = await make(spend(0.01))
+        in_process: Any, fake: FakeHandle) -> None:
+    gw = await in_process(spend(0.01))
     client = gw.openai(await gw.key())
     with pytest.raises(openai.RateLimitError):  # 1,000 characters of tts-1-hd: $0.03
         await client.audio.speech.create(model="tts-1-hd", voice="alloy", input="y" * 1000)

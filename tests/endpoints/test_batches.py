@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from tests.conftest import FakeHandle
-from tests.gateway.test_in_process import InProcess
+from tests.in_process import InProcess
 from tokenstile.clock import FakeClock
 from tokenstile.gateway.runtime import Runtime
 from tokenstile.types import LedgerRow
@@ -59,8 +59,8 @@ def batch_rows(rows: list[LedgerRow]) -> list[LedgerRow]:
 
 
 async def test_a_batch_is_reserved_on_submit_and_billed_from_its_output(
-        make: Any, fake: FakeHandle) -> None:
-    gw = await make(spend(1.0))
+        in_process: Any, fake: FakeHandle) -> None:
+    gw = await in_process(spend(1.0))
     client = gw.openai(await gw.key())
     batch = await submit(gw, client)
     assert batch.status == "validating"
@@ -94,8 +94,9 @@ async def test_a_batch_is_reserved_on_submit_and_billed_from_its_output(
     assert len(batch_rows(await gw.rows())) == 1
 
 
-async def test_the_poller_bills_a_batch_nobody_asks_about(make: Any, fake: FakeHandle) -> None:
-    gw = await make(FAST)
+async def test_the_poller_bills_a_batch_nobody_asks_about(in_process: Any,
+                                                         fake: FakeHandle) -> None:
+    gw = await in_process(FAST)
     client = gw.openai(await gw.key())
     batch = await submit(gw, client)
     records = fake.fake.finish_batch(batch.id, status="cancelled", lines=2)
@@ -106,10 +107,10 @@ async def test_the_poller_bills_a_batch_nobody_asks_about(make: Any, fake: FakeH
     assert row.detail["batch"]["answered"] == 2 and row.cost_nano == line_cost(records)
 
 
-async def test_a_batch_whose_worst_case_does_not_fit_is_refused(make: Any,
+async def test_a_batch_whose_worst_case_does_not_fit_is_refused(in_process: Any,
                                                                 fake: FakeHandle) -> None:
     # 50 + 50 + 64 tokens out: $0.00005 at the discount
-    gw = await make({**spend(0.0001), "server": {"default_output_tokens": 64}})
+    gw = await in_process({**spend(0.0001), "server": {"default_output_tokens": 64}})
     client = gw.openai(await gw.key())
     big = jsonl(*(chat_line(n, "hi", max_tokens=4000) for n in range(3)))
     with pytest.raises(openai.RateLimitError):  # 12,000 tokens out: $0.0036
@@ -122,8 +123,8 @@ async def test_a_batch_whose_worst_case_does_not_fit_is_refused(make: Any,
 
 
 async def test_a_failed_batch_costs_nothing_and_a_lost_one_its_estimate(
-        make: Any, fake: FakeHandle) -> None:
-    gw = await make(FAST)
+        in_process: Any, fake: FakeHandle) -> None:
+    gw = await in_process(FAST)
     client = gw.openai(await gw.key())
     failed = await submit(gw, client)
     fake.fake.finish_batch(failed.id, status="failed")
@@ -141,8 +142,8 @@ async def test_a_failed_batch_costs_nothing_and_a_lost_one_its_estimate(
 
 
 async def test_batches_and_files_belong_to_the_project_that_made_them(
-        make: Any, fake: FakeHandle) -> None:
-    gw = await make({})
+        in_process: Any, fake: FakeHandle) -> None:
+    gw = await in_process({})
     mine = gw.openai(await gw.key(project="mine"))
     theirs = gw.openai(await gw.key(project="theirs"))
     batch = await submit(gw, mine)
@@ -157,8 +158,8 @@ async def test_batches_and_files_belong_to_the_project_that_made_them(
     assert (await mine.batches.cancel(batch.id)).status == "cancelling"
 
 
-async def test_batch_files_are_checked_line_by_line(make: Any, fake: FakeHandle) -> None:
-    gw = await make({})
+async def test_batch_files_are_checked_line_by_line(in_process: Any, fake: FakeHandle) -> None:
+    gw = await in_process({})
     client = gw.openai(await gw.key())
     mixed = jsonl(chat_line(1, "a"), {**chat_line(2, "b"), "body": {
         "model": "gpt-4o", "messages": [{"role": "user", "content": "b"}]}})
@@ -172,8 +173,8 @@ async def test_batch_files_are_checked_line_by_line(make: Any, fake: FakeHandle)
 
 
 async def test_a_restarted_gateway_bills_the_batch_its_predecessor_left(
-        make: Any, fake: FakeHandle) -> None:
-    gw = await make(FAST)
+        in_process: Any, fake: FakeHandle) -> None:
+    gw = await in_process(FAST)
     client = gw.openai(await gw.key())
     batch = await submit(gw, client)
     config = gw.runtime.config

@@ -22,9 +22,9 @@ def spend(amount: float) -> dict[str, Any]:
                         "amount": amount}]}
 
 
-async def test_moderations_are_free_but_counted_against_requests(make: Any,
+async def test_moderations_are_free_but_counted_against_requests(in_process: Any,
                                                                  fake: FakeHandle) -> None:
-    gw = await make({"limits": [
+    gw = await in_process({"limits": [
         {"name": "calls", "scope": "project", "unit": "requests", "window": "day",
          "amount": 2},
         {"name": "spend", "scope": "project", "unit": "usd", "window": "day",
@@ -43,8 +43,8 @@ async def test_moderations_are_free_but_counted_against_requests(make: Any,
     assert len(fake.fake.tally.records) == 2  # the refused one never left
 
 
-async def test_dall_e_images_are_priced_per_image_by_quality_and_size(make: Any) -> None:
-    gw = await make({})
+async def test_dall_e_images_are_priced_per_image_by_quality_and_size(in_process: Any) -> None:
+    gw = await in_process({})
     client = gw.openai(await gw.key())
     wide = await client.images.generate(model="dall-e-3", prompt="a lighthouse at dusk",
                                         size="1792x1024", quality="hd")
@@ -64,9 +64,9 @@ async def test_dall_e_images_are_priced_per_image_by_quality_and_size(make: Any)
     assert 'model="dall-e-3"' in gw.runtime.metrics.render().decode()
 
 
-async def test_gpt_image_is_priced_by_the_tokens_it_reports(make: Any,
+async def test_gpt_image_is_priced_by_the_tokens_it_reports(in_process: Any,
                                                             fake: FakeHandle) -> None:
-    gw = await make({})
+    gw = await in_process({})
     client = gw.openai(await gw.key())
     answer = await client.images.generate(model="gpt-image-1", prompt="a red bicycle", n=2,
                                           quality="low", size="1024x1536")
@@ -80,9 +80,9 @@ async def test_gpt_image_is_priced_by_the_tokens_it_reports(make: Any,
     assert fake.fake.tally.last is not None and fake.fake.tally.last.units == {"images": 2}
 
 
-async def test_an_image_edit_is_a_form_with_its_images_forwarded(make: Any,
+async def test_an_image_edit_is_a_form_with_its_images_forwarded(in_process: Any,
                                                                  fake: FakeHandle) -> None:
-    gw = await make({})
+    gw = await in_process({})
     client = gw.openai(await gw.key())
     answer = await client.images.edit(
         model="gpt-image-1", prompt="add a hat", quality="medium", size="1024x1024",
@@ -105,8 +105,8 @@ async def test_an_image_edit_is_a_form_with_its_images_forwarded(make: Any,
 
 
 async def test_the_worst_case_of_the_images_asked_is_refused_before_sending(
-        make: Any, fake: FakeHandle) -> None:
-    gw = await make(spend(0.10))
+        in_process: Any, fake: FakeHandle) -> None:
+    gw = await in_process(spend(0.10))
     client = gw.openai(await gw.key())
     with pytest.raises(openai.RateLimitError):  # one hd 1792x1024 image is $0.12
         await client.images.generate(model="dall-e-3", prompt="x", size="1792x1024",
@@ -120,8 +120,8 @@ async def test_the_worst_case_of_the_images_asked_is_refused_before_sending(
     assert rows[0].block_reason == "budget:spend"
 
 
-async def test_image_prompts_go_through_the_word_lists(make: Any, fake: FakeHandle) -> None:
-    gw = await make({"policies": {"wordlists": {"secret": ["forbidden"]},
+async def test_image_prompts_go_through_the_word_lists(in_process: Any, fake: FakeHandle) -> None:
+    gw = await in_process({"policies": {"wordlists": {"secret": ["forbidden"]},
                                   "request_wordlists": "secret:block"}})
     client = gw.openai(await gw.key())
     with pytest.raises(openai.UnprocessableEntityError):
@@ -130,9 +130,9 @@ async def test_image_prompts_go_through_the_word_lists(make: Any, fake: FakeHand
 
 
 
-async def test_a_per_request_output_limit_refuses_what_it_cannot_cap(make: Any,
+async def test_a_per_request_output_limit_refuses_what_it_cannot_cap(in_process: Any,
                                                                     fake: FakeHandle) -> None:
-    gw = await make({"limits": [{"name": "small", "scope": "project", "unit": "output_tokens",
+    gw = await in_process({"limits": [{"name": "small", "scope": "project", "unit": "output_tokens",
                                  "window": "request", "amount": 1000}]})
     client = gw.openai(await gw.key())
     with pytest.raises(openai.UnprocessableEntityError) as refused:  # high: 4,160 tokens
@@ -144,8 +144,8 @@ async def test_a_per_request_output_limit_refuses_what_it_cannot_cap(make: Any,
     assert "max_tokens" not in fake.fake.tally.records[-1].body  # nothing written into it
 
 
-async def test_an_image_call_that_times_out_is_charged_its_worst_case(make: Any) -> None:
-    gw = await make({"resilience": {"first_byte_timeout_s": 0.2, "retries": 0}})
+async def test_an_image_call_that_times_out_is_charged_its_worst_case(in_process: Any) -> None:
+    gw = await in_process({"resilience": {"first_byte_timeout_s": 0.2, "retries": 0}})
     client = gw.openai(await gw.key())
     with pytest.raises(openai.APIStatusError):
         await client.images.generate(model="dall-e-3", prompt="slow [[fake:delay_ms=2000]]")

@@ -14,8 +14,8 @@ from tests.conftest import FakeHandle
 from tests.endpoints.conftest import wav
 
 
-async def test_a_streamed_image_is_billed_from_its_completed_event(make: Any) -> None:
-    gw = await make({})
+async def test_a_streamed_image_is_billed_from_its_completed_event(in_process: Any) -> None:
+    gw = await in_process({})
     client = gw.openai(await gw.key())
     stream = await client.images.generate(model="gpt-image-1", prompt="a kite", stream=True,
                                           partial_images=2, quality="low", size="1024x1024")
@@ -27,8 +27,8 @@ async def test_a_streamed_image_is_billed_from_its_completed_event(make: Any) ->
     assert row.cost_nano == row.input_tokens * 5_000 + row.output_tokens * 40_000
 
 
-async def test_a_streamed_transcription_is_billed_from_its_done_event(make: Any) -> None:
-    gw = await make({})
+async def test_a_streamed_transcription_is_billed_from_its_done_event(in_process: Any) -> None:
+    gw = await in_process({})
     client = gw.openai(await gw.key())
     stream = await client.audio.transcriptions.create(
         model="gpt-4o-mini-transcribe", file=("a.wav", wav(6), "audio/wav"), stream=True)
@@ -43,8 +43,8 @@ async def test_a_streamed_transcription_is_billed_from_its_done_event(make: Any)
     assert row.cost_nano == 100 * 3_000 + row.output_tokens * 5_000
 
 
-async def test_streamed_speech_is_billed_from_its_usage(make: Any) -> None:
-    gw = await make({})
+async def test_streamed_speech_is_billed_from_its_usage(in_process: Any) -> None:
+    gw = await in_process({})
     client = gw.openai(await gw.key())
     speech = await client.audio.speech.create(model="gpt-4o-mini-tts", voice="alloy",
                                               input="y" * 300, stream_format="sse")
@@ -61,8 +61,8 @@ async def test_streamed_speech_is_billed_from_its_usage(make: Any) -> None:
 
 
 async def test_a_stream_cut_before_its_usage_is_billed_at_the_worst_case(
-        make: Any, fake: FakeHandle) -> None:
-    gw = await make({})
+        in_process: Any, fake: FakeHandle) -> None:
+    gw = await in_process({})
     client = gw.openai(await gw.key())
     with pytest.raises(openai.APIError):
         stream = await client.images.generate(

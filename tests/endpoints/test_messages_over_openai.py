@@ -25,8 +25,8 @@ def price(row: Any) -> int:
     return (row.input_tokens - cached) * 150 + cached * 75 + row.output_tokens * 600
 
 
-async def test_a_message_is_translated_to_chat_and_back(make: Any, fake: FakeHandle) -> None:
-    gw = await make({})
+async def test_a_message_is_translated_to_chat_and_back(in_process: Any, fake: FakeHandle) -> None:
+    gw = await in_process({})
     client = gw.anthropic(await gw.key())
     message = await client.messages.create(
         model=MODEL, max_tokens=7, system="You are terse.", metadata={"user_id": "eu-1"},
@@ -49,8 +49,8 @@ async def test_a_message_is_translated_to_chat_and_back(make: Any, fake: FakeHan
     assert row.end_user == "eu-1" and not row.estimated and row.cost_nano == price(row)
 
 
-async def test_a_stream_is_translated_event_by_event(make: Any, fake: FakeHandle) -> None:
-    gw = await make({})
+async def test_a_stream_is_translated_event_by_event(in_process: Any, fake: FakeHandle) -> None:
+    gw = await in_process({})
     client = gw.anthropic(await gw.key())
     async with client.messages.stream(
             model=MODEL, max_tokens=50,
@@ -70,8 +70,8 @@ async def test_a_stream_is_translated_event_by_event(make: Any, fake: FakeHandle
     assert row.cost_nano == price(row)
 
 
-async def test_tool_calls_and_their_results_go_both_ways(make: Any, fake: FakeHandle) -> None:
-    gw = await make({})
+async def test_tool_calls_and_their_results_go_both_ways(in_process: Any, fake: FakeHandle) -> None:
+    gw = await in_process({})
     client = gw.anthropic(await gw.key())
     ask: Any = {"role": "user", "content": "Weather in Paris? [[fake:tool_call=get_weather]]"}
     first = await client.messages.create(model=MODEL, max_tokens=100, tools=WEATHER,
@@ -99,8 +99,8 @@ async def test_tool_calls_and_their_results_go_both_ways(make: Any, fake: FakeHa
     assert [r.outcome for r in rows] == ["ok", "ok"] and all(r.cost_nano for r in rows)
 
 
-async def test_a_streamed_tool_call_arrives_as_input_json(make: Any) -> None:
-    gw = await make({})
+async def test_a_streamed_tool_call_arrives_as_input_json(in_process: Any) -> None:
+    gw = await in_process({})
     client = gw.anthropic(await gw.key())
     async with client.messages.stream(
             model=MODEL, max_tokens=100, tools=WEATHER,
@@ -112,9 +112,9 @@ async def test_a_streamed_tool_call_arrives_as_input_json(make: Any) -> None:
     assert final.stop_reason == "tool_use"
 
 
-async def test_upstream_errors_and_refusals_are_anthropic_shaped(make: Any,
+async def test_upstream_errors_and_refusals_are_anthropic_shaped(in_process: Any,
                                                                  fake: FakeHandle) -> None:
-    gw = await make({"limits": [{"name": "spend", "scope": "project", "unit": "usd",
+    gw = await in_process({"limits": [{"name": "spend", "scope": "project", "unit": "usd",
                                  "window": "day", "amount": 0.0001}]})
     client = gw.anthropic(await gw.key())
     with pytest.raises(anthropic.InternalServerError) as failed:

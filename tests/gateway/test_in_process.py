@@ -1,87 +1,20 @@
-"""The request path in process: the official SDKs talk to the ASGI app through httpx's
-ASGI transport (no server, no port), on a fake clock that the tests move by hand."""
+"""The request path in process (``tests/in_process.py``): the official SDKs talk to the ASGI
+app through httpx's ASGI transport, on a fake clock that the tests move by hand."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
-import anthropic
 import httpx2 as httpx
 import openai
 import pytest
-
-from tests.conftest import UPSTREAM_KEY, FakeHandle, deep_merge
-from tokenstile.app import TokenstileApp
-from tokenstile.clock import FakeClock
-from tokenstile.config import parse_config
-from tokenstile.gateway.runtime import Runtime
-from tokenstile.stores.database import KeyRecord, hash_key, new_key_id, new_key_secret
-from tokenstile.types import LedgerRow
 
 HI = [{"role": "user", "content": "hello"}]
 DAY = 86_400.0
 
 
-class InProcess:
-    """A runtime and its app in the test's own event loop."""
-
-    def __init__(self, runtime: Runtime, clock: FakeClock) -> None:
-        self.runtime = runtime
-        self.clock = clock
-        self.app = TokenstileApp(runtime)
-        self.transport = httpx.ASGITransport(app=self.app)
-
-    async def key(self, project: str = "demo", user: str = "alice") -> str:
-        secret = new_key_secret()
-        await self.runtime.db.create_key(KeyRecord(
-            id=new_key_id(), hash=hash_key(secret), prefix=secret[:7],
-            organization="default", project=project, user=user, created_at=0.0))
-        return secret
-
-    def openai(self, key: str) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(base_url="http://gateway/v1", api_key=key, max_retries=0,
-                                  http_client=httpx.AsyncClient(transport=self.transport))
-
-    def anthropic(self, key: str) -> anthropic.AsyncAnthropic:
-        return anthropic.AsyncAnthropic(
-            base_url="http://gateway", api_key=key, max_retries=0,
-            http_client=httpx.AsyncClient(transport=self.transport))
-
-    async def rows(self) -> list[LedgerRow]:
-        await self.runtime.ledger.flush()
-        return list(reversed(await self.runtime.db.ledger_rows(limit=1000)))
-
-
-@pytest.fixture
-async def make(fake: FakeHandle, tmp_path: Path
-               ) -> AsyncIterator[Callable[[dict[str, Any]], Awaitable[InProcess]]]:
-    started: list[Runtime] = []
-
-    async def build(extra: dict[str, Any]) -> InProcess:
-        base = {
-            "upstreams": {"openai": {"kind": "openai", "base_url": fake.v1,
-                                     "api_key": UPSTREAM_KEY},
-                          "anthropic": {"kind": "anthropic", "base_url": fake.url,
-                                        "api_key": UPSTREAM_KEY}},
-            "storage": {"counters": "memory://",
-                        "database": f"sqlite:///{tmp_path}/ts-{len(started)}.db"},
-        }
-        clock = FakeClock()
-        runtime = Runtime.build(parse_config(deep_merge(base, extra), "<test>", env={}),
-                                clock=clock)
-        await runtime.start()
-        started.append(runtime)
-        return InProcess(runtime, clock)
-
-    yield build
-    for runtime in started:
-        await runtime.stop()
-
-
-async def test_a_call_is_billed_what_the_upstream_reported(make: Any) -> None:
-    gw = await make({})
+async def test_a_call_is_billed_what_the_upstream_reported(in_process: Any) -> None:
+    gw = await in_process({})
     client = gw.openai(await gw.key())
     answer = await client.chat.completions.create(model="gpt-4o-mini", messages=HI,
                                                   max_tokens=20)
@@ -94,8 +27,8 @@ async def test_a_call_is_billed_what_the_upstream_reported(make: Any) -> None:
     assert row.ts == gw.clock.now()  # stamped by the injected clock
 
 
-async def test_a_daily_budget_refuses_then_resets_when_the_clock_moves(make: Any) -> None:
-    gw = await make({"limits": [{"name": "daily", "scope": "project", "unit": "tokens",
+async def test_a_daily_budget_refuses_then_resets_when_the_clock_moves(in_process: Any) -> None:
+    gw = await in_process({"limits": [{"name": "daily", "scope": "project", "unit": "tokens",
                                  "window": "day", "amount": 200}]})
     client = gw.openai(await gw.key())
     await client.chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=100)
@@ -111,8 +44,8 @@ async def test_a_daily_budget_refuses_then_resets_when_the_clock_moves(make: Any
     assert rows[1].block_reason == "budget:daily"
 
 
-async def test_a_stream_is_relayed_and_counted(make: Any) -> None:
-    gw = await make({})
+async def test_a_stream_is_relayed_and_counted(in_process: Any) -> None:
+    gw = await in_process({})
     client = gw.openai(await gw.key())
     stream = await client.chat.completions.create(
         model="gpt-4o-mini", messages=HI, max_tokens=20, stream=True,
@@ -127,8 +60,8 @@ async def test_a_stream_is_relayed_and_counted(make: Any) -> None:
     assert row.streamed and row.output_tokens == usage.completion_tokens
 
 
-async def test_anthropic_messages_in_process(make: Any) -> None:
-    gw = await make({"limits": [{"name": "spend", "scope": "project", "unit": "usd",
+async def test_anthropic_messages_in_process(in_process: Any) -> None:
+    gw = await in_process({"limits": [{"name": "spend", "scope": "project", "unit": "usd",
                                  "window": "day", "amount": 5}]})
     client = gw.anthropic(await gw.key())
     message = await client.messages.create(model="claude-haiku-4-5", max_tokens=30,
@@ -138,8 +71,8 @@ async def test_anthropic_messages_in_process(make: Any) -> None:
     assert row.upstream == "anthropic" and row.cost_nano > 0
 
 
-async def test_bad_json_is_refused_in_the_clients_shape_and_recorded(make: Any) -> None:
-    gw = await make({})
+async def test_bad_json_is_refused_in_the_clients_shape_and_recorded(in_process: Any) -> None:
+    gw = await in_process({})
     key = await gw.key()
     async with httpx.AsyncClient(transport=gw.transport, base_url="http://gateway") as http:
         resp = await http.post("/v1/chat/completions", content=b'{"model": ',
@@ -152,8 +85,8 @@ async def test_bad_json_is_refused_in_the_clients_shape_and_recorded(make: Any) 
     assert row.project == "demo" and row.input_tokens == 0
 
 
-async def test_a_reload_builds_a_new_gateway_and_keeps_the_counters(make: Any) -> None:
-    gw = await make({"limits": [{"name": "daily", "scope": "project", "unit": "tokens",
+async def test_a_reload_builds_a_new_gateway_and_keeps_the_counters(in_process: Any) -> None:
+    gw = await in_process({"limits": [{"name": "daily", "scope": "project", "unit": "tokens",
                                  "window": "day", "amount": 10_000}]})
     client = gw.openai(await gw.key())
     await client.chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=100)
@@ -171,14 +104,14 @@ async def test_a_reload_builds_a_new_gateway_and_keeps_the_counters(make: Any) -
 
 
 async def test_an_encoding_not_loaded_yet_loads_in_a_thread_not_on_the_event_loop(
-        make: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        in_process: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """The gateway is ready before its tokenizers are: the first request of a model whose
     encoding is not loaded waits for it in a thread, and is counted as any other."""
     import threading
 
     from tokenstile import tokens
 
-    gw = await make({})
+    gw = await in_process({})
     client = gw.openai(await gw.key())
     loop_thread = threading.get_ident()
     loaded_in: list[int] = []

@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from tests.conftest import deep_merge
-from tests.gateway.test_in_process import InProcess
+from tests.in_process import InProcess
 from tokenstile.stores.database import Override
 
 HI = [{"role": "user", "content": "hello"}]

@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from tests.conftest import deep_merge
-from tests.gateway.test_in_process import InProcess
+from tests.in_process import InProcess
 from tokenstile.config import RunsConfig
 from tokenstile.errors import GatewayError
 from tokenstile.limits.runs import parse_budget, read_run, run_of, run_scope_id

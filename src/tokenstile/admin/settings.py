@@ -3,12 +3,14 @@ team, tier, user and feature, each with the limits that apply and any runtime sw
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from tokenstile import __version__
 from tokenstile.admin.endpoint import Call, Endpoint
 from tokenstile.admin.http import ApiError
 from tokenstile.admin.redact import effective_config
+from tokenstile.config import FeatureConfig, ProjectConfig
 from tokenstile.gateway.reload import public_errors
 from tokenstile.limits.model import Limit, compile_limits
 from tokenstile.limits.overrides import apply_limit_overrides
@@ -90,22 +92,24 @@ async def list_organizations(call: Call) -> dict[str, Any]:
                       "limits": [v for v in views if _applies(v, "organization", org.name)]}]}
 
 
-async def list_projects(call: Call) -> dict[str, Any]:
+def _switchable(call: Call, scope: str,
+                items: Mapping[str, ProjectConfig | FeatureConfig]) -> dict[str, Any]:
+    """Configured projects or features, each with its settings, whether it is switched on
+    and the limits that apply to it."""
     views = limit_views(call)
     return {"data": [
-        {"name": name, "settings": project.model_dump(mode="json"),
-         **switch_state(call, "project", name, project.enabled),
-         "limits": [v for v in views if _applies(v, "project", name)]}
-        for name, project in call.rt.config.projects.items()]}
+        {"name": name, "settings": item.model_dump(mode="json"),
+         **switch_state(call, scope, name, item.enabled),
+         "limits": [v for v in views if _applies(v, scope, name)]}
+        for name, item in items.items()]}
+
+
+async def list_projects(call: Call) -> dict[str, Any]:
+    return _switchable(call, "project", call.rt.config.projects)
 
 
 async def list_features(call: Call) -> dict[str, Any]:
-    views = limit_views(call)
-    return {"data": [
-        {"name": name, "settings": feature.model_dump(mode="json"),
-         **switch_state(call, "feature", name, feature.enabled),
-         "limits": [v for v in views if _applies(v, "feature", name)]}
-        for name, feature in call.rt.config.features.items()]}
+    return _switchable(call, "feature", call.rt.config.features)
 
 
 async def list_tiers(call: Call) -> dict[str, Any]:

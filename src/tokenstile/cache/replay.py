@@ -130,19 +130,38 @@ def _event(name: str, obj: Json) -> bytes:
 _CHAT_MESSAGE_STREAMED = frozenset({"role", "content", "refusal", "tool_calls", "function_call"})
 
 
-def _chat_events(body: Json, include_usage: bool, size: int) -> Iterator[bytes]:
-    base: Json = {"id": body.get("id"), "object": "chat.completion.chunk",
-                  "created": body.get("created"), "model": body.get("model")}
-    for name in ("service_tier", "system_fingerprint"):
+def _chunk_base(body: Json, kind: str, copied: tuple[str, ...]) -> Json:
+    """What every chunk of a replayed OpenAI stream repeats: the answer's id, its
+    ``object`` kind, when and by which model it was made, and the ``copied`` fields it has."""
+    base: Json = {"id": body.get("id"), "object": kind, "created": body.get("created"),
+                  "model": body.get("model")}
+    for name in copied:
         if name in body:
             base[name] = body[name]
+    return base
+
+
+def _choice_chunk(base: Json, choice: Json, include_usage: bool) -> bytes:
+    """One chunk of one choice (with ``"usage": null`` when the client asked for usage:
+    only the last chunk carries it)."""
+    obj: Json = {**base, "choices": [choice]}
+    if include_usage:
+        obj["usage"] = None
+    return _data(obj)
+
+
+def _usage_and_done(base: Json, body: Json, include_usage: bool) -> Iterator[bytes]:
+    if include_usage and body.get("usage") is not None:
+        yield _data({**base, "choices": [], "usage": body["usage"]})
+    yield b"data: [DONE]\n\n"
+
+
+def _chat_events(body: Json, include_usage: bool, size: int) -> Iterator[bytes]:
+    base = _chunk_base(body, "chat.completion.chunk", ("service_tier", "system_fingerprint"))
 
     def chunk(index: int, delta: Json, finish: Any = None, logprobs: Any = None) -> bytes:
-        obj: Json = {**base, "choices": [{"index": index, "delta": delta, "logprobs": logprobs,
-                                          "finish_reason": finish}]}
-        if include_usage:
-            obj["usage"] = None
-        return _data(obj)
+        return _choice_chunk(base, {"index": index, "delta": delta, "logprobs": logprobs,
+                                    "finish_reason": finish}, include_usage)
 
     for position, choice in enumerate(body.get("choices") or ()):
         if not isinstance(choice, dict):
@@ -184,26 +203,18 @@ def _chat_events(body: Json, include_usage: bool, size: int) -> Iterator[bytes]:
         if extra:  # annotations, audio: sent whole
             yield chunk(index, extra)
         yield chunk(index, {}, finish=choice.get("finish_reason"))
-    if include_usage and body.get("usage") is not None:
-        yield _data({**base, "choices": [], "usage": body["usage"]})
-    yield b"data: [DONE]\n\n"
+    yield from _usage_and_done(base, body, include_usage)
 
 
 # -- OpenAI legacy completions ----------------------------------------------------------------
 
 
 def _completion_events(body: Json, include_usage: bool, size: int) -> Iterator[bytes]:
-    base: Json = {"id": body.get("id"), "object": "text_completion",
-                  "created": body.get("created"), "model": body.get("model")}
-    if "system_fingerprint" in body:
-        base["system_fingerprint"] = body["system_fingerprint"]
+    base = _chunk_base(body, "text_completion", ("system_fingerprint",))
 
     def chunk(index: int, text: str, finish: Any = None, logprobs: Any = None) -> bytes:
-        obj: Json = {**base, "choices": [{"text": text, "index": index, "logprobs": logprobs,
-                                          "finish_reason": finish}]}
-        if include_usage:
-            obj["usage"] = None
-        return _data(obj)
+        return _choice_chunk(base, {"text": text, "index": index, "logprobs": logprobs,
+                                    "finish_reason": finish}, include_usage)
 
     for position, choice in enumerate(body.get("choices") or ()):
         if not isinstance(choice, dict):
@@ -217,9 +228,7 @@ def _completion_events(body: Json, include_usage: bool, size: int) -> Iterator[b
                 if piece:
                     yield chunk(index, piece)
         yield chunk(index, "", finish=choice.get("finish_reason"))
-    if include_usage and body.get("usage") is not None:
-        yield _data({**base, "choices": [], "usage": body["usage"]})
-    yield b"data: [DONE]\n\n"
+    yield from _usage_and_done(base, body, include_usage)
 
 
 # -- OpenAI Responses -------------------------------------------------------------------------

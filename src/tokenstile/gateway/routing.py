@@ -52,8 +52,8 @@ def is_bedrock_model(model: str) -> bool:
 class Router:
     def __init__(self, config: Config) -> None:
         self._upstreams = dict(config.upstreams)
-        self._exact = {r.match: r for r in config.routes if not _is_pattern(r.match)}
-        self._patterns = [r for r in config.routes if _is_pattern(r.match)]
+        self._exact = {r.match: r for r in config.routes if not is_pattern(r.match)}
+        self._patterns = [r for r in config.routes if is_pattern(r.match)]
         self._anthropic = _default_anthropic(self._upstreams)
         self._openai = next((name for name, u in self._upstreams.items()
                              if u.kind in ("openai", "azure")), None)
@@ -99,5 +99,5 @@ def _default_anthropic(upstreams: dict[str, UpstreamConfig]) -> str | None:
     return first or ("anthropic" if named is not None else None)
 
 
-def _is_pattern(text: str) -> bool:
+def is_pattern(text: str) -> bool:
     return any(ch in text for ch in "*?[")

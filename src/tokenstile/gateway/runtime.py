@@ -35,6 +35,7 @@ from tokenstile.metrics import Metrics
 from tokenstile.observability import Telemetry
 from tokenstile.policies.engine import PolicyEngine
 from tokenstile.policies.moderation import UpstreamModerator
+from tokenstile.price_table import pricer_from_config
 from tokenstile.price_watch import watch_prices
 from tokenstile.prices import Pricer
 from tokenstile.providers.anthropic import AnthropicAdapter
@@ -101,7 +102,7 @@ class Runtime:
         ensure_offline_encodings()
         db = db or database_from_url(config.storage.database)
         counters = counters or counter_store_from_url(config.storage.counters, clock=clock)
-        pricer = pricer_for(config)
+        pricer = pricer_from_config(config)
         router = Router(config)
         metrics = Metrics(model_labels_for(config, pricer))
         adapters: dict[WireFormat, Adapter] = {"openai": OpenAIAdapter(),
@@ -163,7 +164,8 @@ class Runtime:
         self._tasks.append(asyncio.create_task(self.key_limits.run(),
                                                name="tokenstile-key-limits"))
         self.reloader = ConfigReloader(self.reconfigure, self.clock, self.config_path,
-                                       on_reloaded=lambda: watch_prices(self))
+                                       on_reloaded=lambda: watch_prices(self.config, self.clock,
+                                                                           self.alerts))
         if self.config_path:
             self.reloader.install_signal_handler()
             self._tasks.append(asyncio.create_task(self.reloader.watch(),
@@ -209,7 +211,7 @@ class Runtime:
         """
         pending = restart_only_changes(self.config, config)
         config = keep_start_settings(self.config, config)
-        pricer = pricer_for(config)
+        pricer = pricer_from_config(config)
         self.auth.reconfigure(config.auth, admin_key_for(config))
         self.admission.reconfigure(config, pricer)
         self.background.reconfigure(config, pricer)
@@ -314,8 +316,3 @@ async def warm_up_in_thread() -> None:
     except Exception:  # the first request that counts tokens meets the same error, clearly
         log.exception("tokenstile: loading the tokenizer and the price table failed")
 
-
-def pricer_for(config: Config) -> Pricer:
-    from tokenstile.price_table import pricer_from_config
-
-    return pricer_from_config(config)

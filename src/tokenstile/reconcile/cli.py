@@ -10,7 +10,7 @@ from typing import Any
 import click
 import orjson
 
-from tokenstile.cli import _load, config_option, json_option, main, parse_since
+from tokenstile.cli_options import config_option, json_option, load_or_exit, parse_since
 from tokenstile.config import Config
 from tokenstile.reconcile.reports import PROVIDERS, ReconcileError
 from tokenstile.reconcile.run import reconcile as run_reconcile
@@ -62,7 +62,7 @@ async def _run(config: Config, provider: str, since: float, until: float
     return run, alerted
 
 
-@main.command()
+@click.command()
 @config_option
 @click.option("--provider", type=click.Choice(PROVIDERS), required=True,
               help="Whose usage and cost reports to read (with its admin key from the config).")
@@ -74,7 +74,7 @@ def reconcile(config_path: str | None, provider: str, since: str, until: str | N
               as_json: bool) -> None:
     """Compare the provider's own usage and cost reports with the ledger, per day and model;
     store the run, and alert when the drift passes reconcile.alert_above_usd / _percent."""
-    config = _load(config_path)
+    config = load_or_exit(config_path)
     start = parse_since(since)
     end = parse_since(until) if until else time.time()
     try:

@@ -16,7 +16,7 @@ put in an error message.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -25,6 +25,7 @@ from typing import Any, Final
 import aiohttp
 
 from tokenstile.config import ReconcileProviderConfig
+from tokenstile.stores.records import DayTotals
 
 PROVIDERS: Final = ("openai", "anthropic")
 DEFAULT_BASE: Final = {"openai": "https://api.openai.com/v1",
@@ -48,17 +49,10 @@ def canonical_model(name: str) -> str:
 
 
 @dataclass(slots=True)
-class ProviderDay:
-    """A provider's totals for one UTC day (days since the epoch) and model; ``cost_nano``
-    None when its cost report says nothing of that model that day."""
+class ProviderDay(DayTotals):
+    """A provider's totals for one UTC day and model; ``cost_nano`` None when its cost
+    report says nothing of that model that day."""
 
-    day: int
-    model: str
-    requests: int = 0
-    input_tokens: int = 0
-    cached_input_tokens: int = 0
-    cache_write_tokens: int = 0
-    output_tokens: int = 0
     cost_nano: int | None = None
 
 
@@ -160,6 +154,20 @@ def _results(bucket: Mapping[str, Any]) -> Iterable[dict[str, Any]]:
     return (r for r in results if isinstance(r, dict)) if isinstance(results, list) else ()
 
 
+def _dated_results(buckets: Iterable[Mapping[str, Any]], start: str,
+                   only: Mapping[str, set[str]]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(day, result) for every result of every bucket whose ``start`` is a readable time;
+    where ``only`` holds a non-empty set of ids for a field, a result whose id in that field
+    is not among them is left out (a project, workspace or key the configuration skips)."""
+    for bucket in buckets:
+        day = _day_of(bucket.get(start))
+        if day is None:
+            continue
+        for r in _results(bucket):
+            if all(not ids or r.get(field) in ids for field, ids in only.items()):
+                yield day, r
+
+
 # -- OpenAI --------------------------------------------------------------------------------
 
 def openai_days(usage: Iterable[Mapping[str, Any]], costs: Iterable[Mapping[str, Any]],
@@ -169,36 +177,23 @@ def openai_days(usage: Iterable[Mapping[str, Any]], costs: Iterable[Mapping[str,
     projects = set(cfg.project_ids) if cfg else set()
     keys = set(cfg.api_key_ids) if cfg else set()
     days = _Days()
-    for bucket in usage:
-        day = _day_of(bucket.get("start_time"))
-        if day is None:
-            continue
-        for r in _results(bucket):
-            if projects and r.get("project_id") not in projects:
-                continue
-            if keys and r.get("api_key_id") not in keys:
-                continue
-            entry = days.at(day, str(r.get("model") or "unknown"))
-            entry.requests += _int(r.get("num_model_requests"))
-            entry.input_tokens += _int(r.get("input_tokens"))
-            entry.cached_input_tokens += _int(r.get("input_cached_tokens"))
-            entry.output_tokens += _int(r.get("output_tokens"))
-    for bucket in costs:
-        day = _day_of(bucket.get("start_time"))
-        if day is None:
-            continue
-        for r in _results(bucket):
-            if projects and r.get("project_id") not in projects:
-                continue
-            found = r.get("amount")
-            amount: dict[str, Any] = found if isinstance(found, dict) else {}
-            currency = str(amount.get("currency") or "usd").lower()
-            if currency != "usd":
-                raise ReconcileError(f"the cost report is in {currency!r}, not USD")
-            line = str(r.get("line_item") or "unknown")
-            model = line.split(",", 1)[0].strip() or "unknown"
-            nano = int((_decimal(amount.get("value")) * _NANO_PER_USD).to_integral_value())
-            days.add_cost(day, model, nano)
+    for day, r in _dated_results(usage, "start_time",
+                                 {"project_id": projects, "api_key_id": keys}):
+        entry = days.at(day, str(r.get("model") or "unknown"))
+        entry.requests += _int(r.get("num_model_requests"))
+        entry.input_tokens += _int(r.get("input_tokens"))
+        entry.cached_input_tokens += _int(r.get("input_cached_tokens"))
+        entry.output_tokens += _int(r.get("output_tokens"))
+    for day, r in _dated_results(costs, "start_time", {"project_id": projects}):
+        found = r.get("amount")
+        amount: dict[str, Any] = found if isinstance(found, dict) else {}
+        currency = str(amount.get("currency") or "usd").lower()
+        if currency != "usd":
+            raise ReconcileError(f"the cost report is in {currency!r}, not USD")
+        line = str(r.get("line_item") or "unknown")
+        model = line.split(",", 1)[0].strip() or "unknown"
+        nano = int((_decimal(amount.get("value")) * _NANO_PER_USD).to_integral_value())
+        days.add_cost(day, model, nano)
     return days.sorted()
 
 
@@ -236,38 +231,25 @@ def anthropic_days(usage: Iterable[Mapping[str, Any]], costs: Iterable[Mapping[s
     workspaces = set(cfg.workspace_ids) if cfg else set()
     keys = set(cfg.api_key_ids) if cfg else set()
     days = _Days()
-    for bucket in usage:
-        day = _day_of(bucket.get("starting_at"))
-        if day is None:
-            continue
-        for r in _results(bucket):
-            if workspaces and r.get("workspace_id") not in workspaces:
-                continue
-            if keys and r.get("api_key_id") not in keys:
-                continue
-            made = r.get("cache_creation")
-            created: dict[str, Any] = made if isinstance(made, dict) else {}
-            written = _int(created.get("ephemeral_5m_input_tokens")) + \
-                _int(created.get("ephemeral_1h_input_tokens"))
-            read = _int(r.get("cache_read_input_tokens"))
-            entry = days.at(day, str(r.get("model") or "unknown"))
-            entry.input_tokens += _int(r.get("uncached_input_tokens")) + written + read
-            entry.cached_input_tokens += read
-            entry.cache_write_tokens += written
-            entry.output_tokens += _int(r.get("output_tokens"))
-    for bucket in costs:
-        day = _day_of(bucket.get("starting_at"))
-        if day is None:
-            continue
-        for r in _results(bucket):
-            if workspaces and r.get("workspace_id") not in workspaces:
-                continue
-            currency = str(r.get("currency") or "USD").upper()
-            if currency != "USD":
-                raise ReconcileError(f"the cost report is in {currency!r}, not USD")
-            model = str(r.get("model") or r.get("description") or "unknown")
-            nano = int((_decimal(r.get("amount")) * _NANO_PER_CENT).to_integral_value())
-            days.add_cost(day, model, nano)
+    for day, r in _dated_results(usage, "starting_at",
+                                 {"workspace_id": workspaces, "api_key_id": keys}):
+        made = r.get("cache_creation")
+        created: dict[str, Any] = made if isinstance(made, dict) else {}
+        written = _int(created.get("ephemeral_5m_input_tokens")) + \
+            _int(created.get("ephemeral_1h_input_tokens"))
+        read = _int(r.get("cache_read_input_tokens"))
+        entry = days.at(day, str(r.get("model") or "unknown"))
+        entry.input_tokens += _int(r.get("uncached_input_tokens")) + written + read
+        entry.cached_input_tokens += read
+        entry.cache_write_tokens += written
+        entry.output_tokens += _int(r.get("output_tokens"))
+    for day, r in _dated_results(costs, "starting_at", {"workspace_id": workspaces}):
+        currency = str(r.get("currency") or "USD").upper()
+        if currency != "USD":
+            raise ReconcileError(f"the cost report is in {currency!r}, not USD")
+        model = str(r.get("model") or r.get("description") or "unknown")
+        nano = int((_decimal(r.get("amount")) * _NANO_PER_CENT).to_integral_value())
+        days.add_cost(day, model, nano)
     return days.sorted()
 
 

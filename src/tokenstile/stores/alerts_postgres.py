@@ -2,14 +2,12 @@
 
 The same behaviour as ``alerts_sqlite`` (the first process to record a key delivers
 it; later ones see it as known), on the ``alerts`` table the PostgreSQL migrations create.
-It keeps a small pool of its own (two connections) so that alert traffic never waits
-behind ledger writes.
+It keeps a small pool of its own (``PostgresTableStore``).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
 
 from tokenstile.alerts.rules import Alert
 from tokenstile.stores.alerts import (
@@ -20,20 +18,11 @@ from tokenstile.stores.alerts import (
     new_alert_id,
     record_from_row,
 )
-from tokenstile.stores.db_postgres import PostgresDatabase, clean_text, json_text
+from tokenstile.stores.db_postgres import PostgresTableStore, clean_text, json_text
+from tokenstile.stores.newest import newest_first, postgres_mark
 
 
-class PostgresAlertHistory:
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self._db = PostgresDatabase(url, pool_max=2)
-
-    async def open(self) -> None:
-        await self._db.open()
-
-    async def close(self) -> None:
-        await self._db.close()
-
+class PostgresAlertHistory(PostgresTableStore):
     async def record(self, alert: Alert) -> AlertRecord:
         """Insert unless the dedupe key is known; one statement, so two gateways racing
         on the same key cannot both see it as new."""
@@ -65,13 +54,8 @@ class PostgresAlertHistory:
         return None if row is None else record_from_row(row)
 
     async def recent(self, limit: int = 50, since: float | None = None) -> list[AlertRecord]:
-        args: list[Any] = []
-        sql = f"SELECT {ALERT_COLUMNS} FROM alerts"
-        if since is not None:
-            args.append(float(since))
-            sql += " WHERE ts >= $1"
-        args.append(max(0, int(limit)))
-        sql += f" ORDER BY ts DESC, id DESC LIMIT ${len(args)}"
+        sql, args = newest_first(f"SELECT {ALERT_COLUMNS} FROM alerts", "ts >=",
+                                 None if since is None else float(since), limit, postgres_mark)
         async with self._db.connection() as conn:
             rows = await conn.fetch(sql, *args)
         return [record_from_row(r) for r in rows]

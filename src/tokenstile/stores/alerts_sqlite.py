@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import asdict
-from typing import Any
 
 import orjson
 
@@ -20,7 +19,8 @@ from tokenstile.stores.alerts import (
     new_alert_id,
     record_from_row,
 )
-from tokenstile.stores.sqlite import SqliteFile, immediate
+from tokenstile.stores.newest import newest_first, sqlite_mark
+from tokenstile.stores.sqlite import SqliteTableStore, immediate
 
 ALERTS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
@@ -32,19 +32,10 @@ CREATE INDEX IF NOT EXISTS alerts_ts ON alerts (ts);
 """
 
 
-class SqliteAlertHistory:
+class SqliteAlertHistory(SqliteTableStore):
     def __init__(self, url: str) -> None:
-        self.url = url
-        self._file = SqliteFile.from_url(
-            url, "alert history", busy_ms=10_000, bounded=False,
-            setup=lambda conn: conn.executescript(ALERTS_SCHEMA), thread="ts-alerts")
-        self.path = self._file.path
-
-    async def open(self) -> None:
-        await self._file.run(lambda conn: None)
-
-    async def close(self) -> None:
-        await self._file.close()
+        super().__init__(url, "alert history", lambda conn: conn.executescript(ALERTS_SCHEMA),
+                         "ts-alerts")
 
     async def record(self, alert: Alert) -> AlertRecord:
         values = (new_alert_id(), alert.ts, alert.kind, alert.severity, alert.title,
@@ -80,13 +71,8 @@ class SqliteAlertHistory:
         return await self._file.run(read)
 
     async def recent(self, limit: int = 50, since: float | None = None) -> list[AlertRecord]:
-        sql = f"SELECT {ALERT_COLUMNS} FROM alerts"
-        args: list[Any] = []
-        if since is not None:
-            sql += " WHERE ts >= ?"
-            args.append(since)
-        sql += " ORDER BY ts DESC, id DESC LIMIT ?"
-        args.append(max(0, int(limit)))
+        sql, args = newest_first(f"SELECT {ALERT_COLUMNS} FROM alerts", "ts >=", since, limit,
+                                 sqlite_mark)
 
         def read(conn: sqlite3.Connection) -> list[AlertRecord]:
             return [record_from_row(r) for r in conn.execute(sql, args)]

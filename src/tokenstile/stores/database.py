@@ -26,6 +26,21 @@ BUCKETS = ("hour", "day", "month")
 # What a listing of runs may filter on.
 RUN_FILTERS = ("key_id", "organization", "project", "run_id")
 RUN_TOTALS = ("requests", "input_tokens", "output_tokens", "cost_nano", "blocked")
+# The ledger's and the keys' columns, in the order both backends store and read them.
+LEDGER_COLUMNS = (
+    "id", "ts", "key_id", "organization", "project", "team", "user", "end_user", "feature",
+    "tags", "api", "requested_model", "served_model", "upstream", "input_tokens",
+    "cached_input_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens",
+    "cost_nano", "estimated", "status", "outcome", "block_reason", "flags", "latency_ms",
+    "ttfb_ms", "streamed", "trace_id", "degraded", "cache", "saved_nano", "detail",
+    "input_audio_tokens", "output_audio_tokens", "cache_write_1h_tokens",
+    "web_search_requests", "file_search_calls", "service_tier", "run_id",
+)
+KEY_COLUMNS = (
+    "id", "hash", "prefix", "name", "organization", "project", "team", "user", "tier",
+    "feature", "allowed_models", "passthrough", "limits", "created_at", "expires_at",
+    "revoked_at",
+)
 # Key fields a key listing may filter on.
 KEY_FILTERS = ("organization", "project", "team", "user", "tier", "feature")
 

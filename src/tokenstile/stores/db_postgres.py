@@ -39,6 +39,8 @@ from tokenstile.stores import responses
 from tokenstile.stores.counters import StoreConfigError, StoreUnavailable
 from tokenstile.stores.database import (
     GROUPABLE,
+    KEY_COLUMNS,
+    LEDGER_COLUMNS,
     KeyLookups,
     KeyRecord,
     Override,
@@ -54,15 +56,6 @@ from tokenstile.types import LedgerRow, one_per_id
 
 log = logging.getLogger("tokenstile.db")
 
-LEDGER_COLUMNS = (
-    "id", "ts", "key_id", "organization", "project", "team", "user", "end_user", "feature",
-    "tags", "api", "requested_model", "served_model", "upstream", "input_tokens",
-    "cached_input_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens",
-    "cost_nano", "estimated", "status", "outcome", "block_reason", "flags", "latency_ms",
-    "ttfb_ms", "streamed", "trace_id", "degraded", "cache", "saved_nano", "detail",
-    "input_audio_tokens", "output_audio_tokens", "cache_write_1h_tokens",
-    "web_search_requests", "file_search_calls", "service_tier", "run_id",
-)
 _LEDGER_TYPES = {
     "ts": "float8", "latency_ms": "float8", "ttfb_ms": "float8", "status": "int4",
     "estimated": "bool", "streamed": "bool", "tags": "jsonb", "flags": "jsonb",
@@ -73,11 +66,6 @@ _LEDGER_TYPES = {
     "cache_write_1h_tokens": "int8", "web_search_requests": "int8", "file_search_calls": "int8",
 }
 _JSON_EMPTY: dict[str, Any] = {"tags": {}, "detail": {}, "flags": [], "degraded": []}
-_KEY_COLUMNS = (
-    "id", "hash", "prefix", "name", "organization", "project", "team", "user", "tier",
-    "feature", "allowed_models", "passthrough", "limits", "created_at", "expires_at",
-    "revoked_at",
-)
 _KEY_UPDATABLE = frozenset({"name", "revoked_at", "expires_at", "hash", "prefix", "limits",
                             "allowed_models", "feature", "tier", "passthrough"})
 LABELS = ("tag", "degraded")
@@ -181,7 +169,7 @@ def _ledger_row(record: asyncpg.Record) -> LedgerRow:
 
 
 def _key(record: asyncpg.Record) -> KeyRecord:
-    data = {name: record[name] for name in _KEY_COLUMNS}
+    data = {name: record[name] for name in KEY_COLUMNS}
     data["allowed_models"] = orjson.loads(data["allowed_models"]) \
         if data["allowed_models"] else None
     data["limits"] = orjson.loads(data["limits"]) if data["limits"] else {}
@@ -460,19 +448,19 @@ class PostgresDatabase(KeyLookups):
     # -- keys -------------------------------------------------------------------------------
 
     async def create_key(self, record: KeyRecord) -> None:
-        texts = [clean_text(getattr(record, name)) for name in _KEY_COLUMNS[:10]]
+        texts = [clean_text(getattr(record, name)) for name in KEY_COLUMNS[:10]]
         values = (
             *texts, json_text(record.allowed_models) if record.allowed_models else None,
             bool(record.passthrough), json_text(record.limits), float(record.created_at),
             _float(record.expires_at), _float(record.revoked_at),
         )
-        marks = ", ".join(f"${i + 1}" for i in range(len(_KEY_COLUMNS)))
+        marks = ", ".join(f"${i + 1}" for i in range(len(KEY_COLUMNS)))
         async with self.connection() as conn:
-            await conn.execute(f"INSERT INTO api_keys ({', '.join(map(q, _KEY_COLUMNS))}) "
+            await conn.execute(f"INSERT INTO api_keys ({', '.join(map(q, KEY_COLUMNS))}) "
                                f"VALUES ({marks})", *values)
 
     async def _one_key(self, column: str, value: str) -> KeyRecord | None:
-        sql = f"SELECT {', '.join(map(q, _KEY_COLUMNS))} FROM api_keys WHERE {q(column)} = $1"
+        sql = f"SELECT {', '.join(map(q, KEY_COLUMNS))} FROM api_keys WHERE {q(column)} = $1"
         async with self.connection() as conn:
             record = await conn.fetchrow(sql, clean_text(value))
         return _key(record) if record is not None else None
@@ -481,7 +469,7 @@ class PostgresDatabase(KeyLookups):
                         filters: Mapping[str, str] | None = None) -> list[KeyRecord]:
         where, values = self._listing(include_revoked, filters, lambda n: f"${n}")
         args = [clean_text(value) for value in values]
-        sql = (f"SELECT {', '.join(map(q, _KEY_COLUMNS))} FROM api_keys {where} "
+        sql = (f"SELECT {', '.join(map(q, KEY_COLUMNS))} FROM api_keys {where} "
                "ORDER BY created_at, id")
         async with self.connection() as conn:
             records = await conn.fetch(sql, *args)
@@ -580,6 +568,22 @@ class PostgresDatabase(KeyLookups):
     async def prune_responses(self, before: float) -> int:
         async with self.connection() as conn:
             return await responses.pg_prune(conn, before)
+
+
+class PostgresTableStore:
+    """A store on tables of its own in the PostgreSQL database (the alert history, the
+    record store), with a small pool of its own (two connections) so that its traffic never
+    waits behind ledger writes."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._db = PostgresDatabase(url, pool_max=2)
+
+    async def open(self) -> None:
+        await self._db.open()
+
+    async def close(self) -> None:
+        await self._db.close()
 
 
 def _float(value: Any) -> float | None:

@@ -16,6 +16,8 @@ import orjson
 from tokenstile.stores import responses
 from tokenstile.stores.database import (
     GROUPABLE,
+    KEY_COLUMNS,
+    LEDGER_COLUMNS,
     KeyLookups,
     KeyRecord,
     Override,
@@ -39,15 +41,6 @@ from tokenstile.types import LedgerRow
 
 T = TypeVar("T")
 
-LEDGER_COLUMNS = (
-    "id", "ts", "key_id", "organization", "project", "team", "user", "end_user", "feature",
-    "tags", "api", "requested_model", "served_model", "upstream", "input_tokens",
-    "cached_input_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens",
-    "cost_nano", "estimated", "status", "outcome", "block_reason", "flags", "latency_ms",
-    "ttfb_ms", "streamed", "trace_id", "degraded", "cache", "saved_nano", "detail",
-    "input_audio_tokens", "output_audio_tokens", "cache_write_1h_tokens",
-    "web_search_requests", "file_search_calls", "service_tier", "run_id",
-)
 # Ledger columns added after the first release: a database made before them gets them
 # when it is opened (existing rows read 0 and NULL).
 ADDED_COLUMNS = (
@@ -99,11 +92,6 @@ CREATE TABLE IF NOT EXISTS overrides (
 );
 """
 
-_KEY_COLUMNS = (
-    "id", "hash", "prefix", "name", "organization", "project", "team", "user", "tier",
-    "feature", "allowed_models", "passthrough", "limits", "created_at", "expires_at",
-    "revoked_at",
-)
 
 
 def row_to_params(row: LedgerRow) -> tuple[Any, ...]:
@@ -164,7 +152,7 @@ def add_columns(conn: sqlite3.Connection) -> None:
 
 
 def _key_from_row(values: Sequence[Any]) -> KeyRecord:
-    data = dict(zip(_KEY_COLUMNS, values, strict=True))
+    data = dict(zip(KEY_COLUMNS, values, strict=True))
     data["allowed_models"] = orjson.loads(data["allowed_models"]) if data["allowed_models"] \
         else None
     data["limits"] = orjson.loads(data["limits"]) if data["limits"] else {}
@@ -271,8 +259,8 @@ class SqliteDatabase(KeyLookups):
             int(record.passthrough), orjson.dumps(record.limits).decode(),
             record.created_at, record.expires_at, record.revoked_at,
         )
-        sql = (f"INSERT INTO api_keys ({','.join(_KEY_COLUMNS)}) "
-               f"VALUES ({','.join('?' * len(_KEY_COLUMNS))})")
+        sql = (f"INSERT INTO api_keys ({','.join(KEY_COLUMNS)}) "
+               f"VALUES ({','.join('?' * len(KEY_COLUMNS))})")
 
         def write(conn: sqlite3.Connection) -> None:
             with conn:
@@ -281,7 +269,7 @@ class SqliteDatabase(KeyLookups):
         await self._run(write)
 
     async def _one_key(self, column: str, value: str) -> KeyRecord | None:
-        sql = f"SELECT {','.join(_KEY_COLUMNS)} FROM api_keys WHERE {column} = ?"
+        sql = f"SELECT {','.join(KEY_COLUMNS)} FROM api_keys WHERE {column} = ?"
 
         def read(conn: sqlite3.Connection) -> KeyRecord | None:
             row = conn.execute(sql, (value,)).fetchone()
@@ -292,7 +280,7 @@ class SqliteDatabase(KeyLookups):
     async def list_keys(self, include_revoked: bool = False,
                         filters: Mapping[str, str] | None = None) -> list[KeyRecord]:
         where, args = self._listing(include_revoked, filters, lambda n: "?")
-        sql = f"SELECT {','.join(_KEY_COLUMNS)} FROM api_keys {where} ORDER BY created_at"
+        sql = f"SELECT {','.join(KEY_COLUMNS)} FROM api_keys {where} ORDER BY created_at"
 
         def read(conn: sqlite3.Connection) -> list[KeyRecord]:
             return [_key_from_row(r) for r in conn.execute(sql, args)]

@@ -20,8 +20,9 @@ RUN_COLUMNS = ("id, ts, provider, since, until, ledger_nano, provider_nano, drif
 
 
 @dataclass(slots=True)
-class LedgerDay:
-    """The ledger's totals for one UTC day (``day``: days since the epoch) and model."""
+class DayTotals:
+    """Calls and tokens of one UTC day (``day``: days since the epoch) and model, as both
+    sides of a reconciliation count them (the ledger, a provider's report)."""
 
     day: int
     model: str
@@ -30,6 +31,12 @@ class LedgerDay:
     cached_input_tokens: int = 0
     cache_write_tokens: int = 0
     output_tokens: int = 0
+
+
+@dataclass(slots=True)
+class LedgerDay(DayTotals):
+    """The ledger's totals for one UTC day and model."""
+
     cost_nano: int = 0
 
 

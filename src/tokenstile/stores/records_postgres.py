@@ -1,6 +1,6 @@
 """Reconciliation runs and recorded prices in PostgreSQL, on the tables migration 7 makes.
 
-A small pool of its own (two connections), like the alert history.
+A small pool of its own, like the alert history (``PostgresTableStore``).
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from typing import Any
 
 import orjson
 
-from tokenstile.stores.db_postgres import PostgresDatabase, clean_text, json_text
+from tokenstile.stores.db_postgres import PostgresTableStore, clean_text, json_text
+from tokenstile.stores.newest import newest_first, postgres_mark
 from tokenstile.stores.records import (
     RUN_COLUMNS,
     LedgerDay,
@@ -39,17 +40,7 @@ def _rows(value: Any) -> list[dict[str, Any]]:
     return list(value or [])
 
 
-class PostgresRecordStore:
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self._db = PostgresDatabase(url, pool_max=2)
-
-    async def open(self) -> None:
-        await self._db.open()
-
-    async def close(self) -> None:
-        await self._db.close()
-
+class PostgresRecordStore(PostgresTableStore):
     async def ledger_days(self, since: float, until: float,
                           upstreams: Sequence[str]) -> list[LedgerDay]:
         names = list(dict.fromkeys(upstreams))
@@ -70,13 +61,9 @@ class PostgresRecordStore:
                 json_text(run.rows))
 
     async def runs(self, limit: int = 50, provider: str | None = None) -> list[ReconcileRun]:
-        args: list[Any] = []
-        sql = f"SELECT {RUN_COLUMNS} FROM reconcile_runs"
-        if provider is not None:
-            args.append(clean_text(provider))
-            sql += " WHERE provider = $1"
-        args.append(max(0, int(limit)))
-        sql += f" ORDER BY ts DESC, id DESC LIMIT ${len(args)}"
+        sql, args = newest_first(f"SELECT {RUN_COLUMNS} FROM reconcile_runs", "provider =",
+                                 None if provider is None else clean_text(provider), limit,
+                                 postgres_mark)
         async with self._db.connection() as conn:
             rows = await conn.fetch(sql, *args)
         return [run_from_row(tuple(r), _rows(r["rows"])) for r in rows]

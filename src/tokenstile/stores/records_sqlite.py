@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from typing import Any
 
 import orjson
 
 from tokenstile.stores.db_sqlite import SCHEMA, add_columns
+from tokenstile.stores.newest import newest_first, sqlite_mark
 from tokenstile.stores.records import (
     RUN_COLUMNS,
     LedgerDay,
@@ -16,7 +16,7 @@ from tokenstile.stores.records import (
     ReconcileRun,
     run_from_row,
 )
-from tokenstile.stores.sqlite import SqliteFile, immediate
+from tokenstile.stores.sqlite import SqliteTableStore, immediate
 
 RECORDS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS reconcile_runs (
@@ -64,17 +64,9 @@ def _setup(conn: sqlite3.Connection) -> None:
     conn.executescript(RECORDS_SCHEMA)
 
 
-class SqliteRecordStore:
+class SqliteRecordStore(SqliteTableStore):
     def __init__(self, url: str) -> None:
-        self.url = url
-        self._file = SqliteFile.from_url(url, "record store", busy_ms=10_000, bounded=False,
-                                         setup=_setup, thread="ts-records")
-
-    async def open(self) -> None:
-        await self._file.run(lambda conn: None)
-
-    async def close(self) -> None:
-        await self._file.close()
+        super().__init__(url, "record store", _setup, "ts-records")
 
     async def ledger_days(self, since: float, until: float,
                           upstreams: Sequence[str]) -> list[LedgerDay]:
@@ -103,13 +95,8 @@ class SqliteRecordStore:
         await self._file.run(write)
 
     async def runs(self, limit: int = 50, provider: str | None = None) -> list[ReconcileRun]:
-        sql = f"SELECT {RUN_COLUMNS} FROM reconcile_runs"
-        args: list[Any] = []
-        if provider is not None:
-            sql += " WHERE provider = ?"
-            args.append(provider)
-        sql += " ORDER BY ts DESC, id DESC LIMIT ?"
-        args.append(max(0, int(limit)))
+        sql, args = newest_first(f"SELECT {RUN_COLUMNS} FROM reconcile_runs", "provider =",
+                                 provider, limit, sqlite_mark)
 
         def read(conn: sqlite3.Connection) -> list[ReconcileRun]:
             return [run_from_row(r, orjson.loads(r[12])) for r in conn.execute(sql, args)]

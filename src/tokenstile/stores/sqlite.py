@@ -343,3 +343,22 @@ class SqliteFile:
             pass
         finally:
             self._worker.stop()
+
+
+class SqliteTableStore:
+    """A store on tables of its own in the ledger's SQLite file (the alert history, the
+    record store), on a worker thread of its own; calls wait as long as they take unless
+    the URL's ``timeout`` says otherwise."""
+
+    def __init__(self, url: str, what: str, setup: Callable[[sqlite3.Connection], object],
+                 thread: str) -> None:
+        self.url = url
+        self._file = SqliteFile.from_url(url, what, busy_ms=10_000, bounded=False,
+                                         setup=setup, thread=thread)
+        self.path = self._file.path
+
+    async def open(self) -> None:
+        await self._file.run(lambda conn: None)
+
+    async def close(self) -> None:
+        await self._file.close()

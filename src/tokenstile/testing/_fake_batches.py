@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -29,9 +29,16 @@ from ._fake_core import (
     parse_directives,
     reply_text,
 )
+from ._fake_http import FakeHost, _Req
+from ._fake_media import send_bytes
+from ._fake_state import FakeRecord, Tally
 
-if TYPE_CHECKING:
-    from .fake_upstream import FakeRecord, FakeUpstream, _Req
+
+class _Host(FakeHost, Protocol):
+    """The fake upstream, with the files and batches it keeps."""
+
+    tally: Tally
+    batches: FakeBatches
 
 Json = dict[str, Any]
 _ids = itertools.count(1)
@@ -94,7 +101,7 @@ class FakeBatches:
         return item
 
 
-def _line_answer(fake: FakeUpstream, endpoint: str, body: Json, rid: str
+def _line_answer(fake: _Host, endpoint: str, body: Json, rid: str
                  ) -> tuple[int, Json, int, int]:
     """(status, answer body, input tokens, output tokens) of one batch line."""
     model = str(body.get("model", ""))
@@ -128,12 +135,10 @@ def _line_answer(fake: FakeUpstream, endpoint: str, body: Json, rid: str
                   "completion_tokens_details": {"reasoning_tokens": 0}}}, prompt, out
 
 
-def finish(fake: FakeUpstream, batch_id: str, status: str = "completed",
+def finish(fake: _Host, batch_id: str, status: str = "completed",
            lines: int | None = None) -> list[FakeRecord]:
     """End a batch: its first ``lines`` lines (all by default) are answered (unless it
     failed), the output and error files written; returns the tally records of the lines."""
-    from .fake_upstream import FakeRecord
-
     store = fake.batches
     batch = store.batches[batch_id]
     source = store.files[batch.input_file_id].content.splitlines()
@@ -170,7 +175,7 @@ def finish(fake: FakeUpstream, batch_id: str, status: str = "completed",
     return records
 
 
-async def upload(fake: FakeUpstream, r: _Req) -> None:
+async def upload(fake: _Host, r: _Req) -> None:
     part = next((p for p in r.files if p.name == "file"), None)
     purpose = r.body.get("purpose") if isinstance(r.body, dict) else None
     if part is None or not isinstance(purpose, str):
@@ -181,7 +186,7 @@ async def upload(fake: FakeUpstream, r: _Req) -> None:
     await fake._send_json(r, 200, item.obj())
 
 
-async def create(fake: FakeUpstream, r: _Req) -> None:
+async def create(fake: _Host, r: _Req) -> None:
     body = r.body
     source = fake.batches.files.get(str(body.get("input_file_id")))
     if source is None:
@@ -194,10 +199,8 @@ async def create(fake: FakeUpstream, r: _Req) -> None:
     await fake._send_json(r, 200, batch.obj())
 
 
-async def resource(fake: FakeUpstream, r: _Req) -> None:
+async def resource(fake: _Host, r: _Req) -> None:
     """``GET/DELETE /v1/files/{id}[/content]``, ``GET /v1/batches/{id}``, ``POST …/cancel``."""
-    from ._fake_media import send_bytes
-
     parts = r.route.strip("/").split("/")  # v1, files|batches, id[, action]
     kind, item_id = parts[1], parts[2] if len(parts) > 2 else ""
     action = parts[3] if len(parts) > 3 else ""

@@ -21,14 +21,15 @@ import hmac
 import time
 from calendar import timegm
 from collections.abc import Mapping
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any
 from urllib.parse import unquote
 
 import orjson
 
 from tokenstile.providers import eventstream
 
-from ._fake_core import Directives, count_anthropic_input, first_int, last_user_text
+from ._fake_core import count_anthropic_input, first_int, last_user_text
+from ._fake_http import FakeHost, _Req
 from ._fake_wire import StreamParts, Turn, anthropic_message, anthropic_stream, anthropic_usage
 
 try:
@@ -37,6 +38,7 @@ try:
     from botocore.credentials import Credentials
 except ImportError:  # pragma: no cover - the [bedrock] extra is not installed
     SigV4Auth = AWSRequest = Credentials = None
+
 
 Json = dict[str, Any]
 
@@ -255,67 +257,13 @@ def invoke_stream(t: Turn) -> StreamParts:
 # --- the routes ---------------------------------------------------------------------------
 
 
-class BedrockRequest(Protocol):
-    """What the routes read and set of one request in flight (the fake upstream's own)."""
+class BedrockRoutes:
+    """``POST /model/{modelId}/{action}`` of a ``FakeHost``."""
 
-    route: str
-    raw_path: str
-    method: str
-    query: bytes
-    raw: bytes
-    raw_headers: list[tuple[bytes, bytes]]
-    body: Any
-    api_key: str | None
-    model: str
-    stream: bool
-
-
-class BedrockSettings(Protocol):
-    @property
-    def aws_credentials(self) -> dict[str, str]: ...
-
-    @property
-    def bedrock_api_keys(self) -> tuple[str, ...]: ...
-
-
-Req = TypeVar("Req", bound=BedrockRequest)
-Req_contra = TypeVar("Req_contra", bound=BedrockRequest, contravariant=True)
-
-
-class BedrockHost(Protocol[Req_contra]):
-    """What the routes use of the fake upstream that serves them: its settings, directives,
-    answers, records and errors."""
-
-    @property
-    def settings(self) -> BedrockSettings: ...
-
-    async def _error(self, r: Req_contra, status: int, message: str,
-                     retry_after: float | None = None, kind: str | None = None) -> None: ...
-
-    async def _prelude(self, r: Req_contra, directive_text: str) -> Directives | None: ...
-
-    def _turn(self, r: Req_contra, d: Directives, *, object_id: str, item_prefix: str,
-              call_prefix: str, counted_input: int, max_tokens: int | None,
-              tools: object) -> Turn: ...
-
-    def _record(self, r: Req_contra, status: int, outcome: str,
-                turn: Turn | None = None) -> None: ...
-
-    async def _send_json(self, r: Req_contra, status: int, payload: Json,
-                         extra: list[tuple[bytes, bytes]] | None = None,
-                         cut: bool = False) -> None: ...
-
-    async def _stream(self, r: Req_contra, d: Directives, turn: Turn, parts: StreamParts,
-                      content_headers: list[tuple[bytes, bytes]]) -> None: ...
-
-
-class BedrockRoutes(Generic[Req]):
-    """``POST /model/{modelId}/{action}`` of a ``FakeUpstream`` (its ``BedrockHost``)."""
-
-    def __init__(self, fake: BedrockHost[Req]) -> None:
+    def __init__(self, fake: FakeHost) -> None:
         self.fake = fake
 
-    async def handle(self, r: Req) -> None:
+    async def handle(self, r: _Req) -> None:
         prefix, _, action = r.route.rpartition("/")
         model = unquote(r.raw_path[len("/model/"):].rpartition("/")[0])
         api, stream = ACTIONS.get(action, ("", False))
@@ -335,7 +283,7 @@ class BedrockRoutes(Generic[Req]):
         else:
             await self._converse(r, body)
 
-    async def _bedrock_auth(self, r: Req) -> bool:
+    async def _bedrock_auth(self, r: _Req) -> bool:
         settings = self.fake.settings
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in r.raw_headers}
         auth = headers.get("authorization", "")
@@ -358,7 +306,7 @@ class BedrockRoutes(Generic[Req]):
         await self.fake._error(r, 403, failure[1], kind=failure[0])
         return False
 
-    async def _converse(self, r: Req, body: Json) -> None:
+    async def _converse(self, r: _Req, body: Json) -> None:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             await self.fake._error(r, 400, "messages: Member must not be null")
@@ -382,7 +330,7 @@ class BedrockRoutes(Generic[Req]):
             return
         await self.fake._stream(r, d, turn, converse_stream(turn, tier), EVENTSTREAM_HEADERS)
 
-    async def _invoke(self, r: Req, body: Json) -> None:
+    async def _invoke(self, r: _Req, body: Json) -> None:
         if body.get("anthropic_version") != "bedrock-2023-05-31":
             await self.fake._error(r, 400, "anthropic_version: must be bedrock-2023-05-31")
             return

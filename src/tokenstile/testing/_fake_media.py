@@ -24,14 +24,12 @@ import math
 import time
 import wave
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from ._fake_core import count_text, reply_text
-
-if TYPE_CHECKING:
-    from .fake_upstream import FakeUpstream, _Req
+from ._fake_http import FakeHost, _Req
 
 Json = dict[str, Any]
 
@@ -68,7 +66,7 @@ def _float(value: Any, default: float) -> float:
     return number
 
 
-async def send_events(fake: FakeUpstream, r: _Req, events: list[Json], cut_after: int | None,
+async def send_events(fake: FakeHost, r: _Req, events: list[Json], cut_after: int | None,
                       record: Callable[[str], None]) -> None:
     """An SSE stream of ``events``; with ``cut_after`` the connection drops after that many
     (``record`` is told how the stream ended: completed or cut)."""
@@ -92,7 +90,7 @@ async def send_bytes(r: _Req, status: int, data: bytes, content_type: str) -> No
     await r.send({"type": "http.response.body", "body": data})
 
 
-async def images(fake: FakeUpstream, r: _Req) -> None:
+async def images(fake: FakeHost, r: _Req) -> None:
     body = r.body
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt:
@@ -132,7 +130,7 @@ async def images(fake: FakeUpstream, r: _Req) -> None:
     await fake._send_json(r, 200, answer)
 
 
-async def _image_stream(fake: FakeUpstream, r: _Req, cut_after: int | None, n: int,
+async def _image_stream(fake: FakeHost, r: _Req, cut_after: int | None, n: int,
                         inputs: int, prompt: str) -> None:
     """``partial_images`` partial images (100 output tokens each, as OpenAI bills them)
     then each image completed with its own usage (the input on the first)."""
@@ -170,7 +168,7 @@ def _duration_s(data: bytes) -> float:
         return len(data) / 16_000
 
 
-async def transcriptions(fake: FakeUpstream, r: _Req) -> None:
+async def transcriptions(fake: FakeHost, r: _Req) -> None:
     body = r.body
     audio = next((part for part in r.files if part.name == "file"), None)
     if audio is None or not r.model:
@@ -213,7 +211,7 @@ async def transcriptions(fake: FakeUpstream, r: _Req) -> None:
     await fake._send_json(r, 200, answer)
 
 
-async def speech(fake: FakeUpstream, r: _Req) -> None:
+async def speech(fake: FakeHost, r: _Req) -> None:
     body = r.body
     text = body.get("input")
     if not isinstance(text, str) or not text or not r.model:

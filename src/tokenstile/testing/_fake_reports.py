@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -178,106 +178,120 @@ def _window(query: Mapping[str, list[str]], start_name: str, end_name: str,
     return start, max(math.ceil(end / 86400) * 86400, start + 86400)
 
 
+_WINDOW_PARAMS = {"openai": ("start_time", "end_time"), "anthropic": ("starting_at", "ending_at")}
+DayServed = list[tuple[str, _Served]]
+
+
+def _daily(records: Iterable[Any], drifts: Sequence[Drift], provider: str,
+           query: Mapping[str, list[str]], now: float,
+           results_of: Callable[[DayServed], list[Json]]) -> Json:
+    """One page of ``provider``'s daily buckets over the query's window: each holds
+    ``results_of`` the (model, served) pairs of its day, by model, in the provider's shape."""
+    start, end = _window(query, *_WINDOW_PARAMS[provider], now)
+    data = served(records, drifts, provider, start, end)
+    buckets = []
+    for day in _days(start, end):
+        results = results_of([(model, s) for (d, model), s in sorted(data.items()) if d == day])
+        if provider == "openai":
+            buckets.append({"object": "bucket", "start_time": day * 86400,
+                            "end_time": (day + 1) * 86400, "results": results})
+        else:
+            buckets.append({"starting_at": _iso(day), "ending_at": _iso(day + 1),
+                            "results": results})
+    page = _page(buckets, query, 7)
+    return {"object": "page", **page} if provider == "openai" else page
+
+
+def _usage_results(today: DayServed, by_model: bool, blank: Callable[[str | None], Json],
+                   add: Callable[[Json, _Served], None]) -> list[Json]:
+    """A usage report's results for one day: one per model (``by_model``) or one in all,
+    each ``blank(model or None)`` with every served entry ``add``-ed to it."""
+    results: dict[str | None, Json] = {}
+    for model, s in today:
+        key = model if by_model else None
+        if key not in results:
+            results[key] = blank(key)
+        add(results[key], s)
+    return list(results.values())
+
+
 # -- OpenAI ------------------------------------------------------------------------------------
 
 def openai_usage(records: Iterable[Any], drifts: Sequence[Drift],
                  query: Mapping[str, list[str]], now: float) -> Json:
-    start, end = _window(query, "start_time", "end_time", now)
     by_model = "model" in _list(query, "group_by")
-    data = served(records, drifts, "openai", start, end)
-    buckets = []
-    for day in _days(start, end):
-        results: dict[str | None, Json] = {}
-        for (d, model), s in sorted(data.items()):
-            if d != day:
-                continue
-            key = model if by_model else None
-            r = results.setdefault(key, {
-                "object": "organization.usage.completions.result", "input_tokens": 0,
+
+    def blank(key: str | None) -> Json:
+        return {"object": "organization.usage.completions.result", "input_tokens": 0,
                 "output_tokens": 0, "input_cached_tokens": 0, "input_audio_tokens": 0,
                 "output_audio_tokens": 0, "num_model_requests": 0, "project_id": None,
-                "user_id": None, "api_key_id": None, "model": key, "batch": None})
-            r["input_tokens"] += s.input_tokens
-            r["output_tokens"] += s.output_tokens
-            r["input_cached_tokens"] += s.cached_tokens
-            r["num_model_requests"] += s.requests
-        buckets.append({"object": "bucket", "start_time": day * 86400,
-                        "end_time": (day + 1) * 86400, "results": list(results.values())})
-    return {"object": "page", **_page(buckets, query, 7)}
+                "user_id": None, "api_key_id": None, "model": key, "batch": None}
+
+    def add(r: Json, s: _Served) -> None:
+        r["input_tokens"] += s.input_tokens
+        r["output_tokens"] += s.output_tokens
+        r["input_cached_tokens"] += s.cached_tokens
+        r["num_model_requests"] += s.requests
+
+    return _daily(records, drifts, "openai", query, now,
+                  lambda today: _usage_results(today, by_model, blank, add))
 
 
 def openai_costs(records: Iterable[Any], drifts: Sequence[Drift],
                  query: Mapping[str, list[str]], now: float) -> Json:
-    start, end = _window(query, "start_time", "end_time", now)
     by_line = "line_item" in _list(query, "group_by")
-    data = served(records, drifts, "openai", start, end)
-    buckets = []
-    for day in _days(start, end):
+
+    def results_of(today: DayServed) -> list[Json]:
         amounts: dict[str | None, int] = {}
-        for (d, model), s in sorted(data.items()):
-            if d != day:
-                continue
+        for model, s in today:
             if by_line:
                 amounts[f"{model}, input"] = amounts.get(f"{model}, input", 0) + s.input_nano
                 amounts[f"{model}, output"] = amounts.get(f"{model}, output", 0) + s.output_nano
             else:
                 amounts[None] = amounts.get(None, 0) + s.input_nano + s.output_nano
-        results = [{"object": "organization.costs.result",
-                    "amount": {"value": float(Decimal(nano) / Decimal(10**9)),
-                               "currency": "usd"},
-                    "line_item": line, "project_id": None}
-                   for line, nano in amounts.items()]
-        buckets.append({"object": "bucket", "start_time": day * 86400,
-                        "end_time": (day + 1) * 86400, "results": results})
-    return {"object": "page", **_page(buckets, query, 7)}
+        return [{"object": "organization.costs.result",
+                 "amount": {"value": float(Decimal(nano) / Decimal(10**9)), "currency": "usd"},
+                 "line_item": line, "project_id": None}
+                for line, nano in amounts.items()]
+
+    return _daily(records, drifts, "openai", query, now, results_of)
 
 
 # -- Anthropic ---------------------------------------------------------------------------------
 
 def anthropic_usage(records: Iterable[Any], drifts: Sequence[Drift],
                     query: Mapping[str, list[str]], now: float) -> Json:
-    start, end = _window(query, "starting_at", "ending_at", now)
     by_model = "model" in _list(query, "group_by")
-    data = served(records, drifts, "anthropic", start, end)
-    buckets = []
-    for day in _days(start, end):
-        results: dict[str | None, Json] = {}
-        for (d, model), s in sorted(data.items()):
-            if d != day:
-                continue
-            key = model if by_model else None
-            r = results.setdefault(key, {
-                "uncached_input_tokens": 0,
+
+    def blank(key: str | None) -> Json:
+        return {"uncached_input_tokens": 0,
                 "cache_creation": {"ephemeral_5m_input_tokens": 0,
                                    "ephemeral_1h_input_tokens": 0},
                 "cache_read_input_tokens": 0, "output_tokens": 0,
                 "server_tool_use": {"web_search_requests": 0}, "api_key_id": None,
                 "workspace_id": None, "model": key, "service_tier": None,
-                "context_window": None})
-            r["uncached_input_tokens"] += s.input_tokens - s.cached_tokens - \
-                s.cache_write_tokens
-            r["cache_creation"]["ephemeral_5m_input_tokens"] += \
-                s.cache_write_tokens - s.cache_write_1h_tokens
-            r["cache_creation"]["ephemeral_1h_input_tokens"] += s.cache_write_1h_tokens
-            r["cache_read_input_tokens"] += s.cached_tokens
-            r["output_tokens"] += s.output_tokens
-        buckets.append({"starting_at": _iso(day), "ending_at": _iso(day + 1),
-                        "results": list(results.values())})
-    return _page(buckets, query, 7)
+                "context_window": None}
+
+    def add(r: Json, s: _Served) -> None:
+        r["uncached_input_tokens"] += s.input_tokens - s.cached_tokens - s.cache_write_tokens
+        r["cache_creation"]["ephemeral_5m_input_tokens"] += \
+            s.cache_write_tokens - s.cache_write_1h_tokens
+        r["cache_creation"]["ephemeral_1h_input_tokens"] += s.cache_write_1h_tokens
+        r["cache_read_input_tokens"] += s.cached_tokens
+        r["output_tokens"] += s.output_tokens
+
+    return _daily(records, drifts, "anthropic", query, now,
+                  lambda today: _usage_results(today, by_model, blank, add))
 
 
 def anthropic_costs(records: Iterable[Any], drifts: Sequence[Drift],
                     query: Mapping[str, list[str]], now: float) -> Json:
-    start, end = _window(query, "starting_at", "ending_at", now)
     by_description = "description" in _list(query, "group_by")
-    data = served(records, drifts, "anthropic", start, end)
-    buckets = []
-    for day in _days(start, end):
+
+    def results_of(today: DayServed) -> list[Json]:
         results = []
         total = 0
-        for (d, model), s in sorted(data.items()):
-            if d != day:
-                continue
+        for model, s in today:
             if not by_description:
                 total += s.input_nano + s.output_nano
                 continue
@@ -294,9 +308,9 @@ def anthropic_costs(records: Iterable[Any], drifts: Sequence[Drift],
                             "workspace_id": None, "description": None, "cost_type": None,
                             "context_window": None, "model": None, "service_tier": None,
                             "token_type": None})
-        buckets.append({"starting_at": _iso(day), "ending_at": _iso(day + 1),
-                        "results": results})
-    return _page(buckets, query, 7)
+        return results
+
+    return _daily(records, drifts, "anthropic", query, now, results_of)
 
 
 REPORTS = {

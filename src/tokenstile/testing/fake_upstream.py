@@ -28,7 +28,6 @@ Run as a process: ``python -m tokenstile.testing.fake_upstream --port N``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import contextlib
 import contextvars
@@ -42,8 +41,7 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -51,7 +49,7 @@ import orjson
 import uvicorn
 
 from tokenstile.errors import GatewayError
-from tokenstile.providers.multipart import FilePart, parse_form
+from tokenstile.providers.multipart import parse_form
 
 from . import _fake_batches, _fake_media
 from ._fake_bedrock import BedrockRoutes, error_headers
@@ -74,8 +72,10 @@ from ._fake_core import (
     plan_reply,
     reply_text,
 )
+from ._fake_http import Receive, Scope, Send, _Req
 from ._fake_reports import REPORTS, Drift, admin_key_ok
 from ._fake_responses import ResponseStore, StoredResponse
+from ._fake_state import DEFAULT_MODELS, FakeRecord, FakeSettings, Tally
 from ._fake_wire import (
     StreamParts,
     Turn,
@@ -106,190 +106,8 @@ __all__ = [
     "start_in_thread",
 ]
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 Json = dict[str, Any]
 DirectiveSpec = str | Mapping[str, object] | Directives | None
-
-DEFAULT_MODELS: tuple[str, ...] = (
-    "gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "o4-mini", "gpt-3.5-turbo-instruct",
-    "text-embedding-3-small", "omni-moderation-latest",
-    "claude-sonnet-4-6", "claude-haiku-4-5", "claude-opus-4-5",
-)
-
-# ---------------------------------------------------------------------------------------
-# Tally
-# ---------------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class FakeRecord:
-    """One request as the fake saw and answered it.
-
-    Token fields are what the fake reported (or, for a cut stream, what it had emitted):
-    ``input_tokens`` includes cached, cache-write and audio tokens, ``output_tokens``
-    includes reasoning and audio tokens. Errors, models, moderations and count_tokens report
-    zero usage. ``service_tier`` is the tier the answer named.
-    ``outcome`` is one of: completed, error, cut (the fake dropped the connection),
-    stream_error (an in-stream error event), client_disconnected.
-    """
-
-    request_id: str
-    route: str
-    method: str
-    model: str
-    stream: bool
-    status: int
-    outcome: str
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cached_tokens: int = 0
-    cache_write_tokens: int = 0
-    reasoning_tokens: int = 0
-    cache_write_1h_tokens: int = 0
-    input_audio_tokens: int = 0
-    output_audio_tokens: int = 0
-    cached_audio_tokens: int = 0
-    web_searches: int = 0
-    web_fetches: int = 0
-    file_searches: int = 0
-    service_tier: str | None = None
-    units: dict[str, int] = field(default_factory=dict)
-    api_key: str | None = None
-    directives: dict[str, object] = field(default_factory=dict)
-    body: Any = None
-    started_at: float = 0.0
-    duration_ms: float = 0.0
-    raw_headers: list[tuple[bytes, bytes]] = field(default_factory=list, repr=False)
-
-    @property
-    def headers(self) -> dict[str, str]:
-        """Request headers, lower-cased names (decoded on demand: off the hot path)."""
-        return {k.decode("latin-1"): v.decode("latin-1") for k, v in self.raw_headers}
-
-    def to_json(self) -> Json:
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "raw_headers"}
-        out.update(headers=self.headers, completed=self.completed, cut=self.cut)
-        return out
-
-    @property
-    def completed(self) -> bool:
-        return self.outcome == "completed"
-
-    @property
-    def cut(self) -> bool:
-        """The stream ended early: dropped by the fake, or the client went away."""
-        return self.outcome in ("cut", "client_disconnected")
-
-
-class Tally:
-    """Totals and per-request records; updated on the server's loop, read from any thread.
-
-    ``records`` returns a copy. Token totals sum the usage the fake reported.
-    """
-
-    def __init__(self, max_records: int = 100_000) -> None:
-        self._cond = threading.Condition()
-        self._records: deque[FakeRecord] = deque(maxlen=max_records)
-        self.requests = 0
-        self.input_tokens = 0
-        self.output_tokens = 0
-        self.cached_tokens = 0
-        self.cache_write_tokens = 0
-        self.reasoning_tokens = 0
-        self.errors = 0
-        self.cut = 0
-        self.in_flight = 0
-
-    @property
-    def records(self) -> list[FakeRecord]:
-        with self._cond:
-            return list(self._records)
-
-    @property
-    def last(self) -> FakeRecord | None:
-        with self._cond:
-            return self._records[-1] if self._records else None
-
-    def begin(self) -> None:
-        with self._cond:
-            self.in_flight += 1
-
-    def add(self, record: FakeRecord) -> None:
-        with self._cond:
-            self.in_flight -= 1
-            self._records.append(record)
-            self.requests += 1
-            self.input_tokens += record.input_tokens
-            self.output_tokens += record.output_tokens
-            self.cached_tokens += record.cached_tokens
-            self.cache_write_tokens += record.cache_write_tokens
-            self.reasoning_tokens += record.reasoning_tokens
-            if record.status >= 400:
-                self.errors += 1
-            if record.cut:
-                self.cut += 1
-            self._cond.notify_all()
-
-    def reset(self) -> None:
-        with self._cond:
-            self._records.clear()
-            self.requests = self.input_tokens = self.output_tokens = 0
-            self.cached_tokens = self.cache_write_tokens = self.reasoning_tokens = 0
-            self.errors = self.cut = 0
-            self._cond.notify_all()
-
-    def wait_for(self, predicate: Callable[[Tally], bool], timeout: float = 5.0) -> bool:
-        """Block until ``predicate(tally)`` holds (records land after a client hangs up)."""
-        with self._cond:
-            return self._cond.wait_for(lambda: predicate(self), timeout)
-
-    def totals(self) -> dict[str, int]:
-        with self._cond:
-            return {
-                "requests": self.requests,
-                "input_tokens": self.input_tokens,
-                "output_tokens": self.output_tokens,
-                "cached_tokens": self.cached_tokens,
-                "cache_write_tokens": self.cache_write_tokens,
-                "reasoning_tokens": self.reasoning_tokens,
-                "errors": self.errors,
-                "cut": self.cut,
-                "in_flight": self.in_flight,
-            }
-
-    def snapshot(self, with_records: bool = True) -> Json:
-        out: Json = dict(self.totals())
-        if with_records:
-            out["records"] = [r.to_json() for r in self.records]
-        return out
-
-
-# ---------------------------------------------------------------------------------------
-# Settings
-# ---------------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class FakeSettings:
-    """Server-wide behaviour; may be changed between requests."""
-
-    default_output_tokens: int = 12
-    require_key: str | None = None  # answer 401 unless this key is presented
-    defaults: dict[str, object] = field(default_factory=dict)  # directives for every call
-    embedding_dim: int = 8
-    moderation_trigger: str = "forbidden"
-    models: tuple[str, ...] = DEFAULT_MODELS
-    max_records: int = 100_000
-    record_bodies: bool = True  # keep each request's parsed JSON body on its record
-    background_polls: int = 2  # a background response completes on this poll of it
-    # Bedrock: access key id -> secret; when any is set, Bedrock calls must be SigV4-signed
-    # by one of them (else anything goes). Bedrock API keys accepted as bearer tokens.
-    aws_credentials: dict[str, str] = field(default_factory=dict)
-    bedrock_api_keys: tuple[str, ...] = ()
-
 
 # ---------------------------------------------------------------------------------------
 # Per-request plumbing
@@ -320,110 +138,12 @@ def _install_log_filter() -> None:
             _filter_installed = True
 
 
-class _Watch:
-    """Notices the client hanging up while the fake waits (delays, hangs, slow streams)."""
-
-    __slots__ = ("_gone", "_receive", "_task")
-
-    def __init__(self, receive: Receive) -> None:
-        self._receive = receive
-        self._gone = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def _run(self) -> None:
-        while True:
-            message = await self._receive()
-            if message["type"] == "http.disconnect":
-                self._gone.set()
-                return
-
-    @property
-    def gone(self) -> bool:
-        return self._gone.is_set()
-
-    async def sleep(self, seconds: float) -> bool:
-        """Sleep; False if the client left meanwhile."""
-        if self._gone.is_set():
-            return False
-        try:
-            async with asyncio.timeout(seconds):
-                await self._gone.wait()
-        except TimeoutError:
-            return True
-        return False
-
-    async def wait_gone(self) -> None:
-        await self._gone.wait()
-
-    def close(self) -> None:
-        self._task.cancel()
-
-
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 _FORM_ROUTES = frozenset({"/v1/images/edits", "/v1/audio/transcriptions", "/v1/files"})
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
 ]
-
-
-class _Req:
-    """One HTTP request in flight, and what will go on its record."""
-
-    __slots__ = (
-        "anthropic", "api_key", "background", "bedrock", "body", "directives", "files",
-        "headers", "method", "model", "query", "raw", "raw_headers", "raw_path", "receive",
-        "recorded", "rid", "route", "send", "started", "started_wall", "stream", "watch",
-    )
-
-    def __init__(
-        self, scope: Scope, receive: Receive, send: Send, route: str, rid: str
-    ) -> None:
-        self.receive = receive
-        self.send = send
-        self.route = route
-        self.method: str = scope["method"]
-        self.query: bytes = scope.get("query_string", b"")
-        self.rid = rid
-        self.raw_headers: list[tuple[bytes, bytes]] = scope["headers"]
-        raw_path = scope.get("raw_path")
-        self.raw_path: str = raw_path.decode("latin-1") if raw_path else scope["path"]
-        self.raw = b""
-        self.api_key: str | None = None
-        self.anthropic = route.startswith("/v1/messages")
-        self.bedrock = route.startswith("/model/")
-        for name, value in self.raw_headers:
-            if name == b"x-api-key":
-                self.api_key = value.decode("latin-1")
-            elif name == b"authorization" and self.api_key is None:
-                text = value.decode("latin-1")
-                self.api_key = text[7:] if text[:7].lower() == "bearer " else text
-            elif name == b"anthropic-version":
-                self.anthropic = True
-        self.body: Any = None
-        self.files: tuple[FilePart, ...] = ()
-        self.background: StoredResponse | None = None
-        self.model = ""
-        self.stream = False
-        self.directives: Directives = NORMAL
-        self.recorded = False
-        self.watch: _Watch | None = None
-        self.started = time.perf_counter()
-        self.started_wall = time.time()
-
-    def watcher(self) -> _Watch:
-        if self.watch is None:
-            self.watch = _Watch(self.receive)
-        return self.watch
-
-    def headers_value(self, name: bytes) -> str | None:
-        return next((v.decode("latin-1") for k, v in self.raw_headers if k == name), None)
-
-    def id_headers(self) -> list[tuple[bytes, bytes]]:
-        rid = self.rid.encode()
-        if self.bedrock:
-            return [(b"x-amzn-requestid", rid)]
-        return [(b"x-request-id", rid), (b"request-id", rid)]
 
 
 _OPENAI_TIERS = frozenset({"default", "flex", "priority", "scale"})
@@ -503,7 +223,7 @@ class FakeUpstream:
         self.drifts: list[Drift] = []
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(4).hex()
-        self._bedrock: BedrockRoutes[_Req] = BedrockRoutes(self)
+        self._bedrock = BedrockRoutes(self)
         self._routes: dict[tuple[str, str], Callable[[_Req], Awaitable[None]]] = {
             ("POST", "/v1/chat/completions"): self._chat,
             ("POST", "/v1/completions"): self._completions,
@@ -994,22 +714,32 @@ class FakeUpstream:
 
     # -- OpenAI -------------------------------------------------------------------------
 
-    async def _require(self, r: _Req, *keys: str) -> bool:
-        assert r.body is not None
-        for key in keys:
-            if r.body.get(key) is None:
-                await self._error(r, 400, f"Missing required parameter: '{key}'.")
-                return False
-        return True
-
-    async def _chat(self, r: _Req) -> None:
+    async def _begin(self, r: _Req, required: tuple[str, ...],
+                     directive_text: Callable[[Json], str], *, anthropic: bool = False,
+                     default_model: str | None = None) -> tuple[Json, Directives] | None:
+        """The JSON body and the directives of a request that has every ``required`` key
+        (else a 400 worded as OpenAI or, with ``anthropic``, as Anthropic words it) and got
+        through the prelude; None when an error was sent instead."""
         body = r.body
         assert body is not None
-        if not await self._require(r, "model", "messages"):
+        for key in required:
+            if body.get(key) is None:
+                await self._error(r, 400, f"{key}: Field required" if anthropic
+                                  else f"Missing required parameter: '{key}'.")
+                return None
+        if default_model is not None:
+            r.model = r.model or default_model
+        d = await self._prelude(r, directive_text(body))
+        return None if d is None else (body, d)
+
+    async def _chat(self, r: _Req) -> None:
+        begun = await self._begin(r, ("model", "messages"),
+                                  lambda body: last_user_text(body["messages"]))
+        if begun is None:
             return
+        body, d = begun
         messages = body["messages"]
-        d = await self._prelude(r, last_user_text(messages))
-        if d is None or await self._refused_stream_options(r, d):
+        if await self._refused_stream_options(r, d):
             return
         tools = body.get("tools")
         options = body.get("stream_options")
@@ -1025,13 +755,13 @@ class FakeUpstream:
         await self._answer(r, d, turn, chat_body, chat_stream)
 
     async def _completions(self, r: _Req) -> None:
-        body = r.body
-        assert body is not None
-        if not await self._require(r, "model", "prompt"):
+        begun = await self._begin(r, ("model", "prompt"),
+                                  lambda body: last_prompt_text(body["prompt"]))
+        if begun is None:
             return
+        body, d = begun
         prompt = body["prompt"]
-        d = await self._prelude(r, last_prompt_text(prompt))
-        if d is None or await self._refused_stream_options(r, d):
+        if await self._refused_stream_options(r, d):
             return
         options = body.get("stream_options")
         turn = self._turn(
@@ -1045,14 +775,11 @@ class FakeUpstream:
         await self._answer(r, d, turn, completion_body, completion_stream)
 
     async def _responses(self, r: _Req) -> None:
-        body = r.body
-        assert body is not None
-        if not await self._require(r, "model"):
+        begun = await self._begin(r, ("model",), lambda body: last_user_text(body.get("input")))
+        if begun is None:
             return
+        body, d = begun
         items = body.get("input")
-        d = await self._prelude(r, last_user_text(items))
-        if d is None:
-            return
         carried = 0
         previous = body.get("previous_response_id")
         if previous is not None:
@@ -1152,14 +879,12 @@ class FakeUpstream:
         await r.send({"type": "http.response.body", "body": b"".join(events)})
 
     async def _embeddings(self, r: _Req) -> None:
-        body = r.body
-        assert body is not None
-        if not await self._require(r, "model", "input"):
+        begun = await self._begin(r, ("model", "input"),
+                                  lambda body: last_prompt_text(body["input"]))
+        if begun is None:
             return
+        body, d = begun
         raw = body["input"]
-        d = await self._prelude(r, last_prompt_text(raw))
-        if d is None:
-            return
         if isinstance(raw, str) or (isinstance(raw, list) and raw and isinstance(raw[0], int)):
             inputs: list[object] = [raw]
         elif isinstance(raw, list) and raw:
@@ -1186,15 +911,12 @@ class FakeUpstream:
         )
 
     async def _moderations(self, r: _Req) -> None:
-        body = r.body
-        assert body is not None
-        if not await self._require(r, "input"):
+        begun = await self._begin(r, ("input",), lambda body: last_prompt_text(body["input"]),
+                                  default_model="omni-moderation-latest")
+        if begun is None:
             return
+        body, _ = begun
         raw = body["input"]
-        r.model = r.model or "omni-moderation-latest"
-        d = await self._prelude(r, last_prompt_text(raw))
-        if d is None:
-            return
         groups: list[list[object]]
         if isinstance(raw, list) and raw and all(isinstance(x, dict) for x in raw):
             groups = [list(raw)]  # one multi-modal input
@@ -1269,22 +991,14 @@ class FakeUpstream:
 
     # -- Anthropic ----------------------------------------------------------------------
 
-    async def _anthropic_require(self, r: _Req, *keys: str) -> bool:
-        assert r.body is not None
-        for key in keys:
-            if r.body.get(key) is None:
-                await self._error(r, 400, f"{key}: Field required")
-                return False
-        return True
-
     async def _messages(self, r: _Req) -> None:
-        body = r.body
-        assert body is not None
-        if not await self._anthropic_require(r, "model", "messages", "max_tokens"):
+        begun = await self._begin(r, ("model", "messages", "max_tokens"),
+                                  lambda body: last_user_text(body["messages"]), anthropic=True)
+        if begun is None:
             return
+        body, d = begun
         messages = body["messages"]
-        d = await self._prelude(r, last_user_text(messages))
-        if d is None or await self._refused_stream_options(r, d):
+        if await self._refused_stream_options(r, d):
             return
         tools = body.get("tools")
         turn = self._turn(
@@ -1298,14 +1012,12 @@ class FakeUpstream:
         await self._answer(r, d, turn, anthropic_message, anthropic_stream)
 
     async def _count_tokens(self, r: _Req) -> None:
-        body = r.body
-        assert body is not None
-        if not await self._anthropic_require(r, "model", "messages"):
+        begun = await self._begin(r, ("model", "messages"),
+                                  lambda body: last_user_text(body["messages"]), anthropic=True)
+        if begun is None:
             return
+        body, d = begun
         messages = body["messages"]
-        d = await self._prelude(r, last_user_text(messages))
-        if d is None:
-            return
         counted = count_anthropic_input(body.get("system"), messages, body.get("tools"),
                                         _anthropic_format(body))
         if d.input_tokens is not None:
