@@ -5,7 +5,8 @@
 - A stream that ended before its usage (the client left, the upstream cut it, a policy
   stopped it): what was relayed, visible and reasoning.
 - Reasoning the provider does not stream (OpenAI's o-series and gpt-5 think before their
-  first visible token and show nothing of it on chat completions): when such a stream ends
+  first visible token and show nothing of it on chat completions, nor do Gemini 2.5 and 3
+  unless asked for thought summaries): when such a stream ends
   before its usage, the reasoning done until its first visible token (or until it ended,
   if none came) is estimated as those seconds × the model's pace (``hidden_reasoning``),
   at most what the output cap leaves, and never less than the reasoning text that was
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 # the low end of what they are measured to write (so the estimate stays a floor).
 BUILT_IN_PACES: dict[str, float] = {
     "o1*": 50.0, "o3*": 50.0, "o4*": 50.0, "gpt-5*": 50.0, "codex-mini*": 50.0,
+    "gemini-2.5*": 50.0, "gemini-3*": 50.0,
 }
 
 
@@ -82,6 +84,8 @@ class ReasoningPace:
                                 key=lambda item: -len(item[0]))
 
     def of(self, model: str, body: dict[str, Any]) -> float:
+        if _thinking_off(body):
+            return 0.0
         name = model.strip().lower()
         bare = name.rsplit("/", 1)[-1]
         for candidate in (name, bare):
@@ -91,6 +95,13 @@ class ReasoningPace:
             if fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(bare, pattern):
                 return pace
         return self.default if asks_to_reason(body) else 0.0
+
+
+def _thinking_off(body: dict[str, Any]) -> bool:
+    """A Gemini request that turns thinking off (``thinkingBudget: 0``)."""
+    config = body.get("generationConfig")
+    thinking = config.get("thinkingConfig") if isinstance(config, dict) else None
+    return isinstance(thinking, dict) and thinking.get("thinkingBudget") == 0
 
 
 def asks_to_reason(body: dict[str, Any]) -> bool:

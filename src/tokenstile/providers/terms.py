@@ -10,6 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 from tokenstile.providers.converse import converse_terms
+from tokenstile.providers.gemini import gemini_terms
 from tokenstile.providers.openai import searches_chat_model
 from tokenstile.types import CanonicalRequest, PriceTerms
 
@@ -38,6 +39,8 @@ def price_terms(req: CanonicalRequest) -> PriceTerms:
     body = req.body
     if req.api == "converse":
         return converse_terms(body)
+    if req.wire == "gemini":
+        return gemini_terms(body)
     if req.wire in ("anthropic", "bedrock"):  # Claude's Messages body, on Bedrock too
         return _anthropic(body)
     return _openai(req.api, body)

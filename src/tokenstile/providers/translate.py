@@ -877,6 +877,11 @@ def bridge_for(api: ApiKind, client_wire: WireFormat, upstream_wire: WireFormat,
 
         return bedrock_bridge(api, client_wire, upstream_wire, upstream, body,
                               default_max_tokens)
+    if "gemini" in (client_wire, upstream_wire):
+        from tokenstile.providers.gemini_translate import gemini_bridge
+
+        return gemini_bridge(api, client_wire, upstream_wire, upstream, body,
+                             default_max_tokens)
     model = body.get("model")
     if client_wire == "anthropic" and upstream_wire == "openai" and api == "messages":
         from tokenstile.providers.messages_over_chat import MessagesOverChat
