@@ -21,7 +21,7 @@ from tokenstile.policies.schema import AutoReplyRule
 from tokenstile.policies.texts import last_user_text, request_slots
 from tokenstile.types import CanonicalRequest
 
-_TEXT_FIELDS = ("messages", "prompt", "input")
+_TEXT_FIELDS = ("messages", "prompt", "input", "contents")
 _PROMPT_PARAM = {"chat": "messages", "messages": "messages", "converse": "messages",
                  "completions": "prompt", "generate_content": "contents"}
 # APIs whose requests have no end-user field: only a header can name the end user.

@@ -27,6 +27,8 @@ times ``candidateCount``.
 from __future__ import annotations
 
 import math
+import re
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -61,6 +63,28 @@ _TAIL_EVENTS = 4
 _AUDIO = "AUDIO"
 
 
+@lru_cache(maxsize=256)
+def snake(name: str) -> str:
+    """A lowerCamelCase field name as the proto field it is (``maxOutputTokens`` ->
+    ``max_output_tokens``)."""
+    return re.sub(r"(?<!^)([A-Z])", r"_\1", name).lower()
+
+
+def get(node: Any, name: str) -> Any:
+    """A field of a request object by its JSON name, or by its proto name: Google reads
+    both (the ``google-genai`` SDK writes ``thinkingConfig``'s fields in snake case)."""
+    if not isinstance(node, dict):
+        return None
+    value = node.get(name)
+    return node.get(snake(name)) if value is None else value
+
+
+def without(node: dict[str, Any], *names: str) -> dict[str, Any]:
+    """``node`` without ``names`` in either spelling."""
+    drop = {*names, *(snake(n) for n in names)}
+    return {k: v for k, v in node.items() if k not in drop}
+
+
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
@@ -91,7 +115,7 @@ def forwarded_body(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def _object(body: dict[str, Any], name: str) -> dict[str, Any] | None:
-    value = body.get(name)
+    value = get(body, name)
     if value is None:
         return None
     if not isinstance(value, dict):
@@ -134,7 +158,7 @@ def _check_content(content: Any, where: str, *, role: bool) -> list[dict[str, An
 def request_of(body: dict[str, Any]) -> dict[str, Any]:
     """The generate request a body amounts to (``countTokens`` may wrap one in
     ``generateContentRequest``)."""
-    inner = body.get("generateContentRequest")
+    inner = get(body, "generateContentRequest")
     return inner if isinstance(inner, dict) else body
 
 
@@ -145,7 +169,7 @@ def parse_gemini(api: ApiKind, body: dict[str, Any]) -> tuple[str, str]:
     if "generateContentRequest" in body and request is body:
         raise bad_request("'generateContentRequest' must be an object",
                           param="generateContentRequest")
-    contents = request.get("contents")
+    contents = get(request, "contents")
     if contents is None:
         if api == "generate_content":
             raise bad_request("'contents' is required", param="contents",
@@ -157,25 +181,25 @@ def parse_gemini(api: ApiKind, body: dict[str, Any]) -> tuple[str, str]:
     for i, content in enumerate(contents):
         parts_text(_check_content(content, f"contents[{i}]", role=True), texts)
     system: list[str] = []
-    instruction = request.get("systemInstruction")
+    instruction = get(request, "systemInstruction")
     if instruction is not None:
         parts_text(_check_content(instruction, "systemInstruction", role=False), system)
-    tools = request.get("tools")
+    tools = get(request, "tools")
     if tools is not None and not (isinstance(tools, list)
                                   and all(isinstance(t, dict) for t in tools)):
         raise bad_request("'tools' must be an array of tool objects", param="tools")
     config = _object(request, "generationConfig")
     if config is not None:
-        _check_int(config.get("maxOutputTokens"), CAP_FIELD, 1)
-        _check_int(config.get("candidateCount"), "generationConfig.candidateCount", 1)
-        thinking = config.get("thinkingConfig")
+        _check_int(get(config, "maxOutputTokens"), CAP_FIELD, 1)
+        _check_int(get(config, "candidateCount"), "generationConfig.candidateCount", 1)
+        thinking = get(config, "thinkingConfig")
         if thinking is not None:
             if not isinstance(thinking, dict):
                 raise bad_request("'generationConfig.thinkingConfig' must be an object",
                                   param="generationConfig.thinkingConfig")
-            _check_int(thinking.get("thinkingBudget"),
+            _check_int(get(thinking, "thinkingBudget"),
                        "generationConfig.thinkingConfig.thinkingBudget", -1)
-    cached = request.get("cachedContent")
+    cached = get(request, "cachedContent")
     if cached is not None and not isinstance(cached, str):
         raise bad_request("'cachedContent' must be the name of a cached content",
                           param="cachedContent")
@@ -193,20 +217,20 @@ def parts_text(parts: Any, out: list[str]) -> None:
             if text:
                 out.append(text)
             continue
-        call = part.get("functionCall")
+        call = get(part, "functionCall")
         if isinstance(call, dict):
             out.append(str(call.get("name") or ""))
             if call.get("args") is not None:
                 out.append(_dumps(call["args"]))
-        response = part.get("functionResponse")
+        response = get(part, "functionResponse")
         if isinstance(response, dict):
             out.append(str(response.get("name") or ""))
             if response.get("response") is not None:
                 out.append(_dumps(response["response"]))
-        code = part.get("executableCode")
+        code = get(part, "executableCode")
         if isinstance(code, dict) and isinstance(code.get("code"), str):
             out.append(code["code"])
-        result = part.get("codeExecutionResult")
+        result = get(part, "codeExecutionResult")
         if isinstance(result, dict) and isinstance(result.get("output"), str):
             out.append(result["output"])
 
@@ -223,22 +247,22 @@ def count_gemini(model: str, body: dict[str, Any]) -> int:
     request = request_of(body)
     text = 0
     framing = 0
-    for content in request.get("contents") or ():
+    for content in get(request, "contents") or ():
         if not isinstance(content, dict):
             continue
         pieces: list[str] = []
         parts_text(content.get("parts"), pieces)
         framing += TOKENS_PER_CONTENT
         text += sum(tokens.count_text(model, piece) for piece in pieces)
-    instruction = request.get("systemInstruction")
+    instruction = get(request, "systemInstruction")
     if isinstance(instruction, dict):
         pieces = []
         parts_text(instruction.get("parts"), pieces)
         framing += TOKENS_PER_CONTENT
         text += sum(tokens.count_text(model, piece) for piece in pieces)
-    for tool in request.get("tools") or ():
+    for tool in get(request, "tools") or ():
         if isinstance(tool, dict):
-            declarations = tool.get("functionDeclarations")
+            declarations = get(tool, "functionDeclarations")
             for declaration in declarations if isinstance(declarations, list) else (tool,):
                 framing += TOKENS_PER_TOOL
                 text += tokens.count_text(model, _dumps(declaration))
@@ -250,38 +274,38 @@ def hidden_gemini(body: dict[str, Any]) -> tuple[str, ...]:
     bytes), files by URI, and ``cachedContent``."""
     request = request_of(body)
     found: set[str] = set()
-    if request.get("cachedContent"):
+    if get(request, "cachedContent"):
         found.add("cached_content")
-    contents = request.get("contents")
-    instruction = request.get("systemInstruction")
+    contents = get(request, "contents")
+    instruction = get(request, "systemInstruction")
     groups = [*(contents if isinstance(contents, list) else ()), instruction]
     for content in groups:
         parts = content.get("parts") if isinstance(content, dict) else None
         for part in parts[:_MAX_PARTS] if isinstance(parts, list) else ():
             if isinstance(part, dict):
-                if "inlineData" in part:
+                if get(part, "inlineData") is not None:
                     found.add("inline_data")
-                if "fileData" in part:
+                if get(part, "fileData") is not None:
                     found.add("file_data")
     return tuple(sorted(found))
 
 
 def candidate_count(body: dict[str, Any]) -> int:
-    config = request_of(body).get("generationConfig")
-    value = config.get("candidateCount") if isinstance(config, dict) else None
+    config = get(request_of(body), "generationConfig")
+    value = get(config, "candidateCount") if isinstance(config, dict) else None
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 1 else 1
 
 
 def _thinking(body: dict[str, Any]) -> dict[str, Any]:
-    config = body.get("generationConfig")
-    thinking = config.get("thinkingConfig") if isinstance(config, dict) else None
+    config = get(body, "generationConfig")
+    thinking = get(config, "thinkingConfig") if isinstance(config, dict) else None
     return thinking if isinstance(thinking, dict) else {}
 
 
 def thinking_allowance(model: str, body: dict[str, Any]) -> int:
     """What one answer may think: its ``thinkingBudget``, else (dynamic thinking, a
     ``thinkingLevel``, or nothing said) the model's largest budget."""
-    budget = _thinking(body).get("thinkingBudget")
+    budget = get(_thinking(body), "thinkingBudget")
     if isinstance(budget, int) and not isinstance(budget, bool) and budget >= 0:
         return budget
     return max_thinking(model)
@@ -289,14 +313,14 @@ def thinking_allowance(model: str, body: dict[str, Any]) -> int:
 
 def thinking_off(body: dict[str, Any]) -> bool:
     """The request turns thinking off (``thinkingBudget: 0``)."""
-    return _thinking(body).get("thinkingBudget") == 0
+    return get(_thinking(body), "thinkingBudget") == 0
 
 
 def output_worst_case(model: str, body: dict[str, Any]) -> int | None:
     """The most output (thinking included) a request may be billed for; None when it sets
     no ``maxOutputTokens`` and the model's most is not known."""
-    config = body.get("generationConfig")
-    cap = config.get("maxOutputTokens") if isinstance(config, dict) else None
+    config = get(body, "generationConfig")
+    cap = get(config, "maxOutputTokens") if isinstance(config, dict) else None
     if not isinstance(cap, int) or isinstance(cap, bool):
         cap = max_output(model)
     if cap is None:
@@ -308,15 +332,16 @@ def capped_config(model: str, body: dict[str, Any], cap: int) -> dict[str, Any]:
     """``body``'s ``generationConfig`` fitted to ``cap`` tokens of output per answer:
     ``maxOutputTokens`` for what thinking leaves, and a ``thinkingBudget`` (half the room)
     when the thinking allowed would not fit."""
-    config = body.get("generationConfig")
-    config = dict(config) if isinstance(config, dict) else {}
+    given = get(body, "generationConfig")
+    config = without(given, "maxOutputTokens") if isinstance(given, dict) else {}
     thinking = thinking_allowance(model, body)
     if thinking and thinking >= cap:
         thinking = cap // 2
-        current = config.get("thinkingConfig")
-        rewritten = {k: v for k, v in (current.items() if isinstance(current, dict) else ())
-                     if k != "thinkingLevel"}
+        current = get(config, "thinkingConfig")
+        rewritten = without(current, "thinkingBudget", "thinkingLevel") \
+            if isinstance(current, dict) else {}
         rewritten["thinkingBudget"] = thinking
+        config = without(config, "thinkingConfig")
         config["thinkingConfig"] = rewritten
     config["maxOutputTokens"] = cap - thinking
     return config
@@ -327,7 +352,8 @@ def set_gemini_cap(req: CanonicalRequest, cap: int) -> None:
     tokens of output (``capped_config``). The client's body is untouched."""
     answers = candidate_count(req.body)
     per = max(cap // answers, 1)
-    req.body = {**req.body, "generationConfig": capped_config(req.model, req.body, per)}
+    req.body = {**without(req.body, "generationConfig"),
+                "generationConfig": capped_config(req.model, req.body, per)}
     req.output_cap, req.output_cap_field = per * answers, CAP_FIELD
 
 
@@ -336,18 +362,18 @@ def gemini_terms(body: dict[str, Any]) -> PriceTerms:
     grounded prompt)."""
     request = request_of(body)
     audio = False
-    for content in request.get("contents") or ():
+    for content in get(request, "contents") or ():
         parts = content.get("parts") if isinstance(content, dict) else None
         for part in parts[:_MAX_PARTS] if isinstance(parts, list) else ():
-            data = part.get("inlineData") or part.get("fileData") \
+            data = get(part, "inlineData") or get(part, "fileData") \
                 if isinstance(part, dict) else None
-            mime = data.get("mimeType") if isinstance(data, dict) else None
+            mime = get(data, "mimeType") if isinstance(data, dict) else None
             if isinstance(mime, str) and mime.startswith(("audio/", "video/")):
                 audio = True
     searches = 0
-    for tool in request.get("tools") or ():
-        if isinstance(tool, dict) and ("googleSearch" in tool
-                                       or "googleSearchRetrieval" in tool):
+    for tool in get(request, "tools") or ():
+        if get(tool, "googleSearch") is not None or \
+                get(tool, "googleSearchRetrieval") is not None:
             searches = 1
     return PriceTerms(audio_input=audio, web_searches=searches)
 
@@ -413,12 +439,12 @@ def candidate_text(candidate: Any, out: AnswerText) -> None:
             out.reason(text)
             continue
         out.see(text)
-        call = part.get("functionCall")
+        call = get(part, "functionCall")
         if isinstance(call, dict):
             out.see(call.get("name"))
             if call.get("args") is not None:
                 out.see(_dumps(call["args"]))
-        code = part.get("executableCode")
+        code = get(part, "executableCode")
         if isinstance(code, dict):
             out.see(code.get("code"))
 

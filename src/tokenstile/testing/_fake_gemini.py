@@ -104,15 +104,17 @@ def declared_tools(body: Json) -> list[Json] | None:
     """Function declarations in the shape the reply planner reads."""
     out = []
     for tool in body.get("tools") or ():
-        for declaration in tool.get("functionDeclarations") or () if isinstance(tool, dict) \
-                else ():
-            schema = declaration.get("parametersJsonSchema") or declaration.get("parameters")
+        declarations = (tool.get("functionDeclarations") or tool.get("function_declarations")
+                        or ()) if isinstance(tool, dict) else ()
+        for declaration in declarations:
+            schema = declaration.get("parametersJsonSchema") or \
+                declaration.get("parameters_json_schema") or declaration.get("parameters")
             out.append({"name": declaration.get("name"), "input_schema": schema})
     return out or None
 
 
 def searches(body: Json) -> bool:
-    return any(isinstance(tool, dict) and "googleSearch" in tool
+    return any(isinstance(tool, dict) and ("googleSearch" in tool or "google_search" in tool)
                for tool in body.get("tools") or ())
 
 
