@@ -56,7 +56,6 @@ from tokenstile.providers.multipart import FilePart, parse_form
 
 from . import _fake_batches, _fake_media
 from ._fake_bedrock import BedrockRoutes, error_headers
-from ._fake_gemini import GeminiRoutes, google_error, is_gemini, query_key
 from ._fake_core import (
     NORMAL,
     DirectiveError,
@@ -76,6 +75,7 @@ from ._fake_core import (
     plan_reply,
     reply_text,
 )
+from ._fake_gemini import GeminiRoutes, google_error, is_gemini, query_key
 from ._fake_reports import REPORTS, Drift, admin_key_ok
 from ._fake_responses import ResponseStore, StoredResponse
 from ._fake_wire import (
@@ -374,8 +374,8 @@ class _Req:
 
     __slots__ = (
         "anthropic", "api_key", "background", "bedrock", "body", "directives", "files",
-        "gemini", "headers", "method", "model", "query", "raw", "raw_headers", "raw_path", "receive",
-        "recorded", "rid", "route", "send", "started", "started_wall", "stream", "watch",
+        "gemini", "headers", "method", "model", "query", "raw", "raw_headers", "raw_path",
+        "receive", "recorded", "rid", "route", "send", "started", "started_wall", "stream", "watch",
     )
 
     def __init__(
