@@ -313,7 +313,7 @@ def thinking_allowance(model: str, body: dict[str, Any]) -> int:
 
 def thinking_off(body: dict[str, Any]) -> bool:
     """The request turns thinking off (``thinkingBudget: 0``)."""
-    return get(_thinking(body), "thinkingBudget") == 0
+    return bool(get(_thinking(body), "thinkingBudget") == 0)
 
 
 def output_worst_case(model: str, body: dict[str, Any]) -> int | None:
