@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from tokenstile.providers.answers import AnswerText
 from tokenstile.providers.base import ObserverWrapper
+from tokenstile.providers.gemini import thinking_off
 from tokenstile.types import Usage
 
 if TYPE_CHECKING:
@@ -84,7 +85,7 @@ class ReasoningPace:
                                 key=lambda item: -len(item[0]))
 
     def of(self, model: str, body: dict[str, Any]) -> float:
-        if _thinking_off(body):
+        if thinking_off(body):  # a Gemini request that turns thinking off
             return 0.0
         name = model.strip().lower()
         bare = name.rsplit("/", 1)[-1]
@@ -95,13 +96,6 @@ class ReasoningPace:
             if fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(bare, pattern):
                 return pace
         return self.default if asks_to_reason(body) else 0.0
-
-
-def _thinking_off(body: dict[str, Any]) -> bool:
-    """A Gemini request that turns thinking off (``thinkingBudget: 0``)."""
-    config = body.get("generationConfig")
-    thinking = config.get("thinkingConfig") if isinstance(config, dict) else None
-    return isinstance(thinking, dict) and thinking.get("thinkingBudget") == 0
 
 
 def asks_to_reason(body: dict[str, Any]) -> bool:
