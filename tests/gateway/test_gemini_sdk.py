@@ -465,7 +465,7 @@ def test_a_stream_cut_before_its_usage_bills_what_was_relayed(gemini: Gateway,
     row = _cut_row(gemini, "go on [[fake:cut_after=4]]", model="gemini-2.0-flash")
     record = google.fake.tally.last
     assert record is not None and record.outcome == "cut"
-    assert row.outcome == "upstream_cut" and row.streamed
+    assert row.outcome == "upstream_cut" and row.streamed and row.estimated
     assert row.input_tokens == record.input_tokens  # from the chunks' promptTokenCount
     assert row.output_tokens == record.output_tokens == 4
     assert row.cost_nano == google_price("gemini-2.0-flash", record)
@@ -473,11 +473,14 @@ def test_a_stream_cut_before_its_usage_bills_what_was_relayed(gemini: Gateway,
 
 def test_a_stream_cut_before_any_chunk_bills_the_counted_input_and_hidden_thinking(
         gemini: Gateway, google: FakeHandle) -> None:
-    row = _cut_row(gemini, "go on [[fake:cut_after=0]]")
+    """Gemini 2.5 thinks before its first chunk without showing it: the 300 ms before the
+    cut are billed at ``hidden_reasoning``'s pace (50 tokens a second)."""
+    row = _cut_row(gemini, "go on [[fake:cut_after=0,delay_ms=300]]")
     record = google.fake.tally.last
     assert record is not None and record.outcome == "cut"
-    assert row.estimated and row.input_tokens >= record.input_tokens
-    assert "reasoning_estimated" in row.flags or row.output_tokens == 0
+    assert row.estimated and row.input_tokens >= record.input_tokens  # counted, not told
+    assert "reasoning_estimated" in row.flags
+    assert row.output_tokens == row.reasoning_tokens >= 15
     assert row.cost_nano >= google_price(FLASH, record)
 
 

@@ -120,7 +120,10 @@ def settle_stream(ctx: RequestContext, observer: ReasoningTimer, config: HiddenR
         bill_counted(ctx, AnswerText([observer.output_text()], [observer.reasoning_text()]))
     else:
         ctx.usage = usage
-    if observer.usage_is_final() or ctx.usage is None or ctx.sent_at is None:
+    if observer.usage_is_final() or ctx.usage is None:
+        return
+    ctx.estimated = True  # part of it is the gateway's own count
+    if ctx.sent_at is None:
         return
     req = ctx.req
     pace = ReasoningPace(config).of(ctx.served_model or req.model, req.body)
