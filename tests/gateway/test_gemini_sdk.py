@@ -492,3 +492,26 @@ def test_an_error_chunk_reaches_the_sdk(gemini: Gateway, google: FakeHandle) -> 
     assert broke.value.code == 500 and broke.value.message == "Fake upstream stream error"
     [row] = gemini.rows()
     assert row.output_tokens >= 3
+
+
+# --- metrics and the dashboard ------------------------------------------------------------
+
+ADMIN_KEY = "adm-gemini-0123456789abcdef012345"
+
+
+def test_metrics_and_the_dashboard_count_gemini_calls(make_gateway: Any,
+                                                      google: FakeHandle) -> None:
+    gateway = make_gateway({**gemini_upstream(google),
+                            "server": {"admin_key": ADMIN_KEY, "timezone": "UTC"}})
+    client(gateway, gateway.key(project="maps")).models.generate_content(
+        model=FLASH, contents="hi", config=types.GenerateContentConfig(max_output_tokens=4))
+    [row] = gateway.rows()
+    metrics = httpx.get(f"{gateway.url}/metrics", timeout=10).text
+    assert ('tokenstile_requests_total{api="generate_content",model="gemini-2.5-flash",'
+            'outcome="ok",project="maps"} 1.0') in metrics
+    assert 'tokenstile_tokens_total{kind="output",model="gemini-2.5-flash",project="maps"} ' \
+        '4.0' in metrics
+    summary = httpx.get(f"{gateway.url}/api/dashboard", timeout=10,
+                        headers={"authorization": f"Bearer {ADMIN_KEY}"})
+    assert summary.status_code == 200
+    assert FLASH in summary.text and row.cost_nano > 0
