@@ -69,7 +69,6 @@ BEDROCK_ROUTES: dict[str, tuple[ApiKind, bool]] = {
 
 
 # Gemini's API: POST /v1beta/models/{model}:{method} (also /v1/) -> (api, streamed).
-GEMINI_PREFIXES = ("/v1beta/", "/v1/models/")
 GEMINI_MODELS = ("/v1beta/models/", "/v1/models/")
 GEMINI_ROUTES: dict[str, tuple[ApiKind, bool]] = {
     "generateContent": ("generate_content", False),
@@ -103,8 +102,10 @@ class TokenstileApp:
             if scope["path"].startswith(BEDROCK_PREFIX):
                 await self._bedrock(scope, receive, send)
                 return
-            if scope["path"].startswith(GEMINI_PREFIXES) and (
-                    ":" in scope["path"] or scope["path"].startswith("/v1beta/")):
+            if scope["path"].startswith("/v1beta/") or (
+                    scope["path"].startswith("/v1/models/")
+                    and scope["path"].rpartition(":")[2] in GEMINI_ROUTES):
+                # (an OpenAI model id may hold a colon too: GET /v1/models/ft:gpt-4o:…)
                 await self._gemini(scope, receive, send)
                 return
         await self.web(scope, receive, send)

@@ -311,7 +311,13 @@ def test_gateway_refusals_are_google_shaped(gemini: Gateway, google: FakeHandle)
     assert unsent.status_code == 400 and "alt=sse" in unsent.json()["error"]["message"]
     elsewhere = httpx.get(f"{gemini.url}/v1beta/models/{FLASH}", timeout=10)
     assert elsewhere.status_code == 404 and elsewhere.json()["error"]["status"] == "NOT_FOUND"
+    got = httpx.get(f"{gemini.url}/v1/models/{FLASH}:generateContent", timeout=10)
+    assert got.status_code == 405 and got.json()["error"]["status"] == "UNIMPLEMENTED"
     assert google.fake.tally.requests == 0
+    # An OpenAI model id with colons is still OpenAI's to look up.
+    tuned = httpx.get(f"{gemini.url}/v1/models/ft:gpt-4o-mini:acme::x1", timeout=10,
+                      headers={"authorization": f"Bearer {key}"})
+    assert tuned.status_code == 404 and tuned.json()["error"]["code"] == "model_not_found"
 
 
 def test_a_spent_budget_is_resource_exhausted_before_any_upstream_call(
