@@ -521,3 +521,18 @@ def test_metrics_and_the_dashboard_count_gemini_calls(make_gateway: Any,
                         headers={"authorization": f"Bearer {ADMIN_KEY}"})
     assert summary.status_code == 200
     assert FLASH in summary.text and row.cost_nano > 0
+
+
+def test_an_answer_without_usage_metadata_is_counted_and_flagged(
+        make_gateway: Any, google: FakeHandle) -> None:
+    gateway = make_gateway({**gemini_upstream(google), "server": {"max_messages": 3}})
+    api = client(gateway, gateway.key()).models
+    reply = api.generate_content(model="gemini-2.0-flash", contents="hi [[fake:no_usage]]")
+    assert reply.usage_metadata is None and reply.text == reply_text(12)
+    record = google.fake.tally.last
+    [row] = gateway.rows()
+    assert row.estimated and row.output_tokens == record.output_tokens == 12
+    assert row.input_tokens >= record.input_tokens  # the gateway's own, larger, count
+    with pytest.raises(errors.ClientError) as long:
+        api.generate_content(model=FLASH, contents=[say(str(i))[0] for i in range(4)])
+    assert "'contents' has 4 items" in (long.value.message or "")
