@@ -26,21 +26,19 @@ from tokenstile.policies.stream import PolicyStreamObserver
 from tokenstile.policies.texts import request_slots, response_slots, tool_slots
 from tokenstile.policies.wordlists import WordMatcher
 from tokenstile.prices import upstream_provider
-from tokenstile.providers.gemini import (
-    GeminiAdapter,
-    GeminiStreamObserver,
-    count_gemini,
-    forwarded_body,
-    hidden_gemini,
-    output_worst_case,
-    usage_of_answer,
-    usage_of_metadata,
-)
+from tokenstile.providers.gemini import GeminiAdapter, GeminiStreamObserver, forwarded_body
 from tokenstile.providers.gemini_translate import (
     GeminiChatTranslator,
     chat_to_gemini,
     gemini_error_to_openai,
     gemini_to_chat,
+)
+from tokenstile.providers.generate_content import (
+    count_gemini,
+    hidden_gemini,
+    output_worst_case,
+    usage_of_answer,
+    usage_of_metadata,
 )
 from tokenstile.providers.terms import price_terms
 from tokenstile.testing._fake_core import NORMAL, plan_reply

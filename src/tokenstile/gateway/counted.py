@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from tokenstile.providers.answers import AnswerText
 from tokenstile.providers.base import ObserverWrapper
-from tokenstile.providers.gemini import thinking_off
+from tokenstile.providers.generate_content import thinking_off
 from tokenstile.types import Usage
 
 if TYPE_CHECKING:

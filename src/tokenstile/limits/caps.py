@@ -39,9 +39,9 @@ def set_output_cap(req: CanonicalRequest, cap: int) -> None:
     """Write the cap (per answer) into the body that will be forwarded (the client's copy is
     untouched); the worst case, ``req.output_cap``, counts every answer asked for. A dotted
     field (Bedrock's ``inferenceConfig.maxTokens``) is written into its object. Gemini's
-    cap also bounds its thinking (``providers.gemini.set_gemini_cap``)."""
+    cap also bounds its thinking (``providers.generate_content.set_gemini_cap``)."""
     if req.api == "generate_content":
-        from tokenstile.providers.gemini import set_gemini_cap
+        from tokenstile.providers.generate_content import set_gemini_cap
 
         set_gemini_cap(req, cap)
         return

@@ -161,7 +161,7 @@ def answer_text(api: ApiKind, payload: Any) -> AnswerText:
         for block in _items(message.get("content") if isinstance(message, dict) else None):
             converse_block_text(block, out)
     elif api == "generate_content":
-        from tokenstile.providers.gemini import answer_text as gemini_text
+        from tokenstile.providers.generate_content import answer_text as gemini_text
 
         return gemini_text(payload)
     return out

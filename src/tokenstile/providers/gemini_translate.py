@@ -9,7 +9,7 @@ PDFs → ``inlineData``, tool calls and results → ``functionCall`` / ``functio
 tools → ``functionDeclarations`` (``parametersJsonSchema``), ``tool_choice`` →
 ``toolConfig.functionCallingConfig``, ``max_tokens``/``temperature``/``top_p``/``top_k``/
 ``stop`` → ``generationConfig``. The output cap bounds thinking too
-(``providers.gemini.capped_config``): a model that thinks gets a ``thinkingBudget`` out of
+(``providers.generate_content.capped_config``): a model that thinks gets a ``thinkingBudget`` out of
 ``max_tokens`` when its own largest budget would not fit. Structured outputs become a
 system instruction. Answers, streams (Gemini chunks in, ``chat.completion.chunk`` events
 out) and errors (Google's ``{"error": {"code", "message", "status"}}`` in, OpenAI's out)
@@ -27,8 +27,8 @@ import orjson
 from tokenstile.errors import GatewayError, bad_request
 from tokenstile.providers.answers import WatchesText
 from tokenstile.providers.base import Bridge, optional_int, require_str
-from tokenstile.providers.gemini import (
-    ROUTE_FIELDS,
+from tokenstile.providers.gemini import ROUTE_FIELDS
+from tokenstile.providers.generate_content import (
     GeminiStreamState,
     capped_config,
     count_gemini,

@@ -10,7 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 from tokenstile.providers.converse import converse_terms
-from tokenstile.providers.gemini import gemini_terms
+from tokenstile.providers.generate_content import gemini_terms
 from tokenstile.providers.openai import searches_chat_model
 from tokenstile.types import CanonicalRequest, PriceTerms
 
