@@ -13,11 +13,14 @@ Scenarios: no limits; budgets on the SQLite counter store (the default); budgets
 around each wrk run, divided by the requests wrk completed) on the OpenAI chat path and on
 the AWS Bedrock paths (Converse and InvokeModel, with their streams, signed with SigV4; and
 Converse to an upstream with a Bedrock API key, which needs no signature), one gateway
-serving them all with budgets on SQLite counters, the runs interleaved.
+serving them all with budgets on SQLite counters, the runs interleaved. ``--gemini`` does
+the same for the Gemini paths: generateContent and its SSE stream, and chat completions
+served by a Gemini upstream (the bridge).
 
     python benchmarks/bench_gateway.py            # ~1 minute
     python benchmarks/bench_gateway.py --quick    # a few seconds per measurement
     python benchmarks/bench_gateway.py --bedrock  # the Bedrock paths' CPU per request
+    python benchmarks/bench_gateway.py --gemini   # the Gemini paths' CPU per request
 """
 
 from __future__ import annotations
@@ -60,6 +63,18 @@ PATHS = [
     ("bedrock invoke, streamed", f"/model/{BEDROCK_MODEL}/invoke-with-response-stream",
      INVOKE),
 ]
+GEMINI_MODEL = "gemini-2.0-flash"  # no thinking: the same 12-token answer as the others
+GENERATE = {"contents": [{"role": "user", "parts": [{"text": "Say something short."}]}],
+            "generationConfig": {"maxOutputTokens": 12}}
+GEMINI_PATHS = [
+    ("openai chat", "/v1/chat/completions", CHAT),
+    ("gemini generateContent", f"/v1beta/models/{GEMINI_MODEL}:generateContent", GENERATE),
+    ("chat over gemini", "/v1/chat/completions", {**CHAT, "model": GEMINI_MODEL}),
+    ("openai chat, streamed", "/v1/chat/completions", STREAM),
+    ("gemini stream", f"/v1beta/models/{GEMINI_MODEL}:streamGenerateContent?alt=sse",
+     GENERATE),
+    ("chat over gemini, streamed", "/v1/chat/completions", {**STREAM, "model": GEMINI_MODEL}),
+]
 
 
 def pinned(core: int, argv: list[str]) -> list[str]:
@@ -89,7 +104,8 @@ def free_port() -> int:
 
 
 def start_gateway(directory: Path, fake_url: str, counters: str, limits: bool,
-                  bedrock: bool = False) -> tuple[subprocess.Popen[bytes], str, str]:
+                  bedrock: bool = False,
+                  gemini: bool = False) -> tuple[subprocess.Popen[bytes], str, str]:
     database = f"sqlite:///{directory / 'bench.db'}"
     config: dict[str, Any] = {
         "upstreams": {"openai": {"base_url": fake_url + "/v1", "api_key": "sk-bench"}},
@@ -103,6 +119,9 @@ def start_gateway(directory: Path, fake_url: str, counters: str, limits: bool,
         config["upstreams"]["aws-key"] = {"kind": "bedrock", "region": "us-east-1",
                                           "base_url": fake_url, "api_key": "bench-key"}
         config["routes"] = [{"match": "us.*", "upstream": "aws-key"}]
+    if gemini:  # Google's API shape, the key as x-goog-api-key
+        config["upstreams"]["google"] = {"kind": "gemini", "base_url": fake_url,
+                                         "api_key": "AIza-bench"}
     if limits:
         config["organization"] = {"daily_cap": 10**12}
         config["projects"] = {"bench": {"daily_limit": 10**12, "request_limit": 100_000}}
@@ -184,23 +203,26 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def bedrock_comparison(fake_url: str, seconds: int, rounds: int) -> None:
-    """Gateway CPU per request, OpenAI chat against the Bedrock paths (see the docstring).
+def cpu_comparison(fake_url: str, seconds: int, rounds: int, provider: str) -> None:
+    """Gateway CPU per request, OpenAI chat against the Bedrock or the Gemini paths (see
+    the docstring).
 
     Each round runs every path once, in order; a path's ratio is taken to the OpenAI path
     of the same kind (whole or streamed) in the same round, so that a machine whose load
     drifts compares like with like, and the medians over the rounds are reported."""
+    paths = GEMINI_PATHS if provider == "gemini" else PATHS
     directory = Path(tempfile.mkdtemp(prefix="tokenstile-bench-"))
     proc, url, key = start_gateway(directory, fake_url,
                                    f"sqlite:///{directory / 'counters.db'}", True,
-                                   bedrock=True)
-    per_request: dict[str, list[float]] = {name: [] for name, _, _ in PATHS}
-    rates: dict[str, list[float]] = {name: [] for name, _, _ in PATHS}
+                                   bedrock=provider == "bedrock",
+                                   gemini=provider == "gemini")
+    per_request: dict[str, list[float]] = {name: [] for name, _, _ in paths}
+    rates: dict[str, list[float]] = {name: [] for name, _, _ in paths}
     try:
-        for _, path, body in PATHS:  # warm every path up once
+        for _, path, body in paths:  # warm every path up once
             wrk_run(url, key, body, 1, directory, path)
         for _ in range(rounds):
-            for name, path, body in PATHS:
+            for name, path, body in paths:
                 before = cpu_seconds(proc.pid)
                 rate, done = wrk_run(url, key, body, seconds, directory, path)
                 per_request[name].append((cpu_seconds(proc.pid) - before) / max(done, 1) * 1e6)
@@ -212,7 +234,7 @@ def bedrock_comparison(fake_url: str, seconds: int, rounds: int) -> None:
     print(f"gateway CPU per request, budgets on SQLite counters, median of {rounds} "
           f"interleaved rounds of {seconds} s per path (wrk, 50 connections)")
     print(f"{'path':<28} {'req/s':>8} {'CPU µs/req':>11} {'vs openai':>10}")
-    for name, _, _ in PATHS:
+    for name, _, _ in paths:
         base = "openai chat, streamed" if "stream" in name else "openai chat"
         ratios = [mine / theirs for mine, theirs in zip(per_request[name], per_request[base],
                                                          strict=True)]
@@ -233,6 +255,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--bedrock", action="store_true",
                         help="compare the gateway's CPU per request on the Bedrock paths")
+    parser.add_argument("--gemini", action="store_true",
+                        help="compare the gateway's CPU per request on the Gemini paths")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     if args.quick:
@@ -241,10 +265,11 @@ def main() -> None:
         sys.exit("wrk is needed for the throughput figures: apt-get install wrk")
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {1})
-    if args.bedrock:
+    if args.bedrock or args.gemini:
         fake, fake_url = start_fake()
         try:
-            bedrock_comparison(fake_url, args.seconds, args.rounds)
+            cpu_comparison(fake_url, args.seconds, args.rounds,
+                           "gemini" if args.gemini else "bedrock")
         finally:
             fake.send_signal(signal.SIGTERM)
             fake.wait(10)

@@ -9,7 +9,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -68,6 +68,15 @@ BEDROCK_ROUTES: dict[str, tuple[ApiKind, bool]] = {
 }
 
 
+# Gemini's API: POST /v1beta/models/{model}:{method} (also /v1/) -> (api, streamed).
+GEMINI_MODELS = ("/v1beta/models/", "/v1/models/")
+GEMINI_ROUTES: dict[str, tuple[ApiKind, bool]] = {
+    "generateContent": ("generate_content", False),
+    "streamGenerateContent": ("generate_content", True),
+    "countTokens": ("count_tokens", False),
+}
+
+
 class TokenstileApp:
     """Dispatches proxy POSTs to the gateway and the rest to a Starlette app."""
 
@@ -93,7 +102,44 @@ class TokenstileApp:
             if scope["path"].startswith(BEDROCK_PREFIX):
                 await self._bedrock(scope, receive, send)
                 return
+            if scope["path"].startswith("/v1beta/") or (
+                    scope["path"].startswith("/v1/models/")
+                    and scope["path"].rpartition(":")[2] in GEMINI_ROUTES):
+                # (an OpenAI model id may hold a colon too: GET /v1/models/ft:gpt-4o:…)
+                await self._gemini(scope, receive, send)
+                return
         await self.web(scope, receive, send)
+
+    async def _gemini(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``POST /v1beta/models/{model}:{method}``; the tokenstile key in ``x-goog-api-key``
+        or, as Google also takes it, in ``?key=`` (moved into the header here)."""
+        path: str = scope["path"]
+        model, colon, method = path.partition("/models/")[2].rpartition(":")
+        route = GEMINI_ROUTES.get(method) if colon and path.startswith(GEMINI_MODELS) \
+            else None
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        if route is None or not model or "/" in model:
+            err = GatewayError(404, f"unknown route {scope['method']} {path}; Gemini routes "
+                               "are POST /v1beta/models/{model}:generateContent, "
+                               ":streamGenerateContent?alt=sse and :countTokens",
+                               code="unknown_route")
+        elif scope["method"] != "POST":
+            err = GatewayError(405, f"{path} accepts POST, not {scope['method']}",
+                               code="method_not_allowed", headers={"allow": "POST"})
+        elif route[1] and query.get("alt") != ["sse"]:
+            err = GatewayError(400, "streamGenerateContent is served as server-sent events "
+                               "only: add ?alt=sse to the URL (the google-genai SDK does)",
+                               param="alt")
+        else:
+            keys = query.get("key")
+            if keys and not any(name == b"x-goog-api-key" for name, _ in scope["headers"]):
+                scope = {**scope, "headers": [*scope["headers"],
+                                              (b"x-goog-api-key", keys[0].encode())]}
+            await self.gateway.get().handle(route[0], "gemini", scope, receive, send,
+                                            {"model": model, "stream": route[1]})
+            return
+        response = _error("gemini", err)
+        await response(scope, receive, send)
 
     async def _bedrock(self, scope: Scope, receive: Receive, send: Send) -> None:
         """``POST /model/{modelId}/{action}``: the model id as boto3 encodes it in the path
@@ -177,8 +223,8 @@ def _web_app(app: TokenstileApp) -> Starlette:
         """What the upstreams list, merged, plus the exact model names of the routes."""
         fetches = []
         for name, upstream in rt.router.upstreams.items():
-            if upstream.kind == "bedrock":
-                continue  # Bedrock's runtime API lists no models; routes name them
+            if upstream.kind in ("bedrock", "gemini"):
+                continue  # lists no models in OpenAI's shape; routes name them
             upstream_wire: WireFormat = "anthropic" if upstream.kind == "anthropic" \
                 else "openai"
             # A caller's own provider key goes only to its own provider's upstreams.

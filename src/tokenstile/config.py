@@ -34,6 +34,8 @@ DEFAULT_PORT = 8700
 DEFAULT_DB_URL = "sqlite:///./tokenstile.db"
 OPENAI_DEFAULT_BASE = "https://api.openai.com/v1"
 ANTHROPIC_DEFAULT_BASE = "https://api.anthropic.com"
+# Google's Gemini API (kind: gemini), when an upstream names no base_url.
+GEMINI_BASE_URL = "https://generativelanguage.googleapis.com"
 _BEDROCK_HOST = re.compile(r"^https://bedrock-runtime(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com")
 _AWS_FIELDS = ("region", "aws_access_key_id", "aws_secret_access_key", "aws_session_token",
                "aws_profile")
@@ -109,7 +111,7 @@ class AuthConfig(_Strict):
 
 
 class UpstreamConfig(_Strict):
-    kind: Literal["openai", "azure", "anthropic", "bedrock"] = "openai"
+    kind: Literal["openai", "azure", "anthropic", "bedrock", "gemini"] = "openai"
     base_url: str
     api_key: str | None = None
     api_version: str | None = None
@@ -139,9 +141,12 @@ class UpstreamConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _bedrock(cls, data: Any) -> Any:
-        """Bedrock's address from its region (or its region from its address)."""
+        """Bedrock's address from its region (or its region from its address); Gemini's
+        default address."""
         if not isinstance(data, dict):
             return data
+        if data.get("kind") == "gemini" and not data.get("base_url"):
+            data = {**data, "base_url": GEMINI_BASE_URL}
         if data.get("kind") != "bedrock":
             named = [f for f in _AWS_FIELDS if data.get(f) is not None]
             if named:

@@ -2,9 +2,11 @@
 
 Every refusal is a ``GatewayError``; ``render`` turns it into OpenAI's
 ``{"error": {"message", "type", "param", "code"}}``, Anthropic's
-``{"type": "error", "error": {"type", "message"}}`` or Bedrock's ``{"message"}`` with the
+``{"type": "error", "error": {"type", "message"}}``, Bedrock's ``{"message"}`` with the
 error's name in the ``x-amzn-errortype`` header (``headers_for``), which is what boto3
-raises a ``ClientError`` from. Messages start with ``tokenstile: ``.
+raises a ``ClientError`` from, or Google's ``{"error": {"code", "message", "status"}}``
+(Gemini routes), which the ``google-genai`` SDK raises as its ``ClientError`` or
+``ServerError``. Messages start with ``tokenstile: ``.
 """
 
 from __future__ import annotations
@@ -51,6 +53,32 @@ _BEDROCK_STREAM_TYPES = {
     502: "modelStreamErrorException",
     503: "serviceUnavailableException",
 }
+
+
+# google.rpc.Code names, as Google's APIs pair them with HTTP statuses.
+_GOOGLE_STATUSES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    405: "UNIMPLEMENTED",
+    408: "DEADLINE_EXCEEDED",
+    409: "ABORTED",
+    413: "INVALID_ARGUMENT",
+    422: "FAILED_PRECONDITION",
+    429: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED",
+    500: "INTERNAL",
+    501: "UNIMPLEMENTED",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+def google_status(status: int) -> str:
+    """The ``google.rpc.Code`` name Google's APIs give an HTTP status."""
+    return _GOOGLE_STATUSES.get(status, "INTERNAL" if status >= 500 else "INVALID_ARGUMENT")
 
 
 def bedrock_error_type(status: int) -> str:
@@ -112,6 +140,13 @@ def render_error(
     payload: dict[str, Any]
     if wire == "bedrock":
         payload = {"message": message}
+    elif wire == "gemini":
+        error: dict[str, Any] = {"code": status, "message": message,
+                                 "status": google_status(status)}
+        if code:
+            error["details"] = [{"@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                                 "reason": code, "domain": "tokenstile"}]
+        payload = {"error": error}
     elif wire == "anthropic":
         kind = _ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else type)
         payload = {"type": "error", "error": {"type": kind, "message": message}}

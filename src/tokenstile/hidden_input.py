@@ -38,6 +38,9 @@ _WORDS: Final = {
     "file": "a file given by id or URL, or one whose pages cannot be read",
     "document": "a document given by URL or file id, or one whose pages cannot be read",
     "mcp": "an MCP tool (its tool list is fetched by the provider)",
+    "inline_data": "inline data (an image, audio, video or document sent as bytes)",
+    "file_data": "a file given by URI",
+    "cached_content": "cachedContent (a cache of earlier input)",
 }
 
 

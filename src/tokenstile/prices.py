@@ -247,7 +247,8 @@ def _genai_provider(provider: str) -> str | None:
     return None if found is None else str(found.id)
 
 
-_KIND_PROVIDERS: Final = {"anthropic": "anthropic", "azure": "azure", "bedrock": "aws"}
+_KIND_PROVIDERS: Final = {"anthropic": "anthropic", "azure": "azure", "bedrock": "aws",
+                          "gemini": "google"}
 
 
 def upstream_provider(kind: str, base_url: str, configured: str | None = None) -> str | None:
@@ -255,7 +256,8 @@ def upstream_provider(kind: str, base_url: str, configured: str | None = None) -
 
     ``configured`` (the upstream's ``provider`` setting) wins; else the provider whose API
     address ``base_url`` is (``https://api.groq.com/…`` -> groq), as genai-prices knows
-    them; else the ``kind`` when it names one provider (anthropic, azure, bedrock: aws).
+    them; else the ``kind`` when it names one provider (anthropic, azure, bedrock: aws,
+    gemini: google).
     None for an OpenAI-compatible server at an address genai-prices does not know (vLLM, a
     proxy): its models are then priced by what their names say.
     """

@@ -24,8 +24,8 @@ NANO_PER_USD = 1_000_000_000
 
 ApiKind = Literal["chat", "completions", "embeddings", "responses", "messages", "count_tokens",
                   "converse", "moderations", "images", "image_edits", "transcriptions",
-                  "speech", "files", "batches"]
-WireFormat = Literal["openai", "anthropic", "bedrock"]
+                  "speech", "files", "batches", "generate_content"]
+WireFormat = Literal["openai", "anthropic", "bedrock", "gemini"]
 
 Scope = Literal[
     "global", "organization", "project", "team", "user", "tier", "key", "feature", "model",
@@ -346,7 +346,8 @@ class Arrival:
     ts: float
     started: float
     headers: dict[str, str]
-    # Body fields the route's URL carries (Bedrock's model id, and whether it streams).
+    # Body fields the route's URL carries (Bedrock's and Gemini's model id, and whether it
+    # streams).
     route_fields: dict[str, Any] | None = None
     caller: Caller | None = None
     provider_key: str | None = None

@@ -86,6 +86,8 @@ def uncacheable_reason(req: CanonicalRequest) -> str | None:
         return "token counting is free"
     if req.wire == "bedrock":
         return "answers on Bedrock routes are not cached"
+    if req.wire == "gemini":
+        return "answers on Gemini routes are not cached"
     if req.media is not None or req.files is not None or req.api == "batches":
         return "images, audio, moderations, files and batches are not cached"
     if req.wire == "anthropic":

@@ -176,6 +176,8 @@ def sse_error(wire: WireFormat, err: GatewayError) -> bytes:
         return eventstream.exception(bedrock_stream_error_type(err.status), err.message)
     if wire == "anthropic":
         return b"event: error\ndata: " + err.body("anthropic") + b"\n\n"
+    if wire == "gemini":  # google-genai raises a chunk that is an error object
+        return b"data: " + err.body("gemini") + b"\r\n\r\n"
     return b"data: " + err.body("openai") + b"\n\n"
 
 

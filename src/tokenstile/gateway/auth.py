@@ -10,6 +10,10 @@ from the signature's ``Credential=`` scope. The signature itself cannot be check
 gateway keeps only the key's hash, and the secret is not the key) and is not needed: the key
 id is the whole credential, as a bearer token is. Bedrock API keys (``Authorization:
 Bearer``, boto3's ``AWS_BEARER_TOKEN_BEDROCK``) work as they do for the other SDKs.
+
+The ``google-genai`` SDK sends its key as ``x-goog-api-key`` (a ``?key=`` query parameter
+on Gemini routes is moved there by ``app.py``): a tokenstile key is read from it like any
+other, and never forwarded.
 """
 
 from __future__ import annotations
@@ -67,7 +71,8 @@ class Authenticator:
 
     async def authenticate(self, headers: Mapping[str, str]) -> tuple[Caller, str | None]:
         """Return the caller and, in passthrough, the provider key to forward."""
-        presented = bearer(headers) or headers.get("x-api-key") or None
+        presented = bearer(headers) or headers.get("x-api-key") or \
+            headers.get("x-goog-api-key") or None
         tokenstile_key = headers.get("x-tokenstile-key")
         if tokenstile_key is None and presented is None:
             signed_by = sigv4_key_id(headers)
@@ -99,7 +104,8 @@ class Authenticator:
             return caller, None
         if presented is None:
             raise unauthorized(
-                "no API key; send a tokenstile key as 'Authorization: Bearer ts-…'")
+                "no API key; send a tokenstile key as 'Authorization: Bearer ts-…' (on Gemini "
+            "routes: 'x-goog-api-key: ts-…')")
         if self._admin_key and hmac.compare_digest(presented.encode(),
                                                    self._admin_key.encode()):
             return Caller(organization="default", project="admin", is_admin=True), None

@@ -5,7 +5,8 @@
 - A stream that ended before its usage (the client left, the upstream cut it, a policy
   stopped it): what was relayed, visible and reasoning.
 - Reasoning the provider does not stream (OpenAI's o-series and gpt-5 think before their
-  first visible token and show nothing of it on chat completions): when such a stream ends
+  first visible token and show nothing of it on chat completions, nor do Gemini 2.5 and 3
+  unless asked for thought summaries): when such a stream ends
   before its usage, the reasoning done until its first visible token (or until it ended,
   if none came) is estimated as those seconds × the model's pace (``hidden_reasoning``),
   at most what the output cap leaves, and never less than the reasoning text that was
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from tokenstile.providers.answers import AnswerText
 from tokenstile.providers.base import ObserverWrapper
+from tokenstile.providers.generate_content import thinking_off
 from tokenstile.types import Usage
 
 if TYPE_CHECKING:
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
 # the low end of what they are measured to write (so the estimate stays a floor).
 BUILT_IN_PACES: dict[str, float] = {
     "o1*": 50.0, "o3*": 50.0, "o4*": 50.0, "gpt-5*": 50.0, "codex-mini*": 50.0,
+    "gemini-2.5*": 50.0, "gemini-3*": 50.0,
 }
 
 
@@ -82,6 +85,8 @@ class ReasoningPace:
                                 key=lambda item: -len(item[0]))
 
     def of(self, model: str, body: dict[str, Any]) -> float:
+        if thinking_off(body):  # a Gemini request that turns thinking off
+            return 0.0
         name = model.strip().lower()
         bare = name.rsplit("/", 1)[-1]
         for candidate in (name, bare):
@@ -115,7 +120,10 @@ def settle_stream(ctx: RequestContext, observer: ReasoningTimer, config: HiddenR
         bill_counted(ctx, AnswerText([observer.output_text()], [observer.reasoning_text()]))
     else:
         ctx.usage = usage
-    if observer.usage_is_final() or ctx.usage is None or ctx.sent_at is None:
+    if observer.usage_is_final() or ctx.usage is None:
+        return
+    ctx.estimated = True  # part of it is the gateway's own count
+    if ctx.sent_at is None:
         return
     req = ctx.req
     pace = ReasoningPace(config).of(ctx.served_model or req.model, req.body)

@@ -114,7 +114,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         url = bytes(getattr(self, "url", b"") or b"")
         wire: WireFormat = "anthropic" if url.startswith(b"/v1/messages") else \
-            "bedrock" if url.startswith(b"/model/") else "openai"
+            "bedrock" if url.startswith(b"/model/") else \
+            "gemini" if url.startswith(b"/v1beta/") or (
+                url.startswith(b"/v1/models/") and b":" in url) else "openai"
         body = render_error(wire, status, "tokenstile: " + message, code=code)
         kind = f"x-amzn-errortype: {bedrock_error_type(status)}\r\n" if wire == "bedrock" \
             else ""

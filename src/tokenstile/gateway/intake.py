@@ -125,7 +125,7 @@ def json_depth(node: Any, limit: int) -> int:
 def check_message_count(body: dict[str, Any], limit: int) -> None:
     """``server.max_messages`` bounds every list a request is made of, before any of them
     is parsed or counted."""
-    for name in ("messages", "input", "prompt"):
+    for name in ("messages", "input", "prompt", "contents"):
         items = body.get(name)
         if isinstance(items, list) and len(items) > limit:
             raise bad_request(f"'{name}' has {len(items):,} items; this gateway accepts at "

@@ -33,6 +33,7 @@ from tokenstile.gateway.upstream import RELAYED_RESPONSE_HEADERS, UpstreamTimeou
 from tokenstile.providers import eventstream
 from tokenstile.providers.answers import AnswerText, answer_text
 from tokenstile.providers.eventstream import FrameSplitter, StreamFramingError
+from tokenstile.providers.gemini import key_refused
 from tokenstile.providers.media import usage_of_answer as media_usage
 from tokenstile.providers.media import worst_case_usage
 from tokenstile.providers.openai import ResponsesStreamObserver
@@ -72,7 +73,7 @@ class Relay:
             ctx.response_headers.update({k: v for k in RELAYED_RESPONSE_HEADERS
                                          if (v := resp.headers.get(k)) is not None})
             if resp.status >= 400:
-                await self.error(ctx, resp, send, bridge)
+                await self.error(ctx, resp, send, bridge, opened.target.wire)
             elif ctx.req.stream and is_stream(resp.headers.get("content-type", "")):
                 await self._stream_answer(ctx, opened, receive, send)
             else:
@@ -148,7 +149,8 @@ class Relay:
                             headers(ctx), ctx.id)
 
     async def error(self, ctx: RequestContext, resp: aiohttp.ClientResponse,
-                    send: asgi.ResponseTracker, bridge: Bridge | None = None) -> None:
+                    send: asgi.ResponseTracker, bridge: Bridge | None = None,
+                    upstream_wire: WireFormat = "openai") -> None:
         """Upstream errors pass through with their status and body (translated to the
         client's format when bridged); they cost nothing."""
         try:
@@ -157,7 +159,8 @@ class Relay:
             payload = b""
         ctx.status, ctx.outcome = resp.status, "upstream_error"
         ctx.usage = Usage()
-        if ctx.provider_key is None and refused_credentials(resp):
+        if ctx.provider_key is None and (refused_credentials(resp) or (
+                upstream_wire == "gemini" and key_refused(resp.status, payload))):
             # The gateway's own provider key was refused. The upstream's message may quote
             # part of that key, and fixing it is the operator's business, not the client's.
             log.warning("upstream %r refused the gateway's provider key (%s)", ctx.upstream,

@@ -3,7 +3,8 @@
 Routes in the config win (exact names first, then globs in order). Without one, ``claude*``
 models go to the Anthropic upstream (the one named ``anthropic``, else the first of kind
 ``anthropic``), Bedrock model ids (``anthropic.claude-…``, ``us.amazon.nova-…``, Bedrock
-ARNs) to the first upstream of kind ``bedrock``, and every other model to the first
+ARNs) to the first upstream of kind ``bedrock``, Gemini models (``gemini-…``, ``gemma-…``,
+``models/…``) to the first upstream of kind ``gemini``, and every other model to the first
 OpenAI-compatible upstream: the zero-config defaults then behave like the two SDKs reading
 ``OPENAI_*`` and ``ANTHROPIC_*``.
 """
@@ -36,7 +37,9 @@ class Target:
                    upstream_provider(config.kind, config.base_url, config.provider))
 
 
-_WIRES: dict[str, WireFormat] = {"anthropic": "anthropic", "bedrock": "bedrock"}
+_WIRES: dict[str, WireFormat] = {"anthropic": "anthropic", "bedrock": "bedrock",
+                                  "gemini": "gemini"}
+_GEMINI_PREFIXES = ("gemini-", "gemma-", "learnlm-", "models/")
 # Bedrock model ids: provider.model, with an optional geography for inference profiles
 # (us.anthropic.claude-…), or an ARN.
 _BEDROCK_ID = re.compile(
@@ -59,6 +62,8 @@ class Router:
                              if u.kind in ("openai", "azure")), None)
         self._bedrock = next((name for name, u in self._upstreams.items()
                               if u.kind == "bedrock"), None)
+        self._gemini = next((name for name, u in self._upstreams.items()
+                             if u.kind == "gemini"), None)
         self._cache: dict[str, Target] = {}
 
     @property
@@ -83,6 +88,9 @@ class Router:
                              route.model or model)
         if model.startswith("claude") and self._anthropic is not None:
             return Target.of(self._anthropic, self._upstreams[self._anthropic], model)
+        if self._gemini is not None and (model.startswith(_GEMINI_PREFIXES)
+                                         or (self._openai is None and self._bedrock is None)):
+            return Target.of(self._gemini, self._upstreams[self._gemini], model)
         if self._bedrock is not None and (self._openai is None or is_bedrock_model(model)):
             return Target.of(self._bedrock, self._upstreams[self._bedrock], model)
         if self._openai is not None:

@@ -40,6 +40,7 @@ from tokenstile.price_watch import watch_prices
 from tokenstile.prices import Pricer
 from tokenstile.providers.anthropic import AnthropicAdapter
 from tokenstile.providers.bedrock import BedrockAdapter
+from tokenstile.providers.gemini import GeminiAdapter
 from tokenstile.providers.openai import OpenAIAdapter
 from tokenstile.stores.alerts import history_from_url
 from tokenstile.stores.counters import CounterStore, StoreUnavailable, counter_store_from_url
@@ -107,7 +108,8 @@ class Runtime:
         metrics = Metrics(model_labels_for(config, pricer))
         adapters: dict[WireFormat, Adapter] = {"openai": OpenAIAdapter(),
                                                "anthropic": AnthropicAdapter(),
-                                               "bedrock": BedrockAdapter()}
+                                               "bedrock": BedrockAdapter(),
+                                               "gemini": GeminiAdapter()}
         alerts = alert_engine_for(config, clock)
 
         def alert_blocked(limit: Limit, scope_id: str, used: int, needed: int) -> None:

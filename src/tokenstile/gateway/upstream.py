@@ -16,6 +16,9 @@ Three kinds of upstream differ only in URLs and headers here:
 - ``bedrock``: ``/model/{modelId}/converse[-stream]`` or ``/invoke[-with-response-stream]``,
   the model id percent-encoded as boto3 encodes it; every attempt is signed with SigV4 by
   botocore (``gateway.aws``), or carries a Bedrock API key as a bearer token.
+- ``gemini``: ``/v1beta/models/{model}:generateContent``, ``:streamGenerateContent?alt=sse``
+  or ``:countTokens`` (a ``base_url`` ending in ``/v1`` or ``/v1beta`` keeps its version);
+  the key goes as ``x-goog-api-key``, and no client header is forwarded.
 """
 
 from __future__ import annotations
@@ -63,6 +66,14 @@ BEDROCK_ACTIONS: dict[tuple[str, bool], str] = {
     ("messages", False): "invoke",
     ("messages", True): "invoke-with-response-stream",
 }
+# Gemini's methods: (api, streamed) -> what follows the model in the URL.
+GEMINI_ACTIONS: dict[tuple[str, bool], str] = {
+    ("generate_content", False): "generateContent",
+    ("generate_content", True): "streamGenerateContent?alt=sse",
+    ("count_tokens", False): "countTokens",
+    ("count_tokens", True): "countTokens",
+    ("models", False): "models",
+}
 # Client headers worth forwarding, by upstream wire; everything else (cookies, auth,
 # hop-by-hop, the other provider's headers) stays here.
 FORWARDED_REQUEST_HEADERS = ("openai-beta", "accept")
@@ -104,6 +115,8 @@ def upstream_url(config: UpstreamConfig, api: ApiKind | str, model: str | None =
     Bedrock model, whose URL also says whether it streams)."""
     if config.kind == "bedrock":
         return _bedrock_url(config.base_url, model or "", BEDROCK_ACTIONS[(api, stream)])
+    if config.kind == "gemini":
+        return _gemini_url(config.base_url, model or "", GEMINI_ACTIONS[(api, stream)])
     if config.kind == "anthropic":
         return config.base_url.removesuffix("/v1") + _ANTHROPIC_PATHS[api]
     if config.kind != "azure":
@@ -116,6 +129,14 @@ def _bedrock_url(base_url: str, model: str, action: str) -> str:
     # botocore's percent_encode: the safe characters are -._~ (":" and "/" of model ids and
     # ARNs are encoded).
     return f"{base_url}/model/{quote(model, safe='-._~')}/{action}"
+
+
+@lru_cache(maxsize=4096)
+def _gemini_url(base_url: str, model: str, action: str) -> str:
+    versioned = base_url if base_url.endswith(("/v1", "/v1beta")) else base_url + "/v1beta"
+    if action == "models":
+        return f"{versioned}/models"
+    return f"{versioned}/models/{quote(model.removeprefix('models/'), safe='-._~')}:{action}"
 
 
 def response_url(config: UpstreamConfig, response_id: str, action: str = "",
@@ -161,6 +182,12 @@ def upstream_headers(config: UpstreamConfig, client_headers: Mapping[str, str],
         key = provider_key or config.api_key
         if key:  # a Bedrock API key; else the request is signed (gateway.aws)
             headers["authorization"] = f"Bearer {key}"
+        headers.update(config.headers)
+        return headers
+    if config.kind == "gemini":
+        key = provider_key or config.api_key
+        if key:
+            headers["x-goog-api-key"] = key
         headers.update(config.headers)
         return headers
     anthropic = config.kind == "anthropic"

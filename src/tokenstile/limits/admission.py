@@ -245,7 +245,8 @@ class Admission:
                                  else f"max_tokens_clamped:{limit.name}")
         needs_cap = any(a.limit.unit in ("tokens", "output_tokens", "usd") for a in applied)
         if req.output_cap is None and needs_cap and req.api in ("chat", "responses",
-                                                                "messages", "converse"):
+                                                                "messages", "converse",
+                                                                "generate_content"):
             cap = self.default_cap
             tightest: Applied | None = None
             for item in applied:

@@ -22,6 +22,8 @@ def output_cap_field(req: CanonicalRequest) -> str:
         return "max_output_tokens"
     if req.api == "converse":
         return "inferenceConfig.maxTokens"
+    if req.api == "generate_content":
+        return "generationConfig.maxOutputTokens"
     if req.api == "chat" and req.model.startswith(("o1", "o3", "o4", "gpt-5")):
         return "max_completion_tokens"
     return "max_tokens"
@@ -36,7 +38,13 @@ def answers(body: dict[str, Any]) -> int:
 def set_output_cap(req: CanonicalRequest, cap: int) -> None:
     """Write the cap (per answer) into the body that will be forwarded (the client's copy is
     untouched); the worst case, ``req.output_cap``, counts every answer asked for. A dotted
-    field (Bedrock's ``inferenceConfig.maxTokens``) is written into its object."""
+    field (Bedrock's ``inferenceConfig.maxTokens``) is written into its object. Gemini's
+    cap also bounds its thinking (``providers.generate_content.set_gemini_cap``)."""
+    if req.api == "generate_content":
+        from tokenstile.providers.generate_content import set_gemini_cap
+
+        set_gemini_cap(req, cap)
+        return
     name = req.output_cap_field or output_cap_field(req)
     outer, dot, inner = name.partition(".")
     if dot:

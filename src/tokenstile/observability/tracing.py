@@ -32,10 +32,10 @@ INSTRUMENTATION = "tokenstile"
 # gen_ai.operation.name per API; OpenAI's Responses and Anthropic's Messages are chats.
 OPERATIONS = {"chat": "chat", "responses": "chat", "messages": "chat", "converse": "chat",
               "completions": "text_completion", "embeddings": "embeddings",
-              "count_tokens": "count_tokens"}
+              "count_tokens": "count_tokens", "generate_content": "chat"}
 # gen_ai.provider.name per upstream kind.
 PROVIDERS = {"openai": "openai", "azure": "azure.ai.openai", "anthropic": "anthropic",
-             "bedrock": "aws.bedrock"}
+             "bedrock": "aws.bedrock", "gemini": "gcp.gemini"}
 
 _EXPORTER_BY_PROTOCOL = {"http/protobuf": "otlp_proto_http", "grpc": "otlp_proto_grpc"}
 _warned = False

@@ -42,7 +42,8 @@ if TYPE_CHECKING:
     from tokenstile.stores.database import Override
     from tokenstile.types import CanonicalRequest, RequestContext
 
-_MODERATED_APIS = frozenset({"chat", "completions", "responses", "messages"})
+_MODERATED_APIS = frozenset({"chat", "completions", "responses", "messages",
+                             "generate_content"})
 
 
 def request_decisions(rules: Rules, req: CanonicalRequest,

@@ -21,9 +21,11 @@ from tokenstile.policies.schema import AutoReplyRule
 from tokenstile.policies.texts import last_user_text, request_slots
 from tokenstile.types import CanonicalRequest
 
-_TEXT_FIELDS = ("messages", "prompt", "input")
+_TEXT_FIELDS = ("messages", "prompt", "input", "contents")
 _PROMPT_PARAM = {"chat": "messages", "messages": "messages", "converse": "messages",
-                 "completions": "prompt"}
+                 "completions": "prompt", "generate_content": "contents"}
+# APIs whose requests have no end-user field: only a header can name the end user.
+_NO_USER_FIELD = {"converse": "Converse", "generate_content": "Gemini's generateContent"}
 
 
 @lru_cache(maxsize=4096)
@@ -43,10 +45,11 @@ def check_user_ids(rule: UserIdsRule, req: CanonicalRequest,
                    headers: Mapping[str, str]) -> Decision | None:
     if req.end_user or (rule.header and headers.get(rule.header, "").strip()):
         return None
-    if req.api == "converse":  # Bedrock's Converse has no end-user field
+    if req.api in _NO_USER_FIELD:  # Bedrock's Converse, Gemini: no end-user field
         field = rule.header or "enforce_user_ids.header"
         how = f"the {rule.header} header" if rule.header else \
-            "an end-user header (Converse has no field for it; configure enforce_user_ids.header)"
+            f"an end-user header ({_NO_USER_FIELD[req.api]} has no field for it; configure " \
+            "enforce_user_ids.header)"
     else:
         field = "metadata.user_id" if req.wire != "openai" else "user"
         how = f"the '{field}' field" + (f" or the {rule.header} header" if rule.header else "")

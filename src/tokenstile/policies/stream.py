@@ -13,6 +13,9 @@ are done), the gathered arguments are checked whole (``policies.arguments``), an
 redaction puts the rewritten arguments in the first piece and empties the others: a client
 that joins the pieces, as the SDKs do, gets the rewritten arguments.
 
+Gemini's chunks carry whole function calls (``functionCall.args``, an object): they are
+checked as they pass, like a whole answer's.
+
 Bedrock streams are event stream frames, not SSE: each is decoded (a Converse event, or
 the Anthropic event inside an invoke ``chunk``) and one whose text changed is encoded
 again.
@@ -194,6 +197,9 @@ def _parse(api: str, obj: dict[str, Any], name: str | None = None) -> _Parsed:
     if api == "converse":  # Bedrock: the event's name is in its frame's headers
         _parse_converse(obj, name, parsed)
         return parsed
+    if api == "generate_content":
+        _parse_gemini(obj, parsed)
+        return parsed
     kind = obj.get("type")
     if ("error" in obj and kind is None) or kind in _TERMINAL:
         parsed.terminal = True
@@ -253,6 +259,30 @@ def _parse_converse(obj: dict[str, Any], name: str | None, parsed: _Parsed) -> N
         parsed.finals.add(channel)
     elif name == "messageStop":
         parsed.terminal = True
+
+
+def _parse_gemini(obj: dict[str, Any], parsed: _Parsed) -> None:
+    """A Gemini chunk: text parts per candidate, whole function calls, and the candidates
+    it finishes (an error chunk ends them all)."""
+    if "error" in obj:
+        parsed.terminal = True
+        return
+    for position, candidate in enumerate(obj.get("candidates") or ()):
+        if not isinstance(candidate, dict):
+            continue
+        channel = ("candidate", candidate.get("index", position))
+        content = candidate.get("content")
+        parts = content.get("parts") if isinstance(content, dict) else None
+        for part in parts if isinstance(parts, list) else ():
+            if not isinstance(part, dict):
+                continue
+            if isinstance(part.get("text"), str) and part.get("thought") is not True:
+                parsed.slots.append((channel, part, "text"))
+            call = part.get("functionCall")
+            if isinstance(call, dict) and "args" in call:
+                parsed.whole_calls.append((call, "args"))
+        if candidate.get("finishReason"):
+            parsed.finals.add(channel)
 
 
 def _parse_responses(obj: dict[str, Any], kind: Any, parsed: _Parsed) -> None:

@@ -25,6 +25,10 @@ def request_slots(api: str, body: dict[str, Any]) -> list[Slot]:
         for message in body.get("messages") or ():
             if isinstance(message, dict):
                 _parts(message.get("content"), out, message, "content")
+    elif api == "generate_content":  # Gemini: contents of parts
+        for content in body.get("contents") or ():
+            if isinstance(content, dict):
+                _parts(content.get("parts"), out, content, "parts")
     elif api in ("chat", "messages"):
         for message in body.get("messages") or ():
             if isinstance(message, dict) and message.get("role") not in ("system",
@@ -102,12 +106,25 @@ def response_slots(api: str, payload: Any) -> list[tuple[Any, Any, Any]]:
         for j, block in enumerate(content if isinstance(content, list) else ()):
             if isinstance(block, dict) and isinstance(block.get("text"), str):
                 out.append((j, block, "text"))
+    elif api == "generate_content":
+        for i, candidate in enumerate(payload.get("candidates") or ()):
+            for j, part in enumerate(_candidate_parts(candidate)):
+                if isinstance(part.get("text"), str) and part.get("thought") is not True:
+                    out.append(((i, j), part, "text"))
     return out
+
+
+def _candidate_parts(candidate: Any) -> list[dict[str, Any]]:
+    """The parts of a Gemini candidate's content."""
+    content = candidate.get("content") if isinstance(candidate, dict) else None
+    parts = content.get("parts") if isinstance(content, dict) else None
+    return [p for p in parts if isinstance(p, dict)] if isinstance(parts, list) else []
 
 
 def tool_slots(api: str, payload: Any) -> list[tuple[Any, Any]]:
     """Tool-call arguments of a whole answer, as (container, key) slots: a string of JSON
-    on OpenAI's APIs, an object in an Anthropic ``tool_use`` block."""
+    on OpenAI's APIs, an object in an Anthropic ``tool_use`` block or a Gemini
+    ``functionCall`` (``args``)."""
     out: list[tuple[Any, Any]] = []
     if not isinstance(payload, dict):
         return out
@@ -133,4 +150,10 @@ def tool_slots(api: str, payload: Any) -> list[tuple[Any, Any]]:
             if isinstance(block, dict) and block.get("type") == "tool_use" and \
                     "input" in block:
                 out.append((block, "input"))
+    elif api == "generate_content":
+        for candidate in payload.get("candidates") or ():
+            for part in _candidate_parts(candidate):
+                call = part.get("functionCall")
+                if isinstance(call, dict) and "args" in call:
+                    out.append((call, "args"))
     return out

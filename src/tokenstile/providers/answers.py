@@ -160,6 +160,10 @@ def answer_text(api: ApiKind, payload: Any) -> AnswerText:
         message = message.get("message") if isinstance(message, dict) else None
         for block in _items(message.get("content") if isinstance(message, dict) else None):
             converse_block_text(block, out)
+    elif api == "generate_content":
+        from tokenstile.providers.generate_content import answer_text as gemini_text
+
+        return gemini_text(payload)
     return out
 
 

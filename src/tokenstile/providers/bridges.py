@@ -7,6 +7,7 @@ from typing import Any
 from tokenstile.errors import GatewayError
 from tokenstile.providers.base import Bridge
 from tokenstile.providers.bedrock_translate import bedrock_bridge
+from tokenstile.providers.gemini_translate import gemini_bridge
 from tokenstile.providers.messages_over_chat import MessagesOverChat
 from tokenstile.providers.translate import ChatOverMessages
 from tokenstile.types import ApiKind, WireFormat
@@ -24,6 +25,9 @@ def bridge_for(api: ApiKind, client_wire: WireFormat, upstream_wire: WireFormat,
     if "bedrock" in (client_wire, upstream_wire):
         return bedrock_bridge(api, client_wire, upstream_wire, upstream, body,
                               default_max_tokens)
+    if "gemini" in (client_wire, upstream_wire):
+        return gemini_bridge(api, client_wire, upstream_wire, upstream, body,
+                             default_max_tokens)
     model = body.get("model")
     if client_wire == "anthropic" and upstream_wire == "openai" and api == "messages":
         return MessagesOverChat(body, default_max_tokens)

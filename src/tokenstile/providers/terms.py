@@ -11,6 +11,7 @@ from typing import Any
 
 from tokenstile.providers.converse import converse_terms
 from tokenstile.providers.counts import service_tier
+from tokenstile.providers.generate_content import gemini_terms
 from tokenstile.providers.openai import searches_chat_model
 from tokenstile.types import CanonicalRequest, PriceTerms
 
@@ -39,6 +40,8 @@ def price_terms(req: CanonicalRequest) -> PriceTerms:
     body = req.body
     if req.api == "converse":
         return converse_terms(body)
+    if req.wire == "gemini":
+        return gemini_terms(body)
     if req.wire in ("anthropic", "bedrock"):  # Claude's Messages body, on Bedrock too
         return _anthropic(body)
     return _openai(req.api, body)

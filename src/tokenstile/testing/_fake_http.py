@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Protocol
+from urllib.parse import parse_qs
 
 from tokenstile.providers.multipart import FilePart
 
@@ -60,13 +61,27 @@ class _Watch:
         self._task.cancel()
 
 
+# Gemini's routes: ``/v1beta/models/{model}:{method}`` (and ``/v1/``); its key may come in the
+# query string.
+GEMINI_PREFIXES = ("/v1beta/models/", "/v1/models/")
+
+
+def is_gemini(path: str) -> bool:
+    return path.startswith(GEMINI_PREFIXES) and ":" in path
+
+
+def query_key(query: bytes) -> str | None:
+    keys = parse_qs(query.decode("latin-1")).get("key")
+    return keys[0] if keys else None
+
+
 class _Req:
     """One HTTP request in flight, and what will go on its record."""
 
     __slots__ = (
         "anthropic", "api_key", "background", "bedrock", "body", "directives", "files",
-        "headers", "method", "model", "query", "raw", "raw_headers", "raw_path", "receive",
-        "recorded", "rid", "route", "send", "started", "started_wall", "stream", "watch",
+        "gemini", "headers", "method", "model", "query", "raw", "raw_headers", "raw_path",
+        "receive", "recorded", "rid", "route", "send", "started", "started_wall", "stream", "watch",
     )
 
     def __init__(
@@ -85,8 +100,11 @@ class _Req:
         self.api_key: str | None = None
         self.anthropic = route.startswith("/v1/messages")
         self.bedrock = route.startswith("/model/")
+        self.gemini = is_gemini(route)
+        if self.gemini:
+            self.api_key = query_key(self.query)
         for name, value in self.raw_headers:
-            if name == b"x-api-key":
+            if name in (b"x-api-key", b"x-goog-api-key"):
                 self.api_key = value.decode("latin-1")
             elif name == b"authorization" and self.api_key is None:
                 text = value.decode("latin-1")

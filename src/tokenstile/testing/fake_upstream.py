@@ -1,5 +1,5 @@
-"""A lean, fast fake of the OpenAI, Anthropic and AWS Bedrock HTTP APIs, for tests, demos
-and benchmarks.
+"""A lean, fast fake of the OpenAI, Anthropic, AWS Bedrock and Gemini HTTP APIs, for tests,
+demos and benchmarks.
 
 Why it exists: the gateway must be tested against real HTTP (the official SDKs on one side,
 its aiohttp client on the other) with exact, known token usage and scriptable failures,
@@ -16,7 +16,8 @@ retry_after=2]]`` or ``[[fake:cut_after=5]]`` (see ``Directives``), by server-wi
 defaults, or by a queue of per-request behaviours (``FakeUpstream.script``).
 
 Bedrock's runtime API (Converse, ConverseStream, InvokeModel and its stream for Claude),
-with SigV4 checked by botocore, is in ``_fake_bedrock``.
+with SigV4 checked by botocore, is in ``_fake_bedrock``; Gemini's API (generateContent, its
+SSE stream, countTokens) in ``_fake_gemini``.
 
 Responses are stored (``previous_response_id`` bills the earlier turns as input, ``GET``,
 ``DELETE`` and ``input_items`` work), and ``background: true`` runs in the background with
@@ -72,7 +73,8 @@ from ._fake_core import (
     plan_reply,
     reply_text,
 )
-from ._fake_http import Receive, Scope, Send, _Req
+from ._fake_gemini import GeminiRoutes, google_error
+from ._fake_http import Receive, Scope, Send, _Req, is_gemini
 from ._fake_reports import REPORTS, Drift, admin_key_ok
 from ._fake_responses import ResponseStore, StoredResponse
 from ._fake_state import DEFAULT_MODELS, FakeRecord, FakeSettings, Tally
@@ -208,7 +210,8 @@ _IMAGE_CATEGORIES = frozenset({
 
 
 class FakeUpstream:
-    """The fake OpenAI + Anthropic + Bedrock server: settings, a tally, and ``app`` (ASGI)."""
+    """The fake OpenAI + Anthropic + Bedrock + Gemini server: settings, a tally, and
+    ``app`` (ASGI)."""
 
     def __init__(self, settings: FakeSettings | None = None, **overrides: Any) -> None:
         self.settings = settings or FakeSettings()
@@ -224,6 +227,7 @@ class FakeUpstream:
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(4).hex()
         self._bedrock = BedrockRoutes(self)
+        self._gemini = GeminiRoutes(self)
         self._routes: dict[tuple[str, str], Callable[[_Req], Awaitable[None]]] = {
             ("POST", "/v1/chat/completions"): self._chat,
             ("POST", "/v1/completions"): self._completions,
@@ -364,12 +368,17 @@ class FakeUpstream:
             handler = self._batch_route
         elif handler is None and path.startswith("/model/"):
             handler = self._bedrock.handle
+        elif handler is None and is_gemini(path):
+            handler = self._gemini.handle
         r = _Req(scope, receive, send, path, "req_" + self._new_id())
         self.tally.begin()
         try:
             require = self.settings.require_key
             if require is not None and r.api_key != require and not r.bedrock:
-                await self._error(r, 401, self._auth_message(r))
+                if r.gemini:
+                    await self._gemini.key_invalid(r)
+                else:
+                    await self._error(r, 401, self._auth_message(r))
                 return
             if handler is None:
                 known = any(p == path for _, p in self._routes)
@@ -544,6 +553,8 @@ class FakeUpstream:
         if r.bedrock:
             payload: Json = {"message": message}
             extra.extend(error_headers(status, kind))
+        elif r.gemini:
+            payload = google_error(status, message)
         elif r.anthropic:
             payload = anthropic_error(status, message, r.rid)
         else:

@@ -1,0 +1,152 @@
+"""Google's Gemini API, as clients send it to the gateway:
+``POST /v1beta/models/{model}:generateContent``, ``:streamGenerateContent?alt=sse`` and
+``:countTokens`` (also under ``/v1/``). The request and answer themselves are
+``providers.generate_content``.
+
+The model and whether the call streams are in the URL; the gateway puts them into the body
+it understands (``model``, ``stream``) and takes them out again before forwarding.
+
+Streams are SSE chunks (``data: {...}``), relayed unchanged. The observer parses lazily: in
+order while the gateway waits for the first visible output, then only the last few chunks,
+where the final ``usageMetadata`` is; every chunk only when a stream ended without it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tokenstile.providers.generate_content import (
+    CAP_FIELD,
+    GeminiStreamState,
+    count_gemini,
+    event_json,
+    hidden_gemini,
+    output_worst_case,
+    parse_gemini,
+    usage_of_answer,
+)
+from tokenstile.types import ApiKind, CanonicalRequest, Usage, WireFormat
+
+# Fields of the canonical body that the URL carried: never forwarded in the body.
+ROUTE_FIELDS = ("model", "stream")
+_TAIL_EVENTS = 4
+
+
+def forwarded_body(body: dict[str, Any]) -> dict[str, Any]:
+    """The body as Google takes it: without the fields its URL carries."""
+    if "model" not in body and "stream" not in body:
+        return body
+    return {k: v for k, v in body.items() if k not in ROUTE_FIELDS}
+
+
+def key_refused(status: int, payload: bytes) -> bool:
+    """Google's answer to a bad API key: 400 (or 403) naming ``API_KEY_INVALID``."""
+    return status in (400, 401, 403) and b"API_KEY_" in payload
+
+
+# --- the adapter --------------------------------------------------------------------------
+
+
+class GeminiAdapter:
+    """``/v1beta/models/{model}:generateContent``, ``:streamGenerateContent`` and
+    ``:countTokens``."""
+
+    wire: WireFormat = "gemini"
+
+    def parse(self, api: ApiKind, body: dict[str, Any]) -> CanonicalRequest:
+        model = body.get("model")
+        assert isinstance(model, str)  # from the URL
+        input_text, system_text = parse_gemini(api, body)
+        if api == "count_tokens":
+            return CanonicalRequest(api="count_tokens", wire="gemini", model=model, body=body,
+                                    input_text=input_text, system_text=system_text)
+        return CanonicalRequest(
+            api="generate_content", wire="gemini", model=model, body=body,
+            stream=body.get("stream") is True, output_cap=output_worst_case(model, body),
+            output_cap_field=CAP_FIELD, input_text=input_text, system_text=system_text,
+            hidden_input=hidden_gemini(body))
+
+    def count_input(self, req: CanonicalRequest) -> int:
+        return count_gemini(req.model, req.body)
+
+    def upstream_body(self, req: CanonicalRequest) -> dict[str, Any]:
+        return forwarded_body(req.body)
+
+    def usage_from_body(self, api: ApiKind, payload: Any) -> Usage | None:
+        if api == "count_tokens":
+            return Usage()  # counting is free
+        return usage_of_answer(payload)
+
+    def observer(self, req: CanonicalRequest) -> GeminiStreamObserver:
+        return GeminiStreamObserver(req.model)
+
+
+# --- streams -----------------------------------------------------------------------------
+
+
+class GeminiStreamObserver:
+    """A ``StreamObserver`` of Gemini's SSE chunks that relays them unchanged and parses
+    lazily: in order while the gateway waits for the first visible output, then only the
+    last few chunks (where the final usage is); every chunk only when the stream ended
+    without it."""
+
+    __slots__ = ("_answering", "_events", "_model", "_read", "_state", "_usage_override")
+
+    def __init__(self, model: str) -> None:
+        self._model = model
+        self._events: list[bytes] = []
+        self._read = 0
+        self._answering = False
+        self._state = GeminiStreamState()
+        self._usage_override: Usage | None = None
+
+    def on_event(self, event: bytes) -> bytes | None:
+        self._events.append(event)
+        return event
+
+    def _read_on(self) -> None:
+        events = self._events
+        while self._read < len(events):
+            self._state.apply(event_json(events[self._read]))
+            self._read += 1
+
+    def _settle(self) -> None:
+        """The final usage from the last chunks, their text left for ``_read_on``."""
+        tail = GeminiStreamState()
+        start = max(self._read, len(self._events) - _TAIL_EVENTS)
+        for event in self._events[start:]:
+            tail.apply(event_json(event), text=False)
+        if tail.final is not None:
+            self._state.final = tail.final
+            self._state.grounded = self._state.grounded or tail.grounded
+
+    @property
+    def usage(self) -> Usage | None:
+        if self._usage_override is not None:
+            return self._usage_override
+        if self._state.final is None:
+            self._settle()
+        if self._state.final is None:
+            self._read_on()
+        return self._state.usage(self._model)
+
+    @usage.setter
+    def usage(self, value: Usage | None) -> None:
+        self._usage_override = value
+
+    def answering(self) -> bool:
+        if not self._answering:
+            self._read_on()
+            self._answering = bool(self._state.text.visible)
+        return self._answering
+
+    def output_text(self) -> str:
+        self._read_on()
+        return "".join(self._state.text.visible)
+
+    def reasoning_text(self) -> str:
+        self._read_on()
+        return "".join(self._state.text.reasoning)
+
+    def usage_is_final(self) -> bool:
+        return self._usage_override is not None or self._state.final is not None

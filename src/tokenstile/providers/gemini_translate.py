@@ -1,0 +1,401 @@
+"""Serving OpenAI chat completions from a Gemini upstream.
+
+An ``openai`` SDK client names a model routed to an upstream of kind ``gemini`` and the
+gateway calls ``generateContent`` (or ``streamGenerateContent?alt=sse``). The request goes
+through the chat → Messages translation (``providers.translate``: the same validation,
+system and turn merging, tool mapping), and the Messages request becomes a Gemini one:
+turns → ``contents`` (``assistant`` → ``model``), system → ``systemInstruction``, images and
+PDFs → ``inlineData``, tool calls and results → ``functionCall`` / ``functionResponse``,
+tools → ``functionDeclarations`` (``parametersJsonSchema``), ``tool_choice`` →
+``toolConfig.functionCallingConfig``, ``max_tokens``/``temperature``/``top_p``/``top_k``/
+``stop`` → ``generationConfig``. The output cap bounds thinking too
+(``providers.generate_content.capped_config``): a model that thinks gets a ``thinkingBudget`` out of
+``max_tokens`` when its own largest budget would not fit. Structured outputs become a
+system instruction. Answers, streams (Gemini chunks in, ``chat.completion.chunk`` events
+out) and errors (Google's ``{"error": {"code", "message", "status"}}`` in, OpenAI's out)
+are translated back.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import orjson
+
+from tokenstile.errors import GatewayError, bad_request
+from tokenstile.providers.answers import WatchesText
+from tokenstile.providers.base import Bridge, require_str
+from tokenstile.providers.gemini import ROUTE_FIELDS
+from tokenstile.providers.generate_content import (
+    GeminiStreamState,
+    capped_config,
+    count_gemini,
+    event_json,
+    usage_of_answer,
+)
+from tokenstile.providers.mapping import DONE, TranslatedBody, chat_cap, chat_usage
+from tokenstile.providers.translate import chat_to_messages
+from tokenstile.types import ApiKind, CanonicalRequest, Usage, WireFormat
+
+FINISH_REASONS: dict[str, str] = {
+    "STOP": "stop",
+    "MAX_TOKENS": "length",
+    "SAFETY": "content_filter",
+    "RECITATION": "content_filter",
+    "BLOCKLIST": "content_filter",
+    "PROHIBITED_CONTENT": "content_filter",
+    "SPII": "content_filter",
+    "IMAGE_SAFETY": "content_filter",
+}
+_OPENAI_ERROR_TYPES: dict[int, str] = {
+    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+    404: "invalid_request_error", 429: "rate_limit_exceeded",
+}
+_CHOICE_MODES = {"auto": "AUTO", "any": "ANY", "tool": "ANY", "none": "NONE"}
+
+# --- requests -----------------------------------------------------------------------------
+
+
+def _media(block: dict[str, Any], where: str) -> dict[str, Any]:
+    source = block.get("source")
+    if not isinstance(source, dict) or source.get("type") != "base64":
+        raise bad_request(f"'{where}': Gemini takes images and documents as bytes here; send "
+                          "a base64 data URL (data:image/png;base64,...) instead of a link",
+                          param=where)
+    mime = source.get("media_type") or ("application/pdf" if block.get("type") == "document"
+                                        else "image/png")
+    return {"inlineData": {"mimeType": mime, "data": source.get("data")}}
+
+
+def _parts(content: Any, where: str, names: dict[str, str]) -> list[dict[str, Any]]:
+    """Anthropic content (as ``chat_to_messages`` writes it) as Gemini parts; ``names``
+    maps tool call ids to tool names (a ``functionResponse`` is named by its tool)."""
+    if isinstance(content, str):
+        return [{"text": content}]
+    out: list[dict[str, Any]] = []
+    for j, block in enumerate(content if isinstance(content, list) else ()):
+        kind = block.get("type")
+        at = f"{where}[{j}]"
+        if kind == "text":
+            out.append({"text": block["text"]})
+        elif kind in ("image", "document"):
+            out.append(_media(block, at))
+        elif kind == "tool_use":
+            names[block["id"]] = block["name"]
+            out.append({"functionCall": {"name": block["name"],
+                                         "args": block.get("input") or {}}})
+        elif kind == "tool_result":
+            call_id = block["tool_use_id"]
+            out.append({"functionResponse": {"name": names.get(call_id, call_id),
+                                             "response": {"content": block.get("content")
+                                                          or ""}}})
+    return out
+
+
+def _tools(tools: Any, choice: Any) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    declarations = []
+    for tool in tools or ():
+        declaration: dict[str, Any] = {"name": tool["name"],
+                                       "parametersJsonSchema": tool["input_schema"]}
+        if tool.get("description"):
+            declaration["description"] = tool["description"]
+        declarations.append(declaration)
+    kind = choice.get("type") if isinstance(choice, dict) else None
+    config: dict[str, Any] | None = None
+    if kind in _CHOICE_MODES:
+        config = {"mode": _CHOICE_MODES[kind]}
+        if kind == "tool":
+            config["allowedFunctionNames"] = [choice["name"]]
+    tool_config = {"functionCallingConfig": config} if config is not None else None
+    return ([{"functionDeclarations": declarations}] if declarations else []), tool_config
+
+
+def messages_to_gemini(body: dict[str, Any]) -> dict[str, Any]:
+    """An Anthropic Messages request (as ``chat_to_messages`` writes it) as a Gemini
+    request; ``model`` stays in it for the gateway (the URL carries it upstream)."""
+    names: dict[str, str] = {}
+    out: dict[str, Any] = {
+        "model": body["model"],
+        "contents": [{"role": "model" if m["role"] == "assistant" else "user",
+                      "parts": _parts(m["content"], f"messages[{i}]", names)}
+                     for i, m in enumerate(body["messages"])],
+    }
+    if body.get("system"):
+        out["systemInstruction"] = {"parts": [{"text": body["system"]}]}
+    config: dict[str, Any] = {}
+    if body.get("stop_sequences"):
+        config["stopSequences"] = body["stop_sequences"]
+    for ours, theirs in (("temperature", "temperature"), ("top_p", "topP"),
+                         ("top_k", "topK")):
+        if body.get(ours) is not None:
+            config[theirs] = body[ours]
+    out["generationConfig"] = config
+    tools, tool_config = _tools(body.get("tools"), body.get("tool_choice"))
+    if tools:
+        out["tools"] = tools
+    if tool_config is not None:
+        out["toolConfig"] = tool_config
+    out["generationConfig"] = capped_config(out["model"], out, body["max_tokens"])
+    return out
+
+
+def chat_to_gemini(body: dict[str, Any], default_max_tokens: int) -> dict[str, Any]:
+    """An OpenAI chat completions request as a Gemini request (see the module's notes)."""
+    return messages_to_gemini(chat_to_messages(body, default_max_tokens,
+                                               structured_outputs=False, sampling=True))
+
+
+# --- answers ------------------------------------------------------------------------------
+
+
+def _chat_id() -> str:
+    return "chatcmpl-" + uuid.uuid4().hex
+
+
+def _call_id(call: dict[str, Any]) -> str:
+    found = call.get("id")
+    return found if isinstance(found, str) and found else "call_" + uuid.uuid4().hex[:24]
+
+
+def finish_reason(reason: Any, calls: bool) -> str:
+    if calls and reason in (None, "STOP"):
+        return "tool_calls"
+    return FINISH_REASONS.get(reason, "stop") if isinstance(reason, str) else "stop"
+
+
+def _candidate_message(candidate: Any) -> tuple[dict[str, Any], bool]:
+    content = candidate.get("content") if isinstance(candidate, dict) else None
+    parts = content.get("parts") if isinstance(content, dict) else None
+    texts: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for part in parts if isinstance(parts, list) else ():
+        if not isinstance(part, dict) or part.get("thought") is True:
+            continue
+        if isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        call = part.get("functionCall")
+        if isinstance(call, dict):
+            calls.append({"id": _call_id(call), "type": "function",
+                          "function": {"name": str(call.get("name") or ""),
+                                       "arguments": orjson.dumps(call.get("args") or {})
+                                       .decode()}})
+    message: dict[str, Any] = {"role": "assistant",
+                               "content": "".join(texts) if texts else None, "refusal": None}
+    if calls:
+        message["tool_calls"] = calls
+    return message, bool(calls)
+
+
+def gemini_to_chat(resp: dict[str, Any], model: str, *,
+                   created: int | None = None) -> dict[str, Any]:
+    """A Gemini answer as an OpenAI ``chat.completion`` object."""
+    choices = []
+    for position, candidate in enumerate(resp.get("candidates") or ()):
+        message, calls = _candidate_message(candidate)
+        reason = candidate.get("finishReason") if isinstance(candidate, dict) else None
+        index = candidate.get("index", position) if isinstance(candidate, dict) else position
+        choices.append({"index": index, "message": message, "logprobs": None,
+                        "finish_reason": finish_reason(reason, calls)})
+    if not choices:  # the prompt itself was blocked (promptFeedback.blockReason)
+        choices.append({"index": 0, "message": {"role": "assistant", "content": None,
+                                                "refusal": None},
+                        "logprobs": None, "finish_reason": "content_filter"})
+    usage = usage_of_answer(resp)
+    return {
+        "id": _chat_id(), "object": "chat.completion",
+        "created": int(time.time()) if created is None else created, "model": model,
+        "choices": choices,
+        "usage": chat_usage(usage) if usage is not None else None,
+        "system_fingerprint": None,
+    }
+
+
+def _message_of(status: int, body: bytes) -> str:
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        parsed = None
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    if isinstance(message, str) and message:
+        return message
+    text = body.decode("utf-8", "replace").strip()[:500]
+    return f"the upstream answered {status}" + (f": {text}" if text else "")
+
+
+def gemini_error_to_openai(status: int, body: bytes) -> bytes:
+    """A Google error body in OpenAI's shape."""
+    kind = _OPENAI_ERROR_TYPES.get(status, "server_error" if status >= 500
+                                   else "invalid_request_error")
+    return orjson.dumps({"error": {"message": _message_of(status, body), "type": kind,
+                                   "param": None, "code": None}})
+
+
+# --- streams ------------------------------------------------------------------------------
+
+
+def _sse(payload: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+class GeminiChatTranslator(WatchesText):
+    """Gemini SSE chunks in, ``chat.completion.chunk`` SSE events out (a
+    ``StreamObserver``): every chunk is read; the usage is the final ``usageMetadata``."""
+
+    __slots__ = ("_created", "_done", "_id", "_include_usage", "_model", "_role_sent",
+                 "_state", "_text", "_tools", "_usage_override")
+
+    def __init__(self, model: str, *, include_usage: bool = False) -> None:
+        self._model = model
+        self._include_usage = include_usage
+        self._created = int(time.time())
+        self._id = _chat_id()
+        self._state = GeminiStreamState()
+        self._text = self._state.text
+        self._tools = 0
+        self._role_sent = False
+        self._done = False
+        self._usage_override: Usage | None = None
+
+    @classmethod
+    def for_request(cls, body: dict[str, Any], model: str) -> GeminiChatTranslator:
+        options = body.get("stream_options")
+        return cls(model, include_usage=isinstance(options, dict)
+                   and options.get("include_usage") is True)
+
+    @property
+    def usage(self) -> Usage | None:
+        return self._usage_override or self._state.usage(self._model)
+
+    @usage.setter
+    def usage(self, value: Usage | None) -> None:
+        self._usage_override = value
+
+    def usage_is_final(self) -> bool:
+        return self._usage_override is not None or self._state.final is not None
+
+    def on_event(self, event: bytes) -> bytes | None:
+        if self._done:
+            return None
+        chunk = event_json(event)
+        if not isinstance(chunk, dict):
+            return None
+        if isinstance(chunk.get("error"), dict):
+            self._done = True
+            error = chunk["error"]
+            status = error.get("code") if isinstance(error.get("code"), int) else 500
+            return _sse({"error": {"message": str(error.get("message") or "upstream error"),
+                                   "type": _OPENAI_ERROR_TYPES.get(status, "server_error"),
+                                   "param": None, "code": error.get("status")}})
+        self._state.apply(chunk)
+        return self._translate(chunk) or None
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
+        if not self._role_sent:
+            self._role_sent = True
+            delta = {"role": "assistant", "content": "", **delta}
+        chunk: dict[str, Any] = {
+            "id": self._id, "object": "chat.completion.chunk", "created": self._created,
+            "model": self._model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                         "finish_reason": finish}],
+        }
+        if self._include_usage:
+            chunk["usage"] = None
+        return _sse(chunk)
+
+    def _translate(self, chunk: dict[str, Any]) -> bytes:
+        out = bytearray()
+        candidates = chunk.get("candidates")
+        candidate = candidates[0] if isinstance(candidates, list) and candidates else None
+        if not isinstance(candidate, dict):
+            return bytes(out)
+        content = candidate.get("content")
+        parts = content.get("parts") if isinstance(content, dict) else None
+        for part in parts if isinstance(parts, list) else ():
+            if not isinstance(part, dict) or part.get("thought") is True:
+                continue
+            if isinstance(part.get("text"), str) and part["text"]:
+                out += self._chunk({"content": part["text"]})
+            call = part.get("functionCall")
+            if isinstance(call, dict):
+                index, self._tools = self._tools, self._tools + 1
+                out += self._chunk({"tool_calls": [{
+                    "index": index, "id": _call_id(call), "type": "function",
+                    "function": {"name": str(call.get("name") or ""),
+                                 "arguments": orjson.dumps(call.get("args") or {}).decode()}}]})
+        reason = candidate.get("finishReason")
+        if reason:
+            self._done = True
+            out += self._chunk({}, finish_reason(reason, self._tools > 0))
+            if self._include_usage:
+                out += _sse({"id": self._id, "object": "chat.completion.chunk",
+                             "created": self._created, "model": self._model, "choices": [],
+                             "usage": chat_usage(self._state.usage(self._model) or Usage())})
+            out += DONE
+        return bytes(out)
+
+
+# --- the gateway's bridge -----------------------------------------------------------------
+
+
+class ChatOverGemini(TranslatedBody):
+    """An OpenAI chat completions request served by a Gemini upstream, its generateContent
+    translation following the request's body (``TranslatedBody``)."""
+
+    upstream_api: ApiKind = "generate_content"
+
+    __slots__ = ()
+
+    def translate(self, body: dict[str, Any]) -> dict[str, Any]:
+        return chat_to_gemini(body, self._default_cap)
+
+    def patch(self, body: dict[str, Any]) -> dict[str, Any]:
+        model = require_str(body, "model")
+        translated = {**self._translated, "model": model}
+        translated["generationConfig"] = capped_config(
+            model, translated, chat_cap(body, self._default_cap))
+        return translated
+
+    def count_input(self) -> int:
+        return count_gemini(self.model, self._translated)
+
+    def upstream_body(self, req: CanonicalRequest) -> dict[str, Any]:
+        return {k: v for k, v in self.follow(req.body).items() if k not in ROUTE_FIELDS}
+
+    def usage_from_body(self, payload: Any) -> Usage | None:
+        return usage_of_answer(payload)
+
+    def response_body(self, payload: bytes, parsed: Any) -> tuple[bytes, Any]:
+        if not isinstance(parsed, dict) or ("candidates" not in parsed
+                                            and "usageMetadata" not in parsed):
+            return payload, parsed
+        chat = gemini_to_chat(parsed, self.model)
+        return orjson.dumps(chat), chat
+
+    def error_body(self, status: int, payload: bytes) -> bytes:
+        return gemini_error_to_openai(status, payload)
+
+    def observer(self, req: CanonicalRequest) -> GeminiChatTranslator:
+        return GeminiChatTranslator.for_request(req.body, self.model)
+
+
+def gemini_bridge(api: ApiKind, client_wire: WireFormat, upstream_wire: WireFormat,
+                  upstream: str, body: dict[str, Any], default_max_tokens: int) -> Bridge:
+    """The bridge between a Gemini upstream and another wire, or a 400 saying why none."""
+    model = body.get("model")
+    if upstream_wire == "gemini":
+        if client_wire == "openai" and api == "chat":
+            return ChatOverGemini(body, default_max_tokens)
+        raise GatewayError(
+            400, f"the model {model!r} is served by the Gemini upstream {upstream!r}, which "
+                 "serves chat completions (/v1/chat/completions) and Gemini's own routes "
+                 "(/v1beta/models/{model}:generateContent…), not this API",
+            code="unsupported_api")
+    raise GatewayError(
+        400, f"Gemini routes (/v1beta/models/{{model}}:…) need an upstream of kind gemini, "
+             f"but the model {model!r} is served by the {upstream_wire} upstream "
+             f"{upstream!r}; route it to a gemini upstream, or call it through that "
+             "provider's own API", code="unsupported_api")
