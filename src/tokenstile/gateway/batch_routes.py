@@ -13,12 +13,12 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import orjson
 
 from tokenstile.errors import GatewayError
 from tokenstile.gateway import asgi
 from tokenstile.gateway.upstream import RELAYED_RESPONSE_HEADERS, resource_url, upstream_headers
+from tokenstile.gateway.upstream_response import BODY_ERRORS
 from tokenstile.stores.counters import StoreUnavailable
 from tokenstile.types import new_request_id
 
@@ -98,7 +98,7 @@ class BatchRoutes:
             content_type = resp.headers.get("content-type", "application/json")
             try:
                 payload = await resp.read()
-            except (aiohttp.ClientError, TimeoutError):
+            except BODY_ERRORS:
                 raise GatewayError(502, f"upstream {entry.upstream!r} broke off its answer",
                                    type="api_error", code="upstream_cut") from None
         finally:

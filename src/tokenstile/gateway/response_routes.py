@@ -13,7 +13,6 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import orjson
 
 from tokenstile.errors import GatewayError
@@ -24,6 +23,7 @@ from tokenstile.gateway.upstream import (
     response_url,
     upstream_headers,
 )
+from tokenstile.gateway.upstream_response import BODY_ERRORS, UpstreamResponse
 from tokenstile.providers.sse import EventSplitter, event_fields
 from tokenstile.stores.counters import StoreUnavailable
 from tokenstile.stores.responses import StoredResponse
@@ -109,7 +109,7 @@ class ResponseRoutes:
                 return
             try:
                 payload = await resp.read()
-            except (aiohttp.ClientError, TimeoutError):
+            except BODY_ERRORS:
                 raise GatewayError(502, f"upstream {entry.upstream!r} broke off its answer",
                                    type="api_error", code="upstream_cut") from None
         finally:
@@ -162,7 +162,7 @@ class ResponseRoutes:
                                f"{entry.id}/cancel)", code="response_running")
 
     @staticmethod
-    async def _relay_stream(resp: aiohttp.ClientResponse, receive: asgi.Receive,
+    async def _relay_stream(resp: UpstreamResponse, receive: asgi.Receive,
                             send: asgi.ResponseTracker, headers: dict[str, str],
                             request_id: str) -> dict[str, Any] | None:
         """Relay a resumed stream (``?stream=true``) event by event; return the response
