@@ -446,6 +446,24 @@ async def test_a_large_body_is_streamed_whole() -> None:
     assert ticks > 10  # the loop ran other tasks while the body went out
 
 
+async def test_an_upload_the_upstream_stops_reading_times_out() -> None:
+    async def serve(conn: Conn) -> None:
+        await conn.reader.readuntil(b"\r\n\r\n")
+        await asyncio.sleep(5)  # reads no more of the body
+
+    client = UpstreamClient()
+    async with RawUpstream(serve) as upstream:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            with pytest.raises(UpstreamTimeout):
+                await client.post("up", upstream.config(read_timeout_s=0.3), upstream.url(),
+                                  b"x" * (32 * 1024 * 1024), JSON)
+        finally:
+            await client.close()
+        assert loop.time() - started < 3
+
+
 def _self_signed(directory: Path) -> tuple[Path, Path]:
     crypto = pytest.importorskip("cryptography")
     del crypto

@@ -381,7 +381,8 @@ class Connection(asyncio.Protocol):
         waiter = self.headers_waiter = self.loop.create_future()
         if len(body) <= LARGE_BODY_BYTES:
             transport.write(head + body if body else head)
-        else:
+        else:  # the read timeout also bounds an upload that stops moving
+            self.waiting()
             transport.write(head)
             view = memoryview(body)
             for start in range(0, len(body), _WRITE_SLICE):
@@ -396,6 +397,7 @@ class Connection(asyncio.Protocol):
                         break
                     finally:
                         self._drain = None
+                    self.last_read = self.loop.time()
         self.waiting()
         try:
             await waiter
@@ -477,7 +479,10 @@ class Connection(asyncio.Protocol):
         self._stop_timer()
         if self.transport is not None and not self.closed:
             self.closed = True
-            self.transport.close()
+            if self._writing_paused:  # close() would wait for the peer to read the rest
+                self.transport.abort()
+            else:
+                self.transport.close()
         self.closed = True
         self.pool.forget(self)
 
