@@ -74,18 +74,12 @@ class _Whole:
 
 
 def _whole(price: ModelPrice) -> _Whole:
-    values: list[Decimal | None] = [getattr(price, name) for name in _PRICE_FIELDS]
+    # Decimal(): a price given as an int (as Decimal arithmetic accepts one) is exact too.
+    values = [None if v is None else Decimal(v)
+              for v in (getattr(price, name) for name in _PRICE_FIELDS)]
     digits = max([0, *(-int(v.as_tuple().exponent) for v in values if v is not None)])
-
-    def whole(value: Decimal | None) -> int | None:
-        return None if value is None else int(value.scaleb(digits, _CTX))
-
-    p = price
-    return _Whole(10 ** digits, int(p.input.scaleb(digits, _CTX)),
-                  int(p.output.scaleb(digits, _CTX)), whole(p.cached_input),
-                  whole(p.cache_write), whole(p.per_request), whole(p.reasoning),
-                  whole(p.cache_write_1h), whole(p.input_audio), whole(p.output_audio),
-                  whole(p.cached_audio_input), whole(p.web_search), whole(p.file_search))
+    ints = [None if v is None else int(v.scaleb(digits, _CTX)) for v in values]
+    return _Whole(10 ** digits, ints[0] or 0, ints[1] or 0, *ints[2:])
 
 
 @dataclass(frozen=True, slots=True)
