@@ -8,6 +8,8 @@ The fake upstream, the latency client and wrk share core 1; the gateway runs alo
 - requests/s at concurrency 50 (wrk), non-streamed and streamed, as a ratio to direct.
 
 Scenarios: no limits; budgets on the SQLite counter store (the default); budgets on Redis.
+The scenarios run ``--rounds`` times in turn, each with a new gateway, and each figure is
+the median over the rounds (on a shared machine one round's figures can be far off).
 
 ``--bedrock`` compares instead the gateway's own CPU time per request (read from /proc
 around each wrk run, divided by the requests wrk completed) on the OpenAI chat path and on
@@ -17,7 +19,7 @@ serving them all with budgets on SQLite counters, the runs interleaved. ``--gemi
 the same for the Gemini paths: generateContent and its SSE stream, and chat completions
 served by a Gemini upstream (the bridge).
 
-    python benchmarks/bench_gateway.py            # ~1 minute
+    python benchmarks/bench_gateway.py            # ~4 minutes (3 rounds)
     python benchmarks/bench_gateway.py --quick    # a few seconds per measurement
     python benchmarks/bench_gateway.py --bedrock  # the Bedrock paths' CPU per request
     python benchmarks/bench_gateway.py --gemini   # the Gemini paths' CPU per request
@@ -279,43 +281,59 @@ def main() -> None:
                  ("budgets, SQLite counters", "sqlite:///{dir}/counters.db", True),
                  ("budgets, Redis counters", redis_url, True)]
     fake, fake_url = start_fake()
-    results = []
+    rounds: list[list[tuple[list[float], float, float, float, float]]] = []
+    direct: list[tuple[list[float], float, float]] = []
     try:
-        direct_lat = asyncio.run(latencies(fake_url, "sk-bench", args.requests))
-        direct_rps, _ = wrk(fake_url, "sk-bench", CHAT, args.seconds,
-                            Path(tempfile.gettempdir()))
-        direct_sse, _ = wrk(fake_url, "sk-bench", STREAM, args.seconds,
-                            Path(tempfile.gettempdir()))
-        for name, counters, limits in scenarios:
-            directory = Path(tempfile.mkdtemp(prefix="tokenstile-bench-"))
-            proc, url, key = start_gateway(directory, fake_url,
-                                           counters.format(dir=directory), limits)
-            try:
-                lat = asyncio.run(latencies(url, key, args.requests))
-                rps, cpu = wrk(url, key, CHAT, args.seconds, directory, proc.pid)
-                sse, sse_cpu = wrk(url, key, STREAM, args.seconds, directory, proc.pid)
-            finally:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(20)
-                shutil.rmtree(directory, ignore_errors=True)
-            results.append((name, lat, rps, sse, cpu, sse_cpu))
+        for _ in range(args.rounds):
+            direct_lat = asyncio.run(latencies(fake_url, "sk-bench", args.requests))
+            direct_rps, _ = wrk(fake_url, "sk-bench", CHAT, args.seconds,
+                                Path(tempfile.gettempdir()))
+            direct_sse, _ = wrk(fake_url, "sk-bench", STREAM, args.seconds,
+                                Path(tempfile.gettempdir()))
+            direct.append((direct_lat, direct_rps, direct_sse))
+            rounds.append([run_scenario(fake_url, counters, limits, args)
+                           for _, counters, limits in scenarios])
     finally:
         fake.send_signal(signal.SIGTERM)
         fake.wait(10)
-    d50, d99 = statistics.median(direct_lat), pct(direct_lat, 0.99)
+    med = statistics.median
+    d50 = med(med(lat) for lat, _, _ in direct)
+    d99 = med(pct(lat, 0.99) for lat, _, _ in direct)
+    direct_rps, direct_sse = med(r for _, r, _ in direct), med(r for _, _, r in direct)
     print(f"direct to the fake upstream: p50 {d50:.3f} ms, p99 {d99:.3f} ms, "
-          f"{direct_rps:,.0f} req/s, streamed {direct_sse:,.0f} req/s")
+          f"{direct_rps:,.0f} req/s, streamed {direct_sse:,.0f} req/s "
+          f"(medians of {args.rounds} rounds)")
     print(f"{'scenario':<28} {'added p50':>10} {'added p99':>10} {'req/s':>8} {'ratio':>6} "
           f"{'CPU/req':>8} {'SSE req/s':>10} {'ratio':>6} {'CPU/req':>8}")
-    base50 = None
-    for name, lat, rps, sse, cpu, sse_cpu in results:
-        a50, a99 = statistics.median(lat) - d50, pct(lat, 0.99) - d99
-        base50 = a50 if base50 is None else base50
+    added50 = []
+    for i, (name, _, _) in enumerate(scenarios):
+        runs = [one[i] for one in rounds]
+        a50 = med(med(lat) for lat, *_ in runs) - d50
+        a99 = med(pct(lat, 0.99) for lat, *_ in runs) - d99
+        rps, cpu = med(r[1] for r in runs), med(r[2] for r in runs)
+        sse, sse_cpu = med(r[3] for r in runs), med(r[4] for r in runs)
+        added50.append(a50)
         print(f"{name:<28} {a50:>8.3f}ms {a99:>8.3f}ms {rps:>8,.0f} {rps / direct_rps:>6.2f} "
               f"{cpu:>6.3f}ms {sse:>10,.0f} {sse / direct_sse:>6.2f} {sse_cpu:>6.3f}ms")
-    for name, lat, *_ in results[1:]:
-        extra = statistics.median(lat) - d50 - (base50 or 0.0)
-        print(f"admission cost over no limits ({name}): {extra:.3f} ms p50")
+    for (name, _, _), extra in zip(scenarios[1:], added50[1:], strict=True):
+        print(f"admission cost over no limits ({name}): {extra - added50[0]:.3f} ms p50")
+
+
+def run_scenario(fake_url: str, counters: str, limits: bool, args: argparse.Namespace
+                 ) -> tuple[list[float], float, float, float, float]:
+    """One scenario on a new gateway: (latencies, req/s, CPU ms/request, streamed req/s,
+    CPU ms/streamed request)."""
+    directory = Path(tempfile.mkdtemp(prefix="tokenstile-bench-"))
+    proc, url, key = start_gateway(directory, fake_url, counters.format(dir=directory), limits)
+    try:
+        lat = asyncio.run(latencies(url, key, args.requests))
+        rps, cpu = wrk(url, key, CHAT, args.seconds, directory, proc.pid)
+        sse, sse_cpu = wrk(url, key, STREAM, args.seconds, directory, proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+        shutil.rmtree(directory, ignore_errors=True)
+    return lat, rps, cpu, sse, sse_cpu
 
 
 if __name__ == "__main__":

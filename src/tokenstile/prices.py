@@ -17,7 +17,7 @@ import math
 import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation
 from typing import Any, Final
@@ -32,8 +32,7 @@ __all__ = ["Adjustment", "ModelPrice", "PriceVersions", "Pricer", "parse_price_o
 _ZERO: Final = Decimal(0)
 _ONE: Final = Decimal(1)
 # Nano-USD per (USD per million tokens × tokens) = 1e9 / 1e6.
-_NANO_PER_MTOK_UNIT: Final = Decimal(NANO_PER_USD // 1_000_000)
-_NANO: Final = Decimal(NANO_PER_USD)
+_NANO_PER_MTOK_UNIT: Final = NANO_PER_USD // 1_000_000
 # Wide enough that token counts times prices never round before the final quantize,
 # whatever decimal context the calling thread has set.
 _CTX: Final = Context(prec=60, rounding=ROUND_HALF_UP)
@@ -42,12 +41,46 @@ _NO_TERMS: Final = PriceTerms()
 _OPEN_TIERS: Final = frozenset({"auto", ""})
 
 
-def _or(*prices: Decimal | None) -> Decimal:
+def _or(*prices: int | None) -> int:
     """The first price that is set (the last one always is)."""
     for price in prices:
         if price is not None:
             return price
     raise AssertionError("no price")  # pragma: no cover - callers end with a set price
+
+
+# The prices of a ``ModelPrice``, each as an exact integer: the price times ``scale``, the
+# power of ten that makes every one of them whole. Costs are computed with them in integer
+# arithmetic (exact, and several times faster than with Decimals) and rounded once.
+_PRICE_FIELDS: Final = ("input", "output", "cached_input", "cache_write", "per_request",
+                        "reasoning", "cache_write_1h", "input_audio", "output_audio",
+                        "cached_audio_input", "web_search", "file_search")
+
+
+@dataclass(frozen=True, slots=True)
+class _Whole:
+    scale: int
+    input: int
+    output: int
+    cached_input: int | None
+    cache_write: int | None
+    per_request: int | None
+    reasoning: int | None
+    cache_write_1h: int | None
+    input_audio: int | None
+    output_audio: int | None
+    cached_audio_input: int | None
+    web_search: int | None
+    file_search: int | None
+
+
+def _whole(price: ModelPrice) -> _Whole:
+    # Decimal(): a price given as an int (as Decimal arithmetic accepts one) is exact too.
+    values = [None if v is None else Decimal(v)
+              for v in (getattr(price, name) for name in _PRICE_FIELDS)]
+    digits = max([0, *(-int(v.as_tuple().exponent) for v in values if v is not None)])
+    ints = [None if v is None else int(v.scaleb(digits, _CTX)) for v in values]
+    return _Whole(10 ** digits, ints[0] or 0, ints[1] or 0, *ints[2:])
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +113,10 @@ class ModelPrice:
     web_search: Decimal | None = None
     file_search: Decimal | None = None
     service_tiers: tuple[tuple[str, ModelPrice], ...] = ()
+    _whole: _Whole = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_whole", _whole(self))
 
     def at(self, input_tokens: int) -> ModelPrice:
         """The price that applies to a request with this many input tokens (cache included).
@@ -116,29 +153,28 @@ class ModelPrice:
         out = max(int(usage.output_tokens), 0)
         audio_out = min(max(int(usage.output_audio_tokens), 0), out)
         reasoning = min(max(int(usage.reasoning_tokens), 0), out - audio_out)
-        p = self.for_tier(usage.service_tier or service_tier).at(inp)
+        p = self.for_tier(usage.service_tier or service_tier).at(inp)._whole
         fresh_audio = audio_in - cached_audio
         # Inconsistent usage (parts larger than the whole): trust the parts.
         fresh = max(inp - cached - written - fresh_audio, 0)
-        mul, add = _CTX.multiply, _CTX.add
-        # Explicit context: exact whatever precision the calling thread has set.
-        mtok = add(mul(fresh, p.input), mul(out - audio_out - reasoning, p.output))
+        mtok = fresh * p.input + (out - audio_out - reasoning) * p.output
         if cached > cached_audio:
-            mtok = add(mtok, mul(cached - cached_audio, _or(p.cached_input, p.input)))
+            mtok += (cached - cached_audio) * _or(p.cached_input, p.input)
         if fresh_audio:
-            mtok = add(mtok, mul(fresh_audio, _or(p.input_audio, p.input)))
+            mtok += fresh_audio * _or(p.input_audio, p.input)
         if cached_audio:
-            mtok = add(mtok, mul(cached_audio, _or(p.cached_audio_input, p.input_audio,
-                                                    p.cached_input, p.input)))
+            mtok += cached_audio * _or(p.cached_audio_input, p.input_audio, p.cached_input,
+                                       p.input)
         if written > written_1h:
-            mtok = add(mtok, mul(written - written_1h, _or(p.cache_write, p.input)))
+            mtok += (written - written_1h) * _or(p.cache_write, p.input)
         if written_1h:
-            mtok = add(mtok, mul(written_1h, _or(p.cache_write_1h, p.cache_write, p.input)))
+            mtok += written_1h * _or(p.cache_write_1h, p.cache_write, p.input)
         if reasoning:
-            mtok = add(mtok, mul(reasoning, _or(p.reasoning, p.output)))
+            mtok += reasoning * _or(p.reasoning, p.output)
         if audio_out:
-            mtok = add(mtok, mul(audio_out, _or(p.output_audio, p.output)))
-        return _to_nano(mtok, p._fees(usage.web_search_requests, usage.file_search_calls))
+            mtok += audio_out * _or(p.output_audio, p.output)
+        return _to_nano(mtok, _fees(p, usage.web_search_requests, usage.file_search_calls),
+                        p.scale)
 
     def estimate_nano(self, input_tokens: int, output_tokens: int, *,
                       terms: PriceTerms | None = None) -> int:
@@ -165,7 +201,7 @@ class ModelPrice:
     def _estimate(self, input_tokens: int, output_tokens: int, terms: PriceTerms) -> int:
         inp = max(int(input_tokens), 0)
         out = max(int(output_tokens), 0)
-        p = self.at(inp)
+        p = self.at(inp)._whole
         in_price = p.input
         if terms.cache_write == "1h":
             in_price = max(in_price, _or(p.cache_write_1h, p.cache_write, p.input))
@@ -176,18 +212,8 @@ class ModelPrice:
         out_price = p.output if p.reasoning is None else max(p.output, p.reasoning)
         if terms.audio_output and p.output_audio is not None:
             out_price = max(out_price, p.output_audio)
-        mul = _CTX.multiply
-        return _to_nano(_CTX.add(mul(inp, in_price), mul(out, out_price)),
-                        p._fees(terms.web_searches, terms.file_searches))
-
-    def _fees(self, web_searches: int, file_searches: int) -> Decimal:
-        """USD charged per call: the request itself and the searches it ran."""
-        fees = self.per_request or _ZERO
-        if web_searches > 0 and self.web_search:
-            fees = _CTX.add(fees, _CTX.multiply(int(web_searches), self.web_search))
-        if file_searches > 0 and self.file_search:
-            fees = _CTX.add(fees, _CTX.multiply(int(file_searches), self.file_search))
-        return fees
+        return _to_nano(inp * in_price + out * out_price,
+                        _fees(p, terms.web_searches, terms.file_searches), p.scale)
 
     def scaled(self, factor: Decimal) -> ModelPrice:
         """Every price (tiers and service tiers included) times ``factor``."""
@@ -210,11 +236,23 @@ class ModelPrice:
         return missing
 
 
-def _to_nano(mtok_usd: Decimal, per_call_usd: Decimal) -> int:
-    nano = _CTX.multiply(mtok_usd, _NANO_PER_MTOK_UNIT)
-    if per_call_usd:
-        nano = _CTX.add(nano, _CTX.multiply(per_call_usd, _NANO))
-    return max(int(_CTX.quantize(nano, _ONE)), 0)
+def _fees(p: _Whole, web_searches: int, file_searches: int) -> int:
+    """USD charged per call (times ``p.scale``): the request itself and its searches."""
+    fees = p.per_request or 0
+    if web_searches > 0 and p.web_search:
+        fees += int(web_searches) * p.web_search
+    if file_searches > 0 and p.file_search:
+        fees += int(file_searches) * p.file_search
+    return fees
+
+
+def _to_nano(mtok_usd: int, per_call_usd: int, scale: int) -> int:
+    """Nano-USD, rounded half up, of USD-per-million-tokens × tokens plus USD per call, both
+    times ``scale``."""
+    nano, rest = divmod(mtok_usd * _NANO_PER_MTOK_UNIT + per_call_usd * NANO_PER_USD, scale)
+    if 2 * rest >= scale:
+        nano += 1
+    return max(nano, 0)
 
 
 # --- genai-prices ----------------------------------------------------------------------------

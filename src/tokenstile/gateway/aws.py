@@ -54,7 +54,7 @@ def botocore_parts() -> SimpleNamespace:
 
 def host_of(url: str) -> str:
     """The ``host`` header for ``url``: lower-case, with its port unless it is the
-    scheme's default (what AWS signs, and what aiohttp then sends)."""
+    scheme's default (what AWS signs, and what the upstream client then sends)."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     if ":" in host:

@@ -27,11 +27,11 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import orjson
 
 from tokenstile.errors import GatewayError, bad_request
 from tokenstile.gateway.upstream import resource_url, upstream_headers
+from tokenstile.gateway.upstream_response import BODY_ERRORS, UpstreamResponse
 from tokenstile.hidden_input import HiddenInput
 from tokenstile.media import BatchLines, batch_price
 from tokenstile.providers.answers import answer_text
@@ -182,7 +182,7 @@ class Batches:
                 estimated = estimated or guessed
                 total.add(usage)
                 cost += price.cost_nano(usage) if price is not None else 0
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except BODY_ERRORS as exc:
             log.debug("reading the output of batch %s broke off: %s", entry.id, exc)
             return None
         finally:
@@ -241,7 +241,7 @@ class Batches:
         return row, usage
 
 
-async def _lines(resp: aiohttp.ClientResponse) -> AsyncIterator[Any]:
+async def _lines(resp: UpstreamResponse) -> AsyncIterator[Any]:
     """The JSON objects of a JSONL body, read as it arrives (lines of any length)."""
     rest = b""
     async for chunk in resp.content.iter_any():

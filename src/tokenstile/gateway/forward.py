@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-import aiohttp
 import orjson
 
 from tokenstile.errors import GatewayError, bad_request
@@ -23,6 +22,7 @@ from tokenstile.gateway.attempts import PaidAttempts
 from tokenstile.gateway.resilience import Attempt, backoff_delay, model_chain, parse_retry_after
 from tokenstile.gateway.routing import Target
 from tokenstile.gateway.upstream import UpstreamTimeout, upstream_headers, upstream_url
+from tokenstile.gateway.upstream_response import UpstreamResponse
 from tokenstile.providers.bridges import bridge_for
 from tokenstile.providers.multipart import encode_form
 from tokenstile.providers.openai import without_added_stream_usage
@@ -45,7 +45,7 @@ class Opened:
     """The upstream's answer to relay, who gave it, and the bridge that translates it
     (None when the upstream speaks the client's format)."""
 
-    response: aiohttp.ClientResponse
+    response: UpstreamResponse
     target: Target
     bridge: Bridge | None
 
@@ -184,7 +184,7 @@ class Forwarder:
             code="upstream_unavailable")
 
     async def _post(self, target: Target, url: str, payload: bytes,
-                    headers: dict[str, str]) -> aiohttp.ClientResponse:
+                    headers: dict[str, str]) -> UpstreamResponse:
         limit = self.config.resilience.first_byte_timeout_s
         call = self.upstream.post(target.upstream, target.config, url, payload, headers)
         if limit is None:

@@ -15,7 +15,6 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
-import aiohttp
 import orjson
 
 from tokenstile.cache import (
@@ -30,6 +29,7 @@ from tokenstile.errors import GatewayError, StreamBlocked
 from tokenstile.gateway import asgi
 from tokenstile.gateway.counted import ReasoningTimer, bill_counted, settle_stream
 from tokenstile.gateway.upstream import RELAYED_RESPONSE_HEADERS, UpstreamTimeout
+from tokenstile.gateway.upstream_response import BODY_ERRORS, UpstreamResponse
 from tokenstile.providers import eventstream
 from tokenstile.providers.answers import AnswerText, answer_text
 from tokenstile.providers.eventstream import FrameSplitter, StreamFramingError
@@ -102,11 +102,11 @@ class Relay:
                 answer_body = bridge.response_body(answer_body, orjson.loads(answer_body))[0]
             ctx.cache_body = answer_body
 
-    async def body(self, ctx: RequestContext, resp: aiohttp.ClientResponse,
+    async def body(self, ctx: RequestContext, resp: UpstreamResponse,
                    send: asgi.ResponseTracker, bridge: Bridge | None = None) -> None:
         try:
             payload = await resp.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except BODY_ERRORS as exc:
             # A non-streamed answer is generated whole before it is sent: the provider
             # charges for it although it never arrived, so it is billed at its cap.
             bill_counted(ctx, AnswerText(), at_cap=True)
@@ -148,14 +148,14 @@ class Relay:
                             resp.headers.get("content-type", "application/json"),
                             headers(ctx), ctx.id)
 
-    async def error(self, ctx: RequestContext, resp: aiohttp.ClientResponse,
+    async def error(self, ctx: RequestContext, resp: UpstreamResponse,
                     send: asgi.ResponseTracker, bridge: Bridge | None = None,
                     upstream_wire: WireFormat = "openai") -> None:
         """Upstream errors pass through with their status and body (translated to the
         client's format when bridged); they cost nothing."""
         try:
             payload = await resp.read()
-        except (aiohttp.ClientError, TimeoutError):
+        except BODY_ERRORS:
             payload = b""
         ctx.status, ctx.outcome = resp.status, "upstream_error"
         ctx.usage = Usage()
@@ -187,7 +187,7 @@ class Relay:
             resp.headers.get("content-type", "application/json")
         await asgi.send_raw(send, resp.status, payload, content_type, headers(ctx), ctx.id)
 
-    async def stream(self, ctx: RequestContext, resp: aiohttp.ClientResponse,
+    async def stream(self, ctx: RequestContext, resp: UpstreamResponse,
                      receive: asgi.Receive, send: asgi.ResponseTracker,
                      observer: StreamObserver, upstream_wire: WireFormat = "openai") -> None:
         """Relay whole events (SSE events, or Bedrock's event stream frames) as they arrive;
@@ -241,7 +241,7 @@ class Relay:
                 ctx.outcome, ctx.status = "blocked", error.status
                 ctx.block_reason = ctx.block_reason or error.code
                 err: GatewayError = error
-            elif isinstance(error, aiohttp.ClientError | TimeoutError | StreamFramingError):
+            elif isinstance(error, (*BODY_ERRORS, StreamFramingError)):
                 ctx.outcome = "upstream_cut"
                 err = GatewayError(502, "the upstream stream broke off before it was complete",
                                    type="api_error", code="upstream_cut")
@@ -320,7 +320,7 @@ _AWS_AUTH_ERRORS = frozenset({"UnrecognizedClientException", "InvalidSignatureEx
                               "IncompleteSignatureException"})
 
 
-def refused_credentials(resp: aiohttp.ClientResponse) -> bool:
+def refused_credentials(resp: UpstreamResponse) -> bool:
     if resp.status == 401:
         return True
     kind = resp.headers.get("x-amzn-errortype", "").partition(":")[0]

@@ -12,13 +12,12 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
-
 from tokenstile.errors import GatewayError
 from tokenstile.gateway import asgi
 from tokenstile.gateway import stored_routes as stored
 from tokenstile.gateway.background import RUNNING, TERMINAL
 from tokenstile.gateway.upstream import response_url, upstream_headers
+from tokenstile.gateway.upstream_response import UpstreamResponse
 from tokenstile.providers.sse import EventSplitter, event_fields
 
 if TYPE_CHECKING:
@@ -83,7 +82,7 @@ class ResponseRoutes(stored.StoredObjectRoutes):
                                f"{entry.id}/cancel)", code="response_running")
 
     @staticmethod
-    async def _relay_stream(resp: aiohttp.ClientResponse, receive: asgi.Receive,
+    async def _relay_stream(resp: UpstreamResponse, receive: asgi.Receive,
                             send: asgi.ResponseTracker, headers: dict[str, str],
                             request_id: str) -> dict[str, Any] | None:
         """Relay a resumed stream (``?stream=true``) event by event; return the response

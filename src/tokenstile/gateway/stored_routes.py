@@ -13,12 +13,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import orjson
 
 from tokenstile.errors import GatewayError
 from tokenstile.gateway import asgi
 from tokenstile.gateway.upstream import RELAYED_RESPONSE_HEADERS
+from tokenstile.gateway.upstream_response import BODY_ERRORS, UpstreamResponse
 from tokenstile.stores.counters import StoreUnavailable
 from tokenstile.types import new_request_id
 
@@ -120,16 +120,16 @@ def upstream_of(rt: Runtime, entry: StoredResponse, label: str) -> UpstreamConfi
     return config
 
 
-def relayed_headers(resp: aiohttp.ClientResponse) -> tuple[dict[str, str], str]:
+def relayed_headers(resp: UpstreamResponse) -> tuple[dict[str, str], str]:
     """The upstream's headers a client is shown, and the answer's content type."""
     relayed = {k: v for k in RELAYED_RESPONSE_HEADERS if (v := resp.headers.get(k)) is not None}
     return relayed, resp.headers.get("content-type", "application/json")
 
 
-async def read_answer(resp: aiohttp.ClientResponse, upstream: str) -> bytes:
+async def read_answer(resp: UpstreamResponse, upstream: str) -> bytes:
     try:
         return await resp.read()
-    except (aiohttp.ClientError, TimeoutError):
+    except BODY_ERRORS:
         raise GatewayError(502, f"upstream {upstream!r} broke off its answer",
                            type="api_error", code="upstream_cut") from None
 

@@ -1,7 +1,10 @@
-"""Talking to upstreams: one pooled aiohttp session per process.
+"""Talking to upstreams: URLs, headers, and the calls.
 
-aiohttp does not retry a POST on a keep-alive connection the upstream has just closed, so
-``post`` retries exactly once when the failure happened before any response byte arrived.
+The hot call, ``post`` (every proxied request), goes by the lean HTTP/1.1 client of
+``gateway.http_client``; a kept-alive connection the upstream closed before any byte of its
+answer is tried exactly once more. The rare others (``request``, ``get_json``) go by one
+pooled aiohttp session per setting. Both answer with an ``UpstreamResponse``
+(``gateway.upstream_response``).
 
 Three kinds of upstream differ only in URLs and headers here:
 
@@ -23,7 +26,7 @@ Three kinds of upstream differ only in URLs and headers here:
 
 from __future__ import annotations
 
-import io
+import ssl
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
@@ -34,6 +37,7 @@ from yarl import URL
 
 from tokenstile.config import UpstreamConfig
 from tokenstile.errors import GatewayError
+from tokenstile.gateway import http_client
 from tokenstile.gateway.aws import AwsSigner
 from tokenstile.types import ApiKind
 
@@ -88,9 +92,16 @@ RELAYED_RESPONSE_HEADERS = (
 )
 ANTHROPIC_VERSION = "2023-06-01"
 # Bodies larger than this (audio, images, batch files) are streamed to the upstream.
-LARGE_BODY_BYTES = 512 * 1024
+LARGE_BODY_BYTES = http_client.LARGE_BODY_BYTES
 # Azure requires an api-version on its deployment URLs; this GA version when none is set.
 AZURE_API_VERSION = "2024-10-21"
+# The reasons an unreachable upstream's error names (as the aiohttp client named them).
+_REASONS: dict[type[Exception], str] = {
+    http_client.ConnectFailed: "ClientConnectorError",
+    http_client.ClosedEarly: "ServerDisconnectedError",
+    http_client.ResponseBroken: "ClientResponseError",
+    ValueError: "InvalidHeader",
+}
 
 
 class UpstreamUnreachable(GatewayError):
@@ -210,10 +221,14 @@ def upstream_headers(config: UpstreamConfig, client_headers: Mapping[str, str],
 
 
 class UpstreamClient:
-    def __init__(self) -> None:
+    """The hot call (``post``) goes by the lean client of ``gateway.http_client``; the rare
+    others (``request``, ``get_json``) by one pooled aiohttp session per setting.
+    ``ssl_context``: whose certificates to trust on https (default: the system's)."""
+
+    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
         self._sessions: dict[tuple[float, int], aiohttp.ClientSession] = {}
-        self._timeouts: dict[tuple[float, float | None], aiohttp.ClientTimeout] = {}
-        self._urls: dict[str, URL] = {}
+        self._targets: dict[str, http_client.Target] = {}
+        self._http = http_client.HttpClient(ssl_context)
         self.aws = AwsSigner()
 
     def _session(self, config: UpstreamConfig) -> aiohttp.ClientSession:
@@ -234,46 +249,42 @@ class UpstreamClient:
         return session
 
     async def post(self, name: str, config: UpstreamConfig, url: str, body: bytes,
-                   headers: Mapping[str, str]) -> aiohttp.ClientResponse:
-        """Send the request; return the response once its status line and headers are in."""
-        timeout = self._timeout(config.connect_timeout_s, config.read_timeout_s)
-        session = self._session(config)
-        target = self._url(url)
-        if config.kind == "bedrock":
+                   headers: Mapping[str, str]) -> http_client.Response:
+        """Send the request; return the response once its status line and headers are in.
+
+        By the lean client (``gateway.http_client``): a kept-alive connection the upstream
+        closed before any byte of its answer is tried once more, on a new connection."""
+        bedrock = config.kind == "bedrock"
+        if bedrock:
             headers = await self.aws.headers(name, config, url, body, headers)
-            target = URL(url, encoded=True)  # sent exactly as signed
-        for attempt in (1, 2):
-            # aiohttp writes a large bytes body in one go, holding the loop: stream it.
-            data = io.BytesIO(body) if len(body) > LARGE_BODY_BYTES else body
-            try:
-                return await session.post(target, data=data, headers=headers, timeout=timeout)
-            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-                if attempt == 2 or isinstance(exc, aiohttp.ClientConnectorError):
-                    raise UpstreamUnreachable(name, type(exc).__name__) from None
-            except aiohttp.ClientConnectorError as exc:
-                raise UpstreamUnreachable(name, type(exc).__name__) from None
-            except TimeoutError as exc:
-                connecting = isinstance(exc, aiohttp.ConnectionTimeoutError)
-                raise UpstreamTimeout(name, sent=not connecting) from None
-            except aiohttp.ClientError as exc:
-                raise UpstreamUnreachable(name, type(exc).__name__) from None
-        raise AssertionError("unreachable")
+        target = self._targets.get(url)
+        if target is None:
+            target = self._target(name, url, encoded=bedrock)  # Bedrock's: sent as signed
+        try:
+            head = http_client.request_head("POST", target, headers, len(body))
+            return await self._http.send(
+                target, head, body, limit=config.max_connections,
+                keepalive_s=config.keepalive_s, connect_timeout=config.connect_timeout_s,
+                read_timeout=config.read_timeout_s)
+        except http_client.ConnectTimeout:
+            raise UpstreamTimeout(name, sent=False) from None
+        except TimeoutError:
+            raise UpstreamTimeout(name) from None
+        except (http_client.ConnectFailed, http_client.ClosedEarly,
+                http_client.ResponseBroken, ValueError) as exc:
+            raise UpstreamUnreachable(name, _REASONS.get(type(exc), type(exc).__name__)) \
+                from None
 
-    def _timeout(self, connect: float, read: float | None) -> aiohttp.ClientTimeout:
-        timeout = self._timeouts.get((connect, read))
-        if timeout is None:
-            timeout = self._timeouts[(connect, read)] = aiohttp.ClientTimeout(
-                total=None, connect=connect, sock_read=read)
-        return timeout
-
-    def _url(self, url: str) -> URL:
+    def _target(self, name: str, url: str, encoded: bool) -> http_client.Target:
         """Parsed once per distinct URL (the same few serve every request)."""
-        parsed = self._urls.get(url)
-        if parsed is None:
-            if len(self._urls) > 1024:
-                self._urls.clear()
-            parsed = self._urls[url] = URL(url)
-        return parsed
+        parsed = URL(url, encoded=encoded)
+        if parsed.scheme not in ("http", "https") or not parsed.raw_host:
+            raise UpstreamUnreachable(name, "InvalidURL")
+        if len(self._targets) > 1024:
+            self._targets.clear()
+        target = self._targets[url] = http_client.target_of(
+            parsed.scheme, parsed.raw_host, parsed.explicit_port, parsed.raw_path_qs)
+        return target
 
     async def request(self, method: str, name: str, config: UpstreamConfig, url: str,
                       headers: Mapping[str, str], body: bytes | None = None,
@@ -303,6 +314,7 @@ class UpstreamClient:
             return None
 
     async def close(self) -> None:
+        self._http.close()
         for session in self._sessions.values():
             await session.close()
         self._sessions.clear()

@@ -76,17 +76,18 @@ class Limit:
     # unused part; 0: none) and proration of the window it is first seen in.
     rollover_percent: float = 0.0
     prorate: bool = False
+    # Where the limit blocks: the lowest ``block`` threshold, else the whole amount (worked
+    # out once: every admission reads it for every limit).
+    hard_fraction: float = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        blocks = [t.fraction for t in self.thresholds if t.action == "block"]
+        object.__setattr__(self, "hard_fraction", min(blocks) if blocks else 1.0)
 
     @property
     def varies(self) -> bool:
         """Its amount changes window by window (``limits/allowance.py``)."""
         return self.rollover_percent > 0 or self.prorate
-
-    @property
-    def hard_fraction(self) -> float:
-        """Where the limit blocks: the lowest ``block`` threshold, else the whole amount."""
-        blocks = [t.fraction for t in self.thresholds if t.action == "block"]
-        return min(blocks) if blocks else 1.0
 
     def hard_at(self, now: float, *fractions: float) -> int:
         """Where it blocks at ``now`` (times further ``fractions``), exactly."""

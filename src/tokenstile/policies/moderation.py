@@ -12,13 +12,13 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import aiohttp
 import orjson
 
 from tokenstile.config import UpstreamConfig
 from tokenstile.errors import GatewayError
 from tokenstile.gateway.routing import Router
 from tokenstile.gateway.upstream import UpstreamClient, upstream_headers, upstream_url
+from tokenstile.gateway.upstream_response import BODY_ERRORS
 from tokenstile.policies.decisions import Block, Decision, Flag, where
 from tokenstile.policies.rules import ModerationRule
 
@@ -97,7 +97,9 @@ class UpstreamModerator:
                     resp.release()
         except TimeoutError:
             return Verdict(error=f"no answer within {rule.timeout_s:g}s")
-        except (GatewayError, aiohttp.ClientError, orjson.JSONDecodeError) as exc:
+        except (GatewayError, orjson.JSONDecodeError) as exc:
+            return Verdict(error=type(exc).__name__)
+        except BODY_ERRORS as exc:
             return Verdict(error=type(exc).__name__)
         return verdict_from(payload)
 

@@ -2,7 +2,7 @@
 demos and benchmarks.
 
 Why it exists: the gateway must be tested against real HTTP (the official SDKs on one side,
-its aiohttp client on the other) with exact, known token usage and scriptable failures,
+its upstream client on the other) with exact, known token usage and scriptable failures,
 and benchmarked against a baseline that costs almost nothing. It is a raw ASGI app (no
 framework on the hot path, orjson for JSON) meant to run under uvicorn with uvloop and
 httptools.

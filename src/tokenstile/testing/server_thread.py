@@ -1,6 +1,6 @@
 """Run any ASGI app under uvicorn in a background thread, for tests and demos.
 
-Tests need a real socket (the SDKs and the gateway's aiohttp client speak real HTTP), a
+Tests need a real socket (the SDKs and the gateway's upstream client speak real HTTP), a
 free port chosen by the OS (no collisions between parallel runs) and a clean, bounded
 shutdown. The socket is bound before the thread starts, so the port is known at once and
 nothing can take it in between.
