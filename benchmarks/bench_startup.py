@@ -34,7 +34,7 @@ import orjson
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_gateway import CHAT, cpu_seconds, start_fake, wrk_run  # noqa: E402
+from bench_gateway import CHAT, cpu_seconds, start_fake, wrk_run
 
 
 def rss_mb(pid: int) -> float:
@@ -106,7 +106,8 @@ def main() -> None:
             stop(proc)
         print(f"cold start to ready, {args.starts} starts: wall min {min(walls):.2f} s, "
               f"median {statistics.median(walls):.2f} s; CPU median "
-              f"{statistics.median(cpus):.2f} s; RSS when ready {statistics.median(ready_rss):.0f} MB")
+              f"{statistics.median(cpus):.2f} s; RSS when ready "
+              f"{statistics.median(ready_rss):.0f} MB")
         created = subprocess.run(
             [args.exe, "keys", "create", "--project", "bench", "--user", "u", "--json"],
             env=env, capture_output=True, text=True, check=True)

@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
@@ -49,21 +50,25 @@ async def measure(call: Call, stream: bool, calls: int, concurrency: int) -> flo
     return (time.process_time() - started) / (calls // concurrency * concurrency) * 1e6
 
 
+async def drain(resp: Any, stream: bool) -> None:
+    """Read an answer to its end (chunk by chunk when streamed), as the relay does."""
+    try:
+        if stream:
+            async for _ in resp.content.iter_any():
+                pass
+        else:
+            await resp.read()
+    finally:
+        resp.release()
+
+
 async def lean(url: str, calls: int, concurrency: int) -> tuple[float, float]:
     client = UpstreamClient()
     config = UpstreamConfig(base_url=url + "/v1", api_key="sk-bench")
     target = url + "/v1/chat/completions"
 
     async def call(body: bytes, stream: bool) -> None:
-        resp = await client.post("bench", config, target, body, HEADERS)
-        try:
-            if stream:
-                async for _ in resp.content.iter_any():
-                    pass
-            else:
-                await resp.read()
-        finally:
-            resp.release()
+        await drain(await client.post("bench", config, target, body, HEADERS), stream)
 
     try:
         return (await measure(call, False, calls, concurrency),
@@ -82,15 +87,8 @@ async def with_aiohttp(url: str, calls: int, concurrency: int) -> tuple[float, f
     target = url + "/v1/chat/completions"
 
     async def call(body: bytes, stream: bool) -> None:
-        resp = await session.post(target, data=body, headers=HEADERS, timeout=timeout)
-        try:
-            if stream:
-                async for _ in resp.content.iter_any():
-                    pass
-            else:
-                await resp.read()
-        finally:
-            resp.release()
+        await drain(await session.post(target, data=body, headers=HEADERS, timeout=timeout),
+                    stream)
 
     try:
         return (await measure(call, False, calls, concurrency),
