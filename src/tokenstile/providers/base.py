@@ -159,6 +159,17 @@ def each_tool(tools: Any) -> Iterator[tuple[str, dict[str, Any]]]:
         yield at, tool
 
 
+def checked_int(value: Any, where: str, minimum: int) -> int | None:
+    """``value`` when it is an integer of at least ``minimum``, None when it is missing;
+    anything else is refused with 400 naming ``where``."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise bad_request(f"'{where}' must be an integer of at least {minimum}, got "
+                          f"{value!r}", param=where)
+    return value
+
+
 def optional_int(body: dict[str, Any], field: str, minimum: int = 0) -> int | None:
     value = body.get(field)
     if value is None:

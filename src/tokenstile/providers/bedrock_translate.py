@@ -26,9 +26,9 @@ import orjson
 from tokenstile import tokens
 from tokenstile.errors import GatewayError, bad_request, render_error
 from tokenstile.providers import eventstream
+from tokenstile.providers.answers import dumps_text
 from tokenstile.providers.anthropic import (
     AnthropicStreamObserver,
-    dumps_text,
     output_format,
     usage_from_anthropic,
 )

@@ -32,10 +32,10 @@ from tokenstile.providers.generate_content import (
     GeminiStreamState,
     capped_config,
     count_gemini,
-    event_json,
     usage_of_answer,
 )
 from tokenstile.providers.mapping import DONE, TranslatedBody, chat_cap, chat_usage
+from tokenstile.providers.sse import event_json
 from tokenstile.providers.translate import chat_to_messages
 from tokenstile.types import ApiKind, CanonicalRequest, Usage, WireFormat
 

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from tokenstile.errors import render_error
-from tokenstile.providers.anthropic import dumps_text
+from tokenstile.providers.answers import dumps_text
 from tokenstile.providers.base import optional_int
 from tokenstile.providers.sse import data_event
 from tokenstile.types import Usage

@@ -41,11 +41,11 @@ import orjson
 
 from tokenstile import tokens
 from tokenstile.errors import bad_request
+from tokenstile.providers.answers import dumps_text
 from tokenstile.providers.anthropic import (
     AnthropicStreamObserver,
     UsageTracker,
     delta_text,
-    dumps_text,
     load_event,
     output_format,
     usage_from_anthropic,
