@@ -37,6 +37,7 @@ from tokenstile.providers.anthropic import (
     usage_from_anthropic,
     watch_event,
 )
+from tokenstile.providers.base import forwarded_body
 from tokenstile.providers.converse import (
     CAP_FIELD,
     ConverseStreamState,
@@ -49,19 +50,10 @@ from tokenstile.providers.lazy_stream import LazyStreamObserver
 from tokenstile.types import ApiKind, CanonicalRequest, Usage, WireFormat
 
 BEDROCK_ANTHROPIC_VERSION = "bedrock-2023-05-31"
-# Fields of the canonical body that the URL carried: never forwarded in the body.
-ROUTE_FIELDS = ("model", "stream")
 # Frames decoded from the end of a stream while looking for its final usage.
 _TAIL_FRAMES = 4
 
 _ANTHROPIC = AnthropicAdapter()
-
-
-def forwarded_body(body: dict[str, Any]) -> dict[str, Any]:
-    """The body as Bedrock takes it: without the fields its URL carries."""
-    if "model" not in body and "stream" not in body:
-        return body
-    return {k: v for k, v in body.items() if k not in ROUTE_FIELDS}
 
 
 def converse_hidden(body: dict[str, Any]) -> tuple[str, ...]:

@@ -32,13 +32,14 @@ from tokenstile.providers.anthropic import (
     output_format,
     usage_from_anthropic,
 )
-from tokenstile.providers.base import Bridge, ObserverWrapper, require_str
-from tokenstile.providers.bedrock import BEDROCK_ANTHROPIC_VERSION, ROUTE_FIELDS, invoke_event
+from tokenstile.providers.base import Bridge, ObserverWrapper, forwarded_body, require_str
+from tokenstile.providers.bedrock import BEDROCK_ANTHROPIC_VERSION, invoke_event
 from tokenstile.providers.converse import ConverseStreamState, count_converse, usage_of_answer
 from tokenstile.providers.counts import wants_usage_chunk
 from tokenstile.providers.mapping import (
     CONVERSE_FINISH_REASONS,
     DONE,
+    STATUS_ERROR_TYPES,
     ChatChunks,
     TranslatedBody,
     chat_cap,
@@ -47,17 +48,15 @@ from tokenstile.providers.mapping import (
     chat_usage,
     finish_reason,
     openai_error,
+    status_error,
     upstream_answered,
 )
 from tokenstile.providers.sse import data_event, named_event
 from tokenstile.providers.translate import chat_to_messages
 from tokenstile.types import ApiKind, CanonicalRequest, Usage, WireFormat
 
-_OPENAI_ERROR_TYPES: dict[int, str] = {
-    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-    404: "invalid_request_error", 408: "server_error", 424: "server_error",
-    429: "rate_limit_exceeded",
-}
+_OPENAI_ERROR_TYPES: dict[int, str] = {**STATUS_ERROR_TYPES, 408: "server_error",
+                                       424: "server_error"}
 
 # --- requests -----------------------------------------------------------------------------
 
@@ -207,9 +206,7 @@ def _message_of(status: int, body: bytes) -> str:
 
 def bedrock_error_to_openai(status: int, body: bytes) -> bytes:
     """A Bedrock error body (``{"message"}``) in OpenAI's shape."""
-    kind = _OPENAI_ERROR_TYPES.get(status, "server_error" if status >= 500
-                                   else "invalid_request_error")
-    return orjson.dumps(openai_error(_message_of(status, body), kind))
+    return status_error(status, _message_of(status, body), _OPENAI_ERROR_TYPES)
 
 
 def bedrock_error_to_anthropic(status: int, body: bytes) -> bytes:
@@ -352,7 +349,7 @@ class ChatOverConverse(TranslatedBody):
         return count_converse(self.model, self._translated)
 
     def upstream_body(self, req: CanonicalRequest) -> dict[str, Any]:
-        return {k: v for k, v in self.follow(req.body).items() if k not in ROUTE_FIELDS}
+        return forwarded_body(self.follow(req.body))
 
     def usage_from_body(self, payload: Any) -> Usage | None:
         return usage_of_answer(payload)
@@ -387,9 +384,7 @@ class MessagesOverInvoke:
                                       output_format=output_format(body))
 
     def upstream_body(self, req: CanonicalRequest) -> dict[str, Any]:
-        body = {k: v for k, v in req.body.items() if k not in ROUTE_FIELDS}
-        body["anthropic_version"] = BEDROCK_ANTHROPIC_VERSION
-        return body
+        return {**forwarded_body(req.body), "anthropic_version": BEDROCK_ANTHROPIC_VERSION}
 
     def usage_from_body(self, payload: Any) -> Usage | None:
         return usage_from_anthropic(payload.get("usage")) if isinstance(payload, dict) \

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from tokenstile.providers.answers import AnswerText
+from tokenstile.providers.base import forwarded_body
 from tokenstile.providers.generate_content import (
     CAP_FIELD,
     GeminiStreamState,
@@ -29,16 +30,7 @@ from tokenstile.providers.lazy_stream import LazyStreamObserver
 from tokenstile.providers.sse import event_json
 from tokenstile.types import ApiKind, CanonicalRequest, Usage, WireFormat
 
-# Fields of the canonical body that the URL carried: never forwarded in the body.
-ROUTE_FIELDS = ("model", "stream")
 _TAIL_EVENTS = 4
-
-
-def forwarded_body(body: dict[str, Any]) -> dict[str, Any]:
-    """The body as Google takes it: without the fields its URL carries."""
-    if "model" not in body and "stream" not in body:
-        return body
-    return {k: v for k, v in body.items() if k not in ROUTE_FIELDS}
 
 
 def key_refused(status: int, payload: bytes) -> bool:

@@ -3,7 +3,8 @@ usage blocks, tool calls, chat completion chunks, error bodies, and how a bridge
 only the model or the output cap of a body changed.
 
 Used by ``translate`` (chat completions over Messages), ``messages_over_chat`` (Messages
-over chat completions) and ``bedrock_translate`` (chat completions over Converse). Pure
+over chat completions), ``bedrock_translate`` (chat completions over Converse) and
+``gemini_translate`` (chat completions over generateContent). Pure
 functions over JSON-like values, no I/O; reading an upstream's answer never raises.
 """
 
@@ -44,6 +45,18 @@ CONVERSE_FINISH_REASONS: dict[str, str] = {
     "tool_use": "tool_calls",
     "guardrail_intervened": "content_filter",
     "content_filtered": "content_filter",
+}
+
+# Gemini ``finishReason`` → chat ``finish_reason``.
+GEMINI_FINISH_REASONS: dict[str, str] = {
+    "STOP": "stop",
+    "MAX_TOKENS": "length",
+    "SAFETY": "content_filter",
+    "RECITATION": "content_filter",
+    "BLOCKLIST": "content_filter",
+    "PROHIBITED_CONTENT": "content_filter",
+    "SPII": "content_filter",
+    "IMAGE_SAFETY": "content_filter",
 }
 
 # Chat ``finish_reason`` → Anthropic ``stop_reason``.
@@ -197,6 +210,21 @@ def upstream_answered(status: int, body: bytes) -> str:
 def openai_error(message: str, kind: str, code: str | None = None) -> dict[str, Any]:
     """An OpenAI error object (``{"error": {...}}``)."""
     return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
+# An upstream's HTTP status → the OpenAI error type of its error in OpenAI's shape.
+STATUS_ERROR_TYPES: dict[int, str] = {
+    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+    404: "invalid_request_error", 429: "rate_limit_exceeded",
+}
+
+
+def status_error(status: int, message: str,
+                 types: dict[int, str] = STATUS_ERROR_TYPES) -> bytes:
+    """An upstream's error with ``status`` as an OpenAI error body; a status ``types`` does
+    not name is a server error from 500 on, else an invalid request."""
+    kind = types.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return orjson.dumps(openai_error(message, kind))
 
 
 # Anthropic error types → OpenAI error types (the Anthropic type is kept as ``code``).
