@@ -667,13 +667,17 @@ class FakeUpstream:
         turn: Turn,
         render_body: Callable[[Turn], Json],
         render_stream: Callable[[Turn], StreamParts],
+        content_headers: list[tuple[bytes, bytes]] = _SSE_HEADERS,
+        extra: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
+        """Answer with ``turn``: the whole body (with ``extra`` headers; cut short under a
+        ``cut_after`` directive), or the stream acting out its directives."""
         if not r.stream:
             cut = d.cut_after is not None
             self._record(r, 200, "cut" if cut else "completed", turn)
-            await self._send_json(r, 200, render_body(turn), cut=cut)
+            await self._send_json(r, 200, render_body(turn), extra, cut=cut)
             return
-        await self._stream(r, d, turn, render_stream(turn))
+        await self._stream(r, d, turn, render_stream(turn), content_headers)
 
     async def _stream(self, r: _Req, d: Directives, turn: Turn, parts: StreamParts,
                       content_headers: list[tuple[bytes, bytes]] = _SSE_HEADERS) -> None:
