@@ -18,7 +18,6 @@ stream's ``chunk`` frames are written out as SSE events.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import orjson
@@ -43,10 +42,12 @@ from tokenstile.providers.mapping import (
     ChatChunks,
     TranslatedBody,
     chat_cap,
+    chat_completion,
     chat_id,
+    chat_message,
     chat_tool_call,
-    chat_usage,
     finish_reason,
+    json_or_none,
     openai_error,
     status_error,
     upstream_answered,
@@ -176,27 +177,14 @@ def converse_to_chat(resp: Any, model: str, *, created: int | None = None) -> di
         use = block.get("toolUse")
         if isinstance(use, dict):
             calls.append(_tool_call(use, dumps_text(use.get("input") or {}), len(calls)))
-    reply: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts else None,
-                             "refusal": None}
-    if calls:
-        reply["tool_calls"] = calls
-    usage = usage_of_answer(resp)
-    return {
-        "id": chat_id(None), "object": "chat.completion",
-        "created": int(time.time()) if created is None else created, "model": model,
-        "choices": [{"index": 0, "message": reply, "logprobs": None,
-                     "finish_reason": _finish_reason(resp.get("stopReason")
-                                                    if isinstance(resp, dict) else None)}],
-        "usage": chat_usage(usage) if usage is not None else None,
-        "system_fingerprint": None,
-    }
+    choice = {"index": 0, "message": chat_message(texts, calls), "logprobs": None,
+              "finish_reason": _finish_reason(resp.get("stopReason")
+                                              if isinstance(resp, dict) else None)}
+    return chat_completion(chat_id(None), model, [choice], usage_of_answer(resp), created)
 
 
 def _message_of(status: int, body: bytes) -> str:
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        parsed = None
+    parsed = json_or_none(body)
     message = parsed.get("message") or parsed.get("Message") if isinstance(parsed, dict) \
         else None
     if isinstance(message, str) and message:

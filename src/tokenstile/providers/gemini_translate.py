@@ -18,7 +18,6 @@ are translated back.
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Any
 
@@ -41,10 +40,12 @@ from tokenstile.providers.mapping import (
     ChatChunks,
     TranslatedBody,
     chat_cap,
+    chat_completion,
     chat_id,
+    chat_message,
     chat_tool_call,
-    chat_usage,
     finish_reason,
+    json_or_none,
     openai_error,
     status_error,
     upstream_answered,
@@ -180,11 +181,7 @@ def _candidate_message(candidate: Any) -> tuple[dict[str, Any], bool]:
         call = part.get("functionCall")
         if isinstance(call, dict):
             calls.append(_tool_call(call))
-    message: dict[str, Any] = {"role": "assistant",
-                               "content": "".join(texts) if texts else None, "refusal": None}
-    if calls:
-        message["tool_calls"] = calls
-    return message, bool(calls)
+    return chat_message(texts, calls), bool(calls)
 
 
 def gemini_to_chat(resp: dict[str, Any], model: str, *,
@@ -198,24 +195,13 @@ def gemini_to_chat(resp: dict[str, Any], model: str, *,
         choices.append({"index": index, "message": message, "logprobs": None,
                         "finish_reason": _finish_reason(reason, calls)})
     if not choices:  # the prompt itself was blocked (promptFeedback.blockReason)
-        choices.append({"index": 0, "message": {"role": "assistant", "content": None,
-                                                "refusal": None},
-                        "logprobs": None, "finish_reason": "content_filter"})
-    usage = usage_of_answer(resp)
-    return {
-        "id": chat_id(), "object": "chat.completion",
-        "created": int(time.time()) if created is None else created, "model": model,
-        "choices": choices,
-        "usage": chat_usage(usage) if usage is not None else None,
-        "system_fingerprint": None,
-    }
+        choices.append({"index": 0, "message": chat_message([], []), "logprobs": None,
+                        "finish_reason": "content_filter"})
+    return chat_completion(chat_id(), model, choices, usage_of_answer(resp), created)
 
 
 def _message_of(status: int, body: bytes) -> str:
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        parsed = None
+    parsed = json_or_none(body)
     error = parsed.get("error") if isinstance(parsed, dict) else None
     message = error.get("message") if isinstance(error, dict) else None
     if isinstance(message, str) and message:

@@ -149,6 +149,37 @@ def tool_input(arguments: Any) -> dict[str, Any]:
     return parsed if isinstance(parsed, dict) else {"_raw": raw}
 
 
+# --- chat completions ----------------------------------------------------------------------
+
+
+def chat_message(texts: list[str], tool_calls: list[dict[str, Any]]) -> dict[str, Any]:
+    """The assistant message of a ``chat.completion``: the texts joined (``null`` when there
+    are none), the tool calls when there are any."""
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": "".join(texts) if texts else None,
+        "refusal": None,
+    }
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    return message
+
+
+def chat_completion(completion_id: str, model: str, choices: list[dict[str, Any]],
+                    usage: Usage | None, created: int | None = None) -> dict[str, Any]:
+    """A ``chat.completion`` object (``created`` now when not given; ``usage`` null when
+    the answer reported none)."""
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": int(time.time()) if created is None else created,
+        "model": model,
+        "choices": choices,
+        "usage": chat_usage(usage) if usage is not None else None,
+        "system_fingerprint": None,
+    }
+
+
 # --- chat completion chunks ---------------------------------------------------------------
 
 DONE = b"data: [DONE]\n\n"
@@ -242,7 +273,8 @@ _OPENAI_ERROR_TYPES = {
 }
 
 
-def _load(body: bytes) -> Any:
+def json_or_none(body: bytes) -> Any:
+    """A body's JSON, None when it is not JSON."""
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -263,7 +295,7 @@ def anthropic_error(error: Any, status: int) -> dict[str, Any]:
 
 def anthropic_error_to_openai(status: int, body: bytes) -> bytes:
     """An Anthropic error body (``{"type": "error", "error": {...}}``) in OpenAI's shape."""
-    parsed = _load(body)
+    parsed = json_or_none(body)
     error = parsed.get("error") if isinstance(parsed, dict) else None
     if not isinstance(error, dict) or not isinstance(error.get("message"), str):
         error = {"message": upstream_answered(status, body)}
@@ -272,7 +304,7 @@ def anthropic_error_to_openai(status: int, body: bytes) -> bytes:
 
 def openai_error_to_anthropic(status: int, body: bytes) -> bytes:
     """An OpenAI error body (``{"error": {...}}``) in Anthropic's shape."""
-    parsed = _load(body)
+    parsed = json_or_none(body)
     error = parsed.get("error") if isinstance(parsed, dict) else None
     message = error.get("message") if isinstance(error, dict) else None
     if not isinstance(message, str) or not message:
