@@ -193,9 +193,9 @@ class RouteConfig(_Strict):
     model: str | None = None
 
 
-class PriceTierConfig(_Strict):
-    """The prices that differ at one service tier (USD per million tokens; per call for
-    ``per_request``, ``web_search``, ``file_search``); the others are the model's own."""
+class _Prices(_Strict):
+    """Prices in USD per million tokens (per call for ``per_request``, ``web_search``,
+    ``file_search``), each optional."""
 
     input: float | None = Field(None, ge=0)
     output: float | None = Field(None, ge=0)
@@ -211,22 +211,18 @@ class PriceTierConfig(_Strict):
     file_search: float | None = Field(None, ge=0)
 
 
-class PriceConfig(_Strict):
+class PriceTierConfig(_Prices):
+    """The prices that differ at one service tier (USD per million tokens; per call for
+    ``per_request``, ``web_search``, ``file_search``); the others are the model's own."""
+
+
+class PriceConfig(_Prices):
     """USD per million tokens (USD per call for ``per_request``, ``web_search`` and
     ``file_search``)."""
 
     input: float = Field(ge=0)
     output: float = Field(0, ge=0)
-    cached_input: float | None = Field(None, ge=0)
-    cache_write: float | None = Field(None, ge=0)
-    cache_write_1h: float | None = Field(None, ge=0)
-    input_audio: float | None = Field(None, ge=0)
-    output_audio: float | None = Field(None, ge=0)
-    cached_audio_input: float | None = Field(None, ge=0)
-    reasoning: float | None = Field(None, ge=0)
     per_request: float = Field(0, ge=0)
-    web_search: float | None = Field(None, ge=0)
-    file_search: float | None = Field(None, ge=0)
     service_tiers: dict[str, PriceTierConfig] = Field(default_factory=dict)
     # From when this price applies (a date is midnight UTC); unset: from the beginning.
     effective_from: date | datetime | None = None

@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from tokenstile.providers.sse import data_event, named_event
 from tokenstile.types import AutoReply
 
 Json = dict[str, Any]
@@ -22,12 +23,8 @@ _RESPONSES_USAGE: Json = {
 }
 
 
-def _data(obj: Json) -> bytes:
-    return b"data: " + orjson.dumps(obj) + b"\n\n"
-
-
 def _event(obj: Json) -> bytes:
-    return b"event: " + str(obj["type"]).encode() + b"\ndata: " + orjson.dumps(obj) + b"\n\n"
+    return named_event(str(obj["type"]), obj)
 
 
 def render(api: str, model: str, text: str, *, stream: bool, created: int, ident: str,
@@ -61,13 +58,13 @@ def _chat(model: str, text: str, stream: bool, created: int, ident: str,
     base["object"] = "chat.completion.chunk"
 
     def chunk(delta: Json, finish: str | None) -> bytes:
-        return _data({**base, "choices": [{"index": 0, "delta": delta, "logprobs": None,
+        return data_event({**base, "choices": [{"index": 0, "delta": delta, "logprobs": None,
                                            "finish_reason": finish}]})
 
     chunks = [chunk({"role": "assistant", "content": ""}, None), chunk({"content": text}, None),
               chunk({}, "stop")]
     if include_usage:
-        chunks.append(_data({**base, "choices": [], "usage": _CHAT_USAGE}))
+        chunks.append(data_event({**base, "choices": [], "usage": _CHAT_USAGE}))
     return _sse([*chunks, b"data: [DONE]\n\n"])
 
 
@@ -81,10 +78,10 @@ def _completion(model: str, text: str, stream: bool, created: int, ident: str,
 
     if not stream:
         return _whole({**base, "choices": [choice(text, "stop")], "usage": _CHAT_USAGE})
-    chunks = [_data({**base, "choices": [choice(text, None)]}),
-              _data({**base, "choices": [choice("", "stop")]})]
+    chunks = [data_event({**base, "choices": [choice(text, None)]}),
+              data_event({**base, "choices": [choice("", "stop")]})]
     if include_usage:
-        chunks.append(_data({**base, "choices": [], "usage": _CHAT_USAGE}))
+        chunks.append(data_event({**base, "choices": [], "usage": _CHAT_USAGE}))
     return _sse([*chunks, b"data: [DONE]\n\n"])
 
 

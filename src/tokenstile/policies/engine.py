@@ -35,6 +35,7 @@ from tokenstile.policies.rules import NO_RULES, SHADOWABLE, Rules, WordCompiler,
 from tokenstile.policies.scanner import Finder, Span, WordFinder, scan_whole
 from tokenstile.policies.stream import PolicyStreamObserver
 from tokenstile.policies.texts import response_slots, tool_slots
+from tokenstile.providers.counts import wants_usage_chunk
 
 if TYPE_CHECKING:
     from tokenstile.limits.overrides import Overrides
@@ -174,11 +175,9 @@ class PolicyEngine:
 
     def _answer(self, ctx: RequestContext, text: str) -> None:
         req = ctx.req
-        options = req.body.get("stream_options")
         ctx.auto_reply = auto_reply.render(
             req.api, req.model, text, stream=req.stream, created=int(ctx.ts),
-            ident=ctx.id.removeprefix("req_"),
-            include_usage=isinstance(options, dict) and options.get("include_usage") is True)
+            ident=ctx.id.removeprefix("req_"), include_usage=wants_usage_chunk(req.body))
         ctx.response_headers["x-tokenstile-auto-reply"] = "true"
         report.record(ctx, Flag("auto_replies", "answered"))
 

@@ -28,14 +28,12 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from tokenstile.policies.arguments import scan_arguments, scan_tool_value
 from tokenstile.policies.scanner import ChannelScanner, Finder, Span, scan_whole
 from tokenstile.providers import eventstream
 from tokenstile.providers.base import ObserverWrapper, StreamObserver
 from tokenstile.providers.bedrock import chunk_frame, invoke_event
-from tokenstile.providers.sse import event_fields
+from tokenstile.providers.sse import data_event, event_fields, json_object, named_event
 
 _TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed",
                        "error", "message_stop"})
@@ -57,8 +55,7 @@ class _Event:
             return eventstream.event(self.name or "", self.obj)
         if self.frame == "invoke":
             return chunk_frame(self.obj)
-        head = b"event: " + self.name.encode() + b"\n" if self.name else b""
-        return head + b"data: " + orjson.dumps(self.obj) + b"\n\n"
+        return named_event(self.name, self.obj) if self.name else data_event(self.obj)
 
 
 def _frame_event(api: str, raw: bytes) -> _Event:
@@ -111,12 +108,7 @@ class PolicyStreamObserver(ObserverWrapper):
         else:
             name, data = event_fields(relay)
             entry = _Event(relay, name)
-            obj = None
-            if data.startswith(b"{"):
-                try:
-                    obj = orjson.loads(data)
-                except orjson.JSONDecodeError:
-                    obj = None
+            obj = json_object(data)
             done = data.strip() == b"[DONE]"
         self._queue.append(entry)
         if not isinstance(obj, dict):

@@ -60,13 +60,16 @@ class WatchesText:
         return bool(self._text.visible)
 
 
-def _json_text(value: Any) -> str:
-    if isinstance(value, str):
-        return value
+def dumps_text(value: Any) -> str:
+    """Compact JSON for a value that came from JSON; never raises (huge ints, odd types)."""
     try:
         return orjson.dumps(value).decode()
     except (TypeError, ValueError):
         return str(value)
+
+
+def _json_text(value: Any) -> str:
+    return value if isinstance(value, str) else dumps_text(value)
 
 
 def _items(value: Any) -> list[Any]:

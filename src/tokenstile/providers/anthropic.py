@@ -13,12 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from tokenstile import tokens
 from tokenstile.errors import bad_request
 from tokenstile.hidden_input import hidden_sources
-from tokenstile.providers.answers import AnswerText, WatchesText
+from tokenstile.providers.answers import AnswerText, WatchesText, dumps_text
 from tokenstile.providers.base import (
     each_message,
     each_tool,
@@ -37,14 +35,6 @@ ROLES = ("user", "assistant")
 _QUIET_EVENTS = frozenset({"ping", "content_block_stop", "message_stop"})
 
 _MAX_DEPTH = 16
-
-
-def dumps_text(value: Any) -> str:
-    """Compact JSON for a value that came from JSON; never raises (huge ints, odd types)."""
-    try:
-        return orjson.dumps(value).decode()
-    except (TypeError, ValueError):
-        return str(value)
 
 
 def content_text(node: Any, out: list[str], depth: int = 0) -> None:

@@ -159,6 +159,30 @@ def each_tool(tools: Any) -> Iterator[tuple[str, dict[str, Any]]]:
         yield at, tool
 
 
+# Fields of the canonical body that a URL carries (Bedrock's and Gemini's routes name the
+# model and whether the call streams): never forwarded in the body.
+ROUTE_FIELDS = ("model", "stream")
+
+
+def forwarded_body(body: dict[str, Any]) -> dict[str, Any]:
+    """The body as an upstream whose URL names the model takes it: without the fields its
+    URL carries (``body`` itself when it has none)."""
+    if "model" not in body and "stream" not in body:
+        return body
+    return {k: v for k, v in body.items() if k not in ROUTE_FIELDS}
+
+
+def checked_int(value: Any, where: str, minimum: int) -> int | None:
+    """``value`` when it is an integer of at least ``minimum``, None when it is missing;
+    anything else is refused with 400 naming ``where``."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise bad_request(f"'{where}' must be an integer of at least {minimum}, got "
+                          f"{value!r}", param=where)
+    return value
+
+
 def optional_int(body: dict[str, Any], field: str, minimum: int = 0) -> int | None:
     value = body.get(field)
     if value is None:

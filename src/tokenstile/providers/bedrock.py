@@ -37,6 +37,7 @@ from tokenstile.providers.anthropic import (
     usage_from_anthropic,
     watch_event,
 )
+from tokenstile.providers.base import forwarded_body
 from tokenstile.providers.converse import (
     CAP_FIELD,
     ConverseStreamState,
@@ -45,22 +46,14 @@ from tokenstile.providers.converse import (
     parse_converse,
     usage_of_answer,
 )
+from tokenstile.providers.lazy_stream import LazyStreamObserver
 from tokenstile.types import ApiKind, CanonicalRequest, Usage, WireFormat
 
 BEDROCK_ANTHROPIC_VERSION = "bedrock-2023-05-31"
-# Fields of the canonical body that the URL carried: never forwarded in the body.
-ROUTE_FIELDS = ("model", "stream")
 # Frames decoded from the end of a stream while looking for its final usage.
 _TAIL_FRAMES = 4
 
 _ANTHROPIC = AnthropicAdapter()
-
-
-def forwarded_body(body: dict[str, Any]) -> dict[str, Any]:
-    """The body as Bedrock takes it: without the fields its URL carries."""
-    if "model" not in body and "stream" not in body:
-        return body
-    return {k: v for k, v in body.items() if k not in ROUTE_FIELDS}
 
 
 def converse_hidden(body: dict[str, Any]) -> tuple[str, ...]:
@@ -140,84 +133,21 @@ def chunk_frame(event: dict[str, Any]) -> bytes:
     return eventstream.event("chunk", {"bytes": data})
 
 
-class FrameObserver:
+class FrameObserver(LazyStreamObserver):
     """A ``StreamObserver`` of Bedrock event frames that relays them unchanged and decodes
     lazily: in order, while the gateway waits for the first visible output, then only the
     frames that carry the final usage; every frame only when the stream ended without it."""
 
-    __slots__ = ("_answering", "_frames", "_model", "_read", "_usage_override")
+    __slots__ = ()
 
-    def __init__(self, model: str) -> None:
-        self._model = model
-        self._frames: list[bytes] = []
-        self._read = 0  # frames decoded in order, from the first
-        self._answering = False
-        self._usage_override: Usage | None = None
+    def _apply(self, event: bytes) -> None:
+        self._apply_frame(eventstream.decode(event))
 
-    # -- what a subclass knows about its events --
-
-    def _apply(self, frame: eventstream.Frame) -> None:
+    def _apply_frame(self, frame: eventstream.Frame) -> None:
         raise NotImplementedError
-
-    def _text(self) -> AnswerText:
-        raise NotImplementedError
-
-    def _settle(self) -> None:
-        """Find the final usage without reading every frame, if the stream has one."""
-        raise NotImplementedError
-
-    def _final(self) -> bool:
-        raise NotImplementedError
-
-    def _usage(self) -> Usage | None:
-        raise NotImplementedError
-
-    # -- the StreamObserver protocol --
-
-    def on_event(self, event: bytes) -> bytes | None:
-        self._frames.append(event)
-        return event
-
-    def _read_on(self) -> None:
-        frames = self._frames
-        while self._read < len(frames):
-            frame = eventstream.decode(frames[self._read])
-            self._read += 1
-            self._apply(frame)
 
     def _decode(self, index: int) -> eventstream.Frame:
-        return eventstream.decode(self._frames[index])
-
-    @property
-    def usage(self) -> Usage | None:
-        if self._usage_override is not None:
-            return self._usage_override
-        if not self._final():
-            self._settle()
-        if not self._final():
-            self._read_on()
-        return self._usage()
-
-    @usage.setter
-    def usage(self, value: Usage | None) -> None:
-        self._usage_override = value
-
-    def answering(self) -> bool:
-        if not self._answering:
-            self._read_on()
-            self._answering = bool(self._text().visible)
-        return self._answering
-
-    def output_text(self) -> str:
-        self._read_on()
-        return "".join(self._text().visible)
-
-    def reasoning_text(self) -> str:
-        self._read_on()
-        return "".join(self._text().reasoning)
-
-    def usage_is_final(self) -> bool:
-        return self._usage_override is not None or self._final()
+        return eventstream.decode(self._events[index])
 
 
 class ConverseStreamObserver(FrameObserver):
@@ -229,7 +159,7 @@ class ConverseStreamObserver(FrameObserver):
         super().__init__(model)
         self._state = ConverseStreamState()
 
-    def _apply(self, frame: eventstream.Frame) -> None:
+    def _apply_frame(self, frame: eventstream.Frame) -> None:
         if frame.message_type == "event":
             self._state.apply(frame.name, frame.json())
 
@@ -237,7 +167,7 @@ class ConverseStreamObserver(FrameObserver):
         return self._state.text
 
     def _settle(self) -> None:
-        for index in range(len(self._frames) - 1, max(self._read, len(self._frames)
+        for index in range(len(self._events) - 1, max(self._read, len(self._events)
                                                        - _TAIL_FRAMES) - 1, -1):
             frame = self._decode(index)
             if frame.message_type == "event" and frame.name == "metadata":
@@ -264,7 +194,7 @@ class InvokeStreamObserver(FrameObserver):
         self._text_parts = AnswerText()
         self._head = False  # message_start read
 
-    def _apply(self, frame: eventstream.Frame) -> None:
+    def _apply_frame(self, frame: eventstream.Frame) -> None:
         event = invoke_event(frame)
         if event is None:
             return
@@ -277,11 +207,11 @@ class InvokeStreamObserver(FrameObserver):
         return self._text_parts
 
     def _settle(self) -> None:
-        if not self._frames:
+        if not self._events:
             return
         if not self._head and self._read == 0:
-            self._apply(self._decode(0))
-        for index in range(len(self._frames) - 1, max(self._read, len(self._frames)
+            self._apply_frame(self._decode(0))
+        for index in range(len(self._events) - 1, max(self._read, len(self._events)
                                                        - _TAIL_FRAMES) - 1, -1):
             event = invoke_event(self._decode(index))
             if event is not None and event.get("type") == "message_delta":

@@ -18,7 +18,6 @@ stream's ``chunk`` frames are written out as SSE events.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import orjson
@@ -26,38 +25,39 @@ import orjson
 from tokenstile import tokens
 from tokenstile.errors import GatewayError, bad_request, render_error
 from tokenstile.providers import eventstream
+from tokenstile.providers.answers import dumps_text
 from tokenstile.providers.anthropic import (
     AnthropicStreamObserver,
-    dumps_text,
     output_format,
     usage_from_anthropic,
 )
-from tokenstile.providers.base import Bridge, ObserverWrapper, require_str
-from tokenstile.providers.bedrock import BEDROCK_ANTHROPIC_VERSION, ROUTE_FIELDS, invoke_event
+from tokenstile.providers.base import Bridge, ObserverWrapper, forwarded_body, require_str
+from tokenstile.providers.bedrock import BEDROCK_ANTHROPIC_VERSION, invoke_event
 from tokenstile.providers.converse import ConverseStreamState, count_converse, usage_of_answer
 from tokenstile.providers.counts import wants_usage_chunk
 from tokenstile.providers.mapping import (
     CONVERSE_FINISH_REASONS,
     DONE,
+    STATUS_ERROR_TYPES,
     ChatChunks,
     TranslatedBody,
     chat_cap,
+    chat_completion,
     chat_id,
+    chat_message,
     chat_tool_call,
-    chat_usage,
     finish_reason,
+    json_or_none,
     openai_error,
+    status_error,
     upstream_answered,
 )
 from tokenstile.providers.sse import data_event, named_event
 from tokenstile.providers.translate import chat_to_messages
 from tokenstile.types import ApiKind, CanonicalRequest, Usage, WireFormat
 
-_OPENAI_ERROR_TYPES: dict[int, str] = {
-    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-    404: "invalid_request_error", 408: "server_error", 424: "server_error",
-    429: "rate_limit_exceeded",
-}
+_OPENAI_ERROR_TYPES: dict[int, str] = {**STATUS_ERROR_TYPES, 408: "server_error",
+                                       424: "server_error"}
 
 # --- requests -----------------------------------------------------------------------------
 
@@ -177,27 +177,14 @@ def converse_to_chat(resp: Any, model: str, *, created: int | None = None) -> di
         use = block.get("toolUse")
         if isinstance(use, dict):
             calls.append(_tool_call(use, dumps_text(use.get("input") or {}), len(calls)))
-    reply: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts else None,
-                             "refusal": None}
-    if calls:
-        reply["tool_calls"] = calls
-    usage = usage_of_answer(resp)
-    return {
-        "id": chat_id(None), "object": "chat.completion",
-        "created": int(time.time()) if created is None else created, "model": model,
-        "choices": [{"index": 0, "message": reply, "logprobs": None,
-                     "finish_reason": _finish_reason(resp.get("stopReason")
-                                                    if isinstance(resp, dict) else None)}],
-        "usage": chat_usage(usage) if usage is not None else None,
-        "system_fingerprint": None,
-    }
+    choice = {"index": 0, "message": chat_message(texts, calls), "logprobs": None,
+              "finish_reason": _finish_reason(resp.get("stopReason")
+                                              if isinstance(resp, dict) else None)}
+    return chat_completion(chat_id(None), model, [choice], usage_of_answer(resp), created)
 
 
 def _message_of(status: int, body: bytes) -> str:
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        parsed = None
+    parsed = json_or_none(body)
     message = parsed.get("message") or parsed.get("Message") if isinstance(parsed, dict) \
         else None
     if isinstance(message, str) and message:
@@ -207,9 +194,7 @@ def _message_of(status: int, body: bytes) -> str:
 
 def bedrock_error_to_openai(status: int, body: bytes) -> bytes:
     """A Bedrock error body (``{"message"}``) in OpenAI's shape."""
-    kind = _OPENAI_ERROR_TYPES.get(status, "server_error" if status >= 500
-                                   else "invalid_request_error")
-    return orjson.dumps(openai_error(_message_of(status, body), kind))
+    return status_error(status, _message_of(status, body), _OPENAI_ERROR_TYPES)
 
 
 def bedrock_error_to_anthropic(status: int, body: bytes) -> bytes:
@@ -352,7 +337,7 @@ class ChatOverConverse(TranslatedBody):
         return count_converse(self.model, self._translated)
 
     def upstream_body(self, req: CanonicalRequest) -> dict[str, Any]:
-        return {k: v for k, v in self.follow(req.body).items() if k not in ROUTE_FIELDS}
+        return forwarded_body(self.follow(req.body))
 
     def usage_from_body(self, payload: Any) -> Usage | None:
         return usage_of_answer(payload)
@@ -387,9 +372,7 @@ class MessagesOverInvoke:
                                       output_format=output_format(body))
 
     def upstream_body(self, req: CanonicalRequest) -> dict[str, Any]:
-        body = {k: v for k, v in req.body.items() if k not in ROUTE_FIELDS}
-        body["anthropic_version"] = BEDROCK_ANTHROPIC_VERSION
-        return body
+        return {**forwarded_body(req.body), "anthropic_version": BEDROCK_ANTHROPIC_VERSION}
 
     def usage_from_body(self, payload: Any) -> Usage | None:
         return usage_from_anthropic(payload.get("usage")) if isinstance(payload, dict) \

@@ -24,9 +24,8 @@ from typing import Any
 
 from tokenstile import tokens
 from tokenstile.errors import bad_request
-from tokenstile.providers.answers import AnswerText
-from tokenstile.providers.anthropic import dumps_text
-from tokenstile.providers.base import each_message, require_messages
+from tokenstile.providers.answers import AnswerText, dumps_text
+from tokenstile.providers.base import checked_int, each_message, require_messages
 from tokenstile.providers.counts import service_tier, token_count
 from tokenstile.types import PriceTerms, Usage
 
@@ -69,12 +68,7 @@ def parse_converse(body: dict[str, Any]) -> tuple[str, str, int | None]:
     if config is not None:
         if not isinstance(config, dict):
             raise bad_request("'inferenceConfig' must be an object", param="inferenceConfig")
-        value = config.get("maxTokens")
-        if value is not None:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise bad_request("'inferenceConfig.maxTokens' must be an integer of at least "
-                                  f"1, got {value!r}", param=CAP_FIELD)
-            cap = value
+        cap = checked_int(config.get("maxTokens"), CAP_FIELD, 1)
     tool_config = body.get("toolConfig")
     if tool_config is not None and not (isinstance(tool_config, dict)
                                         and isinstance(tool_config.get("tools"), list)):

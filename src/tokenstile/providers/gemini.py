@@ -15,28 +15,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from tokenstile.providers.answers import AnswerText
+from tokenstile.providers.base import forwarded_body
 from tokenstile.providers.generate_content import (
     CAP_FIELD,
     GeminiStreamState,
     count_gemini,
-    event_json,
     hidden_gemini,
     output_worst_case,
     parse_gemini,
     usage_of_answer,
 )
+from tokenstile.providers.lazy_stream import LazyStreamObserver
+from tokenstile.providers.sse import event_json
 from tokenstile.types import ApiKind, CanonicalRequest, Usage, WireFormat
 
-# Fields of the canonical body that the URL carried: never forwarded in the body.
-ROUTE_FIELDS = ("model", "stream")
 _TAIL_EVENTS = 4
-
-
-def forwarded_body(body: dict[str, Any]) -> dict[str, Any]:
-    """The body as Google takes it: without the fields its URL carries."""
-    if "model" not in body and "stream" not in body:
-        return body
-    return {k: v for k, v in body.items() if k not in ROUTE_FIELDS}
 
 
 def key_refused(status: int, payload: bytes) -> bool:
@@ -84,31 +78,23 @@ class GeminiAdapter:
 # --- streams -----------------------------------------------------------------------------
 
 
-class GeminiStreamObserver:
+class GeminiStreamObserver(LazyStreamObserver):
     """A ``StreamObserver`` of Gemini's SSE chunks that relays them unchanged and parses
     lazily: in order while the gateway waits for the first visible output, then only the
     last few chunks (where the final usage is); every chunk only when the stream ended
     without it."""
 
-    __slots__ = ("_answering", "_events", "_model", "_read", "_state", "_usage_override")
+    __slots__ = ("_state",)
 
     def __init__(self, model: str) -> None:
-        self._model = model
-        self._events: list[bytes] = []
-        self._read = 0
-        self._answering = False
+        super().__init__(model)
         self._state = GeminiStreamState()
-        self._usage_override: Usage | None = None
 
-    def on_event(self, event: bytes) -> bytes | None:
-        self._events.append(event)
-        return event
+    def _apply(self, event: bytes) -> None:
+        self._state.apply(event_json(event))
 
-    def _read_on(self) -> None:
-        events = self._events
-        while self._read < len(events):
-            self._state.apply(event_json(events[self._read]))
-            self._read += 1
+    def _text(self) -> AnswerText:
+        return self._state.text
 
     def _settle(self) -> None:
         """The final usage from the last chunks, their text left for ``_read_on``."""
@@ -120,33 +106,8 @@ class GeminiStreamObserver:
             self._state.final = tail.final
             self._state.grounded = self._state.grounded or tail.grounded
 
-    @property
-    def usage(self) -> Usage | None:
-        if self._usage_override is not None:
-            return self._usage_override
-        if self._state.final is None:
-            self._settle()
-        if self._state.final is None:
-            self._read_on()
+    def _final(self) -> bool:
+        return self._state.final is not None
+
+    def _usage(self) -> Usage | None:
         return self._state.usage(self._model)
-
-    @usage.setter
-    def usage(self, value: Usage | None) -> None:
-        self._usage_override = value
-
-    def answering(self) -> bool:
-        if not self._answering:
-            self._read_on()
-            self._answering = bool(self._state.text.visible)
-        return self._answering
-
-    def output_text(self) -> str:
-        self._read_on()
-        return "".join(self._state.text.visible)
-
-    def reasoning_text(self) -> str:
-        self._read_on()
-        return "".join(self._state.text.reasoning)
-
-    def usage_is_final(self) -> bool:
-        return self._usage_override is not None or self._state.final is not None

@@ -18,41 +18,42 @@ are translated back.
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Any
 
 import orjson
 
 from tokenstile.errors import GatewayError, bad_request
-from tokenstile.providers.answers import WatchesText
-from tokenstile.providers.base import Bridge, require_str
-from tokenstile.providers.gemini import ROUTE_FIELDS
+from tokenstile.providers.answers import WatchesText, dumps_text
+from tokenstile.providers.base import Bridge, forwarded_body, require_str
+from tokenstile.providers.counts import wants_usage_chunk
 from tokenstile.providers.generate_content import (
     GeminiStreamState,
     capped_config,
     count_gemini,
-    event_json,
     usage_of_answer,
 )
-from tokenstile.providers.mapping import DONE, TranslatedBody, chat_cap, chat_usage
+from tokenstile.providers.mapping import (
+    DONE,
+    GEMINI_FINISH_REASONS,
+    STATUS_ERROR_TYPES,
+    ChatChunks,
+    TranslatedBody,
+    chat_cap,
+    chat_completion,
+    chat_id,
+    chat_message,
+    chat_tool_call,
+    finish_reason,
+    json_or_none,
+    openai_error,
+    status_error,
+    upstream_answered,
+)
+from tokenstile.providers.sse import data_event, event_json
 from tokenstile.providers.translate import chat_to_messages
 from tokenstile.types import ApiKind, CanonicalRequest, Usage, WireFormat
 
-FINISH_REASONS: dict[str, str] = {
-    "STOP": "stop",
-    "MAX_TOKENS": "length",
-    "SAFETY": "content_filter",
-    "RECITATION": "content_filter",
-    "BLOCKLIST": "content_filter",
-    "PROHIBITED_CONTENT": "content_filter",
-    "SPII": "content_filter",
-    "IMAGE_SAFETY": "content_filter",
-}
-_OPENAI_ERROR_TYPES: dict[int, str] = {
-    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-    404: "invalid_request_error", 429: "rate_limit_exceeded",
-}
 _CHOICE_MODES = {"auto": "AUTO", "any": "ANY", "tool": "ANY", "none": "NONE"}
 
 # --- requests -----------------------------------------------------------------------------
@@ -150,19 +151,21 @@ def chat_to_gemini(body: dict[str, Any], default_max_tokens: int) -> dict[str, A
 # --- answers ------------------------------------------------------------------------------
 
 
-def _chat_id() -> str:
-    return "chatcmpl-" + uuid.uuid4().hex
-
-
 def _call_id(call: dict[str, Any]) -> str:
     found = call.get("id")
     return found if isinstance(found, str) and found else "call_" + uuid.uuid4().hex[:24]
 
 
-def finish_reason(reason: Any, calls: bool) -> str:
+def _tool_call(call: dict[str, Any]) -> dict[str, Any]:
+    """A ``functionCall`` part as a chat tool call."""
+    return chat_tool_call(_call_id(call), str(call.get("name") or ""),
+                          dumps_text(call.get("args") or {}), 0)
+
+
+def _finish_reason(reason: Any, calls: bool) -> str:
     if calls and reason in (None, "STOP"):
         return "tool_calls"
-    return FINISH_REASONS.get(reason, "stop") if isinstance(reason, str) else "stop"
+    return finish_reason(reason, GEMINI_FINISH_REASONS)
 
 
 def _candidate_message(candidate: Any) -> tuple[dict[str, Any], bool]:
@@ -177,15 +180,8 @@ def _candidate_message(candidate: Any) -> tuple[dict[str, Any], bool]:
             texts.append(part["text"])
         call = part.get("functionCall")
         if isinstance(call, dict):
-            calls.append({"id": _call_id(call), "type": "function",
-                          "function": {"name": str(call.get("name") or ""),
-                                       "arguments": orjson.dumps(call.get("args") or {})
-                                       .decode()}})
-    message: dict[str, Any] = {"role": "assistant",
-                               "content": "".join(texts) if texts else None, "refusal": None}
-    if calls:
-        message["tool_calls"] = calls
-    return message, bool(calls)
+            calls.append(_tool_call(call))
+    return chat_message(texts, calls), bool(calls)
 
 
 def gemini_to_chat(resp: dict[str, Any], model: str, *,
@@ -197,73 +193,49 @@ def gemini_to_chat(resp: dict[str, Any], model: str, *,
         reason = candidate.get("finishReason") if isinstance(candidate, dict) else None
         index = candidate.get("index", position) if isinstance(candidate, dict) else position
         choices.append({"index": index, "message": message, "logprobs": None,
-                        "finish_reason": finish_reason(reason, calls)})
+                        "finish_reason": _finish_reason(reason, calls)})
     if not choices:  # the prompt itself was blocked (promptFeedback.blockReason)
-        choices.append({"index": 0, "message": {"role": "assistant", "content": None,
-                                                "refusal": None},
-                        "logprobs": None, "finish_reason": "content_filter"})
-    usage = usage_of_answer(resp)
-    return {
-        "id": _chat_id(), "object": "chat.completion",
-        "created": int(time.time()) if created is None else created, "model": model,
-        "choices": choices,
-        "usage": chat_usage(usage) if usage is not None else None,
-        "system_fingerprint": None,
-    }
+        choices.append({"index": 0, "message": chat_message([], []), "logprobs": None,
+                        "finish_reason": "content_filter"})
+    return chat_completion(chat_id(), model, choices, usage_of_answer(resp), created)
 
 
 def _message_of(status: int, body: bytes) -> str:
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        parsed = None
+    parsed = json_or_none(body)
     error = parsed.get("error") if isinstance(parsed, dict) else None
     message = error.get("message") if isinstance(error, dict) else None
     if isinstance(message, str) and message:
         return message
-    text = body.decode("utf-8", "replace").strip()[:500]
-    return f"the upstream answered {status}" + (f": {text}" if text else "")
+    return upstream_answered(status, body)
 
 
 def gemini_error_to_openai(status: int, body: bytes) -> bytes:
     """A Google error body in OpenAI's shape."""
-    kind = _OPENAI_ERROR_TYPES.get(status, "server_error" if status >= 500
-                                   else "invalid_request_error")
-    return orjson.dumps({"error": {"message": _message_of(status, body), "type": kind,
-                                   "param": None, "code": None}})
+    return status_error(status, _message_of(status, body))
 
 
 # --- streams ------------------------------------------------------------------------------
-
-
-def _sse(payload: dict[str, Any]) -> bytes:
-    return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
 class GeminiChatTranslator(WatchesText):
     """Gemini SSE chunks in, ``chat.completion.chunk`` SSE events out (a
     ``StreamObserver``): every chunk is read; the usage is the final ``usageMetadata``."""
 
-    __slots__ = ("_created", "_done", "_id", "_include_usage", "_model", "_role_sent",
-                 "_state", "_text", "_tools", "_usage_override")
+    __slots__ = ("_chunks", "_done", "_model", "_state", "_text", "_tools",
+                 "_usage_override")
 
     def __init__(self, model: str, *, include_usage: bool = False) -> None:
         self._model = model
-        self._include_usage = include_usage
-        self._created = int(time.time())
-        self._id = _chat_id()
+        self._chunks = ChatChunks(model, include_usage=include_usage)
         self._state = GeminiStreamState()
         self._text = self._state.text
         self._tools = 0
-        self._role_sent = False
         self._done = False
         self._usage_override: Usage | None = None
 
     @classmethod
     def for_request(cls, body: dict[str, Any], model: str) -> GeminiChatTranslator:
-        options = body.get("stream_options")
-        return cls(model, include_usage=isinstance(options, dict)
-                   and options.get("include_usage") is True)
+        return cls(model, include_usage=wants_usage_chunk(body))
 
     @property
     def usage(self) -> Usage | None:
@@ -286,28 +258,15 @@ class GeminiChatTranslator(WatchesText):
             self._done = True
             error = chunk["error"]
             status = error.get("code") if isinstance(error.get("code"), int) else 500
-            return _sse({"error": {"message": str(error.get("message") or "upstream error"),
-                                   "type": _OPENAI_ERROR_TYPES.get(status, "server_error"),
-                                   "param": None, "code": error.get("status")}})
+            return data_event(openai_error(str(error.get("message") or "upstream error"),
+                                           STATUS_ERROR_TYPES.get(status, "server_error"),
+                                           error.get("status")))
         self._state.apply(chunk)
         return self._translate(chunk) or None
 
-    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
-        if not self._role_sent:
-            self._role_sent = True
-            delta = {"role": "assistant", "content": "", **delta}
-        chunk: dict[str, Any] = {
-            "id": self._id, "object": "chat.completion.chunk", "created": self._created,
-            "model": self._model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                         "finish_reason": finish}],
-        }
-        if self._include_usage:
-            chunk["usage"] = None
-        return _sse(chunk)
-
     def _translate(self, chunk: dict[str, Any]) -> bytes:
         out = bytearray()
+        chunks = self._chunks
         candidates = chunk.get("candidates")
         candidate = candidates[0] if isinstance(candidates, list) and candidates else None
         if not isinstance(candidate, dict):
@@ -318,22 +277,17 @@ class GeminiChatTranslator(WatchesText):
             if not isinstance(part, dict) or part.get("thought") is True:
                 continue
             if isinstance(part.get("text"), str) and part["text"]:
-                out += self._chunk({"content": part["text"]})
+                out += chunks.delta({"content": part["text"]})
             call = part.get("functionCall")
             if isinstance(call, dict):
                 index, self._tools = self._tools, self._tools + 1
-                out += self._chunk({"tool_calls": [{
-                    "index": index, "id": _call_id(call), "type": "function",
-                    "function": {"name": str(call.get("name") or ""),
-                                 "arguments": orjson.dumps(call.get("args") or {}).decode()}}]})
+                out += chunks.delta({"tool_calls": [{"index": index, **_tool_call(call)}]})
         reason = candidate.get("finishReason")
         if reason:
             self._done = True
-            out += self._chunk({}, finish_reason(reason, self._tools > 0))
-            if self._include_usage:
-                out += _sse({"id": self._id, "object": "chat.completion.chunk",
-                             "created": self._created, "model": self._model, "choices": [],
-                             "usage": chat_usage(self._state.usage(self._model) or Usage())})
+            out += chunks.delta({}, _finish_reason(reason, self._tools > 0))
+            if chunks.include_usage:
+                out += chunks.usage(self._state.usage(self._model) or Usage())
             out += DONE
         return bytes(out)
 
@@ -363,7 +317,7 @@ class ChatOverGemini(TranslatedBody):
         return count_gemini(self.model, self._translated)
 
     def upstream_body(self, req: CanonicalRequest) -> dict[str, Any]:
-        return {k: v for k, v in self.follow(req.body).items() if k not in ROUTE_FIELDS}
+        return forwarded_body(self.follow(req.body))
 
     def usage_from_body(self, payload: Any) -> Usage | None:
         return usage_of_answer(payload)

@@ -32,11 +32,11 @@ import re
 from functools import lru_cache
 from typing import Any
 
-import orjson
-
 from tokenstile import tokens
 from tokenstile.errors import bad_request
-from tokenstile.providers.answers import AnswerText
+from tokenstile.providers.answers import AnswerText, dumps_text
+from tokenstile.providers.base import checked_int
+from tokenstile.providers.counts import token_count
 from tokenstile.types import ApiKind, CanonicalRequest, PriceTerms, Usage
 
 CAP_FIELD = "generationConfig.maxOutputTokens"
@@ -83,10 +83,6 @@ def without(node: dict[str, Any], *names: str) -> dict[str, Any]:
     return {k: v for k, v in node.items() if k not in drop}
 
 
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
 def _family(model: str, table: tuple[tuple[str, int], ...]) -> int | None:
     name = model.strip().lower().removeprefix("models/")
     return next((value for prefix, value in table if name.startswith(prefix)), None)
@@ -112,15 +108,6 @@ def _object(body: dict[str, Any], name: str) -> dict[str, Any] | None:
     if not isinstance(value, dict):
         raise bad_request(f"'{name}' must be an object, got {type(value).__name__}",
                           param=name)
-    return value
-
-
-def _check_int(value: Any, where: str, minimum: int) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise bad_request(f"'{where}' must be an integer of at least {minimum}, got "
-                          f"{value!r}", param=where)
     return value
 
 
@@ -181,14 +168,14 @@ def parse_gemini(api: ApiKind, body: dict[str, Any]) -> tuple[str, str]:
         raise bad_request("'tools' must be an array of tool objects", param="tools")
     config = _object(request, "generationConfig")
     if config is not None:
-        _check_int(get(config, "maxOutputTokens"), CAP_FIELD, 1)
-        _check_int(get(config, "candidateCount"), "generationConfig.candidateCount", 1)
+        checked_int(get(config, "maxOutputTokens"), CAP_FIELD, 1)
+        checked_int(get(config, "candidateCount"), "generationConfig.candidateCount", 1)
         thinking = get(config, "thinkingConfig")
         if thinking is not None:
             if not isinstance(thinking, dict):
                 raise bad_request("'generationConfig.thinkingConfig' must be an object",
                                   param="generationConfig.thinkingConfig")
-            _check_int(get(thinking, "thinkingBudget"),
+            checked_int(get(thinking, "thinkingBudget"),
                        "generationConfig.thinkingConfig.thinkingBudget", -1)
     cached = get(request, "cachedContent")
     if cached is not None and not isinstance(cached, str):
@@ -212,25 +199,18 @@ def parts_text(parts: Any, out: list[str]) -> None:
         if isinstance(call, dict):
             out.append(str(call.get("name") or ""))
             if call.get("args") is not None:
-                out.append(_dumps(call["args"]))
+                out.append(dumps_text(call["args"]))
         response = get(part, "functionResponse")
         if isinstance(response, dict):
             out.append(str(response.get("name") or ""))
             if response.get("response") is not None:
-                out.append(_dumps(response["response"]))
+                out.append(dumps_text(response["response"]))
         code = get(part, "executableCode")
         if isinstance(code, dict) and isinstance(code.get("code"), str):
             out.append(code["code"])
         result = get(part, "codeExecutionResult")
         if isinstance(result, dict) and isinstance(result.get("output"), str):
             out.append(result["output"])
-
-
-def _dumps(value: Any) -> str:
-    try:
-        return orjson.dumps(value).decode()
-    except TypeError:
-        return str(value)
 
 
 def count_gemini(model: str, body: dict[str, Any]) -> int:
@@ -256,7 +236,7 @@ def count_gemini(model: str, body: dict[str, Any]) -> int:
             declarations = get(tool, "functionDeclarations")
             for declaration in declarations if isinstance(declarations, list) else (tool,):
                 framing += TOKENS_PER_TOOL
-                text += tokens.count_text(model, _dumps(declaration))
+                text += tokens.count_text(model, dumps_text(declaration))
     return math.ceil(text * GEMINI_FACTOR - 1e-9) + framing
 
 
@@ -376,7 +356,7 @@ def _modality(details: Any, modality: str) -> int:
     total = 0
     for item in details if isinstance(details, list) else ():
         if isinstance(item, dict) and item.get("modality") == modality:
-            total += _int(item.get("tokenCount"))
+            total += token_count(item.get("tokenCount"))
     return total
 
 
@@ -385,14 +365,14 @@ def usage_of_metadata(meta: Any) -> Usage | None:
     thoughts are output (and reasoning), cached content is part of the input."""
     if not isinstance(meta, dict):
         return None
-    tool_prompt = _int(meta.get("toolUsePromptTokenCount"))
-    cached = _int(meta.get("cachedContentTokenCount"))
-    thoughts = _int(meta.get("thoughtsTokenCount"))
+    tool_prompt = token_count(meta.get("toolUsePromptTokenCount"))
+    cached = token_count(meta.get("cachedContentTokenCount"))
+    thoughts = token_count(meta.get("thoughtsTokenCount"))
     audio_in = _modality(meta.get("promptTokensDetails"), _AUDIO) + \
         _modality(meta.get("toolUsePromptTokensDetails"), _AUDIO)
     return Usage(
-        input_tokens=_int(meta.get("promptTokenCount")) + tool_prompt,
-        output_tokens=_int(meta.get("candidatesTokenCount")) + thoughts,
+        input_tokens=token_count(meta.get("promptTokenCount")) + tool_prompt,
+        output_tokens=token_count(meta.get("candidatesTokenCount")) + thoughts,
         cached_input_tokens=cached, reasoning_tokens=thoughts,
         input_audio_tokens=audio_in,
         cached_audio_tokens=_modality(meta.get("cacheTokensDetails"), _AUDIO),
@@ -434,7 +414,7 @@ def candidate_text(candidate: Any, out: AnswerText) -> None:
         if isinstance(call, dict):
             out.see(call.get("name"))
             if call.get("args") is not None:
-                out.see(_dumps(call["args"]))
+                out.see(dumps_text(call["args"]))
         code = get(part, "executableCode")
         if isinstance(code, dict):
             out.see(code.get("code"))
@@ -449,17 +429,6 @@ def answer_text(payload: Any) -> AnswerText:
 
 
 # --- stream chunks ------------------------------------------------------------------------------
-
-
-def event_json(event: bytes) -> Any:
-    """The JSON of one SSE event (``data: {...}``), None when it has none."""
-    start = event.find(b"data:")
-    if start == -1:
-        return None
-    try:
-        return orjson.loads(event[start + 5:])
-    except orjson.JSONDecodeError:
-        return None
 
 
 class GeminiStreamState:

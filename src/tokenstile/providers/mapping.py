@@ -3,7 +3,8 @@ usage blocks, tool calls, chat completion chunks, error bodies, and how a bridge
 only the model or the output cap of a body changed.
 
 Used by ``translate`` (chat completions over Messages), ``messages_over_chat`` (Messages
-over chat completions) and ``bedrock_translate`` (chat completions over Converse). Pure
+over chat completions), ``bedrock_translate`` (chat completions over Converse) and
+``gemini_translate`` (chat completions over generateContent). Pure
 functions over JSON-like values, no I/O; reading an upstream's answer never raises.
 """
 
@@ -17,7 +18,7 @@ from typing import Any
 import orjson
 
 from tokenstile.errors import render_error
-from tokenstile.providers.anthropic import dumps_text
+from tokenstile.providers.answers import dumps_text
 from tokenstile.providers.base import optional_int
 from tokenstile.providers.sse import data_event
 from tokenstile.types import Usage
@@ -44,6 +45,18 @@ CONVERSE_FINISH_REASONS: dict[str, str] = {
     "tool_use": "tool_calls",
     "guardrail_intervened": "content_filter",
     "content_filtered": "content_filter",
+}
+
+# Gemini ``finishReason`` → chat ``finish_reason``.
+GEMINI_FINISH_REASONS: dict[str, str] = {
+    "STOP": "stop",
+    "MAX_TOKENS": "length",
+    "SAFETY": "content_filter",
+    "RECITATION": "content_filter",
+    "BLOCKLIST": "content_filter",
+    "PROHIBITED_CONTENT": "content_filter",
+    "SPII": "content_filter",
+    "IMAGE_SAFETY": "content_filter",
 }
 
 # Chat ``finish_reason`` → Anthropic ``stop_reason``.
@@ -136,6 +149,37 @@ def tool_input(arguments: Any) -> dict[str, Any]:
     return parsed if isinstance(parsed, dict) else {"_raw": raw}
 
 
+# --- chat completions ----------------------------------------------------------------------
+
+
+def chat_message(texts: list[str], tool_calls: list[dict[str, Any]]) -> dict[str, Any]:
+    """The assistant message of a ``chat.completion``: the texts joined (``null`` when there
+    are none), the tool calls when there are any."""
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": "".join(texts) if texts else None,
+        "refusal": None,
+    }
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    return message
+
+
+def chat_completion(completion_id: str, model: str, choices: list[dict[str, Any]],
+                    usage: Usage | None, created: int | None = None) -> dict[str, Any]:
+    """A ``chat.completion`` object (``created`` now when not given; ``usage`` null when
+    the answer reported none)."""
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": int(time.time()) if created is None else created,
+        "model": model,
+        "choices": choices,
+        "usage": chat_usage(usage) if usage is not None else None,
+        "system_fingerprint": None,
+    }
+
+
 # --- chat completion chunks ---------------------------------------------------------------
 
 DONE = b"data: [DONE]\n\n"
@@ -199,6 +243,21 @@ def openai_error(message: str, kind: str, code: str | None = None) -> dict[str, 
     return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
 
+# An upstream's HTTP status → the OpenAI error type of its error in OpenAI's shape.
+STATUS_ERROR_TYPES: dict[int, str] = {
+    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+    404: "invalid_request_error", 429: "rate_limit_exceeded",
+}
+
+
+def status_error(status: int, message: str,
+                 types: dict[int, str] = STATUS_ERROR_TYPES) -> bytes:
+    """An upstream's error with ``status`` as an OpenAI error body; a status ``types`` does
+    not name is a server error from 500 on, else an invalid request."""
+    kind = types.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return orjson.dumps(openai_error(message, kind))
+
+
 # Anthropic error types → OpenAI error types (the Anthropic type is kept as ``code``).
 _OPENAI_ERROR_TYPES = {
     "invalid_request_error": "invalid_request_error",
@@ -214,7 +273,8 @@ _OPENAI_ERROR_TYPES = {
 }
 
 
-def _load(body: bytes) -> Any:
+def json_or_none(body: bytes) -> Any:
+    """A body's JSON, None when it is not JSON."""
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -235,7 +295,7 @@ def anthropic_error(error: Any, status: int) -> dict[str, Any]:
 
 def anthropic_error_to_openai(status: int, body: bytes) -> bytes:
     """An Anthropic error body (``{"type": "error", "error": {...}}``) in OpenAI's shape."""
-    parsed = _load(body)
+    parsed = json_or_none(body)
     error = parsed.get("error") if isinstance(parsed, dict) else None
     if not isinstance(error, dict) or not isinstance(error.get("message"), str):
         error = {"message": upstream_answered(status, body)}
@@ -244,7 +304,7 @@ def anthropic_error_to_openai(status: int, body: bytes) -> bytes:
 
 def openai_error_to_anthropic(status: int, body: bytes) -> bytes:
     """An OpenAI error body (``{"error": {...}}``) in Anthropic's shape."""
-    parsed = _load(body)
+    parsed = json_or_none(body)
     error = parsed.get("error") if isinstance(parsed, dict) else None
     message = error.get("message") if isinstance(error, dict) else None
     if not isinstance(message, str) or not message:

@@ -36,8 +36,7 @@ import orjson
 from tokenstile import tokens
 from tokenstile.errors import bad_request
 from tokenstile.limits.caps import output_cap_field
-from tokenstile.providers.answers import AnswerText, WatchesText, chat_message_text
-from tokenstile.providers.anthropic import dumps_text
+from tokenstile.providers.answers import AnswerText, WatchesText, chat_message_text, dumps_text
 from tokenstile.providers.base import each_tool, optional_bool, optional_int, require_str
 from tokenstile.providers.counts import service_tier
 from tokenstile.providers.mapping import (

@@ -68,6 +68,11 @@ def json_object(data: bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+def event_json(event: bytes) -> dict[str, Any] | None:
+    """The ``data:`` payload of one whole event as a JSON object (see ``json_object``)."""
+    return json_object(event_fields(event)[1])
+
+
 def data_event(payload: Any) -> bytes:
     """One event carrying ``payload`` as JSON: ``data: {...}`` (OpenAI's streams)."""
     return b"data: " + orjson.dumps(payload) + b"\n\n"

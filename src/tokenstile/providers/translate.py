@@ -34,18 +34,17 @@ Choices where the two APIs differ:
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 import orjson
 
 from tokenstile import tokens
 from tokenstile.errors import bad_request
+from tokenstile.providers.answers import dumps_text
 from tokenstile.providers.anthropic import (
     AnthropicStreamObserver,
     UsageTracker,
     delta_text,
-    dumps_text,
     load_event,
     output_format,
     usage_from_anthropic,
@@ -68,9 +67,10 @@ from tokenstile.providers.mapping import (
     anthropic_error,
     anthropic_error_to_openai,
     chat_cap,
+    chat_completion,
     chat_id,
+    chat_message,
     chat_tool_call,
-    chat_usage,
     finish_reason,
     tool_input,
 )
@@ -487,29 +487,16 @@ def message_to_chat(resp: Any, model: str, *, created: int | None = None) -> dic
                 arguments if isinstance(arguments, str)
                 else dumps_text({} if arguments is None else arguments),
                 len(tool_calls)))
-    message: dict[str, Any] = {
-        "role": "assistant",
-        "content": "".join(texts) if texts else None,
-        "refusal": None,
-    }
-    if tool_calls:
-        message["tool_calls"] = tool_calls
     tracker = UsageTracker()
     tracker.update(resp.get("usage"))
-    return {
-        "id": chat_id(resp.get("id")),
-        "object": "chat.completion",
-        "created": int(time.time()) if created is None else created,
-        "model": model,
-        "choices": [{
-            "index": 0,
-            "message": message,
-            "finish_reason": finish_reason(resp.get("stop_reason")),
-            "logprobs": None,
-        }],
-        "usage": chat_usage(tracker.usage()) if tracker.seen else None,
-        "system_fingerprint": None,
+    choice = {
+        "index": 0,
+        "message": chat_message(texts, tool_calls),
+        "finish_reason": finish_reason(resp.get("stop_reason")),
+        "logprobs": None,
     }
+    return chat_completion(chat_id(resp.get("id")), model, [choice],
+                           tracker.usage() if tracker.seen else None, created)
 
 
 # --- streams ------------------------------------------------------------------------------

@@ -323,12 +323,8 @@ class BedrockRoutes:
             tools=tools)
         tier = d.service_tier
         turn.service_tier = tier or "default"
-        if not r.stream:
-            cut = d.cut_after is not None
-            self.fake._record(r, 200, "cut" if cut else "completed", turn)
-            await self.fake._send_json(r, 200, converse_body(turn, tier), cut=cut)
-            return
-        await self.fake._stream(r, d, turn, converse_stream(turn, tier), EVENTSTREAM_HEADERS)
+        await self.fake._answer(r, d, turn, lambda t: converse_body(t, tier),
+                                lambda t: converse_stream(t, tier), EVENTSTREAM_HEADERS)
 
     async def _invoke(self, r: _Req, body: Json) -> None:
         if body.get("anthropic_version") != "bedrock-2023-05-31":
@@ -351,12 +347,8 @@ class BedrockRoutes:
             counted_input=count_anthropic_input(body.get("system"), messages, tools),
             max_tokens=first_int(body, ("max_tokens",)), tools=tools)
         turn.service_tier = d.service_tier or "standard"
-        if not r.stream:
-            cut = d.cut_after is not None
-            usage = anthropic_usage(turn, turn.output_tokens)
-            counts = [(b"x-amzn-bedrock-input-token-count", str(usage["input_tokens"]).encode()),
-                      (b"x-amzn-bedrock-output-token-count", str(turn.output_tokens).encode())]
-            self.fake._record(r, 200, "cut" if cut else "completed", turn)
-            await self.fake._send_json(r, 200, anthropic_message(turn), counts, cut=cut)
-            return
-        await self.fake._stream(r, d, turn, invoke_stream(turn), EVENTSTREAM_HEADERS)
+        usage = anthropic_usage(turn, turn.output_tokens)
+        counts = [(b"x-amzn-bedrock-input-token-count", str(usage["input_tokens"]).encode()),
+                  (b"x-amzn-bedrock-output-token-count", str(turn.output_tokens).encode())]
+        await self.fake._answer(r, d, turn, anthropic_message, invoke_stream,
+                                EVENTSTREAM_HEADERS, counts)

@@ -141,11 +141,10 @@ def _answer_parts(t: Turn) -> list[Json]:
     return [{"text": reply.text}]
 
 
-def generate_body(t: Turn, tool_prompt: int) -> Json:
+def _finished(t: Turn, parts: list[Json], tool_prompt: int) -> Json:
+    """A body whose one candidate finished with ``parts``, with the final usage."""
     reply = t.reply
-    parts = [{"text": "".join(reply.reasoning_pieces), "thought": True}] \
-        if reply.reasoning_pieces else []
-    candidate: Json = {"content": {"role": "model", "parts": [*parts, *_answer_parts(t)]},
+    candidate: Json = {"content": {"role": "model", "parts": parts},
                        "finishReason": _FINISH[reply.finish], "index": 0}
     if t.web_searches:
         candidate["groundingMetadata"] = _grounding()
@@ -154,6 +153,13 @@ def generate_body(t: Turn, tool_prompt: int) -> Json:
         body["usageMetadata"] = usage_metadata(t, t.output_tokens, reply.reasoning_tokens,
                                                tool_prompt)
     return body
+
+
+def generate_body(t: Turn, tool_prompt: int) -> Json:
+    reply = t.reply
+    parts = [{"text": "".join(reply.reasoning_pieces), "thought": True}] \
+        if reply.reasoning_pieces else []
+    return _finished(t, [*parts, *_answer_parts(t)], tool_prompt)
 
 
 def generate_stream(t: Turn, tool_prompt: int) -> StreamParts:
@@ -176,14 +182,7 @@ def generate_stream(t: Turn, tool_prompt: int) -> StreamParts:
         pieces.append(chunk(_answer_parts(t)))
     else:
         pieces += [chunk([{"text": p}]) for p in reply.pieces]
-    last: Json = {"content": {"role": "model", "parts": [{"text": ""}]},
-                  "finishReason": _FINISH[reply.finish], "index": 0}
-    if t.web_searches:
-        last["groundingMetadata"] = _grounding()
-    final: Json = {"candidates": [last], "modelVersion": t.model, "responseId": t.id}
-    if not t.no_usage:
-        final["usageMetadata"] = usage_metadata(t, t.output_tokens, reply.reasoning_tokens,
-                                                tool_prompt)
+    final = _finished(t, [{"text": ""}], tool_prompt)
 
     def error(_: int) -> bytes:
         return _chunk(google_error(500, "Fake upstream stream error"))
@@ -247,12 +246,8 @@ class GeminiRoutes:
             turn.input_tokens += tool_prompt
             turn.web_searches = 1
         turn.service_tier = d.service_tier or "standard"
-        if not r.stream:
-            cut = d.cut_after is not None
-            self.fake._record(r, 200, "cut" if cut else "completed", turn)
-            await self.fake._send_json(r, 200, generate_body(turn, tool_prompt), cut=cut)
-            return
-        await self.fake._stream(r, d, turn, generate_stream(turn, tool_prompt), _SSE_HEADERS)
+        await self.fake._answer(r, d, turn, lambda t: generate_body(t, tool_prompt),
+                                lambda t: generate_stream(t, tool_prompt), _SSE_HEADERS)
 
     async def _count(self, r: _Req, body: Json) -> None:
         inner = body.get("generateContentRequest")

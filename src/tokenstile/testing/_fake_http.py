@@ -164,6 +164,12 @@ class FakeHost(Protocol):
     async def _stream(self, r: _Req, d: Directives, turn: Turn, parts: StreamParts,
                       content_headers: list[tuple[bytes, bytes]] = ...) -> None: ...
 
+    async def _answer(self, r: _Req, d: Directives, turn: Turn,
+                      render_body: Callable[[Turn], Json],
+                      render_stream: Callable[[Turn], StreamParts],
+                      content_headers: list[tuple[bytes, bytes]] = ...,
+                      extra: list[tuple[bytes, bytes]] | None = None) -> None: ...
+
     def _record_media(self, r: _Req, units: dict[str, int], *, input_tokens: int = 0,
                       output_tokens: int = 0, input_audio_tokens: int = 0,
                       outcome: str = "completed") -> None: ...

@@ -160,6 +160,13 @@ def _served_tier(r: _Req) -> str:
     return asked if isinstance(asked, str) and asked in _OPENAI_TIERS else "default"
 
 
+def _wants_usage(body: Json) -> bool:
+    """Whether a streamed OpenAI request asks for the final usage chunk
+    (``stream_options.include_usage``)."""
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
 async def _read_body(receive: Receive) -> bytes | None:
     """The whole request body, or None if the client left first."""
     message = await receive()
@@ -660,13 +667,17 @@ class FakeUpstream:
         turn: Turn,
         render_body: Callable[[Turn], Json],
         render_stream: Callable[[Turn], StreamParts],
+        content_headers: list[tuple[bytes, bytes]] = _SSE_HEADERS,
+        extra: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
+        """Answer with ``turn``: the whole body (with ``extra`` headers; cut short under a
+        ``cut_after`` directive), or the stream acting out its directives."""
         if not r.stream:
             cut = d.cut_after is not None
             self._record(r, 200, "cut" if cut else "completed", turn)
-            await self._send_json(r, 200, render_body(turn), cut=cut)
+            await self._send_json(r, 200, render_body(turn), extra, cut=cut)
             return
-        await self._stream(r, d, turn, render_stream(turn))
+        await self._stream(r, d, turn, render_stream(turn), content_headers)
 
     async def _stream(self, r: _Req, d: Directives, turn: Turn, parts: StreamParts,
                       content_headers: list[tuple[bytes, bytes]] = _SSE_HEADERS) -> None:
@@ -727,10 +738,12 @@ class FakeUpstream:
 
     async def _begin(self, r: _Req, required: tuple[str, ...],
                      directive_text: Callable[[Json], str], *, anthropic: bool = False,
-                     default_model: str | None = None) -> tuple[Json, Directives] | None:
+                     default_model: str | None = None,
+                     stream_options: bool = False) -> tuple[Json, Directives] | None:
         """The JSON body and the directives of a request that has every ``required`` key
         (else a 400 worded as OpenAI or, with ``anthropic``, as Anthropic words it) and got
-        through the prelude; None when an error was sent instead."""
+        through the prelude (and, for a route that reads ``stream_options``, past a server
+        that refuses it); None when an error was sent instead."""
         body = r.body
         assert body is not None
         for key in required:
@@ -741,19 +754,19 @@ class FakeUpstream:
         if default_model is not None:
             r.model = r.model or default_model
         d = await self._prelude(r, directive_text(body))
-        return None if d is None else (body, d)
+        if d is None or (stream_options and await self._refused_stream_options(r, d)):
+            return None
+        return body, d
 
     async def _chat(self, r: _Req) -> None:
         begun = await self._begin(r, ("model", "messages"),
-                                  lambda body: last_user_text(body["messages"]))
+                                  lambda body: last_user_text(body["messages"]),
+                                  stream_options=True)
         if begun is None:
             return
         body, d = begun
         messages = body["messages"]
-        if await self._refused_stream_options(r, d):
-            return
         tools = body.get("tools")
-        options = body.get("stream_options")
         turn = self._turn(
             r, d,
             object_id="chatcmpl-", item_prefix="msg_", call_prefix="call_",
@@ -761,27 +774,25 @@ class FakeUpstream:
             + count_format(body.get("response_format")),
             max_tokens=first_int(body, ("max_completion_tokens", "max_tokens")),
             tools=tools,
-            include_usage=isinstance(options, dict) and options.get("include_usage") is True,
+            include_usage=_wants_usage(body),
         )
         await self._answer(r, d, turn, chat_body, chat_stream)
 
     async def _completions(self, r: _Req) -> None:
         begun = await self._begin(r, ("model", "prompt"),
-                                  lambda body: last_prompt_text(body["prompt"]))
+                                  lambda body: last_prompt_text(body["prompt"]),
+                                  stream_options=True)
         if begun is None:
             return
         body, d = begun
         prompt = body["prompt"]
-        if await self._refused_stream_options(r, d):
-            return
-        options = body.get("stream_options")
         turn = self._turn(
             r, d,
             object_id="cmpl-", item_prefix="", call_prefix="",
             counted_input=count_prompt(prompt),
             max_tokens=first_int(body, ("max_tokens",)),
             tools=None,
-            include_usage=isinstance(options, dict) and options.get("include_usage") is True,
+            include_usage=_wants_usage(body),
         )
         await self._answer(r, d, turn, completion_body, completion_stream)
 
@@ -1004,13 +1015,12 @@ class FakeUpstream:
 
     async def _messages(self, r: _Req) -> None:
         begun = await self._begin(r, ("model", "messages", "max_tokens"),
-                                  lambda body: last_user_text(body["messages"]), anthropic=True)
+                                  lambda body: last_user_text(body["messages"]), anthropic=True,
+                                  stream_options=True)
         if begun is None:
             return
         body, d = begun
         messages = body["messages"]
-        if await self._refused_stream_options(r, d):
-            return
         tools = body.get("tools")
         turn = self._turn(
             r, d,
