@@ -151,7 +151,7 @@ def _words_message(what: str, labels: list[str], source: str) -> str:
 
 def match_auto_reply(rules: tuple[AutoReplyRule, ...], api: str,
                      body: dict[str, Any]) -> AutoReplyRule | None:
-    if api not in ("chat", "completions", "responses", "messages"):
+    if api not in ("chat", "completions", "responses", "messages", "generate_content"):
         return None
     text = last_user_text(api, body)
     if text is None:
