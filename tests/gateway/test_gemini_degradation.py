@@ -116,3 +116,22 @@ def test_a_budget_past_its_threshold_switches_to_a_cheaper_gemini_model(
     assert [(r.requested_model, r.served_model) for r in rows] == [(PRO, PRO), (PRO, FLASH)]
     assert "downgraded" in rows[1].degraded
     assert rows[1].cost_nano == google_price(FLASH, records[1])
+
+
+def test_a_thinking_budget_is_fitted_to_the_cheaper_model(make_gateway: Any,
+                                                         google: FakeHandle) -> None:
+    """2.5 Pro thinks up to 32,768 tokens, 2.5 Flash up to 24,576: Google refuses more."""
+    gateway = make_gateway({**gemini_upstream(google), "limits": [
+        {"name": "daily", "scope": "project", "window": "day", "unit": "tokens",
+         "amount": 10_000_000, "thresholds": [
+             {"threshold": 0.0000001, "action": "downgrade", "downgrade_to": FLASH}]}]})
+    api = client(gateway, gateway.key()).models
+    config = types.GenerateContentConfig(max_output_tokens=8, thinking_config=types.ThinkingConfig(
+        thinking_budget=30_000))
+    api.generate_content(model=PRO, contents="hi", config=config)
+    api.generate_content(model=PRO, contents="again", config=config)
+    records = google.fake.tally.records
+    assert [r.body["generationConfig"]["thinkingConfig"] for r in records] == [
+        {"thinking_budget": 30_000}, {"thinking_budget": 24_576}]
+    assert [r.status for r in records] == [200, 200]
+    assert [r.served_model for r in gateway.rows()] == [PRO, FLASH]

@@ -30,7 +30,7 @@ from tokenstile.limits.admission import Admission
 from tokenstile.limits.model import Limit, Threshold
 from tokenstile.providers.anthropic import output_format
 from tokenstile.providers.converse import count_converse
-from tokenstile.providers.generate_content import count_gemini
+from tokenstile.providers.generate_content import count_gemini, thinking_for
 from tokenstile.stores.counters import StoreUnavailable
 from tokenstile.types import Ticket
 
@@ -165,6 +165,8 @@ class Degrader:
         ctx.downgraded = why
         req.model = model
         req.body = {**req.body, "model": model}
+        if req.api == "generate_content":  # a budget the cheaper model takes
+            req.body = thinking_for(model, req.body)
         if "downgraded" not in ctx.degraded:
             ctx.degraded.append("downgraded")
 

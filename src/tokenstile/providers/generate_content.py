@@ -380,6 +380,28 @@ def _thinking_within(model: str, cap: int, asked: int | None) -> int:
         param="generationConfig.thinkingConfig.thinkingBudget")
 
 
+def thinking_for(model: str, body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` with its ``thinkingBudget`` fitted to ``model`` (after a switch of model): a
+    budget past the model's largest is lowered to it, one under its least is 0 (thinking
+    off) where the model can stop thinking; otherwise the body as it was."""
+    budget = get(_thinking(body), "thinkingBudget")
+    most = max_thinking(model)
+    if not isinstance(budget, int) or isinstance(budget, bool) or budget <= 0 or not most:
+        return body
+    floor, can_stop = thinking_floor(model)
+    fitted = most if budget > most else 0 if budget < floor and can_stop else budget
+    if fitted == budget:
+        return body
+    config = get(body, "generationConfig")
+    thinking = get(config, "thinkingConfig")
+    config_name, thinking_name = spelled(body, "generationConfig"), \
+        spelled(config, "thinkingConfig")
+    budget_name = spelled(thinking, "thinkingBudget")
+    return {**without(body, "generationConfig"), config_name: {
+        **without(config, "thinkingConfig"),
+        thinking_name: {**without(thinking, "thinkingBudget"), budget_name: fitted}}}
+
+
 def capped_config(model: str, body: dict[str, Any], cap: int) -> dict[str, Any]:
     """``body``'s ``generationConfig`` fitted to ``cap`` tokens of output per answer:
     ``maxOutputTokens`` for what thinking leaves (never above the client's own), and a
