@@ -47,3 +47,24 @@ def test_the_next_listed_change() -> None:
                                                          tzinfo=UTC).timestamp()
     # a model whose listed price does not change
     assert next_listed_change(pricer.genai_info("llama-3.1-8b-instant", "groq"), noon) is None
+
+
+def test_media_prices_follow_a_listed_change_within_the_memo() -> None:
+    """``genai_prices`` (the entry media pricing reads) expires at the next listed change
+    as ``price_for`` does, not an hour after it was looked up."""
+    before = datetime(2026, 3, 2, 16, 29, 50, tzinfo=UTC)
+    after = datetime(2026, 3, 2, 16, 30, 10, tzinfo=UTC)
+    info = Pricer().genai_info("deepseek-chat", "deepseek")
+    assert info.get_prices(before) != info.get_prices(after)
+    clock = FakeClock(before)
+    pricer = Pricer(clock=clock)
+    assert pricer.genai_prices("deepseek-chat", "deepseek") == info.get_prices(before)
+    clock.advance(5)  # still before the change: the memoized entry
+    assert pricer.genai_prices("deepseek-chat", "deepseek") == info.get_prices(before)
+    clock.set(after)
+    assert pricer.genai_prices("deepseek-chat", "deepseek") == info.get_prices(after)
+    # A price that does not change is kept for the memo's hour.
+    steady = Pricer(clock=clock)
+    first = steady.genai_prices("llama-3.1-8b-instant", "groq")
+    assert first is not None and steady._raw[("genai", "groq", "llama-3.1-8b-instant")][1] \
+        == clock.monotonic() + 3600.0

@@ -553,12 +553,9 @@ class Pricer:
                 info = _LOOK_UP if self.override_versions(model, provider) else \
                     self.genai_info(model, provider)
                 price = self._resolve(model, provider, when, info)
-                expires = mono + self._ttl
+                expires = self._memo_until(now, mono, None if info is _LOOK_UP else info)
                 if segment < len(self._edges):  # never past the next version's start
                     expires = min(expires, mono + max(self._edges[segment] - now, 0.0))
-                change = None if info is _LOOK_UP else next_listed_change(info, now)
-                if change is not None:  # nor past a change of genai-prices' own
-                    expires = min(expires, mono + max(change - now, 0.0))
                 with self._lock:
                     if len(self._memo) >= self._MEMO_MAX:
                         self._memo.clear()  # names come from requests: keep it bounded
@@ -572,18 +569,20 @@ class Pricer:
         ``price_for`` finds it, overrides aside), for units ``ModelPrice`` has no field for
         (images, audio hours, characters: ``tokenstile.media``); None when unknown."""
         key = ("genai", provider, model)
-        now = self._clock.monotonic()
+        mono = self._clock.monotonic()
         hit = self._raw.get(key)
-        if hit is not None and hit[1] > now:
+        if hit is not None and hit[1] > mono:
             return hit[0]
         name = model.strip().lower() if isinstance(model, str) else ""
         bare = name.rsplit("/", 1)[1] if "/" in name else name
         known = _genai_provider(provider) if provider else None
-        when = datetime.fromtimestamp(self._clock.now(), UTC)
+        now = self._clock.now()
         found: Any = None
+        info: Any = None
         for prov, ref in self._attempts(name, bare, provider, known) if name else ():
             try:
-                found = _genai_lookup(prov, ref).get_prices(when)
+                info = _genai_lookup(prov, ref)
+                found = info.get_prices(datetime.fromtimestamp(now, UTC))
             except LookupError:
                 continue
             except Exception:  # a malformed snapshot entry must not break billing
@@ -592,8 +591,18 @@ class Pricer:
         with self._lock:
             if len(self._raw) >= self._MEMO_MAX:
                 self._raw.clear()
-            self._raw[key] = (found, now + self._ttl)
+            self._raw[key] = (found, self._memo_until(now, mono, info))
         return found
+
+    def _memo_until(self, now: float, mono: float, info: Any) -> float:
+        """When (on the monotonic clock) a memoized price looked up at ``now`` expires: after
+        the memo's time to live, and never past the next change genai-prices lists for
+        ``info`` (its entry, None when unknown or overridden: ``next_listed_change``)."""
+        expires = mono + self._ttl
+        change = None if info is None else next_listed_change(info, now)
+        if change is not None:
+            expires = min(expires, mono + max(change - now, 0.0))
+        return expires
 
     def known(self, model: str, provider: str | None = None) -> bool:
         return self.price_for(model, provider) is not None

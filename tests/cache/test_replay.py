@@ -234,3 +234,50 @@ def test_replay_events_are_single_events(captured: dict[str, Captured]) -> None:
         assert group_events(events) == replay(cap.case.api, cap.case.wire, cap.body, True, True)
     with pytest.raises(ValueError):
         replay_events("embeddings", "openai", b"{}", False)
+
+
+@st.composite
+def gemini_bodies(draw: st.DrawFn) -> dict[str, Any]:
+    """Gemini answers: text, thoughts and function calls, some with a thought signature; no
+    two text parts of the same kind side by side (a stream's pieces of one part)."""
+    parts: list[dict[str, Any]] = []
+    for kind in draw(st.lists(st.sampled_from(["text", "thought", "call"]), min_size=1,
+                              max_size=5)):
+        if parts and kind != "call" and bool(parts[-1].get("thought")) == (kind == "thought") \
+                and "text" in parts[-1]:
+            continue
+        part: dict[str, Any] = {"functionCall": {"name": draw(names), "args": draw(
+            json_objects)}} if kind == "call" else {"text": draw(st.text(min_size=1,
+                                                                           max_size=60))}
+        if kind == "thought":
+            part["thought"] = True
+        if draw(st.booleans()):
+            part["thoughtSignature"] = "c2ln"
+        parts.append(part)
+    return {"candidates": [{"content": {"role": "model", "parts": parts},
+                            "finishReason": draw(st.sampled_from(["STOP", "MAX_TOKENS"])),
+                            "index": 0}],
+            "usageMetadata": {"promptTokenCount": 4, "candidatesTokenCount": 9,
+                              "totalTokenCount": 13},
+            "modelVersion": "gemini-2.5-flash", "responseId": "r1"}
+
+
+@settings(max_examples=60, deadline=None)
+@given(body=gemini_bodies(), piece=st.integers(1, 40))
+def test_any_gemini_answer_survives_replay(body: dict[str, Any], piece: int) -> None:
+    raw = orjson.dumps(body)
+    chunks = replay("generate_content", "gemini", raw, True, False, piece_chars=piece)
+    assert orjson.loads(assemble_from_stream("generate_content", "gemini", chunks)
+                        or b"null") == body
+
+
+def test_a_gemini_stream_without_a_finish_or_with_an_error_is_not_assembled() -> None:
+    text = b'data: {"candidates": [{"content": {"parts": [{"text": "hi"}]}, "index": 0}]}\r\n\r\n'
+    assert assemble_from_stream("generate_content", "gemini", [text]) is None
+    error = b'data: {"error": {"code": 500, "message": "x", "status": "INTERNAL"}}\r\n\r\n'
+    finish = b'data: {"candidates": [{"finishReason": "STOP", "index": 0}]}\r\n\r\n'
+    assert assemble_from_stream("generate_content", "gemini", [text, error, finish]) is None
+    whole = assemble_from_stream("generate_content", "gemini", [text, finish])
+    assert whole is not None and orjson.loads(whole) == {"candidates": [
+        {"content": {"role": "model", "parts": [{"text": "hi"}]}, "index": 0,
+         "finishReason": "STOP"}]}

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tokenstile.degrade.trim import trim_messages, truncate_text
+from tokenstile.providers.generate_content import count_gemini
 from tokenstile.tokens import count_chat
 
 
@@ -77,6 +78,26 @@ def test_anthropic_tool_results_stay_with_their_tool_use() -> None:
     assert result is not None
     assert result_turn not in result.messages or use in result.messages
     assert result.messages[0]["role"] == "user"
+
+
+def test_gemini_function_responses_stay_with_their_calls_and_the_first_turn_is_a_user_one(
+        ) -> None:
+    def gemini_count(contents: list[dict[str, Any]]) -> int:
+        return count_gemini("gemini-2.5-flash", {"contents": contents})
+
+    call = {"role": "model", "parts": [{"functionCall": {"name": "f", "args": {
+        "q": "x" * 200}}}]}
+    response = {"role": "user", "parts": [{"functionResponse": {"name": "f", "response": {
+        "r": "ok"}}}]}
+    answer = {"role": "model", "parts": [{"text": "fine"}]}
+    history = [{"parts": [{"text": "start " * 50}]}, call, response, answer,
+               {"parts": [{"text": "more"}]}]
+    for budget in range(gemini_count(history[-1:]), gemini_count(history)):
+        result = trim_messages(history, budget, gemini_count, None, must_start_with_user=True)
+        assert result is not None, budget
+        kept = result.messages
+        assert (call in kept) == (response in kept), budget
+        assert kept[0] is not answer and kept[0] is not call  # a role-less content is a user's
 
 
 def test_truncates_the_newest_turn_when_it_alone_is_too_long() -> None:

@@ -159,3 +159,20 @@ def test_google_errors_reach_the_openai_sdk_in_its_shape(gemini: Gateway) -> Non
     with pytest.raises(openai.BadRequestError) as unsupported:
         api.embeddings.create(model=FLASH, input="hi")
     assert "served by the Gemini upstream 'google'" in unsupported.value.message
+
+
+def test_a_small_chat_cap_on_a_model_that_must_think_is_a_budget_google_takes_or_a_422(
+        gemini: Gateway, fake: FakeHandle) -> None:
+    api = chat_client(gemini, gemini.key())
+    api.chat.completions.create(model="gemini-2.5-pro", max_tokens=200,
+                                messages=[{"role": "user", "content": "hi"}])
+    api.chat.completions.create(model="gemini-2.5-flash-lite", max_tokens=200,
+                                messages=[{"role": "user", "content": "hi"}])
+    assert [r.body["generationConfig"] for r in fake.fake.tally.records] == [
+        {"thinkingConfig": {"thinkingBudget": 128}, "maxOutputTokens": 72},
+        {"thinkingConfig": {"thinkingBudget": 0}, "maxOutputTokens": 200}]
+    with pytest.raises(openai.UnprocessableEntityError) as refused:
+        api.chat.completions.create(model="gemini-2.5-pro", max_tokens=100,
+                                    messages=[{"role": "user", "content": "hi"}])
+    assert "always thinks, at least 128 tokens" in refused.value.message
+    assert fake.fake.tally.requests == 2

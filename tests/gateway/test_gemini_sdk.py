@@ -6,61 +6,20 @@ by the SDK as the ``ClientError`` / ``ServerError`` Google's error shape makes."
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
 import genai_prices
 import httpx2 as httpx
 import pytest
-from google import genai
 from google.genai import errors, types
 
 from tests.conftest import FakeHandle, Gateway
+from tests.gateway.genai_clients import FLASH, GOOGLE_KEY, PRO, client, gemini_upstream
 from tokenstile.testing.fake_upstream import reply_text
 from tokenstile.types import LedgerRow
 
-GOOGLE_KEY = "AIza-upstream-google-key-0123456789"
-FLASH = "gemini-2.5-flash"
-PRO = "gemini-2.5-pro"
 WEB_SEARCH_USD = Decimal("0.035")  # genai-prices: $35 per thousand grounded prompts
-
-
-@pytest.fixture
-def google(fake: FakeHandle) -> Iterator[FakeHandle]:
-    """The fake answers only the gateway's own Google key (as Google does)."""
-    fake.fake.settings.require_key = GOOGLE_KEY
-    yield fake
-    fake.fake.settings.require_key = None
-
-
-def gemini_upstream(fake: FakeHandle, **extra: Any) -> dict[str, Any]:
-    return {"upstreams": {"google": {"kind": "gemini", "base_url": fake.url,
-                                     "api_key": GOOGLE_KEY, **extra}}}
-
-
-@pytest.fixture
-def gemini(make_gateway: Any, google: FakeHandle) -> Gateway:
-    gateway: Gateway = make_gateway(gemini_upstream(google))
-    return gateway
-
-
-_CLIENTS: list[genai.Client] = []
-
-
-@pytest.fixture(autouse=True)
-def _keep_clients() -> Iterator[None]:
-    """A ``genai.Client`` closes its HTTP client when it is collected: each test's stay
-    alive until it ends."""
-    yield
-    _CLIENTS.clear()
-
-
-def client(gateway: Gateway, key: str, **options: Any) -> genai.Client:
-    made = genai.Client(api_key=key, http_options=types.HttpOptions(
-        base_url=gateway.url, **options))
-    _CLIENTS.append(made)
-    return made
 
 
 def google_price(model: str, record: Any) -> int:
@@ -255,7 +214,8 @@ def test_a_per_request_output_cap_rewrites_max_output_tokens_and_the_thinking_bu
         {"maxOutputTokens": 300},  # no thinking: the cap is all answer
         # Fits: as the SDK sent it (thinkingConfig's fields in snake case).
         {"maxOutputTokens": 100, "thinkingConfig": {"thinking_budget": 100}},
-        {"maxOutputTokens": 150, "thinkingConfig": {"thinkingBudget": 150}},  # 24,576 won't
+        # 24,576 won't: thinking gets what the client's own 100 leaves, never raised.
+        {"maxOutputTokens": 100, "thinkingConfig": {"thinkingBudget": 200}},
     ]
     rows = gateway.rows()
     assert [r.flags for r in rows] == [["max_tokens_clamped:answer"], [],

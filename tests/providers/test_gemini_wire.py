@@ -141,8 +141,10 @@ def test_caps_are_written_into_generation_config_and_bound_thinking() -> None:
     req = ADAPTER.parse("generate_content", sent)
     assert output_cap_field(req) == "generationConfig.maxOutputTokens"
     set_output_cap(req, 1000)
-    assert req.body["generationConfig"] == {"temperature": 0.1, "maxOutputTokens": 500,
-                                            "thinkingConfig": {"thinkingBudget": 500}}
+    # Each field as the client spelled it, its other spelling gone.
+    assert req.body["generationConfig"] == {"temperature": 0.1, "max_output_tokens": 500,
+                                            "thinking_config": {"thinking_budget": 500}}
+    assert req.output_cap_field == "generationConfig.max_output_tokens"
     assert req.output_cap == 1000 and cap_value(req.body, req.output_cap_field) == 500
     assert sent == before  # the client's body is untouched
     lite = ADAPTER.parse("generate_content", request("gemini-2.0-flash", generationConfig={

@@ -161,6 +161,11 @@ def cut_by_output_cap(api: ApiKind, wire: WireFormat, body: bytes) -> bool:
         return True
     if wire == "anthropic":
         return bool(payload.get("stop_reason") == "max_tokens")
+    if wire == "gemini":
+        candidates = payload.get("candidates")
+        return not isinstance(candidates, list) or not candidates or any(
+            not isinstance(c, dict) or c.get("finishReason") == "MAX_TOKENS"
+            for c in candidates)
     if api == "responses":
         details = payload.get("incomplete_details")
         return payload.get("status") == "incomplete" and (

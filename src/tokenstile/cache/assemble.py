@@ -5,7 +5,8 @@ one entry serves both kinds of client. Each assembler takes the upstream's event
 time (keeping only the answer built so far, not the events) and yields the body only when
 the stream demonstrably finished: OpenAI's ``[DONE]`` after a finish reason for every
 choice, the Responses API's final ``response.completed`` / ``response.incomplete``,
-Anthropic's ``message_stop``. A stream that broke off, carried an error, or holds
+Anthropic's ``message_stop``, a ``finishReason`` for every Gemini candidate
+(``cache/gemini.py``). A stream that broke off, carried an error, or holds
 something this module cannot rebuild exactly (audio) yields None: it is not cached.
 """
 
@@ -16,6 +17,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from tokenstile.cache.gemini import GeminiAssembler
 from tokenstile.providers.sse import EventSplitter, event_fields, json_object
 from tokenstile.types import ApiKind, WireFormat
 
@@ -372,6 +374,8 @@ def assembler_for(api: ApiKind, wire: WireFormat) -> StreamAssembler | None:
     """An incremental assembler for streams of this kind; None if it never streams."""
     if wire == "anthropic":
         return MessagesAssembler() if api == "messages" else None
+    if wire == "gemini":
+        return GeminiAssembler() if api == "generate_content" else None
     if api == "chat":
         return ChatAssembler()
     if api == "completions":

@@ -16,7 +16,8 @@ match byte for byte.
 Requests that get no key (:func:`uncacheable_reason` says why):
 
 - token counting (free already);
-- server-executed tools (web search, file search, code execution, MCP, image generation…):
+- server-executed tools (web search, file search, code execution, MCP, image generation,
+  Gemini's ``googleSearch``, ``codeExecution``, ``urlContext``…):
   their results change over time and may act in the world, and a replay would silently
   skip that. Client-executed tools (functions, custom tools, computer use, shells, editors)
   are fine: the model only proposes the call, the client carries it out;
@@ -52,6 +53,8 @@ _OPENAI_IGNORED = frozenset({
 })
 _RESPONSES_IGNORED = _OPENAI_IGNORED - {"store"}
 _ANTHROPIC_IGNORED = frozenset({"model", "stream", "metadata", "service_tier"})
+_GEMINI_IGNORED = frozenset({"model", "stream"})  # the URL's, put in the body by the gateway
+_GEMINI_CLIENT_TOOLS = frozenset({"functionDeclarations", "function_declarations"})
 
 # Tool types the client executes itself (anything else runs on the provider's side).
 _OPENAI_CLIENT_TOOLS = frozenset({
@@ -79,6 +82,18 @@ def _server_tool(tools: Any, client_types: frozenset[str] | None) -> str | None:
     return None
 
 
+def _gemini_server_tool(tools: Any) -> str | None:
+    """The first of a Gemini request's tools that Google runs (``googleSearch``,
+    ``codeExecution``, ``urlContext``…): anything but function declarations."""
+    for tool in tools if isinstance(tools, list) else ():
+        if isinstance(tool, dict):
+            kind: str | None = next((str(name) for name in tool
+                                     if name not in _GEMINI_CLIENT_TOOLS), None)
+            if kind is not None:
+                return kind
+    return None
+
+
 def uncacheable_reason(req: CanonicalRequest) -> str | None:
     """Why this request must not be answered from (or stored in) the cache; None if it may."""
     body = req.body
@@ -86,11 +101,11 @@ def uncacheable_reason(req: CanonicalRequest) -> str | None:
         return "token counting is free"
     if req.wire == "bedrock":
         return "answers on Bedrock routes are not cached"
-    if req.wire == "gemini":
-        return "answers on Gemini routes are not cached"
     if req.media is not None or req.files is not None or req.api == "batches":
         return "images, audio, moderations, files and batches are not cached"
-    if req.wire == "anthropic":
+    if req.wire == "gemini":
+        kind = _gemini_server_tool(body.get("tools"))
+    elif req.wire == "anthropic":
         if body.get("mcp_servers"):
             return "MCP servers run on the provider's side"
         if body.get("container") is not None:
@@ -123,6 +138,8 @@ def normalized_body(req: CanonicalRequest) -> dict[str, Any]:
     """The body fields that make up the key, top-level values in canonical form."""
     if req.wire == "anthropic":
         ignored = _ANTHROPIC_IGNORED
+    elif req.wire == "gemini":
+        ignored = _GEMINI_IGNORED
     elif req.api == "responses":
         ignored = _RESPONSES_IGNORED
     else:

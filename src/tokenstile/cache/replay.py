@@ -12,7 +12,9 @@ stream accumulators included) rebuild exactly the cached body:
   ``added`` / part / delta / ``done`` events, then ``response.completed`` (or
   ``response.incomplete``) with the cached response, numbered by ``sequence_number``;
 - Anthropic messages: ``message_start`` … ``content_block_*`` … ``message_delta``,
-  ``message_stop``.
+  ``message_stop``;
+- Gemini: a chunk per part (text in pieces), then one with each candidate's
+  ``finishReason`` and the ``usageMetadata`` (``cache/gemini.py``).
 
 Text is cut into pieces of ``piece_chars`` characters (the answer is all there, so there is
 no reason to dribble it out a token at a time), and the events are grouped into writes of
@@ -27,6 +29,7 @@ from typing import Any
 import orjson
 
 from tokenstile.cache.answer import CachedAnswer, wants_stream_usage
+from tokenstile.cache.gemini import gemini_events
 from tokenstile.types import ApiKind, CanonicalRequest, WireFormat
 
 Json = dict[str, Any]
@@ -82,6 +85,8 @@ def replay_events(
     pieces = max(1, piece_chars)
     if wire == "anthropic" and api == "messages":
         return list(_messages_events(payload, pieces))
+    if wire == "gemini" and api == "generate_content":
+        return list(gemini_events(payload, pieces))
     if wire == "openai" and api == "chat":
         return list(_chat_events(payload, include_usage, pieces))
     if wire == "openai" and api == "completions":

@@ -30,6 +30,7 @@ from tokenstile.limits.admission import Admission
 from tokenstile.limits.model import Limit, Threshold
 from tokenstile.providers.anthropic import output_format
 from tokenstile.providers.converse import count_converse
+from tokenstile.providers.generate_content import count_gemini, thinking_for
 from tokenstile.stores.counters import StoreUnavailable
 from tokenstile.types import Ticket
 
@@ -41,6 +42,10 @@ log = logging.getLogger("tokenstile.degrade")
 Summarizer = Callable[["RequestContext", list[Message]], Awaitable[str]]
 
 SUMMARY_PREFIX = "Summary of the earlier conversation: "
+# The APIs whose conversations are trimmed, and the field that holds the turns (Gemini's
+# ``systemInstruction`` is apart from its ``contents``, so it always stays).
+_TRIMMED = {"chat": "messages", "messages": "messages", "converse": "messages",
+            "generate_content": "contents"}
 
 
 def _count_fn(ctx: RequestContext) -> Callable[[list[Message]], int]:
@@ -48,6 +53,8 @@ def _count_fn(ctx: RequestContext) -> Callable[[list[Message]], int]:
     body = req.body
     if req.api == "converse":
         return lambda messages: count_converse(req.model, {**body, "messages": messages})
+    if req.api == "generate_content":  # the system instruction and tools counted too
+        return lambda contents: count_gemini(req.model, {**body, "contents": contents})
     if req.api == "messages":  # Anthropic's Messages, on Bedrock's InvokeModel too
         fmt = output_format(body)
         return lambda messages: tokens.count_anthropic(req.model, messages, body.get("system"),
@@ -83,10 +90,10 @@ class Degrader:
         feature = self.config.features.get(req.feature or "") if req.feature else None
         if feature is None or feature.max_input is None or feature.over_budget == "reject":
             return
-        if req.input_tokens <= feature.max_input or req.api not in ("chat", "messages",
-                                                                     "converse"):
+        if req.input_tokens <= feature.max_input or req.api not in _TRIMMED:
             return
-        messages = req.body.get("messages")
+        field = _TRIMMED[req.api]
+        messages = req.body.get(field)
         if not isinstance(messages, list):
             return
         count = _count_fn(ctx)
@@ -97,7 +104,7 @@ class Degrader:
                                 must_start_with_user=req.api != "chat")
         if trimmed is None:
             return  # even the newest turn does not fit: admission refuses it with 422
-        req.body = {**req.body, "messages": trimmed.messages}
+        req.body = {**req.body, field: trimmed.messages}
         req.input_tokens = recount()
         if trimmed.dropped or trimmed.truncated:
             ctx.degraded.append("trimmed")
@@ -158,6 +165,8 @@ class Degrader:
         ctx.downgraded = why
         req.model = model
         req.body = {**req.body, "model": model}
+        if req.api == "generate_content":  # a budget the cheaper model takes
+            req.body = thinking_for(model, req.body)
         if "downgraded" not in ctx.degraded:
             ctx.degraded.append("downgraded")
 

@@ -1,8 +1,9 @@
 """Trim a conversation to an input budget: keep the system prompt and the most recent turns
 that fit, never separating an assistant's tool calls from their results.
 
-Pure functions: the token count is passed in, so the same code serves OpenAI and Anthropic
-message shapes and is tested with plain values.
+Pure functions: the token count is passed in, so the same code serves OpenAI, Anthropic,
+Converse and Gemini message shapes (Gemini's ``contents``: ``role`` user/model, ``parts``)
+and is tested with plain values.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ def _units(messages: Sequence[Message]) -> list[list[Message]]:
     OpenAI: an assistant message with ``tool_calls`` and the ``tool`` messages after it.
     Anthropic: an assistant turn with ``tool_use`` blocks and the user turn carrying the
     matching ``tool_result`` blocks (Bedrock's Converse: ``toolUse`` and ``toolResult``).
+    Gemini: a model content with ``functionCall`` parts and the user content with the
+    ``functionResponse`` parts after it.
     """
     units: list[list[Message]] = []
     for message in messages:
@@ -54,16 +57,35 @@ def _tool_ids_called(message: Message) -> set[str]:
             use = block.get("toolUse") if isinstance(block, dict) else None
             if isinstance(use, dict) and isinstance(use.get("toolUseId"), str):
                 ids.add(use["toolUseId"])
+    for part in _parts(message):
+        call = part.get("functionCall") or part.get("function_call")
+        if isinstance(call, dict):  # Gemini's calls pair by order, an id is optional
+            ids.add(str(call.get("id") or call.get("name") or "call"))
     return ids
+
+
+def _parts(message: Message) -> list[dict[str, Any]]:
+    """A Gemini content's parts (none for other shapes)."""
+    parts = message.get("parts")
+    return [p for p in parts if isinstance(p, dict)] if isinstance(parts, list) else []
 
 
 def _answers_tool(message: Message) -> bool:
     if message.get("role") == "tool":
         return True
+    if _role(message) == "user" and any("functionResponse" in p or "function_response" in p
+                                       for p in _parts(message)):
+        return True
     content = message.get("content")
     return message.get("role") == "user" and isinstance(content, list) and any(
         isinstance(b, dict) and (b.get("type") == "tool_result" or "toolResult" in b)
         for b in content)
+
+
+def _role(message: Message) -> Any:
+    """The message's role; a Gemini content without one is the user's."""
+    role = message.get("role")
+    return "user" if role is None and "parts" in message else role
 
 
 def _continues_tool_exchange(unit: list[Message], message: Message) -> bool:
@@ -117,7 +139,7 @@ def trim_messages(messages: Sequence[Message], budget: int, count: CountFn,
         else:
             break
     if must_start_with_user:
-        while kept and kept[0][0].get("role") != "user":
+        while kept and _role(kept[0][0]) != "user":
             kept.pop(0)
     if kept:
         flat = [m for u in kept for m in u]

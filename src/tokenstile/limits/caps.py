@@ -56,6 +56,19 @@ def set_output_cap(req: CanonicalRequest, cap: int) -> None:
     req.output_cap, req.output_cap_field = cap * answers(req.body), name
 
 
+def requested_cap(req: CanonicalRequest) -> tuple[str | None, Any, int]:
+    """The output cap a request sets, as the max_tokens policy reads it: the field as the
+    client spelled it, its value, and what thinking the value includes. A Gemini cap is
+    ``maxOutputTokens`` or ``max_output_tokens`` plus the thinking its ``thinkingConfig``
+    allows (``providers.generate_content.requested_cap``)."""
+    if req.api == "generate_content":
+        from tokenstile.providers.generate_content import requested_cap as gemini_cap
+
+        return gemini_cap(req.model, req.body)
+    field = req.output_cap_field
+    return field, cap_value(req.body, field), 0
+
+
 def cap_value(body: dict[str, Any], field: str | None) -> Any:
     """The value of an output cap field in a body (a dotted field inside its object)."""
     if not field:

@@ -1,8 +1,9 @@
 """Canned answers in the endpoint's own shape, whole or streamed, with zero usage.
 
 The shapes are the ones OpenAI's SDK parses for chat completions, legacy completions and
-the Responses API, and Anthropic's SDK for Messages, so a client cannot tell an auto-reply
-from a short model answer except by the ``x-tokenstile-auto-reply`` header.
+the Responses API, Anthropic's SDK for Messages, and the ``google-genai`` SDK for Gemini's
+``generateContent`` (its stream: one SSE chunk), so a client cannot tell an auto-reply from
+a short model answer except by the ``x-tokenstile-auto-reply`` header.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ def render(api: str, model: str, text: str, *, stream: bool, created: int, ident
         return _completion(model, text, stream, created, ident, include_usage)
     if api == "messages":
         return _messages(model, text, stream, ident)
+    if api == "generate_content":
+        return _gemini(model, text, stream, ident)
     return _responses(model, text, stream, created, ident)
 
 
@@ -147,3 +150,16 @@ def _messages(model: str, text: str, stream: bool, ident: str) -> AutoReply:
         {"type": "message_stop"},
     ]
     return _sse([_event(event) for event in events])
+
+
+_GEMINI_USAGE: Json = {"promptTokenCount": 0, "candidatesTokenCount": 0, "totalTokenCount": 0}
+
+
+def _gemini(model: str, text: str, stream: bool, ident: str) -> AutoReply:
+    answer: Json = {"candidates": [{"content": {"role": "model", "parts": [{"text": text}]},
+                                    "finishReason": "STOP", "index": 0}],
+                    "usageMetadata": _GEMINI_USAGE, "modelVersion": model,
+                    "responseId": ident}
+    if not stream:
+        return _whole(answer)
+    return _sse([b"data: " + orjson.dumps(answer) + b"\r\n\r\n"])

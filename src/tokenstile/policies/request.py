@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from tokenstile.limits.caps import cap_value, output_cap_field
+from tokenstile.limits.caps import output_cap_field, requested_cap
 from tokenstile.policies.decisions import Block, Decision, Flag, Rewrite, where
 from tokenstile.policies.rules import LimitRule, MaxTokensRule, ModelsRule, UserIdsRule, WordRule
 from tokenstile.policies.scanner import Span, WordFinder, scan_whole
@@ -83,8 +83,7 @@ def check_max_tokens(rule: MaxTokensRule, req: CanonicalRequest) -> Decision | N
     if req.api in ("embeddings", "count_tokens") or req.media is not None or \
             req.api in ("files", "batches"):
         return None  # no output cap to set: images, audio and batches are bounded apart
-    field = req.output_cap_field
-    value = cap_value(req.body, field)
+    field, value, thinking = requested_cap(req)
     if isinstance(value, int) and value <= rule.limit:
         return None
     if rule.mode == "clamp":
@@ -95,8 +94,11 @@ def check_max_tokens(rule: MaxTokensRule, req: CanonicalRequest) -> Decision | N
         return Block("max_tokens", "max_tokens_required",
                      f"{name} is required {where(rule.source)}: set it to {rule.limit} or "
                      "less", name, rule.shadow)
+    what = f"{field} {value}" if not thinking else \
+        f"{field} {value - thinking} plus up to {thinking} tokens of thinking (set " \
+        "thinkingConfig.thinkingBudget to think less)"
     return Block("max_tokens", "max_tokens_exceeded",
-                 f"{field} {value} exceeds the limit of {rule.limit} {where(rule.source)}",
+                 f"{what} exceeds the limit of {rule.limit} {where(rule.source)}",
                  field, rule.shadow)
 
 
@@ -149,7 +151,7 @@ def _words_message(what: str, labels: list[str], source: str) -> str:
 
 def match_auto_reply(rules: tuple[AutoReplyRule, ...], api: str,
                      body: dict[str, Any]) -> AutoReplyRule | None:
-    if api not in ("chat", "completions", "responses", "messages"):
+    if api not in ("chat", "completions", "responses", "messages", "generate_content"):
         return None
     text = last_user_text(api, body)
     if text is None:

@@ -20,7 +20,7 @@ from tokenstile.policies.builtin_lists import BUILTIN_LISTS, LIST_ALIASES
 WordAction = Literal["audit", "redact", "block"]
 ReflectionAction = Literal["none", "audit", "redact", "block"]
 WORD_ACTIONS: tuple[WordAction, ...] = ("audit", "redact", "block")
-ApiName = Literal["chat", "completions", "responses", "messages"]
+ApiName = Literal["chat", "completions", "responses", "messages", "generate_content"]
 POLICY_NAMES = (
     "models", "enforce_user_ids", "max_prompt_chars", "max_input_tokens", "max_tokens",
     "request_wordlists", "auto_replies", "auto_moderate", "retries", "response_wordlists",

@@ -58,6 +58,8 @@ def last_user_text(api: str, body: dict[str, Any]) -> str | None:
         if isinstance(prompt, list) and len(prompt) == 1:
             prompt = prompt[0]
         return prompt if isinstance(prompt, str) else None
+    if api == "generate_content":
+        return _gemini_user_text(body.get("contents"))
     items: Any = body.get("messages") if api in ("chat", "messages") else body.get("input")
     if isinstance(items, str):
         return items
@@ -72,6 +74,19 @@ def last_user_text(api: str, body: dict[str, Any]) -> str | None:
                 return "".join(p["text"] for p in content
                                if isinstance(p, dict) and isinstance(p.get("text"), str))
             return None
+    return None
+
+
+def _gemini_user_text(contents: Any) -> str | None:
+    """The text of Gemini's last user content (a content without a role is the user's);
+    None when it has no text (a function response)."""
+    items: list[Any] = contents if isinstance(contents, list) else []
+    for content in reversed(items):
+        if isinstance(content, dict) and content.get("role", "user") == "user":
+            parts: Any = content.get("parts")
+            texts = [p["text"] for p in parts if isinstance(p, dict) and
+                     isinstance(p.get("text"), str)] if isinstance(parts, list) else []
+            return "".join(texts) if texts else None
     return None
 
 

@@ -33,7 +33,7 @@ from functools import lru_cache
 from typing import Any
 
 from tokenstile import tokens
-from tokenstile.errors import bad_request
+from tokenstile.errors import GatewayError, bad_request
 from tokenstile.providers.answers import AnswerText, dumps_text
 from tokenstile.providers.base import checked_int
 from tokenstile.providers.counts import token_count
@@ -57,6 +57,12 @@ _MAX_THINKING: tuple[tuple[str, int], ...] = (
     ("gemini-3", 32_768), ("gemini-2.5-pro", 32_768), ("gemini-2.5-flash", 24_576),
     ("gemini-2.5", 32_768),
 )
+# Least thinking budget per model family when thinking is on (Google refuses less), and the
+# families whose thinking cannot be turned off.
+_MIN_THINKING: tuple[tuple[str, int], ...] = (
+    ("gemini-2.5-pro", 128), ("gemini-2.5-flash-lite", 512),
+)
+_ALWAYS_THINKS = ("gemini-2.5-pro",)
 _MAX_PARTS = 4096
 _AUDIO = "AUDIO"
 
@@ -299,33 +305,119 @@ def output_worst_case(model: str, body: dict[str, Any]) -> int | None:
     return (cap + thinking_allowance(model, body)) * candidate_count(body)
 
 
+def spelled(node: Any, name: str) -> str:
+    """The spelling of ``name`` a request object uses: its proto name when only that is
+    given, or when neither is and the object's other fields are proto names; else its JSON
+    name (what ``get`` reads first)."""
+    if not isinstance(node, dict) or node.get(name) is not None:
+        return name
+    if node.get(snake(name)) is not None or (node and all("_" in k for k in node)):
+        return snake(name)
+    return name
+
+
+def _given_int(node: Any, name: str) -> int | None:
+    value = get(node, name)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def requested_cap(model: str, body: dict[str, Any]) -> tuple[str, int | None, int]:
+    """The output cap a request sets for one answer, as the max_tokens policy reads it: the
+    field as the client spelled it (``generationConfig.maxOutputTokens`` or
+    ``generation_config.max_output_tokens``), the cap with what the answer may think added
+    (None when no cap is set), and that thinking (``thinking_allowance``)."""
+    config = get(body, "generationConfig")
+    field = f"{spelled(body, 'generationConfig')}.{spelled(config, 'maxOutputTokens')}"
+    cap = _given_int(config, "maxOutputTokens")
+    thinking = thinking_allowance(model, body)
+    return field, None if cap is None else cap + thinking, thinking
+
+
+def thinking_floor(model: str) -> tuple[int, bool]:
+    """The least a thinking budget may be for ``model`` (Google refuses less), and whether
+    its thinking can be turned off (``thinkingBudget: 0``)."""
+    name = model.strip().lower().removeprefix("models/")
+    floor = next((value for prefix, value in _MIN_THINKING if name.startswith(prefix)), 1)
+    return floor, not name.startswith(_ALWAYS_THINKS)
+
+
+def _thinking_within(model: str, cap: int, asked: int | None) -> int:
+    """The thinking budget that leaves room for an answer in ``cap`` tokens: what the
+    client's answer cap leaves, else half, never under the model's least; 0 (thinking off)
+    when even that would not fit, or a refusal for a model that must think."""
+    thinking = cap - asked if asked is not None and asked < cap // 2 else cap // 2
+    floor, can_stop = thinking_floor(model)
+    thinking = max(thinking, floor)
+    if thinking < cap:
+        return thinking
+    if can_stop:
+        return 0
+    raise GatewayError(
+        422, f"{model} always thinks, at least {floor:,} tokens (thinkingBudget), and the "
+        f"output cap this gateway applies is {cap:,} tokens per answer: no room for an "
+        f"answer. Use a model that can answer without thinking, or ask the operator for an "
+        f"output limit above {floor:,}", code="output_cap_below_thinking_floor",
+        param="generationConfig.thinkingConfig.thinkingBudget")
+
+
+def thinking_for(model: str, body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` with its ``thinkingBudget`` fitted to ``model`` (after a switch of model): a
+    budget past the model's largest is lowered to it, one under its least is 0 (thinking
+    off) where the model can stop thinking; otherwise the body as it was."""
+    budget = get(_thinking(body), "thinkingBudget")
+    most = max_thinking(model)
+    if not isinstance(budget, int) or isinstance(budget, bool) or budget <= 0 or not most:
+        return body
+    floor, can_stop = thinking_floor(model)
+    fitted = most if budget > most else 0 if budget < floor and can_stop else budget
+    if fitted == budget:
+        return body
+    config = get(body, "generationConfig")
+    thinking = get(config, "thinkingConfig")
+    config_name, thinking_name = spelled(body, "generationConfig"), \
+        spelled(config, "thinkingConfig")
+    budget_name = spelled(thinking, "thinkingBudget")
+    return {**without(body, "generationConfig"), config_name: {
+        **without(config, "thinkingConfig"),
+        thinking_name: {**without(thinking, "thinkingBudget"), budget_name: fitted}}}
+
+
 def capped_config(model: str, body: dict[str, Any], cap: int) -> dict[str, Any]:
     """``body``'s ``generationConfig`` fitted to ``cap`` tokens of output per answer:
-    ``maxOutputTokens`` for what thinking leaves, and a ``thinkingBudget`` (half the room)
-    when the thinking allowed would not fit."""
+    ``maxOutputTokens`` for what thinking leaves (never above the client's own), and a
+    ``thinkingBudget`` (``_thinking_within``) when the thinking allowed would not fit. Each
+    field keeps the spelling the client gave it, and its other spelling is dropped."""
     given = get(body, "generationConfig")
+    asked = _given_int(given, "maxOutputTokens")
+    cap_name = spelled(given, "maxOutputTokens")
     config = without(given, "maxOutputTokens") if isinstance(given, dict) else {}
     thinking = thinking_allowance(model, body)
     if thinking and thinking >= cap:
-        thinking = cap // 2
+        thinking = _thinking_within(model, cap, asked)
         current = get(config, "thinkingConfig")
+        budget_name = spelled(current, "thinkingBudget")
         rewritten = without(current, "thinkingBudget", "thinkingLevel") \
             if isinstance(current, dict) else {}
-        rewritten["thinkingBudget"] = thinking
+        rewritten[budget_name] = thinking
+        config_name = spelled(config, "thinkingConfig")
         config = without(config, "thinkingConfig")
-        config["thinkingConfig"] = rewritten
-    config["maxOutputTokens"] = cap - thinking
+        config[config_name] = rewritten
+    answer = cap - thinking
+    config[cap_name] = answer if asked is None else min(asked, answer)
     return config
 
 
 def set_gemini_cap(req: CanonicalRequest, cap: int) -> None:
     """Make the request's worst case (every candidate, thinking included) fit ``cap``
-    tokens of output (``capped_config``). The client's body is untouched."""
+    tokens of output (``capped_config``), in the ``generationConfig`` the client spelled.
+    The client's body is untouched."""
     answers = candidate_count(req.body)
     per = max(cap // answers, 1)
-    req.body = {**without(req.body, "generationConfig"),
-                "generationConfig": capped_config(req.model, req.body, per)}
-    req.output_cap, req.output_cap_field = per * answers, CAP_FIELD
+    name = spelled(req.body, "generationConfig")
+    config = capped_config(req.model, req.body, per)
+    req.body = {**without(req.body, "generationConfig"), name: config}
+    req.output_cap = per * answers
+    req.output_cap_field = f"{name}.{spelled(config, 'maxOutputTokens')}"
 
 
 def gemini_terms(body: dict[str, Any]) -> PriceTerms:

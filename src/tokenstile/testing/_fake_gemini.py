@@ -15,6 +15,10 @@ content included; ``cached_tokens`` directive → ``cachedContentTokenCount``),
 the answer), audio by modality. A stream sends one chunk per token, each carrying the
 prompt's count only, and a last chunk with the ``finishReason`` and the whole usage; the
 ``cut_after``, ``error_after`` and ``no_usage`` directives act on it as on the other APIs.
+
+``generationConfig`` is read by either spelling of its fields (``maxOutputTokens`` or
+``max_output_tokens``), and a ``thinkingBudget`` is refused as Google refuses it: outside
+the model's range (``THINKING_RANGES``; -1 is dynamic), or 0 for a model that always thinks.
 """
 
 from __future__ import annotations
@@ -38,6 +42,36 @@ _STATUSES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_D
              503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
 _FINISH = {"stop": "STOP", "length": "MAX_TOKENS", "tool": "STOP"}
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+# Google's thinking budget ranges per model family (least, most, whether 0 turns it off),
+# longest prefix first.
+THINKING_RANGES: tuple[tuple[str, int, int, bool], ...] = (
+    ("gemini-2.5-pro", 128, 32_768, False), ("gemini-2.5-flash-lite", 512, 24_576, True),
+    ("gemini-2.5-flash", 1, 24_576, True),
+)
+
+
+def field(node: Any, name: str, proto: str) -> Any:
+    """A request field by its JSON name or its proto name, as Google reads it."""
+    if not isinstance(node, dict):
+        return None
+    return node.get(name) if node.get(name) is not None else node.get(proto)
+
+
+def thinking_refusal(model: str, config: Any) -> str | None:
+    """Google's message for a thinking budget the model does not take."""
+    thinking = field(config, "thinkingConfig", "thinking_config")
+    budget = field(thinking, "thinkingBudget", "thinking_budget")
+    if not isinstance(budget, int) or budget == -1:
+        return None
+    for prefix, least, most, can_stop in THINKING_RANGES:
+        if model.startswith(prefix):
+            if budget == 0:
+                return None if can_stop else \
+                    "Budget 0 is invalid. This model only works in thinking mode."
+            if not least <= budget <= most:
+                return f"The thinking budget {budget} is invalid. Please choose a value " \
+                    f"between {least} and {most}."
+    return None
 
 
 
@@ -231,12 +265,16 @@ class GeminiRoutes:
             await self.fake._error(r, 400, "* GenerateContentRequest.contents: contents is "
                                    "not specified")
             return
+        config = field(body, "generationConfig", "generation_config")
+        refusal = thinking_refusal(model, config)
+        if refusal is not None:
+            await self.fake._error(r, 400, refusal)
+            return
         d = await self.fake._prelude(r, last_user_text(contents))
         if d is None:
             return
         tools = declared_tools(body)
-        config = body.get("generationConfig")
-        cap = config.get("maxOutputTokens") if isinstance(config, dict) else None
+        cap = field(config, "maxOutputTokens", "max_output_tokens")
         turn = self.fake._turn(r, d, object_id="resp_", item_prefix="", call_prefix="",
                                counted_input=count_input(body),
                                max_tokens=cap if isinstance(cap, int) else None, tools=tools)
