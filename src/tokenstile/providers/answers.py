@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from tokenstile import tokens
+from tokenstile.providers.gemini_fields import MAX_PARTS, get
 from tokenstile.types import ApiKind
 
 _MAX_ITEMS = 4096
@@ -164,9 +165,8 @@ def answer_text(api: ApiKind, payload: Any) -> AnswerText:
         for block in _items(message.get("content") if isinstance(message, dict) else None):
             converse_block_text(block, out)
     elif api == "generate_content":
-        from tokenstile.providers.generate_content import answer_text as gemini_text
-
-        return gemini_text(payload)
+        for candidate in _items(payload.get("candidates")):
+            gemini_candidate_text(candidate, out)
     return out
 
 
@@ -184,3 +184,25 @@ def converse_block_text(block: Any, out: AnswerText) -> None:
     inner = reasoning.get("reasoningText") if isinstance(reasoning, dict) else None
     if isinstance(inner, dict):
         out.reason(inner.get("text"))
+
+
+def gemini_candidate_text(candidate: Any, out: AnswerText) -> None:
+    """What one candidate wrote: text and function calls (visible), thoughts (reasoning)."""
+    content = candidate.get("content") if isinstance(candidate, dict) else None
+    parts = content.get("parts") if isinstance(content, dict) else None
+    for part in parts[:MAX_PARTS] if isinstance(parts, list) else ():
+        if not isinstance(part, dict):
+            continue
+        text = part.get("text")
+        if part.get("thought") is True:
+            out.reason(text)
+            continue
+        out.see(text)
+        call = get(part, "functionCall")
+        if isinstance(call, dict):
+            out.see(call.get("name"))
+            if call.get("args") is not None:
+                out.see(dumps_text(call["args"]))
+        code = get(part, "executableCode")
+        if isinstance(code, dict):
+            out.see(code.get("code"))

@@ -28,15 +28,14 @@ times ``candidateCount``.
 from __future__ import annotations
 
 import math
-import re
-from functools import lru_cache
 from typing import Any
 
 from tokenstile import tokens
 from tokenstile.errors import GatewayError, bad_request
-from tokenstile.providers.answers import AnswerText, dumps_text
+from tokenstile.providers.answers import AnswerText, dumps_text, gemini_candidate_text
 from tokenstile.providers.base import checked_int
 from tokenstile.providers.counts import token_count
+from tokenstile.providers.gemini_fields import MAX_PARTS, get, snake
 from tokenstile.types import ApiKind, CanonicalRequest, PriceTerms, Usage
 
 CAP_FIELD = "generationConfig.maxOutputTokens"
@@ -63,24 +62,7 @@ _MIN_THINKING: tuple[tuple[str, int], ...] = (
     ("gemini-2.5-pro", 128), ("gemini-2.5-flash-lite", 512),
 )
 _ALWAYS_THINKS = ("gemini-2.5-pro",)
-_MAX_PARTS = 4096
 _AUDIO = "AUDIO"
-
-
-@lru_cache(maxsize=256)
-def snake(name: str) -> str:
-    """A lowerCamelCase field name as the proto field it is (``maxOutputTokens`` ->
-    ``max_output_tokens``)."""
-    return re.sub(r"(?<!^)([A-Z])", r"_\1", name).lower()
-
-
-def get(node: Any, name: str) -> Any:
-    """A field of a request object by its JSON name, or by its proto name: Google reads
-    both (the ``google-genai`` SDK writes ``thinkingConfig``'s fields in snake case)."""
-    if not isinstance(node, dict):
-        return None
-    value = node.get(name)
-    return node.get(snake(name)) if value is None else value
 
 
 def without(node: dict[str, Any], *names: str) -> dict[str, Any]:
@@ -193,7 +175,7 @@ def parse_gemini(api: ApiKind, body: dict[str, Any]) -> tuple[str, str]:
 def parts_text(parts: Any, out: list[str]) -> None:
     """Model-visible text of parts: text, function calls and responses, code and its
     results. Inline and file data are not text."""
-    for part in parts[:_MAX_PARTS] if isinstance(parts, list) else ():
+    for part in parts[:MAX_PARTS] if isinstance(parts, list) else ():
         if not isinstance(part, dict):
             continue
         text = part.get("text")
@@ -258,7 +240,7 @@ def hidden_gemini(body: dict[str, Any]) -> tuple[str, ...]:
     groups = [*(contents if isinstance(contents, list) else ()), instruction]
     for content in groups:
         parts = content.get("parts") if isinstance(content, dict) else None
-        for part in parts[:_MAX_PARTS] if isinstance(parts, list) else ():
+        for part in parts[:MAX_PARTS] if isinstance(parts, list) else ():
             if isinstance(part, dict):
                 if get(part, "inlineData") is not None:
                     found.add("inline_data")
@@ -427,7 +409,7 @@ def gemini_terms(body: dict[str, Any]) -> PriceTerms:
     audio = False
     for content in get(request, "contents") or ():
         parts = content.get("parts") if isinstance(content, dict) else None
-        for part in parts[:_MAX_PARTS] if isinstance(parts, list) else ():
+        for part in parts[:MAX_PARTS] if isinstance(parts, list) else ():
             data = get(part, "inlineData") or get(part, "fileData") \
                 if isinstance(part, dict) else None
             mime = get(data, "mimeType") if isinstance(data, dict) else None
@@ -490,36 +472,6 @@ def usage_of_answer(payload: Any) -> Usage | None:
     return usage
 
 
-def candidate_text(candidate: Any, out: AnswerText) -> None:
-    """What one candidate wrote: text and function calls (visible), thoughts (reasoning)."""
-    content = candidate.get("content") if isinstance(candidate, dict) else None
-    parts = content.get("parts") if isinstance(content, dict) else None
-    for part in parts[:_MAX_PARTS] if isinstance(parts, list) else ():
-        if not isinstance(part, dict):
-            continue
-        text = part.get("text")
-        if part.get("thought") is True:
-            out.reason(text)
-            continue
-        out.see(text)
-        call = get(part, "functionCall")
-        if isinstance(call, dict):
-            out.see(call.get("name"))
-            if call.get("args") is not None:
-                out.see(dumps_text(call["args"]))
-        code = get(part, "executableCode")
-        if isinstance(code, dict):
-            out.see(code.get("code"))
-
-
-def answer_text(payload: Any) -> AnswerText:
-    out = AnswerText()
-    if isinstance(payload, dict):
-        for candidate in payload.get("candidates") or ():
-            candidate_text(candidate, out)
-    return out
-
-
 # --- stream chunks ------------------------------------------------------------------------------
 
 
@@ -543,7 +495,7 @@ class GeminiStreamState:
             if not isinstance(candidate, dict):
                 continue
             if text:
-                candidate_text(candidate, self.text)
+                gemini_candidate_text(candidate, self.text)
             if candidate.get("finishReason"):
                 self.finished = True
         if _grounded(chunk):
