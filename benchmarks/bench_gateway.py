@@ -23,12 +23,14 @@ served by a Gemini upstream (the bridge).
     python benchmarks/bench_gateway.py --quick    # a few seconds per measurement
     python benchmarks/bench_gateway.py --bedrock  # the Bedrock paths' CPU per request
     python benchmarks/bench_gateway.py --gemini   # the Gemini paths' CPU per request
+    python benchmarks/bench_gateway.py --workers  # --workers 1 against 2, unpinned
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -79,8 +81,11 @@ GEMINI_PATHS = [
 ]
 
 
+PIN = True  # off for --workers: the workers, wrk and the fake share both cores
+
+
 def pinned(core: int, argv: list[str]) -> list[str]:
-    return ["taskset", "-c", str(core), *argv] if shutil.which("taskset") else argv
+    return ["taskset", "-c", str(core), *argv] if PIN and shutil.which("taskset") else argv
 
 
 def start_fake() -> tuple[subprocess.Popen[str], str]:
@@ -107,7 +112,8 @@ def free_port() -> int:
 
 def start_gateway(directory: Path, fake_url: str, counters: str, limits: bool,
                   bedrock: bool = False,
-                  gemini: bool = False) -> tuple[subprocess.Popen[bytes], str, str]:
+                  gemini: bool = False,
+                  workers: int = 1) -> tuple[subprocess.Popen[bytes], str, str]:
     database = f"sqlite:///{directory / 'bench.db'}"
     config: dict[str, Any] = {
         "upstreams": {"openai": {"base_url": fake_url + "/v1", "api_key": "sk-bench"}},
@@ -136,7 +142,8 @@ def start_gateway(directory: Path, fake_url: str, counters: str, limits: bool,
          "standard", "--json"], env=env, capture_output=True, text=True, check=True)
     key = orjson.loads(created.stdout)["key"]
     port = free_port()
-    proc = subprocess.Popen(pinned(0, ["tokenstile", "serve", "--port", str(port)]), env=env,
+    proc = subprocess.Popen(pinned(0, ["tokenstile", "serve", "--port", str(port),
+                                         "--workers", str(workers)]), env=env,
                             stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 20
@@ -205,6 +212,50 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its live children (the workers of ``--workers N``)."""
+    total = cpu_seconds(pid)
+    with contextlib.suppress(OSError):
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            with contextlib.suppress(OSError):
+                total += cpu_seconds(int(child))
+    return total
+
+
+def workers_comparison(fake_url: str, seconds: int, rounds: int) -> None:
+    """req/s of one gateway with ``--workers 1`` against ``--workers 2``, budgets on SQLite
+    counters, nothing pinned (the OS spreads the workers, wrk and the fake upstream over
+    the cores), wrk at 50 connections; the two alternate, each round on new gateways."""
+    rates: dict[int, list[float]] = {1: [], 2: []}
+    cpu: dict[int, list[float]] = {1: [], 2: []}
+    for _ in range(rounds):
+        for workers in (1, 2):
+            directory = Path(tempfile.mkdtemp(prefix="tokenstile-bench-"))
+            proc, url, key = start_gateway(directory, fake_url,
+                                           f"sqlite:///{directory / 'counters.db'}", True,
+                                           workers=workers)
+            try:
+                for _ in range(2 * workers):  # every worker warmed up
+                    wrk_run(url, key, CHAT, 1, directory)
+                before = tree_cpu_seconds(proc.pid)
+                rate, done = wrk_run(url, key, CHAT, seconds, directory)
+                cpu[workers].append((tree_cpu_seconds(proc.pid) - before) / max(done, 1) * 1e3)
+                rates[workers].append(rate)
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(20)
+                shutil.rmtree(directory, ignore_errors=True)
+    med = statistics.median
+    ratios = [two / one for one, two in zip(rates[1], rates[2], strict=True)]
+    print(f"one gateway, budgets on SQLite counters, not pinned, wrk c=50, median of {rounds} "
+          f"alternating rounds of {seconds} s")
+    for workers in (1, 2):
+        print(f"--workers {workers}: {med(rates[workers]):>8,.0f} req/s, "
+              f"gateway CPU {med(cpu[workers]):.3f} ms/request")
+    print(f"ratio (2 workers / 1): {med(ratios):.2f} (rounds: "
+          f"{', '.join(f'{r:.2f}' for r in ratios)})")
+
+
 def cpu_comparison(fake_url: str, seconds: int, rounds: int, provider: str) -> None:
     """Gateway CPU per request, OpenAI chat against the Bedrock or the Gemini paths (see
     the docstring).
@@ -260,11 +311,23 @@ def main() -> None:
     parser.add_argument("--gemini", action="store_true",
                         help="compare the gateway's CPU per request on the Gemini paths")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workers", action="store_true",
+                        help="compare --workers 1 with --workers 2 (SQLite budgets, unpinned)")
     args = parser.parse_args()
     if args.quick:
         args.requests, args.seconds, args.rounds = 800, 3, 1
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed for the throughput figures: apt-get install wrk")
+    if args.workers:
+        global PIN
+        PIN = False
+        fake, fake_url = start_fake()
+        try:
+            workers_comparison(fake_url, args.seconds, args.rounds)
+        finally:
+            fake.send_signal(signal.SIGTERM)
+            fake.wait(10)
+        return
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {1})
     if args.bedrock or args.gemini:

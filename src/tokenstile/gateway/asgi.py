@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from tokenstile.errors import GatewayError, bedrock_stream_error_type
+from tokenstile.gateway.expiry import Expiry
 from tokenstile.providers import eventstream
 from tokenstile.types import WireFormat
 
@@ -65,12 +66,18 @@ def check_body_headers(headers: Mapping[str, str], limit: int) -> None:
 async def read_body(receive: Receive, limit: int, timeout_s: float | None = None) -> bytes:
     """The whole body, at most ``limit`` bytes (413), within ``timeout_s`` seconds (408: a
     client trickling its body would otherwise hold the request open for ever)."""
+    if timeout_s is None:
+        return await _read_body(receive, limit)
+    expiry = Expiry(timeout_s)
     try:
-        async with asyncio.timeout(timeout_s):
-            return await _read_body(receive, limit)
-    except TimeoutError:
-        raise GatewayError(408, f"the request body did not arrive within {timeout_s:g} s",
-                           code="request_timeout", headers={"connection": "close"}) from None
+        return await _read_body(receive, limit)
+    except asyncio.CancelledError:
+        if expiry.stop():
+            raise GatewayError(408, f"the request body did not arrive within {timeout_s:g} s",
+                               code="request_timeout", headers={"connection": "close"}) from None
+        raise
+    finally:
+        expiry.stop()
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes:
@@ -154,14 +161,19 @@ class ResponseTracker:
 
 async def send_raw(send: ResponseTracker, status: int, body: bytes, content_type: str,
                    headers: dict[str, str], request_id: str) -> None:
+    expiry = Expiry(send.write_timeout) if send.write_timeout is not None else None
     try:
-        async with asyncio.timeout(send.write_timeout):
-            await send.start(status, [(b"content-type", content_type.encode("latin-1")),
-                                      *encode_headers(headers, request_id)])
-            await send.body(body, more=False)
-    except TimeoutError:
-        send.closed = True
-        raise ClientDisconnected() from None
+        await send.start(status, [(b"content-type", content_type.encode("latin-1")),
+                                  *encode_headers(headers, request_id)])
+        await send.body(body, more=False)
+    except asyncio.CancelledError:
+        if expiry is not None and expiry.stop():
+            send.closed = True
+            raise ClientDisconnected() from None
+        raise
+    finally:
+        if expiry is not None:
+            expiry.stop()
 
 
 async def send_json(send: ResponseTracker, status: int, body: bytes, headers: dict[str, str],

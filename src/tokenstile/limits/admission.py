@@ -197,13 +197,7 @@ class Admission:
             return cap
         if unit == "requests":
             return 1
-        key = (model, inp, cap, provider, terms, self.pricer)
-        last = self._last_estimate
-        if last is not None and last[0] is req and last[1] == key:
-            cost: int | None = last[2]
-        else:  # every USD limit of a request asks for the same estimate: price it once
-            cost = self.pricer.estimate_nano(model, inp, cap, provider, terms=terms)
-            self._last_estimate = (req, key, cost)
+        cost = self._estimate(req, model, inp, cap, provider, terms)
         if cost is None and fallback is not None:  # the limit's ``unpriced: fallback``
             cost = fallback.estimate_nano(inp, cap, terms=terms)
         if cost is None:
@@ -211,6 +205,18 @@ class Admission:
                 422, f"no price is known for the model {model!r}, so its cost cannot be "
                      "checked against a USD budget; add it under 'prices:' in the config",
                 code="model_unpriced", param="model")
+        return cost
+
+    def _estimate(self, req: CanonicalRequest, model: str, inp: int, cap: int,
+                  provider: str | None, terms: PriceTerms | None) -> int | None:
+        """The pricer's worst case; every USD limit of a request and its pending ledger row
+        ask for the same one, so the last is kept for the same request."""
+        key = (model, inp, cap, provider, terms, self.pricer)
+        last = self._last_estimate
+        if last is not None and last[0] is req and last[1] == key:
+            return last[2]
+        cost = self.pricer.estimate_nano(model, inp, cap, provider, terms=terms)
+        self._last_estimate = (req, key, cost)
         return cost
 
     def priced_at_zero(self, ctx: RequestContext) -> bool:
@@ -472,9 +478,8 @@ class Admission:
         row = ctx.ledger_row(0.0)
         row.input_tokens = reserved_input(req)
         row.output_tokens = req.output_cap or 0
-        row.cost_nano = self.pricer.estimate_nano(ctx.model, row.input_tokens,
-                                                  req.output_cap or 0, ctx.provider,
-                                                  terms=self.terms(ctx)) or 0
+        row.cost_nano = self._estimate(req, ctx.model, row.input_tokens, req.output_cap or 0,
+                                       ctx.provider, self.terms(ctx)) or 0
         row.estimated = True
         row.outcome = "unsettled"
         row.status = 0
