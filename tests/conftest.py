@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import time
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -125,6 +126,16 @@ class Gateway:
         self.run(self.runtime.ledger.flush())
         rows = self.run(self.runtime.db.ledger_rows(limit=10_000, **filters))
         return list(reversed(rows))
+
+    def rows_once_written(self, count: int, within_s: float = 5.0) -> list[LedgerRow]:
+        """The ledger rows once there are ``count`` of them (a request the client saw end,
+        by an error event say, is settled and written just after), oldest first."""
+        deadline = time.monotonic() + within_s
+        rows = self.rows()
+        while len(rows) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+            rows = self.rows()
+        return rows
 
     def close(self) -> None:
         self.server.stop()

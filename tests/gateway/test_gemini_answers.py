@@ -116,4 +116,4 @@ def test_google_search_and_broken_streams_are_not_cached(
                                                  contents="go on [[fake:error_after=3]]"):
                 pass
     assert google.fake.tally.requests == 4
-    assert [r.cache for r in gateway.rows()] == ["skip", "skip", "miss", "miss"]
+    assert [r.cache for r in gateway.rows_once_written(4)] == ["skip", "skip", "miss", "miss"]

@@ -5,7 +5,6 @@ hard limit has room for its worst case as well."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import openai
@@ -27,15 +26,6 @@ def resilience(**extra: Any) -> dict[str, Any]:
     return {"resilience": {"first_byte_timeout_s": 0.3, "backoff_s": 0, **extra}}
 
 
-def rows_once_settled(gateway: Gateway, count: int) -> list[LedgerRow]:
-    deadline = time.monotonic() + 5
-    rows = gateway.rows()
-    while len(rows) < count and time.monotonic() < deadline:
-        time.sleep(0.02)
-        rows = gateway.rows()
-    return sorted(rows, key=lambda r: r.id)
-
-
 def assert_charged_at_estimate(row: LedgerRow, billed_output: int) -> None:
     assert row.status == 504 and row.block_reason == "upstream_timeout"
     assert row.estimated and "charged_at_estimate" in row.flags
@@ -54,7 +44,7 @@ def test_a_timed_out_answer_is_charged_at_its_estimate(
     assert fake.fake.tally.wait_for(lambda t: t.requests == 1)
     record = fake.fake.tally.last
     assert record is not None and record.output_tokens == 12  # what the provider billed
-    [row] = rows_once_settled(gateway, 1)
+    [row] = gateway.rows_once_written(1)
     assert_charged_at_estimate(row, record.output_tokens)
     assert row.input_tokens == record.input_tokens
 
@@ -66,7 +56,7 @@ def test_timed_out_generations_are_not_retried_by_default(
     with pytest.raises(openai.InternalServerError):
         sdk(gateway, gateway.key()).chat.completions.create(
             model="gpt-4o-mini", messages=PROMPT, max_tokens=50)
-    [row] = rows_once_settled(gateway, 1)
+    [row] = gateway.rows_once_written(1)
     assert_charged_at_estimate(row, 12)
     assert row.detail["retry_refused"] == "resilience.retry_timeouts is off"
     assert fake.fake.tally.requests == 1  # one generation billed upstream, one row
@@ -84,7 +74,7 @@ def test_each_billed_attempt_has_a_row_when_timeouts_are_retried(
     assert fake.fake.tally.wait_for(lambda t: t.requests == 3)
     billed = [r.output_tokens for r in fake.fake.tally.records]
     assert billed == [12, 12, 12]  # three generations the provider billed
-    answered, first, second = rows_once_settled(gateway, 3)
+    answered, first, second = sorted(gateway.rows_once_written(3), key=lambda r: r.id)
     for n, row in ((1, first), (2, second)):
         assert row.id == f"{answered.id}-{n}" and row.detail["attempt_of"] == answered.id
         assert_charged_at_estimate(row, 12)
@@ -112,7 +102,7 @@ def test_a_retry_needs_room_for_another_worst_case(
     with pytest.raises(openai.InternalServerError):
         sdk(gateway, gateway.key(project="p")).chat.completions.create(
             model="gpt-4o-mini", messages=PROMPT, max_tokens=50)  # a worst case of 61
-    [row] = rows_once_settled(gateway, 1)
+    [row] = gateway.rows_once_written(1)
     assert_charged_at_estimate(row, 12)
     assert row.input_tokens + row.output_tokens <= 100
     assert "tight" in row.detail["retry_refused"] or "p:tokens" in row.detail["retry_refused"]
