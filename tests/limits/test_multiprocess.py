@@ -286,8 +286,9 @@ def test_gateways_sharing_redis_pace_a_throttled_scope_together(
     assert fake.fake.tally.requests - served_before == 28 + len(done)
     # The combined normal rate: at most 29 arrivals (28 + the first throttled one) in the
     # span the client measured. The requests let through were answered one slot apart at
-    # half that rate (the fake answers at once; a quarter second for scheduling jitter).
+    # half that rate (the fake answers at once; half a second for scheduling jitter: on a
+    # loaded machine answers delayed early arrive bunched with later ones).
     interval = 1 / (0.5 * 29 / max(1.0, span - 0.05))
     assert len(done) >= 3
-    assert done[-1] - done[0] >= (len(done) - 1) * interval - 0.25, (len(done), span, done)
+    assert done[-1] - done[0] >= (len(done) - 1) * interval - 0.5, (len(done), span, done)
     # (Each process pacing on its own let about 16 through within one second here.)

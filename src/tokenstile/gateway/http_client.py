@@ -297,6 +297,7 @@ class Connection(asyncio.Protocol):
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self.pool.live.add(self)
 
     def data_received(self, data: bytes) -> None:
         response = self.response
@@ -500,6 +501,8 @@ class Pool:
         self.open = 0
         self._idle: list[Connection] = []
         self._waiters: deque[asyncio.Future[None]] = deque()
+        # Every connection open to the origin, idle or answering: closed with the pool.
+        self.live: set[Connection] = set()
 
     async def acquire(self, connect_timeout: float, fresh: bool = False) -> Connection:
         while True:
@@ -554,6 +557,7 @@ class Pool:
 
     def forget(self, conn: Connection) -> None:
         """``conn`` is closed: it no longer counts against the limit."""
+        self.live.discard(conn)
         if conn.counted:
             conn.counted = False
             self.open -= 1
@@ -569,9 +573,11 @@ class Pool:
                 return
 
     def close(self) -> None:
-        for conn in list(self._idle):
+        """Close every connection, idle or still answering (a stream cut at shutdown)."""
+        for conn in list(self.live) + self._idle:
             conn._close()
         self._idle.clear()
+        self.live.clear()
 
 
 class HttpClient:
