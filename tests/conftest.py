@@ -6,10 +6,13 @@ import asyncio
 import copy
 import time
 from collections.abc import AsyncIterator, Coroutine, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import orjson
 import pytest
+from aiohttp import web
 
 from tests.in_process import MakeInProcess, in_process_gateways
 from tokenstile.app import TokenstileApp
@@ -173,3 +176,44 @@ async def in_process(fake: FakeHandle, tmp_path: Path) -> AsyncIterator[MakeInPr
             lambda index, extra: gateway_config(fake, tmp_path, index, extra, anthropic=True)
     ) as build:
         yield build
+
+
+@dataclass
+class WebhookReceiver:
+    """Records every POST; answers ``fail_next`` requests with 500, then 200."""
+
+    url: str = ""
+    bodies: list[Any] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    fail_next: int = 0
+    status: int = 500
+    delay_s: float = 0.0
+    attempts: int = 0
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.attempts += 1
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            return web.Response(status=self.status, text="receiver says no")
+        self.bodies.append(orjson.loads(await request.read()))
+        self.headers.append(dict(request.headers))
+        self.arrived.set()
+        return web.Response(status=200, text="ok")
+
+
+@pytest.fixture
+async def webhook() -> AsyncIterator[WebhookReceiver]:
+    receiver = WebhookReceiver()
+    app = web.Application()
+    app.router.add_post("/hooks/{secret}", receiver.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    receiver.url = f"http://{host}:{port}/hooks/s3cr3t-token"
+    yield receiver
+    await runner.cleanup()

@@ -9,12 +9,11 @@ from typing import Any
 import openai
 import pytest
 import requests
-from aiohttp import web
 from click.testing import CliRunner
 from pydantic import BaseModel
 
 from tests.admin.conftest import ADMIN_KEY, Admin, FileGateway
-from tests.conftest import FakeHandle, deep_merge
+from tests.conftest import FakeHandle, WebhookReceiver, deep_merge
 from tokenstile.cli import main
 from tokenstile.config import Config
 from tokenstile.gateway.reload import RELOADED, RESTART_ONLY
@@ -138,49 +137,35 @@ def test_a_reload_relabels_metrics(make_file_gateway: Any, file_config: dict[str
 
 
 async def test_a_reload_rebuilds_the_alert_channels(
-        make_file_gateway: Any, file_config: dict[str, Any], fake: FakeHandle) -> None:
-    received: list[dict[str, Any]] = []
-
-    async def hook(request: web.Request) -> web.Response:
-        received.append(await request.json())
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        limits = {"limits": [{"name": "daily", "scope": "project", "window": "day",
-                              "unit": "requests", "amount": 4, "thresholds": [
-                                  {"threshold": 0.5, "action": "warn", "channels": ["ops"]},
-                                  {"threshold": 0.75, "action": "warn",
-                                   "channels": ["ops"]}]}],
-                  "alerting": {"anomaly": False, "projection": False,
-                               "daily_summary": False}}
-        # "ops" is named but not defined: its alerts go to the log
-        gateway = await asyncio.to_thread(make_file_gateway, deep_merge(file_config, limits))
-        key = await asyncio.to_thread(gateway.key, "p")
-        for _ in range(2):  # the 50 % threshold, to the log
-            await asyncio.to_thread(chat, gateway, key)
-        for _ in range(100):  # delivered (after the answer: alerts are off the hot path)
-            if gateway.runtime.alerts.stats.delivered:
-                break
-            await asyncio.sleep(0.05)
-        assert gateway.runtime.alerts.stats.delivered == 1
-        await asyncio.to_thread(reload, gateway, deep_merge(file_config, deep_merge(limits, {
-            "alerting": {"channels": {"ops": {
-                "kind": "webhook", "url": f"http://127.0.0.1:{port}/hook"}}}})))
-        await asyncio.to_thread(chat, gateway, key)  # the 75 % threshold, to the webhook
-        for _ in range(100):
-            if received:
-                break
-            await asyncio.sleep(0.05)
-        assert [alert["dedupe_key"].rsplit(":", 1)[1] for alert in received] == ["0.75"]
-    finally:
-        await runner.cleanup()
+        make_file_gateway: Any, file_config: dict[str, Any], fake: FakeHandle,
+        webhook: WebhookReceiver) -> None:
+    received = webhook.bodies
+    limits = {"limits": [{"name": "daily", "scope": "project", "window": "day",
+                          "unit": "requests", "amount": 4, "thresholds": [
+                              {"threshold": 0.5, "action": "warn", "channels": ["ops"]},
+                              {"threshold": 0.75, "action": "warn",
+                               "channels": ["ops"]}]}],
+              "alerting": {"anomaly": False, "projection": False,
+                           "daily_summary": False}}
+    # "ops" is named but not defined: its alerts go to the log
+    gateway = await asyncio.to_thread(make_file_gateway, deep_merge(file_config, limits))
+    key = await asyncio.to_thread(gateway.key, "p")
+    for _ in range(2):  # the 50 % threshold, to the log
+        await asyncio.to_thread(chat, gateway, key)
+    for _ in range(100):  # delivered (after the answer: alerts are off the hot path)
+        if gateway.runtime.alerts.stats.delivered:
+            break
+        await asyncio.sleep(0.05)
+    assert gateway.runtime.alerts.stats.delivered == 1
+    await asyncio.to_thread(reload, gateway, deep_merge(file_config, deep_merge(limits, {
+        "alerting": {"channels": {"ops": {
+            "kind": "webhook", "url": webhook.url}}}})))
+    await asyncio.to_thread(chat, gateway, key)  # the 75 % threshold, to the webhook
+    for _ in range(100):
+        if received:
+            break
+        await asyncio.sleep(0.05)
+    assert [alert["dedupe_key"].rsplit(":", 1)[1] for alert in received] == ["0.75"]
 
 
 def test_a_reload_applies_the_cache_settings(make_file_gateway: Any,

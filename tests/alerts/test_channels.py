@@ -9,6 +9,7 @@ from email import policy
 
 import pytest
 
+from tests.conftest import WebhookReceiver
 from tokenstile.alerts.channels import (
     DeliveryError,
     EmailChannel,
@@ -19,7 +20,7 @@ from tokenstile.alerts.channels import (
 )
 from tokenstile.alerts.rules import Alert
 
-from .conftest import SmtpServer, WebhookReceiver, free_port
+from .conftest import SmtpServer, free_port
 
 
 def sample(key: str = "budget:projects.demo.daily_limit:demo:20260101:0.9") -> Alert:

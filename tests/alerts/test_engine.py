@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from tests.conftest import WebhookReceiver
 from tokenstile.alerts.channels import Channel, DeliveryError, EmailChannel, WebhookChannel
 from tokenstile.alerts.engine import AlertEngine
 from tokenstile.alerts.rules import Alert
@@ -19,7 +20,7 @@ from tokenstile.stores.alerts_sqlite import SqliteAlertHistory
 from tokenstile.stores.db_sqlite import SqliteDatabase
 from tokenstile.types import LedgerRow
 
-from .conftest import SmtpServer, WebhookReceiver
+from .conftest import SmtpServer
 
 
 def alert(key: str = "k1", ts: float = 1_767_225_600.0, channels: tuple[str, ...] = ()

@@ -3,39 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import openai
 import pytest
-from aiohttp import web
 
-from tests.conftest import FakeHandle
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
-    received: list[dict[str, Any]] = []
-
-    async def hook(request: web.Request) -> web.Response:
-        received.append(await request.json())
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield f"http://127.0.0.1:{port}/hook", received
-    await runner.cleanup()
+from tests.conftest import FakeHandle, WebhookReceiver
 
 
 async def test_thresholds_and_the_block_alert_fire_once_each(
-        make_gateway: Any, fake: FakeHandle,
-        receiver: tuple[str, list[dict[str, Any]]]) -> None:
-    url, received = receiver
+        make_gateway: Any, fake: FakeHandle, webhook: WebhookReceiver) -> None:
+    url, received = webhook.url, webhook.bodies
     gateway = make_gateway({
         "alerting": {"channels": {"ops": {"kind": "webhook", "url": url}},
                      "anomaly": False, "projection": False, "daily_summary": False},
