@@ -574,7 +574,7 @@ class Pool:
 
     def close(self) -> None:
         """Close every connection, idle or still answering (a stream cut at shutdown)."""
-        for conn in list(self.live) + self._idle:
+        for conn in list(self.live):  # the idle ones are live too
             conn._close()
         self._idle.clear()
         self.live.clear()
