@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,6 +25,20 @@ from tokenstile.testing.server_thread import RunningServer
 from tokenstile.types import LedgerRow
 
 T = TypeVar("T")
+
+
+def settled(read: Callable[[], T], ready: Callable[[T], bool], limit_s: float = 5.0) -> T:
+    """``read()`` once ``ready`` holds for it (or its last value after ``limit_s``): a
+    request's row, settle, logs and span land just after its last byte has been sent, so
+    the client may see the answer first."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        value = read()
+        if ready(value) or time.monotonic() > deadline:
+            return value
+        time.sleep(0.01)
+
+
 UPSTREAM_KEY = "sk-upstream-secret-0123456789abcdef"
 
 

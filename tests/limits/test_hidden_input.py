@@ -30,8 +30,9 @@ async def test_ten_previous_response_id_calls_never_pass_a_daily_usd_limit(
     each pay its 83,000 tokens of history as input, while each request shows a few words."""
     gateway = make_gateway({"limits": DAILY_USD})
     history = reply_text(83_000)
-    base = await aclient(gateway, gateway.key(project="research")).responses.create(
-        model="gpt-4o", input=history, max_output_tokens=16)
+    async with aclient(gateway, gateway.key(project="research")) as research:
+        base = await research.responses.create(model="gpt-4o", input=history,
+                                               max_output_tokens=16)
     api = aclient(gateway, gateway.key(project="p"))
 
     async def follow_up(turn: int) -> str | None:
@@ -42,7 +43,8 @@ async def test_ten_previous_response_id_calls_never_pass_a_daily_usd_limit(
             return exc.message
         return None
 
-    refusals = await asyncio.gather(*(follow_up(turn) for turn in range(10)))
+    async with api:
+        refusals = await asyncio.gather(*(follow_up(turn) for turn in range(10)))
     rows = [row for row in await asyncio.to_thread(gateway.rows) if row.project == "p"]
     spent = sum(row.cost_nano for row in rows)
     calls = [r for r in fake.fake.tally.records if r.body.get("previous_response_id")]

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from tests.chaos.procs import GatewayProcess, free_port, write_config
 from tests.conftest import UPSTREAM_KEY, FakeHandle
@@ -17,19 +16,6 @@ from tokenstile.stores.database import (
     new_key_id,
     new_key_secret,
 )
-
-T = TypeVar("T")
-
-
-def settled(read: Callable[[], T], ready: Callable[[T], bool], limit_s: float = 5.0) -> T:
-    """``read()`` once ``ready`` holds for it: a request's logs and span are written just
-    after its last byte has been sent, so the client may see the answer first."""
-    deadline = time.monotonic() + limit_s
-    while True:
-        value = read()
-        if ready(value) or time.monotonic() > deadline:
-            return value
-        time.sleep(0.01)
 
 
 def secret_pieces(*secrets: str) -> list[str]:

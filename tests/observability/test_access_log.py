@@ -11,8 +11,8 @@ import openai
 import orjson
 import pytest
 
-from tests.conftest import FakeHandle
-from tests.observability.conftest import leaked, served_gateway, settled
+from tests.conftest import FakeHandle, settled
+from tests.observability.conftest import leaked, served_gateway
 from tokenstile.observability.logs import ACCESS_LOGGER, JsonFormatter, access_fields
 from tokenstile.types import LedgerRow
 

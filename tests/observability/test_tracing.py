@@ -21,8 +21,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 import tokenstile.observability as observability
-from tests.conftest import UPSTREAM_KEY, FakeHandle
-from tests.observability.conftest import leaked, served_gateway, settled
+from tests.conftest import UPSTREAM_KEY, FakeHandle, settled
+from tests.observability.conftest import leaked, served_gateway
 from tokenstile.observability import tracing
 from tokenstile.observability.tracing import exporter_names, tracer_from_env, traces_requested
 
