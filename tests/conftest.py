@@ -144,6 +144,15 @@ class Gateway:
         rows = self.run(self.runtime.db.ledger_rows(limit=10_000, **filters))
         return list(reversed(rows))
 
+    def settle_wait(self, within_s: float = 5.0) -> None:
+        """Until every reservation of this gateway is settled (its counters moved to what
+        was used) or ``within_s`` passed: a request's settle follows the write of its row,
+        after the client has its answer."""
+        live = self.runtime.admission.leases.live
+        deadline = time.monotonic() + within_s
+        while live and time.monotonic() < deadline:
+            time.sleep(0.01)
+
     def rows_once_written(self, count: int, within_s: float = 5.0) -> list[LedgerRow]:
         """The ledger rows once there are ``count`` of them (a request the client saw end,
         by an error event say, is settled and written just after), oldest first."""

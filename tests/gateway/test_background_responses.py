@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import openai
 import pytest
 
-from tests.conftest import UPSTREAM_KEY, FakeHandle, Gateway
+from tests.conftest import UPSTREAM_KEY, FakeHandle, Gateway, settled
 from tokenstile.clock import FakeClock
 from tokenstile.prices import Pricer
 from tokenstile.types import LedgerRow, Usage, usd_to_nano
@@ -67,6 +67,12 @@ def counter(gateway: Gateway, key: str) -> int:
     return int(value)
 
 
+def settled_counter(gateway: Gateway, key: str, expected: int) -> int:
+    """The counter once it reads ``expected`` (or after five seconds): the settle follows
+    the row's write."""
+    return settled(lambda: counter(gateway, key), expected.__eq__)
+
+
 def cost(record: Any) -> int:
     usage = Usage(input_tokens=record.input_tokens, output_tokens=record.output_tokens,
                   cached_input_tokens=record.cached_tokens)
@@ -99,9 +105,11 @@ def test_a_background_response_is_billed_when_it_ends_without_the_client_asking(
     assert row.outcome == "ok" and row.id == pending.rid
     assert row.detail["background"]["settled_by"] == "poller"
     assert row.detail["background"]["response_id"] == created.id
-    assert counter(gateway, key) == row.cost_nano  # the reservation became the usage
-    assert entry(gateway, created.id).state == "settled"
-    assert pending.rid not in gateway.runtime.admission.leases.live
+    # the reservation became the usage
+    assert settled_counter(gateway, key, row.cost_nano) == row.cost_nano
+    assert settled(lambda: entry(gateway, created.id).state, "settled".__eq__) == "settled"
+    live = gateway.runtime.admission.leases.live
+    assert settled(lambda: pending.rid in live, False.__eq__) is False
     assert len(gateway.rows()) == 1
     assert not any(r.method == "GET" and r.route.endswith(created.id) and
                    r.api_key != UPSTREAM_KEY for r in fake.fake.tally.records)
@@ -226,7 +234,7 @@ def test_a_restarted_gateway_finishes_settling(make_gateway: Any, fake: FakeHand
     assert (row.input_tokens, row.output_tokens) == (record.input_tokens,
                                                      record.output_tokens)
     assert not row.estimated and row.detail["background"]["settled_by"] == "poller"
-    assert counter(second, key) == row.cost_nano < reserved
+    assert settled_counter(second, key, row.cost_nano) == row.cost_nano < reserved
     assert len(second.rows()) == 1
 
 
@@ -248,7 +256,7 @@ def test_a_client_get_through_another_gateway_settles_it_once(
     [row] = other.rows()
     # The owner polls every 50 ms: under load its poll may see the end before the client.
     assert row.detail["background"]["settled_by"] in ("client", "poller")
-    assert counter(other, counter_key) == row.cost_nano < reserved
+    assert settled_counter(other, counter_key, row.cost_nano) == row.cost_nano < reserved
     # The owner's own poll finds it settled already (or settled it) and lets it go.
     assert owner.run(_poll_now(owner)) == 0
     assert [r.id for r in owner.rows()] == [row.id]
@@ -288,7 +296,7 @@ def test_a_crashed_gateways_background_response_is_billed_its_real_usage(
     # Crash recovery charged the reservation at its estimate; the late settle moves the
     # counters from it to what the row says, without counting both.
     assert reserved > row.cost_nano
-    assert counter(alive, key) == row.cost_nano
+    assert settled_counter(alive, key, row.cost_nano) == row.cost_nano
     assert len(alive.rows()) == 1
 
 

@@ -82,6 +82,7 @@ def usd_counter(gateway: Gateway, project: str) -> int:
     runtime = gateway.runtime
     [limit] = [lim for lim in runtime.admission.limits if lim.name == "daily-usd"]
     key, _ = counter_key(limit, project, runtime.clock.now())
+    gateway.settle_wait()
     [value] = gateway.run(runtime.counters.read([key]))
     return int(value)
 

@@ -85,6 +85,7 @@ def test_each_billed_attempt_has_a_row_when_timeouts_are_retried(
     runtime = gateway.runtime
     [limit] = [lim for lim in runtime.admission.limits if lim.name == "daily"]
     key, _ = counter_key(limit, "p", runtime.clock.now())
+    gateway.settle_wait()
     [counted] = gateway.run(runtime.counters.read([key]))
     assert counted == sum(r.input_tokens + r.output_tokens for r in (answered, first, second))
     assert gateway.run(runtime.counters.claim_expired(runtime.clock.now() + 10**6)) == []

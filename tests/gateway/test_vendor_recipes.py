@@ -142,6 +142,7 @@ def spent(gateway: Gateway, project: str) -> int:
     runtime = gateway.runtime
     [limit] = [lim for lim in runtime.admission.limits if lim.name == "spend"]
     key, _ = counter_key(limit, project, runtime.clock.now())
+    gateway.settle_wait()
     [value] = gateway.run(runtime.counters.read([key]))
     return int(value)
 

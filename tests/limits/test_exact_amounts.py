@@ -88,6 +88,7 @@ def test_a_budget_past_2_60_refuses_at_the_exact_unit(make_gateway: Any, counter
     assert ask(gateway, secret) == 200
     served = [r for r in gateway.rows() if r.status == 200]
     [row] = served
+    gateway.settle_wait()
     assert gateway.run(rt.counters.read([key])) == [
         LIMIT - 1000 + row.input_tokens + row.output_tokens]
 

@@ -518,10 +518,13 @@ class Admission:
         except StoreUnavailable:
             self.leases.keep(ticket.rid, Unsettled(deltas))
             return "settle_deferred"
-        self.leases.live.discard(ticket.rid)
         if known:
+            self.leases.live.discard(ticket.rid)
             return None
-        await self._correct_claimed(ticket, deltas)
+        try:
+            await self._correct_claimed(ticket, deltas)
+        finally:
+            self.leases.live.discard(ticket.rid)  # live until its counters are right
         return "settled_after_expiry"
 
     async def _correct_claimed(self, ticket: Ticket, deltas: list[tuple[str, int]]) -> None:
