@@ -93,6 +93,25 @@ def _resolve(fut: asyncio.Future[Any], result: Any, error: BaseException | None)
         fut.set_exception(error)
 
 
+def _resolve_all(answers: list[tuple[asyncio.Future[Any], Any, BaseException | None]]
+                 ) -> None:
+    for fut, result, error in answers:
+        _resolve(fut, result, error)
+
+
+def _hand_back(batch: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], Any]],
+               outcomes: list[Outcome]) -> None:
+    """Resolve a batch's futures with one wake-up of each waiting loop (one self-pipe write
+    for the batch, not one per call)."""
+    by_loop: dict[asyncio.AbstractEventLoop,
+                  list[tuple[asyncio.Future[Any], Any, BaseException | None]]] = {}
+    for (loop, fut, _), (result, error) in zip(batch, outcomes, strict=True):
+        by_loop.setdefault(loop, []).append((fut, result, error))
+    for loop, answers in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting
+            loop.call_soon_threadsafe(_resolve_all, answers)
+
+
 def _outcome(fn: Callable[[], Any]) -> Outcome:
     try:
         return fn(), None
@@ -159,9 +178,7 @@ class Worker:
                 outcomes = self._batch_runner([fn for _, _, fn in live])
             else:
                 outcomes = [_outcome(live[0][2])]
-            for (loop, fut, _), (result, error) in zip(live, outcomes, strict=True):
-                with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting
-                    loop.call_soon_threadsafe(_resolve, fut, result, error)
+            _hand_back(live, outcomes)
 
 
 class SqliteFile:
