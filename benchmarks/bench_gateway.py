@@ -17,12 +17,16 @@ the AWS Bedrock paths (Converse and InvokeModel, with their streams, signed with
 Converse to an upstream with a Bedrock API key, which needs no signature), one gateway
 serving them all with budgets on SQLite counters, the runs interleaved. ``--gemini`` does
 the same for the Gemini paths: generateContent and its SSE stream, and chat completions
-served by a Gemini upstream (the bridge).
+served by a Gemini upstream (the bridge). With ``--rate R`` every path gets the same
+offered load (R requests a second, open loop) instead of wrk's closed loop: a gateway's CPU
+per request depends on its load (batched writes and wake-ups are shared by more requests
+at a higher one), so paths that run at different speeds are compared at the same one.
 
     python benchmarks/bench_gateway.py            # ~4 minutes (3 rounds)
     python benchmarks/bench_gateway.py --quick    # a few seconds per measurement
     python benchmarks/bench_gateway.py --bedrock  # the Bedrock paths' CPU per request
     python benchmarks/bench_gateway.py --gemini   # the Gemini paths' CPU per request
+    python benchmarks/bench_gateway.py --bedrock --rate 600  # at the same load on each path
     python benchmarks/bench_gateway.py --workers  # --workers 1 against 2, unpinned
 """
 
@@ -256,7 +260,35 @@ def workers_comparison(fake_url: str, seconds: int, rounds: int) -> None:
           f"{', '.join(f'{r:.2f}' for r in ratios)})")
 
 
-def cpu_comparison(fake_url: str, seconds: int, rounds: int, provider: str) -> None:
+async def paced(url: str, key: str, path: str, body: dict[str, Any], rate: float,
+                seconds: float) -> int:
+    """Open loop: ``rate`` requests a second for ``seconds``, each sent on time whatever
+    the answers before it do; returns how many were answered 200 (the others raise)."""
+    loop = asyncio.get_running_loop()
+    data = orjson.dumps(body)
+    headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
+    total = int(rate * seconds)
+    connector = aiohttp.TCPConnector(limit=500)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one() -> None:
+            async with session.post(url + path, data=data, headers=headers) as resp:
+                await resp.read()
+                if resp.status != 200:
+                    raise RuntimeError(f"{path}: HTTP {resp.status}")
+
+        start, sent, tasks = loop.time(), 0, []
+        while sent < total:
+            due = min(total, int((loop.time() - start) * rate) + 1)
+            tasks += [asyncio.create_task(one()) for _ in range(due - sent)]
+            sent = due
+            await asyncio.sleep(1 / rate)
+        await asyncio.gather(*tasks)
+    return total
+
+
+def cpu_comparison(fake_url: str, seconds: int, rounds: int, provider: str,
+                   rate: float | None = None) -> None:
     """Gateway CPU per request, OpenAI chat against the Bedrock or the Gemini paths (see
     the docstring).
 
@@ -277,15 +309,20 @@ def cpu_comparison(fake_url: str, seconds: int, rounds: int, provider: str) -> N
         for _ in range(rounds):
             for name, path, body in paths:
                 before = cpu_seconds(proc.pid)
-                rate, done = wrk_run(url, key, body, seconds, directory, path)
+                if rate is None:
+                    answered, done = wrk_run(url, key, body, seconds, directory, path)
+                else:
+                    done = asyncio.run(paced(url, key, path, body, rate, seconds))
+                    answered = float(done) / seconds
                 per_request[name].append((cpu_seconds(proc.pid) - before) / max(done, 1) * 1e6)
-                rates[name].append(rate)
+                rates[name].append(answered)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(20)
         shutil.rmtree(directory, ignore_errors=True)
+    load = "wrk, 50 connections" if rate is None else f"open loop, {rate:,.0f} req/s each"
     print(f"gateway CPU per request, budgets on SQLite counters, median of {rounds} "
-          f"interleaved rounds of {seconds} s per path (wrk, 50 connections)")
+          f"interleaved rounds of {seconds} s per path ({load})")
     print(f"{'path':<28} {'req/s':>8} {'CPU µs/req':>11} {'vs openai':>10}")
     for name, _, _ in paths:
         base = "openai chat, streamed" if "stream" in name else "openai chat"
@@ -310,6 +347,10 @@ def main() -> None:
                         help="compare the gateway's CPU per request on the Bedrock paths")
     parser.add_argument("--gemini", action="store_true",
                         help="compare the gateway's CPU per request on the Gemini paths")
+    parser.add_argument("--rate", type=float, default=None,
+                        help="with --bedrock or --gemini: send this many requests a second "
+                             "on every path (open loop) instead of wrk's closed loop, so "
+                             "that every path is measured at the same load")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", action="store_true",
                         help="compare --workers 1 with --workers 2 (SQLite budgets, unpinned)")
@@ -334,7 +375,7 @@ def main() -> None:
         fake, fake_url = start_fake()
         try:
             cpu_comparison(fake_url, args.seconds, args.rounds,
-                           "gemini" if args.gemini else "bedrock")
+                           "gemini" if args.gemini else "bedrock", args.rate)
         finally:
             fake.send_signal(signal.SIGTERM)
             fake.wait(10)

@@ -412,6 +412,30 @@ def test_the_fake_checks_the_gateways_signatures_with_botocore() -> None:
     assert check({})[1][0] == "UnrecognizedClientException"
 
 
+def test_signatures_equal_plain_botocores_for_every_path_and_body() -> None:
+    """The signer's shortcuts (the body read as given, canonical paths remembered) change no
+    signature: each is checked by plain botocore, a path's second signature (from the
+    remembered path) too, and with a session token."""
+    config = UpstreamConfig(kind="bedrock", base_url="http://127.0.0.1:9", region="eu-west-1",
+                            aws_access_key_id="AKIDX", aws_secret_access_key="s3cret",
+                            aws_session_token="tok/en+=")
+    signer = AwsSigner()
+    models = [MODEL, "us.anthropic.claude-3-5-haiku-20241022-v1:0",
+              "arn:aws:bedrock:eu-west-1:123456789012:inference-profile/eu.model~x:0"]
+    bodies = [b"", b'{"messages": []}', "{\"text\": \"d\u00e9j\u00e0 vu \u2603\"}".encode(),
+              bytes(range(256))]
+    for model in models:
+        for api, stream in (("converse", False), ("converse", True), ("messages", False)):
+            url = upstream_url(config, api, model, stream)
+            path = url.removeprefix("http://127.0.0.1:9")
+            for body in bodies:
+                headers = asyncio.run(signer.headers("aws", config, url, body, {}))
+                lowered = {k.lower(): v for k, v in headers.items()}
+                assert lowered["x-amz-security-token"] == "tok/en+="
+                assert verify_sigv4("POST", path, "", lowered, body, {"AKIDX": "s3cret"},
+                                    time.time()) == ("AKIDX", None), (url, body)
+
+
 # --- anything a client sends --------------------------------------------------------------
 
 values = st.recursive(
