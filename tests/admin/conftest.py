@@ -12,6 +12,7 @@ import requests
 import yaml
 
 from tests.conftest import UPSTREAM_KEY, FakeHandle, Gateway
+from tokenstile.clock import Clock
 
 ADMIN_KEY = "adm-test-0123456789abcdef0123456789"
 
@@ -55,7 +56,7 @@ class FileGateway(Gateway):
     """A gateway started from a config file, as ``tokenstile serve --config`` runs one, so it
     watches the file and reloads it."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, clock: Clock | None = None) -> None:
         from tokenstile.app import TokenstileApp
         from tokenstile.clock import SystemClock
         from tokenstile.config import load_config
@@ -64,7 +65,7 @@ class FileGateway(Gateway):
 
         self.path = path
         self.config = load_config(path, env={})
-        self.runtime = Runtime.build(self.config, clock=SystemClock())
+        self.runtime = Runtime.build(self.config, clock=clock or SystemClock())
         self.runtime.config_path = str(path)
         self.app = TokenstileApp(self.runtime)
         self.server = RunningServer(self.app)
@@ -89,10 +90,10 @@ def file_config(fake: FakeHandle, tmp_path: Path) -> dict[str, Any]:
 def make_file_gateway(tmp_path: Path) -> Iterator[Any]:
     started: list[FileGateway] = []
 
-    def make(config: dict[str, Any]) -> FileGateway:
+    def make(config: dict[str, Any], clock: Clock | None = None) -> FileGateway:
         path = tmp_path / f"gateway-{len(started)}.yaml"
         path.write_text(yaml.safe_dump(config))
-        gateway = FileGateway(path)
+        gateway = FileGateway(path, clock)
         started.append(gateway)
         return gateway
 

@@ -3,6 +3,7 @@ overridden by name, and keep applying after a config reload."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import openai
@@ -10,6 +11,7 @@ import pytest
 
 from tests.admin.conftest import Admin, FileGateway
 from tests.conftest import deep_merge
+from tokenstile.clock import FakeClock
 
 CHAT = [{"role": "user", "content": "hello"}]
 
@@ -21,7 +23,8 @@ def call(gateway: FileGateway, key: str) -> Any:
 
 def test_a_keys_own_limits_are_enforced(make_file_gateway: Any,
                                         file_config: dict[str, Any]) -> None:
-    gateway = make_file_gateway(file_config)
+    # The clock stands at the start of this minute: every call below is in one window.
+    gateway = make_file_gateway(file_config, FakeClock(time.time() // 60 * 60))
     admin = Admin(gateway.url)
     created = admin.call("POST", "/keys", {"project": "p", "limits": {
         "per_minute": {"window": "minute", "unit": "requests", "amount": 2}}}, expect=201)

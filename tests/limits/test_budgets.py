@@ -83,7 +83,9 @@ def test_the_seed_token_limits_yaml_loads_and_is_enforced(
     config = load_config("token_limits.yaml")
     assert config.upstreams["openai"].base_url == fake.v1
     assert config.storage.counters == "sqlite:///./tokenstile.db"
-    gateway = make_gateway(config)
+    # The clock stands at the start of this minute: the 31 requests below share one
+    # per-minute window however long a loaded machine takes to send them.
+    gateway = make_gateway(config, clock=FakeClock(time.time() // 60 * 60))
     api = sdk(gateway, key)
     # request_limit: input + output cap must fit 2,000 tokens for development
     with pytest.raises(openai.UnprocessableEntityError) as too_big:
