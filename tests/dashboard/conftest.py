@@ -100,6 +100,7 @@ class Traffic:
             chat(gateway, self.search, feature="chat")
         chat(gateway, self.support, model="gpt-4o")
         wait_for_rows(gateway, 4)
+        gateway.settle_wait()  # the counters the budgets show, final too
 
     def rows(self, **filters: Any) -> list[LedgerRow]:
         return self.gateway.rows(**filters)
