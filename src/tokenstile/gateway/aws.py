@@ -45,6 +45,7 @@ def botocore_parts() -> SimpleNamespace:
         except ImportError:  # pragma: no cover - the [bedrock] extra is not installed
             raise RuntimeError("Bedrock needs botocore: pip install 'tokenstile[bedrock]'"
                                ) from None
+
         class BodyAsGiven(awsrequest.AWSRequest):  # type: ignore[misc]
             """An ``AWSRequest`` whose ``body`` is the bytes it was given. botocore's own
             prepares the whole request again each time SigV4 reads the body; for bytes the

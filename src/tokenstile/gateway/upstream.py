@@ -136,7 +136,6 @@ def upstream_url(config: UpstreamConfig, api: ApiKind | str, model: str | None =
 
 
 @lru_cache(maxsize=4096)
-@lru_cache(maxsize=4096)
 def _bedrock_url(base_url: str, model: str, action: str) -> str:
     # botocore's percent_encode: the safe characters are -._~ (":" and "/" of model ids and
     # ARNs are encoded).
