@@ -163,6 +163,13 @@ def start_gateway(directory: Path, fake_url: str, counters: str, limits: bool,
     raise RuntimeError("gateway did not start")
 
 
+def stop_gateway(proc: subprocess.Popen[bytes], directory: Path) -> None:
+    """Stop a gateway ``start_gateway`` started and remove its directory."""
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(20)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
 async def latencies(url: str, key: str, count: int) -> list[float]:
     body = orjson.dumps(CHAT)
     headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
@@ -246,9 +253,7 @@ def workers_comparison(fake_url: str, seconds: int, rounds: int) -> None:
                 cpu[workers].append((tree_cpu_seconds(proc.pid) - before) / max(done, 1) * 1e3)
                 rates[workers].append(rate)
             finally:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(20)
-                shutil.rmtree(directory, ignore_errors=True)
+                stop_gateway(proc, directory)
     med = statistics.median
     ratios = [two / one for one, two in zip(rates[1], rates[2], strict=True)]
     print(f"one gateway, budgets on SQLite counters, not pinned, wrk c=50, median of {rounds} "
@@ -317,9 +322,7 @@ def cpu_comparison(fake_url: str, seconds: int, rounds: int, provider: str,
                 per_request[name].append((cpu_seconds(proc.pid) - before) / max(done, 1) * 1e6)
                 rates[name].append(answered)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(20)
-        shutil.rmtree(directory, ignore_errors=True)
+        stop_gateway(proc, directory)
     load = "wrk, 50 connections" if rate is None else f"open loop, {rate:,.0f} req/s each"
     print(f"gateway CPU per request, budgets on SQLite counters, median of {rounds} "
           f"interleaved rounds of {seconds} s per path ({load})")
@@ -434,9 +437,7 @@ def run_scenario(fake_url: str, counters: str, limits: bool, args: argparse.Name
         rps, cpu = wrk(url, key, CHAT, args.seconds, directory, proc.pid)
         sse, sse_cpu = wrk(url, key, STREAM, args.seconds, directory, proc.pid)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(20)
-        shutil.rmtree(directory, ignore_errors=True)
+        stop_gateway(proc, directory)
     return lat, rps, cpu, sse, sse_cpu
 
 

@@ -153,6 +153,18 @@ class Gateway:
         while live and time.monotonic() < deadline:
             time.sleep(0.01)
 
+    def settled_counter(self, limit_name: str, scope_id: str) -> int:
+        """The counter the limit named ``limit_name`` charges for ``scope_id`` now, once
+        every reservation of this gateway is settled (``settle_wait``)."""
+        from tokenstile.limits.counter_keys import counter_key
+
+        runtime = self.runtime
+        [limit] = [lim for lim in runtime.admission.limits if lim.name == limit_name]
+        key, _ = counter_key(limit, scope_id, runtime.clock.now())
+        self.settle_wait()
+        [value] = self.run(runtime.counters.read([key]))
+        return int(value)
+
     def rows_once_written(self, count: int, within_s: float = 5.0) -> list[LedgerRow]:
         """The ledger rows once there are ``count`` of them (a request the client saw end,
         by an error event say, is settled and written just after), oldest first."""

@@ -20,7 +20,6 @@ import yaml
 from tests.admin.conftest import ADMIN_KEY, Admin, FileGateway
 from tests.conftest import UPSTREAM_KEY, FakeHandle, Gateway, deep_merge
 from tokenstile.config import ConfigError, parse_config
-from tokenstile.limits.counter_keys import counter_key
 from tokenstile.testing.fake_upstream import FakeRecord, FakeUpstream
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -79,12 +78,7 @@ def nano(input_tokens: int, output_tokens: int) -> int:
 
 
 def usd_counter(gateway: Gateway, project: str) -> int:
-    runtime = gateway.runtime
-    [limit] = [lim for lim in runtime.admission.limits if lim.name == "daily-usd"]
-    key, _ = counter_key(limit, project, runtime.clock.now())
-    gateway.settle_wait()
-    [value] = gateway.run(runtime.counters.read([key]))
-    return int(value)
+    return gateway.settled_counter("daily-usd", project)
 
 
 def no_reservation_left(gateway: Gateway) -> bool:

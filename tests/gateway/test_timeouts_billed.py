@@ -11,7 +11,6 @@ import openai
 import pytest
 
 from tests.conftest import FakeHandle, Gateway
-from tokenstile.limits.counter_keys import counter_key
 from tokenstile.types import LedgerRow
 
 HUNG = "[[fake:hang,bill_if_gone]]"  # never answers, and bills the answer it generated
@@ -83,10 +82,7 @@ def test_each_billed_attempt_has_a_row_when_timeouts_are_retried(
         ["upstream_timeout", "upstream_timeout", None]
     # The counters hold what the three rows say, and no reservation is left.
     runtime = gateway.runtime
-    [limit] = [lim for lim in runtime.admission.limits if lim.name == "daily"]
-    key, _ = counter_key(limit, "p", runtime.clock.now())
-    gateway.settle_wait()
-    [counted] = gateway.run(runtime.counters.read([key]))
+    counted = gateway.settled_counter("daily", "p")
     assert counted == sum(r.input_tokens + r.output_tokens for r in (answered, first, second))
     assert gateway.run(runtime.counters.claim_expired(runtime.clock.now() + 10**6)) == []
 

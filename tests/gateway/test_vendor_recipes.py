@@ -22,7 +22,6 @@ from tests.conftest import FakeHandle, Gateway
 from tokenstile.admin.usage import upstream_providers
 from tokenstile.config import Config, load_config
 from tokenstile.gateway.routing import Router
-from tokenstile.limits.counter_keys import counter_key
 from tokenstile.prices import upstream_provider
 from tokenstile.testing.fake_upstream import FakeRecord
 from tokenstile.types import LedgerRow
@@ -139,12 +138,7 @@ def own_price_nano(recipe: dict[str, Any], row: LedgerRow) -> int:
 
 
 def spent(gateway: Gateway, project: str) -> int:
-    runtime = gateway.runtime
-    [limit] = [lim for lim in runtime.admission.limits if lim.name == "spend"]
-    key, _ = counter_key(limit, project, runtime.clock.now())
-    gateway.settle_wait()
-    [value] = gateway.run(runtime.counters.read([key]))
-    return int(value)
+    return gateway.settled_counter("spend", project)
 
 
 def check_sent(record: FakeRecord, vendor: Vendor) -> None:
