@@ -117,7 +117,7 @@ class RedisCounterStore:
         args = (rid, repr(lease_until), payload, spec)
         held, lease, names = await self._reserve_layout(rid, plan.keys)
         keys = [held, lease, *names]
-        reply = await self._call("reserve", lambda: self._reserve(keys=keys, args=args))
+        reply = await self._redis.run_script("reserve", self._reserve, keys, args)
         status, n = int(reply[0]), len(plan.checks)
         used = [int(v) for v in reply[1 : 1 + n]]
         if status == 2:
@@ -140,9 +140,8 @@ class RedisCounterStore:
         changed = {k: d for k, d in merged.items() if d != 0}
         _, _, names = self._layout(rid, list(changed))
         keys = [held, lease, *names]
-        reply = await self._call(
-            "settle", lambda: self._settle(keys=keys, args=[rid, *changed.values()])
-        )
+        reply = await self._redis.run_script("settle", self._settle, keys,
+                                             [rid, *changed.values()])
         self._forget(rid)
         return bool(int(reply))
 

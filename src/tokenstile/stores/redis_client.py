@@ -16,13 +16,15 @@ sockets time out after ``socket_connect_timeout`` / ``socket_timeout``, and a gu
 every call turns anything slower into StoreUnavailable. Each store picks the default of
 those three. A dropped connection is retried once on a fresh one, so a store's calls must
 be safe to repeat. Replies are parsed by hiredis (redis-py uses it when it is installed).
+On one server, the script calls of one turn of the event loop go out together
+(``run_script``, ``stores/redis_pipeline.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -32,9 +34,10 @@ from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from tokenstile.stores.counters import StoreUnavailable
+from tokenstile.stores.redis_pipeline import Pipelined
 from tokenstile.stores.urls import StoreConfigError, redact_url
 
 _PASSED_THROUGH = frozenset({
@@ -79,6 +82,7 @@ class RedisConnection:
         self.prefix = options.get("prefix")
         self._closed = False
         self._slots: asyncio.Semaphore | None = None
+        self._pipelined: Pipelined | None = None  # on one server: scripts sent together
         if self.cluster:
             self._cluster(url, parts.scheme, query, wait_s, slack_s, own)
             return
@@ -103,6 +107,7 @@ class RedisConnection:
         )
         self.guard = pool_wait + 2 * per_try + slack_s
         self.client = Redis.from_pool(pool)
+        self._pipelined = Pipelined(pool)
 
     def _cluster(self, url: str, scheme: str, query: list[tuple[str, str]], wait_s: float,
                  slack_s: float, own: frozenset[str]) -> None:
@@ -160,7 +165,26 @@ class RedisConnection:
                 f"Redis {self.what} did not answer {what} within {self.guard:g} s"
             ) from None
 
+    async def run_script(self, what: str, script: Any, keys: Sequence[Any],
+                         args: Sequence[Any]) -> Any:
+        """``script`` (registered with ``client.register_script``) on ``keys`` and
+        ``args``, within the guard like ``call``. On one server it goes out with the other
+        script calls of this turn of the event loop (``stores/redis_pipeline.py``)."""
+        pipelined = self._pipelined
+        if pipelined is None:
+            return await self.call(what, lambda: script(keys=keys, args=args))
+
+        async def run() -> Any:
+            try:
+                return await pipelined.evalsha(script.sha, keys, args)
+            except NoScriptError:  # not run: load it and run it (redis-py's Script does)
+                return await script(keys=keys, args=args)
+
+        return await self.call(what, run)
+
     async def close(self) -> None:
         self._closed = True
+        if self._pipelined is not None:
+            await self._pipelined.close()
         with contextlib.suppress(RedisError, RedisClusterException, OSError):
             await self.client.aclose()

@@ -1,0 +1,99 @@
+"""Script calls that arrive in one turn of the event loop go to Redis together.
+
+Every admission runs a Lua script (reserve) and every finished request another (settle).
+Sent one by one through redis-py, each pays for a pool checkout, its own write and its own
+timeout, a cost that grows with the number of calls waiting for a connection. Here the
+calls made in one turn of the event loop are written as one pipeline (``EVALSHA`` each) on
+one connection and their replies read in order: one checkout and one write for all of
+them. Each call is still one command, run atomically by the server, and each caller gets
+its own reply or error; nothing of one call depends on another's.
+
+A batch in flight does not hold up the next: the calls that arrive meanwhile go out on
+another connection of the pool. A connection that breaks is replaced once and the calls
+still unanswered are sent again (the stores' calls are safe to repeat); a timeout fails
+the calls still waiting with redis-py's error, which the connection's guard maps to
+StoreUnavailable. A script the server does not know (its cache flushed, or a restarted
+server) is answered ``NOSCRIPT`` without having run: the caller then runs it through
+redis-py's ``Script``, which loads it and runs it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from redis.asyncio import BlockingConnectionPool
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+
+class Pipelined:
+    """``EVALSHA`` calls on one pool, written together when they arrive together."""
+
+    def __init__(self, pool: BlockingConnectionPool) -> None:
+        self._pool = pool
+        self._waiting: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._sending: set[asyncio.Task[None]] = set()
+
+    def evalsha(self, sha: str, keys: Sequence[Any], args: Sequence[Any]) -> asyncio.Future[Any]:
+        """The reply of ``EVALSHA sha`` (raised if an error): sent at the end of this turn
+        of the event loop with the other calls made in it."""
+        loop = asyncio.get_running_loop()
+        reply: asyncio.Future[Any] = loop.create_future()
+        if not self._waiting:
+            loop.call_soon(self._flush)
+        self._waiting.append((("EVALSHA", sha, len(keys), *keys, *args), reply))
+        return reply
+
+    def _flush(self) -> None:
+        batch, self._waiting = self._waiting, []
+        task = asyncio.ensure_future(self._send(batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
+        answered = 0
+        retried = False
+        try:
+            while answered < len(batch):
+                conn = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+                try:
+                    commands = [command for command, _ in batch[answered:]]
+                    await conn.send_packed_command(conn.pack_commands(commands),
+                                                   check_health=False)
+                    while answered < len(batch):
+                        reply: Any
+                        try:
+                            reply = await conn.read_response()
+                        except ResponseError as exc:  # this command's own error
+                            reply = exc
+                        waiter = batch[answered][1]
+                        answered += 1
+                        if waiter.done():  # its caller gave up waiting
+                            continue
+                        if isinstance(reply, ResponseError):
+                            waiter.set_exception(reply)
+                        else:
+                            waiter.set_result(reply)
+                except RedisConnectionError:
+                    await conn.disconnect()
+                    if retried:
+                        raise
+                    retried = True  # once, on a fresh connection, for those unanswered
+                finally:
+                    await self._pool.release(conn)
+        except BaseException as exc:
+            for _, waiter in batch[answered:]:
+                if not waiter.done():
+                    waiter.set_exception(exc if isinstance(exc, Exception)
+                                         else RedisConnectionError("the call was cancelled"))
+            if not isinstance(exc, Exception):
+                raise
+
+    async def close(self) -> None:
+        """Let the batches already sent finish (each is bounded by the socket timeout)."""
+        if self._waiting:
+            self._flush()
+        if self._sending:
+            await asyncio.gather(*self._sending, return_exceptions=True)

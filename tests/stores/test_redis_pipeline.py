@@ -1,0 +1,140 @@
+"""Script calls made in one turn of the event loop go to Redis together (one connection,
+one write), and each still gets its own answer: its reply, its error, a reloaded script, or
+a resend when the connection breaks. Against the real server."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+import pytest
+import redis
+
+from tests.tcp_proxy import TcpProxy
+from tokenstile.stores.counters import Charge, StoreUnavailable, counter_store_from_url
+from tokenstile.stores.redis_client import RedisConnection
+
+if TYPE_CHECKING:
+    from conftest import Backend
+
+pytestmark = pytest.mark.parametrize("backend", ["redis"], indirect=True)
+
+ECHO = "if ARGV[1] == 'bad' then return redis.error_reply('bad input') end return ARGV[1]"
+INCR = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
+
+
+def named(url: str) -> tuple[str, str]:
+    """``url`` with a client name of its own, and that name."""
+    name = f"pipeline-{uuid.uuid4().hex[:10]}"
+    return f"{url}&client_name={name}", name
+
+
+def clients_named(backend: Backend, name: str) -> int:
+    client = backend.redis()
+    assert isinstance(client, redis.Redis)
+    with client:
+        return sum(1 for c in client.client_list() if c.get("name") == name)
+
+
+@pytest.fixture
+async def proxy(backend: Backend) -> AsyncIterator[TcpProxy]:
+    target = urlsplit(backend.url)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 6379)
+    await proxy.start()
+    yield proxy
+    await proxy.stop()
+
+
+async def test_concurrent_admissions_share_one_connection_and_stay_exact(
+        backend: Backend) -> None:
+    url, name = named(backend.url)
+    store = counter_store_from_url(url)
+    try:  # the scripts loaded first (a server that lost them is the test after next)
+        await store.reserve("warm", [Charge("warm", 1, None, 3600, ())], 1e12, b"")
+        await store.settle("warm", [])
+        reserved = await asyncio.gather(*(
+            store.reserve(f"r{i}", [Charge("tokens", 7, 1_000, 3600, ())], 1e12, b"row")
+            for i in range(300)))
+        # 300 scripts sent one by one would have spread over the pool's 64 connections
+        assert clients_named(backend, name) == 1
+        admitted = [i for i, outcome in enumerate(reserved) if outcome.admitted]
+        assert len(admitted) == 1_000 // 7
+        assert await store.read(["tokens"]) == [7 * len(admitted)]
+        settled = await asyncio.gather(*(store.settle(f"r{i}", [("tokens", -7)])
+                                         for i in admitted))
+        assert all(settled) and await store.read(["tokens"]) == [0]
+        assert clients_named(backend, name) == 1
+    finally:
+        await store.close()
+
+
+async def test_each_call_of_a_batch_gets_its_own_reply_or_error(backend: Backend) -> None:
+    url, name = named(backend.url)
+    conn = RedisConnection(url, "test store", wait_s=1.0, slack_s=0.5, own=frozenset({"prefix"}))
+    echo = conn.client.register_script(ECHO)
+    try:
+        await conn.client.script_load(ECHO)
+        args = ["a", "bad", "c", "bad", "e"]
+        replies = await asyncio.gather(
+            *(conn.run_script("echo", echo, [], [arg]) for arg in args), return_exceptions=True)
+        assert replies[0::2] == [b"a", b"c", b"e"]
+        for refused in replies[1::2]:
+            assert isinstance(refused, StoreUnavailable) and "bad input" in str(refused)
+        assert clients_named(backend, name) == 1
+    finally:
+        await conn.close()
+
+
+async def test_a_script_the_server_lost_is_loaded_and_run_once_per_call(
+        backend: Backend) -> None:
+    conn = RedisConnection(backend.url, "test store", wait_s=1.0, slack_s=0.5,
+                           own=frozenset({"prefix"}))
+    incr = conn.client.register_script(INCR)
+    key = f"{{{backend.tag}}}:c:lost"
+    try:
+        # As after SCRIPT FLUSH or a restart (not run here: the server is shared)
+        incr.sha = "0" * 40
+        replies = await asyncio.gather(*(conn.run_script("incr", incr, [key], [1])
+                                         for _ in range(20)))
+        assert sorted(replies) == list(range(1, 21))
+        assert incr.sha != "0" * 40
+    finally:
+        await conn.close()
+
+
+async def test_a_batch_cut_on_its_way_is_sent_again_on_a_fresh_connection(
+        backend: Backend, proxy: TcpProxy) -> None:
+    url = backend.url.replace(f":{urlsplit(backend.url).port}/", f":{proxy.port}/")
+    conn = RedisConnection(url, "test store", wait_s=1.0, slack_s=0.5, own=frozenset({"prefix"}))
+    incr = conn.client.register_script(INCR)
+    key = f"{{{backend.tag}}}:c:cut"
+    try:
+        assert await conn.run_script("incr", incr, [key], [1]) == 1  # connected, loaded
+        proxy.cut_on(b"EVALSHA")
+        replies = await asyncio.gather(*(conn.run_script("incr", incr, [key], [1])
+                                         for _ in range(50)))
+        # the cut batch never reached the server: each call ran exactly once, afterwards
+        assert sorted(replies) == list(range(2, 52))
+        assert proxy.connections == 2
+    finally:
+        await conn.close()
+
+
+async def test_a_batch_cut_twice_fails_each_call_rather_than_hang(
+        backend: Backend, proxy: TcpProxy) -> None:
+    url = backend.url.replace(f":{urlsplit(backend.url).port}/", f":{proxy.port}/")
+    conn = RedisConnection(url, "test store", wait_s=1.0, slack_s=0.5, own=frozenset({"prefix"}))
+    incr = conn.client.register_script(INCR)
+    key = f"{{{backend.tag}}}:c:cut"
+    try:
+        assert await conn.run_script("incr", incr, [key], [1]) == 1
+        proxy.cut_on(b"EVALSHA", times=2)  # the batch, then its resend
+        with pytest.raises(StoreUnavailable, match="Connection closed"):
+            await conn.run_script("incr", incr, [key], [1])
+        assert proxy.connections == 2
+        assert await conn.run_script("incr", incr, [key], [1]) == 2  # the next one passes
+    finally:
+        await conn.close()

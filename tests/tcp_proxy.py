@@ -1,0 +1,64 @@
+"""A TCP forwarder to a shared server (PostgreSQL, Redis) that a test can break on purpose:
+take it down and bring it back on the same port, cutting live connections, or cut the
+connection that sends a given command before the server sees it. An outage without
+touching the server other test runs share."""
+
+from __future__ import annotations
+
+import asyncio
+
+
+class TcpProxy:
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.port = 0
+        self.connections = 0  # accepted so far
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._cut_on: bytes = b""
+        self._cuts_left = 0
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+        await self._server.wait_closed()
+
+    def cut_on(self, marker: bytes, times: int = 1) -> None:
+        """The next ``times`` sends of a client that hold ``marker`` are dropped with their
+        connection (the server never sees them); later ones pass."""
+        self._cut_on, self._cuts_left = marker, times
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter,
+                       from_client: bool) -> None:
+            try:
+                while data := await src.read(65536):
+                    if from_client and self._cuts_left and self._cut_on in data:
+                        self._cuts_left -= 1
+                        writer.transport.abort()
+                        up_writer.transport.abort()
+                        return
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
+        self._writers -= {writer, up_writer}
