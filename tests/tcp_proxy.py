@@ -1,7 +1,8 @@
 """A TCP forwarder to a shared server (PostgreSQL, Redis) that a test can break on purpose:
-take it down and bring it back on the same port, cutting live connections, or cut the
-connection that sends a given command before the server sees it. An outage without
-touching the server other test runs share."""
+take it down and bring it back on the same port, cutting live connections; cut the
+connection that sends a given command before the server sees it; or keep that command from
+the server with the connection left open. An outage without touching the server other test
+runs share."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ class TcpProxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self._cut_on: bytes = b""
         self._cuts_left = 0
+        self._swallow = False
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
@@ -33,7 +35,11 @@ class TcpProxy:
     def cut_on(self, marker: bytes, times: int = 1) -> None:
         """The next ``times`` sends of a client that hold ``marker`` are dropped with their
         connection (the server never sees them); later ones pass."""
-        self._cut_on, self._cuts_left = marker, times
+        self._cut_on, self._cuts_left, self._swallow = marker, times, False
+
+    def swallow_on(self, marker: bytes, times: int = 1) -> None:
+        """As ``cut_on``, but the connection stays open: the server never answers."""
+        self._cut_on, self._cuts_left, self._swallow = marker, times, True
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -50,6 +56,8 @@ class TcpProxy:
                 while data := await src.read(65536):
                     if from_client and self._cuts_left and self._cut_on in data:
                         self._cuts_left -= 1
+                        if self._swallow:
+                            continue
                         writer.transport.abort()
                         up_writer.transport.abort()
                         return

@@ -5,6 +5,7 @@ a resend when the connection breaks. Against the real server."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
@@ -136,5 +137,25 @@ async def test_a_batch_cut_twice_fails_each_call_rather_than_hang(
             await conn.run_script("incr", incr, [key], [1])
         assert proxy.connections == 2
         assert await conn.run_script("incr", incr, [key], [1]) == 2  # the next one passes
+    finally:
+        await conn.close()
+
+
+async def test_a_batch_the_server_never_answers_fails_each_call_within_the_guard(
+        backend: Backend, proxy: TcpProxy) -> None:
+    url = backend.url.replace(f":{urlsplit(backend.url).port}/", f":{proxy.port}/")
+    conn = RedisConnection(f"{url}&socket_timeout=0.3&socket_connect_timeout=0.3&timeout=0.3",
+                           "test store", wait_s=1.0, slack_s=0.1, own=frozenset({"prefix"}))
+    incr = conn.client.register_script(INCR)
+    key = f"{{{backend.tag}}}:c:held"
+    try:
+        assert await conn.run_script("incr", incr, [key], [1]) == 1
+        proxy.swallow_on(b"EVALSHA")
+        started = time.monotonic()
+        held = await asyncio.gather(*(conn.run_script("incr", incr, [key], [1])
+                                      for _ in range(10)), return_exceptions=True)
+        assert all(isinstance(r, StoreUnavailable) for r in held), held
+        assert time.monotonic() - started <= conn.guard
+        assert await conn.run_script("incr", incr, [key], [1]) == 2  # on a new connection
     finally:
         await conn.close()

@@ -107,7 +107,7 @@ class RedisConnection:
         )
         self.guard = pool_wait + 2 * per_try + slack_s
         self.client = Redis.from_pool(pool)
-        self._pipelined = Pipelined(pool)
+        self._pipelined = Pipelined(pool, self.guard)
 
     def _cluster(self, url: str, scheme: str, query: list[tuple[str, str]], wait_s: float,
                  slack_s: float, own: frozenset[str]) -> None:
@@ -158,29 +158,32 @@ class RedisConnection:
                     return await op()
                 async with self._slots:
                     return await op()
-        except (RedisError, RedisClusterException) as exc:
-            raise StoreUnavailable(f"Redis {self.what} {what} failed: {exc}") from None
-        except (OSError, TimeoutError):
-            raise StoreUnavailable(
-                f"Redis {self.what} did not answer {what} within {self.guard:g} s"
-            ) from None
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
+            raise self._unavailable(what, exc) from None
+
+    def _unavailable(self, what: str, exc: BaseException) -> StoreUnavailable:
+        if isinstance(exc, RedisError | RedisClusterException):
+            return StoreUnavailable(f"Redis {self.what} {what} failed: {exc}")
+        return StoreUnavailable(f"Redis {self.what} did not answer {what} within "
+                                f"{self.guard:g} s")
 
     async def run_script(self, what: str, script: Any, keys: Sequence[Any],
                          args: Sequence[Any]) -> Any:
         """``script`` (registered with ``client.register_script``) on ``keys`` and
-        ``args``, within the guard like ``call``. On one server it goes out with the other
-        script calls of this turn of the event loop (``stores/redis_pipeline.py``)."""
+        ``args``, bounded like ``call``. On one server it goes out with the other script
+        calls of this turn of the event loop (``stores/redis_pipeline.py``), whose batch
+        carries the guard's timer."""
         pipelined = self._pipelined
         if pipelined is None:
             return await self.call(what, lambda: script(keys=keys, args=args))
-
-        async def run() -> Any:
-            try:
-                return await pipelined.evalsha(script.sha, keys, args)
-            except NoScriptError:  # not run: load it and run it (redis-py's Script does)
-                return await script(keys=keys, args=args)
-
-        return await self.call(what, run)
+        if self._closed:
+            raise StoreUnavailable(f"the Redis {self.what} is closed")
+        try:
+            return await pipelined.evalsha(script.sha, keys, args)
+        except NoScriptError:  # not run: load it and run it (redis-py's Script does)
+            return await self.call(what, lambda: script(keys=keys, args=args))
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise self._unavailable(what, exc) from None
 
     async def close(self) -> None:
         self._closed = True

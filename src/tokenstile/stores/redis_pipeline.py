@@ -10,11 +10,12 @@ its own reply or error; nothing of one call depends on another's.
 
 A batch in flight does not hold up the next: the calls that arrive meanwhile go out on
 another connection of the pool. A connection that breaks is replaced once and the calls
-still unanswered are sent again (the stores' calls are safe to repeat); a timeout fails
-the calls still waiting with redis-py's error, which the connection's guard maps to
-StoreUnavailable. A script the server does not know (its cache flushed, or a restarted
-server) is answered ``NOSCRIPT`` without having run: the caller then runs it through
-redis-py's ``Script``, which loads it and runs it again.
+still unanswered are sent again (the stores' calls are safe to repeat). One timer bounds a
+whole batch (the connection's guard, which its callers then need not set each): past it,
+the calls still waiting fail, and the caller maps that to StoreUnavailable. A script the
+server does not know (its cache flushed, or a restarted server) is answered ``NOSCRIPT``
+without having run: the caller then runs it through redis-py's ``Script``, which loads it
+and runs it again.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ from redis.exceptions import ResponseError
 class Pipelined:
     """``EVALSHA`` calls on one pool, written together when they arrive together."""
 
-    def __init__(self, pool: BlockingConnectionPool) -> None:
+    def __init__(self, pool: BlockingConnectionPool, guard_s: float) -> None:
         self._pool = pool
+        self._guard_s = guard_s
         self._waiting: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
         self._sending: set[asyncio.Task[None]] = set()
 
@@ -53,43 +55,50 @@ class Pipelined:
         task.add_done_callback(self._sending.discard)
 
     async def _send(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
-        answered = 0
-        retried = False
         try:
-            while answered < len(batch):
-                conn = await self._pool.get_connection()  # type: ignore[no-untyped-call]
-                try:
-                    commands = [command for command, _ in batch[answered:]]
-                    await conn.send_packed_command(conn.pack_commands(commands),
-                                                   check_health=False)
-                    while answered < len(batch):
-                        reply: Any
-                        try:
-                            reply = await conn.read_response()
-                        except ResponseError as exc:  # this command's own error
-                            reply = exc
-                        waiter = batch[answered][1]
-                        answered += 1
-                        if waiter.done():  # its caller gave up waiting
-                            continue
-                        if isinstance(reply, ResponseError):
-                            waiter.set_exception(reply)
-                        else:
-                            waiter.set_result(reply)
-                except RedisConnectionError:
-                    await conn.disconnect()
-                    if retried:
-                        raise
-                    retried = True  # once, on a fresh connection, for those unanswered
-                finally:
-                    await self._pool.release(conn)
+            async with asyncio.timeout(self._guard_s):  # one timer for the whole batch
+                await self._exchange(batch)
         except BaseException as exc:
-            for _, waiter in batch[answered:]:
+            failed = exc if isinstance(exc, Exception) else \
+                RedisConnectionError("the gateway is shutting down")
+            for _, waiter in batch:
                 if not waiter.done():
-                    waiter.set_exception(exc if isinstance(exc, Exception)
-                                         else RedisConnectionError("the call was cancelled"))
+                    waiter.set_exception(failed)
             if not isinstance(exc, Exception):
                 raise
+
+    async def _exchange(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
+        answered = 0
+        retried = False
+        while answered < len(batch):
+            conn = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+            try:
+                commands = [command for command, _ in batch[answered:]]
+                await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+                while answered < len(batch):
+                    reply: Any
+                    try:
+                        reply = await conn.read_response()
+                    except ResponseError as exc:  # this command's own error
+                        reply = exc
+                    waiter = batch[answered][1]
+                    answered += 1
+                    if waiter.done():  # its caller gave up waiting
+                        continue
+                    if isinstance(reply, ResponseError):
+                        waiter.set_exception(reply)
+                    else:
+                        waiter.set_result(reply)
+            except RedisConnectionError:
+                await conn.disconnect()
+                if retried:
+                    raise
+                retried = True  # once, on a fresh connection, for those unanswered
+            except BaseException:  # a timeout: what the connection holds is unknown
+                await conn.disconnect()
+                raise
+            finally:
+                await self._pool.release(conn)
 
     async def close(self) -> None:
         """Let the batches already sent finish (each is bounded by the socket timeout)."""
