@@ -186,3 +186,20 @@ def test_one_registry_names_every_backend(kind: str) -> None:
     for scheme, target in BACKENDS[kind].items():
         cls = backend_class(kind, f"{scheme}://whatever")
         assert f"{cls.__module__}:{cls.__name__}" == target
+
+
+async def test_files_opened_together_for_the_first_time_all_open(tmp_path: Path) -> None:
+    # Switching a new file to WAL while other connections open it can answer "database is
+    # locked" at once, past the busy timeout: each opener waits for the lock instead.
+    for round_ in range(40):
+        path = str(tmp_path / f"new{round_}.db")
+        files = [SqliteFile(path, "test file", SqliteTimeouts(2000, 5.0),
+                            setup=lambda conn: conn.execute(
+                                "CREATE TABLE IF NOT EXISTS t (x INTEGER)"))
+                 for _ in range(8)]
+        try:
+            opened = await asyncio.gather(*(f.run(lambda conn: conn.execute(
+                "PRAGMA journal_mode").fetchone()[0]) for f in files))
+            assert opened == ["wal"] * 8
+        finally:
+            await asyncio.gather(*(f.close() for f in files))
