@@ -8,6 +8,7 @@ series count by inventing names.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -22,6 +23,9 @@ class Metrics:
         self.registry = CollectorRegistry()
         self._model_known = model_known or (lambda model: False)
         self._known_models: dict[str, str] = {}
+        # a metric's child per label values: prometheus_client's ``labels`` takes a lock and
+        # checks every value each call; each request's row looks up five or six
+        self._children: dict[tuple[object, ...], Any] = {}
         r = self.registry
         self.requests = Counter("tokenstile_requests", "Requests served, by outcome",
                                 ["api", "model", "project", "outcome"], registry=r)
@@ -87,17 +91,28 @@ class Metrics:
                 self._known_models[model] = label
         return label
 
+    def _child(self, metric: Any, *values: str) -> Any:
+        """``metric.labels(*values)``, remembered (label values are bounded sets)."""
+        key = (metric, *values)
+        child = self._children.get(key)
+        if child is None:
+            child = metric.labels(*values)
+            if len(self._children) < 10_000:
+                self._children[key] = child
+        return child
+
     def observe(self, row: LedgerRow) -> None:
         model = self._model(row.served_model or row.requested_model)
         project = row.project or "none"
-        self.requests.labels(row.api, model, project, row.outcome).inc()
+        child = self._child
+        child(self.requests, row.api, model, project, row.outcome).inc()
         if row.input_tokens or row.output_tokens:
-            self.tokens.labels("input", model, project).inc(row.input_tokens)
-            self.tokens.labels("output", model, project).inc(row.output_tokens)
+            child(self.tokens, "input", model, project).inc(row.input_tokens)
+            child(self.tokens, "output", model, project).inc(row.output_tokens)
             if row.cached_input_tokens:
-                self.tokens.labels("cached", model, project).inc(row.cached_input_tokens)
+                child(self.tokens, "cached", model, project).inc(row.cached_input_tokens)
         if row.cost_nano:
-            self.cost.labels(model, project).inc(row.cost_nano / 1e9)
+            child(self.cost, model, project).inc(row.cost_nano / 1e9)
         if row.outcome == "blocked" and row.block_reason:
             self.blocks.labels(row.block_reason).inc()
         elif row.outcome == "upstream_error":
@@ -106,9 +121,9 @@ class Metrics:
             self.degradations.labels(kind).inc()
         if row.cache:
             self.cache.labels(row.cache).inc()
-        self.latency.labels(row.api).observe(row.latency_ms / 1000)
+        child(self.latency, row.api).observe(row.latency_ms / 1000)
         if row.ttfb_ms is not None:
-            self.ttfb.labels(row.api).observe(row.ttfb_ms / 1000)
+            child(self.ttfb, row.api).observe(row.ttfb_ms / 1000)
 
     def observe_reconcile(self, provider: str, drift_nano: int, drift_tokens: int,
                           ts: float) -> None:
