@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
@@ -79,7 +80,15 @@ def collect_sdk_clients() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def fake_server() -> Iterator[FakeHandle]:
-    fake = FakeUpstream()
+    with served_fake() as handle:
+        yield handle
+
+
+@contextlib.contextmanager
+def served_fake(**overrides: Any) -> Iterator[FakeHandle]:
+    """A fake upstream served on a free port for the ``with`` block; ``overrides`` are its
+    settings (``defaults={...}``: how it answers every request unless told otherwise)."""
+    fake = FakeUpstream(**overrides)
     with fake.serve() as server:
         yield FakeHandle(fake, server.url)
 

@@ -18,9 +18,9 @@ import tiktoken
 import yaml
 
 from tests.admin.conftest import ADMIN_KEY, Admin, FileGateway
-from tests.conftest import UPSTREAM_KEY, FakeHandle, Gateway, deep_merge
+from tests.conftest import UPSTREAM_KEY, FakeHandle, Gateway, deep_merge, served_fake
 from tokenstile.config import ConfigError, parse_config
-from tokenstile.testing.fake_upstream import FakeRecord, FakeUpstream
+from tokenstile.testing.fake_upstream import FakeRecord
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 PRICE = {"input": 0.2, "output": 0.6}  # USD per million tokens
@@ -32,9 +32,8 @@ O200K = tiktoken.get_encoding("o200k_base")
 def refusing_server() -> Iterator[FakeHandle]:
     """A server that answers 400 to any chat or completions request with ``stream_options``
     (and so streams without a usage chunk)."""
-    fake = FakeUpstream(defaults={"refuse_stream_options": True})
-    with fake.serve() as server:
-        yield FakeHandle(fake, server.url)
+    with served_fake(defaults={"refuse_stream_options": True}) as handle:
+        yield handle
 
 
 @pytest.fixture

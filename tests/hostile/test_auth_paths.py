@@ -16,10 +16,9 @@ import orjson
 import pytest
 import requests
 
-from tests.conftest import FakeHandle, Gateway
+from tests.conftest import FakeHandle, Gateway, served_fake
 from tokenstile.admin.api import ENDPOINTS
 from tokenstile.stores.database import hash_key
-from tokenstile.testing.fake_upstream import FakeUpstream
 
 ADMIN_KEY = "adm-hostile-" + "0123456789abcdef" * 2
 HI = [{"role": "user", "content": "hi"}]
@@ -180,9 +179,8 @@ def test_admin_routes_refuse_everything_but_the_admin_key(admin_gateway: Gateway
 
 @pytest.fixture
 def evil() -> Iterator[FakeHandle]:
-    fake = FakeUpstream()
-    with fake.serve() as server:
-        yield FakeHandle(fake, server.url)
+    with served_fake() as handle:
+        yield handle
 
 
 STEERING_HEADERS = ("host", "x-forwarded-host", "x-forwarded-proto", "forwarded",
