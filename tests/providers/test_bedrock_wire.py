@@ -10,6 +10,7 @@ import base64
 import importlib.util
 import json
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -413,9 +414,9 @@ def test_the_fake_checks_the_gateways_signatures_with_botocore() -> None:
 
 
 def test_signatures_equal_plain_botocores_for_every_path_and_body() -> None:
-    """The signer's shortcuts (the body read as given, canonical paths remembered) change no
-    signature: each is checked by plain botocore, a path's second signature (from the
-    remembered path) too, and with a session token."""
+    """The signer's shortcuts (the body read as given; canonical paths, signing keys and
+    selected headers remembered) change no signature: each is checked by plain botocore, a
+    path's second signature (from the remembered path) too, and with a session token."""
     config = UpstreamConfig(kind="bedrock", base_url="http://127.0.0.1:9", region="eu-west-1",
                             aws_access_key_id="AKIDX", aws_secret_access_key="s3cret",
                             aws_session_token="tok/en+=")
@@ -435,6 +436,30 @@ def test_signatures_equal_plain_botocores_for_every_path_and_body() -> None:
                 assert verify_sigv4("POST", path, "", lowered, body, {"AKIDX": "s3cret"},
                                     time.time()) == ("AKIDX", None), (url, body)
 
+
+
+def test_the_remembered_signing_key_follows_the_day_the_region_and_the_secret(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The signer keeps the day's signing key: across midnight, and for another secret or
+    region on the same signer, each signature is still the one plain botocore checks."""
+    import botocore.auth
+
+    signer = AwsSigner()
+    days = [datetime(2026, 12, 3, 23, 59, 59, tzinfo=UTC),
+            datetime(2026, 12, 4, 0, 0, 1, tzinfo=UTC)]
+    body = b'{"messages": []}'
+    for secret, region in (("s3cret", "eu-west-1"), ("0ther", "eu-west-1"),
+                           ("s3cret", "us-east-1")):
+        config = UpstreamConfig(kind="bedrock", base_url="http://127.0.0.1:9", region=region,
+                                aws_access_key_id="AKIDX", aws_secret_access_key=secret)
+        url = upstream_url(config, "converse", MODEL, False)
+        for day in (*days, *days):
+            monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda day=day: day)
+            headers = asyncio.run(signer.headers("aws", config, url, body, {}))
+            lowered = {k.lower(): v for k, v in headers.items()}
+            assert lowered["x-amz-date"] == day.strftime("%Y%m%dT%H%M%SZ")
+            assert verify_sigv4("POST", url.removeprefix("http://127.0.0.1:9"), "", lowered,
+                                body, {"AKIDX": secret}, day.timestamp()) == ("AKIDX", None)
 
 # --- anything a client sends --------------------------------------------------------------
 

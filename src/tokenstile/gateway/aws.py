@@ -5,8 +5,9 @@ Each attempt is signed afresh (its ``X-Amz-Date`` is when it is sent) with
 (the model id percent-encoded as boto3 encodes it), the body, and the ``host`` and
 ``x-amz-date`` headers (with ``x-amz-security-token`` for temporary credentials), which are
 the headers SigV4 requires signed. Nothing of the algorithm is written here: two small
-subclasses only spare botocore work it repeats per call (preparing the request again to
-read its body, re-encoding a path it has seen): a quarter to a half of a signature's CPU.
+subclasses only spare botocore work it repeats (preparing the request again to read its
+body, re-encoding a path it has seen, deriving the day's signing key again, selecting the
+headers to sign twice per signature).
 
 Credentials come from the upstream's config (``aws_access_key_id`` /
 ``aws_secret_access_key`` / ``aws_session_token``), else from botocore's own chain for its
@@ -56,13 +57,18 @@ def botocore_parts() -> SimpleNamespace:
                 data: bytes = self.data
                 return data
 
-        class PathsRemembered(auth.SigV4Auth):  # type: ignore[misc]
-            """``SigV4Auth`` that keeps the canonical form of the URL paths it has seen (a
-            Bedrock upstream calls a handful, one per model and action)."""
+        class RepeatsSpared(auth.SigV4Auth):  # type: ignore[misc]
+            """``SigV4Auth`` that keeps what it would otherwise work out again: the
+            canonical form of the URL paths it has seen (a Bedrock upstream calls a
+            handful, one per model and action), the signing key of the day (derived from
+            the secret, the date, the region and the service by four HMACs), and, within
+            one signature, the headers to sign (botocore selects them twice)."""
 
             def __init__(self, *args: Any) -> None:
                 super().__init__(*args)
                 self._paths: dict[str, str] = {}
+                self._keys: dict[tuple[bytes, str], bytes] = {}
+                self._selected: tuple[Any, Any] | None = None
 
             def _normalize_url_path(self, path: str) -> str:
                 found = self._paths.get(path)
@@ -72,8 +78,30 @@ def botocore_parts() -> SimpleNamespace:
                     found = self._paths[path] = super()._normalize_url_path(path)
                 return found
 
+            def _sign(self, key: bytes, msg: str, hex: bool = False) -> Any:
+                if hex:  # the signature itself: never the same twice
+                    return super()._sign(key, msg, hex=True)
+                found = self._keys.get((key, msg))
+                if found is None:  # a step of the signing key's derivation
+                    if len(self._keys) > 64:
+                        self._keys.clear()
+                    found = self._keys[(key, msg)] = super()._sign(key, msg)
+                return found
+
+            def add_auth(self, request: Any) -> None:
+                try:
+                    super().add_auth(request)
+                finally:
+                    self._selected = None
+
+            def headers_to_sign(self, request: Any) -> Any:
+                selected = self._selected
+                if selected is None or selected[0] is not request:
+                    selected = self._selected = (request, super().headers_to_sign(request))
+                return selected[1]
+
         _botocore = SimpleNamespace(
-            SigV4Auth=PathsRemembered, AWSRequest=BodyAsGiven,
+            SigV4Auth=RepeatsSpared, AWSRequest=BodyAsGiven,
             Credentials=credentials.Credentials,
             ReadOnlyCredentials=credentials.ReadOnlyCredentials,
             RefreshableCredentials=credentials.RefreshableCredentials,
