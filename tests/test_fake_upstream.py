@@ -895,8 +895,9 @@ def test_chunk_delay_ms_spaces_chunks(fake: FakeUpstream, oc: openai.OpenAI) -> 
         stream=True,
     )
     arrivals = [time.perf_counter() - t0 for _ in stream]
-    assert arrivals[-1] >= 0.15  # 5 tokens + the end, 30 ms apart
-    assert arrivals[-1] - arrivals[1] >= 0.1
+    # 5 tokens + the end, 30 ms apart (a busy client reads late, never early: no gap
+    # between two arrivals is checked, since a client that fell behind reads several at once)
+    assert arrivals[-1] >= 0.15
     assert fake.tally.last is not None and fake.tally.last.directives == {
         "chunk_delay_ms": 30.0, "output_tokens": 5}
 
