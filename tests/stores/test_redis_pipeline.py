@@ -5,10 +5,11 @@ a resend when the connection breaks. Against the real server."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -106,56 +107,50 @@ async def test_a_script_the_server_lost_is_loaded_and_run_once_per_call(
         await conn.close()
 
 
+@contextlib.asynccontextmanager
+async def bumping(backend: Backend, proxy: TcpProxy, options: str = "", slack_s: float = 0.5
+                  ) -> AsyncIterator[tuple[RedisConnection, Callable[[], Awaitable[Any]]]]:
+    """A connection through ``proxy`` (``options`` added to its URL) and a call that adds 1
+    to a key of this test's and returns the sum, made once already (connected, loaded)."""
+    url = backend.url.replace(f":{urlsplit(backend.url).port}/", f":{proxy.port}/")
+    conn = RedisConnection(url + options, "test store", wait_s=1.0, slack_s=slack_s,
+                           own=frozenset({"prefix"}))
+    incr = conn.client.register_script(INCR)
+    key = f"{{{backend.tag}}}:c:bumped"
+    try:
+        assert await conn.run_script("incr", incr, [key], [1]) == 1
+        yield conn, lambda: conn.run_script("incr", incr, [key], [1])
+    finally:
+        await conn.close()
+
+
 async def test_a_batch_cut_on_its_way_is_sent_again_on_a_fresh_connection(
         backend: Backend, proxy: TcpProxy) -> None:
-    url = backend.url.replace(f":{urlsplit(backend.url).port}/", f":{proxy.port}/")
-    conn = RedisConnection(url, "test store", wait_s=1.0, slack_s=0.5, own=frozenset({"prefix"}))
-    incr = conn.client.register_script(INCR)
-    key = f"{{{backend.tag}}}:c:cut"
-    try:
-        assert await conn.run_script("incr", incr, [key], [1]) == 1  # connected, loaded
+    async with bumping(backend, proxy) as (_, bump):
         proxy.cut_on(b"EVALSHA")
-        replies = await asyncio.gather(*(conn.run_script("incr", incr, [key], [1])
-                                         for _ in range(50)))
+        replies = await asyncio.gather(*(bump() for _ in range(50)))
         # the cut batch never reached the server: each call ran exactly once, afterwards
         assert sorted(replies) == list(range(2, 52))
         assert proxy.connections == 2
-    finally:
-        await conn.close()
 
 
 async def test_a_batch_cut_twice_fails_each_call_rather_than_hang(
         backend: Backend, proxy: TcpProxy) -> None:
-    url = backend.url.replace(f":{urlsplit(backend.url).port}/", f":{proxy.port}/")
-    conn = RedisConnection(url, "test store", wait_s=1.0, slack_s=0.5, own=frozenset({"prefix"}))
-    incr = conn.client.register_script(INCR)
-    key = f"{{{backend.tag}}}:c:cut"
-    try:
-        assert await conn.run_script("incr", incr, [key], [1]) == 1
+    async with bumping(backend, proxy) as (_, bump):
         proxy.cut_on(b"EVALSHA", times=2)  # the batch, then its resend
         with pytest.raises(StoreUnavailable, match="Connection closed"):
-            await conn.run_script("incr", incr, [key], [1])
+            await bump()
         assert proxy.connections == 2
-        assert await conn.run_script("incr", incr, [key], [1]) == 2  # the next one passes
-    finally:
-        await conn.close()
+        assert await bump() == 2  # the next one passes
 
 
 async def test_a_batch_the_server_never_answers_fails_each_call_within_the_guard(
         backend: Backend, proxy: TcpProxy) -> None:
-    url = backend.url.replace(f":{urlsplit(backend.url).port}/", f":{proxy.port}/")
-    conn = RedisConnection(f"{url}&socket_timeout=0.3&socket_connect_timeout=0.3&timeout=0.3",
-                           "test store", wait_s=1.0, slack_s=0.1, own=frozenset({"prefix"}))
-    incr = conn.client.register_script(INCR)
-    key = f"{{{backend.tag}}}:c:held"
-    try:
-        assert await conn.run_script("incr", incr, [key], [1]) == 1
+    async with bumping(backend, proxy, "&socket_timeout=0.3&socket_connect_timeout=0.3"
+                       "&timeout=0.3", slack_s=0.1) as (conn, bump):
         proxy.swallow_on(b"EVALSHA")
         started = time.monotonic()
-        held = await asyncio.gather(*(conn.run_script("incr", incr, [key], [1])
-                                      for _ in range(10)), return_exceptions=True)
+        held = await asyncio.gather(*(bump() for _ in range(10)), return_exceptions=True)
         assert all(isinstance(r, StoreUnavailable) for r in held), held
         assert time.monotonic() - started <= conn.guard
-        assert await conn.run_script("incr", incr, [key], [1]) == 2  # on a new connection
-    finally:
-        await conn.close()
+        assert await bump() == 2  # on a new connection
