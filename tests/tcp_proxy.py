@@ -1,7 +1,8 @@
 """A TCP forwarder to a shared server (PostgreSQL, Redis) that a test can break on purpose:
 take it down and bring it back on the same port, cutting live connections; cut the
-connection that sends a given command before the server sees it; or keep that command from
-the server with the connection left open. An outage without touching the server other test
+connection that sends a given command before the server sees it, or after it has run but
+before its reply comes back; or keep that command from the server with the connection left
+open. An outage without touching the server other test
 runs share."""
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ class TcpProxy:
         self._cut_on: bytes = b""
         self._cuts_left = 0
         self._swallow = False
+        self._reply_cut_on = b""
+        self._cut_next_reply = False
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
@@ -36,6 +39,11 @@ class TcpProxy:
         """The next ``times`` sends of a client that hold ``marker`` are dropped with their
         connection (the server never sees them); later ones pass."""
         self._cut_on, self._cuts_left, self._swallow = marker, times, False
+
+    def cut_reply_on(self, marker: bytes) -> None:
+        """The next send of a client that holds ``marker`` reaches the server, but the
+        server's answer to it is dropped with the connection (a reply lost on its way)."""
+        self._reply_cut_on = marker
 
     def swallow_on(self, marker: bytes, times: int = 1) -> None:
         """As ``cut_on``, but the connection stays open: the server never answers."""
@@ -61,6 +69,14 @@ class TcpProxy:
                         writer.transport.abort()
                         up_writer.transport.abort()
                         return
+                    if not from_client and self._cut_next_reply:
+                        self._cut_next_reply = False
+                        writer.transport.abort()
+                        up_writer.transport.abort()
+                        return
+                    if from_client and self._reply_cut_on and self._reply_cut_on in data:
+                        self._reply_cut_on = b""
+                        self._cut_next_reply = True
                     dst.write(data)
                     await dst.drain()
             except (ConnectionError, OSError):

@@ -154,3 +154,28 @@ async def test_a_batch_the_server_never_answers_fails_each_call_within_the_guard
         assert all(isinstance(r, StoreUnavailable) for r in held), held
         assert time.monotonic() - started <= conn.guard
         assert await bump() == 2  # on a new connection
+
+
+async def test_a_settle_whose_reply_is_lost_fails_rather_than_run_twice(
+        backend: Backend, proxy: TcpProxy) -> None:
+    # Run again, it would find its reservation gone and answer "unknown", which admission
+    # takes for a claim by crash recovery and corrects the counters once more. Failed, it
+    # is deferred, and the deferred settle finds nothing left to do.
+    url = backend.url.replace(f":{urlsplit(backend.url).port}/", f":{proxy.port}/")
+    store = counter_store_from_url(url)
+    tokens = [Charge("tokens", 100, 1_000, 3600, ())]
+    try:
+        assert (await store.reserve("r1", tokens, 1e12, b"row")).admitted
+        proxy.cut_reply_on(b"EVALSHA")
+        with pytest.raises(StoreUnavailable):
+            await store.settle("r1", [("tokens", -60)])
+        assert await store.read(["tokens"]) == [40]  # it ran, once
+        assert await store.settle("r1", [("tokens", -60)]) is False
+        assert await store.read(["tokens"]) == [40]
+        # a reserve is safe to repeat: sent again, admitted, counted once
+        proxy.cut_reply_on(b"EVALSHA")
+        assert (await store.reserve("r2", tokens, 1e12, b"row")).admitted
+        assert await store.read(["tokens"]) == [140]
+        assert proxy.connections == 3
+    finally:
+        await store.close()

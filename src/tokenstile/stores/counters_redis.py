@@ -15,7 +15,11 @@ Calls never hang (``stores/redis_client.py``): the pool waits at most ``timeout`
 a free connection (default 1), sockets time out after ``socket_connect_timeout`` /
 ``socket_timeout`` (default 1 each), and a guard around every call turns anything slower
 into StoreUnavailable. A dropped connection is retried once on a fresh one; that is safe
-because a repeated reserve of the same rid is not charged twice.
+for a reserve, since a repeated reserve of the same rid is not charged twice. A settle is
+not sent again on one server (``run_script(repeatable=False)``): if it ran before its reply
+was lost, a second run would answer "unknown", which admission takes for a claim by crash
+recovery and corrects for a second time; failed, it is deferred instead. (On a cluster,
+redis-py's own retry still sends it again.)
 """
 
 from __future__ import annotations
@@ -140,8 +144,12 @@ class RedisCounterStore:
         changed = {k: d for k, d in merged.items() if d != 0}
         _, _, names = self._layout(rid, list(changed))
         keys = [held, lease, *names]
+        # Not sent again after a lost reply: a second run would find the reservation gone
+        # and answer "unknown", which the caller takes for a claim by crash recovery and
+        # corrects the counters a second time. Failed instead, it is deferred, and a
+        # deferred settle that finds its reservation gone changes nothing.
         reply = await self._redis.run_script("settle", self._settle, keys,
-                                             [rid, *changed.values()])
+                                             [rid, *changed.values()], repeatable=False)
         self._forget(rid)
         return bool(int(reply))
 

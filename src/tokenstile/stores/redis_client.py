@@ -15,9 +15,9 @@ Calls never hang: the pool waits at most ``timeout`` seconds for a free connecti
 sockets time out after ``socket_connect_timeout`` / ``socket_timeout``, and a guard around
 every call turns anything slower into StoreUnavailable. Each store picks the default of
 those three. A dropped connection is retried once on a fresh one, so a store's calls must
-be safe to repeat. Replies are parsed by hiredis (redis-py uses it when it is installed).
-On one server, the script calls of one turn of the event loop go out together
-(``run_script``, ``stores/redis_pipeline.py``).
+be safe to repeat, or (scripts on one server) say they are not. Replies are parsed by
+hiredis (redis-py uses it when it is installed). On one server, the script calls of one
+turn of the event loop go out together (``run_script``, ``stores/redis_pipeline.py``).
 """
 
 from __future__ import annotations
@@ -168,18 +168,19 @@ class RedisConnection:
                                 f"{self.guard:g} s")
 
     async def run_script(self, what: str, script: Any, keys: Sequence[Any],
-                         args: Sequence[Any]) -> Any:
+                         args: Sequence[Any], *, repeatable: bool = True) -> Any:
         """``script`` (registered with ``client.register_script``) on ``keys`` and
         ``args``, bounded like ``call``. On one server it goes out with the other script
         calls of this turn of the event loop (``stores/redis_pipeline.py``), whose batch
-        carries the guard's timer."""
+        carries the guard's timer, and where a call that is not ``repeatable`` fails rather
+        than go again after a broken connection."""
         pipelined = self._pipelined
         if pipelined is None:
             return await self.call(what, lambda: script(keys=keys, args=args))
         if self._closed:
             raise StoreUnavailable(f"the Redis {self.what} is closed")
         try:
-            return await pipelined.evalsha(script.sha, keys, args)
+            return await pipelined.evalsha(script.sha, keys, args, repeatable)
         except NoScriptError:  # not run: load it and run it (redis-py's Script does)
             return await self.call(what, lambda: script(keys=keys, args=args))
         except (RedisError, OSError, TimeoutError) as exc:
