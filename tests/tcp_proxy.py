@@ -8,6 +8,9 @@ runs share."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
+from collections.abc import Iterator
 
 
 class TcpProxy:
@@ -21,7 +24,6 @@ class TcpProxy:
         self._cuts_left = 0
         self._swallow = False
         self._reply_cut_on = b""
-        self._cut_next_reply = False
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
@@ -57,9 +59,11 @@ class TcpProxy:
             writer.transport.abort()
             return
         self._writers |= {writer, up_writer}
+        cut_next_reply = False  # this connection's next answer is to be lost
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter,
                        from_client: bool) -> None:
+            nonlocal cut_next_reply
             try:
                 while data := await src.read(65536):
                     if from_client and self._cuts_left and self._cut_on in data:
@@ -69,14 +73,13 @@ class TcpProxy:
                         writer.transport.abort()
                         up_writer.transport.abort()
                         return
-                    if not from_client and self._cut_next_reply:
-                        self._cut_next_reply = False
+                    if not from_client and cut_next_reply:
                         writer.transport.abort()
                         up_writer.transport.abort()
                         return
                     if from_client and self._reply_cut_on and self._reply_cut_on in data:
                         self._reply_cut_on = b""
-                        self._cut_next_reply = True
+                        cut_next_reply = True
                     dst.write(data)
                     await dst.drain()
             except (ConnectionError, OSError):
@@ -86,3 +89,30 @@ class TcpProxy:
 
         await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
         self._writers -= {writer, up_writer}
+
+
+@contextlib.contextmanager
+def proxy_in_thread(host: str, port: int) -> Iterator[TcpProxy]:
+    """A ``TcpProxy`` on an event loop of its own thread, for clients that block the test's
+    thread (a gateway started by a fixture, ``time.sleep`` in a helper)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="tcp-proxy", daemon=True)
+    thread.start()
+    proxy = TcpProxy(host, port)
+    try:
+        asyncio.run_coroutine_threadsafe(proxy.start(), loop).result(5)
+        yield proxy
+    finally:
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(proxy.stop(), loop).result(5)
+
+        async def drain() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(drain(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
