@@ -114,13 +114,13 @@ class Metrics:
         if row.cost_nano:
             child(self.cost, model, project).inc(row.cost_nano / 1e9)
         if row.outcome == "blocked" and row.block_reason:
-            self.blocks.labels(row.block_reason).inc()
+            child(self.blocks, row.block_reason).inc()
         elif row.outcome == "upstream_error":
-            self.upstream_errors.labels(row.upstream or "none", str(row.status)).inc()
+            child(self.upstream_errors, row.upstream or "none", str(row.status)).inc()
         for kind in row.degraded:
-            self.degradations.labels(kind).inc()
+            child(self.degradations, kind).inc()
         if row.cache:
-            self.cache.labels(row.cache).inc()
+            child(self.cache, row.cache).inc()
         child(self.latency, row.api).observe(row.latency_ms / 1000)
         if row.ttfb_ms is not None:
             child(self.ttfb, row.api).observe(row.ttfb_ms / 1000)
