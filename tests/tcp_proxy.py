@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 
 class TcpProxy:
@@ -36,6 +37,10 @@ class TcpProxy:
             writer.transport.abort()
         self._writers.clear()
         await self._server.wait_closed()
+
+    def route(self, url: str) -> str:
+        """``url`` (``scheme://host:port/…``) to the same server through this proxy."""
+        return urlsplit(url)._replace(netloc=f"127.0.0.1:{self.port}").geturl()
 
     def cut_on(self, marker: bytes, times: int = 1) -> None:
         """The next ``times`` sends of a client that hold ``marker`` are dropped with their

@@ -329,8 +329,7 @@ async def test_a_settle_whose_reply_is_lost_leaves_exact_counters(
     # ends at what the ledger says was used.
     with proxy_in_thread("127.0.0.1", redis_server.port) as proxy:
         gateway: Gateway = make_gateway(outage_config(
-            redis_server.url(prefix="t" + uuid.uuid4().hex[:8]).replace(
-                f":{redis_server.port}/", f":{proxy.port}/"), fake))
+            proxy.route(redis_server.url(prefix="t" + uuid.uuid4().hex[:8])), fake))
         key = gateway.key(project="closed")
         admission = gateway.runtime.admission
 

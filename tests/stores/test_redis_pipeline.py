@@ -112,9 +112,8 @@ async def bumping(backend: Backend, proxy: TcpProxy, options: str = "", slack_s:
                   ) -> AsyncIterator[tuple[RedisConnection, Callable[[], Awaitable[Any]]]]:
     """A connection through ``proxy`` (``options`` added to its URL) and a call that adds 1
     to a key of this test's and returns the sum, made once already (connected, loaded)."""
-    url = backend.url.replace(f":{urlsplit(backend.url).port}/", f":{proxy.port}/")
-    conn = RedisConnection(url + options, "test store", wait_s=1.0, slack_s=slack_s,
-                           own=frozenset({"prefix"}))
+    conn = RedisConnection(proxy.route(backend.url) + options, "test store", wait_s=1.0,
+                           slack_s=slack_s, own=frozenset({"prefix"}))
     incr = conn.client.register_script(INCR)
     key = f"{{{backend.tag}}}:c:bumped"
     try:
@@ -161,8 +160,7 @@ async def test_a_settle_whose_reply_is_lost_fails_rather_than_run_twice(
     # Run again, it would find its reservation gone and answer "unknown", which admission
     # takes for a claim by crash recovery and corrects the counters once more. Failed, it
     # is deferred, and the deferred settle finds nothing left to do.
-    url = backend.url.replace(f":{urlsplit(backend.url).port}/", f":{proxy.port}/")
-    store = counter_store_from_url(url)
+    store = counter_store_from_url(proxy.route(backend.url))
     tokens = [Charge("tokens", 100, 1_000, 3600, ())]
     try:  # the scripts loaded first: the lost reply is then one of a settle that ran
         assert (await store.reserve("w", [Charge("warm", 1, None, 3600, ())], 1e12, b"")).admitted
