@@ -99,7 +99,7 @@ def test_a_streamed_answer_is_stored_whole_and_function_calls_survive(
     assert again.usage_metadata.candidates_token_count == \
         text[-1].usage_metadata.candidates_token_count
     assert google.fake.tally.requests == 2
-    assert [r.cache for r in gateway.rows()] == ["miss", "hit", "miss", "hit"]
+    assert [r.cache for r in gateway.rows_once_written(4)] == ["miss", "hit", "miss", "hit"]
 
 
 def test_google_search_and_broken_streams_are_not_cached(
