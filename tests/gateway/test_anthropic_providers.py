@@ -66,7 +66,7 @@ def test_zero_config_serves_both_sdks_from_the_environment(
         ("/v1/chat/completions", None, "Bearer sk-openai-from-env"),
         ("/v1/messages", "sk-ant-from-env", None),
     ]
-    assert [(r.api, r.upstream) for r in gateway.rows()] == [
+    assert [(r.api, r.upstream) for r in gateway.rows_once_written(3)] == [
         ("messages", "anthropic"), ("chat", "openai"), ("chat", "anthropic")]
 
 

@@ -94,7 +94,7 @@ def test_clamp_mode_rewrites_the_field_the_client_used(make_gateway: Any,
     assert sent[3]["generation_config"] == {"maxOutputTokens": 1000}
     assert "generationConfig" not in sent[3]
     clamped = ["max_tokens:clamped"]
-    assert [r.flags for r in gateway.rows()] == [clamped, clamped, [], clamped]
+    assert [r.flags for r in gateway.rows_once_written(4)] == [clamped, clamped, [], clamped]
 
 
 def test_a_clamp_below_twice_the_least_thinking_writes_a_budget_google_takes(
