@@ -310,4 +310,5 @@ def create_app_from_env() -> TokenstileApp:
     """Factory for ``uvicorn --factory`` and worker processes: config from the environment."""
     app = create_app(load_config())
     app.runtime.config_path = os.environ.get("TOKENSTILE_CONFIG") or None
+    app.runtime.tune_gc = True  # a served worker: its startup stays alive, requests churn
     return app
