@@ -297,9 +297,11 @@ def cpu_comparison(fake_url: str, seconds: int, rounds: int, provider: str,
     """Gateway CPU per request, OpenAI chat against the Bedrock or the Gemini paths (see
     the docstring).
 
-    Each round runs every path once, in order; a path's ratio is taken to the OpenAI path
-    of the same kind (whole or streamed) in the same round, so that a machine whose load
-    drifts compares like with like, and the medians over the rounds are reported."""
+    Each round runs every path once, each round in an order turned by one place (a path
+    measured first after the warm-up, or after another, costs more: ~80 µs seen); a
+    path's ratio is taken to the OpenAI path of the same kind (whole or streamed) in the
+    same round, so that a machine whose load drifts compares like with like, and the
+    medians over the rounds are reported."""
     paths = GEMINI_PATHS if provider == "gemini" else PATHS
     directory = Path(tempfile.mkdtemp(prefix="tokenstile-bench-"))
     proc, url, key = start_gateway(directory, fake_url,
@@ -311,8 +313,9 @@ def cpu_comparison(fake_url: str, seconds: int, rounds: int, provider: str,
     try:
         for _, path, body in paths:  # warm every path up once
             wrk_run(url, key, body, 1, directory, path)
-        for _ in range(rounds):
-            for name, path, body in paths:
+        for round_no in range(rounds):
+            turn = round_no % len(paths)  # each path takes each place in the order in turn
+            for name, path, body in paths[turn:] + paths[:turn]:
                 before = cpu_seconds(proc.pid)
                 if rate is None:
                     answered, done = wrk_run(url, key, body, seconds, directory, path)
