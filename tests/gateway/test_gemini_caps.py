@@ -142,3 +142,27 @@ def test_the_fake_refuses_the_budgets_google_refuses(gemini: Gateway,
     assert refused.value.code == 400
     assert refused.value.message == "The thinking budget 64 is invalid. Please choose a " \
         "value between 128 and 32768."
+
+
+def test_a_clamped_request_for_several_candidates_reserves_what_they_may_write(
+        make_gateway: Any, google: FakeHandle) -> None:
+    """A clamp splits the limit between the candidates (1,000 // 3 = 333 each): the
+    reservation holds what the three may write, 999 tokens, not the limit's 1,000 (one
+    candidate: 1,000). The refusal says how much the request needed."""
+    gateway: Gateway = make_gateway({**gemini_upstream(google), "policies": {
+        "max_tokens": {"limit": 1000, "mode": "clamp"}},
+        "projects": {"demo": {"daily_limit": 10}}})
+    key = gateway.key()
+
+    def needed(candidates: int) -> int:
+        body = {"contents": [{"parts": [{"text": "hi"}]}], "generationConfig": {
+            "maxOutputTokens": 5000, "candidateCount": candidates}}
+        raw = httpx.post(f"{gateway.url}/v1beta/models/gemini-2.0-flash:generateContent",
+                         headers={"x-goog-api-key": key}, timeout=10, json=body)
+        assert raw.status_code == 429, raw.text
+        message = raw.json()["error"]["message"]
+        return int(message.split("this request needs ")[1].split(" ")[0].replace(",", ""))
+
+    one, three = needed(1), needed(3)
+    assert one - three == 1000 - 999
+    assert google.fake.tally.requests == 0

@@ -161,8 +161,7 @@ class PolicyEngine:
                 if decision.patch:
                     req.body = {**req.body, **decision.patch}
                 if decision.output_cap is not None:
-                    set_output_cap(req, decision.output_cap)
-                    req.output_cap = decision.output_cap * _choices(req.body)
+                    set_output_cap(req, decision.output_cap)  # and the worst case it allows
 
     @staticmethod
     def _attribute_end_user(rules: Rules, ctx: RequestContext) -> None:
@@ -269,9 +268,3 @@ def shadow_overrides(items: list[Override]) -> dict[str, bool]:
         if item.kind == "shadow" and name in SHADOWABLE and isinstance(shadow, bool):
             forced[name] = shadow
     return forced
-
-
-def _choices(body: dict[str, Any]) -> int:
-    """Answers one request asks for (``n``, ``best_of``): the output cap counts each."""
-    values = [v for k in ("n", "best_of") if isinstance(v := body.get(k), int) and v > 1]
-    return max(values, default=1)
