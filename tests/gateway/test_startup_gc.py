@@ -53,7 +53,5 @@ def test_the_warm_up_of_a_served_worker_freezes_what_is_alive() -> None:
         walked = len(gc.get_objects())  # what a full collection walks now
         assert walked < len(alive)
         assert gc.get_threshold() == (YOUNG_COLLECTION_THRESHOLD, *thresholds[1:])
-        gc.collect()
-        assert len(alive) == 10_000
     finally:
         gc.set_threshold(*thresholds)

@@ -331,7 +331,7 @@ def tune_gc_for_serving() -> None:
     generation, so that a full collection walks only what requests created since (it
     walked the ~90,000 objects of startup: a pause of the event loop of about 60 ms every
     second or so at full load); and collect the youngest generation less often
-    (``YOUNG_COLLECTION_THRESHOLD``)."""
+    (``YOUNG_COLLECTION_THRESHOLD``). The one collection here is that pause, once."""
     gc.collect()
     gc.freeze()
     _, middle, oldest = gc.get_threshold()
