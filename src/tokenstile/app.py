@@ -65,6 +65,7 @@ BEDROCK_ROUTES: dict[str, tuple[ApiKind, bool]] = {
     "converse-stream": ("converse", True),
     "invoke": ("messages", False),
     "invoke-with-response-stream": ("messages", True),
+    "count-tokens": ("count_tokens", False),
 }
 
 
@@ -151,7 +152,8 @@ class TokenstileApp:
         if route is None or not model:
             err = GatewayError(404, f"unknown route {scope['method']} {scope['path']}; Bedrock "
                                "routes are POST /model/{modelId}/converse, converse-stream, "
-                               "invoke and invoke-with-response-stream", code="unknown_route")
+                               "invoke, invoke-with-response-stream and count-tokens",
+                               code="unknown_route")
         elif scope["method"] != "POST":
             err = GatewayError(405, f"{scope['path']} accepts POST, not {scope['method']}",
                                code="method_not_allowed", headers={"allow": "POST"})

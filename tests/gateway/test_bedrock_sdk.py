@@ -75,7 +75,7 @@ def assert_signed_upstream(record: Any, key: str) -> None:
     assert key not in str(record.headers)
 
 
-# --- the four operations ------------------------------------------------------------------
+# --- the five operations ------------------------------------------------------------------
 
 
 def test_converse_is_signed_counted_priced_and_recorded(bedrock: Gateway,
@@ -193,6 +193,61 @@ def test_cache_reads_and_writes_are_priced_apart(bedrock: Gateway, fake: FakeHan
     plain = bedrock.runtime.pricer.cost_nano(MODEL, Usage(row.input_tokens,
                                                           row.output_tokens), "aws")
     assert plain is not None and row.cost_nano == aws_price(bedrock, MODEL, row) != plain
+
+
+def test_count_tokens_is_signed_free_and_counted(make_gateway: Any,
+                                                 signing: FakeHandle) -> None:
+    """CountTokens in both forms: forwarded signed, answered as Bedrock answers, one free
+    ledger row each, and no budget spent (a budget of 1 token would refuse any call)."""
+    gateway = make_gateway({**bedrock_upstream(signing), "projects": {"p": {"daily_limit": 1}}})
+    key = gateway.key(project="p")
+    client = runtime(gateway, key)
+    conversed = client.count_tokens(modelId=MODEL, input={"converse": {
+        "messages": HELLO, "system": [{"text": "You are terse."}]}})
+    record = signing.fake.tally.last
+    assert record is not None and record.route == f"/model/{MODEL}/count-tokens"
+    assert_signed_upstream(record, key)
+    assert record.body == {"input": {"converse": {"messages": HELLO,
+                                                  "system": [{"text": "You are terse."}]}}}
+    assert conversed["inputTokens"] > 5
+    invoked = client.count_tokens(modelId=MODEL, input={"invokeModel": {
+        "body": json.dumps(CLAUDE_BODY).encode()}})
+    assert invoked["inputTokens"] > 0
+    rows = gateway.rows_once_written(2)
+    assert [(r.api, r.upstream, r.status, r.outcome, r.cost_nano, r.output_tokens)
+            for r in rows] == [("count_tokens", "aws", 200, "ok", 0, 0)] * 2
+    assert signing.fake.tally.requests == 2
+    # the budget of 1 token is untouched: a call that costs refuses as ever
+    with pytest.raises(ClientError) as spent:
+        client.converse(modelId=MODEL, messages=HELLO, inferenceConfig={"maxTokens": 5})
+    assert spent.value.response["Error"]["Code"] == "ThrottlingException"
+    assert "used or reserved 0 of" in spent.value.response["Error"]["Message"]
+
+
+def test_a_count_tokens_body_without_a_request_is_a_validation_exception(
+        bedrock: Gateway, fake: FakeHandle) -> None:
+    import urllib.error
+    import urllib.request
+
+    key = bedrock.key()
+    client = runtime(bedrock, key)
+    for given in ({"invokeModel": {"body": b"not json"}}, {"converse": {"messages": []}}):
+        with pytest.raises(ClientError) as bad:
+            client.count_tokens(modelId=MODEL, input=given)
+        assert bad.value.response["Error"]["Code"] == "ValidationException", given
+        assert bad.value.response["Error"]["Message"].startswith("tokenstile: ")
+    # both forms at once (boto3 refuses to send that; another client may not)
+    both = {"input": {"converse": {"messages": HELLO}, "invokeModel": {"body": "e30="}}}
+    request = urllib.request.Request(
+        f"{bedrock.url}/model/{MODEL}/count-tokens", data=json.dumps(both).encode(),
+        method="POST", headers={"authorization": f"Bearer {key}",
+                                "content-type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=5)
+    assert refused.value.code == 400
+    assert refused.value.headers["x-amzn-errortype"] == "ValidationException"
+    assert "one of 'converse'" in json.loads(refused.value.read())["message"]
+    assert fake.fake.tally.requests == 0
 
 
 # --- budgets, caps and refusals -----------------------------------------------------------

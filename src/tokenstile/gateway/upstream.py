@@ -69,6 +69,7 @@ BEDROCK_ACTIONS: dict[tuple[str, bool], str] = {
     ("converse", True): "converse-stream",
     ("messages", False): "invoke",
     ("messages", True): "invoke-with-response-stream",
+    ("count_tokens", False): "count-tokens",
 }
 # Gemini's methods: (api, streamed) -> what follows the model in the URL.
 GEMINI_ACTIONS: dict[tuple[str, bool], str] = {

@@ -8,6 +8,9 @@ Two APIs share it:
   Messages body, with ``anthropic_version: bedrock-2023-05-31`` and without ``model``. Other
   model families' invoke bodies are refused: Converse serves them.
 
+``/count-tokens`` (CountTokens, free) takes either request under ``input``: ``{"converse":
+{...}}`` or ``{"invokeModel": {"body": base64 of an invoke body}}``.
+
 The model id and whether the call streams are in the URL; the gateway puts them into the
 body it understands (``model``, ``stream``) and takes them out again before forwarding.
 
@@ -69,6 +72,13 @@ class BedrockAdapter:
     wire: WireFormat = "bedrock"
 
     def parse(self, api: ApiKind, body: dict[str, Any]) -> CanonicalRequest:
+        if api == "count_tokens":
+            model = body.get("model")
+            assert isinstance(model, str)  # from the URL
+            counted = self._counted(body)
+            return CanonicalRequest(api="count_tokens", wire="bedrock", model=model, body=body,
+                                    input_text=counted.input_text,
+                                    system_text=counted.system_text)
         if api == "messages":
             version = body.get("anthropic_version")
             if not isinstance(version, str) or not version:
@@ -89,15 +99,39 @@ class BedrockAdapter:
             input_text=input_text, system_text=system_text,
             hidden_input=converse_hidden(body))
 
+    def _counted(self, body: dict[str, Any]) -> CanonicalRequest:
+        """The request a CountTokens body counts, parsed (its shape checked)."""
+        given = body.get("input")
+        forms = [k for k in ("converse", "invokeModel") if isinstance(given, dict) and k in given]
+        if len(forms) != 1 or not isinstance(given, dict) or \
+                not isinstance(given[forms[0]], dict):
+            raise bad_request("'input' must hold one of 'converse' (a Converse request) and "
+                              "'invokeModel' (an InvokeModel body, base64)", param="input")
+        inner: dict[str, Any] = {**given[forms[0]], "model": body["model"]}
+        if forms[0] == "converse":
+            return self.parse("converse", inner)
+        try:
+            decoded = orjson.loads(binascii.a2b_base64(inner.get("body") or b"", strict_mode=True))
+        except (TypeError, ValueError, binascii.Error):
+            decoded = None
+        if not isinstance(decoded, dict):
+            raise bad_request("'input.invokeModel.body' must be an InvokeModel body (JSON), "
+                              "base64-encoded", param="input.invokeModel.body")
+        return self.parse("messages", {**decoded, "model": body["model"]})
+
     def count_input(self, req: CanonicalRequest) -> int:
         if req.api == "converse":
             return count_converse(req.model, req.body)
+        if req.api == "count_tokens":
+            return self.count_input(self._counted(req.body))
         return _ANTHROPIC.count_input(req)
 
     def upstream_body(self, req: CanonicalRequest) -> dict[str, Any]:
         return forwarded_body(req.body)
 
     def usage_from_body(self, api: ApiKind, payload: Any) -> Usage | None:
+        if api == "count_tokens":
+            return Usage()  # counting is free
         if api == "converse":
             return usage_of_answer(payload)
         return usage_from_anthropic(payload.get("usage")) if isinstance(payload, dict) \

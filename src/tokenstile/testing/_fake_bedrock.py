@@ -16,6 +16,7 @@ documented format) and read by clients with botocore.
 
 from __future__ import annotations
 
+import base64
 import binascii
 import hmac
 import time
@@ -45,7 +46,8 @@ Json = dict[str, Any]
 EVENTSTREAM_HEADERS = [(b"content-type", eventstream.CONTENT_TYPE.encode()),
                        (b"cache-control", b"no-cache")]
 ACTIONS = {"converse": ("converse", False), "converse-stream": ("converse", True),
-           "invoke": ("invoke", False), "invoke-with-response-stream": ("invoke", True)}
+           "invoke": ("invoke", False), "invoke-with-response-stream": ("invoke", True),
+           "count-tokens": ("count", False)}
 _ERROR_TYPES = {400: "ValidationException", 401: "UnrecognizedClientException",
                 403: "AccessDeniedException", 404: "ResourceNotFoundException",
                 408: "ModelTimeoutException", 424: "ModelErrorException",
@@ -280,6 +282,8 @@ class BedrockRoutes:
         assert isinstance(body, dict)
         if api == "invoke":
             await self._invoke(r, body)
+        elif api == "count":
+            await self._count(r, body)
         else:
             await self._converse(r, body)
 
@@ -305,6 +309,37 @@ class BedrockRoutes:
         assert failure is not None
         await self.fake._error(r, 403, failure[1], kind=failure[0])
         return False
+
+    async def _count(self, r: _Req, body: Json) -> None:
+        """CountTokens: ``{"input": {"converse": {...}}}`` or ``{"input": {"invokeModel":
+        {"body": base64 of an InvokeModel body}}}`` -> ``{"inputTokens": n}``."""
+        given = body.get("input")
+        given = given if isinstance(given, dict) else {}
+        forms = [k for k in ("converse", "invokeModel") if k in given]
+        if len(forms) != 1:
+            await self.fake._error(r, 400, "input: exactly one of converse and invokeModel "
+                                   "must be set")
+            return
+        inner = given[forms[0]]
+        if forms[0] == "invokeModel":
+            try:
+                inner = orjson.loads(base64.b64decode(inner["body"], validate=True))
+            except (KeyError, TypeError, ValueError):
+                await self.fake._error(r, 400, "input.invokeModel.body: not base64 JSON")
+                return
+        messages = inner.get("messages") if isinstance(inner, dict) else None
+        if not isinstance(messages, list) or not messages:
+            await self.fake._error(r, 400, "messages: Member must not be null")
+            return
+        d = await self.fake._prelude(r, last_user_text(messages))
+        if d is None:
+            return
+        tools = _converse_tools(inner) if forms[0] == "converse" else inner.get("tools")
+        counted = count_anthropic_input(inner.get("system"), messages, tools)
+        if d.input_tokens is not None:
+            counted = d.input_tokens
+        self.fake._record(r, 200, "completed")
+        await self.fake._send_json(r, 200, {"inputTokens": counted})
 
     async def _converse(self, r: _Req, body: Json) -> None:
         messages = body.get("messages")
