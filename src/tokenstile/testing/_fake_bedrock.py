@@ -29,7 +29,7 @@ import orjson
 
 from tokenstile.providers import eventstream
 
-from ._fake_core import count_anthropic_input, first_int, last_user_text
+from ._fake_core import Directives, count_anthropic_input, first_int, last_user_text
 from ._fake_http import FakeHost, _Req
 from ._fake_wire import StreamParts, Turn, anthropic_message, anthropic_stream, anthropic_usage
 
@@ -327,13 +327,10 @@ class BedrockRoutes:
             except (KeyError, TypeError, ValueError):
                 await self.fake._error(r, 400, "input.invokeModel.body: not base64 JSON")
                 return
-        messages = inner.get("messages") if isinstance(inner, dict) else None
-        if not isinstance(messages, list) or not messages:
-            await self.fake._error(r, 400, "messages: Member must not be null")
+        begun = await self._begin(r, inner if isinstance(inner, dict) else {})
+        if begun is None:
             return
-        d = await self.fake._prelude(r, last_user_text(messages))
-        if d is None:
-            return
+        messages, d = begun
         tools = _converse_tools(inner) if forms[0] == "converse" else inner.get("tools")
         counted = count_anthropic_input(inner.get("system"), messages, tools)
         if d.input_tokens is not None:
@@ -341,14 +338,21 @@ class BedrockRoutes:
         self.fake._record(r, 200, "completed")
         await self.fake._send_json(r, 200, {"inputTokens": counted})
 
-    async def _converse(self, r: _Req, body: Json) -> None:
+    async def _begin(self, r: _Req, body: Json) -> tuple[list[Any], Directives] | None:
+        """A Converse-shaped request's messages and the fake's directives for it, or None
+        once an error has been answered."""
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             await self.fake._error(r, 400, "messages: Member must not be null")
-            return
+            return None
         d = await self.fake._prelude(r, last_user_text(messages))
-        if d is None:
+        return None if d is None else (messages, d)
+
+    async def _converse(self, r: _Req, body: Json) -> None:
+        begun = await self._begin(r, body)
+        if begun is None:
             return
+        messages, d = begun
         tools = _converse_tools(body)
         config = body.get("inferenceConfig")
         turn = self.fake._turn(
