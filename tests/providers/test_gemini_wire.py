@@ -340,12 +340,14 @@ def test_chat_to_gemini_and_back() -> None:
             {"type": "image_url", "image_url": {"url": "https://x.example/a.png"}}]}]}, 10)
     answer = generate_body(turn(3, reasoning=4), 0)
     chat = gemini_to_chat(answer, FLASH, created=1)
+    assert chat["id"] == "chatcmpl-" + answer["responseId"]  # Google's id for the answer
     assert chat["choices"][0]["message"]["content"] == "alpha beta gamma"
     assert chat["choices"][0]["finish_reason"] == "stop"
     assert chat["usage"]["completion_tokens"] == 7
     assert chat["usage"]["completion_tokens_details"] == {"reasoning_tokens": 4}
     blocked = gemini_to_chat({"promptFeedback": {"blockReason": "SAFETY"}}, FLASH)
     assert blocked["choices"][0]["finish_reason"] == "content_filter"
+    assert re.fullmatch(r"chatcmpl-[0-9a-f]{32}", blocked["id"])  # none given: a new one
     error = orjson.loads(gemini_error_to_openai(429, orjson.dumps(
         {"error": {"code": 429, "message": "slow down", "status": "RESOURCE_EXHAUSTED"}})))
     assert error["error"]["message"] == "slow down"
@@ -357,6 +359,7 @@ def test_the_stream_translator_ends_with_usage_and_done() -> None:
     out = b"".join(r for e in events(turn(3)) if (r := translator.on_event(e)) is not None)
     parts = [p[6:] for p in out.split(b"\n\n") if p.startswith(b"data: ")]
     assert parts[-1] == b"[DONE]"
+    assert {orjson.loads(p)["id"] for p in parts[:-1]} == {"chatcmpl-" + turn(3).id}
     usage = orjson.loads(parts[-2])["usage"]
     assert (usage["prompt_tokens"], usage["completion_tokens"]) == (40, 3)
     assert translator.usage_is_final() and translator.output_text() == "alpha beta gamma"

@@ -197,7 +197,9 @@ def gemini_to_chat(resp: dict[str, Any], model: str, *,
     if not choices:  # the prompt itself was blocked (promptFeedback.blockReason)
         choices.append({"index": 0, "message": chat_message([], []), "logprobs": None,
                         "finish_reason": "content_filter"})
-    return chat_completion(chat_id(), model, choices, usage_of_answer(resp), created)
+    # Google's responseId names the answer in its logs: the chat id carries it
+    return chat_completion(chat_id(resp.get("responseId")), model, choices,
+                           usage_of_answer(resp), created)
 
 
 def _message_of(status: int, body: bytes) -> str:
@@ -271,6 +273,8 @@ class GeminiChatTranslator(WatchesText):
         candidate = candidates[0] if isinstance(candidates, list) and candidates else None
         if not isinstance(candidate, dict):
             return bytes(out)
+        if not chunks.role_sent and isinstance(chunk.get("responseId"), str):
+            chunks.id = chat_id(chunk["responseId"])  # as a whole answer's id
         content = candidate.get("content")
         parts = content.get("parts") if isinstance(content, dict) else None
         for part in parts if isinstance(parts, list) else ():
