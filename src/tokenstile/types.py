@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     from tokenstile.cache.directives import CacheUse
     from tokenstile.cache.flight import Flight
+    from tokenstile.gateway.routing import Target
     from tokenstile.limits.model import Limit
     from tokenstile.media import MediaAsk
+    from tokenstile.providers.base import Bridge
     from tokenstile.providers.multipart import FilePart
     from tokenstile.stores.counters import Charge
 
@@ -395,6 +397,9 @@ class RequestContext(Arrival):
     cache_plan: CachePlan | None = None
     cache_body: bytes | None = None
     cache_flight: Flight | None = None  # the identical misses this request answers for
+    # The bridge routing made to count a translated request's input, for the target it was
+    # made for: the first attempt at that target forwards through it (not translated twice).
+    routed_bridge: tuple[Target, Bridge] | None = None
     # A Responses API answer: its id, and whether it is a background response that is
     # still running upstream (billed when it ends, not when this request does).
     response_id: str | None = None

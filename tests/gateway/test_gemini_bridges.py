@@ -13,6 +13,7 @@ import openai
 import pytest
 
 from tests.conftest import FakeHandle, Gateway
+from tokenstile.providers.gemini_translate import ChatOverGemini
 from tokenstile.testing.fake_upstream import reply_text
 
 GOOGLE_KEY = "AIza-bridge-google-key-0123456789"
@@ -70,6 +71,26 @@ def test_chat_completions_are_served_by_generate_content(gemini: Gateway,
         "chat", "google", LITE, LITE)
     assert (row.input_tokens, row.output_tokens) == (record.input_tokens, 6)
     assert not row.estimated and row.cost_nano == google_price(LITE, record) > 0
+
+
+def test_a_bridged_request_is_translated_once(gemini: Gateway, fake: FakeHandle,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The translation that counted the input at routing is the one forwarded, and the
+    chat id carries Google's responseId."""
+    translated: list[dict[str, Any]] = []
+    translate = ChatOverGemini.translate
+
+    def counting(self: ChatOverGemini, body: dict[str, Any]) -> dict[str, Any]:
+        translated.append(body)
+        return translate(self, body)
+
+    monkeypatch.setattr(ChatOverGemini, "translate", counting)
+    reply = chat_client(gemini, gemini.key()).chat.completions.create(
+        model=LITE, max_tokens=6, messages=[{"role": "user", "content": "Hello there"}])
+    assert len(translated) == 1
+    record = fake.fake.tally.last
+    assert record is not None and record.body["generationConfig"] == {"maxOutputTokens": 6}
+    assert reply.id.startswith("chatcmpl-") and len(reply.id) > len("chatcmpl-")
 
 
 def test_the_output_cap_bounds_a_thinking_models_thinking(gemini: Gateway,

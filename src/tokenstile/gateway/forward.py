@@ -87,10 +87,20 @@ class Forwarder:
         if target.wire != ctx.wire:
             # e.g. chat completions served by Claude: reserved at the Claude estimate of the
             # translated request.
-            req.input_tokens = self.bridge(ctx, target).count_input()
+            bridge = self._new_bridge(ctx, target)
+            ctx.routed_bridge = (target, bridge)
+            req.input_tokens = bridge.count_input()
         return target
 
     def bridge(self, ctx: RequestContext, target: Target) -> Bridge:
+        """The bridge to forward through: routing's for the target it routed to (it follows
+        the body as later stages changed it), else a new one."""
+        routed = ctx.routed_bridge
+        if routed is not None and routed[0] is target:
+            return routed[1]
+        return self._new_bridge(ctx, target)
+
+    def _new_bridge(self, ctx: RequestContext, target: Target) -> Bridge:
         return bridge_for(ctx.api, ctx.wire, target.wire, target.upstream, ctx.req.body,
                           self.config.server.default_output_tokens)
 
