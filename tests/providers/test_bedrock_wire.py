@@ -437,7 +437,6 @@ def test_signatures_equal_plain_botocores_for_every_path_and_body() -> None:
                                     time.time()) == ("AKIDX", None), (url, body)
 
 
-
 def test_the_remembered_signing_key_follows_the_day_the_region_and_the_secret(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The signer keeps the day's signing key: across midnight, and for another secret or
@@ -460,6 +459,7 @@ def test_the_remembered_signing_key_follows_the_day_the_region_and_the_secret(
             assert lowered["x-amz-date"] == day.strftime("%Y%m%dT%H%M%SZ")
             assert verify_sigv4("POST", url.removeprefix("http://127.0.0.1:9"), "", lowered,
                                 body, {"AKIDX": secret}, day.timestamp()) == ("AKIDX", None)
+
 
 # --- anything a client sends --------------------------------------------------------------
 

@@ -102,9 +102,9 @@ class BedrockAdapter:
     def _counted(self, body: dict[str, Any]) -> CanonicalRequest:
         """The request a CountTokens body counts, parsed (its shape checked)."""
         given = body.get("input")
-        forms = [k for k in ("converse", "invokeModel") if isinstance(given, dict) and k in given]
-        if len(forms) != 1 or not isinstance(given, dict) or \
-                not isinstance(given[forms[0]], dict):
+        given = given if isinstance(given, dict) else {}
+        forms = [k for k in ("converse", "invokeModel") if k in given]
+        if len(forms) != 1 or not isinstance(given[forms[0]], dict):
             raise bad_request("'input' must hold one of 'converse' (a Converse request) and "
                               "'invokeModel' (an InvokeModel body, base64)", param="input")
         inner: dict[str, Any] = {**given[forms[0]], "model": body["model"]}
