@@ -221,7 +221,7 @@ def serve(config_path: str | None, host: str | None, port: int | None,
     from tokenstile.gateway.http_guard import PROTOCOL  # httptools with header bounds
 
     uvicorn.run("tokenstile.app:create_app_from_env", factory=True, host=host, port=port,
-                workers=workers, loop="uvloop", http=PROTOCOL, access_log=False,
+                workers=workers, loop="uvloop", http=PROTOCOL, ws="none", access_log=False,
                 log_level="warning", timeout_graceful_shutdown=10,
                 log_config=log_config(log_format) or uvicorn.config.LOGGING_CONFIG)
 

@@ -398,6 +398,36 @@ async def test_an_upstream_closing_mid_body_breaks_the_read() -> None:
     assert upstream.connections == 2
 
 
+@pytest.mark.parametrize("reading", ["whole", "pieces"])
+async def test_the_rare_calls_break_off_as_the_hot_call_does(reading: str) -> None:
+    """``request`` (a stored response, a batch's output file) goes by aiohttp's client; a
+    body broken off reads as the same ``UpstreamBodyError`` as the lean client's, which is
+    what relaying code catches (``BODY_ERRORS``), not an aiohttp error."""
+    async def serve(conn: Conn) -> None:
+        await conn.read_request()
+        conn.writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n" + b"x" * 10)
+        await conn.writer.drain()
+        await asyncio.sleep(0.05)
+
+    client = UpstreamClient()
+    async with RawUpstream(serve) as upstream:
+        try:
+            resp = await client.request("GET", "up", upstream.config(),
+                                        upstream.url().replace("chat/completions", "files/f"),
+                                        {})
+            assert resp.status == 200 and resp.headers["content-length"] == "100"
+            with pytest.raises(UpstreamBodyError):
+                if reading == "whole":
+                    await resp.read()
+                else:
+                    async for _ in resp.content.iter_any():
+                        pass
+            resp.release()
+        finally:
+            await client.close()
+    assert upstream.connections == 1
+
+
 async def test_a_body_released_unread_closes_its_connection() -> None:
     async def serve(conn: Conn) -> None:
         while await conn.read_request() is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -88,7 +89,7 @@ def test_a_body_sent_a_byte_at_a_time_gets_408(served: Served, fake: FakeHandle)
 def test_a_client_that_stops_reading_is_let_go(served: Served, fake: FakeHandle) -> None:
     """Once the buffers are full a stream's writes wait; after ``write_timeout_s`` the
     gateway stops, cuts the upstream and bills what it relayed."""
-    before = {r.id for r in served.rows(0)}
+    before = {r.id for r in served.rows()}  # the earlier tests' rows written too
     body = orjson.dumps({"model": "gpt-4o-mini", "max_tokens": 400_000, "stream": True,
                          "messages": [{"role": "user",
                                        "content": "go [[fake:output_tokens=400000]]"}]})
@@ -198,3 +199,36 @@ def test_the_body_timeout_also_holds_in_the_app(make_gateway: Any, fake: FakeHan
     _, status, _, body = exchange(port, head, trickle=b"{" * 10, gap_s=0.2)
     assert status == 408 and time.monotonic() - started < 3
     assert error_of("openai", body)["code"] == "request_timeout"
+
+
+def test_a_request_asking_to_upgrade_is_served_as_plain_http(served: Served) -> None:
+    """The gateway serves no WebSocket: a request asking to upgrade is answered as plain
+    HTTP, in the provider's shape, and leaves nothing in the log (a stranger could repeat
+    it at will). httptools stops reading at the upgrade, so a POST's body never arrives:
+    the request reads as empty and is refused, at no cost."""
+    upgrade = {"connection": "Upgrade", "upgrade": "websocket",
+               "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==", "sec-websocket-version": "13"}
+    log_before = served.log()
+    before = {row.id for row in served.rows()}
+    for _ in range(3):
+        raw = request_bytes("/healthz", b"", upgrade, method="GET")
+        _, status, _, body = exchange(served.port, raw)
+        assert status == 200 and orjson.loads(body)["status"] == "ok", body
+        raw = request_bytes(CHAT, OK_BODY, {**auth(served), **upgrade})
+        _, status, _, body = exchange(served.port, raw)
+        assert status == 400 and error_of("openai", body)["code"] == "invalid_json"
+    refused = [row for row in served.rows() if row.id not in before]
+    assert [(row.status, row.cost_nano) for row in refused] == [(400, 0)] * 3
+    assert served.log() == log_before
+    still_serving(served)
+
+
+def test_a_served_worker_never_loads_the_client_of_the_rare_calls(served: Served) -> None:
+    """aiohttp (the client of stored responses, batch files, alert webhooks) costs a worker
+    a third of a second of startup and a few MB: a worker that makes none of those calls
+    never imports it (the hot call has a client of its own)."""
+    still_serving(served)
+    assert served.proc.proc is not None
+    mapped = Path(f"/proc/{served.proc.proc.pid}/maps").read_text()
+    assert "/uvloop/" in mapped  # the check sees the worker's extension modules
+    assert "/aiohttp/" not in mapped

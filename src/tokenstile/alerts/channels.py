@@ -14,13 +14,15 @@ import smtplib
 import ssl
 from collections.abc import Mapping, Sequence
 from email.message import EmailMessage
-from typing import Any, ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 from urllib.parse import urlsplit
 
-import aiohttp
 import orjson
 
 from tokenstile.alerts.rules import Alert
+
+if TYPE_CHECKING:
+    import aiohttp
 
 _EMOJI = {"info": ":information_source:", "warning": ":warning:", "critical": ":rotating_light:"}
 
@@ -88,6 +90,8 @@ class WebhookChannel:
         return orjson.dumps(slack_body(alert) if self.format == "slack" else alert.to_dict())
 
     async def send(self, alert: Alert) -> None:
+        import aiohttp  # on the first delivery: a gateway that sends none never loads it
+
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.timeout_s))

@@ -8,6 +8,11 @@ headers to ``server.max_header_bytes`` (431) and the time to send them to
 with a JSON error in the provider's shape. The body is bounded by the gateway itself
 (``server.max_body_bytes``, ``server.body_timeout_s``).
 
+The gateway serves no WebSocket (``tokenstile serve`` runs uvicorn with ``ws="none"``, which
+also spares a worker the import of a WebSocket library): a request that asks to upgrade is
+answered as the plain HTTP request it also is, without the two warnings uvicorn would log
+for it each time (a stranger could repeat them into the log at will).
+
 ``tokenstile serve`` runs with it (``PROTOCOL`` names it for uvicorn's ``http=``).
 """
 
@@ -91,6 +96,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         self._refuse(400, "the request is not valid HTTP/1.1", "invalid_http")
+
+    def _unsupported_upgrade_warning(self) -> None:
+        pass  # served as plain HTTP; see the module docstring
 
     # -- helpers ----------------------------------------------------------------------------
 

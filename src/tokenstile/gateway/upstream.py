@@ -3,7 +3,8 @@
 The hot call, ``post`` (every proxied request), goes by the lean HTTP/1.1 client of
 ``gateway.http_client``; a kept-alive connection the upstream closed before any byte of its
 answer is tried exactly once more. The rare others (``request``, ``get_json``) go by one
-pooled aiohttp session per setting. Both answer with an ``UpstreamResponse``
+pooled aiohttp session per setting, aiohttp being imported by the first of them (a third of
+a second of startup otherwise). Both answer with an ``UpstreamResponse``
 (``gateway.upstream_response``).
 
 Three kinds of upstream differ only in URLs and headers here:
@@ -27,19 +28,23 @@ Three kinds of upstream differ only in URLs and headers here:
 from __future__ import annotations
 
 import ssl
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import aiohttp
+from multidict import CIMultiDictProxy
 from yarl import URL
 
 from tokenstile.config import UpstreamConfig
 from tokenstile.errors import GatewayError
 from tokenstile.gateway import http_client
 from tokenstile.gateway.aws import AwsSigner
+from tokenstile.gateway.upstream_response import UpstreamBodyError
 from tokenstile.types import ApiKind
+
+if TYPE_CHECKING:
+    import aiohttp
 
 _OPENAI_PATHS: dict[str, str] = {
     "chat": "/chat/completions",
@@ -233,6 +238,8 @@ class UpstreamClient:
         self.aws = AwsSigner()
 
     def _session(self, config: UpstreamConfig) -> aiohttp.ClientSession:
+        import aiohttp
+
         key = (config.keepalive_s, config.max_connections)
         session = self._sessions.get(key)
         if session is None or session.closed:
@@ -289,14 +296,16 @@ class UpstreamClient:
 
     async def request(self, method: str, name: str, config: UpstreamConfig, url: str,
                       headers: Mapping[str, str], body: bytes | None = None,
-                      timeout_s: float | None = None) -> aiohttp.ClientResponse:
+                      timeout_s: float | None = None) -> AiohttpAnswer:
         """Any other call on an upstream (``GET``/``DELETE`` of a stored response, a
         cancel): the response once its headers are in; the caller releases it."""
+        import aiohttp
+
         timeout = aiohttp.ClientTimeout(total=timeout_s, connect=config.connect_timeout_s,
                                         sock_read=config.read_timeout_s)
         try:
-            return await self._session(config).request(method, url, data=body,
-                                                       headers=headers, timeout=timeout)
+            return AiohttpAnswer(await self._session(config).request(
+                method, url, data=body, headers=headers, timeout=timeout))
         except TimeoutError:
             raise UpstreamTimeout(name) from None
         except aiohttp.ClientError as exc:
@@ -304,6 +313,8 @@ class UpstreamClient:
 
     async def get_json(self, name: str, config: UpstreamConfig, url: str,
                        headers: Mapping[str, str]) -> Any:
+        import aiohttp
+
         timeout = aiohttp.ClientTimeout(total=min(config.read_timeout_s, 10.0),
                                         connect=config.connect_timeout_s)
         try:
@@ -319,3 +330,49 @@ class UpstreamClient:
         for session in self._sessions.values():
             await session.close()
         self._sessions.clear()
+
+
+class _AiohttpBody:
+    __slots__ = ("_content",)
+
+    def __init__(self, content: aiohttp.StreamReader) -> None:
+        self._content = content
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        import aiohttp
+
+        try:
+            async for chunk in self._content.iter_any():
+                yield chunk
+        except aiohttp.ClientError as exc:
+            raise UpstreamBodyError(f"{type(exc).__name__}: {exc}") from exc
+
+
+class AiohttpAnswer:
+    """aiohttp's response as an ``UpstreamResponse``: a client error while its body is read
+    is an ``UpstreamBodyError``, as it is from the lean client."""
+
+    __slots__ = ("_response", "content")
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+        self.content = _AiohttpBody(response.content)
+
+    @property
+    def status(self) -> int:
+        return self._response.status
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]:
+        return self._response.headers
+
+    async def read(self) -> bytes:
+        import aiohttp
+
+        try:
+            return await self._response.read()
+        except aiohttp.ClientError as exc:
+            raise UpstreamBodyError(f"{type(exc).__name__}: {exc}") from exc
+
+    def release(self) -> None:
+        self._response.release()

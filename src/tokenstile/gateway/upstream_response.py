@@ -1,8 +1,9 @@
 """What the gateway uses of an upstream's answer, whichever HTTP client fetched it.
 
 The hot call (``UpstreamClient.post``) answers with the lean client's response
-(``gateway.http_client``); the rare others (``UpstreamClient.request``) with aiohttp's.
-Both fit ``UpstreamResponse``; code that relays an answer depends on this, not on a client.
+(``gateway.http_client``); the rare others (``UpstreamClient.request``) with aiohttp's,
+wrapped so that its errors read as ``UpstreamBodyError``. Both fit ``UpstreamResponse``;
+code that relays an answer depends on this, not on a client.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-import aiohttp
 from multidict import CIMultiDictProxy
 
 
@@ -49,4 +49,4 @@ class UpstreamBodyError(Exception):
 
 # What reading an answer's body may raise when the upstream fails (a read timeout is a
 # ``TimeoutError``).
-BODY_ERRORS: tuple[type[Exception], ...] = (UpstreamBodyError, aiohttp.ClientError, TimeoutError)
+BODY_ERRORS: tuple[type[Exception], ...] = (UpstreamBodyError, TimeoutError)

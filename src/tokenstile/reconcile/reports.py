@@ -20,12 +20,13 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any, Final
-
-import aiohttp
+from typing import TYPE_CHECKING, Any, Final
 
 from tokenstile.config import ReconcileProviderConfig
 from tokenstile.stores.records import DayTotals
+
+if TYPE_CHECKING:
+    import aiohttp
 
 PROVIDERS: Final = ("openai", "anthropic")
 DEFAULT_BASE: Final = {"openai": "https://api.openai.com/v1",
@@ -112,6 +113,8 @@ Params = list[tuple[str, str]]
 async def _pages(session: aiohttp.ClientSession, url: str, params: Params,
                  headers: Mapping[str, str], timeout_s: float) -> list[dict[str, Any]]:
     """Every bucket of a paged report, following ``next_page`` while ``has_more``."""
+    import aiohttp
+
     buckets: list[dict[str, Any]] = []
     page: str | None = None
     for _ in range(MAX_PAGES):
@@ -279,6 +282,8 @@ async def fetch_anthropic(session: aiohttp.ClientSession, cfg: ReconcileProvider
 
 async def fetch_days(provider: str, cfg: ReconcileProviderConfig, since: float,
                      until: float) -> list[ProviderDay]:
+    import aiohttp  # here: every command of the CLI imports this module
+
     fetch = fetch_openai if provider == "openai" else fetch_anthropic
     async with aiohttp.ClientSession() as session:
         return await fetch(session, cfg, since, until)
