@@ -424,6 +424,30 @@ async def test_the_rare_calls_break_off_as_the_hot_call_does(reading: str) -> No
     assert upstream.connections == 1
 
 
+@pytest.mark.parametrize("reading", ["whole", "pieces"])
+async def test_a_rare_call_whose_body_stalls_is_a_timeout(reading: str) -> None:
+    """aiohttp's read timeout is one of its client errors too; it still reads as a timeout
+    (which relaying code bills and answers as one), not as a broken body."""
+    async def serve(conn: Conn) -> None:
+        await conn.read_request()
+        conn.writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n" + b"x" * 10)
+        await conn.writer.drain()
+        await asyncio.sleep(5)
+
+    client = UpstreamClient()
+    async with RawUpstream(serve) as upstream:
+        try:
+            resp = await client.request("GET", "up", upstream.config(read_timeout_s=0.3),
+                                        upstream.url().replace("chat/completions", "files/f"),
+                                        {})
+            with pytest.raises(TimeoutError) as raised:
+                await _read_all(resp, reading)
+            assert not isinstance(raised.value, UpstreamBodyError)
+            resp.release()
+        finally:
+            await client.close()
+
+
 async def test_a_body_released_unread_closes_its_connection() -> None:
     async def serve(conn: Conn) -> None:
         while await conn.read_request() is not None:

@@ -344,13 +344,16 @@ class _AiohttpBody:
         try:
             async for chunk in self._content.iter_any():
                 yield chunk
+        except TimeoutError:  # aiohttp's read timeouts are ClientErrors too: kept as such
+            raise
         except aiohttp.ClientError as exc:
             raise UpstreamBodyError(f"{type(exc).__name__}: {exc}") from exc
 
 
 class AiohttpAnswer:
     """aiohttp's response as an ``UpstreamResponse``: a client error while its body is read
-    is an ``UpstreamBodyError``, as it is from the lean client."""
+    is an ``UpstreamBodyError``, as it is from the lean client (a read timeout stays a
+    ``TimeoutError``)."""
 
     __slots__ = ("_response", "content")
 
@@ -371,6 +374,8 @@ class AiohttpAnswer:
 
         try:
             return await self._response.read()
+        except TimeoutError:
+            raise
         except aiohttp.ClientError as exc:
             raise UpstreamBodyError(f"{type(exc).__name__}: {exc}") from exc
 
