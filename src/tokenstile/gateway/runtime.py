@@ -152,10 +152,6 @@ class Runtime:
     async def start(self) -> None:
         """Open the stores, charge reservations a dead gateway left behind, start upkeep."""
         self.loop = asyncio.get_running_loop()
-        # The tokenizer and the price table load in a thread while the gateway starts to
-        # serve; a request that needs them first waits for them in a thread of its own.
-        self._tasks.append(asyncio.create_task(warm_up_in_thread(self.tune_gc),
-                                               name="tokenstile-warm-up"))
         await self.db.open()
         self.ledger.start()
         await self.overrides.refresh()
@@ -186,6 +182,11 @@ class Runtime:
             log.warning("counter store unreachable at start; recovery will retry")
         self._tasks.append(asyncio.create_task(self.admission.leases.maintain(self.charge_expired),
                                                name="tokenstile-leases"))
+        # The tokenizer and the price table load in a thread while the gateway serves; a
+        # request that needs them first waits for them in a thread of its own. (Begun
+        # after the steps above, which would otherwise wait for the GIL behind it.)
+        self._tasks.append(asyncio.create_task(warm_up_in_thread(self.tune_gc),
+                                               name="tokenstile-warm-up"))
         self.started = True
         self._pin()  # the view requests hold: what start() set up
 
