@@ -390,31 +390,26 @@ async def _read_all(resp: UpstreamResponse, reading: str) -> None:
             pass
 
 
+async def _answer(client: UpstreamClient, upstream: RawUpstream, how: str,
+                  **settings: float) -> UpstreamResponse:
+    """The hot call (``post``, by the lean client) or a rare one (``request``: a stored
+    response, a batch's output file; by aiohttp's client)."""
+    config = upstream.config(**settings)
+    if how == "post":
+        return await client.post("up", config, upstream.url(), b"{}", JSON)
+    return await client.request("GET", "up", config,
+                                upstream.url().replace("chat/completions", "files/f"), {})
+
+
+@pytest.mark.parametrize("how", ["post", "request"])
 @pytest.mark.parametrize("reading", ["whole", "pieces"])
-async def test_an_upstream_closing_mid_body_breaks_the_read(reading: str) -> None:
+async def test_an_upstream_closing_mid_body_breaks_the_read(how: str, reading: str) -> None:
+    """Whichever client made the call, a body broken off reads as ``UpstreamBodyError``,
+    which is what relaying code catches (``BODY_ERRORS``), not an aiohttp error."""
     client = UpstreamClient()
     async with RawUpstream(_cut_after_ten_bytes) as upstream:
         try:
-            resp = await client.post("up", upstream.config(), upstream.url(), b"{}", JSON)
-            with pytest.raises(UpstreamBodyError):
-                await _read_all(resp, reading)
-            resp.release()
-        finally:
-            await client.close()
-    assert upstream.connections == 1
-
-
-@pytest.mark.parametrize("reading", ["whole", "pieces"])
-async def test_the_rare_calls_break_off_as_the_hot_call_does(reading: str) -> None:
-    """``request`` (a stored response, a batch's output file) goes by aiohttp's client; a
-    body broken off reads as the same ``UpstreamBodyError`` as the lean client's, which is
-    what relaying code catches (``BODY_ERRORS``), not an aiohttp error."""
-    client = UpstreamClient()
-    async with RawUpstream(_cut_after_ten_bytes) as upstream:
-        try:
-            resp = await client.request("GET", "up", upstream.config(),
-                                        upstream.url().replace("chat/completions", "files/f"),
-                                        {})
+            resp = await _answer(client, upstream, how)
             assert resp.status == 200 and resp.headers["content-length"] == "100"
             with pytest.raises(UpstreamBodyError):
                 await _read_all(resp, reading)
@@ -437,9 +432,7 @@ async def test_a_rare_call_whose_body_stalls_is_a_timeout(reading: str) -> None:
     client = UpstreamClient()
     async with RawUpstream(serve) as upstream:
         try:
-            resp = await client.request("GET", "up", upstream.config(read_timeout_s=0.3),
-                                        upstream.url().replace("chat/completions", "files/f"),
-                                        {})
+            resp = await _answer(client, upstream, "request", read_timeout_s=0.3)
             with pytest.raises(TimeoutError) as raised:
                 await _read_all(resp, reading)
             assert not isinstance(raised.value, UpstreamBodyError)
