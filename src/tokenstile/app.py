@@ -75,6 +75,8 @@ GEMINI_ROUTES: dict[str, tuple[ApiKind, bool]] = {
     "generateContent": ("generate_content", False),
     "streamGenerateContent": ("generate_content", True),
     "countTokens": ("count_tokens", False),
+    "embedContent": ("embed_content", False),
+    "batchEmbedContents": ("batch_embed_contents", False),
 }
 
 
@@ -122,7 +124,8 @@ class TokenstileApp:
         if route is None or not model or "/" in model:
             err = GatewayError(404, f"unknown route {scope['method']} {path}; Gemini routes "
                                "are POST /v1beta/models/{model}:generateContent, "
-                               ":streamGenerateContent?alt=sse and :countTokens",
+                               ":streamGenerateContent?alt=sse, :countTokens, "
+                               ":embedContent and :batchEmbedContents",
                                code="unknown_route")
         elif scope["method"] != "POST":
             err = GatewayError(405, f"{path} accepts POST, not {scope['method']}",

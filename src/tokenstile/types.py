@@ -26,7 +26,8 @@ NANO_PER_USD = 1_000_000_000
 
 ApiKind = Literal["chat", "completions", "embeddings", "responses", "messages", "count_tokens",
                   "converse", "moderations", "images", "image_edits", "transcriptions",
-                  "speech", "files", "batches", "generate_content"]
+                  "speech", "files", "batches", "generate_content", "embed_content",
+                  "batch_embed_contents"]
 WireFormat = Literal["openai", "anthropic", "bedrock", "gemini"]
 
 Scope = Literal[

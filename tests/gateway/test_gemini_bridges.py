@@ -178,7 +178,7 @@ def test_google_errors_reach_the_openai_sdk_in_its_shape(gemini: Gateway) -> Non
     assert isinstance(limited.value.body, dict)
     assert limited.value.body["message"] == "Fake upstream error (status 429)."
     with pytest.raises(openai.BadRequestError) as unsupported:
-        api.embeddings.create(model=FLASH, input="hi")
+        api.completions.create(model=FLASH, prompt="hi")
     assert "served by the Gemini upstream 'google'" in unsupported.value.message
 
 

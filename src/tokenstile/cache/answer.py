@@ -151,7 +151,7 @@ def cut_by_output_cap(api: ApiKind, wire: WireFormat, body: bytes) -> bool:
     Such an answer depends on the exact cap, so it may only be stored under the key of the
     body as forwarded; an answer that ended by itself is the same whatever cap it had.
     """
-    if api in ("embeddings", "count_tokens"):
+    if api in ("embeddings", "count_tokens", "embed_content", "batch_embed_contents"):
         return False
     try:
         payload = orjson.loads(body)

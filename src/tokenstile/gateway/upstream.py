@@ -20,9 +20,10 @@ Three kinds of upstream differ only in URLs and headers here:
 - ``bedrock``: ``/model/{modelId}/converse[-stream]`` or ``/invoke[-with-response-stream]``,
   the model id percent-encoded as boto3 encodes it; every attempt is signed with SigV4 by
   botocore (``gateway.aws``), or carries a Bedrock API key as a bearer token.
-- ``gemini``: ``/v1beta/models/{model}:generateContent``, ``:streamGenerateContent?alt=sse``
-  or ``:countTokens`` (a ``base_url`` ending in ``/v1`` or ``/v1beta`` keeps its version);
-  the key goes as ``x-goog-api-key``, and no client header is forwarded.
+- ``gemini``: ``/v1beta/models/{model}:generateContent``, ``:streamGenerateContent?alt=sse``,
+  ``:countTokens``, ``:embedContent`` or ``:batchEmbedContents`` (a ``base_url`` ending in
+  ``/v1`` or ``/v1beta`` keeps its version); the key goes as ``x-goog-api-key``, and no
+  client header is forwarded.
 """
 
 from __future__ import annotations
@@ -83,6 +84,8 @@ GEMINI_ACTIONS: dict[tuple[str, bool], str] = {
     ("generate_content", True): "streamGenerateContent?alt=sse",
     ("count_tokens", False): "countTokens",
     ("count_tokens", True): "countTokens",
+    ("embed_content", False): "embedContent",
+    ("batch_embed_contents", False): "batchEmbedContents",
     ("models", False): "models",
 }
 # Client headers worth forwarding, by upstream wire; everything else (cookies, auth,

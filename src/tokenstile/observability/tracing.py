@@ -32,7 +32,8 @@ INSTRUMENTATION = "tokenstile"
 # gen_ai.operation.name per API; OpenAI's Responses and Anthropic's Messages are chats.
 OPERATIONS = {"chat": "chat", "responses": "chat", "messages": "chat", "converse": "chat",
               "completions": "text_completion", "embeddings": "embeddings",
-              "count_tokens": "count_tokens", "generate_content": "chat"}
+              "count_tokens": "count_tokens", "generate_content": "chat",
+              "embed_content": "embeddings", "batch_embed_contents": "embeddings"}
 # gen_ai.provider.name per upstream kind.
 PROVIDERS = {"openai": "openai", "azure": "azure.ai.openai", "anthropic": "anthropic",
              "bedrock": "aws.bedrock", "gemini": "gcp.gemini"}

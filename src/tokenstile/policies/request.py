@@ -21,11 +21,17 @@ from tokenstile.policies.schema import AutoReplyRule
 from tokenstile.policies.texts import last_user_text, request_slots
 from tokenstile.types import CanonicalRequest
 
-_TEXT_FIELDS = ("messages", "prompt", "input", "contents")
+_TEXT_FIELDS = ("messages", "prompt", "input", "contents", "content", "title", "requests")
 _PROMPT_PARAM = {"chat": "messages", "messages": "messages", "converse": "messages",
-                 "completions": "prompt", "generate_content": "contents"}
+                 "completions": "prompt", "generate_content": "contents",
+                 "embed_content": "content", "batch_embed_contents": "requests"}
 # APIs whose requests have no end-user field: only a header can name the end user.
-_NO_USER_FIELD = {"converse": "Converse", "generate_content": "Gemini's generateContent"}
+_NO_USER_FIELD = {"converse": "Converse", "generate_content": "Gemini's generateContent",
+                  "embed_content": "Gemini's embedContent",
+                  "batch_embed_contents": "Gemini's batchEmbedContents"}
+# APIs that generate no output, so have no output cap to set.
+_NO_OUTPUT = frozenset({"embeddings", "count_tokens", "embed_content", "batch_embed_contents",
+                        "files", "batches"})
 
 
 @lru_cache(maxsize=4096)
@@ -80,8 +86,7 @@ def check_input_tokens(rule: LimitRule, req: CanonicalRequest) -> Decision | Non
 def check_max_tokens(rule: MaxTokensRule, req: CanonicalRequest) -> Decision | None:
     """A cap is required and bounded; in ``clamp`` mode a missing or excessive one is set
     to the limit instead."""
-    if req.api in ("embeddings", "count_tokens") or req.media is not None or \
-            req.api in ("files", "batches"):
+    if req.api in _NO_OUTPUT or req.media is not None:
         return None  # no output cap to set: images, audio and batches are bounded apart
     field, value, thinking = requested_cap(req)
     if isinstance(value, int) and value <= rule.limit:

@@ -29,6 +29,16 @@ def request_slots(api: str, body: dict[str, Any]) -> list[Slot]:
         for content in body.get("contents") or ():
             if isinstance(content, dict):
                 _parts(content.get("parts"), out, content, "parts")
+    elif api in ("embed_content", "batch_embed_contents"):  # Gemini: a content (and title)
+        requests = body.get("requests") if api == "batch_embed_contents" else [body]
+        for request in requests if isinstance(requests, list) else ():
+            if not isinstance(request, dict):
+                continue
+            content = request.get("content")
+            if isinstance(content, dict):
+                _parts(content.get("parts"), out, content, "parts")
+            if isinstance(request.get("title"), str):
+                out.append((request, "title"))
     elif api in ("chat", "messages"):
         for message in body.get("messages") or ():
             if isinstance(message, dict) and message.get("role") not in ("system",

@@ -7,6 +7,7 @@ from typing import Any
 from tokenstile.errors import GatewayError
 from tokenstile.providers.base import Bridge
 from tokenstile.providers.bedrock_translate import bedrock_bridge
+from tokenstile.providers.embeddings_over_gemini import EmbeddingsOverGemini
 from tokenstile.providers.gemini_translate import gemini_bridge
 from tokenstile.providers.messages_over_chat import MessagesOverChat
 from tokenstile.providers.translate import ChatOverMessages
@@ -25,6 +26,8 @@ def bridge_for(api: ApiKind, client_wire: WireFormat, upstream_wire: WireFormat,
     if "bedrock" in (client_wire, upstream_wire):
         return bedrock_bridge(api, client_wire, upstream_wire, upstream, body,
                               default_max_tokens)
+    if (client_wire, upstream_wire, api) == ("openai", "gemini", "embeddings"):
+        return EmbeddingsOverGemini(body, default_max_tokens)
     if "gemini" in (client_wire, upstream_wire):
         return gemini_bridge(api, client_wire, upstream_wire, upstream, body,
                              default_max_tokens)

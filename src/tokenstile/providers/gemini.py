@@ -1,7 +1,8 @@
 """Google's Gemini API, as clients send it to the gateway:
-``POST /v1beta/models/{model}:generateContent``, ``:streamGenerateContent?alt=sse`` and
-``:countTokens`` (also under ``/v1/``). The request and answer themselves are
-``providers.generate_content``.
+``POST /v1beta/models/{model}:generateContent``, ``:streamGenerateContent?alt=sse``,
+``:countTokens``, ``:embedContent`` and ``:batchEmbedContents`` (also under ``/v1/``). The
+requests and answers themselves are ``providers.generate_content`` and
+``providers.embed_content``.
 
 The model and whether the call streams are in the URL; the gateway puts them into the body
 it understands (``model``, ``stream``) and takes them out again before forwarding.
@@ -17,6 +18,14 @@ from typing import Any
 
 from tokenstile.providers.answers import AnswerText
 from tokenstile.providers.base import forwarded_body
+from tokenstile.providers.embed_content import (
+    EMBED_APIS,
+    count_embed,
+    hidden_embed,
+    parse_embed,
+    usage_of_embedding,
+    with_model,
+)
 from tokenstile.providers.generate_content import (
     CAP_FIELD,
     GeminiStreamState,
@@ -42,14 +51,18 @@ def key_refused(status: int, payload: bytes) -> bool:
 
 
 class GeminiAdapter:
-    """``/v1beta/models/{model}:generateContent``, ``:streamGenerateContent`` and
-    ``:countTokens``."""
+    """``/v1beta/models/{model}:generateContent``, ``:streamGenerateContent``,
+    ``:countTokens``, ``:embedContent`` and ``:batchEmbedContents``."""
 
     wire: WireFormat = "gemini"
 
     def parse(self, api: ApiKind, body: dict[str, Any]) -> CanonicalRequest:
         model = body.get("model")
         assert isinstance(model, str)  # from the URL
+        if api in EMBED_APIS:
+            return CanonicalRequest(api=api, wire="gemini", model=model, body=body,
+                                    output_cap=0, input_text=parse_embed(api, body),
+                                    hidden_input=hidden_embed(api, body))
         input_text, system_text = parse_gemini(api, body)
         if api == "count_tokens":
             return CanonicalRequest(api="count_tokens", wire="gemini", model=model, body=body,
@@ -61,14 +74,18 @@ class GeminiAdapter:
             hidden_input=hidden_gemini(body))
 
     def count_input(self, req: CanonicalRequest) -> int:
+        if req.api in EMBED_APIS:
+            return count_embed(req.model, req.api, req.body)
         return count_gemini(req.model, req.body)
 
     def upstream_body(self, req: CanonicalRequest) -> dict[str, Any]:
-        return forwarded_body(req.body)
+        return forwarded_body(with_model(req.api, req.body))
 
     def usage_from_body(self, api: ApiKind, payload: Any) -> Usage | None:
         if api == "count_tokens":
             return Usage()  # counting is free
+        if api in EMBED_APIS:
+            return usage_of_embedding(payload)
         return usage_of_answer(payload)
 
     def observer(self, req: CanonicalRequest) -> GeminiStreamObserver:

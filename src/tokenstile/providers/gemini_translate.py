@@ -349,7 +349,8 @@ def gemini_bridge(api: ApiKind, client_wire: WireFormat, upstream_wire: WireForm
             return ChatOverGemini(body, default_max_tokens)
         raise GatewayError(
             400, f"the model {model!r} is served by the Gemini upstream {upstream!r}, which "
-                 "serves chat completions (/v1/chat/completions) and Gemini's own routes "
+                 "serves chat completions (/v1/chat/completions), embeddings "
+                 "(/v1/embeddings) and Gemini's own routes "
                  "(/v1beta/models/{model}:generateContent…), not this API",
             code="unsupported_api")
     raise GatewayError(

@@ -99,7 +99,7 @@ def _object(body: dict[str, Any], name: str) -> dict[str, Any] | None:
     return value
 
 
-def _check_content(content: Any, where: str, *, role: bool) -> list[dict[str, Any]]:
+def check_content(content: Any, where: str, *, role: bool) -> list[dict[str, Any]]:
     if not isinstance(content, dict):
         raise bad_request(f"'{where}' must be an object with 'parts'", param=where)
     if role and content.get("role") is not None and content.get("role") not in ROLES:
@@ -145,11 +145,11 @@ def parse_gemini(api: ApiKind, body: dict[str, Any]) -> tuple[str, str]:
         raise bad_request("'contents' must be a non-empty array of contents", param="contents")
     texts: list[str] = []
     for i, content in enumerate(contents):
-        parts_text(_check_content(content, f"contents[{i}]", role=True), texts)
+        parts_text(check_content(content, f"contents[{i}]", role=True), texts)
     system: list[str] = []
     instruction = get(request, "systemInstruction")
     if instruction is not None:
-        parts_text(_check_content(instruction, "systemInstruction", role=False), system)
+        parts_text(check_content(instruction, "systemInstruction", role=False), system)
     tools = get(request, "tools")
     if tools is not None and not (isinstance(tools, list)
                                   and all(isinstance(t, dict) for t in tools)):

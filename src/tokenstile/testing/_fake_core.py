@@ -8,6 +8,8 @@ module only decides how that is spelled for OpenAI or Anthropic.
 from __future__ import annotations
 
 import re
+import struct
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
@@ -523,6 +525,15 @@ def plan_reply(
         audio_tokens=directives.output_audio_tokens,
         show_reasoning=directives.reasoning_text,
     )
+
+
+def embedding_vector(seed_text: str, dim: int) -> list[float]:
+    """A deterministic unit vector for ``seed_text``, exact in float32."""
+    seed = zlib.crc32(seed_text.encode())
+    raw = [((seed * (i + 1) * 2654435761) % 20011) / 10005.5 - 1.0 for i in range(dim)]
+    norm = sum(x * x for x in raw) ** 0.5 or 1.0
+    packed = struct.pack(f"<{dim}f", *(x / norm for x in raw))
+    return list(struct.unpack(f"<{dim}f", packed))
 
 
 def first_int(body: Mapping[str, object], keys: Iterable[str]) -> int | None:

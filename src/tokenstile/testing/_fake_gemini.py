@@ -1,6 +1,6 @@
 """The fake upstream's Gemini API: ``POST /v1beta/models/{model}:generateContent``,
-``:streamGenerateContent?alt=sse`` and ``:countTokens`` (also under ``/v1/``), as the
-``google-genai`` SDK parses them.
+``:streamGenerateContent?alt=sse``, ``:countTokens``, ``:embedContent`` and
+``:batchEmbedContents`` (also under ``/v1/``), as the ``google-genai`` SDK parses them.
 
 The key is ``x-goog-api-key`` (or ``?key=``); with ``FakeSettings.require_key`` set, any
 other key is answered as Google answers a bad key: 400 ``INVALID_ARGUMENT`` naming
@@ -16,6 +16,12 @@ the answer), audio by modality. A stream sends one chunk per token, each carryin
 prompt's count only, and a last chunk with the ``finishReason`` and the whole usage; the
 ``cut_after``, ``error_after`` and ``no_usage`` directives act on it as on the other APIs.
 
+Embeddings are deterministic unit vectors of ``outputDimensionality`` values (else
+``FakeSettings.embedding_dim``), one per request of a batch, each of which must name the
+URL's model (``models/{model}``), as Google requires. Their usage is ``usageMetadata``'s
+``promptTokenCount``: the o200k count of their text parts and titles (the ``input_tokens``
+directive overrides it; ``no_usage`` leaves it out).
+
 ``generationConfig`` is read by either spelling of its fields (``maxOutputTokens`` or
 ``max_output_tokens``), and a ``thinkingBudget`` is refused as Google refuses it: outside
 the model's range (``THINKING_RANGES``; -1 is dynamic), or 0 for a model that always thinks.
@@ -28,13 +34,14 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from ._fake_core import count_text
+from ._fake_core import count_text, embedding_vector
 from ._fake_http import FakeHost, _Req
 from ._fake_wire import StreamParts, Turn
 
 Json = dict[str, Any]
 
-METHODS = {"generateContent": False, "streamGenerateContent": True, "countTokens": False}
+METHODS = {"generateContent": False, "streamGenerateContent": True, "countTokens": False,
+           "embedContent": False, "batchEmbedContents": False}
 TOOL_PROMPT_TOKENS = 20
 _TOKENS_PER_CONTENT = 3
 _STATUSES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
@@ -260,6 +267,9 @@ class GeminiRoutes:
         if method == "countTokens":
             await self._count(r, body)
             return
+        if method in ("embedContent", "batchEmbedContents"):
+            await self._embed(r, body, method == "batchEmbedContents")
+            return
         contents = body.get("contents")
         if not isinstance(contents, list) or not contents:
             await self.fake._error(r, 400, "* GenerateContentRequest.contents: contents is "
@@ -298,3 +308,40 @@ class GeminiRoutes:
         await self.fake._send_json(r, 200, {
             "totalTokens": total,
             "promptTokensDetails": [{"modality": "TEXT", "tokenCount": total}]})
+
+    async def _embed(self, r: _Req, body: Json, batch: bool) -> None:
+        requests = body.get("requests") if batch else [body]
+        if not isinstance(requests, list) or not requests:
+            await self.fake._error(r, 400, "* BatchEmbedContentsRequest.requests: requests "
+                                   "is not specified")
+            return
+        for i, request in enumerate(requests):
+            named = request.get("model") if isinstance(request, dict) else None
+            if batch and named != f"models/{r.model}":
+                await self.fake._error(r, 400, f"* BatchEmbedContentsRequest.requests[{i}]"
+                                       f".model: the model {named!r} is not the batch's "
+                                       f"models/{r.model}")
+                return
+            content = request.get("content") if isinstance(request, dict) else None
+            if not isinstance(content, dict) or not isinstance(content.get("parts"), list):
+                await self.fake._error(r, 400, "* EmbedContentRequest.content: content is "
+                                       "not specified")
+                return
+        texts = [_texts(request["content"]["parts"]) + (
+            [request["title"]] if isinstance(request.get("title"), str) else [])
+            for request in requests]
+        d = await self.fake._prelude(r, " ".join(texts[-1]))
+        if d is None:
+            return
+        embeddings = []
+        for request, parts in zip(requests, texts, strict=True):
+            dim = field(request, "outputDimensionality", "output_dimensionality")
+            size = dim if isinstance(dim, int) and dim > 0 else self.fake.settings.embedding_dim
+            embeddings.append({"values": embedding_vector(" ".join(parts), size)})
+        tokens = sum(count_text(t) for parts in texts for t in parts) \
+            if d.input_tokens is None else d.input_tokens
+        answer: Json = {"embeddings": embeddings} if batch else {"embedding": embeddings[0]}
+        if not d.no_usage:
+            answer["usageMetadata"] = {"promptTokenCount": tokens, "totalTokenCount": tokens}
+        self.fake._record(r, 200, "completed", input_tokens=tokens)
+        await self.fake._send_json(r, 200, answer)

@@ -40,7 +40,6 @@ import struct
 import sys
 import threading
 import time
-import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
@@ -66,6 +65,7 @@ from ._fake_core import (
     count_text,
     count_tools,
     directive_layer,
+    embedding_vector,
     first_int,
     last_prompt_text,
     last_user_text,
@@ -190,15 +190,6 @@ def _anthropic_format(body: Json) -> object:
     if isinstance(config, dict) and config.get("format") is not None:
         return config["format"]
     return body.get("output_format")
-
-
-def _embedding(seed_text: str, dim: int) -> list[float]:
-    """A deterministic unit vector for ``seed_text``, exact in float32."""
-    seed = zlib.crc32(seed_text.encode())
-    raw = [((seed * (i + 1) * 2654435761) % 20011) / 10005.5 - 1.0 for i in range(dim)]
-    norm = sum(x * x for x in raw) ** 0.5 or 1.0
-    packed = struct.pack(f"<{dim}f", *(x / norm for x in raw))
-    return list(struct.unpack(f"<{dim}f", packed))
 
 
 _MODERATION_CATEGORIES = (
@@ -919,7 +910,7 @@ class FakeUpstream:
         data = []
         for index, item in enumerate(inputs):
             seed = item if isinstance(item, str) else orjson.dumps(item).decode()
-            vector = _embedding(seed, dimensions)
+            vector = embedding_vector(seed, dimensions)
             embedding: object = (
                 base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode()
                 if as_base64 else vector
