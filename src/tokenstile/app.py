@@ -33,6 +33,7 @@ from tokenstile.gateway.runtime import Runtime
 from tokenstile.gateway.upstream import upstream_headers, upstream_url
 from tokenstile.price_watch import watch_prices
 from tokenstile.providers.models import model_item, model_list, openai_entries
+from tokenstile.providers.titan import is_titan_embedding
 from tokenstile.reconcile.exposure import DriftGauges
 from tokenstile.stores.counters import StoreUnavailable
 from tokenstile.types import ApiKind, WireFormat
@@ -152,6 +153,8 @@ class TokenstileApp:
         encoded, _, action = raw[len(BEDROCK_PREFIX):].partition(b"?")[0].rpartition(b"/")
         route = BEDROCK_ROUTES.get(action.decode("latin-1"))
         model = unquote(encoded.decode("latin-1"))
+        if route is not None and route[0] == "messages" and is_titan_embedding(model):
+            route = ("embeddings", route[1])  # InvokeModel of a Titan embedding model
         if route is None or not model:
             err = GatewayError(404, f"unknown route {scope['method']} {scope['path']}; Bedrock "
                                "routes are POST /model/{modelId}/converse, converse-stream, "

@@ -1,5 +1,6 @@
-"""Fixtures of the Gemini gateway tests: the fake as Google (only the gateway's own key),
-a gateway with it as its upstream, and ``google-genai`` clients kept alive per test."""
+"""Fixtures of the Gemini and Bedrock gateway tests: the fake as Google (only the gateway's
+own key) or as AWS (only requests signed with the gateway's own AWS key), a gateway with it
+as its upstream, and ``google-genai`` clients kept alive per test."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import FakeHandle, Gateway
+from tests.gateway.bedrock_clients import AWS_KEY_ID, AWS_SECRET, bedrock_upstream
 from tests.gateway.genai_clients import CLIENTS, GOOGLE_KEY, gemini_upstream
 
 
@@ -30,3 +32,17 @@ def gemini(make_gateway: Any, google: FakeHandle) -> Gateway:
 def _keep_genai_clients() -> Iterator[None]:
     yield
     CLIENTS.clear()
+
+
+@pytest.fixture
+def signing(fake: FakeHandle) -> Iterator[FakeHandle]:
+    """The fake answers only requests signed with the gateway's AWS key (as Bedrock does)."""
+    fake.fake.settings.aws_credentials = {AWS_KEY_ID: AWS_SECRET}
+    yield fake
+    fake.fake.settings.aws_credentials = {}
+
+
+@pytest.fixture
+def bedrock(make_gateway: Any, signing: FakeHandle) -> Gateway:
+    gateway: Gateway = make_gateway(bedrock_upstream(signing))
+    return gateway

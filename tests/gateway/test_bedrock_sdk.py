@@ -7,54 +7,28 @@ by boto3 as the ``ClientError`` their Bedrock error type names."""
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Iterator
 from typing import Any
 
 import boto3
 import pytest
-from botocore.config import Config as BotoConfig
 from botocore.exceptions import ClientError, EventStreamError
 
 from tests.conftest import FakeHandle, Gateway
+from tests.gateway.bedrock_clients import (
+    AWS_KEY_ID,
+    AWS_SECRET,
+    NO_RETRIES,
+    assert_signed_upstream,
+    bedrock_upstream,
+    runtime,
+)
 from tokenstile import tokens
 from tokenstile.types import Usage
 
-AWS_KEY_ID = "AKIDTOKENSTILETEST01"
-AWS_SECRET = "fake-aws-secret-0123456789abcdef"
 MODEL = "anthropic.claude-3-5-haiku-20241022-v1:0"
 HELLO: list[Any] = [{"role": "user", "content": [{"text": "Say hello to the ledger."}]}]
 CLAUDE_BODY: dict[str, Any] = {"anthropic_version": "bedrock-2023-05-31", "max_tokens": 7,
                                "messages": [{"role": "user", "content": "Say hello."}]}
-SESSION = boto3.session.Session()
-NO_RETRIES = BotoConfig(retries={"total_max_attempts": 1})
-
-
-@pytest.fixture
-def signing(fake: FakeHandle) -> Iterator[FakeHandle]:
-    """The fake answers only requests signed with the gateway's AWS key (as Bedrock does)."""
-    fake.fake.settings.aws_credentials = {AWS_KEY_ID: AWS_SECRET}
-    yield fake
-    fake.fake.settings.aws_credentials = {}
-
-
-def bedrock_upstream(fake: FakeHandle, **extra: Any) -> dict[str, Any]:
-    return {"upstreams": {"aws": {"kind": "bedrock", "region": "us-east-1",
-                                  "base_url": fake.url, "aws_access_key_id": AWS_KEY_ID,
-                                  "aws_secret_access_key": AWS_SECRET, **extra}}}
-
-
-@pytest.fixture
-def bedrock(make_gateway: Any, signing: FakeHandle) -> Gateway:
-    gateway: Gateway = make_gateway(bedrock_upstream(signing))
-    return gateway
-
-
-def runtime(gateway: Gateway, key: str, session: boto3.session.Session = SESSION) -> Any:
-    """The gateway's tokenstile key is the access key id; the secret is not used."""
-    return session.client("bedrock-runtime", region_name="us-east-1", endpoint_url=gateway.url,
-                          aws_access_key_id=key, aws_secret_access_key="any-secret",
-                          config=NO_RETRIES)
 
 
 def aws_price(gateway: Gateway, model: str, row: Any) -> int:
@@ -63,16 +37,6 @@ def aws_price(gateway: Gateway, model: str, row: Any) -> int:
     cost = gateway.runtime.pricer.cost_nano(model, usage, "aws")
     assert cost is not None and cost > 0
     return cost
-
-
-def assert_signed_upstream(record: Any, key: str) -> None:
-    """The fake verified the signature with botocore (it answers 403 otherwise); the
-    tokenstile key never left the gateway."""
-    assert record.status == 200 and record.api_key == AWS_KEY_ID
-    assert re.match(rf"AWS4-HMAC-SHA256 Credential={AWS_KEY_ID}/\d{{8}}/us-east-1/bedrock/"
-                    r"aws4_request, SignedHeaders=\S*host\S*x-amz-date, Signature=[0-9a-f]{64}$",
-                    record.headers["authorization"])
-    assert key not in str(record.headers)
 
 
 # --- the five operations ------------------------------------------------------------------

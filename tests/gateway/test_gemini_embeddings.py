@@ -5,6 +5,7 @@ carries none), held to budgets, word lists and routes, and refused in Google's s
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import genai_prices
@@ -198,3 +199,19 @@ def test_openai_embeddings_that_gemini_cannot_take_are_refused(
         api.create(model=EMBED, input="x", dimensions=0)
     assert "'dimensions'" in dims.value.message
     assert google.fake.tally.requests == 0
+
+
+def test_a_repeated_embedding_is_a_free_cache_hit(make_gateway: Any, google: FakeHandle,
+                                                  tmp_path: Path) -> None:
+    gateway = make_gateway({**gemini_upstream(google),
+                            "cache": {"store": f"sqlite:///{tmp_path}/cache.db"}})
+    key = gateway.key()
+    body = {"requests": [{"model": f"models/{EMBED}",
+                          "content": {"parts": [{"text": "cache me"}]}}]}
+    first = embed(gateway, key, body, method="batchEmbedContents")
+    second = embed(gateway, key, body, method="batchEmbedContents")
+    assert (first.headers["x-tokenstile-cache"], second.headers["x-tokenstile-cache"]) == (
+        "miss", "hit")
+    assert second.json() == first.json() and google.fake.tally.requests == 1
+    miss, hit = gateway.rows()
+    assert hit.cost_nano == 0 and hit.saved_nano == miss.cost_nano > 0

@@ -17,7 +17,8 @@ Three kinds of upstream differ only in URLs and headers here:
   in the body); one naming a deployment is used as it is.
 - ``anthropic``: ``x-api-key`` and ``anthropic-version`` (the client's own, else
   ``ANTHROPIC_VERSION``); ``base_url`` with or without ``/v1``.
-- ``bedrock``: ``/model/{modelId}/converse[-stream]`` or ``/invoke[-with-response-stream]``,
+- ``bedrock``: ``/model/{modelId}/converse[-stream]`` or ``/invoke[-with-response-stream]``
+  (a Titan embedding too),
   the model id percent-encoded as boto3 encodes it; every attempt is signed with SigV4 by
   botocore (``gateway.aws``), or carries a Bedrock API key as a bearer token.
 - ``gemini``: ``/v1beta/models/{model}:generateContent``, ``:streamGenerateContent?alt=sse``,
@@ -77,6 +78,8 @@ BEDROCK_ACTIONS: dict[tuple[str, bool], str] = {
     ("messages", False): "invoke",
     ("messages", True): "invoke-with-response-stream",
     ("count_tokens", False): "count-tokens",
+    ("embeddings", False): "invoke",
+    ("embeddings", True): "invoke-with-response-stream",
 }
 # Gemini's methods: (api, streamed) -> what follows the model in the URL.
 GEMINI_ACTIONS: dict[tuple[str, bool], str] = {

@@ -21,7 +21,8 @@ from tokenstile.policies.schema import AutoReplyRule
 from tokenstile.policies.texts import last_user_text, request_slots
 from tokenstile.types import CanonicalRequest
 
-_TEXT_FIELDS = ("messages", "prompt", "input", "contents", "content", "title", "requests")
+_TEXT_FIELDS = ("messages", "prompt", "input", "contents", "content", "title", "requests",
+                "inputText")
 _PROMPT_PARAM = {"chat": "messages", "messages": "messages", "converse": "messages",
                  "completions": "prompt", "generate_content": "contents",
                  "embed_content": "content", "batch_embed_contents": "requests"}
@@ -51,10 +52,12 @@ def check_user_ids(rule: UserIdsRule, req: CanonicalRequest,
                    headers: Mapping[str, str]) -> Decision | None:
     if req.end_user or (rule.header and headers.get(rule.header, "").strip()):
         return None
-    if req.api in _NO_USER_FIELD:  # Bedrock's Converse, Gemini: no end-user field
+    without = "Titan's embedding request" if req.wire == "bedrock" and \
+        req.api == "embeddings" else _NO_USER_FIELD.get(req.api)
+    if without is not None:  # Bedrock's Converse and Titan, Gemini: no end-user field
         field = rule.header or "enforce_user_ids.header"
         how = f"the {rule.header} header" if rule.header else \
-            f"an end-user header ({_NO_USER_FIELD[req.api]} has no field for it; configure " \
+            f"an end-user header ({without} has no field for it; configure " \
             "enforce_user_ids.header)"
     else:
         field = "metadata.user_id" if req.wire != "openai" else "user"

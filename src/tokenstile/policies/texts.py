@@ -44,6 +44,8 @@ def request_slots(api: str, body: dict[str, Any]) -> list[Slot]:
             if isinstance(message, dict) and message.get("role") not in ("system",
                                                                           "developer"):
                 _parts(message.get("content"), out, message, "content")
+    elif api == "embeddings" and isinstance(body.get("inputText"), str):  # Bedrock's Titan
+        out.append((body, "inputText"))
     elif api in ("completions", "embeddings", "responses", "moderations", "speech", "images",
                  "image_edits", "transcriptions"):
         field = "prompt" if api in ("completions", "images", "image_edits",

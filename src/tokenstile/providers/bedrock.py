@@ -5,8 +5,11 @@ Two APIs share it:
 - ``converse`` (``/converse``, ``/converse-stream``): Bedrock's own request shape for every
   model (``providers.converse``);
 - ``messages`` (``/invoke``, ``/invoke-with-response-stream``): Claude's Anthropic
-  Messages body, with ``anthropic_version: bedrock-2023-05-31`` and without ``model``. Other
-  model families' invoke bodies are refused: Converse serves them.
+  Messages body, with ``anthropic_version: bedrock-2023-05-31`` and without ``model``;
+- ``embeddings`` (``/invoke`` on a Titan text embedding model, known by its id):
+  ``inputText`` (``providers.titan``).
+
+Other model families' invoke bodies are refused: Converse serves them.
 
 ``/count-tokens`` (CountTokens, free) takes either request under ``input``: ``{"converse":
 {...}}`` or ``{"invokeModel": {"body": base64 of an invoke body}}``.
@@ -50,6 +53,7 @@ from tokenstile.providers.converse import (
     usage_of_answer,
 )
 from tokenstile.providers.lazy_stream import LazyStreamObserver
+from tokenstile.providers.titan import count_titan, parse_titan, usage_of_titan
 from tokenstile.types import ApiKind, CanonicalRequest, Usage, WireFormat
 
 BEDROCK_ANTHROPIC_VERSION = "bedrock-2023-05-31"
@@ -67,7 +71,8 @@ def converse_hidden(body: dict[str, Any]) -> tuple[str, ...]:
 
 
 class BedrockAdapter:
-    """``/model/{modelId}/converse[-stream]`` and ``/invoke[-with-response-stream]``."""
+    """``/model/{modelId}/converse[-stream]`` and ``/invoke[-with-response-stream]``
+    (Claude's Messages, or a Titan embedding)."""
 
     wire: WireFormat = "bedrock"
 
@@ -79,6 +84,11 @@ class BedrockAdapter:
             return CanonicalRequest(api="count_tokens", wire="bedrock", model=model, body=body,
                                     input_text=counted.input_text,
                                     system_text=counted.system_text)
+        if api == "embeddings":
+            model = body.get("model")
+            assert isinstance(model, str)  # from the URL
+            return CanonicalRequest(api="embeddings", wire="bedrock", model=model, body=body,
+                                    output_cap=0, input_text=parse_titan(body))
         if api == "messages":
             version = body.get("anthropic_version")
             if not isinstance(version, str) or not version:
@@ -124,6 +134,8 @@ class BedrockAdapter:
             return count_converse(req.model, req.body)
         if req.api == "count_tokens":
             return self.count_input(self._counted(req.body))
+        if req.api == "embeddings":
+            return count_titan(req.model, req.body)
         return _ANTHROPIC.count_input(req)
 
     def upstream_body(self, req: CanonicalRequest) -> dict[str, Any]:
@@ -134,6 +146,8 @@ class BedrockAdapter:
             return Usage()  # counting is free
         if api == "converse":
             return usage_of_answer(payload)
+        if api == "embeddings":
+            return usage_of_titan(payload)
         return usage_from_anthropic(payload.get("usage")) if isinstance(payload, dict) \
             else None
 

@@ -1,6 +1,6 @@
 """The fake upstream's AWS Bedrock runtime API: Converse, ConverseStream, InvokeModel and
-InvokeModelWithResponseStream (Claude's Anthropic body), as boto3's ``bedrock-runtime``
-client parses them.
+InvokeModelWithResponseStream (Claude's Anthropic body; InvokeModel of a Titan text
+embedding model too), as boto3's ``bedrock-runtime`` client parses them.
 
 Requests are checked as Bedrock checks them: signed with SigV4 (verified with botocore's
 ``SigV4Auth`` against the secret of the access key id the signature names, when
@@ -29,7 +29,14 @@ import orjson
 
 from tokenstile.providers import eventstream
 
-from ._fake_core import Directives, count_anthropic_input, first_int, last_user_text
+from ._fake_core import (
+    Directives,
+    count_anthropic_input,
+    count_text,
+    embedding_vector,
+    first_int,
+    last_user_text,
+)
 from ._fake_http import FakeHost, _Req
 from ._fake_wire import StreamParts, Turn, anthropic_message, anthropic_stream, anthropic_usage
 
@@ -338,6 +345,32 @@ class BedrockRoutes:
         self.fake._record(r, 200, "completed")
         await self.fake._send_json(r, 200, {"inputTokens": counted})
 
+    async def _titan_embedding(self, r: _Req, body: Json) -> None:
+        """Titan Text Embeddings: ``inputText`` in, ``embedding`` (``dimensions`` values,
+        else ``FakeSettings.embedding_dim``) and ``inputTextTokenCount`` out (the o200k
+        count; the ``input_tokens`` directive overrides it, ``no_usage`` leaves it out)."""
+        text = body.get("inputText")
+        if r.stream:
+            await self.fake._error(r, 400, "The model is unsupported for streaming.")
+            return
+        if not isinstance(text, str) or not text:
+            await self.fake._error(r, 400, "Malformed input request: #: required key "
+                                   "[inputText] not found")
+            return
+        d = await self.fake._prelude(r, text)
+        if d is None:
+            return
+        dimensions = body.get("dimensions")
+        size = dimensions if isinstance(dimensions, int) else self.fake.settings.embedding_dim
+        vector = embedding_vector(text, size)
+        tokens = count_text(text) if d.input_tokens is None else d.input_tokens
+        answer: Json = {"embedding": vector, "embeddingsByType": {"float": vector}}
+        if not d.no_usage:
+            answer["inputTextTokenCount"] = tokens
+        self.fake._record(r, 200, "completed", input_tokens=tokens)
+        await self.fake._send_json(r, 200, answer, [
+            (b"x-amzn-bedrock-input-token-count", str(tokens).encode())])
+
     async def _begin(self, r: _Req, body: Json) -> tuple[list[Any], Directives] | None:
         """A Converse-shaped request's messages and the fake's directives for it, or None
         once an error has been answered."""
@@ -366,6 +399,9 @@ class BedrockRoutes:
                                 lambda t: converse_stream(t, tier), EVENTSTREAM_HEADERS)
 
     async def _invoke(self, r: _Req, body: Json) -> None:
+        if "amazon.titan-embed-text" in r.model:
+            await self._titan_embedding(r, body)
+            return
         if body.get("anthropic_version") != "bedrock-2023-05-31":
             await self.fake._error(r, 400, "anthropic_version: must be bedrock-2023-05-31")
             return
