@@ -215,3 +215,16 @@ def test_a_repeated_embedding_is_a_free_cache_hit(make_gateway: Any, google: Fak
     assert second.json() == first.json() and google.fake.tally.requests == 1
     miss, hit = gateway.rows()
     assert hit.cost_nano == 0 and hit.saved_nano == miss.cost_nano > 0
+
+
+def test_a_batch_holds_at_most_max_messages_requests(make_gateway: Any,
+                                                     google: FakeHandle) -> None:
+    gateway = make_gateway({**gemini_upstream(google), "server": {"max_messages": 3}})
+    one = {"content": {"parts": [{"text": "x"}]}}
+    assert embed(gateway, gateway.key(), {"requests": [one] * 3},
+                 method="batchEmbedContents").status_code == 200
+    refused = embed(gateway, gateway.key(), {"requests": [one] * 4},
+                    method="batchEmbedContents")
+    assert refused.status_code == 400
+    assert "'requests' has 4 items" in refused.json()["error"]["message"]
+    assert google.fake.tally.requests == 1

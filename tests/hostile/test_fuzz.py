@@ -18,6 +18,9 @@ from tests.conftest import FakeHandle, Gateway
 from tokenstile.app import PROXY_ROUTES
 from tokenstile.errors import GatewayError
 from tokenstile.providers.anthropic import AnthropicAdapter
+from tokenstile.providers.bedrock import BedrockAdapter
+from tokenstile.providers.embeddings_over_gemini import EmbeddingsOverGemini
+from tokenstile.providers.gemini import GeminiAdapter
 from tokenstile.providers.openai import OpenAIAdapter
 from tokenstile.providers.translate import ChatOverMessages, chat_to_messages
 from tokenstile.types import ApiKind
@@ -129,6 +132,83 @@ def test_chat_to_messages_takes_anything(body: dict[str, Any]) -> None:
         assert bridge.count_input() >= 0
     except GatewayError as exc:
         client_error(exc)
+
+
+# Bodies of the embedding routes whose model is in the URL: Gemini's embedContent and
+# batchEmbedContents, Bedrock's Titan InvokeModel.
+gemini_parts = st.lists(st.fixed_dictionaries({}, optional={
+    "text": st.text(max_size=30) | json_values, "inlineData": json_values,
+    "fileData": json_values}) | json_values, max_size=4)
+gemini_content = st.fixed_dictionaries({"parts": gemini_parts}, optional={
+    "role": json_values}) | json_values
+EMBED_KEYS = {
+    "content": gemini_content, "title": st.text(max_size=20) | json_values,
+    "taskType": json_values, "outputDimensionality": json_values,
+    "requests": st.lists(st.fixed_dictionaries({}, optional={
+        "model": st.sampled_from(["models/gemini-embedding-001", "models/other"])
+        | json_values, "content": gemini_content, "title": json_values}) | json_values,
+        max_size=4) | json_values,
+    "inputText": st.text(max_size=40) | json_values,
+    "dimensions": st.sampled_from([256, 512, 1024]) | json_values,
+    "normalize": json_values, "embeddingTypes": json_values,
+}
+embed_bodies = st.fixed_dictionaries({}, optional=EMBED_KEYS) | bodies
+ROUTED: list[tuple[ApiKind, Any, str]] = [
+    ("embed_content", GeminiAdapter(), "gemini-embedding-001"),
+    ("batch_embed_contents", GeminiAdapter(), "gemini-embedding-001"),
+    ("embeddings", BedrockAdapter(), "amazon.titan-embed-text-v2:0")]
+
+
+@pytest.mark.parametrize(("api", "adapter", "model"), ROUTED, ids=[a for a, _, _ in ROUTED])
+@SETTINGS
+@given(body=embed_bodies, answer=json_values)
+def test_embedding_routes_take_anything(api: ApiKind, adapter: Any, model: str,
+                                        body: dict[str, Any], answer: Any) -> None:
+    body = {**as_received(body), "model": model, "stream": False}
+    try:
+        req = adapter.parse(api, body)
+    except GatewayError as exc:
+        client_error(exc)
+        return
+    assert req.output_cap == 0
+    count = adapter.count_input(req)
+    assert isinstance(count, int) and count >= 0
+    forwarded = adapter.upstream_body(req)
+    assert "model" not in forwarded and "stream" not in forwarded
+    orjson.dumps(forwarded)
+    usage = adapter.usage_from_body(api, as_received(answer))
+    assert usage is None or usage.input_tokens >= 0
+
+
+VECTORS = st.fixed_dictionaries({"embeddings": st.lists(st.fixed_dictionaries({
+    "values": st.lists(st.floats(allow_nan=False, allow_infinity=False, width=32)
+                       | st.integers(-5, 5) | st.just(1e300) | scalars, max_size=4)
+                       | json_values}),
+    max_size=3)})
+
+
+near_valid_embeddings = st.builds(
+    lambda extra: {"model": "gemini-embedding-001", "input": ["a", "b"], **extra},
+    st.fixed_dictionaries({}, optional={k: KEYS[k] for k in ("input", "stream", "user")}))
+
+
+@SETTINGS
+@given(body=near_valid_embeddings | bodies, answer=VECTORS | json_values,
+       packed=st.booleans())
+def test_embeddings_over_gemini_take_anything(body: dict[str, Any], answer: Any,
+                                              packed: bool) -> None:
+    body = as_received(body)
+    if packed:
+        body["encoding_format"] = "base64"
+    try:
+        bridge = EmbeddingsOverGemini(body, 1024)
+    except GatewayError as exc:
+        client_error(exc)
+        return
+    assert bridge.count_input() >= 0
+    parsed = as_received(answer)
+    translated, _ = bridge.response_body(orjson.dumps(parsed), parsed)
+    orjson.loads(translated)
 
 
 # -- the whole route, in process --------------------------------------------------------------

@@ -216,7 +216,9 @@ def test_a_request_asking_to_upgrade_is_served_as_plain_http(served: Served) -> 
         assert status == 200 and orjson.loads(body)["status"] == "ok", body
         raw = request_bytes(CHAT, OK_BODY, {**auth(served), **upgrade})
         _, status, _, body = exchange(served.port, raw)
-        assert status == 400 and error_of("openai", body)["code"] == "invalid_json"
+        error = error_of("openai", body)
+        assert status == 400 and error["code"] == "invalid_json"
+        assert "asks to upgrade the connection (Upgrade: 'websocket')" in error["message"]
     refused = [row for row in served.rows() if row.id not in before]
     assert [(row.status, row.cost_nano) for row in refused] == [(400, 0)] * 3
     assert served.log() == log_before

@@ -58,6 +58,12 @@ class Intake:
             req = self.batches.parse_upload(fields, files) if arrival.api == "files" \
                 else media.parse(arrival.api, fields, files)
         else:
+            if not raw and "upgrade" in arrival.headers:
+                # httptools stops reading at an upgrade: the body never reaches the app.
+                raise bad_request("the request asks to upgrade the connection (Upgrade: "
+                                  f"{arrival.headers['upgrade'][:40]!r}), which this gateway "
+                                  "does not serve, so its body was not read; send it "
+                                  "without the Upgrade header", code="invalid_json")
             body = parse_json_object(raw, server.max_json_depth,
                                      arrival.headers.get("content-type"))
             if arrival.route_fields:
@@ -125,7 +131,7 @@ def json_depth(node: Any, limit: int) -> int:
 def check_message_count(body: dict[str, Any], limit: int) -> None:
     """``server.max_messages`` bounds every list a request is made of, before any of them
     is parsed or counted."""
-    for name in ("messages", "input", "prompt", "contents"):
+    for name in ("messages", "input", "prompt", "contents", "requests"):
         items = body.get(name)
         if isinstance(items, list) and len(items) > limit:
             raise bad_request(f"'{name}' has {len(items):,} items; this gateway accepts at "

@@ -6,7 +6,8 @@ A request embeds the text parts of its content, and its ``title`` (a document's 
 embedded with it when ``taskType`` is ``RETRIEVAL_DOCUMENT``). Inline and file data (images
 and documents, for the multimodal embedding models) are hidden input. Every request of a
 batch must name the model of the URL, as Google requires; the gateway writes the model it
-serves into each (a route may serve another one).
+serves into each (a route may serve another one). A batch holds at most
+``server.max_messages`` requests, as every list a request is made of (``gateway.intake``).
 
 Usage is the answer's ``usageMetadata.promptTokenCount`` when Google sends one; an answer
 without it is billed at the gateway's own count (o200k × ``GEMINI_FACTOR``, on the safe
@@ -27,8 +28,6 @@ from tokenstile.providers.generate_content import GEMINI_FACTOR, check_content, 
 from tokenstile.types import ApiKind, Usage
 
 EMBED_APIS: Final = ("embed_content", "batch_embed_contents")
-MAX_REQUESTS: Final = 4096
-"""Most requests the gateway reads in one batch (Google takes at most 100 today)."""
 
 
 def model_name(model: str) -> str:
@@ -48,9 +47,6 @@ def embed_requests(api: ApiKind, body: dict[str, Any]) -> list[tuple[str, dict[s
     if not isinstance(requests, list) or not requests:
         raise bad_request("'requests' must be a non-empty array of embedContent requests",
                           param="requests")
-    if len(requests) > MAX_REQUESTS:
-        raise bad_request(f"'requests' holds {len(requests):,} requests; at most "
-                          f"{MAX_REQUESTS:,} are accepted", param="requests")
     model = model_name(str(body.get("model", "")))
     found: list[tuple[str, dict[str, Any]]] = []
     for i, request in enumerate(requests):

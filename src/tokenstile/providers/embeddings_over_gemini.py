@@ -58,6 +58,21 @@ def embeddings_to_gemini(body: dict[str, Any]) -> dict[str, Any]:
         for text in _inputs(body)]}
 
 
+def _vectors(parsed: Any) -> list[list[float]] | None:
+    """The vectors of a ``batchEmbedContents`` answer, or None when it is not one."""
+    embeddings = parsed.get("embeddings") if isinstance(parsed, dict) else None
+    if not isinstance(embeddings, list):
+        return None
+    vectors = []
+    for embedding in embeddings:
+        values = embedding.get("values") if isinstance(embedding, dict) else None
+        if not isinstance(values, list) or not all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            return None
+        vectors.append(values)
+    return vectors
+
+
 class EmbeddingsOverGemini(TranslatedBody):
     """An OpenAI embeddings request served by a Gemini upstream (``batchEmbedContents``)."""
 
@@ -82,14 +97,17 @@ class EmbeddingsOverGemini(TranslatedBody):
         return usage_of_embedding(payload)
 
     def response_body(self, payload: bytes, parsed: Any) -> tuple[bytes, Any]:
-        if not isinstance(parsed, dict) or not isinstance(parsed.get("embeddings"), list):
+        vectors = _vectors(parsed)
+        if vectors is None:  # not an answer of embeddings: passed on as it came
             return payload, parsed
         data = []
-        for index, embedding in enumerate(parsed["embeddings"]):
-            values = embedding.get("values") if isinstance(embedding, dict) else None
-            vector: Any = values if isinstance(values, list) else []
+        for index, values in enumerate(vectors):
+            vector: Any = values
             if self._base64:
-                vector = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+                try:
+                    vector = base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
+                except OverflowError:  # past float32: not an embedding
+                    return payload, parsed
             data.append({"object": "embedding", "index": index, "embedding": vector})
         usage = usage_of_embedding(parsed)
         tokens = usage.input_tokens if usage is not None else self.count_input()
