@@ -13,6 +13,10 @@ also spares a worker the import of a WebSocket library): a request that asks to 
 answered as the plain HTTP request it also is, without the two warnings uvicorn would log
 for it each time (a stranger could repeat them into the log at will).
 
+A response's head goes out with the first part of its body, in one write (uvicorn writes
+each on its own: two system calls, and two packets, per response); a head with nothing after
+it goes out at the end of the event loop's turn.
+
 ``tokenstile serve`` runs with it (``PROTOCOL`` names it for uvicorn's ``http=``).
 """
 
@@ -48,8 +52,50 @@ def _server_config(app: Any) -> ServerConfig:
     return _DEFAULTS
 
 
+class HeadWithBody:
+    """The transport a response is written to, holding a response's head until the next
+    write (its body), so that the two go out in one system call; a head with no write
+    after it is sent at the end of the event loop's turn. Everything else is the
+    connection's transport."""
+
+    __slots__ = ("_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.writelines((held, data))
+        elif data[:5] == b"HTTP/" and data[-4:] == b"\r\n\r\n":  # a response's head
+            self._held = data
+            self._loop.call_soon(self.flush)
+        else:
+            self._transport.write(data)
+
+    def flush(self) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """Counts the bytes of each request's head and times it; see the module docstring."""
+    """Counts the bytes of each request's head and times it, and writes a response's head
+    with its body; see the module docstring."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -58,9 +104,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._in_head = True
         self._head_timer: asyncio.TimerHandle | None = None
+        self._responses: HeadWithBody | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._responses = HeadWithBody(transport, self.loop)
         server = _server_config(self.app)
         self._head_limit, self._head_timeout = server.max_header_bytes, server.header_timeout_s
         self._arm()
@@ -93,6 +141,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False
         self._disarm()
         super().on_headers_complete()
+        if self.cycle is not None and self._responses is not None:
+            self.cycle.transport = self._responses  # type: ignore[assignment]
 
     def send_400_response(self, msg: str) -> None:
         self._refuse(400, "the request is not valid HTTP/1.1", "invalid_http")
@@ -132,6 +182,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 f"content-type: application/json\r\n{kind}"
                 f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode()
         log.debug("refused a connection: %s", message)
-        self.transport.write(head + body)
-        self.transport.close()
+        out = self._responses or self.transport  # after any response still held
+        out.write(head + body)
+        out.close()
         self._in_head = False
