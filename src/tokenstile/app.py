@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
+from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
@@ -149,12 +150,7 @@ class TokenstileApp:
     async def _bedrock(self, scope: Scope, receive: Receive, send: Send) -> None:
         """``POST /model/{modelId}/{action}``: the model id as boto3 encodes it in the path
         (an ARN's ``/`` included), the action naming the API and whether it streams."""
-        raw = scope.get("raw_path") or scope["path"].encode()
-        encoded, _, action = raw[len(BEDROCK_PREFIX):].partition(b"?")[0].rpartition(b"/")
-        route = BEDROCK_ROUTES.get(action.decode("latin-1"))
-        model = unquote(encoded.decode("latin-1"))
-        if route is not None and route[0] == "messages" and is_titan_embedding(model):
-            route = ("embeddings", route[1])  # InvokeModel of a Titan embedding model
+        route, model = bedrock_route(scope.get("raw_path") or scope["path"].encode())
         if route is None or not model:
             err = GatewayError(404, f"unknown route {scope['method']} {scope['path']}; Bedrock "
                                "routes are POST /model/{modelId}/converse, converse-stream, "
@@ -169,6 +165,26 @@ class TokenstileApp:
             return
         response = _error("bedrock", err)
         await response(scope, receive, send)
+
+
+def bedrock_route(raw_path: bytes) -> tuple[tuple[ApiKind, bool] | None, str]:
+    """(the API and whether it streams, the model id) of a Bedrock path. An application
+    calls a handful, one per model and action: each is worked out once (paths of a
+    reasonable length only, so that strangers cannot fill the cache with large ones)."""
+    return _known_bedrock_route(raw_path) if len(raw_path) <= 512 else \
+        _bedrock_route(raw_path)
+
+
+def _bedrock_route(raw_path: bytes) -> tuple[tuple[ApiKind, bool] | None, str]:
+    encoded, _, action = raw_path[len(BEDROCK_PREFIX):].partition(b"?")[0].rpartition(b"/")
+    route = BEDROCK_ROUTES.get(action.decode("latin-1"))
+    model = unquote(encoded.decode("latin-1"))
+    if route is not None and route[0] == "messages" and is_titan_embedding(model):
+        route = ("embeddings", route[1])  # InvokeModel of a Titan embedding model
+    return route, model
+
+
+_known_bedrock_route = lru_cache(maxsize=1024)(_bedrock_route)
 
 
 def _wire_for(path: str) -> WireFormat:

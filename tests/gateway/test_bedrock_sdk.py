@@ -551,3 +551,19 @@ def test_unknown_bedrock_routes_are_bedrock_shaped(bedrock: Gateway) -> None:
     assert missing.value.code == 404
     assert missing.value.headers["x-amzn-errortype"] == "ResourceNotFoundException"
     assert json.loads(missing.value.read())["message"].startswith("tokenstile: unknown route")
+
+
+def test_a_bedrock_path_is_worked_out_once_and_long_ones_are_never_kept() -> None:
+    from tokenstile.app import _known_bedrock_route, bedrock_route
+
+    encoded = f"/model/{MODEL.replace(':', '%3A')}/converse-stream".encode()
+    _known_bedrock_route.cache_clear()
+    assert bedrock_route(encoded) == (("converse", True), MODEL)
+    assert bedrock_route(encoded) == (("converse", True), MODEL)
+    assert _known_bedrock_route.cache_info().hits == 1
+    titan = b"/model/amazon.titan-embed-text-v2%3A0/invoke"
+    assert bedrock_route(titan) == (("embeddings", False), "amazon.titan-embed-text-v2:0")
+    long_path = b"/model/" + b"x" * 600 + b"/converse"
+    assert bedrock_route(long_path) == (("converse", False), "x" * 600)
+    assert _known_bedrock_route.cache_info().currsize == 2  # the long one was not kept
+    assert bedrock_route(b"/model/m/unknown-action") == (None, "m")
