@@ -23,8 +23,13 @@ from typing import Any, Final
 from tokenstile import tokens
 from tokenstile.errors import bad_request
 from tokenstile.providers.counts import token_count
-from tokenstile.providers.gemini_fields import MAX_PARTS, get
-from tokenstile.providers.generate_content import GEMINI_FACTOR, check_content, parts_text
+from tokenstile.providers.gemini_fields import get
+from tokenstile.providers.generate_content import (
+    GEMINI_FACTOR,
+    check_content,
+    hidden_parts,
+    parts_text,
+)
 from tokenstile.types import ApiKind, Usage
 
 EMBED_APIS: Final = ("embed_content", "batch_embed_contents")
@@ -99,14 +104,7 @@ def hidden_embed(api: ApiKind, body: dict[str, Any]) -> tuple[str, ...]:
     """Input the gateway cannot count: inline data and files by URI."""
     found: set[str] = set()
     for _, request in embed_requests(api, body):
-        content = get(request, "content")
-        parts = content.get("parts") if isinstance(content, dict) else None
-        for part in parts[:MAX_PARTS] if isinstance(parts, list) else ():
-            if isinstance(part, dict):
-                if get(part, "inlineData") is not None:
-                    found.add("inline_data")
-                if get(part, "fileData") is not None:
-                    found.add("file_data")
+        hidden_parts(get(request, "content"), found)
     return tuple(sorted(found))
 
 

@@ -239,14 +239,19 @@ def hidden_gemini(body: dict[str, Any]) -> tuple[str, ...]:
     instruction = get(request, "systemInstruction")
     groups = [*(contents if isinstance(contents, list) else ()), instruction]
     for content in groups:
-        parts = content.get("parts") if isinstance(content, dict) else None
-        for part in parts[:MAX_PARTS] if isinstance(parts, list) else ():
-            if isinstance(part, dict):
-                if get(part, "inlineData") is not None:
-                    found.add("inline_data")
-                if get(part, "fileData") is not None:
-                    found.add("file_data")
+        hidden_parts(content, found)
     return tuple(sorted(found))
+
+
+def hidden_parts(content: Any, found: set[str]) -> None:
+    """Add to ``found`` what of a content's parts cannot be counted: inline data, files."""
+    parts = content.get("parts") if isinstance(content, dict) else None
+    for part in parts[:MAX_PARTS] if isinstance(parts, list) else ():
+        if isinstance(part, dict):
+            if get(part, "inlineData") is not None:
+                found.add("inline_data")
+            if get(part, "fileData") is not None:
+                found.add("file_data")
 
 
 def candidate_count(body: dict[str, Any]) -> int:

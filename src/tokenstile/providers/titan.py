@@ -15,6 +15,7 @@ from typing import Any, Final
 
 from tokenstile import tokens
 from tokenstile.errors import bad_request
+from tokenstile.providers.base import require_str
 from tokenstile.providers.counts import token_count
 from tokenstile.types import Usage
 
@@ -36,12 +37,7 @@ def parse_titan(body: dict[str, Any]) -> str:
     if body.get("stream") is True:
         raise bad_request("Titan embeddings are not streamed: call /invoke, not "
                           "/invoke-with-response-stream", param="stream")
-    text = body.get("inputText")
-    if text is None:
-        raise bad_request("'inputText' is required", param="inputText",
-                          code="missing_required_parameter")
-    if not isinstance(text, str) or not text:
-        raise bad_request("'inputText' must be a non-empty string", param="inputText")
+    text = require_str(body, "inputText")
     dimensions = body.get("dimensions")
     if dimensions is not None and (isinstance(dimensions, bool)
                                    or dimensions not in DIMENSIONS):
