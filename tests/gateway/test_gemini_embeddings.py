@@ -228,3 +228,20 @@ def test_a_batch_holds_at_most_max_messages_requests(make_gateway: Any,
     assert refused.status_code == 400
     assert "'requests' has 4 items" in refused.json()["error"]["message"]
     assert google.fake.tally.requests == 1
+
+
+def test_inline_data_is_hidden_input_reserved_at_its_worst_case(make_gateway: Any,
+                                                                google: FakeHandle) -> None:
+    image = {"inlineData": {"mimeType": "image/png", "data": "iVBORw0KGgo="}}
+    body = {"content": {"parts": [{"text": "a picture"}, image]}}
+    capped = make_gateway({**gemini_upstream(google), "limits": [
+        {"name": "per-call", "scope": "project", "window": "request", "unit": "tokens",
+         "amount": 500}]})
+    refused = embed(capped, capped.key(), body)
+    assert refused.status_code == 422 and google.fake.tally.requests == 0
+    assert "inline data" in refused.json()["error"]["message"]
+    open_gateway = make_gateway(gemini_upstream(google))
+    assert embed(open_gateway, open_gateway.key(), body).status_code == 200
+    [row] = open_gateway.rows()
+    assert row.detail["hidden_input"]["sources"] == ["inline_data"]
+    assert row.input_tokens == google.fake.tally.last.input_tokens  # type: ignore[union-attr]
