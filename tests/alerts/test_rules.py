@@ -42,6 +42,7 @@ def test_thresholds_crossed() -> None:
     assert thresholds_crossed(1000, 960, 400) == []  # settled below the reservation
     assert thresholds_crossed(0, 0, 10) == []
     assert thresholds_crossed(1000, 0, 800, [0.8, 0.95]) == [0.8]
+    assert thresholds_crossed(1000, 0, 1000, [1.0, 0.5, 1.0]) == [0.5, 1.0]  # once, in order
 
 
 def test_budget_threshold_alerts_use_the_limits_own_thresholds() -> None:

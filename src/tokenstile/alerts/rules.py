@@ -78,7 +78,8 @@ def thresholds_crossed(amount: float, before: float, after: float,
     """
     if amount <= 0 or after <= before:
         return []
-    return sorted(f for f in set(fractions) if before < f * amount <= after)
+    crossed = [f for f in fractions if before < f * amount <= after]
+    return sorted(set(crossed)) if crossed else crossed  # nothing, on almost every settle
 
 
 def threshold_key(limit_name: str, scope_id: str, label: str, fraction: float) -> str:
