@@ -78,8 +78,7 @@ BEDROCK_ACTIONS: dict[tuple[str, bool], str] = {
     ("messages", False): "invoke",
     ("messages", True): "invoke-with-response-stream",
     ("count_tokens", False): "count-tokens",
-    ("embeddings", False): "invoke",
-    ("embeddings", True): "invoke-with-response-stream",
+    ("embeddings", False): "invoke",  # a Titan embedding (never streamed)
 }
 # Gemini's methods: (api, streamed) -> what follows the model in the URL.
 GEMINI_ACTIONS: dict[tuple[str, bool], str] = {

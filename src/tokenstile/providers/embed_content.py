@@ -68,6 +68,18 @@ def embed_requests(api: ApiKind, body: dict[str, Any]) -> list[tuple[str, dict[s
     return found
 
 
+def embedded_text(request: dict[str, Any]) -> list[str]:
+    """What one embedContent request embeds: its content's text parts, then its title."""
+    pieces: list[str] = []
+    content = get(request, "content")
+    if isinstance(content, dict):
+        parts_text(content.get("parts"), pieces)
+    title = get(request, "title")
+    if isinstance(title, str) and title:
+        pieces.append(title)
+    return pieces
+
+
 def parse_embed(api: ApiKind, body: dict[str, Any]) -> str:
     """Check an embedding request's shape; return the text it embeds."""
     texts: list[str] = []
@@ -76,27 +88,18 @@ def parse_embed(api: ApiKind, body: dict[str, Any]) -> str:
         if content is None:
             raise bad_request(f"'{where}content' is required", param=f"{where}content",
                               code="missing_required_parameter")
-        parts_text(check_content(content, f"{where}content", role=False), texts)
+        check_content(content, f"{where}content", role=False)
         title = get(request, "title")
         if title is not None and not isinstance(title, str):
             raise bad_request(f"'{where}title' must be a string", param=f"{where}title")
-        if title:
-            texts.append(title)
+        texts += embedded_text(request)
     return "\n".join(texts)
 
 
 def count_embed(model: str, api: ApiKind, body: dict[str, Any]) -> int:
     """Input tokens of an embedding request (an estimate on the safe side)."""
-    text = 0
-    for _, request in embed_requests(api, body):
-        pieces: list[str] = []
-        content = get(request, "content")
-        if isinstance(content, dict):
-            parts_text(content.get("parts"), pieces)
-        title = get(request, "title")
-        if isinstance(title, str) and title:
-            pieces.append(title)
-        text += sum(tokens.count_text(model, piece) for piece in pieces)
+    text = sum(tokens.count_text(model, piece)
+               for _, request in embed_requests(api, body) for piece in embedded_text(request))
     return math.ceil(text * GEMINI_FACTOR - 1e-9)
 
 
